@@ -1,0 +1,22 @@
+"""textleak: how much private text (and images) leak from shared training gradients.
+
+Public API:
+    capture_gradients(model, batch, ...) -> Capture        victim side: gradient + reference
+    recover(gradients=..., model=..., attack=...) -> RecoveryResult
+    load_gradients(path) / save_gradients(path, GradientFile)
+    ATTACKS, Knowledge, Observation, Reference, MatchConfig
+"""
+
+from .attacks import ATTACKS
+from .capture import Capture, capture_gradients
+from .core import MatchConfig
+from .errors import TextleakError
+from .gradients import GradientFile, load_gradients, save_gradients
+from .recover import recover
+from .result import RecoveryResult
+from .threat import Knowledge, Observation, Reference
+from .versions import __version__
+
+__all__ = ["ATTACKS", "Capture", "GradientFile", "Knowledge", "MatchConfig", "Observation",
+           "RecoveryResult", "Reference", "TextleakError", "__version__", "capture_gradients",
+           "load_gradients", "recover", "save_gradients"]

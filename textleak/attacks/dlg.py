@@ -1,0 +1,69 @@
+"""DLG — Deep Leakage from Gradients (Zhu, Liu & Han, NeurIPS 2019).
+
+Threat model: an honest-but-curious party sees one shared gradient (keyed by parameter name) and
+holds the same model. It is declared to know the batch size and, for text, each sequence length
+(and, for masked-LM, which positions were masked); labels are optimised jointly as soft
+distributions unless declared known.
+
+Method: draw dummy inputs (text: embeddings fed through `inputs_embeds`, shape [B, L, H]; images:
+pixels [B, C, H, W]) and dummy label logits ([B, C] classes, or [M, V] for M masked positions),
+then minimise the squared L2 distance between their gradient and the observed one with L-BFGS.
+Text is decoded to the nearest row of the input-embedding matrix (cosine or L2).
+
+Arguments: `steps`, `restarts`, `optimizer`, `lr`, `distance`, `line_search`, `seed` override the
+modality's defaults in `DEFAULTS`; `decode` picks the text decoding metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..core.matching import MatchConfig, match
+from ..threat import Observation
+from .base import ATTACKS, AttackOutput
+
+
+def config_for(defaults: dict[str, MatchConfig], modality: str, overrides: dict[str, Any]) -> MatchConfig:
+    allowed = {f.name for f in fields(MatchConfig)}
+    return replace(defaults[modality], **{k: v for k, v in overrides.items() if k in allowed and v is not None})
+
+
+@ATTACKS.register("dlg")
+@dataclass
+class DLG:
+    name: ClassVar[str] = "dlg"
+    modalities: ClassVar[tuple[str, ...]] = ("text", "image")
+    DEFAULTS: ClassVar[dict[str, MatchConfig]] = {
+        "text": MatchConfig(optimizer="lbfgs", steps=30, distance="l2", line_search="strong_wolfe",
+                            snapshot_at=(0, 10, 20, 30)),
+        "image": MatchConfig(optimizer="lbfgs", steps=300, distance="l2",
+                             snapshot_at=(0, 10, 30, 60, 100, 200, 300)),
+    }
+
+    steps: int | None = None
+    restarts: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    distance: str | None = None
+    line_search: str | None = None
+    seed: int = 0
+    decode: str = "cosine"
+    snapshot_at: tuple[int, ...] | None = None
+
+    def match_config(self, modality: str) -> MatchConfig:
+        overrides = {f.name: getattr(self, f.name) for f in fields(self)}
+        return config_for(self.DEFAULTS, modality, overrides)
+
+    def problem_options(self, modality: str) -> dict[str, Any]:
+        return {"decode_metric": self.decode} if modality == "text" else {}
+
+    def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
+            resume: bool = False, progress: bool = True) -> AttackOutput:
+        config = self.match_config(target.modality)
+        problem = target.matching_problem(observation, **self.problem_options(target.modality))
+        outcome = match(problem, observation.gradients, config, checkpoint=checkpoint, resume=resume,
+                        progress=progress, key_extra=self.name)
+        return AttackOutput(prediction=problem.decode(outcome.variables), method=self.name,
+                            assumed=problem.assumed, config=config.to_dict(), outcome=outcome)

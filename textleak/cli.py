@@ -1,0 +1,207 @@
+"""`textleak` command line: capture, recover, demo, env. Calls the public API only.
+
+Every user error prints one line `textleak: error: ...` and exits non-zero; tracebacks are kept
+for real bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import InputError, TextleakError
+
+DEMO_SENTENCE = "We invite submissions for the Thirty-Third Annual Conference on Neural Information Processing Systems."
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    if args.text:
+        return list(args.text)
+    path = Path(args.file)
+    if not path.is_file():
+        raise InputError(f"text file {path} does not exist")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    texts = [ln for ln in lines if ln]
+    if not texts:
+        raise InputError(f"text file {path} holds no sentence")
+    return texts
+
+
+def _batches(texts: list[str], labels: list[int] | None, size: int | None):
+    size = size or len(texts)
+    if size < 1:
+        raise InputError("--batch-size must be at least 1")
+    for start in range(0, len(texts), size):
+        yield texts[start:start + size], (labels[start:start + size] if labels else None)
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from .capture import capture_gradients
+    from .text.models import load_text_model
+
+    texts = _read_texts(args)
+    if args.labels is not None and len(args.labels) != len(texts):
+        raise InputError(f"{len(args.labels)} labels for {len(texts)} texts")
+    target = load_text_model(args.model, task=args.task, num_labels=args.num_labels, head_seed=args.head_seed)
+    batches = list(_batches(texts, args.labels, args.batch_size))
+    out = Path(args.out)
+    paths = [out] if len(batches) == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(len(batches))]
+    # Capture every batch before writing any file, so bad input leaves nothing behind.
+    captures = [capture_gradients(target, b, labels=y, mask_prob=args.mask_prob, seed=args.seed + i,
+                                  declare=args.declare) for i, (b, y) in enumerate(batches)]
+    for cap, path in zip(captures, paths):
+        g, r = cap.save(path)
+        print(f"wrote {g} ({len(cap.gradients.gradients)} parameters, batch {len(cap.reference.texts)}) "
+              f"and ground truth {r}")
+    return 0
+
+
+def _attack_options(args: argparse.Namespace) -> dict:
+    keys = ("steps", "restarts", "optimizer", "lr", "distance")
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from .recover import recover
+
+    if args.resume and not args.checkpoint:
+        args.checkpoint = str(Path(args.grads).with_suffix(".ckpt"))
+    result = recover(gradients=args.grads, model=args.model, attack=args.attack, reference=args.reference,
+                     unknown=args.unknown or (), options=_attack_options(args), seed=args.seed,
+                     checkpoint=args.checkpoint or str(Path(args.grads).with_suffix(".ckpt")),
+                     resume=args.resume, progress=not args.quiet)
+    print(result.summary())
+    if args.out:
+        result.to_json(args.out)
+        print(f"wrote {args.out}")
+    if args.report:
+        Path(args.report).write_text(result.report("html" if args.report.endswith(".html") else "markdown"),
+                                     encoding="utf-8")
+        print(f"wrote {args.report}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Capture a built-in sentence on the packaged MiniLM, recover it, print both with scores."""
+    from .capture import capture_gradients
+    from .recover import recover
+
+    text = args.text or DEMO_SENTENCE
+    print(f"capturing a masked-LM gradient of: {text}")
+    cap = capture_gradients(args.model, [text], task="mlm", seed=args.seed)
+    result = recover(gradients=cap.gradients, model=args.model, attack=args.attack, reference=cap.reference,
+                     seed=args.seed, options=_attack_options(args), progress=not args.quiet)
+    print(f"original : {text}")
+    print(result.summary())
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    import torch
+
+    from .text.models import DEFAULT_MODEL, resolve_model_path
+    from .versions import versions
+
+    info = dict(versions())
+    try:
+        info["default_model"] = f"{DEFAULT_MODEL} at {resolve_model_path(None)[1]}"
+    except TextleakError as exc:
+        info["default_model"] = str(exc)
+    info["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    info["torch_threads"] = str(torch.get_num_threads())
+    info["hf_offline"] = os.environ.get("HF_HUB_OFFLINE", "0")
+    width = max(map(len, info))
+    for k, v in info.items():
+        print(f"{k.ljust(width)}  {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .attacks import ATTACKS
+    from .capture import DECLARABLE, DEFAULT_DECLARED
+    from .threat import WITHDRAWABLE
+
+    p = argparse.ArgumentParser(prog="textleak", description="How much private text leaks from shared gradients.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("capture", help="compute the gradient a training step would share")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a private sentence (repeat for a batch)")
+    src.add_argument("--file", help="a file with one sentence per line")
+    c.add_argument("--model", help="HF model id in the local cache or a folder (default: packaged MiniLM)")
+    c.add_argument("--task", choices=["mlm", "classify"], default="mlm")
+    c.add_argument("--labels", type=int, nargs="+", help="class of each sentence (classification)")
+    c.add_argument("--num-labels", type=int, default=2)
+    c.add_argument("--mask-prob", type=float, default=0.15)
+    c.add_argument("--batch-size", type=int, help="sentences per gradient (default: all in one)")
+    c.add_argument("--seed", type=int, default=0, help="masking seed")
+    c.add_argument("--head-seed", type=int, default=0, help="seed for heads missing from the checkpoint")
+    c.add_argument("--declare", nargs="*", default=list(DEFAULT_DECLARED), choices=DECLARABLE,
+                   help="facts the attacker is assumed to know")
+    c.add_argument("--out", required=True, help="gradient file (.pt or .safetensors)")
+    c.set_defaults(func=cmd_capture)
+
+    r = sub.add_parser("recover", help="recover the private text behind a gradient file")
+    r.add_argument("--grads", required=True)
+    r.add_argument("--model", help="default: the model named in the gradient file")
+    r.add_argument("--attack", default="dlg", choices=ATTACKS.names())
+    r.add_argument("--reference", help="ground truth for scoring: reference JSON or one sentence per line")
+    r.add_argument("--unknown", nargs="*", choices=WITHDRAWABLE, help="declared facts to withhold from the attacker")
+    r.add_argument("--steps", type=int)
+    r.add_argument("--restarts", type=int)
+    r.add_argument("--optimizer", choices=["lbfgs", "adam"])
+    r.add_argument("--lr", type=float)
+    r.add_argument("--distance")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--checkpoint", help="checkpoint file (default: <grads>.ckpt)")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    r.add_argument("--out", help="write the result as JSON")
+    r.add_argument("--report", help="write a report (.md or .html)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_recover)
+
+    d = sub.add_parser("demo", help="capture and recover a built-in sentence on the packaged MiniLM")
+    d.add_argument("--text")
+    d.add_argument("--model")
+    d.add_argument("--attack", default="dlg", choices=ATTACKS.names())
+    d.add_argument("--steps", type=int)
+    d.add_argument("--restarts", type=int)
+    d.add_argument("--optimizer", choices=["lbfgs", "adam"])
+    d.add_argument("--lr", type=float)
+    d.add_argument("--distance")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("env", help="versions, default model and device (for bug reports)")
+    e.set_defaults(func=cmd_env)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TextleakError as exc:
+        print(f"textleak: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("textleak: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

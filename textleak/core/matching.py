@@ -1,0 +1,238 @@
+"""The gradient-matching loop shared by every optimisation attack, text or image.
+
+A `MatchingProblem` owns the dummy variables (embeddings, pixels, soft labels) and knows how to
+turn them into gradients for the matched parameter names; `match` only minimises
+distance(dummy gradients, observed gradients) + the problem's regulariser, with restarts,
+snapshots, a progress bar and checkpoints that `resume=True` continues from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import InputError, Interrupted
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distances import DISTANCES
+
+
+class MatchingProblem(Protocol):
+    #: parameter names whose observed gradients are matched, in the order `gradients` returns
+    names: list[str]
+
+    def init(self, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
+
+    def gradients(self, variables: Mapping[str, torch.Tensor]) -> list[torch.Tensor]: ...
+
+    def regulariser(self, variables: Mapping[str, torch.Tensor]) -> torch.Tensor | float: ...
+
+    def project(self, variables: Mapping[str, torch.Tensor]) -> None: ...
+
+    def decode(self, variables: Mapping[str, torch.Tensor]) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """Settings of one gradient-matching run; recorded in every result."""
+
+    optimizer: str = "lbfgs"  # "lbfgs" (DLG) or "adam" (Inverting Gradients)
+    steps: int = 100
+    lr: float | None = None  # None: 1.0 for L-BFGS, 0.1 for Adam
+    restarts: int = 1
+    distance: str = "l2"
+    snapshot_at: tuple[int, ...] = ()
+    checkpoint_every: int = 10
+    seed: int = 0
+    lbfgs_max_iter: int = 20
+    line_search: str | None = None  # "strong_wolfe" or None (DLG's setting)
+    lr_decay: bool = False  # Adam: divide lr by 10 at 3/8, 5/8 and 7/8 of the steps
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        if self.steps < 0 or self.restarts < 1:
+            raise InputError("steps must be >= 0 and restarts >= 1")
+        DISTANCES.get(self.distance)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _lbfgs(params: list[torch.Tensor], cfg: MatchConfig) -> torch.optim.Optimizer:
+    return torch.optim.LBFGS(params, lr=cfg.lr or 1.0, max_iter=cfg.lbfgs_max_iter,
+                             history_size=100, line_search_fn=cfg.line_search)
+
+
+def _adam(params: list[torch.Tensor], cfg: MatchConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=cfg.lr or 0.1)
+
+
+OPTIMIZERS: dict[str, Callable[[list[torch.Tensor], MatchConfig], torch.optim.Optimizer]] = {
+    "lbfgs": _lbfgs,
+    "adam": _adam,
+}
+
+
+@dataclass
+class MatchOutcome:
+    variables: dict[str, torch.Tensor]
+    distance: float  # final objective of the chosen restart (what the attacker can see)
+    restart: int  # index of the chosen restart
+    history: list[list[float]]  # objective after each step, per restart
+    snapshots: list[list[dict[str, Any]]]  # decoded states at snapshot_at, per restart
+    diverged: list[bool]
+    seconds: float
+    resumed: bool = False
+    evaluations: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def run_key(config: MatchConfig, observed: Mapping[str, torch.Tensor], extra: str = "") -> str:
+    """Identifies a run so that a checkpoint is never resumed into different work."""
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode() + extra.encode())
+    for name in sorted(observed):
+        t = observed[name]
+        h.update(f"{name}:{tuple(t.shape)}:{float(t.double().sum()):.10e}".encode())
+    return h.hexdigest()[:24]
+
+
+def match(
+    problem: MatchingProblem,
+    observed: Mapping[str, torch.Tensor],
+    config: MatchConfig,
+    *,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    key_extra: str = "",
+) -> MatchOutcome:
+    """Minimise the gradient distance over `config.restarts` runs; return the best by distance."""
+    distance = DISTANCES.get(config.distance)
+    target = [observed[n].detach().to(torch.float32) for n in problem.names]
+    key = run_key(config, {n: observed[n] for n in problem.names}, key_extra)
+    state = load_checkpoint(checkpoint, key=key) if (resume and checkpoint) else None
+    resumed = state is not None
+    if state is None:
+        gen = torch.Generator().manual_seed(config.seed)
+        state = {"key": key, "restart": 0, "step": 0, "variables": None, "optimizer": None,
+                 "generator": gen.get_state(), "history": [], "snapshots": [], "diverged": [],
+                 "best": None, "elapsed": 0.0, "evaluations": 0}
+    gen = torch.Generator()
+    gen.set_state(state["generator"])
+    evaluations = state["evaluations"]
+
+    def objective(variables: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        nonlocal evaluations
+        evaluations += 1
+        return distance(problem.gradients(variables), target) + problem.regulariser(variables)
+
+    started = time.perf_counter() - state["elapsed"]
+    total = config.restarts * config.steps
+    bar = tqdm(total=total, initial=state["restart"] * config.steps + state["step"],
+               disable=not progress, desc="matching gradients", unit="step", leave=False)
+    restart = state["restart"]
+    step = state["step"]
+    variables: dict[str, torch.Tensor] = {}
+    optimizer: torch.optim.Optimizer | None = None
+
+    def snapshot() -> dict[str, Any]:
+        return {"restart": restart, "step": step, **problem.decode(variables)}
+
+    def persist() -> None:
+        if checkpoint is None:
+            return
+        state.update(restart=restart, step=step, generator=gen.get_state(),
+                     elapsed=time.perf_counter() - started, evaluations=evaluations,
+                     variables={k: v.detach().clone() for k, v in variables.items()} if variables else None,
+                     optimizer=optimizer.state_dict() if optimizer is not None else None)
+        save_checkpoint(checkpoint, state)
+
+    try:
+        while restart < config.restarts:
+            if state["variables"] is not None:
+                variables = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in state["variables"].items()}
+            else:
+                variables = problem.init(gen)
+                state["history"].append([])
+                state["snapshots"].append([])
+                state["diverged"].append(False)
+                if 0 in config.snapshot_at:
+                    state["snapshots"][restart].append(snapshot())
+            optimizer = OPTIMIZERS[config.optimizer]([v for v in variables.values() if v.requires_grad], config)
+            if state["optimizer"] is not None:
+                optimizer.load_state_dict(state["optimizer"])
+            scheduler = _scheduler(optimizer, config)
+            if scheduler is not None:
+                for _ in range(step):
+                    scheduler.step()
+            history = state["history"][restart]
+            while step < config.steps:
+                def closure() -> torch.Tensor:
+                    optimizer.zero_grad()
+                    loss = objective(variables)
+                    loss.backward()
+                    return loss
+
+                loss = float(optimizer.step(closure))
+                problem.project(variables)
+                if scheduler is not None:
+                    scheduler.step()
+                step += 1
+                history.append(loss)
+                bar.update(1)
+                bar.set_postfix(restart=restart, distance=f"{loss:.3e}")
+                if not math.isfinite(loss):
+                    # A diverged restart is recorded as such and loses to any finite one.
+                    state["diverged"][restart] = True
+                    bar.update(config.steps - step)
+                    break
+                if step in config.snapshot_at:
+                    state["snapshots"][restart].append(snapshot())
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    persist()
+            final = math.inf if state["diverged"][restart] else _evaluate(objective, variables)
+            if not state["snapshots"][restart] or state["snapshots"][restart][-1]["step"] != step:
+                state["snapshots"][restart].append(snapshot())
+            if state["best"] is None or final < state["best"]["distance"]:
+                state["best"] = {"distance": final, "restart": restart,
+                                 "variables": {k: v.detach().clone() for k, v in variables.items()}}
+            restart += 1
+            step = 0
+            state["variables"] = None
+            state["optimizer"] = None
+            variables, optimizer = {}, None
+            persist()
+    except KeyboardInterrupt:
+        persist()
+        where = f"restart {restart + 1}/{config.restarts}, step {step}/{config.steps}"
+        hint = f"; rerun with --resume to continue from {checkpoint}" if checkpoint else ""
+        raise Interrupted(f"interrupted at {where}{hint}") from None
+    finally:
+        bar.close()
+
+    best = state["best"]
+    return MatchOutcome(
+        variables=best["variables"], distance=best["distance"], restart=best["restart"],
+        history=state["history"], snapshots=state["snapshots"], diverged=state["diverged"],
+        seconds=time.perf_counter() - started, resumed=resumed, evaluations=evaluations,
+    )
+
+
+def _evaluate(objective: Callable, variables: Mapping[str, torch.Tensor]) -> float:
+    value = objective(variables)
+    return float(value.detach()) if torch.is_tensor(value) else float(value)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: MatchConfig):
+    if not (config.lr_decay and config.optimizer == "adam"):
+        return None
+    marks = [int(config.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=marks, gamma=0.1)

@@ -1,0 +1,355 @@
+"""Reconstruction-quality metrics for leaked text and images.
+
+Text metrics reproduce Google's ``rouge-score`` package (``RougeScorer`` with
+its default tokenizer and ``use_stemmer=False``) exactly, so numbers reported
+here are comparable with papers that used that package, without depending on
+it (or on nltk/absl) at run time. ROUGE-L is the sentence-level LCS variant,
+not ROUGE-Lsum.
+
+Attacks usually recover a *batch* of sequences in an arbitrary order, so the
+batch scorers first pair predictions with references by an optimal one-to-one
+assignment (Hungarian algorithm) and only then average.
+
+Image metrics work on float arrays shaped (C, H, W) or (H, W). SSIM follows
+Wang et al. (2004): an 11x11 Gaussian window with sigma 1.5, K1 = 0.01,
+K2 = 0.03, statistics taken only where the whole window fits inside the image
+("valid" region), averaged over that region and then over channels. This is
+the same definition as the reference MATLAB code and as scikit-image's
+``structural_similarity(..., gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=...)``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+from scipy.optimize import linear_sum_assignment
+
+__all__ = [
+    "Score",
+    "rouge_tokens",
+    "rouge_n",
+    "rouge_l",
+    "rouge",
+    "token_accuracy",
+    "exact_match",
+    "match_batch",
+    "score_text_batch",
+    "mse",
+    "psnr",
+    "ssim",
+    "match_images",
+]
+
+UNMATCHED = -1
+
+# ---------------------------------------------------------------------------
+# ROUGE
+# ---------------------------------------------------------------------------
+
+# rouge-score lowercases *before* filtering, so characters whose lowercase
+# form is ASCII (e.g. "K" Kelvin sign -> "k") survive; only ASCII letters and
+# digits ever make it into a token.
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class Score:
+    """Precision, recall and F1 of one ROUGE variant."""
+
+    precision: float
+    recall: float
+    fmeasure: float
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """Tokenise ``text`` exactly as rouge-score's default tokenizer does."""
+    # After the substitution only [a-z0-9] and spaces remain, so a plain
+    # whitespace split already drops every empty/invalid token.
+    return _NON_ALNUM.sub(" ", text.lower()).split()
+
+
+def _f1(precision: float, recall: float) -> float:
+    # Same expression and operation order as rouge_score.scoring.fmeasure so
+    # results agree bit for bit, not merely to rounding.
+    if precision + recall > 0:
+        return 2 * precision * recall / (precision + recall)
+    return 0.0
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def _score_ngrams(pred_tokens: Sequence[str], ref_tokens: Sequence[str], n: int) -> Score:
+    pred, ref = _ngrams(pred_tokens, n), _ngrams(ref_tokens, n)
+    # Clipped counts: a repeated prediction n-gram only earns credit as often
+    # as it occurs in the reference.
+    overlap = sum(min(count, pred[gram]) for gram, count in ref.items())
+    # max(.., 1) mirrors rouge-score: an empty side gives 0, not a ZeroDivision.
+    precision = overlap / max(sum(pred.values()), 1)
+    recall = overlap / max(sum(ref.values()), 1)
+    return Score(precision, recall, _f1(precision, recall))
+
+
+def rouge_n(prediction: str, reference: str, n: int) -> Score:
+    """ROUGE-N of ``prediction`` against ``reference`` (clipped n-gram overlap)."""
+    if n <= 0:
+        raise ValueError(f"ROUGE-N needs a positive n, got {n}")
+    return _score_ngrams(rouge_tokens(prediction), rouge_tokens(reference), n)
+
+
+def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    # Two-row DP: only the length is needed, never the subsequence itself.
+    if len(b) > len(a):
+        a, b = b, a
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def _score_lcs(pred_tokens: Sequence[str], ref_tokens: Sequence[str]) -> Score:
+    if not pred_tokens or not ref_tokens:
+        return Score(0.0, 0.0, 0.0)
+    lcs = _lcs_length(pred_tokens, ref_tokens)
+    precision = lcs / len(pred_tokens)
+    recall = lcs / len(ref_tokens)
+    return Score(precision, recall, _f1(precision, recall))
+
+
+def rouge_l(prediction: str, reference: str) -> Score:
+    """Sentence-level ROUGE-L (longest common subsequence), not ROUGE-Lsum."""
+    return _score_lcs(rouge_tokens(prediction), rouge_tokens(reference))
+
+
+def rouge(prediction: str, reference: str) -> dict[str, float]:
+    """F1 of ROUGE-1, ROUGE-2 and ROUGE-L, keyed "rouge1", "rouge2", "rougeL"."""
+    # Tokenise once; the three variants share the token lists.
+    pred, ref = rouge_tokens(prediction), rouge_tokens(reference)
+    return {
+        "rouge1": _score_ngrams(pred, ref, 1).fmeasure,
+        "rouge2": _score_ngrams(pred, ref, 2).fmeasure,
+        "rougeL": _score_lcs(pred, ref).fmeasure,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Token-id metrics
+# ---------------------------------------------------------------------------
+
+
+def _as_ints(ids: Sequence[int]) -> list[int]:
+    # Accept lists, numpy arrays and 1-D tensors alike; comparing Python ints
+    # avoids element-wise array/tensor truthiness surprises.
+    return [int(i) for i in ids]
+
+
+def token_accuracy(predicted_ids: Sequence[int], reference_ids: Sequence[int]) -> float:
+    """Fraction of reference positions whose id the prediction reproduces.
+
+    Positions are compared one to one; reference positions the prediction
+    does not reach count as wrong, and prediction tokens beyond the reference
+    length are ignored (``exact_match`` is the length-sensitive check).
+    """
+    pred, ref = _as_ints(predicted_ids), _as_ints(reference_ids)
+    if not ref:
+        raise ValueError("token_accuracy is undefined for an empty reference")
+    return sum(p == r for p, r in zip(pred, ref)) / len(ref)
+
+
+def exact_match(predicted_ids: Sequence[int], reference_ids: Sequence[int]) -> bool:
+    """True when the two id sequences are identical, lengths included."""
+    return _as_ints(predicted_ids) == _as_ints(reference_ids)
+
+
+# ---------------------------------------------------------------------------
+# Batch matching
+# ---------------------------------------------------------------------------
+
+
+def _assign(gain: np.ndarray, n_references: int) -> list[int]:
+    """Map each reference (row of ``gain``) to a prediction, maximising total gain."""
+    assignment = [UNMATCHED] * n_references
+    if gain.size == 0:
+        return assignment
+    # Rectangular matrices are fine: with more references than predictions
+    # the surplus references are simply left out of the returned rows.
+    rows, cols = linear_sum_assignment(gain, maximize=True)
+    for r, c in zip(rows, cols):
+        assignment[int(r)] = int(c)
+    return assignment
+
+
+def match_batch(predictions: Sequence[str], references: Sequence[str]) -> list[int]:
+    """Optimal one-to-one pairing of predictions with references.
+
+    Maximises the summed ROUGE-1 F1 + ROUGE-2 F1 over pairs. Returns, for
+    each reference index, the index of its prediction, or -1 when there are
+    fewer predictions than references and it was left unmatched.
+    """
+    pred_tokens = [rouge_tokens(p) for p in predictions]
+    ref_tokens = [rouge_tokens(r) for r in references]
+    gain = np.zeros((len(ref_tokens), len(pred_tokens)))
+    for i, ref in enumerate(ref_tokens):
+        for j, pred in enumerate(pred_tokens):
+            gain[i, j] = (
+                _score_ngrams(pred, ref, 1).fmeasure + _score_ngrams(pred, ref, 2).fmeasure
+            )
+    return _assign(gain, len(ref_tokens))
+
+
+def _check_ids(
+    predicted_texts: Sequence[str],
+    reference_texts: Sequence[str],
+    predicted_ids: Optional[Sequence[Sequence[int]]],
+    reference_ids: Optional[Sequence[Sequence[int]]],
+) -> bool:
+    if (predicted_ids is None) != (reference_ids is None):
+        raise ValueError("give both predicted_ids and reference_ids, or neither")
+    if predicted_ids is None:
+        return False
+    if len(predicted_ids) != len(predicted_texts):
+        raise ValueError("predicted_ids and predicted_texts differ in length")
+    if len(reference_ids) != len(reference_texts):
+        raise ValueError("reference_ids and reference_texts differ in length")
+    return True
+
+
+def score_text_batch(
+    predicted_texts: Sequence[str],
+    reference_texts: Sequence[str],
+    predicted_ids: Optional[Sequence[Sequence[int]]] = None,
+    reference_ids: Optional[Sequence[Sequence[int]]] = None,
+) -> dict:
+    """Match a recovered batch to its references, then score every pair.
+
+    Returns ``{"per_example": [...], "mean": {...}}``. Each per-example entry
+    holds reference_index, prediction_index (-1 if unmatched), rouge1, rouge2,
+    rougeL, exact_match and, when ids are given, token_accuracy. Means are
+    over references, an unmatched reference scoring 0 everywhere; the mean
+    "token_accuracy" is present only when ids are given. ``exact_match``
+    compares ids when given, otherwise the ROUGE token lists of the texts
+    (so case and punctuation differences are forgiven).
+    """
+    has_ids = _check_ids(predicted_texts, reference_texts, predicted_ids, reference_ids)
+    if len(reference_texts) == 0:
+        raise ValueError("cannot score an empty reference batch")
+
+    assignment = match_batch(predicted_texts, reference_texts)
+    per_example = []
+    for ref_idx, pred_idx in enumerate(assignment):
+        entry: dict = {"reference_index": ref_idx, "prediction_index": pred_idx}
+        if pred_idx == UNMATCHED:
+            entry.update(rouge1=0.0, rouge2=0.0, rougeL=0.0)
+            if has_ids:
+                entry["token_accuracy"] = 0.0
+            entry["exact_match"] = False
+        else:
+            pred_text, ref_text = predicted_texts[pred_idx], reference_texts[ref_idx]
+            entry.update(rouge(pred_text, ref_text))
+            if has_ids:
+                entry["token_accuracy"] = token_accuracy(
+                    predicted_ids[pred_idx], reference_ids[ref_idx]
+                )
+                entry["exact_match"] = exact_match(
+                    predicted_ids[pred_idx], reference_ids[ref_idx]
+                )
+            else:
+                entry["exact_match"] = rouge_tokens(pred_text) == rouge_tokens(ref_text)
+        per_example.append(entry)
+
+    keys = ["rouge1", "rouge2", "rougeL"] + (["token_accuracy"] if has_ids else []) + ["exact_match"]
+    mean = {k: float(np.mean([float(e[k]) for e in per_example])) for k in keys}
+    return {"per_example": per_example, "mean": mean}
+
+
+# ---------------------------------------------------------------------------
+# Image metrics
+# ---------------------------------------------------------------------------
+
+_SSIM_SIGMA = 1.5
+_SSIM_WIN = 11
+# scipy's Gaussian radius is int(truncate * sigma + 0.5); 3.5 * 1.5 -> 5,
+# i.e. an 11-tap (normalised) kernel, matching Wang et al.'s window.
+_SSIM_TRUNCATE = 3.5
+_SSIM_K1, _SSIM_K2 = 0.01, 0.03
+
+
+def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"image shapes differ: {a.shape} vs {b.shape}")
+    if a.ndim not in (2, 3):
+        raise ValueError(f"expected an image shaped (H, W) or (C, H, W), got {a.shape}")
+    return a, b
+
+
+def mse(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean squared error over all pixels (and channels)."""
+    a, b = _pair(a, b)
+    return float(np.mean((a - b) ** 2))
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB; ``inf`` for identical images."""
+    err = mse(a, b)
+    if err == 0:
+        return math.inf
+    return float(10 * np.log10(data_range**2 / err))
+
+
+def _ssim_channel(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
+    def blur(img: np.ndarray) -> np.ndarray:
+        return gaussian_filter(img, sigma=_SSIM_SIGMA, truncate=_SSIM_TRUNCATE, mode="reflect")
+
+    c1 = (_SSIM_K1 * data_range) ** 2
+    c2 = (_SSIM_K2 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    # Biased (weighted population) moments, as in Wang et al.; no n/(n-1).
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
+    # Drop the border where the window would hang over the edge: what remains
+    # is exactly the "valid" convolution, so the padding mode is irrelevant.
+    pad = _SSIM_WIN // 2
+    return float(ssim_map[pad:-pad, pad:-pad].mean())
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+    """Structural similarity (Wang et al. 2004), mean over channels.
+
+    Both spatial sides must be at least 11 pixels, the window size.
+    """
+    a, b = _pair(a, b)
+    if min(a.shape[-2:]) < _SSIM_WIN:
+        raise ValueError(f"SSIM needs images of at least {_SSIM_WIN}x{_SSIM_WIN}, got {a.shape}")
+    if a.ndim == 2:
+        a, b = a[None], b[None]
+    return float(np.mean([_ssim_channel(x, y, data_range) for x, y in zip(a, b)]))
+
+
+def match_images(
+    predictions: Sequence[np.ndarray], references: Sequence[np.ndarray]
+) -> list[int]:
+    """Optimal one-to-one pairing of images minimising total MSE.
+
+    Returns, for each reference index, the matched prediction index or -1.
+    """
+    gain = np.zeros((len(references), len(predictions)))
+    for i, ref in enumerate(references):
+        for j, pred in enumerate(predictions):
+            gain[i, j] = -mse(pred, ref)
+    return _assign(gain, len(references))

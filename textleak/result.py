@@ -1,0 +1,102 @@
+"""The result of a recovery: what was guessed, how, under which assumptions, and how well."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_write_text
+
+RESULT_FORMAT = "textleak.result"
+
+
+@dataclass
+class RecoveryResult:
+    attack: str  # the attack asked for
+    method: str  # the method that ran (differs from `attack` for pipelines such as auto)
+    modality: str
+    prediction: dict[str, Any]
+    knowledge: dict[str, Any]  # facts the attacker was declared to know
+    assumed: dict[str, Any]  # how each fact was treated (known / recovered / optimised)
+    config: dict[str, Any]
+    seed: int
+    model: dict[str, Any]
+    gradient_file: str | None = None
+    distance: float | None = None
+    history: list[float] = field(default_factory=list)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    # -- views ---------------------------------------------------------------------------
+    @property
+    def texts(self) -> list[str]:
+        return list(self.prediction.get("texts", []))
+
+    def summary(self) -> str:
+        lines = [f"attack: {self.method}" + (f" (via {self.attack})" if self.method != self.attack else "")
+                 + f"  model: {self.model.get('name')} [{self.model.get('task')}]  seed: {self.seed}",
+                 f"attacker knew: {', '.join(k for k, v in self.knowledge.items() if v not in (None, False)) or 'nothing extra'}"
+                 f"; assumed: {', '.join(f'{k} {v}' for k, v in self.assumed.items())}"]
+        refs = (self.metrics or {}).get("per_example")
+        for i, text in enumerate(self.texts):
+            lines.append(f"recovered[{i}]: {text}")
+        if refs:
+            for e in refs:
+                lines.append(f"  reference[{e['reference_index']}] <- recovered[{e['prediction_index']}]: "
+                             f"ROUGE-1 {e['rouge1']:.3f}  ROUGE-2 {e['rouge2']:.3f}  ROUGE-L {e['rougeL']:.3f}"
+                             + (f"  token acc {e['token_accuracy']:.3f}" if "token_accuracy" in e else "")
+                             + f"  exact {'yes' if e['exact_match'] else 'no'}")
+        if self.metrics:
+            m = self.metrics["mean"]
+            lines.append("mean: " + "  ".join(f"{k} {v:.3f}" for k, v in m.items()))
+        t = self.timings
+        if t:
+            lines.append("time: " + "  ".join(f"{k} {v:.1f}s" for k, v in t.items()))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": RESULT_FORMAT, "version": 1, **asdict(self)}
+
+    def to_json(self, path: str | Path | None = None, *, indent: int = 2) -> str:
+        text = json.dumps(self.to_dict(), indent=indent, default=_jsonable)
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> "RecoveryResult":
+        p = Path(text_or_path)
+        text = p.read_text(encoding="utf-8") if len(str(text_or_path)) < 4096 and p.exists() else str(text_or_path)
+        data = json.loads(text)
+        data.pop("format", None), data.pop("version", None)
+        return cls(**data)
+
+    def report(self, fmt: str = "markdown") -> str:
+        """A Markdown or self-contained HTML page: texts over iterations, scores, assumptions."""
+        rows = [(str(s.get("step")), " | ".join(s.get("texts", []))) for s in self.snapshots]
+        if fmt == "markdown":
+            out = [f"# textleak: {self.method} on {self.model.get('name')}", "", "```", self.summary(), "```",
+                   "", "| iteration | decoded text |", "|---:|---|"]
+            out += [f"| {it} | {txt.replace('|', '/')} |" for it, txt in rows]
+            return "\n".join(out) + "\n"
+        if fmt == "html":
+            body = "".join(f"<tr><td>{html.escape(it)}</td><td>{html.escape(txt)}</td></tr>" for it, txt in rows)
+            return (f"<!doctype html><html><head><meta charset='utf-8'><title>textleak {html.escape(self.method)}"
+                    f"</title></head><body><h1>textleak: {html.escape(self.method)}</h1>"
+                    f"<pre>{html.escape(self.summary())}</pre><table border='1'><tr><th>iteration</th>"
+                    f"<th>decoded text</th></tr>{body}</table></body></html>")
+        raise ValueError(f"unknown report format {fmt!r}; choose markdown or html")
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)

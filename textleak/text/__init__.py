@@ -1,0 +1,1 @@
+"""Text modality: HF model loading, tokenisation and masking, dummy embeddings, decoding."""

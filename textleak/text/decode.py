@@ -1,0 +1,45 @@
+"""Decoding dummy embeddings to the nearest rows of the model's input-embedding matrix."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import InputError
+
+METRICS = ("cosine", "l2")
+_UNUSED = re.compile(r"^\[unused\d+\]$|^<unused\d+>$")
+
+
+def allowed_token_ids(tokenizer: Any) -> torch.Tensor:
+    """Ids a tokenised sentence can contain between its special tokens.
+
+    Special tokens and BERT's reserved `[unusedN]` rows never occur there, so decoding to them
+    would only add wrong answers.
+    """
+    special = set(tokenizer.all_special_ids)
+    vocab = tokenizer.get_vocab()
+    ids = [i for tok, i in vocab.items() if i not in special and not _UNUSED.match(tok)]
+    return torch.tensor(sorted(ids))
+
+
+def nearest_tokens(embeddings: torch.Tensor, matrix: torch.Tensor, candidates: torch.Tensor,
+                   metric: str = "cosine") -> torch.Tensor:
+    """For each row of `embeddings` [N, H], the id in `candidates` whose row of `matrix` is nearest."""
+    if metric not in METRICS:
+        raise InputError(f"unknown decoding metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    rows = matrix[candidates]
+    if embeddings.numel() == 0:
+        return torch.empty(0, dtype=torch.long)
+    if metric == "cosine":
+        scores = torch.nn.functional.normalize(embeddings, dim=-1) @ torch.nn.functional.normalize(rows, dim=-1).T
+        best = scores.argmax(-1)
+    else:
+        best = torch.cdist(embeddings, rows).argmin(-1)
+    return candidates[best]
+
+
+def ids_to_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    return tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()

@@ -1,0 +1,55 @@
+"""The text modality's hooks for `recover`: model loading, compatibility check, scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import InputError
+from ..metrics import score_text_batch
+from ..modalities import MODALITIES, Modality
+from ..threat import Reference
+from .models import TextTarget, check_compatible, load_text_model, target_from_model
+
+
+def load_target(model: Any, metadata: Mapping[str, Any]) -> TextTarget:
+    spec = metadata["model"]
+    if model is not None and not isinstance(model, (str, Path)):
+        if isinstance(model, TextTarget):
+            return model
+        tokenizer = getattr(model, "textleak_tokenizer", None)
+        if tokenizer is None:
+            raise InputError("pass a TextTarget (textleak.text.models.target_from_model) for a model object")
+        return target_from_model(model, tokenizer, task=spec["task"])
+    if model is None and spec.get("head_seed", -1) < 0:
+        raise InputError("this gradient file came from a model object; pass the same model with --model")
+    return load_text_model(str(model) if model is not None else spec["name"], task=spec["task"],
+                           num_labels=spec.get("num_labels") or 2, head_seed=max(spec.get("head_seed", 0), 0))
+
+
+def check(target: TextTarget, metadata: Mapping[str, Any], gradients: Mapping[str, Any]) -> None:
+    if metadata.get("modality") != "text":
+        raise InputError(f"gradient file is from an {metadata.get('modality')} model, not a text model")
+    check_compatible(metadata["model"], target.spec, gradients, target.model)
+
+
+def score(prediction: Mapping[str, Any], reference: Reference, target: TextTarget) -> dict:
+    if not reference.texts:
+        raise InputError("the reference holds no text")
+    ref_ids = reference.token_ids or [target.tokenizer(t)["input_ids"] for t in reference.texts]
+    scores = score_text_batch(prediction["texts"], reference.texts, prediction["token_ids"], ref_ids)
+    if reference.labels and prediction.get("labels") is not None:
+        hits = [prediction["labels"][e["prediction_index"]] == reference.labels[e["reference_index"]]
+                for e in scores["per_example"] if e["prediction_index"] >= 0]
+        scores["mean"]["label_accuracy"] = sum(hits) / len(reference.labels)
+    return scores
+
+
+def read_reference(path: str) -> Reference:
+    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise InputError(f"reference file {path} holds no sentence")
+    return Reference(modality="text", texts=lines)
+
+
+MODALITIES.register("text")(Modality("text", load_target, check, score, read_reference))
