@@ -8,6 +8,7 @@ them to `path` and `<stem>.reference.json` beside it.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -51,9 +52,11 @@ def parameter_gradients(loss: torch.Tensor, model: torch.nn.Module) -> dict[str,
 
 def metadata_for(*, modality: str, spec: Mapping[str, Any], knowledge: Knowledge,
                  capture: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    return {"modality": modality, "model": dict(spec), "knowledge": knowledge.to_dict(),
+    meta = {"modality": modality, "model": dict(spec), "knowledge": knowledge.to_dict(),
             "capture": dict(capture), "extra": dict(extra or {}), "versions": versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    # The same plain-JSON values in memory as after a save/load round trip.
+    return json.loads(json.dumps(meta))
 
 
 def declared_knowledge(facts: Mapping[str, Any], declare: Iterable[str]) -> Knowledge:

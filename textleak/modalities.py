@@ -36,6 +36,6 @@ def modality(name: str) -> Modality:
         try:
             importlib.import_module(plugin)
         except ModuleNotFoundError as exc:
-            if exc.name != plugin:  # a plugin that exists but fails to import is a real bug
+            if not (exc.name and plugin.startswith(exc.name)):  # a plugin that exists but fails to import is a real bug
                 raise
     return MODALITIES.get(name)

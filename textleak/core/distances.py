@@ -22,6 +22,16 @@ def squared_l2(dummy: Sequence[torch.Tensor], observed: Sequence[torch.Tensor]) 
     return sum(((d - o) ** 2).sum() for d, o in zip(dummy, observed))
 
 
+@DISTANCES.register("l2-layer")
+def layer_normalised_l2(dummy: Sequence[torch.Tensor], observed: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Squared L2 per parameter tensor, each divided by its observed squared norm.
+
+    Plain L2 lets the largest gradients (often a freshly initialised head) drown the layers that
+    carry the input; this gives every parameter tensor the same say.
+    """
+    return sum(((d - o) ** 2).sum() / ((o ** 2).sum() + 1e-30) for d, o in zip(dummy, observed)) / len(observed)
+
+
 @DISTANCES.register("cosine")
 def cosine(dummy: Sequence[torch.Tensor], observed: Sequence[torch.Tensor]) -> torch.Tensor:
     """Inverting Gradients (Geiping et al. 2020): 1 - cosine of the concatenated gradients."""

@@ -117,6 +117,10 @@ def match(
     """Minimise the gradient distance over `config.restarts` runs; return the best by distance."""
     distance = DISTANCES.get(config.distance)
     target = [observed[n].detach().to(torch.float32) for n in problem.names]
+    # Distances compare gradients in units of the observed norm: the optimum is unchanged, but
+    # L-BFGS's absolute tolerances then mean the same for a tiny or a huge gradient.
+    unit = 1.0 / max(math.sqrt(sum(float(t.double().pow(2).sum()) for t in target)), 1e-30)
+    target = [t * unit for t in target]
     key = run_key(config, {n: observed[n] for n in problem.names}, key_extra)
     state = load_checkpoint(checkpoint, key=key) if (resume and checkpoint) else None
     resumed = state is not None
@@ -132,7 +136,8 @@ def match(
     def objective(variables: Mapping[str, torch.Tensor]) -> torch.Tensor:
         nonlocal evaluations
         evaluations += 1
-        return distance(problem.gradients(variables), target) + problem.regulariser(variables)
+        dummy = [g * unit for g in problem.gradients(variables)]
+        return distance(dummy, target) + problem.regulariser(variables)
 
     started = time.perf_counter() - state["elapsed"]
     total = config.restarts * config.steps
@@ -181,7 +186,7 @@ def match(
                     loss.backward()
                     return loss
 
-                loss = float(optimizer.step(closure))
+                loss = float(optimizer.step(closure).detach())
                 problem.project(variables)
                 if scheduler is not None:
                     scheduler.step()

@@ -31,6 +31,10 @@ def nearest_tokens(embeddings: torch.Tensor, matrix: torch.Tensor, candidates: t
     if metric not in METRICS:
         raise InputError(f"unknown decoding metric {metric!r}; choose one of: {', '.join(METRICS)}")
     rows = matrix[candidates]
+    # BERT-style encoders LayerNorm (word + position) embeddings, which removes each vector's mean:
+    # a dummy embedding is only determined up to a constant shift, so compare centred vectors.
+    embeddings = embeddings - embeddings.mean(-1, keepdim=True)
+    rows = rows - rows.mean(-1, keepdim=True)
     if embeddings.numel() == 0:
         return torch.empty(0, dtype=torch.long)
     if metric == "cosine":
