@@ -223,6 +223,8 @@ def match(
     finally:
         bar.close()
 
+    if checkpoint is not None and Path(checkpoint).exists():
+        Path(checkpoint).unlink()  # the run is finished: nothing left to resume
     best = state["best"]
     return MatchOutcome(
         variables=best["variables"], distance=best["distance"], restart=best["restart"],

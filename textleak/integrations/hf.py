@@ -52,8 +52,9 @@ class GradientCaptureCallback(TrainerCallback):
     # -- recording the batch -----------------------------------------------------------
     def _record(self, module, args, kwargs):
         if module.training:
+            # Batch tensors only: the Trainer also passes scalars such as num_items_in_batch.
             self._inputs.append({k: v.detach().cpu().clone() for k, v in kwargs.items()
-                                 if isinstance(v, torch.Tensor)})
+                                 if isinstance(v, torch.Tensor) and v.dim() >= 1})
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._hook = model.register_forward_pre_hook(self._record, with_kwargs=True)
