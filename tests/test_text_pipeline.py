@@ -92,10 +92,31 @@ def test_attack_without_declared_lengths_says_what_it_needs(tiny_bert):
 
 
 def test_dlg_recovers_a_short_sentence_exactly(tiny_bert_wide):
-    cap = textleak.capture_gradients(str(tiny_bert_wide), ["the cat sat"], task="classify", labels=[1])
-    result = textleak.recover(gradients=cap.gradients, reference=cap.reference, attack="dlg", progress=False)
+    target = load_text_model(str(tiny_bert_wide), task="classify")
+    cap = textleak.capture_gradients(target, ["the cat sat"], labels=[1])
+    result = textleak.recover(gradients=cap.gradients, model=target, reference=cap.reference, attack="dlg",
+                              progress=False)
+    assert all(p.grad is None for p in target.model.parameters())  # the attack leaves the model as it was
     assert result.texts == ["the cat sat"]
     assert result.metrics["mean"]["exact_match"] == 1.0
     assert result.assumed["labels"] == "optimised jointly"
     assert result.prediction["labels"] == [1]
     assert [s["step"] for s in result.snapshots] == [0, 10, 20, 30]
+
+
+@pytest.mark.parametrize("family_fixture", ["tiny_bert", "tiny_distilbert"])
+def test_masked_lm_dummy_loss_equals_the_models_own_loss(request, family_fixture):
+    """The head-on-masked-positions shortcut must give HF's loss exactly."""
+    from textleak.threat import Knowledge, Observation
+
+    target = load_text_model(str(request.getfixturevalue(family_fixture)), task="mlm")
+    cap = textleak.capture_gradients(target, ["the cat sat on the mat"], task="mlm", seed=0,
+                                     declare=("batch_size", "seq_lengths", "mask_positions", "labels"))
+    meta = cap.gradients.metadata
+    problem = target.matching_problem(Observation(cap.gradients.gradients, meta, Knowledge.from_dict(meta["knowledge"])))
+    ids = torch.tensor(cap.reference.masked_input_ids)
+    variables = {"embeddings": target.model.get_input_embeddings().weight[ids].detach()}
+    assert float(problem.loss(variables)) == pytest.approx(meta["capture"]["loss_value"], rel=1e-5)
+    grads = problem.gradients(variables)
+    for name, g in zip(problem.names, grads):
+        assert torch.allclose(g, cap.gradients.gradients[name], atol=1e-5), name

@@ -171,7 +171,8 @@ def match(
                 state["diverged"].append(False)
                 if 0 in config.snapshot_at:
                     state["snapshots"][restart].append(snapshot())
-            optimizer = OPTIMIZERS[config.optimizer]([v for v in variables.values() if v.requires_grad], config)
+            leaves = [v for v in variables.values() if v.requires_grad]
+            optimizer = OPTIMIZERS[config.optimizer](leaves, config)
             if state["optimizer"] is not None:
                 optimizer.load_state_dict(state["optimizer"])
             scheduler = _scheduler(optimizer, config)
@@ -181,10 +182,12 @@ def match(
             history = state["history"][restart]
             while step < config.steps:
                 def closure() -> torch.Tensor:
-                    optimizer.zero_grad()
                     loss = objective(variables)
-                    loss.backward()
-                    return loss
+                    # Differentiate w.r.t. the dummies only: backward() would also fill (and
+                    # pay for) .grad on every model parameter, touching the user's model.
+                    for leaf, grad in zip(leaves, torch.autograd.grad(loss, leaves)):
+                        leaf.grad = grad
+                    return loss.detach()
 
                 loss = float(optimizer.step(closure).detach())
                 problem.project(variables)

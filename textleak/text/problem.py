@@ -21,6 +21,12 @@ from ..threat import Observation
 from .decode import allowed_token_ids, ids_to_text, nearest_tokens
 
 
+#: model_type -> the MLM head module that first receives the encoder's hidden states. Feeding it
+#: only the masked positions skips the vocabulary projection everywhere else (most of the cost).
+MLM_HEAD_INPUT = {"bert": "cls", "roberta": "lm_head", "xlm-roberta": "lm_head", "distilbert": "vocab_transform",
+                  "albert": "predictions", "electra": "generator_predictions"}
+
+
 class TextMatchingProblem:
     def __init__(self, target, observation: Observation, *, decode_metric: str = "cosine",
                  names: Sequence[str] | None = None, candidates: torch.Tensor | None = None,
@@ -109,13 +115,22 @@ class TextMatchingProblem:
 
     def loss(self, variables: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The victim's training loss (HF's mean cross-entropy) with soft dummy labels."""
-        out = self.model(inputs_embeds=self.inputs_embeds(variables), attention_mask=self.attention_mask,
-                         token_type_ids=torch.zeros_like(self.attention_mask)
-                         if "token_type_ids" in self.tokenizer.model_input_names else None)
-        logits = out.logits
-        if self.task == "mlm":
-            b, p = zip(*self.mask_index)
-            logits = logits[list(b), list(p)]
+        kwargs = {"inputs_embeds": self.inputs_embeds(variables), "attention_mask": self.attention_mask}
+        if "token_type_ids" in self.tokenizer.model_input_names:
+            kwargs["token_type_ids"] = torch.zeros_like(self.attention_mask)
+        if self.task == "classify":
+            logits = self.model(**kwargs).logits
+        else:
+            b, p = (list(x) for x in zip(*self.mask_index))
+            head = getattr(self.model, MLM_HEAD_INPUT.get(self.model.config.model_type, ""), None)
+            if head is None:
+                logits = self.model(**kwargs).logits[b, p]
+            else:
+                hook = head.register_forward_pre_hook(lambda mod, args: (args[0][b, p][None],) + args[1:])
+                try:
+                    logits = self.model(**kwargs).logits[0]
+                finally:
+                    hook.remove()
         return -(self.soft_labels(variables) * logits.log_softmax(-1)).sum(-1).mean()
 
     def gradients(self, variables: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:

@@ -1,0 +1,94 @@
+"""Loading real sentences: the shared dev/train files, local files, or HF `datasets` names.
+
+`load_sentences("cola")` reads `dev_cola.tsv` from the shared data folder when it is there and
+otherwise asks `datasets` for GLUE CoLA (which works offline only if the user has it cached).
+Paths may be `.tsv` (header `sentence<TAB>label`), `.txt` (one sentence per line), `.jsonl` or
+`.csv` (a `sentence` or `text` column, optional `label`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+#: short name -> (file stem in the shared folder, HF dataset path, config, text column)
+DATASETS = {
+    "cola": ("cola", "nyu-mll/glue", "cola", "sentence"),
+    "sst2": ("sst2", "nyu-mll/glue", "sst2", "sentence"),
+    "rt": ("rotten_tomatoes", "cornell-movie-review-data/rotten_tomatoes", None, "text"),
+    "rotten_tomatoes": ("rotten_tomatoes", "cornell-movie-review-data/rotten_tomatoes", None, "text"),
+}
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int | None = None
+
+
+def shared_data_dir() -> Path | None:
+    """$TEXTLEAK_DATA, else a `shared/data` folder beside the working directory or the repo."""
+    env = os.environ.get("TEXTLEAK_DATA")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve().parent.parent
+    for base in (Path.cwd(), here):
+        candidates += [base / "shared" / "data", base.parent / "shared" / "data"]
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def load_sentences(spec: str, *, split: str = "dev", n: int | None = None) -> list[Example]:
+    path = Path(spec)
+    if path.is_file():
+        examples = _read_file(path)
+    elif spec in DATASETS:
+        examples = _named(spec, split)
+    elif "/" in spec or spec.startswith("hf:"):
+        examples = _hf(spec.removeprefix("hf:"), None, "sentence", split)
+    else:
+        raise InputError(f"no data file {spec!r}; give a path or one of: {', '.join(sorted(DATASETS))}")
+    if not examples:
+        raise InputError(f"{spec} holds no sentence")
+    return examples[:n] if n else examples
+
+
+def _named(name: str, split: str) -> list[Example]:
+    stem, hf_path, config, column = DATASETS[name]
+    folder = shared_data_dir()
+    if folder is not None and (folder / f"{split}_{stem}.tsv").is_file():
+        return _read_file(folder / f"{split}_{stem}.tsv")
+    return _hf(hf_path, config, column, "train" if split == "dev" else split)
+
+
+def _hf(path: str, config: str | None, column: str, split: str) -> list[Example]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(path, config, split=split)
+    except Exception as exc:  # offline, unknown name, or missing split: all end the same way
+        raise InputError(f"dataset {path} is not available here ({type(exc).__name__}); "
+                         f"pass a local file instead") from None
+    col = column if column in ds.column_names else next(c for c in ("sentence", "text") if c in ds.column_names)
+    labels = ds["label"] if "label" in ds.column_names else [None] * len(ds)
+    return [Example(t, y) for t, y in zip(ds[col], labels)]
+
+
+def _read_file(path: Path) -> list[Example]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".txt":
+        return [Example(ln.strip()) for ln in text.splitlines() if ln.strip()]
+    if path.suffix == ".jsonl":
+        rows = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+        return [Example(r.get("sentence", r.get("text")), r.get("label")) for r in rows]
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    # Sentences carry unescaped quotes: no quoting, split on the delimiter only.
+    reader = csv.DictReader(text.splitlines(), delimiter=delimiter, quoting=csv.QUOTE_NONE)
+    column = next((c for c in ("sentence", "text") if c in (reader.fieldnames or [])), None)
+    if column is None:
+        raise InputError(f"{path} needs a 'sentence' or 'text' column")
+    return [Example(r[column], int(r["label"]) if r.get("label") not in (None, "") else None)
+            for r in reader if r[column] and r[column].strip()]
