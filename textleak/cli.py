@@ -69,7 +69,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def _attack_options(args: argparse.Namespace) -> dict:
-    keys = ("steps", "restarts", "optimizer", "lr", "distance")
+    keys = ("steps", "restarts", "optimizer", "lr", "distance", "decode")
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
@@ -97,11 +97,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Capture a built-in sentence on the packaged MiniLM, recover it, print both with scores."""
     from .capture import capture_gradients
     from .recover import recover
+    from .text.models import load_text_model
 
     text = args.text or DEMO_SENTENCE
     print(f"capturing a masked-LM gradient of: {text}")
-    cap = capture_gradients(args.model, [text], task="mlm", seed=args.seed)
-    result = recover(gradients=cap.gradients, model=args.model, attack=args.attack, reference=cap.reference,
+    target = load_text_model(args.model, task="mlm")
+    cap = capture_gradients(target, [text], seed=args.seed)
+    result = recover(gradients=cap.gradients, model=target, attack=args.attack, reference=cap.reference,
                      seed=args.seed, options=_attack_options(args), progress=not args.quiet)
     print(f"original : {text}")
     print(result.summary())
@@ -163,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--restarts", type=int)
     r.add_argument("--optimizer", choices=["lbfgs", "adam"])
     r.add_argument("--lr", type=float)
-    r.add_argument("--distance")
+    r.add_argument("--distance", help="gradient distance (l2, l2-layer, cosine, tag)")
+    r.add_argument("--decode", choices=["cosine", "l2"], help="nearest-embedding metric for text")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--checkpoint", help="checkpoint file (default: <grads>.ckpt)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
@@ -181,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--optimizer", choices=["lbfgs", "adam"])
     d.add_argument("--lr", type=float)
     d.add_argument("--distance")
+    d.add_argument("--decode", choices=["cosine", "l2"])
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
