@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import textleak
-from textleak.cli import _quiet_libraries
+from textleak.cli import _quiet_libraries, run_script
 from textleak.data import load_sentences
-from textleak.errors import TextleakError
 from textleak.io import atomic_write_text
 from textleak.text.models import load_text_model
 
@@ -98,8 +96,4 @@ def _finished(log: Path, key: dict) -> dict[int, dict]:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except TextleakError as exc:
-        print(f"benchmark_dlg: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    run_script(main, "benchmark_dlg")

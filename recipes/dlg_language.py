@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 import textleak
-from textleak.cli import _quiet_libraries
-from textleak.errors import TextleakError
+from textleak.cli import _quiet_libraries, run_script
 from textleak.text.models import load_text_model
 
 SENTENCES = [
@@ -86,8 +84,4 @@ def _write(out: Path, args: argparse.Namespace, done: list) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except TextleakError as exc:
-        print(f"dlg_language: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    run_script(main, "dlg_language")

@@ -207,5 +207,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def run_script(entry, prog: str) -> None:
+    """Run a recipe's main() with the CLI's handling of user errors (one line, non-zero exit)."""
+    _quiet_libraries()
+    try:
+        code = entry()
+    except TextleakError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; rerun to resume", file=sys.stderr)
+        code = 130
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
