@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="capture and recover a built-in sentence on the packaged MiniLM")
     d.add_argument("--text")
     d.add_argument("--model")
-    d.add_argument("--attack", default="dlg", choices=ATTACKS.names())
+    d.add_argument("--attack", default="auto", choices=ATTACKS.names())
     d.add_argument("--steps", type=int)
     d.add_argument("--restarts", type=int)
     d.add_argument("--optimizer", choices=["lbfgs", "adam"])

@@ -70,6 +70,8 @@ class Exact:
         cands, threshold = lk.position_candidates(model, span0, vocab, max(lengths))
         specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
         span1 = lk.layer_span(grads, 1) if lk.qkv_names(grads, 1) else None
+        if span1 is not None and span1.rank < span0.rank:
+            span1 = None  # e.g. the last layer of a classifier: only [CLS] feeds the loss there
         sequences, residuals = self._assemble(model, cands, lengths, span1, specials, tok, know.special_tokens)
         certified = self._certified(span1, residuals, cands, lengths)
         prediction = {"token_ids": sequences}

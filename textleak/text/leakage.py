@@ -27,7 +27,7 @@ import torch
 from ..errors import MissingKnowledgeError
 
 #: below this ratio between consecutive singular values there is no usable rank gap
-MIN_GAP = 1e2
+MIN_GAP = 10.0
 
 
 def _find(gradients: Mapping[str, torch.Tensor], pattern: str) -> str | None:
@@ -164,6 +164,11 @@ def layer_span(gradients: Mapping[str, torch.Tensor], layer: int) -> LayerSpan:
     H = G.shape[1]
     s = s / s[0].clamp_min(1e-300)
     ratios = s[:-1] / s[1:].clamp_min(1e-300)
+    # the gap sought is the drop to rounding noise, so only drops whose lower edge lies below the
+    # square root of the gradient dtype's precision are considered (a dominant first direction
+    # in a random model must not pass for the rank)
+    floor = math.sqrt(torch.finfo(gradients[names[0]].dtype).eps)
+    ratios = torch.where(s[1:] < floor, ratios, torch.zeros_like(ratios))
     r = int(torch.argmax(ratios)) + 1
     gap = float(ratios[r - 1])
     if gap < MIN_GAP:  # no clear gap: the inputs fill the whole space (or noise hides them)
