@@ -146,7 +146,7 @@ class Exact:
     @staticmethod
     def _certified(span1, residuals, cands, lengths) -> bool:
         if span1 is not None and span1.exact:
-            return all(r == r and r <= span1.tol ** 2 * n for r, n in zip(residuals, lengths))
+            return all(r == r and r <= span1.floor ** 2 * n for r, n in zip(residuals, lengths))
         # without a second layer only an unambiguous single sentence is certain
         return len(lengths) == 1 and all(len(c) == 1 for c in cands[:lengths[0]])
 

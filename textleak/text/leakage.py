@@ -134,6 +134,12 @@ class LayerSpan:
     tol: float
 
     @property
+    def floor(self) -> float:
+        """Largest residual a true member can show: first discarded / last kept singular value."""
+        r = self.rank
+        return float(self.singular_values[r] / self.singular_values[r - 1]) if r < len(self.singular_values) else 1.0
+
+    @property
     def exact(self) -> bool:
         return self.gap >= MIN_GAP and self.rank < self.basis.shape[0]
 
@@ -214,7 +220,8 @@ def position_candidates(model: torch.nn.Module, span: LayerSpan, vocab: torch.Te
             inside = (res < span.tol).nonzero().flatten()
             keep, res = (keep[inside], res[inside]) if len(inside) else (keep[res.argmin()].reshape(1), res.min().reshape(1))
             per_position.append((vocab[keep], res))
-    threshold = calibrate_threshold(torch.cat([r for _, r in per_position]), span.tol)
+    # members may sit as high as noise / weakest signal (span.floor), so never cut below it
+    threshold = max(calibrate_threshold(torch.cat([r for _, r in per_position]), span.tol), span.floor)
     out = []
     for ids, res in per_position:
         inside = (res <= threshold).nonzero().flatten()
