@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("recover", help="recover the private text behind a gradient file")
     r.add_argument("--grads", required=True)
     r.add_argument("--model", help="default: the model named in the gradient file")
-    r.add_argument("--attack", default="dlg", choices=ATTACKS.names())
+    r.add_argument("--attack", default="auto", choices=ATTACKS.names(),
+                   help="default auto: exact where the rank condition holds, else constrained optimisation")
     r.add_argument("--reference", help="ground truth for scoring: reference JSON or one sentence per line")
     r.add_argument("--unknown", nargs="*", choices=WITHDRAWABLE, help="declared facts to withhold from the attacker")
     r.add_argument("--steps", type=int)
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="capture and recover a built-in sentence on the packaged MiniLM")
     d.add_argument("--text")
     d.add_argument("--model")
-    d.add_argument("--attack", default="dlg", choices=ATTACKS.names())
+    d.add_argument("--attack", default="auto", choices=ATTACKS.names())
     d.add_argument("--steps", type=int)
     d.add_argument("--restarts", type=int)
     d.add_argument("--optimizer", choices=["lbfgs", "adam"])

@@ -36,6 +36,6 @@ def modality(name: str) -> Modality:
         try:
             importlib.import_module(plugin)
         except ModuleNotFoundError as exc:
-            if not (exc.name and plugin.startswith(exc.name)):  # a plugin that exists but fails to import is a real bug
+            if exc.name not in (plugin, plugin.rpartition(".")[0]):  # one that exists but fails is a bug
                 raise
     return MODALITIES.get(name)

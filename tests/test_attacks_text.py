@@ -1,0 +1,137 @@
+"""Text attacks on a tiny local BERT: every registered text attack runs; exact recovery, label
+recovery, length inference and fallbacks are asserted. Offline, small, a few seconds each."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import textleak
+from textleak.attacks import ATTACKS
+from textleak.errors import MissingKnowledgeError
+from textleak.gradients import GradientFile
+from textleak.text import leakage as lk
+from textleak.text.inference import complete_knowledge
+from textleak.text.models import load_text_model
+from textleak.threat import Knowledge, Observation
+
+WORDS = ("the a cat dog sat ran on under mat log big small red quickly slowly and . , "
+         "bird sang song happy sad film movie good bad very was is").split()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=3, num_attention_heads=2,
+                     intermediate_size=96, max_position_embeddings=24)
+    BertForMaskedLM(cfg).save_pretrained(root)
+    tok.save_pretrained(root)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def targets(model_dir):
+    torch.set_num_threads(1)
+    return {task: load_text_model(model_dir, task=task) for task in ("classify", "mlm")}
+
+
+def _options(attack: str) -> dict:
+    fields = {f.name for f in dataclasses.fields(ATTACKS.get(attack))}
+    opts = {k: v for k, v in {"steps": 2, "prior": "none", "proposals": 2, "discrete_every": 1}.items()
+            if k in fields}
+    return opts
+
+
+TEXT_ATTACKS = [a for a in ATTACKS.names() if "text" in ATTACKS.get(a).modalities]
+
+
+@pytest.mark.parametrize("attack", TEXT_ATTACKS)
+@pytest.mark.parametrize("task", ["classify", "mlm"])
+def test_every_text_attack_runs_and_says_what_it_assumed(targets, attack, task):
+    target = targets[task]
+    cap = textleak.capture_gradients(target, ["the cat sat on the mat ."], labels=[1], seed=1)
+    res = textleak.recover(gradients=cap.gradients, model=target, attack=attack, reference=cap.reference,
+                           unknown=["labels"], options=_options(attack), progress=False)
+    assert res.method and len(res.texts) == 1
+    assert "labels" in res.assumed and res.assumed["labels"] != "known"
+    assert 0.0 <= res.metrics["mean"]["rouge1"] <= 1.0
+    if attack in ("exact", "auto"):
+        assert res.metrics["mean"]["exact_match"] == 1.0
+        assert res.prediction["labels"] == cap.reference.labels
+
+
+@pytest.mark.parametrize("task", ["classify", "mlm"])
+def test_exact_recovers_a_batch_of_two_with_labels(targets, task):
+    # no token repeats across positions: repeated tokens make layer-0 candidates ambiguous and
+    # leave assembly to the layer-1 search, which is not guaranteed (see attacks/exact.py)
+    texts = ["the big dog ran", "a small red bird sang ."]
+    cap = textleak.capture_gradients(targets[task], texts, labels=[0, 1], seed=3)
+    res = textleak.recover(gradients=cap.gradients, model=targets[task], attack="exact",
+                           reference=cap.reference, unknown=["labels"], progress=False)
+    assert res.details["certified"]
+    assert res.metrics["mean"]["exact_match"] == 1.0
+    assert res.metrics["mean"]["label_accuracy"] == 1.0
+
+
+def test_exact_infers_lengths_when_withheld(targets):
+    texts = ["the big dog ran under a log", "happy bird sang ."]
+    cap = textleak.capture_gradients(targets["classify"], texts, labels=[1, 1])
+    res = textleak.recover(gradients=cap.gradients, model=targets["classify"], attack="exact",
+                           reference=cap.reference, unknown=["seq_lengths", "labels"], progress=False)
+    assert "inferred" in res.assumed["seq_lengths"]
+    assert res.metrics["mean"]["exact_match"] == 1.0
+
+
+def test_analytic_label_recovery(targets):
+    cap = textleak.capture_gradients(targets["classify"], ["a good movie"], labels=[1])
+    g = cap.gradients.gradients
+    assert lk.class_label_counts(g, 1) == [0, 1]
+    cap4 = textleak.capture_gradients(targets["classify"], ["a", "the film", "good", "bad"], labels=[0, 1, 1, 1])
+    assert lk.class_label_counts(cap4.gradients.gradients, 4) == [1, 3]
+    mlm = textleak.capture_gradients(targets["mlm"], ["the cat sat on the mat ."], mask_prob=0.4, seed=5)
+    counts = lk.mlm_label_counts(mlm.gradients.gradients, len(mlm.reference.labels[0]))
+    assert sorted(counts) == sorted(set(mlm.reference.labels[0]))
+    know = Knowledge.from_dict(cap.gradients.metadata["knowledge"]).without("labels")
+    obs, how = complete_knowledge(Observation(g, cap.gradients.metadata, know), targets["classify"])
+    assert obs.knowledge.labels == (1,) and "recovered" in how["labels"]
+
+
+def test_token_set_leaks_from_sparse_embedding_gradient(targets):
+    target = targets["classify"]
+    cap = textleak.capture_gradients(target, ["the dog ran"], labels=[0])
+    leaked = set(lk.embedding_token_set(cap.gradients.gradients).tolist())
+    assert leaked == set(cap.reference.token_ids[0])
+
+
+def test_missing_layers_raise_and_auto_falls_back(targets):
+    target = targets["classify"]
+    cap = textleak.capture_gradients(target, ["the dog ran"], labels=[0])
+    head_only = {n: g for n, g in cap.gradients.gradients.items() if n.startswith(("classifier", "bert.pooler"))}
+    gf = GradientFile(head_only, cap.gradients.metadata)
+    with pytest.raises(MissingKnowledgeError, match="query"):
+        textleak.recover(gradients=gf, model=target, attack="exact", progress=False)
+    res = textleak.recover(gradients=gf, model=target, attack="auto", options={"steps": 2}, progress=False)
+    assert res.method in ("lamp", "tag", "dlg")
+    assert res.details["tried"][0]["attack"] == "exact"
+
+
+def test_bigram_prior_prefers_seen_order(tmp_path, monkeypatch, targets):
+    from textleak.text.prior import load_prior
+
+    data = tmp_path / "train_toy.tsv"
+    data.write_text("sentence\tlabel\n" + "the cat sat on the mat\t1\n" * 5)
+    monkeypatch.setenv("TEXTLEAK_PRIOR_DATA", str(data))
+    monkeypatch.setenv("TEXTLEAK_CACHE", str(tmp_path / "cache"))
+    tok = targets["mlm"].tokenizer
+    prior = load_prior("bigram", tok)
+    good = tok("the cat sat on the mat")["input_ids"]
+    bad = tok("mat the on sat cat the")["input_ids"]
+    assert prior.nll(good) < prior.nll(bad)
+    assert load_prior("bigram", tok).nll(good) == pytest.approx(prior.nll(good))  # from the cache

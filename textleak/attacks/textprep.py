@@ -1,0 +1,41 @@
+"""What every optimisation attack on text does first: fill in unknown facts from the gradient
+(labels, lengths) and narrow the vocabulary to the tokens the gradient shows were present."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import MissingKnowledgeError
+from ..threat import Observation
+from ..text import leakage as lk
+from ..text.decode import allowed_token_ids
+from ..text.inference import complete_knowledge
+
+
+def prepare_text(observation: Observation, target: Any, *, restrict: bool = True
+                 ) -> tuple[Observation, torch.Tensor | None, dict[str, str]]:
+    """(observation with recovered facts, candidate token ids or None, notes on what was done)."""
+    obs, notes = complete_knowledge(observation, target)
+    if not restrict:
+        return obs, None, notes
+    leaked = lk.embedding_token_set(obs.gradients)
+    allowed = allowed_token_ids(target.tokenizer)
+    if leaked is not None:
+        cands = leaked[torch.isin(leaked, allowed)]
+        if len(cands):
+            notes["candidates"] = f"{len(cands)} tokens: nonzero rows of the word-embedding gradient"
+            return obs, cands, notes
+    try:
+        span = lk.layer_span(obs.gradients, 0)
+    except MissingKnowledgeError:
+        return obs, None, notes
+    if span.exact and obs.knowledge.seq_lengths is not None:
+        vocab = torch.tensor(sorted(set(allowed.tolist()) | {target.tokenizer.mask_token_id} - {None}))
+        per_pos, _ = lk.position_candidates(target.model, span, vocab, max(obs.knowledge.seq_lengths))
+        ids = sorted({t for c in per_pos for t, _ in c} & set(allowed.tolist()))
+        if ids:
+            notes["candidates"] = f"{len(ids)} tokens in the first layer's input span"
+            return obs, torch.tensor(ids), notes
+    return obs, None, notes

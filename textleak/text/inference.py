@@ -1,0 +1,81 @@
+"""Filling in what the attacker was not told, from the gradient alone, before an attack runs.
+
+`complete_knowledge` returns a new `Observation` whose `Knowledge` carries recovered labels and
+inferred sequence lengths, together with a record of how each fact was obtained, so results can
+say "labels recovered from the classifier bias gradient" instead of silently assuming them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from ..errors import MissingKnowledgeError
+from ..threat import Observation
+from . import leakage as lk
+
+
+def infer_lengths(observation: Observation, target: Any) -> tuple[tuple[int, ...], str]:
+    """Sequence lengths from the gradient: the longest from the position-embedding gradient rows,
+    the others from the positions where [SEP] lies in the first layer's input span."""
+    grads = observation.gradients
+    longest = lk.max_length(grads)
+    if longest is None:
+        raise MissingKnowledgeError("inferring sequence lengths needs the position-embedding gradient "
+                                    "(embeddings.position_embeddings.weight)")
+    B = observation.knowledge.batch_size
+    if B == 1:
+        return (longest,), "inferred from the nonzero rows of the position-embedding gradient"
+    sep = target.tokenizer.sep_token_id
+    span = lk.layer_span(grads, 0)
+    if sep is None or not span.exact:
+        if B is None:
+            raise MissingKnowledgeError("cannot infer the batch size: the first layer's gradient has no rank gap")
+        return (longest,) * B, "all set to the longest length (position-embedding gradient)"
+    with torch.no_grad():
+        res = torch.cat([span.residual(lk.embedding_outputs(target.model, torch.tensor([sep]), p))
+                         for p in range(longest)])
+    thr = lk.calibrate_threshold(res, span.tol)
+    ends = [p + 1 for p in range(longest) if float(res[p]) <= thr]
+    if longest not in ends:
+        ends.append(longest)
+    lengths = sorted(ends, reverse=True)
+    if B is not None:
+        while len(lengths) < B:  # two sentences of equal length share their [SEP] row
+            lengths.append(lengths[-1])
+        lengths = lengths[:B]
+    return tuple(lengths), "inferred from [SEP] positions in the first layer's input span"
+
+
+def complete_knowledge(observation: Observation, target: Any, *, labels: bool = True,
+                       lengths: bool = True) -> tuple[Observation, dict[str, str]]:
+    """Recover labels / infer lengths the attacker was not declared to know (where possible)."""
+    know = observation.knowledge
+    how: dict[str, str] = {}
+    if lengths and know.seq_lengths is None:
+        seq, note = infer_lengths(observation, target)
+        know = replace(know, seq_lengths=seq, batch_size=know.batch_size or len(seq))
+        how["seq_lengths"] = note
+    if labels and know.labels is None:
+        if observation.task == "classify":
+            B = know.batch_size or (len(know.seq_lengths) if know.seq_lengths else None)
+            if B is not None:
+                counts = lk.class_label_counts(observation.gradients, B)
+                if B == 1 or max(counts) == B:
+                    know = replace(know, labels=tuple(c for c, n in enumerate(counts) for _ in range(n)))
+                    how["labels"] = "recovered from the classifier bias gradient (iDLG)"
+                else:
+                    how["label_counts"] = f"estimated per class from the classifier bias gradient: {counts}"
+        elif know.mask_positions is not None:
+            M = sum(len(p) for p in know.mask_positions)
+            counts = lk.mlm_label_counts(observation.gradients, M)
+            if len(counts) == 1 and M >= 1:
+                tok = next(iter(counts))
+                know = replace(know, labels=tuple(tuple(tok for _ in pos) for pos in know.mask_positions))
+                how["labels"] = "recovered from the output-bias gradient (one masked token)"
+            else:
+                how["label_candidates"] = (f"{len(counts)} masked tokens read off the output-bias gradient; "
+                                           "their positions are optimised")
+    return Observation(observation.gradients, observation.metadata, know), how

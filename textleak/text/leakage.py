@@ -1,0 +1,284 @@
+"""Analytic leaks from a BERT-style text gradient: labels, token sets, lengths, layer input spans.
+
+Nothing here optimises; each function reads facts straight off the shared gradient.
+
+Labels (classification): the classifier bias gradient is mean_i (p_i - y_i), so for one example
+its only negative entry is the label (iDLG, Zhao et al. 2020); for B examples the label counts are
+round(sum_i p_i - B * grad), estimated before the inputs are known with p_i = 1/C, and exact
+afterwards from the classifier weight gradient (`assign_class_labels`).
+Labels (masked-LM): the output bias gradient is mean over masked positions of (p - y); its
+negative entries are the masked tokens, -M * grad their counts (`mlm_label_counts`).
+Token set: for heads that do not reuse the word embeddings, the nonzero rows of the word-embedding
+gradient are exactly the input tokens (`embedding_token_set`).
+Length: rows of the position-embedding gradient are nonzero for positions < the longest sequence.
+Spans: the weight gradient of a linear map W x is sum_i delta_i x_i^T, so its row space is spanned
+by the inputs x_i of that layer when fewer than its width (`LayerSpan`; DAGER, Petrov et al. 2024).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from ..errors import MissingKnowledgeError
+
+#: below this ratio between consecutive singular values there is no usable rank gap
+MIN_GAP = 10.0
+
+
+def _find(gradients: Mapping[str, torch.Tensor], pattern: str) -> str | None:
+    rx = re.compile(pattern)
+    hits = [n for n in gradients if rx.search(n)]
+    return hits[0] if hits else None
+
+
+def _need(gradients: Mapping[str, torch.Tensor], pattern: str, what: str) -> str:
+    name = _find(gradients, pattern)
+    if name is None:
+        raise MissingKnowledgeError(f"{what} needs the gradient of {pattern.strip('^$')} , which the file does not share")
+    return name
+
+
+# -- labels ------------------------------------------------------------------------------
+def class_label_counts(gradients: Mapping[str, torch.Tensor], batch_size: int) -> list[int]:
+    """How many examples of each class, from the classifier bias gradient (iDLG when B=1)."""
+    g = gradients[_need(gradients, r"classifier\.bias$", "label recovery")].double()
+    C = g.numel()
+    if batch_size == 1:
+        counts = [0] * C
+        counts[int(g.argmin())] = 1
+        return counts
+    est = torch.clamp(torch.round(batch_size / C - batch_size * g), min=0).long().tolist()
+    # the counts must add up to B: fix rounding on the classes with the most negative gradient
+    order = torch.argsort(g).tolist()
+    while sum(est) > batch_size:
+        c = next(c for c in reversed(order) if est[c] > 0)
+        est[c] -= 1
+    i = 0
+    while sum(est) < batch_size:
+        est[order[i % C]] += 1
+        i += 1
+    return est
+
+
+def assign_class_labels(gradients: Mapping[str, torch.Tensor], pooled: torch.Tensor,
+                        probs: torch.Tensor) -> list[int]:
+    """Each example's class once its pooled features [B, H] and probabilities [B, C] are known.
+
+    The classifier weight gradient is (P - Y)^T pooled / B, so Y^T = (P^T pooled - B G) pooled^+.
+    """
+    name = _need(gradients, r"classifier\.weight$", "per-example label recovery")
+    G = gradients[name].double()
+    B = pooled.shape[0]
+    pooled, probs = pooled.double(), probs.double()
+    yt = (probs.T @ pooled - B * G) @ torch.linalg.pinv(pooled)
+    return yt.argmax(0).tolist()
+
+
+def mlm_label_counts(gradients: Mapping[str, torch.Tensor], n_masked: int | None) -> dict[int, int]:
+    """Masked tokens and their counts from the output-bias gradient (negative entries)."""
+    name = _need(gradients, r"(cls\.predictions\.bias|predictions\.decoder\.bias|lm_head\.bias)$",
+                 "masked-token recovery")
+    g = gradients[name].double()
+    neg = (g < 0).nonzero().flatten()
+    if n_masked is None:
+        return {int(t): 1 for t in neg.tolist()}
+    counts = {int(t): max(1, int(round(-n_masked * float(g[t])))) for t in neg.tolist()}
+    return counts
+
+
+# -- tokens and lengths ------------------------------------------------------------------------
+def word_embedding_name(gradients: Mapping[str, torch.Tensor]) -> str | None:
+    return _find(gradients, r"embeddings\.word_embeddings\.weight$")
+
+
+def embedding_token_set(gradients: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """The input token ids when the word-embedding gradient is sparse, else None (tied heads)."""
+    name = word_embedding_name(gradients)
+    if name is None:
+        return None
+    nonzero = (gradients[name].abs().sum(1) > 0).nonzero().flatten()
+    if len(nonzero) > 0.5 * gradients[name].shape[0]:
+        return None  # dense: a tied output layer writes to every row
+    return nonzero
+
+
+def max_length(gradients: Mapping[str, torch.Tensor]) -> int | None:
+    """The longest sequence of the batch: padded positions get no gradient."""
+    name = _find(gradients, r"embeddings\.position_embeddings\.weight$")
+    if name is None:
+        return None
+    rows = (gradients[name].abs().sum(1) > 0).nonzero().flatten()
+    return int(rows.max()) + 1 if len(rows) else None
+
+
+# -- layer input spans ---------------------------------------------------------------------------
+@dataclass
+class LayerSpan:
+    """The row space of one attention layer's Q/K/V weight gradients.
+
+    basis: [H, r] orthonormal; rank r picked at the largest singular-value gap; tol: residual
+    below which a vector counts as inside (the geometric mean of the gap's two edges, so it comes
+    from the gradient itself); exact: whether a clear gap exists (r < H).
+    """
+
+    layer: int
+    basis: torch.Tensor
+    singular_values: torch.Tensor
+    rank: int
+    gap: float
+    tol: float
+
+    @property
+    def floor(self) -> float:
+        """Largest residual a true member can show: first discarded / last kept singular value."""
+        r = self.rank
+        return float(self.singular_values[r] / self.singular_values[r - 1]) if r < len(self.singular_values) else 1.0
+
+    @property
+    def exact(self) -> bool:
+        return self.gap >= MIN_GAP and self.rank < self.basis.shape[0]
+
+    def residual(self, h: torch.Tensor) -> torch.Tensor:
+        """Relative distance of each row of h [N, H] from the span."""
+        h = h.double()
+        proj = (h @ self.basis) @ self.basis.T
+        return (h - proj).norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-30)
+
+
+def qkv_names(gradients: Mapping[str, torch.Tensor], layer: int) -> list[str]:
+    names = []
+    for part in ("query", "key", "value"):
+        n = _find(gradients, rf"encoder\.layer\.{layer}\.attention\.self\.{part}\.weight$")
+        if n is not None:
+            names.append(n)
+    return names
+
+
+def layer_span(gradients: Mapping[str, torch.Tensor], layer: int) -> LayerSpan:
+    names = qkv_names(gradients, layer)
+    if not names:
+        raise MissingKnowledgeError(
+            f"exact recovery needs the gradients of encoder.layer.{layer}.attention.self."
+            "{query,key,value}.weight, which the file does not share")
+    G = torch.cat([gradients[n].double() for n in names], 0)
+    _, s, vh = torch.linalg.svd(G, full_matrices=False)
+    H = G.shape[1]
+    s = s / s[0].clamp_min(1e-300)
+    ratios = s[:-1] / s[1:].clamp_min(1e-300)
+    # the gap sought is the drop to rounding noise, so only drops whose lower edge lies below the
+    # square root of the gradient dtype's precision are considered (a dominant first direction
+    # in a random model must not pass for the rank)
+    floor = math.sqrt(torch.finfo(gradients[names[0]].dtype).eps)
+    ratios = torch.where(s[1:] < floor, ratios, torch.zeros_like(ratios))
+    r = int(torch.argmax(ratios)) + 1
+    gap = float(ratios[r - 1])
+    if gap < MIN_GAP:  # no clear gap: the inputs fill the whole space (or noise hides them)
+        r = H
+    tol = math.sqrt(float(s[r]) / float(s[r - 1])) if r < H else 1.0
+    return LayerSpan(layer, vh[:r].T.contiguous(), s, r, gap, min(tol, 0.1))
+
+
+def embedding_outputs(model: torch.nn.Module, token_ids: torch.Tensor, position: int) -> torch.Tensor:
+    """LayerNorm(E[t] + P[position] + T[0]) for each t: what layer 0 receives, [N, H]."""
+    emb = model.base_model.embeddings
+    x = emb.word_embeddings.weight[token_ids] + emb.position_embeddings.weight[position]
+    if getattr(emb, "token_type_embeddings", None) is not None:
+        x = x + emb.token_type_embeddings.weight[0]
+    return emb.LayerNorm(x)
+
+
+def position_candidates(model: torch.nn.Module, span: LayerSpan, vocab: torch.Tensor, length: int,
+                        chunk: int = 8192) -> tuple[list[list[tuple[int, float]]], float]:
+    """For each position < length, the (token, residual) pairs of `vocab` inside the layer-0 span,
+    best first, and the threshold used.
+
+    The threshold is calibrated on the residuals themselves: members sit at the noise floor of the
+    gradient, non-members orders of magnitude above, so it is set in the middle (log scale) of the
+    widest gap among the residuals below the spectral bound `span.tol`. A position with no member
+    keeps its single best token (its residual then exceeds the threshold, which callers can see).
+    """
+    per_position: list[tuple[torch.Tensor, torch.Tensor]] = []
+    with torch.no_grad():
+        for p in range(length):
+            # a float32 screen (||h||^2 - ||proj h||^2) keeps every plausible member; survivors
+            # are measured again in float64, where member residuals (~1e-7) are resolved
+            basis32 = span.basis.float()
+            rough = []
+            for i in range(0, len(vocab), chunk):
+                h = embedding_outputs(model, vocab[i:i + chunk], p)
+                rough.append(1 - (h @ basis32).pow(2).sum(-1) / h.pow(2).sum(-1).clamp_min(1e-30))
+            rough_res = torch.cat(rough)
+            keep = (rough_res < span.tol ** 2 + 1e-4).nonzero().flatten()
+            if len(keep) == 0:
+                keep = rough_res.argmin().reshape(1)
+            res = span.residual(embedding_outputs(model, vocab[keep], p))
+            inside = (res < span.tol).nonzero().flatten()
+            keep, res = (keep[inside], res[inside]) if len(inside) else (keep[res.argmin()].reshape(1), res.min().reshape(1))
+            per_position.append((vocab[keep], res))
+    # members may sit as high as noise / weakest signal (span.floor), so never cut below it
+    threshold = max(calibrate_threshold(torch.cat([r for _, r in per_position]), span.tol), span.floor)
+    out = []
+    for ids, res in per_position:
+        inside = (res <= threshold).nonzero().flatten()
+        if len(inside) == 0:
+            inside = res.argmin().reshape(1)
+        order = inside[torch.argsort(res[inside])]
+        out.append([(int(ids[i]), float(res[i])) for i in order])
+    return out, threshold
+
+
+def calibrate_threshold(residuals: torch.Tensor, bound: float) -> float:
+    """Middle (in log scale) of the widest gap in sorted residuals below `bound`."""
+    vals = torch.sort(torch.cat([residuals.double().clamp_min(1e-30), torch.tensor([bound], dtype=torch.double)])).values
+    vals = vals[vals <= bound]
+    if len(vals) < 2:
+        return bound
+    logs = vals.log()
+    gaps = logs[1:] - logs[:-1]
+    k = int(torch.argmax(gaps))
+    if float(gaps[k]) < math.log(10.0):  # no separation: everything below the bound counts
+        return bound
+    return float(((logs[k] + logs[k + 1]) / 2).exp())
+
+
+class _Stop(Exception):
+    pass
+
+
+def layer_inputs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 layer: int) -> torch.Tensor:
+    """Hidden states entering encoder layer `layer` [B, L, H], running only the layers below it."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(module, args, kwargs):
+        captured["h"] = args[0] if args else kwargs["hidden_states"]
+        raise _Stop
+
+    handle = model.base_model.encoder.layer[layer].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                         token_type_ids=torch.zeros_like(input_ids))
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured["h"]
+
+
+def sequence_residuals(model: torch.nn.Module, span: LayerSpan, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Sum over positions of squared layer-`span.layer` residuals, one value per sequence."""
+    L = max(len(s) for s in sequences)
+    ids = torch.zeros(len(sequences), L, dtype=torch.long)
+    mask = torch.zeros(len(sequences), L, dtype=torch.long)
+    for b, s in enumerate(sequences):
+        ids[b, :len(s)] = torch.tensor(list(s))
+        mask[b, :len(s)] = 1
+    with torch.no_grad():
+        h = layer_inputs(model, ids, mask, span.layer)
+    res = span.residual(h.reshape(-1, h.shape[-1])).reshape(len(sequences), L) ** 2
+    return (res * mask).sum(1)

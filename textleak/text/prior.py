@@ -1,0 +1,116 @@
+"""Language-model priors for text attacks (LAMP's fluency term), chosen by name.
+
+`PRIORS.get(name)(tokenizer)` returns a prior with `nll(token_ids) -> float`, the mean negative
+log-likelihood per token of one sentence (special tokens included as given).
+
+- "bigram": an interpolated bigram model over the attack model's own token ids, fitted on the
+  training sentences in $TEXTLEAK_PRIOR_DATA (default /work/shared/data/train_*.tsv) and cached
+  under ~/.cache/textleak. It is a stand-in for the GPT-2 prior of LAMP, honest about being much
+  weaker; it sees only training splits, never the sentences under attack.
+- "hf:<name>": any causal LM the HF cache holds (e.g. "hf:gpt2"), scoring the decoded text.
+- "none": no prior.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import math
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import InputError
+from ..registry import Registry
+
+PRIORS: Registry[Callable[[Any], Any]] = Registry("language prior")
+DEFAULT_DATA = "/work/shared/data/train_*.tsv"
+
+
+class NoPrior:
+    name = "none"
+
+    def nll(self, token_ids: Sequence[int]) -> float:
+        return 0.0
+
+
+class BigramPrior:
+    """p(w | v) = lam * c(v, w) / c(v) + (1 - lam) * (c(w) + 1) / (N + V)."""
+
+    name = "bigram"
+
+    def __init__(self, tokenizer: Any, files: Sequence[str], lam: float = 0.7):
+        self.lam = lam
+        self.vocab = len(tokenizer)
+        key = hashlib.sha256(("|".join(sorted(files)) + tokenizer.name_or_path + str(self.vocab)).encode()).hexdigest()[:16]
+        cache = Path(os.environ.get("TEXTLEAK_CACHE", Path.home() / ".cache" / "textleak")) / f"bigram-{key}.pt"
+        if cache.is_file():
+            data = torch.load(cache, weights_only=True)
+            self.uni = Counter(dict(data["uni"].tolist()))
+            self.bi = Counter({(a, b): c for a, b, c in data["bi"].tolist()})
+        else:
+            self.uni, self.bi = Counter(), Counter()
+            for path in files:
+                lines = Path(path).read_text(encoding="utf-8").splitlines()[1:]
+                texts = [ln.split("\t")[0] for ln in lines if ln.strip()]
+                for ids in tokenizer(texts)["input_ids"]:
+                    self.uni.update(ids)
+                    self.bi.update(zip(ids[:-1], ids[1:]))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"uni": torch.tensor(list(self.uni.items())),
+                        "bi": torch.tensor([[a, b, c] for (a, b), c in self.bi.items()])}, cache)
+        self.total = sum(self.uni.values())
+
+    def logp(self, v: int, w: int) -> float:
+        uni = (self.uni.get(w, 0) + 1) / (self.total + self.vocab)
+        cv = self.uni.get(v, 0)
+        bi = self.bi.get((v, w), 0) / cv if cv else 0.0
+        return math.log(self.lam * bi + (1 - self.lam) * uni)
+
+    def nll(self, token_ids: Sequence[int]) -> float:
+        ids = list(token_ids)
+        if len(ids) < 2:
+            return 0.0
+        return -sum(self.logp(v, w) for v, w in zip(ids[:-1], ids[1:])) / (len(ids) - 1)
+
+
+class CausalLMPrior:
+    """Perplexity of the decoded text under a cached HF causal LM (LAMP used GPT-2)."""
+
+    def __init__(self, tokenizer: Any, model_name: str):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = f"hf:{model_name}"
+        self.source_tokenizer = tokenizer
+        try:
+            self.lm = AutoModelForCausalLM.from_pretrained(model_name, local_files_only=True).eval()
+            self.lm_tokenizer = AutoTokenizer.from_pretrained(model_name, local_files_only=True)
+        except OSError:
+            raise InputError(f"language prior {model_name!r} is not in the local HF cache; "
+                             "use prior='bigram' or download it where there is network") from None
+
+    def nll(self, token_ids: Sequence[int]) -> float:
+        text = self.source_tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        ids = self.lm_tokenizer(text, return_tensors="pt")["input_ids"]
+        if ids.shape[1] < 2:
+            return 0.0
+        with torch.no_grad():
+            return float(self.lm(ids, labels=ids).loss)
+
+
+PRIORS.register("none")(lambda tokenizer: NoPrior())
+PRIORS.register("bigram")(lambda tokenizer: BigramPrior(
+    tokenizer, sorted(glob.glob(os.environ.get("TEXTLEAK_PRIOR_DATA", DEFAULT_DATA)))))
+
+
+def load_prior(name: str, tokenizer: Any):
+    if name.startswith("hf:"):
+        return CausalLMPrior(tokenizer, name[3:])
+    prior = PRIORS.get(name)(tokenizer)
+    if isinstance(prior, BigramPrior) and prior.total == 0:
+        raise InputError("the bigram prior found no training sentences; set TEXTLEAK_PRIOR_DATA to a glob of "
+                         "TSV files (sentence<TAB>label) or use prior='none'")
+    return prior
