@@ -5,8 +5,8 @@ gradient captured, and the attack run; the decoded text is printed at iterations
 and at the end, as in the paper's table, with final scores and time. Results go to a JSON file,
 written after each sentence so an interrupted run resumes where it stopped (--resume).
 
-    python recipes/dlg_language.py                      # packaged MiniLM, DLG
-    python recipes/dlg_language.py --model bert-base-uncased --attack dlg
+    python recipes/dlg_language.py                      # packaged MiniLM: DLG, then auto
+    python recipes/dlg_language.py --model bert-base-uncased --attacks dlg
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ SENTENCES = [
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="default: the packaged MiniLM")
-    p.add_argument("--attack", default="dlg")
+    p.add_argument("--attacks", default="dlg,auto", help="comma-separated attack names")
     p.add_argument("--steps", type=int, help="optimisation steps (attack default when omitted)")
     p.add_argument("--restarts", type=int)
     p.add_argument("--seed", type=int, default=0)
@@ -48,30 +48,35 @@ def main(argv: list[str] | None = None) -> int:
     done = json.loads(out.read_text())["sentences"] if args.resume and out.exists() else []
     target = load_text_model(args.model, task="mlm")
     options = {k: v for k, v in {"steps": args.steps, "restarts": args.restarts}.items() if v is not None}
-    for i, sentence in enumerate(SENTENCES):
-        if i < len(done):
+    units = [(a, i, s) for a in args.attacks.split(",") for i, s in enumerate(SENTENCES)]
+    for attack, i, sentence in units:
+        if any(d["attack"] == attack and d["index"] == i for d in done):
             continue
         cap = textleak.capture_gradients(target, [sentence], mask_prob=args.mask_prob, seed=args.seed + i)
         t0 = time.perf_counter()
-        result = textleak.recover(gradients=cap.gradients, model=target, attack=args.attack,
-                                  reference=cap.reference, options=options, seed=args.seed,
-                                  progress=not args.quiet)
+        result = textleak.recover(gradients=cap.gradients, model=target, attack=attack,
+                                  reference=cap.reference, options=options,
+                                  seed=args.seed, progress=not args.quiet)
         seconds = time.perf_counter() - t0
         m = result.metrics["mean"]
-        print(f"\n=== sentence {i + 1} ({len(cap.reference.token_ids[0])} tokens, method {result.method}) ===")
+        print(f"\n=== {attack}: sentence {i + 1} ({len(cap.reference.token_ids[0])} tokens, "
+              f"method {result.method}) ===")
         print(f"{'iteration':>9}  text")
         for snap in result.snapshots:
             print(f"{snap['step']:>9}  {snap['texts'][0]}")
+        print(f"{'end':>9}  {result.texts[0]}")
         print(f"{'original':>9}  {sentence}")
         print(f"ROUGE-1 {m['rouge1']:.3f}  ROUGE-2 {m['rouge2']:.3f}  ROUGE-L {m['rougeL']:.3f}  "
-              f"token acc {m['token_accuracy']:.3f}  exact {m['exact_match']:.0f}  time {seconds:.1f}s")
-        done.append({"sentence": sentence, "seconds": seconds, "result": result.to_dict()})
+              f"token acc {m['token_accuracy']:.3f}  exact {m['exact_match']:.0f}  time {seconds:.1f}s", flush=True)
+        done.append({"attack": attack, "index": i, "sentence": sentence, "seconds": seconds,
+                     "result": result.to_dict()})
         _write(out, args, done)
 
-    rows = [d["result"]["metrics"]["mean"] for d in done]
-    print("\nsentence  ROUGE-1  ROUGE-2  exact  seconds")
-    for i, (d, m) in enumerate(zip(done, rows)):
-        print(f"{i + 1:>8}  {m['rouge1']:7.3f}  {m['rouge2']:7.3f}  {m['exact_match']:5.0f}  {d['seconds']:7.1f}")
+    print("\nattack    sentence  ROUGE-1  ROUGE-2  exact  seconds")
+    for d in done:
+        m = d["result"]["metrics"]["mean"]
+        print(f"{d['attack']:<8}  {d['index'] + 1:>8}  {m['rouge1']:7.3f}  {m['rouge2']:7.3f}  "
+              f"{m['exact_match']:5.0f}  {d['seconds']:7.1f}")
     print(f"wrote {out}")
     return 0
 
