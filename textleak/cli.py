@@ -54,13 +54,19 @@ def cmd_capture(args: argparse.Namespace) -> int:
     texts = _read_texts(args)
     if args.labels is not None and len(args.labels) != len(texts):
         raise InputError(f"{len(args.labels)} labels for {len(texts)} texts")
+    defence = None
+    if args.defence:
+        from .defences import parse_defence
+
+        defence = parse_defence(args.defence)  # a bad spec fails before the model loads
+        args.batch_size = args.batch_size or defence.required_batch_size()
     target = load_text_model(args.model, task=args.task, num_labels=args.num_labels, head_seed=args.head_seed)
     batches = list(_batches(texts, args.labels, args.batch_size))
     out = Path(args.out)
     paths = [out] if len(batches) == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(len(batches))]
     # Capture every batch before writing any file, so bad input leaves nothing behind.
     captures = [capture_gradients(target, b, labels=y, mask_prob=args.mask_prob, seed=args.seed + i,
-                                  declare=args.declare) for i, (b, y) in enumerate(batches)]
+                                  declare=args.declare, defence=defence) for i, (b, y) in enumerate(batches)]
     for cap, path in zip(captures, paths):
         g, r = cap.save(path)
         print(f"wrote {g} ({len(cap.gradients.gradients)} parameters, batch {len(cap.reference.texts)}) "
@@ -150,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--head-seed", type=int, default=0, help="seed for heads missing from the checkpoint")
     c.add_argument("--declare", nargs="*", default=list(DEFAULT_DECLARED), choices=DECLARABLE,
                    help="facts the attacker is assumed to know")
+    c.add_argument("--defence", metavar="SPEC", help="defence applied to what is shared, e.g. noise:1e-3, "
+                   "laplace:1e-2, prune:0.5, fp16, bf16, int8, dpsgd:1.0,1.1, fedavg:4, batch:8")
     c.add_argument("--out", required=True, help="gradient file (.pt or .safetensors)")
     c.set_defaults(func=cmd_capture)
 

@@ -36,6 +36,7 @@ def modality(name: str) -> Modality:
         try:
             importlib.import_module(plugin)
         except ModuleNotFoundError as exc:
-            if exc.name != plugin:  # a plugin that exists but fails to import is a real bug
+            # a missing plugin (or its parent package) is skipped; one that fails inside is a bug
+            if exc.name is None or not (plugin == exc.name or plugin.startswith(exc.name + ".")):
                 raise
     return MODALITIES.get(name)
