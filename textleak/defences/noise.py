@@ -5,7 +5,7 @@ the attacker matches the noisy gradient as if it were clean.
 
 `noise:VAR`   Gaussian N(0, VAR) per coordinate (DLG sweeps VAR = 1e-4 .. 1e-1).
 `laplace:VAR` Laplacian with the same variance VAR, i.e. scale b = sqrt(VAR / 2).
-Valid VAR: (0, 1]. Shapes are kept; float64 noise is drawn from the caller's generator and cast.
+Valid VAR: (0, 1]. Shapes are kept; noise is drawn in the gradient's dtype from the caller's generator.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class GaussianNoise(Defence):
 
     def apply(self, gradients: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         std = math.sqrt(self.variance)
-        return {k: g + (torch.randn(g.shape, generator=generator, dtype=torch.float64) * std).to(g.dtype)
+        return {k: g + torch.randn(g.shape, generator=generator, dtype=g.dtype) * std
                 for k, g in gradients.items()}
 
 
@@ -43,7 +43,7 @@ class LaplacianNoise(Defence):
         out = {}
         for k, g in gradients.items():
             # Inverse-CDF sampling from the caller's generator (torch.distributions takes no generator).
-            u = torch.rand(g.shape, generator=generator, dtype=torch.float64) - 0.5
-            u = u.clamp(-0.5 + 1e-12, 0.5 - 1e-12)
-            out[k] = g + (-scale * torch.sign(u) * torch.log1p(-2 * u.abs())).to(g.dtype)
+            u = torch.rand(g.shape, generator=generator, dtype=g.dtype) - 0.5
+            u = u.clamp(-0.5 + 1e-7, 0.5 - 1e-7)
+            out[k] = g - scale * torch.sign(u) * torch.log1p(-2 * u.abs())
         return out
