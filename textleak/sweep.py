@@ -245,7 +245,8 @@ def run_unit(spec: SweepSpec, unit: dict[str, Any], ctx: UnitContext) -> dict[st
     if unit["kind"] == "utility":
         from .utility import UtilityConfig, measure_utility
 
-        util = measure_utility(defence.spec, UtilityConfig(**spec.utility), cache_dir=ctx.out_dir / "utility-cache")
+        config = UtilityConfig(**{**spec.utility, "model": spec.model, "head_seed": spec.head_seed})
+        util = measure_utility(defence.spec, config, cache_dir=ctx.out_dir / "utility-cache")
         return {**base, **{k: v for k, v in util.items() if k not in ("defence", "model")}}
     from .capture import capture_gradients
     from .recover import recover
