@@ -2,7 +2,7 @@
 gradient, then measure accuracy on held-out sentences.
 
 Each step computes the batch's shared tensor with the very code capture uses
-(`defences.shared_gradients`), writes it to `.grad` and takes an AdamW step, so what is
+(`defences.shared_gradients`), writes it to `.grad` and takes an optimiser step (AdamW by default, or SGD), so what is
 measured is the model the defended training would produce. A step whose defended gradient is
 not finite (fp16 overflow) is skipped and counted, as AMP's gradient scaler would skip it.
 Results depend only on the defence and the training settings, never on an attack, and are
@@ -30,6 +30,7 @@ from .textdata import read_sentences
 from .versions import __version__
 
 DEFAULT_TRAIN = "/work/shared/data/train_sst2.tsv"
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class UtilityConfig:
     epochs: int = 1
     batch_size: int = 8  # a `batch:N` defence overrides it
     lr: float = 1e-4
+    optimizer: str = "adamw"  # or "sgd" (AdamW rescales every coordinate, so noise on near-zero
+    #                           gradients moves weights as much as signal; SGD does not)
     max_length: int = 32
     seed: int = 0
     head_seed: int = 0
@@ -54,6 +57,8 @@ class UtilityConfig:
     def validate(self) -> None:
         if self.n_train < 1 or self.n_test < 1 or self.epochs < 1 or self.batch_size < 1 or self.max_length < 4:
             raise InputError("utility needs n_train, n_test, epochs, batch_size >= 1 and max_length >= 4")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown utility optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 
 def _file_digest(path: str | None) -> str | None:
@@ -109,7 +114,8 @@ def measure_utility(defence: str, config: UtilityConfig = UtilityConfig(), *,
     steps = skipped = 0
     generator = torch.Generator().manual_seed(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr)
+    initial = [p.detach().clone() for p in params]
+    optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr)
     with seeded(config.seed), model_mode(model, train=True), torch.enable_grad():
         for epoch in range(config.epochs):
             order = torch.randperm(len(train), generator=generator).tolist()
@@ -133,9 +139,11 @@ def measure_utility(defence: str, config: UtilityConfig = UtilityConfig(), *,
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
     accuracy = _accuracy(model, tok, held, config.max_length)
+    update_norm = float(torch.sqrt(sum(((p.detach() - w0).double().pow(2).sum() for p, w0 in zip(params, initial)),
+                                       torch.zeros((), dtype=torch.float64))))
     result: dict[str, Any] = {
         "defence": parsed.spec, "accuracy": accuracy, "n_train": len(train), "n_test": len(held),
-        "steps": steps, "skipped_steps": skipped, "batch_size": batch_size, "seconds": time.perf_counter() - t0,
+        "steps": steps, "skipped_steps": skipped, "update_norm": update_norm, "batch_size": batch_size, "seconds": time.perf_counter() - t0,
         "config": asdict(config), "model": target.spec.to_dict(), "textleak": __version__}
     if parsed.name == "dpsgd":
         try:

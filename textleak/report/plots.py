@@ -73,8 +73,8 @@ def rouge_vs_strength(table: Sequence[Row]) -> bytes | None:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("ROUGE (dotted: undefended ROUGE-1)")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle("Attack success against defence strength")
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle("Attack success against defence strength", y=1.03)
     return _png(fig)
 
 
