@@ -184,6 +184,7 @@ def test_capture_records_the_defence_and_recover_reports_it(tiny):
     assert torch.equal(cap.gradients.gradients[k], parse_defence("prune:0.5").apply(plain.gradients.gradients, gen())[k])
     res = recover(gradients=cap.gradients, model=target, progress=False, options={"steps": 1})
     assert res.details["defence"]["spec"] == "prune:0.5"
+    assert "defence applied by the victim: prune:0.5 (shared: gradient)" in res.summary()
 
 
 def test_cli_capture_defence(tiny, tmp_path, capsys):

@@ -158,7 +158,7 @@ print("FINISHED", flush=True)
 
 
 def test_sigkill_midway_then_restart(tiny, tmp_path):
-    spec = spec_for(tiny, attacks=["slow-dlg"], attack_options={"slow-dlg": {"steps": 1}}, n=4)
+    spec = spec_for(tiny, attacks=["slow-dlg"], attack_options={"slow-dlg": {"steps": 1}}, n=3)
     (tmp_path / "spec.json").write_text(json.dumps(spec.to_dict()))
     (tmp_path / "run.py").write_text(SLOW_SWEEP)
     out = tmp_path / "out"
@@ -168,13 +168,13 @@ def test_sigkill_midway_then_restart(tiny, tmp_path):
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not (out.exists() and len(completed(out)) >= 3):
+    while time.time() < deadline and not (out.exists() and len(completed(out)) >= 2):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = completed(out)
-    total = 12
-    assert 3 <= len(before) < total, "the sweep must be killed midway"
+    total = 9
+    assert 2 <= len(before) < total, "the sweep must be killed midway"
     proc2 = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc2.returncode == 0 and "FINISHED" in proc2.stdout, proc2.stdout + proc2.stderr
     keys = [r["key"] for p in result_files(out) for r in read_jsonl(p)]
