@@ -182,3 +182,17 @@ def test_sigkill_midway_then_restart(tiny, tmp_path):
     rerun = [ln.split()[-3] for ln in proc2.stdout.splitlines() if ln.startswith("[0/1]")]
     assert not set(rerun) & set(before) and len(rerun) == total - len(before)
     assert all(completed(out)[k] == v for k, v in before.items())  # finished units are untouched
+
+
+def test_sweep_cli_runs_and_merges(tiny, tmp_path, capsys):
+    from textleak.cli import main
+
+    spec = spec_for(tiny, n=1, defences=["none", "int8"])
+    (tmp_path / "spec.json").write_text(json.dumps(spec.to_dict()))
+    assert main(["sweep", "--spec", str(tmp_path / "spec.json"), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    assert "2 units, 0 already done, ran 2" in capsys.readouterr().out
+    assert main(["sweep", "--merge", "--out", str(tmp_path / "r")]) == 0
+    assert len(json.loads((tmp_path / "r" / "table.json").read_text())["table"]) == 2
+    (tmp_path / "bad.json").write_text(json.dumps({**spec.to_dict(), "attacks": ["nope"]}))
+    assert main(["sweep", "--spec", str(tmp_path / "bad.json"), "--out", str(tmp_path / "b")]) == 2
+    assert "unknown attack 'nope'" in capsys.readouterr().err and not (tmp_path / "b").exists()
