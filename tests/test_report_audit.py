@@ -75,6 +75,11 @@ def test_markdown_summary(tmp_path):
     assert "| prune:0.7 | 0.740 | 0.200 / 0.100 | 0.400 / 0.200 |" in md
     assert "Weakest setting at which strong falls below ROUGE-1 0.5: **prune:0.7**" in md
     assert "accuracy 0.740 vs 0.800 undefended: costs 6.0 accuracy points" in md
+    assert "Caution" not in md
+    weak = fake_results(tmp_path / "weak")
+    for r in weak["table"]:
+        r["rouge1"] = r["rouge1"] * 0.45
+    assert "Caution: undefended, strong already scores ROUGE-1 0.450 < 0.5" in render_markdown(weak)
 
 
 def _png_size(png: bytes) -> tuple[int, int]:

@@ -26,6 +26,11 @@ def verdict(merged: Mapping[str, Any], threshold: float = 0.5) -> str:
                f"costs {100 * w['cost']:.1f} accuracy points")
     lines = [f"Weakest setting at which {best} falls below ROUGE-1 {threshold}: **{w['defence']}** "
              f"(ROUGE-1 {_f(w['rouge1'])}; {acc})."]
+    base = next((r["rouge1"] for r in table if r["attack"] == best and r["defence"] == "none"), None)
+    if base is not None and base < threshold:
+        lines.append(f"Caution: undefended, {best} already scores ROUGE-1 {_f(base)} < {threshold} with these "
+                     "attack settings, so falling below the threshold says little about the defence; "
+                     "compare each setting with the undefended score (or give the attack more steps).")
     others = [f"{r['defence']} (ROUGE-1 {_f(r['rouge1'])}, accuracy {_f(r.get('accuracy'))})" for r in w["per_family"][1:]]
     if others:
         lines.append("Weakest defending setting of each other defence: " + "; ".join(others) + ".")
