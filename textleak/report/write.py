@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,4 +28,13 @@ def write_report(merged: Mapping[str, Any], out_dir: str | Path, *, title: str =
     markdown = render_markdown(merged, title=title, threshold=threshold)
     atomic_write_text(out / "summary.md", markdown)
     atomic_write_text(out / "report.html", render_html(merged, figures, title=title, threshold=threshold))
+    _readable(out / "report.html", out / "summary.md", *paths)
     return {"html": out / "report.html", "markdown": out / "summary.md", "figures": paths, "summary": markdown}
+
+
+def _readable(*paths: Path) -> None:
+    """Reports are for sharing: the usual file mode, not the private one of a temporary file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in paths:
+        p.chmod(0o666 & ~umask)
