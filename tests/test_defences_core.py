@@ -221,3 +221,13 @@ def test_apply_to_model_grads_in_place(tiny):
 
     assert float(global_norm({n: p.grad for n, p in model.named_parameters() if p.grad is not None})) <= 1.0 + 1e-5
     model.zero_grad()
+
+
+def test_fedavg_capture_is_recorded_as_an_update_and_attacked_as_a_gradient(tiny):
+    from textleak import capture_gradients, recover
+
+    _, target = tiny
+    cap = capture_gradients(target, ["a good film ."], labels=[1], defence="fedavg:3,0.1")
+    assert cap.gradients.metadata["capture"]["defence"]["shares"] == "update"
+    res = recover(gradients=cap.gradients, model=target, progress=False, options={"steps": 1})
+    assert res.method == "dlg" and "(shared: update)" in res.summary()

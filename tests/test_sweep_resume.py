@@ -196,3 +196,14 @@ def test_sweep_cli_runs_and_merges(tiny, tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps({**spec.to_dict(), "attacks": ["nope"]}))
     assert main(["sweep", "--spec", str(tmp_path / "bad.json"), "--out", str(tmp_path / "b")]) == 2
     assert "unknown attack 'nope'" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_ray_backend_needs_ray(tiny, tmp_path):
+    try:
+        import ray  # noqa: F401
+        pytest.skip("ray is installed; this checks the message shown without it")
+    except ImportError:
+        pass
+    with pytest.raises(InputError, match="needs Ray"):
+        run_sweep(spec_for(tiny, n=1), tmp_path, backend="ray")
+    assert completed(tmp_path) == {}
