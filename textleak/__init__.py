@@ -10,6 +10,7 @@ Public API:
 from .attacks import ATTACKS
 from .capture import Capture, capture_gradients
 from .core import MatchConfig
+from .defences import DEFENCES, parse_defence
 from .errors import TextleakError
 from .gradients import GradientFile, load_gradients, save_gradients
 from .recover import recover
@@ -17,6 +18,6 @@ from .result import RecoveryResult
 from .threat import Knowledge, Observation, Reference
 from .versions import __version__
 
-__all__ = ["ATTACKS", "Capture", "GradientFile", "Knowledge", "MatchConfig", "Observation",
+__all__ = ["ATTACKS", "Capture", "DEFENCES", "parse_defence", "GradientFile", "Knowledge", "MatchConfig", "Observation",
            "RecoveryResult", "Reference", "TextleakError", "__version__", "capture_gradients",
            "load_gradients", "recover", "save_gradients"]

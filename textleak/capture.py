@@ -71,7 +71,7 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
                       tokenizer: Any = None, task: str | None = None,
                       labels: Sequence[int] | None = None, mask_prob: float = 0.15,
                       num_labels: int = 2, seed: int = 0, head_seed: int = 0,
-                      declare: Iterable[str] = DEFAULT_DECLARED) -> Capture:
+                      declare: Iterable[str] = DEFAULT_DECLARED, defence: Any = None) -> Capture:
     """Gradient of one training step on `batch` (a list of sentences).
 
     model: a model name or folder (None: the packaged MiniLM), a `TextTarget`, or an HF model
@@ -79,6 +79,8 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
     labels: one class per sentence (classification). mask_prob: BERT masking rate (masked-LM).
     seed: drives the masking. head_seed: initialises heads missing from the checkpoint.
     declare: which facts the attacker is assumed to know (see `threat.Knowledge`).
+    defence: a spec such as "noise:1e-3" or a `textleak.defences.Defence` applied to what is
+        shared (recorded under the metadata's `capture.defence`); None shares the plain gradient.
     """
     from .text.batch import build_batch
     from .text.models import TextTarget, load_text_model, target_from_model
@@ -101,9 +103,23 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
     tb = build_batch(target.tokenizer, batch, task=task, labels=labels,
                      num_labels=target.spec.num_labels, mask_prob=mask_prob,
                      max_positions=target.max_positions, generator=gen)
+    if defence is not None:
+        from .defences import parse_defence
+
+        defence = parse_defence(defence)
     with model_mode(target.model, train=False), torch.enable_grad():
         loss = target.model(**tb.model_inputs(), labels=tb.labels).loss
-        grads = parameter_gradients(loss, target.model)
+        if defence is None:
+            grads = parameter_gradients(loss, target.model)
+        else:
+            from .defences import shared_gradients
+
+            def loss_of(rows: Sequence[int]) -> torch.Tensor:
+                inputs = {k: v[list(rows)] for k, v in tb.model_inputs().items()}
+                return target.model(**inputs, labels=tb.labels[list(rows)]).loss
+
+            grads = shared_gradients(defence, target.model, loss_of, len(tb.lengths),
+                                     torch.Generator().manual_seed(seed))
     check_finite(grads, source="the captured gradient")
     if task == "classify":
         true_labels: list[Any] = tb.labels.tolist()
@@ -117,7 +133,8 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
         modality="text", spec=target.spec.to_dict(), knowledge=knowledge,
         capture={"source": "capture_gradients", "loss": "HF mean cross-entropy",
                  "mode": "eval (dropout off)", "seed": seed, "mask_prob": mask_prob if task == "mlm" else None,
-                 "loss_value": float(loss.detach())})
+                 "loss_value": float(loss.detach()),
+                 **({"defence": defence.describe()} if defence is not None else {})})
     reference = Reference(
         modality="text", texts=list(batch), labels=true_labels,
         token_ids=[tb.original_ids[b, :n].tolist() for b, n in enumerate(tb.lengths)],

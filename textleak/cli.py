@@ -54,13 +54,19 @@ def cmd_capture(args: argparse.Namespace) -> int:
     texts = _read_texts(args)
     if args.labels is not None and len(args.labels) != len(texts):
         raise InputError(f"{len(args.labels)} labels for {len(texts)} texts")
+    defence = None
+    if args.defence:
+        from .defences import parse_defence
+
+        defence = parse_defence(args.defence)  # a bad spec fails before the model loads
+        args.batch_size = args.batch_size or defence.required_batch_size()
     target = load_text_model(args.model, task=args.task, num_labels=args.num_labels, head_seed=args.head_seed)
     batches = list(_batches(texts, args.labels, args.batch_size))
     out = Path(args.out)
     paths = [out] if len(batches) == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(len(batches))]
     # Capture every batch before writing any file, so bad input leaves nothing behind.
     captures = [capture_gradients(target, b, labels=y, mask_prob=args.mask_prob, seed=args.seed + i,
-                                  declare=args.declare) for i, (b, y) in enumerate(batches)]
+                                  declare=args.declare, defence=defence) for i, (b, y) in enumerate(batches)]
     for cap, path in zip(captures, paths):
         g, r = cap.save(path)
         print(f"wrote {g} ({len(cap.gradients.gradients)} parameters, batch {len(cap.reference.texts)}) "
@@ -110,6 +116,72 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run this shard's units of a sweep spec (JSON), or merge all shards' results."""
+    from .sweep import SweepSpec, merge, run_sweep
+
+    if not args.merge:
+        spec = SweepSpec.load(args.spec) if args.spec else None
+        if spec is None:
+            raise InputError("give --spec (a sweep spec JSON), or --merge to merge existing results")
+        summary = run_sweep(spec, args.out, backend=args.backend,
+                            progress=None if args.quiet else (lambda m: print(m, flush=True)))
+        print(f"shard {summary.rank}/{summary.world_size}: {summary.mine} units, {summary.skipped} already done, "
+              f"ran {summary.ran}; results in {summary.results}")
+    merged = merge(args.out)
+    print(f"merged {len(merged['units'])} attack units into {Path(args.out) / 'table.json'} and table.csv")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Attack the sentences of --data under each defence, measure accuracy, write the report."""
+    from .defences import parse_defence
+    from .report import write_report
+    from .sweep import SweepSpec, merge, run_sweep, strongest_attack
+    from .textdata import read_sentences
+
+    defences = list(dict.fromkeys(["none"] + [parse_defence(d).spec for d in args.defence]))
+    rows = read_sentences(args.data)
+    task = args.task or ("classify" if all(y is not None for _, y in rows) else "mlm")
+    say = (lambda m: None) if args.quiet else print
+    attacks = list(dict.fromkeys(strongest_attack(a, say=print) for a in args.attack))
+    attacked_end = args.offset + args.n
+    utility = None
+    train = args.train or _sibling_train(args.data)
+    if args.no_utility or task != "classify":
+        print("utility: not measured" + (" (masked-LM sweep)" if task != "classify" else ""))
+    elif train is None:
+        print("utility: not measured (no --train given and no train_* file beside the data)")
+    else:
+        left = len(rows) - attacked_end
+        held_out = {"test": args.data, "test_skip": attacked_end, "n_test": min(args.utility_test, left)} \
+            if left >= 10 else {"test": None, "n_test": args.utility_test}
+        utility = {"train": train, "n_train": args.utility_train, "seed": args.seeds[0], **held_out}
+    options = {a: {"steps": args.steps} for a in attacks} if args.steps else {}
+    spec = SweepSpec(attacks=attacks, defences=defences, data=args.data, n=args.n, offset=args.offset,
+                     seeds=args.seeds, model=args.model, task=task, attack_options=options, utility=utility)
+    out = Path(args.out)
+    spec.validate()  # unknown names, bad ranges or too few rows fail here, before any file is written
+    from .sweep import completed
+
+    pending = len([u for u in spec.units() if u["key"] not in (completed(out / "results") if out.exists() else {})])
+    print(f"{len(spec.units())} units: {len(spec.units()) - pending} done, {pending} to run")
+    run_sweep(spec, out / "results", backend=args.backend, progress=say)
+    merged = merge(out / "results")
+    paths = write_report(merged, out, threshold=args.threshold)
+    print(paths["summary"])
+    print(f"wrote {paths['html']}, {paths['markdown']} and {len(paths['figures'])} figures in {out / 'figures'}")
+    return 0
+
+
+def _sibling_train(data: str) -> str | None:
+    p = Path(data)
+    if p.name.startswith("dev_"):
+        sibling = p.with_name("train_" + p.name[len("dev_"):])
+        return str(sibling) if sibling.is_file() else None
+    return None
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     import torch
 
@@ -152,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--head-seed", type=int, default=0, help="seed for heads missing from the checkpoint")
     c.add_argument("--declare", nargs="*", default=list(DEFAULT_DECLARED), choices=DECLARABLE,
                    help="facts the attacker is assumed to know")
+    c.add_argument("--defence", metavar="SPEC", help="defence applied to what is shared, e.g. noise:1e-3, "
+                   "laplace:1e-2, prune:0.5, fp16, bf16, int8, dpsgd:1.0,1.1, fedavg:4, batch:8")
     c.add_argument("--out", required=True, help="gradient file (.pt or .safetensors)")
     c.set_defaults(func=cmd_capture)
 
@@ -189,6 +263,34 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("sweep", help="run (this shard of) a sweep spec, resumably; or merge its results")
+    s.add_argument("--spec", help="sweep spec JSON (textleak.sweep.SweepSpec fields)")
+    s.add_argument("--out", required=True, help="results folder (resumes what it holds)")
+    s.add_argument("--backend", choices=["local", "ray"], default="local")
+    s.add_argument("--merge", action="store_true", help="only merge all shards' results into table.json/.csv")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_sweep)
+
+    a = sub.add_parser("audit", help="attack under each defence, measure accuracy, write an HTML/Markdown report")
+    a.add_argument("--model", help="default: the packaged MiniLM")
+    a.add_argument("--data", required=True, help="sentences to attack: TSV sentence<TAB>label, or one per line")
+    a.add_argument("--defence", nargs="+", required=True, metavar="SPEC", help="e.g. noise:1e-3 prune:0.5 fp16")
+    a.add_argument("--attack", nargs="+", default=["auto"], help="attack names (default auto, else dlg)")
+    a.add_argument("--n", type=int, default=20, help="sentences attacked")
+    a.add_argument("--offset", type=int, default=0, help="first row attacked")
+    a.add_argument("--seeds", type=int, nargs="+", default=[0])
+    a.add_argument("--task", choices=["classify", "mlm"], help="default: classify when the data has labels")
+    a.add_argument("--steps", type=int, help="optimisation steps of every attack")
+    a.add_argument("--train", help="training split for the accuracy runs (default: train_* beside a dev_* file)")
+    a.add_argument("--utility-train", type=int, default=512, help="training sentences per accuracy run")
+    a.add_argument("--utility-test", type=int, default=200, help="held-out sentences (data rows not attacked)")
+    a.add_argument("--no-utility", action="store_true", help="skip the accuracy runs")
+    a.add_argument("--threshold", type=float, default=0.5, help="ROUGE-1 below which a setting defends")
+    a.add_argument("--backend", choices=["local", "ray"], default="local")
+    a.add_argument("--out", required=True, help="report folder (results/ inside it resume)")
+    a.add_argument("--quiet", action="store_true", help="no per-unit progress lines")
+    a.set_defaults(func=cmd_audit)
 
     e = sub.add_parser("env", help="versions, default model and device (for bug reports)")
     e.set_defaults(func=cmd_env)

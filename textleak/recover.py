@@ -59,6 +59,9 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
         history=outcome.history[outcome.restart] if outcome else [], snapshots=best,
         timings={"load": t1 - t0, "attack": t2 - t1}, versions=versions(), details=output.details,
     )
+    defence = gradients.metadata.get("capture", {}).get("defence")
+    if defence:  # the attacker is told what the victim applied (it matches the defended gradient as is)
+        result.details["defence"] = defence
     if outcome:
         result.details.update(restarts_diverged=sum(outcome.diverged), evaluations=outcome.evaluations,
                               resumed=outcome.resumed)

@@ -43,6 +43,9 @@ class RecoveryResult:
                  + f"  model: {self.model.get('name')} [{self.model.get('task')}]  seed: {self.seed}",
                  f"attacker knew: {', '.join(k for k, v in self.knowledge.items() if v not in (None, False)) or 'nothing extra'}"
                  f"; assumed: {', '.join(f'{k} {v}' for k, v in self.assumed.items())}"]
+        defence = self.details.get("defence")
+        if defence:
+            lines.append(f"defence applied by the victim: {defence.get('spec')} (shared: {defence.get('shares', 'gradient')})")
         refs = (self.metrics or {}).get("per_example")
         for i, text in enumerate(self.texts):
             lines.append(f"recovered[{i}]: {text}")

@@ -1,0 +1,415 @@
+"""Sweeps: attacks x defences x sentences x seeds as independent units, resumable and sharded.
+
+Each unit (one attack on one defended capture, or one defence's utility training) is run on its
+own and its result appended to a JSONL file as soon as it finishes (flush + fsync), so a sweep
+killed at any moment loses no finished unit and, restarted with the same output folder, skips
+every unit already recorded (by key, across all shards' files) and repeats none.
+
+Sharding: unit i belongs to rank i % world_size, read from RANK/WORLD_SIZE (torchrun) or
+SLURM_PROCID/SLURM_NTASKS (Slurm); each rank appends to its own
+`results-RANK-of-WORLD.jsonl`. `merge(out_dir)` makes one table from all shards' files.
+An optional Ray backend (`backend="ray"`, needs the extra `ray`) runs the pending units as Ray
+tasks, the driver alone writing results.
+
+A spec naming an unknown attack or defence, or unreadable data, fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .errors import InputError
+from .io import atomic_write_text
+from .textdata import read_sentences
+
+SPEC_FILE = "sweep.json"
+FALLBACK_ATTACK = "dlg"
+
+
+def strongest_attack(preferred: str = "auto", *, say: Callable[[str], None] | None = print) -> str:
+    """`preferred` if registered, else DLG, saying so (stronger attacks register themselves by name)."""
+    from .attacks import ATTACKS
+
+    if preferred in ATTACKS:
+        return preferred
+    if say is not None:
+        say(f"attack {preferred!r} is not registered in this textleak (registered: {', '.join(ATTACKS.names())}); "
+            f"using {FALLBACK_ATTACK!r} as the strongest attack")
+    return FALLBACK_ATTACK
+
+
+@dataclass
+class SweepSpec:
+    """attacks: names in ATTACKS. defences: specs (see textleak.defences). data: TSV or text file;
+    the attacked sentences are rows[offset : offset + n]. A `batch:N` defence adds the N - 1 rows
+    that follow (wrapping around the file). attack_options: per attack name, e.g. {"dlg": {"steps": 20}}.
+    utility: UtilityConfig fields (None: no accuracy measured)."""
+
+    attacks: list[str]
+    defences: list[str]
+    data: str
+    n: int = 20
+    offset: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])
+    model: str | None = None
+    task: str = "classify"
+    head_seed: int = 0
+    attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+    utility: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SweepSpec":
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise InputError(f"bad sweep spec: {exc}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SweepSpec":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise InputError(f"sweep spec {path} does not exist") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(f"sweep spec {path} is not valid JSON ({exc})") from None
+
+    # -- validation, before any work --------------------------------------------------------
+    def validate(self) -> None:
+        from .attacks import ATTACKS
+        from .defences import parse_defence
+        from .threat import WITHDRAWABLE
+
+        if not self.attacks or not self.defences:
+            raise InputError("a sweep needs at least one attack and one defence (use 'none' for the baseline)")
+        for a in self.attacks:
+            ATTACKS.get(a)
+        for name in self.attack_options:
+            if name not in self.attacks:
+                raise InputError(f"attack_options names {name!r}, which is not among the sweep's attacks")
+        self.defences = [parse_defence(d).spec for d in self.defences]
+        if len(set(self.defences)) != len(self.defences):
+            raise InputError("a defence is listed twice")
+        if self.task not in ("classify", "mlm"):
+            raise InputError(f"unknown task {self.task!r}; choose classify or mlm")
+        bad = [u for u in self.unknown if u not in WITHDRAWABLE]
+        if bad:
+            raise InputError(f"cannot withhold {bad[0]!r}; withdrawable: {', '.join(WITHDRAWABLE)}")
+        if self.n < 1 or self.offset < 0 or not self.seeds:
+            raise InputError("a sweep needs n >= 1, offset >= 0 and at least one seed")
+        rows = self.rows()
+        if self.offset + self.n > len(rows):
+            raise InputError(f"{self.data} has {len(rows)} sentences; cannot take {self.n} from row {self.offset}")
+        if self.task == "classify" and any(y is None for _, y in rows):
+            raise InputError(f"{self.data} has no labels; classification needs a TSV with a label column")
+        if self.utility is not None:
+            from .utility import UtilityConfig
+
+            try:
+                UtilityConfig(**self.utility).validate()
+            except TypeError as exc:
+                raise InputError(f"bad utility settings: {exc}") from None
+
+    def rows(self) -> list[tuple[str, int | None]]:
+        return read_sentences(self.data)
+
+    # -- units -------------------------------------------------------------------------------
+    def units(self) -> list[dict[str, Any]]:
+        """Every unit in a fixed order: utility per defence, then per seed, sentence, defence, attack."""
+        out = [{"kind": "utility", "defence": d, "key": f"utility|{d}"} for d in self.defences] \
+            if self.utility is not None else []
+        for seed in self.seeds:
+            for s in range(self.offset, self.offset + self.n):
+                for d in self.defences:
+                    for a in self.attacks:
+                        out.append({"kind": "attack", "attack": a, "defence": d, "sentence": s, "seed": seed,
+                                    "key": f"attack|{a}|{d}|{s}|{seed}"})
+        return out
+
+
+def shard_from_env(env: dict[str, str] | None = None) -> tuple[int, int]:
+    """(rank, world_size) from torchrun's RANK/WORLD_SIZE or Slurm's SLURM_PROCID/SLURM_NTASKS."""
+    env = os.environ if env is None else env
+    for r, w in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if r in env and w in env:
+            try:
+                rank, world = int(env[r]), int(env[w])
+            except ValueError:
+                raise InputError(f"{r}={env[r]!r} and {w}={env[w]!r} must be integers") from None
+            if not 0 <= rank < world:
+                raise InputError(f"{r}={rank} is not in [0, {w}={world})")
+            return rank, world
+    return 0, 1
+
+
+# -- the results files ---------------------------------------------------------------------
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Complete records only: a line cut short by a kill is ignored (its unit runs again)."""
+    out = []
+    with path.open("r", encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def result_files(out_dir: str | Path) -> list[Path]:
+    return sorted(Path(out_dir).glob("results-*.jsonl"))
+
+
+def completed(out_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """key -> record, over every shard's file (the first record of a key wins)."""
+    done: dict[str, dict[str, Any]] = {}
+    for path in result_files(out_dir):
+        for rec in read_jsonl(path):
+            done.setdefault(rec["key"], rec)
+    return done
+
+
+class JsonlAppender:
+    """Appends one JSON record per line and makes it durable before returning."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.stat().st_size:
+            with path.open("rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                torn = fh.read(1) != b"\n"
+            if torn:  # a kill cut the last line short: end it so the next record stands alone
+                with path.open("ab") as fh:
+                    fh.write(b"\n")
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, default=_jsonable) + "\n"
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+# -- running units -------------------------------------------------------------------------
+class UnitContext:
+    """What a process keeps between units: the loaded model and the sentences."""
+
+    def __init__(self, spec: SweepSpec, out_dir: Path):
+        self.spec = spec
+        self.out_dir = out_dir
+        self._target = None
+        self._rows: list[tuple[str, int | None]] | None = None
+
+    def target(self):
+        if self._target is None:
+            from .text.models import load_text_model
+
+            self._target = load_text_model(self.spec.model, task=self.spec.task, head_seed=self.spec.head_seed)
+        return self._target
+
+    def rows(self) -> list[tuple[str, int | None]]:
+        if self._rows is None:
+            self._rows = self.spec.rows()
+        return self._rows
+
+
+def batch_for(rows: list[tuple[str, int | None]], index: int, size: int) -> list[tuple[str, int | None]]:
+    return [rows[(index + j) % len(rows)] for j in range(size)]
+
+
+def run_unit(spec: SweepSpec, unit: dict[str, Any], ctx: UnitContext) -> dict[str, Any]:
+    """Run one unit and return its JSON-able record (the key, the settings and the result)."""
+    from .defences import parse_defence
+
+    defence = parse_defence(unit["defence"])
+    base = {"key": unit["key"], "kind": unit["kind"], "defence": defence.spec, "defence_name": defence.name,
+            "strength": defence.strength, "strength_label": defence.strength_label}
+    if unit["kind"] == "utility":
+        from .utility import UtilityConfig, measure_utility
+
+        config = UtilityConfig(**{**spec.utility, "model": spec.model, "head_seed": spec.head_seed})
+        util = measure_utility(defence.spec, config, cache_dir=ctx.out_dir / "utility-cache")
+        return {**base, **{k: v for k, v in util.items() if k not in ("defence", "model")}}
+    from .capture import capture_gradients
+    from .recover import recover
+
+    t0 = time.perf_counter()
+    batch = batch_for(ctx.rows(), unit["sentence"], defence.required_batch_size() or 1)
+    texts = [s for s, _ in batch]
+    labels = [int(y) for _, y in batch] if spec.task == "classify" else None
+    target = ctx.target()
+    cap = capture_gradients(target, texts, labels=labels, seed=unit["seed"], defence=defence)
+    result = recover(gradients=cap.gradients, model=target, attack=unit["attack"], reference=cap.reference,
+                     unknown=spec.unknown, options=spec.attack_options.get(unit["attack"]), seed=unit["seed"],
+                     progress=False)
+    return {**base, "attack": unit["attack"], "method": result.method, "sentence": unit["sentence"],
+            "seed": unit["seed"], "batch_size": len(texts), "references": texts, "recovered": result.texts,
+            "metrics": result.metrics["mean"], "per_example": result.metrics["per_example"],
+            "distance": result.distance, "seconds": time.perf_counter() - t0, "config": result.config,
+            "versions": result.versions}
+
+
+@dataclass
+class SweepSummary:
+    rank: int
+    world_size: int
+    total: int  # units in the whole sweep
+    mine: int  # units of this shard
+    skipped: int  # of mine, already recorded
+    ran: int
+    results: Path
+
+
+Runner = Callable[[SweepSpec, dict[str, Any], UnitContext], dict[str, Any]]
+
+
+def run_sweep(spec: SweepSpec, out_dir: str | Path, *, rank: int | None = None, world_size: int | None = None,
+              backend: str = "local", runner: Runner = run_unit,
+              progress: Callable[[str], None] | None = None) -> SweepSummary:
+    """Run this shard's pending units; every finished one is on disk before the next starts."""
+    spec.validate()
+    if backend not in ("local", "ray"):
+        raise InputError(f"unknown sweep backend {backend!r}; choose local or ray")
+    if rank is None or world_size is None:
+        rank, world_size = shard_from_env()
+    out = Path(out_dir)
+    _claim(out, spec)
+    units = spec.units()
+    mine = [u for i, u in enumerate(units) if i % world_size == rank]
+    done = completed(out)
+    todo = [u for u in mine if u["key"] not in done]
+    path = out / f"results-{rank:03d}-of-{world_size:03d}.jsonl"
+    writer = JsonlAppender(path)
+    if backend == "ray":
+        _run_ray(spec, out, todo, writer, progress)
+    else:
+        ctx = UnitContext(spec, out)
+        for i, unit in enumerate(todo, 1):
+            record = runner(spec, unit, ctx)
+            writer.append(record)
+            if progress is not None:
+                progress(f"[{rank}/{world_size}] {i}/{len(todo)} {unit['key']}" + _brief(record))
+    return SweepSummary(rank, world_size, len(units), len(mine), len(mine) - len(todo), len(todo), path)
+
+
+def _brief(record: dict[str, Any]) -> str:
+    if "accuracy" in record:
+        return f"  accuracy {record['accuracy']:.3f}"
+    m = record.get("metrics") or {}
+    return f"  ROUGE-1 {m.get('rouge1', float('nan')):.3f}" if m else ""
+
+
+#: fields a resumed sweep may change: each unit's key names them, so old results stay valid
+EXTENDABLE = ("attacks", "defences", "n", "seeds")
+
+
+def _claim(out: Path, spec: SweepSpec) -> None:
+    """Record the spec in the folder; refuse to mix results made under other settings into it."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / SPEC_FILE
+    mine = spec.to_dict()
+    if path.exists():
+        theirs = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(mine) | set(theirs) if k not in EXTENDABLE and mine.get(k) != theirs.get(k))
+        if changed:
+            raise InputError(f"{out} holds results made with other {', '.join(changed)} ({path}); "
+                             "use another output folder")
+        if theirs == mine:
+            return
+    atomic_write_text(path, json.dumps(mine, indent=1))
+
+
+def _ray_unit(spec_dict: dict[str, Any], unit: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    spec = SweepSpec.from_dict(spec_dict)
+    return run_unit(spec, unit, UnitContext(spec, Path(out_dir)))
+
+
+def _run_ray(spec: SweepSpec, out: Path, todo: list[dict[str, Any]], writer: JsonlAppender,
+             progress: Callable[[str], None] | None) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise InputError("the ray backend needs Ray: pip install 'textleak[ray]'") from None
+    ray.init(ignore_reinit_error=True)
+    remote = ray.remote(_ray_unit)
+    pending = {remote.remote(spec.to_dict(), unit, str(out)): unit for unit in todo}
+    finished = 0
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        unit = pending.pop(ready[0])
+        record = ray.get(ready[0])  # a failed task raises here, after earlier results are saved
+        writer.append(record)
+        finished += 1
+        if progress is not None:
+            progress(f"[ray] {finished}/{len(todo)} {unit['key']}" + _brief(record))
+
+
+# -- merging -------------------------------------------------------------------------------
+METRIC_KEYS = ("rouge1", "rouge2", "rougeL", "token_accuracy", "exact_match", "label_accuracy")
+
+
+def merge(out_dir: str | Path, *, write: bool = True) -> dict[str, Any]:
+    """One table from every shard's JSONL: per (attack, defence) mean metrics over sentences and
+    seeds, with the defence's utility beside it. Writes table.json and table.csv when `write`."""
+    out = Path(out_dir)
+    records = list(completed(out).values())
+    if not records:
+        raise InputError(f"{out} holds no sweep results (results-*.jsonl)")
+    spec = json.loads((out / SPEC_FILE).read_text(encoding="utf-8")) if (out / SPEC_FILE).exists() else None
+    utility = {r["defence"]: r for r in records if r["kind"] == "utility"}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        if r["kind"] == "attack":
+            groups.setdefault((r["attack"], r["defence"]), []).append(r)
+    order = {d: i for i, d in enumerate(spec["defences"])} if spec else {}
+    table = []
+    for (attack, defence), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 1e9), kv[0][1])):
+        row = {"attack": attack, "methods": sorted({r["method"] for r in rs}), "defence": defence,
+               "defence_name": rs[0]["defence_name"], "strength": rs[0]["strength"],
+               "strength_label": rs[0]["strength_label"], "n": len(rs),
+               "seconds_mean": sum(r["seconds"] for r in rs) / len(rs)}
+        for k in METRIC_KEYS:
+            vals = [float(r["metrics"][k]) for r in rs if k in r["metrics"]]
+            if vals:
+                row[k] = sum(vals) / len(vals)
+        u = utility.get(defence)
+        row["accuracy"] = u["accuracy"] if u else None
+        if u and u.get("epsilon") is not None:
+            row["epsilon"] = u["epsilon"]
+        table.append(row)
+    merged = {"spec": spec, "table": table, "utility": list(utility.values()),
+              "units": [r for r in records if r["kind"] == "attack"]}
+    if write:
+        atomic_write_text(out / "table.json", json.dumps(merged, indent=1, default=_jsonable))
+        atomic_write_text(out / "table.csv", _csv(table))
+    return merged
+
+
+def _csv(table: Iterable[dict[str, Any]]) -> str:
+    cols = ["attack", "defence", "strength", "n", *METRIC_KEYS, "accuracy", "epsilon", "seconds_mean"]
+    lines = [",".join(cols)]
+    for row in table:
+        cells = []
+        for c in cols:
+            v = row.get(c)
+            cells.append("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)))
+        lines.append(",".join(cells))
+    return "\n".join(lines) + "\n"
