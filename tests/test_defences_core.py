@@ -229,5 +229,5 @@ def test_fedavg_capture_is_recorded_as_an_update_and_attacked_as_a_gradient(tiny
     _, target = tiny
     cap = capture_gradients(target, ["a good film ."], labels=[1], defence="fedavg:3,0.1")
     assert cap.gradients.metadata["capture"]["defence"]["shares"] == "update"
-    res = recover(gradients=cap.gradients, model=target, progress=False, options={"steps": 1})
+    res = recover(gradients=cap.gradients, model=target, attack="dlg", progress=False, options={"steps": 1})
     assert res.method == "dlg" and "(shared: update)" in res.summary()

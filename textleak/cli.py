@@ -138,7 +138,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .defences import parse_defence
     from .report import write_report
     from .sweep import SweepSpec, merge, run_sweep, strongest_attack
-    from .textdata import read_sentences
+    from .data import read_sentences
 
     defences = list(dict.fromkeys(["none"] + [parse_defence(d).spec for d in args.defence]))
     rows = read_sentences(args.data)

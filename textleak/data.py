@@ -90,5 +90,20 @@ def _read_file(path: Path) -> list[Example]:
     column = next((c for c in ("sentence", "text") if c in (reader.fieldnames or [])), None)
     if column is None:
         raise InputError(f"{path} needs a 'sentence' or 'text' column")
-    return [Example(r[column], int(r["label"]) if r.get("label") not in (None, "") else None)
-            for r in reader if r[column] and r[column].strip()]
+    examples = []
+    for number, r in enumerate(reader, start=2):
+        if None in r or any(v is None for v in r.values()):
+            raise InputError(f"{path}:{number}: expected {len(reader.fieldnames)} {delimiter!r}-separated fields")
+        if not (r[column] and r[column].strip()):
+            continue
+        label = r.get("label")
+        try:
+            examples.append(Example(r[column].strip(), int(label) if label not in (None, "") else None))
+        except ValueError:
+            raise InputError(f"{path}:{number}: label {label!r} is not an integer") from None
+    return examples
+
+
+def read_sentences(path: str | Path) -> list[tuple[str, int | None]]:
+    """[(sentence, label or None)] of a data file or dataset name, in order."""
+    return [(e.text, e.label) for e in load_sentences(str(path))]

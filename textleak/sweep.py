@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 from .errors import InputError
 from .io import atomic_write_text
-from .textdata import read_sentences
+from .data import read_sentences
 
 SPEC_FILE = "sweep.json"
 FALLBACK_ATTACK = "dlg"

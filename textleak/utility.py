@@ -26,7 +26,7 @@ from .core.seeding import model_mode, seeded
 from .defences import parse_defence, shared_gradients
 from .errors import InputError
 from .io import atomic_write_text
-from .textdata import read_sentences
+from .data import read_sentences
 from .versions import __version__
 
 DEFAULT_TRAIN = "/work/shared/data/train_sst2.tsv"
