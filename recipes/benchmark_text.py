@@ -2,7 +2,7 @@
 plus exact-match rate and seconds per batch.
 
     python recipes/benchmark_text.py --attacks dlg,tag,lamp,exact,auto --data cola,sst2,rt \
-        --batch-size 1,2,4,8,16 --n 100 --task classify --out bench/classify.jsonl
+        --batch-size 1,2,4,8,16 --n 100 --task classify --out results/classify.jsonl
 
 --data: cola | sst2 | rt (the dev TSVs in $TEXTLEAK_DATA, default /work/shared/data), a TSV path
 (sentence<TAB>label with a header), or an HF dataset name available offline (its validation split;
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="default: the packaged MiniLM")
     ap.add_argument("--steps", type=int, help="steps of the optimisation attacks (default: their own)")
     ap.add_argument("--unknown", nargs="*", default=["labels"], help="facts withheld from the attacker")
-    ap.add_argument("--out", default="bench/benchmark_text.jsonl")
+    ap.add_argument("--out", default="results/benchmark_text.jsonl")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -135,3 +135,20 @@ def test_bigram_prior_prefers_seen_order(tmp_path, monkeypatch, targets):
     bad = tok("mat the on sat cat the")["input_ids"]
     assert prior.nll(good) < prior.nll(bad)
     assert load_prior("bigram", tok).nll(good) == pytest.approx(prior.nll(good))  # from the cache
+
+
+def test_layer_span_keeps_a_weakly_weighted_input():
+    # an input whose backpropagated signal is tiny (far from the loss) still lies above the noise
+    # plateau; the span's rank must count it, or that sentence can never pass the certificate
+    gen = torch.Generator().manual_seed(0)
+    H, r = 48, 6
+    inputs = torch.randn(r, H, generator=gen, dtype=torch.float64)
+    deltas = torch.randn(3 * H, r, generator=gen, dtype=torch.float64)
+    deltas[:, -1] *= 3e-6
+    G = (deltas @ inputs).float()
+    grads = {f"bert.encoder.layer.0.attention.self.{part}.weight": G[i * H:(i + 1) * H]
+             for i, part in enumerate(("query", "key", "value"))}
+    span = lk.layer_span(grads, 0)
+    assert span.rank == r
+    # float32 noise over a weak direction: the member's residual stays within the span's floor
+    assert float(span.residual(inputs[-1:])) < span.floor < 0.01

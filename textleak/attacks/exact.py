@@ -9,19 +9,22 @@ Why it works: a linear layer's weight gradient is sum_i delta_i x_i^T, so its ro
 span of the layer's inputs x_i whenever the number of non-padding tokens B x L is below the hidden
 size H (MiniLM: 384). Layer 0 receives x = LayerNorm(E[token] + P[position] + T[0]), so testing
 every (token, position) candidate against the span (relative residual after projecting on the
-right singular vectors; rank at the widest singular-value gap; threshold at the widest gap of
+right singular vectors; rank at the last clear singular-value drop; threshold at the widest gap of
 the residuals) finds the input tokens. Because position embeddings are additive, a token seen at
-one position can also pass at another when the batch repeats tokens across positions, so layer 0
-yields per-position candidate sets; sequences are then assembled by coordinate descent on the
-layer-1 span residual of whole sentences, which is ~0 only for the true sentence (the
-certificate). Masked-LM labels are solved per masked position from the prediction-head
+one position can also pass at another: once the batch has more tokens than distinct tokens plus
+positions (MiniLM, CoLA: about batch 8) the layer-0 span holds every (batch token, position)
+pair, so layer 0 yields per-position candidate sets. Sentences are assembled at layer 1 by one
+beam search over prefixes shared by the batch (a prefix scored by the layer-1 residual of its
+tokens with the unknown rest left out of attention), finished by coordinate descent on the
+whole-sentence layer-1 residual, which is ~0 only for the true sentence (the certificate). Masked-LM labels are solved per masked position from the prediction-head
 transform gradient, classification labels from the classifier weight gradient.
 
 Degrades: with no rank gap (B x L >= H, or noise) the attack raises MissingKnowledgeError
 naming the condition; an assembly that does not reach the certificate is returned with
 `details["certified"] = False` and its candidate sets, which `auto` hands to optimisation.
 
-Arguments: `sweeps` (coordinate-descent passes over each sentence), `seed`.
+Arguments: `beam` (prefixes kept per sentence of the batch), `trials` (least candidates scored per
+step), `sweeps` (coordinate-descent passes over each sentence), `seed`.
 Shapes: layer span basis [H, r]; candidates: per position a list of (token id, residual).
 """
 
@@ -49,6 +52,8 @@ class Exact:
     modalities: ClassVar[tuple[str, ...]] = ("text",)
 
     sweeps: int = 3
+    beam: int = 4
+    trials: int = 512
     seed: int = 0
 
     def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
@@ -89,7 +94,7 @@ class Exact:
             "candidates": [[t for t, _ in c] for c in cands], "seconds": time.perf_counter() - t0,
         }
         return AttackOutput(prediction=prediction, method=self.name, assumed=assumed,
-                            config={"sweeps": self.sweeps, "seed": self.seed}, details=details)
+                            config={"sweeps": self.sweeps, "beam": self.beam, "trials": self.trials, "seed": self.seed}, details=details)
 
     # -- steps -------------------------------------------------------------------------------
     @staticmethod
@@ -104,44 +109,86 @@ class Exact:
     def _assemble(self, model, cands: list[list[tuple[int, float]]], lengths: Sequence[int],
                   span1: lk.LayerSpan | None, specials: set[int], tok, template: bool
                   ) -> tuple[list[list[int]], list[float]]:
-        """Each sentence starts from each position's best free candidate (distinct sentences take
-        distinct candidates where there are enough) and is improved token by token on its layer-1
-        span residual, which decomposes over sentences."""
-        sequences: list[list[int]] = []
-        for b, n in enumerate(lengths):
-            seq = []
-            for p in range(n):
-                if template and p == 0 and tok.cls_token_id is not None:
-                    seq.append(tok.cls_token_id)
-                elif template and p == n - 1 and tok.sep_token_id is not None:
-                    seq.append(tok.sep_token_id)
-                else:
-                    free = [t for t, _ in cands[p] if t not in specials] or [cands[p][0][0]]
-                    seq.append(free[b % len(free)])
-            sequences.append(seq)
-        if span1 is None or not span1.exact:
-            return sequences, [float("nan")] * len(sequences)
-        residuals = []
-        for b, seq in enumerate(sequences):
-            current = float(lk.sequence_residuals(model, span1, [seq])[0])
-            for _ in range(self.sweeps):
-                changed = False
-                for p in range(len(seq)):
-                    if template and (p == 0 or p == len(seq) - 1):
-                        continue
-                    free = [t for t, _ in cands[p] if t not in specials and t != seq[p]]
-                    if not free:
-                        continue
-                    trials = [seq[:p] + [t] + seq[p + 1:] for t in free]
-                    scores = lk.sequence_residuals(model, span1, trials)
-                    j = int(scores.argmin())
-                    if float(scores[j]) < current:
-                        seq, current, changed = trials[j], float(scores[j]), True
-                if not changed:
+        """Beam search over prefixes, left to right, shared by all sentences of the batch.
+
+        Layer 1 sees each token through attention over its whole sentence, so a token can only be
+        judged in context. A prefix is scored by the layer-1 span residual of its tokens with the
+        unknown rest of its sentence left out of attention: the true prefixes of every sentence
+        stay near zero, so one beam (width `beam` x batch size) carries all of them at once.
+        Wherever a prefix could end a sentence of a declared length, its completion (with [SEP])
+        is scored on the whole-sentence residual; each length takes its best distinct completions,
+        which are then polished by coordinate descent on that residual (exact context)."""
+        cls_id, sep_id = tok.cls_token_id, tok.sep_token_id
+        ends = template and cls_id is not None and sep_id is not None
+
+        def free(p: int) -> list[int]:
+            return [t for t, _ in cands[p] if t not in specials] or [cands[p][0][0]]
+
+        if span1 is None or not span1.exact:  # no second layer: each position's best candidates
+            sequences = [[cls_id if ends and p == 0 else sep_id if ends and p == n - 1 else
+                          free(p)[b % len(free(p))] for p in range(n)] for b, n in enumerate(lengths)]
+            return sequences, [float("nan")] * len(lengths)
+        wanted = {n: lengths.count(n) for n in set(lengths)}
+        # at least `trials` candidates per step: cheap where layer 0 left few tokens per position
+        widest = max(len(free(p)) for p in range(max(lengths)))
+        width = max(self.beam * len(lengths), self.trials // max(widest, 1))
+        beams: list[list[int]] = [[cls_id]] if ends else [[]]
+        finished: dict[int, list[tuple[float, list[int]]]] = {n: [] for n in wanted}
+        for p in range(len(beams[0]), max(lengths) - (1 if ends else 0)):
+            trials = [prefix + [t] for prefix in beams for t in free(p)]
+            ids = torch.tensor(trials)
+            pos = torch.arange(p + 1).expand_as(ids)
+            scores = torch.cat([lk.partial_residuals(model, span1, ids[i:i + 4096], pos[i:i + 4096]).sum(1)
+                                for i in range(0, len(ids), 4096)])
+            beams = [trials[i] for i in torch.argsort(scores)[:width].tolist()]
+            n = p + 2 if ends else p + 1
+            if n in wanted:
+                done = [b + [sep_id] if ends else b for b in beams]
+                full = lk.sequence_residuals(model, span1, done)
+                finished[n] += [(float(r), d) for r, d in zip(full, done)]
+        if ends and 2 in wanted:
+            finished[2] = [(float(lk.sequence_residuals(model, span1, [[cls_id, sep_id]])[0]), [cls_id, sep_id])]
+        picked: dict[int, list[list[int]]] = {}
+        for n, k in wanted.items():
+            chosen: list[list[int]] = []
+            for _, seq in sorted(finished[n], key=lambda x: x[0]):
+                if seq not in chosen:
+                    chosen.append(seq)
+                if len(chosen) == k:
                     break
-            sequences[b] = seq
-            residuals.append(current)
+            while len(chosen) < k:  # the beam never reached this length: fall back per position
+                chosen.append([cls_id if ends and q == 0 else sep_id if ends and q == n - 1 else free(q)[0]
+                               for q in range(n)])
+            picked[n] = chosen
+        sequences, residuals = [], []
+        for n in lengths:
+            seq, res = self._polish(model, span1, free, picked[n].pop(0), ends)
+            sequences.append(seq)
+            residuals.append(res)
         return sequences, residuals
+
+    def _polish(self, model, span1, free, seq: list[int], ends: bool) -> tuple[list[int], float]:
+        """Coordinate descent on the whole-sentence layer-1 residual (each token in its true
+        context once the rest is right)."""
+        current = float(lk.sequence_residuals(model, span1, [seq])[0])
+        for _ in range(self.sweeps):
+            if current <= span1.floor ** 2 * len(seq):  # certified (see _certified)
+                break
+            changed = False
+            for p in range(len(seq)):
+                if ends and (p == 0 or p == len(seq) - 1):
+                    continue
+                options = [t for t in free(p) if t != seq[p]]
+                if not options:
+                    continue
+                trials = [seq[:p] + [t] + seq[p + 1:] for t in options]
+                scores = lk.sequence_residuals(model, span1, trials)
+                j = int(scores.argmin())
+                if float(scores[j]) < current:
+                    seq, current, changed = trials[j], float(scores[j]), True
+            if not changed:
+                break
+        return seq, current
 
     @staticmethod
     def _certified(span1, residuals, cands, lengths) -> bool:

@@ -121,8 +121,8 @@ def max_length(gradients: Mapping[str, torch.Tensor]) -> int | None:
 class LayerSpan:
     """The row space of one attention layer's Q/K/V weight gradients.
 
-    basis: [H, r] orthonormal; rank r picked at the largest singular-value gap; tol: residual
-    below which a vector counts as inside (the geometric mean of the gap's two edges, so it comes
+    basis: [H, r] orthonormal; rank r at the last clear singular-value drop (onto the noise
+    plateau); tol: residual below which a vector counts as inside (the geometric mean of the gap's two edges, so it comes
     from the gradient itself); exact: whether a clear gap exists (r < H).
     """
 
@@ -175,7 +175,10 @@ def layer_span(gradients: Mapping[str, torch.Tensor], layer: int) -> LayerSpan:
     # in a random model must not pass for the rank)
     floor = math.sqrt(torch.finfo(gradients[names[0]].dtype).eps)
     ratios = torch.where(s[1:] < floor, ratios, torch.zeros_like(ratios))
-    r = int(torch.argmax(ratios)) + 1
+    # the rank is where the spectrum meets the noise plateau: the last clear drop, not the
+    # largest one (a weakly weighted input, e.g. a token far from the loss, sits just above it)
+    clear = (ratios >= MIN_GAP).nonzero().flatten()
+    r = int(clear[-1]) + 1 if len(clear) else int(torch.argmax(ratios)) + 1
     gap = float(ratios[r - 1])
     if gap < MIN_GAP:  # no clear gap: the inputs fill the whole space (or noise hides them)
         r = H
@@ -268,6 +271,30 @@ def layer_inputs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
     finally:
         handle.remove()
     return captured["h"]
+
+
+def partial_residuals(model: torch.nn.Module, span: LayerSpan, token_ids: torch.Tensor,
+                      position_ids: torch.Tensor) -> torch.Tensor:
+    """Squared layer-`span.layer` residual of each token [N, m] of partial sentences: tokens
+    placed at explicit positions (a prefix and the final [SEP]), the unknown rest left out of
+    attention. Summed over tokens it ranks prefixes; it is ~0 only once the sentence is whole."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(module, args, kwargs):
+        captured["h"] = args[0] if args else kwargs["hidden_states"]
+        raise _Stop
+
+    handle = model.base_model.encoder.layer[span.layer].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model.base_model(input_ids=token_ids, attention_mask=torch.ones_like(token_ids),
+                             token_type_ids=torch.zeros_like(token_ids), position_ids=position_ids)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    h = captured["h"]
+    return span.residual(h.reshape(-1, h.shape[-1])).reshape(token_ids.shape) ** 2
 
 
 def sequence_residuals(model: torch.nn.Module, span: LayerSpan, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
