@@ -5,7 +5,9 @@
 
 --data takes a short name (cola, sst2, rt: the shared dev files, or HF `datasets` when present)
 or a file. Each finished sentence is appended to <out>.jsonl at once, so a killed run resumes
-where it stopped; the table and <out> (JSON) are written at the end.
+where it stopped; the table and <out> (JSON) are written at the end. Sentences are shared out by
+RANK/WORLD_SIZE (or Slurm's variables): start one process per rank, then run once more without
+them to print the table over everything finished.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import textleak
 from textleak.cli import _quiet_libraries, run_script
 from textleak.data import load_sentences
 from textleak.io import atomic_write_text
+from textleak.sweep import shard_from_env
 from textleak.text.models import load_text_model
 
 
@@ -44,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     done = _finished(log, key)
     log.parent.mkdir(parents=True, exist_ok=True)
     options = {"steps": args.steps} if args.steps else {}
+    rank, world = shard_from_env()
     for i, ex in enumerate(examples):
-        if i in done:
+        if i in done or i % world != rank:
             continue
         cap = textleak.capture_gradients(target, [ex.text], labels=[ex.label or 0] if args.task == "classify" else None,
                                          seed=args.seed + i)
@@ -61,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{len(done)}/{len(examples)}] R1 {row['rouge1']:.2f} R2 {row['rouge2']:.2f} "
               f"{row['seconds']:.1f}s  {row['recovered'][:70]}", flush=True)
 
+    if world > 1:
+        print(f"rank {rank}/{world} finished its sentences; run without RANK/WORLD_SIZE for the table")
+        return 0
+    done = _finished(log, key)  # other ranks' sentences too
     rows = [done[i] for i in sorted(done) if i < len(examples)]
     summary = {
         "data": args.data, "task": args.task, "attack": args.attack, "n": len(rows),
