@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         "mean_tokens": statistics.mean(r["tokens"] for r in rows),
         "versions": textleak.versions.versions(), "args": vars(args),
     }
-    print(f"\n| data | task | attack | n | ROUGE-1 | ROUGE-2 | exact | s/sentence | tokens |")
-    print(f"|---|---|---|--:|--:|--:|--:|--:|--:|")
+    print("\n| data | task | attack | n | ROUGE-1 | ROUGE-2 | exact | s/sentence | tokens |")
+    print("|---|---|---|--:|--:|--:|--:|--:|--:|")
     print(f"| {args.data} | {args.task} | {args.attack} | {summary['n']} | {100 * summary['rouge1']:.1f} | "
           f"{100 * summary['rouge2']:.1f} | {100 * summary['exact_match']:.1f} | "
           f"{summary['seconds_per_sentence']:.1f} | {summary['mean_tokens']:.1f} |")

@@ -4,7 +4,7 @@ plus exact-match rate and seconds per batch.
     python recipes/benchmark_text.py --attacks dlg,tag,lamp,exact,auto --data cola,sst2,rt \
         --batch-size 1,2,4,8,16 --n 100 --task classify --out results/classify.jsonl
 
---data: cola | sst2 | rt (the dev TSVs in $TEXTLEAK_DATA, default /work/shared/data), a TSV path
+--data: cola | sst2 | rt (the shared dev TSVs, see textleak.data), a TSV path
 (sentence<TAB>label with a header), or an HF dataset name available offline (its validation split;
 columns `sentence`/`text` and `label`). --n: batches per cell (consecutive dev sentences; fewer if
 the file runs out). Each finished batch is appended to the JSONL file, so an interrupted run
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import defaultdict
@@ -25,31 +24,13 @@ from pathlib import Path
 import torch
 
 import textleak
+from textleak.data import read_sentences
 from textleak.errors import TextleakError
 from textleak.text.models import load_text_model
 
-SHORT = {"cola": "dev_cola.tsv", "sst2": "dev_sst2.tsv", "rt": "dev_rotten_tomatoes.tsv"}
-
-
 def read_data(spec: str) -> list[tuple[str, int]]:
-    root = Path(os.environ.get("TEXTLEAK_DATA", "/work/shared/data"))
-    path = root / SHORT[spec] if spec in SHORT else Path(spec)
-    if path.is_file():
-        rows = []
-        for line in path.read_text(encoding="utf-8").splitlines()[1:]:
-            if line.strip():
-                text, _, label = line.partition("\t")
-                rows.append((text, int(label) if label.strip().lstrip("-").isdigit() else 0))
-        return rows
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(spec, split="validation")
-    except Exception as exc:  # any failure of the optional HF route is reported as one line
-        raise SystemExit(f"benchmark: cannot read data {spec!r}: not a short name ({', '.join(SHORT)}), "
-                         f"not a file, and not an offline HF dataset ({str(exc).splitlines()[0]})")
-    col = "sentence" if "sentence" in ds.column_names else "text"
-    return [(r[col], int(r.get("label", 0))) for r in ds]
+    """Short name (cola, sst2, rt), file, or HF dataset; unlabelled rows get class 0."""
+    return [(text, label or 0) for text, label in read_sentences(spec)]
 
 
 def unit_key(task: str, data: str, attack: str, bs: int, index: int) -> str:

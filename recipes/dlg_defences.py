@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from textleak.data import shared_file
 
-DATA = "/work/shared/data/dev_sst2.tsv"
-TRAIN = "/work/shared/data/train_sst2.tsv"
+DATA = shared_file("dev_sst2.tsv")
+TRAIN = shared_file("train_sst2.tsv")
 
 
 def main() -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import torch
 from torch.utils.data import Dataset
 
 import textleak

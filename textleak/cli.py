@@ -7,7 +7,6 @@ for real bugs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

@@ -41,6 +41,11 @@ def shared_data_dir() -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
+def shared_file(name: str) -> str:
+    """Path of a file (or glob) in the shared data folder; readers report it if it is missing."""
+    return str((shared_data_dir() or Path("shared") / "data") / name)
+
+
 def load_sentences(spec: str, *, split: str = "dev", n: int | None = None) -> list[Example]:
     path = Path(spec)
     if path.is_file():

@@ -26,10 +26,10 @@ from .core.seeding import model_mode, seeded
 from .defences import parse_defence, shared_gradients
 from .errors import InputError
 from .io import atomic_write_text
-from .data import read_sentences
+from .data import read_sentences, shared_file
 from .versions import __version__
 
-DEFAULT_TRAIN = "/work/shared/data/train_sst2.tsv"
+DEFAULT_TRAIN = shared_file("train_sst2.tsv")
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 

@@ -4,7 +4,7 @@
 log-likelihood per token of one sentence (special tokens included as given).
 
 - "bigram": an interpolated bigram model over the attack model's own token ids, fitted on the
-  training sentences in $TEXTLEAK_PRIOR_DATA (default /work/shared/data/train_*.tsv) and cached
+  training sentences in $TEXTLEAK_PRIOR_DATA (default: train_*.tsv in the shared data folder, see textleak.data) and cached
   under ~/.cache/textleak. It is a stand-in for the GPT-2 prior of LAMP, honest about being much
   weaker; it sees only training splits, never the sentences under attack.
 - "hf:<name>": any causal LM the HF cache holds (e.g. "hf:gpt2"), scoring the decoded text.
@@ -23,11 +23,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..data import shared_file
 from ..errors import InputError
 from ..registry import Registry
 
 PRIORS: Registry[Callable[[Any], Any]] = Registry("language prior")
-DEFAULT_DATA = "/work/shared/data/train_*.tsv"
 
 
 class NoPrior:
@@ -103,7 +103,7 @@ class CausalLMPrior:
 
 PRIORS.register("none")(lambda tokenizer: NoPrior())
 PRIORS.register("bigram")(lambda tokenizer: BigramPrior(
-    tokenizer, sorted(glob.glob(os.environ.get("TEXTLEAK_PRIOR_DATA", DEFAULT_DATA)))))
+    tokenizer, sorted(glob.glob(os.environ.get("TEXTLEAK_PRIOR_DATA") or shared_file("train_*.tsv")))))
 
 
 def load_prior(name: str, tokenizer: Any):
