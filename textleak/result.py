@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_text
+from .io import atomic_write_text, jsonable
 
 RESULT_FORMAT = "textleak.result"
 
@@ -67,7 +67,7 @@ class RecoveryResult:
         return {"format": RESULT_FORMAT, "version": 1, **asdict(self)}
 
     def to_json(self, path: str | Path | None = None, *, indent: int = 2) -> str:
-        text = json.dumps(self.to_dict(), indent=indent, default=_jsonable)
+        text = json.dumps(self.to_dict(), indent=indent, default=jsonable)
         if path is not None:
             atomic_write_text(path, text)
         return text
@@ -95,11 +95,3 @@ class RecoveryResult:
                     f"<pre>{html.escape(self.summary())}</pre><table border='1'><tr><th>iteration</th>"
                     f"<th>decoded text</th></tr>{body}</table></body></html>")
         raise ValueError(f"unknown report format {fmt!r}; choose markdown or html")
-
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)

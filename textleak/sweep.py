@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import InputError
-from .io import atomic_write_text
+from .io import atomic_write_text, jsonable
 from .data import read_sentences
 
 SPEC_FILE = "sweep.json"
@@ -193,19 +193,11 @@ class JsonlAppender:
                     fh.write(b"\n")
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, default=_jsonable) + "\n"
+        line = json.dumps(record, default=jsonable) + "\n"
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
-
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)
 
 
 # -- running units -------------------------------------------------------------------------
@@ -398,7 +390,7 @@ def merge(out_dir: str | Path, *, write: bool = True) -> dict[str, Any]:
     merged = {"spec": spec, "table": table, "utility": list(utility.values()),
               "units": [r for r in records if r["kind"] == "attack"]}
     if write:
-        atomic_write_text(out / "table.json", json.dumps(merged, indent=1, default=_jsonable))
+        atomic_write_text(out / "table.json", json.dumps(merged, indent=1, default=jsonable))
         atomic_write_text(out / "table.csv", _csv(table))
     return merged
 
