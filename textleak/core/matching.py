@@ -181,7 +181,7 @@ def match(
                     loss.backward()
                     return loss
 
-                loss = float(optimizer.step(closure))
+                loss = float(optimizer.step(closure).detach())  # detach: no autograd warning
                 problem.project(variables)
                 if scheduler is not None:
                     scheduler.step()
