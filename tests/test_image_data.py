@@ -50,3 +50,15 @@ def test_wrong_channels_and_labels_through_the_api():
 def test_empty_folder(tmp_path):
     with pytest.raises(InputError, match="no image"):
         read_images(tmp_path)
+
+
+def test_hugging_face_image_folder_with_class_labels(tmp_path):
+    from PIL import Image
+
+    for cls, value in (("cat", 0), ("dog", 255)):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(np.full((6, 6, 3), value, dtype=np.uint8)).save(tmp_path / cls / "a.png")
+    found = load_dataset_images(f"hf:{tmp_path}", [0, 1])
+    assert sorted(found.labels) == [0, 1] and found.images[0].shape == (3, 6, 6)
+    with pytest.raises(InputError, match="not available offline"):
+        load_dataset_images("hf:no-such-dataset-xyz", [0])

@@ -73,7 +73,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 def cmd_capture_image(args: argparse.Namespace) -> int:
     """Images: --image files/folders or --dataset NAME --index ..., on a registered image model."""
     from .image.capture import capture_image_gradients, collect_images, image_target
-    from .image.data import load_dataset_images
+    from .image.data import LabelledImages, load_dataset_images
 
     target = image_target(args.model, num_classes=args.num_labels, channels=args.channels, size=args.image_size,
                           init_seed=args.init_seed)
@@ -90,8 +90,8 @@ def cmd_capture_image(args: argparse.Namespace) -> int:
     starts = list(range(0, len(found), size))
     paths = [out] if len(starts) == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(len(starts))]
     # Capture every batch before writing any file, so bad input leaves nothing behind.
-    captures = [capture_image_gradients(target, type(found)(found.images[a:a + size], found.labels[a:a + size],
-                                                            found.names[a:a + size]),
+    captures = [capture_image_gradients(target, LabelledImages(found.images[a:a + size], found.labels[a:a + size],
+                                                               found.names[a:a + size]),
                                         labels=args.labels[a:a + size] if args.labels else None,
                                         declare=args.declare) for a in starts]
     for cap, path in zip(captures, paths):

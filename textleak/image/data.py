@@ -162,17 +162,19 @@ def sample_images(indices: Sequence[int]) -> LabelledImages:
     return LabelledImages(out, [None] * len(out), [f"sample-images[{i}]" for i in indices])
 
 
-def hf_dataset(name: str, indices: Sequence[int], *, split: str = "test") -> LabelledImages:
-    """Images (and class labels) of a Hugging Face dataset in the local cache, e.g. cifar100."""
+def hf_dataset(name: str, indices: Sequence[int], *, split: str | None = None) -> LabelledImages:
+    """Images (and class labels) of a Hugging Face dataset in the local cache (e.g. cifar100) or a
+    local image folder; `split` defaults to "test" where there is one, else the first split."""
     import datasets
     from datasets.features import ClassLabel
     from datasets.features import Image as ImageFeature
 
     try:
-        ds = datasets.load_dataset(name, split=split)
+        splits = datasets.load_dataset(name)
+        split = split or ("test" if "test" in splits else next(iter(splits)))
+        ds = splits[split]
     except Exception as exc:  # offline misses and unknown names come as many exception types
-        raise InputError(f"dataset {name!r} ({split}) is not available offline: {str(exc).splitlines()[0][:160]}"
-                         ) from None
+        raise InputError(f"dataset {name!r} is not available offline: {str(exc).splitlines()[0][:160]}") from None
     image_col = next((k for k, f in ds.features.items() if isinstance(f, ImageFeature)), None)
     if image_col is None:
         raise InputError(f"dataset {name!r} has no image column")
