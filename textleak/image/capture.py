@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..capture import Capture, declared_knowledge, metadata_for, parameter_gradients
+from ..capture import DECLARABLE, Capture, declared_knowledge, metadata_for, parameter_gradients
 from ..core.seeding import model_mode
 from ..errors import InputError
 from ..gradients import GradientFile, check_finite
@@ -99,6 +99,9 @@ def capture_image_gradients(model: Any = None, images: Any = None, *, labels: Se
         grads = parameter_gradients(loss, target.model)
     check_finite(grads, source="the captured gradient")
     declare = tuple(declare)
+    bad = [d for d in declare if d not in DECLARABLE]
+    if bad:
+        raise InputError(f"cannot declare {bad[0]!r}; declarable: {', '.join(DECLARABLE)}")
     knowledge = declared_knowledge({"batch_size": len(chosen), "labels": chosen},
                                    [d for d in declare if d in IMAGE_FACTS])
     knowledge = replace(knowledge, special_tokens=False)  # a text-template fact, void for images
