@@ -107,3 +107,19 @@ def test_user_module_round_trip_and_weight_mismatch():
     with pytest.raises(ModelMismatchError):
         recover(gradients=tiny_capture().gradients, model=load_image_model("lenet", num_classes=10, channels=1,
                                                                             size=8, init_seed=1), progress=False)
+
+
+def test_box_projection_and_tv_prior_of_the_problem():
+    cap = tiny_capture(mean=[0.5], std=[0.25])
+    target = load_target(None, cap.gradients.metadata)
+    obs = Observation(cap.gradients.gradients, cap.gradients.metadata, Knowledge(batch_size=1))
+    problem = target.matching_problem(obs, labels=[0], tv=0.5, box=True)
+    variables = problem.init(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        variables["pixels"].mul_(10)
+    assert float(problem.regulariser(variables)) > 0
+    problem.project(variables)
+    assert float(variables["pixels"].min()) >= -2.0 and float(variables["pixels"].max()) <= 2.0  # (0-.5)/.25, (1-.5)/.25
+    assert "label_logits" not in variables
+    free = target.matching_problem(obs)
+    assert free.regulariser(variables) == 0.0 and free.assumed["labels"] == "optimised jointly"
