@@ -117,7 +117,7 @@ def test_box_projection_and_tv_prior_of_the_problem():
     variables = problem.init(torch.Generator().manual_seed(0))
     with torch.no_grad():
         variables["pixels"].mul_(10)
-    assert float(problem.regulariser(variables)) > 0
+    assert float(problem.regulariser(variables).detach()) > 0
     problem.project(variables)
     assert float(variables["pixels"].min()) >= -2.0 and float(variables["pixels"].max()) <= 2.0  # (0-.5)/.25, (1-.5)/.25
     assert "label_logits" not in variables
