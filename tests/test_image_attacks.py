@@ -119,7 +119,8 @@ def test_box_projection_and_tv_prior_of_the_problem():
         variables["pixels"].mul_(10)
     assert float(problem.regulariser(variables).detach()) > 0
     problem.project(variables)
-    assert float(variables["pixels"].min()) >= -2.0 and float(variables["pixels"].max()) <= 2.0  # (0-.5)/.25, (1-.5)/.25
+    pixels = variables["pixels"].detach()
+    assert float(pixels.min()) >= -2.0 and float(pixels.max()) <= 2.0  # (0-.5)/.25, (1-.5)/.25
     assert "label_logits" not in variables
     free = target.matching_problem(obs)
     assert free.regulariser(variables) == 0.0 and free.assumed["labels"] == "optimised jointly"
