@@ -2,6 +2,7 @@
 
 Public API:
     capture_gradients(model, batch, ...) -> Capture        victim side: gradient + reference
+    capture_image_gradients(model, images, labels=...)     the same for images
     recover(gradients=..., model=..., attack=...) -> RecoveryResult
     load_gradients(path) / save_gradients(path, GradientFile)
     ATTACKS, Knowledge, Observation, Reference, MatchConfig
@@ -13,11 +14,12 @@ from .core import MatchConfig
 from .defences import DEFENCES, parse_defence
 from .errors import TextleakError
 from .gradients import GradientFile, load_gradients, save_gradients
+from .image.capture import capture_image_gradients
 from .recover import recover
 from .result import RecoveryResult
 from .threat import Knowledge, Observation, Reference
 from .versions import __version__
 
 __all__ = ["ATTACKS", "Capture", "DEFENCES", "parse_defence", "GradientFile", "Knowledge", "MatchConfig", "Observation",
-           "RecoveryResult", "Reference", "TextleakError", "__version__", "capture_gradients",
+           "RecoveryResult", "Reference", "TextleakError", "__version__", "capture_gradients", "capture_image_gradients",
            "load_gradients", "recover", "save_gradients"]

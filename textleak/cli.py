@@ -50,6 +50,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from .capture import capture_gradients
     from .text.models import load_text_model
 
+    if args.image or args.dataset:
+        return cmd_capture_image(args)
     texts = _read_texts(args)
     if args.labels is not None and len(args.labels) != len(texts):
         raise InputError(f"{len(args.labels)} labels for {len(texts)} texts")
@@ -59,7 +61,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
         defence = parse_defence(args.defence)  # a bad spec fails before the model loads
         args.batch_size = args.batch_size or defence.required_batch_size()
-    target = load_text_model(args.model, task=args.task, num_labels=args.num_labels, head_seed=args.head_seed)
+    target = load_text_model(args.model, task=args.task, num_labels=args.num_labels or 2, head_seed=args.head_seed)
     batches = list(_batches(texts, args.labels, args.batch_size))
     out = Path(args.out)
     paths = [out] if len(batches) == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(len(batches))]
@@ -73,14 +75,50 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capture_image(args: argparse.Namespace) -> int:
+    """Images: --image files/folders or --dataset NAME --index ..., on a registered image model."""
+    from .image.capture import capture_image_gradients, collect_images, image_target
+    from .image.data import LabelledImages, load_dataset_images
+
+    target = image_target(args.model, num_classes=args.num_labels, channels=args.channels, size=args.image_size,
+                          init_seed=args.init_seed)
+    if args.dataset:
+        found = load_dataset_images(args.dataset, args.index or [0])
+    else:
+        found = collect_images(list(args.image))
+    if args.labels is not None and len(args.labels) != len(found):
+        raise InputError(f"{len(args.labels)} labels for {len(found)} images")
+    size = args.batch_size or len(found)
+    if size < 1:
+        raise InputError("--batch-size must be at least 1")
+    out = Path(args.out)
+    starts = list(range(0, len(found), size))
+    paths = [out] if len(starts) == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(len(starts))]
+    # Capture every batch before writing any file, so bad input leaves nothing behind.
+    captures = [capture_image_gradients(target, LabelledImages(found.images[a:a + size], found.labels[a:a + size],
+                                                               found.names[a:a + size]),
+                                        labels=args.labels[a:a + size] if args.labels else None,
+                                        declare=args.declare) for a in starts]
+    for cap, path in zip(captures, paths):
+        g, r = cap.save(path)
+        print(f"wrote {g} ({target.spec.name} {'x'.join(map(str, target.input_shape))}, init seed "
+              f"{target.spec.init_seed}, batch {len(cap.reference.images)}, labels {cap.reference.labels}) "
+              f"and ground truth {r}")
+    return 0
+
+
 def _attack_options(args: argparse.Namespace) -> dict:
-    keys = ("steps", "restarts", "optimizer", "lr", "distance", "decode")
-    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    keys = ("steps", "restarts", "optimizer", "lr", "distance", "decode", "tv")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     from .recover import recover
 
+    from .report.images import IMAGE_OUTPUTS
+
+    if args.figure and not args.figure.lower().endswith(".png"):
+        raise InputError("--figure must name a .png file")
     if args.resume and not args.checkpoint:
         args.checkpoint = str(Path(args.grads).with_suffix(".ckpt"))
     result = recover(gradients=args.grads, model=args.model, attack=args.attack, reference=args.reference,
@@ -88,9 +126,18 @@ def cmd_recover(args: argparse.Namespace) -> int:
                      checkpoint=args.checkpoint or str(Path(args.grads).with_suffix(".ckpt")),
                      resume=args.resume, progress=not args.quiet)
     print(result.summary())
-    if args.out:
+    if args.out and Path(args.out).suffix.lower() in IMAGE_OUTPUTS:
+        from .report.images import save_images
+
+        print(f"wrote {', '.join(map(str, save_images(result, args.out)))}")
+    elif args.out:
         result.to_json(args.out)
         print(f"wrote {args.out}")
+    if args.figure:
+        from .report.images import image_grid
+
+        image_grid(result, args.reference, args.figure)
+        print(f"wrote {args.figure}")
     if args.report:
         Path(args.report).write_text(result.report("html" if args.report.endswith(".html") else "markdown"),
                                      encoding="utf-8")
@@ -213,10 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a private sentence (repeat for a batch)")
     src.add_argument("--file", help="a file with one sentence per line")
-    c.add_argument("--model", help="HF model id in the local cache or a folder (default: packaged MiniLM)")
+    src.add_argument("--image", action="append", help="an image file or a folder of them (repeat for a batch)")
+    src.add_argument("--dataset", help="images from digits, sample-images, or hf:NAME (e.g. hf:cifar100)")
+    c.add_argument("--index", type=int, nargs="+", help="which images of --dataset (default: 0)")
+    c.add_argument("--model", help="HF model id in the local cache or a folder (default: packaged MiniLM); "
+                                   "with images: lenet (default) or resnet-mini")
     c.add_argument("--task", choices=["mlm", "classify"], default="mlm")
-    c.add_argument("--labels", type=int, nargs="+", help="class of each sentence (classification)")
-    c.add_argument("--num-labels", type=int, default=2)
+    c.add_argument("--labels", "--label", type=int, nargs="+",
+                   help="class of each sentence (classification) or image (default: the dataset's, else 0)")
+    c.add_argument("--num-labels", type=int, help="classes (default: 2 for text, 100 for images)")
+    c.add_argument("--channels", type=int, help="image model input channels (default 3)")
+    c.add_argument("--image-size", type=int, help="image model input side in pixels (default 32)")
+    c.add_argument("--init-seed", type=int, default=0, help="seed of an image model's weights")
     c.add_argument("--mask-prob", type=float, default=0.15)
     c.add_argument("--batch-size", type=int, help="sentences per gradient (default: all in one)")
     c.add_argument("--seed", type=int, default=0, help="masking seed")
@@ -232,8 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--grads", required=True)
     r.add_argument("--model", help="default: the model named in the gradient file")
     r.add_argument("--attack", default="auto", choices=ATTACKS.names(),
-                   help="default auto: exact where the rank condition holds, else constrained optimisation")
-    r.add_argument("--reference", help="ground truth for scoring: reference JSON or one sentence per line")
+                   help="default auto: the strongest method that applies (text: exact where the rank "
+                        "condition holds, else constrained optimisation; images: iDLG)")
+    r.add_argument("--reference", help="ground truth for scoring: reference JSON, one sentence per line, "
+                                       "or an image file/folder")
     r.add_argument("--unknown", nargs="*", choices=WITHDRAWABLE, help="declared facts to withhold from the attacker")
     r.add_argument("--steps", type=int)
     r.add_argument("--restarts", type=int)
@@ -241,10 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lr", type=float)
     r.add_argument("--distance", help="gradient distance (l2, l2-layer, cosine, tag)")
     r.add_argument("--decode", choices=["cosine", "l2"], help="nearest-embedding metric for text")
+    r.add_argument("--tv", type=float, help="total-variation prior weight (attack ig)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--checkpoint", help="checkpoint file (default: <grads>.ckpt)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    r.add_argument("--out", help="write the result as JSON")
+    r.add_argument("--out", help="write the result as JSON, or the recovered image(s) for .png/.jpg")
+    r.add_argument("--figure", help="images: write a PNG grid of ground truth and reconstruction over iterations")
     r.add_argument("--report", help="write a report (.md or .html)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_recover)

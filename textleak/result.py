@@ -49,13 +49,16 @@ class RecoveryResult:
         refs = (self.metrics or {}).get("per_example")
         for i, text in enumerate(self.texts):
             lines.append(f"recovered[{i}]: {text}")
+        if self.modality != "text":  # images: numbers, not text, per example
+            lines += _generic_lines(self.prediction, refs, self.metrics)
+            refs = None
         if refs:
             for e in refs:
                 lines.append(f"  reference[{e['reference_index']}] <- recovered[{e['prediction_index']}]: "
                              f"ROUGE-1 {e['rouge1']:.3f}  ROUGE-2 {e['rouge2']:.3f}  ROUGE-L {e['rougeL']:.3f}"
                              + (f"  token acc {e['token_accuracy']:.3f}" if "token_accuracy" in e else "")
                              + f"  exact {'yes' if e['exact_match'] else 'no'}")
-        if self.metrics:
+        if self.metrics and self.modality == "text":
             m = self.metrics["mean"]
             lines.append("mean: " + "  ".join(f"{k} {v:.3f}" for k, v in m.items()))
         t = self.timings
@@ -95,3 +98,27 @@ class RecoveryResult:
                     f"<pre>{html.escape(self.summary())}</pre><table border='1'><tr><th>iteration</th>"
                     f"<th>decoded text</th></tr>{body}</table></body></html>")
         raise ValueError(f"unknown report format {fmt!r}; choose markdown or html")
+
+
+def _number(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.3e}" if v and abs(v) < 0.01 else f"{v:.3f}"
+    return str(v)
+
+
+def _generic_lines(prediction: dict[str, Any], refs: list[dict] | None, metrics: dict | None) -> list[str]:
+    """Summary lines for a non-text prediction (e.g. images): shapes, labels and every metric."""
+    lines = []
+    images, labels = prediction.get("images") or [], prediction.get("labels") or []
+    shape = "x".join(map(str, prediction.get("shape", [])))
+    for i in range(max(len(images), len(labels))):
+        lines.append(f"recovered[{i}]: {'image ' + shape if i < len(images) else ''}"
+                     + (f"  label {labels[i]}" if i < len(labels) else ""))
+    for e in refs or []:
+        lines.append(f"  reference[{e['reference_index']}] <- recovered[{e['prediction_index']}]: "
+                     + "  ".join(f"{k} {_number(v)}" for k, v in e.items() if not k.endswith("_index")))
+    if metrics:
+        lines.append("mean: " + "  ".join(f"{k} {_number(v)}" for k, v in metrics["mean"].items()))
+    return lines

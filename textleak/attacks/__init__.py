@@ -6,5 +6,6 @@ from . import exact  # noqa: F401
 from . import tag  # noqa: F401
 from . import lamp  # noqa: F401
 from . import auto  # noqa: F401
+from . import idlg, inverting_gradients  # noqa: F401  (register)
 
 __all__ = ["ATTACKS", "Attack", "AttackOutput"]

@@ -7,7 +7,8 @@ assembly when there is one, and whichever of the two leaves the smaller layer-1 
 (the same certificate, computed without ground truth) is returned. When an attack lacks a
 parameter it needs (MissingKnowledgeError: e.g. only the head was shared, or a frozen
 embedding), the next one is tried: exact -> lamp -> tag -> dlg. `AttackOutput.method` names what
-ran (e.g. "exact", "exact+lamp", "dlg") and `details["tried"]` why the others did not.
+ran (e.g. "exact", "exact+lamp", "dlg") and `details["tried"]` why the others did not. For images, `auto` is iDLG (labels read off the
+last layer, then DLG on the pixels).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .dlg import DLG
 from .exact import Exact
+from .idlg import IDLG
 from .lamp import LAMP
 from .tag import TAG
 
@@ -32,7 +34,7 @@ from .tag import TAG
 @dataclass
 class Auto:
     name: ClassVar[str] = "auto"
-    modalities: ClassVar[tuple[str, ...]] = ("text",)
+    modalities: ClassVar[tuple[str, ...]] = ("text", "image")
 
     seed: int = 0
     steps: int | None = None
@@ -44,6 +46,11 @@ class Auto:
 
     def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
             resume: bool = False, progress: bool = True) -> AttackOutput:
+        opts = {k: getattr(self, k) for k in ("steps", "restarts", "optimizer", "lr", "distance")
+                if getattr(self, k) is not None}
+        if target.modality == "image":
+            return IDLG(seed=self.seed, **opts).run(observation, target, checkpoint=checkpoint, resume=resume,
+                                                    progress=progress)
         tried: list[dict[str, str]] = []
         exact_out: AttackOutput | None = None
         try:
@@ -55,8 +62,6 @@ class Auto:
             return exact_out
         if exact_out is not None:
             tried.append({"attack": "exact", "reason": "assembly did not pass the layer-1 span certificate"})
-        opts = {k: getattr(self, k) for k in ("steps", "restarts", "optimizer", "lr", "distance")
-                if getattr(self, k) is not None}
         fallbacks = [("lamp", lambda init: LAMP(seed=self.seed, prior=self.prior, initial_ids=init, **opts)),
                      ("tag", lambda init: TAG(seed=self.seed, **opts)),
                      ("dlg", lambda init: DLG(seed=self.seed, **opts))]

@@ -1,4 +1,5 @@
-"""Audit reports from sweep results (never from models): figures, HTML and Markdown.
+"""Reports that read results, never models: audit pages from sweeps (figures, HTML, Markdown),
+and pictures of single results (`images.image_grid`).
 
     write_report(merged, out_dir)  -> {"html": path, "markdown": path, "figures": [paths]}
 where `merged` is `textleak.sweep.merge(results_dir)`.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import InputError
+from ..errors import InputError, ModelMismatchError
 from ..metrics import score_text_batch
 from ..modalities import MODALITIES, Modality
 from ..threat import Reference
@@ -21,10 +21,18 @@ def load_target(model: Any, metadata: Mapping[str, Any]) -> TextTarget:
         if tokenizer is None:
             raise InputError("pass a TextTarget (textleak.text.models.target_from_model) for a model object")
         return target_from_model(model, tokenizer, task=spec["task"])
+    if isinstance(model, str) and _is_image_model(model):
+        raise ModelMismatchError(f"the gradient file is from a text model; {model!r} is an image model")
     if model is None and spec.get("head_seed", -1) < 0:
         raise InputError("this gradient file came from a model object; pass the same model with --model")
     return load_text_model(str(model) if model is not None else spec["name"], task=spec["task"],
                            num_labels=spec.get("num_labels") or 2, head_seed=max(spec.get("head_seed", 0), 0))
+
+
+def _is_image_model(name: str) -> bool:
+    from ..image.models import IMAGE_MODELS
+
+    return name in IMAGE_MODELS and not Path(name).exists()
 
 
 def check(target: TextTarget, metadata: Mapping[str, Any], gradients: Mapping[str, Any]) -> None:

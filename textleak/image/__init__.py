@@ -1,0 +1,1 @@
+"""The image modality: models, image loading, capture, the matching problem and scoring."""
