@@ -87,9 +87,12 @@ def test_interrupt_saves_checkpoint_and_resume_finishes_identically(tmp_path):
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path):
-    _, p = _problem()
+    _, p = _problem(interrupt_at=4)
     ckpt = tmp_path / "run.ckpt"
-    match(p, p.observed, MatchConfig(optimizer="adam", steps=5, checkpoint_every=1), checkpoint=ckpt, progress=False)
+    with pytest.raises(Interrupted):
+        match(p, p.observed, MatchConfig(optimizer="adam", steps=5, checkpoint_every=1), checkpoint=ckpt,
+              progress=False)
+    p.interrupt_at = None
     with pytest.raises(InputError, match="another run"):
         match(p, p.observed, MatchConfig(optimizer="adam", steps=6), checkpoint=ckpt, resume=True, progress=False)
 

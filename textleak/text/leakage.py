@@ -46,7 +46,7 @@ def _need(gradients: Mapping[str, torch.Tensor], pattern: str, what: str) -> str
 # -- labels ------------------------------------------------------------------------------
 def class_label_counts(gradients: Mapping[str, torch.Tensor], batch_size: int) -> list[int]:
     """How many examples of each class, from the classifier bias gradient (iDLG when B=1)."""
-    g = gradients[_need(gradients, r"classifier\.bias$", "label recovery")].double()
+    g = gradients[_need(gradients, r"(^|\.)classifier(\.out_proj)?\.bias$", "label recovery")].double()
     C = g.numel()
     if batch_size == 1:
         counts = [0] * C
@@ -71,7 +71,7 @@ def assign_class_labels(gradients: Mapping[str, torch.Tensor], pooled: torch.Ten
 
     The classifier weight gradient is (P - Y)^T pooled / B, so Y^T = (P^T pooled - B G) pooled^+.
     """
-    name = _need(gradients, r"classifier\.weight$", "per-example label recovery")
+    name = _need(gradients, r"(^|\.)classifier(\.out_proj)?\.weight$", "per-example label recovery")
     G = gradients[name].double()
     B = pooled.shape[0]
     pooled, probs = pooled.double(), probs.double()
