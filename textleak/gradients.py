@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .errors import GradientFileError
+from .errors import GradientFileError, ModelMismatchError
 from .io import atomic_write
 
 FORMAT = "textleak.gradients"
@@ -143,3 +143,15 @@ def _short(exc: BaseException) -> str:
 
 def gradient_norm(tensors: Mapping[str, torch.Tensor]) -> float:
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
+
+
+def check_parameters(gradients: Mapping[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Every shared gradient must name a parameter of `model` with the same shape."""
+    params = dict(model.named_parameters())
+    unknown = [n for n in gradients if n not in params]
+    if unknown:
+        raise ModelMismatchError(f"the gradient file has parameter {unknown[0]!r} that the model lacks")
+    wrong = [n for n, g in gradients.items() if tuple(g.shape) != tuple(params[n].shape)]
+    if wrong:
+        raise ModelMismatchError(f"gradient of {wrong[0]} has shape {tuple(gradients[wrong[0]].shape)}, "
+                                 f"the model's is {tuple(params[wrong[0]].shape)}")

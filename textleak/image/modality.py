@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..gradients import check_parameters
 from ..errors import InputError, ModelMismatchError
 from ..metrics import match_images, mse, psnr, ssim
 from ..modalities import MODALITIES, Modality
@@ -51,14 +52,7 @@ def check(target: ImageTarget, metadata: Mapping[str, Any], gradients: Mapping[s
     if recorded.get("config_hash") != target.spec.config_hash:
         raise ModelMismatchError(f"the gradient file was made with another model ({recorded.get('name')}, "
                                  f"input {recorded.get('input_shape')}, {recorded.get('num_labels')} classes)")
-    params = dict(target.model.named_parameters())
-    unknown = [n for n in gradients if n not in params]
-    if unknown:
-        raise ModelMismatchError(f"the gradient file has parameter {unknown[0]!r} that the model lacks")
-    wrong = [n for n, g in gradients.items() if tuple(g.shape) != tuple(params[n].shape)]
-    if wrong:
-        raise ModelMismatchError(f"gradient of {wrong[0]} has shape {tuple(gradients[wrong[0]].shape)}, "
-                                 f"the model's is {tuple(params[wrong[0]].shape)}")
+    check_parameters(gradients, target.model)
     if recorded.get("weights_hash") not in (None, target.spec.weights_hash):
         raise ModelMismatchError(f"the model's weights differ from the victim's (init seed "
                                  f"{target.spec.init_seed} vs recorded {recorded.get('init_seed')})")

