@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 from torch.utils.data import Dataset
 
 import textleak
@@ -51,3 +52,20 @@ def test_callback_writes_step_gradients_the_attacker_can_load(tiny_bert, tmp_pat
     # The saved weights rebuild the model: recover loads it from the file's metadata alone.
     result = textleak.recover(gradients=callback.written[0], options={"steps": 1}, progress=False)
     assert len(result.texts) == 2
+
+
+def test_callback_applies_a_defence_to_what_the_optimiser_uses(tiny_bert, tmp_path):
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    target = load_text_model(str(tiny_bert), task="classify")
+    data = Sentences(target.tokenizer, ["the cat sat", "a dog ran quickly"], [1, 0])
+    callback = GradientCaptureCallback(tmp_path / "caps", steps=[1], tokenizer=target.tokenizer, defence="prune:0.9")
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=1,
+                             max_grad_norm=0.0, report_to=[], save_strategy="no", logging_strategy="no",
+                             use_cpu=True, seed=0)
+    Trainer(model=target.model, args=args, train_dataset=data,
+            data_collator=DataCollatorWithPadding(target.tokenizer), callbacks=[callback]).train()
+    grads = textleak.load_gradients(callback.written[0])
+    assert grads.metadata["capture"]["defence"]["spec"] == "prune:0.9"
+    flat = torch.cat([g.flatten() for g in grads.gradients.values()])
+    assert float((flat == 0).float().mean()) >= 0.89  # 90% of the entries pruned

@@ -20,6 +20,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..capture import DEFAULT_DECLARED, declared_knowledge, metadata_for
+from ..defences.training import apply_to_model_grads
 from ..gradients import GradientFile, check_finite
 from ..text.models import target_from_model
 from ..threat import Reference
@@ -30,8 +31,8 @@ class GradientCaptureCallback(TrainerCallback):
 
     steps: step numbers to capture, or a predicate on the step number.
     tokenizer: decodes the recorded batch into reference text.
-    defence: optional object with `apply(gradients, generator) -> gradients`; it is applied to
-        the gradient the optimiser uses, so the capture shows what a defended run would share.
+    defence: optional defence (a spec such as "noise:1e-3" or a `textleak.defences` object); it is
+        applied to the gradient the optimiser uses, so the capture shows what a defended run shares.
     save_model: also save the weights of each captured step (needed to attack it later).
     """
 
@@ -70,13 +71,10 @@ class GradientCaptureCallback(TrainerCallback):
     # -- capturing the gradient ----------------------------------------------------------
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         step = state.global_step + 1
-        named = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
-        grads = {n: p.grad.detach().clone().cpu() for n, p in named}
         if self.defence is not None:
-            grads = self.defence.apply(grads, self.generator)
-            with torch.no_grad():
-                for n, p in named:
-                    p.grad.copy_(grads[n].to(p.grad.device, p.grad.dtype))
+            examples = sum(x["input_ids"].shape[0] for x in self._inputs if "input_ids" in x)
+            self.defence = apply_to_model_grads(model, self.defence, self.generator, examples=examples)
+        grads = {n: p.grad.detach().clone().cpu() for n, p in model.named_parameters() if p.grad is not None}
         if not self.wanted(step):
             return
         check_finite(grads, source=f"the gradient of step {step}")
@@ -108,7 +106,7 @@ class GradientCaptureCallback(TrainerCallback):
                      "max_grad_norm": args.max_grad_norm,
                      "note": "after clipping, before the optimiser step; with accumulation the gradient "
                              "sums the micro-batches' losses as the Trainer normalises them",
-                     "defence": getattr(self.defence, "spec", None) and str(self.defence.spec)})
+                     **({"defence": self.defence.describe()} if self.defence is not None else {})})
         texts = [self.tokenizer.decode(original[b, :n].tolist(), skip_special_tokens=True)
                  for b, n in enumerate(lengths)] if self.tokenizer is not None else None
         reference = Reference(modality="text", texts=texts, labels=facts.get("labels", []),
