@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import textleak
+from textleak.capture import DEFAULT_DECLARED
 from textleak.cli import _quiet_libraries, run_script
 from textleak.text.models import load_text_model
 
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask-prob", type=float, default=0.15)
     p.add_argument("--out", default="results/dlg_language.json")
     p.add_argument("--resume", action="store_true", help="keep sentences already in --out")
+    p.add_argument("--known-labels", action="store_true",
+                   help="declare the masked tokens known to the attacker (default: it must find them)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     _quiet_libraries()
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     for attack, i, sentence in units:
         if any(d["attack"] == attack and d["index"] == i for d in done):
             continue
-        cap = textleak.capture_gradients(target, [sentence], mask_prob=args.mask_prob, seed=args.seed + i)
+        cap = textleak.capture_gradients(target, [sentence], mask_prob=args.mask_prob, seed=args.seed + i,
+                                         declare=DEFAULT_DECLARED + (("labels",) if args.known_labels else ()))
         t0 = time.perf_counter()
         result = textleak.recover(gradients=cap.gradients, model=target, attack=attack,
                                   reference=cap.reference, options=options,
