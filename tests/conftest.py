@@ -65,3 +65,12 @@ def tiny_distilbert(tmp_path_factory) -> Path:
 def tiny_bert_wide(tmp_path_factory) -> Path:
     """Hidden size above batch x length, so span-based attacks apply."""
     return make_tiny_model(tmp_path_factory.mktemp("tiny-bert-wide"), "bert", hidden=64)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread, restoring the caller's setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

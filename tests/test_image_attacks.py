@@ -17,12 +17,7 @@ from textleak.image.modality import load_target
 from textleak.threat import Knowledge, Observation
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add overhead
 
 
 def tiny_capture(indices=(0,), labels=None, seed=0, **kw):
