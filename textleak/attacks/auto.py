@@ -22,7 +22,7 @@ import torch
 from ..errors import MissingKnowledgeError
 from ..text import leakage as lk
 from ..threat import Observation
-from .base import ATTACKS, AttackOutput
+from .base import ATTACKS, AttackOutput, MatchOptions
 from .dlg import DLG
 from .exact import Exact
 from .idlg import IDLG
@@ -32,16 +32,10 @@ from .tag import TAG
 
 @ATTACKS.register("auto")
 @dataclass
-class Auto:
+class Auto(MatchOptions):
     name: ClassVar[str] = "auto"
     modalities: ClassVar[tuple[str, ...]] = ("text", "image")
 
-    seed: int = 0
-    steps: int | None = None
-    restarts: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    distance: str | None = None
     prior: str = "bigram"
 
     def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,

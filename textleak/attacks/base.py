@@ -6,11 +6,11 @@ a `Reference`. It returns an `AttackOutput`, which states the method that ran an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from ..core.matching import MatchOutcome
+from ..core.matching import MatchConfig, MatchOutcome
 from ..registry import Registry
 from ..threat import Observation
 
@@ -34,3 +34,27 @@ class Attack(Protocol):
 
 
 ATTACKS: Registry[type] = Registry("attack")
+
+
+@dataclass
+class MatchOptions:
+    """Settings every optimisation attack accepts; None keeps the attack's per-modality default.
+
+    A subclass sets `DEFAULTS` (modality -> MatchConfig); any of its own fields named like a
+    MatchConfig field (line_search, snapshot_at...) overrides that default too.
+    """
+
+    DEFAULTS: ClassVar[dict[str, MatchConfig]] = {}
+
+    steps: int | None = None
+    restarts: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    distance: str | None = None
+    seed: int = 0
+
+    def match_config(self, modality: str) -> MatchConfig:
+        allowed = {f.name for f in fields(MatchConfig)}
+        overrides = {f.name: getattr(self, f.name) for f in fields(self)
+                     if f.name in allowed and getattr(self, f.name) is not None}
+        return replace(self.DEFAULTS[modality], **overrides)

@@ -16,23 +16,18 @@ modality's defaults in `DEFAULTS`; `decode` picks the text decoding metric.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..core.matching import MatchConfig, match
 from ..threat import Observation
-from .base import ATTACKS, AttackOutput
-
-
-def config_for(defaults: dict[str, MatchConfig], modality: str, overrides: dict[str, Any]) -> MatchConfig:
-    allowed = {f.name for f in fields(MatchConfig)}
-    return replace(defaults[modality], **{k: v for k, v in overrides.items() if k in allowed and v is not None})
+from .base import ATTACKS, AttackOutput, MatchOptions
 
 
 @ATTACKS.register("dlg")
 @dataclass
-class DLG:
+class DLG(MatchOptions):
     name: ClassVar[str] = "dlg"
     modalities: ClassVar[tuple[str, ...]] = ("text", "image")
     DEFAULTS: ClassVar[dict[str, MatchConfig]] = {
@@ -42,19 +37,9 @@ class DLG:
                              snapshot_at=(0, 10, 30, 60, 100, 200, 300)),
     }
 
-    steps: int | None = None
-    restarts: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    distance: str | None = None
     line_search: str | None = None
-    seed: int = 0
     decode: str = "cosine"
     snapshot_at: tuple[int, ...] | None = None
-
-    def match_config(self, modality: str) -> MatchConfig:
-        overrides = {f.name: getattr(self, f.name) for f in fields(self)}
-        return config_for(self.DEFAULTS, modality, overrides)
 
     def problem_options(self, modality: str) -> dict[str, Any]:
         return {"decode_metric": self.decode} if modality == "text" else {}

@@ -16,20 +16,19 @@ Shapes: pixels [B, C, H, W]; labels [B].
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..core.matching import MatchConfig, match
 from ..threat import Observation
-from .base import ATTACKS, AttackOutput
-from .dlg import config_for
+from .base import ATTACKS, AttackOutput, MatchOptions
 from .idlg import LABEL_SOURCE, infer_labels
 
 
 @ATTACKS.register("ig")
 @dataclass
-class InvertingGradients:
+class InvertingGradients(MatchOptions):
     name: ClassVar[str] = "ig"
     modalities: ClassVar[tuple[str, ...]] = ("image",)
     DEFAULTS: ClassVar[dict[str, MatchConfig]] = {
@@ -37,18 +36,9 @@ class InvertingGradients:
                              snapshot_at=(0, 50, 100, 250, 500, 1000), checkpoint_every=50),
     }
 
-    steps: int | None = None
-    restarts: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    distance: str | None = None
-    seed: int = 0
     snapshot_at: tuple[int, ...] | None = None
     tv: float = 1e-4
     box: bool = True
-
-    def match_config(self, modality: str) -> MatchConfig:
-        return config_for(self.DEFAULTS, modality, {f.name: getattr(self, f.name) for f in fields(self)})
 
     def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
             resume: bool = False, progress: bool = True) -> AttackOutput:

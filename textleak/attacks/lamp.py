@@ -19,7 +19,7 @@ Arguments: `steps`, `lr`, `restarts`, `distance`, `norm_weight`, `prior`, `prior
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -31,8 +31,7 @@ from ..text.decode import nearest_tokens
 from ..text.prior import load_prior
 from ..text.problem import TextMatchingProblem
 from ..threat import Observation
-from .base import ATTACKS, AttackOutput
-from .dlg import config_for
+from .base import ATTACKS, AttackOutput, MatchOptions
 from .textprep import prepare_text
 
 
@@ -118,7 +117,7 @@ class LampProblem(TextMatchingProblem):
 
 @ATTACKS.register("lamp")
 @dataclass
-class LAMP:
+class LAMP(MatchOptions):
     name: ClassVar[str] = "lamp"
     modalities: ClassVar[tuple[str, ...]] = ("text",)
     DEFAULTS: ClassVar[dict[str, MatchConfig]] = {
@@ -126,12 +125,6 @@ class LAMP:
                             checkpoint_every=0, snapshot_at=(0, 25, 50, 100)),
     }
 
-    steps: int | None = None
-    restarts: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    distance: str | None = None
-    seed: int = 0
     decode: str = "cosine"
     norm_weight: float = 1.0
     prior: str = "bigram"
@@ -143,8 +136,7 @@ class LAMP:
 
     def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
             resume: bool = False, progress: bool = True) -> AttackOutput:
-        overrides = {f.name: getattr(self, f.name) for f in fields(self)}
-        config = config_for(self.DEFAULTS, target.modality, overrides)
+        config = self.match_config(target.modality)
         obs, candidates, notes = prepare_text(observation, target, restrict=self.restrict)
         prior = load_prior(self.prior, target.tokenizer)
         init = torch.as_tensor(self.initial_ids) if self.initial_ids is not None else None
