@@ -110,6 +110,40 @@ def test_token_set_leaks_from_sparse_embedding_gradient(targets):
     assert leaked == set(cap.reference.token_ids[0])
 
 
+def test_token_set_leaks_through_noise_from_outlier_rows():
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(30000, 64, generator=gen) * 1e-3
+    signal_rows = torch.tensor([7, 123, 4567, 29999])
+    noisy = noise.clone()
+    noisy[signal_rows] += torch.randn(4, 64, generator=gen) * 1e-2
+    name = "bert.embeddings.word_embeddings.weight"
+    assert sorted(lk.noisy_token_set({name: noisy}).tolist()) == signal_rows.tolist()
+    assert lk.noisy_token_set({name: noise}) is None  # nothing stands out: no false tokens
+    dense = noise.clone()
+    dense[:3000] *= 50  # many strong rows (a tied output layer): not a token set
+    assert lk.noisy_token_set({name: dense}) is None
+
+
+def test_lamp_starts_from_the_leaked_bag_of_tokens(targets):
+    from textleak.attacks.lamp import LampProblem
+    from textleak.text.prior import load_prior
+
+    target = targets["classify"]
+    cap = textleak.capture_gradients(target, ["the big dog ran quickly"], labels=[0])
+    obs = Observation(cap.gradients.gradients, cap.gradients.metadata,
+                      Knowledge.from_dict(cap.gradients.metadata["knowledge"]))
+    leaked = lk.embedding_token_set(obs.gradients)
+    words = leaked[~torch.isin(leaked, torch.tensor([2, 3]))]  # [CLS]/[SEP] are fixed by the template
+    problem = LampProblem(target, obs, observed=obs.gradients, distance="cosine", norm_weight=1.0,
+                          prior=load_prior("none", target.tokenizer), prior_weight=0.0, discrete_every=0,
+                          proposals=0, seed=0, candidates=words)
+    start = problem._bag_start(torch.Generator().manual_seed(0))
+    assert sorted(start[0, 1:-1].tolist()) == sorted(words.tolist())
+    assert LampProblem(target, obs, observed=obs.gradients, distance="cosine", norm_weight=1.0,
+                       prior=load_prior("none", target.tokenizer), prior_weight=0.0, discrete_every=0,
+                       proposals=0, seed=0, candidates=words, bag_start=False)._bag_start(torch.Generator()) is None
+
+
 def test_missing_layers_raise_and_auto_falls_back(targets):
     target = targets["classify"]
     cap = textleak.capture_gradients(target, ["the dog ran"], labels=[0])

@@ -24,7 +24,8 @@ naming the condition; an assembly that does not reach the certificate is returne
 `details["certified"] = False` and its candidate sets, which `auto` hands to optimisation.
 
 Arguments: `beam` (prefixes kept per sentence of the batch), `trials` (least candidates scored per
-step), `sweeps` (coordinate-descent passes over each sentence), `seed`.
+step), `widen` (largest factor by which a round that finds nothing widens the next beam), `sweeps`
+(coordinate-descent passes over each sentence), `seed`.
 Shapes: layer span basis [H, r]; candidates: per position a list of (token id, residual).
 """
 
@@ -53,6 +54,7 @@ class Exact:
 
     sweeps: int = 3
     beam: int = 4
+    widen: int = 4
     trials: int = 512
     seed: int = 0
 
@@ -94,7 +96,8 @@ class Exact:
             "candidates": [[t for t, _ in c] for c in cands], "seconds": time.perf_counter() - t0,
         }
         return AttackOutput(prediction=prediction, method=self.name, assumed=assumed,
-                            config={"sweeps": self.sweeps, "beam": self.beam, "trials": self.trials, "seed": self.seed}, details=details)
+                            config={"sweeps": self.sweeps, "beam": self.beam, "trials": self.trials, "widen": self.widen,
+                                    "seed": self.seed}, details=details)
 
     # -- steps -------------------------------------------------------------------------------
     @staticmethod
@@ -109,15 +112,13 @@ class Exact:
     def _assemble(self, model, cands: list[list[tuple[int, float]]], lengths: Sequence[int],
                   span1: lk.LayerSpan | None, specials: set[int], tok, template: bool
                   ) -> tuple[list[list[int]], list[float]]:
-        """Beam search over prefixes, left to right, shared by all sentences of the batch.
+        """Sentences from per-position candidates, peeled off the batch in rounds.
 
-        Layer 1 sees each token through attention over its whole sentence, so a token can only be
-        judged in context. A prefix is scored by the layer-1 span residual of its tokens with the
-        unknown rest of its sentence left out of attention: the true prefixes of every sentence
-        stay near zero, so one beam (width `beam` x batch size) carries all of them at once.
-        Wherever a prefix could end a sentence of a declared length, its completion (with [SEP])
-        is scored on the whole-sentence residual; each length takes its best distinct completions,
-        which are then polished by coordinate descent on that residual (exact context)."""
+        Each round runs one beam search (`_beam`) over the sentences still missing, polishes its
+        best completions by coordinate descent on the whole-sentence layer-1 residual (exact
+        context), and accepts those that pass the certificate. Accepted sentences are then barred
+        from the next round's beam (their prefixes grown past their end), which otherwise fills
+        with a found short sentence plus filler and crowds out the longer ones."""
         cls_id, sep_id = tok.cls_token_id, tok.sep_token_id
         ends = template and cls_id is not None and sep_id is not None
 
@@ -128,14 +129,78 @@ class Exact:
             sequences = [[cls_id if ends and p == 0 else sep_id if ends and p == n - 1 else
                           free(p)[b % len(free(p))] for p in range(n)] for b, n in enumerate(lengths)]
             return sequences, [float("nan")] * len(lengths)
-        wanted = {n: lengths.count(n) for n in set(lengths)}
+        found: list[list[int]] = []  # certified sentences, in the order found
+        missing = list(lengths)  # lengths (one per sentence) still to find
+        fallback: dict[int, list[tuple[float, list[int]]]] = {}  # best uncertified guesses per length
+        widen = 1
+        while missing and widen <= self.widen:
+            wanted = {n: missing.count(n) for n in set(missing)}
+            finished = self._beam(model, free, wanted, span1, ends, cls_id, sep_id, found, len(lengths), widen)
+            progress = False
+            for n, k in wanted.items():
+                tried: list[list[int]] = []
+                near: list[tuple[float, list[int]]] = []
+                for _, seq in sorted(finished[n], key=lambda x: x[0]):
+                    if seq in tried or seq in found:
+                        continue
+                    tried.append(seq)
+                    polished, res = self._polish(model, span1, free, seq, ends, pairs=False)
+                    if res <= span1.floor ** 2 * n and polished not in found:
+                        found.append(polished)
+                        missing.remove(n)
+                        progress = True
+                    else:
+                        near.append((res, polished))
+                    if missing.count(n) == 0 or len(tried) >= 2 * k:
+                        break
+                # pair changes are costly: only for the closest misses, as many as still missing
+                for res, seq in sorted(near, key=lambda x: x[0])[:missing.count(n)]:
+                    polished, res = self._polish(model, span1, free, seq, ends, pairs=True)
+                    if res <= span1.floor ** 2 * n and polished not in found and n in missing:
+                        found.append(polished)
+                        missing.remove(n)
+                        progress = True
+                    else:
+                        fallback.setdefault(n, []).append((res, polished))
+            if not progress:  # the beam lost what is missing: search wider
+                widen *= 2
+        by_length: dict[int, list[list[int]]] = {}
+        for seq in found:
+            by_length.setdefault(len(seq), []).append(seq)
+        for n in missing:  # uncertified: the best distinct guesses, else per-position candidates
+            guesses = [g for _, g in sorted(fallback.get(n, []), key=lambda x: x[0])
+                       if g not in by_length.get(n, []) and not any(_follows(g, f) for f in found)]
+            by_length.setdefault(n, []).append(guesses[0] if guesses else
+                                               [cls_id if ends and q == 0 else sep_id if ends and q == n - 1
+                                                else free(q)[0] for q in range(n)])
+        sequences = [by_length[n].pop(0) for n in lengths]
+        residuals = [float(r) for r in lk.sequence_residuals(model, span1, sequences)]
+        return sequences, residuals
+
+    def _beam(self, model, free, wanted: dict[int, int], span1: lk.LayerSpan, ends: bool, cls_id, sep_id,
+              found: list[list[int]], batch_size: int, widen: int = 1
+              ) -> dict[int, list[tuple[float, list[int]]]]:
+        """One beam search over prefixes, left to right, shared by the sentences still wanted.
+
+        Layer 1 sees each token through attention over its whole sentence, so a token can only be
+        judged in context. A prefix is scored by the layer-1 span residual of its tokens with the
+        unknown rest of its sentence left out of attention: the true prefixes of every sentence
+        stay near zero, so one beam (width `beam` x batch size) carries all of them at once.
+        Prefixes that retrace a `found` sentence (up to one token: the beam's own version may
+        differ there from the polished one), or grow it past its end, are dropped: they would
+        crowd the beam. Wherever a prefix could end a wanted length, its completion (with [SEP])
+        is scored on the whole-sentence residual."""
+        widest = max(len(free(p)) for p in range(max(wanted)))
         # at least `trials` candidates per step: cheap where layer 0 left few tokens per position
-        widest = max(len(free(p)) for p in range(max(lengths)))
-        width = max(self.beam * len(lengths), self.trials // max(widest, 1))
+        width = max(self.beam * batch_size, self.trials // max(widest, 1)) * widen
+        stems = [f[:-1] if ends else f for f in found]
         beams: list[list[int]] = [[cls_id]] if ends else [[]]
         finished: dict[int, list[tuple[float, list[int]]]] = {n: [] for n in wanted}
-        for p in range(len(beams[0]), max(lengths) - (1 if ends else 0)):
+        for p in range(len(beams[0]), max(wanted) - (1 if ends else 0)):
             trials = [prefix + [t] for prefix in beams for t in free(p)]
+            trials = [t for t in trials if not any(_follows(t, s) for s in stems)]
+            if not trials:
+                break
             ids = torch.tensor(trials)
             pos = torch.arange(p + 1).expand_as(ids)
             scores = torch.cat([lk.partial_residuals(model, span1, ids[i:i + 4096], pos[i:i + 4096]).sum(1)
@@ -148,47 +213,55 @@ class Exact:
                 finished[n] += [(float(r), d) for r, d in zip(full, done)]
         if ends and 2 in wanted:
             finished[2] = [(float(lk.sequence_residuals(model, span1, [[cls_id, sep_id]])[0]), [cls_id, sep_id])]
-        picked: dict[int, list[list[int]]] = {}
-        for n, k in wanted.items():
-            chosen: list[list[int]] = []
-            for _, seq in sorted(finished[n], key=lambda x: x[0]):
-                if seq not in chosen:
-                    chosen.append(seq)
-                if len(chosen) == k:
-                    break
-            while len(chosen) < k:  # the beam never reached this length: fall back per position
-                chosen.append([cls_id if ends and q == 0 else sep_id if ends and q == n - 1 else free(q)[0]
-                               for q in range(n)])
-            picked[n] = chosen
-        sequences, residuals = [], []
-        for n in lengths:
-            seq, res = self._polish(model, span1, free, picked[n].pop(0), ends)
-            sequences.append(seq)
-            residuals.append(res)
-        return sequences, residuals
+        return finished
 
-    def _polish(self, model, span1, free, seq: list[int], ends: bool) -> tuple[list[int], float]:
+    def _polish(self, model, span1, free, seq: list[int], ends: bool, pairs: bool = True
+                ) -> tuple[list[int], float]:
         """Coordinate descent on the whole-sentence layer-1 residual (each token in its true
-        context once the rest is right)."""
+        context once the rest is right). When single changes stall short of the certificate,
+        adjacent pairs at the worst positions are changed together (a word split into two
+        pieces, or two swapped tokens, needs both at once; one of the two among its `top` best
+        single changes), then single changes resume."""
+        done = span1.floor ** 2 * len(seq)
         current = float(lk.sequence_residuals(model, span1, [seq])[0])
+        inner = range(1, len(seq) - 1) if ends else range(len(seq))
         for _ in range(self.sweeps):
-            if current <= span1.floor ** 2 * len(seq):  # certified (see _certified)
+            if current <= done:  # certified (see _certified)
                 break
             changed = False
-            for p in range(len(seq)):
-                if ends and (p == 0 or p == len(seq) - 1):
+            for p in inner:
+                trials = [seq[:p] + [t] + seq[p + 1:] for t in free(p) if t != seq[p]]
+                if not trials:
                     continue
-                options = [t for t in free(p) if t != seq[p]]
-                if not options:
-                    continue
-                trials = [seq[:p] + [t] + seq[p + 1:] for t in options]
                 scores = lk.sequence_residuals(model, span1, trials)
                 j = int(scores.argmin())
                 if float(scores[j]) < current:
                     seq, current, changed = trials[j], float(scores[j]), True
+            if pairs and not changed and current > done:
+                seq, current, changed = self._pair_step(model, span1, free, seq, current, inner)
             if not changed:
                 break
         return seq, current
+
+    @staticmethod
+    def _pair_step(model, span1, free, seq: list[int], current: float, inner, worst: int = 3, top: int = 10
+                   ) -> tuple[list[int], float, bool]:
+        per_position = lk.position_residuals(model, span1, seq)
+        order = [p for p in torch.argsort(per_position, descending=True).tolist() if p in inner]
+        best, best_score = seq, current
+        for p in order[:worst]:
+            for q in (p - 1, p + 1):
+                if q not in inner:
+                    continue
+                a, b = min(p, q), max(p, q)
+                best_a, best_b = (_best(model, span1, seq, x, free(x), top) for x in (a, b))
+                pairs = {(s, t) for s in best_a for t in free(b)} | {(s, t) for s in free(a) for t in best_b}
+                trials = [seq[:a] + [s, t] + seq[b + 1:] for s, t in sorted(pairs)]
+                scores = lk.sequence_residuals(model, span1, trials)
+                j = int(scores.argmin())
+                if float(scores[j]) < best_score:
+                    best, best_score = trials[j], float(scores[j])
+        return best, best_score, best is not seq
 
     @staticmethod
     def _certified(span1, residuals, cands, lengths) -> bool:
@@ -276,3 +349,17 @@ class Exact:
             jv = torch.autograd.grad(logits[:, v].sum(), pre, retain_graph=True)[0].double()
             scores[:, j] = (u - jv).norm(dim=1)
         return cand[scores.argmin(1)].tolist()
+
+
+def _best(model, span1, seq: list[int], p: int, options: list[int], top: int) -> list[int]:
+    """The `top` tokens at position p that leave the lowest whole-sentence residual alone."""
+    trials = [seq[:p] + [t] + seq[p + 1:] for t in options]
+    scores = lk.sequence_residuals(model, span1, trials)
+    return [options[i] for i in torch.argsort(scores)[:top].tolist()]
+
+
+def _follows(prefix: Sequence[int], stem: Sequence[int], *, shortest: int = 4) -> bool:
+    """Whether `prefix` (of at least `shortest` tokens) retraces `stem` on all but one of their
+    common tokens: a found sentence's own prefixes, or the sentence grown past its end."""
+    common = min(len(prefix), len(stem))
+    return len(prefix) >= shortest and sum(a != b for a, b in zip(prefix[:common], stem)) <= 1

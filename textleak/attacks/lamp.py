@@ -13,8 +13,12 @@ the best (the current order competes). The prior is pluggable (text/prior.py): "
 on the training TSVs; a weak offline stand-in for LAMP's GPT-2), "hf:<causal LM in the cache>",
 or "none".
 
+Start: `initial_ids` when given (auto passes exact's assembly); otherwise, when the leaked token
+set fits the free slots, each leaked token placed once in a seeded random order (`bag_start`);
+otherwise random embeddings as in DLG.
+
 Arguments: `steps`, `lr`, `restarts`, `distance`, `norm_weight`, `prior`, `prior_weight`,
-`discrete_every`, `proposals`, `restrict`, `seed`.
+`discrete_every`, `proposals`, `restrict`, `bag_start`, `seed`.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ class LampProblem(TextMatchingProblem):
 
     def __init__(self, target, observation: Observation, *, observed: Mapping[str, torch.Tensor],
                  distance: str, norm_weight: float, prior, prior_weight: float, discrete_every: int,
-                 proposals: int, seed: int, initial_ids: torch.Tensor | None = None, **options):
+                 proposals: int, seed: int, initial_ids: torch.Tensor | None = None, bag_start: bool = True,
+                 **options):
         super().__init__(target, observation, **options)
         self.observed = [observed[n].detach().float() for n in self.names]
         self.distance = DISTANCES.get(distance)
@@ -49,14 +54,31 @@ class LampProblem(TextMatchingProblem):
         self.rng = torch.Generator().manual_seed(seed + 1)
         self.target_norm = float(self.matrix[self.candidates].norm(dim=-1).mean())
         self.initial_ids = initial_ids
+        self.bag_start = bag_start
         self.steps_seen = 0
 
     def init(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         variables = super().init(generator)
-        if self.initial_ids is not None:
+        start = self.initial_ids if self.initial_ids is not None else self._bag_start(generator)
+        if start is not None:
             with torch.no_grad():
-                variables["embeddings"].copy_(self.matrix[self.initial_ids] + 0.1 * variables["embeddings"])
+                variables["embeddings"].copy_(self.matrix[start] + 0.1 * variables["embeddings"])
         return variables
+
+    def _bag_start(self, generator: torch.Generator) -> torch.Tensor | None:
+        """Every leaked token placed once, in a random order (the discrete steps then reorder),
+        when the leaked set fits the free slots; spare slots repeat the first tokens (the
+        strongest rows when the set came from a noisy gradient). None for a large vocabulary."""
+        if not self.bag_start or len(self.candidates) > int(self.free.sum()):
+            return None
+        order = self.candidates[torch.randperm(len(self.candidates), generator=generator)]
+        ids = self.fixed_ids.clone()
+        slots = self.free.nonzero().tolist()
+        # round-robin over sentences so each holds a share of the set when B > 1
+        slots.sort(key=lambda bp: (bp[1], bp[0]))
+        for k, (b, p) in enumerate(slots):
+            ids[b, p] = self.candidates[k % len(self.candidates)] if k >= len(order) else order[k]
+        return ids
 
     def regulariser(self, variables: Mapping[str, torch.Tensor]) -> torch.Tensor:
         norms = variables["embeddings"][self.free].norm(dim=-1)
@@ -133,6 +155,7 @@ class LAMP(MatchOptions):
     proposals: int = 20
     restrict: bool = True
     initial_ids: Any = None  # [B, L] token ids to start from (auto passes exact's assembly)
+    bag_start: bool = True  # without initial_ids, start from the leaked token set when it fits
 
     def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
             resume: bool = False, progress: bool = True) -> AttackOutput:
@@ -143,11 +166,12 @@ class LAMP(MatchOptions):
         problem = LampProblem(target, obs, observed=obs.gradients, distance=config.distance,
                               norm_weight=self.norm_weight, prior=prior, prior_weight=self.prior_weight,
                               discrete_every=self.discrete_every, proposals=self.proposals, seed=self.seed,
-                              initial_ids=init, decode_metric=self.decode, candidates=candidates)
+                              initial_ids=init, bag_start=self.bag_start, decode_metric=self.decode,
+                              candidates=candidates)
         outcome = match(problem, obs.gradients, config, checkpoint=checkpoint, resume=resume,
                         progress=progress, key_extra=self.name)
         settings = {**config.to_dict(), "norm_weight": self.norm_weight, "prior": prior.name,
                     "prior_weight": self.prior_weight, "discrete_every": self.discrete_every,
-                    "proposals": self.proposals}
+                    "proposals": self.proposals, "bag_start": self.bag_start}
         return AttackOutput(prediction=problem.decode(outcome.variables), method=self.name,
                             assumed={**problem.assumed, **notes}, config=settings, outcome=outcome)

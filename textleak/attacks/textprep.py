@@ -27,6 +27,14 @@ def prepare_text(observation: Observation, target: Any, *, restrict: bool = True
         if len(cands):
             notes["candidates"] = f"{len(cands)} tokens: nonzero rows of the word-embedding gradient"
             return obs, cands, notes
+    if obs.task == "classify":  # untied head: a noisy embedding gradient still shows its rows
+        noisy = lk.noisy_token_set(obs.gradients)
+        if noisy is not None:
+            cands = noisy[torch.isin(noisy, allowed)]
+            if len(cands):
+                notes["candidates"] = (f"{len(cands)} tokens: word-embedding gradient rows standing out of "
+                                       "the noise (8 robust standard deviations)")
+                return obs, cands, notes
     try:
         span = lk.layer_span(obs.gradients, 0)
     except MissingKnowledgeError:

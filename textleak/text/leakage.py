@@ -9,7 +9,8 @@ afterwards from the classifier weight gradient (`assign_class_labels`).
 Labels (masked-LM): the output bias gradient is mean over masked positions of (p - y); its
 negative entries are the masked tokens, -M * grad their counts (`mlm_label_counts`).
 Token set: for heads that do not reuse the word embeddings, the nonzero rows of the word-embedding
-gradient are exactly the input tokens (`embedding_token_set`).
+gradient are exactly the input tokens (`embedding_token_set`); under additive noise, the rows whose
+norm stands out of the noise rows' distribution (`noisy_token_set`).
 Length: rows of the position-embedding gradient are nonzero for positions < the longest sequence.
 Spans: the weight gradient of a linear map W x is sum_i delta_i x_i^T, so its row space is spanned
 by the inputs x_i of that layer when fewer than its width (`LayerSpan`; DAGER, Petrov et al. 2024).
@@ -105,6 +106,29 @@ def embedding_token_set(gradients: Mapping[str, torch.Tensor]) -> torch.Tensor |
     if len(nonzero) > 0.5 * gradients[name].shape[0]:
         return None  # dense: a tied output layer writes to every row
     return nonzero
+
+
+def noisy_token_set(gradients: Mapping[str, torch.Tensor], *, z: float = 8.0) -> torch.Tensor | None:
+    """Input token ids read off a word-embedding gradient that noise has made dense, or None.
+
+    Only for untied heads (classification), where a row is signal only if its token was in the
+    batch: every other row is pure noise, so the noise-row norm distribution is estimated from
+    the rows themselves (median and MAD: the few signal rows cannot move them) and the rows
+    more than `z` robust standard deviations above it are kept, largest first. With 30k noise
+    rows, z = 8 admits a false token with probability far below 1e-6 for Gaussian noise.
+    """
+    name = word_embedding_name(gradients)
+    if name is None:
+        return None
+    norms = gradients[name].double().norm(dim=1)
+    median = norms.median()
+    spread = 1.4826 * (norms - median).abs().median()
+    if float(spread) <= 0:
+        return None
+    hits = (norms > median + z * spread).nonzero().flatten()
+    if len(hits) == 0 or len(hits) > 0.01 * len(norms):
+        return None  # nothing stands out, or the rows are not noise-like (e.g. a tied head)
+    return hits[torch.argsort(norms[hits], descending=True)]
 
 
 def max_length(gradients: Mapping[str, torch.Tensor]) -> int | None:
@@ -295,6 +319,14 @@ def partial_residuals(model: torch.nn.Module, span: LayerSpan, token_ids: torch.
         handle.remove()
     h = captured["h"]
     return span.residual(h.reshape(-1, h.shape[-1])).reshape(token_ids.shape) ** 2
+
+
+def position_residuals(model: torch.nn.Module, span: LayerSpan, sequence: Sequence[int]) -> torch.Tensor:
+    """Squared layer-`span.layer` residual at each position of one whole sequence [L]."""
+    ids = torch.tensor([list(sequence)])
+    with torch.no_grad():
+        h = layer_inputs(model, ids, torch.ones_like(ids), span.layer)
+    return span.residual(h[0]) ** 2
 
 
 def sequence_residuals(model: torch.nn.Module, span: LayerSpan, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
