@@ -187,8 +187,9 @@ class Exact:
         unknown rest of its sentence left out of attention: the true prefixes of every sentence
         stay near zero, so one beam (width `beam` x batch size) carries all of them at once.
         Prefixes that retrace a `found` sentence (up to one token: the beam's own version may
-        differ there from the polished one), or grow it past its end, are dropped: they would
-        crowd the beam. Wherever a prefix could end a wanted length, its completion (with [SEP])
+        differ there from the polished one; or, from 6 tokens on, with 80% of their tokens in
+        its order, which catches a shifted copy), or grow it past its end, are dropped: they
+        would crowd the beam. Wherever a prefix could end a wanted length, its completion (with [SEP])
         is scored on the whole-sentence residual."""
         widest = max(len(free(p)) for p in range(max(wanted)))
         # at least `trials` candidates per step: cheap where layer 0 left few tokens per position
@@ -197,6 +198,7 @@ class Exact:
         beams: list[list[int]] = [[cls_id]] if ends else [[]]
         finished: dict[int, list[tuple[float, list[int]]]] = {n: [] for n in wanted}
         for p in range(len(beams[0]), max(wanted) - (1 if ends else 0)):
+            beams = [b for b in beams if not any(_resembles(b, s) for s in stems)]
             trials = [prefix + [t] for prefix in beams for t in free(p)]
             trials = [t for t in trials if not any(_follows(t, s) for s in stems)]
             if not trials:
@@ -221,7 +223,7 @@ class Exact:
         context once the rest is right). When single changes stall short of the certificate,
         adjacent pairs at the worst positions are changed together (a word split into two
         pieces, or two swapped tokens, needs both at once; one of the two among its `top` best
-        single changes), then single changes resume."""
+        single changes), then 3-token windows by a small beam; then single changes resume."""
         done = span1.floor ** 2 * len(seq)
         current = float(lk.sequence_residuals(model, span1, [seq])[0])
         inner = range(1, len(seq) - 1) if ends else range(len(seq))
@@ -261,7 +263,27 @@ class Exact:
                 j = int(scores.argmin())
                 if float(scores[j]) < best_score:
                     best, best_score = trials[j], float(scores[j])
+        if best is seq:  # no pair helps: rebuild a 3-token window at the worst position by a small beam
+            best, best_score = Exact._window(model, span1, free, seq, current, inner, order[0], top)
         return best, best_score, best is not seq
+
+    @staticmethod
+    def _window(model, span1, free, seq: list[int], current: float, inner, p: int, width: int
+                ) -> tuple[list[int], float]:
+        best, best_score = seq, current
+        for start in (p - 2, p - 1, p):
+            window = [q for q in range(start, start + 3) if q in inner]
+            if len(window) < 3:
+                continue
+            beams = [list(seq)]
+            for q in window:
+                trials = [b[:q] + [t] + b[q + 1:] for b in beams for t in free(q)]
+                scores = lk.sequence_residuals(model, span1, trials)
+                keep = torch.argsort(scores)[:width].tolist()
+                beams = [trials[i] for i in keep]
+                if float(scores[keep[0]]) < best_score:
+                    best, best_score = beams[0], float(scores[keep[0]])
+        return best, best_score
 
     @staticmethod
     def _certified(span1, residuals, cands, lengths) -> bool:
@@ -356,6 +378,18 @@ def _best(model, span1, seq: list[int], p: int, options: list[int], top: int) ->
     trials = [seq[:p] + [t] + seq[p + 1:] for t in options]
     scores = lk.sequence_residuals(model, span1, trials)
     return [options[i] for i in torch.argsort(scores)[:top].tolist()]
+
+
+def _resembles(prefix: Sequence[int], stem: Sequence[int], *, shortest: int = 6, share: float = 0.8) -> bool:
+    """Whether `prefix` holds, in order, at least `share` of its tokens from `stem`."""
+    if len(prefix) < shortest:
+        return False
+    row = [0] * (len(stem) + 1)
+    for a in prefix:  # longest common subsequence, one row at a time
+        prev_diag = 0
+        for j, b in enumerate(stem, 1):
+            prev_diag, row[j] = row[j], prev_diag + 1 if a == b else max(row[j], row[j - 1])
+    return row[-1] >= share * len(prefix)
 
 
 def _follows(prefix: Sequence[int], stem: Sequence[int], *, shortest: int = 4) -> bool:
