@@ -80,6 +80,45 @@ def test_exact_recovers_a_batch_of_two_with_labels(targets, task):
     assert res.metrics["mean"]["label_accuracy"] == 1.0
 
 
+@pytest.fixture(scope="module")
+def wide_target(tmp_path_factory):
+    """Hidden 128: a 64-wide random model maps too many wrong sentences into the layer-1 span
+    of a 27-token batch for its certificate to single out the true ones."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("wide-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=256, max_position_embeddings=24)
+    BertForSequenceClassification(cfg).save_pretrained(root)
+    return load_text_model(str(root), task="classify")
+
+
+def test_exact_recovers_a_batch_of_four_sharing_words(wide_target):
+    # shared words and a sentence that opens another one (crowding at MiniLM's batch 8, where the
+    # peeling rounds matter, is measured by recipes/benchmark_text.py, too slow for a unit test)
+    texts = ["the dog sat on the mat .", "the dog sat", "a small bird sang a song", "the cat ran"]
+    cap = textleak.capture_gradients(wide_target, texts, labels=[0, 1, 1, 0], seed=1)
+    res = textleak.recover(gradients=cap.gradients, model=wide_target, attack="exact",
+                           reference=cap.reference, unknown=["labels"], progress=False)
+    assert res.details["certified"]
+    assert res.metrics["mean"]["exact_match"] == 1.0
+
+
+def test_found_sentences_bar_their_copies_from_the_beam():
+    from textleak.attacks.exact import _follows, _resembles
+
+    found = [101, 5, 6, 7, 8, 9, 10]
+    assert _follows([101, 5, 6, 7], found) and _follows([101, 5, 99, 7, 8], found)  # one token off
+    assert _follows([101, 5, 6, 7, 8, 9, 10, 11], found)  # grown past its end
+    assert not _follows([101, 5, 6], found)  # too short to tell a shared opening from a copy
+    assert not _follows([101, 5, 99, 98, 8], found)
+    assert _resembles([101, 5, 42, 6, 7, 8, 9], found)  # shifted by an inserted token
+    assert not _resembles([101, 5, 42, 43, 44, 8], found)
+
+
 def test_exact_infers_lengths_when_withheld(targets):
     texts = ["the big dog ran under a log", "happy bird sang ."]
     cap = textleak.capture_gradients(targets["classify"], texts, labels=[1, 1])

@@ -13,10 +13,12 @@ right singular vectors; rank at the last clear singular-value drop; threshold at
 the residuals) finds the input tokens. Because position embeddings are additive, a token seen at
 one position can also pass at another: once the batch has more tokens than distinct tokens plus
 positions (MiniLM, CoLA: about batch 8) the layer-0 span holds every (batch token, position)
-pair, so layer 0 yields per-position candidate sets. Sentences are assembled at layer 1 by one
-beam search over prefixes shared by the batch (a prefix scored by the layer-1 residual of its
-tokens with the unknown rest left out of attention), finished by coordinate descent on the
-whole-sentence layer-1 residual, which is ~0 only for the true sentence (the certificate). Masked-LM labels are solved per masked position from the prediction-head
+pair, so layer 0 yields per-position candidate sets. Sentences are assembled at layer 1 in
+rounds: a beam search over prefixes shared by the batch (a prefix scored by the layer-1 residual
+of its tokens with the unknown rest left out of attention), then local search on the
+whole-sentence layer-1 residual (single tokens, adjacent pairs, 3-token windows), which is ~0
+only for the true sentence (the certificate). Certified sentences are peeled off and barred from
+the next round's beam, which widens when a round finds nothing. Masked-LM labels are solved per masked position from the prediction-head
 transform gradient, classification labels from the classifier weight gradient.
 
 Degrades: with no rank gap (B x L >= H, or noise) the attack raises MissingKnowledgeError
