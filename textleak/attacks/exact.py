@@ -241,6 +241,8 @@ class Exact:
                 j = int(scores.argmin())
                 if float(scores[j]) < current:
                     seq, current, changed = trials[j], float(scores[j]), True
+                    if current <= done:
+                        break
             if pairs and not changed and current > done:
                 seq, current, changed = self._pair_step(model, span1, free, seq, current, inner)
             if not changed:

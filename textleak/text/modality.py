@@ -9,6 +9,7 @@ from ..errors import InputError, ModelMismatchError
 from ..metrics import score_text_batch
 from ..modalities import MODALITIES, Modality
 from ..threat import Reference
+from .decode import ids_to_text
 from .models import TextTarget, check_compatible, load_text_model, target_from_model
 
 
@@ -45,7 +46,10 @@ def score(prediction: Mapping[str, Any], reference: Reference, target: TextTarge
     if not reference.texts:
         raise InputError("the reference holds no text")
     ref_ids = reference.token_ids or [target.tokenizer(t)["input_ids"] for t in reference.texts]
-    scores = score_text_batch(prediction["texts"], reference.texts, prediction["token_ids"], ref_ids)
+    # ROUGE compares text as the tokenizer renders the ids on both sides: the raw sentence would
+    # charge the attack for the tokenizer's own normalisation ("is n't" decodes as "isn't")
+    ref_texts = [ids_to_text(target.tokenizer, ids) for ids in ref_ids]
+    scores = score_text_batch(prediction["texts"], ref_texts, prediction["token_ids"], ref_ids)
     if reference.labels and prediction.get("labels") is not None:
         hits = [prediction["labels"][e["prediction_index"]] == reference.labels[e["reference_index"]]
                 for e in scores["per_example"] if e["prediction_index"] >= 0]
