@@ -225,3 +225,21 @@ def test_layer_span_keeps_a_weakly_weighted_input():
     assert span.rank == r
     # float32 noise over a weak direction: the member's residual stays within the span's floor
     assert float(span.residual(inputs[-1:])) < span.floor < 0.01
+
+
+def test_found_sentence_is_subtracted_from_the_gradient(wide_target):
+    from textleak.attacks.exact import Exact
+
+    texts = ["the dog sat on the mat .", "a small bird sang"]
+    cap = textleak.capture_gradients(wide_target, texts, labels=[1, 0])
+    obs = Observation(cap.gradients.gradients, cap.gradients.metadata,
+                      Knowledge.from_dict(cap.gradients.metadata["knowledge"]))
+    first, second = cap.reference.token_ids
+    before = lk.layer_span(obs.gradients, 1).rank
+    span1, allowed, span0 = Exact._deflate(obs, wide_target.model, [first], batch_size=2)
+    assert span1.rank == before - len(first)  # the label was found: the subtraction is exact
+    assert allowed == set(second)  # tokens only the first sentence held are gone
+    assert all(float(r) < span1.floor for r in lk.sequence_residuals(wide_target.model, span1, [second]))
+    wrong = list(first)
+    wrong[2] = second[2]
+    assert Exact._deflate(obs, wide_target.model, [wrong], batch_size=2) is None

@@ -81,7 +81,10 @@ class Exact:
         span1 = lk.layer_span(grads, 1) if lk.qkv_names(grads, 1) else None
         if span1 is not None and span1.rank < span0.rank:
             span1 = None  # e.g. the last layer of a classifier: only [CLS] feeds the loss there
-        sequences, residuals = self._assemble(model, cands, lengths, span1, specials, tok, know.special_tokens)
+        deflate = (lambda found: self._deflate(observation, model, found, len(lengths))) \
+            if observation.task == "classify" else None
+        sequences, residuals = self._assemble(model, cands, lengths, span1, specials, tok, know.special_tokens,
+                                              deflate)
         certified = self._certified(span1, residuals, cands, lengths)
         prediction = {"token_ids": sequences}
         if observation.task == "classify":
@@ -112,15 +115,17 @@ class Exact:
         return torch.tensor(sorted(set(ids) | {i for i in extra if i is not None})), "whole vocabulary"
 
     def _assemble(self, model, cands: list[list[tuple[int, float]]], lengths: Sequence[int],
-                  span1: lk.LayerSpan | None, specials: set[int], tok, template: bool
+                  span1: lk.LayerSpan | None, specials: set[int], tok, template: bool, deflate=None
                   ) -> tuple[list[list[int]], list[float]]:
         """Sentences from per-position candidates, peeled off the batch in rounds.
 
         Each round runs one beam search (`_beam`) over the sentences still missing, polishes its
         best completions by coordinate descent on the whole-sentence layer-1 residual (exact
-        context), and accepts those that pass the certificate. Accepted sentences are then barred
-        from the next round's beam (their prefixes grown past their end), which otherwise fills
-        with a found short sentence plus filler and crowds out the longer ones."""
+        context), and accepts those that pass the certificate. Accepted sentences are then taken
+        out of the problem: where `deflate` can (classification), their own gradient is
+        subtracted from the shared one, which leaves the span and token set of the rest of the
+        batch alone; in any case they are barred from the next round's beam, which would
+        otherwise fill with copies of them and crowd out the sentences still missing."""
         cls_id, sep_id = tok.cls_token_id, tok.sep_token_id
         ends = template and cls_id is not None and sep_id is not None
 
@@ -131,6 +136,13 @@ class Exact:
             sequences = [[cls_id if ends and p == 0 else sep_id if ends and p == n - 1 else
                           free(p)[b % len(free(p))] for p in range(n)] for b, n in enumerate(lengths)]
             return sequences, [float("nan")] * len(lengths)
+        full_span = span1
+        allowed: set[int] | None = None  # tokens left once found sentences are subtracted
+
+        def free(p: int) -> list[int]:  # noqa: F811 (narrowed by deflation)
+            ids = [t for t, _ in cands[p] if t not in specials and (allowed is None or t in allowed)]
+            return ids or [t for t, _ in cands[p] if t not in specials] or [cands[p][0][0]]
+
         found: list[list[int]] = []  # certified sentences, in the order found
         missing = list(lengths)  # lengths (one per sentence) still to find
         fallback: dict[int, list[tuple[float, list[int]]]] = {}  # best uncertified guesses per length
@@ -164,6 +176,14 @@ class Exact:
                         progress = True
                     else:
                         fallback.setdefault(n, []).append((res, polished))
+            if progress and missing and deflate is not None:
+                deflated = deflate(found)
+                if deflated is not None:
+                    span1, allowed, span0 = deflated
+                    if span0 is not None and allowed:
+                        # fewer sentences left: fewer (token, position) pairs pass layer 0 again
+                        vocab = torch.tensor(sorted(allowed | specials))
+                        cands, _ = lk.position_candidates(model, span0, vocab, max(missing))
             if not progress:  # the beam lost what is missing: search wider
                 widen *= 2
         by_length: dict[int, list[list[int]]] = {}
@@ -176,7 +196,7 @@ class Exact:
                                                [cls_id if ends and q == 0 else sep_id if ends and q == n - 1
                                                 else free(q)[0] for q in range(n)])
         sequences = [by_length[n].pop(0) for n in lengths]
-        residuals = [float(r) for r in lk.sequence_residuals(model, span1, sequences)]
+        residuals = [float(r) for r in lk.sequence_residuals(model, full_span, sequences)]
         return sequences, residuals
 
     def _beam(self, model, free, wanted: dict[int, int], span1: lk.LayerSpan, ends: bool, cls_id, sep_id,
@@ -218,6 +238,51 @@ class Exact:
         if ends and 2 in wanted:
             finished[2] = [(float(lk.sequence_residuals(model, span1, [[cls_id, sep_id]])[0]), [cls_id, sep_id])]
         return finished
+
+    @staticmethod
+    def _deflate(observation, model, found: list[list[int]], batch_size: int
+                 ) -> tuple[lk.LayerSpan, set[int] | None, lk.LayerSpan | None] | None:
+        """The layer-1 span, token set and layer-0 span of the batch without the `found`
+        sentences (fewer sentences: the layer-0 span pins tokens to positions again).
+
+        A classification batch's gradient is the mean of its sentences' own gradients, and a
+        found sentence's gradient can be recomputed exactly (eval mode, as captured) once its
+        label is known. The label is the class whose subtraction drops the layer-1 rank by the
+        sentence's length. None when any subtraction fails to (dropout, a defence, rounding)."""
+        grads = observation.gradients
+        names = lk.qkv_names(grads, 1) + lk.qkv_names(grads, 0)
+        word = lk.word_embedding_name(grads)
+        names += [word] if word else []
+        params = dict(model.named_parameters())
+        if any(n not in params for n in names):
+            return None
+        rest = {n: grads[n].double().clone() for n in names}
+        rank = lk.layer_span(grads, 1).rank
+        for seq in found:
+            ids = torch.tensor([seq])
+            best = None
+            for label in range(int(model.config.num_labels)):
+                with torch.enable_grad():
+                    loss = model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 token_type_ids=torch.zeros_like(ids), labels=torch.tensor([label])).loss
+                    own = torch.autograd.grad(loss / batch_size, [params[n] for n in names])
+                trial = {n: rest[n] - g.double() for n, g in zip(names, own)}
+                r = lk.layer_span(_as_captured(trial, grads), 1).rank
+                if best is None or r < best[0]:
+                    best = (r, trial)
+            if best[0] != rank - len(seq):
+                return None
+            rank, rest = best
+        left = _as_captured(rest, grads)
+        span = lk.layer_span(left, 1)
+        if not span.exact:
+            return None
+        allowed = None
+        if word:
+            rows = rest[word].norm(dim=1)
+            allowed = set((rows > 1e-6 * float(grads[word].double().norm(dim=1).max())).nonzero().flatten().tolist())
+        span0 = lk.layer_span(left, 0)
+        return span, allowed, (span0 if span0.exact else None)
 
     def _polish(self, model, span1, free, seq: list[int], ends: bool, pairs: bool = True
                 ) -> tuple[list[int], float]:
@@ -375,6 +440,11 @@ class Exact:
             jv = torch.autograd.grad(logits[:, v].sum(), pre, retain_graph=True)[0].double()
             scores[:, j] = (u - jv).norm(dim=1)
         return cand[scores.argmin(1)].tolist()
+
+
+def _as_captured(values: dict[str, torch.Tensor], grads) -> dict[str, torch.Tensor]:
+    """Back to the shared gradient's dtype: the span's noise floor is set by its precision."""
+    return {n: v.to(grads[n].dtype) for n, v in values.items()}
 
 
 def _best(model, span1, seq: list[int], p: int, options: list[int], top: int) -> list[int]:
