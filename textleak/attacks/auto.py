@@ -56,7 +56,12 @@ class Auto(MatchOptions):
             return exact_out
         if exact_out is not None:
             tried.append({"attack": "exact", "reason": "assembly did not pass the layer-1 span certificate"})
-        fallbacks = [("lamp", lambda init: LAMP(seed=self.seed, prior=self.prior, initial_ids=init, **opts)),
+        prior = self.prior
+        if prior == "bigram" and not _bigram_available(target):
+            # the default prior is fitted on training TSVs a user may not have: run unprimed, say so
+            tried.append({"attack": "lamp", "reason": "no training sentences for the bigram prior; ran with prior 'none'"})
+            prior = "none"
+        fallbacks = [("lamp", lambda init: LAMP(seed=self.seed, prior=prior, initial_ids=init, **opts)),
                      ("tag", lambda init: TAG(seed=self.seed, **opts)),
                      ("dlg", lambda init: DLG(seed=self.seed, **opts))]
         for name, make in fallbacks:
@@ -71,6 +76,17 @@ class Auto(MatchOptions):
             out.details["tried"] = tried
             return out
         raise MissingKnowledgeError("no attack applies: " + "; ".join(f"{t['attack']}: {t['reason']}" for t in tried))
+
+
+def _bigram_available(target: Any) -> bool:
+    from ..errors import InputError
+    from ..text.prior import load_prior
+
+    try:
+        load_prior("bigram", target.tokenizer)
+    except InputError:
+        return False
+    return True
 
 
 def _padded(rows: list[list[int]]) -> torch.Tensor:
