@@ -7,10 +7,11 @@ measures the same on text: MiniLM classification, batch 1, dev sentences, for no
 training subset under the defence, accuracy on dev rows not attacked).
 
 Budget: one DLG evaluation (forward, backward, double backward of MiniLM) costs ~0.1 s on this
-CPU whatever the sentence length, and DLG's 30 strong-Wolfe L-BFGS steps take ~640 of them. Measured
-on 4 CoLA sentences (2 threads): mean ROUGE-1 0.66 after 3 steps (~65 evaluations, 6.9 s), 0.75
-after 5 (~107, 11.2 s), 0.84 after 12 (~254, 26 s) and 0.84 after 30 (~640, 64 s). The recipe gives DLG 5 steps (`--dlg-steps`) so
-that 20 sentences x 11 settings fit the hour; use `--dlg-steps 30` for the paper's budget.
+CPU whatever the sentence length, and DLG's 30 strong-Wolfe L-BFGS steps take ~640 of them.
+Measured on 4 CoLA sentences (2 threads): mean ROUGE-1 0.66 after 3 steps (~65 evaluations,
+6.9 s), 0.75 after 5 (~107, 11.2 s), 0.84 after 12 (~254, 26 s) and 0.84 after 30 (~640, 64 s).
+The recipe gives DLG 5 steps (`--dlg-steps`) so that 20 sentences x 11 settings fit the hour;
+use `--dlg-steps 30` for the paper's budget.
 
 Every (attack, defence, sentence) is a sweep unit appended to OUT/results/*.jsonl, so a killed
 run resumes where it stopped; shard it with RANK/WORLD_SIZE (torchrun) or Slurm's variables.

@@ -129,19 +129,17 @@ class Exact:
         cls_id, sep_id = tok.cls_token_id, tok.sep_token_id
         ends = template and cls_id is not None and sep_id is not None
 
+        allowed: set[int] | None = None  # tokens left once found sentences are subtracted
+
         def free(p: int) -> list[int]:
-            return [t for t, _ in cands[p] if t not in specials] or [cands[p][0][0]]
+            ids = [t for t, _ in cands[p] if t not in specials and (allowed is None or t in allowed)]
+            return ids or [t for t, _ in cands[p] if t not in specials] or [cands[p][0][0]]
 
         if span1 is None or not span1.exact:  # no second layer: each position's best candidates
             sequences = [[cls_id if ends and p == 0 else sep_id if ends and p == n - 1 else
                           free(p)[b % len(free(p))] for p in range(n)] for b, n in enumerate(lengths)]
             return sequences, [float("nan")] * len(lengths)
         full_span = span1
-        allowed: set[int] | None = None  # tokens left once found sentences are subtracted
-
-        def free(p: int) -> list[int]:  # noqa: F811 (narrowed by deflation)
-            ids = [t for t, _ in cands[p] if t not in specials and (allowed is None or t in allowed)]
-            return ids or [t for t, _ in cands[p] if t not in specials] or [cands[p][0][0]]
 
         found: list[list[int]] = []  # certified sentences, in the order found
         missing = list(lengths)  # lengths (one per sentence) still to find
@@ -299,10 +297,9 @@ class Exact:
                 break
             changed = False
             for p in inner:
-                trials = [seq[:p] + [t] + seq[p + 1:] for t in free(p) if t != seq[p]]
+                trials, scores = _substitutions(model, span1, seq, p, [t for t in free(p) if t != seq[p]])
                 if not trials:
                     continue
-                scores = lk.sequence_residuals(model, span1, trials)
                 j = int(scores.argmin())
                 if float(scores[j]) < current:
                     seq, current, changed = trials[j], float(scores[j]), True
@@ -447,10 +444,16 @@ def _as_captured(values: dict[str, torch.Tensor], grads) -> dict[str, torch.Tens
     return {n: v.to(grads[n].dtype) for n, v in values.items()}
 
 
+def _substitutions(model, span1, seq: list[int], p: int, options: list[int]
+                   ) -> tuple[list[list[int]], torch.Tensor | None]:
+    """`seq` with each of `options` at position p, and each one's whole-sentence residual."""
+    trials = [seq[:p] + [t] + seq[p + 1:] for t in options]
+    return trials, (lk.sequence_residuals(model, span1, trials) if trials else None)
+
+
 def _best(model, span1, seq: list[int], p: int, options: list[int], top: int) -> list[int]:
     """The `top` tokens at position p that leave the lowest whole-sentence residual alone."""
-    trials = [seq[:p] + [t] + seq[p + 1:] for t in options]
-    scores = lk.sequence_residuals(model, span1, trials)
+    _, scores = _substitutions(model, span1, seq, p, options)
     return [options[i] for i in torch.argsort(scores)[:top].tolist()]
 
 
