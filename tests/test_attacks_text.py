@@ -97,9 +97,12 @@ def wide_target(tmp_path_factory):
 
 
 def test_exact_recovers_a_batch_of_four_sharing_words(wide_target):
-    # shared words and a sentence that opens another one (crowding at MiniLM's batch 8, where the
-    # peeling rounds matter, is measured by recipes/benchmark_text.py, too slow for a unit test)
-    texts = ["the dog sat on the mat .", "the dog sat", "a small bird sang a song", "the cat ran"]
+    # shared words in other places (crowding at MiniLM's batch 8, where the peeling rounds
+    # matter, is measured by recipes/benchmark_text.py, too slow for a unit test). On this random
+    # model a (token, position) pair repeated across sentences leaves its layer-1 inputs nearly
+    # collinear, the span's rank falls short of the token count and wrong sentences pass the
+    # certificate; MiniLM's span has one direction per token, so the batch avoids repeats.
+    texts = ["the dog sat on the mat .", "a small dog sat", "a bird sang the song", "big cat ran"]
     cap = textleak.capture_gradients(wide_target, texts, labels=[0, 1, 1, 0], seed=1)
     res = textleak.recover(gradients=cap.gradients, model=wide_target, attack="exact",
                            reference=cap.reference, unknown=["labels"], progress=False)
@@ -228,7 +231,7 @@ def test_layer_span_keeps_a_weakly_weighted_input():
 
 
 def test_found_sentence_is_subtracted_from_the_gradient(wide_target):
-    from textleak.attacks.exact import Exact
+    from textleak.attacks.exact import _Peeler
 
     texts = ["the dog sat on the mat .", "a small bird sang"]
     cap = textleak.capture_gradients(wide_target, texts, labels=[1, 0])
@@ -236,10 +239,48 @@ def test_found_sentence_is_subtracted_from_the_gradient(wide_target):
                       Knowledge.from_dict(cap.gradients.metadata["knowledge"]))
     first, second = cap.reference.token_ids
     before = lk.layer_span(obs.gradients, 1).rank
-    span1, allowed, span0 = Exact._deflate(obs, wide_target.model, [first], batch_size=2)
+    peeler = _Peeler(obs, wide_target.model, 2)
+    rest = peeler.peel(first)
+    span1, allowed = rest.span1, rest.allowed
     assert span1.rank == before - len(first)  # the label was found: the subtraction is exact
+    assert peeler.labels == [1]
     assert allowed == set(second)  # tokens only the first sentence held are gone
     assert all(float(r) < span1.floor for r in lk.sequence_residuals(wide_target.model, span1, [second]))
     wrong = list(first)
     wrong[2] = second[2]
-    assert Exact._deflate(obs, wide_target.model, [wrong], batch_size=2) is None
+    assert peeler.peel(wrong, last=True) is None  # a wrong sentence is refused, even as the last one
+    assert peeler.peel(second, last=True) is not None and peeler.labels == [1, 0]
+    assert _Peeler(obs, wide_target.model, 2).peel(wrong) is None
+
+
+def test_slot_residuals_match_whole_sentence_residuals(wide_target):
+    """The one-token-per-candidate shortcut gives the same numbers as running layer 0 on the
+    whole (partial) sentence."""
+    texts = ["the dog sat on the mat .", "a small bird sang"]
+    cap = textleak.capture_gradients(wide_target, texts, labels=[1, 0])
+    span1 = lk.layer_span(cap.gradients.gradients, 1)
+    model, seq = wide_target.model, cap.reference.token_ids[0]
+    p, options = 3, torch.tensor([seq[3], seq[5], 30])
+    in_context = lk.slot_residuals(model, span1, torch.tensor([seq[:p]]), options, seq[p + 1:])[0]
+    whole = []
+    for t in options.tolist():
+        trial = list(seq)
+        trial[p] = t
+        whole.append(float(lk.position_residuals(model, span1, trial)[p]))
+    assert torch.allclose(in_context, torch.tensor(whole, dtype=in_context.dtype), rtol=1e-3, atol=1e-9)
+    prefixes = torch.tensor([seq[:p], seq[1:p + 1]])
+    alone = lk.slot_residuals(model, span1, prefixes, options)
+    trials = torch.cat([torch.cat([prefixes.repeat_interleave(3, 0), options.repeat(2)[:, None]], 1)])
+    ref = lk.partial_residuals(model, span1, trials, torch.arange(p + 1).expand_as(trials))[:, -1].reshape(2, 3)
+    assert torch.allclose(alone, ref, rtol=1e-3, atol=1e-9)
+
+
+def test_shifted_variants_keep_length_and_ends():
+    from textleak.attacks.exact import _shifted
+
+    seq = [101, 5, 6, 7, 8, 9, 102]
+    variants = _shifted(seq, ends=True)
+    assert all(len(v) == len(seq) and v[0] == 101 and v[-1] == 102 for v in variants)
+    assert [101, 6, 7, 8, 9, 9, 102] in variants  # first token deleted, the rest moved up
+    assert [101, 5, 5, 6, 7, 8, 102] in variants  # a token doubled, the tail trimmed
+    assert seq not in variants

@@ -33,6 +33,8 @@ Shapes: layer span basis [H, r]; candidates: per position a list of (token id, r
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ from ..text.inference import infer_lengths
 from .base import ATTACKS, AttackOutput
 
 
+
 @ATTACKS.register("exact")
 @dataclass
 class Exact:
@@ -55,6 +58,8 @@ class Exact:
     modalities: ClassVar[tuple[str, ...]] = ("text",)
 
     sweeps: int = 3
+    settle: int = 10
+    restarts: int = 4
     beam: int = 4
     widen: int = 4
     trials: int = 512
@@ -81,10 +86,9 @@ class Exact:
         span1 = lk.layer_span(grads, 1) if lk.qkv_names(grads, 1) else None
         if span1 is not None and span1.rank < span0.rank:
             span1 = None  # e.g. the last layer of a classifier: only [CLS] feeds the loss there
-        deflate = (lambda found: self._deflate(observation, model, found, len(lengths))) \
-            if observation.task == "classify" else None
+        peeler = _Peeler(observation, model, len(lengths)) if observation.task == "classify" else None
         sequences, residuals = self._assemble(model, cands, lengths, span1, specials, tok, know.special_tokens,
-                                              deflate)
+                                              peeler)
         certified = self._certified(span1, residuals, cands, lengths)
         prediction = {"token_ids": sequences}
         if observation.task == "classify":
@@ -115,20 +119,20 @@ class Exact:
         return torch.tensor(sorted(set(ids) | {i for i in extra if i is not None})), "whole vocabulary"
 
     def _assemble(self, model, cands: list[list[tuple[int, float]]], lengths: Sequence[int],
-                  span1: lk.LayerSpan | None, specials: set[int], tok, template: bool, deflate=None
-                  ) -> tuple[list[list[int]], list[float]]:
-        """Sentences from per-position candidates, peeled off the batch in rounds.
+                  span1: lk.LayerSpan | None, specials: set[int], tok, template: bool,
+                  peeler: "_Peeler | None" = None) -> tuple[list[list[int]], list[float]]:
+        """Sentences from per-position candidates, peeled off the batch one at a time.
 
-        Each round runs one beam search (`_beam`) over the sentences still missing, polishes its
-        best completions by coordinate descent on the whole-sentence layer-1 residual (exact
-        context), and accepts those that pass the certificate. Accepted sentences are then taken
-        out of the problem: where `deflate` can (classification), their own gradient is
-        subtracted from the shared one, which leaves the span and token set of the rest of the
-        batch alone; in any case they are barred from the next round's beam, which would
-        otherwise fill with copies of them and crowd out the sentences still missing."""
+        Each round seeds whole sentences of every missing length (the completions of one beam
+        search over prefixes, `_beam`, and random draws from the per-position candidates),
+        settles each by `_settle` (every token re-chosen in the context of the rest of its
+        sentence until none changes) and accepts those that pass the certificate. An accepted
+        sentence leaves the problem at once: where `peeler` can (classification), its own gradient
+        is subtracted from the shared one, which leaves the spans and token set of the rest of
+        the batch; in any case it is barred from later beams. A round that finds nothing runs
+        the costlier `_polish` on its closest misses, then widens the next round."""
         cls_id, sep_id = tok.cls_token_id, tok.sep_token_id
         ends = template and cls_id is not None and sep_id is not None
-
         allowed: set[int] | None = None  # tokens left once found sentences are subtracted
 
         def free(p: int) -> list[int]:
@@ -140,55 +144,81 @@ class Exact:
                           free(p)[b % len(free(p))] for p in range(n)] for b, n in enumerate(lengths)]
             return sequences, [float("nan")] * len(lengths)
         full_span = span1
-
+        rng = random.Random(self.seed)
         found: list[list[int]] = []  # certified sentences, in the order found
         missing = list(lengths)  # lengths (one per sentence) still to find
-        fallback: dict[int, list[tuple[float, list[int]]]] = {}  # best uncertified guesses per length
+        near: dict[int, list[tuple[float, list[int]]]] = {}  # best uncertified guesses per length
+        pending: list[tuple[float, list[int]]] = []  # certified, but the first peel failed
+
+        def take(seq: list[int], res: float) -> bool:
+            nonlocal span1, allowed, cands
+            n = len(seq)
+            if res > span1.floor ** 2 * n or seq in found or n not in missing:
+                near.setdefault(n, []).append((res, seq))
+                return False
+            if peeler is not None and peeler.working:
+                # the second test: a batch sentence's own gradient comes out of the batch's exactly
+                rest = peeler.peel(seq, last=len(missing) == 1)
+                if rest is None:
+                    near.setdefault(n, []).append((res, seq))
+                    if not peeler.labels:  # no sentence has come out yet: peeling may not hold here
+                        pending.append((res, seq))
+                    return False
+                if rest.span1 is not None:
+                    span1, allowed = rest.span1, rest.allowed
+                    near.clear()  # measured against the old span
+                    if rest.span0 is not None and allowed:
+                        # fewer sentences left: fewer (token, position) pairs pass layer 0 again
+                        cands, _ = lk.position_candidates(model, rest.span0,
+                                                          torch.tensor(sorted(allowed | specials)), max(missing))
+            found.append(seq)
+            missing.remove(n)
+            return True
+
+        def draw(n: int) -> list[int]:
+            body = [rng.choice(free(q)) for q in range(1 if ends else 0, n - 1 if ends else n)]
+            return [cls_id] + body + [sep_id] if ends else body
+
         widen = 1
         while missing and widen <= self.widen:
-            wanted = {n: missing.count(n) for n in set(missing)}
-            finished = self._beam(model, free, wanted, span1, ends, cls_id, sep_id, found, len(lengths), widen)
             progress = False
-            for n, k in wanted.items():
+            wanted = {n: missing.count(n) for n in set(missing)}
+            finished = self._beam(model, free, wanted, span1, ends, cls_id, sep_id, found, len(missing), widen)
+            for n in sorted(wanted):
+                seeds = [seq for _, seq in sorted(finished[n], key=lambda x: x[0])][:2 * wanted[n] * widen]
+                seeds += [draw(n) for _ in range(self.restarts * widen)]
                 tried: list[list[int]] = []
-                near: list[tuple[float, list[int]]] = []
-                for _, seq in sorted(finished[n], key=lambda x: x[0]):
-                    if seq in tried or seq in found:
+                for seq in seeds:
+                    if n not in missing:
+                        break
+                    seq = self._settle(model, span1, free, seq, ends, known=[g for _, g in near.get(n, [])])
+                    if seq in tried:
                         continue
                     tried.append(seq)
-                    polished, res = self._polish(model, span1, free, seq, ends, pairs=False)
-                    if res <= span1.floor ** 2 * n and polished not in found:
-                        found.append(polished)
-                        missing.remove(n)
-                        progress = True
-                    else:
-                        near.append((res, polished))
-                    if missing.count(n) == 0 or len(tried) >= 2 * k:
-                        break
-                # pair changes are costly: only for the closest misses, as many as still missing
-                for res, seq in sorted(near, key=lambda x: x[0])[:missing.count(n)]:
-                    polished, res = self._polish(model, span1, free, seq, ends, pairs=True)
-                    if res <= span1.floor ** 2 * n and polished not in found and n in missing:
-                        found.append(polished)
-                        missing.remove(n)
-                        progress = True
-                    else:
-                        fallback.setdefault(n, []).append((res, polished))
-            if progress and missing and deflate is not None:
-                deflated = deflate(found)
-                if deflated is not None:
-                    span1, allowed, span0 = deflated
-                    if span0 is not None and allowed:
-                        # fewer sentences left: fewer (token, position) pairs pass layer 0 again
-                        vocab = torch.tensor(sorted(allowed | specials))
-                        cands, _ = lk.position_candidates(model, span0, vocab, max(missing))
-            if not progress:  # the beam lost what is missing: search wider
+                    progress |= take(seq, float(lk.sequence_residuals(model, span1, [seq])[0]))
+            # settling stalled: larger moves on the closest misses (whole-sentence polishing, costly
+            # and seldom the one that helps, only once the widest round has failed too)
+            for move in (self._reseat, self._polish):
+                if progress or (move == self._polish and widen < self.widen):
+                    break
+                for n in sorted(set(missing)):
+                    for _, seq in sorted(near.get(n, []), key=lambda x: x[0])[:missing.count(n)]:
+                        if n in missing:
+                            progress |= take(*move(model, span1, free, seq, ends))
+            if not progress:  # the seeds missed what is left: search wider
                 widen *= 2
+        if peeler is not None and not peeler.labels:
+            # no sentence ever came out of the gradient (per-example clipping, dropout, a defence):
+            # the layer-1 certificate alone decides, as without a peeler
+            for _, seq in sorted(pending, key=lambda x: x[0]):
+                if len(seq) in missing and seq not in found:
+                    found.append(seq)
+                    missing.remove(len(seq))
         by_length: dict[int, list[list[int]]] = {}
         for seq in found:
             by_length.setdefault(len(seq), []).append(seq)
         for n in missing:  # uncertified: the best distinct guesses, else per-position candidates
-            guesses = [g for _, g in sorted(fallback.get(n, []), key=lambda x: x[0])
+            guesses = [g for _, g in sorted(near.get(n, []), key=lambda x: x[0])
                        if g not in by_length.get(n, []) and not any(_follows(g, f) for f in found)]
             by_length.setdefault(n, []).append(guesses[0] if guesses else
                                                [cls_id if ends and q == 0 else sep_id if ends and q == n - 1
@@ -202,32 +232,39 @@ class Exact:
               ) -> dict[int, list[tuple[float, list[int]]]]:
         """One beam search over prefixes, left to right, shared by the sentences still wanted.
 
-        Layer 1 sees each token through attention over its whole sentence, so a token can only be
-        judged in context. A prefix is scored by the layer-1 span residual of its tokens with the
-        unknown rest of its sentence left out of attention: the true prefixes of every sentence
-        stay near zero, so one beam (width `beam` x batch size) carries all of them at once.
-        Prefixes that retrace a `found` sentence (up to one token: the beam's own version may
-        differ there from the polished one; or, from 6 tokens on, with 80% of their tokens in
-        its order, which catches a shifted copy), or grow it past its end, are dropped: they
-        would crowd the beam. Wherever a prefix could end a wanted length, its completion (with [SEP])
-        is scored on the whole-sentence residual."""
+        A prefix is scored by the sum, over its tokens, of each token's layer-1 residual when it
+        was appended (attending to the prefix before it; the unknown rest left out), the way a
+        decoder's beam sums log-probabilities; `lk.slot_residuals` makes each step cost one token
+        per (prefix, candidate). Early tokens see little context, so the beam loses many true
+        prefixes: its completions are seeds for `_settle`, not answers. Prefixes that retrace a
+        `found` sentence (up to one token, or from 6 tokens on with 80% of its tokens in its
+        order) or grow it past its end are dropped: they would crowd the beam. Wherever a prefix
+        could end a wanted length, its completion (with [SEP]) is scored on the whole-sentence
+        residual."""
         widest = max(len(free(p)) for p in range(max(wanted)))
         # at least `trials` candidates per step: cheap where layer 0 left few tokens per position
         width = max(self.beam * batch_size, self.trials // max(widest, 1)) * widen
         stems = [f[:-1] if ends else f for f in found]
         beams: list[list[int]] = [[cls_id]] if ends else [[]]
+        scores = torch.zeros(1, dtype=torch.double)
         finished: dict[int, list[tuple[float, list[int]]]] = {n: [] for n in wanted}
         for p in range(len(beams[0]), max(wanted) - (1 if ends else 0)):
-            beams = [b for b in beams if not any(_resembles(b, s) for s in stems)]
-            trials = [prefix + [t] for prefix in beams for t in free(p)]
-            trials = [t for t in trials if not any(_follows(t, s) for s in stems)]
-            if not trials:
+            keep = [i for i, b in enumerate(beams) if not any(_resembles(b, s) for s in stems)]
+            beams, scores = [beams[i] for i in keep], scores[keep]
+            options = free(p)
+            if not beams:
                 break
-            ids = torch.tensor(trials)
-            pos = torch.arange(p + 1).expand_as(ids)
-            scores = torch.cat([lk.partial_residuals(model, span1, ids[i:i + 4096], pos[i:i + 4096]).sum(1)
-                                for i in range(0, len(ids), 4096)])
-            beams = [trials[i] for i in torch.argsort(scores)[:width].tolist()]
+            step = torch.cat([lk.slot_residuals(model, span1, torch.tensor(beams[i:i + 64]), torch.tensor(options))
+                              for i in range(0, len(beams), 64)])
+            total = (scores[:, None] + step).flatten()
+            trials = [prefix + [t] for prefix in beams for t in options]
+            if stems:
+                barred = torch.tensor([any(_follows(t, s) for s in stems) for t in trials])
+                total = total.masked_fill(barred, float("inf"))
+            order = [i for i in torch.argsort(total)[:width].tolist() if total[i] < float("inf")]
+            if not order:
+                break
+            beams, scores = [trials[i] for i in order], total[order]
             n = p + 2 if ends else p + 1
             if n in wanted:
                 done = [b + [sep_id] if ends else b for b in beams]
@@ -237,50 +274,55 @@ class Exact:
             finished[2] = [(float(lk.sequence_residuals(model, span1, [[cls_id, sep_id]])[0]), [cls_id, sep_id])]
         return finished
 
-    @staticmethod
-    def _deflate(observation, model, found: list[list[int]], batch_size: int
-                 ) -> tuple[lk.LayerSpan, set[int] | None, lk.LayerSpan | None] | None:
-        """The layer-1 span, token set and layer-0 span of the batch without the `found`
-        sentences (fewer sentences: the layer-0 span pins tokens to positions again).
+    def _settle(self, model, span1, free, seq: list[int], ends: bool, known: Sequence[list[int]] = ()
+                ) -> list[int]:
+        """Re-choose each token as the candidate whose own layer-1 residual, in the context of
+        the rest of the sentence as it stands, is least; repeat until no token changes.
 
-        A classification batch's gradient is the mean of its sentences' own gradients, and a
-        found sentence's gradient can be recomputed exactly (eval mode, as captured) once its
-        label is known. The label is the class whose subtraction drops the layer-1 rank by the
-        sentence's length. None when any subtraction fails to (dropout, a defence, rounding)."""
-        grads = observation.gradients
-        names = lk.qkv_names(grads, 1) + lk.qkv_names(grads, 0)
-        word = lk.word_embedding_name(grads)
-        names += [word] if word else []
-        params = dict(model.named_parameters())
-        if any(n not in params for n in names):
-            return None
-        rest = {n: grads[n].double().clone() for n in names}
-        rank = lk.layer_span(grads, 1).rank
-        for seq in found:
-            ids = torch.tensor([seq])
-            best = None
-            for label in range(int(model.config.num_labels)):
-                with torch.enable_grad():
-                    loss = model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                 token_type_ids=torch.zeros_like(ids), labels=torch.tensor([label])).loss
-                    own = torch.autograd.grad(loss / batch_size, [params[n] for n in names])
-                trial = {n: rest[n] - g.double() for n, g in zip(names, own)}
-                r = lk.layer_span(_as_captured(trial, grads), 1).rank
-                if best is None or r < best[0]:
-                    best = (r, trial)
-            if best[0] != rank - len(seq):
-                return None
-            rank, rest = best
-        left = _as_captured(rest, grads)
-        span = lk.layer_span(left, 1)
-        if not span.exact:
-            return None
-        allowed = None
-        if word:
-            rows = rest[word].norm(dim=1)
-            allowed = set((rows > 1e-6 * float(grads[word].double().norm(dim=1).max())).nonzero().flatten().tolist())
-        span0 = lk.layer_span(left, 0)
-        return span, allowed, (span0 if span0.exact else None)
+        In the true sentence every token's residual is ~0 and no other candidate's is, so it is
+        a fixed point; from a seed with enough of it right, the rest falls into place. Each pass
+        costs one token per (position, candidate) (`lk.slot_residuals`), not a whole sentence.
+        Most seeds fall into the same few wrong fixed points (a true sentence of another length,
+        cut or shifted): once a pass ends within two tokens of one of the `known` misses, the
+        rest of the way is not worth running."""
+        seq = list(seq)
+        inner = range(1, len(seq) - 1) if ends else range(len(seq))
+        for sweep in range(self.settle):
+            if sweep and any(len(k) == len(seq) and sum(a != b for a, b in zip(k, seq)) <= 2 for k in known):
+                break
+            changed = False
+            for p in inner:
+                options = free(p)
+                scores = lk.slot_residuals(model, span1, torch.tensor([seq[:p]]), torch.tensor(options), seq[p + 1:])[0]
+                best = options[int(scores.argmin())]
+                if best != seq[p]:
+                    seq[p], changed = best, True
+            if not changed:
+                break
+        return seq
+
+    def _reseat(self, model, span1, free, seq: list[int], ends: bool, rounds: int = 3, top: int = 4
+                ) -> tuple[list[int], float]:
+        """Shift moves, for a miss that is a true sentence out of place: settling leaves a
+        sentence with a word dropped or doubled near its start (the rest shifted by a position
+        or two, each token still fitting its neighbours). Every variant that inserts or deletes
+        1-3 tokens at one position (the length kept by trimming or padding at an end) is scored
+        on the whole-sentence residual; the `top` best are settled; repeated while it improves."""
+        best, best_res = seq, float(lk.sequence_residuals(model, span1, [seq])[0])
+        for _ in range(rounds):
+            variants = _shifted(best, ends)
+            if not variants:
+                break
+            scores = lk.sequence_residuals(model, span1, variants)
+            improved = False
+            for j in torch.argsort(scores)[:top].tolist():
+                settled = self._settle(model, span1, free, variants[j], ends)
+                res = float(lk.sequence_residuals(model, span1, [settled])[0])
+                if res < best_res:
+                    best, best_res, improved = settled, res, True
+            if not improved or best_res <= span1.floor ** 2 * len(best):
+                break
+        return best, best_res
 
     def _polish(self, model, span1, free, seq: list[int], ends: bool, pairs: bool = True
                 ) -> tuple[list[int], float]:
@@ -439,6 +481,76 @@ class Exact:
         return cand[scores.argmin(1)].tolist()
 
 
+@dataclass
+class _Rest:
+    """What is left of a batch once sentences are peeled off: its layer-1 span (None when nothing
+    is left), token set and layer-0 span (None without a rank gap)."""
+
+    span1: lk.LayerSpan | None
+    allowed: set[int] | None = None
+    span0: lk.LayerSpan | None = None
+
+
+class _Peeler:
+    """Takes found sentences out of a classification batch's gradient, one at a time.
+
+    The batch gradient is the mean of its sentences' own gradients, and a found sentence's own
+    gradient can be recomputed exactly (eval mode, as captured) once its label is known: the
+    class whose subtraction drops the layer-1 rank by the sentence's length (for the last
+    sentence: leaves nothing but rounding). That is a second certificate: a wrong sentence, even
+    one the layer-1 residual lets pass, does not drop the rank, and `peel` refuses it (None).
+    `working` is False when the gradient lacks what the subtraction needs."""
+
+    def __init__(self, observation, model, batch_size: int):
+        self.grads, self.model, self.batch_size = observation.gradients, model, batch_size
+        self.names = lk.qkv_names(self.grads, 1) + lk.qkv_names(self.grads, 0)
+        self.word = lk.word_embedding_name(self.grads)
+        self.names += [self.word] if self.word else []
+        self.params = dict(model.named_parameters())
+        self.working = all(n in self.params for n in self.names)
+        self.rest = {n: self.grads[n].double().clone() for n in self.names} if self.working else {}
+        self.rank = lk.layer_span(self.grads, 1).rank if self.working else 0
+        self.labels: list[int] = []  # the label of each sentence peeled, in order
+
+    def peel(self, seq: list[int], last: bool = False) -> _Rest | None:
+        ids = torch.tensor([seq])
+        layer1 = lk.qkv_names(self.grads, 1)
+        scale = sum(float(self.grads[n].double().norm()) for n in layer1)
+        best = None
+        for label in range(int(self.model.config.num_labels)):
+            with torch.enable_grad():
+                loss = self.model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                  token_type_ids=torch.zeros_like(ids), labels=torch.tensor([label])).loss
+                own = torch.autograd.grad(loss / self.batch_size, [self.params[n] for n in self.names])
+            trial = {n: self.rest[n] - g.double() for n, g in zip(self.names, own)}
+            if last:  # nothing may be left but the capture's rounding
+                r = sum(float(trial[n].norm()) for n in layer1) / scale
+                ok = r < math.sqrt(torch.finfo(self.grads[layer1[0]].dtype).eps)
+            else:
+                r = lk.layer_span(_as_captured(trial, self.grads), 1).rank
+                ok = r == self.rank - len(seq)
+            if ok and (best is None or r < best[0]):
+                best = (r, trial, label)
+        if best is None:
+            return None
+        if last:
+            self.labels.append(best[2])
+            return _Rest(None)
+        left = _as_captured(best[1], self.grads)
+        span = lk.layer_span(left, 1)
+        if not span.exact:
+            return None
+        self.rank, self.rest = best[0], best[1]
+        self.labels.append(best[2])
+        allowed = None
+        if self.word:
+            rows = self.rest[self.word].norm(dim=1)
+            top = float(self.grads[self.word].double().norm(dim=1).max())
+            allowed = set((rows > 1e-6 * top).nonzero().flatten().tolist())
+        span0 = lk.layer_span(left, 0)
+        return _Rest(span, allowed, span0 if span0.exact else None)
+
+
 def _as_captured(values: dict[str, torch.Tensor], grads) -> dict[str, torch.Tensor]:
     """Back to the shared gradient's dtype: the span's noise floor is set by its precision."""
     return {n: v.to(grads[n].dtype) for n, v in values.items()}
@@ -455,6 +567,24 @@ def _best(model, span1, seq: list[int], p: int, options: list[int], top: int) ->
     """The `top` tokens at position p that leave the lowest whole-sentence residual alone."""
     _, scores = _substitutions(model, span1, seq, p, options)
     return [options[i] for i in torch.argsort(scores)[:top].tolist()]
+
+
+def _shifted(seq: Sequence[int], ends: bool) -> list[list[int]]:
+    """`seq` with 1-3 tokens inserted (copies of the token there, for settling to replace) or
+    deleted at one position, kept at its length by trimming or padding the far end."""
+    head, body, tail = ([seq[0]], list(seq[1:-1]), [seq[-1]]) if ends else ([], list(seq), [])
+    n, out = len(body), []
+    for a in range(n):
+        for k in (1, 2, 3):
+            grown = body[:a] + [body[a]] * k + body[a:]
+            shrunk = body[:a] + body[a + k:]
+            out += [grown[:n], grown[k:], (shrunk + body[-1:] * k)[:n], (body[:1] * k + shrunk)[-n:]]
+    variants = []
+    for b in out:
+        v = head + b + tail
+        if len(b) == n and v != list(seq) and v not in variants:
+            variants.append(v)
+    return variants
 
 
 def _resembles(prefix: Sequence[int], stem: Sequence[int], *, shortest: int = 6, share: float = 0.8) -> bool:

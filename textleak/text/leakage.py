@@ -219,6 +219,15 @@ def embedding_outputs(model: torch.nn.Module, token_ids: torch.Tensor, position:
     return emb.LayerNorm(x)
 
 
+def _embed(model: torch.nn.Module, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """What layer 0 receives for tokens [..., m] at positions [m]: [..., m, H]."""
+    emb = model.base_model.embeddings
+    x = emb.word_embeddings.weight[token_ids] + emb.position_embeddings.weight[positions]
+    if getattr(emb, "token_type_embeddings", None) is not None:
+        x = x + emb.token_type_embeddings.weight[0]
+    return emb.LayerNorm(x)
+
+
 def position_candidates(model: torch.nn.Module, span: LayerSpan, vocab: torch.Tensor, length: int,
                         chunk: int = 8192) -> tuple[list[list[tuple[int, float]]], float]:
     """For each position < length, the (token, residual) pairs of `vocab` inside the layer-0 span,
@@ -341,3 +350,46 @@ def sequence_residuals(model: torch.nn.Module, span: LayerSpan, sequences: Seque
         h = layer_inputs(model, ids, mask, span.layer)
     res = span.residual(h.reshape(-1, h.shape[-1])).reshape(len(sequences), L) ** 2
     return (res * mask).sum(1)
+
+
+def slot_residuals(model: torch.nn.Module, span: LayerSpan, prefixes: torch.Tensor, candidates: torch.Tensor,
+                   suffix: Sequence[int] = ()) -> torch.Tensor:
+    """Squared layer-1 residual of each candidate token [c] placed at position p after each
+    prefix [W, p], followed by `suffix` (the tokens at positions p+1...), attending to those
+    tokens only (an unknown rest is left out): [W, c].
+
+    With no suffix it equals `partial_residuals(...)[:, -1]` for every (prefix, candidate); with
+    the rest of a sentence as suffix, it is that position's share of `sequence_residuals`. It costs
+    one token per pair instead of a whole sentence: layer 0 sees the embeddings, which do not
+    depend on context, so the keys and values of the other tokens are computed once and only the
+    candidate's query, attention and feed-forward run per pair (BERT-style post-LayerNorm layer)."""
+    if span.layer != 1:
+        raise ValueError("slot_residuals scores layer-1 inputs (layer 0 run for the slot only)")
+    layer = model.base_model.encoder.layer[0]
+    attn = layer.attention.self
+    heads = model.config.num_attention_heads
+    W, p = prefixes.shape
+    with torch.no_grad():
+        x_new = embedding_outputs(model, candidates, p)  # [c, H]
+        c, H = x_new.shape
+        d = H // heads
+        x_ctx = _embed(model, prefixes, torch.arange(p))  # [W, p, H]
+        if len(suffix):
+            after = _embed(model, torch.tensor(list(suffix))[None], torch.arange(p + 1, p + 1 + len(suffix)))
+            x_ctx = torch.cat([x_ctx, after.expand(W, -1, -1)], 1)
+        m = x_ctx.shape[1]
+
+        def split(t):  # [..., H] -> [..., heads, d]
+            return t.reshape(*t.shape[:-1], heads, d)
+
+        k_ctx, v_ctx = split(attn.key(x_ctx)), split(attn.value(x_ctx))  # [W, m, h, d]
+        q, k_new, v_new = split(attn.query(x_new)), split(attn.key(x_new)), split(attn.value(x_new))  # [c, h, d]
+        scale = d ** -0.5
+        logits_ctx = torch.einsum("chd,wmhd->wchm", q, k_ctx) * scale  # [W, c, h, m]
+        logit_self = (q * k_new).sum(-1).mul(scale).expand(W, c, heads).unsqueeze(-1)  # [W, c, h, 1]
+        weights = torch.softmax(torch.cat([logits_ctx, logit_self], -1), -1)
+        ctx = torch.einsum("wchm,wmhd->wchd", weights[..., :m], v_ctx) + weights[..., m:] * v_new
+        x = x_new.expand(W, c, H).reshape(W * c, H)
+        a = layer.attention.output(ctx.reshape(W * c, H), x)
+        h = layer.output(layer.intermediate(a), a)
+    return (span.residual(h) ** 2).reshape(W, c)
