@@ -13,21 +13,27 @@ right singular vectors; rank at the last clear singular-value drop; threshold at
 the residuals) finds the input tokens. Because position embeddings are additive, a token seen at
 one position can also pass at another: once the batch has more tokens than distinct tokens plus
 positions (MiniLM, CoLA: about batch 8) the layer-0 span holds every (batch token, position)
-pair, so layer 0 yields per-position candidate sets. Sentences are assembled at layer 1 in
-rounds: a beam search over prefixes shared by the batch (a prefix scored by the layer-1 residual
-of its tokens with the unknown rest left out of attention), then local search on the
-whole-sentence layer-1 residual (single tokens, adjacent pairs, 3-token windows), which is ~0
-only for the true sentence (the certificate). Certified sentences are peeled off and barred from
-the next round's beam, which widens when a round finds nothing. Masked-LM labels are solved per masked position from the prediction-head
-transform gradient, classification labels from the classifier weight gradient.
+pair, so layer 0 yields per-position candidate sets. Sentences are assembled at layer 1, whose
+input at a position depends on the whole sentence through attention: the whole-sentence layer-1
+residual is ~0 only for the true sentence (the certificate). Whole sentences of each missing
+length are seeded (a cheap beam over prefixes, random draws) and settled: each token re-chosen
+as the candidate with the least layer-1 residual in the context of the rest, until none changes
+(`lk.slot_residuals` scores a candidate in context for the cost of one token). Classification
+batches are then peeled: a certified sentence's own gradient is subtracted from the batch's,
+which must drop the layer-1 rank by its length (a second certificate), and the spans and token
+set of the rest are read again; fewer sentences, fewer candidates. Misses that are true sentences
+out of place get shift moves; the search widens while it finds nothing. Masked-LM labels are
+solved per masked position from the prediction-head transform gradient, classification labels
+from the classifier weight gradient.
 
 Degrades: with no rank gap (B x L >= H, or noise) the attack raises MissingKnowledgeError
 naming the condition; an assembly that does not reach the certificate is returned with
 `details["certified"] = False` and its candidate sets, which `auto` hands to optimisation.
 
 Arguments: `beam` (prefixes kept per sentence of the batch), `trials` (least candidates scored per
-step), `widen` (largest factor by which a round that finds nothing widens the next beam), `sweeps`
-(coordinate-descent passes over each sentence), `seed`.
+step), `restarts` (random seeds per missing length and round), `settle` (most passes when
+settling a seed), `widen` (largest factor by which a round that finds nothing widens the next
+one), `sweeps` (passes of the whole-sentence polish, the last resort), `seed`.
 Shapes: layer span basis [H, r]; candidates: per position a list of (token id, residual).
 """
 
@@ -106,7 +112,7 @@ class Exact:
         }
         return AttackOutput(prediction=prediction, method=self.name, assumed=assumed,
                             config={"sweeps": self.sweeps, "beam": self.beam, "trials": self.trials, "widen": self.widen,
-                                    "seed": self.seed}, details=details)
+                                    "settle": self.settle, "restarts": self.restarts, "seed": self.seed}, details=details)
 
     # -- steps -------------------------------------------------------------------------------
     @staticmethod
@@ -188,14 +194,15 @@ class Exact:
                 seeds = [seq for _, seq in sorted(finished[n], key=lambda x: x[0])][:2 * wanted[n] * widen]
                 seeds += [draw(n) for _ in range(self.restarts * widen)]
                 tried: list[list[int]] = []
-                for seq in seeds:
+                for i in range(0, len(seeds), self.restarts):  # a batch at a time: stop once found
                     if n not in missing:
                         break
-                    seq = self._settle(model, span1, free, seq, ends, known=[g for _, g in near.get(n, [])])
-                    if seq in tried:
-                        continue
-                    tried.append(seq)
-                    progress |= take(seq, float(lk.sequence_residuals(model, span1, [seq])[0]))
+                    settled = self._settle(model, span1, free, seeds[i:i + self.restarts], ends,
+                                           known=[g for _, g in near.get(n, [])])
+                    settled = [seq for j, seq in enumerate(settled) if seq not in settled[:j] and seq not in tried]
+                    tried += settled
+                    for seq, res in zip(settled, lk.sequence_residuals(model, span1, settled).tolist() if settled else []):
+                        progress |= take(seq, float(res))
             # settling stalled: larger moves on the closest misses (whole-sentence polishing, costly
             # and seldom the one that helps, only once the widest round has failed too)
             for move in (self._reseat, self._polish):
@@ -274,32 +281,41 @@ class Exact:
             finished[2] = [(float(lk.sequence_residuals(model, span1, [[cls_id, sep_id]])[0]), [cls_id, sep_id])]
         return finished
 
-    def _settle(self, model, span1, free, seq: list[int], ends: bool, known: Sequence[list[int]] = ()
-                ) -> list[int]:
+    def _settle(self, model, span1, free, seqs: list[list[int]], ends: bool, known: Sequence[list[int]] = ()
+                ) -> list[list[int]]:
         """Re-choose each token as the candidate whose own layer-1 residual, in the context of
         the rest of the sentence as it stands, is least; repeat until no token changes.
 
         In the true sentence every token's residual is ~0 and no other candidate's is, so it is
         a fixed point; from a seed with enough of it right, the rest falls into place. Each pass
-        costs one token per (position, candidate) (`lk.slot_residuals`), not a whole sentence.
-        Most seeds fall into the same few wrong fixed points (a true sentence of another length,
-        cut or shifted): once a pass ends within two tokens of one of the `known` misses, the
-        rest of the way is not worth running."""
-        seq = list(seq)
-        inner = range(1, len(seq) - 1) if ends else range(len(seq))
+        costs one token per (position, candidate) (`lk.slot_residuals`), not a whole sentence;
+        seeds of one length settle side by side. Most seeds fall into the same few wrong fixed
+        points (a true sentence of another length, cut or shifted): a seed whose pass ends within
+        two tokens of one of the `known` misses stops there."""
+        if not seqs:
+            return []
+        rows = torch.tensor(seqs)
+        n = rows.shape[1]
+        known_rows = torch.tensor([k for k in known if len(k) == n]).reshape(-1, n)
+        inner = range(1, n - 1) if ends else range(n)
+        active = torch.ones(len(rows), dtype=torch.bool)
         for sweep in range(self.settle):
-            if sweep and any(len(k) == len(seq) and sum(a != b for a, b in zip(k, seq)) <= 2 for k in known):
+            if sweep and len(known_rows):
+                near_known = ((rows[:, None, :] != known_rows[None]).sum(-1) <= 2).any(1)
+                active &= ~near_known
+            idx = active.nonzero().flatten()
+            if len(idx) == 0:
                 break
-            changed = False
+            changed = torch.zeros(len(rows), dtype=torch.bool)
             for p in inner:
-                options = free(p)
-                scores = lk.slot_residuals(model, span1, torch.tensor([seq[:p]]), torch.tensor(options), seq[p + 1:])[0]
-                best = options[int(scores.argmin())]
-                if best != seq[p]:
-                    seq[p], changed = best, True
-            if not changed:
-                break
-        return seq
+                options = torch.tensor(free(p))
+                cur = rows[idx]
+                scores = lk.slot_residuals(model, span1, cur[:, :p], options, cur[:, p + 1:])
+                best = options[scores.argmin(1)]
+                changed[idx] |= best != cur[:, p]
+                rows[idx, p] = best
+            active &= changed
+        return rows.tolist()
 
     def _reseat(self, model, span1, free, seq: list[int], ends: bool, rounds: int = 3, top: int = 4
                 ) -> tuple[list[int], float]:
@@ -315,11 +331,10 @@ class Exact:
                 break
             scores = lk.sequence_residuals(model, span1, variants)
             improved = False
-            for j in torch.argsort(scores)[:top].tolist():
-                settled = self._settle(model, span1, free, variants[j], ends)
-                res = float(lk.sequence_residuals(model, span1, [settled])[0])
+            settled = self._settle(model, span1, free, [variants[j] for j in torch.argsort(scores)[:top].tolist()], ends)
+            for seq, res in zip(settled, lk.sequence_residuals(model, span1, settled).tolist()):
                 if res < best_res:
-                    best, best_res, improved = settled, res, True
+                    best, best_res, improved = seq, float(res), True
             if not improved or best_res <= span1.floor ** 2 * len(best):
                 break
         return best, best_res

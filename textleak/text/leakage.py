@@ -353,10 +353,11 @@ def sequence_residuals(model: torch.nn.Module, span: LayerSpan, sequences: Seque
 
 
 def slot_residuals(model: torch.nn.Module, span: LayerSpan, prefixes: torch.Tensor, candidates: torch.Tensor,
-                   suffix: Sequence[int] = ()) -> torch.Tensor:
+                   suffix: Sequence[int] | torch.Tensor = ()) -> torch.Tensor:
     """Squared layer-1 residual of each candidate token [c] placed at position p after each
-    prefix [W, p], followed by `suffix` (the tokens at positions p+1...), attending to those
-    tokens only (an unknown rest is left out): [W, c].
+    prefix [W, p], followed by `suffix` (the tokens at positions p+1...: one list for every
+    prefix, or one row [W, m] each), attending to those tokens only (an unknown rest is left
+    out): [W, c].
 
     With no suffix it equals `partial_residuals(...)[:, -1]` for every (prefix, candidate); with
     the rest of a sentence as suffix, it is that position's share of `sequence_residuals`. It costs
@@ -374,8 +375,10 @@ def slot_residuals(model: torch.nn.Module, span: LayerSpan, prefixes: torch.Tens
         c, H = x_new.shape
         d = H // heads
         x_ctx = _embed(model, prefixes, torch.arange(p))  # [W, p, H]
-        if len(suffix):
-            after = _embed(model, torch.tensor(list(suffix))[None], torch.arange(p + 1, p + 1 + len(suffix)))
+        rows = suffix if isinstance(suffix, torch.Tensor) and suffix.dim() == 2 else \
+            torch.as_tensor(list(suffix), dtype=torch.long).reshape(1, -1)
+        if rows.shape[1]:
+            after = _embed(model, rows, torch.arange(p + 1, p + 1 + rows.shape[1]))
             x_ctx = torch.cat([x_ctx, after.expand(W, -1, -1)], 1)
         m = x_ctx.shape[1]
 
