@@ -135,8 +135,9 @@ class Exact:
         sentence until none changes) and accepts those that pass the certificate. An accepted
         sentence leaves the problem at once: where `peeler` can (classification), its own gradient
         is subtracted from the shared one, which leaves the spans and token set of the rest of
-        the batch; in any case it is barred from later beams. A round that finds nothing runs
-        the costlier `_polish` on its closest misses, then widens the next round."""
+        the batch; in any case it is barred from later beams. A round that finds nothing tries
+        shift moves (`_reseat`) on its closest misses (and, in the widest round, whole-sentence
+        polishing, `_polish`), then widens the next round: twice the beam and the random seeds."""
         cls_id, sep_id = tok.cls_token_id, tok.sep_token_id
         ends = template and cls_id is not None and sep_id is not None
         allowed: set[int] | None = None  # tokens left once found sentences are subtracted
@@ -212,8 +213,9 @@ class Exact:
                     for _, seq in sorted(near.get(n, []), key=lambda x: x[0])[:missing.count(n)]:
                         if n in missing:
                             progress |= take(*move(model, span1, free, seq, ends))
-            if not progress:  # the seeds missed what is left: search wider
-                widen *= 2
+            # the seeds missed what is left: search wider; once something is found (and peeled off,
+            # which shrinks the candidates) narrow seeding is worth trying again
+            widen = widen * 2 if not progress else 1
         if peeler is not None and not peeler.labels:
             # no sentence ever came out of the gradient (per-example clipping, dropout, a defence):
             # the layer-1 certificate alone decides, as without a peeler
