@@ -284,3 +284,14 @@ def test_shifted_variants_keep_length_and_ends():
     assert [101, 6, 7, 8, 9, 9, 102] in variants  # first token deleted, the rest moved up
     assert [101, 5, 5, 6, 7, 8, 102] in variants  # a token doubled, the tail trimmed
     assert seq not in variants
+
+
+def test_declared_mask_positions_pick_the_slot_of_each_sentence():
+    """Sentences of one length are assembled in any order; the masked-LM labels must be filled
+    into the slot whose declared mask positions the sentence's [MASK] tokens occupy."""
+    from textleak.attacks.exact import _slots_by_masks
+
+    M = 103
+    sequences = [[101, 5, M, 7, 102], [101, M, 8, 9, 102], [101, 4, 102]]
+    assert _slots_by_masks(sequences, [{1}, {2}, set()], M) == [1, 0, 2]
+    assert _slots_by_masks(sequences, [{2}, {1}, set()], M) == [0, 1, 2]

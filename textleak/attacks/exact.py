@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from ..errors import InputError, MissingKnowledgeError
 from ..threat import Observation
@@ -95,6 +96,11 @@ class Exact:
         peeler = _Peeler(observation, model, len(lengths)) if observation.task == "classify" else None
         sequences, residuals = self._assemble(model, cands, lengths, span1, specials, tok, know.special_tokens,
                                               peeler)
+        if observation.task == "mlm" and know.mask_positions is not None and tok.mask_token_id is not None:
+            # declared mask positions belong to batch slots; sentences of one length come out in
+            # any order, so each goes to the slot whose positions its [MASK] tokens occupy
+            order = _slots_by_masks(sequences, [set(p) for p in know.mask_positions], tok.mask_token_id)
+            sequences, residuals = [sequences[i] for i in order], [residuals[i] for i in order]
         certified = self._certified(span1, residuals, cands, lengths)
         prediction = {"token_ids": sequences}
         if observation.task == "classify":
@@ -473,7 +479,9 @@ class Exact:
     @staticmethod
     def _solve_masked_tokens(observation, model, sequences, index) -> list[int]:
         """dL/d(pre_i) of the head's transform is read per masked position from its weight
-        gradient (rows of hidden states are independent), then matched with each candidate token."""
+        gradient (rows of hidden states are independent), then matched with each candidate token;
+        the matching is one assignment that uses each leaked token as often as the output-bias
+        gradient counts it (per-position best choices can take one token twice and drop another)."""
         grads = observation.gradients
         dense_name = lk._need(grads, r"predictions\.transform\.dense\.weight$", "masked-token recovery")
         transform = model.get_submodule(dense_name[: -len(".dense.weight")])
@@ -495,7 +503,14 @@ class Exact:
         for j, v in enumerate(cand.tolist()):
             jv = torch.autograd.grad(logits[:, v].sum(), pre, retain_graph=True)[0].double()
             scores[:, j] = (u - jv).norm(dim=1)
-        return cand[scores.argmin(1)].tolist()
+        slots = [j for j, v in enumerate(cand.tolist()) for _ in range(counts[v])]
+        if len(slots) != M:  # counts not usable (rounding): each position's best candidate
+            return cand[scores.argmin(1)].tolist()
+        rows, cols = linear_sum_assignment(scores[:, slots].numpy())
+        chosen = [0] * M
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            chosen[r] = int(cand[slots[c]])
+        return chosen
 
 
 @dataclass
@@ -584,6 +599,20 @@ def _best(model, span1, seq: list[int], p: int, options: list[int], top: int) ->
     """The `top` tokens at position p that leave the lowest whole-sentence residual alone."""
     _, scores = _substitutions(model, span1, seq, p, options)
     return [options[i] for i in torch.argsort(scores)[:top].tolist()]
+
+
+def _slots_by_masks(sequences: list[list[int]], positions: list[set[int]], mask_id: int) -> list[int]:
+    """For each slot, the index of the sentence (of the slot's length) whose [MASK] positions
+    best agree with the slot's declared ones."""
+    free_ = list(range(len(sequences)))
+    order = []
+    for b, want in enumerate(positions):
+        same = [i for i in free_ if len(sequences[i]) == len(sequences[b])] or free_
+        have = {i: {p for p, t in enumerate(sequences[i]) if t == mask_id} for i in same}
+        i = max(same, key=lambda i: (len(have[i] & want) - len(have[i] ^ want), -abs(i - b)))
+        order.append(i)
+        free_.remove(i)
+    return order
 
 
 def _shifted(seq: Sequence[int], ends: bool) -> list[list[int]]:
