@@ -239,7 +239,7 @@ def test_found_sentence_is_subtracted_from_the_gradient(wide_target):
                       Knowledge.from_dict(cap.gradients.metadata["knowledge"]))
     first, second = cap.reference.token_ids
     before = lk.layer_span(obs.gradients, 1).rank
-    peeler = _Peeler(obs, wide_target.model, 2)
+    peeler = _Peeler(obs, wide_target.model, 2, before)
     rest = peeler.peel(first)
     span1, allowed = rest.span1, rest.allowed
     assert span1.rank == before - len(first)  # the label was found: the subtraction is exact
@@ -250,7 +250,7 @@ def test_found_sentence_is_subtracted_from_the_gradient(wide_target):
     wrong[2] = second[2]
     assert peeler.peel(wrong, last=True) is None  # a wrong sentence is refused, even as the last one
     assert peeler.peel(second, last=True) is not None and peeler.labels == [1, 0]
-    assert _Peeler(obs, wide_target.model, 2).peel(wrong) is None
+    assert _Peeler(obs, wide_target.model, 2, before).peel(wrong) is None
 
 
 def test_slot_residuals_match_whole_sentence_residuals(wide_target):

@@ -57,7 +57,6 @@ from ..text.inference import infer_lengths
 from .base import ATTACKS, AttackOutput
 
 
-
 @ATTACKS.register("exact")
 @dataclass
 class Exact:
@@ -93,7 +92,8 @@ class Exact:
         span1 = lk.layer_span(grads, 1) if lk.qkv_names(grads, 1) else None
         if span1 is not None and span1.rank < span0.rank:
             span1 = None  # e.g. the last layer of a classifier: only [CLS] feeds the loss there
-        peeler = _Peeler(observation, model, len(lengths)) if observation.task == "classify" else None
+        peeler = _Peeler(observation, model, len(lengths), span1.rank) \
+            if observation.task == "classify" and span1 is not None else None
         sequences, residuals = self._assemble(model, cands, lengths, span1, specials, tok, know.special_tokens,
                                               peeler)
         if observation.task == "mlm" and know.mask_positions is not None and tok.mask_token_id is not None:
@@ -166,7 +166,7 @@ class Exact:
         def take(seq: list[int], res: float) -> bool:
             nonlocal span1, allowed, cands
             n = len(seq)
-            if res > span1.floor ** 2 * n or seq in found or n not in missing:
+            if not span1.certifies(res, n) or seq in found or n not in missing:
                 near.setdefault(n, []).append((res, seq))
                 return False
             if peeler is not None and peeler.working:
@@ -343,7 +343,7 @@ class Exact:
             for seq, res in zip(settled, lk.sequence_residuals(model, span1, settled).tolist()):
                 if res < best_res:
                     best, best_res, improved = seq, float(res), True
-            if not improved or best_res <= span1.floor ** 2 * len(best):
+            if not improved or span1.certifies(best_res, len(best)):
                 break
         return best, best_res
 
@@ -354,11 +354,10 @@ class Exact:
         adjacent pairs at the worst positions are changed together (a word split into two
         pieces, or two swapped tokens, needs both at once; one of the two among its `top` best
         single changes), then 3-token windows by a small beam; then single changes resume."""
-        done = span1.floor ** 2 * len(seq)
         current = float(lk.sequence_residuals(model, span1, [seq])[0])
         inner = range(1, len(seq) - 1) if ends else range(len(seq))
         for _ in range(self.sweeps):
-            if current <= done:  # certified (see _certified)
+            if span1.certifies(current, len(seq)):
                 break
             changed = False
             for p in inner:
@@ -368,9 +367,9 @@ class Exact:
                 j = int(scores.argmin())
                 if float(scores[j]) < current:
                     seq, current, changed = trials[j], float(scores[j]), True
-                    if current <= done:
+                    if span1.certifies(current, len(seq)):
                         break
-            if pairs and not changed and current > done:
+            if pairs and not changed and not span1.certifies(current, len(seq)):
                 seq, current, changed = self._pair_step(model, span1, free, seq, current, inner)
             if not changed:
                 break
@@ -419,7 +418,7 @@ class Exact:
     @staticmethod
     def _certified(span1, residuals, cands, lengths) -> bool:
         if span1 is not None and span1.exact:
-            return all(r == r and r <= span1.floor ** 2 * n for r, n in zip(residuals, lengths))
+            return all(r == r and span1.certifies(r, n) for r, n in zip(residuals, lengths))
         # without a second layer only an unambiguous single sentence is certain
         return len(lengths) == 1 and all(len(c) == 1 for c in cands[:lengths[0]])
 
@@ -533,21 +532,21 @@ class _Peeler:
     one the layer-1 residual lets pass, does not drop the rank, and `peel` refuses it (None).
     `working` is False when the gradient lacks what the subtraction needs."""
 
-    def __init__(self, observation, model, batch_size: int):
+    def __init__(self, observation, model, batch_size: int, rank: int):
         self.grads, self.model, self.batch_size = observation.gradients, model, batch_size
-        self.names = lk.qkv_names(self.grads, 1) + lk.qkv_names(self.grads, 0)
+        self.layer1 = lk.qkv_names(self.grads, 1)
+        self.scale = sum(float(self.grads[n].double().norm()) for n in self.layer1)  # of what `last` leaves
+        self.names = self.layer1 + lk.qkv_names(self.grads, 0)
         self.word = lk.word_embedding_name(self.grads)
         self.names += [self.word] if self.word else []
         self.params = dict(model.named_parameters())
         self.working = all(n in self.params for n in self.names)
         self.rest = {n: self.grads[n].double().clone() for n in self.names} if self.working else {}
-        self.rank = lk.layer_span(self.grads, 1).rank if self.working else 0
+        self.rank = rank  # of the layer-1 span of what is left
         self.labels: list[int] = []  # the label of each sentence peeled, in order
 
     def peel(self, seq: list[int], last: bool = False) -> _Rest | None:
         ids = torch.tensor([seq])
-        layer1 = lk.qkv_names(self.grads, 1)
-        scale = sum(float(self.grads[n].double().norm()) for n in layer1)
         best = None
         for label in range(int(self.model.config.num_labels)):
             with torch.enable_grad():
@@ -556,8 +555,8 @@ class _Peeler:
                 own = torch.autograd.grad(loss / self.batch_size, [self.params[n] for n in self.names])
             trial = {n: self.rest[n] - g.double() for n, g in zip(self.names, own)}
             if last:  # nothing may be left but the capture's rounding
-                r = sum(float(trial[n].norm()) for n in layer1) / scale
-                ok = r < math.sqrt(torch.finfo(self.grads[layer1[0]].dtype).eps)
+                r = sum(float(trial[n].norm()) for n in self.layer1) / self.scale
+                ok = r < math.sqrt(torch.finfo(self.grads[self.layer1[0]].dtype).eps)
             else:
                 r = lk.layer_span(_as_captured(trial, self.grads), 1).rank
                 ok = r == self.rank - len(seq)

@@ -163,6 +163,11 @@ class LayerSpan:
         r = self.rank
         return float(self.singular_values[r] / self.singular_values[r - 1]) if r < len(self.singular_values) else 1.0
 
+    def certifies(self, residual: float, tokens: int) -> bool:
+        """Whether a whole sentence's summed squared residual is what `tokens` true members can
+        show (each at most `floor`): the layer-1 certificate."""
+        return residual <= self.floor ** 2 * tokens
+
     @property
     def exact(self) -> bool:
         return self.gap >= MIN_GAP and self.rank < self.basis.shape[0]
@@ -210,19 +215,11 @@ def layer_span(gradients: Mapping[str, torch.Tensor], layer: int) -> LayerSpan:
     return LayerSpan(layer, vh[:r].T.contiguous(), s, r, gap, min(tol, 0.1))
 
 
-def embedding_outputs(model: torch.nn.Module, token_ids: torch.Tensor, position: int) -> torch.Tensor:
-    """LayerNorm(E[t] + P[position] + T[0]) for each t: what layer 0 receives, [N, H]."""
+def embedding_outputs(model: torch.nn.Module, token_ids: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+    """LayerNorm(E[t] + P[position] + T[0]): what layer 0 receives. One position for every token
+    ([N] -> [N, H]), or one per token along the last axis ([..., m] with positions [m] -> [..., m, H])."""
     emb = model.base_model.embeddings
     x = emb.word_embeddings.weight[token_ids] + emb.position_embeddings.weight[position]
-    if getattr(emb, "token_type_embeddings", None) is not None:
-        x = x + emb.token_type_embeddings.weight[0]
-    return emb.LayerNorm(x)
-
-
-def _embed(model: torch.nn.Module, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """What layer 0 receives for tokens [..., m] at positions [m]: [..., m, H]."""
-    emb = model.base_model.embeddings
-    x = emb.word_embeddings.weight[token_ids] + emb.position_embeddings.weight[positions]
     if getattr(emb, "token_type_embeddings", None) is not None:
         x = x + emb.token_type_embeddings.weight[0]
     return emb.LayerNorm(x)
@@ -374,11 +371,11 @@ def slot_residuals(model: torch.nn.Module, span: LayerSpan, prefixes: torch.Tens
         x_new = embedding_outputs(model, candidates, p)  # [c, H]
         c, H = x_new.shape
         d = H // heads
-        x_ctx = _embed(model, prefixes, torch.arange(p))  # [W, p, H]
+        x_ctx = embedding_outputs(model, prefixes, torch.arange(p))  # [W, p, H]
         rows = suffix if isinstance(suffix, torch.Tensor) and suffix.dim() == 2 else \
             torch.as_tensor(list(suffix), dtype=torch.long).reshape(1, -1)
         if rows.shape[1]:
-            after = _embed(model, rows, torch.arange(p + 1, p + 1 + rows.shape[1]))
+            after = embedding_outputs(model, rows, torch.arange(p + 1, p + 1 + rows.shape[1]))
             x_ctx = torch.cat([x_ctx, after.expand(W, -1, -1)], 1)
         m = x_ctx.shape[1]
 
