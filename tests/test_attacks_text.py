@@ -239,7 +239,8 @@ def test_found_sentence_is_subtracted_from_the_gradient(wide_target):
                       Knowledge.from_dict(cap.gradients.metadata["knowledge"]))
     first, second = cap.reference.token_ids
     before = lk.layer_span(obs.gradients, 1).rank
-    peeler = _Peeler(obs, wide_target.model, 2, before)
+    lengths = [len(first), len(second)]
+    peeler = _Peeler(obs, wide_target.model, lengths, before)
     rest = peeler.peel(first)
     span1, allowed = rest.span1, rest.allowed
     assert span1.rank == before - len(first)  # the label was found: the subtraction is exact
@@ -250,7 +251,53 @@ def test_found_sentence_is_subtracted_from_the_gradient(wide_target):
     wrong[2] = second[2]
     assert peeler.peel(wrong, last=True) is None  # a wrong sentence is refused, even as the last one
     assert peeler.peel(second, last=True) is not None and peeler.labels == [1, 0]
-    assert _Peeler(obs, wide_target.model, 2, before).peel(wrong) is None
+    assert _Peeler(obs, wide_target.model, lengths, before).peel(wrong) is None
+
+
+@pytest.fixture(scope="module")
+def wide_mlm_target(tmp_path_factory):
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("wide-mlm")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=256, max_position_embeddings=24)
+    BertForMaskedLM(cfg).save_pretrained(root)
+    return load_text_model(str(root), task="mlm")
+
+
+def test_masked_lm_sentences_are_peeled_with_their_masked_tokens(wide_mlm_target):
+    """The masked-LM loss averages over every masked position of the batch: a found sentence's
+    share needs its slot's masked positions and their tokens, which the peel reads off the
+    prediction-head transform gradient; a wrong sentence is refused."""
+    from textleak.attacks.exact import _Peeler
+
+    texts = ["the dog sat on the mat .", "a small bird sang", "big red cat ran"]
+    cap = textleak.capture_gradients(wide_mlm_target, texts, seed=2, mask_prob=0.3)
+    obs = Observation(cap.gradients.gradients, cap.gradients.metadata,
+                      Knowledge.from_dict(cap.gradients.metadata["knowledge"]))
+    res = textleak.recover(gradients=cap.gradients, model=wide_mlm_target, attack="exact",
+                           reference=cap.reference, unknown=["labels"], progress=False)
+    assert res.details["certified"] and res.details["peeled"] == 3
+    assert res.metrics["mean"]["exact_match"] == 1.0 and res.prediction["labels"] == cap.reference.labels
+    # by hand: the sentences as the model saw them ([MASK] and replaced tokens in place)
+    from textleak.text.batch import build_batch
+
+    tb = build_batch(wide_mlm_target.tokenizer, texts, task="mlm", labels=None, num_labels=None, mask_prob=0.3,
+                     max_positions=wide_mlm_target.max_positions, generator=torch.Generator().manual_seed(2))
+    seen = [tb.input_ids[b, :n].tolist() for b, n in enumerate(tb.lengths)]
+    before = lk.layer_span(obs.gradients, 1).rank
+    peeler = _Peeler(obs, wide_mlm_target.model, tb.lengths, before, wide_mlm_target.tokenizer.mask_token_id)
+    wrong = list(seen[0])
+    wrong[2] = seen[1][2]
+    assert peeler.peel(wrong) is None
+    rest = peeler.peel(seen[0])
+    assert rest.span1.rank == before - len(seen[0])
+    assert peeler.slots == [0] and peeler.labels == [cap.reference.labels[0]]
+    assert peeler.peel(seen[2]) is not None and peeler.peel(seen[1], last=True) is not None
+    assert peeler.slots == [0, 2, 1] and peeler.labels == [cap.reference.labels[i] for i in (0, 2, 1)]
 
 
 def test_slot_residuals_match_whole_sentence_residuals(wide_target):
@@ -295,3 +342,37 @@ def test_declared_mask_positions_pick_the_slot_of_each_sentence():
     sequences = [[101, 5, M, 7, 102], [101, M, 8, 9, 102], [101, 4, 102]]
     assert _slots_by_masks(sequences, [{1}, {2}, set()], M) == [1, 0, 2]
     assert _slots_by_masks(sequences, [{2}, {1}, set()], M) == [0, 1, 2]
+    # a slot fixed by a peel (which matched the slot's masked tokens) is kept
+    assert _slots_by_masks(sequences, [{2}, {2}, set()], M, {1: 0}) == [1, 0, 2]
+
+
+def test_word_move_places_a_word_split_in_pieces(tmp_path):
+    """No piece of a word split in three ranks well while the other two are wrong (measured on
+    MiniLM and RT; this small random model is less strict); `_anchor` tries each continuation
+    piece as a word's last piece and re-chooses the pieces before it, which restores the word."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from textleak.attacks.exact import Exact, _word_trials
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + ["mani", "##pu", "##lative", "ho", "##key"]
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    tok.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=256, max_position_embeddings=24)
+    BertForSequenceClassification(cfg).save_pretrained(tmp_path)
+    target = load_text_model(str(tmp_path), task="classify")
+    # (this random model leaves some tokens of longer sentences under the span's noise floor)
+    texts = ["a film was manipulative", "hokey song"]
+    cap = textleak.capture_gradients(target, texts, labels=[0, 1], seed=0)
+    truth = cap.reference.token_ids[0]
+    assert tok.convert_ids_to_tokens(truth[4:7]) == ["mani", "##pu", "##lative"]
+    span1 = lk.layer_span(cap.gradients.gradients, 1)
+    options = sorted({t for s in cap.reference.token_ids for t in s} - {2, 3})
+    miss = list(truth)
+    miss[4:7] = truth[1:4]  # the word overwritten by a copy of the words before it
+    pieces = {t for t in options if tok.convert_ids_to_tokens(t).startswith("##")}
+    trials = _word_trials(target.model, span1, lambda p, n=None: options, miss, True, pieces, worst=6)
+    assert truth in trials  # the word's last piece placed, the two before it re-chosen in context
+    found, residual = Exact()._anchor(target.model, span1, lambda p, n=None: options, miss, True, pieces)
+    assert found == truth and span1.certifies(residual, len(truth))

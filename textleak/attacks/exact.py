@@ -18,13 +18,17 @@ input at a position depends on the whole sentence through attention: the whole-s
 residual is ~0 only for the true sentence (the certificate). Whole sentences of each missing
 length are seeded (a cheap beam over prefixes, random draws) and settled: each token re-chosen
 as the candidate with the least layer-1 residual in the context of the rest, until none changes
-(`lk.slot_residuals` scores a candidate in context for the cost of one token). Classification
-batches are then peeled: a certified sentence's own gradient is subtracted from the batch's,
-which must drop the layer-1 rank by its length (a second certificate), and the spans and token
-set of the rest are read again; fewer sentences, fewer candidates. Misses that are true sentences
-out of place get shift moves; the search widens while it finds nothing. Masked-LM labels are
-solved per masked position from the prediction-head transform gradient, classification labels
-from the classifier weight gradient.
+(`lk.slot_residuals` scores a candidate in context for the cost of one token). Batches are then
+peeled: a certified sentence's own gradient is subtracted from the batch's, which must drop the
+layer-1 rank by its length (a second certificate), and the spans and token set of the rest are
+read again; fewer sentences, fewer candidates. Its labels are those that make the subtraction
+exact: a class (classification), or for masked-LM the declared masked positions of a slot of
+its length and, per position, the leaked masked token whose term lowers the rank of the
+prediction-head transform gradient (`_Peeler`). Misses stalled on a word split in pieces get
+word moves (`_anchor`), misses that are true sentences out of place get shift moves (`_reseat`);
+the search widens while it finds nothing. Masked-LM labels are finally solved per masked
+position from the prediction-head transform gradient, classification labels from the
+classifier weight gradient.
 
 Degrades: with no rank gap (B x L >= H, or noise) the attack raises MissingKnowledgeError
 naming the condition; an assembly that does not reach the certificate is returned with
@@ -39,6 +43,7 @@ Shapes: layer span basis [H, r]; candidates: per position a list of (token id, r
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -56,6 +61,7 @@ from ..text.decode import allowed_token_ids, ids_to_text
 from ..text.inference import infer_lengths
 from .base import ATTACKS, AttackOutput
 
+log = logging.getLogger(__name__)
 
 @ATTACKS.register("exact")
 @dataclass
@@ -92,14 +98,26 @@ class Exact:
         span1 = lk.layer_span(grads, 1) if lk.qkv_names(grads, 1) else None
         if span1 is not None and span1.rank < span0.rank:
             span1 = None  # e.g. the last layer of a classifier: only [CLS] feeds the loss there
-        peeler = _Peeler(observation, model, len(lengths), span1.rank) \
-            if observation.task == "classify" and span1 is not None else None
+        peeler = _Peeler(observation, model, lengths, span1.rank, tok.mask_token_id) \
+            if span1 is not None else None
+        masks = None
+        if observation.task == "mlm" and know.mask_positions is not None and len(know.mask_positions) == len(lengths):
+            masks = {}
+            for n, pos in zip(lengths, know.mask_positions):
+                masks.setdefault(n, []).append(set(pos))
         sequences, residuals = self._assemble(model, cands, lengths, span1, specials, tok, know.special_tokens,
-                                              peeler)
+                                              peeler, masks)
         if observation.task == "mlm" and know.mask_positions is not None and tok.mask_token_id is not None:
             # declared mask positions belong to batch slots; sentences of one length come out in
-            # any order, so each goes to the slot whose positions its [MASK] tokens occupy
-            order = _slots_by_masks(sequences, [set(p) for p in know.mask_positions], tok.mask_token_id)
+            # any order: a peeled sentence goes to the slot its peel used, the rest to the slot
+            # whose positions their [MASK] tokens occupy
+            placed = {}
+            if peeler is not None:
+                for slot, seq in zip(peeler.slots, peeler.sentences):
+                    placed.setdefault(slot, next((i for i, s in enumerate(sequences)
+                                                  if s == seq and i not in placed.values()), None))
+            order = _slots_by_masks(sequences, [set(p) for p in know.mask_positions], tok.mask_token_id,
+                                    {b: i for b, i in placed.items() if i is not None})
             sequences, residuals = [sequences[i] for i in order], [residuals[i] for i in order]
         certified = self._certified(span1, residuals, cands, lengths)
         prediction = {"token_ids": sequences}
@@ -113,6 +131,7 @@ class Exact:
             "certified": certified, "layer0_rank": span0.rank, "layer0_gap": span0.gap,
             "layer0_threshold": threshold, "layer1_rank": span1.rank if span1 else None,
             "sentence_residuals": [float(r) for r in residuals], "vocabulary": vocab_source,
+            "peeled": len(peeler.sentences) if peeler is not None and peeler.working else None,
             "candidates_per_position": [len(c) for c in cands],
             "candidates": [[t for t, _ in c] for c in cands], "seconds": time.perf_counter() - t0,
         }
@@ -132,7 +151,8 @@ class Exact:
 
     def _assemble(self, model, cands: list[list[tuple[int, float]]], lengths: Sequence[int],
                   span1: lk.LayerSpan | None, specials: set[int], tok, template: bool,
-                  peeler: "_Peeler | None" = None) -> tuple[list[list[int]], list[float]]:
+                  peeler: "_Peeler | None" = None, masks: dict[int, list[set[int]]] | None = None
+                  ) -> tuple[list[list[int]], list[float]]:
         """Sentences from per-position candidates, peeled off the batch one at a time.
 
         Each round seeds whole sentences of every missing length (the completions of one beam
@@ -148,9 +168,20 @@ class Exact:
         ends = template and cls_id is not None and sep_id is not None
         allowed: set[int] | None = None  # tokens left once found sentences are subtracted
 
-        def free(p: int) -> list[int]:
+        mask_id = tok.mask_token_id
+        # masked-LM with declared mask positions: per length, where some slot masks / every slot does
+        some = {n: set().union(*slots) for n, slots in masks.items()} if masks else {}
+        every = {n: set.intersection(*slots) for n, slots in masks.items()} if masks else {}
+        anywhere = set().union(*some.values()) if some else set()
+
+        def free(p: int, n: int | None = None) -> list[int]:
+            """Candidates at position p (in a sentence of length n, where known): [MASK] only
+            where a slot of that length declares a masked position."""
             ids = [t for t, _ in cands[p] if t not in specials and (allowed is None or t in allowed)]
-            return ids or [t for t, _ in cands[p] if t not in specials] or [cands[p][0][0]]
+            ids = ids or [t for t, _ in cands[p] if t not in specials] or [cands[p][0][0]]
+            if masks and mask_id in ids and p not in (anywhere if n is None else some.get(n, ())):
+                ids = [t for t in ids if t != mask_id] or ids
+            return ids
 
         if span1 is None or not span1.exact:  # no second layer: each position's best candidates
             sequences = [[cls_id if ends and p == 0 else sep_id if ends and p == n - 1 else
@@ -180,16 +211,28 @@ class Exact:
                 if rest.span1 is not None:
                     span1, allowed = rest.span1, rest.allowed
                     near.clear()  # measured against the old span
-                    if rest.span0 is not None and allowed:
+                    if rest.span0 is not None:
                         # fewer sentences left: fewer (token, position) pairs pass layer 0 again
+                        # (among the tokens left, or, where the embedding gradient is dense, among
+                        # the candidates so far)
+                        left = allowed if allowed else {t for c in cands for t, _ in c}
                         cands, _ = lk.position_candidates(model, rest.span0,
-                                                          torch.tensor(sorted(allowed | specials)), max(missing))
+                                                          torch.tensor(sorted(left | specials)), max(missing))
             found.append(seq)
             missing.remove(n)
             return True
 
+        # word pieces that continue a word (WordPiece's "##"): a word split in pieces is the
+        # usual place settling stalls, see `_anchor`
+        pieces = {t for c in cands for t, _ in c if str(tok.convert_ids_to_tokens(t)).startswith("##")}
+
+        def anchor(model, span1, free, seq, ends):
+            return self._anchor(model, span1, free, seq, ends, pieces)
+
         def draw(n: int) -> list[int]:
-            body = [rng.choice(free(q)) for q in range(1 if ends else 0, n - 1 if ends else n)]
+            # where every slot of this length is masked, [MASK] is what BERT's masking puts there 80% of the time
+            body = [mask_id if q in every.get(n, ()) and rng.random() < 0.8 else rng.choice(free(q, n))
+                    for q in range(1 if ends else 0, n - 1 if ends else n)]
             return [cls_id] + body + [sep_id] if ends else body
 
         widen = 1
@@ -212,15 +255,22 @@ class Exact:
                         progress |= take(seq, float(res))
             # settling stalled: larger moves on the closest misses (whole-sentence polishing, costly
             # and seldom the one that helps, only once the widest round has failed too)
-            for move in (self._reseat, self._polish):
+            for move in (anchor, self._reseat, self._polish):
                 if progress or (move == self._polish and widen < self.widen):
                     break
-                for n in sorted(set(missing)):
-                    for _, seq in sorted(near.get(n, []), key=lambda x: x[0])[:missing.count(n)]:
-                        if n in missing:
-                            progress |= take(*move(model, span1, free, seq, ends))
+                # closest misses first (residual per token), any length
+                misses = sorted(((r / n, seq) for n in set(missing)
+                                 for r, seq in sorted(near.get(n, []), key=lambda x: x[0])[:missing.count(n)]),
+                                key=lambda x: x[0])
+                for _, seq in misses:
+                    if len(seq) in missing:
+                        progress |= take(*move(model, span1, free, seq, ends))
+                log.debug("after %s: found %d", getattr(move, "__name__", move), len(found))
             # the seeds missed what is left: search wider; once something is found (and peeled off,
             # which shrinks the candidates) narrow seeding is worth trying again
+            self._trace = near  # for experiments
+            log.debug("round: widen %d, found %d, missing %s, closest misses %s", widen, len(found), missing,
+                      {n: [round(r / n, 5) for r, _ in sorted(v)[:3]] for n, v in near.items() if n in missing})
             widen = widen * 2 if not progress else 1
         if peeler is not None and not peeler.labels:
             # no sentence ever came out of the gradient (per-example clipping, dropout, a defence):
@@ -237,13 +287,13 @@ class Exact:
                        if g not in by_length.get(n, []) and not any(_follows(g, f) for f in found)]
             by_length.setdefault(n, []).append(guesses[0] if guesses else
                                                [cls_id if ends and q == 0 else sep_id if ends and q == n - 1
-                                                else free(q)[0] for q in range(n)])
+                                                else free(q, n)[0] for q in range(n)])
         sequences = [by_length[n].pop(0) for n in lengths]
         residuals = [float(r) for r in lk.sequence_residuals(model, full_span, sequences)]
         return sequences, residuals
 
     def _beam(self, model, free, wanted: dict[int, int], span1: lk.LayerSpan, ends: bool, cls_id, sep_id,
-              found: list[list[int]], batch_size: int, widen: int = 1
+              found: list[list[int]], batch_size: int, widen: int = 1, start: list[list[int]] | None = None
               ) -> dict[int, list[tuple[float, list[int]]]]:
         """One beam search over prefixes, left to right, shared by the sentences still wanted.
 
@@ -260,8 +310,8 @@ class Exact:
         # at least `trials` candidates per step: cheap where layer 0 left few tokens per position
         width = max(self.beam * batch_size, self.trials // max(widest, 1)) * widen
         stems = [f[:-1] if ends else f for f in found]
-        beams: list[list[int]] = [[cls_id]] if ends else [[]]
-        scores = torch.zeros(1, dtype=torch.double)
+        beams: list[list[int]] = start or ([[cls_id]] if ends else [[]])
+        scores = torch.zeros(len(beams), dtype=torch.double)
         finished: dict[int, list[tuple[float, list[int]]]] = {n: [] for n in wanted}
         for p in range(len(beams[0]), max(wanted) - (1 if ends else 0)):
             keep = [i for i, b in enumerate(beams) if not any(_resembles(b, s) for s in stems)]
@@ -285,7 +335,7 @@ class Exact:
                 done = [b + [sep_id] if ends else b for b in beams]
                 full = lk.sequence_residuals(model, span1, done)
                 finished[n] += [(float(r), d) for r, d in zip(full, done)]
-        if ends and 2 in wanted:
+        if ends and 2 in wanted and not start:
             finished[2] = [(float(lk.sequence_residuals(model, span1, [[cls_id, sep_id]])[0]), [cls_id, sep_id])]
         return finished
 
@@ -316,7 +366,7 @@ class Exact:
                 break
             changed = torch.zeros(len(rows), dtype=torch.bool)
             for p in inner:
-                options = torch.tensor(free(p))
+                options = torch.tensor(free(p, n))
                 cur = rows[idx]
                 scores = lk.slot_residuals(model, span1, cur[:, :p], options, cur[:, p + 1:])
                 best = options[scores.argmin(1)]
@@ -347,6 +397,30 @@ class Exact:
                 break
         return best, best_res
 
+    def _anchor(self, model, span1, free, seq: list[int], ends: bool, pieces: set[int], worst: int = 6,
+                top: int = 4) -> tuple[list[int], float]:
+        """Word moves, for a miss stalled on a word split in pieces (e.g. "mani ##pu ##lative").
+        No piece ranks well alone: in a wrong context the true pieces come ~100th of 125, so no
+        single-token change finds them. But given its last piece, the word's first piece ranks
+        first (measured on RT). So at each of the `worst` positions (highest residual in
+        context), every continuation piece is tried as the last piece of a word of two or three
+        pieces, whose first piece (then middle piece) is re-chosen in context; the `top` variants
+        that lower the whole-sentence residual most are settled."""
+        current = float(lk.sequence_residuals(model, span1, [seq])[0])
+        trials = _word_trials(model, span1, free, seq, ends, pieces, worst)
+        if not trials:
+            return seq, current
+        res = lk.sequence_residuals(model, span1, trials)
+        best_ids = [i for i in torch.argsort(res)[:top].tolist() if float(res[i]) < current]
+        best, best_res = (trials[best_ids[0]], float(res[best_ids[0]])) if best_ids else (seq, current)
+        if span1.certifies(best_res, len(seq)):
+            return best, best_res
+        candidates = self._settle(model, span1, free, [trials[i] for i in best_ids], ends)
+        for cand, r in zip(candidates, lk.sequence_residuals(model, span1, candidates).tolist() if candidates else []):
+            if r < best_res:
+                best, best_res = cand, float(r)
+        return best, best_res
+
     def _polish(self, model, span1, free, seq: list[int], ends: bool, pairs: bool = True
                 ) -> tuple[list[int], float]:
         """Coordinate descent on the whole-sentence layer-1 residual (each token in its true
@@ -361,7 +435,7 @@ class Exact:
                 break
             changed = False
             for p in inner:
-                trials, scores = _substitutions(model, span1, seq, p, [t for t in free(p) if t != seq[p]])
+                trials, scores = _substitutions(model, span1, seq, p, [t for t in free(p, len(seq)) if t != seq[p]])
                 if not trials:
                     continue
                 j = int(scores.argmin())
@@ -386,8 +460,9 @@ class Exact:
                 if q not in inner:
                     continue
                 a, b = min(p, q), max(p, q)
-                best_a, best_b = (_best(model, span1, seq, x, free(x), top) for x in (a, b))
-                pairs = {(s, t) for s in best_a for t in free(b)} | {(s, t) for s in free(a) for t in best_b}
+                n = len(seq)
+                best_a, best_b = (_best(model, span1, seq, x, free(x, n), top) for x in (a, b))
+                pairs = {(s, t) for s in best_a for t in free(b, n)} | {(s, t) for s in free(a, n) for t in best_b}
                 trials = [seq[:a] + [s, t] + seq[b + 1:] for s, t in sorted(pairs)]
                 scores = lk.sequence_residuals(model, span1, trials)
                 j = int(scores.argmin())
@@ -407,7 +482,7 @@ class Exact:
                 continue
             beams = [list(seq)]
             for q in window:
-                trials = [b[:q] + [t] + b[q + 1:] for b in beams for t in free(q)]
+                trials = [b[:q] + [t] + b[q + 1:] for b in beams for t in free(q, len(seq))]
                 scores = lk.sequence_residuals(model, span1, trials)
                 keep = torch.argsort(scores)[:width].tolist()
                 beams = [trials[i] for i in keep]
@@ -523,36 +598,57 @@ class _Rest:
 
 
 class _Peeler:
-    """Takes found sentences out of a classification batch's gradient, one at a time.
+    """Takes found sentences out of the batch's gradient, one at a time.
 
-    The batch gradient is the mean of its sentences' own gradients, and a found sentence's own
-    gradient can be recomputed exactly (eval mode, as captured) once its label is known: the
-    class whose subtraction drops the layer-1 rank by the sentence's length (for the last
-    sentence: leaves nothing but rounding). That is a second certificate: a wrong sentence, even
-    one the layer-1 residual lets pass, does not drop the rank, and `peel` refuses it (None).
+    The batch gradient is the mean of its sentences' own gradients (classification: over
+    sentences; masked-LM: over all M masked positions of the batch), and a found sentence's own
+    gradient can be recomputed exactly (eval mode, as captured) once its labels are known. The
+    labels are those whose subtraction drops the layer-1 rank by the sentence's length (for the
+    last sentence: leaves nothing but rounding). That is a second certificate: a wrong sentence,
+    even one the layer-1 residual lets pass, does not drop the rank, and `peel` refuses it (None).
+
+    Classification tries every class. Masked-LM takes the masked positions from the declared
+    ones of a batch slot of the sentence's length (its [MASK] tokens among them), and each
+    position's token from the prediction-head transform gradient A = sum_j d_j h_j^T: removing
+    the right term d_j(y) h_j^T lowers A's rank by one, which holds exactly when
+    h_j^T A^+ d_j(y) = 1 with d_j(y) in A's column space (Wedderburn's rank-one reduction); the
+    candidates y are the leaked masked tokens still counted by the output-bias gradient.
     `working` is False when the gradient lacks what the subtraction needs."""
 
-    def __init__(self, observation, model, batch_size: int, rank: int):
-        self.grads, self.model, self.batch_size = observation.gradients, model, batch_size
+    def __init__(self, observation, model, lengths: Sequence[int], rank: int, mask_id: int | None = None):
+        self.grads, self.model, self.batch_size = observation.gradients, model, len(lengths)
+        self.task, self.lengths, self.mask_id = observation.task, list(lengths), mask_id
         self.layer1 = lk.qkv_names(self.grads, 1)
         self.scale = sum(float(self.grads[n].double().norm()) for n in self.layer1)  # of what `last` leaves
         self.names = self.layer1 + lk.qkv_names(self.grads, 0)
-        self.word = lk.word_embedding_name(self.grads)
+        self.word = lk.word_embedding_name(self.grads) if lk.embedding_token_set(self.grads) is not None else None
         self.names += [self.word] if self.word else []
         self.params = dict(model.named_parameters())
-        self.working = all(n in self.params for n in self.names)
+        self.working = True
+        if self.task == "mlm":
+            know = observation.knowledge
+            self.dense = lk._find(self.grads, r"predictions\.transform\.dense\.weight$")
+            self.working = (know.mask_positions is not None and self.dense is not None and mask_id is not None
+                            and lk._find(self.grads, r"(cls\.predictions\.bias|predictions\.decoder\.bias)$")
+                            is not None and len(know.mask_positions) == len(lengths))
+            if self.working:
+                self.positions = [sorted(p) for p in know.mask_positions]
+                self.masked = sum(len(p) for p in self.positions)  # M: the loss is a mean over them
+                self.masked_left = self.masked
+                self.counts = lk.mlm_label_counts(self.grads, self.masked)
+                self.names.append(self.dense)
+                self.working = self.masked > 0
+        self.working = self.working and all(n in self.params for n in self.names)
         self.rest = {n: self.grads[n].double().clone() for n in self.names} if self.working else {}
         self.rank = rank  # of the layer-1 span of what is left
-        self.labels: list[int] = []  # the label of each sentence peeled, in order
+        self.labels: list[Any] = []  # the label(s) of each sentence peeled, in order
+        self.slots: list[int] = []  # masked-LM: the batch slot of each sentence peeled
+        self.sentences: list[list[int]] = []  # each sentence peeled, in order
 
     def peel(self, seq: list[int], last: bool = False) -> _Rest | None:
-        ids = torch.tensor([seq])
         best = None
-        for label in range(int(self.model.config.num_labels)):
-            with torch.enable_grad():
-                loss = self.model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                  token_type_ids=torch.zeros_like(ids), labels=torch.tensor([label])).loss
-                own = torch.autograd.grad(loss / self.batch_size, [self.params[n] for n in self.names])
+        for slot, labels in self._choices(seq):
+            own = self._own(seq, slot, labels)
             trial = {n: self.rest[n] - g.double() for n, g in zip(self.names, own)}
             if last:  # nothing may be left but the capture's rounding
                 r = sum(float(trial[n].norm()) for n in self.layer1) / self.scale
@@ -561,18 +657,27 @@ class _Peeler:
                 r = lk.layer_span(_as_captured(trial, self.grads), 1).rank
                 ok = r == self.rank - len(seq)
             if ok and (best is None or r < best[0]):
-                best = (r, trial, label)
+                best = (r, trial, slot, labels)
+                if not last:
+                    break
         if best is None:
             return None
+        r, trial, slot, labels = best
+        if not last:
+            left = _as_captured(trial, self.grads)
+            span = lk.layer_span(left, 1)
+            if not span.exact:
+                return None
+        self.labels.append(labels)
+        self.sentences.append(list(seq))
+        if self.task == "mlm":
+            self.slots.append(slot)
+            self.masked_left -= len(labels)
+            for t in labels:
+                self.counts[t] = self.counts.get(t, 0) - 1
         if last:
-            self.labels.append(best[2])
             return _Rest(None)
-        left = _as_captured(best[1], self.grads)
-        span = lk.layer_span(left, 1)
-        if not span.exact:
-            return None
-        self.rank, self.rest = best[0], best[1]
-        self.labels.append(best[2])
+        self.rank, self.rest = r, trial
         allowed = None
         if self.word:
             rows = self.rest[self.word].norm(dim=1)
@@ -581,10 +686,99 @@ class _Peeler:
         span0 = lk.layer_span(left, 0)
         return _Rest(span, allowed, span0 if span0.exact else None)
 
+    def _choices(self, seq: list[int]):
+        """(slot, labels) to try, likeliest first."""
+        if self.task != "mlm":
+            yield from ((None, c) for c in range(int(self.model.config.num_labels)))
+            return
+        masks = {p for p, t in enumerate(seq) if t == self.mask_id}
+        seen: list[list[int]] = []
+        for b, (n, pos) in enumerate(zip(self.lengths, self.positions)):
+            if b in self.slots or n != len(seq) or not masks <= set(pos) or pos in seen or not pos:
+                continue
+            seen.append(pos)
+            ranked = self._ranked_tokens(seq, pos)
+            first = [r[0] for r in ranked]
+            yield b, first
+            for i, r in enumerate(ranked):  # one position's runner-up at a time
+                if len(r) > 1:
+                    yield b, first[:i] + [r[1]] + first[i + 1:]
+
+    def _own(self, seq: list[int], slot, labels) -> tuple[torch.Tensor, ...]:
+        ids = torch.tensor([seq])
+        if self.task == "mlm":
+            target = torch.full_like(ids, -100)
+            target[0, self.positions[slot]] = torch.tensor(labels)
+            share = len(labels) / self.masked  # the loss averages over the whole batch's masked positions
+        else:
+            target, share = torch.tensor([labels]), 1 / self.batch_size
+        with torch.enable_grad():
+            loss = self.model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                              token_type_ids=torch.zeros_like(ids), labels=target).loss
+            return torch.autograd.grad(loss * share, [self.params[n] for n in self.names])
+
+    def _ranked_tokens(self, seq: list[int], pos: list[int], keep: int = 2) -> list[list[int]]:
+        """Per masked position, the `keep` leaked tokens whose term best reduces the rank of
+        the transform gradient left."""
+        cand = [t for t, c in self.counts.items() if c > 0] or list(self.counts)
+        A = self.rest[self.dense]
+        U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+        r = max(1, min(self.masked_left, len(S)))
+        U, S, V = U[:, :r], S[:r], Vh[:r].T
+        transform = self.model.get_submodule(self.dense[: -len(".dense.weight")])
+        ids = torch.tensor([seq])
+        with torch.no_grad():
+            h = self.model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                      token_type_ids=torch.zeros_like(ids)).last_hidden_state[0, pos]
+        with torch.enable_grad():
+            pre = transform.dense(h).detach().requires_grad_()
+            logits = self.model.get_output_embeddings()(transform.LayerNorm(transform.transform_act_fn(pre)))
+            probs = logits.softmax(-1).detach()
+            expected = torch.autograd.grad((probs * logits).sum(), pre, retain_graph=True)[0].double()
+            left = (h.double() @ V) / S  # h_j^T A^+ = h_j^T V S^-1 U^T
+            scores = torch.empty(len(pos), len(cand), dtype=torch.double)
+            for j, v in enumerate(cand):
+                jv = torch.autograd.grad(logits[:, v].sum(), pre, retain_graph=True)[0].double()
+                d = (expected - jv) / self.masked  # dL/dpre_j were the label v
+                coef = U.T @ d.T  # [r, k]
+                inside = (left * coef.T).sum(1)
+                outside = (d - (U @ coef).T).norm(dim=1) / d.norm(dim=1).clamp_min(1e-300)
+                scores[:, j] = (inside - 1).abs() + outside
+        order = torch.argsort(scores, dim=1)[:, :keep]
+        return [[cand[j] for j in row] for row in order.tolist()]
+
 
 def _as_captured(values: dict[str, torch.Tensor], grads) -> dict[str, torch.Tensor]:
     """Back to the shared gradient's dtype: the span's noise floor is set by its precision."""
     return {n: v.to(grads[n].dtype) for n, v in values.items()}
+
+
+def _word_trials(model, span1, free, seq: list[int], ends: bool, pieces: set[int], worst: int) -> list[list[int]]:
+    """`seq` with each continuation piece as the last piece of a two- or three-piece word ending at
+    one of the `worst` positions (highest layer-1 residual in context), the pieces before it
+    re-chosen in context: the first one past the gap first (it ranks well once the word's end is
+    there), then the middle one."""
+    inner = range(1, len(seq) - 1) if ends else range(len(seq))
+    profile = lk.position_residuals(model, span1, seq)
+    worst_at = [q for q in torch.argsort(profile, descending=True).tolist() if q in inner][:worst]
+    trials: list[list[int]] = []
+    for q in worst_at:
+        last = [c for c in free(q, len(seq)) if c in pieces and c != seq[q]]
+        if not last:
+            continue
+        base = torch.tensor(seq).repeat(len(last), 1)
+        base[:, q] = torch.tensor(last)
+        for k in (1, 2):
+            if q - k not in inner:
+                continue
+            rows = base.clone()
+            for j in ([q - 1] if k == 1 else [q - 2, q - 1]):
+                options = torch.tensor(free(j, len(seq)))
+                gap_end = q if j == q - 2 else j + 1
+                scores = lk.slot_residuals(model, span1, rows[:, :j], options, rows[:, gap_end:], suffix_at=gap_end)
+                rows[:, j] = options[scores.argmin(1)]
+            trials += rows.tolist()
+    return trials
 
 
 def _substitutions(model, span1, seq: list[int], p: int, options: list[int]
@@ -600,12 +794,17 @@ def _best(model, span1, seq: list[int], p: int, options: list[int], top: int) ->
     return [options[i] for i in torch.argsort(scores)[:top].tolist()]
 
 
-def _slots_by_masks(sequences: list[list[int]], positions: list[set[int]], mask_id: int) -> list[int]:
+def _slots_by_masks(sequences: list[list[int]], positions: list[set[int]], mask_id: int,
+                    fixed: dict[int, int] | None = None) -> list[int]:
     """For each slot, the index of the sentence (of the slot's length) whose [MASK] positions
-    best agree with the slot's declared ones."""
-    free_ = list(range(len(sequences)))
+    best agree with the slot's declared ones; `fixed` slots (slot -> sentence) are kept."""
+    fixed = fixed or {}
+    free_ = [i for i in range(len(sequences)) if i not in fixed.values()]
     order = []
     for b, want in enumerate(positions):
+        if b in fixed:
+            order.append(fixed[b])
+            continue
         same = [i for i in free_ if len(sequences[i]) == len(sequences[b])] or free_
         have = {i: {p for p, t in enumerate(sequences[i]) if t == mask_id} for i in same}
         i = max(same, key=lambda i: (len(have[i] & want) - len(have[i] ^ want), -abs(i - b)))

@@ -350,11 +350,13 @@ def sequence_residuals(model: torch.nn.Module, span: LayerSpan, sequences: Seque
 
 
 def slot_residuals(model: torch.nn.Module, span: LayerSpan, prefixes: torch.Tensor, candidates: torch.Tensor,
-                   suffix: Sequence[int] | torch.Tensor = ()) -> torch.Tensor:
+                   suffix: Sequence[int] | torch.Tensor = (), suffix_at: int | None = None,
+                   at: int | None = None) -> torch.Tensor:
     """Squared layer-1 residual of each candidate token [c] placed at position p after each
-    prefix [W, p], followed by `suffix` (the tokens at positions p+1...: one list for every
-    prefix, or one row [W, m] each), attending to those tokens only (an unknown rest is left
-    out): [W, c].
+    prefix [W, p], followed by `suffix` (the tokens at positions p+1..., or from `suffix_at` on:
+    one list for every prefix, or one row [W, m] each), attending to those tokens only (an
+    unknown rest, or gap, is left out): [W, c]. `at` places the candidate past a gap after the
+    prefix (default: right after it).
 
     With no suffix it equals `partial_residuals(...)[:, -1]` for every (prefix, candidate); with
     the rest of a sentence as suffix, it is that position's share of `sequence_residuals`. It costs
@@ -366,16 +368,18 @@ def slot_residuals(model: torch.nn.Module, span: LayerSpan, prefixes: torch.Tens
     layer = model.base_model.encoder.layer[0]
     attn = layer.attention.self
     heads = model.config.num_attention_heads
-    W, p = prefixes.shape
+    W, k = prefixes.shape
+    p = k if at is None else at
     with torch.no_grad():
         x_new = embedding_outputs(model, candidates, p)  # [c, H]
         c, H = x_new.shape
         d = H // heads
-        x_ctx = embedding_outputs(model, prefixes, torch.arange(p))  # [W, p, H]
+        x_ctx = embedding_outputs(model, prefixes, torch.arange(k))  # [W, k, H]
         rows = suffix if isinstance(suffix, torch.Tensor) and suffix.dim() == 2 else \
             torch.as_tensor(list(suffix), dtype=torch.long).reshape(1, -1)
         if rows.shape[1]:
-            after = embedding_outputs(model, rows, torch.arange(p + 1, p + 1 + rows.shape[1]))
+            first = p + 1 if suffix_at is None else suffix_at
+            after = embedding_outputs(model, rows, torch.arange(first, first + rows.shape[1]))
             x_ctx = torch.cat([x_ctx, after.expand(W, -1, -1)], 1)
         m = x_ctx.shape[1]
 
