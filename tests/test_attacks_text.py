@@ -80,20 +80,24 @@ def test_exact_recovers_a_batch_of_two_with_labels(targets, task):
     assert res.metrics["mean"]["label_accuracy"] == 1.0
 
 
-@pytest.fixture(scope="module")
-def wide_target(tmp_path_factory):
-    """Hidden 128: a 64-wide random model maps too many wrong sentences into the layer-1 span
-    of a 27-token batch for its certificate to single out the true ones."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+def _wide_model(root, task: str, extra_words: tuple[str, ...] = ()):
+    """A random 2-layer BERT 128 wide, saved and loaded the real way. Hidden 128: a 64-wide
+    random model maps too many wrong sentences into the layer-1 span of a 27-token batch for its
+    certificate to single out the true ones."""
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
 
-    root = tmp_path_factory.mktemp("wide-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + list(extra_words)
     BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=256, max_position_embeddings=24)
-    BertForSequenceClassification(cfg).save_pretrained(root)
-    return load_text_model(str(root), task="classify")
+    (BertForMaskedLM if task == "mlm" else BertForSequenceClassification)(cfg).save_pretrained(root)
+    return load_text_model(str(root), task=task)
+
+
+@pytest.fixture(scope="module")
+def wide_target(tmp_path_factory):
+    return _wide_model(tmp_path_factory.mktemp("wide-bert"), "classify")
 
 
 def test_exact_recovers_a_batch_of_four_sharing_words(wide_target):
@@ -256,16 +260,7 @@ def test_found_sentence_is_subtracted_from_the_gradient(wide_target):
 
 @pytest.fixture(scope="module")
 def wide_mlm_target(tmp_path_factory):
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
-
-    root = tmp_path_factory.mktemp("wide-mlm")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=256, max_position_embeddings=24)
-    BertForMaskedLM(cfg).save_pretrained(root)
-    return load_text_model(str(root), task="mlm")
+    return _wide_model(tmp_path_factory.mktemp("wide-mlm"), "mlm")
 
 
 def test_masked_lm_sentences_are_peeled_with_their_masked_tokens(wide_mlm_target):
@@ -350,18 +345,10 @@ def test_word_move_places_a_word_split_in_pieces(tmp_path):
     """No piece of a word split in three ranks well while the other two are wrong (measured on
     MiniLM and RT; this small random model is less strict); `_anchor` tries each continuation
     piece as a word's last piece and re-chooses the pieces before it, which restores the word."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
     from textleak.attacks.exact import Exact, _word_trials
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + ["mani", "##pu", "##lative", "ho", "##key"]
-    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    tok.save_pretrained(tmp_path)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=256, max_position_embeddings=24)
-    BertForSequenceClassification(cfg).save_pretrained(tmp_path)
-    target = load_text_model(str(tmp_path), task="classify")
+    target = _wide_model(tmp_path, "classify", ("mani", "##pu", "##lative", "ho", "##key"))
+    tok = target.tokenizer
     # (this random model leaves some tokens of longer sentences under the span's noise floor)
     texts = ["a film was manipulative", "hokey song"]
     cap = textleak.capture_gradients(target, texts, labels=[0, 1], seed=0)

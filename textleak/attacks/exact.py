@@ -93,6 +93,7 @@ class Exact:
             inferred, note = infer_lengths(observation, target)
             lengths, assumed["seq_lengths"] = list(inferred), note
         vocab, vocab_source = self._vocabulary(grads, tok, observation.task)
+        vocab = vocab[vocab < model.get_input_embeddings().num_embeddings]
         cands, threshold = lk.position_candidates(model, span0, vocab, max(lengths))
         specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
         span1 = lk.layer_span(grads, 1) if lk.qkv_names(grads, 1) else None
@@ -101,7 +102,8 @@ class Exact:
         peeler = _Peeler(observation, model, lengths, span1.rank, tok.mask_token_id) \
             if span1 is not None else None
         masks = None
-        if observation.task == "mlm" and know.mask_positions is not None and len(know.mask_positions) == len(lengths):
+        if observation.task == "mlm" and know.mask_positions is not None and know.seq_lengths is not None \
+                and len(know.mask_positions) == len(lengths):  # slots and their lengths declared together
             masks = {}
             for n, pos in zip(lengths, know.mask_positions):
                 masks.setdefault(n, []).append(set(pos))
@@ -145,8 +147,12 @@ class Exact:
         leaked = lk.embedding_token_set(grads)
         if leaked is not None:
             return leaked, "nonzero rows of the word-embedding gradient"
+        if task == "mlm":
+            # BERT's masking swaps 10% of the chosen tokens for a random id of the whole
+            # vocabulary, [unusedN] rows included: every id is tested
+            return torch.arange(len(tok)), "whole vocabulary, every id (masked-LM swaps in random ids)"
         ids = allowed_token_ids(tok).tolist()
-        extra = [tok.cls_token_id, tok.sep_token_id] + ([tok.mask_token_id] if task == "mlm" else [])
+        extra = [tok.cls_token_id, tok.sep_token_id]
         return torch.tensor(sorted(set(ids) | {i for i in extra if i is not None})), "whole vocabulary"
 
     def _assemble(self, model, cands: list[list[tuple[int, float]]], lengths: Sequence[int],
@@ -628,7 +634,9 @@ class _Peeler:
         if self.task == "mlm":
             know = observation.knowledge
             self.dense = lk._find(self.grads, r"predictions\.transform\.dense\.weight$")
-            self.working = (know.mask_positions is not None and self.dense is not None and mask_id is not None
+            # a slot's masked positions go with its length: both must be declared
+            self.working = (know.mask_positions is not None and know.seq_lengths is not None
+                            and self.dense is not None and mask_id is not None
                             and lk._find(self.grads, r"(cls\.predictions\.bias|predictions\.decoder\.bias)$")
                             is not None and len(know.mask_positions) == len(lengths))
             if self.working:
