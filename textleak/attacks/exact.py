@@ -274,7 +274,6 @@ class Exact:
                 log.debug("after %s: found %d", getattr(move, "__name__", move), len(found))
             # the seeds missed what is left: search wider; once something is found (and peeled off,
             # which shrinks the candidates) narrow seeding is worth trying again
-            self._trace = near  # for experiments
             log.debug("round: widen %d, found %d, missing %s, closest misses %s", widen, len(found), missing,
                       {n: [round(r / n, 5) for r, _ in sorted(v)[:3]] for n, v in near.items() if n in missing})
             widen = widen * 2 if not progress else 1
@@ -299,7 +298,7 @@ class Exact:
         return sequences, residuals
 
     def _beam(self, model, free, wanted: dict[int, int], span1: lk.LayerSpan, ends: bool, cls_id, sep_id,
-              found: list[list[int]], batch_size: int, widen: int = 1, start: list[list[int]] | None = None
+              found: list[list[int]], batch_size: int, widen: int = 1
               ) -> dict[int, list[tuple[float, list[int]]]]:
         """One beam search over prefixes, left to right, shared by the sentences still wanted.
 
@@ -316,8 +315,8 @@ class Exact:
         # at least `trials` candidates per step: cheap where layer 0 left few tokens per position
         width = max(self.beam * batch_size, self.trials // max(widest, 1)) * widen
         stems = [f[:-1] if ends else f for f in found]
-        beams: list[list[int]] = start or ([[cls_id]] if ends else [[]])
-        scores = torch.zeros(len(beams), dtype=torch.double)
+        beams: list[list[int]] = [[cls_id]] if ends else [[]]
+        scores = torch.zeros(1, dtype=torch.double)
         finished: dict[int, list[tuple[float, list[int]]]] = {n: [] for n in wanted}
         for p in range(len(beams[0]), max(wanted) - (1 if ends else 0)):
             keep = [i for i, b in enumerate(beams) if not any(_resembles(b, s) for s in stems)]
@@ -341,7 +340,7 @@ class Exact:
                 done = [b + [sep_id] if ends else b for b in beams]
                 full = lk.sequence_residuals(model, span1, done)
                 finished[n] += [(float(r), d) for r, d in zip(full, done)]
-        if ends and 2 in wanted and not start:
+        if ends and 2 in wanted:
             finished[2] = [(float(lk.sequence_residuals(model, span1, [[cls_id, sep_id]])[0]), [cls_id, sep_id])]
         return finished
 
