@@ -408,8 +408,8 @@ class Exact:
         No piece ranks well alone: in a wrong context the true pieces come ~100th of 125, so no
         single-token change finds them. But given its last piece, the word's first piece ranks
         first (measured on RT). So at each of the `worst` positions (highest residual in
-        context), every continuation piece is tried as the last piece of a word of two or three
-        pieces, whose first piece (then middle piece) is re-chosen in context; the `top` variants
+        context), every continuation piece is tried as the last piece of a word of two to four
+        pieces, whose first piece (then middle pieces) is re-chosen in context; the `top` variants
         that lower the whole-sentence residual most are settled."""
         current = float(lk.sequence_residuals(model, span1, [seq])[0])
         trials = _word_trials(model, span1, free, seq, ends, pieces, worst)
@@ -761,10 +761,10 @@ def _as_captured(values: dict[str, torch.Tensor], grads) -> dict[str, torch.Tens
 
 
 def _word_trials(model, span1, free, seq: list[int], ends: bool, pieces: set[int], worst: int) -> list[list[int]]:
-    """`seq` with each continuation piece as the last piece of a two- or three-piece word ending at
-    one of the `worst` positions (highest layer-1 residual in context), the pieces before it
+    """`seq` with each continuation piece as the last piece of a word of two to four pieces ending
+    at one of the `worst` positions (highest layer-1 residual in context), the pieces before it
     re-chosen in context: the first one past the gap first (it ranks well once the word's end is
-    there), then the middle one."""
+    there), then the middle ones."""
     inner = range(1, len(seq) - 1) if ends else range(len(seq))
     profile = lk.position_residuals(model, span1, seq)
     worst_at = [q for q in torch.argsort(profile, descending=True).tolist() if q in inner][:worst]
@@ -775,14 +775,14 @@ def _word_trials(model, span1, free, seq: list[int], ends: bool, pieces: set[int
             continue
         base = torch.tensor(seq).repeat(len(last), 1)
         base[:, q] = torch.tensor(last)
-        for k in (1, 2):
+        for k in (1, 2, 3):  # pieces before the last one
             if q - k not in inner:
                 continue
             rows = base.clone()
-            for j in ([q - 1] if k == 1 else [q - 2, q - 1]):
+            for j in range(q - k, q):
                 options = torch.tensor(free(j, len(seq)))
-                gap_end = q if j == q - 2 else j + 1
-                scores = lk.slot_residuals(model, span1, rows[:, :j], options, rows[:, gap_end:], suffix_at=gap_end)
+                # each piece sees the pieces chosen before it and, past the unfilled ones, the last
+                scores = lk.slot_residuals(model, span1, rows[:, :j], options, rows[:, q:], suffix_at=q)
                 rows[:, j] = options[scores.argmin(1)]
             trials += rows.tolist()
     return trials
