@@ -563,7 +563,6 @@ class Exact:
         gradient counts it (per-position best choices can take one token twice and drop another)."""
         grads = observation.gradients
         dense_name = lk._need(grads, r"predictions\.transform\.dense\.weight$", "masked-token recovery")
-        transform = model.get_submodule(dense_name[: -len(".dense.weight")])
         counts = lk.mlm_label_counts(grads, len(index))
         cand = torch.tensor(sorted(counts))
         ids, mask = Exact._forward_batch(model, sequences)
@@ -573,15 +572,9 @@ class Exact:
         hm = torch.stack([hidden[b, p] for b, p in index]).double()
         M = len(index)
         D = (grads[dense_name].double() @ torch.linalg.pinv(hm)).T  # [M, H]: per-position dL/dpre
-        pre = transform.dense(hm.float()).detach().requires_grad_()
-        logits = model.get_output_embeddings()(transform.LayerNorm(transform.transform_act_fn(pre)))
-        probs = logits.softmax(-1).detach()
-        expected = torch.autograd.grad((probs * logits).sum(), pre, retain_graph=True)[0].double()
+        expected, per_token = _head_label_terms(model, dense_name, hm, cand.tolist())
         u = expected - M * D  # = J_i^T e_{y_i}
-        scores = torch.empty(M, len(cand), dtype=torch.double)
-        for j, v in enumerate(cand.tolist()):
-            jv = torch.autograd.grad(logits[:, v].sum(), pre, retain_graph=True)[0].double()
-            scores[:, j] = (u - jv).norm(dim=1)
+        scores = (u[None] - per_token).norm(dim=2).T  # [M, candidates]
         slots = [j for j, v in enumerate(cand.tolist()) for _ in range(counts[v])]
         if len(slots) != M:  # counts not usable (rounding): each position's best candidate
             return cand[scores.argmin(1)].tolist()
@@ -636,8 +629,8 @@ class _Peeler:
             # a slot's masked positions go with its length: both must be declared
             self.working = (know.mask_positions is not None and know.seq_lengths is not None
                             and self.dense is not None and mask_id is not None
-                            and lk._find(self.grads, r"(cls\.predictions\.bias|predictions\.decoder\.bias)$")
-                            is not None and len(know.mask_positions) == len(lengths))
+                            and lk._find(self.grads, lk.MLM_OUTPUT_BIAS) is not None
+                            and len(know.mask_positions) == len(lengths))
             if self.working:
                 self.positions = [sorted(p) for p in know.mask_positions]
                 self.masked = sum(len(p) for p in self.positions)  # M: the loss is a mean over them
@@ -732,27 +725,36 @@ class _Peeler:
         U, S, Vh = torch.linalg.svd(A, full_matrices=False)
         r = max(1, min(self.masked_left, len(S)))
         U, S, V = U[:, :r], S[:r], Vh[:r].T
-        transform = self.model.get_submodule(self.dense[: -len(".dense.weight")])
         ids = torch.tensor([seq])
         with torch.no_grad():
             h = self.model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids),
                                       token_type_ids=torch.zeros_like(ids)).last_hidden_state[0, pos]
-        with torch.enable_grad():
-            pre = transform.dense(h).detach().requires_grad_()
-            logits = self.model.get_output_embeddings()(transform.LayerNorm(transform.transform_act_fn(pre)))
-            probs = logits.softmax(-1).detach()
-            expected = torch.autograd.grad((probs * logits).sum(), pre, retain_graph=True)[0].double()
-            left = (h.double() @ V) / S  # h_j^T A^+ = h_j^T V S^-1 U^T
-            scores = torch.empty(len(pos), len(cand), dtype=torch.double)
-            for j, v in enumerate(cand):
-                jv = torch.autograd.grad(logits[:, v].sum(), pre, retain_graph=True)[0].double()
-                d = (expected - jv) / self.masked  # dL/dpre_j were the label v
-                coef = U.T @ d.T  # [r, k]
-                inside = (left * coef.T).sum(1)
-                outside = (d - (U @ coef).T).norm(dim=1) / d.norm(dim=1).clamp_min(1e-300)
-                scores[:, j] = (inside - 1).abs() + outside
+        expected, per_token = _head_label_terms(self.model, self.dense, h, cand)
+        d = (expected[None] - per_token) / self.masked  # [candidates, k, H]: dL/dpre_j were the label v
+        left = (h.double() @ V) / S  # h_j^T A^+ = h_j^T V S^-1 U^T
+        coef = d @ U  # [candidates, k, r]
+        inside = (coef * left[None]).sum(-1)
+        outside = (d - coef @ U.T).norm(dim=-1) / d.norm(dim=-1).clamp_min(1e-300)
+        scores = ((inside - 1).abs() + outside).T  # [k, candidates]
         order = torch.argsort(scores, dim=1)[:, :keep]
         return [[cand[j] for j in row] for row in order.tolist()]
+
+
+def _head_label_terms(model, dense_name: str, h: torch.Tensor, tokens: Sequence[int]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For hidden states h [k, H] entering the masked-LM head (whose transform is `dense_name`'s
+    module): J^T p [k, H] and J^T e_v for each of `tokens` [len(tokens), k, H], in double, where J
+    is the logits' Jacobian in the transform's pre-activation; the cross-entropy gradient there,
+    label v, is J^T p - J^T e_v."""
+    transform = model.get_submodule(dense_name[: -len(".dense.weight")])
+    with torch.enable_grad():
+        pre = transform.dense(h.float()).detach().requires_grad_()
+        logits = model.get_output_embeddings()(transform.LayerNorm(transform.transform_act_fn(pre)))
+        probs = logits.softmax(-1).detach()
+        expected = torch.autograd.grad((probs * logits).sum(), pre, retain_graph=True)[0].double()
+        per_token = torch.stack([torch.autograd.grad(logits[:, v].sum(), pre, retain_graph=True)[0].double()
+                                 for v in tokens])
+    return expected, per_token
 
 
 def _as_captured(values: dict[str, torch.Tensor], grads) -> dict[str, torch.Tensor]:

@@ -29,6 +29,8 @@ from ..errors import MissingKnowledgeError
 
 #: below this ratio between consecutive singular values there is no usable rank gap
 MIN_GAP = 10.0
+#: the masked-LM output bias, whose gradient counts the masked tokens
+MLM_OUTPUT_BIAS = r"(cls\.predictions\.bias|predictions\.decoder\.bias|lm_head\.bias)$"
 
 
 def _find(gradients: Mapping[str, torch.Tensor], pattern: str) -> str | None:
@@ -82,8 +84,7 @@ def assign_class_labels(gradients: Mapping[str, torch.Tensor], pooled: torch.Ten
 
 def mlm_label_counts(gradients: Mapping[str, torch.Tensor], n_masked: int | None) -> dict[int, int]:
     """Masked tokens and their counts from the output-bias gradient (negative entries)."""
-    name = _need(gradients, r"(cls\.predictions\.bias|predictions\.decoder\.bias|lm_head\.bias)$",
-                 "masked-token recovery")
+    name = _need(gradients, MLM_OUTPUT_BIAS, "masked-token recovery")
     g = gradients[name].double()
     neg = (g < 0).nonzero().flatten()
     if n_masked is None:
@@ -359,13 +360,11 @@ def sequence_residuals(model: torch.nn.Module, span: LayerSpan, sequences: Seque
 
 
 def slot_residuals(model: torch.nn.Module, span: LayerSpan, prefixes: torch.Tensor, candidates: torch.Tensor,
-                   suffix: Sequence[int] | torch.Tensor = (), suffix_at: int | None = None,
-                   at: int | None = None) -> torch.Tensor:
+                   suffix: Sequence[int] | torch.Tensor = (), suffix_at: int | None = None) -> torch.Tensor:
     """Squared layer-1 residual of each candidate token [c] placed at position p after each
     prefix [W, p], followed by `suffix` (the tokens at positions p+1..., or from `suffix_at` on:
     one list for every prefix, or one row [W, m] each), attending to those tokens only (an
-    unknown rest, or gap, is left out): [W, c]. `at` places the candidate past a gap after the
-    prefix (default: right after it).
+    unknown rest, or gap, is left out): [W, c].
 
     With no suffix it equals `partial_residuals(...)[:, -1]` for every (prefix, candidate); with
     the rest of a sentence as suffix, it is that position's share of `sequence_residuals`. It costs
@@ -377,13 +376,12 @@ def slot_residuals(model: torch.nn.Module, span: LayerSpan, prefixes: torch.Tens
     layer = model.base_model.encoder.layer[0]
     attn = layer.attention.self
     heads = model.config.num_attention_heads
-    W, k = prefixes.shape
-    p = k if at is None else at
+    W, p = prefixes.shape
     with torch.no_grad():
         x_new = embedding_outputs(model, candidates, p)  # [c, H]
         c, H = x_new.shape
         d = H // heads
-        x_ctx = embedding_outputs(model, prefixes, torch.arange(k))  # [W, k, H]
+        x_ctx = embedding_outputs(model, prefixes, torch.arange(p))  # [W, p, H]
         rows = suffix if isinstance(suffix, torch.Tensor) and suffix.dim() == 2 else \
             torch.as_tensor(list(suffix), dtype=torch.long).reshape(1, -1)
         if rows.shape[1]:
