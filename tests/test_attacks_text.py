@@ -315,6 +315,10 @@ def test_slot_residuals_match_whole_sentence_residuals(wide_target):
     trials = torch.cat([torch.cat([prefixes.repeat_interleave(3, 0), options.repeat(2)[:, None]], 1)])
     ref = lk.partial_residuals(model, span1, trials, torch.arange(p + 1).expand_as(trials))[:, -1].reshape(2, 3)
     assert torch.allclose(alone, ref, rtol=1e-3, atol=1e-9)
+    with lk.layer0_table(model, 2):  # looked up, not recomputed: the same numbers, up to rounding
+        assert torch.allclose(lk.slot_residuals(model, span1, prefixes, options), alone, rtol=1e-5)
+        assert torch.allclose(lk.slot_residuals(model, span1, torch.tensor([seq[:p]]), options, seq[p + 1:])[0],
+                              in_context, rtol=1e-5)
 
 
 def test_shifted_variants_keep_length_and_ends():
@@ -363,3 +367,64 @@ def test_word_move_places_a_word_split_in_pieces(tmp_path):
     assert truth in trials  # the word's last piece placed, the two before it re-chosen in context
     found, residual = Exact()._anchor(target.model, span1, lambda p, n=None: options, miss, True, pieces)
     assert found == truth and span1.certifies(residual, len(truth))
+
+
+def test_embedding_gradients_place_tokens_at_their_positions(wide_target, targets):
+    """Each occurrence's share of the word- and position-embedding rows is orthogonal to its own
+    LayerNorm input: a token standing at one position is placed there and nowhere else, and every
+    true (token, position) pair stays allowed."""
+    texts = ["the dog sat on the mat .", "a small dog sat", "a bird sang the song", "big cat ran"]
+    cap = textleak.capture_gradients(wide_target, texts, labels=[0, 1, 1, 0], seed=1)
+    ids, grads = cap.reference.token_ids, cap.gradients.gradients
+    L = max(map(len, ids))
+    found = lk.token_positions(wide_target.model, grads, lk.embedding_token_set(grads).tolist(), L)
+    where: dict[int, set[int]] = {}
+    for s in ids:
+        for i, t in enumerate(s):
+            where.setdefault(t, set()).add(i)
+    assert all(s[i] in found.allowed[i] for s in ids for i in range(len(s)))
+    single = [t for t, at in where.items() if len(at) == 1]
+    assert single and all(found.placed.get(t) == where[t] for t in single)
+    assert all(t not in found.allowed[i] for t in single for i in range(L) if i not in where[t])
+    vocab = {"dog": wide_target.tokenizer.convert_tokens_to_ids("dog")}
+    assert found.placed.get(vocab["dog"]) in (None, where[vocab["dog"]])  # at 2 positions: placed only if separated
+    # noise hides the orthogonality: nothing is placed, nothing is barred
+    noisy = {n: g + 1e-3 * torch.randn_like(g) * g.abs().max() if "embeddings" in n else g for n, g in grads.items()}
+    rows = noisy[lk.word_embedding_name(noisy)]
+    rows[(grads[lk.word_embedding_name(grads)].abs().sum(1) == 0)] = 0  # still sparse, as an untied head leaves it
+    blurred = lk.token_positions(wide_target.model, noisy, lk.embedding_token_set(noisy).tolist(), L)
+    assert not blurred.placed and all(s[i] in blurred.allowed[i] for s in ids for i in range(len(s)))
+    # a tied masked-LM head writes to every row: nothing to read
+    mlm = textleak.capture_gradients(targets["mlm"], texts[:2], seed=1)
+    assert lk.token_positions(targets["mlm"].model, mlm.gradients.gradients, [5, 6], L) is None
+
+
+def test_exact_drops_a_wrong_placement_and_still_recovers(targets, monkeypatch):
+    """A chance orthogonality could place a token where it does not stand, barring its sentence:
+    once the search within the placements fails, it goes on over every layer-0 candidate."""
+    texts = ["the big dog ran", "a small red bird sang ."]
+    cap = textleak.capture_gradients(targets["classify"], texts, labels=[0, 1], seed=3)
+    real = lk.token_positions
+
+    def misplaced(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if out is not None:
+            t = cap.reference.token_ids[0][2]
+            for i, allowed in enumerate(out.allowed):
+                allowed.discard(t)
+            out.allowed[3].add(t)
+        return out
+
+    monkeypatch.setattr(lk, "token_positions", misplaced)
+    res = textleak.recover(gradients=cap.gradients, model=targets["classify"], attack="exact",
+                           reference=cap.reference, unknown=["labels"], progress=False,
+                           options={"widen": 1})
+    assert res.details["certified"] and res.metrics["mean"]["exact_match"] == 1.0
+
+
+def test_a_miss_past_a_shorter_sentence_is_cut_to_it():
+    from textleak.attacks.exact import _cuts
+
+    miss = [101, 5, 6, 7, 42, 43, 102]  # a 5-token sentence [101, 5, 6, 7, 102] and two stray tokens
+    assert _cuts(miss, [5, 7, 9], ends=True, sep_id=102) == [[101, 5, 6, 7, 102]]
+    assert _cuts(miss, [3, 5], ends=False, sep_id=None) == [miss[:3], miss[:5]]

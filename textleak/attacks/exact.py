@@ -13,7 +13,11 @@ right singular vectors; rank at the last clear singular-value drop; threshold at
 the residuals) finds the input tokens. Because position embeddings are additive, a token seen at
 one position can also pass at another: once the batch has more tokens than distinct tokens plus
 positions (MiniLM, CoLA: about batch 8) the layer-0 span holds every (batch token, position)
-pair, so layer 0 yields per-position candidate sets. Sentences are assembled at layer 1, whose
+pair, and layer 0 no longer tells positions apart. Where the word-embedding gradient is sparse
+(untied heads: classification), it does: each occurrence's share of a word- and a
+position-embedding row is orthogonal to its own LayerNorm input, which places every token that
+stands at one position in the batch (`lk.token_positions`; RT, batch 8: 117 candidates per
+position become 17, for 5 true ones; recipes/token_positions.py). Sentences are assembled at layer 1, whose
 input at a position depends on the whole sentence through attention: the whole-sentence layer-1
 residual is ~0 only for the true sentence (the certificate). Whole sentences of each missing
 length are seeded (a cheap beam over prefixes, random draws) and settled: each token re-chosen
@@ -25,8 +29,9 @@ read again; fewer sentences, fewer candidates. Its labels are those that make th
 exact: a class (classification), or for masked-LM the declared masked positions of a slot of
 its length and, per position, the leaked masked token whose term lowers the rank of the
 prediction-head transform gradient (`_Peeler`). Misses stalled on a word split in pieces get
-word moves (`_anchor`), misses that are true sentences out of place get shift moves (`_reseat`);
-the search widens while it finds nothing. Masked-LM labels are finally solved per masked
+word moves (`_anchor`), misses that are true sentences out of place get shift moves (`_reseat`),
+misses that settled into a sentence of another length are cut (`_cuts`) or grown (`_grow`) to
+the lengths still missing; the search widens while it finds nothing. Masked-LM labels are finally solved per masked
 position from the prediction-head transform gradient, classification labels from the
 classifier weight gradient.
 
@@ -95,11 +100,14 @@ class Exact:
         vocab, vocab_source = self._vocabulary(grads, tok, observation.task)
         vocab = vocab[vocab < model.get_input_embeddings().num_embeddings]
         cands, threshold = lk.position_candidates(model, span0, vocab, max(lengths))
+        known_lengths = assumed["seq_lengths"] == "known"
+        pins = lk.token_positions(model, grads, vocab.tolist(), max(lengths),
+                                  _occupants(lengths) if known_lengths else None)
         specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
         span1 = lk.layer_span(grads, 1) if lk.qkv_names(grads, 1) else None
         if span1 is not None and span1.rank < span0.rank:
             span1 = None  # e.g. the last layer of a classifier: only [CLS] feeds the loss there
-        peeler = _Peeler(observation, model, lengths, span1.rank, tok.mask_token_id) \
+        peeler = _Peeler(observation, model, lengths, span1.rank, tok.mask_token_id, known_lengths) \
             if span1 is not None else None
         masks = None
         if observation.task == "mlm" and know.mask_positions is not None and know.seq_lengths is not None \
@@ -107,8 +115,9 @@ class Exact:
             masks = {}
             for n, pos in zip(lengths, know.mask_positions):
                 masks.setdefault(n, []).append(set(pos))
-        sequences, residuals = self._assemble(model, cands, lengths, span1, specials, tok, know.special_tokens,
-                                              peeler, masks)
+        with lk.layer0_table(model, max(lengths)):
+            sequences, residuals = self._assemble(model, cands, lengths, span1, specials, tok, know.special_tokens,
+                                                  peeler, masks, pins)
         if observation.task == "mlm" and know.mask_positions is not None and tok.mask_token_id is not None:
             # declared mask positions belong to batch slots; sentences of one length come out in
             # any order: a peeled sentence goes to the slot its peel used, the rest to the slot
@@ -134,6 +143,9 @@ class Exact:
             "layer0_threshold": threshold, "layer1_rank": span1.rank if span1 else None,
             "sentence_residuals": [float(r) for r in residuals], "vocabulary": vocab_source,
             "peeled": len(peeler.sentences) if peeler is not None and peeler.working else None,
+            "placed_tokens": None if pins is None else {
+                "tokens": len(vocab), "placed": len(pins.complete), "closed_positions": len(pins.closed),
+                "threshold": pins.threshold},
             "candidates_per_position": [len(c) for c in cands],
             "candidates": [[t for t, _ in c] for c in cands], "seconds": time.perf_counter() - t0,
         }
@@ -157,8 +169,8 @@ class Exact:
 
     def _assemble(self, model, cands: list[list[tuple[int, float]]], lengths: Sequence[int],
                   span1: lk.LayerSpan | None, specials: set[int], tok, template: bool,
-                  peeler: "_Peeler | None" = None, masks: dict[int, list[set[int]]] | None = None
-                  ) -> tuple[list[list[int]], list[float]]:
+                  peeler: "_Peeler | None" = None, masks: dict[int, list[set[int]]] | None = None,
+                  pins: lk.TokenPositions | None = None) -> tuple[list[list[int]], list[float]]:
         """Sentences from per-position candidates, peeled off the batch one at a time.
 
         Each round seeds whole sentences of every missing length (the completions of one beam
@@ -167,9 +179,13 @@ class Exact:
         sentence until none changes) and accepts those that pass the certificate. An accepted
         sentence leaves the problem at once: where `peeler` can (classification), its own gradient
         is subtracted from the shared one, which leaves the spans and token set of the rest of
-        the batch; in any case it is barred from later beams. A round that finds nothing tries
-        shift moves (`_reseat`) on its closest misses (and, in the widest round, whole-sentence
-        polishing, `_polish`), then widens the next round: twice the beam and the random seeds."""
+        the batch; in any case it is barred from later beams. Settled misses are also cut to
+        the shorter lengths still missing (`_cuts`). A round that finds nothing tries word, shift
+        and length moves (`_anchor`, `_reseat`, `_grow`) on its closest misses (and, in the widest
+        round, whole-sentence polishing, `_polish`), then widens the next round: twice the beam
+        and the random seeds. Candidates are narrowed to the tokens `pins` allows per position
+        (read again after each peel); should the widest round fail within them, the search goes
+        on over every layer-0 candidate."""
         cls_id, sep_id = tok.cls_token_id, tok.sep_token_id
         ends = template and cls_id is not None and sep_id is not None
         allowed: set[int] | None = None  # tokens left once found sentences are subtracted
@@ -185,6 +201,8 @@ class Exact:
             where a slot of that length declares a masked position."""
             ids = [t for t, _ in cands[p] if t not in specials and (allowed is None or t in allowed)]
             ids = ids or [t for t, _ in cands[p] if t not in specials] or [cands[p][0][0]]
+            if pins is not None and p < len(pins.allowed):
+                ids = [t for t in ids if t in pins.allowed[p]] or ids
             if masks and mask_id in ids and p not in (anywhere if n is None else some.get(n, ())):
                 ids = [t for t in ids if t != mask_id] or ids
             return ids
@@ -201,7 +219,7 @@ class Exact:
         pending: list[tuple[float, list[int]]] = []  # certified, but the first peel failed
 
         def take(seq: list[int], res: float) -> bool:
-            nonlocal span1, allowed, cands
+            nonlocal span1, allowed, cands, pins
             n = len(seq)
             if not span1.certifies(res, n) or seq in found or n not in missing:
                 near.setdefault(n, []).append((res, seq))
@@ -216,6 +234,8 @@ class Exact:
                     return False
                 if rest.span1 is not None:
                     span1, allowed = rest.span1, rest.allowed
+                    if pins is not None:
+                        pins = rest.positions
                     near.clear()  # measured against the old span
                     if rest.span0 is not None:
                         # fewer sentences left: fewer (token, position) pairs pass layer 0 again
@@ -235,6 +255,9 @@ class Exact:
         def anchor(model, span1, free, seq, ends):
             return self._anchor(model, span1, free, seq, ends, pieces)
 
+        def grow(model, span1, free, seq, ends):
+            return self._grow(model, span1, free, seq, ends, missing, sep_id)
+
         def draw(n: int) -> list[int]:
             # where every slot of this length is masked, [MASK] is what BERT's masking puts there 80% of the time
             body = [mask_id if q in every.get(n, ()) and rng.random() < 0.8 else rng.choice(free(q, n))
@@ -242,7 +265,13 @@ class Exact:
             return [cls_id] + body + [sep_id] if ends else body
 
         widen = 1
-        while missing and widen <= self.widen:
+        while missing:
+            if widen > self.widen:
+                if pins is None:
+                    break
+                # a token placed wrongly (a chance orthogonality) bars its sentence: drop the placements
+                log.debug("nothing found within the placed positions: every layer-0 candidate from here on")
+                pins, widen = None, 1
             progress = False
             wanted = {n: missing.count(n) for n in set(missing)}
             finished = self._beam(model, free, wanted, span1, ends, cls_id, sep_id, found, len(missing), widen)
@@ -259,9 +288,15 @@ class Exact:
                     tried += settled
                     for seq, res in zip(settled, lk.sequence_residuals(model, span1, settled).tolist() if settled else []):
                         progress |= take(seq, float(res))
+                    # a seed may settle into a shorter sentence of the batch, with a stray token or
+                    # two past its end (every token fits its true neighbours): cut it to size
+                    cuts = [c for seq in settled if seq not in found for c in _cuts(seq, missing, ends, sep_id)]
+                    for seq, res in zip(cuts, lk.sequence_residuals(model, span1, cuts).tolist() if cuts else []):
+                        if span1.certifies(res, len(seq)):
+                            progress |= take(seq, float(res))
             # settling stalled: larger moves on the closest misses (whole-sentence polishing, costly
             # and seldom the one that helps, only once the widest round has failed too)
-            for move in (anchor, self._reseat, self._polish):
+            for move in (anchor, self._reseat, grow, self._polish):
                 if progress or (move == self._polish and widen < self.widen):
                     break
                 # closest misses first (residual per token), any length
@@ -401,6 +436,22 @@ class Exact:
             if not improved or span1.certifies(best_res, len(best)):
                 break
         return best, best_res
+
+    def _grow(self, model, span1, free, seq: list[int], ends: bool, lengths: Sequence[int], sep_id
+              ) -> tuple[list[int], float]:
+        """Length moves, for a miss that is the start of a longer sentence of the batch (a seed
+        of the wrong length settles into whichever sentence it resembles, cut at its own end):
+        the miss grown to the next longer missing length (settled: one settle per miss, the
+        cost of this move) and cut to each shorter one; the variant with the least residual per
+        token."""
+        n = len(seq)
+        grown = [seq[:-1] + [seq[-2]] * (m - n) + [seq[-1]] if ends else seq + [seq[-1]] * (m - n)
+                 for m in sorted(set(lengths)) if m > n][:1]
+        settled = [self._settle(model, span1, free, [g], ends)[0] for g in grown]  # one length each
+        variants = [seq] + settled + _cuts(seq, lengths, ends, sep_id)
+        res = lk.sequence_residuals(model, span1, variants)
+        i = int(torch.argmin(res / torch.tensor([len(v) for v in variants], dtype=res.dtype)))
+        return variants[i], float(res[i])
 
     def _anchor(self, model, span1, free, seq: list[int], ends: bool, pieces: set[int], worst: int = 6,
                 top: int = 4) -> tuple[list[int], float]:
@@ -588,11 +639,13 @@ class Exact:
 @dataclass
 class _Rest:
     """What is left of a batch once sentences are peeled off: its layer-1 span (None when nothing
-    is left), token set and layer-0 span (None without a rank gap)."""
+    is left), token set, layer-0 span (None without a rank gap) and token positions (None
+    without the embedding gradients)."""
 
     span1: lk.LayerSpan | None
     allowed: set[int] | None = None
     span0: lk.LayerSpan | None = None
+    positions: lk.TokenPositions | None = None
 
 
 class _Peeler:
@@ -613,7 +666,8 @@ class _Peeler:
     candidates y are the leaked masked tokens still counted by the output-bias gradient.
     `working` is False when the gradient lacks what the subtraction needs."""
 
-    def __init__(self, observation, model, lengths: Sequence[int], rank: int, mask_id: int | None = None):
+    def __init__(self, observation, model, lengths: Sequence[int], rank: int, mask_id: int | None = None,
+                 known_lengths: bool = False):
         self.grads, self.model, self.batch_size = observation.gradients, model, len(lengths)
         self.task, self.lengths, self.mask_id = observation.task, list(lengths), mask_id
         self.layer1 = lk.qkv_names(self.grads, 1)
@@ -621,6 +675,10 @@ class _Peeler:
         self.names = self.layer1 + lk.qkv_names(self.grads, 0)
         self.word = lk.word_embedding_name(self.grads) if lk.embedding_token_set(self.grads) is not None else None
         self.names += [self.word] if self.word else []
+        # with it, what is left shows where its tokens stand (`lk.token_positions`)
+        self.position_table = lk.position_embedding_name(self.grads) if self.word else None
+        self.names += [self.position_table] if self.position_table else []
+        self.known_lengths = known_lengths
         self.params = dict(model.named_parameters())
         self.working = True
         if self.task == "mlm":
@@ -684,7 +742,14 @@ class _Peeler:
             top = float(self.grads[self.word].double().norm(dim=1).max())
             allowed = set((rows > 1e-6 * top).nonzero().flatten().tolist())
         span0 = lk.layer_span(left, 0)
-        return _Rest(span, allowed, span0 if span0.exact else None)
+        positions = None
+        if self.position_table and allowed:
+            lengths = list(self.lengths)
+            for s in self.sentences:
+                lengths.remove(len(s))
+            positions = lk.token_positions(self.model, left, sorted(allowed), max(lengths),
+                                           _occupants(lengths) if self.known_lengths else None)
+        return _Rest(span, allowed, span0 if span0.exact else None, positions)
 
     def _choices(self, seq: list[int]):
         """(slot, labels) to try, likeliest first."""
@@ -757,6 +822,11 @@ def _head_label_terms(model, dense_name: str, h: torch.Tensor, tokens: Sequence[
     return expected, per_token
 
 
+def _occupants(lengths: Sequence[int]) -> list[int]:
+    """How many sentences reach each position."""
+    return [sum(n > i for n in lengths) for i in range(max(lengths))]
+
+
 def _as_captured(values: dict[str, torch.Tensor], grads) -> dict[str, torch.Tensor]:
     """Back to the shared gradient's dtype: the span's noise floor is set by its precision."""
     return {n: v.to(grads[n].dtype) for n, v in values.items()}
@@ -820,6 +890,11 @@ def _slots_by_masks(sequences: list[list[int]], positions: list[set[int]], mask_
         order.append(i)
         free_.remove(i)
     return order
+
+
+def _cuts(seq: list[int], lengths: Sequence[int], ends: bool, sep_id) -> list[list[int]]:
+    """`seq` cut to each of `lengths` below its own (closed by [SEP] where sentences have ends)."""
+    return [seq[:m - 1] + [sep_id] if ends else seq[:m] for m in sorted(set(lengths)) if m < len(seq)]
 
 
 def _shifted(seq: Sequence[int], ends: bool) -> list[list[int]]:

@@ -11,6 +11,8 @@ negative entries are the masked tokens, -M * grad their counts (`mlm_label_count
 Token set: for heads that do not reuse the word embeddings, the nonzero rows of the word-embedding
 gradient are exactly the input tokens (`embedding_token_set`); under additive noise, the rows whose
 norm stands out of the noise rows' distribution (`noisy_token_set`).
+Positions (untied heads): each occurrence's share of the word- and position-embedding gradient
+rows is orthogonal to its own LayerNorm input, which places most tokens (`token_positions`).
 Length: rows of the position-embedding gradient are nonzero for positions < the longest sequence.
 Spans: the weight gradient of a linear map W x is sum_i delta_i x_i^T, so its row space is spanned
 by the inputs x_i of that layer when fewer than its width (`LayerSpan`; DAGER, Petrov et al. 2024).
@@ -18,6 +20,8 @@ by the inputs x_i of that layer when fewer than its width (`LayerSpan`; DAGER, P
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import re
 from dataclasses import dataclass, field
@@ -134,11 +138,127 @@ def noisy_token_set(gradients: Mapping[str, torch.Tensor], *, z: float = 8.0) ->
 
 def max_length(gradients: Mapping[str, torch.Tensor]) -> int | None:
     """The longest sequence of the batch: padded positions get no gradient."""
-    name = _find(gradients, r"embeddings\.position_embeddings\.weight$")
+    name = position_embedding_name(gradients)
     if name is None:
         return None
     rows = (gradients[name].abs().sum(1) > 0).nonzero().flatten()
     return int(rows.max()) + 1 if len(rows) else None
+
+
+def position_embedding_name(gradients: Mapping[str, torch.Tensor]) -> str | None:
+    return _find(gradients, r"embeddings\.position_embeddings\.weight$")
+
+
+@dataclass
+class TokenPositions:
+    """Where each input token stands, read off the embedding gradients (`token_positions`).
+
+    allowed: per position, the tokens that may stand there (those placed there, and, unless the
+    position is closed, every token not placed everywhere it occurs); placed: token -> the
+    positions found for it; complete: tokens placed at every position they occur; closed:
+    positions whose every occupant is placed; threshold: the relative residual below which a
+    share counts as orthogonal (the gradient dtype's precision)."""
+
+    allowed: list[set[int]]
+    placed: dict[int, set[int]]
+    complete: set[int]
+    closed: set[int]
+    threshold: float
+
+
+def token_positions(model: torch.nn.Module, gradients: Mapping[str, torch.Tensor], tokens: Sequence[int],
+                    length: int, occupants: Sequence[int] | None = None) -> TokenPositions | None:
+    """Positions of the input tokens from the word- and position-embedding gradients, or None
+    when the gradient lacks them (tied heads make the word-embedding gradient dense).
+
+    The gradient reaching a LayerNorm's input is orthogonal to that input once centred (and to
+    the ones vector): LayerNorm is invariant to shifting and scaling its input. Each occurrence
+    of token t at position i adds such a share u to row t of the word-embedding gradient and to
+    row i of the position-embedding gradient, with u orthogonal to E[t] + P[i] + T[0]. So a row
+    t whose token stands at one position only (most content words) is orthogonal to exactly
+    that position's input, and to no other (relative residuals ~1e-8 against ~1e-2 in float32):
+    the token is placed. Placed shares are subtracted from their position rows; a position row
+    left with one unplaced occupant is orthogonal to that occupant's input alone, which places
+    it too, and its share comes off that token's row, which may leave the token one position to
+    find; repeated until nothing changes (a peeling decoder). Tokens at several positions that
+    this cannot separate (frequent words) stay allowed everywhere but at closed positions.
+    `occupants` (tokens per position, from declared lengths) closes a position once as many
+    tokens are placed there. The threshold is the capture's precision (its dtype's eps): under
+    noise or a defence nothing is that orthogonal, nothing is placed, and layer 0's candidates
+    stand as they are.
+    """
+    word, pos = word_embedding_name(gradients), position_embedding_name(gradients)
+    if word is None or pos is None or embedding_token_set(gradients) is None:
+        return None
+    emb = model.base_model.embeddings
+    dtype = gradients[word].dtype
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float32).eps
+    with torch.no_grad():
+        E = emb.word_embeddings.weight.double()
+        P = emb.position_embeddings.weight.double()[:length]
+        T = emb.token_type_embeddings.weight.double()[0] if getattr(emb, "token_type_embeddings", None) is not None \
+            else torch.zeros(E.shape[1], dtype=torch.double)
+    tokens = [int(t) for t in tokens]
+    rows = {t: gradients[word][t].double().clone() for t in tokens}
+    scale = {t: float(rows[t].norm()) for t in tokens}
+    pos_rows = gradients[pos][:length].double().clone()
+    pos_scale = pos_rows.norm(dim=1) + 0  # grows by each share subtracted (rounding scales with it)
+
+    def inputs(t: int, at) -> torch.Tensor:
+        z = E[t] + P[at] + T
+        return z - z.mean(-1, keepdim=True)
+
+    def orthogonality(v: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return (z @ v).abs() / (z.norm(dim=-1) * v.norm()).clamp_min(1e-300)
+
+    # a true share is orthogonal up to the capture's rounding (float32: below half its precision
+    # in every batch measured), others near 1/sqrt(H). A looser threshold (at a gap among the
+    # residuals, tried first) let a chance near-orthogonality of a token standing at two
+    # positions pass: once in 150 measured batches
+    threshold = eps
+    placed: dict[int, set[int]] = {t: set() for t in tokens}
+    complete: set[int] = set()
+    closed: set[int] = set()
+
+    def place(t: int, i: int, share: torch.Tensor) -> None:
+        placed[t].add(i)
+        rows[t] -= share
+        pos_rows[i] -= share
+        pos_scale[i] += float(share.norm())
+
+    changed = True
+    while changed:
+        changed = False
+        for t in tokens:
+            if t in complete:
+                continue
+            if float(rows[t].norm()) <= threshold * scale[t]:
+                complete.add(t)
+                changed = True
+                continue
+            hits = (orthogonality(rows[t], inputs(t, slice(None))) < threshold).nonzero().flatten().tolist()
+            if len(hits) == 1 and hits[0] not in closed:
+                place(t, hits[0], rows[t].clone())
+                complete.add(t)
+                changed = True
+        for i in range(length):
+            if i in closed:
+                continue
+            here = [t for t in tokens if i in placed[t]]
+            if float(pos_rows[i].norm()) <= threshold * float(pos_scale[i]) or \
+                    (occupants is not None and len(here) >= occupants[i]):
+                closed.add(i)
+                changed = True
+                continue
+            open_ = [t for t in tokens if t not in complete]
+            hits = [t for t in open_ if float(orthogonality(pos_rows[i], inputs(t, i))) < threshold]
+            if len(hits) == 1:  # one occupant left unplaced: the whole rest of the row is its share
+                place(hits[0], i, pos_rows[i].clone())
+                closed.add(i)
+                changed = True
+    loose = {t for t in tokens if t not in complete}
+    allowed = [{t for t in tokens if i in placed[t]} | (set() if i in closed else loose) for i in range(length)]
+    return TokenPositions(allowed, {t: p for t, p in placed.items() if p}, complete, closed, threshold)
 
 
 # -- layer input spans ---------------------------------------------------------------------------
@@ -359,6 +479,57 @@ def sequence_residuals(model: torch.nn.Module, span: LayerSpan, sequences: Seque
     return (res * mask).sum(1)
 
 
+class _Layer0Table:
+    """Layer 0's view of each (token, position): its input x and the attention's q, k, v
+    [..., 4, H]. They do not depend on context, and a search asks for the same few hundred
+    tokens at the same positions thousands of times; a token's rows are computed on first use,
+    for every position below `length` (grown as needed)."""
+
+    def __init__(self, model: torch.nn.Module, length: int = 1):
+        self.model = model
+        self.lookup = torch.full((model.get_input_embeddings().num_embeddings,), -1, dtype=torch.long)
+        self.store = torch.empty(0, length, 4, model.config.hidden_size)
+        self.tokens = torch.empty(0, dtype=torch.long)
+
+    def _compute(self, tokens: torch.Tensor, length: int) -> torch.Tensor:
+        attn = self.model.base_model.encoder.layer[0].attention.self
+        with torch.no_grad():
+            x = embedding_outputs(self.model, tokens[:, None].expand(-1, length), torch.arange(length))
+            return torch.stack([x, attn.query(x), attn.key(x), attn.value(x)], 2)
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rows for tokens [...] at positions (broadcast against them): [..., 4, H]."""
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
+        positions = torch.as_tensor(positions, dtype=torch.long)
+        length = self.store.shape[1]
+        if positions.numel() and int(positions.max()) >= length:
+            length = max(int(positions.max()) + 1, 2 * length)
+            self.store = self._compute(self.tokens, length) if len(self.tokens) else self.store[:, :0].new_empty(
+                0, length, *self.store.shape[2:])
+        new = torch.unique(tokens[self.lookup[tokens] < 0])
+        if len(new):
+            self.lookup[new] = torch.arange(len(self.tokens), len(self.tokens) + len(new))
+            self.tokens = torch.cat([self.tokens, new])
+            self.store = torch.cat([self.store, self._compute(new, length)]) if len(self.store) else \
+                self._compute(new, length)
+        return self.store[self.lookup[tokens], positions]
+
+
+_TABLE: contextvars.ContextVar[_Layer0Table | None] = contextvars.ContextVar("layer0_table", default=None)
+
+
+@contextlib.contextmanager
+def layer0_table(model: torch.nn.Module, length: int = 1):
+    """Within this block, `slot_residuals` reads layer 0's per-(token, position) rows from a
+    table kept for `model` (whose weights must not change inside the block), for positions
+    below `length` to begin with."""
+    token = _TABLE.set(_Layer0Table(model, length))
+    try:
+        yield
+    finally:
+        _TABLE.reset(token)
+
+
 def slot_residuals(model: torch.nn.Module, span: LayerSpan, prefixes: torch.Tensor, candidates: torch.Tensor,
                    suffix: Sequence[int] | torch.Tensor = (), suffix_at: int | None = None) -> torch.Tensor:
     """Squared layer-1 residual of each candidate token [c] placed at position p after each
@@ -370,31 +541,46 @@ def slot_residuals(model: torch.nn.Module, span: LayerSpan, prefixes: torch.Tens
     the rest of a sentence as suffix, it is that position's share of `sequence_residuals`. It costs
     one token per pair instead of a whole sentence: layer 0 sees the embeddings, which do not
     depend on context, so the keys and values of the other tokens are computed once and only the
-    candidate's query, attention and feed-forward run per pair (BERT-style post-LayerNorm layer)."""
+    candidate's query, attention and feed-forward run per pair (BERT-style post-LayerNorm layer);
+    inside `layer0_table` even those inputs and projections are looked up, not recomputed."""
     if span.layer != 1:
         raise ValueError("slot_residuals scores layer-1 inputs (layer 0 run for the slot only)")
     layer = model.base_model.encoder.layer[0]
     attn = layer.attention.self
     heads = model.config.num_attention_heads
     W, p = prefixes.shape
+    table = _TABLE.get()
+    if table is not None and table.model is not model:
+        table = None
+    rows = suffix if isinstance(suffix, torch.Tensor) and suffix.dim() == 2 else \
+        torch.as_tensor(list(suffix), dtype=torch.long).reshape(1, -1)
+    first = p + 1 if suffix_at is None else suffix_at
     with torch.no_grad():
-        x_new = embedding_outputs(model, candidates, p)  # [c, H]
+        if table is not None:  # [..., 4, H]: x, q, k, v
+            new = table(candidates, torch.tensor(p))
+            ctx_rows = table(prefixes, torch.arange(p))
+            if rows.shape[1]:
+                after = table(rows, torch.arange(first, first + rows.shape[1]))
+                ctx_rows = torch.cat([ctx_rows, after.expand(W, -1, -1, -1)], 1)
+            x_new, q, k_new, v_new = new.unbind(-2)
+            k_ctx, v_ctx = ctx_rows[..., 2, :], ctx_rows[..., 3, :]
+        else:
+            x_new = embedding_outputs(model, candidates, p)  # [c, H]
+            x_ctx = embedding_outputs(model, prefixes, torch.arange(p))  # [W, p, H]
+            if rows.shape[1]:
+                after = embedding_outputs(model, rows, torch.arange(first, first + rows.shape[1]))
+                x_ctx = torch.cat([x_ctx, after.expand(W, -1, -1)], 1)
+            k_ctx, v_ctx = attn.key(x_ctx), attn.value(x_ctx)
+            q, k_new, v_new = attn.query(x_new), attn.key(x_new), attn.value(x_new)
         c, H = x_new.shape
         d = H // heads
-        x_ctx = embedding_outputs(model, prefixes, torch.arange(p))  # [W, p, H]
-        rows = suffix if isinstance(suffix, torch.Tensor) and suffix.dim() == 2 else \
-            torch.as_tensor(list(suffix), dtype=torch.long).reshape(1, -1)
-        if rows.shape[1]:
-            first = p + 1 if suffix_at is None else suffix_at
-            after = embedding_outputs(model, rows, torch.arange(first, first + rows.shape[1]))
-            x_ctx = torch.cat([x_ctx, after.expand(W, -1, -1)], 1)
-        m = x_ctx.shape[1]
+        m = k_ctx.shape[1]
 
         def split(t):  # [..., H] -> [..., heads, d]
             return t.reshape(*t.shape[:-1], heads, d)
 
-        k_ctx, v_ctx = split(attn.key(x_ctx)), split(attn.value(x_ctx))  # [W, m, h, d]
-        q, k_new, v_new = split(attn.query(x_new)), split(attn.key(x_new)), split(attn.value(x_new))  # [c, h, d]
+        k_ctx, v_ctx = split(k_ctx), split(v_ctx)  # [W, m, h, d]
+        q, k_new, v_new = split(q), split(k_new), split(v_new)  # [c, h, d]
         scale = d ** -0.5
         logits_ctx = torch.einsum("chd,wmhd->wchm", q, k_ctx) * scale  # [W, c, h, m]
         logit_self = (q * k_new).sum(-1).mul(scale).expand(W, c, heads).unsqueeze(-1)  # [W, c, h, 1]
