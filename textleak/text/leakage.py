@@ -202,7 +202,7 @@ def token_positions(model: torch.nn.Module, gradients: Mapping[str, torch.Tensor
     rows = {t: gradients[word][t].double().clone() for t in tokens}
     scale = {t: float(rows[t].norm()) for t in tokens}
     pos_rows = gradients[pos][:length].double().clone()
-    pos_scale = pos_rows.norm(dim=1) + 0  # grows by each share subtracted (rounding scales with it)
+    pos_scale = pos_rows.norm(dim=1).clone()  # grows by each share subtracted (rounding scales with it)
 
     def inputs(t: int, at) -> torch.Tensor:
         z = E[t] + P[at] + T
@@ -214,7 +214,7 @@ def token_positions(model: torch.nn.Module, gradients: Mapping[str, torch.Tensor
     # a true share is orthogonal up to the capture's rounding (float32: below half its precision
     # in every batch measured), others near 1/sqrt(H). A looser threshold (at a gap among the
     # residuals, tried first) let a chance near-orthogonality of a token standing at two
-    # positions pass: once in 150 measured batches
+    # positions pass: once in 138 measured batches (recipes/token_positions.py)
     threshold = eps
     placed: dict[int, set[int]] = {t: set() for t in tokens}
     complete: set[int] = set()
