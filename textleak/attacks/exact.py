@@ -445,10 +445,9 @@ class Exact:
         cost of this move) and cut to each shorter one; the variant with the least residual per
         token."""
         n = len(seq)
-        grown = [seq[:-1] + [seq[-2]] * (m - n) + [seq[-1]] if ends else seq + [seq[-1]] * (m - n)
-                 for m in sorted(set(lengths)) if m > n][:1]
-        settled = [self._settle(model, span1, free, [g], ends)[0] for g in grown]  # one length each
-        variants = [seq] + settled + _cuts(seq, lengths, ends, sep_id)
+        m = min((m for m in lengths if m > n), default=n)
+        grown = [seq[:-1] + [seq[-2]] * (m - n) + [seq[-1]] if ends else seq + [seq[-1]] * (m - n)] if m > n else []
+        variants = [seq] + self._settle(model, span1, free, grown, ends) + _cuts(seq, lengths, ends, sep_id)
         res = lk.sequence_residuals(model, span1, variants)
         i = int(torch.argmin(res / torch.tensor([len(v) for v in variants], dtype=res.dtype)))
         return variants[i], float(res[i])

@@ -504,14 +504,12 @@ class _Layer0Table:
         length = self.store.shape[1]
         if positions.numel() and int(positions.max()) >= length:
             length = max(int(positions.max()) + 1, 2 * length)
-            self.store = self._compute(self.tokens, length) if len(self.tokens) else self.store[:, :0].new_empty(
-                0, length, *self.store.shape[2:])
+            self.store = self._compute(self.tokens, length)
         new = torch.unique(tokens[self.lookup[tokens] < 0])
         if len(new):
             self.lookup[new] = torch.arange(len(self.tokens), len(self.tokens) + len(new))
             self.tokens = torch.cat([self.tokens, new])
-            self.store = torch.cat([self.store, self._compute(new, length)]) if len(self.store) else \
-                self._compute(new, length)
+            self.store = torch.cat([self.store, self._compute(new, length)])
         return self.store[self.lookup[tokens], positions]
 
 
