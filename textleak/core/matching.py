@@ -27,6 +27,8 @@ from .distances import DISTANCES
 class MatchingProblem(Protocol):
     #: parameter names whose observed gradients are matched, in the order `gradients` returns
     names: list[str]
+    #: optionally, `device`: where the variables live (`init` draws them from a CPU generator and
+    #: moves them there; checkpoints, read onto the CPU, are moved back there on resume)
 
     def init(self, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
 
@@ -162,8 +164,9 @@ def match(
 
     try:
         while restart < config.restarts:
-            if state["variables"] is not None:
-                variables = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in state["variables"].items()}
+            if state["variables"] is not None:  # resumed: a checkpoint is read onto the CPU
+                variables = {k: _on(problem, v).clone().requires_grad_(v.is_floating_point())
+                             for k, v in state["variables"].items()}
             else:
                 variables = problem.init(gen)
                 state["history"].append([])
@@ -230,10 +233,17 @@ def match(
         Path(checkpoint).unlink()  # the run is finished: nothing left to resume
     best = state["best"]
     return MatchOutcome(
-        variables=best["variables"], distance=best["distance"], restart=best["restart"],
+        variables={k: _on(problem, v) for k, v in best["variables"].items()},
+        distance=best["distance"], restart=best["restart"],
         history=state["history"], snapshots=state["snapshots"], diverged=state["diverged"],
         seconds=time.perf_counter() - started, resumed=resumed, evaluations=evaluations,
     )
+
+
+def _on(problem: MatchingProblem, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` on the problem's device (a problem without a `device` attribute keeps it where it is)."""
+    device = getattr(problem, "device", None)
+    return tensor if device is None else tensor.to(device)
 
 
 def _evaluate(objective: Callable, variables: Mapping[str, torch.Tensor]) -> float:

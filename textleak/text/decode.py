@@ -36,7 +36,7 @@ def nearest_tokens(embeddings: torch.Tensor, matrix: torch.Tensor, candidates: t
     embeddings = embeddings - embeddings.mean(-1, keepdim=True)
     rows = rows - rows.mean(-1, keepdim=True)
     if embeddings.numel() == 0:
-        return torch.empty(0, dtype=torch.long)
+        return torch.empty(0, dtype=torch.long, device=candidates.device)
     if metric == "cosine":
         scores = torch.nn.functional.normalize(embeddings, dim=-1) @ torch.nn.functional.normalize(rows, dim=-1).T
         best = scores.argmax(-1)
