@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .attacks import ATTACKS
+from .core.budget import Budget, time_budget
 from .errors import InputError
 from .gradients import GradientFile, load_gradients
 from .modalities import modality
@@ -19,7 +20,7 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
             reference: Reference | str | Path | None = None, unknown: Iterable[str] = (),
             options: Mapping[str, Any] | None = None, seed: int = 0,
             checkpoint: str | Path | None = None, resume: bool = False,
-            progress: bool = True) -> RecoveryResult:
+            progress: bool = True, budget: float | None = None) -> RecoveryResult:
     """Recover the private batch behind `gradients`.
 
     gradients: a GradientFile or a path to one. model: None (the model the file names), a name or
@@ -27,8 +28,13 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
     only (a Reference, a reference JSON, or a text file of sentences). unknown: declared facts to
     withdraw from the attacker (e.g. "labels"). options: the attack's own settings (steps, lr...).
     checkpoint/resume: where to keep progress, and whether to continue from it.
+    budget: wall-time limit of the attack in seconds (None: only an enclosing `time_budget`
+    applies). When it runs out the attack returns its best guess so far; the result records
+    `details["budget"]` ({"seconds", "used", "ran_out"}) and `details["certified"]` (whether a
+    certificate vouches for the guess: only exact recovery gives one).
     """
     t0 = time.perf_counter()
+    Budget(budget)  # a bad limit fails before any work
     source = None
     if not isinstance(gradients, GradientFile):
         source = str(gradients)
@@ -47,7 +53,9 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
     knowledge = Knowledge.from_dict(gradients.metadata["knowledge"]).without(*unknown)
     observation = Observation(gradients.gradients, gradients.metadata, knowledge)
     t1 = time.perf_counter()
-    output = attacker.run(observation, target, checkpoint=checkpoint, resume=resume, progress=progress)
+    with time_budget(budget) as limit:
+        output = attacker.run(observation, target, checkpoint=checkpoint, resume=resume, progress=progress)
+        spent = limit.describe()
     t2 = time.perf_counter()
     outcome = output.outcome
     best = outcome.snapshots[outcome.restart] if outcome else []
@@ -62,6 +70,8 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
     defence = gradients.metadata.get("capture", {}).get("defence")
     if defence:  # the attacker is told what the victim applied (it matches the defended gradient as is)
         result.details["defence"] = defence
+    result.details["budget"] = spent
+    result.details["certified"] = bool(result.details.get("certified", False))
     if outcome:
         result.details.update(restarts_diverged=sum(outcome.diverged), evaluations=outcome.evaluations,
                               resumed=outcome.resumed)

@@ -256,6 +256,7 @@ def run_unit(spec: SweepSpec, unit: dict[str, Any], ctx: UnitContext) -> dict[st
             "seed": unit["seed"], "batch_size": len(texts), "references": texts, "recovered": result.texts,
             "metrics": result.metrics["mean"], "per_example": result.metrics["per_example"],
             "distance": result.distance, "seconds": time.perf_counter() - t0, "config": result.config,
+            "certified": result.details.get("certified"), "budget": result.details.get("budget"),
             "versions": result.versions}
 
 
@@ -291,7 +292,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, rank: int | None = None, 
     path = out / f"results-{rank:03d}-of-{world_size:03d}.jsonl"
     writer = JsonlAppender(path)
     if backend == "ray":
-        _run_ray(spec, out, todo, writer, progress)
+        _run_ray(spec, out, todo, writer, progress, runner)
     else:
         ctx = UnitContext(spec, out)
         for i, unit in enumerate(todo, 1):
@@ -329,20 +330,20 @@ def _claim(out: Path, spec: SweepSpec) -> None:
     atomic_write_text(path, json.dumps(mine, indent=1))
 
 
-def _ray_unit(spec_dict: dict[str, Any], unit: dict[str, Any], out_dir: str) -> dict[str, Any]:
+def _ray_unit(runner: Runner, spec_dict: dict[str, Any], unit: dict[str, Any], out_dir: str) -> dict[str, Any]:
     spec = SweepSpec.from_dict(spec_dict)
-    return run_unit(spec, unit, UnitContext(spec, Path(out_dir)))
+    return runner(spec, unit, UnitContext(spec, Path(out_dir)))
 
 
 def _run_ray(spec: SweepSpec, out: Path, todo: list[dict[str, Any]], writer: JsonlAppender,
-             progress: Callable[[str], None] | None) -> None:
+             progress: Callable[[str], None] | None, runner: Runner = run_unit) -> None:
     try:
         import ray
     except ImportError:
         raise InputError("the ray backend needs Ray: pip install 'textleak[ray]'") from None
     ray.init(ignore_reinit_error=True)
     remote = ray.remote(_ray_unit)
-    pending = {remote.remote(spec.to_dict(), unit, str(out)): unit for unit in todo}
+    pending = {remote.remote(runner, spec.to_dict(), unit, str(out)): unit for unit in todo}
     finished = 0
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
