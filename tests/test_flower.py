@@ -3,6 +3,7 @@ Flower's real simulation engine (2 clients, 1 round, a tiny random BERT)."""
 
 from __future__ import annotations
 
+import html
 import json
 
 import pytest
@@ -109,6 +110,12 @@ def test_the_wrapper_attacks_each_reply_and_hands_the_strategy_clean_replies(mod
         assert rec["shared"] == "update"
     assert third["shared"] == "weight difference" and "metrics" not in third
     assert any("no learning rate" in n for n in third["notes"]) and third["references"] is None
+    from textleak.report.federation import render_federation_html
+
+    page = html.unescape(render_federation_html(audit.records))  # the reply without settings: a third client
+    assert ("3 clients over 1 round, each update from 1 local SGD step at lr 1 on 1 sentence: an honest-but-curious "
+            "server recovers 100% of the words (ROUGE-1) of the clients' private sentences, and 2 of 2 sentences "
+            "exactly") in page and "settings unknown" in page
 
 
 def test_a_real_flower_simulation(model_dir, tmp_path):

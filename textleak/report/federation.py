@@ -50,14 +50,34 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
-def answer_sentence(s: Mapping[str, Any]) -> str:
+def training_phrase(records: Sequence[Record]) -> str:
+    """How the clients trained, e.g. "1 local SGD step at lr 0.1 on 2 sentences" (each distinct setting)."""
+    phrases = []
+    for r in records:
+        s = r.get("settings") or {}
+        if not s:
+            continue
+        k = s.get("local_steps")
+        p = (f"{k} local {str(s.get('optimizer', 'sgd')).upper()} step{'s' if k != 1 else ''} at lr {s.get('lr'):g} "
+             f"on {s.get('examples')} sentence{'s' if s.get('examples') != 1 else ''}"
+             + ("" if s.get("defence") in (None, "none") else f" under {s['defence']}")
+             + (", dropout on" if s.get("mode", "").startswith("train") else ""))
+        if p not in phrases:
+            phrases.append(p)
+    return "; ".join(phrases) if phrases else "settings not reported"
+
+
+def answer_sentence(s: Mapping[str, Any], records: Sequence[Record] = ()) -> str:
+    lead = (f"{len(s['clients'])} clients over {len(s['rounds'])} round{'s' if len(s['rounds']) != 1 else ''}, "
+            f"each update from {training_phrase(records)}: ") if records else ""
     if not s["scored"]:
         return (f"The server attacked {s['updates']} client updates; no client sent ground truth, so nothing "
                 "was scored (see the recovered text below).")
-    return (f"An honest-but-curious server recovers {_pct(s['rouge1'])} of the words (ROUGE-1) of the "
+    text = (f"{lead}an honest-but-curious server recovers {_pct(s['rouge1'])} of the words (ROUGE-1) of the "
             f"clients' private sentences, and {s['exact_sentences']} of {s['sentences']} sentences exactly: "
             f"{s['updates_recovered']} of {s['scored']} client updates are read in full "
             f"(methods: {', '.join(s['methods']) or '-'}).")
+    return text[0].upper() + text[1:]
 
 
 def _cell(r: Record | None) -> str:
@@ -130,7 +150,7 @@ def render_federation_html(records: Sequence[Record], *, title: str = "textleak:
     setting = html.escape(", ".join(f"{k}: {v}" for k, v in (settings or {}).items()))
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}.grid td{{text-align:center}}.answer{{font-size:1.2em}}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><p class='answer' id='answer'>{html.escape(answer_sentence(s))}</p>"
+            f"<h1>{html.escape(title)}</h1><p class='answer' id='answer'>{html.escape(answer_sentence(s, records))}</p>"
             f"{_example(records)}{caveat}<p><small>{setting}</small></p>"
             f"<h2>Which client leaks what, per round</h2>{_grid(records)}"
             "<p><small>Cell: share of the client's words recovered (ROUGE-1), sentences recovered exactly, and the "
