@@ -100,11 +100,14 @@ def test_pacer_shares_the_time_left_and_tells_an_eta():
     assert pacer.share() == 25  # 100 s over 4 units
     now[0] = 10  # the first unit took 10 s
     pacer.say("[0/1] 1/4 a")
-    assert pacer.share() == 30  # 90 s over 3 units, capped at 30
+    assert pacer.share() == 20  # 90 s over 3 units, less the 10 s the quickest unit took
     assert said[-1] == "[0/1] 1/4 a  elapsed 0:10  ETA 0:30"
     now[0] = 99.99
     assert pacer.share() == 0.1  # past the deadline a unit still gets a moment for a first guess
+    pacer.say("[0/1] 2/4 b")  # past the deadline: each unit left still costs what the quickest took
+    assert said[-1].endswith("elapsed 1:40  ETA 0:20")
     assert Pacer(total=None, per_unit=None, units=3, say=None).share() is None
+    assert Pacer(total=None, per_unit=5, units=3, say=None).share() == 5
     assert clock(3725) == "1:02:05" and clock(65) == "1:05"
     with pytest.raises(InputError, match="per-unit budget"):
         Pacer(total=10, per_unit=-1, units=1)

@@ -3,7 +3,8 @@
 `Pacer(total=300, per_unit=60, units=15)` hands each unit a share of the time left: the
 remaining seconds divided by the units still to run (at most `per_unit`), recomputed before
 every unit, so a unit that finishes early (exact recovery takes seconds) leaves its time to the
-units after it, and the whole run ends near `total`. `Pacer.runner(run_unit)` runs each unit
+units after it, and the whole run ends near `total` (what a unit costs outside its budget, its
+capture and scoring, is estimated by the quickest unit so far and reserved). `Pacer.runner(run_unit)` runs each unit
 under its share (`core.budget.time_budget`) and records `budget` ({"seconds", "used",
 "ran_out"}) in the unit's record; `Pacer.say` prints one line per finished unit with the
 elapsed time and an ETA.
@@ -51,9 +52,12 @@ class Pacer:
         self.per_unit = _positive("the per-unit budget", per_unit)
         self.units = units
         self.done = 0
+        self.fastest: float | None = None  # the quickest unit so far: what a unit costs beyond its budget
+        self._last = None
         self._say = say
         self._now = now
         self.start = now()
+        self._last = self.start
 
     def elapsed(self) -> float:
         return self._now() - self.start
@@ -62,20 +66,27 @@ class Pacer:
         return math.inf if self.total is None else max(0.0, self.total - self.elapsed())
 
     def share(self) -> float | None:
-        """Seconds for the next unit (None: unlimited); never below a tenth of a second, so a
-        unit started after the deadline still returns a first guess instead of failing."""
+        """Seconds for the next unit (None: unlimited): the time left over the units left, less
+        what the quickest unit so far took (loading, capture and scoring run outside any budget);
+        never below a tenth of a second, so a unit started after the deadline still returns a
+        first guess instead of failing."""
         left = max(1, self.units - self.done)
-        share = self.remaining() / left
+        share = self.remaining() / left - (self.fastest or 0.0)
         if self.per_unit is not None:
             share = min(share, self.per_unit)
         return None if math.isinf(share) else max(share, 0.1)
 
     def eta(self) -> float | None:
-        """Seconds until the last unit ends, from the mean unit time so far (capped by the budget)."""
+        """Seconds until the last unit ends: the mean unit time so far times the units left, but no
+        more than the budget left plus what the quickest unit took for each unit left (loading,
+        capture and scoring run whatever the budget)."""
+        left = max(0, self.units - self.done)
         if self.done == 0:
             return None if self.total is None else self.remaining()
-        guess = self.elapsed() / self.done * max(0, self.units - self.done)
-        return min(guess, self.remaining())
+        guess = self.elapsed() / self.done * left
+        if self.total is None:
+            return guess
+        return min(guess, self.remaining() + left * (self.fastest or 0.0))
 
     def runner(self, inner: Runner) -> Runner:
         """`inner` run under this unit's share of the budget, its record stamped with the budget."""
@@ -89,6 +100,9 @@ class Pacer:
     def say(self, message: str) -> None:
         """Called once per finished unit (the sweep's progress callback)."""
         self.done += 1
+        now = self._now()
+        took, self._last = now - self._last, now
+        self.fastest = took if self.fastest is None else min(self.fastest, took)
         if self._say is None:
             return
         eta = self.eta()
