@@ -8,7 +8,6 @@ import json
 import time
 
 import pytest
-import torch
 
 import textleak
 from textleak.core import MatchConfig, match

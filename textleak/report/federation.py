@@ -87,7 +87,8 @@ def _cell(r: Record | None) -> str:
         return f"<td title='{html.escape(r['error'])}'>error</td>"
     r1 = _score(r, "rouge1")
     e, t = _exact(r)
-    shade = "#f4b6b6" if r1 is not None and r1 >= 0.9 else "#f9e3b0" if r1 is not None and r1 >= 0.5 else "#d7f0d7"
+    shade = ("#f4b6b6" if r1 >= 0.9 else "#f9d3a8" if r1 >= 0.5 else "#fbf0c4" if r1 >= 0.2 else "#f4f4f4") \
+        if r1 is not None else "#ffffff"
     text = f"{_pct(r1)} words, {e}/{t} exact" if r1 is not None else "not scored"
     return f"<td style='background:{shade}'>{html.escape(text)}<br><small>{html.escape(str(r.get('method')))}</small></td>"
 
@@ -132,14 +133,15 @@ def _details(records: Sequence[Record]) -> str:
 
 
 def _example(records: Sequence[Record]) -> str:
-    for r in records:
-        for e in r.get("per_example") or []:
-            if e["prediction_index"] >= 0:
-                ref = r["references"][e["reference_index"]]
-                rec = r["recovered"][e["prediction_index"]]
-                return (f"<p>For example, client {html.escape(str(_client(r)))} in round {r['round']} trained on "
-                        f"<q class='ref'>{html.escape(ref)}</q>; the server read <q>{highlight(rec, ref)}</q>.</p>")
-    return ""
+    """The best-recovered sentence, beside what the server read."""
+    pairs = [(e.get("rouge1", 0.0), r, e) for r in records for e in r.get("per_example") or []
+             if e["prediction_index"] >= 0]
+    if not pairs:
+        return ""
+    _, r, e = max(pairs, key=lambda p: p[0])
+    ref, rec = r["references"][e["reference_index"]], r["recovered"][e["prediction_index"]]
+    return (f"<p>For example, client {html.escape(str(_client(r)))} in round {r['round']} trained on "
+            f"<q class='ref'>{html.escape(ref)}</q>; the server read <q>{highlight(rec, ref)}</q>.</p>")
 
 
 def render_federation_html(records: Sequence[Record], *, title: str = "textleak: what a Flower server reads",
@@ -154,7 +156,8 @@ def render_federation_html(records: Sequence[Record], *, title: str = "textleak:
             f"{_example(records)}{caveat}<p><small>{setting}</small></p>"
             f"<h2>Which client leaks what, per round</h2>{_grid(records)}"
             "<p><small>Cell: share of the client's words recovered (ROUGE-1), sentences recovered exactly, and the "
-            "method. Red: 90% of words or more; amber: 50-90%; green: under 50%.</small></p>"
+            "method. Red: 90% of the words or more; orange: 50-90%; yellow: 20-50%; grey: under 20%. "
+            "No colour means safe: a stronger or longer attack may read more.</small></p>"
             f"<h2>Every update</h2>{_details(records)}</body></html>")
 
 
