@@ -120,6 +120,14 @@ def test_pacer_shares_the_time_left_and_tells_an_eta():
     rec = Pacer(total=0.02, per_unit=None, units=1, say=None).runner(unit)()
     assert rec["late"] and rec["budget"]["ran_out"]
 
+    def utility(spec, unit_, ctx):
+        time.sleep(0.15)
+        from textleak.core.budget import expired
+
+        return {"late": expired()}
+    rec = Pacer(total=0.02, per_unit=None, units=1, say=None).runner(utility)(None, {"kind": "utility"}, None)
+    assert not rec["late"] and rec["budget"]["seconds"] is None  # accuracy runs are never cut by the clock
+
 
 def test_utility_training_stops_at_the_budget_and_is_not_cached(tiny, tmp_path, one_thread):
     from textleak.utility import UtilityConfig, measure_utility

@@ -10,7 +10,9 @@ under its share (`core.budget.time_budget`) and records `budget` ({"seconds", "u
 elapsed time and an ETA.
 
 A unit whose budget ran out returns its best guess so far: its recovery is a lower bound on what
-leaks, and the report says so.
+leaks, and the report says so. Accuracy runs (units of kind "utility") are not cut by the clock:
+a fine-tune stopped early would misstate what a defence costs. They are bounded by their size
+(`--utility-train` sentences) and run first, so the attacks share what they leave.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class Pacer:
         self.per_unit = _positive("the per-unit budget", per_unit)
         self.units = units
         self.done = 0
-        self.fastest: float | None = None  # the quickest unit so far: what a unit costs beyond its budget
+        self.fastest: float | None = None  # the quickest budgeted unit so far: its cost beyond its budget
+        self._budgeted = True  # whether the unit running now has a budget
         self._last = None
         self._say = say
         self._now = now
@@ -89,9 +92,13 @@ class Pacer:
         return min(guess, self.remaining() + left * (self.fastest or 0.0))
 
     def runner(self, inner: Runner) -> Runner:
-        """`inner` run under this unit's share of the budget, its record stamped with the budget."""
+        """`inner` run under this unit's share of the budget, its record stamped with the budget
+        (a sweep unit of kind "utility", the second argument, runs without a limit)."""
         def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
-            with time_budget(self.share()) as limit:
+            unit = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
+            budgeted = unit.get("kind") != "utility"
+            self._budgeted = budgeted
+            with time_budget(self.share() if budgeted else None) as limit:
                 record = inner(*args, **kwargs)
                 record.setdefault("budget", limit.describe())
             return record
@@ -102,7 +109,8 @@ class Pacer:
         self.done += 1
         now = self._now()
         took, self._last = now - self._last, now
-        self.fastest = took if self.fastest is None else min(self.fastest, took)
+        if self._budgeted:  # what a budgeted unit costs beyond its share
+            self.fastest = took if self.fastest is None else min(self.fastest, took)
         if self._say is None:
             return
         eta = self.eta()
