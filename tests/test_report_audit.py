@@ -88,6 +88,10 @@ def test_the_report_opens_with_the_answer(tmp_path):
     assert "<tr class=stops><td>prune:0.7</td><td>40%</td><td>0/2</td><td>0.740</td><td>6.0</td>" in page
     merged["units"][0]["budget"] = {"seconds": 5, "used": 5.1, "ran_out": True}
     assert "1 of 28 attacks ran out of their time budget" in answer_html(merged)
+    for u in merged["units"]:
+        if u["defence"] == "prune:0.7":
+            u["budget"] = {"seconds": 5, "used": 5.1, "ran_out": True}
+    assert "But 2 of its attacks ran out of their time budget" in answer_html(merged)
 
 
 def test_markdown_summary(tmp_path):

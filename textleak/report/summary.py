@@ -100,8 +100,11 @@ def stop_sentence(a: Mapping[str, Any]) -> str:
         cost = f"accuracy with it {w['accuracy']:.3f} (undefended accuracy not measured)"
     else:
         cost = "its accuracy cost was not measured"
+    cut = next((r["budget_ran_out"] for r in a["settings"] if r["defence"] == w["defence"]), 0)
+    warn = (f" But {cut} of its attacks ran out of their time budget: a longer attack may read more, so this "
+            "is not yet evidence that it protects." if cut else "")
     return (f"What stops it: {w['defence']} brings ROUGE-1 down to {w['rouge1']:.2f} (below {a['threshold']}); "
-            f"{cost}.")
+            f"{cost}.{warn}")
 
 
 def caveat(a: Mapping[str, Any]) -> str | None:
