@@ -131,7 +131,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     result = recover(gradients=args.grads, model=args.model, attack=args.attack, reference=args.reference,
                      unknown=args.unknown or (), options=_attack_options(args), seed=args.seed,
                      checkpoint=args.checkpoint or str(Path(args.grads).with_suffix(".ckpt")),
-                     resume=args.resume, progress=not args.quiet, device=args.device)
+                     resume=args.resume, progress=not args.quiet, device=args.device, budget=args.budget)
     print(result.summary())
     if args.out and Path(args.out).suffix.lower() in IMAGE_OUTPUTS:
         from .report.images import save_images
@@ -194,6 +194,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .report import write_report
     from .sweep import SweepSpec, merge, run_sweep, strongest_attack
     from .data import read_sentences
+    from .pacing import clock
 
     device = resolve_device(args.device)
     defences = list(dict.fromkeys(["none"] + [parse_defence(d).spec for d in args.defence]))
@@ -221,13 +222,28 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .sweep import completed
 
     pending = len([u for u in spec.units() if u["key"] not in (completed(out / "results") if out.exists() else {})])
-    print(f"{len(spec.units())} units: {len(spec.units()) - pending} done, {pending} to run")
-    run_sweep(spec, out / "results", backend=args.backend, progress=say, device=device)
+    pacer, runner = _audit_pacing(args, pending, say)
+    print(f"{len(spec.units())} units: {len(spec.units()) - pending} done, {pending} to run; {pacer.describe()}")
+    run_sweep(spec, out / "results", backend=args.backend, progress=pacer.say, runner=runner, device=device)
+    print(f"attacks and utility runs took {clock(pacer.elapsed())}")
     merged = merge(out / "results")
     paths = write_report(merged, out, threshold=args.threshold)
     print(paths["summary"])
     print(f"wrote {paths['html']}, {paths['markdown']} and {len(paths['figures'])} figures in {out / 'figures'}")
     return 0
+
+
+def _audit_pacing(args: argparse.Namespace, pending: int, say):
+    """--budget (whole audit) and --unit-budget (per unit) as a Pacer and the sweep runner."""
+    from .pacing import Pacer, fixed_share
+    from .sweep import run_unit
+
+    pacer = Pacer(total=args.budget, per_unit=args.unit_budget, units=pending,
+                  say=None if args.quiet else say)
+    if args.backend == "ray":  # units run in other processes: a fixed share each
+        share = pacer.share()
+        return pacer, fixed_share(run_unit, share)
+    return pacer, pacer.runner(run_unit)
 
 
 def _sibling_train(data: str) -> str | None:
@@ -313,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--checkpoint", help="checkpoint file (default: <grads>.ckpt)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    r.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="wall-time limit of the attack: past it the best guess so far is returned, marked as such")
     r.add_argument("--out", help="write the result as JSON, or the recovered image(s) for .png/.jpg")
     r.add_argument("--figure", help="images: write a PNG grid of ground truth and reconstruction over iterations")
     r.add_argument("--report", help="write a report (.md or .html)")
@@ -364,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-utility", action="store_true", help="skip the accuracy runs")
     a.add_argument("--threshold", type=float, default=0.5, help="ROUGE-1 below which a setting defends")
     a.add_argument("--backend", choices=["local", "ray"], default="local")
+    a.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="wall time for all attacks and accuracy runs together: each unit gets the time left "
+                        "divided by the units left, so quick units leave time to slow ones")
+    a.add_argument("--unit-budget", type=float, metavar="SECONDS", help="wall-time cap of each unit")
     a.add_argument("--out", required=True, help="report folder (results/ inside it resume)")
     a.add_argument("--quiet", action="store_true", help="no per-unit progress lines")
     _device_argument(a)

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Mapping
 from .attacks import ATTACKS
 from .attacks.base import configure, preflight
 from .core.device import on_device, resolve_device
+from .core.budget import Budget, time_budget
 from .errors import InputError
 from .gradients import GradientFile, load_gradients
 from .modalities import modality
@@ -21,7 +22,7 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
             reference: Reference | str | Path | None = None, unknown: Iterable[str] = (),
             options: Mapping[str, Any] | None = None, seed: int = 0,
             checkpoint: str | Path | None = None, resume: bool = False,
-            progress: bool = True, device: Any = "auto") -> RecoveryResult:
+            progress: bool = True, device: Any = "auto", budget: float | None = None) -> RecoveryResult:
     """Recover the private batch behind `gradients`.
 
     gradients: a GradientFile or a path to one. model: None (the model the file names), a name or
@@ -32,9 +33,14 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
     checkpoint/resume: where to keep progress, and whether to continue from it.
     device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N": where the attack runs (the
     model is moved there for the attack and back).
+    budget: wall-time limit of the attack in seconds (None: only an enclosing `time_budget`
+    applies). When it runs out the attack returns its best guess so far; the result records
+    `details["budget"]` ({"seconds", "used", "ran_out"}) and `details["certified"]` (whether a
+    certificate vouches for the guess: only exact recovery gives one).
     """
     t0 = time.perf_counter()
     device = resolve_device(device)
+    Budget(budget)  # a bad limit fails before any work
     source = None
     if not isinstance(gradients, GradientFile):
         source = str(gradients)
@@ -49,16 +55,18 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
     target = mod.load_target(model, observation.metadata)
     mod.check(target, observation.metadata, gradients.gradients)
     t1 = time.perf_counter()
-    with on_device(target.model, device):
+    with on_device(target.model, device), time_budget(budget) as limit:
         preflight(attacker, observation, target)
         output = attacker.run(observation, target, checkpoint=checkpoint, resume=resume, progress=progress)
+        spent = limit.describe()
     t2 = time.perf_counter()
     return _result(attack, seed, mod, gradients, source, observation, output, ref, target,
-                   {"load": t1 - t0, "attack": t2 - t1}, device)
+                   {"load": t1 - t0, "attack": t2 - t1}, device, spent)
 
 
 def _result(attack: str, seed: int, mod, gradients: GradientFile, source: str | None, observation: Observation,
-            output, ref: Reference | None, target: Any, timings: dict[str, float], device) -> RecoveryResult:
+            output, ref: Reference | None, target: Any, timings: dict[str, float], device,
+            spent: dict[str, Any]) -> RecoveryResult:
     outcome = output.outcome
     best = outcome.snapshots[outcome.restart] if outcome else []
     result = RecoveryResult(
@@ -72,6 +80,8 @@ def _result(attack: str, seed: int, mod, gradients: GradientFile, source: str | 
     result.details["device"] = str(device)
     if observation.defence:  # the attacker is told what the victim applied (it matches the defended gradient as is)
         result.details["defence"] = observation.defence
+    result.details["budget"] = spent
+    result.details["certified"] = bool(result.details.get("certified", False))
     if outcome:
         result.details.update(restarts_diverged=sum(outcome.diverged), evaluations=outcome.evaluations,
                               resumed=outcome.resumed)

@@ -257,6 +257,7 @@ def run_unit(spec: SweepSpec, unit: dict[str, Any], ctx: UnitContext) -> dict[st
             "seed": unit["seed"], "batch_size": len(texts), "references": texts, "recovered": result.texts,
             "metrics": result.metrics["mean"], "per_example": result.metrics["per_example"],
             "distance": result.distance, "seconds": time.perf_counter() - t0, "config": result.config,
+            "certified": result.details.get("certified"), "budget": result.details.get("budget"),
             "versions": result.versions}
 
 
@@ -293,7 +294,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, rank: int | None = None, 
     path = out / f"results-{rank:03d}-of-{world_size:03d}.jsonl"
     writer = JsonlAppender(path)
     if backend == "ray":
-        _run_ray(spec, out, todo, writer, progress, str(device))
+        _run_ray(spec, out, todo, writer, progress, runner, str(device))
     else:
         ctx = UnitContext(spec, out, device)
         for i, unit in enumerate(todo, 1):
@@ -331,13 +332,14 @@ def _claim(out: Path, spec: SweepSpec) -> None:
     atomic_write_text(path, json.dumps(mine, indent=1))
 
 
-def _ray_unit(spec_dict: dict[str, Any], unit: dict[str, Any], out_dir: str, device: str = "auto") -> dict[str, Any]:
+def _ray_unit(runner: Runner, spec_dict: dict[str, Any], unit: dict[str, Any], out_dir: str,
+              device: str = "auto") -> dict[str, Any]:
     spec = SweepSpec.from_dict(spec_dict)
-    return run_unit(spec, unit, UnitContext(spec, Path(out_dir), device))
+    return runner(spec, unit, UnitContext(spec, Path(out_dir), device))
 
 
 def _run_ray(spec: SweepSpec, out: Path, todo: list[dict[str, Any]], writer: JsonlAppender,
-             progress: Callable[[str], None] | None, device: str = "auto") -> None:
+             progress: Callable[[str], None] | None, runner: Runner = run_unit, device: str = "auto") -> None:
     try:
         import ray
     except ImportError:
@@ -345,7 +347,7 @@ def _run_ray(spec: SweepSpec, out: Path, todo: list[dict[str, Any]], writer: Jso
     ray.init(ignore_reinit_error=True)
     # a Ray task sees a GPU only when it asks for one
     remote = ray.remote(num_gpus=1 if device.startswith("cuda") else 0)(_ray_unit)
-    pending = {remote.remote(spec.to_dict(), unit, str(out), device): unit for unit in todo}
+    pending = {remote.remote(runner, spec.to_dict(), unit, str(out), device): unit for unit in todo}
     finished = 0
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
