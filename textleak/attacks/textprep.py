@@ -9,7 +9,8 @@ import torch
 
 from ..errors import MissingKnowledgeError
 from ..threat import Observation
-from ..text import leakage as lk
+from ..text import leaks
+from ..text.layouts import layout_for
 from ..text.decode import allowed_token_ids
 from ..text.inference import complete_knowledge
 
@@ -20,7 +21,8 @@ def prepare_text(observation: Observation, target: Any, *, restrict: bool = True
     obs, notes = complete_knowledge(observation, target)
     if not restrict:
         return obs, None, notes
-    leaked = lk.embedding_token_set(obs.gradients)
+    layout = layout_for(target.model)
+    leaked = leaks.embedding_token_set(layout, obs.gradients)
     allowed = allowed_token_ids(target.tokenizer)
     if leaked is not None:
         cands = leaked[torch.isin(leaked, allowed)]
@@ -28,7 +30,7 @@ def prepare_text(observation: Observation, target: Any, *, restrict: bool = True
             notes["candidates"] = f"{len(cands)} tokens: nonzero rows of the word-embedding gradient"
             return obs, cands, notes
     if obs.task == "classify":  # untied head: a noisy embedding gradient still shows its rows
-        noisy = lk.noisy_token_set(obs.gradients)
+        noisy = leaks.noisy_token_set(layout, obs.gradients)
         if noisy is not None:
             cands = noisy[torch.isin(noisy, allowed)]
             if len(cands):
@@ -36,12 +38,12 @@ def prepare_text(observation: Observation, target: Any, *, restrict: bool = True
                                        "the noise (8 robust standard deviations)")
                 return obs, cands, notes
     try:
-        span = lk.layer_span(obs.gradients, 0)
+        span = leaks.layer_span(layout, obs.gradients, 0)
     except MissingKnowledgeError:
         return obs, None, notes
     if span.exact and obs.knowledge.seq_lengths is not None:
         vocab = torch.tensor(sorted(set(allowed.tolist()) | {target.tokenizer.mask_token_id} - {None}))
-        per_pos, _ = lk.position_candidates(target.model, span, vocab, max(obs.knowledge.seq_lengths))
+        per_pos, _ = leaks.position_candidates(layout, span, vocab, max(obs.knowledge.seq_lengths))
         ids = sorted({t for c in per_pos for t, _ in c} & set(allowed.tolist()))
         if ids:
             notes["candidates"] = f"{len(ids)} tokens in the first layer's input span"

@@ -16,15 +16,9 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError, MissingKnowledgeError
+from ..errors import InputError, MissingKnowledgeError, UnsupportedModelError
 from ..threat import Observation
 from .decode import allowed_token_ids, ids_to_text, nearest_tokens
-
-
-#: model_type -> the MLM head module that first receives the encoder's hidden states. Feeding it
-#: only the masked positions skips the vocabulary projection everywhere else (most of the cost).
-MLM_HEAD_INPUT = {"bert": "cls", "roberta": "lm_head", "xlm-roberta": "lm_head", "distilbert": "vocab_transform",
-                  "albert": "predictions", "electra": "generator_predictions"}
 
 
 class TextMatchingProblem:
@@ -76,25 +70,24 @@ class TextMatchingProblem:
         self.fixed_ids = torch.where(self.free, torch.zeros_like(fixed_ids), fixed_ids)
         self.fixed = self.matrix[self.fixed_ids]
         self.init_std = float(self.matrix.std()) * init_scale
+        self.known_labels = self._labels(know)
+        self.assumed = {"labels": "known" if self.known_labels is not None else "optimised jointly",
+                        "seq_lengths": "known", "special_tokens": bool(know.special_tokens)}
 
-        self.known_labels: torch.Tensor | None = None
+    def _labels(self, know) -> torch.Tensor | None:
+        """Set the classes (and, masked-LM, the masked positions); the declared labels, or None."""
         if self.task == "classify":
             self.num_classes = int(self.model.config.num_labels)
             if self.num_classes < 2:
                 raise InputError("regression heads (num_labels=1) are not supported")
-            if know.labels is not None:
-                self.known_labels = torch.tensor([int(y) for y in know.labels])
-        else:
-            if know.mask_positions is None:
-                raise MissingKnowledgeError("masked-LM matching needs the masked positions ('mask_positions')")
-            self.mask_index = [(b, p) for b, pos in enumerate(know.mask_positions) for p in pos]
-            if not self.mask_index:
-                raise InputError("masked-LM gradient without any masked position")
-            self.num_classes = self.matrix.shape[0]
-            if know.labels is not None:
-                self.known_labels = torch.tensor([int(t) for row in know.labels for t in row])
-        self.assumed = {"labels": "known" if self.known_labels is not None else "optimised jointly",
-                        "seq_lengths": "known", "special_tokens": bool(know.special_tokens)}
+            return torch.tensor([int(y) for y in know.labels]) if know.labels is not None else None
+        if know.mask_positions is None:
+            raise MissingKnowledgeError("masked-LM matching needs the masked positions ('mask_positions')")
+        self.mask_index = [(b, p) for b, pos in enumerate(know.mask_positions) for p in pos]
+        if not self.mask_index:
+            raise InputError("masked-LM gradient without any masked position")
+        self.num_classes = self.matrix.shape[0]
+        return torch.tensor([int(t) for row in know.labels for t in row]) if know.labels is not None else None
 
     # -- MatchingProblem -------------------------------------------------------------------
     def init(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -122,7 +115,9 @@ class TextMatchingProblem:
             logits = self.model(**kwargs).logits
         else:
             b, p = (list(x) for x in zip(*self.mask_index))
-            head = getattr(self.model, MLM_HEAD_INPUT.get(self.model.config.model_type, ""), None)
+            # the MLM head's first module, fed only the masked positions: that skips the vocabulary
+            # projection everywhere else (most of the cost)
+            head = _mlm_head_input(self.model)
             if head is None:
                 logits = self.model(**kwargs).logits[b, p]
             else:
@@ -165,3 +160,13 @@ class TextMatchingProblem:
         for b, p in self.mask_index:
             rows[b].append(p)
         return rows
+
+
+def _mlm_head_input(model) -> torch.nn.Module | None:
+    """The masked-LM head's first module (per the model's layout), or None without a layout."""
+    from .layouts import layout_for
+
+    try:
+        return layout_for(model).mlm_head().module
+    except UnsupportedModelError:
+        return None
