@@ -3,6 +3,7 @@ algorithm (the package doc explains it)."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from ...threat import Observation
 from ..base import ATTACKS, AttackOutput
 from .candidates import Candidates, declared_masks, vocabulary
 from .labels import class_labels, mlm_labels, order_by_slots
+from .moves import MOVES
 from .peeling import Peeler
 from .search import Search
 
@@ -61,21 +63,13 @@ class Exact:
             search = Search(self, layout, tok, cands, lengths, span1, peeler, observation.knowledge.special_tokens)
             sequences, residuals = search.run()
         sequences, residuals = order_by_slots(observation, tok, peeler, sequences, residuals)
-        prediction: dict[str, Any] = {"token_ids": sequences}
-        if task == "classify":
-            prediction["labels"], assumed["labels"] = class_labels(observation, layout, sequences)
-        else:
-            prediction["token_ids"], prediction["labels"], assumed["labels"], assumed["mask_positions"] = \
-                mlm_labels(observation, layout, tok, sequences)
-        prediction["texts"] = [ids_to_text(tok, row) for row in prediction["token_ids"]]
+        prediction = _predict(observation, layout, tok, sequences, assumed)
         details = {
             "certified": _certified(span1, residuals, cands, lengths), "layer0_rank": span0.rank,
-            "layer0_gap": span0.gap, "layer0_threshold": cands.threshold, "layer1_rank": span1.rank if span1 else None,
+            "layer0_gap": span0.gap, "layer0_threshold": cands.threshold, "layer1_rank": span1.rank if span1 is not None else None,
             "sentence_residuals": [float(r) for r in residuals], "vocabulary": vocab_source,
             "peeled": len(peeler.sentences) if peeler is not None and peeler.working else None,
-            "placed_tokens": _placed(cands, len(vocab)), "candidates_per_position": [len(c) for c in cands.layer0],
-            "candidates": [[t for t, _ in c] for c in cands.layer0], "budget": budget.current().describe(),
-            "seconds": time.perf_counter() - t0,
+            **_candidates_report(cands, len(vocab)), **_budget_report(), "seconds": time.perf_counter() - t0,
         }
         return AttackOutput(prediction=prediction, method=self.name, assumed=assumed, config=self.options(),
                             details=details)
@@ -87,6 +81,9 @@ class Exact:
 
     # -- steps -------------------------------------------------------------------------------
     def _layer0(self, observation: Observation, target: Any) -> tuple[Layout, LayerSpan]:
+        """The layout and the layer-0 span, once the options and the gradient allow the attack."""
+        for name in self.moves:
+            MOVES.get(name)  # an unknown move: InputError naming the registered ones
         layout = layout_for(target.model)
         span0 = layer_span(layout, observation.gradients, 0, self.span_test)
         if not span0.exact:
@@ -123,9 +120,29 @@ def _certified(span1: LayerSpan | None, residuals: list[float], cands: Candidate
     return len(lengths) == 1 and all(len(c) == 1 for c in cands.layer0[:lengths[0]])
 
 
-def _placed(cands: Candidates, tokens: int) -> dict[str, Any] | None:
+def _predict(observation: Observation, layout: Layout, tok: Any, sequences: list[list[int]],
+             assumed: dict[str, Any]) -> dict[str, Any]:
+    """Token ids, labels and texts of the batch (masked-LM: masked tokens filled in); notes how
+    the labels (and mask positions) were obtained in `assumed`."""
+    prediction: dict[str, Any] = {"token_ids": sequences}
+    if observation.task == "classify":
+        prediction["labels"], assumed["labels"] = class_labels(observation, layout, sequences)
+    else:
+        prediction["token_ids"], prediction["labels"], assumed["labels"], assumed["mask_positions"] = \
+            mlm_labels(observation, layout, tok, sequences)
+    prediction["texts"] = [ids_to_text(tok, row) for row in prediction["token_ids"]]
+    return prediction
+
+
+def _candidates_report(cands: Candidates, tokens: int) -> dict[str, Any]:
     pins = cands.placed
-    if pins is None:
-        return None
-    return {"tokens": tokens, "placed": len(pins.complete), "closed_positions": len(pins.closed),
-            "threshold": pins.threshold}
+    placed = None if pins is None else {"tokens": tokens, "placed": len(pins.complete),
+                                        "closed_positions": len(pins.closed), "threshold": pins.threshold}
+    return {"placed_tokens": placed, "candidates_per_position": [len(c) for c in cands.layer0],
+            "candidates": [[t for t, _ in c] for c in cands.layer0]}
+
+
+def _budget_report() -> dict[str, Any]:
+    """Where a time budget applies, what it allowed and whether it cut the search short."""
+    limit = budget.current()
+    return {"budget": limit.describe()} if limit.ran_out or not math.isinf(limit.deadline) else {}

@@ -80,9 +80,9 @@ class Layout:
     """Where one architecture keeps its embeddings, layers and heads (see the module doc).
 
     Subclasses set `family` and implement `layers` (or `num_layers` and `layer`), `block`,
-    `classifier` and `mlm_head` (and `embedding_projection`, `layer_call`, `qkv_sharing` where the
-    architecture has them); the embeddings are found under the base model's `embeddings` by the names all five
-    families use; the rest is shared."""
+    `classifier` and `mlm_head` (and `embedding_projection`, `layer_call`, `qkv_sharing` where
+    the architecture has them); the embeddings are found under the base model's `embeddings` by
+    the names all five families use; the rest is shared."""
 
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
@@ -95,11 +95,19 @@ class Layout:
         self.base = model.base_model
         self._names = {id(p): n for n, p in model.named_parameters()}
         try:
-            self.word_embeddings, self.embedding_norm, self.block(0)
+            self._check()
         except (AttributeError, IndexError, TypeError) as exc:
             raise UnsupportedModelError(
                 f"{type(model).__name__} (model type {self.config.model_type!r}) is not laid out as "
                 f"{self.family} models are ({exc})") from None
+
+    def _check(self) -> None:
+        """Find the modules every leak needs (AttributeError where the model keeps them elsewhere)."""
+        block = self.block(0)
+        for module in (self.word_embeddings, self.position_embeddings, self.embedding_norm, block.query, block.key,
+                       block.value):
+            if not isinstance(module, nn.Module):
+                raise AttributeError(f"{type(module).__name__} found where a module was expected")
 
     # -- modules (per family; the embeddings' names are the same in all five) ------------------------
     @property
