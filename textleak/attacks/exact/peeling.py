@@ -85,7 +85,7 @@ class Peeler:
         self.working = self.working and all(p is not None for p in self.params)
         dev = layout.device
         self.rest = {n: grads[n].to(dev).double().clone() for n in self.names} if self.working else {}
-        self._word_top = float(grads[self.word].double().norm(dim=1).max()) if self.working and self.word else 0.0
+        self._word_top: float | None = None  # the largest word-embedding gradient row's norm, once needed
         self.rank = rank  # of the layer-1 span of what is left
         self.labels: list[Any] = []  # the label(s) of each sentence peeled, in order
         self.slots: list[int] = []  # masked-LM: the batch slot of each sentence peeled
@@ -153,6 +153,8 @@ class Peeler:
     def _what_is_left(self, span: LayerSpan) -> Rest:
         allowed = None
         if self.word:
+            if self._word_top is None:
+                self._word_top = float(self.grads[self.word].double().norm(dim=1).max())
             rows = self.rest[self.word].norm(dim=1)
             allowed = set((rows > 1e-6 * self._word_top).nonzero().flatten().tolist())
         left = as_captured(self.rest, self.grads)
