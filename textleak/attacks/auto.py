@@ -27,7 +27,8 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from ..errors import InputError, MissingKnowledgeError
-from ..text import leakage as lk
+from ..text import leaks
+from ..text.layouts import layout_for
 from ..threat import Observation
 from .base import ATTACKS, CANNOT_RUN, AttackOutput, preflight
 from .optimisation import GradientMatching
@@ -154,10 +155,11 @@ def _padded(rows: list[list[int]]) -> torch.Tensor:
 def _better(observation: Observation, target: Any, exact_out: AttackOutput, opt_out: AttackOutput) -> AttackOutput:
     """Pick by the layer-1 span residual of each guess (no ground truth involved)."""
     grads = observation.gradients
-    if not lk.qkv_names(grads, 1):
+    layout = layout_for(target.model)
+    if not layout.shared(grads, layout.qkv_names(1)):
         opt_out.method = f"{exact_out.method}+{opt_out.method}"
         return opt_out
-    span1 = lk.layer_span(grads, 1)
+    span1 = leaks.layer_span(layout, grads, 1)
 
     # masked-LM guesses carry labels at masked positions; the span saw the masked inputs
     def score(out: AttackOutput) -> float:
@@ -167,7 +169,7 @@ def _better(observation: Observation, target: Any, exact_out: AttackOutput, opt_
                 for p in pos:
                     if p < len(rows[b]) and target.tokenizer.mask_token_id is not None:
                         rows[b][p] = target.tokenizer.mask_token_id
-        return float(lk.sequence_residuals(target.model, span1, rows).sum())
+        return float(leaks.sequence_residuals(layout, span1, rows).sum())
 
     s_exact, s_opt = score(exact_out), score(opt_out)
     chosen = exact_out if s_exact <= s_opt else opt_out

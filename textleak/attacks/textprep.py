@@ -11,7 +11,8 @@ import torch
 from ..core.device import module_device
 from ..errors import MissingKnowledgeError
 from ..threat import Observation
-from ..text import leakage as lk
+from ..text import leaks
+from ..text.layouts import layout_for
 from ..text.decode import allowed_token_ids
 from ..text.inference import complete_knowledge
 from ..text.problem import check_observation
@@ -24,7 +25,8 @@ def prepare_text(observation: Observation, target: Any, *, restrict: bool = True
     obs, notes = complete_knowledge(observation, target)
     if not restrict:
         return obs, None, notes
-    leaked = lk.embedding_token_set(obs.gradients)
+    layout = layout_for(target.model)
+    leaked = leaks.embedding_token_set(layout, obs.gradients)
     allowed = allowed_token_ids(target.tokenizer)
     if leaked is not None:
         allowed = allowed.to(leaked.device)
@@ -33,7 +35,7 @@ def prepare_text(observation: Observation, target: Any, *, restrict: bool = True
             notes["candidates"] = f"{len(cands)} tokens: nonzero rows of the word-embedding gradient"
             return obs, cands, notes
     if obs.task == "classify":  # untied head: a noisy embedding gradient still shows its rows
-        noisy = lk.noisy_token_set(obs.gradients)
+        noisy = leaks.noisy_token_set(layout, obs.gradients)
         if noisy is not None:
             cands = noisy[torch.isin(noisy, allowed.to(noisy.device))]
             if len(cands):
@@ -41,13 +43,13 @@ def prepare_text(observation: Observation, target: Any, *, restrict: bool = True
                                        "the noise (8 robust standard deviations)")
                 return obs, cands, notes
     try:
-        span = lk.layer_span(obs.gradients, 0)
+        span = leaks.layer_span(layout, obs.gradients, 0)
     except MissingKnowledgeError:
         return obs, None, notes
     if span.exact and obs.knowledge.seq_lengths is not None:
         vocab = torch.tensor(sorted(set(allowed.tolist()) | {target.tokenizer.mask_token_id} - {None}),
                              device=module_device(target.model))
-        per_pos, _ = lk.position_candidates(target.model, span, vocab, max(obs.knowledge.seq_lengths))
+        per_pos, _ = leaks.position_candidates(layout, span, vocab, max(obs.knowledge.seq_lengths))
         ids = sorted({t for c in per_pos for t, _ in c} & set(allowed.tolist()))
         if ids:
             notes["candidates"] = f"{len(ids)} tokens in the first layer's input span"
@@ -61,7 +63,7 @@ class TextLeaks(Preparation):
 
     def check(self, attack, observation: Observation, target: Any) -> None:
         check_observation(target, observation, infer_lengths=True)
-        if observation.knowledge.seq_lengths is None and lk.max_length(observation.gradients) is None:
+        if observation.knowledge.seq_lengths is None and leaks.max_length(layout_for(target.model), observation.gradients) is None:
             raise MissingKnowledgeError("inferring sequence lengths needs the position-embedding gradient, "
                                         "which the file does not share (or declare 'seq_lengths')")
 

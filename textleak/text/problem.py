@@ -17,15 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from ..core.device import module_device
-from ..errors import InputError, MissingKnowledgeError
+from ..errors import InputError, MissingKnowledgeError, UnsupportedModelError
 from ..threat import Observation
 from .decode import allowed_token_ids, ids_to_text, nearest_tokens
-
-
-#: model_type -> the MLM head module that first receives the encoder's hidden states. Feeding it
-#: only the masked positions skips the vocabulary projection everywhere else (most of the cost).
-MLM_HEAD_INPUT = {"bert": "cls", "roberta": "lm_head", "xlm-roberta": "lm_head", "distilbert": "vocab_transform",
-                  "albert": "predictions", "electra": "generator_predictions"}
 
 
 def check_observation(target, observation: Observation, *, infer_lengths: bool = False) -> None:
@@ -152,7 +146,9 @@ class TextMatchingProblem:
             logits = self.model(**kwargs).logits
         else:
             b, p = (list(x) for x in zip(*self.mask_index))
-            head = getattr(self.model, MLM_HEAD_INPUT.get(self.model.config.model_type, ""), None)
+            # the MLM head's first module, fed only the masked positions: that skips the vocabulary
+            # projection everywhere else (most of the cost)
+            head = _mlm_head_input(self.model)
             if head is None:
                 logits = self.model(**kwargs).logits[b, p]
             else:
@@ -195,3 +191,13 @@ class TextMatchingProblem:
         for b, p in self.mask_index:
             rows[b].append(p)
         return rows
+
+
+def _mlm_head_input(model) -> torch.nn.Module | None:
+    """The masked-LM head's first module (per the model's layout), or None without a layout."""
+    from .layouts import layout_for
+
+    try:
+        return layout_for(model).mlm_head().module
+    except UnsupportedModelError:
+        return None
