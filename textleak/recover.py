@@ -6,9 +6,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .attacks import ATTACKS
 from .errors import InputError
-from .gradients import GradientFile, load_gradients
+from .gradients import GradientFile
 from .modalities import modality
 from .result import RecoveryResult
 from .threat import Knowledge, Observation, Reference
@@ -28,19 +27,16 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
     withdraw from the attacker (e.g. "labels"). options: the attack's own settings (steps, lr...).
     checkpoint/resume: where to keep progress, and whether to continue from it.
     """
+    from .validate import attack_instance, gradient_input, names, resume_point
+    from .threat import WITHDRAWABLE
+
     t0 = time.perf_counter()
-    source = None
-    if not isinstance(gradients, GradientFile):
-        source = str(gradients)
-        gradients = load_gradients(gradients)
-    mod = modality(gradients.metadata.get("modality", "?"))
-    attack_cls = ATTACKS.get(attack)
-    if mod.name not in attack_cls.modalities:
-        raise InputError(f"attack {attack!r} does not handle {mod.name}; it handles {', '.join(attack_cls.modalities)}")
-    try:
-        attacker = attack_cls(seed=seed, **dict(options or {}))
-    except TypeError as exc:
-        raise InputError(f"bad option for attack {attack!r}: {exc}") from None
+    # Every argument and the whole gradient file are checked before a model is built.
+    gradients, source = gradient_input(gradients)
+    mod = modality(gradients.metadata["modality"])
+    attacker = attack_instance(attack, options, seed, modality=mod.name)
+    unknown = names(unknown, "unknown", WITHDRAWABLE)
+    resume_point(checkpoint, resume, source)
     ref = _reference(reference, mod) if reference is not None else None  # fail early, before the work
     target = mod.load_target(model, gradients.metadata)
     mod.check(target, gradients.metadata, gradients.gradients)
@@ -71,9 +67,11 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
 
 
 def _reference(reference: Reference | str | Path, mod) -> Reference:
+    from .io import as_path
+
     if isinstance(reference, Reference):
         return reference
-    path = Path(reference)
+    path = as_path(reference, "reference")
     if not path.is_file():
         raise InputError(f"reference file {path} does not exist")
     if path.suffix == ".json":

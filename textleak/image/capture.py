@@ -75,6 +75,10 @@ def capture_image_gradients(model: Any = None, images: Any = None, *, labels: Se
     labels: one class per image; default: the source's labels, else 0. declare: facts the
         attacker is assumed to know, among batch_size and labels.
     """
+    from ..validate import labels as check_labels, names
+
+    labels = check_labels(labels)
+    declare = names(declare, "declare", DECLARABLE)
     target = image_target(model, num_classes=num_classes, channels=channels, size=size, init_seed=init_seed,
                           input_shape=input_shape, mean=mean, std=std)
     batch = collect_images(images)
