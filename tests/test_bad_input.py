@@ -338,6 +338,9 @@ def _(w: World, mp):
     (w.tmp / "sw").mkdir()
     with shard_lock(w.tmp / "sw", 0, 1):
         raises("another sweep is running shard 0/1", run_sweep, spec, w.tmp / "sw")
+    (w.tmp / "other").mkdir()
+    (w.tmp / "other" / "table.json").write_text("mine")  # a folder of the user's: never written into
+    raises("holds other files and no sweep.json", run_sweep, spec, w.tmp / "other")
 
 
 @case("s6 duplicate seeds in a sweep spec are refused")

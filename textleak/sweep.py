@@ -253,9 +253,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, rank: int | None = None, 
         raise InputError(f"unknown sweep backend {backend!r}; choose local or ray")
     if rank is None or world_size is None:
         rank, world_size = shard_from_env()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"sweep folder {out} is a file")
+    out = check_folder(out_dir, "sweep folder", marker=SPEC_FILE)  # never a file, nor a folder of other files
     out.mkdir(parents=True, exist_ok=True)
     with shard_lock(out, rank, world_size):  # two runs of one shard would run each unit twice
         _claim(out, spec)

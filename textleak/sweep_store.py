@@ -28,12 +28,10 @@ def check_folder(folder: str | Path, what: str, *, marker: str) -> Path:
     folder = as_path(folder, what)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{what} {folder} is a file; give a folder")
-    holds_files = folder.is_dir() and any(f for _, _, files in os.walk(folder) for f in files)
+    holds_files = folder.is_dir() and any(not f.startswith(".lock-") for _, _, files in os.walk(folder) for f in files)
     if holds_files and not (folder / marker).is_file():
         raise InputError(f"{what} {folder} holds other files and no {marker}; textleak writes into a new, empty "
                          "or earlier textleak folder")
-    if not folder.exists() and not folder.parent.is_dir():
-        raise InputError(f"{what} {folder}: the folder {folder.parent} does not exist")
     return folder
 
 
