@@ -205,6 +205,12 @@ def _(w: World, mp):
     assert (w.tmp / "notes.txt").read_text() == "my notes"
 
 
+@case("x a missing --grads creates nothing")
+def _(w: World, mp):
+    w.fails("does not exist", "recover", "--grads", w.tmp / "missing" / "g.pt")
+    assert not (w.tmp / "missing").exists()
+
+
 @case("s1 --out is the gradient file")
 def _(w: World, mp):
     before = w.cls.read_bytes()
@@ -286,10 +292,10 @@ def _(w: World, mp):
     import textleak.core.checkpoint as ck
 
     real = ck.writable_dir
-    mp.setattr(ck, "writable_dir", lambda folder: real(folder) and folder != w.tmp)
+    mp.setattr(ck, "writable_dir", lambda folder, create=False: real(folder, create=create) and folder != w.tmp)
     code, _, err = w.cli("recover", "--grads", w.cls, "--attack", "dlg", "--steps", "1", "--quiet")
     assert code == 0 and "checkpoint goes to" in err and str(w.tmp / "cache") in err
-    mp.setattr(ck, "writable_dir", lambda folder: False)
+    mp.setattr(ck, "writable_dir", lambda folder, create=False: False)
     code, _, err = w.cli("recover", "--grads", w.cls, "--attack", "dlg", "--steps", "1", "--quiet")
     assert code == 0 and "keeps no checkpoint" in err
 

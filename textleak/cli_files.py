@@ -42,6 +42,8 @@ def recover_outputs(args: argparse.Namespace, options: dict) -> Path | None:
     if args.report and Path(args.report).suffix.lower() not in (".md", ".html", ".htm"):
         raise InputError("--report must name a .md or .html file")
     grads = as_path(args.grads, "--grads")
+    if not grads.is_file():
+        raise InputError(f"gradient file {grads} {'is not a file' if grads.exists() else 'does not exist'}")
     inputs = [(grads, "gradient file (--grads)")]
     if args.reference:
         inputs.append((as_path(args.reference, "--reference"), "reference (--reference)"))

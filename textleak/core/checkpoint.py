@@ -36,10 +36,12 @@ def cache_dir() -> Path:
     return Path(base) / "textleak"
 
 
-def writable_dir(folder: Path) -> bool:
-    """Whether a file can be created in `folder` (tried, not guessed from mode bits)."""
+def writable_dir(folder: Path, *, create: bool = False) -> bool:
+    """Whether a file can be created in `folder` (tried, not guessed from mode bits); `create`
+    makes the folder first (textleak's own cache folders only)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".textleak-probe-")
     except OSError:
         return False
@@ -56,7 +58,7 @@ def default_checkpoint(source: str | Path, settings: Mapping[str, Any]) -> tuple
     if writable_dir(source.parent):
         return source.parent / name, None
     fallback = cache_dir() / "checkpoints"
-    if writable_dir(fallback):
+    if writable_dir(fallback, create=True):
         return fallback / name, f"{source.parent} is not writable; the checkpoint goes to {fallback / name}"
     return None, f"neither {source.parent} nor {fallback} is writable: this run keeps no checkpoint"
 
@@ -70,7 +72,7 @@ class CheckpointLock:
         self.path = Path(path).resolve()
         digest = hashlib.sha256(str(self.path).encode()).hexdigest()[:16]
         folder = cache_dir() / "locks"
-        if not writable_dir(folder):
+        if not writable_dir(folder, create=True):
             folder = Path(tempfile.gettempdir()) / "textleak-locks"
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(folder / f"{digest}.lock"), timeout=0)
