@@ -165,8 +165,10 @@ def declared_knowledge(facts: Mapping[str, Any], declare: Iterable[str], *, spec
 
 
 def check_declared(declare: Iterable[str]) -> tuple[str, ...]:
-    declare = tuple(declare)
-    bad = [d for d in declare if d not in DECLARABLE]
+    from .validate import sequence
+
+    declare = (declare,) if isinstance(declare, str) else tuple(sequence(declare, "declare"))
+    bad = [d for d in declare if not isinstance(d, str) or d not in DECLARABLE]
     if bad:
         raise InputError(f"cannot declare {bad[0]!r}; declarable: {', '.join(DECLARABLE)}")
     return declare
