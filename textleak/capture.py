@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from .core.seeding import model_mode
+from .core.seeding import determinism_settings, model_mode
 from .errors import InputError
 from .gradients import GradientFile, check_finite
 from .threat import Knowledge, Reference
@@ -53,7 +53,9 @@ def parameter_gradients(loss: torch.Tensor, model: torch.nn.Module) -> dict[str,
 def metadata_for(*, modality: str, spec: Mapping[str, Any], knowledge: Knowledge,
                  capture: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     meta = {"modality": modality, "model": dict(spec), "knowledge": knowledge.to_dict(),
-            "capture": dict(capture), "extra": dict(extra or {}), "versions": versions(),
+            # the victim's thread count and kernels decide the gradient's last bits, as they do a result's
+            "capture": {**capture, "determinism": determinism_settings(capture.get("seed"))},
+            "extra": dict(extra or {}), "versions": versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     # The same plain-JSON values in memory as after a save/load round trip.
     return json.loads(json.dumps(meta))

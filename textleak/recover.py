@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .attacks import ATTACKS
+from .core import budget
+from .core.seeding import repeatable
 from .errors import InputError
 from .gradients import GradientFile, load_gradients
 from .modalities import modality
@@ -47,7 +49,11 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
     knowledge = Knowledge.from_dict(gradients.metadata["knowledge"]).without(*unknown)
     observation = Observation(gradients.gradients, gradients.metadata, knowledge)
     t1 = time.perf_counter()
-    output = attacker.run(observation, target, checkpoint=checkpoint, resume=resume, progress=progress)
+    # Same seed, same thread count, same machine type and versions: the same bits (see core/seeding).
+    with repeatable(seed) as determinism:
+        output = attacker.run(observation, target, checkpoint=checkpoint, resume=resume, progress=progress)
+        # a search cut short by a time budget stopped where the clock said: a rerun may stop elsewhere
+        determinism["time_budget_ran_out"] = budget.current().ran_out
     t2 = time.perf_counter()
     outcome = output.outcome
     best = outcome.snapshots[outcome.restart] if outcome else []
@@ -58,6 +64,7 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
         distance=outcome.distance if outcome else None,
         history=outcome.history[outcome.restart] if outcome else [], snapshots=best,
         timings={"load": t1 - t0, "attack": t2 - t1}, versions=versions(), details=output.details,
+        determinism=determinism,
     )
     defence = gradients.metadata.get("capture", {}).get("defence")
     if defence:  # the attacker is told what the victim applied (it matches the defended gradient as is)

@@ -256,7 +256,7 @@ def run_unit(spec: SweepSpec, unit: dict[str, Any], ctx: UnitContext) -> dict[st
             "seed": unit["seed"], "batch_size": len(texts), "references": texts, "recovered": result.texts,
             "metrics": result.metrics["mean"], "per_example": result.metrics["per_example"],
             "distance": result.distance, "seconds": time.perf_counter() - t0, "config": result.config,
-            "versions": result.versions}
+            "versions": result.versions, "determinism": result.determinism}
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .core.seeding import model_mode, seeded
+from .core.seeding import model_mode, repeatable
 from .defences import parse_defence, shared_gradients
 from .errors import InputError
 from .io import atomic_write_text
@@ -116,7 +116,7 @@ def measure_utility(defence: str, config: UtilityConfig = UtilityConfig(), *,
     params = [p for p in model.parameters() if p.requires_grad]
     initial = [p.detach().clone() for p in params]
     optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr)
-    with seeded(config.seed), model_mode(model, train=True), torch.enable_grad():
+    with repeatable(config.seed) as determinism, model_mode(model, train=True), torch.enable_grad():
         for epoch in range(config.epochs):
             order = torch.randperm(len(train), generator=generator).tolist()
             batches = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
@@ -144,7 +144,8 @@ def measure_utility(defence: str, config: UtilityConfig = UtilityConfig(), *,
     result: dict[str, Any] = {
         "defence": parsed.spec, "accuracy": accuracy, "n_train": len(train), "n_test": len(held),
         "steps": steps, "skipped_steps": skipped, "update_norm": update_norm, "batch_size": batch_size, "seconds": time.perf_counter() - t0,
-        "config": asdict(config), "model": target.spec.to_dict(), "textleak": __version__}
+        "config": asdict(config), "model": target.spec.to_dict(), "textleak": __version__,
+        "determinism": determinism}
     if parsed.name == "dpsgd":
         try:
             result["epsilon"] = parsed.epsilon(steps=steps, sample_rate=batch_size / len(train), delta=config.delta)

@@ -1,0 +1,93 @@
+"""Same seed, same thread count: the same result bit for bit, across processes (issue 18)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import textleak
+from textleak.core.seeding import determinism_settings, repeatable
+from textleak.text.models import load_text_model
+
+from conftest import make_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(model: Path, out: Path, hash_seed: str, tmp_path: Path) -> dict:
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "TEXTLEAK_PRIOR_DATA": str(tmp_path / "train_toy.tsv"), "TEXTLEAK_CACHE": str(tmp_path / "cache"),
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_repeat_run.py"), str(model), str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_two_processes_recover_the_same_bits(tmp_path):
+    """Every text attack (exact, dlg, tag, lamp, auto clean and auto falling back to LAMP under
+    noise) and the image attacks, run in two fresh processes whose global RNGs and string hashes
+    differ: predictions, loss histories, snapshots and scores agree exactly. The first process
+    fits the bigram prior, the second reads it from the cache."""
+    model = make_tiny_model(tmp_path / "model", hidden=64, layers=2)
+    (tmp_path / "train_toy.tsv").write_text("sentence\tlabel\nthe cat sat on the mat .\t1\na big dog ran\t0\n")
+    first = _run(model, tmp_path / "a.json", "1", tmp_path)
+    second = _run(model, tmp_path / "b.json", "2", tmp_path)
+    assert first.keys() == second.keys() and len(first) == 9
+    assert first["5:auto"]["method"] == "lamp"  # the noisy capture did take the fallback
+    for key in first:
+        a, b = first[key].pop("determinism"), second[key].pop("determinism")
+        assert a["torch_threads"] == 1 and a["deterministic_algorithms"] and a["seed"] == 0
+        assert a["env"].pop("PYTHONHASHSEED") == "1" and b["env"].pop("PYTHONHASHSEED") == "2"
+        assert a == b
+        assert first[key] == second[key], key
+
+
+def test_repeatable_records_and_restores_the_global_settings():
+    before = determinism_settings()
+    state = torch.get_rng_state()
+    with repeatable(7) as settings:
+        assert settings["seed"] == 7 and settings["torch_threads"] == torch.get_num_threads()
+        assert torch.are_deterministic_algorithms_enabled() and settings["deterministic_algorithms"]
+        assert not torch.backends.cudnn.benchmark
+        drawn = torch.rand(3)
+    with repeatable(7):
+        assert torch.equal(torch.rand(3), drawn)
+    assert determinism_settings() == before
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_every_result_records_its_determinism_settings(tiny_bert, one_thread, tmp_path):
+    target = load_text_model(str(tiny_bert), task="classify")
+    cap = textleak.capture_gradients(target, ["the cat sat"], task="classify", labels=[1])
+    res = textleak.recover(gradients=cap.gradients, model=target, attack="dlg", options={"steps": 1}, progress=False)
+    assert res.determinism["torch_threads"] == 1 and res.determinism["seed"] == 0
+    assert "1 torch threads" in res.summary()
+    path = tmp_path / "r.json"
+    res.to_json(path)
+    assert textleak.RecoveryResult.from_json(path).determinism == res.determinism
+
+
+def test_a_stale_checkpoint_is_not_resumed_without_resume(tiny_bert, one_thread, tmp_path):
+    """The default checkpoint of an interrupted earlier run lies beside the gradient file; a run
+    without --resume must start afresh and give the bits of a run with no checkpoint at all."""
+    from textleak.core.checkpoint import save_checkpoint
+
+    target = load_text_model(str(tiny_bert), task="classify")
+    cap = textleak.capture_gradients(target, ["the cat sat on the mat"], task="classify", labels=[1])
+    options = {"steps": 3}
+    clean = textleak.recover(gradients=cap.gradients, model=target, attack="dlg", options=options, progress=False)
+    ckpt = tmp_path / "g.ckpt"
+    save_checkpoint(ckpt, {"key": "an earlier run", "restart": 0, "step": 2, "variables": None})
+    again = textleak.recover(gradients=cap.gradients, model=target, attack="dlg", options=options,
+                             checkpoint=ckpt, progress=False)
+    assert again.history == clean.history and again.prediction == clean.prediction
+    assert again.details["resumed"] is False
+
