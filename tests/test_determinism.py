@@ -91,3 +91,30 @@ def test_a_stale_checkpoint_is_not_resumed_without_resume(tiny_bert, one_thread,
     assert again.history == clean.history and again.prediction == clean.prediction
     assert again.details["resumed"] is False
 
+
+def test_a_resumed_lamp_run_repeats_an_uninterrupted_one(tiny_bert, one_thread, tmp_path, monkeypatch):
+    """LAMP's discrete search has its own RNG and step count: a checkpoint keeps them, so the run
+    resumed after Ctrl-C takes the same discrete steps as a run never interrupted."""
+    from textleak.text import problem as text_problem
+
+    target = load_text_model(str(tiny_bert), task="classify")
+    cap = textleak.capture_gradients(target, ["the cat sat on the mat"], task="classify", labels=[1])
+    options = {"steps": 6, "discrete_every": 2, "proposals": 3, "prior": "none"}
+    kw = dict(gradients=cap.gradients, model=target, attack="lamp", options=options, progress=False)
+    clean = textleak.recover(**kw)
+    original, calls = text_problem.TextMatchingProblem.gradients, {"n": 0}
+
+    def interrupted(self, variables):
+        calls["n"] += 1
+        if calls["n"] == 4:  # in step 4, after the discrete step that followed step 2
+            raise KeyboardInterrupt
+        return original(self, variables)
+
+    monkeypatch.setattr(text_problem.TextMatchingProblem, "gradients", interrupted)
+    ckpt = tmp_path / "g.ckpt"
+    with pytest.raises(textleak.errors.Interrupted):
+        textleak.recover(**kw, checkpoint=ckpt)
+    monkeypatch.setattr(text_problem.TextMatchingProblem, "gradients", original)
+    resumed = textleak.recover(**kw, checkpoint=ckpt, resume=True)
+    assert resumed.details["resumed"] is True
+    assert resumed.history == clean.history and resumed.prediction == clean.prediction

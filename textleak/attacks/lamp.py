@@ -80,6 +80,14 @@ class LampProblem(TextMatchingProblem):
             ids[b, p] = self.candidates[k % len(self.candidates)] if k >= len(order) else order[k]
         return ids
 
+    def state_dict(self) -> dict[str, Any]:
+        """The discrete search's RNG and step count, which a checkpoint keeps (core.matching)."""
+        return {"rng": self.rng.get_state(), "steps_seen": self.steps_seen}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rng.set_state(state["rng"])
+        self.steps_seen = int(state["steps_seen"])
+
     def regulariser(self, variables: Mapping[str, torch.Tensor]) -> torch.Tensor:
         norms = variables["embeddings"][self.free].norm(dim=-1)
         return self.norm_weight * (norms.mean() - self.target_norm) ** 2
