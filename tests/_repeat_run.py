@@ -71,6 +71,9 @@ def main(model_dir: str, out_path: str) -> None:
     torch.use_deterministic_algorithms(True)  # strict: a nondeterministic kernel raises here
     scramble_global_rngs()
     runs = {**text_runs(model_dir), **image_runs()}
+    import os
+
+    runs["env"] = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}  # set by importing textleak
     with open(out_path, "w", encoding="utf-8") as fh:
         json.dump(runs, fh, sort_keys=True)
 

@@ -20,26 +20,31 @@ from conftest import make_tiny_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(model: Path, out: Path, hash_seed: str, tmp_path: Path) -> dict:
-    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "TEXTLEAK_PRIOR_DATA": str(tmp_path / "train_toy.tsv"), "TEXTLEAK_CACHE": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_repeat_run.py"), str(model), str(out)],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _start(model: Path, out: Path, hash_seed: str, tmp_path: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update(PYTHONHASHSEED=hash_seed, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+               TEXTLEAK_PRIOR_DATA=str(tmp_path / "train_toy.tsv"), TEXTLEAK_CACHE=str(tmp_path / f"cache-{hash_seed}"))
+    with open(out.with_suffix(".log"), "w") as log:  # a file, not a pipe: neither process waits on us
+        return subprocess.Popen([sys.executable, str(ROOT / "tests" / "_repeat_run.py"), str(model), str(out)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen, out: Path) -> dict:
+    assert proc.wait(timeout=600) == 0, out.with_suffix(".log").read_text()[-3000:]
     return json.loads(out.read_text())
 
 
 def test_two_processes_recover_the_same_bits(tmp_path):
     """Every text attack (exact, dlg, tag, lamp, auto clean and auto falling back to LAMP under
-    noise) and the image attacks, run in two fresh processes whose global RNGs and string hashes
-    differ: predictions, loss histories, snapshots and scores agree exactly. The first process
-    fits the bigram prior, the second reads it from the cache."""
+    noise) and the image attacks, run in two fresh processes (side by side) whose global RNGs and
+    string hashes differ: predictions, loss histories, snapshots and scores agree exactly."""
     model = make_tiny_model(tmp_path / "model", hidden=64, layers=2)
     (tmp_path / "train_toy.tsv").write_text("sentence\tlabel\nthe cat sat on the mat .\t1\na big dog ran\t0\n")
-    first = _run(model, tmp_path / "a.json", "1", tmp_path)
-    second = _run(model, tmp_path / "b.json", "2", tmp_path)
+    procs = [(_start(model, tmp_path / f"{s}.json", s, tmp_path), tmp_path / f"{s}.json") for s in ("1", "2")]
+    first, second = (_finish(proc, out) for proc, out in procs)
+    assert first.pop("env") == {"OMP_WAIT_POLICY": "PASSIVE"}  # waiting threads sleep: see textleak/__init__.py
+    second.pop("env")
     assert first.keys() == second.keys() and len(first) == 9
     assert first["5:auto"]["method"] == "lamp"  # the noisy capture did take the fallback
     for key in first:

@@ -8,7 +8,14 @@ Public API:
     ATTACKS, Knowledge, Observation, Reference, MatchConfig
 """
 
-from .attacks import ATTACKS
+import os as _os
+
+# OpenMP threads that wait for work sleep instead of spinning (libgomp spins by default). On a
+# machine whose cores other jobs share, spinning waiters made a 2-thread run about 5x slower and
+# burn 6x the CPU (issue 18). Read when torch loads, so set before it; a user's setting wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .attacks import ATTACKS  # noqa: E402
 from .capture import Capture, capture_gradients
 from .core import MatchConfig
 from .defences import DEFENCES, parse_defence

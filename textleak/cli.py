@@ -7,6 +7,7 @@ for real bugs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -254,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .threat import WITHDRAWABLE
 
     p = argparse.ArgumentParser(prog="textleak", description="How much private text leaks from shared gradients.")
+    p.add_argument("--threads", type=int, help="torch threads for this run (default: torch's, one per core; on a "
+                   "machine other jobs share, 1 is often faster). Results record it: a rerun repeats a result bit "
+                   "for bit only with the same count")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("capture", help="compute the gradient a training step would share")
@@ -359,13 +363,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _threads(args.threads):
+            return args.func(args)
     except TextleakError as exc:
         print(f"textleak: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("textleak: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None):
+    """Run a command on `threads` torch threads (None: as they are), then put the count back."""
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_script(entry, prog: str) -> None:

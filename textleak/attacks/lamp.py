@@ -31,7 +31,6 @@ import torch
 
 from ..core.distances import DISTANCES
 from ..core.matching import MatchConfig, match
-from ..text.decode import nearest_tokens
 from ..text.prior import load_prior
 from ..text.problem import TextMatchingProblem
 from ..threat import Observation
@@ -104,7 +103,7 @@ class LampProblem(TextMatchingProblem):
         with torch.no_grad():
             emb = self.inputs_embeds(variables)[b]
             ids = self.fixed_ids[b].clone()
-            ids[self.free[b]] = nearest_tokens(emb[self.free[b]], self.matrix, self.candidates, self.decode_metric)
+            ids[self.free[b]] = self.nearest(emb[self.free[b]])
         return rec + self.prior_weight * self.prior.nll(ids[: self.lengths[b]].tolist())
 
     def discrete_step(self, variables: Mapping[str, torch.Tensor]) -> None:

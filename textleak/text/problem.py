@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError, MissingKnowledgeError
 from ..threat import Observation
-from .decode import allowed_token_ids, ids_to_text, nearest_tokens
+from .decode import NearestTokens, allowed_token_ids, ids_to_text
 
 
 #: model_type -> the MLM head module that first receives the encoder's hidden states. Feeding it
@@ -146,7 +146,7 @@ class TextMatchingProblem:
         with torch.no_grad():
             emb = self.inputs_embeds(variables)
             ids = self.fixed_ids.clone()
-            ids[self.free] = nearest_tokens(emb[self.free], self.matrix, self.candidates, self.decode_metric)
+            ids[self.free] = self.nearest(emb[self.free])
             labels = self.soft_labels(variables)
             if self.task == "mlm":
                 restricted = labels[:, self.candidates].argmax(-1)
@@ -159,6 +159,13 @@ class TextMatchingProblem:
         token_ids = [ids[b, :n].tolist() for b, n in enumerate(self.lengths)]
         return {"texts": [ids_to_text(self.tokenizer, row) for row in token_ids],
                 "token_ids": token_ids, "labels": predicted_labels}
+
+    def nearest(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The nearest candidate token of each embedding [N, H] (candidate rows prepared once)."""
+        cached = getattr(self, "_nearest", None)
+        if cached is None or cached.candidates is not self.candidates or cached.metric != self.decode_metric:
+            cached = self._nearest = NearestTokens(self.matrix, self.candidates, self.decode_metric)
+        return cached(embeddings)
 
     def _positions_by_example(self) -> list[list[int]]:
         rows: list[list[int]] = [[] for _ in range(self.batch_size)]
