@@ -14,8 +14,14 @@ importing torch; `textleak --version` and an early Ctrl-C are then instant and c
 from __future__ import annotations
 
 import importlib
+import os as _os
 import sys
 import types
+
+# OpenMP threads that wait for work sleep instead of spinning (libgomp spins by default). On a
+# machine whose cores other jobs share, spinning waiters made a 2-thread run about 5x slower and
+# burn 6x the CPU (issue 18). Read when torch loads, so set before it; a user's setting wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .errors import TextleakError
 from .versions import __version__

@@ -9,6 +9,7 @@ of its inputs and outputs (`textleak.io`'s output rule) before any work.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -311,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = OneLineParser(prog="textleak", description="How much private text leaks from shared gradients.")
     p.add_argument("--version", action="version", version=f"textleak {__version__}")
+    p.add_argument("--threads", type=int, help="torch threads for this run (default: torch's, one per core; on a "
+                   "machine other jobs share, 1 is often faster). Results record it: a rerun repeats a result bit "
+                   "for bit only with the same count")
     sub = p.add_subparsers(dest="command", required=True)
     overwrite = "replace existing output files that are not earlier textleak outputs of the same kind"
 
@@ -474,12 +478,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         _quiet_libraries()
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        with _threads(args.threads):
+            return args.func(args)
 
     try:
         return _run("textleak", work)
     except SystemExit as exc:  # argparse: --help, --version, or a bad argument (one line)
         return exc.code if isinstance(exc.code, int) else 0
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None):
+    """Run a command on `threads` torch threads (None: as they are), then put the count back."""
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_script(entry, prog: str) -> None:

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .attacks.base import preflight
+from .core import budget as _budget
 from .core.device import on_device, resolve_device
 from .core.budget import Budget, time_budget
+from .core.seeding import repeatable
 from .errors import InputError
 from .gradients import GradientFile
 from .modalities import modality
@@ -58,18 +60,22 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
     target = mod.load_target(model, observation.metadata)
     mod.check(target, observation.metadata, gradients.gradients)
     t1 = time.perf_counter()
-    with on_device(target.model, device), time_budget(budget) as limit:
+    # Same seed, same thread count, same machine type and versions: the same bits (see core/seeding).
+    with repeatable(seed) as determinism, on_device(target.model, device), time_budget(budget) as limit:
         preflight(attacker, observation, target)
         output = attacker.run(observation, target, checkpoint=checkpoint, resume=resume, progress=progress)
         spent = limit.describe()
+        # a search cut short by a time budget stopped where the clock said: a rerun may stop elsewhere
+        determinism["time_budget_ran_out"] = _budget.current().ran_out
+    determinism["device"] = str(device)
     t2 = time.perf_counter()
     return _result(attack, seed, mod, gradients, source, observation, output, ref, target,
-                   {"load": t1 - t0, "attack": t2 - t1}, device, spent)
+                   {"load": t1 - t0, "attack": t2 - t1}, device, spent, determinism)
 
 
 def _result(attack: str, seed: int, mod, gradients: GradientFile, source: str | None, observation: Observation,
             output, ref: Reference | None, target: Any, timings: dict[str, float], device,
-            spent: dict[str, Any]) -> RecoveryResult:
+            spent: dict[str, Any], determinism: dict[str, Any]) -> RecoveryResult:
     outcome = output.outcome
     best = outcome.snapshots[outcome.restart] if outcome else []
     result = RecoveryResult(
@@ -78,7 +84,7 @@ def _result(attack: str, seed: int, mod, gradients: GradientFile, source: str | 
         model=dict(gradients.metadata["model"]), gradient_file=source,
         distance=outcome.distance if outcome else None,
         history=outcome.history[outcome.restart] if outcome else [], snapshots=best,
-        timings=timings, versions=versions(), details=output.details,
+        timings=timings, versions=versions(), details=output.details, determinism=determinism,
     )
     result.details["device"] = str(device)
     if observation.defence:  # the attacker is told what the victim applied (it matches the defended gradient as is)

@@ -31,6 +31,9 @@ class RecoveryResult:
     versions: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    #: what a rerun must match to repeat this one bit for bit: seed, torch threads, deterministic
+    #: kernels, CPU instruction set, thread environment (core.seeding.determinism_settings)
+    determinism: dict[str, Any] = field(default_factory=dict)
 
     # -- views ---------------------------------------------------------------------------
     @property
@@ -39,7 +42,8 @@ class RecoveryResult:
 
     def summary(self) -> str:
         lines = [f"attack: {self.method}" + (f" (via {self.attack})" if self.method != self.attack else "")
-                 + f"  model: {self.model.get('name')} [{self.model.get('task')}]  seed: {self.seed}",
+                 + f"  model: {self.model.get('name')} [{self.model.get('task')}]  seed: {self.seed}"
+                 + (f" ({self.determinism['torch_threads']} torch threads)" if "torch_threads" in self.determinism else ""),
                  f"attacker knew: {', '.join(k for k, v in self.knowledge.items() if v not in (None, False)) or 'nothing extra'}"
                  f"; assumed: {', '.join(f'{k} {v}' for k, v in self.assumed.items())}"]
         defence = self.details.get("defence")

@@ -72,7 +72,7 @@ CAPTURE = {
         "loss": {"type": "object", "properties": {"function": STR, "reduction": STR}},
         "defence": _nullable({"type": "object", "required": ["spec", "name"], "properties": {
             "spec": STR, "name": STR, "stage": STR, "shares": STR, "params": {"type": "object"}}}),
-        "victim": {"type": "object"},
+        "victim": {"type": "object"}, "determinism": {"type": "object"},
     },
 }
 #: the `extra` section: an image model's input conventions (public, see `threat.PUBLIC_METADATA`)

@@ -229,7 +229,7 @@ def run_unit(spec: SweepSpec, unit: dict[str, Any], ctx: UnitContext) -> dict[st
             "rouge_tokenizer": result.metrics.get("rouge_tokenizer"),
             "distance": result.distance, "seconds": time.perf_counter() - t0, "config": result.config,
             "certified": result.details.get("certified"), "budget": result.details.get("budget"),
-            "versions": result.versions}
+            "versions": result.versions, "determinism": result.determinism}
 
 
 @dataclass

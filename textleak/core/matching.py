@@ -38,6 +38,8 @@ class MatchingProblem(Protocol):
     names: list[str]
     #: optionally, `device`: where the variables live (`init` draws them from a CPU generator and
     #: moves them there; checkpoints, read onto the CPU, are moved back there on resume)
+    #: optionally, `state_dict()` / `load_state_dict(state)`: the problem's own search state (an
+    #: RNG, a step count), kept in checkpoints so a resumed run repeats an uninterrupted one
 
     def init(self, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
 
@@ -150,6 +152,8 @@ def match(
                  "best": None, "elapsed": 0.0, "evaluations": 0}
     gen = torch.Generator()
     gen.set_state(state["generator"])
+    if state.get("problem") is not None and hasattr(problem, "load_state_dict"):
+        problem.load_state_dict(state["problem"])
     evaluations = state["evaluations"]
 
     def objective(variables: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -177,7 +181,8 @@ def match(
         state.update(restart=restart, step=step, generator=gen.get_state(),
                      elapsed=time.perf_counter() - started, evaluations=evaluations,
                      variables={k: v.detach().clone() for k, v in variables.items()} if variables else None,
-                     optimizer=optimizer.state_dict() if optimizer is not None else None)
+                     optimizer=optimizer.state_dict() if optimizer is not None else None,
+                     problem=problem.state_dict() if hasattr(problem, "state_dict") else None)
         return save_checkpoint(checkpoint, state)
 
     # A checkpoint is only ever the state at the end of a completed step (`at_boundary`): Ctrl-C
@@ -201,12 +206,13 @@ def match(
                     state["snapshots"][restart].append(snapshot())
             leaves = [v for v in variables.values() if v.requires_grad]
             optimizer = OPTIMIZERS[config.optimizer](leaves, config)
-            if state["optimizer"] is not None:
-                optimizer.load_state_dict(state["optimizer"])
             scheduler = _scheduler(optimizer, config)
-            if scheduler is not None:
-                for _ in range(step):
-                    scheduler.step()
+            if state["optimizer"] is not None:
+                # resumed: the saved state holds the learning rate as decayed so far; the schedule
+                # goes on from `step` (replaying its steps would decay that rate a second time)
+                optimizer.load_state_dict(state["optimizer"])
+                if scheduler is not None:
+                    scheduler.last_epoch = step
             history = state["history"][restart]
             at_boundary = True
             while step < config.steps:

@@ -107,9 +107,22 @@ class CausalLMPrior:
             return float(self.lm(ids, labels=ids).loss)
 
 
+_BIGRAMS: dict[tuple, BigramPrior] = {}
+
+
+def bigram_prior(tokenizer: Any) -> BigramPrior:
+    """The bigram prior over the training TSVs, built (or read from the disk cache) once per process:
+    `auto` checks that it exists and LAMP then uses it, for every sentence of an audit."""
+    files = sorted(glob.glob(os.environ.get("TEXTLEAK_PRIOR_DATA") or shared_file("train_*.tsv")))
+    key = (tuple(files), tokenizer.name_or_path, len(tokenizer),
+           os.environ.get("TEXTLEAK_CACHE", str(Path.home() / ".cache" / "textleak")))
+    if key not in _BIGRAMS:
+        _BIGRAMS[key] = BigramPrior(tokenizer, files)
+    return _BIGRAMS[key]
+
+
 PRIORS.register("none")(lambda tokenizer: NoPrior())
-PRIORS.register("bigram")(lambda tokenizer: BigramPrior(
-    tokenizer, sorted(glob.glob(os.environ.get("TEXTLEAK_PRIOR_DATA") or shared_file("train_*.tsv")))))
+PRIORS.register("bigram")(bigram_prior)
 
 
 def load_prior(name: str, tokenizer: Any):
