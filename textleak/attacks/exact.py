@@ -64,6 +64,7 @@ from ..threat import Observation
 from ..text import leakage as lk
 from ..text.decode import allowed_token_ids, ids_to_text
 from ..text.inference import infer_lengths
+from ..text.key_span import CosetSpan, coset_span, layer1_span
 from .base import ATTACKS, AttackOutput
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,11 @@ class Exact:
         t0 = time.perf_counter()
         grads, know, model, tok = observation.gradients, observation.knowledge, target.model, target.tokenizer
         span0 = lk.layer_span(grads, 0)
-        if not span0.exact:
+        span1 = layer1_span(grads) if lk.qkv_names(grads, 1) else None
+        # layer 0 saturates before layer 1 does (its inputs ignore context) once the key span's
+        # cosets carry the certificate: every leaked token is then a candidate everywhere
+        saturated = not span0.exact and isinstance(span1, CosetSpan) and lk.embedding_token_set(grads) is not None
+        if not span0.exact and not saturated:
             raise MissingKnowledgeError(
                 f"exact recovery needs fewer input tokens than the hidden size ({span0.basis.shape[0]}); the "
                 "first layer's gradient shows no rank gap (batch x length too large, or noise)")
@@ -99,16 +104,18 @@ class Exact:
             lengths, assumed["seq_lengths"] = list(inferred), note
         vocab, vocab_source = self._vocabulary(grads, tok, observation.task)
         vocab = vocab[vocab < model.get_input_embeddings().num_embeddings]
-        cands, threshold = lk.position_candidates(model, span0, vocab, max(lengths))
+        if saturated:
+            cands, threshold = [[(int(t), 0.0) for t in vocab.tolist()] for _ in range(max(lengths))], None
+        else:
+            cands, threshold = lk.position_candidates(model, span0, vocab, max(lengths))
         known_lengths = assumed["seq_lengths"] == "known"
         pins = lk.token_positions(model, grads, vocab.tolist(), max(lengths),
                                   _occupants(lengths) if known_lengths else None)
         specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
-        span1 = lk.layer_span(grads, 1) if lk.qkv_names(grads, 1) else None
-        if span1 is not None and span1.rank < span0.rank:
+        if span1 is not None and not isinstance(span1, CosetSpan) and span1.rank < span0.rank:
             span1 = None  # e.g. the last layer of a classifier: only [CLS] feeds the loss there
-        peeler = _Peeler(observation, model, lengths, span1.rank, tok.mask_token_id, known_lengths) \
-            if span1 is not None else None
+        peeler = _Peeler(observation, model, lengths, span1.rank, tok.mask_token_id, known_lengths,
+                         relative=isinstance(span1, CosetSpan)) if span1 is not None else None
         masks = None
         if observation.task == "mlm" and know.mask_positions is not None and know.seq_lengths is not None \
                 and len(know.mask_positions) == len(lengths):  # slots and their lengths declared together
@@ -666,7 +673,7 @@ class _Peeler:
     `working` is False when the gradient lacks what the subtraction needs."""
 
     def __init__(self, observation, model, lengths: Sequence[int], rank: int, mask_id: int | None = None,
-                 known_lengths: bool = False):
+                 known_lengths: bool = False, relative: bool = False):
         self.grads, self.model, self.batch_size = observation.gradients, model, len(lengths)
         self.task, self.lengths, self.mask_id = observation.task, list(lengths), mask_id
         self.layer1 = lk.qkv_names(self.grads, 1)
@@ -698,6 +705,7 @@ class _Peeler:
         self.working = self.working and all(n in self.params for n in self.names)
         self.rest = {n: self.grads[n].double().clone() for n in self.names} if self.working else {}
         self.rank = rank  # of the layer-1 span of what is left
+        self.relative = relative  # that span is a key span's cosets (`text.key_span`): n - 1 per sentence
         self.labels: list[Any] = []  # the label(s) of each sentence peeled, in order
         self.slots: list[int] = []  # masked-LM: the batch slot of each sentence peeled
         self.sentences: list[list[int]] = []  # each sentence peeled, in order
@@ -711,8 +719,10 @@ class _Peeler:
                 r = sum(float(trial[n].norm()) for n in self.layer1) / self.scale
                 ok = r < math.sqrt(torch.finfo(self.grads[self.layer1[0]].dtype).eps)
             else:
-                r = lk.layer_span(_as_captured(trial, self.grads), 1).rank
-                ok = r == self.rank - len(seq)
+                left = _as_captured(trial, self.grads)
+                trial_span = coset_span(left, 1) if self.relative else lk.layer_span(left, 1)
+                r = trial_span.rank if trial_span is not None else -1
+                ok = r == self.rank - (len(seq) - 1 if self.relative else len(seq))
             if ok and (best is None or r < best[0]):
                 best = (r, trial, slot, labels)
                 if not last:
@@ -722,7 +732,7 @@ class _Peeler:
         r, trial, slot, labels = best
         if not last:
             left = _as_captured(trial, self.grads)
-            span = lk.layer_span(left, 1)
+            span = layer1_span(left)
             if not span.exact:
                 return None
         self.labels.append(labels)
@@ -734,7 +744,7 @@ class _Peeler:
                 self.counts[t] = self.counts.get(t, 0) - 1
         if last:
             return _Rest(None)
-        self.rank, self.rest = r, trial
+        self.rank, self.rest, self.relative = span.rank, trial, isinstance(span, CosetSpan)
         allowed = None
         if self.word:
             rows = self.rest[self.word].norm(dim=1)

@@ -462,7 +462,7 @@ def position_residuals(model: torch.nn.Module, span: LayerSpan, sequence: Sequen
     ids = torch.tensor([list(sequence)])
     with torch.no_grad():
         h = layer_inputs(model, ids, torch.ones_like(ids), span.layer)
-    return span.residual(h[0]) ** 2
+    return span.residual(_relative(span, h)[0]) ** 2
 
 
 def sequence_residuals(model: torch.nn.Module, span: LayerSpan, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -475,8 +475,15 @@ def sequence_residuals(model: torch.nn.Module, span: LayerSpan, sequences: Seque
         mask[b, :len(s)] = 1
     with torch.no_grad():
         h = layer_inputs(model, ids, mask, span.layer)
+    h = _relative(span, h)
     res = span.residual(h.reshape(-1, h.shape[-1])).reshape(len(sequences), L) ** 2
     return (res * mask).sum(1)
+
+
+def _relative(span: LayerSpan, h: torch.Tensor) -> torch.Tensor:
+    """Rows [..., L, H] as the span tests them: as they are, or (a key span's cosets,
+    `text.key_span`) less their sentence's first row."""
+    return h - h[..., :1, :] if getattr(span, "relative", False) else h
 
 
 class _Layer0Table:
@@ -587,4 +594,19 @@ def slot_residuals(model: torch.nn.Module, span: LayerSpan, prefixes: torch.Tens
         x = x_new.expand(W, c, H).reshape(W * c, H)
         a = layer.attention.output(ctx.reshape(W * c, H), x)
         h = layer.output(layer.intermediate(a), a)
+        if getattr(span, "relative", False) and p > 0:
+            # a key span's cosets: the sentence's first row in the same context (its query over
+            # the context and the candidate) comes off each candidate's row
+            if table is not None:
+                x0, q0 = ctx_rows[:, 0, 0], ctx_rows[:, 0, 1]
+            else:
+                x0 = x_ctx[:, 0]
+                q0 = attn.query(x0)
+            q0 = split(q0)  # [W, h, d]
+            l_ctx = torch.einsum("whd,wmhd->whm", q0, k_ctx) * scale
+            l_new = torch.einsum("whd,chd->wch", q0, k_new) * scale
+            w0 = torch.softmax(torch.cat([l_ctx[:, None].expand(W, c, heads, m), l_new[..., None]], -1), -1)
+            ctx0 = torch.einsum("wchm,wmhd->wchd", w0[..., :m], v_ctx) + w0[..., m:] * v_new
+            a0 = layer.attention.output(ctx0.reshape(W * c, H), x0[:, None].expand(W, c, H).reshape(W * c, H))
+            h = h - layer.output(layer.intermediate(a0), a0)
     return (span.residual(h, precise=False).double() ** 2).reshape(W, c)
