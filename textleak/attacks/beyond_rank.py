@@ -1,288 +1,243 @@
-"""Exact recovery past the rank limit: batches whose token count exceeds the hidden size.
+"""Exact recovery past the rank limit: classification batches with more tokens than the hidden
+size (B x L >= H: MiniLM, RT batch 16 and up), where `exact` has no layer-1 certificate.
 
-Threat model: as `exact` (honest-but-curious, the model known, the full gradient of a
-classification step shared; lengths declared or inferred, labels recovered). Past B x L >= H
-the first layers' input spans fill the whole space, and `exact` has no certificate. What
-survives (see notes/16.md for the measurements):
+Anchors: DAGER's best-effort mode (Petrov et al., NeurIPS 2024: the span capped at d - 20
+directions past the limit, ranking rather than certifying); SOMP (2026: subspace-guided
+orthogonal matching pursuit, meaningful text up to batch 128); FILM (Gupta et al. 2022: the bag
+of words from the embedding gradient, then beam search; single sentences from batches of 128).
 
-* the token set (nonzero rows of the word-embedding gradient, untied heads) and where most
-  tokens stand (`lk.token_positions`), which narrow the candidates per position;
-* the partial span: the top singular directions of layer 1's Q/K/V gradient still hold most of
-  each input (DAGER's best-effort mode), so layer-1 residuals against it still rank candidates
-  (not certify) - strongly just past the limit, weakly at 4x;
-* one span per *sentence* at the last layer (`text.sentence_spans`): a classifier reads only
-  [CLS] there, so each of its weight gradients has rank B, not B x L, and a whole guessed
-  sentence is certified when its [CLS] vectors lie in those spans;
-* a certified sentence's own gradient (its label the one whose subtraction removes it from the
-  last layer's span) comes off the batch's exactly, which leaves a smaller batch: fewer tokens,
-  fewer candidates, a better partial span. Once the rest is under the rank limit, `exact`
-  finishes it (the rest is rescaled to the mean over the sentences left, so it reads as a batch
-  of its own).
+Threat model: as `exact` (honest-but-curious server, the model known, the full gradient of one
+classification step shared: the embeddings', layers 0 and 1's and the last layer's weight
+gradients). Lengths are used when declared; otherwise the inferred ones (past the limit only the
+longest can be read off the gradient: the note says so, and `assumed["seq_lengths"]` records it).
+Labels are those that make each peel exact. Nothing is reported certified unless it passed.
 
-Search: rounds of `exact`'s seeding (a beam over prefixes, random draws) and settling, scored
-by the partial layer-1 span; settled sentences and their cuts are certified against the
-sentence spans and peeled. A round that certifies nothing widens the next (as `exact`).
+What survives past the limit, and what each part does here:
+- the token set (nonzero rows of the word-embedding gradient, untied heads) and where most
+  tokens stand (`leaks.token_positions`): the candidates per position (`Candidates`);
+- the partial layer-1 span (`leaks.partial`, the "best-effort" span test): seeds are assembled
+  and settled on its residuals exactly as `exact` does on the full span (`exact.Search`);
+- one span per sentence at the last layer (`leaks.sentences`): a [CLS] classifier's last layer
+  sees one vector per sentence, so its weight gradients have rank B, not B x L; a whole
+  sentence is certified when its [CLS] vectors lie in them (`SentenceCertificate`);
+- peeling: a certified sentence's own gradient (the class whose subtraction drops the last
+  layer's rank by one, `SentencePeeler`) comes off the batch's; what is left has fewer tokens,
+  fewer candidates and a better partial span, and once it is under the limit the layer-1 span
+  has its rank gap again and the search goes on as `exact`'s (its layer-0 candidates too).
 
-Arguments: `exact` (the configured `Exact` whose moves search and which finishes the rest),
-`drop` (directions left out of the partial span), `widen` (largest widening), `seed`.
-Degrades: without sentence spans (masked-LM, noise, no rank gap at the last layer) it raises
-MissingKnowledgeError naming the condition; sentences it cannot certify are returned as its
-best guesses with `details["certified"] = False` and the share certified.
+Arguments: those of `exact` (beam, trials, restarts, settle, widen, sweeps, moves, seed) and
+`drop` (directions left out of the partial span; default 10 of 384, in proportion to the width). Shapes: partial span basis [H, H - drop];
+sentence spans: site -> basis [H_in, B]. Degrades: masked-LM, a tied head, weights shared across
+layers, noise or a defence that hides the last layer's rank: MissingKnowledgeError from
+`preflight` naming the condition; within the limit it refuses too (`exact` applies). Sentences
+it cannot certify come back as its best guesses; `details["certified_share"]` says how many
+passed, `details["certified"]` is True only when all did.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
 
-from ..core.budget import current
-from ..core.seeding import model_mode
 from ..errors import MissingKnowledgeError
-from ..text import leakage as lk
-from ..text.decode import ids_to_text
-from ..text.sentence_spans import MIN_GAP, SentenceSpans, sentence_spans
-from ..threat import Knowledge, Observation
+from ..text.inference import infer_lengths
+from ..text.layouts import Layout, layout_for
+from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, layer_span, partial_span,
+                          sentence_spans)
+from ..text.leaks.positions import token_positions
+from ..threat import Observation
 from .base import ATTACKS, AttackOutput
-from .exact import Exact, _cuts, _occupants
+from .exact.attack import Exact, _budget_report, _predict
+from .exact.candidates import Candidates, vocabulary
+from .exact.certificates import PeelCertificate
+from .exact.moves import MOVES
+from .exact.peeling import Peeler, Rest, as_captured
+from .exact.search import Search
+from .exact.sequences import occupants
 
 log = logging.getLogger(__name__)
 
 
-class PartialSpan(lk.LayerSpan):
-    """The top directions of a layer span that has no rank gap: ranks candidates, certifies none."""
+class SentenceCertificate:
+    """A whole sentence passes when its [CLS] vectors lie in the last layer's per-sentence spans."""
 
-    def certifies(self, residual: float, tokens: int) -> bool:
-        return False
+    name = "last-layer sentence spans"
 
-    @property
-    def exact(self) -> bool:
-        return False
+    def __init__(self, spans: SentenceSpans):
+        self.spans = spans
 
-
-def partial_span(gradients, layer: int, drop: int) -> PartialSpan:
-    names = lk.qkv_names(gradients, layer)
-    G = torch.cat([gradients[n].double() for n in names], 0)
-    _, s, vh = torch.linalg.svd(G, full_matrices=False)
-    r = max(1, G.shape[1] - drop)
-    s = s / s[0].clamp_min(1e-300)
-    return PartialSpan(layer, vh[:r].T.contiguous(), s, r, float(s[r - 1] / s[r].clamp_min(1e-300)), 0.1)
+    def admits(self, search: Search, seq: list[int], residual: float) -> bool:
+        return self.spans.certifies(search.layout, [seq])[0]
 
 
-def _under_limit(gradients) -> bool:
-    """Whether the layer-1 span has a rank gap (fewer tokens than its width). Layer 0's can show
-    one past the limit: its inputs do not depend on context, so a token at the same position in
-    several sentences gives one direction, not several."""
-    return lk.layer_span(gradients, 0).exact and lk.layer_span(gradients, 1).exact
+class SentencePeeler(Peeler):
+    """`Peeler` past the rank limit (classification): a sentence's own gradient, under the class
+    that makes the subtraction exact, must drop the rank of the last layer's query gradient by one
+    (the layer-1 rank has no gap to drop); what is left is read as `Peeler` reads it, with the
+    partial layer-1 span until the rest is under the limit."""
 
+    def __init__(self, observation: Observation, layout: Layout, lengths: Sequence[int], spans: SentenceSpans,
+                 drop: int):
+        super().__init__(observation, layout, lengths, 0, None, observation.knowledge.seq_lengths is not None)
+        self.query = layout.name(layout.linears(spans.layer)["query"].weight)
+        self.sentence_rank, self.drop = spans.rank, drop
+        if self.query not in self.names:
+            self.names.append(self.query)
+            self.params.append(dict(layout.model.named_parameters()).get(self.query))
+            self.working = self.working and self.params[-1] is not None
+            if self.working:
+                self.rest[self.query] = self.grads[self.query].to(layout.device).double().clone()
 
-class _Rest:
-    """The batch's gradient less the sentences found so far (each its own gradient / B)."""
-
-    def __init__(self, observation: Observation, model, lengths: Sequence[int], spans: SentenceSpans):
-        self.grads, self.model = observation.gradients, model
-        self.layer, self.rank = spans.layer, spans.rank  # of the last layer's query span of what is left
-        self.params = dict(model.named_parameters())
-        self.names = [n for n in self.grads if n in self.params]
-        self.rest = {n: self.grads[n].double().clone() for n in self.names}
-        self.batch_size = len(lengths)
-        self.missing = list(lengths)
-        self.found: list[tuple[list[int], int]] = []  # (sentence, label), in the order peeled
-        self.word = lk.word_embedding_name(self.grads)
-        self.top = float(self.grads[self.word].double().norm(dim=1).max()) if self.word else 0.0
-        self.classes = int(getattr(model.config, "num_labels", 2) or 2)
-
-    def captured(self) -> dict[str, torch.Tensor]:
-        """What is left, in the capture's dtype (its rounding sets the leaks' thresholds)."""
-        return {n: v.to(self.grads[n].dtype) for n, v in self.rest.items()}
-
-    def tokens(self) -> list[int]:
-        """Tokens whose word-embedding row is not yet explained by the sentences found."""
-        rows = self.rest[self.word].norm(dim=1)
-        return (rows > 1e-6 * self.top).nonzero().flatten().tolist()
-
-    def _own(self, seq: Sequence[int], label: int) -> list[torch.Tensor]:
-        ids = torch.tensor([list(seq)])
-        with model_mode(self.model, train=False), torch.enable_grad():
-            loss = self.model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                              token_type_ids=torch.zeros_like(ids), labels=torch.tensor([label])).loss
-            got = torch.autograd.grad(loss / self.batch_size, [self.params[n] for n in self.names],
-                                      allow_unused=True)
-        return [torch.zeros_like(self.params[n]) if g is None else g for n, g in zip(self.names, got)]
-
-    def peel(self, seq: Sequence[int]) -> int | None:
-        """Subtract a certified sentence with the label that takes it out of the last layer's
-        query span (its rank drops by one, or nothing is left); its label, or None if no label
-        does (a sentence already peeled, or not of this batch)."""
-        if len(seq) not in self.missing:
+    def peel(self, seq: list[int], last: bool = False) -> Rest | None:
+        for label in range(int(self.model.config.num_labels)):
+            trial = {n: self.rest[n] - g.double() for n, g in zip(self.names, self._own(seq, None, label))}
+            if self._exact_removal(trial, last):
+                break
+        else:
             return None
-        query = next(n for n in self.names if n.endswith(f"layer.{self.layer}.attention.self.query.weight"))
-        before = torch.linalg.svdvals(self.rest[query])
-        r = self.rank
-        # the rounding plateau under the sentences' directions: what a removed direction falls to
-        plateau = float(before[r]) if r < len(before) else float(before[-1])
-        for label in range(self.classes):
-            own = self._own(seq, label)
-            after = torch.linalg.svdvals(self.rest[query] - own[self.names.index(query)].double())
-            ok = float(after[r - 1]) < MIN_GAP * plateau
-            if ok:
-                for n, g in zip(self.names, own):
-                    self.rest[n] -= g.double()
-                self.found.append((list(seq), label))
-                self.missing.remove(len(seq))
-                self.rank -= 1
-                return label
-        return None
+        self.labels.append(label)
+        self.sentences.append(list(seq))
+        self.rest = trial
+        if last:
+            return Rest(None)
+        self.sentence_rank -= 1
+        return self._what_is_left(self.span1_left())
 
-    def tokens_left(self) -> int:
-        return sum(self.missing)
+    def _exact_removal(self, trial: dict[str, torch.Tensor], last: bool) -> bool:
+        """The last layer's query gradient lost one direction (nothing but rounding, for the last)."""
+        before = torch.linalg.svdvals(self.rest[self.query])
+        after = torch.linalg.svdvals(trial[self.query])
+        if last:
+            return float(after[0]) < math.sqrt(torch.finfo(self.grads[self.query].dtype).eps) * float(before[0])
+        r = self.sentence_rank
+        plateau = float(before[r]) if r < len(before) else float(before[-1]) * 1e-3
+        return float(after[r - 1]) < 10.0 * plateau
 
-    def observation(self, observation: Observation) -> Observation:
-        """The rest as a batch of its own: the mean over the sentences left (rescaled from the
-        mean over the whole batch), their lengths declared as before."""
-        k = self.batch_size / len(self.missing)
-        grads = {n: (v * k).to(self.grads[n].dtype) for n, v in self.rest.items()}
-        know = Knowledge(batch_size=len(self.missing), seq_lengths=tuple(self.missing),
-                         special_tokens=observation.knowledge.special_tokens)
-        return Observation(grads, observation.metadata, know)
+    def span1_left(self):
+        """Layer 1's span of what is left: the full span once it has a rank gap, else the partial one."""
+        left = as_captured({n: self.rest[n] for n in self.layer1}, self.grads)
+        span = layer_span(self.layout, left, 1)
+        if span.exact:
+            return span
+        return partial_span([left[n].to(self.layout.device) for n in self.layer1], 1, self.drop)
+
+
+class SentenceSearch(Search):
+    """`exact`'s search on the partial layer-1 span, certified by the sentence spans and the peel."""
+
+    def __init__(self, config: Any, layout: Layout, tokenizer: Any, cands: Candidates, lengths: Sequence[int],
+                 span1: Any, peeler: SentencePeeler, spans: SentenceSpans, template: bool = True):
+        super().__init__(config, layout, tokenizer, cands, lengths, span1, peeler, template)
+        self.certificates = [SentenceCertificate(spans)] + ([PeelCertificate(peeler)] if peeler.working else [])
+
+    def assembles(self) -> bool:
+        return self.span1 is not None
+
+    def worth_taking(self, seq: list[int], res: float) -> bool:
+        return True  # the sentence spans decide
+
+    def accept_pending(self) -> None:
+        """Past the limit a sentence the peel refused is not taken on the span alone."""
 
 
 @ATTACKS.register("beyond_rank")
 @dataclass
-class BeyondRank:
+class BeyondRank(Exact):
     name: ClassVar[str] = "beyond_rank"
-    modalities: ClassVar[tuple[str, ...]] = ("text",)
 
-    exact: Exact = field(default_factory=Exact)
-    drop: int = 4
-    widen: int = 8
-    seed: int = 0
+    drop: int | None = None  # None: 10 of 384 (MiniLM, measured best), in proportion to the width
 
-    def run(self, observation: Observation, target: Any, *, checkpoint=None, resume: bool = False,
-            progress: bool = True) -> AttackOutput:
+    def preflight(self, observation: Observation, target: Any) -> None:
+        """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
+        self._setup(observation, target)
+
+    def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
+            resume: bool = False, progress: bool = True) -> AttackOutput:
         t0 = time.perf_counter()
-        grads, know, model, tok = observation.gradients, observation.knowledge, target.model, target.tokenizer
-        if know.seq_lengths is None:
-            raise MissingKnowledgeError("past the rank limit the lengths must be declared (they cannot be read "
-                                        "off the first layer's span)")
-        lengths = [int(n) for n in know.seq_lengths]
-        spans = sentence_spans(model, grads, len(lengths), observation.task)
+        layout, spans = self._setup(observation, target)
+        grads, tok = observation.gradients, target.tokenizer
+        lengths, assumed, notes = self._lengths_past_limit(observation, target, spans)
+        vocab, vocab_source = vocabulary(layout, grads, tok, observation.task)
+        specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
+        known = assumed["seq_lengths"] == "known"
+        pins = token_positions(layout, grads, vocab.tolist(), max(lengths), occupants(lengths) if known else None)
+        cands = Candidates([[(int(t), 0.0) for t in vocab.tolist()] for _ in range(max(lengths))], specials, pins=pins)
+        drop = self.drop if self.drop is not None else max(1, layout.hidden_size * 10 // 384)
+        peeler = SentencePeeler(observation, layout, lengths, spans, drop)
+        span1 = peeler.span1_left()
+        with layer0_table(layout, max(lengths)):
+            search = SentenceSearch(self, layout, tok, cands, lengths, span1, peeler, spans,
+                                    observation.knowledge.special_tokens)
+            sequences, _ = search.run()
+        passed = self._certified(layout, spans, sequences, search)
+        prediction = _predict(observation, layout, tok, sequences, assumed)
+        details = {"certified": all(passed), "certified_share": sum(passed) / len(passed),
+                   "sentence_certified": passed, "sentence_rank": spans.rank, "sentence_sites": sorted(spans.bases),
+                   "layer1_rank_start": span1.rank, "layer1_exact_at_end": bool(search.span1.exact),
+                   "peeled": len(peeler.sentences), "vocabulary": vocab_source, "notes": notes,
+                   "placed_tokens": None if pins is None else len(pins.complete), **_budget_report(),
+                   "seconds": time.perf_counter() - t0}
+        return AttackOutput(prediction=prediction, method=self.name, assumed=assumed,
+                            config={**self.options(), "drop": drop}, details=details)
+
+    # -- steps -------------------------------------------------------------------------------
+    def _setup(self, observation: Observation, target: Any) -> tuple[Layout, SentenceSpans]:
+        for name in self.moves:
+            MOVES.get(name)  # an unknown move: InputError naming the registered ones
+        layout, grads = layout_for(target.model), observation.gradients
+        if observation.task != "classify":
+            raise MissingKnowledgeError("recovery past the rank limit needs a classification gradient (a masked-LM "
+                                        "head reads every masked position, not one per sentence)")
+        layout.require(grads, layout.qkv_names(1), "recovery past the rank limit")
+        if layer_span(layout, grads, 1, self.span_test).exact:
+            raise MissingKnowledgeError("within the rank limit (layer 1's gradient has a rank gap): exact applies")
+        if embedding_token_set(layout, grads) is None:
+            raise MissingKnowledgeError("recovery past the rank limit needs the token set (a sparse word-embedding "
+                                        "gradient: an untied head)")
+        know = observation.knowledge
+        batch = know.batch_size or (len(know.seq_lengths) if know.seq_lengths is not None else None)
+        spans = sentence_spans(layout, grads, batch, observation.task)
         if spans is None:
-            raise MissingKnowledgeError("past the rank limit exact recovery needs the last layer's per-sentence "
-                                        "spans (a [CLS] classifier's gradient with a clear rank gap there)")
-        if lk.embedding_token_set(grads) is None:
-            raise MissingKnowledgeError("past the rank limit exact recovery needs the token set "
-                                        "(a sparse word-embedding gradient: an untied head)")
-        state = _Rest(observation, model, lengths, spans)
-        rounds = self._search(state, spans, target)
-        handed = None
-        if state.missing:
-            rest = state.observation(observation)
-            if _under_limit(rest.gradients):
-                handed = self.exact.run(rest, target)
-        return self._output(observation, target, state, handed, rounds, time.perf_counter() - t0)
+            raise MissingKnowledgeError("recovery past the rank limit needs the last layer's per-sentence spans (a "
+                                        "[CLS] classifier's gradient with a clear rank gap there, at most the batch size)")
+        return layout, spans
 
-    # -- search ------------------------------------------------------------------------------
-    def _search(self, state: _Rest, spans: SentenceSpans, target) -> list[dict]:
-        """Rounds of seeding and settling on the partial layer-1 span until the rest is under
-        the rank limit (or nothing more is found at the widest round)."""
-        model, tok = target.model, target.tokenizer
-        rng = random.Random(self.seed)
-        ends = tok.cls_token_id is not None and tok.sep_token_id is not None
-        widen, rounds = 1, []
-        while state.missing and widen <= self.widen:
-            if current().expired():
-                break
-            left = state.captured()
-            if _under_limit(left):
-                break
-            t0 = time.perf_counter()
-            found = self._round(state, spans, target, left, rng, ends, widen)
-            rounds.append({"widen": widen, "found": found, "tokens_left": state.tokens_left(),
-                           "seconds": round(time.perf_counter() - t0, 2)})
-            log.debug("round %s", rounds[-1])
-            if found:
-                spans = sentence_spans(model, state.captured(), len(state.missing), "classify") or spans
-                widen = 1
-            else:
-                widen *= 2
-        return rounds
-
-    def _round(self, state: _Rest, spans: SentenceSpans, target, left, rng, ends: bool, widen: int) -> int:
-        model, tok = target.model, target.tokenizer
-        cls_id, sep_id = tok.cls_token_id, tok.sep_token_id
-        specials = {cls_id, sep_id, tok.pad_token_id} - {None}
-        span1 = partial_span(left, 1, self.drop)
-        tokens = state.tokens()
-        longest = max(state.missing)
-        pins = lk.token_positions(model, left, tokens, longest, _occupants(state.missing))
-        allowed = pins.allowed if pins is not None else [set(tokens)] * longest
-        cands = [[t for t in sorted(allowed[p]) if t not in specials] or sorted(tokens) for p in range(longest)]
-
-        def free(p: int, n: int | None = None) -> list[int]:
-            return cands[p]
-
-        wanted = {n: state.missing.count(n) for n in set(state.missing)}
-        found_seqs = [s for s, _ in state.found]
-        with lk.layer0_table(model, longest):
-            finished = self.exact._beam(model, free, wanted, span1, ends, cls_id, sep_id, found_seqs,
-                                        len(state.missing), widen)
-            got = 0
-            for n in sorted(wanted):
-                if n not in state.missing:
-                    continue
-                seeds = [s for _, s in sorted(finished[n], key=lambda x: x[0])][:2 * wanted[n] * widen]
-                seeds += [self._draw(rng, free, n, ends, cls_id, sep_id) for _ in range(self.exact.restarts * widen)]
-                settled = self.exact._settle(model, span1, free, seeds, ends)
-                trials = []
-                for s in settled + [c for s in settled for c in _cuts(s, state.missing, ends, sep_id)]:
-                    if s not in trials and s not in found_seqs:
-                        trials.append(s)
-                if not trials:
-                    continue
-                for s, ok in zip(trials, spans.certifies(model, trials)):
-                    if ok and state.peel(s) is not None:
-                        found_seqs.append(s)
-                        got += 1
-        return got
+    def _lengths_past_limit(self, observation: Observation, target: Any, spans: SentenceSpans
+                            ) -> tuple[list[int], dict[str, Any], list[str]]:
+        """Declared lengths; else the inferred ones, with a note where they could not be inferred."""
+        know = observation.knowledge
+        assumed: dict[str, Any] = {"special_tokens": bool(know.special_tokens)}
+        if know.seq_lengths is not None:
+            assumed["seq_lengths"] = "known"
+            return [int(n) for n in know.seq_lengths], assumed, []
+        # the last layer's rank is the number of sentences (with a nonzero loss gradient)
+        sized = dataclasses.replace(observation, knowledge=dataclasses.replace(
+            know, batch_size=know.batch_size or spans.rank))
+        lengths, how = infer_lengths(sized, target)
+        assumed["seq_lengths"] = how
+        notes = []
+        if "[SEP]" not in how:
+            notes.append(f"past the rank limit the sentence lengths cannot be inferred from the gradient; proceeding "
+                         f"with {how.split(' (')[0]} ({lengths[0]} tokens); declare them for better recovery")
+            log.warning("textleak: note: %s", notes[-1])
+        return list(lengths), assumed, notes
 
     @staticmethod
-    def _draw(rng, free, n: int, ends: bool, cls_id, sep_id) -> list[int]:
-        body = [rng.choice(free(q, n)) for q in range(1 if ends else 0, n - 1 if ends else n)]
-        return [cls_id] + body + [sep_id] if ends else body
-
-    # -- result ------------------------------------------------------------------------------
-    def _output(self, observation, target, state: _Rest, handed: AttackOutput | None, rounds, seconds) -> AttackOutput:
-        tok = target.tokenizer
-        lengths = [int(n) for n in observation.knowledge.seq_lengths]
-        pool: dict[int, list[tuple[list[int], int | None, bool]]] = {}
-        for seq, label in state.found:
-            pool.setdefault(len(seq), []).append((seq, label, True))
-        if handed is not None:
-            cert = bool(handed.details.get("certified"))
-            for seq, label in zip(handed.prediction["token_ids"], handed.prediction["labels"]):
-                pool.setdefault(len(seq), []).append((list(seq), label, cert))
-        sequences, labels, certified = [], [], []
-        for n in lengths:
-            if pool.get(n):
-                seq, label, cert = pool[n].pop(0)
-            else:  # not found: the placeholder is the right length, every token a guess
-                seq, label, cert = [tok.cls_token_id] + [tok.unk_token_id] * (n - 2) + [tok.sep_token_id], 0, False
-            sequences.append(seq)
-            labels.append(label)
-            certified.append(cert)
-        prediction = {"token_ids": sequences, "labels": labels,
-                      "texts": [ids_to_text(tok, s) for s in sequences]}
-        details = {"certified": all(certified), "certified_share": sum(certified) / len(certified),
-                   "peeled": len(state.found), "rounds": rounds,
-                   "handed_to_exact": None if handed is None else {"sentences": len(handed.prediction["token_ids"]),
-                                                                   "certified": handed.details.get("certified")},
-                   "seconds": seconds}
-        assumed = {"seq_lengths": "known", "labels": "recovered: the label whose own gradient comes off the batch's"}
-        return AttackOutput(prediction=prediction, method=self.name, assumed=assumed,
-                            config={"drop": self.drop, "widen": self.widen, "seed": self.seed}, details=details)
+    def _certified(layout: Layout, spans: SentenceSpans, sequences: list[list[int]], search: Search) -> list[bool]:
+        """Per sentence: found by the search (certified and peeled), or passing the sentence spans now."""
+        found = [list(s) for s in search.found]
+        out = []
+        for seq in sequences:
+            if seq in found:
+                found.remove(seq)
+                out.append(True)
+            else:
+                out.append(bool(spans.certifies(layout, [seq])[0]))
+        return out
