@@ -113,6 +113,8 @@ class Search:
         wanted = {n: self.missing.count(n) for n in set(self.missing)}
         finished = beam(self, wanted, widen)
         for n in sorted(wanted):
+            if budget.expired():  # (#16) past the rank limit one round can outlast the budget many times
+                break
             seeds = [seq for _, seq in sorted(finished[n], key=lambda x: x[0])][:2 * wanted[n] * widen]
             seeds += [draw(self, n) for _ in range(restarts * widen)]
             tried: list[list[int]] = []
