@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--unknown", nargs="*", default=["labels"], help="facts withheld from the attacker")
     ap.add_argument("--out", default="results/benchmark_text.jsonl")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--budget", type=float, default=None, help="seconds per batch and attack (default: none)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -82,11 +83,13 @@ def main(argv=None) -> int:
                     try:
                         res = textleak.recover(gradients=cap.gradients, model=target, attack=attack,
                                                reference=cap.reference, unknown=args.unknown,
-                                               options=options, progress=False)
+                                               options=options, progress=False, budget=args.budget)
                         rec = {"key": key, "task": args.task, "data": data, "attack": attack, "batch_size": bs,
                                "index": index, "method": res.method, "seconds": time.perf_counter() - t0,
                                **{k: res.metrics["mean"][k] for k in ("rouge1", "rouge2", "exact_match")},
                                "label_accuracy": res.metrics["mean"].get("label_accuracy"),
+                               "certified_share": _certified_share(res.details),
+                               "ran_out": bool((res.details.get("budget") or {}).get("ran_out")),
                                "assumed": res.assumed}
                     except TextleakError as exc:
                         rec = {"key": key, "task": args.task, "data": data, "attack": attack, "batch_size": bs,
@@ -106,6 +109,18 @@ def main(argv=None) -> int:
     return 0
 
 
+def _certified_share(details: dict) -> float | None:
+    """Share of the batch's sentences that passed the attack's certificate (None: it has none)."""
+    if "certified_share" in details:
+        return float(details["certified_share"])
+    return None if "certified" not in details else float(bool(details["certified"]))
+
+
+def _mean_share(records: list[dict]) -> float | None:
+    shares = [r["certified_share"] for r in records if r.get("certified_share") is not None]
+    return 100 * sum(shares) / len(shares) if shares else None
+
+
 def summarise(records: list[dict]) -> list[dict]:
     cells = defaultdict(list)
     for r in records:
@@ -116,6 +131,7 @@ def summarise(records: list[dict]) -> list[dict]:
         mean = lambda k: 100 * sum(r[k] for r in ok) / len(ok) if ok else None  # noqa: E731
         out.append({"attack": attack, "data": data, "batch_size": bs, "batches": len(rs), "errors": len(rs) - len(ok),
                     "rouge1": mean("rouge1"), "rouge2": mean("rouge2"), "exact_match": mean("exact_match"),
+                    "certified_share": _mean_share(ok),
                     "seconds_per_batch": sum(r["seconds"] for r in rs) / len(rs),
                     "methods": sorted({r.get("method", "error") for r in rs})})
     return out
@@ -123,19 +139,20 @@ def summarise(records: list[dict]) -> list[dict]:
 
 def table(summary: list[dict], attacks, datasets_, sizes, task) -> str:
     idx = {(c["attack"], c["data"], c["batch_size"]): c for c in summary}
-    lines = [f"task: {task}   cells: ROUGE-1 / ROUGE-2 (x100), exact-match %, s/batch, n batches"]
+    lines = [f"task: {task}   cells: ROUGE-1 / ROUGE-2 (x100), exact-match %, certified %, s/batch, n batches"]
     for bs in sizes:
         lines.append(f"\nbatch size {bs}")
-        lines.append(f"{'method':<8}" + "".join(f"| {d:^30}" for d in datasets_))
+        lines.append(f"{'method':<8}" + "".join(f"| {d:^40}" for d in datasets_))
         for a in attacks:
             cells = []
             for d in datasets_:
                 c = idx.get((a, d, bs))
                 if c is None or c["rouge1"] is None:
-                    cells.append(f"| {'-':^30}")
+                    cells.append(f"| {'-':^40}")
                 else:
-                    cells.append(f"| {c['rouge1']:5.1f}/{c['rouge2']:5.1f} EM {c['exact_match']:5.1f} "
-                                 f"{c['seconds_per_batch']:5.1f}s n{c['batches']:<3}")
+                    cert = "  -  " if c.get("certified_share") is None else f"{c['certified_share']:5.1f}"
+                    cells.append(f"| {c['rouge1']:5.1f}/{c['rouge2']:5.1f} EM {c['exact_match']:5.1f} C {cert} "
+                                 f"{c['seconds_per_batch']:6.1f}s n{c['batches']:<3}")
             lines.append(f"{a:<8}" + "".join(cells))
     return "\n".join(lines)
 

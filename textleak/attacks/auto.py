@@ -2,7 +2,8 @@
 (in the manner of torchattacks' MultiAttack): an ordered list of attack instances, each with its
 own settings, tried in turn.
 
-Text stages: `exact` (attacks/exact.py), `lamp`, `tag`, `dlg`; images: `idlg`. Before a stage does
+Text stages: `exact` (attacks/exact), `beyond_rank` (past the rank limit, where exact has no
+layer-1 certificate), `lamp`, `tag`, `dlg`; images: `idlg`. Before a stage does
 any work its `preflight(observation, target)` runs; a stage that cannot run (MissingKnowledgeError,
 e.g. only the head was shared or a frozen embedding; or an unsupported model) is skipped, and
 `details["tried"]` says why. `exact` is the answer when its sentences pass the layer-1 span
@@ -34,7 +35,8 @@ from .base import ATTACKS, CANNOT_RUN, AttackOutput, preflight
 from .optimisation import GradientMatching
 
 #: the default stages per modality, tried in this order
-STAGES = {"text": ("exact", "lamp", "tag", "dlg"), "image": ("idlg",)}
+#: (#16) beyond_rank runs where exact cannot certify past the rank limit; within it, its preflight refuses
+STAGES = {"text": ("exact", "beyond_rank", "lamp", "tag", "dlg"), "image": ("idlg",)}
 #: settings shared by the optimisation stages (each takes those among its fields)
 SHARED = ("steps", "restarts", "optimizer", "lr", "distance", "decode")
 
@@ -55,6 +57,7 @@ class Auto:
     prior: str = "bigram"
     # each stage's own settings, by stage name (override the shared ones)
     exact: dict | None = None
+    beyond_rank: dict | None = None  # (#16)
     lamp: dict | None = None
     tag: dict | None = None
     dlg: dict | None = None
@@ -111,9 +114,11 @@ class Auto:
                 continue
             if out.details.get("certified") is False:
                 tried.append({"attack": stage.name, "reason": "assembly did not pass the layer-1 span certificate"})
-                guess = guess if guess is not None else out
+                # (#16) a later certifying stage's guess (it reports its certified share) replaces an earlier one
+                guess = out if guess is None or "certified_share" in out.details else guess
                 continue
-            if guess is not None and guess is not out:
+            # (#16) a certified answer stands; an optimisation stage's is compared with the guess
+            if guess is not None and guess is not out and "certified" not in out.details:
                 out = _better(observation, target, guess, out)
             out.details["tried"] = tried
             return out

@@ -39,7 +39,8 @@ masked position from the prediction-head transform gradient, classification labe
 classifier's output weight gradient.
 
 Degrades: with no rank gap (B x L >= H, or noise) the attack raises MissingKnowledgeError naming
-the condition (`Exact.preflight` says so before any work, as it does for an architecture without
+the condition (past the rank limit, classification batches go to `attacks.beyond_rank`, which runs
+this search on the partial span, certified by the last layer's per-sentence spans) (`Exact.preflight` says so before any work, as it does for an architecture without
 a layout, UnsupportedModelError, and for Q/K/V gradients not shared); an assembly that does not
 reach the certificate, or that the time budget (`textleak.core.budget`) cut short, is returned
 with `details["certified"] = False` and its candidate sets, which `auto` hands to optimisation;

@@ -70,10 +70,19 @@ class Search:
     def settle(self, seqs: list[list[int]], known: Sequence[list[int]] = ()) -> list[list[int]]:
         return settle(self, seqs, known)
 
+    # -- what a search past the rank limit changes (#16: `attacks.beyond_rank`) ----------------
+    def assembles(self) -> bool:
+        """Whether sentences can be assembled at all: a layer-1 span with a rank gap."""
+        return self.span1 is not None and self.span1.exact
+
+    def worth_taking(self, seq: list[int], res: float) -> bool:
+        """Whether a cut of a settled seed goes to the certificates (its layer-1 residual passes)."""
+        return self.span1.certifies(res, len(seq))
+
     # -- the algorithm -------------------------------------------------------------------------
     def run(self) -> tuple[list[list[int]], list[float]]:
         """(one sentence per length of `lengths`, in that order; their whole-sentence residuals)."""
-        if self.span1 is None or not self.span1.exact:  # no second layer: each position's best candidates
+        if not self.assembles():  # no second layer: each position's best candidates
             rows = [[self._at(p, n, lambda p: self.free(p)[b % len(self.free(p))]) for p in range(n)]
                     for b, n in enumerate(self.lengths)]
             return rows, [float("nan")] * len(self.lengths)
@@ -104,6 +113,8 @@ class Search:
         wanted = {n: self.missing.count(n) for n in set(self.missing)}
         finished = beam(self, wanted, widen)
         for n in sorted(wanted):
+            if budget.expired():  # (#16) past the rank limit one round can outlast the budget many times
+                break
             seeds = [seq for _, seq in sorted(finished[n], key=lambda x: x[0])][:2 * wanted[n] * widen]
             seeds += [draw(self, n) for _ in range(restarts * widen)]
             tried: list[list[int]] = []
@@ -120,7 +131,7 @@ class Search:
                 short = [c for seq in settled if seq not in self.found for c in cuts(seq, self.missing, self.ends,
                                                                                      self.sep_id)]
                 for seq, res in zip(short, self.residuals(short).tolist() if short else []):
-                    if self.span1.certifies(res, len(seq)):
+                    if self.worth_taking(seq, float(res)):
                         progress |= self.take(seq, float(res))
         return progress
 

@@ -162,6 +162,12 @@ class Layout:
     def classifier(self) -> ClassifierHead:
         raise NotImplementedError
 
+    def linears(self, k: int) -> dict[str, nn.Linear]:
+        """Layer k's linear maps by site, each applied to every position separately (#16: past
+        the rank limit, `leaks.sentences` reads their inputs at [CLS] in the last layer): the
+        query here; a family adds the ones it names (BERT: attention output, feed-forward)."""
+        return {"query": self.block(k).query}
+
     def mlm_head(self) -> MlmHead:
         raise NotImplementedError
 

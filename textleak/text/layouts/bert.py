@@ -23,6 +23,11 @@ class BertLayout(Layout):
         return Block(attn.query, attn.key, attn.value, int(self.config.num_attention_heads),
                      layer.attention.output, lambda a: layer.output(layer.intermediate(a), a))
 
+    def linears(self, k: int) -> dict[str, nn.Linear]:
+        layer = self.layer(k)
+        return {"query": layer.attention.self.query, "context": layer.attention.output.dense,
+                "ffn": layer.intermediate.dense, "ffn_hidden": layer.output.dense}
+
     def classifier(self) -> ClassifierHead:
         return linear_head(self, self.model.classifier, self.model.classifier)
 

@@ -14,6 +14,9 @@ first argument, so that no leak knows a parameter name:
 - `spans`: the span of a layer's inputs from its Q/K/V weight gradients (`layer_span`, by a
   registered span test), and the layer-0 candidates per position (`position_candidates`).
 - `residuals`: layer-k residuals of whole and partial sentences against a span.
+- `sentences`: past the rank limit, one span per sentence at a classifier's last layer, and the
+  whole-sentence certificate it gives (`sentence_spans`); `partial`: the top directions of a
+  layer span without a rank gap (DAGER's best-effort mode), which rank candidates only.
 - `slots`: one token's layer-1 residual in context for the cost of one token (`slot_residuals`),
   with a table of layer 0's per-(token, position) rows (`layer0_table`).
 
@@ -27,10 +30,13 @@ from .labels import assign_class_labels, class_label_counts, mlm_label_counts
 from .positions import TokenPositions, token_positions
 from .residuals import padded, partial_residuals, position_residuals, sequence_residuals
 from .slots import layer0_table, slot_residuals
+from .partial import PartialSpan, partial_span
+from .sentences import SentenceSpans, sentence_spans
 from .spans import MIN_GAP, SPAN_TESTS, LayerSpan, calibrate_threshold, layer_span, position_candidates, rank_gap
 from .tokens import embedding_token_set, max_length, noisy_token_set
 
 __all__ = ["assign_class_labels", "class_label_counts", "mlm_label_counts", "TokenPositions", "token_positions",
            "padded", "partial_residuals", "position_residuals", "sequence_residuals", "layer0_table",
            "slot_residuals", "MIN_GAP", "SPAN_TESTS", "LayerSpan", "calibrate_threshold", "layer_span",
-           "position_candidates", "rank_gap", "embedding_token_set", "max_length", "noisy_token_set"]
+           "position_candidates", "rank_gap", "embedding_token_set", "max_length", "noisy_token_set",
+           "PartialSpan", "partial_span", "SentenceSpans", "sentence_spans"]

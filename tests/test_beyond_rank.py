@@ -1,0 +1,123 @@
+"""Past the rank limit (#16) on a tiny BERT 32 wide: a batch of 8 sentences, 55 tokens. The last
+layer's per-sentence spans certify true sentences and refuse a swapped one, a peel takes true
+sentences out with their labels and refuses wrong ones, the attack refuses where it does not
+apply, reports nothing certified that is not a batch sentence, and `auto` routes past the limit to
+it. (Recovery rates on MiniLM are measured by recipes/benchmark_text.py, too slow for a unit test.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import textleak
+from textleak.attacks import ATTACKS
+from textleak.attacks.beyond_rank import SentencePeeler
+from textleak.errors import MissingKnowledgeError
+from textleak.text import leaks
+from textleak.text.layouts import layout_for
+from textleak.text.models import load_text_model
+from textleak.threat import Knowledge, Observation
+
+WORDS = [f"w{i}" for i in range(160)] + "the a cat dog sat ran on mat".split()
+TEXTS = [" ".join(f"w{i * 6 + j}" for j in range(4 + i % 3)) for i in range(8)]  # 55 tokens, each token once
+LABELS = [0, 1, 1, 0, 1, 0, 1, 1]
+#: the cheapest search: the tests check what is certified and reported, not how much is found
+FAST = {"beam": 1, "trials": 8, "restarts": 1, "widen": 1, "settle": 2, "moves": ()}
+
+
+def _model(root, task: str):
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=24, initializer_range=0.1)
+    model = (BertForMaskedLM if task == "mlm" else BertForSequenceClassification)(cfg)
+    with torch.no_grad():  # LayerNorms as trained ones are: untouched, every layer input is orthogonal to ones
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.normal_(1, 0.3)
+                m.bias.normal_(0, 0.5)
+    model.save_pretrained(root)
+    return load_text_model(str(root), task=task)
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    torch.set_num_threads(1)
+    return _model(tmp_path_factory.mktemp("beyond-bert"), "classify")
+
+
+@pytest.fixture(scope="module")
+def capture(target):
+    return textleak.capture_gradients(target, TEXTS, labels=LABELS, seed=1)
+
+
+def _observation(capture, lengths: bool = True) -> Observation:
+    seqs = capture.reference.token_ids
+    know = Knowledge(batch_size=len(seqs), seq_lengths=tuple(len(s) for s in seqs) if lengths else None)
+    return Observation(capture.gradients.gradients, capture.gradients.metadata, know)
+
+
+def test_the_batch_is_past_the_rank_limit_and_sentence_spans_certify(target, capture):
+    layout, grads = layout_for(target.model), capture.gradients.gradients
+    assert sum(len(s) for s in capture.reference.token_ids) > layout.hidden_size
+    assert not leaks.layer_span(layout, grads, 1).exact
+    spans = leaks.sentence_spans(layout, grads, len(TEXTS), "classify")
+    assert spans is not None and spans.rank == len(TEXTS) and "query" in spans.bases
+    seqs = capture.reference.token_ids
+    assert spans.certifies(layout, seqs) == [True] * len(seqs)
+    swapped = [s[:2] + [s[3], s[2]] + s[4:] for s in seqs]
+    assert spans.certifies(layout, swapped) == [False] * len(seqs)
+    assert leaks.sentence_spans(layout, grads, len(TEXTS), "mlm") is None
+
+
+def test_peeling_takes_true_sentences_out_with_their_labels(target, capture):
+    layout, seqs = layout_for(target.model), capture.reference.token_ids
+    spans = leaks.sentence_spans(layout, capture.gradients.gradients, len(TEXTS), "classify")
+    peeler = SentencePeeler(_observation(capture), layout, [len(s) for s in seqs], spans, drop=1)
+    assert peeler.peel(seqs[0][:2] + [seqs[1][2]] + seqs[0][3:]) is None  # one token wrong: refused
+    for i, s in enumerate(seqs):
+        assert peeler.peel(s, last=i == len(seqs) - 1) is not None
+    assert peeler.labels == LABELS
+    assert peeler.sentence_rank == 1
+
+
+def test_refuses_within_the_limit_and_for_masked_lm(target, tmp_path):
+    cap = textleak.capture_gradients(target, TEXTS[:2], labels=LABELS[:2], seed=1)
+    attack = ATTACKS.get("beyond_rank")()
+    with pytest.raises(MissingKnowledgeError, match="within the rank limit"):
+        attack.preflight(_observation(cap), target)
+    mlm = _model(tmp_path / "mlm", "mlm")
+    cap = textleak.capture_gradients(mlm, TEXTS, seed=1)
+    with pytest.raises(MissingKnowledgeError, match="classification"):
+        attack.preflight(_observation(cap), mlm)
+
+
+def test_reports_certified_only_what_is_a_batch_sentence(target, capture):
+    res = textleak.recover(gradients=capture.gradients, model=target, attack="beyond_rank",
+                           reference=capture.reference, unknown=["labels"], options=FAST, progress=False)
+    assert res.method == "beyond_rank" and len(res.prediction["token_ids"]) == len(TEXTS)
+    truth = capture.reference.token_ids
+    flags = res.details["sentence_certified"]
+    assert res.details["certified_share"] == sum(flags) / len(flags)
+    assert res.details["certified"] == all(flags)
+    for seq, ok in zip(res.prediction["token_ids"], flags):
+        assert not ok or seq in truth
+
+
+def test_undeclared_lengths_get_a_note_and_the_attack_proceeds(target, capture, caplog):
+    out = ATTACKS.get("beyond_rank")(**FAST).run(_observation(capture, lengths=False), target, progress=False)
+    assert out.details["notes"] and "cannot be inferred" in out.details["notes"][0]
+    assert out.assumed["seq_lengths"] != "known"
+    assert len(out.prediction["token_ids"]) == len(TEXTS)  # the batch size read off the last layer's rank
+
+
+def test_auto_runs_beyond_rank_past_the_limit(target, capture):
+    options = {"steps": 1, "prior": "none", "beyond_rank": FAST, "lamp": {"prior": "none"}}
+    res = textleak.recover(gradients=capture.gradients, model=target, attack="auto", reference=capture.reference,
+                           unknown=["labels"], options=options, progress=False)
+    tried = {t["attack"]: t["reason"] for t in res.details["tried"]}
+    assert "rank gap" in tried["exact"] or "certificate" in tried["exact"]
+    assert res.method.startswith("beyond_rank") or "beyond_rank" in tried

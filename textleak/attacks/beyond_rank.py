@@ -1,0 +1,243 @@
+"""Exact recovery past the rank limit: classification batches with more tokens than the hidden
+size (B x L >= H: MiniLM, RT batch 16 and up), where `exact` has no layer-1 certificate.
+
+Anchors: DAGER's best-effort mode (Petrov et al., NeurIPS 2024: the span capped at d - 20
+directions past the limit, ranking rather than certifying); SOMP (2026: subspace-guided
+orthogonal matching pursuit, meaningful text up to batch 128); FILM (Gupta et al. 2022: the bag
+of words from the embedding gradient, then beam search; single sentences from batches of 128).
+
+Threat model: as `exact` (honest-but-curious server, the model known, the full gradient of one
+classification step shared: the embeddings', layers 0 and 1's and the last layer's weight
+gradients). Lengths are used when declared; otherwise the inferred ones (past the limit only the
+longest can be read off the gradient: the note says so, and `assumed["seq_lengths"]` records it).
+Labels are those that make each peel exact. Nothing is reported certified unless it passed.
+
+What survives past the limit, and what each part does here:
+- the token set (nonzero rows of the word-embedding gradient, untied heads) and where most
+  tokens stand (`leaks.token_positions`): the candidates per position (`Candidates`);
+- the partial layer-1 span (`leaks.partial`, the "best-effort" span test): seeds are assembled
+  and settled on its residuals exactly as `exact` does on the full span (`exact.Search`);
+- one span per sentence at the last layer (`leaks.sentences`): a [CLS] classifier's last layer
+  sees one vector per sentence, so its weight gradients have rank B, not B x L; a whole
+  sentence is certified when its [CLS] vectors lie in them (`SentenceCertificate`);
+- peeling: a certified sentence's own gradient (the class whose subtraction drops the last
+  layer's rank by one, `SentencePeeler`) comes off the batch's; what is left has fewer tokens,
+  fewer candidates and a better partial span, and once it is under the limit the layer-1 span
+  has its rank gap again and the search goes on as `exact`'s (its layer-0 candidates too).
+
+Arguments: those of `exact` (beam, trials, restarts, settle, widen, sweeps, moves, seed) and
+`drop` (directions left out of the partial span; default 10 of 384, in proportion to the width). Shapes: partial span basis [H, H - drop];
+sentence spans: site -> basis [H_in, B]. Degrades: masked-LM, a tied head, weights shared across
+layers, noise or a defence that hides the last layer's rank: MissingKnowledgeError from
+`preflight` naming the condition; within the limit it refuses too (`exact` applies). Sentences
+it cannot certify come back as its best guesses; `details["certified_share"]` says how many
+passed, `details["certified"]` is True only when all did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from ..errors import MissingKnowledgeError
+from ..text.inference import infer_lengths
+from ..text.layouts import Layout, layout_for
+from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, layer_span, partial_span,
+                          sentence_spans)
+from ..text.leaks.positions import token_positions
+from ..threat import Observation
+from .base import ATTACKS, AttackOutput
+from .exact.attack import Exact, _budget_report, _predict
+from .exact.candidates import Candidates, vocabulary
+from .exact.certificates import PeelCertificate
+from .exact.moves import MOVES
+from .exact.peeling import Peeler, Rest, as_captured
+from .exact.search import Search
+from .exact.sequences import occupants
+
+log = logging.getLogger(__name__)
+
+
+class SentenceCertificate:
+    """A whole sentence passes when its [CLS] vectors lie in the last layer's per-sentence spans."""
+
+    name = "last-layer sentence spans"
+
+    def __init__(self, spans: SentenceSpans):
+        self.spans = spans
+
+    def admits(self, search: Search, seq: list[int], residual: float) -> bool:
+        return self.spans.certifies(search.layout, [seq])[0]
+
+
+class SentencePeeler(Peeler):
+    """`Peeler` past the rank limit (classification): a sentence's own gradient, under the class
+    that makes the subtraction exact, must drop the rank of the last layer's query gradient by one
+    (the layer-1 rank has no gap to drop); what is left is read as `Peeler` reads it, with the
+    partial layer-1 span until the rest is under the limit."""
+
+    def __init__(self, observation: Observation, layout: Layout, lengths: Sequence[int], spans: SentenceSpans,
+                 drop: int):
+        super().__init__(observation, layout, lengths, 0, None, observation.knowledge.seq_lengths is not None)
+        self.query = layout.name(layout.linears(spans.layer)["query"].weight)
+        self.sentence_rank, self.drop = spans.rank, drop
+        if self.query not in self.names:
+            self.names.append(self.query)
+            self.params.append(dict(layout.model.named_parameters()).get(self.query))
+            self.working = self.working and self.params[-1] is not None
+            if self.working:
+                self.rest[self.query] = self.grads[self.query].to(layout.device).double().clone()
+
+    def peel(self, seq: list[int], last: bool = False) -> Rest | None:
+        for label in range(int(self.model.config.num_labels)):
+            trial = {n: self.rest[n] - g.double() for n, g in zip(self.names, self._own(seq, None, label))}
+            if self._exact_removal(trial, last):
+                break
+        else:
+            return None
+        self.labels.append(label)
+        self.sentences.append(list(seq))
+        self.rest = trial
+        if last:
+            return Rest(None)
+        self.sentence_rank -= 1
+        return self._what_is_left(self.span1_left())
+
+    def _exact_removal(self, trial: dict[str, torch.Tensor], last: bool) -> bool:
+        """The last layer's query gradient lost one direction (nothing but rounding, for the last)."""
+        before = torch.linalg.svdvals(self.rest[self.query])
+        after = torch.linalg.svdvals(trial[self.query])
+        if last:
+            return float(after[0]) < math.sqrt(torch.finfo(self.grads[self.query].dtype).eps) * float(before[0])
+        r = self.sentence_rank
+        plateau = float(before[r]) if r < len(before) else float(before[-1]) * 1e-3
+        return float(after[r - 1]) < 10.0 * plateau
+
+    def span1_left(self):
+        """Layer 1's span of what is left: the full span once it has a rank gap, else the partial one."""
+        left = as_captured({n: self.rest[n] for n in self.layer1}, self.grads)
+        span = layer_span(self.layout, left, 1)
+        if span.exact:
+            return span
+        return partial_span([left[n].to(self.layout.device) for n in self.layer1], 1, self.drop)
+
+
+class SentenceSearch(Search):
+    """`exact`'s search on the partial layer-1 span, certified by the sentence spans and the peel."""
+
+    def __init__(self, config: Any, layout: Layout, tokenizer: Any, cands: Candidates, lengths: Sequence[int],
+                 span1: Any, peeler: SentencePeeler, spans: SentenceSpans, template: bool = True):
+        super().__init__(config, layout, tokenizer, cands, lengths, span1, peeler, template)
+        self.certificates = [SentenceCertificate(spans)] + ([PeelCertificate(peeler)] if peeler.working else [])
+
+    def assembles(self) -> bool:
+        return self.span1 is not None
+
+    def worth_taking(self, seq: list[int], res: float) -> bool:
+        return True  # the sentence spans decide
+
+    def accept_pending(self) -> None:
+        """Past the limit a sentence the peel refused is not taken on the span alone."""
+
+
+@ATTACKS.register("beyond_rank")
+@dataclass
+class BeyondRank(Exact):
+    name: ClassVar[str] = "beyond_rank"
+
+    drop: int | None = None  # None: 10 of 384 (MiniLM, measured best), in proportion to the width
+
+    def preflight(self, observation: Observation, target: Any) -> None:
+        """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
+        self._setup(observation, target)
+
+    def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
+            resume: bool = False, progress: bool = True) -> AttackOutput:
+        t0 = time.perf_counter()
+        layout, spans = self._setup(observation, target)
+        grads, tok = observation.gradients, target.tokenizer
+        lengths, assumed, notes = self._lengths_past_limit(observation, target, spans)
+        vocab, vocab_source = vocabulary(layout, grads, tok, observation.task)
+        specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
+        known = assumed["seq_lengths"] == "known"
+        pins = token_positions(layout, grads, vocab.tolist(), max(lengths), occupants(lengths) if known else None)
+        cands = Candidates([[(int(t), 0.0) for t in vocab.tolist()] for _ in range(max(lengths))], specials, pins=pins)
+        drop = self.drop if self.drop is not None else max(1, layout.hidden_size * 10 // 384)
+        peeler = SentencePeeler(observation, layout, lengths, spans, drop)
+        span1 = peeler.span1_left()
+        with layer0_table(layout, max(lengths)):
+            search = SentenceSearch(self, layout, tok, cands, lengths, span1, peeler, spans,
+                                    observation.knowledge.special_tokens)
+            sequences, _ = search.run()
+        passed = self._certified(layout, spans, sequences, search)
+        prediction = _predict(observation, layout, tok, sequences, assumed)
+        details = {"certified": all(passed), "certified_share": sum(passed) / len(passed),
+                   "sentence_certified": passed, "sentence_rank": spans.rank, "sentence_sites": sorted(spans.bases),
+                   "layer1_rank_start": span1.rank, "layer1_exact_at_end": bool(search.span1.exact),
+                   "peeled": len(peeler.sentences), "vocabulary": vocab_source, "notes": notes,
+                   "placed_tokens": None if pins is None else len(pins.complete), **_budget_report(),
+                   "seconds": time.perf_counter() - t0}
+        return AttackOutput(prediction=prediction, method=self.name, assumed=assumed,
+                            config={**self.options(), "drop": drop}, details=details)
+
+    # -- steps -------------------------------------------------------------------------------
+    def _setup(self, observation: Observation, target: Any) -> tuple[Layout, SentenceSpans]:
+        for name in self.moves:
+            MOVES.get(name)  # an unknown move: InputError naming the registered ones
+        layout, grads = layout_for(target.model), observation.gradients
+        if observation.task != "classify":
+            raise MissingKnowledgeError("recovery past the rank limit needs a classification gradient (a masked-LM "
+                                        "head reads every masked position, not one per sentence)")
+        layout.require(grads, layout.qkv_names(1), "recovery past the rank limit")
+        if layer_span(layout, grads, 1, self.span_test).exact:
+            raise MissingKnowledgeError("within the rank limit (layer 1's gradient has a rank gap): exact applies")
+        if embedding_token_set(layout, grads) is None:
+            raise MissingKnowledgeError("recovery past the rank limit needs the token set (a sparse word-embedding "
+                                        "gradient: an untied head)")
+        know = observation.knowledge
+        batch = know.batch_size or (len(know.seq_lengths) if know.seq_lengths is not None else None)
+        spans = sentence_spans(layout, grads, batch, observation.task)
+        if spans is None:
+            raise MissingKnowledgeError("recovery past the rank limit needs the last layer's per-sentence spans (a "
+                                        "[CLS] classifier's gradient with a clear rank gap there, at most the batch size)")
+        return layout, spans
+
+    def _lengths_past_limit(self, observation: Observation, target: Any, spans: SentenceSpans
+                            ) -> tuple[list[int], dict[str, Any], list[str]]:
+        """Declared lengths; else the inferred ones, with a note where they could not be inferred."""
+        know = observation.knowledge
+        assumed: dict[str, Any] = {"special_tokens": bool(know.special_tokens)}
+        if know.seq_lengths is not None:
+            assumed["seq_lengths"] = "known"
+            return [int(n) for n in know.seq_lengths], assumed, []
+        # the last layer's rank is the number of sentences (with a nonzero loss gradient)
+        sized = dataclasses.replace(observation, knowledge=dataclasses.replace(
+            know, batch_size=know.batch_size or spans.rank))
+        lengths, how = infer_lengths(sized, target)
+        assumed["seq_lengths"] = how
+        notes = []
+        if "[SEP]" not in how:
+            notes.append(f"past the rank limit the sentence lengths cannot be inferred from the gradient; proceeding "
+                         f"with {how.split(' (')[0]} ({lengths[0]} tokens); declare them for better recovery")
+            log.warning("textleak: note: %s", notes[-1])
+        return list(lengths), assumed, notes
+
+    @staticmethod
+    def _certified(layout: Layout, spans: SentenceSpans, sequences: list[list[int]], search: Search) -> list[bool]:
+        """Per sentence: found by the search (certified and peeled), or passing the sentence spans now."""
+        found = [list(s) for s in search.found]
+        out = []
+        for seq in sequences:
+            if seq in found:
+                found.remove(seq)
+                out.append(True)
+            else:
+                out.append(bool(spans.certifies(layout, [seq])[0]))
+        return out

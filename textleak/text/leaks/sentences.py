@@ -1,0 +1,146 @@
+"""One span per sentence at the last encoder layer of a [CLS] classifier: a leak, and a
+certificate, that hold past the rank limit (B x L >= H).
+
+A classifier's loss reads only the first position of the last layer ([CLS]: BERT's pooler,
+RoBERTa's and ELECTRA's heads, DistilBERT's pre-classifier all take position 0). So the last
+layer's query, attention-output and feed-forward weight gradients each sum one rank-one term per
+*sentence*, not per token: the row space of each is spanned by the B vectors entering that map at
+[CLS]. These spans have rank B whatever the number of tokens (MiniLM, RT batch 64, 1689 tokens:
+query, attention output, both feed-forward maps all of rank 64 of 384; key and value, which see
+every position, 368 and 371).
+
+Certificate: a whole guessed sentence is one of the batch's exactly when its [CLS] vectors lie in
+these spans; measured (MiniLM, RT batch 64) the true sentences' relative residuals are below 1e-6
+at every site, a sentence with one token wrong at least 1.2e-3 (query) and 1.4e-2
+(feed-forward). The vectors depend on the whole sentence through every layer, so a guess is
+certified whole or not at all; the residual grows with the number of wrong tokens, which ranks
+whole guesses but does not single out one position's token while several others are wrong.
+
+Rank: at the *first* clear singular-value drop onto the rounding plateau (the plateau can hold
+further drops; taking the last, as `spans.rank_gap` does for layer inputs, failed on CoLA batch
+128), and at most the batch size. None where the leak does not hold: masked-LM (the head reads
+every masked position), layers that share their weights (ALBERT), a gradient without the last
+layer, no clear drop (noise, a defence).
+
+Which maps a family has is the layout's answer (`Layout.linears`); the query is always there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from ..layouts import Layout
+from .residuals import padded
+from .spans import MIN_GAP
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class SentenceSpans:
+    """Row spaces of the last layer's per-sentence weight gradients.
+
+    layer: the last layer's index; bases: site -> [H_in, r] orthonormal (float64); rank: r (the
+    sentences with a nonzero loss gradient); floors: site -> the largest relative residual a true
+    sentence can show (first discarded / last kept singular value)."""
+
+    layer: int
+    bases: dict[str, torch.Tensor]
+    rank: int
+    floors: dict[str, float]
+
+    def residuals(self, layout: Layout, sequences: Sequence[Sequence[int]], *, chunk: int = 64
+                  ) -> dict[str, torch.Tensor]:
+        """Relative residual of each sentence's [CLS] vectors at every site: site -> [S]."""
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in self.bases}
+        for i in range(0, len(sequences), chunk):
+            for k, h in cls_inputs(layout, sequences[i:i + chunk], self.layer, tuple(self.bases)).items():
+                h, V = h.double(), self.bases[k].to(h.device)
+                out[k].append((h - (h @ V) @ V.T).norm(dim=1) / h.norm(dim=1).clamp_min(1e-30))
+        return {k: torch.cat(v).cpu() for k, v in out.items()}
+
+    def score(self, layout: Layout, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+        """One number per sentence to rank guesses: the mean over sites of log10(residual / floor)
+        (0 or below: at the rounding of a true sentence)."""
+        res = self.residuals(layout, sequences)
+        return torch.stack([torch.log10(r.clamp_min(1e-30) / self.floors[k]) for k, r in res.items()]).mean(0)
+
+    def certifies(self, layout: Layout, sequences: Sequence[Sequence[int]]) -> list[bool]:
+        """Whether each sentence's [CLS] vectors lie in every span, to the gradient's rounding."""
+        res = self.residuals(layout, sequences)
+        ok = torch.ones(len(sequences), dtype=torch.bool)
+        for k, r in res.items():
+            ok &= r <= self.floors[k]
+        return ok.tolist()
+
+
+def first_gap(matrix: torch.Tensor, most: int) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+    """(rank, singular values relative to the largest, right singular vectors) where the spectrum
+    drops clearly (MIN_GAP) onto the rounding plateau at or below `most` directions, else None."""
+    _, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    if float(s[0]) == 0.0:
+        return None
+    s = s / s[0]
+    floor = math.sqrt(torch.finfo(matrix.dtype).eps if matrix.dtype.is_floating_point else torch.finfo().eps)
+    ratios = s[:-1] / s[1:].clamp_min(1e-300)
+    ratios = torch.where(s[1:] < floor, ratios, torch.zeros_like(ratios))
+    clear = (ratios >= MIN_GAP).nonzero().flatten()
+    if len(clear) == 0 or int(clear[0]) + 1 > most:
+        return None
+    return int(clear[0]) + 1, s, vh
+
+
+def sentence_spans(layout: Layout, gradients: Mapping[str, torch.Tensor], batch_size: int | None,
+                   task: str) -> SentenceSpans | None:
+    """The last layer's per-sentence spans, or None where they do not hold (module doc)."""
+    last = layout.num_layers - 1
+    if task != "classify" or last < 1 or layout.qkv_sharing(last) != 1:
+        return None
+    sites = {k: layout.name(m.weight) for k, m in layout.linears(last).items()}
+    if sites["query"] not in gradients:
+        return None
+    most = batch_size if batch_size is not None else min(gradients[sites["query"]].shape)
+    bases, floors, rank = {}, {}, None
+    for site, name in sites.items():
+        got = first_gap(gradients[name], most) if name in gradients else None
+        if got is None or (rank is not None and got[0] != rank):
+            continue  # a site that disagrees with the query on the rank is left out
+        rank, (r, s, vh) = got[0], got
+        bases[site] = vh[:r].T.contiguous().to(layout.device)
+        floors[site] = float(s[r] / s[r - 1]) if r < len(s) else 1.0
+    if "query" not in bases:
+        return None
+    return SentenceSpans(last, bases, rank, floors)
+
+
+def cls_inputs(layout: Layout, sequences: Sequence[Sequence[int]], layer: int, sites: Sequence[str]
+               ) -> dict[str, torch.Tensor]:
+    """What enters each site of layer `layer` at position 0, per sentence: site -> [S, H_in]
+    (one padded forward, stopped once every site is seen)."""
+    ids, mask = padded(sequences, layout.device)
+    modules = layout.linears(layer)
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(site):
+        def hook(module, args):
+            seen[site] = args[0][:, 0].detach()
+            if len(seen) == len(sites):
+                raise _Stop
+        return hook
+
+    handles = [modules[s].register_forward_pre_hook(grab(s)) for s in sites]
+    try:
+        with torch.no_grad():
+            layout.base(**layout.inputs(ids, mask))
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
