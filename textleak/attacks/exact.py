@@ -48,6 +48,7 @@ Shapes: layer span basis [H, r]; candidates: per position a list of (token id, r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -84,6 +85,10 @@ class Exact:
 
     def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
             resume: bool = False, progress: bool = True) -> AttackOutput:
+        if type(self) is Exact and _shares_update(observation):  # a FedAvg weight update: attacks/update.py
+            from .update import UpdateExact
+
+            return UpdateExact(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}).run(observation, target)
         t0 = time.perf_counter()
         grads, know, model, tok = observation.gradients, observation.knowledge, target.model, target.tokenizer
         span0 = lk.layer_span(grads, 0)
@@ -107,7 +112,7 @@ class Exact:
         span1 = lk.layer_span(grads, 1) if lk.qkv_names(grads, 1) else None
         if span1 is not None and span1.rank < span0.rank:
             span1 = None  # e.g. the last layer of a classifier: only [CLS] feeds the loss there
-        peeler = _Peeler(observation, model, lengths, span1.rank, tok.mask_token_id, known_lengths) \
+        peeler = self._peeler(observation, model, lengths, span1.rank, tok.mask_token_id, known_lengths) \
             if span1 is not None else None
         masks = None
         if observation.task == "mlm" and know.mask_positions is not None and know.seq_lengths is not None \
@@ -154,6 +159,9 @@ class Exact:
                                     "settle": self.settle, "restarts": self.restarts, "seed": self.seed}, details=details)
 
     # -- steps -------------------------------------------------------------------------------
+    def _peeler(self, observation, model, lengths, rank, mask_id, known_lengths) -> "_Peeler":
+        return _Peeler(observation, model, lengths, rank, mask_id, known_lengths)
+
     @staticmethod
     def _vocabulary(grads, tok, task: str) -> tuple[torch.Tensor, str]:
         leaked = lk.embedding_token_set(grads)
@@ -707,12 +715,7 @@ class _Peeler:
         for slot, labels in self._choices(seq):
             own = self._own(seq, slot, labels)
             trial = {n: self.rest[n] - g.double() for n, g in zip(self.names, own)}
-            if last:  # nothing may be left but the capture's rounding
-                r = sum(float(trial[n].norm()) for n in self.layer1) / self.scale
-                ok = r < math.sqrt(torch.finfo(self.grads[self.layer1[0]].dtype).eps)
-            else:
-                r = lk.layer_span(_as_captured(trial, self.grads), 1).rank
-                ok = r == self.rank - len(seq)
+            ok, r = self._accept(trial, seq, labels, last)
             if ok and (best is None or r < best[0]):
                 best = (r, trial, slot, labels)
                 if not last:
@@ -749,6 +752,16 @@ class _Peeler:
             positions = lk.token_positions(self.model, left, sorted(allowed), max(lengths),
                                            _occupants(lengths) if self.known_lengths else None)
         return _Rest(span, allowed, span0 if span0.exact else None, positions)
+
+    def _accept(self, trial: dict[str, torch.Tensor], seq: list[int], labels, last: bool) -> tuple[bool, float]:
+        """Whether subtracting `seq`'s own gradient left what a true sentence leaves, and the
+        figure compared (lower is better): the relative remainder for the last sentence, else
+        the rank left."""
+        if last:  # nothing may be left but the capture's rounding
+            r = sum(float(trial[n].norm()) for n in self.layer1) / self.scale
+            return r < math.sqrt(torch.finfo(self.grads[self.layer1[0]].dtype).eps), r
+        r = lk.layer_span(_as_captured(trial, self.grads), 1).rank
+        return r == self.rank - len(seq), r
 
     def _choices(self, seq: list[int]):
         """(slot, labels) to try, likeliest first."""
@@ -819,6 +832,12 @@ def _head_label_terms(model, dense_name: str, h: torch.Tensor, tokens: Sequence[
         per_token = torch.stack([torch.autograd.grad(logits[:, v].sum(), pre, retain_graph=True)[0].double()
                                  for v in tokens])
     return expected, per_token
+
+
+def _shares_update(observation) -> bool:
+    """Whether the file holds a weight update (FedAvg's (w0 - wK) / (lr K)) rather than a gradient."""
+    capture = observation.metadata.get("capture", {}) or {}
+    return (capture.get("defence") or {}).get("shares") == "update" or capture.get("shares") == "update"
 
 
 def _occupants(lengths: Sequence[int]) -> list[int]:

@@ -318,7 +318,25 @@ def qkv_names(gradients: Mapping[str, torch.Tensor], layer: int) -> list[str]:
     return names
 
 
+_SPAN_READER: contextvars.ContextVar = contextvars.ContextVar("span_reader", default=None)
+
+
+@contextlib.contextmanager
+def span_reader(reader):
+    """Within this block `layer_span(gradients, layer)` is `reader(gradients, layer)`: a span
+    read another way, e.g. calibrated on the noise of a defended gradient or an update
+    (`textleak.text.noisy_span`)."""
+    token = _SPAN_READER.set(reader)
+    try:
+        yield reader
+    finally:
+        _SPAN_READER.reset(token)
+
+
 def layer_span(gradients: Mapping[str, torch.Tensor], layer: int) -> LayerSpan:
+    reader = _SPAN_READER.get()
+    if reader is not None:
+        return reader(gradients, layer)
     names = qkv_names(gradients, layer)
     if not names:
         raise MissingKnowledgeError(
