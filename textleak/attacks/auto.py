@@ -58,6 +58,15 @@ class Auto(MatchOptions):
             tried.append({"attack": "exact", "reason": "assembly did not pass the layer-1 span certificate"})
         prior = self.prior
         if prior == "bigram" and not _bigram_available(target):
+            prior = "none"
+        from .likelihood import under_noise  # additive noise: scored by its likelihood (attacks/likelihood.py)
+
+        noisy = under_noise(observation, target, exact_out, self.seed, tried,
+                            lamp=lambda init: LAMP(seed=self.seed, prior=prior, initial_ids=init, **opts))
+        if noisy is not None:
+            return noisy
+        prior = self.prior
+        if prior == "bigram" and not _bigram_available(target):
             # the default prior is fitted on training TSVs a user may not have: run unprimed, say so
             tried.append({"attack": "lamp", "reason": "no training sentences for the bigram prior; ran with prior 'none'"})
             prior = "none"

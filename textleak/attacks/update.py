@@ -31,11 +31,15 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
-from ..errors import MissingKnowledgeError
+from ..errors import InputError
 from ..text import leakage as lk
 from ..text import noisy_span as ns
 from .base import AttackOutput
 from .exact import Exact
+
+
+#: under additive noise a direction counts once it clears the Marchenko-Pastur edge by this factor
+NOISE_MARGIN = 1.5
 
 
 @dataclass(frozen=True)
@@ -53,18 +57,19 @@ class UpdateFacts:
 
 def update_facts(metadata: Mapping[str, Any]) -> UpdateFacts:
     """K and lr from the file (`capture.defence.params`, or `capture.update` for a file written
-    by other tools); a one-line MissingKnowledgeError naming what is missing."""
+    by other tools); a one-line InputError naming what is missing (a malformed file, not a fact
+    the attacker lacks: `auto` must not fall back to treating the update as a gradient)."""
     capture = metadata.get("capture", {}) or {}
     params = dict((capture.get("defence") or {}).get("params") or {})
     params.update(capture.get("update") or {})
     missing = [k for k in ("local_lr", "local_steps") if params.get(k) is None]
     if missing:
-        raise MissingKnowledgeError(
+        raise InputError(
             "the file holds a weight update (w0 - wK) / (lr K); reading it needs the client's local learning "
             f"rate and step count, and the file lacks {' and '.join(missing)} (record them under capture.update)")
     steps, lr = int(params["local_steps"]), float(params["local_lr"])
     if steps < 1 or not (lr > 0 and math.isfinite(lr)):
-        raise MissingKnowledgeError(f"the update's local_steps {steps} and local_lr {lr} must be positive")
+        raise InputError(f"the update's local_steps {steps} and local_lr {lr} must be positive")
     return UpdateFacts(steps, lr)
 
 
@@ -83,10 +88,11 @@ class SpanReader:
     """Reads layer spans above the update's plateau, with the rank bounded by the tokens still in
     the batch (declared lengths; layer 0 sees one [CLS] input per batch at position 0)."""
 
-    def __init__(self, lengths: Sequence[int] | None, special_tokens: bool = True):
+    def __init__(self, lengths: Sequence[int] | None, special_tokens: bool = True, sigma: float | None = None):
         self.lengths = list(lengths) if lengths is not None else None
         self.special = special_tokens
-        self.removed: list[int] = []  # lengths of the sentences taken out (a tentative one last)
+        self.sigma = sigma  # additive noise: the plateau is its Marchenko-Pastur edge
+        self.removed: list[int] = []  # lengths of the sentences taken out
 
     def bound(self, layer: int) -> int | None:
         if self.lengths is None:
@@ -104,6 +110,8 @@ class SpanReader:
 
     def read(self, matrix: torch.Tensor, layer: int) -> ns.NoisySpan:
         bound = self.bound(layer)
+        if self.sigma is not None:
+            return ns.span_of(matrix, layer, rank_bound=bound, sigma=self.sigma, margin=NOISE_MARGIN)
         return ns.span_of(matrix, layer, rank_bound=bound, keep_bound=True)
 
 

@@ -117,3 +117,47 @@ def span_of(G: torch.Tensor, layer: int, *, rank_bound: int | None = None, sigma
     tol = min(0.1, math.sqrt(math.sqrt(edge)))
     return NoisySpan(layer, vh[:rank].T.contiguous(), s, rank, gap, tol, edge=edge, margin=margin, source=source,
                      scale=top)
+
+
+@dataclass
+class NoiseLevel:
+    """The standard deviation of additive noise per shared entry, and where it was read."""
+
+    sigma: float
+    source: str
+    entries: int
+
+
+def noise_level(gradients: Mapping[str, torch.Tensor], max_length: int | None = None) -> NoiseLevel | None:
+    """Additive noise read off the parts of the gradient that carry no signal, or None when they
+    are exactly zero (no noise).
+
+    Signal-free entries: the word-embedding rows of tokens outside the batch (an untied head's
+    gradient is zero there; with a tied head they carry signal and are skipped), the position
+    rows past the longest sentence (`max_length`, when known), and the second token-type row
+    (BERT's single-segment inputs never use it). sigma = 1.4826 x the median absolute entry (a
+    median is not moved by the few signal rows among thousands)."""
+    parts = []
+    word = lk.word_embedding_name(gradients)
+    if word is not None:
+        rows = gradients[word]
+        dense = bool((rows.abs().sum(1) > 0).float().mean() > 0.5)
+        clean_tied = lk.embedding_token_set(gradients) is None and not dense
+        if not clean_tied:
+            norms = rows.double().norm(dim=1)
+            if float(norms.median()) > 0 and float((norms > 3 * norms.median()).float().mean()) < 0.05:
+                parts.append(rows[norms <= 3 * norms.median()].flatten())  # noise-like rows only
+    pos = lk.position_embedding_name(gradients)
+    if pos is not None and max_length is not None and max_length < gradients[pos].shape[0]:
+        parts.append(gradients[pos][max_length:].flatten())
+    tt = lk._find(gradients, r"embeddings\.token_type_embeddings\.weight$")
+    if tt is not None and gradients[tt].shape[0] > 1:
+        parts.append(gradients[tt][1:].flatten())
+    if not parts:
+        return None
+    entries = torch.cat([p.double() for p in parts])
+    sigma = 1.4826 * float(entries.abs().median())
+    if not sigma > 0:
+        return None
+    return NoiseLevel(sigma, "1.4826 x median |entry| of the signal-free word-embedding rows, position rows "
+                             "past the longest sentence and the unused token-type row", len(entries))
