@@ -233,3 +233,16 @@ def test_likelihood_search_improves_the_fit_and_auto_takes_it_under_noise(wide):
     clean = textleak.capture_gradients(wide, ["big cat ran quickly"], labels=[1])
     plain = Observation(clean.gradients.gradients, clean.gradients.metadata, know)
     assert under_noise(plain, wide, None, 0, []) is None  # no noise: auto keeps its usual path
+
+
+def test_the_audit_summary_reads_leakage_against_epsilon():
+    from textleak.report.markdown import render_markdown
+
+    rows = [{"attack": "auto", "defence": "none", "defence_name": "none", "strength": None, "n": 2, "rouge1": 1.0,
+             "rouge2": 1.0, "exact_match": 1.0}]
+    rows += [{"attack": "auto", "defence": f"dpeps:{e:g}", "defence_name": "dpeps", "strength": e, "epsilon": e,
+              "strength_grows": False, "n": 2, "rouge1": r, "rouge2": r / 2, "exact_match": 0.0}
+             for e, r in ((8, 0.12), (1e9, 0.95))]
+    text = render_markdown({"table": rows, "utility": []})
+    assert "at epsilon 8 (dpeps:8) auto recovers ROUGE-1 0.120" in text
+    assert "**dpeps:8**" in text  # the weakest budget that defends is the largest epsilon below 0.5

@@ -60,6 +60,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from ..core import budget
 from ..errors import InputError, MissingKnowledgeError
 from ..threat import Observation
 from ..text import leakage as lk
@@ -281,6 +282,8 @@ class Exact:
 
         widen = 1
         while missing:
+            if budget.expired():  # the time budget (core.budget): return the best so far, uncertified
+                break
             if widen > self.widen:
                 if pins is None:
                     break

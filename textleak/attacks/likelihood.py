@@ -40,7 +40,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from ..core.budget import current
+from ..core.budget import current, time_budget
 from ..errors import MissingKnowledgeError
 from ..text import leakage as lk
 from ..text import noisy_span as ns
@@ -248,13 +248,15 @@ class LikelihoodSearch:
 
     @staticmethod
     def _move(scorer: GhostScorer, x: list[int], y: int, best: float, inner: range, clip: float | None):
-        """The best of: two tokens swapped (up to 3 apart), or a window of 2-4 tokens rotated by
-        one (a token moved a few places); (sequence, J, e) if it beats `best`, else None. A
+        """The best of: two tokens swapped (any two; up to 8 apart past 40 tokens), or a window of
+        3-4 tokens rotated by one (a token moved a few places); (sequence, J, e) if it beats
+        `best`, else None. A
         settled guess often holds the right tokens in a wrong order (SST-2, variance 1e-9:
         "marvelous documentary - touches - ever so - gracefully -")."""
         trials = []
+        reach = len(x) if len(x) <= 40 else 8  # swaps at any distance in sentences up to 40 tokens
         for a in inner:
-            for d in (1, 2, 3):
+            for d in range(1, reach):
                 if a + d in inner and x[a] != x[a + d]:
                     t = list(x)
                     t[a], t[a + d] = t[a + d], t[a]
@@ -298,8 +300,10 @@ def under_noise(observation, target, exact_out: AttackOutput | None, seed: int, 
     if ns.noise_level(observation.gradients, max(int(n) for n in know.seq_lengths)) is None:
         return None
     initial = exact_out.prediction["token_ids"] if exact_out is not None else None
-    try:
-        out = LikelihoodSearch(seed=seed, initial=initial).run(observation, target)
+    left = current().remaining()
+    try:  # half of what is left, so that LAMP gets its turn
+        with time_budget(left / 2 if math.isfinite(left) and lamp is not None else None):
+            out = LikelihoodSearch(seed=seed, initial=initial).run(observation, target)
     except MissingKnowledgeError as exc:
         tried.append({"attack": "likelihood", "reason": str(exc)})
         return None
