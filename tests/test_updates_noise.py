@@ -10,7 +10,8 @@ import torch
 import textleak
 from textleak.defences import parse_defence
 from textleak.errors import InputError
-from textleak.text import noisy_span as ns
+from textleak.text.layouts import layout_for
+from textleak.text.leaks import noise as ns
 from textleak.text.models import load_text_model
 
 WORDS = ("the a cat dog sat ran on under mat log big small red quickly slowly and . , "
@@ -73,12 +74,12 @@ def test_a_wrong_batch_fails_the_simulation(wide):
     cap = textleak.capture_gradients(wide, TEXTS[:2], labels=[0, 1], defence=SPEC)
     facts = UpdateFacts(*FACTS)
     ids, update = cap.reference.token_ids, cap.gradients.gradients
-    assert simulation_check(wide.model, update, ids, [0, 1], facts)["certified"]
-    assert simulation_check(wide.model, update, ids[::-1], [1, 0], facts)["certified"]  # another order
+    assert simulation_check(layout_for(wide.model), update, ids, [0, 1], facts)["certified"]
+    assert simulation_check(layout_for(wide.model), update, ids[::-1], [1, 0], facts)["certified"]  # another order
     wrong = [list(ids[0]), list(ids[1])]
     wrong[1][1] = ids[0][2]
-    assert not simulation_check(wide.model, update, wrong, [0, 1], facts)["certified"]
-    assert not simulation_check(wide.model, update, ids, [1, 1], facts)["certified"]
+    assert not simulation_check(layout_for(wide.model), update, wrong, [0, 1], facts)["certified"]
+    assert not simulation_check(layout_for(wide.model), update, ids, [1, 1], facts)["certified"]
 
 
 def test_an_update_without_its_learning_rate_is_a_one_line_error(wide):
@@ -139,7 +140,7 @@ def test_ghost_scores_match_per_example_autograd(wide):
     target = {n: torch.randn(p.shape, generator=gen) for n, p in named}
     ids = torch.tensor([[2, 7, 8, 7, 3], [2, 9, 10, 11, 3]])
     labels = torch.tensor([1, 0])
-    scores = GhostScorer(model, target)(ids, labels)
+    scores = GhostScorer(layout_for(model), target)(ids, labels)
     for i in range(2):
         loss = model(input_ids=ids[i:i + 1], labels=labels[i:i + 1]).loss
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
@@ -188,10 +189,10 @@ def test_weakest_budget_is_the_largest_epsilon_that_defends():
 
 def test_noise_level_is_read_off_the_signal_free_rows(wide):
     cap = textleak.capture_gradients(wide, TEXTS[:2], labels=[0, 1], defence="noise:1e-6")
-    level = ns.noise_level(cap.gradients.gradients, max(len(s) for s in cap.reference.token_ids))
+    level = ns.noise_level(layout_for(wide.model), cap.gradients.gradients, max(len(s) for s in cap.reference.token_ids))
     assert level is not None and abs(level.sigma / 1e-3 - 1) < 0.05
     clean = textleak.capture_gradients(wide, TEXTS[:2], labels=[0, 1])
-    assert ns.noise_level(clean.gradients.gradients, 9) is None
+    assert ns.noise_level(layout_for(wide.model), clean.gradients.gradients, 9) is None
 
 
 def test_exact_reads_spans_through_faint_noise_and_never_certifies_from_layer_0_alone(wide):
@@ -216,7 +217,7 @@ def test_exact_reads_spans_through_faint_noise_and_never_certifies_from_layer_0_
 
 
 def test_likelihood_search_improves_the_fit_and_auto_takes_it_under_noise(wide):
-    from textleak.attacks.likelihood import LikelihoodSearch, misfit, under_noise
+    from textleak.attacks.likelihood import LikelihoodSearch, misfit
     from textleak.core.budget import time_budget
     from textleak.threat import Knowledge, Observation
 
@@ -226,13 +227,19 @@ def test_likelihood_search_improves_the_fit_and_auto_takes_it_under_noise(wide):
     truth = cap.reference.token_ids
     start = [[truth[0][0]] + [5] * (len(truth[0]) - 2) + [truth[0][-1]]]
     with time_budget(60):
-        out = LikelihoodSearch(initial=start, rounds=1, sweeps=3).run(obs, wide)
+        out = LikelihoodSearch(initial_ids=torch.tensor(start), rounds=1, sweeps=3).run(obs, wide)
     assert misfit(obs, wide, out.prediction["token_ids"], [1]) < misfit(obs, wide, start, [1])
     assert misfit(obs, wide, truth, [1]) <= misfit(obs, wide, start, [1])
     assert out.details["fit"]["entries"] > 0 and not out.details["certified"]
     clean = textleak.capture_gradients(wide, ["big cat ran quickly"], labels=[1])
     plain = Observation(clean.gradients.gradients, clean.gradients.metadata, know)
-    assert under_noise(plain, wide, None, 0, []) is None  # no noise: auto keeps its usual path
+    with pytest.raises(textleak.errors.MissingKnowledgeError, match="no additive noise"):
+        LikelihoodSearch().preflight(plain, wide)  # no noise: auto skips it and keeps its usual path
+    from textleak.attacks.auto import Auto
+
+    with time_budget(60):
+        both = Auto(lamp={"steps": 5}, tag={"steps": 5}, dlg={"steps": 5}).run(obs, wide, progress=False)
+    assert "likelihood" in both.method and "misfit" in both.details
 
 
 def test_the_audit_summary_reads_leakage_against_epsilon():

@@ -1,4 +1,4 @@
-"""A discrete search on the Gaussian likelihood of a noisy gradient, for noise the spans cannot
+"""`likelihood`: a discrete search on the Gaussian likelihood of a noisy gradient, for noise the spans cannot
 read through (classification).
 
 Threat model: honest-but-curious; the attacker holds the model and sees the whole defended
@@ -27,8 +27,15 @@ when a sweep changes nothing or the time budget (`core.budget`) runs out; the be
 returned. Nothing here certifies a sentence; `details["fit"]` is ||G - mean g||^2 / (N sigma^2),
 about 1 for the true batch (a chi-square per entry; one token wrong adds ~1e-3 at variance 1e-6).
 
+In `auto` it runs after `exact` (from exact's uncertified guess where there is one) and before
+LAMP, taking `share` of the time budget left so that LAMP, started from its guess, gets the rest;
+`auto` then keeps the guess with the least misfit (`misfit`). Its preflight refuses (so `auto`
+skips it) where no noise is read off the gradient, for masked-LM, and without declared lengths.
+
 Arguments: `sweeps` (most passes per sentence and round), `rounds` (passes over the batch),
-`per_position` (evidence candidates), `matched` (matched-filter candidates), `seed`.
+`per_position` (evidence candidates), `matched` (matched-filter candidates), `share` (of a finite
+time budget left), `initial_ids` (a start [B, L], 0-padded), `seed`.
+Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
 """
 
 from __future__ import annotations
@@ -42,19 +49,20 @@ import torch
 
 from ..core.budget import current, time_budget
 from ..errors import MissingKnowledgeError
-from ..text import leakage as lk
-from ..text import noisy_span as ns
 from ..text.decode import ids_to_text
 from ..text.ghost import GhostScorer
-from .base import AttackOutput
+from ..text.layouts import Layout, layout_for
+from ..text.leaks import class_label_counts, noise_level
+from ..threat import Observation
+from .base import ATTACKS, AttackOutput
 
 
-def _gradient(model, seq: Sequence[int], label: int, names: list[str]) -> dict[str, torch.Tensor]:
-    ids = torch.tensor([list(seq)])
+def _gradient(layout: Layout, seq: Sequence[int], label: int, names: list[str]) -> dict[str, torch.Tensor]:
+    model = layout.model
+    ids = torch.tensor([list(seq)], device=layout.device)
     params = dict(model.named_parameters())
     with torch.enable_grad():
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids),
-                     labels=torch.tensor([int(label)])).loss
+        loss = model(**layout.inputs(ids), labels=torch.tensor([int(label)], device=layout.device)).loss
         grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
     return {n: (g.detach() if g is not None else torch.zeros_like(params[n])) for n, g in zip(names, grads)}
 
@@ -78,14 +86,14 @@ def clip_norm(metadata) -> float | None:
 class _Batch:
     """The current guess of every sentence, each one's own gradient, and the targets T_i."""
 
-    def __init__(self, model, gradients, seqs: list[list[int]], labels: list[int], clip: float | None = None):
-        self.model, self.shared, self.clip = model, gradients, clip
-        self.names = [n for n in gradients if n in dict(model.named_parameters())]
+    def __init__(self, layout: Layout, gradients, seqs: list[list[int]], labels: list[int], clip: float | None = None):
+        self.layout, self.model, self.shared, self.clip = layout, layout.model, gradients, clip
+        self.names = [n for n in gradients if n in dict(self.model.named_parameters())]
         self.seqs, self.labels = [list(s) for s in seqs], list(labels)
         self.own = [self._own(s, y) for s, y in zip(self.seqs, self.labels)]
 
     def _own(self, seq, label) -> dict[str, torch.Tensor]:
-        g = _gradient(self.model, seq, label, self.names)
+        g = _gradient(self.layout, seq, label, self.names)
         if self.clip is not None:  # DP-SGD's per-example clipping (Opacus' factor)
             norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in g.values()))
             factor = min(1.0, self.clip / (norm + 1e-6))
@@ -94,7 +102,7 @@ class _Batch:
 
     def target(self, i: int) -> dict[str, torch.Tensor]:
         B = len(self.seqs)
-        T = {n: B * self.shared[n].float() for n in self.names}
+        T = {n: B * self.shared[n].float().to(self.layout.device) for n in self.names}
         for j, g in enumerate(self.own):
             if j != i:
                 for n in self.names:
@@ -108,10 +116,11 @@ class _Batch:
     def misfit(self) -> float:
         """||G - mean_i g_i||^2."""
         B = len(self.seqs)
-        return sum(float((self.shared[n].double() - sum(g[n].double() for g in self.own) / B).pow(2).sum())
+        return sum(float((self.shared[n].double().to(self.layout.device) - sum(g[n].double() for g in self.own) / B).pow(2).sum())
                    for n in self.names)
 
 
+@ATTACKS.register("likelihood")
 @dataclass
 class LikelihoodSearch:
     name: ClassVar[str] = "likelihood"
@@ -121,29 +130,49 @@ class LikelihoodSearch:
     rounds: int = 2
     per_position: int = 10
     matched: int = 4
+    share: float = 0.5
     seed: int = 0
-    initial: list[list[int]] | None = field(default=None, repr=False)
+    initial_ids: Any = field(default=None, repr=False)  # [B, L] token ids, 0-padded (a start)
 
-    def run(self, observation, target, **_: Any) -> AttackOutput:
-        t0 = time.perf_counter()
+    def preflight(self, observation: Observation, target: Any) -> None:
+        """MissingKnowledgeError unless this is a classification gradient with declared lengths,
+        its embedding gradients and additive noise read off its signal-free entries."""
+        self._setting(observation, target)
+
+    def _setting(self, observation: Observation, target: Any) -> tuple[Layout, list[int], Any]:
         if observation.task != "classify":
             raise MissingKnowledgeError("the likelihood search scores classification gradients")
-        know, grads, model, tok = observation.knowledge, observation.gradients, target.model, target.tokenizer
+        know, grads = observation.knowledge, observation.gradients
         if know.seq_lengths is None:
             raise MissingKnowledgeError("the likelihood search needs the declared sequence lengths")
-        lengths = [int(n) for n in know.seq_lengths]
-        word, pos = lk.word_embedding_name(grads), lk.position_embedding_name(grads)
-        if word is None or pos is None:
+        layout = layout_for(target.model)
+        if layout.word_embedding_name not in grads or layout.position_embedding_name not in grads:
             raise MissingKnowledgeError("the likelihood search needs the embedding gradients")
-        level = ns.noise_level(grads, max(lengths))
-        labels, label_note = self._labels(grads, know, len(lengths))
-        banned = self._banned(model, tok)
-        evidence = self._evidence(grads[word].double(), grads[pos].double(), lengths, banned)
-        seqs = [list(s) for s in self.initial] if self.initial is not None else \
-            [[evidence[b][p][0] for p in range(n)] for b, n in enumerate(lengths)]
+        lengths = [int(n) for n in know.seq_lengths]
+        level = noise_level(layout, grads, max(lengths))
+        if level is None:
+            raise MissingKnowledgeError("no additive noise is read off the gradient (the likelihood search is for "
+                                        "noisy gradients)")
+        return layout, lengths, level
+
+    def run(self, observation: Observation, target: Any, **_: Any) -> AttackOutput:
+        left = current().remaining()
+        with time_budget(left * self.share if math.isfinite(left) and self.share < 1 else None):
+            return self._run(observation, target)
+
+    def _run(self, observation: Observation, target: Any) -> AttackOutput:
+        t0 = time.perf_counter()
+        layout, lengths, level = self._setting(observation, target)
+        know, grads, tok = observation.knowledge, observation.gradients, target.tokenizer
+        word, pos = layout.word_embedding_name, layout.position_embedding_name
+        labels, label_note = self._labels(layout, grads, know, len(lengths))
+        banned = self._banned(layout, tok)
+        evidence = self._evidence(grads[word].double().cpu(), grads[pos].double().cpu(), lengths, banned)
+        seqs = [row[:n] for row, n in zip(torch.as_tensor(self.initial_ids).tolist(), lengths)] \
+            if self.initial_ids is not None else [[evidence[b][p][0] for p in range(n)] for b, n in enumerate(lengths)]
         if know.special_tokens and tok.cls_token_id is not None and tok.sep_token_id is not None:
             seqs = [[tok.cls_token_id] + s[1:-1] + [tok.sep_token_id] for s in seqs]
-        batch = _Batch(model, grads, seqs, labels, clip_norm(observation.metadata))
+        batch = _Batch(layout, grads, seqs, labels, clip_norm(observation.metadata))
         history = []
         for _round in range(self.rounds):
             changed = 0
@@ -155,33 +184,33 @@ class LikelihoodSearch:
             if not changed or current().expired():
                 break
         entries = sum(grads[n].numel() for n in batch.names)
-        fit = batch.misfit() / (entries * level.sigma ** 2) if level is not None else None
+        fit = batch.misfit() / (entries * level.sigma ** 2)
         prediction = {"token_ids": batch.seqs, "labels": batch.labels,
                       "texts": [ids_to_text(tok, s) for s in batch.seqs]}
-        details = {"certified": False, "noise": None if level is None else {"sigma": level.sigma, "source": level.source},
+        details = {"certified": False, "noise": {"sigma": level.sigma, "source": level.source},
                    "fit": {"misfit_per_entry_over_sigma2": fit, "entries": entries,
-                           "z": None if fit is None else (fit - 1) / math.sqrt(2 / entries)},
+                           "z": (fit - 1) / math.sqrt(2 / entries)},
                    "changes_per_round": history, "budget": current().describe(),
                    "seconds": time.perf_counter() - t0}
         return AttackOutput(prediction=prediction, method=self.name,
                             assumed={"seq_lengths": "known", "labels": label_note,
                                      "special_tokens": bool(know.special_tokens)},
                             config={"sweeps": self.sweeps, "rounds": self.rounds, "per_position": self.per_position,
-                                    "matched": self.matched, "seed": self.seed}, details=details)
+                                    "matched": self.matched, "share": self.share, "seed": self.seed}, details=details)
 
     # -- pieces -------------------------------------------------------------------------------
     @staticmethod
-    def _labels(grads, know, batch_size: int) -> tuple[list[int], str]:
+    def _labels(layout: Layout, grads, know, batch_size: int) -> tuple[list[int], str]:
         if know.labels is not None:
             return [int(y) for y in know.labels], "known"
-        counts = lk.class_label_counts(grads, batch_size)
+        counts = class_label_counts(layout, grads, batch_size)
         return [c for c, k in enumerate(counts) for _ in range(k)], \
             "counts read off the classifier bias gradient (assigned in order)"
 
     @staticmethod
-    def _banned(model, tok) -> torch.Tensor:
-        V = model.get_input_embeddings().num_embeddings
-        banned = torch.zeros(V, dtype=torch.bool)
+    def _banned(layout: Layout, tok) -> torch.Tensor:
+        V = layout.word_embeddings.num_embeddings
+        banned = torch.zeros(V, dtype=torch.bool, device=layout.device)
         for t in (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, tok.mask_token_id):
             if t is not None and t < V:
                 banned[t] = True
@@ -193,7 +222,7 @@ class LikelihoodSearch:
         position's row (at batch 1 both carry the same share), best first."""
         L = max(lengths)
         scores = W @ P[:L].T  # [V, L]
-        scores[banned] = -math.inf
+        scores[banned.cpu()] = -math.inf
         k = self.per_position * max(1, len(lengths))
         top = torch.topk(scores, min(k, scores.shape[0]), dim=0).indices  # [k, L]
         per_position = [top[:, p].tolist() for p in range(L)]
@@ -205,7 +234,7 @@ class LikelihoodSearch:
     def _settle(self, batch: _Batch, i: int, evidence: list[list[int]], banned, word: str, specials: bool) -> int:
         """Coordinate ascent on J_i; returns how many tokens changed."""
         T = batch.target(i)
-        scorer = GhostScorer(batch.model, T)
+        scorer = GhostScorer(batch.layout, T)
         x, y = list(batch.seqs[i]), batch.labels[i]
         scores = scorer(torch.tensor([x]), torch.tensor([y]))
         best, e = float(_J(scores, batch.clip)[0]), scores.e[0]
@@ -281,46 +310,30 @@ class LikelihoodSearch:
         return best_move
 
 
-def misfit(observation, target, token_ids: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
+
+def misfit(observation: Observation, target: Any, token_ids: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
     """||G - mean_i g(x_i, y_i)||^2 of a guessed batch: minus twice its Gaussian log-likelihood
     times sigma^2, up to a constant; lower is likelier."""
-    return _Batch(target.model, observation.gradients, [list(s) for s in token_ids], [int(y) for y in labels],
-                  clip_norm(observation.metadata)).misfit()
+    return _Batch(layout_for(target.model), observation.gradients, [list(s) for s in token_ids],
+                  [int(y) for y in labels], clip_norm(observation.metadata)).misfit()
 
 
-def under_noise(observation, target, exact_out: AttackOutput | None, seed: int, tried: list[dict[str, str]],
-                lamp=None) -> AttackOutput | None:
-    """`auto`'s path for a classification gradient under additive noise (None when no noise is
-    read off it): the likelihood search from `exact`'s guess (or from the embedding rows), then
-    `lamp(initial_ids)` from the search's guess while the budget lasts; the guess with the least
-    misfit (the Gaussian likelihood, which the layer-1 residual no longer measures) is returned."""
-    know = observation.knowledge
-    if observation.task != "classify" or know.seq_lengths is None:
+def noisy_choice(observation: Observation, target: Any, first: AttackOutput, second: AttackOutput
+                 ) -> AttackOutput | None:
+    """`auto`'s choice between two guesses of a noisy classification gradient: the one with the
+    least misfit (the Gaussian likelihood, which the layer-1 residual no longer measures); None
+    where the likelihood search does not apply (no noise read off the gradient)."""
+    try:
+        LikelihoodSearch().preflight(observation, target)
+    except MissingKnowledgeError:
         return None
-    if ns.noise_level(observation.gradients, max(int(n) for n in know.seq_lengths)) is None:
-        return None
-    initial = exact_out.prediction["token_ids"] if exact_out is not None else None
-    left = current().remaining()
-    try:  # half of what is left, so that LAMP gets its turn
-        with time_budget(left / 2 if math.isfinite(left) and lamp is not None else None):
-            out = LikelihoodSearch(seed=seed, initial=initial).run(observation, target)
-    except MissingKnowledgeError as exc:
-        tried.append({"attack": "likelihood", "reason": str(exc)})
-        return None
-    guesses = [out] + ([exact_out] if exact_out is not None else [])
-    if lamp is not None and not current().expired():
-        rows = out.prediction["token_ids"]
-        L = max(len(r) for r in rows)
-        try:
-            guesses.append(lamp(torch.tensor([list(r) + [0] * (L - len(r)) for r in rows])).run(
-                observation, target, progress=False))
-        except MissingKnowledgeError as exc:
-            tried.append({"attack": "lamp", "reason": str(exc)})
-    scored = [(misfit(observation, target, g.prediction["token_ids"], g.prediction["labels"]), g) for g in guesses]
-    best_score, best = min(scored, key=lambda x: x[0])
-    best.details = {**best.details, "misfit": {g.method: s for s, g in scored}, "tried": tried}
-    if best is not out:
-        best.method = f"likelihood+{best.method}" if best is not exact_out else best.method
-    else:
-        best.method = ("exact+" if exact_out is not None else "") + "likelihood"
-    return best
+    scores = {}
+    for out in (first, second):
+        pred = out.prediction
+        if "labels" not in pred or len(pred["labels"]) != len(pred["token_ids"]):
+            return None
+        scores[out.method] = misfit(observation, target, pred["token_ids"], pred["labels"])
+    chosen = first if scores[first.method] <= scores[second.method] else second
+    chosen.details = {**chosen.details, "misfit": scores}
+    chosen.method = first.method if chosen is first else f"{first.method}+{second.method}"
+    return chosen

@@ -16,7 +16,8 @@ backward pass of the batch. What makes it cheap:
 
 So a Gaussian log-likelihood of a shared gradient, -||G - g(x)||^2 / 2 sigma^2 up to a constant,
 is 2 <G, g(x)> - ||g(x)||^2 (over 2 sigma^2) for each hypothesis x, at the cost of training on the
-hypotheses. BERT-style encoders (torch.nn.Linear, LayerNorm, the embeddings' sum), classification.
+hypotheses. Encoders whose layout (`text.layouts`) names the embeddings and their LayerNorm, built
+of torch.nn.Linear and LayerNorm (BERT, RoBERTa, ELECTRA), classification.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
+
+from .layouts import Layout
 
 
 @dataclass
@@ -40,22 +43,21 @@ class GhostScores:
 class GhostScorer:
     """<T, g_i> and ||g_i||^2 for every example of a batch of hypotheses (see the module docstring).
 
-    model: an HF BERT-style classifier (eval mode is the caller's business); target: name -> tensor,
+    layout: the classifier's layout (eval mode is the caller's business); target: name -> tensor,
     a subset of the model's parameter names (names missing from it are left out of both sums)."""
 
-    def __init__(self, model: torch.nn.Module, target: Mapping[str, torch.Tensor]):
-        self.model = model
-        self.target = {n: t.float() for n, t in target.items()}
-        emb = model.base_model.embeddings
-        self.emb_ln = emb.LayerNorm
-        self.names = {module: name for name, module in model.named_modules()}
-        prefix = self.names[emb]
-        self.word = f"{prefix}.word_embeddings.weight"
-        self.position = f"{prefix}.position_embeddings.weight"
-        self.token_type = f"{prefix}.token_type_embeddings.weight"
+    def __init__(self, layout: Layout, target: Mapping[str, torch.Tensor]):
+        self.layout, self.model = layout, layout.model
+        self.target = {n: t.float().to(layout.device) for n, t in target.items()}
+        self.emb_ln = layout.embedding_norm
+        self.names = {module: name for name, module in self.model.named_modules()}
+        self.word, self.position = layout.word_embedding_name, layout.position_embedding_name
+        types = layout.token_type_embeddings
+        self.token_type = layout.name(types.weight) if types is not None else None
 
     def __call__(self, ids: torch.Tensor, labels: torch.Tensor) -> GhostScores:
-        """ids [W, L] (no padding), labels [W]."""
+        """ids [W, L] (no padding), labels [W]; scores on the model's device."""
+        ids, labels = ids.to(self.layout.device), labels.to(self.layout.device)
         records: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = []
 
         def keep(module, args, output):
@@ -65,8 +67,7 @@ class GhostScorer:
                  if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm))]
         try:
             with torch.enable_grad():
-                out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                 token_type_ids=torch.zeros_like(ids), labels=labels)
+                out = self.model(**self.layout.inputs(ids), labels=labels)
                 loss = out.loss * ids.shape[0]  # the sum of each example's own loss
                 wanted = [o for _, _, o in records]
                 emb_in = next(x for m, x, _ in records if m is self.emb_ln)
@@ -75,8 +76,8 @@ class GhostScorer:
             for h in hooks:
                 h.remove()
         W = ids.shape[0]
-        dot = torch.zeros(W, dtype=torch.float64)
-        norm2 = torch.zeros(W, dtype=torch.float64)
+        dot = torch.zeros(W, dtype=torch.float64, device=ids.device)
+        norm2 = torch.zeros(W, dtype=torch.float64, device=ids.device)
         for (module, x, _), d in zip(records, grads[:-1]):
             a, b = self._module(module, x.detach(), d.detach())
             dot += a
@@ -90,8 +91,8 @@ class GhostScorer:
         W = x.shape[0]
         x = x.reshape(W, -1, x.shape[-1])
         d = d.reshape(W, -1, d.shape[-1])
-        dot = torch.zeros(W, dtype=torch.float64)
-        norm2 = torch.zeros(W, dtype=torch.float64)
+        dot = torch.zeros(W, dtype=torch.float64, device=x.device)
+        norm2 = torch.zeros(W, dtype=torch.float64, device=x.device)
         weight, bias = self.target.get(f"{name}.weight"), self.target.get(f"{name}.bias")
         if isinstance(module, torch.nn.LayerNorm):
             xhat = torch.nn.functional.layer_norm(x, module.normalized_shape, eps=module.eps)
@@ -110,8 +111,8 @@ class GhostScorer:
 
     def _embeddings(self, ids: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         W, L, _ = e.shape
-        dot = torch.zeros(W, dtype=torch.float64)
-        norm2 = torch.zeros(W, dtype=torch.float64)
+        dot = torch.zeros(W, dtype=torch.float64, device=e.device)
+        norm2 = torch.zeros(W, dtype=torch.float64, device=e.device)
         word = self.target.get(self.word)
         if word is not None:
             dot += (word[ids] * e).sum((1, 2)).double()
@@ -119,9 +120,10 @@ class GhostScorer:
             norm2 += (torch.bmm(e, e.transpose(1, 2)) * same).sum((1, 2)).double()
         position = self.target.get(self.position)
         if position is not None:
-            dot += (position[:L][None] * e).sum((1, 2)).double()
+            rows = self.layout.position_ids(torch.arange(L, device=e.device))
+            dot += (position[rows][None] * e).sum((1, 2)).double()
             norm2 += e.double().pow(2).sum((1, 2))
-        token_type = self.target.get(self.token_type)
+        token_type = self.target.get(self.token_type) if self.token_type is not None else None
         if token_type is not None:
             g = e.sum(1)
             dot += (g @ token_type[0]).double()

@@ -1,0 +1,171 @@
+"""`Exact`: the attack object, its options, its pre-flight check and `run`, which reads as the
+algorithm (the package doc explains it)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ...core import budget
+from ...errors import MissingKnowledgeError
+from ...text.decode import ids_to_text
+from ...text.inference import infer_lengths
+from ...text.layouts import Layout, layout_for
+from ...text.leaks import LayerSpan, layer0_table, layer_span
+from ...threat import Observation
+from ..base import ATTACKS, AttackOutput
+from .candidates import Candidates, declared_masks, vocabulary
+from .labels import class_labels, mlm_labels, order_by_slots
+from .moves import MOVES
+from .peeling import Peeler
+from .search import Search
+
+
+@ATTACKS.register("exact")
+@dataclass
+class Exact:
+    name: ClassVar[str] = "exact"
+    modalities: ClassVar[tuple[str, ...]] = ("text",)
+
+    sweeps: int = 3
+    settle: int = 10
+    restarts: int = 4
+    beam: int = 4
+    widen: int = 4
+    trials: int = 512
+    seed: int = 0
+    moves: tuple[str, ...] = ("word", "shift", "length", "polish")
+    span_test: str = "rank-gap"
+
+    def preflight(self, observation: Observation, target: Any) -> None:
+        """Raise before any work when exact recovery cannot run: UnsupportedModelError (no layout
+        for this architecture), MissingKnowledgeError (layer 0's Q/K/V gradients not shared, or
+        no rank gap in them)."""
+        variant = self._variant(observation, target)
+        if variant is not None:
+            return variant.preflight(observation, target)
+        self._layer0(observation, target)
+
+    def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
+            resume: bool = False, progress: bool = True) -> AttackOutput:
+        variant = self._variant(observation, target)
+        if variant is not None:
+            return variant.run(observation, target, checkpoint=checkpoint, resume=resume, progress=progress)
+        t0 = time.perf_counter()
+        layout, span0 = self._layer0(observation, target)
+        grads, tok, task = observation.gradients, target.tokenizer, observation.task
+        lengths, assumed = self._lengths(observation, target)
+        known = assumed["seq_lengths"] == "known"
+        vocab, vocab_source = vocabulary(layout, grads, tok, task)
+        specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
+        cands = Candidates.read(layout, grads, span0, vocab, lengths, specials, known_lengths=known,
+                                masks=declared_masks(observation, lengths), mask_id=tok.mask_token_id)
+        span1 = self._layer1(layout, grads, span0)
+        peeler = self._peeler(observation, layout, lengths, span1, tok.mask_token_id, known)
+        with layer0_table(layout, max(lengths)):
+            search = Search(self, layout, tok, cands, lengths, span1, peeler, observation.knowledge.special_tokens)
+            sequences, residuals = search.run()
+        sequences, residuals = order_by_slots(observation, tok, peeler, sequences, residuals)
+        prediction = _predict(observation, layout, tok, sequences, assumed)
+        details = {
+            "certified": self._certified(span1, residuals, cands, lengths), "layer0_rank": span0.rank,
+            "layer0_gap": span0.gap, "layer0_threshold": cands.threshold, "layer1_rank": span1.rank if span1 is not None else None,
+            "sentence_residuals": [float(r) for r in residuals], "vocabulary": vocab_source,
+            "peeled": len(peeler.sentences) if peeler is not None and peeler.working else None,
+            **_candidates_report(cands, len(vocab)), **_budget_report(), "seconds": time.perf_counter() - t0,
+        }
+        return AttackOutput(prediction=prediction, method=self.name, assumed=assumed, config=self.options(),
+                            details=details)
+
+    def options(self) -> dict[str, Any]:
+        return {"sweeps": self.sweeps, "beam": self.beam, "trials": self.trials, "widen": self.widen,
+                "settle": self.settle, "restarts": self.restarts, "seed": self.seed, "moves": list(self.moves),
+                "span_test": self.span_test}
+
+    # -- variants (#15): what the file shares picks the reading; subclasses override these -----
+    def _variant(self, observation: Observation, target: Any) -> "Exact | None":
+        """A FedAvg update (`attacks.update.UpdateExact`) or a gradient under additive noise
+        (`attacks.noisy.NoisyExact`) is read by its own variant, with these options; None: this one."""
+        if type(self) is not Exact:
+            return None
+        from ..update import variant_for
+
+        return variant_for(self, observation, target)
+
+    def _peeler(self, observation: Observation, layout: Layout, lengths: list[int], span1: LayerSpan | None,
+                mask_id: int | None, known: bool) -> Peeler | None:
+        return Peeler(observation, layout, lengths, span1.rank, mask_id, known) if span1 is not None else None
+
+    def _certified(self, span1: LayerSpan | None, residuals: list[float], cands: Candidates, lengths: list[int]) -> bool:
+        return _certified(span1, residuals, cands, lengths)
+
+    # -- steps -------------------------------------------------------------------------------
+    def _layer0(self, observation: Observation, target: Any) -> tuple[Layout, LayerSpan]:
+        """The layout and the layer-0 span, once the options and the gradient allow the attack."""
+        for name in self.moves:
+            MOVES.get(name)  # an unknown move: InputError naming the registered ones
+        layout = layout_for(target.model)
+        span0 = layer_span(layout, observation.gradients, 0, self.span_test)
+        if not span0.exact:
+            sharing = layout.qkv_sharing(0)
+            tokens = "input tokens" if sharing == 1 else f"input tokens x {sharing} layers sharing their weights"
+            raise MissingKnowledgeError(
+                f"exact recovery needs fewer {tokens} than the hidden size ({span0.basis.shape[0]}); the "
+                "first layer's gradient shows no rank gap (batch x length too large, or noise)")
+        return layout, span0
+
+    def _layer1(self, layout: Layout, grads: Any, span0: LayerSpan) -> LayerSpan | None:
+        """The layer-1 span, where the gradient shares it and it holds every token."""
+        if not layout.shared(grads, layout.qkv_names(1)):
+            return None
+        span1 = layer_span(layout, grads, 1, self.span_test)
+        # e.g. the last layer of a classifier: only [CLS] feeds the loss there
+        return None if span1.rank < span0.rank else span1
+
+    @staticmethod
+    def _lengths(observation: Observation, target: Any) -> tuple[list[int], dict[str, Any]]:
+        know = observation.knowledge
+        assumed: dict[str, Any] = {"special_tokens": bool(know.special_tokens)}
+        if know.seq_lengths is not None:
+            assumed["seq_lengths"] = "known"
+            return [int(n) for n in know.seq_lengths], assumed
+        inferred, assumed["seq_lengths"] = infer_lengths(observation, target)
+        return list(inferred), assumed
+
+
+def _certified(span1: LayerSpan | None, residuals: list[float], cands: Candidates, lengths: list[int]) -> bool:
+    if span1 is not None and span1.exact:
+        return all(r == r and span1.certifies(r, n) for r, n in zip(residuals, lengths))
+    # without a second layer only an unambiguous single sentence is certain
+    return len(lengths) == 1 and all(len(c) == 1 for c in cands.layer0[:lengths[0]])
+
+
+def _predict(observation: Observation, layout: Layout, tok: Any, sequences: list[list[int]],
+             assumed: dict[str, Any]) -> dict[str, Any]:
+    """Token ids, labels and texts of the batch (masked-LM: masked tokens filled in); notes how
+    the labels (and mask positions) were obtained in `assumed`."""
+    prediction: dict[str, Any] = {"token_ids": sequences}
+    if observation.task == "classify":
+        prediction["labels"], assumed["labels"] = class_labels(observation, layout, sequences)
+    else:
+        prediction["token_ids"], prediction["labels"], assumed["labels"], assumed["mask_positions"] = \
+            mlm_labels(observation, layout, tok, sequences)
+    prediction["texts"] = [ids_to_text(tok, row) for row in prediction["token_ids"]]
+    return prediction
+
+
+def _candidates_report(cands: Candidates, tokens: int) -> dict[str, Any]:
+    pins = cands.placed
+    placed = None if pins is None else {"tokens": tokens, "placed": len(pins.complete),
+                                        "closed_positions": len(pins.closed), "threshold": pins.threshold}
+    return {"placed_tokens": placed, "candidates_per_position": [len(c) for c in cands.layer0],
+            "candidates": [[t for t, _ in c] for c in cands.layer0]}
+
+
+def _budget_report() -> dict[str, Any]:
+    """Where a time budget applies, what it allowed and whether it cut the search short."""
+    limit = budget.current()
+    return {"budget": limit.describe()} if limit.ran_out or not math.isinf(limit.deadline) else {}
