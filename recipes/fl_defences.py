@@ -13,8 +13,9 @@ wall-time budget and is appended to OUT/units.jsonl as it finishes, so an interr
 resumes. Prints one table per defence family (ROUGE-1 / ROUGE-2 x100, exact-match %,
 certified %, seconds per batch), and, for noise and the budgets, the weakest setting at which
 the attack falls below ROUGE-1 0.5 with the accuracy it costs (`textleak.utility`: a fine-tune
-of the classifier under the defence on SST-2 training rows, accuracy on dev rows past the
-attacked ones, `--utility` of them); writes OUT/fl_defences.json and OUT/fl_defences.png.
+of the classifier under the defence on training rows of the first dataset, accuracy on its dev
+rows past the attacked ones, `--utility` of them); writes OUT/fl_defences.json,
+OUT/fl_defences.md (the table) and OUT/fl_defences.png. `--report-only` rebuilds both from OUT/units.jsonl (and cached accuracy runs).
 """
 
 from __future__ import annotations
@@ -200,16 +201,19 @@ def main(argv=None) -> int:
     units = [u for u in done.values() if u["defence"] in wanted and u["data"] in datasets
              and u["batch_size"] in sizes and u["index"] < args.n]
     rows = summarise(units)
-    print(table(rows, [s for _, s, _ in settings], datasets, sizes))
+    text = [table(rows, [s for _, s, _ in settings], datasets, sizes)]
+    print(text[0])
     verdicts = {}
     for family, grows in (("noise", True), ("dpeps", False)):
         w = weakest(rows, family, grows)
-        if w is not None and args.utility and not args.report_only:
-            w["utility"] = accuracy_cost(w["defence"], args.utility, max(args.n * max(sizes), 20), out)
+        if w is not None and args.utility:
+            w["utility"] = accuracy_cost(w["defence"], datasets[0], args.utility, max(args.n * max(sizes), 20), out)
         verdicts[family] = w
-        print(f"weakest {family} setting below ROUGE-1 0.5: " + ("none" if w is None else
-              f"{w['defence']} (ROUGE-1 {w['rouge1']:.3f})" + (f"; accuracy {w['utility']['accuracy']:.3f} vs "
-              f"{w['utility']['baseline']:.3f} undefended" if w.get("utility") else "")))
+        text.append(f"weakest {family} setting below ROUGE-1 0.5: " + ("none" if w is None else
+                    f"{w['defence']} (ROUGE-1 {w['rouge1']:.3f})" + (f"; accuracy {w['utility']['accuracy']:.3f} vs "
+                    f"{w['utility']['baseline']:.3f} undefended" if w.get("utility") else "")))
+        print(text[-1])
+    (out / "fl_defences.md").write_text("```\n" + "\n".join(text) + "\n```\n", encoding="utf-8")
     (out / "fl_defences.json").write_text(json.dumps({"settings": settings, "cells": rows, "weakest": verdicts,
                                                      "args": vars(args)}, indent=1, default=str), encoding="utf-8")
     figure(rows, out / "fl_defences.png")
@@ -217,15 +221,19 @@ def main(argv=None) -> int:
     return 0
 
 
-def accuracy_cost(spec: str, n_test: int, skip: int, out: Path) -> dict:
+def accuracy_cost(spec: str, data: str, n_test: int, skip: int, out: Path) -> dict:
+    from textleak.data import DATASETS
     from textleak.utility import UtilityConfig, measure_utility
 
-    cfg = UtilityConfig(test=shared_file("dev_sst2.tsv"), test_skip=skip, n_test=n_test)
+    stem = DATASETS[data][0] if data in DATASETS else data
+    cfg = UtilityConfig(train=shared_file(f"train_{stem}.tsv"), test=shared_file(f"dev_{stem}.tsv"), test_skip=skip,
+                        n_test=n_test)
     defended = measure_utility(spec, cfg, cache_dir=out / "utility-cache")
     plain = measure_utility("none", cfg, cache_dir=out / "utility-cache")
     return {"accuracy": defended["accuracy"], "baseline": plain["accuracy"],
             "cost": plain["accuracy"] - defended["accuracy"], "epsilon": defended.get("epsilon"),
-            "seconds": defended["seconds"] if not defended.get("cached") else None}
+            "seconds": defended["seconds"] if not defended.get("cached") else None, "data": data,
+            "n_train": cfg.n_train, "n_test": n_test}
 
 
 if __name__ == "__main__":

@@ -114,7 +114,8 @@ class Auto:
                 tried.append({"attack": stage.name, "reason": str(exc)})
                 continue
             if out.details.get("certified") is False:
-                tried.append({"attack": stage.name, "reason": "assembly did not pass the layer-1 span certificate"})
+                tried.append({"attack": stage.name, "reason": out.details.get(
+                    "uncertified", "assembly did not pass the layer-1 span certificate")})
                 guess = out if guess is None else _better(observation, target, guess, out)
                 continue
             if guess is not None and guess is not out:

@@ -187,7 +187,8 @@ class LikelihoodSearch:
         fit = batch.misfit() / (entries * level.sigma ** 2)
         prediction = {"token_ids": batch.seqs, "labels": batch.labels,
                       "texts": [ids_to_text(tok, s) for s in batch.seqs]}
-        details = {"certified": False, "noise": {"sigma": level.sigma, "source": level.source},
+        details = {"certified": False, "uncertified": "a likelihood search certifies nothing (its guess goes on)",
+                   "noise": {"sigma": level.sigma, "source": level.source},
                    "fit": {"misfit_per_entry_over_sigma2": fit, "entries": entries,
                            "z": (fit - 1) / math.sqrt(2 / entries)},
                    "changes_per_round": history, "budget": current().describe(),
