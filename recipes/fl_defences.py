@@ -46,13 +46,13 @@ def specs(args) -> list[tuple[str, str, float | None]]:
     return out
 
 
-def run_unit(target, spec: str, batch, index: int, attack: str, budget: float | None) -> dict:
+def run_unit(target, spec: str, batch, index: int, attack: str, budget: float | None, options=None) -> dict:
     texts, labels = [t for t, _ in batch], [y for _, y in batch]
     cap = textleak.capture_gradients(target, texts, labels=labels, seed=index, defence=spec)
     t0 = time.perf_counter()
     with time_budget(budget) as b:
         res = textleak.recover(gradients=cap.gradients, model=target, attack=attack, reference=cap.reference,
-                               unknown=["labels"], progress=False)
+                               unknown=["labels"], options=options, progress=False)
     d = res.details
     return {"method": res.method, "seconds": time.perf_counter() - t0, "certified": bool(d.get("certified")),
             "ran_out": b.ran_out, "simulation": d.get("simulation"), "noise": d.get("noise"),
@@ -155,6 +155,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dpeps", nargs="*", type=float, default=[1, 8, 1e3, 1e6, 1e9],
                     help="DP-SGD privacy budgets (max_grad_norm 1, 1000 steps at sample rate 0.01, delta 1e-5)")
     ap.add_argument("--attack", default="auto")
+    ap.add_argument("--option", action="append", default=[], metavar="[STAGE.]KEY=VALUE",
+                    help="attack settings, as textleak recover's --option (e.g. likelihood.share=0.8)")
     ap.add_argument("--budget", type=float, default=300, help="seconds per batch (the attack returns its best)")
     ap.add_argument("--utility", type=int, default=0, help="held-out dev rows for the accuracy runs (0: none)")
     ap.add_argument("--threads", type=int, default=1)
@@ -173,6 +175,9 @@ def main(argv=None) -> int:
                 done[rec["key"]] = rec
     settings = specs(args)
     datasets, sizes = args.data.split(","), [int(b) for b in args.batch_size.split(",")]
+    from textleak.attacks.base import parse_options
+
+    options = parse_options(args.option)
     if not args.report_only:
         target = load_text_model(None, task="classify")
         for family, spec, x in settings:
@@ -187,7 +192,7 @@ def main(argv=None) -> int:
                                 "batch_size": bs, "index": index}
                         try:
                             rec = {**base, **run_unit(target, spec, rows[index * bs:(index + 1) * bs], index,
-                                                      args.attack, args.budget)}
+                                                      args.attack, args.budget, options)}
                         except TextleakError as exc:
                             rec = {**base, "error": str(exc), "seconds": 0.0}
                         with log.open("a", encoding="utf-8") as fh:
