@@ -212,7 +212,8 @@ def main(argv=None) -> int:
     for family, grows in (("noise", True), ("dpeps", False)):
         w = weakest(rows, family, grows)
         if w is not None and args.utility:
-            w["utility"] = accuracy_cost(w["defence"], datasets[0], args.utility, max(args.n * max(sizes), 20), out)
+            w["utility"] = accuracy_cost(w["defence"], datasets[0], args.utility, max(args.n * max(sizes), 20), out,
+                                         cached_only=args.report_only)
         verdicts[family] = w
         text.append(f"weakest {family} setting below ROUGE-1 0.5: " + ("none" if w is None else
                     f"{w['defence']} (ROUGE-1 {w['rouge1']:.3f})" + (f"; accuracy {w['utility']['accuracy']:.3f} vs "
@@ -226,13 +227,20 @@ def main(argv=None) -> int:
     return 0
 
 
-def accuracy_cost(spec: str, data: str, n_test: int, skip: int, out: Path) -> dict:
+def accuracy_cost(spec: str, data: str, n_test: int, skip: int, out: Path, cached_only: bool = False) -> dict | None:
+    """The accuracy `spec` costs (a fine-tune under it against one without); with `cached_only`
+    (--report-only) None unless both runs are in OUT/utility-cache."""
     from textleak.data import DATASETS
-    from textleak.utility import UtilityConfig, measure_utility
+    from textleak.defences import parse_defence
+    from textleak.utility import UtilityConfig, cache_key, measure_utility
 
     stem = DATASETS[data][0] if data in DATASETS else data
     cfg = UtilityConfig(train=shared_file(f"train_{stem}.tsv"), test=shared_file(f"dev_{stem}.tsv"), test_skip=skip,
                         n_test=n_test)
+    cache = out / "utility-cache"
+    if cached_only and not all((cache / f"utility-{cache_key(parse_defence(s).spec, cfg)}.json").is_file()
+                               for s in (spec, "none")):
+        return None
     defended = measure_utility(spec, cfg, cache_dir=out / "utility-cache")
     plain = measure_utility("none", cfg, cache_dir=out / "utility-cache")
     return {"accuracy": defended["accuracy"], "baseline": plain["accuracy"],
