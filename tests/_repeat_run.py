@@ -39,7 +39,7 @@ def text_runs(model_dir: str) -> dict:
     target = load_text_model(model_dir, task="classify")
     texts, labels = ["the cat sat on the mat .", "a big dog ran quickly"], [1, 0]
     clean = textleak.capture_gradients(target, texts, labels=labels, seed=0)
-    # noise hides the rank gap: auto falls back from exact to LAMP (noisy token set, bigram prior)
+    # noise hides the rank gap: auto falls back from exact to the likelihood search and LAMP
     noisy = textleak.capture_gradients(target, texts, labels=labels, seed=0, defence="noise:1e-2")
     plan = [("exact", clean, {}), ("dlg", clean, {"steps": 3}), ("tag", clean, {"steps": 4}),
             ("lamp", clean, {"steps": 4, "discrete_every": 2, "proposals": 3}),

@@ -105,7 +105,8 @@ def test_the_wrapper_attacks_each_reply_and_hands_the_strategy_clean_replies(mod
     first, second, third = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
     for rec, partition in ((first, 0), (second, 1)):
         assert rec["round"] == 1 and rec["partition"] == partition and rec["settings"]["lr"] == 1.0
-        assert rec["method"] == "exact" and rec["certified"] and rec["metrics"]["exact_match"] == 1.0
+        # an update (K = 1 here) is read by exact's update variant and certified by simulating the step
+        assert rec["method"] == "exact-update" and rec["certified"] and rec["metrics"]["exact_match"] == 1.0
         assert rec["references"] == [ROWS[partition][0][0]] and len(rec["recovered"]) == 1
         assert rec["shared"] == "update"
     assert third["shared"] == "weight difference" and "metrics" not in third
@@ -140,5 +141,5 @@ def test_a_real_flower_simulation(model_dir, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert len(records) == 2 and audits[0].records == records
     assert sorted(r["partition"] for r in records) == [0, 1]
-    assert all(r["method"] == "exact" and r["metrics"]["exact_match"] == 1.0 for r in records)
+    assert all(r["method"] == "exact-update" and r["metrics"]["exact_match"] == 1.0 for r in records)
     assert all(r["settings"]["local_steps"] == 1 and r["settings"]["lr"] == 1.0 for r in records)

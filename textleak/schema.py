@@ -73,6 +73,11 @@ CAPTURE = {
         "defence": _nullable({"type": "object", "required": ["spec", "name"], "properties": {
             "spec": STR, "name": STR, "stage": STR, "shares": STR, "params": {"type": "object"}}}),
         "victim": {"type": "object"}, "determinism": {"type": "object"},
+        # a weight update written by other tools: what it is and how the client made it (#15)
+        "shares": {"enum": ["gradient", "update"]},
+        "update": {"type": "object", "properties": {
+            "local_steps": {"type": "integer", "minimum": 1}, "local_lr": {"type": "number", "exclusiveMinimum": 0},
+            "minibatch": _nullable({"type": "integer", "minimum": 0}), "optimizer": STR}},
     },
 }
 #: the `extra` section: an image model's input conventions (public, see `threat.PUBLIC_METADATA`)

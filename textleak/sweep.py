@@ -204,7 +204,9 @@ def run_unit(spec: SweepSpec, unit: dict[str, Any], ctx: UnitContext) -> dict[st
 
     defence = parse_defence(unit["defence"])
     base = {"key": unit["key"], "kind": unit["kind"], "defence": defence.spec, "defence_name": defence.name,
-            "strength": defence.strength, "strength_label": defence.strength_label}
+            "strength": defence.strength, "strength_label": defence.strength_label,
+            "strength_grows": defence.strength_grows,
+            "epsilon": (defence.describe().get("accounting") or {}).get("epsilon")}
     if unit["kind"] == "utility":
         from .utility import UtilityConfig, measure_utility
 
@@ -365,7 +367,8 @@ def merge(out_dir: str | Path, *, write: bool = True, say: Callable[[str], None]
     for (attack, defence), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 1e9), kv[0][1])):
         row = {"attack": attack, "methods": sorted({r["method"] for r in rs}), "defence": defence,
                "defence_name": rs[0]["defence_name"], "strength": rs[0]["strength"],
-               "strength_label": rs[0]["strength_label"], "n": len(rs),
+               "strength_label": rs[0]["strength_label"], "strength_grows": rs[0].get("strength_grows", True),
+               "n": len(rs),
                "seconds_mean": sum(r["seconds"] for r in rs) / len(rs)}
         for k in METRIC_KEYS:
             vals = [float(r["metrics"][k]) for r in rs if k in r["metrics"]]
@@ -373,7 +376,9 @@ def merge(out_dir: str | Path, *, write: bool = True, say: Callable[[str], None]
                 row[k] = sum(vals) / len(vals)
         u = utility.get(defence)
         row["accuracy"] = u["accuracy"] if u else None
-        if u and u.get("epsilon") is not None:
+        if rs[0].get("epsilon") is not None:  # a defence set by its privacy budget
+            row["epsilon"] = rs[0]["epsilon"]
+        elif u and u.get("epsilon") is not None:
             row["epsilon"] = u["epsilon"]
         table.append(row)
     merged = {"spec": spec, "table": table, "utility": list(utility.values()),

@@ -15,6 +15,8 @@ public (what a party receiving the update knows)
     the parties run (train or eval, dropout rates, autocast dtype, padding side and length,
     micro-batches per step, loss and its reduction);
     capture.clipping.max_norm: the protocol's clipping bound;
+    capture.shares / update: that a file holds a weight update, and the local steps, learning
+    rate, mini-batch size and optimiser a server configured (files written by other tools);
     capture.defence: what the defence is, with its parameters (a server knows the noise level
     it asked for, and the learning rate and local steps of a federated update);
     extra.input_shape / normalisation / pixel_range: an image model's input conventions.
@@ -101,7 +103,8 @@ PUBLIC_METADATA: dict[str, Any] = {
     "modality": True,
     "model": True,
     "capture": {"mode": True, "dropout": True, "precision": True, "padding": True, "accumulation": True,
-                "loss": True, "defence": True, "clipping": {"max_norm": True}},
+                "loss": True, "defence": True, "clipping": {"max_norm": True},
+                "shares": True, "update": True},
     "extra": {"input_shape": True, "normalisation": True, "pixel_range": True},
 }
 

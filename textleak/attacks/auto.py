@@ -2,14 +2,17 @@
 (in the manner of torchattacks' MultiAttack): an ordered list of attack instances, each with its
 own settings, tried in turn.
 
-Text stages: `exact` (attacks/exact), `beyond_rank` (past the rank limit, where exact has no
-layer-1 certificate), `lamp`, `tag`, `dlg`; images: `idlg`. Before a stage does
+Text stages: `exact` (attacks/exact; it hands a FedAvg update to `exact-update` and a noisy
+gradient to `exact-noisy`), `beyond_rank` (past the rank limit, where exact has no layer-1
+certificate), `likelihood` (noisy classification gradients only), `lamp`, `tag`, `dlg`; images:
+`idlg`. Before a stage does
 any work its `preflight(observation, target)` runs; a stage that cannot run (MissingKnowledgeError,
 e.g. only the head was shared or a frozen embedding; or an unsupported model) is skipped, and
 `details["tried"]` says why. `exact` is the answer when its sentences pass the layer-1 span
 certificate (`details["certified"]`); an uncertified assembly is handed to the next stage that
 takes a start (`initial_ids`: LAMP-style) and the two are compared by the layer-1 span residual
-(the same certificate, computed without ground truth). `AttackOutput.method` names what ran
+(the same certificate, computed without ground truth; under additive noise by the Gaussian
+likelihood's misfit instead, `likelihood.noisy_choice`). `AttackOutput.method` names what ran
 (e.g. "exact", "exact+lamp", "dlg").
 
 Configuration: `Auto(stages=[...])` takes configured instances; otherwise each default stage is
@@ -36,7 +39,7 @@ from .optimisation import GradientMatching
 
 #: the default stages per modality, tried in this order
 #: (#16) beyond_rank runs where exact cannot certify past the rank limit; within it, its preflight refuses
-STAGES = {"text": ("exact", "beyond_rank", "lamp", "tag", "dlg"), "image": ("idlg",)}
+STAGES = {"text": ("exact", "beyond_rank", "likelihood", "lamp", "tag", "dlg"), "image": ("idlg",)}
 #: settings shared by the optimisation stages (each takes those among its fields)
 SHARED = ("steps", "restarts", "optimizer", "lr", "distance", "decode")
 
@@ -58,6 +61,7 @@ class Auto:
     # each stage's own settings, by stage name (override the shared ones)
     exact: dict | None = None
     beyond_rank: dict | None = None  # (#16)
+    likelihood: dict | None = None
     lamp: dict | None = None
     tag: dict | None = None
     dlg: dict | None = None
@@ -113,9 +117,14 @@ class Auto:
                 tried.append({"attack": stage.name, "reason": str(exc)})
                 continue
             if out.details.get("certified") is False:
-                tried.append({"attack": stage.name, "reason": "assembly did not pass the layer-1 span certificate"})
-                # (#16) a later certifying stage's guess (it reports its certified share) replaces an earlier one
-                guess = out if guess is None or "certified_share" in out.details else guess
+                tried.append({"attack": stage.name, "reason": out.details.get(
+                    "uncertified", "assembly did not pass the layer-1 span certificate")})
+                # (#16) a later certifying stage's guess (it reports its certified share) replaces an
+                # earlier one; otherwise the better of the two guesses is kept (#15)
+                if guess is None or "certified_share" in out.details:
+                    guess = out
+                else:
+                    guess = _better(observation, target, guess, out)
                 continue
             # (#16) a certified answer stands; an optimisation stage's is compared with the guess
             if guess is not None and guess is not out and "certified" not in out.details:
@@ -158,7 +167,13 @@ def _padded(rows: list[list[int]]) -> torch.Tensor:
 
 
 def _better(observation: Observation, target: Any, exact_out: AttackOutput, opt_out: AttackOutput) -> AttackOutput:
-    """Pick by the layer-1 span residual of each guess (no ground truth involved)."""
+    """Pick by the layer-1 span residual of each guess (no ground truth involved); under noise by
+    the Gaussian likelihood (#15)."""
+    from .likelihood import noisy_choice
+
+    noisy = noisy_choice(observation, target, exact_out, opt_out)
+    if noisy is not None:
+        return noisy
     grads = observation.gradients
     layout = layout_for(target.model)
     if not layout.shared(grads, layout.qkv_names(1)):

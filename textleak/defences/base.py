@@ -61,6 +61,8 @@ class Defence:
     shares: ClassVar[str] = "gradient"
     #: True when the defence needs per-example gradients (a batch-mean gradient will not do)
     per_example: ClassVar[bool] = False
+    #: whether a larger strength defends more (noise variance) or less (a privacy budget epsilon)
+    strength_grows: ClassVar[bool] = True
 
     def __init__(self, *values: float | int):
         self.values = tuple(values)
@@ -110,13 +112,15 @@ class BatchGradients:
 
     batch(): the batch-mean gradient (what training computes).
     example(i): the gradient of example i's own loss (for per-example clipping).
-    local_update(steps, lr): (w0 - wK) / (lr * K) after K local SGD steps on the batch, with the
-        model's weights restored afterwards.
+    local_update(steps, lr, minibatch=None, optimizer="sgd", weight_decay=0.0): (w0 - wK) / (lr * K)
+        after K local steps (SGD, or AdamW with a fresh state) on the batch, or on its mini-batches
+        of `minibatch` examples in turn (K = epochs x mini-batches), with the model's weights and
+        .grad restored afterwards.
     """
 
     def __init__(self, size: int, batch: Callable[[], dict[str, torch.Tensor]],
                  example: Callable[[int], dict[str, torch.Tensor]],
-                 local_update: Callable[[int, float], dict[str, torch.Tensor]]):
+                 local_update: Callable[..., dict[str, torch.Tensor]]):
         self.size = size
         self.batch = batch
         self.example = example

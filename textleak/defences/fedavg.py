@@ -1,14 +1,20 @@
 """FedAvg with several local steps (McMahan et al., "Communication-Efficient Learning of Deep
 Networks from Decentralized Data", AISTATS 2017).
 
-Threat model: a client runs `local_steps` SGD steps (learning rate `local_lr`) on its batch and
-sends the weight difference; the server (the attacker) sees the update, not one gradient.
+Threat model: a client runs `local_steps` optimiser steps (learning rate `local_lr`) on its data
+and sends the weight difference; the server (the attacker) sees the update, not one gradient,
+and knows the learning rate and step count it configured (recorded with the update).
 
-`fedavg:K[,LR]` e.g. `fedavg:4` (LR defaults to 1e-2). Valid: K in [1, 1000], LR in (0, 10].
-What is shared is recorded as an *update*: (w0 - wK) / (LR * K), the average gradient along the
-local trajectory, which equals the gradient exactly when K = 1. Attacks treat it as a gradient
-of the batch at w0 (they match it with the one-step gradient of their dummy batch), so the
-drift of the K - 1 later steps is what defends. The model's weights are restored afterwards.
+`fedavg:K[,LR[,MB]]`: K SGD steps (LR defaults to 1e-2) on the whole batch, or, with MB > 0, on
+its mini-batches of MB examples in turn (K = epochs x mini-batches per epoch), in the batch's
+order. Valid: K in [1, 1000], LR in (0, 10], MB in [0, 1024] (0: the whole batch).
+`fedadamw:K[,LR[,MB[,WD]]]`: the same with AdamW (PyTorch's defaults, weight decay WD, default 0
+as in HF's Trainer; a fresh optimiser state per round, as FL clients start each round), the
+optimiser HF fine-tuning uses.
+
+What is shared is recorded as an *update*: (w0 - wK) / (LR * K). For SGD it is the average
+gradient along the local trajectory, equal to the gradient when K = 1; `exact` reads it at the
+trajectory's midpoint (`textleak.attacks.update`). The model's weights are restored afterwards.
 """
 
 from __future__ import annotations
@@ -17,15 +23,42 @@ import torch
 
 from .base import DEFENCES, BatchGradients, Defence, Param
 
+STEPS = Param("local_steps", int, 1, 1000)
+LR = Param("local_lr", float, 0.0, 10.0, low_open=True, default=1e-2)
+MINIBATCH = Param("minibatch", int, 0, 1024, default=0)
+
 
 @DEFENCES.register("fedavg")
 class FedAvg(Defence):
     name = "fedavg"
     stage = "capture"
     shares = "update"
-    params = (Param("local_steps", int, 1, 1000), Param("local_lr", float, 0.0, 10.0, low_open=True, default=1e-2))
+    optimizer = "sgd"
+    params = (STEPS, LR, MINIBATCH)
     local_steps: int
     local_lr: float
+    minibatch: int
 
     def share(self, compute: BatchGradients, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return compute.local_update(int(self.local_steps), float(self.local_lr))
+        return compute.local_update(int(self.local_steps), float(self.local_lr), int(self.minibatch) or None,
+                                    self.optimizer, float(getattr(self, "weight_decay", 0.0)))
+
+    @property
+    def spec(self) -> str:
+        """K and LR always; the mini-batch size and weight decay only when set."""
+        values = list(self.values)
+        while len(values) > 2 and values[-1] == self.params[len(values) - 1].default:
+            values.pop()
+        return f"{self.name}:" + ",".join(f"{v:g}" for v in values)
+
+    def describe(self):
+        return {**super().describe(), "optimizer": self.optimizer}
+
+
+@DEFENCES.register("fedadamw")
+class FedAdamW(FedAvg):
+    name = "fedadamw"
+    optimizer = "adamw"
+    params = (STEPS, Param("local_lr", float, 0.0, 10.0, low_open=True, default=1e-4), MINIBATCH,
+              Param("weight_decay", float, 0.0, 1.0, default=0.0))
+    weight_decay: float

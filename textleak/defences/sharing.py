@@ -37,21 +37,31 @@ def batch_gradients(model: torch.nn.Module, loss_of: LossOf, size: int) -> Batch
     def example(i: int) -> dict[str, torch.Tensor]:
         return _grads(loss_of([i]), named)
 
-    def local_update(steps: int, lr: float) -> dict[str, torch.Tensor]:
+    def local_update(steps: int, lr: float, minibatch: int | None = None, optimizer: str = "sgd",
+                     weight_decay: float = 0.0) -> dict[str, torch.Tensor]:
+        chunks = [everyone[i:i + minibatch] for i in range(0, size, minibatch)] if minibatch else [everyone]
         start = {n: p.detach().clone() for n, p in named}
+        saved = {n: p.grad for n, p in named}
+        adamw = torch.optim.AdamW([p for _, p in named], lr=lr, weight_decay=weight_decay) \
+            if optimizer == "adamw" else None
         try:
-            for _ in range(steps):
-                g = batch()
+            for k in range(steps):
+                g = _grads(loss_of(chunks[k % len(chunks)]), named)
                 with torch.no_grad():
                     for n, p in named:
-                        if n in g:
+                        if adamw is not None:
+                            p.grad = g.get(n)
+                        elif n in g:
                             p.sub_(lr * g[n])
+                if adamw is not None:
+                    adamw.step()
             with torch.no_grad():
                 return {n: (start[n] - p.detach()) / (lr * steps) for n, p in named if n in g}
         finally:
             with torch.no_grad():
                 for n, p in named:
                     p.copy_(start[n])
+                    p.grad = saved[n]
 
     return BatchGradients(size, batch, example, local_update)
 

@@ -26,7 +26,8 @@ def baseline_accuracy(table: Sequence[Row]) -> float | None:
 def weakest_defending(table: Sequence[Row], attack: str, threshold: float = 0.5) -> dict[str, Any] | None:
     """The setting that brings `attack` below ROUGE-1 `threshold` at the least accuracy cost.
 
-    Per defence family the weakest such setting is the smallest strength that defends; among
+    Per defence family the weakest such setting is the smallest strength that defends (the
+    largest, where a smaller strength defends more: a privacy budget epsilon); among
     families the one that keeps the most accuracy wins (ties: the lower ROUGE-1). Returns the
     table row plus `cost` (baseline accuracy minus its accuracy, when both are known) and the
     per-family list, or None when no setting defends."""
@@ -37,7 +38,8 @@ def weakest_defending(table: Sequence[Row], attack: str, threshold: float = 0.5)
     families: dict[str, Row] = {}
     for r in rows:
         best = families.get(r["defence_name"])
-        if best is None or (r.get("strength") or 0) < (best.get("strength") or 0):
+        sign = 1 if r.get("strength_grows", True) else -1
+        if best is None or sign * (r.get("strength") or 0) < sign * (best.get("strength") or 0):
             families[r["defence_name"]] = r
     base = baseline_accuracy(table)
 
@@ -54,3 +56,9 @@ def pareto(points: Sequence[tuple[float, float]]) -> list[int]:
     keep = [i for i, (x, y) in enumerate(points)
             if not any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for x2, y2 in points)]
     return sorted(keep, key=lambda i: points[i][0])
+
+
+def at_budgets(table: Sequence[Row], attack: str) -> list[Row]:
+    """The rows of `attack` whose defence is set by a privacy budget (an `epsilon`), largest first."""
+    rows = [r for r in table if r["attack"] == attack and r.get("epsilon") is not None and r.get("rouge1") is not None]
+    return sorted(rows, key=lambda r: -r["epsilon"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .analysis import attacks, baseline_accuracy, strongest, weakest_defending
+from .analysis import at_budgets, attacks, baseline_accuracy, strongest, weakest_defending
 
 
 def _f(x: float | None, digits: int = 3) -> str:
@@ -66,6 +66,13 @@ def render_markdown(merged: Mapping[str, Any], *, title: str = "textleak privacy
         out.append("| " + " | ".join(cells) + " |")
     base = baseline_accuracy(table)
     out += ["", verdict(merged, threshold)]
+    best = strongest(table)
+    budgets = at_budgets(table, best)
+    if budgets:
+        out.append("Against the privacy budget: " + "; ".join(
+            f"at epsilon {r['epsilon']:g} ({r['defence']}) {best} recovers ROUGE-1 {_f(r['rouge1'])}"
+            + (f", exact match {_f(r.get('exact_match'))}" if r.get("exact_match") is not None else "")
+            for r in budgets) + ".")
     eps = [r for r in merged.get("utility", []) if r.get("epsilon") is not None]
     if eps:
         out.append("DP-SGD epsilon (Opacus RDP accountant): " + "; ".join(

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .analysis import attacks, pareto, strongest  # noqa: E402
 
 Row = Mapping[str, Any]
-LOG_AXIS = {"noise", "laplace"}
+LOG_AXIS = {"noise", "laplace", "dpeps"}
 
 
 def _png(fig) -> bytes:

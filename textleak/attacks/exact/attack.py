@@ -44,10 +44,16 @@ class Exact:
         """Raise before any work when exact recovery cannot run: UnsupportedModelError (no layout
         for this architecture), MissingKnowledgeError (layer 0's Q/K/V gradients not shared, or
         no rank gap in them)."""
+        variant = self._variant(observation, target)
+        if variant is not None:
+            return variant.preflight(observation, target)
         self._layer0(observation, target)
 
     def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
             resume: bool = False, progress: bool = True) -> AttackOutput:
+        variant = self._variant(observation, target)
+        if variant is not None:
+            return variant.run(observation, target, checkpoint=checkpoint, resume=resume, progress=progress)
         t0 = time.perf_counter()
         layout, span0 = self._layer0(observation, target)
         grads, tok, task = observation.gradients, target.tokenizer, observation.task
@@ -58,14 +64,14 @@ class Exact:
         cands = Candidates.read(layout, grads, span0, vocab, lengths, specials, known_lengths=known,
                                 masks=declared_masks(observation, lengths), mask_id=tok.mask_token_id)
         span1 = self._layer1(layout, grads, span0)
-        peeler = Peeler(observation, layout, lengths, span1.rank, tok.mask_token_id, known) if span1 is not None else None
+        peeler = self._peeler(observation, layout, lengths, span1, tok.mask_token_id, known)
         with layer0_table(layout, max(lengths)):
             search = Search(self, layout, tok, cands, lengths, span1, peeler, observation.knowledge.special_tokens)
             sequences, residuals = search.run()
         sequences, residuals = order_by_slots(observation, tok, peeler, sequences, residuals)
         prediction = _predict(observation, layout, tok, sequences, assumed)
         details = {
-            "certified": _certified(span1, residuals, cands, lengths), "layer0_rank": span0.rank,
+            "certified": self._certified(span1, residuals, cands, lengths), "layer0_rank": span0.rank,
             "layer0_gap": span0.gap, "layer0_threshold": cands.threshold, "layer1_rank": span1.rank if span1 is not None else None,
             "sentence_residuals": [float(r) for r in residuals], "vocabulary": vocab_source,
             "peeled": len(peeler.sentences) if peeler is not None and peeler.working else None,
@@ -78,6 +84,23 @@ class Exact:
         return {"sweeps": self.sweeps, "beam": self.beam, "trials": self.trials, "widen": self.widen,
                 "settle": self.settle, "restarts": self.restarts, "seed": self.seed, "moves": list(self.moves),
                 "span_test": self.span_test}
+
+    # -- variants (#15): what the file shares picks the reading; subclasses override these -----
+    def _variant(self, observation: Observation, target: Any) -> "Exact | None":
+        """A FedAvg update (`attacks.update.UpdateExact`) or a gradient under additive noise
+        (`attacks.noisy.NoisyExact`) is read by its own variant, with these options; None: this one."""
+        if type(self) is not Exact:
+            return None
+        from ..update import variant_for
+
+        return variant_for(self, observation, target)
+
+    def _peeler(self, observation: Observation, layout: Layout, lengths: list[int], span1: LayerSpan | None,
+                mask_id: int | None, known: bool) -> Peeler | None:
+        return Peeler(observation, layout, lengths, span1.rank, mask_id, known) if span1 is not None else None
+
+    def _certified(self, span1: LayerSpan | None, residuals: list[float], cands: Candidates, lengths: list[int]) -> bool:
+        return _certified(span1, residuals, cands, lengths)
 
     # -- steps -------------------------------------------------------------------------------
     def _layer0(self, observation: Observation, target: Any) -> tuple[Layout, LayerSpan]:

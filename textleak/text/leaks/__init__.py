@@ -13,6 +13,8 @@ first argument, so that no leak knows a parameter name:
   share of the word- and position-embedding rows (`token_positions`).
 - `spans`: the span of a layer's inputs from its Q/K/V weight gradients (`layer_span`, by a
   registered span test), and the layer-0 candidates per position (`position_candidates`).
+- `noise`: spans read above a noise plateau (a FedAvg update's float32 rounding, additive noise
+  at its Marchenko-Pastur edge) and the noise level read off signal-free entries (`noise_level`).
 - `residuals`: layer-k residuals of whole and partial sentences against a span.
 - `sentences`: past the rank limit, one span per sentence at a classifier's last layer, and the
   whole-sentence certificate it gives (`sentence_spans`); `partial`: the top directions of a
@@ -27,6 +29,7 @@ with the same shape: `fact(layout, gradients, ...) -> value or None`.
 from __future__ import annotations
 
 from .labels import assign_class_labels, class_label_counts, mlm_label_counts
+from .noise import NoiseLevel, NoisySpan, SpanReader, noise_level
 from .positions import TokenPositions, token_positions
 from .residuals import padded, partial_residuals, position_residuals, sequence_residuals
 from .slots import layer0_table, slot_residuals
@@ -35,7 +38,7 @@ from .sentences import SentenceSpans, sentence_spans
 from .spans import MIN_GAP, SPAN_TESTS, LayerSpan, calibrate_threshold, layer_span, position_candidates, rank_gap
 from .tokens import embedding_token_set, max_length, noisy_token_set
 
-__all__ = ["assign_class_labels", "class_label_counts", "mlm_label_counts", "TokenPositions", "token_positions",
+__all__ = ["NoiseLevel", "NoisySpan", "SpanReader", "noise_level", "assign_class_labels", "class_label_counts", "mlm_label_counts", "TokenPositions", "token_positions",
            "padded", "partial_residuals", "position_residuals", "sequence_residuals", "layer0_table",
            "slot_residuals", "MIN_GAP", "SPAN_TESTS", "LayerSpan", "calibrate_threshold", "layer_span",
            "position_candidates", "rank_gap", "embedding_token_set", "max_length", "noisy_token_set",

@@ -1,0 +1,265 @@
+"""FedAvg updates, noise-calibrated spans, the gradient likelihood and DP budgets, on tiny models."""
+
+from __future__ import annotations
+
+import builtins
+
+import pytest
+import torch
+
+import textleak
+from textleak.defences import parse_defence
+from textleak.errors import InputError
+from textleak.text.layouts import layout_for
+from textleak.text.leaks import noise as ns
+from textleak.text.models import load_text_model
+
+WORDS = ("the a cat dog sat ran on under mat log big small red quickly slowly and . , "
+         "bird sang song happy sad film movie good bad very was is").split()
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A random 2-layer BERT classifier 128 wide (as tests/test_attacks_text.py's wide model)."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("wide-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=256, max_position_embeddings=24)
+    BertForSequenceClassification(cfg).save_pretrained(root)
+    torch.set_num_threads(1)
+    return load_text_model(str(root), task="classify")
+
+
+TEXTS = ["the dog sat on the mat .", "a bird sang", "big cat ran quickly"]
+FACTS = (4, 0.03)  # on this random model the signal clears the float32 plateau from lr ~0.03 on
+SPEC = "fedavg:%d,%g" % FACTS
+
+
+def test_exact_reads_a_fedavg_update_and_certifies_only_the_true_batch(wide):
+    # this random model's weakest layer-1 directions sit a few times above the float32 plateau
+    # (MiniLM's: 3-30x), so its search may miss; the simulation must then say so
+    cap = textleak.capture_gradients(wide, TEXTS, labels=[0, 1, 1], defence=SPEC)
+    res = textleak.recover(gradients=cap.gradients, model=wide, attack="exact", reference=cap.reference,
+                           unknown=["labels"], progress=False)
+    assert res.method == "exact-update" and res.details["update"]["local_steps"] == FACTS[0]
+    sim = res.details["simulation"]
+    assert res.details["certified"] == (sim["mismatch"] <= sim["factor"] * sim["rounding"])
+    right = res.metrics["mean"]["exact_match"] == 1.0 and res.metrics["mean"]["label_accuracy"] == 1.0
+    assert res.details["certified"] == right
+
+
+def test_midpoint_reads_the_update_better_than_the_start(wide):
+    from textleak.attacks.update import UpdateFacts, midpoint_model
+
+    cap = textleak.capture_gradients(wide, TEXTS[:1], labels=[1], defence="fedavg:4,0.3")
+    update = cap.gradients.gradients
+    mid = midpoint_model(wide.model, update, UpdateFacts(4, 0.3))
+    ids = torch.tensor([cap.reference.token_ids[0]])
+    errors = []
+    for model in (wide.model, mid):
+        params = dict(model.named_parameters())
+        loss = model(input_ids=ids, labels=torch.tensor([1])).loss
+        grads = torch.autograd.grad(loss, [params[n] for n in update])
+        errors.append(sum(float((g - update[n]).pow(2).sum()) for n, g in zip(update, grads)))
+    assert errors[1] < 0.25 * errors[0]
+
+
+def test_a_wrong_batch_fails_the_simulation(wide):
+    from textleak.attacks.update import UpdateFacts, simulation_check
+
+    cap = textleak.capture_gradients(wide, TEXTS[:2], labels=[0, 1], defence=SPEC)
+    facts = UpdateFacts(*FACTS)
+    ids, update = cap.reference.token_ids, cap.gradients.gradients
+    assert simulation_check(layout_for(wide.model), update, ids, [0, 1], facts)["certified"]
+    assert simulation_check(layout_for(wide.model), update, ids[::-1], [1, 0], facts)["certified"]  # another order
+    wrong = [list(ids[0]), list(ids[1])]
+    wrong[1][1] = ids[0][2]
+    assert not simulation_check(layout_for(wide.model), update, wrong, [0, 1], facts)["certified"]
+    assert not simulation_check(layout_for(wide.model), update, ids, [1, 1], facts)["certified"]
+
+
+def test_an_update_without_its_learning_rate_is_a_one_line_error(wide):
+    cap = textleak.capture_gradients(wide, TEXTS[:1], labels=[1], defence="fedavg:2,0.01")
+    del cap.gradients.metadata["capture"]["defence"]["params"]["local_lr"]
+    for attack in ("exact", "auto"):
+        with pytest.raises(InputError) as err:
+            textleak.recover(gradients=cap.gradients, model=wide, attack=attack, progress=False)
+        assert "\n" not in str(err.value) and "local_lr" in str(err.value) and "local_steps" not in str(err.value)
+
+
+def test_fedavg_specs_minibatches_and_adamw(wide):
+    from textleak.defences import shared_gradients
+
+    assert parse_defence("fedavg:4").spec == "fedavg:4,0.01"
+    assert parse_defence("fedavg:4,0.1,2").describe()["params"]["minibatch"] == 2
+    assert parse_defence("fedadamw:2").describe()["optimizer"] == "adamw"
+    cap = textleak.capture_gradients(wide, TEXTS[:2], labels=[0, 1], defence="fedadamw:3,1e-3")
+    rows = cap.gradients.gradients["bert.embeddings.word_embeddings.weight"].abs().sum(1)
+    used = {t for ids in cap.reference.token_ids for t in ids}
+    assert set((rows > 0).nonzero().flatten().tolist()) == used  # AdamW leaves untouched rows at 0
+    enc = wide.tokenizer(TEXTS[:2], padding=True, return_tensors="pt")
+
+    def loss_of(rows):
+        rows = list(rows)
+        return wide.model(**{k: v[rows] for k, v in enc.items()}, labels=torch.tensor([1, 1])[rows]).loss
+
+    whole = shared_gradients("fedavg:2,0.01", wide.model, loss_of, 2, torch.Generator())
+    halves = shared_gradients("fedavg:2,0.01,1", wide.model, loss_of, 2, torch.Generator())
+    k = "classifier.weight"
+    assert not torch.allclose(whole[k], halves[k])  # one example per step, one epoch
+    torch.testing.assert_close(whole[k], halves[k], rtol=0.2, atol=1e-4)
+
+
+def test_noisy_span_reads_the_rank_above_the_plateau():
+    torch.manual_seed(0)
+    X = torch.randn(128, 9, dtype=torch.float64)
+    D = torch.randn(384, 9, dtype=torch.float64)
+    sigma = 1e-3
+    G = D @ X.T + sigma * torch.randn(384, 128, dtype=torch.float64)
+    span = ns.span_of(G, 0, rank_bound=12)
+    assert span.rank == 9 and span.exact
+    known = ns.span_of(G, 0, sigma=sigma)
+    assert known.rank == 9 and abs(known.edge * known.scale / ns.mp_edge(sigma, 384, 128) - 1) < 1e-9
+    inside = span.residual(X.T)
+    outside = span.residual(torch.randn(20, 128, dtype=torch.float64))
+    assert inside.max() < 1e-2 < 0.9 < outside.min()
+    flat = ns.span_of(sigma * torch.randn(384, 128, dtype=torch.float64), 0)
+    assert not flat.exact
+
+
+def test_ghost_scores_match_per_example_autograd(wide):
+    from textleak.text.ghost import GhostScorer
+
+    model = wide.model
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(0)
+    target = {n: torch.randn(p.shape, generator=gen) for n, p in named}
+    ids = torch.tensor([[2, 7, 8, 7, 3], [2, 9, 10, 11, 3]])
+    labels = torch.tensor([1, 0])
+    scores = GhostScorer(layout_for(model), target)(ids, labels)
+    for i in range(2):
+        loss = model(input_ids=ids[i:i + 1], labels=labels[i:i + 1]).loss
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+        dot = sum(float((target[n].double() * g.double()).sum()) for (n, _), g in zip(named, grads) if g is not None)
+        norm2 = sum(float(g.double().pow(2).sum()) for g in grads if g is not None)
+        assert float(scores.dot[i]) == pytest.approx(dot, rel=1e-4, abs=1e-6)
+        assert float(scores.norm2[i]) == pytest.approx(norm2, rel=1e-4)
+
+
+def test_dp_budget_sets_the_noise_and_reads_as_epsilon():
+    pytest.importorskip("opacus")
+    eight = parse_defence("dpeps:8")
+    assert eight.spec == "dpeps:8" and eight.strength == 8 and eight.strength_label == "epsilon"
+    assert not eight.strength_grows and 0.3 < eight.noise_multiplier < 1.5
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = [(eight.noise_multiplier, 0.01, 1000)]
+    assert acc.get_epsilon(1e-5) == pytest.approx(8, rel=0.02)
+    assert eight.describe()["accounting"]["delta"] == 1e-5
+
+
+def test_epsilon_without_opacus_names_the_extra(monkeypatch):
+    real = builtins.__import__
+
+    def no_opacus(name, *args, **kwargs):
+        if name.startswith("opacus"):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_opacus)
+    with pytest.raises(InputError, match=r"textleak\[dp\]"):
+        parse_defence("dpeps:8")
+    with pytest.raises(InputError, match=r"textleak\[dp\]"):
+        parse_defence("dpsgd:1.0,1.0").epsilon(steps=10, sample_rate=0.01, delta=1e-5)
+
+
+def test_weakest_budget_is_the_largest_epsilon_that_defends():
+    from textleak.report.analysis import weakest_defending
+
+    table = [{"attack": "auto", "defence": "none", "defence_name": "none", "strength": None, "rouge1": 1.0},
+             *({"attack": "auto", "defence": f"dpeps:{e}", "defence_name": "dpeps", "strength": e, "epsilon": e,
+                "strength_grows": False, "rouge1": r} for e, r in ((1, 0.1), (8, 0.2), (1e6, 0.9)))]
+    assert weakest_defending(table, "auto")["defence"] == "dpeps:8"
+
+
+def test_noise_level_is_read_off_the_signal_free_rows(wide):
+    cap = textleak.capture_gradients(wide, TEXTS[:2], labels=[0, 1], defence="noise:1e-6")
+    level = ns.noise_level(layout_for(wide.model), cap.gradients.gradients, max(len(s) for s in cap.reference.token_ids))
+    assert level is not None and abs(level.sigma / 1e-3 - 1) < 0.05
+    clean = textleak.capture_gradients(wide, TEXTS[:2], labels=[0, 1])
+    assert ns.noise_level(layout_for(wide.model), clean.gradients.gradients, 9) is None
+
+
+def test_exact_reads_spans_through_faint_noise_and_never_certifies_from_layer_0_alone(wide):
+    cap = textleak.capture_gradients(wide, TEXTS[:1], labels=[1], defence="noise:1e-12")
+    res = textleak.recover(gradients=cap.gradients, model=wide, attack="exact", reference=cap.reference,
+                           unknown=["labels"], progress=False)
+    assert res.method in ("exact", "exact-noisy")
+    if res.method == "exact-noisy":
+        assert res.details["noise"]["sigma"] > 0
+    assert not res.details["certified"] or res.metrics["mean"]["exact_match"] == 1.0
+    loud = textleak.capture_gradients(wide, TEXTS[:1], labels=[1], defence="noise:1e-4")
+    from textleak.attacks.noisy import NoisyExact
+    from textleak.threat import Knowledge, Observation
+
+    know = Knowledge.from_dict(loud.gradients.metadata["knowledge"]).without("labels")
+    obs = Observation(loud.gradients.gradients, loud.gradients.metadata, know)
+    try:
+        out = NoisyExact().run(obs, wide)
+    except textleak.errors.MissingKnowledgeError:
+        return  # the noise hides layer 0 entirely
+    assert not out.details["certified"] or out.prediction["token_ids"] == loud.reference.token_ids
+
+
+def test_likelihood_search_improves_the_fit_and_auto_takes_it_under_noise(wide):
+    from textleak.attacks.likelihood import LikelihoodSearch, misfit
+    from textleak.core.budget import time_budget
+    from textleak.threat import Knowledge, Observation
+
+    cap = textleak.capture_gradients(wide, ["big cat ran quickly"], labels=[1], defence="noise:1e-8")
+    know = Knowledge.from_dict(cap.gradients.metadata["knowledge"]).without("labels")
+    obs = Observation(cap.gradients.gradients, cap.gradients.metadata, know)
+    truth = cap.reference.token_ids
+    start = [[truth[0][0]] + [5] * (len(truth[0]) - 2) + [truth[0][-1]]]
+    with time_budget(60):
+        out = LikelihoodSearch(initial_ids=torch.tensor(start), rounds=1, sweeps=3).run(obs, wide)
+    assert misfit(obs, wide, out.prediction["token_ids"], [1]) < misfit(obs, wide, start, [1])
+    assert misfit(obs, wide, truth, [1]) <= misfit(obs, wide, start, [1])
+    assert out.details["fit"]["entries"] > 0 and not out.details["certified"]
+    clean = textleak.capture_gradients(wide, ["big cat ran quickly"], labels=[1])
+    plain = Observation(clean.gradients.gradients, clean.gradients.metadata, know)
+    with pytest.raises(textleak.errors.MissingKnowledgeError, match="no additive noise"):
+        LikelihoodSearch().preflight(plain, wide)  # no noise: auto skips it and keeps its usual path
+
+
+
+def test_auto_runs_the_likelihood_under_noise_and_keeps_the_likelier_guess(wide):
+    from textleak.attacks.auto import Auto
+    from textleak.core.budget import time_budget
+    from textleak.threat import Knowledge, Observation
+
+    cap = textleak.capture_gradients(wide, ["a bird sang"], labels=[1], defence="noise:1e-8")
+    know = Knowledge.from_dict(cap.gradients.metadata["knowledge"]).without("labels")
+    obs = Observation(cap.gradients.gradients, cap.gradients.metadata, know)
+    with time_budget(20):
+        out = Auto(prior="none", likelihood={"rounds": 1, "sweeps": 2}, lamp={"steps": 3, "restarts": 1}).run(
+            obs, wide, progress=False)
+    assert "likelihood" in out.method and len(out.details["misfit"]) == 2  # chosen by misfit, not by layer 1
+
+
+def test_the_audit_summary_reads_leakage_against_epsilon():
+    from textleak.report.markdown import render_markdown
+
+    rows = [{"attack": "auto", "defence": "none", "defence_name": "none", "strength": None, "n": 2, "rouge1": 1.0,
+             "rouge2": 1.0, "exact_match": 1.0}]
+    rows += [{"attack": "auto", "defence": f"dpeps:{e:g}", "defence_name": "dpeps", "strength": e, "epsilon": e,
+              "strength_grows": False, "n": 2, "rouge1": r, "rouge2": r / 2, "exact_match": 0.0}
+             for e, r in ((8, 0.12), (1e9, 0.95))]
+    text = render_markdown({"table": rows, "utility": []})
+    assert "at epsilon 8 (dpeps:8) auto recovers ROUGE-1 0.120" in text
+    assert "**dpeps:8**" in text  # the weakest budget that defends is the largest epsilon below 0.5
