@@ -64,6 +64,8 @@ from ..threat import Observation
 from ..text import leakage as lk
 from ..text.decode import allowed_token_ids, ids_to_text
 from ..text.inference import infer_lengths
+from ..text.scale import ShareFit, class_labels
+from ..training import TrainingSettings
 from .base import ATTACKS, AttackOutput
 
 log = logging.getLogger(__name__)
@@ -133,7 +135,7 @@ class Exact:
         certified = self._certified(span1, residuals, cands, lengths)
         prediction = {"token_ids": sequences}
         if observation.task == "classify":
-            prediction["labels"], assumed["labels"] = self._class_labels(observation, model, sequences)
+            prediction["labels"], assumed["labels"] = self._class_labels(observation, model, sequences, peeler)
         else:
             prediction["token_ids"], prediction["labels"], assumed["labels"], assumed["mask_positions"] = \
                 self._mlm_labels(observation, target, sequences)
@@ -143,6 +145,7 @@ class Exact:
             "layer0_threshold": threshold, "layer1_rank": span1.rank if span1 else None,
             "sentence_residuals": [float(r) for r in residuals], "vocabulary": vocab_source,
             "peeled": len(peeler.sentences) if peeler is not None and peeler.working else None,
+            "peel_shares": list(peeler.fitted) if peeler is not None and peeler.working else None,
             "placed_tokens": None if pins is None else {
                 "tokens": len(vocab), "placed": len(pins.complete), "closed_positions": len(pins.closed),
                 "threshold": pins.threshold},
@@ -562,7 +565,7 @@ class Exact:
             mask[b, :len(s)] = 1
         return ids, mask
 
-    def _class_labels(self, observation, model, sequences) -> tuple[list[int], str]:
+    def _class_labels(self, observation, model, sequences, peeler=None) -> tuple[list[int], str]:
         know = observation.knowledge
         if know.labels is not None:
             return [int(y) for y in know.labels], "known"
@@ -570,8 +573,13 @@ class Exact:
         with torch.no_grad():
             out = model.base_model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
             probs = model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits.softmax(-1)
-        if out.pooler_output is not None and lk._find(observation.gradients, r"classifier\.weight$"):
-            return lk.assign_class_labels(observation.gradients, out.pooler_output, probs), \
+        name = lk._find(observation.gradients, r"(^|\.)classifier(\.out_proj)?\.weight$")
+        if out.pooler_output is not None and name:
+            # the examples' share of the gradient: fitted by the peel, 1/B for a plain mean loss,
+            # else unknown (clipping, accumulation): then the sign rule, which needs no scale
+            share = sum(peeler.fitted) / len(peeler.fitted) if peeler is not None and peeler.fitted else \
+                (1 / len(sequences) if TrainingSettings.of(observation.metadata).scale_known else None)
+            return class_labels(observation.gradients[name], out.pooler_output, probs, share and 1 / share), \
                 "recovered from the classifier weight gradient given the recovered inputs"
         counts = lk.class_label_counts(observation.gradients, len(sequences))
         return [c for c, n in enumerate(counts) for _ in range(n)], \
@@ -697,6 +705,11 @@ class _Peeler:
                 self.working = self.masked > 0
         self.working = self.working and all(n in self.params for n in self.names)
         self.rest = {n: self.grads[n].double().clone() for n in self.names} if self.working else {}
+        eps = torch.finfo(self.grads[self.layer1[0]].dtype).eps if self.layer1 else 1e-7
+        self.shares = ShareFit(self.layer1, [n for n in self.names if n not in self.layer1],
+                               [n for n in (self.word, self.position_table) if n], eps=eps,
+                               per_tensor=TrainingSettings.of(observation.metadata).clip_per_tensor)
+        self.fitted: list[float] = []  # the share each peeled sentence came out at
         self.rank = rank  # of the layer-1 span of what is left
         self.labels: list[Any] = []  # the label(s) of each sentence peeled, in order
         self.slots: list[int] = []  # masked-LM: the batch slot of each sentence peeled
@@ -705,8 +718,12 @@ class _Peeler:
     def peel(self, seq: list[int], last: bool = False) -> _Rest | None:
         best = None
         for slot, labels in self._choices(seq):
-            own = self._own(seq, slot, labels)
-            trial = {n: self.rest[n] - g.double() for n, g in zip(self.names, own)}
+            own = dict(zip(self.names, self._own(seq, slot, labels)))
+            # the sentence's share is fitted, not assumed: clipping, loss scaling, accumulation
+            scales = self.shares.scales(self.rest, own, self.rank, len(seq), last)
+            if scales is None:
+                continue
+            trial = {n: self.rest[n] - a * own[n].double() for n, a in scales.items()}
             if last:  # nothing may be left but the capture's rounding
                 r = sum(float(trial[n].norm()) for n in self.layer1) / self.scale
                 ok = r < math.sqrt(torch.finfo(self.grads[self.layer1[0]].dtype).eps)
@@ -714,12 +731,12 @@ class _Peeler:
                 r = lk.layer_span(_as_captured(trial, self.grads), 1).rank
                 ok = r == self.rank - len(seq)
             if ok and (best is None or r < best[0]):
-                best = (r, trial, slot, labels)
+                best = (r, trial, slot, labels, scales)
                 if not last:
                     break
         if best is None:
             return None
-        r, trial, slot, labels = best
+        r, trial, slot, labels, scales = best
         if not last:
             left = _as_captured(trial, self.grads)
             span = lk.layer_span(left, 1)
@@ -727,6 +744,7 @@ class _Peeler:
                 return None
         self.labels.append(labels)
         self.sentences.append(list(seq))
+        self.fitted.append(sum(scales[n] for n in self.layer1) / len(self.layer1))
         if self.task == "mlm":
             self.slots.append(slot)
             self.masked_left -= len(labels)
@@ -735,12 +753,14 @@ class _Peeler:
         if last:
             return _Rest(None)
         self.rank, self.rest = r, trial
+        if set(trial) != set(self.names):  # per-tensor scales: only layer 1 can be subtracted
+            self.names, self.word, self.position_table = list(trial), None, None
         allowed = None
         if self.word:
             rows = self.rest[self.word].norm(dim=1)
             top = float(self.grads[self.word].double().norm(dim=1).max())
             allowed = set((rows > 1e-6 * top).nonzero().flatten().tolist())
-        span0 = lk.layer_span(left, 0)
+        span0 = lk.layer_span(left, 0) if lk.qkv_names(left, 0) else None
         positions = None
         if self.position_table and allowed:
             lengths = list(self.lengths)
@@ -748,7 +768,7 @@ class _Peeler:
                 lengths.remove(len(s))
             positions = lk.token_positions(self.model, left, sorted(allowed), max(lengths),
                                            _occupants(lengths) if self.known_lengths else None)
-        return _Rest(span, allowed, span0 if span0.exact else None, positions)
+        return _Rest(span, allowed, span0 if span0 is not None and span0.exact else None, positions)
 
     def _choices(self, seq: list[int]):
         """(slot, labels) to try, likeliest first."""
@@ -775,7 +795,7 @@ class _Peeler:
             target[0, self.positions[slot]] = torch.tensor(labels)
             share = len(labels) / self.masked  # the loss averages over the whole batch's masked positions
         else:
-            target, share = torch.tensor([labels]), 1 / self.batch_size
+            target, share = torch.tensor([labels]), 1.0  # the share is fitted (`ShareFit`)
         with torch.enable_grad():
             loss = self.model(input_ids=ids, attention_mask=torch.ones_like(ids),
                               token_type_ids=torch.zeros_like(ids), labels=target).loss
