@@ -8,7 +8,8 @@ transformers callback) says how the step was taken:
     clip          {"max_norm": c, "clipped": bool, "per": "global" | "tensor"} (None when off)
     precision     "fp32" | "bf16" | "fp16": the precision of the forward/backward computation
                   (autocast); the gradient's own dtype can be wider (fp32 master weights)
-    padding       {"side": "right" | "left", "to": "longest" | N, "multiple": M | None}
+    padding       {"side": "right" | "left", "widths": [padded width of each micro-batch], "longest": n}
+                  (padded positions get no gradient; only the side moves the tokens' positions)
     accumulation  micro-batches summed into the step
 
 `TrainingSettings.of(metadata)` reads them back. Files written before these were recorded get
@@ -35,7 +36,7 @@ class TrainingSettings:
     dropout: Mapping[str, float] = field(default_factory=dict)
     clip: Mapping[str, Any] | None = None
     precision: str = "fp32"
-    padding: Mapping[str, Any] = field(default_factory=lambda: {"side": "right", "to": "longest", "multiple": None})
+    padding: Mapping[str, Any] = field(default_factory=lambda: {"side": "right"})
     accumulation: int = 1
     recorded: bool = True
 

@@ -65,6 +65,7 @@ from ..text import leakage as lk
 from ..text.decode import allowed_token_ids, ids_to_text
 from ..text.inference import infer_lengths
 from ..text.scale import ShareFit, class_labels
+from ..text.precision import ROUND_TO, span_for
 from ..training import TrainingSettings
 from .base import ATTACKS, AttackOutput
 
@@ -88,8 +89,10 @@ class Exact:
             resume: bool = False, progress: bool = True) -> AttackOutput:
         t0 = time.perf_counter()
         grads, know, model, tok = observation.gradients, observation.knowledge, target.model, target.tokenizer
-        span0 = lk.layer_span(grads, 0)
-        if not span0.exact:
+        settings = TrainingSettings.of(observation.metadata)
+        low = settings.precision in ROUND_TO  # bf16 / fp16 autocast: no clean gap, ranks from the lengths
+        span0 = None if low else lk.layer_span(grads, 0)
+        if span0 is not None and not span0.exact:
             raise MissingKnowledgeError(
                 f"exact recovery needs fewer input tokens than the hidden size ({span0.basis.shape[0]}); the "
                 "first layer's gradient shows no rank gap (batch x length too large, or noise)")
@@ -99,6 +102,8 @@ class Exact:
         else:
             inferred, note = infer_lengths(observation, target)
             lengths, assumed["seq_lengths"] = list(inferred), note
+        if low:
+            span0 = span_for(grads, 0, settings, sum(lengths))
         vocab, vocab_source = self._vocabulary(grads, tok, observation.task)
         vocab = vocab[vocab < model.get_input_embeddings().num_embeddings]
         cands, threshold = lk.position_candidates(model, span0, vocab, max(lengths))
@@ -106,11 +111,12 @@ class Exact:
         pins = lk.token_positions(model, grads, vocab.tolist(), max(lengths),
                                   _occupants(lengths) if known_lengths else None)
         specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
-        span1 = lk.layer_span(grads, 1) if lk.qkv_names(grads, 1) else None
+        span1 = span_for(grads, 1, settings, sum(lengths)) if lk.qkv_names(grads, 1) else None
         if span1 is not None and span1.rank < span0.rank:
             span1 = None  # e.g. the last layer of a classifier: only [CLS] feeds the loss there
+        # peeling subtracts a recomputed gradient: exact only where the capture's arithmetic is
         peeler = _Peeler(observation, model, lengths, span1.rank, tok.mask_token_id, known_lengths) \
-            if span1 is not None else None
+            if span1 is not None and not low else None
         masks = None
         if observation.task == "mlm" and know.mask_positions is not None and know.seq_lengths is not None \
                 and len(know.mask_positions) == len(lengths):  # slots and their lengths declared together

@@ -24,6 +24,7 @@ from ..defences.training import apply_to_model_grads
 from ..gradients import GradientFile, check_finite
 from ..text.models import target_from_model
 from ..threat import Reference
+from ..training import dropout_rates
 
 
 class GradientCaptureCallback(TrainerCallback):
@@ -49,6 +50,7 @@ class GradientCaptureCallback(TrainerCallback):
         self.written: list[Path] = []
         self._inputs: list[dict[str, torch.Tensor]] = []
         self._hook = None
+        self._precision, self._dropout, self._mode = "fp32", {}, "train"
 
     # -- recording the batch -----------------------------------------------------------
     def _record(self, module, args, kwargs):
@@ -57,16 +59,22 @@ class GradientCaptureCallback(TrainerCallback):
             self._inputs.append({k: v.detach().cpu().clone() for k, v in kwargs.items()
                                  if isinstance(v, torch.Tensor) and v.dim() >= 1})
 
+    def _precision_seen(self, module, args):
+        # inside the forward: the Trainer's autocast wraps the model's forward, not its hooks
+        if module.training:
+            self._precision = autocast_precision()
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._hook = model.register_forward_pre_hook(self._record, with_kwargs=True)
+        self._hook = [model.register_forward_pre_hook(self._record, with_kwargs=True),
+                      model.get_input_embeddings().register_forward_pre_hook(self._precision_seen)]
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._inputs = []
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        for hook in self._hook or ():
+            hook.remove()
+        self._hook = None
 
     # -- capturing the gradient ----------------------------------------------------------
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
@@ -77,6 +85,8 @@ class GradientCaptureCallback(TrainerCallback):
         grads = {n: p.grad.detach().clone().cpu() for n, p in model.named_parameters() if p.grad is not None}
         if not self.wanted(step):
             return
+        self._dropout = dropout_rates(model) if model.training else {}
+        self._mode = "train" if model.training else "eval"
         check_finite(grads, source=f"the gradient of step {step}")
         self._write(step, grads, model, args)
 
@@ -101,17 +111,19 @@ class GradientCaptureCallback(TrainerCallback):
         knowledge = declared_knowledge(facts, [d for d in self.declare if d in facts])
         meta = metadata_for(
             modality="text", spec=target.spec.to_dict(), knowledge=knowledge,
-            capture={"source": "transformers.Trainer", "step": step, "mode": "train (dropout on)",
+            capture={"source": "transformers.Trainer", "step": step, "mode": f"{self._mode} (dropout {'on' if any(self._dropout.values()) else 'off'})",
                      "gradient_accumulation_steps": args.gradient_accumulation_steps,
                      "max_grad_norm": args.max_grad_norm,
                      "note": "after clipping, before the optimiser step; with accumulation the gradient "
                              "sums the micro-batches' losses as the Trainer normalises them",
+                     "training": self._settings(grads, args, attn),
                      **({"defence": self.defence.describe()} if self.defence is not None else {})})
-        texts = [self.tokenizer.decode(original[b, :n].tolist(), skip_special_tokens=True)
-                 for b, n in enumerate(lengths)] if self.tokenizer is not None else None
-        reference = Reference(modality="text", texts=texts, labels=facts.get("labels", []),
-                              token_ids=[original[b, :n].tolist() for b, n in enumerate(lengths)],
-                              masked_input_ids=[batch["input_ids"][b, :n].tolist() for b, n in enumerate(lengths)])
+        kept = attn.bool()  # left padding puts the tokens at the end of each row
+        tokens = [original[b][kept[b]].tolist() for b in range(len(lengths))]
+        texts = [self.tokenizer.decode(row, skip_special_tokens=True) for row in tokens] \
+            if self.tokenizer is not None else None
+        reference = Reference(modality="text", texts=texts, labels=facts.get("labels", []), token_ids=tokens,
+                              masked_input_ids=[batch["input_ids"][b][kept[b]].tolist() for b in range(len(lengths))])
         if self.save_model:
             model.save_pretrained(folder / "model")
             if self.tokenizer is not None:
@@ -120,6 +132,35 @@ class GradientCaptureCallback(TrainerCallback):
         GradientFile(grads, meta).save(path)
         reference.save(folder / "grads.reference.json")
         self.written.append(path)
+
+
+    def _settings(self, grads: dict[str, torch.Tensor], args, attn: torch.Tensor) -> dict[str, Any]:
+        """What the attacker must know about how this step was taken (`textleak.training`)."""
+        norm = float(sum(g.double().pow(2).sum() for g in grads.values()) ** 0.5)
+        clip = None
+        if args.max_grad_norm and args.max_grad_norm > 0:
+            # clipping scales the gradient to exactly max_grad_norm: a norm below it was left alone
+            clip = {"max_norm": float(args.max_grad_norm), "per": "global",
+                    "clipped": abs(norm - args.max_grad_norm) <= 1e-3 * args.max_grad_norm}
+        widths = [x["input_ids"].shape[1] for x in self._inputs]
+        left = bool((attn[:, 0] == 0).any())
+        return {"mode": self._mode, "dropout": self._dropout, "clip": clip, "precision": self._precision,
+                "padding": {"side": "left" if left else "right", "widths": widths,
+                            "longest": int(attn.sum(1).max())},
+                "accumulation": int(args.gradient_accumulation_steps), "micro_batches": len(self._inputs),
+                "shared_norm": norm}
+
+
+def autocast_precision() -> str:
+    """The precision autocast runs the forward in right now: "bf16", "fp16" or "fp32" (off)."""
+    for device in ("cuda", "cpu"):
+        try:
+            if torch.is_autocast_enabled(device):
+                dtype = torch.get_autocast_dtype(device)
+                return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+        except (RuntimeError, TypeError):
+            continue
+    return "fp32"
 
 
 def _concat(inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
