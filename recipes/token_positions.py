@@ -1,4 +1,4 @@
-"""How well the embedding gradients place tokens (`textleak.text.leakage.token_positions`).
+"""How well the embedding gradients place tokens (`textleak.text.leaks.token_positions`).
 
     python recipes/token_positions.py --data cola,sst2,rt --batch-size 2,4,8,16,32 --n 10
 
@@ -20,7 +20,8 @@ import torch
 
 import textleak
 from textleak.data import read_sentences
-from textleak.text import leakage as lk
+from textleak.text import leaks
+from textleak.text.layouts import layout_for
 from textleak.text.models import load_text_model
 
 
@@ -29,12 +30,13 @@ def measure(target, texts, labels, seed):
     ids, grads = cap.reference.token_ids, cap.gradients.gradients
     length = max(map(len, ids))
     occupants = [sum(len(s) > i for s in ids) for i in range(length)]
-    tokens = lk.embedding_token_set(grads)
+    layout = layout_for(target.model)
+    tokens = leaks.embedding_token_set(layout, grads)
     t0 = time.perf_counter()
-    found = lk.token_positions(target.model, grads, tokens.tolist(), length, occupants)
+    found = leaks.token_positions(layout, grads, tokens.tolist(), length, occupants)
     seconds = time.perf_counter() - t0
-    span0 = lk.layer_span(grads, 0)
-    layer0, _ = lk.position_candidates(target.model, span0, tokens, length)
+    span0 = leaks.layer_span(layout, grads, 0)
+    layer0, _ = leaks.position_candidates(layout, span0, tokens, length)
     where: dict[int, set[int]] = {}
     for s in ids:
         for i, t in enumerate(s):

@@ -18,35 +18,71 @@ WORDS = ("the a cat dog bird sat ran flew on under over mat tree roof red blue g
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]", "[unused1]"]
 
 
-def _tokenizer(folder: Path):
-    from transformers import BertTokenizerFast
+def _tokenizer(folder: Path, family: str = "bert"):
+    """A tokenizer of the family's kind over WORDS: WordPiece (BERT, DistilBERT, ELECTRA),
+    byte-level BPE with <s> </s> (RoBERTa: one merge chain per word, so each word is one token)
+    or SentencePiece-style Unigram (ALBERT)."""
+    from transformers import AlbertTokenizer, BertTokenizerFast, RobertaTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + WORDS)}
-    tok = BertTokenizerFast(vocab=vocab, do_lower_case=True)
+    if family == "roberta":
+        vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+        merges: list[tuple[str, str]] = []
+        for form in ("\u0120" + w for w in WORDS):
+            for c in form:
+                vocab.setdefault(c, len(vocab))
+            for i in range(1, len(form)):
+                if (form[:i], form[i]) not in merges:
+                    merges.append((form[:i], form[i]))
+                vocab.setdefault(form[:i + 1], len(vocab))
+        tok = RobertaTokenizer(vocab=vocab, merges=merges, add_prefix_space=True)
+    elif family == "albert":
+        pieces = [("<pad>", 0.0), ("<unk>", 0.0), ("[CLS]", 0.0), ("[SEP]", 0.0), ("[MASK]", 0.0)]
+        tok = AlbertTokenizer(vocab=pieces + [("\u2581" + w, -1.0) for w in WORDS])
+    else:
+        tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(SPECIALS + WORDS)}, do_lower_case=True)
     tok.save_pretrained(folder)
     return tok
 
 
-def make_tiny_model(folder: Path, family: str = "bert", *, hidden: int = 32, layers: int = 1,
-                    seed: int = 0) -> Path:
-    """Save a tiny base encoder (no task head, like MiniLM) plus its tokenizer in `folder`."""
-    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
+def _config(family: str, vocab: int, hidden: int, layers: int):
+    import transformers as tf
 
-    tok = _tokenizer(folder)
+    common = dict(vocab_size=vocab, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=2 * hidden,
+                  max_position_embeddings=24, hidden_size=hidden, hidden_dropout_prob=0.1,
+                  attention_probs_dropout_prob=0.1)
+    if family == "bert":
+        return tf.BertConfig(**common)
+    if family == "roberta":  # positions start at pad + 1 = 2
+        return tf.RobertaConfig(**{**common, "max_position_embeddings": 26}, pad_token_id=1, bos_token_id=0,
+                                eos_token_id=2, type_vocab_size=1)
+    if family == "albert":  # factorised embeddings, every layer sharing one set of weights
+        return tf.AlbertConfig(**common, embedding_size=hidden // 2, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    if family == "electra":  # factorised embeddings: embeddings_project maps them to the hidden size
+        return tf.ElectraConfig(**common, embedding_size=hidden // 2)
+    if family == "distilbert":
+        return tf.DistilBertConfig(vocab_size=vocab, dim=hidden, n_layers=layers, n_heads=2, hidden_dim=2 * hidden,
+                                   max_position_embeddings=24)
+    raise ValueError(family)
+
+
+FAMILIES = ("bert", "roberta", "distilbert", "albert", "electra")
+
+
+def make_tiny_model(folder: Path, family: str = "bert", *, hidden: int = 32, layers: int = 1,
+                    seed: int = 0, init: float | None = None) -> Path:
+    """Save a tiny base encoder of `family` (no task head, like MiniLM) plus its tokenizer in `folder`.
+    `init`: the weights' initial standard deviation (HF's initializer_range, 0.02 by default; 0.1
+    keeps a random model's layers as active as a trained one's, so its spans have clear gaps)."""
+    from transformers import AutoModel
+
+    tok = _tokenizer(folder, family)
+    config = _config(family, len(tok), hidden, layers)
+    if init is not None:
+        config.initializer_range = init
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        if family == "bert":
-            cfg = BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
-                             num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=24,
-                             hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-            model = BertModel(cfg)
-        elif family == "distilbert":
-            cfg = DistilBertConfig(vocab_size=len(tok), dim=hidden, n_layers=layers, n_heads=2,
-                                   hidden_dim=2 * hidden, max_position_embeddings=24)
-            model = DistilBertModel(cfg)
-        else:
-            raise ValueError(family)
+        model = AutoModel.from_config(config)
     model.save_pretrained(folder)
     return folder
 

@@ -12,7 +12,8 @@ import textleak
 from textleak.attacks import ATTACKS
 from textleak.errors import MissingKnowledgeError
 from textleak.gradients import GradientFile
-from textleak.text import leakage as lk
+from textleak.text import leaks
+from textleak.text.layouts import layout_for
 from textleak.text.inference import complete_knowledge
 from textleak.text.models import load_text_model
 from textleak.threat import Knowledge, Observation
@@ -70,7 +71,7 @@ def test_every_text_attack_runs_and_says_what_it_assumed(targets, attack, task):
 @pytest.mark.parametrize("task", ["classify", "mlm"])
 def test_exact_recovers_a_batch_of_two_with_labels(targets, task):
     # no token repeats across positions: repeated tokens make layer-0 candidates ambiguous and
-    # leave assembly to the layer-1 search, which is not guaranteed (see attacks/exact.py)
+    # leave assembly to the layer-1 search, which is not guaranteed (see attacks/exact/)
     texts = ["the big dog ran", "a small red bird sang ."]
     cap = textleak.capture_gradients(targets[task], texts, labels=[0, 1], seed=3)
     res = textleak.recover(gradients=cap.gradients, model=targets[task], attack="exact",
@@ -115,7 +116,7 @@ def test_exact_recovers_a_batch_of_four_sharing_words(wide_target):
 
 
 def test_found_sentences_bar_their_copies_from_the_beam():
-    from textleak.attacks.exact import _follows, _resembles
+    from textleak.attacks.exact.sequences import follows as _follows, resembles as _resembles
 
     found = [101, 5, 6, 7, 8, 9, 10]
     assert _follows([101, 5, 6, 7], found) and _follows([101, 5, 99, 7, 8], found)  # one token off
@@ -138,11 +139,12 @@ def test_exact_infers_lengths_when_withheld(targets):
 def test_analytic_label_recovery(targets):
     cap = textleak.capture_gradients(targets["classify"], ["a good movie"], labels=[1])
     g = cap.gradients.gradients
-    assert lk.class_label_counts(g, 1) == [0, 1]
+    layout = layout_for(targets["classify"].model)
+    assert leaks.class_label_counts(layout, g, 1) == [0, 1]
     cap4 = textleak.capture_gradients(targets["classify"], ["a", "the film", "good", "bad"], labels=[0, 1, 1, 1])
-    assert lk.class_label_counts(cap4.gradients.gradients, 4) == [1, 3]
+    assert leaks.class_label_counts(layout, cap4.gradients.gradients, 4) == [1, 3]
     mlm = textleak.capture_gradients(targets["mlm"], ["the cat sat on the mat ."], mask_prob=0.4, seed=5)
-    counts = lk.mlm_label_counts(mlm.gradients.gradients, len(mlm.reference.labels[0]))
+    counts = leaks.mlm_label_counts(layout_for(targets["mlm"].model), mlm.gradients.gradients, len(mlm.reference.labels[0]))
     assert sorted(counts) == sorted(set(mlm.reference.labels[0]))
     know = Knowledge.from_dict(cap.gradients.metadata["knowledge"]).without("labels")
     obs, how = complete_knowledge(Observation(g, cap.gradients.metadata, know), targets["classify"])
@@ -152,22 +154,23 @@ def test_analytic_label_recovery(targets):
 def test_token_set_leaks_from_sparse_embedding_gradient(targets):
     target = targets["classify"]
     cap = textleak.capture_gradients(target, ["the dog ran"], labels=[0])
-    leaked = set(lk.embedding_token_set(cap.gradients.gradients).tolist())
+    leaked = set(leaks.embedding_token_set(layout_for(target.model), cap.gradients.gradients).tolist())
     assert leaked == set(cap.reference.token_ids[0])
 
 
-def test_token_set_leaks_through_noise_from_outlier_rows():
+def test_token_set_leaks_through_noise_from_outlier_rows(targets):
+    layout = layout_for(targets["classify"].model)
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(30000, 64, generator=gen) * 1e-3
     signal_rows = torch.tensor([7, 123, 4567, 29999])
     noisy = noise.clone()
     noisy[signal_rows] += torch.randn(4, 64, generator=gen) * 1e-2
-    name = "bert.embeddings.word_embeddings.weight"
-    assert sorted(lk.noisy_token_set({name: noisy}).tolist()) == signal_rows.tolist()
-    assert lk.noisy_token_set({name: noise}) is None  # nothing stands out: no false tokens
+    name = layout.word_embedding_name
+    assert sorted(leaks.noisy_token_set(layout, {name: noisy}).tolist()) == signal_rows.tolist()
+    assert leaks.noisy_token_set(layout, {name: noise}) is None  # nothing stands out: no false tokens
     dense = noise.clone()
     dense[:3000] *= 50  # many strong rows (a tied output layer): not a token set
-    assert lk.noisy_token_set({name: dense}) is None
+    assert leaks.noisy_token_set(layout, {name: dense}) is None
 
 
 def test_lamp_starts_from_the_leaked_bag_of_tokens(targets):
@@ -178,7 +181,7 @@ def test_lamp_starts_from_the_leaked_bag_of_tokens(targets):
     cap = textleak.capture_gradients(target, ["the big dog ran quickly"], labels=[0])
     obs = Observation(cap.gradients.gradients, cap.gradients.metadata,
                       Knowledge.from_dict(cap.gradients.metadata["knowledge"]))
-    leaked = lk.embedding_token_set(obs.gradients)
+    leaked = leaks.embedding_token_set(layout_for(target.model), obs.gradients)
     words = leaked[~torch.isin(leaked, torch.tensor([2, 3]))]  # [CLS]/[SEP] are fixed by the template
     problem = LampProblem(target, obs, observed=obs.gradients, distance="cosine", norm_weight=1.0,
                           prior=load_prior("none", target.tokenizer), prior_weight=0.0, discrete_every=0,
@@ -226,36 +229,35 @@ def test_layer_span_keeps_a_weakly_weighted_input():
     deltas = torch.randn(3 * H, r, generator=gen, dtype=torch.float64)
     deltas[:, -1] *= 3e-6
     G = (deltas @ inputs).float()
-    grads = {f"bert.encoder.layer.0.attention.self.{part}.weight": G[i * H:(i + 1) * H]
-             for i, part in enumerate(("query", "key", "value"))}
-    span = lk.layer_span(grads, 0)
+    span = leaks.rank_gap([G[i * H:(i + 1) * H] for i in range(3)], 0)  # query, key, value
     assert span.rank == r
     # float32 noise over a weak direction: the member's residual stays within the span's floor
     assert float(span.residual(inputs[-1:])) < span.floor < 0.01
 
 
 def test_found_sentence_is_subtracted_from_the_gradient(wide_target):
-    from textleak.attacks.exact import _Peeler
+    from textleak.attacks.exact.peeling import Peeler as _Peeler
 
     texts = ["the dog sat on the mat .", "a small bird sang"]
     cap = textleak.capture_gradients(wide_target, texts, labels=[1, 0])
     obs = Observation(cap.gradients.gradients, cap.gradients.metadata,
                       Knowledge.from_dict(cap.gradients.metadata["knowledge"]))
     first, second = cap.reference.token_ids
-    before = lk.layer_span(obs.gradients, 1).rank
+    layout = layout_for(wide_target.model)
+    before = leaks.layer_span(layout, obs.gradients, 1).rank
     lengths = [len(first), len(second)]
-    peeler = _Peeler(obs, wide_target.model, lengths, before)
+    peeler = _Peeler(obs, layout, lengths, before)
     rest = peeler.peel(first)
     span1, allowed = rest.span1, rest.allowed
     assert span1.rank == before - len(first)  # the label was found: the subtraction is exact
     assert peeler.labels == [1]
     assert allowed == set(second)  # tokens only the first sentence held are gone
-    assert all(float(r) < span1.floor for r in lk.sequence_residuals(wide_target.model, span1, [second]))
+    assert all(float(r) < span1.floor for r in leaks.sequence_residuals(layout, span1, [second]))
     wrong = list(first)
     wrong[2] = second[2]
     assert peeler.peel(wrong, last=True) is None  # a wrong sentence is refused, even as the last one
     assert peeler.peel(second, last=True) is not None and peeler.labels == [1, 0]
-    assert _Peeler(obs, wide_target.model, lengths, before).peel(wrong) is None
+    assert _Peeler(obs, layout, lengths, before).peel(wrong) is None
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +269,7 @@ def test_masked_lm_sentences_are_peeled_with_their_masked_tokens(wide_mlm_target
     """The masked-LM loss averages over every masked position of the batch: a found sentence's
     share needs its slot's masked positions and their tokens, which the peel reads off the
     prediction-head transform gradient; a wrong sentence is refused."""
-    from textleak.attacks.exact import _Peeler
+    from textleak.attacks.exact.peeling import Peeler as _Peeler
 
     texts = ["the dog sat on the mat .", "a small bird sang", "big red cat ran"]
     cap = textleak.capture_gradients(wide_mlm_target, texts, seed=2, mask_prob=0.3)
@@ -283,8 +285,9 @@ def test_masked_lm_sentences_are_peeled_with_their_masked_tokens(wide_mlm_target
     tb = build_batch(wide_mlm_target.tokenizer, texts, task="mlm", labels=None, num_labels=None, mask_prob=0.3,
                      max_positions=wide_mlm_target.max_positions, generator=torch.Generator().manual_seed(2))
     seen = [tb.input_ids[b, :n].tolist() for b, n in enumerate(tb.lengths)]
-    before = lk.layer_span(obs.gradients, 1).rank
-    peeler = _Peeler(obs, wide_mlm_target.model, tb.lengths, before, wide_mlm_target.tokenizer.mask_token_id)
+    layout = layout_for(wide_mlm_target.model)
+    before = leaks.layer_span(layout, obs.gradients, 1).rank
+    peeler = _Peeler(obs, layout, tb.lengths, before, wide_mlm_target.tokenizer.mask_token_id)
     wrong = list(seen[0])
     wrong[2] = seen[1][2]
     assert peeler.peel(wrong) is None
@@ -300,29 +303,29 @@ def test_slot_residuals_match_whole_sentence_residuals(wide_target):
     whole (partial) sentence."""
     texts = ["the dog sat on the mat .", "a small bird sang"]
     cap = textleak.capture_gradients(wide_target, texts, labels=[1, 0])
-    span1 = lk.layer_span(cap.gradients.gradients, 1)
-    model, seq = wide_target.model, cap.reference.token_ids[0]
+    model, seq = layout_for(wide_target.model), cap.reference.token_ids[0]
+    span1 = leaks.layer_span(model, cap.gradients.gradients, 1)
     p, options = 3, torch.tensor([seq[3], seq[5], 30])
-    in_context = lk.slot_residuals(model, span1, torch.tensor([seq[:p]]), options, seq[p + 1:])[0]
+    in_context = leaks.slot_residuals(model, span1, torch.tensor([seq[:p]]), options, seq[p + 1:])[0]
     whole = []
     for t in options.tolist():
         trial = list(seq)
         trial[p] = t
-        whole.append(float(lk.position_residuals(model, span1, trial)[p]))
+        whole.append(float(leaks.position_residuals(model, span1, trial)[p]))
     assert torch.allclose(in_context, torch.tensor(whole, dtype=in_context.dtype), rtol=1e-3, atol=1e-9)
     prefixes = torch.tensor([seq[:p], seq[1:p + 1]])
-    alone = lk.slot_residuals(model, span1, prefixes, options)
+    alone = leaks.slot_residuals(model, span1, prefixes, options)
     trials = torch.cat([torch.cat([prefixes.repeat_interleave(3, 0), options.repeat(2)[:, None]], 1)])
-    ref = lk.partial_residuals(model, span1, trials, torch.arange(p + 1).expand_as(trials))[:, -1].reshape(2, 3)
+    ref = leaks.partial_residuals(model, span1, trials, torch.arange(p + 1).expand_as(trials))[:, -1].reshape(2, 3)
     assert torch.allclose(alone, ref, rtol=1e-3, atol=1e-9)
-    with lk.layer0_table(model, 2):  # looked up, not recomputed: the same numbers, up to rounding
-        assert torch.allclose(lk.slot_residuals(model, span1, prefixes, options), alone, rtol=1e-5)
-        assert torch.allclose(lk.slot_residuals(model, span1, torch.tensor([seq[:p]]), options, seq[p + 1:])[0],
+    with leaks.layer0_table(model, 2):  # looked up, not recomputed: the same numbers, up to rounding
+        assert torch.allclose(leaks.slot_residuals(model, span1, prefixes, options), alone, rtol=1e-5)
+        assert torch.allclose(leaks.slot_residuals(model, span1, torch.tensor([seq[:p]]), options, seq[p + 1:])[0],
                               in_context, rtol=1e-5)
 
 
 def test_shifted_variants_keep_length_and_ends():
-    from textleak.attacks.exact import _shifted
+    from textleak.attacks.exact.sequences import shifted as _shifted
 
     seq = [101, 5, 6, 7, 8, 9, 102]
     variants = _shifted(seq, ends=True)
@@ -335,7 +338,7 @@ def test_shifted_variants_keep_length_and_ends():
 def test_declared_mask_positions_pick_the_slot_of_each_sentence():
     """Sentences of one length are assembled in any order; the masked-LM labels must be filled
     into the slot whose declared mask positions the sentence's [MASK] tokens occupy."""
-    from textleak.attacks.exact import _slots_by_masks
+    from textleak.attacks.exact.sequences import slots_by_masks as _slots_by_masks
 
     M = 103
     sequences = [[101, 5, M, 7, 102], [101, M, 8, 9, 102], [101, 4, 102]]
@@ -349,7 +352,8 @@ def test_word_move_places_a_word_split_in_pieces(tmp_path):
     """No piece of a word split in three ranks well while the other two are wrong (measured on
     MiniLM and RT; this small random model is less strict); `_anchor` tries each continuation
     piece as a word's last piece and re-chooses the pieces before it, which restores the word."""
-    from textleak.attacks.exact import Exact, _word_trials
+    from textleak.attacks.exact import Candidates, Exact, Search, WordMove
+    from textleak.attacks.exact.moves import word_trials
 
     target = _wide_model(tmp_path, "classify", ("mani", "##pu", "##lative", "ho", "##key"))
     tok = target.tokenizer
@@ -358,14 +362,18 @@ def test_word_move_places_a_word_split_in_pieces(tmp_path):
     cap = textleak.capture_gradients(target, texts, labels=[0, 1], seed=0)
     truth = cap.reference.token_ids[0]
     assert tok.convert_ids_to_tokens(truth[4:7]) == ["mani", "##pu", "##lative"]
-    span1 = lk.layer_span(cap.gradients.gradients, 1)
+    layout = layout_for(target.model)
+    span1 = leaks.layer_span(layout, cap.gradients.gradients, 1)
     options = sorted({t for s in cap.reference.token_ids for t in s} - {2, 3})
     miss = list(truth)
     miss[4:7] = truth[1:4]  # the word overwritten by a copy of the words before it
     pieces = {t for t in options if tok.convert_ids_to_tokens(t).startswith("##")}
-    trials = _word_trials(target.model, span1, lambda p, n=None: options, miss, True, pieces, worst=6)
+    trials = word_trials(layout, span1, lambda p, n=None: options, miss, True, pieces, worst=6)
     assert truth in trials  # the word's last piece placed, the two before it re-chosen in context
-    found, residual = Exact()._anchor(target.model, span1, lambda p, n=None: options, miss, True, pieces)
+    cands = Candidates([[(t, 0.0) for t in options]] * len(truth), {2, 3})
+    search = Search(Exact(), layout, tok, cands, [len(truth)], span1)
+    assert search.pieces == pieces
+    found, residual = WordMove()(search, miss)
     assert found == truth and span1.certifies(residual, len(truth))
 
 
@@ -377,7 +385,8 @@ def test_embedding_gradients_place_tokens_at_their_positions(wide_target, target
     cap = textleak.capture_gradients(wide_target, texts, labels=[0, 1, 1, 0], seed=1)
     ids, grads = cap.reference.token_ids, cap.gradients.gradients
     L = max(map(len, ids))
-    found = lk.token_positions(wide_target.model, grads, lk.embedding_token_set(grads).tolist(), L)
+    layout = layout_for(wide_target.model)
+    found = leaks.token_positions(layout, grads, leaks.embedding_token_set(layout, grads).tolist(), L)
     where: dict[int, set[int]] = {}
     for s in ids:
         for i, t in enumerate(s):
@@ -390,13 +399,13 @@ def test_embedding_gradients_place_tokens_at_their_positions(wide_target, target
     assert found.placed.get(vocab["dog"]) in (None, where[vocab["dog"]])  # at 2 positions: placed only if separated
     # noise hides the orthogonality: nothing is placed, nothing is barred
     noisy = {n: g + 1e-3 * torch.randn_like(g) * g.abs().max() if "embeddings" in n else g for n, g in grads.items()}
-    rows = noisy[lk.word_embedding_name(noisy)]
-    rows[(grads[lk.word_embedding_name(grads)].abs().sum(1) == 0)] = 0  # still sparse, as an untied head leaves it
-    blurred = lk.token_positions(wide_target.model, noisy, lk.embedding_token_set(noisy).tolist(), L)
+    rows = noisy[layout.word_embedding_name]
+    rows[(grads[layout.word_embedding_name].abs().sum(1) == 0)] = 0  # still sparse, as an untied head leaves it
+    blurred = leaks.token_positions(layout, noisy, leaks.embedding_token_set(layout, noisy).tolist(), L)
     assert not blurred.placed and all(s[i] in blurred.allowed[i] for s in ids for i in range(len(s)))
     # a tied masked-LM head writes to every row: nothing to read
     mlm = textleak.capture_gradients(targets["mlm"], texts[:2], seed=1)
-    assert lk.token_positions(targets["mlm"].model, mlm.gradients.gradients, [5, 6], L) is None
+    assert leaks.token_positions(layout_for(targets["mlm"].model), mlm.gradients.gradients, [5, 6], L) is None
 
 
 def test_exact_drops_a_wrong_placement_and_still_recovers(targets, monkeypatch):
@@ -404,7 +413,9 @@ def test_exact_drops_a_wrong_placement_and_still_recovers(targets, monkeypatch):
     once the search within the placements fails, it goes on over every layer-0 candidate."""
     texts = ["the big dog ran", "a small red bird sang ."]
     cap = textleak.capture_gradients(targets["classify"], texts, labels=[0, 1], seed=3)
-    real = lk.token_positions
+    from textleak.text.leaks import positions
+
+    real = positions.token_positions
 
     def misplaced(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -415,7 +426,7 @@ def test_exact_drops_a_wrong_placement_and_still_recovers(targets, monkeypatch):
             out.allowed[3].add(t)
         return out
 
-    monkeypatch.setattr(lk, "token_positions", misplaced)
+    monkeypatch.setattr(positions, "token_positions", misplaced)
     res = textleak.recover(gradients=cap.gradients, model=targets["classify"], attack="exact",
                            reference=cap.reference, unknown=["labels"], progress=False,
                            options={"widen": 1})
@@ -423,7 +434,7 @@ def test_exact_drops_a_wrong_placement_and_still_recovers(targets, monkeypatch):
 
 
 def test_a_miss_past_a_shorter_sentence_is_cut_to_it():
-    from textleak.attacks.exact import _cuts
+    from textleak.attacks.exact.sequences import cuts as _cuts
 
     miss = [101, 5, 6, 7, 42, 43, 102]  # a 5-token sentence [101, 5, 6, 7, 102] and two stray tokens
     assert _cuts(miss, [5, 7, 9], ends=True, sep_id=102) == [[101, 5, 6, 7, 102]]

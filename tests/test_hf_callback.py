@@ -40,7 +40,10 @@ def test_callback_writes_step_gradients_the_attacker_can_load(tiny_bert, tmp_pat
     assert [p.parent.name for p in callback.written] == ["step-2"]
     grads = textleak.load_gradients(callback.written[0])
     meta = grads.metadata
-    assert meta["capture"]["gradient_accumulation_steps"] == 2 and meta["capture"]["max_grad_norm"] == 1.0
+    shared = meta["capture"]
+    assert shared["accumulation"] == {"steps": 2} and shared["clipping"]["max_norm"] == 1.0
+    assert shared["mode"] == "train" and shared["dropout"]["hidden_dropout_prob"] == 0.1
+    assert shared["precision"] == "float32" and shared["victim"]["step"] == 2
     assert meta["knowledge"]["batch_size"] == 2
     norm = sum(float(g.pow(2).sum()) for g in grads.gradients.values()) ** 0.5
     assert norm <= 1.0 + 1e-4  # recorded after clipping

@@ -47,7 +47,8 @@ def fake_results(folder: Path) -> dict:
                 w.append({**base, "key": f"attack|{a}|{d}|{s}|0", "kind": "attack", "attack": a, "method": a,
                           "sentence": s, "seed": 0, "batch_size": 1, "references": [REF], "recovered": [rec],
                           "metrics": {"rouge1": r, "rouge2": r / 2, "rougeL": r},
-                          "per_example": [{"reference_index": 0, "prediction_index": 0, "rouge1": r, "rouge2": r / 2}],
+                          "per_example": [{"reference_index": 0, "prediction_index": 0, "rouge1": r, "rouge2": r / 2,
+                                           "exact_match": r == 1.0}],
                           "seconds": 1.0})
     return merge(folder)
 
@@ -68,6 +69,29 @@ def test_highlight_marks_only_words_of_the_reference():
     out = highlight("The acting <is> awful awful", "the acting is superb .")
     assert out == "<mark>The</mark> <mark>acting</mark> <mark>&lt;is&gt;</mark> awful awful"
     assert highlight("the the", "the") == "<mark>the</mark> the"
+
+
+def test_the_report_opens_with_the_answer(tmp_path):
+    from textleak.report.summary import answer_html, audit_answer
+
+    merged = fake_results(tmp_path)
+    a = audit_answer(merged)
+    assert a["attack"] == "strong" and a["undefended"]["exact"] == 2 and a["undefended"]["sentences"] == 2
+    md = render_markdown(merged)
+    assert md.index("## The answer") < md.index("| defence |")
+    assert "an attacker recovers 100% of the words and 2/2 sentences exactly (attack strong)" in md
+    assert ("What stops it: prune:0.7 brings ROUGE-1 down to 0.40 (below 0.5); it costs 6.0 accuracy points "
+            "(0.800 undefended, 0.740 with it).") in md
+    assert "Example. Private: \"the acting is superb .\"" in md and "time budget" not in md
+    page = write_report(merged, tmp_path / "rep")["html"].read_text(encoding="utf-8")
+    assert page.index("<section id='answer'>") < page.index("<h2>Figures</h2>")
+    assert "<tr class=stops><td>prune:0.7</td><td>40%</td><td>0/2</td><td>0.740</td><td>6.0</td>" in page
+    merged["units"][0]["budget"] = {"seconds": 5, "used": 5.1, "ran_out": True}
+    assert "1 of 28 attacks ran out of their time budget" in answer_html(merged)
+    for u in merged["units"]:
+        if u["defence"] == "prune:0.7":
+            u["budget"] = {"seconds": 5, "used": 5.1, "ran_out": True}
+    assert "But 2 of its attacks ran out of their time budget" in answer_html(merged)
 
 
 def test_markdown_summary(tmp_path):
@@ -104,7 +128,8 @@ CHECK = """<script>window.addEventListener('load', () => {
   const imgs = [...document.images];
   const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
   const p = document.createElement('p'); p.id = 'figcheck';
-  p.textContent = `FIGURES-LOADED ${ok}/${imgs.length}`; document.body.appendChild(p);
+  const top = Math.round(document.getElementById('answer').getBoundingClientRect().top);
+  p.textContent = `FIGURES-LOADED ${ok}/${imgs.length} ANSWER-TOP ${top}`; document.body.appendChild(p);
 });</script></body>"""
 
 
@@ -123,9 +148,12 @@ def test_report_renders_in_headless_chromium(tmp_path):
              "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
     dom = subprocess.run(flags + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
     assert "FIGURES-LOADED 3/3" in dom.stdout, dom.stderr[-2000:]
-    shot = tmp_path / "shot.png"
+    top = int(re.search(r"ANSWER-TOP (-?\d+)", dom.stdout).group(1))
+    assert 0 < top < 200  # the answer opens the page, right under the title
+    shot = tmp_path / "report-screenshot.png"  # a test artefact: look at it
     subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,1600", paths["html"].as_uri()],
                    capture_output=True, text=True, timeout=120)
+    print(f"report screenshot: {shot}")
     from PIL import Image
 
     colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)

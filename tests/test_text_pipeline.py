@@ -116,7 +116,7 @@ def test_masked_lm_dummy_loss_equals_the_models_own_loss(request, family_fixture
     problem = target.matching_problem(Observation(cap.gradients.gradients, meta, Knowledge.from_dict(meta["knowledge"])))
     ids = torch.tensor(cap.reference.masked_input_ids)
     variables = {"embeddings": target.model.get_input_embeddings().weight[ids].detach()}
-    assert float(problem.loss(variables).detach()) == pytest.approx(meta["capture"]["loss_value"], rel=1e-5)
+    assert float(problem.loss(variables).detach()) == pytest.approx(meta["capture"]["victim"]["loss_value"], rel=1e-5)
     grads = problem.gradients(variables)
     for name, g in zip(problem.names, grads):
         assert torch.allclose(g, cap.gradients.gradients[name], atol=1e-5), name

@@ -2,27 +2,25 @@
 
 `capture_gradients` returns a `Capture`: a `GradientFile` (what is shared, plus the declared
 knowledge) and a `Reference` (the private batch, for scoring only). `Capture.save(path)` writes
-them to `path` and `<stem>.reference.json` beside it.
+them to `path` and `<stem>.reference.json` beside it. The capture is assembled by the one
+builder every victim uses (`textleak.capturing`), which also documents the metadata it records.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
-from .core.seeding import model_mode
+from .capturing import (DEFAULT_DECLARED, CaptureBuilder, TrainingStep, check_declared, dropout_rates,
+                        step_gradients, text_facts, text_reference)
+from .capturing import DECLARABLE, declared_knowledge, parameter_gradients  # noqa: F401  (their old home)
+from .core.device import on_device, resolve_device
 from .errors import InputError
-from .gradients import GradientFile, check_finite
-from .threat import Knowledge, Reference
-from .versions import versions
-
-DECLARABLE = ("batch_size", "seq_lengths", "labels", "mask_positions")
-DEFAULT_DECLARED = ("batch_size", "seq_lengths", "mask_positions")
+from .gradients import GradientFile
+from .threat import Reference
 
 
 @dataclass
@@ -43,35 +41,12 @@ def reference_path(grads_path: str | Path) -> Path:
     return p.with_name(p.stem + ".reference.json")
 
 
-def parameter_gradients(loss: torch.Tensor, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """d loss / d parameter for every trainable parameter, leaving the model's .grad untouched."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
-    return {n: g.detach().clone() for (n, _), g in zip(named, grads) if g is not None}
-
-
-def metadata_for(*, modality: str, spec: Mapping[str, Any], knowledge: Knowledge,
-                 capture: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    meta = {"modality": modality, "model": dict(spec), "knowledge": knowledge.to_dict(),
-            "capture": dict(capture), "extra": dict(extra or {}), "versions": versions(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    # The same plain-JSON values in memory as after a save/load round trip.
-    return json.loads(json.dumps(meta))
-
-
-def declared_knowledge(facts: Mapping[str, Any], declare: Iterable[str]) -> Knowledge:
-    declare = tuple(declare)
-    bad = [d for d in declare if d not in DECLARABLE]
-    if bad:
-        raise InputError(f"cannot declare {bad[0]!r}; declarable: {', '.join(DECLARABLE)}")
-    return Knowledge.from_dict({k: v for k, v in facts.items() if k in declare})
-
-
 def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
                       tokenizer: Any = None, task: str | None = None,
                       labels: Sequence[int] | None = None, mask_prob: float = 0.15,
                       num_labels: int = 2, seed: int = 0, head_seed: int = 0,
-                      declare: Iterable[str] = DEFAULT_DECLARED, defence: Any = None) -> Capture:
+                      declare: Iterable[str] = DEFAULT_DECLARED, defence: Any = None,
+                      step: TrainingStep | None = None, device: Any = "auto") -> Capture:
     """Gradient of one training step on `batch` (a list of sentences).
 
     model: a model name or folder (None: the packaged MiniLM), a `TextTarget`, or an HF model
@@ -81,62 +56,57 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
     declare: which facts the attacker is assumed to know (see `threat.Knowledge`).
     defence: a spec such as "noise:1e-3" or a `textleak.defences.Defence` applied to what is
         shared (recorded under the metadata's `capture.defence`); None shares the plain gradient.
+    step: the training protocol (`TrainingStep`: mode, precision, clipping, padding); default
+        eval mode, float32, unclipped, padded to the longest sentence.
+    device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N": where the step runs (the
+        model is moved there for the step and back); the gradients are returned on the CPU.
     """
     from .text.batch import build_batch
-    from .text.models import TextTarget, load_text_model, target_from_model
 
     if batch is None:
         raise InputError("no text given")
     if isinstance(batch, str):
         batch = [batch]
-    if isinstance(model, TextTarget):
-        target = model
-    elif model is None or isinstance(model, (str, Path)):
-        target = load_text_model(None if model is None else str(model), task=task or "mlm",
-                                 num_labels=num_labels, head_seed=head_seed)
-    else:
-        if tokenizer is None:
-            raise InputError("pass the tokenizer with a model object")
-        target = target_from_model(model, tokenizer, task=task)
+    step = step or TrainingStep()
+    check_declared(declare)
+    device = resolve_device(device)
+    target = _text_target(model, tokenizer, task, num_labels, head_seed)
     task = target.spec.task
-    gen = torch.Generator().manual_seed(seed)
-    tb = build_batch(target.tokenizer, batch, task=task, labels=labels,
-                     num_labels=target.spec.num_labels, mask_prob=mask_prob,
-                     max_positions=target.max_positions, generator=gen)
+    tb = build_batch(target.tokenizer, batch, task=task, labels=labels, num_labels=target.spec.num_labels,
+                     mask_prob=mask_prob, max_positions=target.max_positions,
+                     generator=torch.Generator().manual_seed(seed), pad_to=step.pad_to)
     if defence is not None:
         from .defences import parse_defence
 
         defence = parse_defence(defence)
-    with model_mode(target.model, train=False), torch.enable_grad():
-        loss = target.model(**tb.model_inputs(), labels=tb.labels).loss
-        if defence is None:
-            grads = parameter_gradients(loss, target.model)
-        else:
-            from .defences import shared_gradients
+    inputs = {k: v.to(device) for k, v in tb.model_inputs().items()}
+    hf_labels = tb.labels.to(device)
 
-            def loss_of(rows: Sequence[int]) -> torch.Tensor:
-                inputs = {k: v[list(rows)] for k, v in tb.model_inputs().items()}
-                return target.model(**inputs, labels=tb.labels[list(rows)]).loss
+    def loss_of(rows: Sequence[int]) -> torch.Tensor:
+        rows = list(rows)
+        return target.model(**{k: v[rows] for k, v in inputs.items()}, labels=hf_labels[rows]).loss
 
-            grads = shared_gradients(defence, target.model, loss_of, len(tb.lengths),
-                                     torch.Generator().manual_seed(seed))
-    check_finite(grads, source="the captured gradient")
-    if task == "classify":
-        true_labels: list[Any] = tb.labels.tolist()
-    else:
-        true_labels = [[int(tb.original_ids[b, p]) for p in pos] for b, pos in enumerate(tb.mask_positions)]
-    facts = {"batch_size": len(tb.lengths), "seq_lengths": tb.lengths, "labels": true_labels,
-             "mask_positions": tb.mask_positions}
-    knowledge = declared_knowledge(facts, declare if task == "mlm" else
-                                   [d for d in declare if d != "mask_positions"])
-    meta = metadata_for(
-        modality="text", spec=target.spec.to_dict(), knowledge=knowledge,
-        capture={"source": "capture_gradients", "loss": "HF mean cross-entropy",
-                 "mode": "eval (dropout off)", "seed": seed, "mask_prob": mask_prob if task == "mlm" else None,
-                 "loss_value": float(loss.detach()),
-                 **({"defence": defence.describe()} if defence is not None else {})})
-    reference = Reference(
-        modality="text", texts=list(batch), labels=true_labels,
-        token_ids=[tb.original_ids[b, :n].tolist() for b, n in enumerate(tb.lengths)],
-        masked_input_ids=[tb.input_ids[b, :n].tolist() for b, n in enumerate(tb.lengths)])
-    return Capture(GradientFile(grads, meta), reference)
+    with on_device(target.model, device):
+        grads, loss, clipped = step_gradients(target.model, loss_of, len(tb.lengths), step=step, defence=defence,
+                                              seed=seed)
+    facts, original = text_facts(tb.input_ids, tb.attention_mask, tb.labels, task)
+    builder = CaptureBuilder(
+        "text", "capture_gradients", target.spec.to_dict(), facts,
+        declare=declare, step=step, dropout=dropout_rates(target.model), clipped=clipped, defence=defence,
+        padding={"side": target.tokenizer.padding_side, "length": step.pad_to},
+        victim={"seed": seed, "mask_prob": mask_prob if task == "mlm" else None, "loss_value": loss})
+    reference = text_reference(original, tb.input_ids, tb.attention_mask, facts.get("labels", []), batch)
+    return builder.build(grads, reference)
+
+
+def _text_target(model: Any, tokenizer: Any, task: str | None, num_labels: int, head_seed: int):
+    from .text.models import TextTarget, load_text_model, target_from_model
+
+    if isinstance(model, TextTarget):
+        return model
+    if model is None or isinstance(model, (str, Path)):
+        return load_text_model(None if model is None else str(model), task=task or "mlm",
+                               num_labels=num_labels, head_seed=head_seed)
+    if tokenizer is None:
+        raise InputError("pass the tokenizer with a model object")
+    return target_from_model(model, tokenizer, task=task)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .core.device import CHOICES as DEVICES, resolve_device
 from .errors import InputError, TextleakError
 
 DEMO_SENTENCE = "We invite submissions for the Thirty-Third Annual Conference on Neural Information Processing Systems."
@@ -46,12 +47,26 @@ def _batches(texts: list[str], labels: list[int] | None, size: int | None):
         yield texts[start:start + size], (labels[start:start + size] if labels else None)
 
 
+#: --precision spellings -> `TrainingStep.precision`
+PRECISION_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16",
+                   "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def _training_step(args: argparse.Namespace):
+    """The capture's training protocol from --train-mode, --clip, --precision, --pad-to."""
+    from .capturing import TrainingStep
+
+    return TrainingStep(mode="train" if args.train_mode else "eval", precision=PRECISION_NAMES[args.precision],
+                        clip=args.clip, pad_to=args.pad_to)
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
     from .capture import capture_gradients
     from .text.models import load_text_model
 
     if args.image or args.dataset:
         return cmd_capture_image(args)
+    device = resolve_device(args.device)  # a GPU asked for and missing fails before any work
     texts = _read_texts(args)
     if args.labels is not None and len(args.labels) != len(texts):
         raise InputError(f"{len(args.labels)} labels for {len(texts)} texts")
@@ -66,8 +81,10 @@ def cmd_capture(args: argparse.Namespace) -> int:
     out = Path(args.out)
     paths = [out] if len(batches) == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(len(batches))]
     # Capture every batch before writing any file, so bad input leaves nothing behind.
+    step = _training_step(args)
     captures = [capture_gradients(target, b, labels=y, mask_prob=args.mask_prob, seed=args.seed + i,
-                                  declare=args.declare, defence=defence) for i, (b, y) in enumerate(batches)]
+                                  declare=args.declare, defence=defence, device=device, step=step)
+                for i, (b, y) in enumerate(batches)]
     for cap, path in zip(captures, paths):
         g, r = cap.save(path)
         print(f"wrote {g} ({len(cap.gradients.gradients)} parameters, batch {len(cap.reference.texts)}) "
@@ -80,6 +97,7 @@ def cmd_capture_image(args: argparse.Namespace) -> int:
     from .image.capture import capture_image_gradients, collect_images, image_target
     from .image.data import LabelledImages, load_dataset_images
 
+    device = resolve_device(args.device)
     target = image_target(args.model, num_classes=args.num_labels, channels=args.channels, size=args.image_size,
                           init_seed=args.init_seed)
     if args.dataset:
@@ -98,7 +116,7 @@ def cmd_capture_image(args: argparse.Namespace) -> int:
     captures = [capture_image_gradients(target, LabelledImages(found.images[a:a + size], found.labels[a:a + size],
                                                                found.names[a:a + size]),
                                         labels=args.labels[a:a + size] if args.labels else None,
-                                        declare=args.declare) for a in starts]
+                                        declare=args.declare, device=device) for a in starts]
     for cap, path in zip(captures, paths):
         g, r = cap.save(path)
         print(f"wrote {g} ({target.spec.name} {'x'.join(map(str, target.input_shape))}, init seed "
@@ -108,8 +126,11 @@ def cmd_capture_image(args: argparse.Namespace) -> int:
 
 
 def _attack_options(args: argparse.Namespace) -> dict:
+    from .attacks.base import parse_options
+
     keys = ("steps", "restarts", "optimizer", "lr", "distance", "decode", "tv")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    options = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    return parse_options(getattr(args, "option", None) or (), options)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -124,7 +145,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
     result = recover(gradients=args.grads, model=args.model, attack=args.attack, reference=args.reference,
                      unknown=args.unknown or (), options=_attack_options(args), seed=args.seed,
                      checkpoint=args.checkpoint or str(Path(args.grads).with_suffix(".ckpt")),
-                     resume=args.resume, progress=not args.quiet)
+                     resume=args.resume, progress=not args.quiet, device=args.device, budget=args.budget)
+    if (result.assumed or {}).get("training"):
+        print(f"textleak: note: {result.assumed['training']}", file=sys.stderr)
     print(result.summary())
     if args.out and Path(args.out).suffix.lower() in IMAGE_OUTPUTS:
         from .report.images import save_images
@@ -152,11 +175,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .text.models import load_text_model
 
     text = args.text or DEMO_SENTENCE
+    device = resolve_device(args.device)
     print(f"capturing a masked-LM gradient of: {text}")
     target = load_text_model(args.model, task="mlm")
-    cap = capture_gradients(target, [text], seed=args.seed)
+    cap = capture_gradients(target, [text], seed=args.seed, device=device)
     result = recover(gradients=cap.gradients, model=target, attack=args.attack, reference=cap.reference,
-                     seed=args.seed, options=_attack_options(args), progress=not args.quiet)
+                     seed=args.seed, options=_attack_options(args), progress=not args.quiet, device=device)
     print(f"original : {text}")
     print(result.summary())
     return 0
@@ -166,11 +190,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """Run this shard's units of a sweep spec (JSON), or merge all shards' results."""
     from .sweep import SweepSpec, merge, run_sweep
 
+    device = resolve_device(args.device)
     if not args.merge:
         spec = SweepSpec.load(args.spec) if args.spec else None
         if spec is None:
             raise InputError("give --spec (a sweep spec JSON), or --merge to merge existing results")
-        summary = run_sweep(spec, args.out, backend=args.backend,
+        summary = run_sweep(spec, args.out, backend=args.backend, device=device,
                             progress=None if args.quiet else (lambda m: print(m, flush=True)))
         print(f"shard {summary.rank}/{summary.world_size}: {summary.mine} units, {summary.skipped} already done, "
               f"ran {summary.ran}; results in {summary.results}")
@@ -185,7 +210,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .report import write_report
     from .sweep import SweepSpec, merge, run_sweep, strongest_attack
     from .data import read_sentences
+    from .pacing import clock
 
+    device = resolve_device(args.device)
     defences = list(dict.fromkeys(["none"] + [parse_defence(d).spec for d in args.defence]))
     rows = read_sentences(args.data)
     task = args.task or ("classify" if all(y is not None for _, y in rows) else "mlm")
@@ -211,13 +238,28 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .sweep import completed
 
     pending = len([u for u in spec.units() if u["key"] not in (completed(out / "results") if out.exists() else {})])
-    print(f"{len(spec.units())} units: {len(spec.units()) - pending} done, {pending} to run")
-    run_sweep(spec, out / "results", backend=args.backend, progress=say)
+    pacer, runner = _audit_pacing(args, pending, say)
+    print(f"{len(spec.units())} units: {len(spec.units()) - pending} done, {pending} to run; {pacer.describe()}")
+    run_sweep(spec, out / "results", backend=args.backend, progress=pacer.say, runner=runner, device=device)
+    print(f"attacks and utility runs took {clock(pacer.elapsed())}")
     merged = merge(out / "results")
     paths = write_report(merged, out, threshold=args.threshold)
     print(paths["summary"])
     print(f"wrote {paths['html']}, {paths['markdown']} and {len(paths['figures'])} figures in {out / 'figures'}")
     return 0
+
+
+def _audit_pacing(args: argparse.Namespace, pending: int, say):
+    """--budget (whole audit) and --unit-budget (per unit) as a Pacer and the sweep runner."""
+    from .pacing import Pacer, fixed_share
+    from .sweep import run_unit
+
+    pacer = Pacer(total=args.budget, per_unit=args.unit_budget, units=pending,
+                  say=None if args.quiet else say)
+    if args.backend == "ray":  # units run in other processes: a fixed share each
+        share = pacer.share()
+        return pacer, fixed_share(run_unit, share)
+    return pacer, pacer.runner(run_unit)
 
 
 def _sibling_train(data: str) -> str | None:
@@ -280,7 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="facts the attacker is assumed to know")
     c.add_argument("--defence", metavar="SPEC", help="defence applied to what is shared, e.g. noise:1e-3, "
                    "laplace:1e-2, prune:0.5, fp16, bf16, int8, dpsgd:1.0,1.1, fedavg:4, batch:8")
+    c.add_argument("--train-mode", action="store_true",
+                   help="take the step in train mode (the model's dropout active), as a Trainer does")
+    c.add_argument("--clip", type=float, metavar="NORM", help="clip the gradient to this global L2 norm "
+                   "(the Trainer's max_grad_norm, default 1.0 there)")
+    c.add_argument("--precision", choices=sorted(PRECISION_NAMES), default="float32",
+                   help="autocast dtype of the forward pass (bf16/fp16 as TrainingArguments' bf16=/fp16=True)")
+    c.add_argument("--pad-to", type=int, metavar="N", help="pad every sentence to N tokens (default: the longest)")
     c.add_argument("--out", required=True, help="gradient file (.pt or .safetensors)")
+    _device_argument(c)
     c.set_defaults(func=cmd_capture)
 
     r = sub.add_parser("recover", help="recover the private text behind a gradient file")
@@ -302,10 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--checkpoint", help="checkpoint file (default: <grads>.ckpt)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    r.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="wall-time limit of the attack: past it the best guess so far is returned, marked as such")
     r.add_argument("--out", help="write the result as JSON, or the recovered image(s) for .png/.jpg")
     r.add_argument("--figure", help="images: write a PNG grid of ground truth and reconstruction over iterations")
     r.add_argument("--report", help="write a report (.md or .html)")
+    r.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="any setting of the attack (value as JSON, else text), e.g. prior=none; for auto, "
+                        "a stage's setting: exact.widen=2, lamp.prior=none (repeat for more)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    _device_argument(r)
     r.set_defaults(func=cmd_recover)
 
     d = sub.add_parser("demo", help="capture and recover a built-in sentence on the packaged MiniLM")
@@ -319,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--distance")
     d.add_argument("--decode", choices=["cosine", "l2"])
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--option", action="append", metavar="KEY=VALUE", help="as for recover")
     d.add_argument("--quiet", action="store_true")
+    _device_argument(d)
     d.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("sweep", help="run (this shard of) a sweep spec, resumably; or merge its results")
@@ -328,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=["local", "ray"], default="local")
     s.add_argument("--merge", action="store_true", help="only merge all shards' results into table.json/.csv")
     s.add_argument("--quiet", action="store_true")
+    _device_argument(s)
     s.set_defaults(func=cmd_sweep)
 
     a = sub.add_parser("audit", help="attack under each defence, measure accuracy, write an HTML/Markdown report")
@@ -346,13 +405,23 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-utility", action="store_true", help="skip the accuracy runs")
     a.add_argument("--threshold", type=float, default=0.5, help="ROUGE-1 below which a setting defends")
     a.add_argument("--backend", choices=["local", "ray"], default="local")
+    a.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="wall time for all attacks and accuracy runs together: each unit gets the time left "
+                        "divided by the units left, so quick units leave time to slow ones")
+    a.add_argument("--unit-budget", type=float, metavar="SECONDS", help="wall-time cap of each unit")
     a.add_argument("--out", required=True, help="report folder (results/ inside it resume)")
     a.add_argument("--quiet", action="store_true", help="no per-unit progress lines")
+    _device_argument(a)
     a.set_defaults(func=cmd_audit)
 
     e = sub.add_parser("env", help="versions, default model and device (for bug reports)")
     e.set_defaults(func=cmd_env)
     return p
+
+
+def _device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", metavar="{" + ",".join(DEVICES) + ",cuda:N}",
+                        help="where the work runs (default auto: CUDA when present, else the CPU)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

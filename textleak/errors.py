@@ -23,6 +23,10 @@ class MissingKnowledgeError(TextleakError):
     """The attack needs something the attacker was not declared to know or observe."""
 
 
+class UnsupportedModelError(TextleakError):
+    """The model's architecture has no layout (textleak.text.layouts), or lacks what its layout names."""
+
+
 class Interrupted(TextleakError):
     """A long run was stopped (Ctrl-C); its checkpoint lets `--resume` continue."""
 

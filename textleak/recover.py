@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .attacks import ATTACKS
+from .attacks.base import configure, preflight
+from .core.device import on_device, resolve_device
+from .core.budget import Budget, time_budget
 from .errors import InputError
 from .gradients import GradientFile, load_gradients
 from .modalities import modality
 from .result import RecoveryResult
-from .threat import Knowledge, Observation, Reference
+from .threat import Observation, Reference
 from .versions import versions
 
 
@@ -19,16 +22,25 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
             reference: Reference | str | Path | None = None, unknown: Iterable[str] = (),
             options: Mapping[str, Any] | None = None, seed: int = 0,
             checkpoint: str | Path | None = None, resume: bool = False,
-            progress: bool = True) -> RecoveryResult:
+            progress: bool = True, device: Any = "auto", budget: float | None = None) -> RecoveryResult:
     """Recover the private batch behind `gradients`.
 
     gradients: a GradientFile or a path to one. model: None (the model the file names), a name or
     folder, or a target object. attack: a name in `ATTACKS`. reference: ground truth for scoring
     only (a Reference, a reference JSON, or a text file of sentences). unknown: declared facts to
-    withdraw from the attacker (e.g. "labels"). options: the attack's own settings (steps, lr...).
+    withdraw from the attacker (e.g. "labels"). options: the attack's own settings (steps, lr...;
+    for `auto`, also each stage's settings by name: {"exact": {...}, "lamp": {...}}).
     checkpoint/resume: where to keep progress, and whether to continue from it.
+    device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N": where the attack runs (the
+    model is moved there for the attack and back).
+    budget: wall-time limit of the attack in seconds (None: only an enclosing `time_budget`
+    applies). When it runs out the attack returns its best guess so far; the result records
+    `details["budget"]` ({"seconds", "used", "ran_out"}) and `details["certified"]` (whether a
+    certificate vouches for the guess: only exact recovery gives one).
     """
     t0 = time.perf_counter()
+    device = resolve_device(device)
+    Budget(budget)  # a bad limit fails before any work
     source = None
     if not isinstance(gradients, GradientFile):
         source = str(gradients)
@@ -37,31 +49,39 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
     attack_cls = ATTACKS.get(attack)
     if mod.name not in attack_cls.modalities:
         raise InputError(f"attack {attack!r} does not handle {mod.name}; it handles {', '.join(attack_cls.modalities)}")
-    try:
-        attacker = attack_cls(seed=seed, **dict(options or {}))
-    except TypeError as exc:
-        raise InputError(f"bad option for attack {attack!r}: {exc}") from None
+    attacker = configure(attack, seed, options)
     ref = _reference(reference, mod) if reference is not None else None  # fail early, before the work
-    target = mod.load_target(model, gradients.metadata)
-    mod.check(target, gradients.metadata, gradients.gradients)
-    knowledge = Knowledge.from_dict(gradients.metadata["knowledge"]).without(*unknown)
-    observation = Observation(gradients.gradients, gradients.metadata, knowledge)
+    observation = Observation.from_file(gradients, unknown=unknown, device=device)  # the attacker's view
+    target = mod.load_target(model, observation.metadata)
+    mod.check(target, observation.metadata, gradients.gradients)
     t1 = time.perf_counter()
-    output = attacker.run(observation, target, checkpoint=checkpoint, resume=resume, progress=progress)
+    with on_device(target.model, device), time_budget(budget) as limit:
+        preflight(attacker, observation, target)
+        output = attacker.run(observation, target, checkpoint=checkpoint, resume=resume, progress=progress)
+        spent = limit.describe()
     t2 = time.perf_counter()
+    return _result(attack, seed, mod, gradients, source, observation, output, ref, target,
+                   {"load": t1 - t0, "attack": t2 - t1}, device, spent)
+
+
+def _result(attack: str, seed: int, mod, gradients: GradientFile, source: str | None, observation: Observation,
+            output, ref: Reference | None, target: Any, timings: dict[str, float], device,
+            spent: dict[str, Any]) -> RecoveryResult:
     outcome = output.outcome
     best = outcome.snapshots[outcome.restart] if outcome else []
     result = RecoveryResult(
         attack=attack, method=output.method, modality=mod.name, prediction=output.prediction,
-        knowledge=knowledge.to_dict(), assumed=output.assumed, config=output.config, seed=seed,
+        knowledge=observation.knowledge.to_dict(), assumed=output.assumed, config=output.config, seed=seed,
         model=dict(gradients.metadata["model"]), gradient_file=source,
         distance=outcome.distance if outcome else None,
         history=outcome.history[outcome.restart] if outcome else [], snapshots=best,
-        timings={"load": t1 - t0, "attack": t2 - t1}, versions=versions(), details=output.details,
+        timings=timings, versions=versions(), details=output.details,
     )
-    defence = gradients.metadata.get("capture", {}).get("defence")
-    if defence:  # the attacker is told what the victim applied (it matches the defended gradient as is)
-        result.details["defence"] = defence
+    result.details["device"] = str(device)
+    if observation.defence:  # the attacker is told what the victim applied (it matches the defended gradient as is)
+        result.details["defence"] = observation.defence
+    result.details["budget"] = spent
+    result.details["certified"] = bool(result.details.get("certified", False))
     if outcome:
         result.details.update(restarts_diverged=sum(outcome.diverged), evaluations=outcome.evaluations,
                               resumed=outcome.resumed)

@@ -204,9 +204,10 @@ class JsonlAppender:
 class UnitContext:
     """What a process keeps between units: the loaded model and the sentences."""
 
-    def __init__(self, spec: SweepSpec, out_dir: Path):
+    def __init__(self, spec: SweepSpec, out_dir: Path, device: Any = "auto"):
         self.spec = spec
         self.out_dir = out_dir
+        self.device = device
         self._target = None
         self._rows: list[tuple[str, int | None]] | None = None
 
@@ -248,14 +249,15 @@ def run_unit(spec: SweepSpec, unit: dict[str, Any], ctx: UnitContext) -> dict[st
     texts = [s for s, _ in batch]
     labels = [int(y) for _, y in batch] if spec.task == "classify" else None
     target = ctx.target()
-    cap = capture_gradients(target, texts, labels=labels, seed=unit["seed"], defence=defence)
+    cap = capture_gradients(target, texts, labels=labels, seed=unit["seed"], defence=defence, device=ctx.device)
     result = recover(gradients=cap.gradients, model=target, attack=unit["attack"], reference=cap.reference,
                      unknown=spec.unknown, options=spec.attack_options.get(unit["attack"]), seed=unit["seed"],
-                     progress=False)
+                     progress=False, device=ctx.device)
     return {**base, "attack": unit["attack"], "method": result.method, "sentence": unit["sentence"],
             "seed": unit["seed"], "batch_size": len(texts), "references": texts, "recovered": result.texts,
             "metrics": result.metrics["mean"], "per_example": result.metrics["per_example"],
             "distance": result.distance, "seconds": time.perf_counter() - t0, "config": result.config,
+            "certified": result.details.get("certified"), "budget": result.details.get("budget"),
             "versions": result.versions}
 
 
@@ -275,8 +277,9 @@ Runner = Callable[[SweepSpec, dict[str, Any], UnitContext], dict[str, Any]]
 
 def run_sweep(spec: SweepSpec, out_dir: str | Path, *, rank: int | None = None, world_size: int | None = None,
               backend: str = "local", runner: Runner = run_unit,
-              progress: Callable[[str], None] | None = None) -> SweepSummary:
-    """Run this shard's pending units; every finished one is on disk before the next starts."""
+              progress: Callable[[str], None] | None = None, device: Any = "auto") -> SweepSummary:
+    """Run this shard's pending units; every finished one is on disk before the next starts.
+    device: where each unit's capture and attack run ("auto", "cpu", "cuda", "cuda:N")."""
     spec.validate()
     if backend not in ("local", "ray"):
         raise InputError(f"unknown sweep backend {backend!r}; choose local or ray")
@@ -291,9 +294,9 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, rank: int | None = None, 
     path = out / f"results-{rank:03d}-of-{world_size:03d}.jsonl"
     writer = JsonlAppender(path)
     if backend == "ray":
-        _run_ray(spec, out, todo, writer, progress)
+        _run_ray(spec, out, todo, writer, progress, runner, str(device))
     else:
-        ctx = UnitContext(spec, out)
+        ctx = UnitContext(spec, out, device)
         for i, unit in enumerate(todo, 1):
             record = runner(spec, unit, ctx)
             writer.append(record)
@@ -329,20 +332,22 @@ def _claim(out: Path, spec: SweepSpec) -> None:
     atomic_write_text(path, json.dumps(mine, indent=1))
 
 
-def _ray_unit(spec_dict: dict[str, Any], unit: dict[str, Any], out_dir: str) -> dict[str, Any]:
+def _ray_unit(runner: Runner, spec_dict: dict[str, Any], unit: dict[str, Any], out_dir: str,
+              device: str = "auto") -> dict[str, Any]:
     spec = SweepSpec.from_dict(spec_dict)
-    return run_unit(spec, unit, UnitContext(spec, Path(out_dir)))
+    return runner(spec, unit, UnitContext(spec, Path(out_dir), device))
 
 
 def _run_ray(spec: SweepSpec, out: Path, todo: list[dict[str, Any]], writer: JsonlAppender,
-             progress: Callable[[str], None] | None) -> None:
+             progress: Callable[[str], None] | None, runner: Runner = run_unit, device: str = "auto") -> None:
     try:
         import ray
     except ImportError:
         raise InputError("the ray backend needs Ray: pip install 'textleak[ray]'") from None
     ray.init(ignore_reinit_error=True)
-    remote = ray.remote(_ray_unit)
-    pending = {remote.remote(spec.to_dict(), unit, str(out)): unit for unit in todo}
+    # a Ray task sees a GPU only when it asks for one
+    remote = ray.remote(num_gpus=1 if device.startswith("cuda") else 0)(_ray_unit)
+    pending = {remote.remote(runner, spec.to_dict(), unit, str(out), device): unit for unit in todo}
     finished = 0
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)

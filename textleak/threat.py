@@ -3,14 +3,36 @@
 An attack receives an `Observation`: the shared gradients, the public description of the model
 and what the attacker is *declared* to know (`Knowledge`). The private batch lives in a
 `Reference`, which only scoring reads; attacks never receive one.
+
+The attacker's view is built, not filtered: `Observation` copies out of a gradient file's
+metadata only the fields `PUBLIC_METADATA` names, so a field a capture adds stays with the
+victim unless it is named there. The split:
+
+public (what a party receiving the update knows)
+    modality; model (the spec: name, family, task, classes, head/init seed, hashes, image input
+    shape and normalisation): the attacker holds the same model;
+    capture.mode / dropout / precision / padding / accumulation / loss: the training protocol
+    the parties run (train or eval, dropout rates, autocast dtype, padding side and length,
+    micro-batches per step, loss and its reduction);
+    capture.clipping.max_norm: the protocol's clipping bound;
+    capture.defence: what the defence is, with its parameters (a server knows the noise level
+    it asked for, and the learning rate and local steps of a federated update);
+    extra.input_shape / normalisation / pixel_range: an image model's input conventions.
+private (the victim's own, never in an Observation)
+    knowledge: the declared facts reach an attack only as `Observation.knowledge`, after the
+    facts the user withdrew (`recover(unknown=...)`) are gone;
+    capture.victim: the masking seed and probability, the loss value, where labels came from,
+    the training step, notes; capture.clipping.clipped: whether this step hit the bound;
+    capture.source, versions, created, format.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -68,13 +90,56 @@ def _freeze(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
 
+#: The metadata an attacker sees, named field by field (True: the whole value); see the module doc.
+PUBLIC_METADATA: dict[str, Any] = {
+    "modality": True,
+    "model": True,
+    "capture": {"mode": True, "dropout": True, "precision": True, "padding": True, "accumulation": True,
+                "loss": True, "defence": True, "clipping": {"max_norm": True}},
+    "extra": {"input_shape": True, "normalisation": True, "pixel_range": True},
+}
+
+
+def public_metadata(metadata: Mapping[str, Any], schema: Mapping[str, Any] = PUBLIC_METADATA) -> dict[str, Any]:
+    """A new dict holding only the fields `schema` names (deep copies: nothing links back)."""
+    view: dict[str, Any] = {}
+    for key, part in schema.items():
+        if key not in metadata:
+            continue
+        value = metadata[key]
+        if part is True:
+            view[key] = copy.deepcopy(value)
+        elif isinstance(value, Mapping):
+            view[key] = public_metadata(value, part)
+    return view
+
+
 @dataclass(frozen=True)
 class Observation:
-    """Everything an attack may read: gradients by parameter name, metadata, knowledge."""
+    """Everything an attack may read: gradients by parameter name, the public metadata
+    (`PUBLIC_METADATA`), and the declared knowledge.
+
+    Whatever mapping is passed as `metadata`, the Observation keeps only its public fields, so
+    `Observation(g, gradient_file.metadata, knowledge)` is as safe as `Observation.from_file`.
+    """
 
     gradients: Mapping[str, torch.Tensor]
     metadata: Mapping[str, Any]
     knowledge: Knowledge
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metadata", public_metadata(self.metadata))
+
+    @classmethod
+    def from_file(cls, gradients: Any, *, unknown: Iterable[str] = (), device: Any = None) -> "Observation":
+        """The attacker's view of a `GradientFile`: its tensors (moved to `device` when given), its
+        public metadata, and its declared knowledge less the `unknown` facts."""
+        knowledge = Knowledge.from_dict(gradients.metadata["knowledge"]).without(*unknown)
+        tensors = {n: (g if device is None else g.to(device)) for n, g in gradients.gradients.items()}
+        return cls(tensors, gradients.metadata, knowledge)
+
+    def with_knowledge(self, knowledge: Knowledge) -> "Observation":
+        return replace(self, knowledge=knowledge)
 
     @property
     def modality(self) -> str:
@@ -83,6 +148,11 @@ class Observation:
     @property
     def task(self) -> str:
         return self.metadata["model"]["task"]
+
+    @property
+    def defence(self) -> dict[str, Any] | None:
+        """What the victim's defence is (`Defence.describe()`), or None for a plain gradient."""
+        return self.metadata.get("capture", {}).get("defence")
 
 
 @dataclass

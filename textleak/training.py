@@ -1,97 +1,96 @@
-"""The training settings behind a shared gradient, as the capture recorded them.
+"""The training protocol behind a shared gradient, as the attacker reads it from the public
+metadata (`threat.PUBLIC_METADATA`; written by `capturing.CaptureBuilder`).
 
-A gradient file's `metadata["capture"]["training"]` (written by `capture_gradients` and by the
-transformers callback) says how the step was taken:
+    mode          "eval" | "train" (dropout active)
+    dropout       {setting: rate}: the model's dropout rates
+    clipping      the protocol's bound `max_norm` (whether a step hit it is the victim's: the
+                  attacker reads it off the gradient's norm, `clip_acted`)
+    precision     "float32" | "bfloat16" | "float16": the autocast dtype of the forward pass
+    padding       {"side": "right" | "left", "length": padded length or None}
+    accumulation  micro-batches summed into the shared gradient
+    reduction     how the loss reduces over examples
 
-    mode          "train" (dropout active) or "eval"
-    dropout       {"hidden": p, "attention": p}: the rates of the model's dropout layers in that mode
-    clip          {"max_norm": c, "clipped": bool, "per": "global" | "tensor"} (None when off)
-    precision     "fp32" | "bf16" | "fp16": the precision of the forward/backward computation
-                  (autocast); the gradient's own dtype can be wider (fp32 master weights)
-    padding       {"side": "right" | "left", "widths": [padded width of each micro-batch], "longest": n}
-                  (padded positions get no gradient; only the side moves the tokens' positions)
-    accumulation  micro-batches summed into the step
+`TrainingSettings.of(metadata)` reads them back. A file written before these were recorded gets
+`recorded=False` and the settings of its source (an old `textleak capture`: eval, unclipped,
+float32; an old Trainer capture: train mode, its `max_grad_norm`), and `note()` says so in one line.
 
-`TrainingSettings.of(metadata)` reads them back. Files written before these were recorded get
-`recorded=False` and the settings of their source (`capture_gradients`: eval, unclipped, fp32,
-right-padded to the longest; an older Trainer capture: train mode with the model's rates unknown,
-its recorded `max_grad_norm`), and `note()` says so in one line.
+What the settings change for an attack: global-norm clipping, accumulation and a sum reduction
+multiply the gradient (or a sentence's share of it) by a factor the attacker does not know, so
+whatever compares values fits the factor (`text.leaks.scale`); bfloat16 / float16 autocast
+rounds every product, so spans have no clean rank gap (`text.leaks.precision`); train mode drops
+coordinates of every layer input, so no candidate lies in a span exactly.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-#: relative precision of one rounding in each (unit roundoff): thresholds follow the computation
-UNIT_ROUNDOFF = {"fp32": 2.0 ** -24, "bf16": 2.0 ** -8, "fp16": 2.0 ** -11}
+#: unit roundoff of each autocast precision: thresholds follow the computation
+UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}
+#: the dtype a reduced precision rounds layer inputs to
+ROUND_TO = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class TrainingSettings:
     mode: str = "eval"
     dropout: Mapping[str, float] = field(default_factory=dict)
-    clip: Mapping[str, Any] | None = None
-    precision: str = "fp32"
-    padding: Mapping[str, Any] = field(default_factory=lambda: {"side": "right"})
+    max_norm: float | None = None
+    precision: str = "float32"
+    padding: Mapping[str, Any] = field(default_factory=lambda: {"side": "right", "length": None})
     accumulation: int = 1
+    reduction: str = "mean"
     recorded: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("recorded")
-        return d
 
     @classmethod
     def of(cls, metadata: Mapping[str, Any]) -> "TrainingSettings":
-        capture = metadata.get("capture", {}) or {}
-        rec = capture.get("training")
-        if isinstance(rec, Mapping):
-            known = {k: rec[k] for k in ("mode", "dropout", "clip", "precision", "padding", "accumulation") if k in rec}
-            return cls(**known)
-        if capture.get("source") == "transformers.Trainer":  # before settings were recorded
-            norm = capture.get("max_grad_norm") or 0
-            return cls(mode="train", dropout={"hidden": None, "attention": None},
-                       clip={"max_norm": norm, "clipped": None} if norm else None,
+        capture = metadata.get("capture") or {}
+        if "precision" in capture and capture.get("mode") in ("eval", "train"):
+            clipping = capture.get("clipping") or {}
+            return cls(mode=capture["mode"], dropout=dict(capture.get("dropout") or {}),
+                       max_norm=clipping.get("max_norm"), precision=capture.get("precision") or "float32",
+                       padding=dict(capture.get("padding") or {"side": "right", "length": None}),
+                       accumulation=int((capture.get("accumulation") or {}).get("steps", 1)),
+                       reduction=(capture.get("loss") or {}).get("reduction", "mean"))
+        if str(capture.get("mode", "")).startswith("train") or "max_grad_norm" in capture:  # an old Trainer file
+            return cls(mode="train", dropout={}, max_norm=capture.get("max_grad_norm") or None,
                        accumulation=int(capture.get("gradient_accumulation_steps") or 1), recorded=False)
         return cls(recorded=False)
 
     @property
     def dropout_active(self) -> bool:
-        """Whether dropout may have been active (unknown rates count as active)."""
-        return self.mode == "train" and any(p is None or p > 0 for p in self.dropout.values())
+        """Whether dropout may have acted (train mode with a positive or unrecorded rate)."""
+        return self.mode == "train" and (not self.dropout or any(p > 0 for p in self.dropout.values()))
 
     @property
-    def scale_known(self) -> bool:
-        """Whether the gradient is the plain mean-loss gradient (no clipping that acted, no
-        accumulation, no fp16 loss scaling): otherwise a positive factor is unknown."""
-        clipped = bool(self.clip) and self.clip.get("clipped") is not False
-        return not clipped and self.accumulation == 1 and self.precision != "fp16"
-
-    @property
-    def clip_per_tensor(self) -> bool:
-        """Whether each tensor was clipped by its own norm (else the global norm, as the Trainer does)."""
-        return bool(self.clip) and self.clip.get("per") == "tensor"
+    def reduced_precision(self) -> bool:
+        return self.precision in ROUND_TO
 
     @property
     def roundoff(self) -> float:
-        return UNIT_ROUNDOFF.get(self.precision, UNIT_ROUNDOFF["fp32"])
+        return UNIT_ROUNDOFF.get(self.precision, UNIT_ROUNDOFF["float32"])
+
+    def clip_acted(self, gradients: Mapping[str, torch.Tensor]) -> bool:
+        """Whether clipping scaled this gradient: its global norm sits at the bound (a gradient
+        clipped to c has norm c; one below it was left alone)."""
+        if not self.max_norm:
+            return False
+        norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in gradients.values()))
+        return norm >= self.max_norm * (1 - 1e-3)
+
+    def scale_known(self, gradients: Mapping[str, torch.Tensor]) -> bool:
+        """Whether the gradient is the plain mean-loss gradient of its batch: no clipping that
+        acted, no accumulation, a mean reduction. Otherwise a positive factor is unknown."""
+        return not self.clip_acted(gradients) and self.accumulation == 1 and self.reduction == "mean"
 
     def note(self) -> str | None:
+        """One line for a file that does not record its protocol, else None."""
         if self.recorded:
             return None
         return ("the capture does not record its training settings (an older file): attacked as "
-                + ("a Trainer step with dropout rates unknown" if self.mode == "train" else "an eval-mode, unclipped, float32 step"))
-
-
-def dropout_rates(model: torch.nn.Module) -> dict[str, float]:
-    """The rates of a model's dropout layers by kind (attention probabilities vs hidden states)."""
-    rates: dict[str, float] = {}
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.Dropout):
-            kind = "attention" if "attention.self" in name or name.endswith("attn_dropout") else "hidden"
-            rates[kind] = max(rates.get(kind, 0.0), float(m.p))
-    return rates
+                + ("a Trainer step with dropout rates unknown" if self.mode == "train"
+                   else "an eval-mode, unclipped, float32 step"))

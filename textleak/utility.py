@@ -6,7 +6,10 @@ Each step computes the batch's shared tensor with the very code capture uses
 measured is the model the defended training would produce. A step whose defended gradient is
 not finite (fp16 overflow) is skipped and counted, as AMP's gradient scaler would skip it.
 Results depend only on the defence and the training settings, never on an attack, and are
-cached on disk by a key over both (and the data files' contents).
+cached on disk by a key over both (and the data files' contents). Under a time budget
+(`core.budget.time_budget`) training stops at the first step past the deadline and accuracy is
+measured on the model as it stands; the result records `budget` and the steps taken, and such a
+cut-short run is not cached.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .core import budget as _budget
 from .core.seeding import model_mode, seeded
 from .defences import parse_defence, shared_gradients
 from .errors import InputError
@@ -121,6 +125,8 @@ def measure_utility(defence: str, config: UtilityConfig = UtilityConfig(), *,
             order = torch.randperm(len(train), generator=generator).tolist()
             batches = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
             for rows in _bar(batches, progress, f"training under {parsed.spec}"):
+                if _budget.expired():
+                    break
                 enc = tok([train[i][0] for i in rows], padding=True, truncation=True,
                           max_length=config.max_length, return_tensors="pt")
                 y = torch.tensor([train[i][1] for i in rows])
@@ -138,13 +144,16 @@ def measure_utility(defence: str, config: UtilityConfig = UtilityConfig(), *,
                     p.grad = grads.get(n)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+    planned = config.epochs * (len(train) // batch_size)
+    cut = _budget.current().ran_out
     accuracy = _accuracy(model, tok, held, config.max_length)
     update_norm = float(torch.sqrt(sum(((p.detach() - w0).double().pow(2).sum() for p, w0 in zip(params, initial)),
                                        torch.zeros((), dtype=torch.float64))))
     result: dict[str, Any] = {
         "defence": parsed.spec, "accuracy": accuracy, "n_train": len(train), "n_test": len(held),
         "steps": steps, "skipped_steps": skipped, "update_norm": update_norm, "batch_size": batch_size, "seconds": time.perf_counter() - t0,
-        "config": asdict(config), "model": target.spec.to_dict(), "textleak": __version__}
+        "config": asdict(config), "model": target.spec.to_dict(), "textleak": __version__,
+        "planned_steps": planned, "budget": _budget.current().describe()}
     if parsed.name == "dpsgd":
         try:
             result["epsilon"] = parsed.epsilon(steps=steps, sample_rate=batch_size / len(train), delta=config.delta)
@@ -152,7 +161,7 @@ def measure_utility(defence: str, config: UtilityConfig = UtilityConfig(), *,
         except InputError as exc:  # Opacus is an optional extra: say so in the result
             result["epsilon"] = None
             result["epsilon_note"] = str(exc)
-    if cache is not None:
+    if cache is not None and not cut:
         atomic_write_text(cache, json.dumps(result, indent=1))
     return {**result, "cached": False}
 

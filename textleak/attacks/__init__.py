@@ -3,7 +3,6 @@
 from .base import ATTACKS, Attack, AttackOutput
 from . import dlg  # noqa: F401  (registers)
 from . import exact  # noqa: F401
-from . import exact_training  # noqa: F401
 from . import tag  # noqa: F401
 from . import lamp  # noqa: F401
 from . import auto  # noqa: F401

@@ -1,85 +1,143 @@
-"""`auto`: the strongest attack that applies to this gradient, chosen from the gradient itself.
+"""`auto`: the strongest attack that applies to this gradient, as a composite of configured attacks
+(in the manner of torchattacks' MultiAttack): an ordered list of attack instances, each with its
+own settings, tried in turn.
 
-Order: `exact` (attacks/exact.py) when the first layer's gradient has a rank gap (B x L < H);
-if its sentences pass the layer-1 span certificate they are the answer. Otherwise the
-LAMP-style optimisation (attacks/lamp.py) runs on the leaked token set, started from exact's
-assembly when there is one, and whichever of the two leaves the smaller layer-1 span residual
-(the same certificate, computed without ground truth) is returned. When an attack lacks a
-parameter it needs (MissingKnowledgeError: e.g. only the head was shared, or a frozen
-embedding), the next one is tried: exact -> lamp -> tag -> dlg. `AttackOutput.method` names what
-ran (e.g. "exact", "exact+lamp", "dlg") and `details["tried"]` why the others did not. For images, `auto` is iDLG (labels read off the
-last layer, then DLG on the pixels).
+Text stages: `exact` (attacks/exact.py), `lamp`, `tag`, `dlg`; images: `idlg`. Before a stage does
+any work its `preflight(observation, target)` runs; a stage that cannot run (MissingKnowledgeError,
+e.g. only the head was shared or a frozen embedding; or an unsupported model) is skipped, and
+`details["tried"]` says why. `exact` is the answer when its sentences pass the layer-1 span
+certificate (`details["certified"]`); an uncertified assembly is handed to the next stage that
+takes a start (`initial_ids`: LAMP-style) and the two are compared by the layer-1 span residual
+(the same certificate, computed without ground truth). `AttackOutput.method` names what ran
+(e.g. "exact", "exact+lamp", "dlg").
+
+Configuration: `Auto(stages=[...])` takes configured instances; otherwise each default stage is
+built from `auto`'s shared settings (`steps`, `restarts`, `optimizer`, `lr`, `distance`, `decode`
+for the optimisation stages, `prior` for LAMP, `seed` for all) and its own settings, given by
+name: `recover(attack="auto", options={"steps": 50, "exact": {"widen": 2}, "lamp": {"prior": "none"}})`
+(`textleak recover --option exact.widen=2 --option lamp.prior=none`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 
-from ..errors import MissingKnowledgeError
-from ..text import leakage as lk
+from ..errors import InputError, MissingKnowledgeError
+from ..text import leaks
+from ..text.layouts import layout_for
 from ..threat import Observation
-from .base import ATTACKS, AttackOutput, MatchOptions
-from .dlg import DLG
-from .exact import Exact
-from .idlg import IDLG
-from .lamp import LAMP
-from .tag import TAG
+from .base import ATTACKS, CANNOT_RUN, AttackOutput, preflight
+from .optimisation import GradientMatching
+
+#: the default stages per modality, tried in this order
+STAGES = {"text": ("exact", "lamp", "tag", "dlg"), "image": ("idlg",)}
+#: settings shared by the optimisation stages (each takes those among its fields)
+SHARED = ("steps", "restarts", "optimizer", "lr", "distance", "decode")
 
 
 @ATTACKS.register("auto")
 @dataclass
-class Auto(MatchOptions):
+class Auto:
     name: ClassVar[str] = "auto"
     modalities: ClassVar[tuple[str, ...]] = ("text", "image")
 
+    seed: int = 0
+    steps: int | None = None
+    restarts: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    distance: str | None = None
+    decode: str | None = None
     prior: str = "bigram"
+    # each stage's own settings, by stage name (override the shared ones)
+    exact: dict | None = None
+    lamp: dict | None = None
+    tag: dict | None = None
+    dlg: dict | None = None
+    idlg: dict | None = None
+    stages: Sequence[Any] | None = None  # configured instances, tried in order (replace the defaults)
+
+    def __post_init__(self) -> None:
+        self._configured = {m: self._configure(m) for m in STAGES} if self.stages is None else None
+
+    def _configure(self, modality: str) -> list[Any]:
+        """The default stages of `modality`, each with the shared settings it takes and its own."""
+        built = []
+        for stage in STAGES[modality]:
+            cls = ATTACKS.get(stage)
+            names = {f.name for f in fields(cls)}
+            shared = {k: getattr(self, k) for k in SHARED if getattr(self, k) is not None and k in names
+                      and issubclass(cls, GradientMatching)}
+            if "prior" in names:
+                shared["prior"] = self.prior
+            own = getattr(self, stage) or {}
+            try:
+                built.append(cls(**{**shared, "seed": self.seed, **own}))
+            except TypeError as exc:
+                raise InputError(f"bad option for auto's stage {stage!r}: {exc}") from None
+        return built
+
+    def stages_for(self, modality: str) -> list[Any]:
+        if self.stages is not None:
+            return [s for s in self.stages if modality in getattr(s, "modalities", (modality,))]
+        return list(self._configured[modality])
+
+    def preflight(self, observation: Observation, target: Any) -> None:
+        """Raise when no stage can run (each stage's own reason, one line)."""
+        reasons = []
+        for stage in self.stages_for(target.modality):
+            try:
+                preflight(stage, observation, target)
+                return
+            except CANNOT_RUN as exc:
+                reasons.append(f"{stage.name}: {exc}")
+        raise MissingKnowledgeError("no attack applies: " + "; ".join(reasons))
 
     def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
             resume: bool = False, progress: bool = True) -> AttackOutput:
-        opts = {k: getattr(self, k) for k in ("steps", "restarts", "optimizer", "lr", "distance")
-                if getattr(self, k) is not None}
-        if target.modality == "image":
-            return IDLG(seed=self.seed, **opts).run(observation, target, checkpoint=checkpoint, resume=resume,
-                                                    progress=progress)
         tried: list[dict[str, str]] = []
-        exact_out: AttackOutput | None = None
-        try:
-            exact_out = Exact(seed=self.seed).run(observation, target)
-        except MissingKnowledgeError as exc:
-            tried.append({"attack": "exact", "reason": str(exc)})
-        if exact_out is not None and exact_out.details["certified"]:
-            exact_out.details["tried"] = tried
-            return exact_out
-        if exact_out is not None:
-            tried.append({"attack": "exact", "reason": "assembly did not pass the layer-1 span certificate"})
-        prior = self.prior
-        if prior == "bigram" and not _bigram_available(target):
-            # the default prior is fitted on training TSVs a user may not have: run unprimed, say so
-            tried.append({"attack": "lamp", "reason": "no training sentences for the bigram prior; ran with prior 'none'"})
-            prior = "none"
-        fallbacks = [("lamp", lambda init: LAMP(seed=self.seed, prior=prior, initial_ids=init, **opts)),
-                     ("tag", lambda init: TAG(seed=self.seed, **opts)),
-                     ("dlg", lambda init: DLG(seed=self.seed, **opts))]
-        for name, make in fallbacks:
-            init = _padded(exact_out.prediction["token_ids"]) if exact_out is not None and name == "lamp" else None
+        guess: AttackOutput | None = None  # an uncertified assembly, handed onward
+        for stage in self.stages_for(target.modality):
+            stage = self._adapted(stage, target, guess, tried)
             try:
-                out = make(init).run(observation, target, checkpoint=checkpoint, resume=resume, progress=progress)
-            except MissingKnowledgeError as exc:
-                tried.append({"attack": name, "reason": str(exc)})
+                preflight(stage, observation, target)
+                out = stage.run(observation, target, checkpoint=checkpoint, resume=resume, progress=progress)
+            except CANNOT_RUN as exc:
+                tried.append({"attack": stage.name, "reason": str(exc)})
                 continue
-            if exact_out is not None:
-                out = _better(observation, target, exact_out, out)
+            if out.details.get("certified") is False:
+                tried.append({"attack": stage.name, "reason": "assembly did not pass the layer-1 span certificate"})
+                guess = guess if guess is not None else out
+                continue
+            if guess is not None and guess is not out:
+                out = _better(observation, target, guess, out)
             out.details["tried"] = tried
             return out
+        if guess is not None:  # nothing after it ran: the uncertified assembly is the best there is
+            guess.details["tried"] = tried
+            return guess
         raise MissingKnowledgeError("no attack applies: " + "; ".join(f"{t['attack']}: {t['reason']}" for t in tried))
+
+    def _adapted(self, stage: Any, target: Any, guess: AttackOutput | None, tried: list[dict[str, str]]) -> Any:
+        """A stage as it runs here: started from the guess where it takes a start, and the default
+        bigram prior swapped for none where there are no training sentences to fit it (said in `tried`)."""
+        if not is_dataclass(stage):
+            return stage
+        names = {f.name for f in fields(stage)}
+        if guess is not None and "initial_ids" in names:
+            stage = replace(stage, initial_ids=_padded(guess.prediction["token_ids"]))
+        if getattr(stage, "prior", None) == "bigram" and not _bigram_available(target):
+            tried.append({"attack": stage.name,
+                          "reason": "no training sentences for the bigram prior; ran with prior 'none'"})
+            stage = replace(stage, prior="none")
+        return stage
 
 
 def _bigram_available(target: Any) -> bool:
-    from ..errors import InputError
     from ..text.prior import load_prior
 
     try:
@@ -97,10 +155,12 @@ def _padded(rows: list[list[int]]) -> torch.Tensor:
 def _better(observation: Observation, target: Any, exact_out: AttackOutput, opt_out: AttackOutput) -> AttackOutput:
     """Pick by the layer-1 span residual of each guess (no ground truth involved)."""
     grads = observation.gradients
-    if not lk.qkv_names(grads, 1):
-        opt_out.method = f"exact+{opt_out.method}"
+    layout = layout_for(target.model)
+    if not layout.shared(grads, layout.qkv_names(1)):
+        opt_out.method = f"{exact_out.method}+{opt_out.method}"
         return opt_out
-    span1 = lk.layer_span(grads, 1)
+    span1 = leaks.layer_span(layout, grads, 1)
+
     # masked-LM guesses carry labels at masked positions; the span saw the masked inputs
     def score(out: AttackOutput) -> float:
         rows = [list(r) for r in out.prediction["token_ids"]]
@@ -109,10 +169,10 @@ def _better(observation: Observation, target: Any, exact_out: AttackOutput, opt_
                 for p in pos:
                     if p < len(rows[b]) and target.tokenizer.mask_token_id is not None:
                         rows[b][p] = target.tokenizer.mask_token_id
-        return float(lk.sequence_residuals(target.model, span1, rows).sum())
+        return float(leaks.sequence_residuals(layout, span1, rows).sum())
 
     s_exact, s_opt = score(exact_out), score(opt_out)
     chosen = exact_out if s_exact <= s_opt else opt_out
-    chosen.method = "exact" if chosen is exact_out else f"exact+{opt_out.method}"
-    chosen.details = {**chosen.details, "layer1_residual": {"exact": s_exact, opt_out.method: s_opt}}
+    chosen.method = exact_out.method if chosen is exact_out else f"{exact_out.method}+{opt_out.method}"
+    chosen.details = {**chosen.details, "layer1_residual": {exact_out.method: s_exact, opt_out.method: s_opt}}
     return chosen

@@ -17,17 +17,18 @@ modality's defaults in `DEFAULTS`; `decode` picks the text decoding metric.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
-from ..core.matching import MatchConfig, match
-from ..threat import Observation
-from .base import ATTACKS, AttackOutput, MatchOptions
+from ..core.matching import MatchConfig
+from .base import ATTACKS
+from .optimisation import GradientMatching
 
 
 @ATTACKS.register("dlg")
 @dataclass
-class DLG(MatchOptions):
+class DLG(GradientMatching):
+    """A preset of the optimisation template (attacks/optimisation.py): the observation as given."""
+
     name: ClassVar[str] = "dlg"
     modalities: ClassVar[tuple[str, ...]] = ("text", "image")
     DEFAULTS: ClassVar[dict[str, MatchConfig]] = {
@@ -37,18 +38,7 @@ class DLG(MatchOptions):
                              snapshot_at=(0, 10, 30, 60, 100, 200, 300)),
     }
 
-    line_search: str | None = None
     decode: str = "cosine"
-    snapshot_at: tuple[int, ...] | None = None
 
     def problem_options(self, modality: str) -> dict[str, Any]:
         return {"decode_metric": self.decode} if modality == "text" else {}
-
-    def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
-            resume: bool = False, progress: bool = True) -> AttackOutput:
-        config = self.match_config(target.modality)
-        problem = target.matching_problem(observation, **self.problem_options(target.modality))
-        outcome = match(problem, observation.gradients, config, checkpoint=checkpoint, resume=resume,
-                        progress=progress, key_extra=self.name)
-        return AttackOutput(prediction=problem.decode(outcome.variables), method=self.name,
-                            assumed=problem.assumed, config=config.to_dict(), outcome=outcome)

@@ -24,19 +24,19 @@ Arguments: `steps`, `lr`, `restarts`, `distance`, `norm_weight`, `prior`, `prior
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import torch
 
 from ..core.distances import DISTANCES
-from ..core.matching import MatchConfig, match
+from ..core.matching import MatchConfig
 from ..text.decode import nearest_tokens
 from ..text.prior import load_prior
 from ..text.problem import TextMatchingProblem
 from ..threat import Observation
-from .base import ATTACKS, AttackOutput, MatchOptions
-from .textprep import prepare_text
+from .base import ATTACKS
+from .optimisation import GradientMatching, Prepared, Preparation
+from .textprep import TEXT_LEAKS
 
 
 class LampProblem(TextMatchingProblem):
@@ -47,13 +47,13 @@ class LampProblem(TextMatchingProblem):
                  proposals: int, seed: int, initial_ids: torch.Tensor | None = None, bag_start: bool = True,
                  **options):
         super().__init__(target, observation, **options)
-        self.observed = [observed[n].detach().float() for n in self.names]
+        self.observed = [observed[n].detach().float().to(self.device) for n in self.names]
         self.distance = DISTANCES.get(distance)
         self.norm_weight, self.prior, self.prior_weight = norm_weight, prior, prior_weight
         self.discrete_every, self.proposals = discrete_every, proposals
         self.rng = torch.Generator().manual_seed(seed + 1)
         self.target_norm = float(self.matrix[self.candidates].norm(dim=-1).mean())
-        self.initial_ids = initial_ids
+        self.initial_ids = None if initial_ids is None else initial_ids.to(self.device)
         self.bag_start = bag_start
         self.steps_seen = 0
 
@@ -71,7 +71,7 @@ class LampProblem(TextMatchingProblem):
         strongest rows when the set came from a noisy gradient). None for a large vocabulary."""
         if not self.bag_start or len(self.candidates) > int(self.free.sum()):
             return None
-        order = self.candidates[torch.randperm(len(self.candidates), generator=generator)]
+        order = self.candidates[torch.randperm(len(self.candidates), generator=generator).to(self.device)]
         ids = self.fixed_ids.clone()
         slots = self.free.nonzero().tolist()
         # round-robin over sentences so each holds a share of the set when B > 1
@@ -109,7 +109,7 @@ class LampProblem(TextMatchingProblem):
             base = emb.detach().clone()
             best, best_order = self._score({**variables, "embeddings": base}, b), None
             for _ in range(self.proposals):
-                order = self._propose(n)
+                order = self._propose(n).to(self.device)
                 trial = base.clone()
                 trial[b, free] = base[b, free[order]]
                 score = self._score({**variables, "embeddings": trial}, b)
@@ -139,13 +139,17 @@ class LampProblem(TextMatchingProblem):
 
 @ATTACKS.register("lamp")
 @dataclass
-class LAMP(MatchOptions):
+class LAMP(GradientMatching):
+    """A preset of the optimisation template (attacks/optimisation.py): text leaks first, then
+    `LampProblem` (norm regulariser, discrete reordering under a language prior)."""
+
     name: ClassVar[str] = "lamp"
     modalities: ClassVar[tuple[str, ...]] = ("text",)
     DEFAULTS: ClassVar[dict[str, MatchConfig]] = {
         "text": MatchConfig(optimizer="adam", lr=0.01, steps=100, distance="cosine", lr_decay=True,
                             checkpoint_every=0, snapshot_at=(0, 25, 50, 100)),
     }
+    PREPARE: ClassVar[dict[str, Preparation]] = {"text": TEXT_LEAKS}
 
     decode: str = "cosine"
     norm_weight: float = 1.0
@@ -157,21 +161,15 @@ class LAMP(MatchOptions):
     initial_ids: Any = None  # [B, L] token ids to start from (auto passes exact's assembly)
     bag_start: bool = True  # without initial_ids, start from the leaked token set when it fits
 
-    def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
-            resume: bool = False, progress: bool = True) -> AttackOutput:
-        config = self.match_config(target.modality)
-        obs, candidates, notes = prepare_text(observation, target, restrict=self.restrict)
-        prior = load_prior(self.prior, target.tokenizer)
+    def make_problem(self, prepared: Prepared, target: Any, config: MatchConfig) -> LampProblem:
         init = torch.as_tensor(self.initial_ids) if self.initial_ids is not None else None
-        problem = LampProblem(target, obs, observed=obs.gradients, distance=config.distance,
-                              norm_weight=self.norm_weight, prior=prior, prior_weight=self.prior_weight,
-                              discrete_every=self.discrete_every, proposals=self.proposals, seed=self.seed,
-                              initial_ids=init, bag_start=self.bag_start, decode_metric=self.decode,
-                              candidates=candidates)
-        outcome = match(problem, obs.gradients, config, checkpoint=checkpoint, resume=resume,
-                        progress=progress, key_extra=self.name)
-        settings = {**config.to_dict(), "norm_weight": self.norm_weight, "prior": prior.name,
-                    "prior_weight": self.prior_weight, "discrete_every": self.discrete_every,
-                    "proposals": self.proposals, "bag_start": self.bag_start}
-        return AttackOutput(prediction=problem.decode(outcome.variables), method=self.name,
-                            assumed={**problem.assumed, **notes}, config=settings, outcome=outcome)
+        obs = prepared.observation
+        return LampProblem(target, obs, observed=obs.gradients, distance=config.distance,
+                           norm_weight=self.norm_weight, prior=load_prior(self.prior, target.tokenizer),
+                           prior_weight=self.prior_weight, discrete_every=self.discrete_every,
+                           proposals=self.proposals, seed=self.seed, initial_ids=init, bag_start=self.bag_start,
+                           decode_metric=self.decode, **prepared.options)
+
+    def settings(self, problem: LampProblem) -> dict[str, Any]:
+        return {"norm_weight": self.norm_weight, "prior": problem.prior.name, "prior_weight": self.prior_weight,
+                "discrete_every": self.discrete_every, "proposals": self.proposals, "bag_start": self.bag_start}

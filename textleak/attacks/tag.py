@@ -13,33 +13,26 @@ Arguments: as DLG (`steps`, `lr`, `optimizer`, `distance`, `restarts`...) plus `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from ..core.matching import MatchConfig, match
-from ..threat import Observation
-from .base import ATTACKS, AttackOutput
+from ..core.matching import MatchConfig
+from .base import ATTACKS
 from .dlg import DLG
-from .textprep import prepare_text
+from .optimisation import Preparation
+from .textprep import TEXT_LEAKS
 
 
 @ATTACKS.register("tag")
 @dataclass
 class TAG(DLG):
+    """A preset of the optimisation template: text leaks first, then L2 + L1 matching with Adam."""
+
     name: ClassVar[str] = "tag"
     modalities: ClassVar[tuple[str, ...]] = ("text",)
     DEFAULTS: ClassVar[dict[str, MatchConfig]] = {
         "text": MatchConfig(optimizer="adam", lr=0.01, steps=100, distance="tag", lr_decay=True,
                             snapshot_at=(0, 25, 50, 100)),
     }
-    restrict: bool = True
+    PREPARE: ClassVar[dict[str, Preparation]] = {"text": TEXT_LEAKS}
 
-    def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
-            resume: bool = False, progress: bool = True) -> AttackOutput:
-        config = self.match_config(target.modality)
-        obs, candidates, notes = prepare_text(observation, target, restrict=self.restrict)
-        problem = target.matching_problem(obs, decode_metric=self.decode, candidates=candidates)
-        outcome = match(problem, obs.gradients, config, checkpoint=checkpoint, resume=resume,
-                        progress=progress, key_extra=self.name)
-        return AttackOutput(prediction=problem.decode(outcome.variables), method=self.name,
-                            assumed={**problem.assumed, **notes}, config=config.to_dict(), outcome=outcome)
+    restrict: bool = True

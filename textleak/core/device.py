@@ -1,10 +1,14 @@
 """Choosing the device work runs on: `auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N`.
 
 `resolve_device` turns a user's `--device` value (or `device=` in Python) into a `torch.device`
-and refuses, in one line, a CUDA device that this machine does not have.
+and refuses, in one line, a CUDA device that this machine does not have. `on_device` runs a block
+with a module on a device and moves it back afterwards.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import torch
 
@@ -32,3 +36,24 @@ def resolve_device(spec: "str | torch.device | None" = "auto") -> torch.device:
             raise InputError(f"device {spec!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
         return torch.device(text)
     raise InputError(f"bad device {spec!r}; choose auto, cpu, cuda or cuda:N")
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (or buffer); the CPU for a module without either."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def on_device(module: torch.nn.Module, device: "str | torch.device | None") -> Iterator[torch.nn.Module]:
+    """Run a block with `module` on `device` (None: where it is), then move it back where it was."""
+    before = module_device(module)
+    device = before if device is None else torch.device(device)
+    if device != before:
+        module.to(device)
+    try:
+        yield module
+    finally:
+        if device != before:
+            module.to(before)

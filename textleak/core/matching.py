@@ -4,6 +4,12 @@ A `MatchingProblem` owns the dummy variables (embeddings, pixels, soft labels) a
 turn them into gradients for the matched parameter names; `match` only minimises
 distance(dummy gradients, observed gradients) + the problem's regulariser, with restarts,
 snapshots, a progress bar and checkpoints that `resume=True` continues from.
+
+Time budgets (`core.budget.time_budget`): the loop asks `expired()` after every optimiser step;
+once the deadline has passed it finishes the current restart where it stands (its distance is
+evaluated and it competes with the earlier restarts), starts no other, and returns the best so
+far with `extra["budget"]` set. The checkpoint then holds the state at the cut, so a resumed
+run continues from there.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError, Interrupted
+from . import budget as _budget
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distances import DISTANCES
 
@@ -27,6 +34,8 @@ from .distances import DISTANCES
 class MatchingProblem(Protocol):
     #: parameter names whose observed gradients are matched, in the order `gradients` returns
     names: list[str]
+    #: optionally, `device`: where the variables live (`init` draws them from a CPU generator and
+    #: moves them there; checkpoints, read onto the CPU, are moved back there on resume)
 
     def init(self, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
 
@@ -147,6 +156,7 @@ def match(
     step = state["step"]
     variables: dict[str, torch.Tensor] = {}
     optimizer: torch.optim.Optimizer | None = None
+    cut = False  # the time budget ran out: finish this restart where it stands, start no other
 
     def snapshot() -> dict[str, Any]:
         return {"restart": restart, "step": step, **problem.decode(variables)}
@@ -162,8 +172,9 @@ def match(
 
     try:
         while restart < config.restarts:
-            if state["variables"] is not None:
-                variables = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in state["variables"].items()}
+            if state["variables"] is not None:  # resumed: a checkpoint is read onto the CPU
+                variables = {k: _on(problem, v).clone().requires_grad_(v.is_floating_point())
+                             for k, v in state["variables"].items()}
             else:
                 variables = problem.init(gen)
                 state["history"].append([])
@@ -206,18 +217,27 @@ def match(
                     state["snapshots"][restart].append(snapshot())
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     persist()
+                if step < config.steps and _budget.expired():
+                    cut = True
+                    persist()  # a resumed run continues from the cut
+                    break
             final = math.inf if state["diverged"][restart] else _evaluate(objective, variables)
             if not state["snapshots"][restart] or state["snapshots"][restart][-1]["step"] != step:
                 state["snapshots"][restart].append(snapshot())
             if state["best"] is None or final < state["best"]["distance"]:
                 state["best"] = {"distance": final, "restart": restart,
                                  "variables": {k: v.detach().clone() for k, v in variables.items()}}
+            if cut:
+                break  # the checkpoint keeps the state at the cut
             restart += 1
             step = 0
             state["variables"] = None
             state["optimizer"] = None
             variables, optimizer = {}, None
             persist()
+            if restart < config.restarts and _budget.expired():
+                cut = True
+                break
     except KeyboardInterrupt:
         persist()
         where = f"restart {restart + 1}/{config.restarts}, step {step}/{config.steps}"
@@ -226,14 +246,23 @@ def match(
     finally:
         bar.close()
 
-    if checkpoint is not None and Path(checkpoint).exists():
+    if not cut and checkpoint is not None and Path(checkpoint).exists():
         Path(checkpoint).unlink()  # the run is finished: nothing left to resume
     best = state["best"]
+    extra = {"budget": {**_budget.current().describe(), "stopped_at": {"restart": restart, "step": step}}} \
+        if cut else {}
     return MatchOutcome(
-        variables=best["variables"], distance=best["distance"], restart=best["restart"],
+        variables={k: _on(problem, v) for k, v in best["variables"].items()},
+        distance=best["distance"], restart=best["restart"],
         history=state["history"], snapshots=state["snapshots"], diverged=state["diverged"],
-        seconds=time.perf_counter() - started, resumed=resumed, evaluations=evaluations,
+        seconds=time.perf_counter() - started, resumed=resumed, evaluations=evaluations, extra=extra,
     )
+
+
+def _on(problem: MatchingProblem, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` on the problem's device (a problem without a `device` attribute keeps it where it is)."""
+    device = getattr(problem, "device", None)
+    return tensor if device is None else tensor.to(device)
 
 
 def _evaluate(objective: Callable, variables: Mapping[str, torch.Tensor]) -> float:

@@ -48,7 +48,7 @@ class DPSGD(Defence):
     def noisy_mean(self, clipped_sum: Mapping[str, torch.Tensor], batch_size: int,
                    generator: torch.Generator) -> dict[str, torch.Tensor]:
         std = self.noise_multiplier * self.max_grad_norm
-        return {k: (g + torch.randn(g.shape, generator=generator, dtype=g.dtype) * std)
+        return {k: (g + torch.randn(g.shape, generator=generator, dtype=g.dtype).to(g.device) * std)
                 / batch_size for k, g in clipped_sum.items()}
 
     def apply(self, gradients: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:

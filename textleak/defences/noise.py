@@ -28,7 +28,7 @@ class GaussianNoise(Defence):
 
     def apply(self, gradients: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         std = math.sqrt(self.variance)
-        return {k: g + torch.randn(g.shape, generator=generator, dtype=g.dtype) * std
+        return {k: g + torch.randn(g.shape, generator=generator, dtype=g.dtype).to(g.device) * std
                 for k, g in gradients.items()}
 
 
@@ -43,7 +43,7 @@ class LaplacianNoise(Defence):
         out = {}
         for k, g in gradients.items():
             # Inverse-CDF sampling from the caller's generator (torch.distributions takes no generator).
-            u = torch.rand(g.shape, generator=generator, dtype=g.dtype) - 0.5
+            u = torch.rand(g.shape, generator=generator, dtype=g.dtype).to(g.device) - 0.5
             u = u.clamp(-0.5 + 1e-7, 0.5 - 1e-7)
             out[k] = g - scale * torch.sign(u) * torch.log1p(-2 * u.abs())
         return out

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ..core.device import module_device
 from ..core.seeding import model_mode, seeded
 from ..errors import InputError
 from ..registry import Registry
@@ -126,17 +127,19 @@ class ImageTarget:
     def num_classes(self) -> int:
         return self.spec.num_labels
 
-    def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std [1, C, 1, 1] on the device of `like`."""
         c = self.input_shape[0]
-        return (torch.tensor(self.spec.mean).view(1, c, 1, 1), torch.tensor(self.spec.std).view(1, c, 1, 1))
+        return (torch.tensor(self.spec.mean, device=like.device).view(1, c, 1, 1),
+                torch.tensor(self.spec.std, device=like.device).view(1, c, 1, 1))
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], [B, C, H, W] -> the model's input."""
-        mean, std = self._stats()
+        mean, std = self._stats(pixels)
         return (pixels - mean) / std
 
     def denormalise(self, inputs: torch.Tensor) -> torch.Tensor:
-        mean, std = self._stats()
+        mean, std = self._stats(inputs)
         return inputs * std + mean
 
     def output_layer(self) -> tuple[str, str | None]:
@@ -206,7 +209,7 @@ def target_from_module(module: nn.Module, input_shape: Sequence[int], *, num_cla
         raise InputError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
     try:
         with torch.no_grad(), model_mode(module, train=False):
-            logits = module(torch.zeros(1, *shape))
+            logits = module(torch.zeros(1, *shape, device=module_device(module)))
     except Exception as exc:  # a user module that rejects its declared input shape
         raise InputError(f"the module does not take inputs of shape {shape}: {str(exc).splitlines()[0]}") from None
     if not torch.is_tensor(logits) or logits.ndim != 2:

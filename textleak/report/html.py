@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from ..metrics import rouge_tokens
 from .analysis import attacks, strongest
 from .markdown import _f, verdict
+from .summary import answer_html
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
@@ -70,7 +71,7 @@ def render_html(merged: Mapping[str, Any], figures: Mapping[str, tuple[bytes, st
                                      ("model", "task", "data", "offset", "n", "seeds", "attack_options", "utility")))
     verdict_html = html.escape(verdict(merged, threshold)).replace("**", "")
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{answer_html(merged, threshold)}"
             f"<p>Attacks: {html.escape(', '.join(names))} (strongest here: {html.escape(best)}).</p>"
             f"<p class='verdict'>{verdict_html.replace(chr(10), '<br>')}</p>"
             f"<p><small>{settings}</small></p><h2>Figures</h2>{figs}"

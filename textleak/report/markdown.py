@@ -44,7 +44,9 @@ def render_markdown(merged: Mapping[str, Any], *, title: str = "textleak privacy
     defences = list(dict.fromkeys(r["defence"] for r in table))
     by = {(r["attack"], r["defence"]): r for r in table}
     n = max((r["n"] for r in table), default=0)
-    out = [f"# {title}", ""]
+    from .summary import answer_markdown
+
+    out = [f"# {title}", "", answer_markdown(merged, threshold)]
     if spec:
         out.append(f"Model: {spec.get('model') or 'packaged MiniLM'} [{spec.get('task')}]; data: {spec.get('data')} "
                    f"rows {spec.get('offset', 0)}..{spec.get('offset', 0) + spec.get('n', 0) - 1}; "

@@ -23,18 +23,23 @@ class TextBatch:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], *, max_positions: int) -> dict[str, torch.Tensor]:
+def tokenize(tokenizer: Any, texts: Sequence[str], *, max_positions: int,
+             pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Token ids and attention mask, padded to the longest text or to `pad_to` tokens."""
     texts = list(texts)
     if not texts:
         raise InputError("no text given")
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise InputError(f"text {i + 1} is empty")
-    enc = tokenizer(texts, padding=True, truncation=False, return_tensors="pt")
-    lengths = enc["attention_mask"].sum(1).tolist()
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
     for i, n in enumerate(lengths):
         if n > max_positions:
             raise InputError(f"text {i + 1} has {n} tokens; the model takes at most {max_positions}")
+        if pad_to is not None and n > pad_to:
+            raise InputError(f"text {i + 1} has {n} tokens, more than the padding length {pad_to}")
+    padding = {"padding": "max_length", "max_length": pad_to} if pad_to is not None else {"padding": True}
+    enc = tokenizer(texts, truncation=False, return_tensors="pt", **padding)
     return dict(enc)
 
 
@@ -66,8 +71,8 @@ def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, *, tokenizer: An
 
 def build_batch(tokenizer: Any, texts: Sequence[str], *, task: str, labels: Sequence[int] | None,
                 num_labels: int | None, mask_prob: float, max_positions: int,
-                generator: torch.Generator) -> TextBatch:
-    enc = tokenize(tokenizer, texts, max_positions=max_positions)
+                generator: torch.Generator, pad_to: int | None = None) -> TextBatch:
+    enc = tokenize(tokenizer, texts, max_positions=max_positions, pad_to=pad_to)
     ids, attn = enc["input_ids"], enc["attention_mask"]
     lengths = attn.sum(1).tolist()
     if task == "classify":

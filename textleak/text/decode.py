@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -36,7 +36,7 @@ def nearest_tokens(embeddings: torch.Tensor, matrix: torch.Tensor, candidates: t
     embeddings = embeddings - embeddings.mean(-1, keepdim=True)
     rows = rows - rows.mean(-1, keepdim=True)
     if embeddings.numel() == 0:
-        return torch.empty(0, dtype=torch.long)
+        return torch.empty(0, dtype=torch.long, device=candidates.device)
     if metric == "cosine":
         scores = torch.nn.functional.normalize(embeddings, dim=-1) @ torch.nn.functional.normalize(rows, dim=-1).T
         best = scores.argmax(-1)
@@ -47,3 +47,30 @@ def nearest_tokens(embeddings: torch.Tensor, matrix: torch.Tensor, candidates: t
 
 def ids_to_text(tokenizer: Any, ids: Sequence[int]) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
+
+
+def continuation_pieces(tokenizer: Any, ids: Iterable[int]) -> set[int]:
+    """Those of `ids` that continue a word rather than start one: WordPiece's "##" pieces; for
+    byte-level BPE (RoBERTa) and SentencePiece (ALBERT, XLM-R), the pieces without the
+    word-start mark ("\u0120", "\u2581"). Special tokens never count."""
+    ids = [int(i) for i in ids]
+    names = [str(t) for t in tokenizer.convert_ids_to_tokens(ids)]
+    prefix, mark = _word_marks(tokenizer)
+    if prefix is not None:
+        return {i for i, t in zip(ids, names) if t.startswith(prefix)}
+    if mark is None:
+        return set()
+    special = set(tokenizer.all_special_ids)
+    return {i for i, t in zip(ids, names) if i not in special and not t.startswith(mark)}
+
+
+def _word_marks(tokenizer: Any) -> tuple[str | None, str | None]:
+    """(prefix of a piece that continues a word, mark of a piece that starts one): from the fast
+    tokenizer's model where it says (WordPiece), else from the vocabulary."""
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if type(model).__name__ == "WordPiece":
+        return model.continuing_subword_prefix, None
+    vocab = tokenizer.get_vocab()
+    if any(t.startswith("##") for t in vocab):
+        return "##", None
+    return None, next((m for m in ("\u0120", "\u2581") if any(t.startswith(m) for t in vocab)), None)

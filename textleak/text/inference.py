@@ -14,30 +14,32 @@ import torch
 
 from ..errors import MissingKnowledgeError
 from ..threat import Observation
-from . import leakage as lk
+from . import leaks
+from .layouts import layout_for
 
 
 def infer_lengths(observation: Observation, target: Any) -> tuple[tuple[int, ...], str]:
     """Sequence lengths from the gradient: the longest from the position-embedding gradient rows,
     the others from the positions where [SEP] lies in the first layer's input span."""
     grads = observation.gradients
-    longest = lk.max_length(grads)
+    layout = layout_for(target.model)
+    longest = leaks.max_length(layout, grads)
     if longest is None:
         raise MissingKnowledgeError("inferring sequence lengths needs the position-embedding gradient "
-                                    "(embeddings.position_embeddings.weight)")
+                                    f"({layout.position_embedding_name})")
     B = observation.knowledge.batch_size
     if B == 1:
         return (longest,), "inferred from the nonzero rows of the position-embedding gradient"
     sep = target.tokenizer.sep_token_id
-    span = lk.layer_span(grads, 0)
+    span = leaks.layer_span(layout, grads, 0)
     if sep is None or not span.exact:
         if B is None:
             raise MissingKnowledgeError("cannot infer the batch size: the first layer's gradient has no rank gap")
         return (longest,) * B, "all set to the longest length (position-embedding gradient)"
     with torch.no_grad():
-        res = torch.cat([span.residual(lk.embedding_outputs(target.model, torch.tensor([sep]), p))
-                         for p in range(longest)])
-    thr = lk.calibrate_threshold(res, span.tol)
+        sep_ids = torch.tensor([sep], device=layout.device)
+        res = torch.cat([span.residual(layout.layer0_inputs(sep_ids, p)) for p in range(longest)])
+    thr = leaks.calibrate_threshold(res, span.tol)
     ends = [p + 1 for p in range(longest) if float(res[p]) <= thr]
     if longest not in ends:
         ends.append(longest)
@@ -62,7 +64,7 @@ def complete_knowledge(observation: Observation, target: Any, *, labels: bool = 
         if observation.task == "classify":
             B = know.batch_size or (len(know.seq_lengths) if know.seq_lengths else None)
             if B is not None:
-                counts = lk.class_label_counts(observation.gradients, B)
+                counts = leaks.class_label_counts(layout_for(target.model), observation.gradients, B)
                 if B == 1 or max(counts) == B:
                     know = replace(know, labels=tuple(c for c, n in enumerate(counts) for _ in range(n)))
                     how["labels"] = "recovered from the classifier bias gradient (iDLG)"
@@ -70,7 +72,7 @@ def complete_knowledge(observation: Observation, target: Any, *, labels: bool = 
                     how["label_counts"] = f"estimated per class from the classifier bias gradient: {counts}"
         elif know.mask_positions is not None:
             M = sum(len(p) for p in know.mask_positions)
-            counts = lk.mlm_label_counts(observation.gradients, M)
+            counts = leaks.mlm_label_counts(layout_for(target.model), observation.gradients, M)
             if len(counts) == 1 and M >= 1:
                 tok = next(iter(counts))
                 know = replace(know, labels=tuple(tuple(tok for _ in pos) for pos in know.mask_positions))

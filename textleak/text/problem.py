@@ -16,54 +16,77 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError, MissingKnowledgeError
+from ..core.device import module_device
+from ..errors import InputError, MissingKnowledgeError, UnsupportedModelError
 from ..threat import Observation
 from .decode import allowed_token_ids, ids_to_text, nearest_tokens
 
 
-#: model_type -> the MLM head module that first receives the encoder's hidden states. Feeding it
-#: only the masked positions skips the vocabulary projection everywhere else (most of the cost).
-MLM_HEAD_INPUT = {"bert": "cls", "roberta": "lm_head", "xlm-roberta": "lm_head", "distilbert": "vocab_transform",
-                  "albert": "predictions", "electra": "generator_predictions"}
+def check_observation(target, observation: Observation, *, infer_lengths: bool = False) -> None:
+    """Raise MissingKnowledgeError unless a text matching problem can be built from `observation`
+    (with `infer_lengths`, withheld lengths are filled in from the gradient first)."""
+    know = observation.knowledge
+    if know.seq_lengths is None and not infer_lengths:
+        raise MissingKnowledgeError("this attack needs the sequence lengths (declared knowledge 'seq_lengths')")
+    if observation.task == "mlm" and know.mask_positions is None:
+        raise MissingKnowledgeError("masked-LM matching needs the masked positions ('mask_positions')")
+    matched_names(target.model, observation)
+
+
+def matched_names(model: torch.nn.Module, observation: Observation, names: Sequence[str] | None = None) -> list[str]:
+    """Parameters whose shared gradient a dummy batch fed through `inputs_embeds` can reproduce:
+    every one but the input-embedding matrix (its gradient is a scatter into the true tokens' rows)."""
+    embedding = model.get_input_embeddings().weight
+    params = dict(model.named_parameters())
+    wanted = list(names) if names is not None else [n for n in params if n in observation.gradients]
+    found = [n for n in wanted if params.get(n) is not embedding and n in observation.gradients]
+    if not found:
+        raise MissingKnowledgeError("the gradient file shares no parameter this attack can match "
+                                    "(it needs gradients of layers above the word embeddings)")
+    return found
 
 
 class TextMatchingProblem:
+    """Dummy embeddings [B, L, H] (and soft labels) whose gradient is matched; every tensor lives
+    on the model's device (random draws come from a CPU generator, so a seed means the same start
+    on every device)."""
+
     def __init__(self, target, observation: Observation, *, decode_metric: str = "cosine",
                  names: Sequence[str] | None = None, candidates: torch.Tensor | None = None,
                  init_scale: float = 1.0):
+        check_observation(target, observation)
         self.target = target
         self.model = target.model
         self.tokenizer = target.tokenizer
         self.task = observation.task
         self.decode_metric = decode_metric
+        self.device = module_device(self.model)
         know = observation.knowledge
-        if know.seq_lengths is None:
-            raise MissingKnowledgeError("this attack needs the sequence lengths (declared knowledge 'seq_lengths')")
         self.lengths = [int(n) for n in know.seq_lengths]
         self.batch_size = len(self.lengths)
         self.seq_len = max(self.lengths)
         if self.seq_len > target.max_positions:
             raise InputError(f"sequence length {self.seq_len} exceeds the model's {target.max_positions} positions")
-
-        embedding = self.model.get_input_embeddings().weight
-        self.matrix = embedding.detach()
+        self.matrix = self.model.get_input_embeddings().weight.detach()
+        self.init_std = float(self.matrix.std()) * init_scale
+        self.names = matched_names(self.model, observation, names)
         params = dict(self.model.named_parameters())
-        skip = {n for n, p in params.items() if p is embedding}
-        wanted = list(names) if names is not None else [n for n in params if n in observation.gradients]
-        self.names = [n for n in wanted if n not in skip and n in observation.gradients]
-        if not self.names:
-            raise MissingKnowledgeError("the gradient file shares no parameter this attack can match "
-                                        "(it needs gradients of layers above the word embeddings)")
         self.params = [params[n] for n in self.names]
-        self.candidates = candidates if candidates is not None else allowed_token_ids(self.tokenizer)
+        self.candidates = (candidates if candidates is not None else allowed_token_ids(self.tokenizer)).to(self.device)
+        self._template(know.special_tokens)
+        self._labels(know)
+        self.assumed = {"labels": "known" if self.known_labels is not None else "optimised jointly",
+                        "seq_lengths": "known", "special_tokens": bool(know.special_tokens)}
 
+    def _template(self, special_tokens: bool) -> None:
+        """Attention mask, the free positions and the ids the public template fixes ([CLS], [SEP], [PAD])."""
         B, L = self.batch_size, self.seq_len
-        self.attention_mask = torch.zeros(B, L, dtype=torch.long)
+        attention_mask = torch.zeros(B, L, dtype=torch.long)
         for b, n in enumerate(self.lengths):
-            self.attention_mask[b, :n] = 1
-        self.free = self.attention_mask.bool().clone()
+            attention_mask[b, :n] = 1
+        free = attention_mask.bool().clone()
         fixed_ids = torch.full((B, L), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        if know.special_tokens:
+        if special_tokens:
             template = self.tokenizer("", add_special_tokens=True)["input_ids"]
             head, tail = template[:1], template[1:]
             for b, n in enumerate(self.lengths):
@@ -71,38 +94,39 @@ class TextMatchingProblem:
                     raise InputError(f"sequence {b + 1} is shorter than the tokenizer's special tokens")
                 fixed_ids[b, : len(head)] = torch.tensor(head)
                 fixed_ids[b, n - len(tail): n] = torch.tensor(tail)
-                self.free[b, : len(head)] = False
-                self.free[b, n - len(tail): n] = False
-        self.fixed_ids = torch.where(self.free, torch.zeros_like(fixed_ids), fixed_ids)
+                free[b, : len(head)] = False
+                free[b, n - len(tail): n] = False
+        self.attention_mask = attention_mask.to(self.device)
+        self.free = free.to(self.device)
+        self.fixed_ids = torch.where(free, torch.zeros_like(fixed_ids), fixed_ids).to(self.device)
         self.fixed = self.matrix[self.fixed_ids]
-        self.init_std = float(self.matrix.std()) * init_scale
 
+    def _labels(self, know) -> None:
+        """Classes [B] or masked tokens [M] when declared known; else soft labels are optimised."""
         self.known_labels: torch.Tensor | None = None
         if self.task == "classify":
             self.num_classes = int(self.model.config.num_labels)
             if self.num_classes < 2:
                 raise InputError("regression heads (num_labels=1) are not supported")
             if know.labels is not None:
-                self.known_labels = torch.tensor([int(y) for y in know.labels])
-        else:
-            if know.mask_positions is None:
-                raise MissingKnowledgeError("masked-LM matching needs the masked positions ('mask_positions')")
-            self.mask_index = [(b, p) for b, pos in enumerate(know.mask_positions) for p in pos]
-            if not self.mask_index:
-                raise InputError("masked-LM gradient without any masked position")
-            self.num_classes = self.matrix.shape[0]
-            if know.labels is not None:
-                self.known_labels = torch.tensor([int(t) for row in know.labels for t in row])
-        self.assumed = {"labels": "known" if self.known_labels is not None else "optimised jointly",
-                        "seq_lengths": "known", "special_tokens": bool(know.special_tokens)}
+                self.known_labels = torch.tensor([int(y) for y in know.labels], device=self.device)
+            return
+        self.mask_index = [(b, p) for b, pos in enumerate(know.mask_positions) for p in pos]
+        if not self.mask_index:
+            raise InputError("masked-LM gradient without any masked position")
+        self.num_classes = self.matrix.shape[0]
+        if know.labels is not None:
+            self.known_labels = torch.tensor([int(t) for row in know.labels for t in row], device=self.device)
 
     # -- MatchingProblem -------------------------------------------------------------------
     def init(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         B, L, H = self.batch_size, self.seq_len, self.matrix.shape[1]
-        variables = {"embeddings": (torch.randn(B, L, H, generator=generator) * self.init_std).requires_grad_()}
+        embeddings = torch.randn(B, L, H, generator=generator) * self.init_std
+        variables = {"embeddings": embeddings.to(self.device).requires_grad_()}
         if self.known_labels is None:
             rows = B if self.task == "classify" else len(self.mask_index)
-            variables["label_logits"] = torch.randn(rows, self.num_classes, generator=generator).requires_grad_()
+            logits = torch.randn(rows, self.num_classes, generator=generator)
+            variables["label_logits"] = logits.to(self.device).requires_grad_()
         return variables
 
     def inputs_embeds(self, variables: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -122,7 +146,9 @@ class TextMatchingProblem:
             logits = self.model(**kwargs).logits
         else:
             b, p = (list(x) for x in zip(*self.mask_index))
-            head = getattr(self.model, MLM_HEAD_INPUT.get(self.model.config.model_type, ""), None)
+            # the MLM head's first module, fed only the masked positions: that skips the vocabulary
+            # projection everywhere else (most of the cost)
+            head = _mlm_head_input(self.model)
             if head is None:
                 logits = self.model(**kwargs).logits[b, p]
             else:
@@ -165,3 +191,13 @@ class TextMatchingProblem:
         for b, p in self.mask_index:
             rows[b].append(p)
         return rows
+
+
+def _mlm_head_input(model) -> torch.nn.Module | None:
+    """The masked-LM head's first module (per the model's layout), or None without a layout."""
+    from .layouts import layout_for
+
+    try:
+        return layout_for(model).mlm_head().module
+    except UnsupportedModelError:
+        return None

@@ -4,8 +4,7 @@ What a training step shares is rarely the plain mean-loss gradient: global-norm 
 (`max_grad_norm`, the transformers Trainer's default 1.0) multiplies it by min(1, c/||g||);
 loss scaling (fp16), gradient accumulation (each micro-batch's loss divided by the number of
 steps, or by the tokens counted over the step) and sum- instead of mean-reduction multiply it or
-each sentence's share of it by factors the attacker does not know; per-tensor clipping gives
-each parameter its own factor. Spans, ranks, orthogonality and nonzero rows do not see a positive
+each sentence's share of it by factors the attacker does not know. Spans, ranks, orthogonality and nonzero rows do not see a positive
 scale. What does: subtracting a found sentence's own gradient (peeling), the last sentence's
 "nothing left" check, and label solves that compare values. This module fits the scale instead
 of assuming it.
@@ -20,9 +19,10 @@ a > 0 is accepted.
 
 `least_squares_scale`: a = <R, O> / <O, O>, for the last sentence, where R = a O exactly.
 
-`class_labels_scale_free`: the classifier weight gradient is c (P - Y)^T X / B for pooled features
-X [B, H] of full row rank, so G X^+ = c (P - Y)^T / B; the only negative entry of each column of
-P - Y is the example's class (p_y - 1 < 0 <= p_k), whatever c > 0 is. (iDLG's sign rule, per example.)
+`own_rows_scale`: rows of an embedding table that only one sentence touches hold exactly its
+share, so their ratios to its own gradient give the share to rounding.
+
+Class labels at an unknown scale are in `leaks.labels.assign_class_labels` (the sign rule).
 """
 
 from __future__ import annotations
@@ -100,14 +100,6 @@ def least_squares_scale(rest: torch.Tensor, own: torch.Tensor) -> float:
     return float((rest.double() * own).sum()) / den if den > 0 else float("nan")
 
 
-def class_labels_scale_free(weight_gradient: torch.Tensor, pooled: torch.Tensor) -> list[int]:
-    """Each example's class from the classifier weight gradient [C, H] and the pooled features the
-    classifier saw [B, H], at any positive scale of the gradient: the most negative entry of each
-    column of G X^+."""
-    D = weight_gradient.double() @ torch.linalg.pinv(pooled.double())  # [C, B]
-    return D.argmin(0).tolist()
-
-
 class ShareFit:
     """Fits each peeled sentence's share of what is left of a batch gradient.
 
@@ -117,52 +109,34 @@ class ShareFit:
     gradient (clipping by the global norm, loss scaling, accumulation, mean vs sum): one pencil on
     the stacked layer-1 tensors, at their rank (good to ~1e-5 in float32: small singular values
     amplify rounding), then made exact on the embedding rows only this sentence touches (there
-    the rest IS its share: their ratios agree with each other to rounding). `per_tensor`
-    (clipping each tensor by its own norm, as the capture records it): a pencil per layer-1
-    tensor, at that tensor's own rank read off its spectrum (`eps`: the precision it was computed
-    in), each embedding table by its own rows, and the other tensors are left out."""
+    the rest IS its share: their ratios agree with each other to rounding)."""
 
-    def __init__(self, layer1: list[str], others: list[str], rows: list[str] = (), *, per_tensor: bool = False,
-                 eps: float = 2.0 ** -23):
-        self.layer1, self.others, self.rows = list(layer1), list(others), list(rows)
-        self.per_tensor, self.eps = per_tensor, eps
-        self._pencils: dict[str, Pencil] = {}
+    def __init__(self, layer1: list[str], others: list[str], rows: list[str] = (), *, eps: float = 2.0 ** -23):
+        self.layer1, self.others, self.rows, self.eps = list(layer1), list(others), list(rows), eps
+        self._pencil: Pencil | None = None
         self._key: object = None
 
-    def scales(self, rest: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], rank: int, n: int,
-               last: bool = False) -> dict[str, float] | None:
-        """name -> scale to subtract own at, or None (no positive scale fits). `rank`: of the
+    def scale(self, rest: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], rank: int, n: int,
+              last: bool = False) -> float | None:
+        """The factor to subtract `own` at, or None (no positive factor fits). `rank`: of the
         layer's stacked Q/K/V gradient left; `n`: the rank the sentence should take away (its
         length). The caller checks the rank drop."""
-        groups = [[n] for n in self.layer1] if self.per_tensor else [self.layer1]
+        o = stacked(own, self.layer1)
         if last:  # what is left should be this sentence's gradient exactly: least squares
-            fits = [least_squares_scale(stacked(rest, g), stacked(own, g)) for g in groups]
+            a = least_squares_scale(stacked(rest, self.layer1), o)
         else:
-            if self._key is not rest:
-                self._pencils = {g[0]: Pencil.of(stacked(rest, g), None if self.per_tensor else rank, self.eps)
-                                 for g in groups}
-                self._key = rest
-            fits = []
-            for g in groups:
-                pencil, o = self._pencils[g[0]], stacked(own, g)
-                a = pencil.scale(o)
-                fits.append(pencil.refine(o, n, a) if math.isfinite(a) and a > 0 else a)
-        if not all(math.isfinite(a) and a > 0 for a in fits):
+            if self._key is not rest:  # one decomposition per rest, shared by the label choices
+                self._pencil, self._key = Pencil.of(stacked(rest, self.layer1), rank, self.eps), rest
+            a = self._pencil.scale(o)
+            if math.isfinite(a) and a > 0:
+                a = self._pencil.refine(o, n, a)
+        if not (math.isfinite(a) and a > 0):
             return None
-        if self.per_tensor:
-            out = {g[0]: a for g, a in zip(groups, fits)}
-            for name in self.rows:
-                a = own_rows_scale(rest[name], own[name], None)
-                if a is not None:
-                    out[name] = a
-            return out
-        common = fits[0]
         for name in self.rows:  # the first table with rows of this sentence alone makes it exact
-            a = own_rows_scale(rest[name], own[name], common)
-            if a is not None:
-                common = a
-                break
-        return {name: common for name in self.layer1 + self.others}
+            exact = own_rows_scale(rest[name], own[name], a)
+            if exact is not None:
+                return exact
+        return a
 
 
 def own_rows_scale(rest: torch.Tensor, own: torch.Tensor, near: float | None, tol: float = 1e-2) -> float | None:
@@ -183,13 +157,3 @@ def own_rows_scale(rest: torch.Tensor, own: torch.Tensor, near: float | None, to
     close = ratios[(ratios / near - 1).abs() <= tol]
     return float(close.median()) if len(close) else None
 
-
-def class_labels(weight_gradient: torch.Tensor, pooled: torch.Tensor, probs: torch.Tensor,
-                 inverse_share: float | None) -> list[int]:
-    """Each example's class from the classifier weight gradient G = (P - Y)^T X / k: with k known
-    (B for a plain mean loss, or 1 / a fitted share), Y^T = P^T - k G X^+ (the midpoint rule,
-    the most robust to noise); with k unknown, the sign rule (`class_labels_scale_free`)."""
-    if inverse_share is None or not inverse_share > 0:
-        return class_labels_scale_free(weight_gradient, pooled)
-    yt = probs.double().T - inverse_share * (weight_gradient.double() @ torch.linalg.pinv(pooled.double()))
-    return yt.argmax(0).tolist()

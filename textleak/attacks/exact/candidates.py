@@ -1,0 +1,106 @@
+"""What a search chooses from: per position, the tokens whose layer-0 input lies in the layer-0
+span (`leaks.position_candidates`), narrowed to where the embedding gradients place tokens
+(`leaks.token_positions`), to the tokens left once found sentences are peeled off, and, for
+masked-LM, to [MASK] only where a slot of the sentence's length declares a masked position."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ...text.decode import allowed_token_ids
+from ...text.layouts import Layout
+from ...text.leaks import embedding_token_set, position_candidates, positions
+from ...text.leaks.spans import LayerSpan
+from .sequences import occupants
+
+
+def vocabulary(layout: Layout, gradients: Mapping[str, torch.Tensor], tokenizer: Any, task: str
+               ) -> tuple[torch.Tensor, str]:
+    """The token ids worth testing against the layer-0 span, and where they came from."""
+    leaked = embedding_token_set(layout, gradients)
+    if leaked is not None:
+        vocab, source = leaked, "nonzero rows of the word-embedding gradient"
+    elif task == "mlm":
+        # BERT's masking swaps 10% of the chosen tokens for a random id of the whole
+        # vocabulary, [unusedN] rows included: every id is tested
+        vocab, source = torch.arange(len(tokenizer)), "whole vocabulary, every id (masked-LM swaps in random ids)"
+    else:
+        ids = allowed_token_ids(tokenizer).tolist()
+        extra = [tokenizer.cls_token_id, tokenizer.sep_token_id]
+        vocab, source = torch.tensor(sorted(set(ids) | {i for i in extra if i is not None})), "whole vocabulary"
+    vocab = vocab.cpu()
+    return vocab[vocab < layout.word_embeddings.num_embeddings], source
+
+
+def declared_masks(observation: Any, lengths: Sequence[int]) -> dict[int, list[set[int]]] | None:
+    """Masked-LM with declared mask positions: length -> each slot's masked positions (a slot's
+    positions go with its length, so both must be declared)."""
+    know = observation.knowledge
+    if observation.task != "mlm" or know.mask_positions is None or know.seq_lengths is None \
+            or len(know.mask_positions) != len(lengths):
+        return None
+    masks: dict[int, list[set[int]]] = {}
+    for n, pos in zip(lengths, know.mask_positions):
+        masks.setdefault(n, []).append(set(pos))
+    return masks
+
+
+class Candidates:
+    """Per-position candidates and what narrows them.
+
+    layer0: per position, (token, residual) pairs inside the layer-0 span as first read (kept for
+    the report); per_position: the same, read again after each peel; pins: the token placements
+    (None once dropped, or without them); allowed: the tokens left after peels (None: all);
+    masks: length -> the declared masked positions of each slot of that length."""
+
+    def __init__(self, per_position: list[list[tuple[int, float]]], specials: set[int], *,
+                 pins: positions.TokenPositions | None = None, masks: dict[int, list[set[int]]] | None = None,
+                 mask_id: int | None = None, threshold: float = float("nan")):
+        self.layer0 = self.per_position = per_position
+        self.threshold = threshold
+        self.specials = set(specials)
+        self.allowed: set[int] | None = None
+        self.placed = self.pins = pins
+        self.masks, self.mask_id = masks, mask_id
+        # where some slot of a length masks / where every slot of it does
+        self.some = {n: set().union(*slots) for n, slots in masks.items()} if masks else {}
+        self.every = {n: set.intersection(*slots) for n, slots in masks.items()} if masks else {}
+        self.anywhere = set().union(*self.some.values()) if self.some else set()
+
+    @classmethod
+    def read(cls, layout: Layout, gradients: Mapping[str, torch.Tensor], span0: LayerSpan, vocab: torch.Tensor,
+             lengths: Sequence[int], specials: set[int], *, known_lengths: bool,
+             masks: dict[int, list[set[int]]] | None = None, mask_id: int | None = None) -> "Candidates":
+        per_position, threshold = position_candidates(layout, span0, vocab, max(lengths))
+        pins = positions.token_positions(layout, gradients, vocab.tolist(), max(lengths),
+                                         occupants(lengths) if known_lengths else None)
+        return cls(per_position, specials, pins=pins, masks=masks, mask_id=mask_id, threshold=threshold)
+
+    def tokens(self) -> set[int]:
+        return {t for c in self.per_position for t, _ in c}
+
+    def free(self, p: int, n: int | None = None) -> list[int]:
+        """Candidates at position p (in a sentence of length n, where known): [MASK] only
+        where a slot of that length declares a masked position."""
+        here = self.per_position[p]
+        ids = [t for t, _ in here if t not in self.specials and (self.allowed is None or t in self.allowed)]
+        ids = ids or [t for t, _ in here if t not in self.specials] or [here[0][0]]
+        if self.pins is not None and p < len(self.pins.allowed):
+            ids = [t for t in ids if t in self.pins.allowed[p]] or ids
+        if self.masks and self.mask_id in ids and p not in (self.anywhere if n is None else self.some.get(n, ())):
+            ids = [t for t in ids if t != self.mask_id] or ids
+        return ids
+
+    def narrow(self, layout: Layout, rest: Any, length: int) -> None:
+        """After a peel: the tokens and placements left, and, where what is left still has a
+        layer-0 rank gap, the layer-0 candidates read again (fewer sentences, fewer pairs pass)
+        among the tokens left, or, where the embedding gradient is dense, among the candidates so far."""
+        self.allowed = rest.allowed
+        if self.pins is not None:
+            self.pins = rest.positions
+        if rest.span0 is not None:
+            left = self.allowed if self.allowed else self.tokens()
+            self.per_position, _ = position_candidates(layout, rest.span0, torch.tensor(sorted(left | self.specials)),
+                                                       length)

@@ -1,0 +1,234 @@
+"""Peeling: taking found sentences out of the batch's gradient, one at a time (`Peeler`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ...text.layouts import Layout, MlmHead
+from ...text.leaks import LayerSpan, embedding_token_set, layer_span, mlm_label_counts, positions
+from ...text.leaks.positions import TokenPositions
+from ...text.leaks.scale import ShareFit
+from .sequences import occupants
+
+
+@dataclass
+class Rest:
+    """What is left of a batch once sentences are peeled off: its layer-1 span (None when nothing
+    is left), token set, layer-0 span (None without a rank gap) and token positions (None
+    without the embedding gradients)."""
+
+    span1: LayerSpan | None
+    allowed: set[int] | None = None
+    span0: LayerSpan | None = None
+    positions: TokenPositions | None = None
+
+
+def head_label_terms(head: MlmHead, h: torch.Tensor, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For hidden states h [k, H] entering the masked-LM head: J^T p [k, E] and J^T e_v for each
+    of `tokens` [len(tokens), k, E], in double, where J is the logits' Jacobian in the head
+    transform's pre-activation; the cross-entropy gradient there, label v, is J^T p - J^T e_v."""
+    with torch.enable_grad():
+        pre = head.dense(h.to(head.dense.weight.dtype)).detach().requires_grad_()
+        logits = head.logits(pre)
+        probs = logits.softmax(-1).detach()
+        expected = torch.autograd.grad((probs * logits).sum(), pre, retain_graph=True)[0].double()
+        per_token = torch.stack([torch.autograd.grad(logits[:, v].sum(), pre, retain_graph=True)[0].double()
+                                 for v in tokens])
+    return expected, per_token
+
+
+def as_captured(values: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Back to the shared gradient's dtype: the span's noise floor is set by its precision."""
+    return {n: v.to(grads[n].dtype) for n, v in values.items()}
+
+
+class Peeler:
+    """Takes found sentences out of the batch's gradient, one at a time.
+
+    The batch gradient is the mean of its sentences' own gradients (classification: over
+    sentences; masked-LM: over all M masked positions of the batch), times a factor the attacker
+    may not know (global-norm clipping, accumulation, a sum reduction), and a found sentence's own
+    gradient can be recomputed exactly (eval mode, as captured) once its labels are known; its
+    share of what is left is fitted (`leaks.scale.ShareFit`, recorded in `fitted`). The
+    labels are those whose subtraction drops the layer-1 rank by the sentence's length (where
+    layers share the Q/K/V weights, as ALBERT's do, by at least its length: its inputs to the
+    other sharing layers add directions that other sentences may share) or, for the last
+    sentence, leave nothing but rounding. That is a second certificate: a wrong sentence, even one the
+    layer-1 residual lets pass, does not drop the rank, and `peel` refuses it (None).
+
+    Classification tries every class. Masked-LM takes the masked positions from the declared
+    ones of a batch slot of the sentence's length (its [MASK] tokens among them), and each
+    position's token from the prediction-head transform gradient A = sum_j d_j h_j^T: removing
+    the right term d_j(y) h_j^T lowers A's rank by one, which holds exactly when
+    h_j^T A^+ d_j(y) = 1 with d_j(y) in A's column space (Wedderburn's rank-one reduction); the
+    candidates y are the leaked masked tokens still counted by the output-bias gradient.
+    `working` is False when the gradient lacks what the subtraction needs."""
+
+    def __init__(self, observation: Any, layout: Layout, lengths: Sequence[int], rank: int,
+                 mask_id: int | None = None, known_lengths: bool = False):
+        grads = self.grads = observation.gradients
+        self.layout, self.model, self.batch_size = layout, layout.model, len(lengths)
+        self.task, self.lengths, self.mask_id, self.known_lengths = observation.task, list(lengths), mask_id, known_lengths
+        self.layer1 = layout.shared(grads, layout.qkv_names(1))
+        self.scale = sum(float(grads[n].double().norm()) for n in self.layer1)  # of what `last` leaves
+        names = self.layer1 + layout.shared(grads, layout.qkv_names(0))
+        self.word = layout.word_embedding_name if embedding_token_set(layout, grads) is not None else None
+        # with it, what is left shows where its tokens stand (`leaks.token_positions`)
+        self.position_table = layout.position_embedding_name if self.word and layout.position_embedding_name in grads \
+            else None
+        names += [n for n in (self.word, self.position_table) if n]
+        self.working = self._masked_lm(observation, lengths, names) if self.task == "mlm" else True
+        self.names = list(dict.fromkeys(names))  # layers sharing their weights name them twice
+        params = dict(self.model.named_parameters())
+        self.params = [params.get(n) for n in self.names]
+        self.working = self.working and all(p is not None for p in self.params)
+        dev = layout.device
+        self.rest = {n: grads[n].to(dev).double().clone() for n in self.names} if self.working else {}
+        self._word_top: float | None = None  # the largest word-embedding gradient row's norm, once needed
+        self.rank = rank  # of the layer-1 span of what is left
+        # each sentence's share of the gradient is fitted, not assumed (clipping, accumulation, sum losses)
+        self.shares = ShareFit(self.layer1, [n for n in self.names if n not in self.layer1],
+                               [n for n in (self.word, self.position_table) if n],
+                               eps=torch.finfo(grads[self.layer1[0]].dtype).eps if self.layer1 else 2.0 ** -23)
+        self.fitted: list[float] = []  # the share each peeled sentence came out at
+        self.labels: list[Any] = []  # the label(s) of each sentence peeled, in order
+        self.slots: list[int] = []  # masked-LM: the batch slot of each sentence peeled
+        self.sentences: list[list[int]] = []  # each sentence peeled, in order
+
+    def _masked_lm(self, observation: Any, lengths: Sequence[int], names: list[str]) -> bool:
+        """Set up the masked-LM subtraction; whether the gradient and knowledge allow it."""
+        know, head = observation.knowledge, self.layout.mlm_head()
+        self.head = head
+        self.dense = head.dense_weight if head.dense_weight in self.grads else None
+        # a slot's masked positions go with its length: both must be declared
+        if not (know.mask_positions is not None and know.seq_lengths is not None and self.dense is not None
+                and self.mask_id is not None and head.bias in self.grads and len(know.mask_positions) == len(lengths)):
+            return False
+        self.positions = [sorted(p) for p in know.mask_positions]
+        self.masked = sum(len(p) for p in self.positions)  # M: the loss is a mean over them
+        self.masked_left = self.masked
+        self.counts = mlm_label_counts(self.layout, self.grads, self.masked)
+        names.append(self.dense)
+        return self.masked > 0
+
+    def peel(self, seq: list[int], last: bool = False) -> Rest | None:
+        """Subtract `seq`'s own gradient under the likeliest labels that make the subtraction
+        exact; None when none does (the sentence is refused)."""
+        best = None
+        for slot, labels in self._choices(seq):
+            own = dict(zip(self.names, self._own(seq, slot, labels)))
+            share = self.shares.scale(self.rest, own, self.rank, len(seq), last)
+            if share is None:  # no positive share of this sentence, with these labels, fits
+                continue
+            trial = {n: self.rest[n] - share * own[n].double() for n in self.names}
+            score, ok, span = self._test(seq, trial, last)
+            if ok and (best is None or score < best[0]):
+                best = (score, trial, slot, labels, span, share)
+                if not last:
+                    break
+        if best is None:
+            return None
+        score, trial, slot, labels, span, share = best
+        if not last and not span.exact:
+            return None
+        self.fitted.append(share)
+        self.labels.append(labels)
+        self.sentences.append(list(seq))
+        if self.task == "mlm":
+            self.slots.append(slot)
+            self.masked_left -= len(labels)
+            for t in labels:
+                self.counts[t] = self.counts.get(t, 0) - 1
+        if last:
+            return Rest(None)
+        self.rank, self.rest = score, trial
+        return self._what_is_left(span)
+
+    def _test(self, seq: list[int], trial: dict[str, torch.Tensor], last: bool
+              ) -> tuple[float, bool, LayerSpan | None]:
+        """(score, whether the subtraction is exact, the layer-1 span of what it leaves)."""
+        if last:  # nothing may be left but the capture's rounding
+            r = sum(float(trial[n].norm()) for n in self.layer1) / self.scale
+            return r, r < math.sqrt(torch.finfo(self.grads[self.layer1[0]].dtype).eps), None
+        span = layer_span(self.layout, as_captured(trial, self.grads), 1)
+        if self.layout.qkv_sharing(1) == 1:
+            return span.rank, span.rank == self.rank - len(seq), span
+        # layers sharing the weights (ALBERT): the sentence's layer-1 inputs (context-dependent,
+        # its own) come out with it; what its inputs to the other sharing layers add is not
+        # known in advance (layer 0's are shared with other sentences at the same (token,
+        # position); the last layer's are partial), so the drop must be at least its length
+        return span.rank, self.rank - span.rank >= len(seq), span
+
+    def _what_is_left(self, span: LayerSpan) -> Rest:
+        allowed = None
+        if self.word:
+            if self._word_top is None:
+                self._word_top = float(self.grads[self.word].double().norm(dim=1).max())
+            rows = self.rest[self.word].norm(dim=1)
+            allowed = set((rows > 1e-6 * self._word_top).nonzero().flatten().tolist())
+        left = as_captured(self.rest, self.grads)
+        span0 = layer_span(self.layout, left, 0)
+        found = None
+        if self.position_table and allowed:
+            lengths = list(self.lengths)
+            for s in self.sentences:
+                lengths.remove(len(s))
+            found = positions.token_positions(self.layout, left, sorted(allowed), max(lengths),
+                                              occupants(lengths) if self.known_lengths else None)
+        return Rest(span, allowed, span0 if span0.exact else None, found)
+
+    def _choices(self, seq: list[int]):
+        """(slot, labels) to try, likeliest first."""
+        if self.task != "mlm":
+            yield from ((None, c) for c in range(int(self.model.config.num_labels)))
+            return
+        masks = {p for p, t in enumerate(seq) if t == self.mask_id}
+        seen: list[list[int]] = []
+        for b, (n, pos) in enumerate(zip(self.lengths, self.positions)):
+            if b in self.slots or n != len(seq) or not masks <= set(pos) or pos in seen or not pos:
+                continue
+            seen.append(pos)
+            ranked = self._ranked_tokens(seq, pos)
+            first = [r[0] for r in ranked]
+            yield b, first
+            for i, r in enumerate(ranked):  # one position's runner-up at a time
+                if len(r) > 1:
+                    yield b, first[:i] + [r[1]] + first[i + 1:]
+
+    def _own(self, seq: list[int], slot, labels) -> tuple[torch.Tensor, ...]:
+        """The sentence's own share of the batch gradient, for `self.names`."""
+        dev = self.layout.device
+        ids = torch.tensor([seq], device=dev)
+        if self.task == "mlm":
+            target = torch.full_like(ids, -100)
+            target[0, self.positions[slot]] = torch.tensor(labels, device=dev)
+            share = len(labels) / self.masked  # the loss averages over the whole batch's masked positions
+        else:
+            target, share = torch.tensor([labels], device=dev), 1.0  # its share of the batch is fitted
+        with torch.enable_grad():
+            loss = self.model(**self.layout.inputs(ids), labels=target).loss
+            return torch.autograd.grad(loss * share, self.params)
+
+    def _ranked_tokens(self, seq: list[int], pos: list[int], keep: int = 2) -> list[list[int]]:
+        """Per masked position, the `keep` leaked tokens whose term best reduces the rank of
+        the transform gradient left."""
+        cand = [t for t, c in self.counts.items() if c > 0] or list(self.counts)
+        A = self.rest[self.dense]
+        U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+        r = max(1, min(self.masked_left, len(S)))
+        U, S, V = U[:, :r], S[:r], Vh[:r].T
+        with torch.no_grad():
+            h = self.layout.hidden_states(torch.tensor([seq], device=self.layout.device))[0, pos]
+        expected, per_token = head_label_terms(self.head, h, cand)
+        d = (expected[None] - per_token) / self.masked  # [candidates, k, E]: dL/dpre_j were the label v
+        left = (h.double() @ V) / S  # h_j^T A^+ = h_j^T V S^-1 U^T
+        coef = d @ U  # [candidates, k, r]
+        inside = (coef * left[None]).sum(-1)
+        outside = (d - coef @ U.T).norm(dim=-1) / d.norm(dim=-1).clamp_min(1e-300)
+        scores = ((inside - 1).abs() + outside).T  # [k, candidates]
+        order = torch.argsort(scores, dim=1)[:, :keep]
+        return [[cand[j] for j in row] for row in order.tolist()]

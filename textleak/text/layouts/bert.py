@@ -1,0 +1,34 @@
+"""BERT (and MiniLM, which is a BERT): post-LayerNorm layers under `encoder.layer`, a pooler and
+a `classifier`, a masked-LM head `cls.predictions` (transform dense, LayerNorm, tied decoder)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Block, ClassifierHead, Layout, MlmHead, linear_head
+from .registry import register
+
+
+@register("bert")
+class BertLayout(Layout):
+    family = "BERT"
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.base.encoder.layer
+
+    def block(self, k: int) -> Block:
+        layer = self.layer(k)
+        attn = layer.attention.self
+        return Block(attn.query, attn.key, attn.value, int(self.config.num_attention_heads),
+                     layer.attention.output, lambda a: layer.output(layer.intermediate(a), a))
+
+    def classifier(self) -> ClassifierHead:
+        return linear_head(self, self.model.classifier, self.model.classifier)
+
+    def mlm_head(self) -> MlmHead:
+        head = self.model.cls
+        transform = head.predictions.transform
+        return MlmHead(head, transform.dense, transform.transform_act_fn, transform.LayerNorm,
+                       self.model.get_output_embeddings(), self.name(transform.dense.weight),
+                       self.name(head.predictions.bias), self.names(head), self.tied)

@@ -1,0 +1,36 @@
+"""Analytic leaks: what a text gradient gives away with no optimisation, read straight off it.
+
+Each module reads one kind of fact and takes the model's layout (`textleak.text.layouts`) as its
+first argument, so that no leak knows a parameter name:
+
+- `labels`: classification labels from the classifier's output-layer gradient (iDLG for one
+  example, counts for a batch, per example once the inputs are known); masked tokens and their
+  counts from the masked-LM output-bias gradient.
+- `tokens`: the batch's token set from the nonzero rows of the word-embedding gradient (untied
+  heads), or from the rows that stand out of the noise; the longest length from the
+  position-embedding gradient.
+- `positions`: where most tokens stand, from the LayerNorm orthogonality of each occurrence's
+  share of the word- and position-embedding rows (`token_positions`).
+- `spans`: the span of a layer's inputs from its Q/K/V weight gradients (`layer_span`, by a
+  registered span test), and the layer-0 candidates per position (`position_candidates`).
+- `residuals`: layer-k residuals of whole and partial sentences against a span.
+- `slots`: one token's layer-1 residual in context for the cost of one token (`slot_residuals`),
+  with a table of layer 0's per-(token, position) rows (`layer0_table`).
+
+A new leak (dropout masks, clipping factors, a FedAvg update's steps) is one more module here
+with the same shape: `fact(layout, gradients, ...) -> value or None`.
+"""
+
+from __future__ import annotations
+
+from .labels import assign_class_labels, class_label_counts, mlm_label_counts
+from .positions import TokenPositions, token_positions
+from .residuals import padded, partial_residuals, position_residuals, sequence_residuals
+from .slots import layer0_table, slot_residuals
+from .spans import MIN_GAP, SPAN_TESTS, LayerSpan, calibrate_threshold, layer_span, position_candidates, rank_gap
+from .tokens import embedding_token_set, max_length, noisy_token_set
+
+__all__ = ["assign_class_labels", "class_label_counts", "mlm_label_counts", "TokenPositions", "token_positions",
+           "padded", "partial_residuals", "position_residuals", "sequence_residuals", "layer0_table",
+           "slot_residuals", "MIN_GAP", "SPAN_TESTS", "LayerSpan", "calibrate_threshold", "layer_span",
+           "position_candidates", "rank_gap", "embedding_token_set", "max_length", "noisy_token_set"]
