@@ -76,7 +76,8 @@ def run_unit(setting: str, batch, target, model_name, attack: str, unknown, seed
             folder = Path(tempfile.mkdtemp(prefix="tl-trainer-"))
             path = trainer_capture(model_name, batch, folder, seed)
             t0 = time.perf_counter()
-            res = textleak.recover(gradients=path, attack=attack, unknown=unknown, progress=False)
+            res = textleak.recover(gradients=path, attack=attack, unknown=unknown, progress=False, device="cpu",
+                                   reference=str(path.with_name("grads.reference.json")))
         else:
             cap = textleak.capture_gradients(target, [t for t, _ in batch], labels=[y for _, y in batch],
                                              seed=seed, step=SETTINGS[setting], device="cpu")

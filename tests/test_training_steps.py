@@ -112,6 +112,26 @@ def test_a_train_mode_capture_is_refused_by_exact_and_auto_moves_on(wide):
     assert [type(s).__name__ for s in auto.stages_for("text")][0] == "Exact"
 
 
+def test_a_train_mode_step_is_read_off_the_embedding_gradients(wide):
+    one = textleak.capture_gradients(wide, TEXTS[:1], labels=[1], step=TrainingStep(mode="train", clip=1e-3), seed=2)
+    res = textleak.recover(gradients=one.gradients, model=wide, attack="auto", reference=one.reference,
+                           unknown=["labels"], progress=False)
+    assert res.method == "positions" and res.details["tried"][0]["attack"] == "exact"
+    assert res.details["certified"] and res.metrics["mean"]["exact_match"] == 1.0
+    assert res.metrics["mean"]["label_accuracy"] == 1.0
+
+    two = textleak.capture_gradients(wide, TEXTS[:2], labels=[1, 0], step=TrainingStep(mode="train"), seed=3)
+    res = textleak.recover(gradients=two.gradients, model=wide, attack="positions", reference=two.reference,
+                           progress=False)
+    certain = res.details["certified_sentences"]
+    truth = {tuple(t) for t in two.reference.token_ids}
+    assert all(tuple(res.prediction["token_ids"][b]) in truth for b in certain)  # certain means right
+    assert res.metrics["mean"]["rouge1"] > 0.5
+    with pytest.raises(MissingKnowledgeError, match="dropout on"):  # eval mode: exact is the attack
+        textleak.recover(gradients=textleak.capture_gradients(wide, TEXTS[:1], labels=[1]).gradients, model=wide,
+                         attack="positions", progress=False)
+
+
 def test_left_padding_is_recorded_and_never_certified_when_wrong(wide):
     # BERT numbers positions from the row's start, so left-padded tokens stand shifted
     wide.tokenizer.padding_side = "left"

@@ -3,6 +3,7 @@
 from .base import ATTACKS, Attack, AttackOutput
 from . import dlg  # noqa: F401  (registers)
 from . import exact  # noqa: F401
+from . import positions  # noqa: F401
 from . import tag  # noqa: F401
 from . import lamp  # noqa: F401
 from . import auto  # noqa: F401

@@ -34,7 +34,7 @@ from .base import ATTACKS, CANNOT_RUN, AttackOutput, preflight
 from .optimisation import GradientMatching
 
 #: the default stages per modality, tried in this order
-STAGES = {"text": ("exact", "lamp", "tag", "dlg"), "image": ("idlg",)}
+STAGES = {"text": ("exact", "positions", "lamp", "tag", "dlg"), "image": ("idlg",)}
 #: settings shared by the optimisation stages (each takes those among its fields)
 SHARED = ("steps", "restarts", "optimizer", "lr", "distance", "decode")
 
@@ -55,6 +55,7 @@ class Auto:
     prior: str = "bigram"
     # each stage's own settings, by stage name (override the shared ones)
     exact: dict | None = None
+    positions: dict | None = None  # train-mode steps (#14)
     lamp: dict | None = None
     tag: dict | None = None
     dlg: dict | None = None
