@@ -1,14 +1,19 @@
 """Benchmark recovery from what a real training step shares: ROUGE-1 / ROUGE-2, exact-match rate,
-the share of sentences certified, and seconds per batch, per training setting and batch size.
+the share of sentences certified (`certified_sentences` where the attack lists them, else all or
+none by `certified`), and seconds per batch, per training setting and batch size.
 
-    OMP_NUM_THREADS=1 python recipes/benchmark_training.py --settings eval,clip,dropout,clip+dropout,bf16,fp16,pad128,trainer \\
+    OMP_NUM_THREADS=1 python recipes/benchmark_training.py --attack exact --settings eval,clip,bf16,fp16,pad128 \\
         --data sst2 --batch-size 1,4 --n 3 --out results/training/sst2.jsonl
+    OMP_NUM_THREADS=1 python recipes/benchmark_training.py --attack positions \\
+        --settings dropout,clip+dropout,dropout0.2,dropout0.3,trainer --data sst2 --batch-size 1,4 --n 3 \\
+        --out results/training/sst2.jsonl
 
 Settings (each a `textleak.capturing.TrainingStep` given to `capture_gradients`, the same protocol
 `textleak capture --train-mode --clip --precision --pad-to` takes):
     eval          eval mode, float32, unclipped, padded to the longest (the idealised gradient)
     clip          global-norm clipping to 1.0 (the Trainer's max_grad_norm); it acts on every step here
     dropout       train mode: the model's dropout (0.1) active
+    dropout0.2 / dropout0.3   train mode with every dropout rate raised to 0.2 / 0.3
     clip+dropout  both
     bf16 / fp16   the forward pass under bfloat16 / float16 autocast
     pad128        every sentence padded to 128 tokens
@@ -22,6 +27,7 @@ the table is printed and written as JSON beside it. Public API only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -46,8 +52,34 @@ SETTINGS = {
     "bf16": TrainingStep(precision="bfloat16"),
     "fp16": TrainingStep(precision="float16"),
     "pad128": TrainingStep(pad_to=128),
+    "dropout0.2": TrainingStep(mode="train"),
+    "dropout0.3": TrainingStep(mode="train"),
     "trainer": None,  # a transformers.Trainer step
 }
+#: settings that change the model's dropout rate (config and modules) for the step
+RATES = {"dropout0.2": 0.2, "dropout0.3": 0.3}
+
+
+@contextlib.contextmanager
+def dropout_rate(model, rate: float | None):
+    """Every dropout of `model` (its config's rates and its modules) at `rate` for a block."""
+    if rate is None:
+        yield
+        return
+    keys = [k for k in ("hidden_dropout_prob", "attention_probs_dropout_prob") if hasattr(model.config, k)]
+    saved = ({k: getattr(model.config, k) for k in keys},
+             {m: m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)})
+    for k in keys:
+        setattr(model.config, k, rate)
+    for m in saved[1]:
+        m.p = rate
+    try:
+        yield
+    finally:
+        for k, v in saved[0].items():
+            setattr(model.config, k, v)
+        for m, p in saved[1].items():
+            m.p = p
 
 
 def trainer_capture(model_name: str | None, batch: list[tuple[str, int]], folder: Path, seed: int):
@@ -79,8 +111,9 @@ def run_unit(setting: str, batch, target, model_name, attack: str, unknown, seed
             res = textleak.recover(gradients=path, attack=attack, unknown=unknown, progress=False, device="cpu",
                                    reference=str(path.with_name("grads.reference.json")))
         else:
-            cap = textleak.capture_gradients(target, [t for t, _ in batch], labels=[y for _, y in batch],
-                                             seed=seed, step=SETTINGS[setting], device="cpu")
+            with dropout_rate(target.model, RATES.get(setting)):
+                cap = textleak.capture_gradients(target, [t for t, _ in batch], labels=[y for _, y in batch],
+                                                 seed=seed, step=SETTINGS[setting], device="cpu")
             t0 = time.perf_counter()
             res = textleak.recover(gradients=cap.gradients, model=target, attack=attack, reference=cap.reference,
                                    unknown=unknown, progress=False, device="cpu")
@@ -90,6 +123,8 @@ def run_unit(setting: str, batch, target, model_name, attack: str, unknown, seed
                 **{k: res.metrics["mean"][k] for k in ("rouge1", "rouge2", "exact_match")},
                 "label_accuracy": res.metrics["mean"].get("label_accuracy"),
                 "certified": bool(certified) if certified is not None else False,
+                "certified_share": (len(details["certified_sentences"]) / len(batch) if "certified_sentences" in details
+                                    else float(bool(certified))),
                 "peeled": details.get("peeled")}
     except TextleakError as exc:
         return {"error": str(exc), "seconds": time.perf_counter() - t0}
@@ -161,7 +196,8 @@ def summarise(records: list[dict]) -> list[dict]:
         mean = lambda k: 100 * sum(float(r[k]) for r in ok) / len(ok) if ok else None  # noqa: E731
         out.append({"setting": setting, "batch_size": bs, "batches": len(rs), "errors": len(rs) - len(ok),
                     "rouge1": mean("rouge1"), "rouge2": mean("rouge2"), "exact_match": mean("exact_match"),
-                    "certified": mean("certified"), "seconds_per_batch": sum(r["seconds"] for r in rs) / len(rs),
+                    "certified": (100 * sum(r.get("certified_share", float(r["certified"])) for r in ok) / len(ok)
+                                  if ok else None), "seconds_per_batch": sum(r["seconds"] for r in rs) / len(rs),
                     "methods": sorted({r.get("method", "error") for r in rs}),
                     "error_examples": sorted({r["error"] for r in rs if "error" in r})[:1]})
     return out

@@ -2,10 +2,12 @@
 (in the manner of torchattacks' MultiAttack): an ordered list of attack instances, each with its
 own settings, tried in turn.
 
-Text stages: `exact` (attacks/exact.py), `lamp`, `tag`, `dlg`; images: `idlg`. Before a stage does
+Text stages: `exact` (attacks/exact/), `positions`, `lamp`, `tag`, `dlg`; images: `idlg`. Before a stage does
 any work its `preflight(observation, target)` runs; a stage that cannot run (MissingKnowledgeError,
 e.g. only the head was shared or a frozen embedding; or an unsupported model) is skipped, and
-`details["tried"]` says why. `exact` is the answer when its sentences pass the layer-1 span
+`details["tried"]` says why. `positions` answers train-mode steps (an uncertified assembly is
+kept: it sets `details["optimise_after"]` False, as the optimisation stages match eval-mode
+gradients). `exact` is the answer when its sentences pass the layer-1 span
 certificate (`details["certified"]`); an uncertified assembly is handed to the next stage that
 takes a start (`initial_ids`: LAMP-style) and the two are compared by the layer-1 span residual
 (the same certificate, computed without ground truth). `AttackOutput.method` names what ran
@@ -110,6 +112,9 @@ class Auto:
             except CANNOT_RUN as exc:
                 tried.append({"attack": stage.name, "reason": str(exc)})
                 continue
+            if out.details.get("certified") is False and out.details.get("optimise_after") is False:
+                out.details["tried"] = tried  # the stage says no later stage can improve it (#14: positions)
+                return out
             if out.details.get("certified") is False:
                 tried.append({"attack": stage.name, "reason": "assembly did not pass the layer-1 span certificate"})
                 guess = guess if guess is not None else out

@@ -99,7 +99,10 @@ class Positions:
         assumed = {"seq_lengths": how, "special_tokens": bool(observation.knowledge.special_tokens)}
         prediction["labels"], assumed["labels"] = _labels(observation, layout, sequences)
         prediction["texts"] = [ids_to_text(tok, s) for s in sequences]
+        # the optimisation stages match eval-mode gradients, which a train-mode step's are not: an
+        # uncertified assembly is kept rather than handed to them by `auto`
         details = {"certified": all(certain), "certified_sentences": [b for b, c in enumerate(certain) if c],
+                   "optimise_after": not TrainingSettings.of(observation.metadata).dropout_active,
                    "placed_tokens": {"tokens": len(tokens), "placed": len(found.complete),
                                      "closed_positions": len(found.closed), "positions": max(lengths)},
                    "sweeps": sweeps, "span_layers": [s[0] for s in spans], "seconds": time.perf_counter() - t0}
