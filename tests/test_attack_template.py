@@ -72,8 +72,9 @@ def test_idlg_preflight_needs_the_last_layer():
 
 def test_auto_options_reach_every_stage():
     auto = Auto(seed=3, steps=5, exact={"widen": 2}, lamp={"prior": "none", "proposals": 1}, dlg={"steps": 1})
-    exact, lamp, tag, dlg = auto.stages_for("text")
+    exact, positions, lamp, tag, dlg = auto.stages_for("text")
     assert (exact.name, exact.widen, exact.seed) == ("exact", 2, 3)
+    assert (positions.name, positions.seed) == ("positions", 3)
     assert (lamp.steps, lamp.prior, lamp.proposals, lamp.seed) == (5, "none", 1, 3)
     assert (tag.steps, dlg.steps) == (5, 1)
     assert [s.name for s in auto.stages_for("image")] == ["idlg"] and auto.stages_for("image")[0].steps == 5
