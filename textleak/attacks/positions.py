@@ -27,7 +27,8 @@ How:
    guesses, the lowest total cost kept. The true batch scores lower than what the descent finds
    in most measured misses: the search, not the score, limits it.
 4. Labels: known, else the sign rule on the classifier weight gradient with eval-mode features
-   (approximate: the classifier saw dropped features).
+   (approximate: the classifier saw dropped features); masked-LM: the masked tokens solved from
+   the prediction head's gradient as `exact` solves them (`exact.labels.mlm_labels`).
 
 Certificates: a sentence is certain where every position it reaches holds one distinct token
 placed there (a closed position): then no assembly choice was made for it. At batch 1 with every
@@ -57,6 +58,7 @@ from ..text.leaks import assign_class_labels, embedding_token_set, padded, token
 from ..threat import Observation
 from ..training import TrainingSettings
 from .base import ATTACKS, AttackOutput
+from .exact.labels import mlm_labels
 from .exact.sequences import occupants
 
 
@@ -73,11 +75,9 @@ class Positions:
     seed: int = 0
 
     def preflight(self, observation: Observation, target: Any) -> None:
-        """MissingKnowledgeError when the task is not classification, the step was not taken in
-        train mode (there `exact` certifies; `any_mode=True` lifts this), the gradient lacks the
-        embedding gradients (or the head is tied), or several sentences come without lengths."""
-        if observation.task != "classify":
-            raise MissingKnowledgeError("the positions attack reads classification steps only")
+        """MissingKnowledgeError when the step was not taken in train mode (there `exact`
+        certifies; `any_mode=True` lifts this), the gradient lacks the embedding gradients (or
+        the head is tied), or several sentences come without lengths."""
         if not self.any_mode and not TrainingSettings.of(observation.metadata).dropout_active:
             raise MissingKnowledgeError("the positions attack is for steps taken with dropout on; this one was "
                                         "not (exact applies; any_mode=True runs it anyway)")
@@ -97,8 +97,12 @@ class Positions:
         certain = [all(len(found.allowed[i]) == 1 and i in found.closed for i in range(n)) for n in lengths]
         prediction: dict[str, Any] = {"token_ids": sequences}
         assumed = {"seq_lengths": how, "special_tokens": bool(observation.knowledge.special_tokens)}
-        prediction["labels"], assumed["labels"] = _labels(observation, layout, sequences)
-        prediction["texts"] = [ids_to_text(tok, s) for s in sequences]
+        if observation.task == "classify":
+            prediction["labels"], assumed["labels"] = _labels(observation, layout, sequences)
+        else:  # masked-LM: the masked tokens solved as exact solves them, from the head's gradient
+            prediction["token_ids"], prediction["labels"], assumed["labels"], assumed["mask_positions"] = \
+                mlm_labels(observation, layout, tok, sequences)
+        prediction["texts"] = [ids_to_text(tok, s) for s in prediction["token_ids"]]
         # the optimisation stages match eval-mode gradients, which a train-mode step's are not: an
         # uncertified assembly is kept rather than handed to them by `auto`
         details = {"certified": all(certain), "certified_sentences": [b for b, c in enumerate(certain) if c],
