@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -92,9 +94,12 @@ def test_bad_inputs_get_one_line_errors(tiny_bert, tiny_distilbert, tmp_path, ca
 
 
 def test_interrupted_recover_resumes_from_its_checkpoint(tiny_bert, tmp_path, capsys, monkeypatch):
+    """Ctrl-C mid-step stops at the end of that step; the resumed run equals an uninterrupted one."""
     grads = tmp_path / "g.pt"
     assert run(capsys, "capture", "--model", str(tiny_bert), "--text", "the cat sat", "--task", "classify",
                "--labels", "1", "--out", str(grads))[0] == 0
+    common = ["recover", "--grads", str(grads), "--attack", "dlg", "--quiet", "--steps", "6"]
+    assert run(capsys, *common, "--out", str(tmp_path / "full.json"))[0] == 0
     from textleak.text import problem as text_problem
 
     original = text_problem.TextMatchingProblem.gradients
@@ -102,19 +107,21 @@ def test_interrupted_recover_resumes_from_its_checkpoint(tiny_bert, tmp_path, ca
 
     def flaky(self, variables):
         calls["n"] += 1
-        if calls["n"] == 30:
-            raise KeyboardInterrupt
+        if calls["n"] == 30:  # in the middle of an L-BFGS step
+            os.kill(os.getpid(), signal.SIGINT)
         return original(self, variables)
 
     monkeypatch.setattr(text_problem.TextMatchingProblem, "gradients", flaky)
-    code, _, err = run(capsys, "recover", "--grads", str(grads), "--attack", "dlg", "--quiet", "--steps", "6")
+    code, _, err = run(capsys, *common)
     assert code == 130 and "--resume" in err and "Traceback" not in err
-    assert (tmp_path / "g.ckpt").exists()
-    code, out, _ = run(capsys, "recover", "--grads", str(grads), "--attack", "dlg", "--quiet", "--steps", "6",
-                       "--resume", "--out", str(tmp_path / "r.json"))
+    assert len(list(tmp_path.glob("g.pt.*.ckpt"))) == 1
+    monkeypatch.undo()
+    code, out, _ = run(capsys, *common, "--resume", "--out", str(tmp_path / "r.json"))
     assert code == 0
-    assert json.loads((tmp_path / "r.json").read_text())["details"]["resumed"] is True
-    assert not (tmp_path / "g.ckpt").exists()  # a finished run leaves no checkpoint behind
+    resumed, full = (json.loads((tmp_path / n).read_text()) for n in ("r.json", "full.json"))
+    assert resumed["details"]["resumed"] is True
+    assert resumed["history"] == full["history"] and resumed["prediction"] == full["prediction"]
+    assert not list(tmp_path.glob("*.ckpt"))  # a finished run leaves no checkpoint behind
 
 
 def test_env_and_module_entry_point(capsys):

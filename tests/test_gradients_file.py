@@ -40,7 +40,7 @@ def test_missing_empty_truncated_and_garbage_files(tmp_path):
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     _expect(tmp_path / "cut.pt", "corrupt or truncated")
     (tmp_path / "junk.pt").write_bytes(b"hello, not a tensor file" * 10)
-    _expect(tmp_path / "junk.pt", "cannot load")
+    _expect(tmp_path / "junk.pt", "not a textleak gradient file (neither")
     save_gradients(tmp_path / "g.safetensors", _gf())
     data = (tmp_path / "g.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 20])
@@ -56,7 +56,7 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"format": "textleak.gradients", "gradients": {"w": torch.ones(1)}, "obj": Evil()}, tmp_path / "evil.pt")
     _expect(tmp_path / "evil.pt", "unsafe")
     (tmp_path / "raw.pkl").write_bytes(pickle.dumps({"a": 1}))
-    _expect(tmp_path / "raw.pkl", "cannot load")
+    _expect(tmp_path / "raw.pkl", "not a textleak gradient file")
 
 
 def test_foreign_or_future_files_and_nan(tmp_path):

@@ -167,11 +167,14 @@ def test_audit_cli_end_to_end(tmp_path, capsys):
     data = write_tsv(tmp_path / "data.tsv")
     out = tmp_path / "audit"
     args = ["audit", "--model", str(folder), "--data", str(data), "--defence", "noise:1e-2", "prune:0.5",
-            "--attack", "no-such-attack", "--n", "2", "--steps", "1", "--train", str(data), "--utility-train", "4",
+            "--attack", "dlg", "--n", "2", "--steps", "1", "--train", str(data), "--utility-train", "4",
             "--out", str(out), "--quiet"]
+    typo = [a if a != "dlg" else "no-such-attack" for a in args]
+    assert main([*typo[:-3], "--out", str(tmp_path / "typo")]) == 2  # a typo fails; it never runs DLG instead
+    assert "unknown attack 'no-such-attack'" in capsys.readouterr().err and not (tmp_path / "typo").exists()
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "'no-such-attack' is not registered" in printed and "| prune:0.5 |" in printed
+    assert "| prune:0.5 |" in printed
     assert (out / "report.html").exists() and (out / "summary.md").exists()
     table = json.loads((out / "results" / "table.json").read_text())["table"]
     assert {r["defence"] for r in table} == {"none", "noise:0.01", "prune:0.5"}

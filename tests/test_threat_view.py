@@ -79,3 +79,33 @@ def test_the_public_view_keeps_what_a_server_knows(tiny_bert):
     assert public_metadata(view) == view  # building twice changes nothing
     assert public_metadata({"modality": "text", "capture": {"victim": {"seed": 1}}, "anything": 2}) == \
         {"modality": "text", "capture": {}}
+
+
+def test_the_metadata_schema_types_every_public_field_and_accepts_every_capture(tiny_bert):
+    from textleak.capturing import TrainingStep
+    from textleak.errors import GradientFileError
+    from textleak.gradients import check_gradient_file
+    from textleak.image.capture import capture_image_gradients
+    from textleak.schema import metadata_schema
+
+    def covered(public, schema, where):
+        for key, part in public.items():
+            assert key in schema.get("properties", {}), f"{where}.{key} is public but not in the schema"
+            if part is not True:
+                covered(part, schema["properties"][key], f"{where}.{key}")
+
+    for modality in ("text", "image"):
+        covered(PUBLIC_METADATA, metadata_schema(modality), "metadata")
+    target = load_text_model(str(tiny_bert), task="classify")
+    caps = [textleak.capture_gradients(target, ["the cat sat", "a dog"], labels=[1, 0], defence="noise:1e-3",
+                                       step=TrainingStep(mode="train", clip=1.0, pad_to=8)),
+            textleak.capture_gradients(target, ["the cat sat"], labels=[1], defence="fedavg:2,0.1"),
+            capture_image_gradients("lenet", torch.rand(2, 1, 8, 8), labels=[1, 2], num_classes=10, channels=1,
+                                    size=8, defence="noise:1e-2")]
+    for cap in caps:
+        check_gradient_file(cap.gradients)  # what the builder writes is what the reader accepts
+    bad = dataclasses.replace(caps[0].gradients, metadata={**caps[0].gradients.metadata,
+                                                           "capture": {**caps[0].gradients.metadata["capture"],
+                                                                       "mode": "sleep"}})
+    with pytest.raises(GradientFileError, match=r"metadata\.capture\.mode: 'sleep' is not one of"):
+        check_gradient_file(bad)

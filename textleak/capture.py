@@ -28,12 +28,24 @@ class Capture:
     gradients: GradientFile
     reference: Reference
 
-    def save(self, path: str | Path) -> tuple[Path, Path]:
-        path = Path(path)
+    def save(self, path: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
+        """Write the gradient file and `<stem>.reference.json` beside it, both or neither."""
+        from .io import as_path, check_outputs, write_files
+
+        path = as_path(path, "gradient file")
         ref_path = reference_path(path)
-        self.gradients.save(path)
-        self.reference.save(ref_path)
+        check_outputs([(path, "gradients", "gradient file"), (ref_path, "reference", "reference file")],
+                      overwrite=overwrite, folders_exist=False)
+        write_files(self.staged(path))
         return path, ref_path
+
+    def staged(self, path: Path) -> list:
+        """(path, writer) of both files, for `textleak.io.write_files` (validated first)."""
+        from .gradients import gradient_writer
+
+        text = self.reference.to_json()
+        return [(path, gradient_writer(path, self.gradients)),
+                (reference_path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))]
 
 
 def reference_path(grads_path: str | Path) -> Path:
@@ -51,7 +63,8 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
 
     model: a model name or folder (None: the packaged MiniLM), a `TextTarget`, or an HF model
         object (then pass `tokenizer`). task: "mlm" or "classify" (inferred from a model object).
-    labels: one class per sentence (classification). mask_prob: BERT masking rate (masked-LM).
+    labels: one class per sentence (classification; ignored for masked-LM, whose labels are the masked
+        tokens). mask_prob: BERT masking rate (masked-LM).
     seed: drives the masking. head_seed: initialises heads missing from the checkpoint.
     declare: which facts the attacker is assumed to know (see `threat.Knowledge`).
     defence: a spec such as "noise:1e-3" or a `textleak.defences.Defence` applied to what is
@@ -63,10 +76,12 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
     """
     from .text.batch import build_batch
 
-    if batch is None:
-        raise InputError("no text given")
-    if isinstance(batch, str):
-        batch = [batch]
+    from .validate import integer, labels as check_labels, probability, texts
+
+    batch = texts(batch)
+    labels = check_labels(labels)
+    mask_prob = probability(mask_prob, "mask_prob")
+    seed = integer(seed, "seed")
     step = step or TrainingStep()
     check_declared(declare)
     device = resolve_device(device)
@@ -107,6 +122,9 @@ def _text_target(model: Any, tokenizer: Any, task: str | None, num_labels: int, 
     if model is None or isinstance(model, (str, Path)):
         return load_text_model(None if model is None else str(model), task=task or "mlm",
                                num_labels=num_labels, head_seed=head_seed)
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"model must be a name, a folder, a TextTarget or a transformers model, got "
+                         f"{type(model).__name__} {model!r:.40}")
     if tokenizer is None:
         raise InputError("pass the tokenizer with a model object")
     return target_from_model(model, tokenizer, task=task)

@@ -18,8 +18,10 @@ and a defence. `CaptureBuilder` writes the metadata's `capture` section:
     loss          {"function": "cross-entropy", "reduction": "mean" | ...}
     defence       `Defence.describe()`, or None for the plain gradient
     victim        the victim's own settings and by-products (seed, mask_prob, loss_value, ...)
+    determinism   `core.seeding.determinism_settings()` of the capturing process (threads, kernels)
 
-`threat.PUBLIC_METADATA` says which of these an attacker sees (`victim` and `clipped` never).
+`threat.PUBLIC_METADATA` says which of these an attacker sees (`victim`, `determinism` and
+`clipped` never).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .core.seeding import model_mode
+from .core.seeding import determinism_settings, model_mode
 from .errors import InputError
 from .gradients import GradientFile, check_finite
 from .threat import Knowledge, Reference
@@ -184,8 +186,10 @@ def declared_knowledge(facts: Mapping[str, Any], declare: Iterable[str], *, spec
 
 
 def check_declared(declare: Iterable[str]) -> tuple[str, ...]:
-    declare = tuple(declare)
-    bad = [d for d in declare if d not in DECLARABLE]
+    from .validate import sequence
+
+    declare = (declare,) if isinstance(declare, str) else tuple(sequence(declare, "declare"))
+    bad = [d for d in declare if not isinstance(d, str) or d not in DECLARABLE]
     if bad:
         raise InputError(f"cannot declare {bad[0]!r}; declarable: {', '.join(DECLARABLE)}")
     return declare
@@ -224,7 +228,9 @@ class CaptureBuilder:
                 "accumulation": {"steps": step.accumulation},
                 "loss": {"function": "cross-entropy", "reduction": step.reduction},
                 "defence": self.defence.describe() if self.defence is not None else None,
-                "victim": dict(self.victim)}
+                "victim": dict(self.victim),
+                # the victim's thread count and kernels decide the gradient's last bits, as they do a result's
+                "determinism": determinism_settings(self.victim.get("seed"))}
 
     def metadata(self) -> dict[str, Any]:
         meta = {"modality": self.modality, "model": dict(self.spec), "knowledge": self.knowledge().to_dict(),

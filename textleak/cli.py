@@ -1,21 +1,32 @@
-"""`textleak` command line: capture, recover, demo, env. Calls the public API only.
+"""`textleak` command line: capture, recover, audit, sweep, demo, env. Calls the public API only.
 
-Every user error prints one line `textleak: error: ...` and exits non-zero; tracebacks are kept
-for real bugs.
+One error boundary: every user error, a bad argument and an interrupt (Ctrl-C or SIGTERM, also
+while the libraries load) end in one line `textleak: error: ...` on stderr and a non-zero exit
+(2; 130 for Ctrl-C, 143 for SIGTERM); tracebacks are kept for real bugs. Each command checks all
+of its inputs and outputs (`textleak.io`'s output rule) before any work.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from .core.device import CHOICES as DEVICES, resolve_device
 from .errors import InputError, TextleakError
+from .interrupts import signal_name, sigterm_as_interrupt
+from .validate import arg, integer, number, probability
 
 DEMO_SENTENCE = "We invite submissions for the Thirty-Third Annual Conference on Neural Information Processing Systems."
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (usage stays in --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"textleak: error: {message} (see: {self.prog} --help)\n")
 
 
 def _quiet_libraries() -> None:
@@ -27,22 +38,18 @@ def _quiet_libraries() -> None:
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
+    from .io import read_text, split_lines
+
     if args.text:
         return list(args.text)
-    path = Path(args.file)
-    if not path.is_file():
-        raise InputError(f"text file {path} does not exist")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    texts = [ln for ln in lines if ln]
+    texts = [ln.strip() for ln in split_lines(read_text(args.file, "text file")) if ln.strip()]
     if not texts:
-        raise InputError(f"text file {path} holds no sentence")
+        raise InputError(f"text file {args.file} holds no sentence")
     return texts
 
 
 def _batches(texts: list[str], labels: list[int] | None, size: int | None):
     size = size or len(texts)
-    if size < 1:
-        raise InputError("--batch-size must be at least 1")
     for start in range(0, len(texts), size):
         yield texts[start:start + size], (labels[start:start + size] if labels else None)
 
@@ -62,40 +69,48 @@ def _training_step(args: argparse.Namespace):
 
 def cmd_capture(args: argparse.Namespace) -> int:
     from .capture import capture_gradients
-    from .text.models import load_text_model
+    from .cli_files import check_capture_outputs
+    from .io import write_files
 
     if args.image or args.dataset:
         return cmd_capture_image(args)
     device = resolve_device(args.device)  # a GPU asked for and missing fails before any work
     texts = _read_texts(args)
+    if args.labels is not None and args.task != "classify":
+        raise InputError("--labels is for --task classify; a masked-LM step's labels are its masked tokens")
     if args.labels is not None and len(args.labels) != len(texts):
         raise InputError(f"{len(args.labels)} labels for {len(texts)} texts")
+    if args.task == "classify" and args.labels is None:
+        raise InputError("--task classify needs --labels, one class per sentence")
     defence = None
     if args.defence:
         from .defences import parse_defence
 
         defence = parse_defence(args.defence)  # a bad spec fails before the model loads
         args.batch_size = args.batch_size or defence.required_batch_size()
-    target = load_text_model(args.model, task=args.task, num_labels=args.num_labels or 2, head_seed=args.head_seed)
     batches = list(_batches(texts, args.labels, args.batch_size))
-    out = Path(args.out)
-    paths = [out] if len(batches) == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(len(batches))]
-    # Capture every batch before writing any file, so bad input leaves nothing behind.
-    step = _training_step(args)
+    paths = check_capture_outputs(args, len(batches), [(args.file, "--file")] if args.file else [])
+    step = _training_step(args)  # a bad --clip or --pad-to fails before the model loads
+    from .text.models import load_text_model
+
+    target = load_text_model(args.model, task=args.task, num_labels=args.num_labels or 2, head_seed=args.head_seed)
+    # Capture every batch, then write every file at once: bad input leaves nothing behind.
     captures = [capture_gradients(target, b, labels=y, mask_prob=args.mask_prob, seed=args.seed + i,
                                   declare=args.declare, defence=defence, device=device, step=step)
                 for i, (b, y) in enumerate(batches)]
+    write_files([f for cap, path in zip(captures, paths) for f in cap.staged(path)])
     for cap, path in zip(captures, paths):
-        g, r = cap.save(path)
-        print(f"wrote {g} ({len(cap.gradients.gradients)} parameters, batch {len(cap.reference.texts)}) "
-              f"and ground truth {r}")
+        print(f"wrote {path} ({len(cap.gradients.gradients)} parameters, batch {len(cap.reference.texts)}) "
+              f"and ground truth {path.with_name(path.stem + '.reference.json')}")
     return 0
 
 
 def cmd_capture_image(args: argparse.Namespace) -> int:
     """Images: --image files/folders or --dataset NAME --index ..., on a registered image model."""
+    from .cli_files import check_capture_outputs
     from .image.capture import capture_image_gradients, collect_images, image_target
     from .image.data import LabelledImages, load_dataset_images
+    from .io import write_files
 
     device = resolve_device(args.device)
     target = image_target(args.model, num_classes=args.num_labels, channels=args.channels, size=args.image_size,
@@ -107,18 +122,16 @@ def cmd_capture_image(args: argparse.Namespace) -> int:
     if args.labels is not None and len(args.labels) != len(found):
         raise InputError(f"{len(args.labels)} labels for {len(found)} images")
     size = args.batch_size or len(found)
-    if size < 1:
-        raise InputError("--batch-size must be at least 1")
-    out = Path(args.out)
     starts = list(range(0, len(found), size))
-    paths = [out] if len(starts) == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(len(starts))]
-    # Capture every batch before writing any file, so bad input leaves nothing behind.
+    paths = check_capture_outputs(args, len(starts), [(p, "--image") for p in args.image or []])
+    # Capture every batch, then write every file at once: bad input leaves nothing behind.
     captures = [capture_image_gradients(target, LabelledImages(found.images[a:a + size], found.labels[a:a + size],
                                                                found.names[a:a + size]),
                                         labels=args.labels[a:a + size] if args.labels else None,
                                         declare=args.declare, device=device) for a in starts]
+    write_files([f for cap, path in zip(captures, paths) for f in cap.staged(path)])
     for cap, path in zip(captures, paths):
-        g, r = cap.save(path)
+        g, r = path, path.with_name(path.stem + ".reference.json")
         print(f"wrote {g} ({target.spec.name} {'x'.join(map(str, target.input_shape))}, init seed "
               f"{target.spec.init_seed}, batch {len(cap.reference.images)}, labels {cap.reference.labels}) "
               f"and ground truth {r}")
@@ -134,37 +147,23 @@ def _attack_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from .cli_files import recover_outputs, write_recover_outputs
+    from .core.checkpoint import CheckpointLock
     from .recover import recover
 
-    from .report.images import IMAGE_OUTPUTS
-
-    if args.figure and not args.figure.lower().endswith(".png"):
-        raise InputError("--figure must name a .png file")
-    if args.resume and not args.checkpoint:
-        args.checkpoint = str(Path(args.grads).with_suffix(".ckpt"))
-    result = recover(gradients=args.grads, model=args.model, attack=args.attack, reference=args.reference,
-                     unknown=args.unknown or (), options=_attack_options(args), seed=args.seed,
-                     checkpoint=args.checkpoint or str(Path(args.grads).with_suffix(".ckpt")),
-                     resume=args.resume, progress=not args.quiet, device=args.device, budget=args.budget)
+    resolve_device(args.device)  # a GPU asked for and missing fails before the files are checked
+    checkpoint = recover_outputs(args, _attack_options(args))
+    with CheckpointLock(checkpoint) if checkpoint else nullcontext():
+        result = recover(gradients=args.grads, model=args.model, attack=args.attack, reference=args.reference,
+                         unknown=args.unknown or (), options=_attack_options(args), seed=args.seed,
+                         checkpoint=checkpoint, resume=args.resume, progress=not args.quiet, device=args.device,
+                         budget=args.budget)
     if (result.assumed or {}).get("training"):
         print(f"textleak: note: {result.assumed['training']}", file=sys.stderr)
     print(result.summary())
-    if args.out and Path(args.out).suffix.lower() in IMAGE_OUTPUTS:
-        from .report.images import save_images
-
-        print(f"wrote {', '.join(map(str, save_images(result, args.out)))}")
-    elif args.out:
-        result.to_json(args.out)
-        print(f"wrote {args.out}")
-    if args.figure:
-        from .report.images import image_grid
-
-        image_grid(result, args.reference, args.figure)
-        print(f"wrote {args.figure}")
-    if args.report:
-        Path(args.report).write_text(result.report("html" if args.report.endswith(".html") else "markdown"),
-                                     encoding="utf-8")
-        print(f"wrote {args.report}")
+    write_recover_outputs(args, result)
     return 0
 
 
@@ -188,9 +187,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run this shard's units of a sweep spec (JSON), or merge all shards' results."""
-    from .sweep import SweepSpec, merge, run_sweep
+    from .sweep import SweepSpec, check_folder, merge, run_sweep
 
     device = resolve_device(args.device)
+    check_folder(args.out, "--out", marker="sweep.json")
     if not args.merge:
         spec = SweepSpec.load(args.spec) if args.spec else None
         if spec is None:
@@ -199,26 +199,40 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                             progress=None if args.quiet else (lambda m: print(m, flush=True)))
         print(f"shard {summary.rank}/{summary.world_size}: {summary.mine} units, {summary.skipped} already done, "
               f"ran {summary.ran}; results in {summary.results}")
-    merged = merge(args.out)
+    merged = merge(args.out, say=print)
     print(f"merged {len(merged['units'])} attack units into {Path(args.out) / 'table.json'} and table.csv")
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Attack the sentences of --data under each defence, measure accuracy, write the report."""
+    from .attacks import ATTACKS
+    from .data import read_sentences
     from .defences import parse_defence
     from .report import write_report
-    from .sweep import SweepSpec, merge, run_sweep, strongest_attack
-    from .data import read_sentences
     from .pacing import clock
+    from .sweep import SweepSpec, check_folder, completed, merge, run_sweep, strongest_attack
 
     device = resolve_device(args.device)
+    out = check_folder(args.out, "--out", marker="results/sweep.json")
     defences = list(dict.fromkeys(["none"] + [parse_defence(d).spec for d in args.defence]))
+    for name in args.attack:
+        if name != "auto" and name not in ATTACKS:
+            ATTACKS.get(name)  # a typo is an error, never a silent fallback
     rows = read_sentences(args.data)
     task = args.task or ("classify" if all(y is not None for _, y in rows) else "mlm")
     say = (lambda m: None) if args.quiet else print
     attacks = list(dict.fromkeys(strongest_attack(a, say=print) for a in args.attack))
-    attacked_end = args.offset + args.n
+    seeds = list(dict.fromkeys(args.seeds))
+    if len(seeds) < len(args.seeds):
+        print(f"note: --seeds lists a seed more than once; running seeds {' '.join(map(str, seeds))}")
+    if args.offset >= len(rows):
+        raise InputError(f"{args.data} has {len(rows)} sentences; --offset {args.offset} is past the last")
+    n = min(args.n, len(rows) - args.offset)
+    if n < args.n:
+        print(f"note: {args.data} has {len(rows)} sentences; attacking the {n} from row {args.offset} "
+              f"(--n {args.n} asked for more)")
+    attacked_end = args.offset + n
     utility = None
     train = args.train or _sibling_train(args.data)
     if args.no_utility or task != "classify":
@@ -229,20 +243,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
         left = len(rows) - attacked_end
         held_out = {"test": args.data, "test_skip": attacked_end, "n_test": min(args.utility_test, left)} \
             if left >= 10 else {"test": None, "n_test": args.utility_test}
-        utility = {"train": train, "n_train": args.utility_train, "seed": args.seeds[0], **held_out}
+        utility = {"train": train, "n_train": args.utility_train, "seed": seeds[0], **held_out}
     options = {a: {"steps": args.steps} for a in attacks} if args.steps else {}
-    spec = SweepSpec(attacks=attacks, defences=defences, data=args.data, n=args.n, offset=args.offset,
-                     seeds=args.seeds, model=args.model, task=task, attack_options=options, utility=utility)
-    out = Path(args.out)
+    spec = SweepSpec(attacks=attacks, defences=defences, data=args.data, n=n, offset=args.offset,
+                     seeds=seeds, model=args.model, task=task, attack_options=options, utility=utility)
     spec.validate()  # unknown names, bad ranges or too few rows fail here, before any file is written
-    from .sweep import completed
-
-    pending = len([u for u in spec.units() if u["key"] not in (completed(out / "results") if out.exists() else {})])
+    done = completed(out / "results") if (out / "results").is_dir() else {}
+    pending = len([u for u in spec.units() if u["key"] not in done])
     pacer, runner = _audit_pacing(args, pending, say)
     print(f"{len(spec.units())} units: {len(spec.units()) - pending} done, {pending} to run; {pacer.describe()}")
     run_sweep(spec, out / "results", backend=args.backend, progress=pacer.say, runner=runner, device=device)
     print(f"attacks and utility runs took {clock(pacer.elapsed())}")
-    merged = merge(out / "results")
+    merged = merge(out / "results", say=print)
     paths = write_report(merged, out, threshold=args.threshold)
     print(paths["summary"])
     print(f"wrote {paths['html']}, {paths['markdown']} and {len(paths['figures'])} figures in {out / 'figures'}")
@@ -290,34 +302,61 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+POS_INT = arg(integer, minimum=1)
+NAT_INT = arg(integer, minimum=0)
+ANY_INT = arg(integer)
+POS_FLOAT = arg(number, positive=True)
+NAT_FLOAT = arg(number, minimum=0)
+PROB = arg(probability)
+
+
+def _common_attack_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=NAT_INT, help="optimisation steps per restart (default: the attack's own)")
+    p.add_argument("--restarts", type=POS_INT, help="independent restarts; the closest match wins (default 1)")
+    p.add_argument("--optimizer", choices=["lbfgs", "adam"], help="default: the attack's own (DLG: lbfgs)")
+    p.add_argument("--lr", type=POS_FLOAT, help="learning rate, a positive finite number "
+                                                "(default: 1.0 for lbfgs, 0.1 for adam)")
+    p.add_argument("--distance", help="gradient distance: l2, l2-layer, cosine or tag (default: the attack's own)")
+    p.add_argument("--decode", choices=["cosine", "l2"], help="nearest-embedding metric for text (default cosine)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .attacks import ATTACKS
     from .capture import DECLARABLE, DEFAULT_DECLARED
     from .threat import WITHDRAWABLE
+    from .versions import __version__
 
-    p = argparse.ArgumentParser(prog="textleak", description="How much private text leaks from shared gradients.")
+    p = OneLineParser(prog="textleak", description="How much private text leaks from shared gradients.")
+    p.add_argument("--version", action="version", version=f"textleak {__version__}")
+    p.add_argument("--threads", type=int, help="torch threads for this run (default: torch's, one per core; on a "
+                   "machine other jobs share, 1 is often faster). Results record it: a rerun repeats a result bit "
+                   "for bit only with the same count")
     sub = p.add_subparsers(dest="command", required=True)
+    overwrite = "replace existing output files that are not earlier textleak outputs of the same kind"
 
     c = sub.add_parser("capture", help="compute the gradient a training step would share")
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a private sentence (repeat for a batch)")
-    src.add_argument("--file", help="a file with one sentence per line")
+    src.add_argument("--file", help="a UTF-8 file with one sentence per line")
     src.add_argument("--image", action="append", help="an image file or a folder of them (repeat for a batch)")
     src.add_argument("--dataset", help="images from digits, sample-images, or hf:NAME (e.g. hf:cifar100)")
-    c.add_argument("--index", type=int, nargs="+", help="which images of --dataset (default: 0)")
+    c.add_argument("--index", type=NAT_INT, nargs="+", help="which images of --dataset (default: 0)")
     c.add_argument("--model", help="HF model id in the local cache or a folder (default: packaged MiniLM); "
                                    "with images: lenet (default) or resnet-mini")
-    c.add_argument("--task", choices=["mlm", "classify"], default="mlm")
-    c.add_argument("--labels", "--label", type=int, nargs="+",
-                   help="class of each sentence (classification) or image (default: the dataset's, else 0)")
-    c.add_argument("--num-labels", type=int, help="classes (default: 2 for text, 100 for images)")
-    c.add_argument("--channels", type=int, help="image model input channels (default 3)")
-    c.add_argument("--image-size", type=int, help="image model input side in pixels (default 32)")
-    c.add_argument("--init-seed", type=int, default=0, help="seed of an image model's weights")
-    c.add_argument("--mask-prob", type=float, default=0.15)
-    c.add_argument("--batch-size", type=int, help="sentences per gradient (default: all in one)")
-    c.add_argument("--seed", type=int, default=0, help="masking seed")
-    c.add_argument("--head-seed", type=int, default=0, help="seed for heads missing from the checkpoint")
+    c.add_argument("--task", choices=["mlm", "classify"], default="mlm",
+                   help="the training step: masked-LM (default) or sequence classification")
+    c.add_argument("--labels", "--label", type=NAT_INT, nargs="+",
+                   help="class of each sentence (--task classify) or image (default: the dataset's, else 0)")
+    c.add_argument("--num-labels", type=arg(integer, minimum=2, maximum=2**20),
+                   help="classes, at least 2 (default: 2 for text, 100 for images)")
+    c.add_argument("--channels", type=arg(integer, minimum=1, maximum=64), help="image model input channels (default 3)")
+    c.add_argument("--image-size", type=arg(integer, minimum=4, maximum=4096),
+                   help="image model input side in pixels (default 32)")
+    c.add_argument("--init-seed", type=NAT_INT, default=0, help="seed of an image model's weights")
+    c.add_argument("--mask-prob", type=PROB, default=0.15, help="masked-LM masking rate in (0, 1] (default 0.15)")
+    c.add_argument("--batch-size", type=POS_INT, help="sentences per gradient, at least 1 (default: all in one)")
+    c.add_argument("--seed", type=ANY_INT, default=0, help="masking seed")
+    c.add_argument("--head-seed", type=NAT_INT, default=0, help="seed for heads missing from the checkpoint")
     c.add_argument("--declare", nargs="*", default=list(DEFAULT_DECLARED), choices=DECLARABLE,
                    help="facts the attacker is assumed to know")
     c.add_argument("--defence", metavar="SPEC", help="defence applied to what is shared, e.g. noise:1e-3, "
@@ -329,12 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--precision", choices=sorted(PRECISION_NAMES), default="float32",
                    help="autocast dtype of the forward pass (bf16/fp16 as TrainingArguments' bf16=/fp16=True)")
     c.add_argument("--pad-to", type=int, metavar="N", help="pad every sentence to N tokens (default: the longest)")
-    c.add_argument("--out", required=True, help="gradient file (.pt or .safetensors)")
+    c.add_argument("--out", required=True, help="gradient file (.pt or .safetensors); the ground truth goes to "
+                                                "<stem>.reference.json beside it")
+    c.add_argument("--overwrite", action="store_true", help=overwrite)
     _device_argument(c)
     c.set_defaults(func=cmd_capture)
 
     r = sub.add_parser("recover", help="recover the private text behind a gradient file")
-    r.add_argument("--grads", required=True)
+    r.add_argument("--grads", required=True, help="the gradient file (.pt or .safetensors) to attack")
     r.add_argument("--model", help="default: the model named in the gradient file")
     r.add_argument("--attack", default="auto", choices=ATTACKS.names(),
                    help="default auto: the strongest method that applies (text: exact where the rank "
@@ -342,15 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reference", help="ground truth for scoring: reference JSON, one sentence per line, "
                                        "or an image file/folder")
     r.add_argument("--unknown", nargs="*", choices=WITHDRAWABLE, help="declared facts to withhold from the attacker")
-    r.add_argument("--steps", type=int)
-    r.add_argument("--restarts", type=int)
-    r.add_argument("--optimizer", choices=["lbfgs", "adam"])
-    r.add_argument("--lr", type=float)
-    r.add_argument("--distance", help="gradient distance (l2, l2-layer, cosine, tag)")
-    r.add_argument("--decode", choices=["cosine", "l2"], help="nearest-embedding metric for text")
-    r.add_argument("--tv", type=float, help="total-variation prior weight (attack ig)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--checkpoint", help="checkpoint file (default: <grads>.ckpt)")
+    _common_attack_options(r)
+    r.add_argument("--tv", type=NAT_FLOAT, help="total-variation prior weight (attack ig)")
+    r.add_argument("--seed", type=ANY_INT, default=0, help="seed of the attack's random starts (default 0)")
+    r.add_argument("--checkpoint", help="checkpoint file (default: <grads>.<hash of the settings>.ckpt beside the "
+                                        "gradient file, or in the user cache when that folder is read-only)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     r.add_argument("--budget", type=float, metavar="SECONDS",
                    help="wall-time limit of the attack: past it the best guess so far is returned, marked as such")
@@ -360,23 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="any setting of the attack (value as JSON, else text), e.g. prior=none; for auto, "
                         "a stage's setting: exact.widen=2, lamp.prior=none (repeat for more)")
+    r.add_argument("--overwrite", action="store_true", help=overwrite)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     _device_argument(r)
     r.set_defaults(func=cmd_recover)
 
     d = sub.add_parser("demo", help="capture and recover a built-in sentence on the packaged MiniLM")
-    d.add_argument("--text")
-    d.add_argument("--model")
-    d.add_argument("--attack", default="auto", choices=ATTACKS.names())
-    d.add_argument("--steps", type=int)
-    d.add_argument("--restarts", type=int)
-    d.add_argument("--optimizer", choices=["lbfgs", "adam"])
-    d.add_argument("--lr", type=float)
-    d.add_argument("--distance")
-    d.add_argument("--decode", choices=["cosine", "l2"])
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--text", help="the sentence to capture and recover (default: a NeurIPS call sentence)")
+    d.add_argument("--model", help="default: the packaged MiniLM")
+    d.add_argument("--attack", default="auto", choices=ATTACKS.names(), help="default auto")
+    _common_attack_options(d)
+    d.add_argument("--seed", type=ANY_INT, default=0, help="masking and attack seed")
     d.add_argument("--option", action="append", metavar="KEY=VALUE", help="as for recover")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
     _device_argument(d)
     d.set_defaults(func=cmd_demo)
 
@@ -393,22 +426,23 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--model", help="default: the packaged MiniLM")
     a.add_argument("--data", required=True, help="sentences to attack: TSV sentence<TAB>label, or one per line")
     a.add_argument("--defence", nargs="+", required=True, metavar="SPEC", help="e.g. noise:1e-3 prune:0.5 fp16")
-    a.add_argument("--attack", nargs="+", default=["auto"], help="attack names (default auto, else dlg)")
-    a.add_argument("--n", type=int, default=20, help="sentences attacked")
-    a.add_argument("--offset", type=int, default=0, help="first row attacked")
-    a.add_argument("--seeds", type=int, nargs="+", default=[0])
+    a.add_argument("--attack", nargs="+", default=["auto"], help="registered attack names (default auto)")
+    a.add_argument("--n", type=POS_INT, default=20, help="sentences attacked (at most the file's rows)")
+    a.add_argument("--offset", type=NAT_INT, default=0, help="first row attacked")
+    a.add_argument("--seeds", type=ANY_INT, nargs="+", default=[0], help="attack seeds (repeats are dropped)")
     a.add_argument("--task", choices=["classify", "mlm"], help="default: classify when the data has labels")
-    a.add_argument("--steps", type=int, help="optimisation steps of every attack")
+    a.add_argument("--steps", type=NAT_INT, help="optimisation steps of every attack")
     a.add_argument("--train", help="training split for the accuracy runs (default: train_* beside a dev_* file)")
-    a.add_argument("--utility-train", type=int, default=512, help="training sentences per accuracy run")
-    a.add_argument("--utility-test", type=int, default=200, help="held-out sentences (data rows not attacked)")
+    a.add_argument("--utility-train", type=POS_INT, default=512, help="training sentences per accuracy run")
+    a.add_argument("--utility-test", type=POS_INT, default=200, help="held-out sentences (data rows not attacked)")
     a.add_argument("--no-utility", action="store_true", help="skip the accuracy runs")
-    a.add_argument("--threshold", type=float, default=0.5, help="ROUGE-1 below which a setting defends")
+    a.add_argument("--threshold", type=arg(number, minimum=0, maximum=1), default=0.5,
+                   help="ROUGE-1 below which a setting defends")
     a.add_argument("--backend", choices=["local", "ray"], default="local")
-    a.add_argument("--budget", type=float, metavar="SECONDS",
+    a.add_argument("--budget", type=POS_FLOAT, metavar="SECONDS",
                    help="wall time for all attacks and accuracy runs together: each unit gets the time left "
                         "divided by the units left, so quick units leave time to slow ones")
-    a.add_argument("--unit-budget", type=float, metavar="SECONDS", help="wall-time cap of each unit")
+    a.add_argument("--unit-budget", type=POS_FLOAT, metavar="SECONDS", help="wall-time cap of each unit")
     a.add_argument("--out", required=True, help="report folder (results/ inside it resume)")
     a.add_argument("--quiet", action="store_true", help="no per-unit progress lines")
     _device_argument(a)
@@ -419,36 +453,88 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def resolve_device(spec: str):
+    """`core.device.resolve_device`, imported when a command runs (torch loads after start-up)."""
+    from .core.device import resolve_device as resolve
+
+    return resolve(spec)
+
+
 def _device_argument(parser: argparse.ArgumentParser) -> None:
+    from .core.device import CHOICES as DEVICES
+
     parser.add_argument("--device", default="auto", metavar="{" + ",".join(DEVICES) + ",cuda:N}",
                         help="where the work runs (default auto: CUDA when present, else the CPU)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    _quiet_libraries()
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except TextleakError as exc:
-        print(f"textleak: error: {exc}", file=sys.stderr)
+def _fail(prog: str, exc: BaseException) -> int:
+    """The one line every error and interrupt ends in; returns the exit code."""
+    if isinstance(exc, TextleakError):
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("textleak: interrupted", file=sys.stderr)
-        return 130
+    name = signal_name(exc)
+    print(f"{prog}: error: {'terminated (SIGTERM)' if name == 'SIGTERM' else 'interrupted (Ctrl-C)'}",
+          file=sys.stderr)
+    return 143 if name == "SIGTERM" else 130
+
+
+def _run(prog: str, work) -> int:
+    """Run `work()` inside the one error boundary (SIGTERM handled as Ctrl-C)."""
+    try:
+        with sigterm_as_interrupt():
+            try:
+                return work()
+            except (TextleakError, KeyboardInterrupt) as exc:
+                return _fail(prog, exc)
+    except KeyboardInterrupt as exc:  # a second signal while the first was being reported
+        return _fail(prog, exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # answered before torch and transformers load
+        from .versions import __version__
+
+        print(f"textleak {__version__}")
+        return 0
+
+    def work() -> int:
+        _quiet_libraries()
+        args = build_parser().parse_args(argv)
+        with _threads(args.threads):
+            return args.func(args)
+
+    try:
+        return _run("textleak", work)
+    except SystemExit as exc:  # argparse: --help, --version, or a bad argument (one line)
+        return exc.code if isinstance(exc.code, int) else 0
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None):
+    """Run a command on `threads` torch threads (None: as they are), then put the count back."""
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_script(entry, prog: str) -> None:
     """Run a recipe's main() with the CLI's handling of user errors (one line, non-zero exit)."""
-    _quiet_libraries()
-    try:
-        code = entry()
-    except TextleakError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; rerun to resume", file=sys.stderr)
-        code = 130
-    raise SystemExit(code)
+    def work() -> int:
+        _quiet_libraries()
+        return entry()
+
+    raise SystemExit(_run(prog, work))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .io import read_text, split_lines
 
 #: short name -> (file stem in the shared folder, HF dataset path, config, text column)
 DATASETS = {
@@ -47,6 +48,9 @@ def shared_file(name: str) -> str:
 
 
 def load_sentences(spec: str, *, split: str = "dev", n: int | None = None) -> list[Example]:
+    if not isinstance(spec, (str, Path)) or not str(spec).strip():
+        raise InputError(f"data must be a file path or a dataset name, got {spec!r:.60}")
+    spec = str(spec)
     path = Path(spec)
     if path.is_file():
         examples = _read_file(path)
@@ -83,15 +87,22 @@ def _hf(path: str, config: str | None, column: str, split: str) -> list[Example]
 
 
 def _read_file(path: Path) -> list[Example]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        return _parse_file(path)
+    except csv.Error as exc:  # e.g. a field longer than csv's limit
+        raise InputError(f"{path}: not a readable {path.suffix.lstrip('.') or 'CSV'} file ({exc})") from None
+
+
+def _parse_file(path: Path) -> list[Example]:
+    text = read_text(path, "data file")
+    lines = split_lines(text)  # at newlines only: \v, \f and the like stay inside a sentence
     if path.suffix == ".txt":
-        return [Example(ln.strip()) for ln in text.splitlines() if ln.strip()]
+        return [Example(ln.strip()) for ln in lines if ln.strip()]
     if path.suffix == ".jsonl":
-        rows = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
-        return [Example(r.get("sentence", r.get("text")), r.get("label")) for r in rows]
+        return [_json_row(path, number, ln) for number, ln in enumerate(lines, 1) if ln.strip()]
     delimiter = "\t" if path.suffix == ".tsv" else ","
     # Sentences carry unescaped quotes: no quoting, split on the delimiter only.
-    reader = csv.DictReader(text.splitlines(), delimiter=delimiter, quoting=csv.QUOTE_NONE)
+    reader = csv.DictReader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE)
     column = next((c for c in ("sentence", "text") if c in (reader.fieldnames or [])), None)
     if column is None:
         raise InputError(f"{path} needs a 'sentence' or 'text' column")
@@ -103,10 +114,27 @@ def _read_file(path: Path) -> list[Example]:
             continue
         label = r.get("label")
         try:
-            examples.append(Example(r[column].strip(), int(label) if label not in (None, "") else None))
+            value = int(label) if label not in (None, "") else None
         except ValueError:
             raise InputError(f"{path}:{number}: label {label!r} is not an integer") from None
+        if value is not None and value < 0:
+            raise InputError(f"{path}:{number}: label {value} is not a class index")
+        examples.append(Example(r[column].strip(), value))
     return examples
+
+
+def _json_row(path: Path, number: int, line: str) -> Example:
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        raise InputError(f"{path}:{number}: not a JSON object") from None
+    text = row.get("sentence", row.get("text")) if isinstance(row, dict) else None
+    label = row.get("label") if isinstance(row, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{path}:{number}: needs a non-empty 'sentence' or 'text' string")
+    if label is not None and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
+        raise InputError(f"{path}:{number}: label {label!r:.40} is not a class index")
+    return Example(text.strip(), label)
 
 
 def read_sentences(path: str | Path) -> list[tuple[str, int | None]]:

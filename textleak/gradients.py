@@ -1,9 +1,25 @@
-"""The gradient file: name-keyed tensors plus JSON metadata, versioned, safe to load.
+"""The gradient file: name-keyed tensors plus JSON metadata, versioned, validated whole, safe to load.
 
 Two encodings with the same content:
 - `*.safetensors`: tensors by parameter name; metadata JSON under the header key "textleak".
-- anything else (e.g. `grads.pt`): `torch.save` of a dict holding only strings and tensors,
-  read back with `torch.load(weights_only=True)`, so no arbitrary object is ever unpickled.
+- anything else (e.g. `grads.pt`): the archive `torch.save` writes, of a dict holding only
+  strings and tensors, read back with `torch.load(weights_only=True)`, so no arbitrary object is
+  ever unpickled.
+
+Loading reads the file's header first and checks everything it declares before a tensor's data
+is read or a model is built (`load_gradients`):
+1. the container: a safetensors header of at most 16 MiB; or a zip archive whose records are
+   stored uncompressed (as `torch.save` writes them: a tensor can then never claim more bytes
+   than the file holds, and nothing is ever decompressed), with a pickle of at most 16 MiB,
+   read first on the meta device (shapes and dtypes only, no data);
+2. the metadata, whole (`schema.check_metadata`): types, ranges, sizes against each other;
+3. the tensor table: dense, contiguous, floating point (float16/bfloat16/float32/float64), no
+   shared storage, at most `max_gradient_bytes()` in all, and a classification head's
+   `num_labels` must be the size of some shared gradient's dimension;
+4. the tensors against the model the file names, built on the meta device (no memory): every
+   gradient must name one of its parameters, with its shape. (Skipped, with the rest still
+   checked, when that model is not available here.)
+Only then are the tensors read, and checked to be finite. Every failure is one line.
 
 Metadata (a JSON object):
     format, version          "textleak.gradients", FORMAT_VERSION
@@ -19,18 +35,30 @@ from __future__ import annotations
 
 import json
 import math
-import zipfile
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from . import containers
 from .errors import GradientFileError, ModelMismatchError
-from .io import atomic_write
+from .io import as_path, write_output
+from .schema import check_metadata, parse_json
 
 FORMAT = "textleak.gradients"
 FORMAT_VERSION = 1
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+DEFAULT_MAX_BYTES = 4 * 2**30
+
+
+def max_gradient_bytes() -> int:
+    """Most tensor bytes a gradient file may hold ($TEXTLEAK_MAX_GRADIENT_BYTES, default 4 GiB)."""
+    try:
+        return int(os.environ.get("TEXTLEAK_MAX_GRADIENT_BYTES", DEFAULT_MAX_BYTES))
+    except ValueError:
+        return DEFAULT_MAX_BYTES
 
 
 @dataclass
@@ -42,55 +70,127 @@ class GradientFile:
     def modality(self) -> str:
         return self.metadata["modality"]
 
-    def save(self, path: str | Path) -> Path:
-        return save_gradients(path, self)
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        return save_gradients(path, self, overwrite=overwrite)
 
 
 def _stamp(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return {**metadata, "format": FORMAT, "version": FORMAT_VERSION}
 
 
-def save_gradients(path: str | Path, grads: GradientFile) -> Path:
-    path = Path(path)
-    check_finite(grads.gradients, source="the gradients to save")
+def check_gradient_file(grads: Any, source: str = "the gradients") -> GradientFile:
+    """Validate an in-memory GradientFile as a loaded one is; returns it."""
+    if not isinstance(grads, GradientFile):
+        raise GradientFileError(f"expected a GradientFile or a path to one, got {type(grads).__name__}")
+    if not isinstance(grads.gradients, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in grads.gradients.items()):
+        raise GradientFileError(f"{source}: gradients must map parameter names to tensors")
+    if not isinstance(grads.metadata, Mapping):
+        raise GradientFileError(f"{source}: metadata must be a dict")
+    metadata = check_metadata(json.loads(json.dumps(_stamp(grads.metadata), default=str)), source,
+                              error=GradientFileError)
+    # In memory a view costs nothing more; only a file's views are refused (they could claim a
+    # larger storage than the tensor), and the writer saves plain copies.
+    infos = {k: replace(containers.TensorInfo.of(v), plain=True) for k, v in grads.gradients.items()}
+    check_table(infos, metadata, source)
+    check_finite(grads.gradients, source=source)
+    return grads
+
+
+def save_gradients(path: str | Path, grads: GradientFile, *, overwrite: bool = False) -> Path:
+    """Write `grads` (validated first) under the output rule of `textleak.io`."""
+    path = as_path(path, "gradient file")
+    return write_output(path, "gradients", gradient_writer(path, grads), overwrite=overwrite)
+
+
+def gradient_writer(path: Path, grads: GradientFile):
+    """`write(tmp_path)` for `grads` in the encoding `path`'s suffix names (validated first)."""
+    check_gradient_file(grads, "the gradients to save")
     meta = json.dumps(_stamp(grads.metadata), sort_keys=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in grads.gradients.items()}
+    tensors = {k: _plain(v.detach().cpu()) for k, v in grads.gradients.items()}
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"textleak": meta}))
-    else:
-        payload = {"format": FORMAT, "metadata": meta, "gradients": tensors}
-        atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    return path
+        return lambda tmp: save_file(tensors, tmp, metadata={"textleak": meta})
+    payload = {"format": FORMAT, "metadata": meta, "gradients": tensors}
+    return lambda tmp: torch.save(payload, tmp)
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """`t` alone in a storage of exactly its size (torch.save would otherwise save the whole storage)."""
+    return t if containers.TensorInfo.of(t).plain else t.clone(memory_format=torch.contiguous_format)
 
 
 def load_gradients(path: str | Path) -> GradientFile:
     """Load and validate a gradient file; every failure is a one-line GradientFileError."""
-    path = Path(path)
-    if not path.is_file():
+    path = as_path(path, "gradient file")
+    if not path.exists():
         raise GradientFileError(f"gradient file {path} does not exist")
-    if path.stat().st_size == 0:
+    if not path.is_file():
+        raise GradientFileError(f"gradient file {path} is not a file")
+    size = path.stat().st_size
+    if size == 0:
         raise GradientFileError(f"gradient file {path} is empty")
-    tensors, meta_json = (_load_safetensors if _is_safetensors(path) else _load_torch)(path)
-    try:
-        metadata = json.loads(meta_json)
-    except (TypeError, json.JSONDecodeError):
-        raise GradientFileError(f"{path}: metadata is not valid JSON") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise GradientFileError(f"{path} is not a textleak gradient file")
-    if metadata.get("version") != FORMAT_VERSION:
-        raise GradientFileError(
-            f"{path} has gradient format version {metadata.get('version')}; "
-            f"this textleak reads version {FORMAT_VERSION}"
-        )
-    for key in ("modality", "model", "knowledge"):
-        if key not in metadata:
-            raise GradientFileError(f"{path}: metadata lacks {key!r}")
-    if not tensors:
-        raise GradientFileError(f"{path} holds no gradients")
+    header = containers.read_header(path)
+    metadata = check_metadata(parse_json(header.metadata, f"{path}: metadata", error=GradientFileError),
+                              str(path), error=GradientFileError)
+    check_table(header.tensors, metadata, str(path), limit=min(max_gradient_bytes(), size))
+    check_declared_model(header.tensors, metadata, str(path))
+    tensors = header.read()
+    if {k: containers.TensorInfo.of(v) for k, v in tensors.items()} != header.tensors:
+        raise GradientFileError(f"{path} changed while it was read, or its tensors differ from its header")
     check_finite(tensors, source=str(path))
     return GradientFile(gradients=tensors, metadata=metadata)
+
+
+def is_gradient_file(path: str | Path) -> bool:
+    """Whether `path` is a textleak gradient file (its header only is read)."""
+    try:
+        meta = json.loads(containers.read_header(Path(path)).metadata)
+    except Exception:  # unreadable in any way: not a gradient file
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def check_table(tensors: Mapping[str, "containers.TensorInfo"], metadata: Mapping[str, Any], source: str,
+                *, limit: int | None = None) -> None:
+    """What the tensors may be, from their header alone: see the module docstring, step 3."""
+    if not tensors:
+        raise GradientFileError(f"{source} holds no gradients")
+    for name, info in tensors.items():
+        if not isinstance(name, str) or not name or len(name) > 1024:
+            raise GradientFileError(f"{source}: a gradient has the name {name!r:.80}; names are parameter names")
+        problem = info.problem(FLOAT_DTYPES)
+        if problem:
+            raise GradientFileError(f"{source}: gradient {name} {problem}")
+    total = sum(info.nbytes for info in tensors.values())
+    limit = max_gradient_bytes() if limit is None else limit
+    if total > limit:
+        raise GradientFileError(f"{source}: its tensors claim {total} bytes, more than the {limit} it may hold "
+                                "(TEXTLEAK_MAX_GRADIENT_BYTES)")
+    classes = metadata["model"].get("num_labels")
+    if classes and metadata["model"].get("task") == "classify":
+        dims = {d for info in tensors.values() for d in info.shape}
+        if classes not in dims:
+            raise GradientFileError(f"{source}: the metadata declares {classes} classes, but no shared gradient has "
+                                    "a dimension of that size (the classifier's would)")
+
+
+def check_declared_model(tensors: Mapping[str, "containers.TensorInfo"], metadata: Mapping[str, Any],
+                         source: str) -> None:
+    """Every gradient names a parameter of the model the file names, with its shape (meta device)."""
+    from .modalities import modality
+
+    shapes = modality(metadata["modality"]).declared_shapes(metadata)
+    if shapes is None:  # that model is not available here: the attacker's model is checked later
+        return
+    name = metadata["model"].get("name")
+    for key, info in tensors.items():
+        if key not in shapes:
+            raise ModelMismatchError(f"{source}: gradient {key!r} names no parameter of {name}")
+        if tuple(shapes[key]) != info.shape:
+            raise ModelMismatchError(f"{source}: gradient {key} has shape {info.shape}; in {name} "
+                                     f"(as the metadata declares it) that parameter's is {tuple(shapes[key])}")
 
 
 def check_finite(tensors: Mapping[str, torch.Tensor], *, source: str) -> None:
@@ -98,47 +198,6 @@ def check_finite(tensors: Mapping[str, torch.Tensor], *, source: str) -> None:
     if bad:
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise GradientFileError(f"{source} has NaN or infinite values in {bad[0]}{more}")
-
-
-def _is_safetensors(path: Path) -> bool:
-    # A safetensors file starts with an 8-byte little-endian header length, then '{'.
-    with path.open("rb") as fh:
-        head = fh.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and not zipfile.is_zipfile(path)
-
-
-def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], str]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = (fh.metadata() or {}).get("textleak")
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise GradientFileError(f"{path} is not a readable safetensors file ({_short(exc)})") from None
-    if meta is None:
-        raise GradientFileError(f"{path} is a safetensors file without textleak metadata")
-    return tensors, meta
-
-
-def _load_torch(path: Path) -> tuple[dict[str, torch.Tensor], str]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        reason = "it holds pickled objects that are unsafe to load" if "weights_only" in str(exc) \
-            or "Unsupported global" in str(exc) else f"corrupt or truncated: {_short(exc)}"
-        raise GradientFileError(f"cannot load {path}: {reason}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise GradientFileError(f"{path} is not a textleak gradient file")
-    grads = payload.get("gradients")
-    if not isinstance(grads, dict) or not all(isinstance(v, torch.Tensor) for v in grads.values()):
-        raise GradientFileError(f"{path}: 'gradients' must map parameter names to tensors")
-    return grads, payload.get("metadata")
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__
 
 
 def gradient_norm(tensors: Mapping[str, torch.Tensor]) -> float:

@@ -6,6 +6,15 @@ here are comparable with papers that used that package, without depending on
 it (or on nltk/absl) at run time. ROUGE-L is the sentence-level LCS variant,
 not ROUGE-Lsum.
 
+rouge-score keeps only [a-z0-9], so Cyrillic, Greek, Arabic or CJK text would
+score 0 however well it was recovered. Batch scoring (``score_text_batch``)
+therefore picks the tokenisation per batch (``choose_tokenizer``): rouge-score's
+when every letter is Latin script (so Latin text agrees with rouge-score bit for
+bit), else a Unicode one (``unicode_tokens``: runs of letters, marks and digits
+of any script, lowercased; each ideograph, kana or Thai/Lao/Khmer/Myanmar letter a
+token of its own, as those scripts do not separate words by spaces). It records
+which in the metrics, under ``rouge_tokenizer``. On ASCII text both agree.
+
 Attacks usually recover a *batch* of sequences in an arbitrary order, so the
 batch scorers first pair predictions with references by an optimal one-to-one
 assignment (Hungarian algorithm) and only then average.
@@ -34,6 +43,8 @@ from scipy.optimize import linear_sum_assignment
 __all__ = [
     "Score",
     "rouge_tokens",
+    "unicode_tokens",
+    "choose_tokenizer",
     "rouge_n",
     "rouge_l",
     "rouge",
@@ -73,6 +84,34 @@ def rouge_tokens(text: str) -> list[str]:
     # After the substitution only [a-z0-9] and spaces remain, so a plain
     # whitespace split already drops every empty/invalid token.
     return _NON_ALNUM.sub(" ", text.lower()).split()
+
+
+# Scripts written without spaces between words: one token per character.
+_UNSPACED = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
+_UNICODE_TOKEN = None
+
+
+def unicode_tokens(text: str) -> list[str]:
+    """Lowercased runs of letters, marks and digits of any script; characters of scripts written
+    without spaces (Han, kana, Thai...) one token each. Equal to ``rouge_tokens`` on ASCII text."""
+    global _UNICODE_TOKEN
+    if _UNICODE_TOKEN is None:
+        import regex
+
+        _UNICODE_TOKEN = regex.compile(rf"[{_UNSPACED}]|(?:(?![{_UNSPACED}])[\p{{L}}\p{{M}}\p{{N}}])+")
+    return _UNICODE_TOKEN.findall(text.lower())
+
+
+def choose_tokenizer(texts: Sequence[str]) -> str:
+    """"rouge-score" when every letter and digit of `texts` is Latin or common script (rouge-score's
+    own tokens then agree with published numbers), else "unicode"."""
+    import regex
+
+    foreign = regex.compile(r"(?=[\p{L}\p{N}])[^\p{Latin}\p{Common}\p{Inherited}]")
+    return "unicode" if any(foreign.search(t) for t in texts) else "rouge-score"
+
+
+TOKENIZERS = {"rouge-score": rouge_tokens, "unicode": unicode_tokens}
 
 
 def _f1(precision: float, recall: float) -> float:
@@ -132,10 +171,11 @@ def rouge_l(prediction: str, reference: str) -> Score:
     return _score_lcs(rouge_tokens(prediction), rouge_tokens(reference))
 
 
-def rouge(prediction: str, reference: str) -> dict[str, float]:
+def rouge(prediction: str, reference: str, *, tokenizer: str = "rouge-score") -> dict[str, float]:
     """F1 of ROUGE-1, ROUGE-2 and ROUGE-L, keyed "rouge1", "rouge2", "rougeL"."""
     # Tokenise once; the three variants share the token lists.
-    pred, ref = rouge_tokens(prediction), rouge_tokens(reference)
+    tokens = TOKENIZERS[tokenizer]
+    pred, ref = tokens(prediction), tokens(reference)
     return {
         "rouge1": _score_ngrams(pred, ref, 1).fmeasure,
         "rouge2": _score_ngrams(pred, ref, 2).fmeasure,
@@ -190,15 +230,17 @@ def _assign(gain: np.ndarray, n_references: int) -> list[int]:
     return assignment
 
 
-def match_batch(predictions: Sequence[str], references: Sequence[str]) -> list[int]:
+def match_batch(predictions: Sequence[str], references: Sequence[str], *,
+                tokenizer: str = "rouge-score") -> list[int]:
     """Optimal one-to-one pairing of predictions with references.
 
     Maximises the summed ROUGE-1 F1 + ROUGE-2 F1 over pairs. Returns, for
     each reference index, the index of its prediction, or -1 when there are
     fewer predictions than references and it was left unmatched.
     """
-    pred_tokens = [rouge_tokens(p) for p in predictions]
-    ref_tokens = [rouge_tokens(r) for r in references]
+    tokens = TOKENIZERS[tokenizer]
+    pred_tokens = [tokens(p) for p in predictions]
+    ref_tokens = [tokens(r) for r in references]
     gain = np.zeros((len(ref_tokens), len(pred_tokens)))
     for i, ref in enumerate(ref_tokens):
         for j, pred in enumerate(pred_tokens):
@@ -244,8 +286,10 @@ def score_text_batch(
     has_ids = _check_ids(predicted_texts, reference_texts, predicted_ids, reference_ids)
     if len(reference_texts) == 0:
         raise ValueError("cannot score an empty reference batch")
+    tokenizer = choose_tokenizer([*predicted_texts, *reference_texts])
+    tokens = TOKENIZERS[tokenizer]
 
-    assignment = match_batch(predicted_texts, reference_texts)
+    assignment = match_batch(predicted_texts, reference_texts, tokenizer=tokenizer)
     per_example = []
     for ref_idx, pred_idx in enumerate(assignment):
         entry: dict = {"reference_index": ref_idx, "prediction_index": pred_idx}
@@ -256,7 +300,7 @@ def score_text_batch(
             entry["exact_match"] = False
         else:
             pred_text, ref_text = predicted_texts[pred_idx], reference_texts[ref_idx]
-            entry.update(rouge(pred_text, ref_text))
+            entry.update(rouge(pred_text, ref_text, tokenizer=tokenizer))
             if has_ids:
                 entry["token_accuracy"] = token_accuracy(
                     predicted_ids[pred_idx], reference_ids[ref_idx]
@@ -265,12 +309,12 @@ def score_text_batch(
                     predicted_ids[pred_idx], reference_ids[ref_idx]
                 )
             else:
-                entry["exact_match"] = rouge_tokens(pred_text) == rouge_tokens(ref_text)
+                entry["exact_match"] = tokens(pred_text) == tokens(ref_text)
         per_example.append(entry)
 
     keys = ["rouge1", "rouge2", "rougeL"] + (["token_accuracy"] if has_ids else []) + ["exact_match"]
     mean = {k: float(np.mean([float(e[k]) for e in per_example])) for k in keys}
-    return {"per_example": per_example, "mean": mean}
+    return {"per_example": per_example, "mean": mean, "rouge_tokenizer": tokenizer}
 
 
 # ---------------------------------------------------------------------------

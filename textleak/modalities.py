@@ -25,6 +25,9 @@ class Modality:
     score: Callable[[Mapping[str, Any], Reference, Any], dict]
     #: reads a --reference file that is not a textleak reference JSON (e.g. plain sentences)
     read_reference: Callable[[str], Reference]
+    #: metadata -> {parameter name: shape} of the model the file names, built on the meta device
+    #: (no memory), or None when that model is not available here
+    declared_shapes: Callable[[Mapping[str, Any]], Mapping[str, tuple] | None] = lambda metadata: None
 
 
 MODALITIES: Registry[Modality] = Registry("modality")

@@ -6,12 +6,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .attacks import ATTACKS
-from .attacks.base import configure, preflight
+from .attacks.base import preflight
+from .core import budget as _budget
 from .core.device import on_device, resolve_device
 from .core.budget import Budget, time_budget
+from .core.seeding import repeatable
 from .errors import InputError
-from .gradients import GradientFile, load_gradients
+from .gradients import GradientFile
 from .modalities import modality
 from .result import RecoveryResult
 from .threat import Observation, Reference
@@ -38,35 +39,43 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
     `details["budget"]` ({"seconds", "used", "ran_out"}) and `details["certified"]` (whether a
     certificate vouches for the guess: only exact recovery gives one).
     """
+    from .validate import attack_instance, gradient_input, names, resume_point
+    from .threat import WITHDRAWABLE
+
     t0 = time.perf_counter()
     device = resolve_device(device)
     Budget(budget)  # a bad limit fails before any work
-    source = None
-    if not isinstance(gradients, GradientFile):
-        source = str(gradients)
-        gradients = load_gradients(gradients)
-    mod = modality(gradients.metadata.get("modality", "?"))
-    attack_cls = ATTACKS.get(attack)
-    if mod.name not in attack_cls.modalities:
-        raise InputError(f"attack {attack!r} does not handle {mod.name}; it handles {', '.join(attack_cls.modalities)}")
-    attacker = configure(attack, seed, options)
+    # Every argument and the whole gradient file are checked before a model is built: the attack
+    # and its settings first (they need no file), then the file, then whether they fit each other.
+    attacker = attack_instance(attack, options, seed)
+    gradients, source = gradient_input(gradients)
+    mod = modality(gradients.metadata["modality"])
+    if mod.name not in type(attacker).modalities:
+        raise InputError(f"attack {attack!r} does not handle {mod.name}; it handles "
+                         f"{', '.join(type(attacker).modalities)}")
+    unknown = names(unknown, "unknown", WITHDRAWABLE)
+    resume_point(checkpoint, resume, source)
     ref = _reference(reference, mod) if reference is not None else None  # fail early, before the work
     observation = Observation.from_file(gradients, unknown=unknown, device=device)  # the attacker's view
     target = mod.load_target(model, observation.metadata)
     mod.check(target, observation.metadata, gradients.gradients)
     t1 = time.perf_counter()
-    with on_device(target.model, device), time_budget(budget) as limit:
+    # Same seed, same thread count, same machine type and versions: the same bits (see core/seeding).
+    with repeatable(seed) as determinism, on_device(target.model, device), time_budget(budget) as limit:
         preflight(attacker, observation, target)
         output = attacker.run(observation, target, checkpoint=checkpoint, resume=resume, progress=progress)
         spent = limit.describe()
+        # a search cut short by a time budget stopped where the clock said: a rerun may stop elsewhere
+        determinism["time_budget_ran_out"] = _budget.current().ran_out
+    determinism["device"] = str(device)
     t2 = time.perf_counter()
     return _result(attack, seed, mod, gradients, source, observation, output, ref, target,
-                   {"load": t1 - t0, "attack": t2 - t1}, device, spent)
+                   {"load": t1 - t0, "attack": t2 - t1}, device, spent, determinism)
 
 
 def _result(attack: str, seed: int, mod, gradients: GradientFile, source: str | None, observation: Observation,
             output, ref: Reference | None, target: Any, timings: dict[str, float], device,
-            spent: dict[str, Any]) -> RecoveryResult:
+            spent: dict[str, Any], determinism: dict[str, Any]) -> RecoveryResult:
     outcome = output.outcome
     best = outcome.snapshots[outcome.restart] if outcome else []
     result = RecoveryResult(
@@ -75,7 +84,7 @@ def _result(attack: str, seed: int, mod, gradients: GradientFile, source: str | 
         model=dict(gradients.metadata["model"]), gradient_file=source,
         distance=outcome.distance if outcome else None,
         history=outcome.history[outcome.restart] if outcome else [], snapshots=best,
-        timings=timings, versions=versions(), details=output.details,
+        timings=timings, versions=versions(), details=output.details, determinism=determinism,
     )
     result.details["device"] = str(device)
     if observation.defence:  # the attacker is told what the victim applied (it matches the defended gradient as is)
@@ -91,9 +100,11 @@ def _result(attack: str, seed: int, mod, gradients: GradientFile, source: str | 
 
 
 def _reference(reference: Reference | str | Path, mod) -> Reference:
+    from .io import as_path
+
     if isinstance(reference, Reference):
         return reference
-    path = Path(reference)
+    path = as_path(reference, "reference")
     if not path.is_file():
         raise InputError(f"reference file {path} does not exist")
     if path.suffix == ".json":

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_text, jsonable
+from .io import dumps, write_output
 
 RESULT_FORMAT = "textleak.result"
 
@@ -32,6 +31,9 @@ class RecoveryResult:
     versions: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    #: what a rerun must match to repeat this one bit for bit: seed, torch threads, deterministic
+    #: kernels, CPU instruction set, thread environment (core.seeding.determinism_settings)
+    determinism: dict[str, Any] = field(default_factory=dict)
 
     # -- views ---------------------------------------------------------------------------
     @property
@@ -40,7 +42,8 @@ class RecoveryResult:
 
     def summary(self) -> str:
         lines = [f"attack: {self.method}" + (f" (via {self.attack})" if self.method != self.attack else "")
-                 + f"  model: {self.model.get('name')} [{self.model.get('task')}]  seed: {self.seed}",
+                 + f"  model: {self.model.get('name')} [{self.model.get('task')}]  seed: {self.seed}"
+                 + (f" ({self.determinism['torch_threads']} torch threads)" if "torch_threads" in self.determinism else ""),
                  f"attacker knew: {', '.join(k for k, v in self.knowledge.items() if v not in (None, False)) or 'nothing extra'}"
                  f"; assumed: {', '.join(f'{k} {v}' for k, v in self.assumed.items())}"]
         defence = self.details.get("defence")
@@ -69,19 +72,30 @@ class RecoveryResult:
     def to_dict(self) -> dict[str, Any]:
         return {"format": RESULT_FORMAT, "version": 1, **asdict(self)}
 
-    def to_json(self, path: str | Path | None = None, *, indent: int = 2) -> str:
-        text = json.dumps(self.to_dict(), indent=indent, default=jsonable)
+    def to_json(self, path: str | Path | None = None, *, indent: int = 2, overwrite: bool = False) -> str:
+        """Strict JSON (a NaN or infinite number is written as null); to `path` under the output rule."""
+        text = dumps(self.to_dict(), indent=indent)
         if path is not None:
-            atomic_write_text(path, text)
+            write_output(path, "result", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite)
         return text
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> "RecoveryResult":
+        from .errors import InputError
+        from .io import read_text
+        from .schema import parse_json
+
         p = Path(text_or_path)
-        text = p.read_text(encoding="utf-8") if len(str(text_or_path)) < 4096 and p.exists() else str(text_or_path)
-        data = json.loads(text)
-        data.pop("format", None), data.pop("version", None)
-        return cls(**data)
+        is_file = len(str(text_or_path)) < 4096 and p.is_file()
+        text = read_text(p, "result file") if is_file else str(text_or_path)
+        data = parse_json(text, f"result {p if is_file else '(text)'}", limit=2**31)
+        if not isinstance(data, dict) or data.pop("format", RESULT_FORMAT) != RESULT_FORMAT:
+            raise InputError("not a textleak result (format 'textleak.result')")
+        data.pop("version", None)
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise InputError(f"not a textleak result: {exc}") from None
 
     def report(self, fmt: str = "markdown") -> str:
         """A Markdown or self-contained HTML page: texts over iterations, scores, assumptions."""

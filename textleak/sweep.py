@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import InputError
-from .io import atomic_write_text, jsonable
+from .io import atomic_write_text, dumps
 from .data import read_sentences
+from .sweep_store import (JsonlAppender, check_folder, completed, read_jsonl, read_spec_file,  # noqa: F401
+                          result_files, shard_lock)
 
 SPEC_FILE = "sweep.json"
 FALLBACK_ATTACK = "dlg"
@@ -68,6 +70,8 @@ class SweepSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SweepSpec":
+        if not isinstance(data, dict):
+            raise InputError(f"a sweep spec is a JSON object, not a {type(data).__name__}")
         try:
             return cls(**data)
         except TypeError as exc:
@@ -75,12 +79,10 @@ class SweepSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> "SweepSpec":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise InputError(f"sweep spec {path} does not exist") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(f"sweep spec {path} is not valid JSON ({exc})") from None
+        from .io import read_text
+        from .schema import parse_json
+
+        return cls.from_dict(parse_json(read_text(path, "sweep spec"), f"sweep spec {path}"))
 
     # -- validation, before any work --------------------------------------------------------
     def validate(self) -> None:
@@ -88,23 +90,33 @@ class SweepSpec:
         from .defences import parse_defence
         from .threat import WITHDRAWABLE
 
-        if not self.attacks or not self.defences:
+        from .validate import attack_instance, integer, mapping, names, sequence
+
+        self.attacks = [a for a in sequence(self.attacks, "attacks")]
+        if not self.attacks or not sequence(self.defences, "defences"):
             raise InputError("a sweep needs at least one attack and one defence (use 'none' for the baseline)")
         for a in self.attacks:
+            if not isinstance(a, str):
+                raise InputError(f"attacks: {a!r:.40} is not an attack name")
             ATTACKS.get(a)
-        for name in self.attack_options:
+        _unique(self.attacks, "attack")
+        for name, opts in mapping(self.attack_options, "attack_options").items():
             if name not in self.attacks:
                 raise InputError(f"attack_options names {name!r}, which is not among the sweep's attacks")
+            attack_instance(name, opts, 0)  # a bad option fails here, before the folder is claimed
         self.defences = [parse_defence(d).spec for d in self.defences]
-        if len(set(self.defences)) != len(self.defences):
-            raise InputError("a defence is listed twice")
+        _unique(self.defences, "defence")
         if self.task not in ("classify", "mlm"):
             raise InputError(f"unknown task {self.task!r}; choose classify or mlm")
-        bad = [u for u in self.unknown if u not in WITHDRAWABLE]
-        if bad:
-            raise InputError(f"cannot withhold {bad[0]!r}; withdrawable: {', '.join(WITHDRAWABLE)}")
-        if self.n < 1 or self.offset < 0 or not self.seeds:
-            raise InputError("a sweep needs n >= 1, offset >= 0 and at least one seed")
+        names(self.unknown, "unknown", WITHDRAWABLE)
+        self.seeds = [integer(x, "seed") for x in sequence(self.seeds, "seeds")]
+        _unique(self.seeds, "seed")
+        integer(self.n, "n", minimum=1), integer(self.offset, "offset", minimum=0)
+        integer(self.head_seed, "head_seed", minimum=0)
+        if not self.seeds:
+            raise InputError("a sweep needs at least one seed")
+        if self.model is not None and not isinstance(self.model, str):
+            raise InputError(f"model must be a name or folder, got {self.model!r:.40}")
         rows = self.rows()
         if self.offset + self.n > len(rows):
             raise InputError(f"{self.data} has {len(rows)} sentences; cannot take {self.n} from row {self.offset}")
@@ -135,6 +147,14 @@ class SweepSpec:
         return out
 
 
+def _unique(items: list, what: str) -> None:
+    seen = set()
+    for item in items:
+        if item in seen:
+            raise InputError(f"{what} {item!r} is listed twice")
+        seen.add(item)
+
+
 def shard_from_env(env: dict[str, str] | None = None) -> tuple[int, int]:
     """(rank, world_size) from torchrun's RANK/WORLD_SIZE or Slurm's SLURM_PROCID/SLURM_NTASKS."""
     env = os.environ if env is None else env
@@ -148,56 +168,6 @@ def shard_from_env(env: dict[str, str] | None = None) -> tuple[int, int]:
                 raise InputError(f"{r}={rank} is not in [0, {w}={world})")
             return rank, world
     return 0, 1
-
-
-# -- the results files ---------------------------------------------------------------------
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Complete records only: a line cut short by a kill is ignored (its unit runs again)."""
-    out = []
-    with path.open("r", encoding="utf-8") as fh:
-        for line in fh:
-            if not line.endswith("\n"):
-                break
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
-def result_files(out_dir: str | Path) -> list[Path]:
-    return sorted(Path(out_dir).glob("results-*.jsonl"))
-
-
-def completed(out_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """key -> record, over every shard's file (the first record of a key wins)."""
-    done: dict[str, dict[str, Any]] = {}
-    for path in result_files(out_dir):
-        for rec in read_jsonl(path):
-            done.setdefault(rec["key"], rec)
-    return done
-
-
-class JsonlAppender:
-    """Appends one JSON record per line and makes it durable before returning."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.stat().st_size:
-            with path.open("rb") as fh:
-                fh.seek(-1, os.SEEK_END)
-                torn = fh.read(1) != b"\n"
-            if torn:  # a kill cut the last line short: end it so the next record stands alone
-                with path.open("ab") as fh:
-                    fh.write(b"\n")
-
-    def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, default=jsonable) + "\n"
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
 
 
 # -- running units -------------------------------------------------------------------------
@@ -256,9 +226,10 @@ def run_unit(spec: SweepSpec, unit: dict[str, Any], ctx: UnitContext) -> dict[st
     return {**base, "attack": unit["attack"], "method": result.method, "sentence": unit["sentence"],
             "seed": unit["seed"], "batch_size": len(texts), "references": texts, "recovered": result.texts,
             "metrics": result.metrics["mean"], "per_example": result.metrics["per_example"],
+            "rouge_tokenizer": result.metrics.get("rouge_tokenizer"),
             "distance": result.distance, "seconds": time.perf_counter() - t0, "config": result.config,
             "certified": result.details.get("certified"), "budget": result.details.get("budget"),
-            "versions": result.versions}
+            "versions": result.versions, "determinism": result.determinism}
 
 
 @dataclass
@@ -285,23 +256,25 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, rank: int | None = None, 
         raise InputError(f"unknown sweep backend {backend!r}; choose local or ray")
     if rank is None or world_size is None:
         rank, world_size = shard_from_env()
-    out = Path(out_dir)
-    _claim(out, spec)
-    units = spec.units()
-    mine = [u for i, u in enumerate(units) if i % world_size == rank]
-    done = completed(out)
-    todo = [u for u in mine if u["key"] not in done]
-    path = out / f"results-{rank:03d}-of-{world_size:03d}.jsonl"
-    writer = JsonlAppender(path)
-    if backend == "ray":
-        _run_ray(spec, out, todo, writer, progress, runner, str(device))
-    else:
-        ctx = UnitContext(spec, out, device)
-        for i, unit in enumerate(todo, 1):
-            record = runner(spec, unit, ctx)
-            writer.append(record)
-            if progress is not None:
-                progress(f"[{rank}/{world_size}] {i}/{len(todo)} {unit['key']}" + _brief(record))
+    out = check_folder(out_dir, "sweep folder", marker=SPEC_FILE)  # never a file, nor a folder of other files
+    out.mkdir(parents=True, exist_ok=True)
+    with shard_lock(out, rank, world_size):  # two runs of one shard would run each unit twice
+        _claim(out, spec)
+        units = spec.units()
+        mine = [u for i, u in enumerate(units) if i % world_size == rank]
+        done = completed(out, say=progress)
+        todo = [u for u in mine if u["key"] not in done]
+        path = out / f"results-{rank:03d}-of-{world_size:03d}.jsonl"
+        writer = JsonlAppender(path)
+        if backend == "ray":
+            _run_ray(spec, out, todo, writer, progress, runner, str(device))
+        else:
+            ctx = UnitContext(spec, out, device)
+            for i, unit in enumerate(todo, 1):
+                record = runner(spec, unit, ctx)
+                writer.append(record)
+                if progress is not None:
+                    progress(f"[{rank}/{world_size}] {i}/{len(todo)} {unit['key']}" + _brief(record))
     return SweepSummary(rank, world_size, len(units), len(mine), len(mine) - len(todo), len(todo), path)
 
 
@@ -322,7 +295,7 @@ def _claim(out: Path, spec: SweepSpec) -> None:
     path = out / SPEC_FILE
     mine = spec.to_dict()
     if path.exists():
-        theirs = json.loads(path.read_text(encoding="utf-8"))
+        theirs = read_spec_file(path)
         changed = sorted(k for k in set(mine) | set(theirs) if k not in EXTENDABLE and mine.get(k) != theirs.get(k))
         if changed:
             raise InputError(f"{out} holds results made with other {', '.join(changed)} ({path}); "
@@ -363,14 +336,25 @@ def _run_ray(spec: SweepSpec, out: Path, todo: list[dict[str, Any]], writer: Jso
 METRIC_KEYS = ("rouge1", "rouge2", "rougeL", "token_accuracy", "exact_match", "label_accuracy")
 
 
-def merge(out_dir: str | Path, *, write: bool = True) -> dict[str, Any]:
+def merge(out_dir: str | Path, *, write: bool = True, say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """One table from every shard's JSONL: per (attack, defence) mean metrics over sentences and
-    seeds, with the defence's utility beside it. Writes table.json and table.csv when `write`."""
+    seeds, with the defence's utility beside it. Writes table.json and table.csv when `write`.
+    A record that lacks a field the table needs is left out, and `say` hears of it."""
+    from .schema import SWEEP_RECORD, first_error
+
     out = Path(out_dir)
-    records = list(completed(out).values())
+    spec = read_spec_file(out / SPEC_FILE) if (out / SPEC_FILE).exists() else None
+    records, bad = [], []
+    for rec in completed(out, say=say).values():
+        problem = first_error(rec, SWEEP_RECORD, "record")
+        if problem:
+            bad.append(f"{rec['key']}: {problem}")
+        else:
+            records.append(rec)
+    if bad and say is not None:
+        say(f"note: left out {len(bad)} result record(s) the table cannot use, e.g. {bad[0]}")
     if not records:
         raise InputError(f"{out} holds no sweep results (results-*.jsonl)")
-    spec = json.loads((out / SPEC_FILE).read_text(encoding="utf-8")) if (out / SPEC_FILE).exists() else None
     utility = {r["defence"]: r for r in records if r["kind"] == "utility"}
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
@@ -395,7 +379,7 @@ def merge(out_dir: str | Path, *, write: bool = True) -> dict[str, Any]:
     merged = {"spec": spec, "table": table, "utility": list(utility.values()),
               "units": [r for r in records if r["kind"] == "attack"]}
     if write:
-        atomic_write_text(out / "table.json", json.dumps(merged, indent=1, default=jsonable))
+        atomic_write_text(out / "table.json", dumps(merged, indent=1))
         atomic_write_text(out / "table.csv", _csv(table))
     return merged
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -64,8 +64,14 @@ class Knowledge:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Knowledge":
-        names = {f.name for f in fields(cls)}
-        clean = {k: v for k, v in data.items() if k in names}
+        """From plain JSON values, checked whole (types, ranges, sizes): one-line InputError."""
+        from .io import jsonable
+        from .schema import check, check_knowledge, knowledge_schema
+
+        data = json.loads(json.dumps(dict(data), default=jsonable)) if isinstance(data, Mapping) else data
+        check(data, knowledge_schema(), "knowledge")
+        check_knowledge(data, {}, "knowledge")
+        clean = dict(data)
         for key in ("seq_lengths", "labels"):
             if clean.get(key) is not None:
                 clean[key] = tuple(_freeze(v) for v in clean[key])
@@ -177,21 +183,27 @@ class Reference:
             data["images"] = [torch.as_tensor(im).tolist() for im in self.images]
         return data
 
-    def save(self, path: str | Path) -> None:
-        from .io import atomic_write_text
+    def to_json(self) -> str:
+        from .io import dumps
 
-        atomic_write_text(path, json.dumps({"format": "textleak.reference", "version": 1,
-                                            **self.to_dict()}))
+        return dumps({"format": "textleak.reference", "version": 1, **self.to_dict()})
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        from .io import write_output
+
+        text = self.to_json()
+        write_output(path, "reference", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"),
+                     overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> "Reference":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"reference file {path} does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"reference file {path} is not valid JSON ({exc})") from None
-        if data.get("format") != "textleak.reference":
+        """A reference JSON, checked whole (no missing or unknown field, right types)."""
+        from .io import read_text
+        from .schema import REFERENCE, check, parse_json
+
+        data = parse_json(read_text(path, "reference file"), f"reference file {path}", limit=2**30)
+        if not isinstance(data, dict) or data.get("format") != "textleak.reference":
             raise InputError(f"{path} is not a textleak reference file")
+        check(data, REFERENCE, "reference", source=str(path))
         data.pop("format"), data.pop("version", None)
         return cls(**data)

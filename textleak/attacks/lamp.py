@@ -30,7 +30,6 @@ import torch
 
 from ..core.distances import DISTANCES
 from ..core.matching import MatchConfig
-from ..text.decode import nearest_tokens
 from ..text.prior import load_prior
 from ..text.problem import TextMatchingProblem
 from ..threat import Observation
@@ -80,6 +79,14 @@ class LampProblem(TextMatchingProblem):
             ids[b, p] = self.candidates[k % len(self.candidates)] if k >= len(order) else order[k]
         return ids
 
+    def state_dict(self) -> dict[str, Any]:
+        """The discrete search's RNG and step count, which a checkpoint keeps (core.matching)."""
+        return {"rng": self.rng.get_state(), "steps_seen": self.steps_seen}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rng.set_state(state["rng"])
+        self.steps_seen = int(state["steps_seen"])
+
     def regulariser(self, variables: Mapping[str, torch.Tensor]) -> torch.Tensor:
         norms = variables["embeddings"][self.free].norm(dim=-1)
         return self.norm_weight * (norms.mean() - self.target_norm) ** 2
@@ -96,7 +103,7 @@ class LampProblem(TextMatchingProblem):
         with torch.no_grad():
             emb = self.inputs_embeds(variables)[b]
             ids = self.fixed_ids[b].clone()
-            ids[self.free[b]] = nearest_tokens(emb[self.free[b]], self.matrix, self.candidates, self.decode_metric)
+            ids[self.free[b]] = self.nearest(emb[self.free[b]])
         return rec + self.prior_weight * self.prior.nll(ids[: self.lengths[b]].tolist())
 
     def discrete_step(self, variables: Mapping[str, torch.Tensor]) -> None:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError, Interrupted
 from . import budget as _budget
 from .checkpoint import load_checkpoint, save_checkpoint
+from ..interrupts import deferred_stop, signal_name
 from .distances import DISTANCES
 
 
@@ -36,6 +38,8 @@ class MatchingProblem(Protocol):
     names: list[str]
     #: optionally, `device`: where the variables live (`init` draws them from a CPU generator and
     #: moves them there; checkpoints, read onto the CPU, are moved back there on resume)
+    #: optionally, `state_dict()` / `load_state_dict(state)`: the problem's own search state (an
+    #: RNG, a step count), kept in checkpoints so a resumed run repeats an uninterrupted one
 
     def init(self, generator: torch.Generator) -> dict[str, torch.Tensor]: ...
 
@@ -65,10 +69,18 @@ class MatchConfig:
     lr_decay: bool = False  # Adam: divide lr by 10 at 3/8, 5/8 and 7/8 of the steps
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        if self.steps < 0 or self.restarts < 1:
-            raise InputError("steps must be >= 0 and restarts >= 1")
+        from ..validate import integer, optional_number
+
+        if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown optimizer {self.optimizer!r:.40}; choose one of: {', '.join(OPTIMIZERS)}")
+        integer(self.steps, "steps", minimum=0)
+        integer(self.restarts, "restarts", minimum=1)
+        integer(self.seed, "seed")
+        integer(self.checkpoint_every, "checkpoint_every", minimum=0)
+        integer(self.lbfgs_max_iter, "lbfgs_max_iter", minimum=1)
+        optional_number(self.lr, "lr", positive=True)
+        if not isinstance(self.distance, str):
+            raise InputError(f"distance must be a name, got {self.distance!r:.40}")
         DISTANCES.get(self.distance)
 
     def to_dict(self) -> dict:
@@ -140,6 +152,8 @@ def match(
                  "best": None, "elapsed": 0.0, "evaluations": 0}
     gen = torch.Generator()
     gen.set_state(state["generator"])
+    if state.get("problem") is not None and hasattr(problem, "load_state_dict"):
+        problem.load_state_dict(state["problem"])
     evaluations = state["evaluations"]
 
     def objective(variables: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -161,17 +175,25 @@ def match(
     def snapshot() -> dict[str, Any]:
         return {"restart": restart, "step": step, **problem.decode(variables)}
 
-    def persist() -> None:
+    def persist() -> bool:
         if checkpoint is None:
-            return
+            return False
         state.update(restart=restart, step=step, generator=gen.get_state(),
                      elapsed=time.perf_counter() - started, evaluations=evaluations,
                      variables={k: v.detach().clone() for k, v in variables.items()} if variables else None,
-                     optimizer=optimizer.state_dict() if optimizer is not None else None)
-        save_checkpoint(checkpoint, state)
+                     optimizer=optimizer.state_dict() if optimizer is not None else None,
+                     problem=problem.state_dict() if hasattr(problem, "state_dict") else None)
+        return save_checkpoint(checkpoint, state)
 
+    # A checkpoint is only ever the state at the end of a completed step (`at_boundary`): Ctrl-C
+    # and SIGTERM are deferred to that point, so a resumed run continues exactly where an
+    # uninterrupted one would be.
+    at_boundary = True
+    stack = ExitStack()
+    stop = stack.enter_context(deferred_stop())
     try:
         while restart < config.restarts:
+            at_boundary = False
             if state["variables"] is not None:  # resumed: a checkpoint is read onto the CPU
                 variables = {k: _on(problem, v).clone().requires_grad_(v.is_floating_point())
                              for k, v in state["variables"].items()}
@@ -184,14 +206,19 @@ def match(
                     state["snapshots"][restart].append(snapshot())
             leaves = [v for v in variables.values() if v.requires_grad]
             optimizer = OPTIMIZERS[config.optimizer](leaves, config)
-            if state["optimizer"] is not None:
-                optimizer.load_state_dict(state["optimizer"])
             scheduler = _scheduler(optimizer, config)
-            if scheduler is not None:
-                for _ in range(step):
-                    scheduler.step()
+            if state["optimizer"] is not None:
+                # resumed: the saved state holds the learning rate as decayed so far; the schedule
+                # goes on from `step` (replaying its steps would decay that rate a second time)
+                optimizer.load_state_dict(state["optimizer"])
+                if scheduler is not None:
+                    scheduler.last_epoch = step
             history = state["history"][restart]
+            at_boundary = True
             while step < config.steps:
+                if stop.requested:
+                    raise stop.interrupt()
+                at_boundary = False
                 def closure() -> torch.Tensor:
                     loss = objective(variables)
                     # Differentiate w.r.t. the dummies only: backward() would also fill (and
@@ -215,12 +242,16 @@ def match(
                     break
                 if step in config.snapshot_at:
                     state["snapshots"][restart].append(snapshot())
+                at_boundary = True
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     persist()
                 if step < config.steps and _budget.expired():
                     cut = True
                     persist()  # a resumed run continues from the cut
                     break
+            if stop.requested:
+                raise stop.interrupt()
+            at_boundary = False
             final = math.inf if state["diverged"][restart] else _evaluate(objective, variables)
             if not state["snapshots"][restart] or state["snapshots"][restart][-1]["step"] != step:
                 state["snapshots"][restart].append(snapshot())
@@ -234,16 +265,18 @@ def match(
             state["variables"] = None
             state["optimizer"] = None
             variables, optimizer = {}, None
+            at_boundary = True
             persist()
             if restart < config.restarts and _budget.expired():
                 cut = True
                 break
-    except KeyboardInterrupt:
-        persist()
-        where = f"restart {restart + 1}/{config.restarts}, step {step}/{config.steps}"
-        hint = f"; rerun with --resume to continue from {checkpoint}" if checkpoint else ""
-        raise Interrupted(f"interrupted at {where}{hint}") from None
+            if stop.requested and restart < config.restarts:
+                raise stop.interrupt()
+    except KeyboardInterrupt as exc:
+        raise _interrupted(exc, f"restart {min(restart + 1, config.restarts)}/{config.restarts}, step {step}/"
+                                f"{config.steps}", checkpoint, at_boundary and persist()) from None
     finally:
+        stack.close()
         bar.close()
 
     if not cut and checkpoint is not None and Path(checkpoint).exists():
@@ -263,6 +296,20 @@ def _on(problem: MatchingProblem, tensor: torch.Tensor) -> torch.Tensor:
     """`tensor` on the problem's device (a problem without a `device` attribute keeps it where it is)."""
     device = getattr(problem, "device", None)
     return tensor if device is None else tensor.to(device)
+
+
+def _interrupted(exc: KeyboardInterrupt, where: str, checkpoint: str | Path | None, saved: bool) -> Interrupted:
+    name = signal_name(exc)
+    what = "terminated (SIGTERM)" if name == "SIGTERM" else "interrupted"
+    if checkpoint is None:
+        hint = " (no checkpoint kept)"
+    elif saved:
+        hint = f"; rerun with --resume to continue from {checkpoint}"
+    elif Path(checkpoint).exists():
+        hint = f" mid-step; rerun with --resume to continue from the last saved step in {checkpoint}"
+    else:
+        hint = " mid-step, before any checkpoint was saved"
+    return Interrupted(f"{what} at {where}{hint}", signal_name=name)
 
 
 def _evaluate(objective: Callable, variables: Mapping[str, torch.Tensor]) -> float:

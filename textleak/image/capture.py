@@ -79,6 +79,10 @@ def capture_image_gradients(model: Any = None, images: Any = None, *, labels: Se
         device: "auto", "cpu", "cuda" or "cuda:N" (the model is moved there for the step and
         back; gradients come back on the CPU).
     """
+    from ..validate import integer, labels as check_labels
+
+    labels = check_labels(labels)
+    seed = integer(seed, "seed")
     check_declared(declare)
     device = resolve_device(device)
     step = step or TrainingStep()

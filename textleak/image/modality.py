@@ -54,8 +54,10 @@ def check(target: ImageTarget, metadata: Mapping[str, Any], gradients: Mapping[s
                                  f"input {recorded.get('input_shape')}, {recorded.get('num_labels')} classes)")
     check_parameters(gradients, target.model)
     if recorded.get("weights_hash") not in (None, target.spec.weights_hash):
-        raise ModelMismatchError(f"the model's weights differ from the victim's (init seed "
-                                 f"{target.spec.init_seed} vs recorded {recorded.get('init_seed')})")
+        seeds = (f"init seed {target.spec.init_seed}, the victim's was {recorded.get('init_seed')}"
+                 if recorded.get("init_seed") not in (None, target.spec.init_seed)
+                 else f"same init seed {target.spec.init_seed}: other weights")
+        raise ModelMismatchError(f"the model's weights differ from the victim's ({seeds})")
     for key in ("mean", "std"):
         if recorded.get(key) is not None and [float(v) for v in recorded[key]] != list(getattr(target.spec, key)):
             raise ModelMismatchError(f"the model's input normalisation differs from the victim's ({key})")
@@ -96,10 +98,22 @@ def score(prediction: Mapping[str, Any], reference: Reference, target: ImageTarg
             "psnr_finite": all(math.isfinite(e["psnr"]) for e in per_example)}
 
 
+def declared_shapes(metadata: Mapping[str, Any]) -> dict[str, tuple] | None:
+    """The registered model the file names, built on the meta device; None for a user module."""
+    spec = metadata["model"]
+    if spec.get("name") not in IMAGE_MODELS or spec.get("init_seed", 0) < 0:
+        return None
+    channels, size, _ = spec.get("input_shape") or [3, 32, 32]
+    with torch.device("meta"):
+        model = IMAGE_MODELS.get(spec["name"])(channels, size, spec["num_labels"])
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
 def read_reference(path: str) -> Reference:
     """An image file or a folder of them (labels unknown)."""
     found = read_images(path)
     return Reference(modality="image", images=list(found.images), labels=[], extra={"sources": found.names})
 
 
-MODALITIES.register("image")(Modality("image", load_target, check, score, read_reference))
+MODALITIES.register("image")(Modality("image", load_target, check, score, read_reference,
+                                      declared_shapes=declared_shapes))

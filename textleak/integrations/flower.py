@@ -267,7 +267,11 @@ class LeakageAudit(Strategy):
                               victim={"round": server_round, "node_id": node, "shared": kind,
                                       "settings": settings}).metadata()
         # what the server knows of the client's training: its mode and, for an update, the local steps
-        meta["capture"]["mode"] = (settings or {}).get("mode", "unknown")
+        # the client computed the update: this process's thread settings say nothing of its bits
+        meta["capture"].pop("determinism", None)
+        # (the client reports e.g. "eval (dropout off)"; the metadata keeps the protocol's word)
+        said = str((settings or {}).get("mode", "unknown")).split(" ")[0]
+        meta["capture"]["mode"] = said if said in ("eval", "train") else "unknown"
         if kind == "update":
             meta["capture"]["defence"] = {
                 "spec": f"fedavg:{settings['local_steps']},{settings['lr']:g}", "name": "fedavg", "stage": "capture",

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..io import atomic_write
+from ..io import PNG_MARK, check_outputs, write_files, write_output
 from ..threat import Reference
 
 IMAGE_OUTPUTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -61,7 +61,7 @@ def _order(result, refs: list[np.ndarray], preds: list[np.ndarray]) -> list[tupl
 
 
 def image_grid(result, reference: Reference | str | Path | None = None, path: str | Path | None = None, *,
-               max_columns: int = 8, cell: float = 1.2):
+               max_columns: int = 8, cell: float = 1.2, overwrite: bool = False):
     """Draw (and write to `path` as PNG, if given) ground truth beside the reconstruction over
     iterations; returns the matplotlib Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -104,13 +104,23 @@ def image_grid(result, reference: Reference | str | Path | None = None, path: st
     fig.suptitle(f"{result.method} on {result.model.get('name')}", fontsize=9)
     fig.tight_layout()
     if path is not None:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+        write_output(path, "image", lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata=PNG_MARK),
+                     overwrite=overwrite)
     return fig
 
 
-def save_images(result, path: str | Path) -> list[Path]:
+def save_images(result, path: str | Path, *, overwrite: bool = False) -> list[Path]:
     """Write the recovered images (8-bit, the model's resolution); returns the paths written."""
+    files = image_files(result, path)
+    check_outputs([(p, "image", "recovered image") for p, _ in files], overwrite=overwrite, folders_exist=False)
+    write_files(files)
+    return [p for p, _ in files]
+
+
+def image_files(result, path: str | Path) -> list[tuple[Path, Any]]:
+    """(path, writer) of each recovered image: `path`, or `<stem>-<i><suffix>` for a batch."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
     path = Path(path)
     images = result.prediction.get("images")
@@ -122,7 +132,13 @@ def save_images(result, path: str | Path) -> list[Path]:
     paths = [path] if len(images) == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}")
                                              for i in range(len(images))]
     fmt = Image.registered_extensions()[path.suffix.lower()]
+    mark = {}
+    if fmt == "PNG":
+        mark["pnginfo"] = PngInfo()
+        for k, v in PNG_MARK.items():
+            mark["pnginfo"].add_text(k, v)
+    files = []
     for im, p in zip(images, paths):
         pixels = Image.fromarray((_hwc(im) * 255).round().astype(np.uint8))
-        atomic_write(p, lambda tmp, px=pixels: px.save(tmp, format=fmt))
-    return paths
+        files.append((p, lambda tmp, px=pixels: px.save(tmp, format=fmt, **mark)))
+    return files

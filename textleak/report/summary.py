@@ -13,6 +13,7 @@ budget ran out are counted, because their scores are lower bounds on what leaks.
 from __future__ import annotations
 
 import html
+import math
 from typing import Any, Mapping, Sequence
 
 from .analysis import baseline_accuracy, strongest, weakest_defending
@@ -27,9 +28,15 @@ def _pairs(units: Sequence[Unit]) -> list[dict[str, Any]]:
         for e in u.get("per_example") or []:
             ref = u["references"][e["reference_index"]]
             rec = u["recovered"][e["prediction_index"]] if e["prediction_index"] >= 0 else ""
-            out.append({"reference": ref, "recovered": rec, "rouge1": e.get("rouge1", 0.0),
+            out.append({"reference": ref, "recovered": rec, "rouge1": _score(e.get("rouge1", 0.0)),
                         "exact": bool(e.get("exact_match"))})
     return out
+
+
+def _score(value: Any) -> float:
+    """A ROUGE score as a float; anything else (a hand-edited results line) counts as 0."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else 0.0
 
 
 def _leak(units: Sequence[Unit]) -> dict[str, Any]:

@@ -25,24 +25,39 @@ def allowed_token_ids(tokenizer: Any) -> torch.Tensor:
     return torch.tensor(sorted(ids))
 
 
+class NearestTokens:
+    """Decodes embeddings to the nearest candidate rows of an embedding matrix, with the candidate
+    rows prepared (gathered, centred, normalised) once: a search that decodes many times over a
+    large vocabulary (LAMP's discrete steps under noise score every proposal against all ~30k
+    rows) would otherwise redo that preparation, the bulk of each decode, every time."""
+
+    def __init__(self, matrix: torch.Tensor, candidates: torch.Tensor, metric: str = "cosine"):
+        if metric not in METRICS:
+            raise InputError(f"unknown decoding metric {metric!r}; choose one of: {', '.join(METRICS)}")
+        self.candidates, self.metric = candidates, metric
+        rows = matrix[candidates]
+        # BERT-style encoders LayerNorm (word + position) embeddings, which removes each vector's
+        # mean: a dummy embedding is only determined up to a constant shift, so compare centred vectors.
+        rows = rows - rows.mean(-1, keepdim=True)
+        self.rows = torch.nn.functional.normalize(rows, dim=-1) if metric == "cosine" else rows
+
+    def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """For each row of `embeddings` [N, H], the id in `candidates` whose row is nearest."""
+        embeddings = embeddings - embeddings.mean(-1, keepdim=True)
+        if embeddings.numel() == 0:
+            return torch.empty(0, dtype=torch.long, device=self.candidates.device)
+        if self.metric == "cosine":
+            best = (torch.nn.functional.normalize(embeddings, dim=-1) @ self.rows.T).argmax(-1)
+        else:
+            best = torch.cdist(embeddings, self.rows).argmin(-1)
+        return self.candidates[best]
+
+
 def nearest_tokens(embeddings: torch.Tensor, matrix: torch.Tensor, candidates: torch.Tensor,
                    metric: str = "cosine") -> torch.Tensor:
-    """For each row of `embeddings` [N, H], the id in `candidates` whose row of `matrix` is nearest."""
-    if metric not in METRICS:
-        raise InputError(f"unknown decoding metric {metric!r}; choose one of: {', '.join(METRICS)}")
-    rows = matrix[candidates]
-    # BERT-style encoders LayerNorm (word + position) embeddings, which removes each vector's mean:
-    # a dummy embedding is only determined up to a constant shift, so compare centred vectors.
-    embeddings = embeddings - embeddings.mean(-1, keepdim=True)
-    rows = rows - rows.mean(-1, keepdim=True)
-    if embeddings.numel() == 0:
-        return torch.empty(0, dtype=torch.long, device=candidates.device)
-    if metric == "cosine":
-        scores = torch.nn.functional.normalize(embeddings, dim=-1) @ torch.nn.functional.normalize(rows, dim=-1).T
-        best = scores.argmax(-1)
-    else:
-        best = torch.cdist(embeddings, rows).argmin(-1)
-    return candidates[best]
+    """For each row of `embeddings` [N, H], the id in `candidates` whose row of `matrix` is nearest
+    (for repeated decoding against one candidate set, build a `NearestTokens` once)."""
+    return NearestTokens(matrix, candidates, metric)(embeddings)
 
 
 def ids_to_text(tokenizer: Any, ids: Sequence[int]) -> str:

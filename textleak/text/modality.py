@@ -11,6 +11,7 @@ from ..modalities import MODALITIES, Modality
 from ..threat import Reference
 from .decode import ids_to_text
 from .models import TextTarget, check_compatible, load_text_model, target_from_model
+from .models import declared_shapes as text_declared_shapes
 
 
 def load_target(model: Any, metadata: Mapping[str, Any]) -> TextTarget:
@@ -40,6 +41,21 @@ def check(target: TextTarget, metadata: Mapping[str, Any], gradients: Mapping[st
     if metadata.get("modality") != "text":
         raise InputError(f"gradient file is from an {metadata.get('modality')} model, not a text model")
     check_compatible(metadata["model"], target.spec, gradients, target.model)
+    knowledge = metadata.get("knowledge") or {}
+    longest = max(knowledge.get("seq_lengths") or [0])
+    if longest > target.max_positions:
+        raise InputError(f"the metadata declares a sequence of {longest} tokens; the model takes at most "
+                         f"{target.max_positions}")
+    vocab = target.model.get_input_embeddings().num_embeddings
+    if target.spec.task == "mlm" and any(t >= vocab for y in knowledge.get("labels") or [] for t in y):
+        raise InputError(f"the metadata declares a masked token id outside the model's vocabulary of {vocab}")
+
+
+def declared_shapes(metadata: Mapping[str, Any]) -> dict[str, tuple] | None:
+    spec = metadata["model"]
+    if spec.get("head_seed", 0) < 0:  # a model object: the attacker must pass it
+        return None
+    return text_declared_shapes(spec["name"], task=spec["task"], num_labels=spec.get("num_labels"))
 
 
 def score(prediction: Mapping[str, Any], reference: Reference, target: TextTarget) -> dict:
@@ -58,10 +74,13 @@ def score(prediction: Mapping[str, Any], reference: Reference, target: TextTarge
 
 
 def read_reference(path: str) -> Reference:
-    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    from ..io import read_text, split_lines
+
+    lines = [ln.strip() for ln in split_lines(read_text(path, "reference file")) if ln.strip()]
     if not lines:
         raise InputError(f"reference file {path} holds no sentence")
     return Reference(modality="text", texts=lines)
 
 
-MODALITIES.register("text")(Modality("text", load_target, check, score, read_reference))
+MODALITIES.register("text")(Modality("text", load_target, check, score, read_reference,
+                                     declared_shapes=declared_shapes))

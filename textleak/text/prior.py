@@ -13,6 +13,8 @@ log-likelihood per token of one sentence (special tokens included as given).
 
 from __future__ import annotations
 
+import pickle
+
 import glob
 import hashlib
 import math
@@ -86,11 +88,15 @@ class CausalLMPrior:
         self.name = f"hf:{model_name}"
         self.source_tokenizer = tokenizer
         try:
-            self.lm = AutoModelForCausalLM.from_pretrained(model_name, local_files_only=True).eval()
-            self.lm_tokenizer = AutoTokenizer.from_pretrained(model_name, local_files_only=True)
+            safe = {"local_files_only": True, "trust_remote_code": False}  # never a model's own code
+            self.lm = AutoModelForCausalLM.from_pretrained(model_name, **safe).eval()
+            self.lm_tokenizer = AutoTokenizer.from_pretrained(model_name, **safe)
         except OSError:
             raise InputError(f"language prior {model_name!r} is not in the local HF cache; "
                              "use prior='bigram' or download it where there is network") from None
+        except (ValueError, pickle.UnpicklingError) as exc:  # custom code asked for, unsafe .bin weights
+            line = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise InputError(f"cannot load language prior {model_name!r}: {line[:200]}") from None
 
     def nll(self, token_ids: Sequence[int]) -> float:
         text = self.source_tokenizer.decode(list(token_ids), skip_special_tokens=True)
@@ -101,9 +107,22 @@ class CausalLMPrior:
             return float(self.lm(ids, labels=ids).loss)
 
 
+_BIGRAMS: dict[tuple, BigramPrior] = {}
+
+
+def bigram_prior(tokenizer: Any) -> BigramPrior:
+    """The bigram prior over the training TSVs, built (or read from the disk cache) once per process:
+    `auto` checks that it exists and LAMP then uses it, for every sentence of an audit."""
+    files = sorted(glob.glob(os.environ.get("TEXTLEAK_PRIOR_DATA") or shared_file("train_*.tsv")))
+    key = (tuple(files), tokenizer.name_or_path, len(tokenizer),
+           os.environ.get("TEXTLEAK_CACHE", str(Path.home() / ".cache" / "textleak")))
+    if key not in _BIGRAMS:
+        _BIGRAMS[key] = BigramPrior(tokenizer, files)
+    return _BIGRAMS[key]
+
+
 PRIORS.register("none")(lambda tokenizer: NoPrior())
-PRIORS.register("bigram")(lambda tokenizer: BigramPrior(
-    tokenizer, sorted(glob.glob(os.environ.get("TEXTLEAK_PRIOR_DATA") or shared_file("train_*.tsv")))))
+PRIORS.register("bigram")(bigram_prior)
 
 
 def load_prior(name: str, tokenizer: Any):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..core.device import module_device
 from ..errors import InputError, MissingKnowledgeError, UnsupportedModelError
 from ..threat import Observation
-from .decode import allowed_token_ids, ids_to_text, nearest_tokens
+from .decode import NearestTokens, allowed_token_ids, ids_to_text
 
 
 def check_observation(target, observation: Observation, *, infer_lengths: bool = False) -> None:
@@ -172,7 +172,7 @@ class TextMatchingProblem:
         with torch.no_grad():
             emb = self.inputs_embeds(variables)
             ids = self.fixed_ids.clone()
-            ids[self.free] = nearest_tokens(emb[self.free], self.matrix, self.candidates, self.decode_metric)
+            ids[self.free] = self.nearest(emb[self.free])
             labels = self.soft_labels(variables)
             if self.task == "mlm":
                 restricted = labels[:, self.candidates].argmax(-1)
@@ -185,6 +185,13 @@ class TextMatchingProblem:
         token_ids = [ids[b, :n].tolist() for b, n in enumerate(self.lengths)]
         return {"texts": [ids_to_text(self.tokenizer, row) for row in token_ids],
                 "token_ids": token_ids, "labels": predicted_labels}
+
+    def nearest(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The nearest candidate token of each embedding [N, H] (candidate rows prepared once)."""
+        cached = getattr(self, "_nearest", None)
+        if cached is None or cached.candidates is not self.candidates or cached.metric != self.decode_metric:
+            cached = self._nearest = NearestTokens(self.matrix, self.candidates, self.decode_metric)
+        return cached(embeddings)
 
     def _positions_by_example(self) -> list[list[int]]:
         rows: list[list[int]] = [[] for _ in range(self.batch_size)]
