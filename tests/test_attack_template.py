@@ -72,8 +72,9 @@ def test_idlg_preflight_needs_the_last_layer():
 
 def test_auto_options_reach_every_stage():
     auto = Auto(seed=3, steps=5, exact={"widen": 2}, lamp={"prior": "none", "proposals": 1}, dlg={"steps": 1})
-    exact, beyond, likelihood, lamp, tag, dlg = auto.stages_for("text")
+    exact, positions, beyond, likelihood, lamp, tag, dlg = auto.stages_for("text")
     assert (exact.name, exact.widen, exact.seed) == ("exact", 2, 3)
+    assert (positions.name, positions.seed) == ("positions", 3)
     assert (beyond.name, beyond.seed) == ("beyond_rank", 3)
     assert (likelihood.name, likelihood.seed) == ("likelihood", 3)  # runs only on noisy gradients
     assert (lamp.steps, lamp.prior, lamp.proposals, lamp.seed) == (5, "none", 1, 3)

@@ -45,8 +45,8 @@ def targets(model_dir):
 
 def _options(attack: str) -> dict:
     fields = {f.name for f in dataclasses.fields(ATTACKS.get(attack))}
-    opts = {k: v for k, v in {"steps": 2, "prior": "none", "proposals": 2, "discrete_every": 1}.items()
-            if k in fields}
+    opts = {k: v for k, v in {"steps": 2, "prior": "none", "proposals": 2, "discrete_every": 1,
+                              "any_mode": True}.items() if k in fields}
     return opts
 
 
@@ -63,6 +63,11 @@ def test_every_text_attack_runs_and_says_what_it_assumed(targets, attack, task):
     # the variants for what a client shares run on what they read: an update, a noisy gradient
     defence = {"exact-update": "fedavg:1,0.1", "exact-noisy": "noise:1e-14", "likelihood": "noise:1e-8"}.get(attack)
     cap = textleak.capture_gradients(target, ["the cat sat on the mat ."], labels=[1], seed=1, defence=defence)
+    if attack == "positions" and target.model.config.tie_word_embeddings and task == "mlm":
+        with pytest.raises(MissingKnowledgeError, match="untied head"):  # tied: the word rows place nothing
+            textleak.recover(gradients=cap.gradients, model=target, attack=attack, options=_options(attack),
+                             progress=False)
+        return
     res = textleak.recover(gradients=cap.gradients, model=target, attack=attack, reference=cap.reference,
                            unknown=["labels"], options=_options(attack), progress=False)
     assert res.method and len(res.texts) == 1

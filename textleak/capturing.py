@@ -99,6 +99,25 @@ def clip_gradients(grads: dict[str, torch.Tensor], max_norm: float | None) -> tu
     return {n: g * factor for n, g in grads.items()}, True
 
 
+#: float16 autocast's initial loss scale (torch.amp.GradScaler's, as the Trainer's fp16=True uses)
+FP16_LOSS_SCALE = 2.0 ** 16
+
+
+def _scaled_gradients(loss: torch.Tensor, model: torch.nn.Module, precision: str) -> dict[str, torch.Tensor]:
+    """The parameter gradients as mixed-precision training computes them: in float16 the loss is
+    scaled up before the backward pass (else small gradients underflow) and the gradients are
+    unscaled after, halving the scale while any overflows (GradScaler's rule)."""
+    if precision != "float16":
+        return parameter_gradients(loss, model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    scale = FP16_LOSS_SCALE
+    while True:
+        grads = torch.autograd.grad(loss * scale, [p for _, p in named], allow_unused=True, retain_graph=scale > 1)
+        if scale <= 1 or all(bool(torch.isfinite(g).all()) for g in grads if g is not None):
+            return {n: g.detach() / scale for (n, _), g in zip(named, grads) if g is not None}
+        scale /= 2
+
+
 @contextlib.contextmanager
 def _dropout_seed(seed: int, device: torch.device):
     """Seed torch's global RNG (which dropout draws from) for a block, then restore the caller's."""
@@ -139,7 +158,7 @@ def step_gradients(model: torch.nn.Module, loss_of: LossOf, size: int, *, step: 
         if defence is not None and step.clip is None:
             grads, clipped = shared_gradients(defence, model, loss_of, size, generator), None
         else:
-            grads, clipped = clip_gradients(parameter_gradients(loss, model), step.clip)
+            grads, clipped = clip_gradients(_scaled_gradients(loss, model, step.precision), step.clip)
             if defence is not None:
                 need = defence.required_batch_size()
                 if need is not None and need != size:

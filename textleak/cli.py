@@ -54,6 +54,19 @@ def _batches(texts: list[str], labels: list[int] | None, size: int | None):
         yield texts[start:start + size], (labels[start:start + size] if labels else None)
 
 
+#: --precision spellings -> `TrainingStep.precision`
+PRECISION_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16",
+                   "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def _training_step(args: argparse.Namespace):
+    """The capture's training protocol from --train-mode, --clip, --precision, --pad-to."""
+    from .capturing import TrainingStep
+
+    return TrainingStep(mode="train" if args.train_mode else "eval", precision=PRECISION_NAMES[args.precision],
+                        clip=args.clip, pad_to=args.pad_to)
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
     from .capture import capture_gradients
     from .cli_files import check_capture_outputs
@@ -77,12 +90,13 @@ def cmd_capture(args: argparse.Namespace) -> int:
         args.batch_size = args.batch_size or defence.required_batch_size()
     batches = list(_batches(texts, args.labels, args.batch_size))
     paths = check_capture_outputs(args, len(batches), [(args.file, "--file")] if args.file else [])
+    step = _training_step(args)  # a bad --clip or --pad-to fails before the model loads
     from .text.models import load_text_model
 
     target = load_text_model(args.model, task=args.task, num_labels=args.num_labels or 2, head_seed=args.head_seed)
     # Capture every batch, then write every file at once: bad input leaves nothing behind.
     captures = [capture_gradients(target, b, labels=y, mask_prob=args.mask_prob, seed=args.seed + i,
-                                  declare=args.declare, defence=defence, device=device)
+                                  declare=args.declare, defence=defence, device=device, step=step)
                 for i, (b, y) in enumerate(batches)]
     write_files([f for cap, path in zip(captures, paths) for f in cap.staged(path)])
     for cap, path in zip(captures, paths):
@@ -146,6 +160,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
                          unknown=args.unknown or (), options=_attack_options(args), seed=args.seed,
                          checkpoint=checkpoint, resume=args.resume, progress=not args.quiet, device=args.device,
                          budget=args.budget)
+    if (result.assumed or {}).get("training"):
+        print(f"textleak: note: {result.assumed['training']}", file=sys.stderr)
     print(result.summary())
     write_recover_outputs(args, result)
     return 0
@@ -345,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="facts the attacker is assumed to know")
     c.add_argument("--defence", metavar="SPEC", help="defence applied to what is shared, e.g. noise:1e-3, "
                    "laplace:1e-2, prune:0.5, fp16, bf16, int8, dpsgd:1.0,1.1, fedavg:4, batch:8")
+    c.add_argument("--train-mode", action="store_true",
+                   help="take the step in train mode (the model's dropout active), as a Trainer does")
+    c.add_argument("--clip", type=float, metavar="NORM", help="clip the gradient to this global L2 norm "
+                   "(the Trainer's max_grad_norm, default 1.0 there)")
+    c.add_argument("--precision", choices=sorted(PRECISION_NAMES), default="float32",
+                   help="autocast dtype of the forward pass (bf16/fp16 as TrainingArguments' bf16=/fp16=True)")
+    c.add_argument("--pad-to", type=int, metavar="N", help="pad every sentence to N tokens (default: the longest)")
     c.add_argument("--out", required=True, help="gradient file (.pt or .safetensors); the ground truth goes to "
                                                 "<stem>.reference.json beside it")
     c.add_argument("--overwrite", action="store_true", help=overwrite)

@@ -3,12 +3,14 @@
 own settings, tried in turn.
 
 Text stages: `exact` (attacks/exact; it hands a FedAvg update to `exact-update` and a noisy
-gradient to `exact-noisy`), `beyond_rank` (past the rank limit, where exact has no layer-1
-certificate), `likelihood` (noisy classification gradients only), `lamp`, `tag`, `dlg`; images:
-`idlg`. Before a stage does
+gradient to `exact-noisy`), `positions` (steps taken in train mode, dropout on), `beyond_rank`
+(past the rank limit, where exact has no layer-1 certificate), `likelihood` (noisy classification
+gradients only), `lamp`, `tag`, `dlg`; images: `idlg`. Before a stage does
 any work its `preflight(observation, target)` runs; a stage that cannot run (MissingKnowledgeError,
 e.g. only the head was shared or a frozen embedding; or an unsupported model) is skipped, and
-`details["tried"]` says why. `exact` is the answer when its sentences pass the layer-1 span
+`details["tried"]` says why. `positions` answers train-mode steps (an uncertified assembly is
+kept: it sets `details["optimise_after"]` False, as the optimisation stages match eval-mode
+gradients). `exact` is the answer when its sentences pass the layer-1 span
 certificate (`details["certified"]`); an uncertified assembly is handed to the next stage that
 takes a start (`initial_ids`: LAMP-style) and the two are compared by the layer-1 span residual
 (the same certificate, computed without ground truth; under additive noise by the Gaussian
@@ -38,8 +40,9 @@ from .base import ATTACKS, CANNOT_RUN, AttackOutput, preflight
 from .optimisation import GradientMatching
 
 #: the default stages per modality, tried in this order
-#: (#16) beyond_rank runs where exact cannot certify past the rank limit; within it, its preflight refuses
-STAGES = {"text": ("exact", "beyond_rank", "likelihood", "lamp", "tag", "dlg"), "image": ("idlg",)}
+#: (#14) positions answers train-mode steps, which exact refuses; (#16) beyond_rank runs where exact
+#: cannot certify past the rank limit (within it, its preflight refuses)
+STAGES = {"text": ("exact", "positions", "beyond_rank", "likelihood", "lamp", "tag", "dlg"), "image": ("idlg",)}
 #: settings shared by the optimisation stages (each takes those among its fields)
 SHARED = ("steps", "restarts", "optimizer", "lr", "distance", "decode")
 
@@ -60,8 +63,9 @@ class Auto:
     prior: str = "bigram"
     # each stage's own settings, by stage name (override the shared ones)
     exact: dict | None = None
+    positions: dict | None = None  # train-mode steps (#14)
     beyond_rank: dict | None = None  # (#16)
-    likelihood: dict | None = None
+    likelihood: dict | None = None  # noisy gradients (#15)
     lamp: dict | None = None
     tag: dict | None = None
     dlg: dict | None = None
@@ -116,6 +120,9 @@ class Auto:
             except CANNOT_RUN as exc:
                 tried.append({"attack": stage.name, "reason": str(exc)})
                 continue
+            if out.details.get("certified") is False and out.details.get("optimise_after") is False:
+                out.details["tried"] = tried  # the stage says no later stage can improve it (#14: positions)
+                return out
             if out.details.get("certified") is False:
                 tried.append({"attack": stage.name, "reason": out.details.get(
                     "uncertified", "assembly did not pass the layer-1 span certificate")})

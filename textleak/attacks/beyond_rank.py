@@ -96,8 +96,11 @@ class SentencePeeler(Peeler):
                 self.rest[self.query] = self.grads[self.query].to(layout.device).double().clone()
 
     def peel(self, seq: list[int], last: bool = False) -> Rest | None:
+        # past the limit there is no layer-1 rank gap to fit a share on (`Peeler.shares`): the
+        # sentence's share is the unclipped mean's 1/B (a clipped or rescaled gradient is not peeled)
+        share = 1.0 / self.batch_size
         for label in range(int(self.model.config.num_labels)):
-            trial = {n: self.rest[n] - g.double() for n, g in zip(self.names, self._own(seq, None, label))}
+            trial = {n: self.rest[n] - share * g.double() for n, g in zip(self.names, self._own(seq, None, label))}
             if self._exact_removal(trial, last):
                 break
         else:

@@ -55,7 +55,7 @@ class NoisyExact(Exact):
             raise MissingKnowledgeError("no additive noise is read off the gradient's signal-free entries")
         return level
 
-    def _layer0(self, observation: Observation, target: Any) -> tuple[Layout, LayerSpan]:
+    def _layer0(self, observation: Observation, target: Any, tokens: int | None = None) -> tuple[Layout, LayerSpan]:
         layout = layout_for(target.model)
         self._level = self._noise(layout, observation)
         know = observation.knowledge
@@ -67,7 +67,8 @@ class NoisyExact(Exact):
                 f"{self._level.sigma:.3g}): no direction clears the noise plateau")
         return layout, span0
 
-    def _layer1(self, layout: Layout, grads: Any, span0: LayerSpan) -> LayerSpan | None:
+    def _layer1(self, layout: Layout, grads: Any, span0: LayerSpan, settings: Any = None,
+                tokens: int | None = None) -> LayerSpan | None:
         if not layout.shared(grads, layout.qkv_names(1)):
             return None
         span1 = self._read(layout, grads, 1)

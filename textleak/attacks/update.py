@@ -193,7 +193,7 @@ class UpdateExact(Exact):
         know = observation.knowledge
         return SpanReader(know.seq_lengths, bool(know.special_tokens))
 
-    def _layer0(self, observation: Observation, target: Any) -> tuple[Layout, LayerSpan]:
+    def _layer0(self, observation: Observation, target: Any, tokens: int | None = None) -> tuple[Layout, LayerSpan]:
         layout = layout_for(target.model)
         span0 = self._reader(observation)(layout, observation.gradients, 0)
         if not span0.exact:
@@ -203,7 +203,8 @@ class UpdateExact(Exact):
         self._observation = observation
         return layout, span0
 
-    def _layer1(self, layout: Layout, grads: Any, span0: LayerSpan) -> LayerSpan | None:
+    def _layer1(self, layout: Layout, grads: Any, span0: LayerSpan, settings: Any = None,
+                tokens: int | None = None) -> LayerSpan | None:
         if not layout.shared(grads, layout.qkv_names(1)):
             return None
         span1 = self._reader(self._observation)(layout, grads, 1)

@@ -100,7 +100,7 @@ class GradientCaptureCallback(TrainerCallback):
         builder = CaptureBuilder(
             "text", "transformers.Trainer", target.spec.to_dict(), facts, declare=self.declare, step=protocol,
             dropout=dropout_rates(model), clipped=clipped, defence=self.defence,
-            padding={"side": getattr(self.tokenizer, "padding_side", "right"), "length": None},
+            padding={"side": _padding_side(attention), "length": int(attention.shape[1])},
             victim={"step": step, "note": "after clipping, before the optimiser step; with accumulation the "
                     "gradient sums the micro-batches' losses as the Trainer normalises them"})
         reference = text_reference(original, batch["input_ids"], attention, facts.get("labels", []), None,
@@ -123,8 +123,13 @@ def _at_bound(model: torch.nn.Module, clip: float | None) -> bool | None:
     return norm >= clip * (1 - 1e-4)
 
 
+def _padding_side(attention: torch.Tensor) -> str:
+    """"left" when some row's padding comes first (the tokenizer's padding_side), else "right"."""
+    return "left" if bool((attention[:, 0] == 0).any()) else "right"
+
+
 def _concat(inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Micro-batches of one step as one batch, right-padded to the longest."""
+    """Micro-batches of one step as one batch, padded to the longest on the side they were."""
     if not inputs:
         raise RuntimeError("no training forward pass was recorded for this step")
     width = max(x["input_ids"].shape[1] for x in inputs)
@@ -135,7 +140,9 @@ def _concat(inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         for x in inputs:
             t = x[key]
             if t.dim() == 2 and t.shape[1] < width:
-                t = torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pads.get(key, 0))
+                left = "attention_mask" in x and _padding_side(x["attention_mask"]) == "left"
+                extra = (width - t.shape[1], 0) if left else (0, width - t.shape[1])
+                t = torch.nn.functional.pad(t, extra, value=pads.get(key, 0))
             parts.append(t)
         out[key] = torch.cat(parts)
     return out

@@ -14,8 +14,10 @@ from ...errors import MissingKnowledgeError
 from ...text.decode import ids_to_text
 from ...text.inference import infer_lengths
 from ...text.layouts import Layout, layout_for
-from ...text.leaks import LayerSpan, layer0_table, layer_span
+from ...text.leaks import LayerSpan, layer0_table
+from ...text.leaks.precision import span_for
 from ...threat import Observation
+from ...training import TrainingSettings
 from ..base import ATTACKS, AttackOutput
 from .candidates import Candidates, declared_masks, vocabulary
 from .labels import class_labels, mlm_labels, order_by_slots
@@ -43,11 +45,18 @@ class Exact:
     def preflight(self, observation: Observation, target: Any) -> None:
         """Raise before any work when exact recovery cannot run: UnsupportedModelError (no layout
         for this architecture), MissingKnowledgeError (layer 0's Q/K/V gradients not shared, or
-        no rank gap in them)."""
+        no rank gap in them, or a step taken in train mode: dropout leaves no input in a span)."""
+        settings = TrainingSettings.of(observation.metadata)
+        if settings.dropout_active and settings.recorded:
+            rates = ", ".join(f"{k} {v:g}" for k, v in settings.dropout.items() if v > 0)
+            raise MissingKnowledgeError(
+                f"exact recovery needs a step without dropout; this capture was taken in train mode ({rates}): "
+                "dropout scales and zeroes coordinates of every layer input, so none lies in a span")
         variant = self._variant(observation, target)
         if variant is not None:
             return variant.preflight(observation, target)
-        self._layer0(observation, target)
+        known = observation.knowledge.seq_lengths
+        self._layer0(observation, target, sum(known) if known is not None else None)
 
     def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
             resume: bool = False, progress: bool = True) -> AttackOutput:
@@ -55,26 +64,35 @@ class Exact:
         if variant is not None:
             return variant.run(observation, target, checkpoint=checkpoint, resume=resume, progress=progress)
         t0 = time.perf_counter()
-        layout, span0 = self._layer0(observation, target)
+        settings = TrainingSettings.of(observation.metadata)
+        # in reduced precision the lengths set the spans' ranks, so they come first
+        early = self._lengths(observation, target) if settings.reduced_precision else None
+        layout, span0 = self._layer0(observation, target, sum(early[0]) if early else None)
+        lengths, assumed = early or self._lengths(observation, target)
         grads, tok, task = observation.gradients, target.tokenizer, observation.task
-        lengths, assumed = self._lengths(observation, target)
         known = assumed["seq_lengths"] == "known"
+        if settings.note():
+            assumed["training"] = settings.note()
         vocab, vocab_source = vocabulary(layout, grads, tok, task)
         specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
         cands = Candidates.read(layout, grads, span0, vocab, lengths, specials, known_lengths=known,
                                 masks=declared_masks(observation, lengths), mask_id=tok.mask_token_id)
-        span1 = self._layer1(layout, grads, span0)
-        peeler = self._peeler(observation, layout, lengths, span1, tok.mask_token_id, known)
+        span1 = self._layer1(layout, grads, span0, settings, sum(lengths))
+        # peeling subtracts a recomputed gradient: exact only where the capture's arithmetic is
+        peeler = None if settings.reduced_precision else \
+            self._peeler(observation, layout, lengths, span1, tok.mask_token_id, known)
         with layer0_table(layout, max(lengths)):
             search = Search(self, layout, tok, cands, lengths, span1, peeler, observation.knowledge.special_tokens)
             sequences, residuals = search.run()
         sequences, residuals = order_by_slots(observation, tok, peeler, sequences, residuals)
-        prediction = _predict(observation, layout, tok, sequences, assumed)
+        shares = peeler.fitted if peeler is not None and peeler.working else None
+        prediction = _predict(observation, layout, tok, sequences, assumed, shares)
         details = {
             "certified": self._certified(span1, residuals, cands, lengths), "layer0_rank": span0.rank,
             "layer0_gap": span0.gap, "layer0_threshold": cands.threshold, "layer1_rank": span1.rank if span1 is not None else None,
             "sentence_residuals": [float(r) for r in residuals], "vocabulary": vocab_source,
             "peeled": len(peeler.sentences) if peeler is not None and peeler.working else None,
+            "peel_shares": shares,
             **_candidates_report(cands, len(vocab)), **_budget_report(), "seconds": time.perf_counter() - t0,
         }
         return AttackOutput(prediction=prediction, method=self.name, assumed=assumed, config=self.options(),
@@ -103,12 +121,14 @@ class Exact:
         return _certified(span1, residuals, cands, lengths)
 
     # -- steps -------------------------------------------------------------------------------
-    def _layer0(self, observation: Observation, target: Any) -> tuple[Layout, LayerSpan]:
-        """The layout and the layer-0 span, once the options and the gradient allow the attack."""
+    def _layer0(self, observation: Observation, target: Any, tokens: int | None) -> tuple[Layout, LayerSpan]:
+        """The layout and the layer-0 span, once the options and the gradient allow the attack
+        (`tokens`: the batch's token count, which sets the rank in reduced precision)."""
         for name in self.moves:
             MOVES.get(name)  # an unknown move: InputError naming the registered ones
         layout = layout_for(target.model)
-        span0 = layer_span(layout, observation.gradients, 0, self.span_test)
+        span0 = span_for(layout, observation.gradients, 0, TrainingSettings.of(observation.metadata), tokens,
+                         self.span_test)
         if not span0.exact:
             sharing = layout.qkv_sharing(0)
             tokens = "input tokens" if sharing == 1 else f"input tokens x {sharing} layers sharing their weights"
@@ -117,11 +137,12 @@ class Exact:
                 "first layer's gradient shows no rank gap (batch x length too large, or noise)")
         return layout, span0
 
-    def _layer1(self, layout: Layout, grads: Any, span0: LayerSpan) -> LayerSpan | None:
+    def _layer1(self, layout: Layout, grads: Any, span0: LayerSpan, settings: TrainingSettings,
+                tokens: int) -> LayerSpan | None:
         """The layer-1 span, where the gradient shares it and it holds every token."""
         if not layout.shared(grads, layout.qkv_names(1)):
             return None
-        span1 = layer_span(layout, grads, 1, self.span_test)
+        span1 = span_for(layout, grads, 1, settings, tokens, self.span_test)
         # e.g. the last layer of a classifier: only [CLS] feeds the loss there
         return None if span1.rank < span0.rank else span1
 
@@ -144,12 +165,12 @@ def _certified(span1: LayerSpan | None, residuals: list[float], cands: Candidate
 
 
 def _predict(observation: Observation, layout: Layout, tok: Any, sequences: list[list[int]],
-             assumed: dict[str, Any]) -> dict[str, Any]:
+             assumed: dict[str, Any], shares: list[float] | None = None) -> dict[str, Any]:
     """Token ids, labels and texts of the batch (masked-LM: masked tokens filled in); notes how
     the labels (and mask positions) were obtained in `assumed`."""
     prediction: dict[str, Any] = {"token_ids": sequences}
     if observation.task == "classify":
-        prediction["labels"], assumed["labels"] = class_labels(observation, layout, sequences)
+        prediction["labels"], assumed["labels"] = class_labels(observation, layout, sequences, shares)
     else:
         prediction["token_ids"], prediction["labels"], assumed["labels"], assumed["mask_positions"] = \
             mlm_labels(observation, layout, tok, sequences)

@@ -15,12 +15,16 @@ from scipy.optimize import linear_sum_assignment
 
 from ...errors import InputError
 from ...text.layouts import Layout
+from ...training import TrainingSettings
 from ...text.leaks import assign_class_labels, class_label_counts, mlm_label_counts, padded
 from .peeling import head_label_terms
 from .sequences import slots_by_masks
 
 
-def class_labels(observation: Any, layout: Layout, sequences: list[list[int]]) -> tuple[list[int], str]:
+def class_labels(observation: Any, layout: Layout, sequences: list[list[int]],
+                 shares: list[float] | None = None) -> tuple[list[int], str]:
+    """`shares`: each peeled sentence's fitted share of the gradient (`Peeler.fitted`); without
+    them a gradient at an unknown scale (`TrainingSettings.scale_known`) takes the sign rule."""
     know = observation.knowledge
     if know.labels is not None:
         return [int(y) for y in know.labels], "known"
@@ -28,8 +32,14 @@ def class_labels(observation: Any, layout: Layout, sequences: list[list[int]]) -
     with torch.no_grad():
         features, logits = layout.classifier_inputs(ids, mask)
     if layout.classifier().weight in observation.gradients:
-        return assign_class_labels(layout, observation.gradients, features, logits.softmax(-1)), \
-            "recovered from the classifier weight gradient given the recovered inputs"
+        if shares:
+            divisor, how = len(shares) / sum(shares), "at the peeled sentences' fitted share"
+        elif TrainingSettings.of(observation.metadata).scale_known(observation.gradients):
+            divisor, how = "batch", "of a mean loss"
+        else:
+            divisor, how = None, "by the sign rule (the gradient's scale is unknown)"
+        return assign_class_labels(layout, observation.gradients, features, logits.softmax(-1), divisor), \
+            f"recovered from the classifier weight gradient given the recovered inputs, {how}"
     counts = class_label_counts(layout, observation.gradients, len(sequences))
     return [c for c, n in enumerate(counts) for _ in range(n)], \
         "counts recovered from the classifier bias gradient (order unknown)"

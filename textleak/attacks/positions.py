@@ -1,0 +1,246 @@
+"""Recovery from a step taken in train mode (dropout on, masks unknown): tokens placed by the
+embedding LayerNorm's orthogonality, sentences assembled on approximate spans (`positions`).
+
+Paper anchor: Grab (Li et al., "Seeing is believing? Grab: ..." CCS 2024) recovers 92.9% of the
+tokens of a BERT step under dropout by optimising the dropout masks jointly with the inputs. This
+attack optimises nothing: it reads where each token stands, which dropout does not hide.
+
+Threat model: honest-but-curious; the attacker holds the model of the step and sees its full
+gradient (any positive scale: clipping does not matter), taken in train mode with the model's
+dropout; the sentence lengths are declared (or the batch is one sentence); labels known or read
+off the classifier gradient.
+
+How:
+1. Tokens: the nonzero rows of the word-embedding gradient (dropout does not change which rows).
+2. Positions: the gradient reaching the embedding LayerNorm's input is orthogonal to that input,
+   whatever dropout does after the LayerNorm, so each token is placed at its positions to
+   rounding (`leaks.token_positions`; MiniLM, SST-2 dev, clipped: every position of a single
+   sentence, about 95% at batch 4, no wrong placement measured).
+3. Assembly (batch > 1): which sentence holds each of a position's tokens. The Q/K/V inputs of
+   layers 1 and 2 are not dropped themselves but carry the step's dropout from below, so a
+   sentence computed in eval mode lies near, not in, their spans (relative residual ~0.2 for the
+   true sentence; a token swapped with another sentence's raises its own to 0.3-0.5 on MiniLM).
+   Coordinate descent: at each position, the occupying sentences take its tokens by the Hungarian
+   method on the summed squared residuals of the whole sentence at both layers, and two
+   sentences swap a run of tokens up to the shorter one's end where that lowers their cost; sweep
+   after sweep until nothing moves (`sweeps` at most); `restarts` descents from random first
+   guesses, the lowest total cost kept. The true batch scores lower than what the descent finds
+   in most measured misses: the search, not the score, limits it.
+4. Labels: known, else the sign rule on the classifier weight gradient with eval-mode features
+   (approximate: the classifier saw dropped features); masked-LM: the masked tokens solved from
+   the prediction head's gradient as `exact` solves them (`exact.labels.mlm_labels`).
+
+Certificates: a sentence is certain where every position it reaches holds one distinct token
+placed there (a closed position): then no assembly choice was made for it. At batch 1 with every
+position closed that is the whole sentence; `details["certified_sentences"]` lists them and
+`details["certified"]` is True when all are. The assembly certifies nothing.
+
+Arguments: `sweeps` (most assembly sweeps), `restarts` (descents), `layers` (whose spans score an assembly), `any_mode`
+(also run on eval-mode steps, where `exact` is the attack to use; off by default), `seed`
+(the restarts' first guesses).
+Shapes: sentences as token-id lists; spans [H, tokens].
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from ..errors import MissingKnowledgeError
+from ..text.decode import ids_to_text
+from ..text.layouts import layout_for
+from ..text.leaks import assign_class_labels, embedding_token_set, padded, token_positions
+from ..threat import Observation
+from ..training import TrainingSettings
+from .base import ATTACKS, AttackOutput
+from .exact.labels import mlm_labels
+from .exact.sequences import occupants
+
+
+@ATTACKS.register("positions")
+@dataclass
+class Positions:
+    name: ClassVar[str] = "positions"
+    modalities: ClassVar[tuple[str, ...]] = ("text",)
+
+    sweeps: int = 4
+    restarts: int = 3
+    layers: tuple[int, ...] = (1, 2)
+    any_mode: bool = False
+    seed: int = 0
+
+    def preflight(self, observation: Observation, target: Any) -> None:
+        """MissingKnowledgeError when the step was not taken in train mode (there `exact`
+        certifies; `any_mode=True` lifts this), the gradient lacks the embedding gradients (or
+        the head is tied), or several sentences come without lengths."""
+        if not self.any_mode and not TrainingSettings.of(observation.metadata).dropout_active:
+            raise MissingKnowledgeError("the positions attack is for steps taken with dropout on; this one was "
+                                        "not (exact applies; any_mode=True runs it anyway)")
+        self._lengths(observation, layout_for(target.model))
+
+    def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
+            resume: bool = False, progress: bool = True) -> AttackOutput:
+        t0 = time.perf_counter()
+        layout = layout_for(target.model)
+        grads, tok = observation.gradients, target.tokenizer
+        lengths, how = self._lengths(observation, layout)
+        tokens = sorted(int(t) for t in embedding_token_set(layout, grads).tolist())
+        found = token_positions(layout, grads, tokens, max(lengths), occupants(lengths))
+        spans = [_span(layout, grads, k, sum(lengths)) for k in self.layers if layout.shared(grads, layout.qkv_names(k))]
+        with torch.no_grad():
+            sequences, sweeps = self._assemble(layout, spans, found.allowed, lengths)
+        certain = [all(len(found.allowed[i]) == 1 and i in found.closed for i in range(n)) for n in lengths]
+        prediction: dict[str, Any] = {"token_ids": sequences}
+        assumed = {"seq_lengths": how, "special_tokens": bool(observation.knowledge.special_tokens)}
+        if observation.task == "classify":
+            prediction["labels"], assumed["labels"] = _labels(observation, layout, sequences)
+        else:  # masked-LM: the masked tokens solved as exact solves them, from the head's gradient
+            prediction["token_ids"], prediction["labels"], assumed["labels"], assumed["mask_positions"] = \
+                mlm_labels(observation, layout, tok, sequences)
+        prediction["texts"] = [ids_to_text(tok, s) for s in prediction["token_ids"]]
+        # the optimisation stages match eval-mode gradients, which a train-mode step's are not: an
+        # uncertified assembly is kept rather than handed to them by `auto`
+        details = {"certified": all(certain), "certified_sentences": [b for b, c in enumerate(certain) if c],
+                   "optimise_after": not TrainingSettings.of(observation.metadata).dropout_active,
+                   "placed_tokens": {"tokens": len(tokens), "placed": len(found.complete),
+                                     "closed_positions": len(found.closed), "positions": max(lengths)},
+                   "sweeps": sweeps, "span_layers": [s[0] for s in spans], "seconds": time.perf_counter() - t0}
+        return AttackOutput(prediction=prediction, method=self.name, assumed=assumed,
+                            config={"sweeps": self.sweeps, "restarts": self.restarts, "layers": list(self.layers), "any_mode": self.any_mode},
+                            details=details)
+
+    def _assemble(self, layout, spans, allowed, lengths) -> tuple[list[list[int]], int]:
+        """The lowest-cost assembly over `restarts` descents (the first from the plain guess)."""
+        gen = torch.Generator().manual_seed(self.seed)
+        best, sweeps = None, 0
+        for r in range(self.restarts if len(lengths) > 1 else 1):
+            assembly = _Assembly(layout, spans, allowed, lengths, gen if r else None)
+            seqs, used = assembly.run(self.sweeps)
+            sweeps += used
+            cost = float(assembly.cost(seqs).sum()) if spans else 0.0
+            if best is None or cost < best[0]:
+                best = (cost, [list(s) for s in seqs])
+        return best[1], sweeps
+
+    @staticmethod
+    def _lengths(observation: Observation, layout) -> tuple[list[int], str]:
+        grads, know = observation.gradients, observation.knowledge
+        if layout.position_embedding_name not in grads or embedding_token_set(layout, grads) is None:
+            raise MissingKnowledgeError("placing tokens needs the word- and position-embedding gradients of an "
+                                        "untied head")
+        if know.seq_lengths is not None:
+            return [int(n) for n in know.seq_lengths], "known"
+        if know.batch_size == 1:
+            from ..text.leaks import max_length
+
+            return [int(max_length(layout, grads))], "inferred from the nonzero rows of the position-embedding gradient"
+        raise MissingKnowledgeError("assembling several sentences needs their lengths declared")
+
+
+def _span(layout, grads, layer: int, tokens: int) -> tuple[int, torch.Tensor]:
+    """(layer, an orthonormal basis [H, tokens] of the leading directions of its Q/K/V gradient)."""
+    G = torch.cat([grads[n].to(layout.device).double() for n in layout.shared(grads, layout.qkv_names(layer))], 0)
+    _, _, vh = torch.linalg.svd(G, full_matrices=False)
+    return layer, vh[:min(tokens, vh.shape[0])].T.contiguous()
+
+
+class _Assembly:
+    """Coordinate descent over which sentence holds which of each position's tokens."""
+
+    def __init__(self, layout, spans, allowed: Sequence[set[int]], lengths: Sequence[int],
+                 generator: torch.Generator | None = None):
+        self.layout, self.spans, self.lengths = layout, spans, list(lengths)
+        self.choices = [sorted(a) for a in allowed]
+        self.seqs = [[0] * n for n in lengths]
+        for i, cands in enumerate(self.choices):  # a first guess: each position's tokens in turn
+            who = self._who(i)
+            if generator is not None:  # a restart: in a random turn
+                who = [who[j] for j in torch.randperm(len(who), generator=generator).tolist()]
+            for j, b in enumerate(who):
+                self.seqs[b][i] = cands[j % len(cands)] if cands else 0
+
+    def _who(self, i: int) -> list[int]:
+        return [b for b, n in enumerate(self.lengths) if n > i]
+
+    def cost(self, seqs: list[list[int]]) -> torch.Tensor:
+        """Summed squared residual of each sentence's inputs at the span layers [len(seqs)]."""
+        ids, mask = padded(seqs, self.layout.device)
+        total = torch.zeros(len(seqs), dtype=torch.double, device=ids.device)
+        for layer, basis in self.spans:
+            h = self.layout.layer_inputs(ids, mask, layer).double()
+            r = (h - (h @ basis) @ basis.T).norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-30)
+            total += (r.pow(2) * mask).sum(1)
+        return total
+
+    def run(self, sweeps: int) -> tuple[list[list[int]], int]:
+        if not self.spans:
+            return self.seqs, 0
+        done = 0
+        for done in range(1, sweeps + 1):
+            moved = False
+            for i, cands in enumerate(self.choices):
+                who = self._who(i)
+                if len(cands) > 1 or (len(cands) == 1 and any(self.seqs[b][i] != cands[0] for b in who)):
+                    moved = self._settle(i, who, cands) or moved
+            for b1 in range(len(self.seqs)):
+                for b2 in range(b1 + 1, len(self.seqs)):
+                    moved = self._swap_tails(b1, b2) or moved
+            if not moved:
+                break
+        return self.seqs, done
+
+    def _swap_tails(self, b1: int, b2: int) -> bool:
+        """Swap the two sentences' tokens from some position to the end of the shorter's body
+        (before its last token) where that lowers their summed cost: a run of tokens assigned to
+        the wrong sentence moves in one step, which single positions cannot do."""
+        s1, s2 = self.seqs[b1], self.seqs[b2]
+        m = min(len(s1), len(s2)) - 1
+        if m < 2:
+            return False
+        variants = []
+        for i in range(1, m):
+            variants += [s1[:i] + s2[i:m] + s1[m:], s2[:i] + s1[i:m] + s2[m:]]
+        cost = self.cost(variants).reshape(-1, 2).sum(1)
+        base = float(self.cost([s1, s2]).sum())
+        k = int(cost.argmin())
+        if float(cost[k]) >= base * (1 - 1e-9):
+            return False
+        self.seqs[b1], self.seqs[b2] = variants[2 * k], variants[2 * k + 1]
+        return True
+
+    def _settle(self, i: int, who: list[int], cands: list[int]) -> bool:
+        variants = []
+        for b in who:
+            for c in cands:
+                v = list(self.seqs[b])
+                v[i] = c
+                variants.append(v)
+        cost = self.cost(variants).reshape(len(who), len(cands)).cpu().numpy()
+        if len(cands) >= len(who):  # each of the position's tokens held once
+            rows, cols = linear_sum_assignment(cost)
+            pick = dict(zip(rows.tolist(), cols.tolist()))
+        else:  # fewer distinct tokens than sentences: some repeat
+            pick = {r: int(cost[r].argmin()) for r in range(len(who))}
+        moved = False
+        for r, b in enumerate(who):
+            if self.seqs[b][i] != cands[pick[r]]:
+                self.seqs[b][i], moved = cands[pick[r]], True
+        return moved
+
+
+def _labels(observation: Observation, layout, sequences: list[list[int]]) -> tuple[list[int], str]:
+    know = observation.knowledge
+    if know.labels is not None:
+        return [int(y) for y in know.labels], "known"
+    if observation.task != "classify" or layout.classifier().weight not in observation.gradients:
+        return [0] * len(sequences), "not recovered"
+    ids, mask = padded(sequences, layout.device)
+    with torch.no_grad():
+        features, logits = layout.classifier_inputs(ids, mask)
+    return assign_class_labels(layout, observation.gradients, features, logits.softmax(-1), None), \
+        "by the sign rule on the classifier weight gradient (eval-mode features: approximate under dropout)"
