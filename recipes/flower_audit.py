@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     from textleak.data import load_sentences
     from textleak.report.federation import federation_summary, federation_table, render_federation_html
+    from textleak.schema import FEDERATION_RECORD
     from textleak.sweep import read_jsonl
 
     out = Path(args.out)
@@ -130,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - t0
     if not log.exists():
         raise InputError(f"{log} does not exist: no federation ran")
-    records = read_jsonl(log)
+    skipped: list[str] = []
+    records = read_jsonl(log, skipped=skipped, schema=FEDERATION_RECORD)
+    for line in skipped:
+        print(f"note: left out {line}", file=sys.stderr)
     summary = federation_summary(records)
     if seconds is not None:
         summary["wall_seconds"] = seconds

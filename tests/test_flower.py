@@ -143,3 +143,11 @@ def test_a_real_flower_simulation(model_dir, tmp_path):
     assert sorted(r["partition"] for r in records) == [0, 1]
     assert all(r["method"] == "exact-update" and r["metrics"]["exact_match"] == 1.0 for r in records)
     assert all(r["settings"]["local_steps"] == 1 and r["settings"]["lr"] == 1.0 for r in records)
+    # the recipe's report reads the same file back: every update is counted (a sweep-record check
+    # once left them all out and reported "0 updates")
+    from textleak.report.federation import federation_summary
+    from textleak.schema import FEDERATION_RECORD
+    from textleak.sweep import read_jsonl
+
+    summary = federation_summary(read_jsonl(tmp_path / "records.jsonl", schema=FEDERATION_RECORD))
+    assert summary["updates"] == 2 and summary["exact_sentences"] == 2

@@ -136,6 +136,10 @@ REFERENCE = {
 
 _NUM = {"type": ["number", "null"]}
 #: what resuming needs of a results line: its unit's key
+#: a line of a Flower audit's records.jsonl (`integrations.flower.LeakageAudit`): one client update
+FEDERATION_RECORD = {"type": "object", "required": ["round", "node_id"],
+                     "properties": {"round": {"type": "integer"}, "metrics": {"type": ["object", "null"]}}}
+
 SWEEP_KEY = {"type": "object", "required": ["key", "kind"],
              "properties": {"key": {"type": "string", "minLength": 1}, "kind": {"enum": ["attack", "utility"]}}}
 #: what merging and reporting need of it

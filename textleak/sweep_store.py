@@ -35,10 +35,13 @@ def check_folder(folder: str | Path, what: str, *, marker: str) -> Path:
     return folder
 
 
-def read_jsonl(path: Path, *, skipped: list[str] | None = None) -> list[dict[str, Any]]:
-    """Complete, valid records only: a line cut short by a kill, or one that is not a result record
-    (e.g. `{}`), is left out (its unit runs again) and noted in `skipped`."""
+def read_jsonl(path: Path, *, skipped: list[str] | None = None, schema: dict | None = None) -> list[dict[str, Any]]:
+    """Complete, valid records only: a line cut short by a kill, or one that is not a record of
+    `schema` (default: a sweep's result record; e.g. `{}`), is left out (a sweep's unit then runs
+    again) and noted in `skipped`."""
     from .schema import SWEEP_KEY, first_error
+
+    schema = SWEEP_KEY if schema is None else schema
 
     out = []
     with path.open("rb") as fh:
@@ -50,7 +53,7 @@ def read_jsonl(path: Path, *, skipped: list[str] | None = None) -> list[dict[str
             except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 rec, problem = None, "not JSON"
             else:
-                problem = first_error(rec, SWEEP_KEY, "record")
+                problem = first_error(rec, schema, "record")
             if problem is None:
                 out.append(rec)
             elif skipped is not None and raw.strip():
