@@ -26,6 +26,7 @@ import torch
 import textleak
 from textleak.data import read_sentences
 from textleak.errors import TextleakError
+from textleak.sweep_store import keyed_records
 from textleak.text.models import load_text_model
 
 def read_data(spec: str) -> list[tuple[str, int]]:
@@ -54,12 +55,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if out.is_file():
-        for line in out.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[rec["key"]] = rec
+    done = keyed_records(out)  # resumes: finished units are kept
     target = load_text_model(args.model, task=args.task)
     attacks = args.attacks.split(",")
     sizes = [int(b) for b in args.batch_size.split(",")]

@@ -42,6 +42,7 @@ import textleak
 from textleak.capturing import TrainingStep
 from textleak.data import read_sentences
 from textleak.errors import TextleakError
+from textleak.sweep_store import keyed_records
 from textleak.text.models import load_text_model
 
 SETTINGS = {
@@ -153,12 +154,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown setting {bad[0]!r}; choose from {', '.join(SETTINGS)}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if out.is_file():
-        for line in out.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[rec["key"]] = rec
+    done = keyed_records(out)  # resumes: finished units are kept
     target = load_text_model(args.model, task="classify")
     rows = [(t, y or 0) for t, y in read_sentences(args.data)]
     for bs in sizes:

@@ -33,6 +33,7 @@ import textleak
 from textleak.core.budget import time_budget
 from textleak.data import read_sentences, shared_file
 from textleak.errors import TextleakError
+from textleak.sweep_store import keyed_records
 from textleak.text.models import load_text_model
 
 
@@ -167,12 +168,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "units.jsonl"
-    done = {}
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[rec["key"]] = rec
+    done = keyed_records(log)  # resumes: finished units are kept
     settings = specs(args)
     datasets, sizes = args.data.split(","), [int(b) for b in args.batch_size.split(",")]
     from textleak.attacks.base import parse_options

@@ -136,6 +136,9 @@ REFERENCE = {
 
 _NUM = {"type": ["number", "null"]}
 #: what resuming needs of a results line: its unit's key
+#: a line of a recipe's resumable JSONL (one record per finished unit, found again by its key)
+KEYED_RECORD = {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}}
+
 #: a line of a Flower audit's records.jsonl (`integrations.flower.LeakageAudit`): one client update
 FEDERATION_RECORD = {"type": "object", "required": ["round", "node_id"],
                      "properties": {"round": {"type": "integer"}, "metrics": {"type": ["object", "null"]}}}

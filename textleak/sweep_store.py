@@ -61,6 +61,15 @@ def read_jsonl(path: Path, *, skipped: list[str] | None = None, schema: dict | N
     return out
 
 
+def keyed_records(path: str | Path) -> dict[str, dict[str, Any]]:
+    """key -> record of a recipe's resumable JSONL (none when the file does not exist yet); a line
+    cut short by a kill, or one without a key, is left out, so its unit runs again."""
+    from .schema import KEYED_RECORD
+
+    path = Path(path)
+    return {rec["key"]: rec for rec in read_jsonl(path, schema=KEYED_RECORD)} if path.is_file() else {}
+
+
 def result_files(out_dir: str | Path) -> list[Path]:
     return sorted(Path(out_dir).glob("results-*.jsonl"))
 
