@@ -37,3 +37,18 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_a_share_of_a_spent_budget_is_a_token_budget_not_an_error():
+    from textleak.core.budget import share_of_remaining
+
+    assert share_of_remaining(0.5) is None  # no enclosing limit
+    with time_budget(0.01):
+        time.sleep(0.02)
+        seconds = share_of_remaining(0.5)  # the audit's share was spent before this stage began
+        assert seconds is not None and seconds > 0
+        with time_budget(seconds):
+            time.sleep(0.002)
+            assert expired()
+    with time_budget(100.0):
+        assert 40 < share_of_remaining(0.5) <= 50 and share_of_remaining(1.0) is None

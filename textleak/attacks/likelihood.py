@@ -47,7 +47,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from ..core.budget import current, time_budget
+from ..core.budget import current, share_of_remaining, time_budget
 from ..errors import MissingKnowledgeError
 from ..text.decode import ids_to_text
 from ..text.ghost import GhostScorer
@@ -156,8 +156,9 @@ class LikelihoodSearch:
         return layout, lengths, level
 
     def run(self, observation: Observation, target: Any, **_: Any) -> AttackOutput:
-        left = current().remaining()
-        with time_budget(left * self.share if math.isfinite(left) and self.share < 1 else None):
+        # past the enclosing deadline (an audit's share spent by exact-noisy) this is a
+        # token budget, not zero: the search returns its best so far instead of failing
+        with time_budget(share_of_remaining(self.share)):
             return self._run(observation, target)
 
     def _run(self, observation: Observation, target: Any) -> AttackOutput:

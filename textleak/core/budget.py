@@ -80,3 +80,14 @@ def time_budget(seconds: float | None) -> Iterator[Budget]:
         yield budget
     finally:
         _CURRENT.reset(token)
+
+
+def share_of_remaining(fraction: float) -> float | None:
+    """Seconds for a stage that may take `fraction` of what the enclosing budgets leave: None
+    without a limit (or a fraction of 1 or more); never zero, so a stage started after the
+    deadline still gets a budget, finds it spent at its first check and returns its best so far."""
+    left = current().remaining()
+    if not math.isfinite(left) or fraction >= 1:
+        return None
+    return max(left * fraction, 1e-3)
+
