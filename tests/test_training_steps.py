@@ -165,5 +165,9 @@ def test_capture_takes_the_training_switches(tiny_bert_wide, tmp_path, capsys):
     shared = textleak.load_gradients(out).metadata["capture"]
     assert shared["mode"] == "train" and shared["precision"] == "bfloat16"
     assert shared["clipping"]["max_norm"] == 0.5 and shared["padding"]["length"] == 12
-    assert main(["capture", "--text", "x", "--clip", "-1", "--out", str(tmp_path / "h.pt")]) == 2
-    assert "textleak: error: the clipping norm must be positive" in capsys.readouterr().err
+    capsys.readouterr()
+    for bad in (["--clip", "-1"], ["--clip", "nan"], ["--pad-to", "0"]):  # refused as the arguments are parsed
+        assert main(["capture", "--text", "x", *bad, "--out", str(tmp_path / "h.pt")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"textleak: error: argument {bad[0]}:") and err.count("\n") == 1
+    assert not (tmp_path / "h.pt").exists()
