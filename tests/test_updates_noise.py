@@ -263,3 +263,15 @@ def test_the_audit_summary_reads_leakage_against_epsilon():
     text = render_markdown({"table": rows, "utility": []})
     assert "at epsilon 8 (dpeps:8) auto recovers ROUGE-1 0.120" in text
     assert "**dpeps:8**" in text  # the weakest budget that defends is the largest epsilon below 0.5
+
+
+def test_the_likelihood_search_stops_at_its_cap_and_says_so(wide):
+    """Without a budget the search still ends: at `max_seconds` it returns its best so far."""
+    from textleak.attacks.likelihood import LikelihoodSearch
+    from textleak.threat import Knowledge, Observation
+
+    cap = textleak.capture_gradients(wide, ["big cat ran quickly"], labels=[1], defence="noise:1e-1")
+    know = Knowledge.from_dict(cap.gradients.metadata["knowledge"]).without("labels")
+    out = LikelihoodSearch(max_seconds=0.01).run(Observation(cap.gradients.gradients, cap.gradients.metadata, know), wide)
+    assert out.details["budget"]["seconds"] == pytest.approx(0.01, abs=1e-3) and out.details["budget"]["ran_out"]
+    assert len(out.prediction["token_ids"]) == 1

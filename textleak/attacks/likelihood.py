@@ -131,6 +131,10 @@ class LikelihoodSearch:
     per_position: int = 10
     matched: int = 4
     share: float = 0.5
+    #: a cap on the search's seconds when no budget bounds it (None: none). Under noise that buries
+    #: the tokens, coordinate ascent went on for minutes per sentence for nothing (a 3-sentence
+    #: noise:1e-1 audit, issue #18); it returns its best so far at the cap, and says so
+    max_seconds: float | None = 120.0
     seed: int = 0
     initial_ids: Any = field(default=None, repr=False)  # [B, L] token ids, 0-padded (a start)
 
@@ -158,7 +162,10 @@ class LikelihoodSearch:
     def run(self, observation: Observation, target: Any, **_: Any) -> AttackOutput:
         # past the enclosing deadline (an audit's share spent by exact-noisy) this is a
         # token budget, not zero: the search returns its best so far instead of failing
-        with time_budget(share_of_remaining(self.share)):
+        seconds = share_of_remaining(self.share)
+        if seconds is None and self.max_seconds is not None:  # an enclosing budget, where set, rules
+            seconds = self.max_seconds
+        with time_budget(seconds):
             return self._run(observation, target)
 
     def _run(self, observation: Observation, target: Any) -> AttackOutput:
@@ -197,7 +204,7 @@ class LikelihoodSearch:
         return AttackOutput(prediction=prediction, method=self.name,
                             assumed={"seq_lengths": "known", "labels": label_note,
                                      "special_tokens": bool(know.special_tokens)},
-                            config={"sweeps": self.sweeps, "rounds": self.rounds, "per_position": self.per_position,
+                            config={"sweeps": self.sweeps, "max_seconds": self.max_seconds, "rounds": self.rounds, "per_position": self.per_position,
                                     "matched": self.matched, "share": self.share, "seed": self.seed}, details=details)
 
     # -- pieces -------------------------------------------------------------------------------
