@@ -136,160 +136,191 @@ def match(
     key_extra: str = "",
 ) -> MatchOutcome:
     """Minimise the gradient distance over `config.restarts` runs; return the best by distance."""
-    distance = DISTANCES.get(config.distance)
-    target = [observed[n].detach().to(torch.float32) for n in problem.names]
-    # Distances compare gradients in units of the observed norm: the optimum is unchanged, but
-    # L-BFGS's absolute tolerances then mean the same for a tiny or a huge gradient.
-    unit = 1.0 / max(math.sqrt(sum(float(t.double().pow(2).sum()) for t in target)), 1e-30)
-    target = [t * unit for t in target]
-    key = run_key(config, {n: observed[n] for n in problem.names}, key_extra)
-    state = load_checkpoint(checkpoint, key=key) if (resume and checkpoint) else None
-    resumed = state is not None
-    if state is None:
-        gen = torch.Generator().manual_seed(config.seed)
-        state = {"key": key, "restart": 0, "step": 0, "variables": None, "optimizer": None,
-                 "generator": gen.get_state(), "history": [], "snapshots": [], "diverged": [],
-                 "best": None, "elapsed": 0.0, "evaluations": 0}
-    gen = torch.Generator()
-    gen.set_state(state["generator"])
-    if state.get("problem") is not None and hasattr(problem, "load_state_dict"):
-        problem.load_state_dict(state["problem"])
-    evaluations = state["evaluations"]
+    return _MatchRun(problem, observed, config, checkpoint, resume, key_extra).execute(progress)
 
-    def objective(variables: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        nonlocal evaluations
-        evaluations += 1
-        dummy = [g * unit for g in problem.gradients(variables)]
-        return distance(dummy, target) + problem.regulariser(variables)
 
-    started = time.perf_counter() - state["elapsed"]
-    total = config.restarts * config.steps
-    bar = tqdm(total=total, initial=state["restart"] * config.steps + state["step"],
-               disable=not progress, desc="matching gradients", unit="step", leave=False)
-    restart = state["restart"]
-    step = state["step"]
-    variables: dict[str, torch.Tensor] = {}
-    optimizer: torch.optim.Optimizer | None = None
-    cut = False  # the time budget ran out: finish this restart where it stands, start no other
+class _MatchRun:
+    """The state of one `match` call: the checkpointed `state` dict (restart, step, variables,
+    optimiser, generator, history, snapshots, best so far) plus the live restart's optimiser.
 
-    def snapshot() -> dict[str, Any]:
-        return {"restart": restart, "step": step, **problem.decode(variables)}
+    A checkpoint is only ever the state at the end of a completed step (`at_boundary`): Ctrl-C
+    and SIGTERM are deferred to that point, so a resumed run continues exactly where an
+    uninterrupted one would be. `cut` is set when the time budget ran out: the current restart is
+    finished where it stands and no other is started."""
 
-    def persist() -> bool:
-        if checkpoint is None:
+    def __init__(self, problem: MatchingProblem, observed: Mapping[str, torch.Tensor], config: MatchConfig,
+                 checkpoint: str | Path | None, resume: bool, key_extra: str):
+        self.problem, self.config, self.checkpoint = problem, config, checkpoint
+        self.distance = DISTANCES.get(config.distance)
+        target = [observed[n].detach().to(torch.float32) for n in problem.names]
+        # Distances compare gradients in units of the observed norm: the optimum is unchanged, but
+        # L-BFGS's absolute tolerances then mean the same for a tiny or a huge gradient.
+        self.unit = 1.0 / max(math.sqrt(sum(float(t.double().pow(2).sum()) for t in target)), 1e-30)
+        self.target = [t * self.unit for t in target]
+        key = run_key(config, {n: observed[n] for n in problem.names}, key_extra)
+        state = load_checkpoint(checkpoint, key=key) if (resume and checkpoint) else None
+        self.resumed = state is not None
+        if state is None:
+            state = {"key": key, "restart": 0, "step": 0, "variables": None, "optimizer": None,
+                     "generator": torch.Generator().manual_seed(config.seed).get_state(), "history": [],
+                     "snapshots": [], "diverged": [], "best": None, "elapsed": 0.0, "evaluations": 0}
+        self.state = state
+        self.gen = torch.Generator()
+        self.gen.set_state(state["generator"])
+        if state.get("problem") is not None and hasattr(problem, "load_state_dict"):
+            problem.load_state_dict(state["problem"])
+        self.evaluations = state["evaluations"]
+        self.restart, self.step = state["restart"], state["step"]
+        self.variables: dict[str, torch.Tensor] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.cut = False
+        self.at_boundary = True
+        self.started = time.perf_counter() - state["elapsed"]
+
+    def objective(self, variables: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        self.evaluations += 1
+        dummy = [g * self.unit for g in self.problem.gradients(variables)]
+        return self.distance(dummy, self.target) + self.problem.regulariser(variables)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"restart": self.restart, "step": self.step, **self.problem.decode(self.variables)}
+
+    def persist(self) -> bool:
+        if self.checkpoint is None:
             return False
-        state.update(restart=restart, step=step, generator=gen.get_state(),
-                     elapsed=time.perf_counter() - started, evaluations=evaluations,
-                     variables={k: v.detach().clone() for k, v in variables.items()} if variables else None,
-                     optimizer=optimizer.state_dict() if optimizer is not None else None,
-                     problem=problem.state_dict() if hasattr(problem, "state_dict") else None)
-        return save_checkpoint(checkpoint, state)
+        problem = self.problem
+        self.state.update(restart=self.restart, step=self.step, generator=self.gen.get_state(),
+                          elapsed=time.perf_counter() - self.started, evaluations=self.evaluations,
+                          variables={k: v.detach().clone() for k, v in self.variables.items()} if self.variables else None,
+                          optimizer=self.optimizer.state_dict() if self.optimizer is not None else None,
+                          problem=problem.state_dict() if hasattr(problem, "state_dict") else None)
+        return save_checkpoint(self.checkpoint, self.state)
 
-    # A checkpoint is only ever the state at the end of a completed step (`at_boundary`): Ctrl-C
-    # and SIGTERM are deferred to that point, so a resumed run continues exactly where an
-    # uninterrupted one would be.
-    at_boundary = True
-    stack = ExitStack()
-    stop = stack.enter_context(deferred_stop())
-    try:
-        while restart < config.restarts:
-            at_boundary = False
-            if state["variables"] is not None:  # resumed: a checkpoint is read onto the CPU
-                variables = {k: _on(problem, v).clone().requires_grad_(v.is_floating_point())
-                             for k, v in state["variables"].items()}
-            else:
-                variables = problem.init(gen)
-                state["history"].append([])
-                state["snapshots"].append([])
-                state["diverged"].append(False)
-                if 0 in config.snapshot_at:
-                    state["snapshots"][restart].append(snapshot())
-            leaves = [v for v in variables.values() if v.requires_grad]
-            optimizer = OPTIMIZERS[config.optimizer](leaves, config)
-            scheduler = _scheduler(optimizer, config)
-            if state["optimizer"] is not None:
-                # resumed: the saved state holds the learning rate as decayed so far; the schedule
-                # goes on from `step` (replaying its steps would decay that rate a second time)
-                optimizer.load_state_dict(state["optimizer"])
-                if scheduler is not None:
-                    scheduler.last_epoch = step
-            history = state["history"][restart]
-            at_boundary = True
-            while step < config.steps:
+    def execute(self, progress: bool) -> MatchOutcome:
+        cfg = self.config
+        bar = tqdm(total=cfg.restarts * cfg.steps, initial=self.restart * cfg.steps + self.step,
+                   disable=not progress, desc="matching gradients", unit="step", leave=False)
+        stack = ExitStack()
+        stop = stack.enter_context(deferred_stop())
+        try:
+            while self.restart < cfg.restarts:
+                leaves, scheduler = self._begin_restart()
+                self._steps(leaves, scheduler, bar, stop)
                 if stop.requested:
                     raise stop.interrupt()
-                at_boundary = False
-                def closure() -> torch.Tensor:
-                    loss = objective(variables)
-                    # Differentiate w.r.t. the dummies only: backward() would also fill (and
-                    # pay for) .grad on every model parameter, touching the user's model.
-                    for leaf, grad in zip(leaves, torch.autograd.grad(loss, leaves)):
-                        leaf.grad = grad
-                    return loss.detach()
+                if self._end_restart(stop):
+                    break
+        except KeyboardInterrupt as exc:
+            where = f"restart {min(self.restart + 1, cfg.restarts)}/{cfg.restarts}, step {self.step}/{cfg.steps}"
+            raise _interrupted(exc, where, self.checkpoint, self.at_boundary and self.persist()) from None
+        finally:
+            stack.close()
+            bar.close()
+        return self._outcome()
 
-                loss = float(optimizer.step(closure).detach())
-                problem.project(variables)
-                if scheduler is not None:
-                    scheduler.step()
-                step += 1
-                history.append(loss)
-                bar.update(1)
-                bar.set_postfix(restart=restart, distance=f"{loss:.3e}")
-                if not math.isfinite(loss):
-                    # A diverged restart is recorded as such and loses to any finite one.
-                    state["diverged"][restart] = True
-                    bar.update(config.steps - step)
-                    break
-                if step in config.snapshot_at:
-                    state["snapshots"][restart].append(snapshot())
-                at_boundary = True
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    persist()
-                if step < config.steps and _budget.expired():
-                    cut = True
-                    persist()  # a resumed run continues from the cut
-                    break
+    def _begin_restart(self) -> tuple[list[torch.Tensor], Any]:
+        """Fresh variables (or the checkpoint's), the optimiser and its schedule."""
+        self.at_boundary = False
+        state, problem, r = self.state, self.problem, self.restart
+        if state["variables"] is not None:  # resumed: a checkpoint is read onto the CPU
+            self.variables = {k: _on(problem, v).clone().requires_grad_(v.is_floating_point())
+                              for k, v in state["variables"].items()}
+        else:
+            self.variables = problem.init(self.gen)
+            state["history"].append([])
+            state["snapshots"].append([])
+            state["diverged"].append(False)
+            if 0 in self.config.snapshot_at:
+                state["snapshots"][r].append(self.snapshot())
+        leaves = [v for v in self.variables.values() if v.requires_grad]
+        self.optimizer = OPTIMIZERS[self.config.optimizer](leaves, self.config)
+        scheduler = _scheduler(self.optimizer, self.config)
+        if state["optimizer"] is not None:
+            # resumed: the saved state holds the learning rate as decayed so far; the schedule
+            # goes on from `step` (replaying its steps would decay that rate a second time)
+            self.optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.last_epoch = self.step
+        self.at_boundary = True
+        return leaves, scheduler
+
+    def _steps(self, leaves: list[torch.Tensor], scheduler: Any, bar: Any, stop: Any) -> None:
+        """Optimiser steps until `steps`, divergence, or the budget's end (`cut`)."""
+        cfg, state, r = self.config, self.state, self.restart
+        history = state["history"][r]
+        while self.step < cfg.steps:
             if stop.requested:
                 raise stop.interrupt()
-            at_boundary = False
-            final = math.inf if state["diverged"][restart] else _evaluate(objective, variables)
-            if not state["snapshots"][restart] or state["snapshots"][restart][-1]["step"] != step:
-                state["snapshots"][restart].append(snapshot())
-            if state["best"] is None or final < state["best"]["distance"]:
-                state["best"] = {"distance": final, "restart": restart,
-                                 "variables": {k: v.detach().clone() for k, v in variables.items()}}
-            if cut:
-                break  # the checkpoint keeps the state at the cut
-            restart += 1
-            step = 0
-            state["variables"] = None
-            state["optimizer"] = None
-            variables, optimizer = {}, None
-            at_boundary = True
-            persist()
-            if restart < config.restarts and _budget.expired():
-                cut = True
-                break
-            if stop.requested and restart < config.restarts:
-                raise stop.interrupt()
-    except KeyboardInterrupt as exc:
-        raise _interrupted(exc, f"restart {min(restart + 1, config.restarts)}/{config.restarts}, step {step}/"
-                                f"{config.steps}", checkpoint, at_boundary and persist()) from None
-    finally:
-        stack.close()
-        bar.close()
+            self.at_boundary = False
+            loss = float(self.optimizer.step(lambda: self._closure(leaves)).detach())
+            self.problem.project(self.variables)
+            if scheduler is not None:
+                scheduler.step()
+            self.step += 1
+            history.append(loss)
+            bar.update(1)
+            bar.set_postfix(restart=r, distance=f"{loss:.3e}")
+            if not math.isfinite(loss):
+                # A diverged restart is recorded as such and loses to any finite one.
+                state["diverged"][r] = True
+                bar.update(cfg.steps - self.step)
+                return
+            if self.step in cfg.snapshot_at:
+                state["snapshots"][r].append(self.snapshot())
+            self.at_boundary = True
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.persist()
+            if self.step < cfg.steps and _budget.expired():
+                self.cut = True
+                self.persist()  # a resumed run continues from the cut
+                return
 
-    if not cut and checkpoint is not None and Path(checkpoint).exists():
-        Path(checkpoint).unlink()  # the run is finished: nothing left to resume
-    best = state["best"]
-    extra = {"budget": {**_budget.current().describe(), "stopped_at": {"restart": restart, "step": step}}} \
-        if cut else {}
-    return MatchOutcome(
-        variables={k: _on(problem, v) for k, v in best["variables"].items()},
-        distance=best["distance"], restart=best["restart"],
-        history=state["history"], snapshots=state["snapshots"], diverged=state["diverged"],
-        seconds=time.perf_counter() - started, resumed=resumed, evaluations=evaluations, extra=extra,
-    )
+    def _closure(self, leaves: list[torch.Tensor]) -> torch.Tensor:
+        loss = self.objective(self.variables)
+        # Differentiate w.r.t. the dummies only: backward() would also fill (and pay for) .grad on
+        # every model parameter, touching the user's model.
+        for leaf, grad in zip(leaves, torch.autograd.grad(loss, leaves)):
+            leaf.grad = grad
+        return loss.detach()
+
+    def _end_restart(self, stop: Any) -> bool:
+        """Score the finished restart against the best so far; True when no other should start."""
+        self.at_boundary = False
+        state, r = self.state, self.restart
+        final = math.inf if state["diverged"][r] else _evaluate(self.objective, self.variables)
+        if not state["snapshots"][r] or state["snapshots"][r][-1]["step"] != self.step:
+            state["snapshots"][r].append(self.snapshot())
+        if state["best"] is None or final < state["best"]["distance"]:
+            state["best"] = {"distance": final, "restart": r,
+                             "variables": {k: v.detach().clone() for k, v in self.variables.items()}}
+        if self.cut:
+            return True  # the checkpoint keeps the state at the cut
+        self.restart, self.step = r + 1, 0
+        state["variables"] = state["optimizer"] = None
+        self.variables, self.optimizer = {}, None
+        self.at_boundary = True
+        self.persist()
+        if self.restart < self.config.restarts and _budget.expired():
+            self.cut = True
+            return True
+        if stop.requested and self.restart < self.config.restarts:
+            raise stop.interrupt()
+        return False
+
+    def _outcome(self) -> MatchOutcome:
+        if not self.cut and self.checkpoint is not None and Path(self.checkpoint).exists():
+            Path(self.checkpoint).unlink()  # the run is finished: nothing left to resume
+        state, problem = self.state, self.problem
+        best = state["best"]
+        extra = {"budget": {**_budget.current().describe(),
+                            "stopped_at": {"restart": self.restart, "step": self.step}}} if self.cut else {}
+        return MatchOutcome(
+            variables={k: _on(problem, v) for k, v in best["variables"].items()},
+            distance=best["distance"], restart=best["restart"],
+            history=state["history"], snapshots=state["snapshots"], diverged=state["diverged"],
+            seconds=time.perf_counter() - self.started, resumed=self.resumed, evaluations=self.evaluations,
+            extra=extra,
+        )
 
 
 def _on(problem: MatchingProblem, tensor: torch.Tensor) -> torch.Tensor:
