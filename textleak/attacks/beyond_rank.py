@@ -46,6 +46,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
+from ..core import budget
 from ..errors import MissingKnowledgeError
 from ..text.inference import infer_lengths
 from ..text.layouts import Layout, layout_for
@@ -145,6 +146,13 @@ class SentenceSearch(Search):
 
     def worth_taking(self, seq: list[int], res: float) -> bool:
         return True  # the sentence spans decide
+
+    def settle(self, seqs: list[list[int]], known: Sequence[list[int]] = ()) -> list[list[int]]:
+        """`Search.settle`, skipped once the budget has run out: past the limit one round settles
+        hundreds of seeds, and the budget is otherwise checked only between lengths."""
+        if budget.expired():
+            return [list(s) for s in seqs]
+        return super().settle(seqs, known)
 
     def accept_pending(self) -> None:
         """Past the limit a sentence the peel refused is not taken on the span alone."""
