@@ -69,9 +69,11 @@ from .exact.sequences import occupants
 log = logging.getLogger(__name__)
 
 #: directions of 384 left out of the partial layer-1 span the search settles on. MiniLM, RT batch
-#: 16 index 0 (392 tokens), 16 true sentences with 6 / 10 random tokens, settled: 10 left out
-#: recovered 2 / 1, 30: 5 / 4, 45: 5 / 5, 60: 6 / 5, 80: 3 / 3; the whole attack with a 420 s
-#: budget, side by side: 10 certified 1 sentence, 40 certified 4 (notes/16.md, s8)
+#: 16 index 0 (392 tokens), every true sentence with 6 random tokens, settled back
+#: (`recipes/beyond_rank_settle.py`): 10 left out 1 of 16, 40 5 of 16 (a scratch sweep, another
+#: draw, 6 / 10 random tokens: 10 2 / 1, 30 5 / 4, 45 5 / 5, 60 6 / 5, 80 3 / 3); the whole attack
+#: with a 420 s budget, side by side: 10 certified 1 sentence, 40 certified 4
+#: (recipes/measured/beyond_rank_s8.md)
 SETTLE_DROP = 40
 
 
