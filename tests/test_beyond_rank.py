@@ -121,3 +121,24 @@ def test_auto_runs_beyond_rank_past_the_limit(target, capture):
     tried = {t["attack"]: t["reason"] for t in res.details["tried"]}
     assert "rank gap" in tried["exact"] or "certificate" in tried["exact"]
     assert res.method.startswith("beyond_rank") or "beyond_rank" in tried
+
+
+def test_settling_stops_once_the_budget_has_run_out(monkeypatch):
+    import time
+
+    from textleak.attacks.beyond_rank import SentenceSearch
+    from textleak.attacks.exact import search as exact_search
+    from textleak.core import budget
+
+    class Bare(SentenceSearch):  # past the budget settle needs no state: it returns the seeds as they are
+        def __init__(self):
+            pass
+
+    calls = []
+    monkeypatch.setattr(exact_search, "settle", lambda *a, **k: calls.append(1) or [[0]])
+    assert Bare().settle([[1, 2, 3]]) == [[0]] and calls  # within the budget: exact's settling
+    calls.clear()
+    with budget.time_budget(1e-3):
+        time.sleep(0.01)
+        assert Bare().settle([[1, 2, 3]]) == [[1, 2, 3]]
+    assert not calls
