@@ -120,7 +120,8 @@ class AdamWExact:
         leaks = AdamLeaks.read(layout, observation.gradients, facts)
         lengths, assumed = self._lengths(observation, leaks)
         placed = place_tokens(leaks, lengths)
-        guess = Grouping(layout, observation.gradients, facts, placed, lengths, self._labels(observation, leaks, lengths))
+        labels = self._labels(observation, leaks, lengths)
+        guess = Grouping(layout, observation.gradients, facts, placed, lengths, labels)
         guess.search(self.sweeps)
         check, labels = certify_batch(layout, observation.gradients, guess.sequences(), guess.labels, facts)
         if observation.knowledge.labels is not None:
