@@ -150,8 +150,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", default="1,4")
     ap.add_argument("--n", type=int, default=5, help="batches per cell (consecutive dev sentences)")
     ap.add_argument("--fedavg", nargs="*", default=["1,1e-2", "4,1e-2", "8,1e-2", "4,1e-3", "4,1e-1"],
-                    help="K,LR[,MB] of each FedAvg (SGD) setting")
-    ap.add_argument("--fedadamw", nargs="*", default=[], help="K,LR[,MB[,WD]] of each FedAvg (AdamW) setting")
+                    help="K,LR[,MB[,SHUFFLE]] of each FedAvg (SGD) setting (K = E local epochs x mini-batches of MB)")
+    ap.add_argument("--fedadamw", nargs="*", default=[],
+                    help="K,LR[,MB[,WD[,SHUFFLE]]] of each FedAvg (AdamW) setting (attacked by exact-adamw)")
     ap.add_argument("--noise", nargs="*", type=float, default=[1e-10, 1e-8, 1e-6, 1e-4, 1e-2])
     ap.add_argument("--dpeps", nargs="*", type=float, default=[1, 8, 1e3, 1e6, 1e9],
                     help="DP-SGD privacy budgets (max_grad_norm 1, 1000 steps at sample rate 0.01, delta 1e-5)")

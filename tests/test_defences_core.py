@@ -33,8 +33,9 @@ def tiny(tmp_path_factory):
 @pytest.mark.parametrize("spec,name,values", [
     ("noise:1e-3", "noise", (1e-3,)), ("laplace:1e-2", "laplace", (1e-2,)), ("prune:0.5", "prune", (0.5,)),
     ("fp16", "fp16", ()), ("bf16", "bf16", ()), ("int8", "int8", ()), ("none", "none", ()),
-    ("dpsgd:1.0,1.1", "dpsgd", (1.0, 1.1)), ("fedavg:4", "fedavg", (4, 1e-2, 0)), ("fedavg:4,0.1,2", "fedavg", (4, 0.1, 2)),
-    ("fedadamw:2", "fedadamw", (2, 1e-4, 0, 0.0)), ("batch:8", "batch", (8,)),
+    ("dpsgd:1.0,1.1", "dpsgd", (1.0, 1.1)), ("fedavg:4", "fedavg", (4, 1e-2, 0, 0)),
+    ("fedavg:4,0.1,2", "fedavg", (4, 0.1, 2, 0)), ("fedavg:4,0.1,2,1", "fedavg", (4, 0.1, 2, 1)),
+    ("fedadamw:2", "fedadamw", (2, 1e-4, 0, 0.0, 0)), ("batch:8", "batch", (8,)),
     (" NOISE:0.1 ", "noise", (0.1,)),
 ])
 def test_specs_parse(spec, name, values):

@@ -73,7 +73,8 @@ def test_the_public_view_keeps_what_a_server_knows(tiny_bert):
     cap = textleak.capture_gradients(target, ["the cat sat"], labels=[1], defence="fedavg:2,0.1")
     view = Observation.from_file(cap.gradients).metadata
     assert view["model"] == cap.gradients.metadata["model"]
-    assert view["capture"]["defence"]["params"] == {"local_steps": 2, "local_lr": 0.1, "minibatch": 0}
+    assert view["capture"]["defence"]["params"] == {"local_steps": 2, "local_lr": 0.1, "minibatch": 0,
+                                                        "shuffle": 0}
     assert view["capture"]["mode"] == "eval" and view["capture"]["clipping"] == {"max_norm": None}
     assert set(view) <= set(PUBLIC_METADATA) and set(view["capture"]) <= set(PUBLIC_METADATA["capture"])
     assert public_metadata(view) == view  # building twice changes nothing

@@ -275,3 +275,50 @@ def test_the_likelihood_search_stops_at_its_cap_and_says_so(wide):
     out = LikelihoodSearch(max_seconds=0.01).run(Observation(cap.gradients.gradients, cap.gradients.metadata, know), wide)
     assert out.details["budget"]["seconds"] == pytest.approx(0.01, abs=1e-3) and out.details["budget"]["ran_out"]
     assert len(out.prediction["token_ids"]) == 1
+
+
+def test_epoch_schedules_and_the_orders_a_server_replays():
+    from textleak.attacks.update_sim import UpdateFacts, schedule_count, schedules
+    from textleak.defences.fedavg import epoch_schedule
+
+    assert epoch_schedule(4, 2, 5) == [[0, 1], [2, 3], [0, 1], [2, 3], [0, 1]]
+    shuffled = epoch_schedule(4, 2, 4, True, torch.Generator().manual_seed(0))
+    assert sorted(i for c in shuffled[:2] for i in c) == [0, 1, 2, 3] and all(len(c) == 2 for c in shuffled)
+    assert parse_defence("fedavg:4,0.01,2,1").describe()["params"]["shuffle"] == 1
+    assert parse_defence("fedadamw:4,1e-4,2,0.01,1").spec == "fedadamw:4,0.0001,2,0.01,1"
+    with pytest.raises(InputError):
+        parse_defence("fedavg:4,0.01,2,2")
+    fixed, mixed = UpdateFacts(4, 0.01, 2), UpdateFacts(4, 0.01, 2, shuffle=True)
+    assert len(schedules(4, fixed)) == schedule_count(4, fixed) == 6  # 4! / (2! 2!)
+    assert len(schedules(4, mixed)) == schedule_count(4, mixed) == 36  # one split per epoch
+    assert schedule_count(3, UpdateFacts(3, 0.01, 2)) == 3 and schedule_count(4, UpdateFacts(4, 0.01)) == 1
+
+
+def test_a_minibatch_update_is_certified_in_whatever_order_the_batch_is_guessed(wide):
+    from textleak.attacks.update_sim import UpdateFacts, certify_batch
+
+    for spec, facts in (("fedavg:4,0.03,1", UpdateFacts(4, 0.03, 1)),
+                        ("fedavg:4,0.03,1,1", UpdateFacts(4, 0.03, 1, shuffle=True))):
+        cap = textleak.capture_gradients(wide, TEXTS[:2], labels=[0, 1], defence=spec, seed=3)
+        ids, update = cap.reference.token_ids, cap.gradients.gradients
+        check, labels = certify_batch(layout_for(wide.model), update, ids[::-1], [1, 0], facts)
+        assert check["certified"] and labels == [1, 0] and check["schedules"] == (4 if facts.shuffle else 2)
+        wrong = [list(ids[1]), list(ids[0])]
+        wrong[0][1] = ids[0][2]
+        assert not certify_batch(layout_for(wide.model), update, wrong, [1, 0], facts)[0]["certified"]
+    many = certify_batch(layout_for(wide.model), update, ids, [0, 1], facts, max_schedules=3)[0]
+    assert not many["certified"] and "order" in many["reason"]
+
+
+def test_adamw_update_leaks_tokens_positions_and_the_sentence(wide):
+    from textleak.attacks.adamw import AdamLeaks
+    from textleak.attacks.update_sim import update_facts
+
+    cap = textleak.capture_gradients(wide, TEXTS[:1], labels=[1], defence="fedadamw:2,1e-3,0,0.1")
+    facts = update_facts(cap.gradients.metadata)
+    leaks = AdamLeaks.read(layout_for(wide.model), cap.gradients.gradients, facts)
+    assert sorted(leaks.tokens) == sorted(set(cap.reference.token_ids[0])) and leaks.positions == 9
+    res = textleak.recover(gradients=cap.gradients, model=wide, attack="auto", reference=cap.reference,
+                           unknown=["labels"], options={"prior": "none"}, progress=False)
+    assert res.method == "exact-adamw" and res.metrics["mean"]["exact_match"] == 1.0
+    assert res.details["certified"] and res.metrics["mean"]["label_accuracy"] == 1.0

@@ -77,7 +77,8 @@ CAPTURE = {
         "shares": {"enum": ["gradient", "update"]},
         "update": {"type": "object", "properties": {
             "local_steps": {"type": "integer", "minimum": 1}, "local_lr": {"type": "number", "exclusiveMinimum": 0},
-            "minibatch": _nullable({"type": "integer", "minimum": 0}), "optimizer": STR}},
+            "minibatch": _nullable({"type": "integer", "minimum": 0}), "optimizer": STR,
+            "weight_decay": {"type": "number", "minimum": 0}, "shuffle": {"type": ["integer", "boolean"]}}},
     },
 }
 #: the `extra` section: an image model's input conventions (public, see `threat.PUBLIC_METADATA`)

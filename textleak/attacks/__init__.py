@@ -4,7 +4,7 @@ from .base import ATTACKS, Attack, AttackOutput
 from . import dlg  # noqa: F401  (registers)
 from . import exact  # noqa: F401
 from . import beyond_rank  # noqa: F401
-from . import update, noisy, likelihood  # noqa: F401  (#15: FedAvg updates, noise)
+from . import update, adamw, noisy, likelihood  # noqa: F401  (#15: FedAvg updates, noise)
 from . import positions  # noqa: F401
 from . import tag  # noqa: F401
 from . import lamp  # noqa: F401

@@ -21,9 +21,12 @@ What changes against a gradient (`attacks.exact.Exact`, which hands updates here
   rounding (measured on MiniLM, K = 4, batch 4: 0 in the victim's sentence order, 2.5e-6 in
   another; one token wrong: 0.14; one label wrong: 0.52, relative).
 
-Mini-batches (`fedavg:K,LR,MB`) are simulated in the order the batch is guessed in; AdamW
-updates (`fedadamw`) are refused with what still leaks (the token set, the longest length, the
-label direction: U ~ sign(G) entrywise, so no linear span test separates true sentences).
+Mini-batches (`fedavg:K,LR,MB[,SHUFFLE]`, E local epochs of them): U sums every mini-batch's
+trajectory, so its spans hold the union of the mini-batches' tokens and the search reads the
+whole batch as one; the certificate replays every assignment of the guessed sentences to the
+mini-batches (and, when epochs reshuffle, every epoch's), up to a cap (`update_sim`). AdamW
+updates (`fedadamw`) go to `exact-adamw` (`attacks.adamw`): U ~ sign(G) entrywise, so no linear
+span test separates true sentences.
 
 Arguments: as `Exact`. Shapes: the update is keyed by parameter name like a gradient.
 Bad input: an update recorded without its local learning rate or step count gets a one-line
@@ -33,60 +36,19 @@ InputError naming what is missing.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping
 
 import torch
 
-from ..errors import InputError, MissingKnowledgeError
+from ..errors import MissingKnowledgeError
 from ..text.layouts import Layout, layout_for
 from ..text.leaks import LayerSpan, SpanReader, noise_level
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .exact import Exact
-
-
-@dataclass(frozen=True)
-class UpdateFacts:
-    """How the client made its update: `steps` local steps at learning rate `lr` with `optimizer`,
-    on mini-batches of `minibatch` examples (None: the whole batch)."""
-
-    steps: int
-    lr: float
-    minibatch: int | None = None
-    optimizer: str = "sgd"
-
-    @property
-    def midpoint(self) -> float:
-        """How many steps along the trajectory its average gradient sits."""
-        return (self.steps - 1) / 2
-
-
-def shares_update(observation: Observation) -> bool:
-    """Whether the file holds a weight update ((w0 - wK) / (lr K)) rather than a gradient."""
-    capture = observation.metadata.get("capture", {}) or {}
-    return (capture.get("defence") or {}).get("shares") == "update" or capture.get("shares") == "update"
-
-
-def update_facts(metadata: Mapping[str, Any]) -> UpdateFacts:
-    """K, lr (and mini-batch, optimiser) from the file (`capture.defence.params`, or `capture.update`
-    for a file written by other tools); a one-line InputError naming what is missing (a malformed
-    file, not a fact the attacker lacks: `auto` must not fall back to treating it as a gradient)."""
-    capture = metadata.get("capture", {}) or {}
-    defence = capture.get("defence") or {}
-    params = dict(defence.get("params") or {})
-    params.update(capture.get("update") or {})
-    missing = [k for k in ("local_lr", "local_steps") if params.get(k) is None]
-    if missing:
-        raise InputError(
-            "the file holds a weight update (w0 - wK) / (lr K); reading it needs the client's local learning "
-            f"rate and step count, and the file lacks {' and '.join(missing)} (record them under capture.update)")
-    steps, lr = int(params["local_steps"]), float(params["local_lr"])
-    if steps < 1 or not (lr > 0 and math.isfinite(lr)):
-        raise InputError(f"the update's local_steps {steps} and local_lr {lr} must be positive")
-    optimizer = str(params.get("optimizer") or defence.get("optimizer") or "sgd")
-    return UpdateFacts(steps, lr, int(params.get("minibatch") or 0) or None, optimizer)
+from .update_sim import (UpdateFacts, certify_batch, shares_update, simulate_update, simulation_check,  # noqa: F401
+                         simulation_mismatch, update_facts)
 
 
 def midpoint_model(model: torch.nn.Module, update: Mapping[str, torch.Tensor], facts: UpdateFacts) -> torch.nn.Module:
@@ -98,61 +60,6 @@ def midpoint_model(model: torch.nn.Module, update: Mapping[str, torch.Tensor], f
                 if name in update:
                     p.sub_((facts.lr * facts.midpoint) * update[name].to(p.device, p.dtype))
     return mid
-
-
-def simulate_update(layout: Layout, sequences: Sequence[Sequence[int]], labels: Sequence[int],
-                    facts: UpdateFacts) -> dict[str, torch.Tensor]:
-    """(w0 - wK) / (lr K) after the client's K steps on this batch (classification), computed as
-    the victim computes it (`defences.sharing`), the model restored afterwards."""
-    from ..core.seeding import model_mode
-    from ..defences.sharing import batch_gradients
-    from ..text.leaks import padded
-
-    model = layout.model
-    ids, mask = padded(sequences, layout.device)
-    y = torch.tensor([int(c) for c in labels], device=layout.device)
-
-    def loss_of(rows):
-        rows = list(rows)
-        return model(**layout.inputs(ids[rows], mask[rows]), labels=y[rows]).loss
-
-    with model_mode(model, train=False), torch.enable_grad():
-        return batch_gradients(model, loss_of, len(sequences)).local_update(
-            facts.steps, facts.lr, facts.minibatch, facts.optimizer)
-
-
-def _distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
-    return math.sqrt(sum(float((a[n].double() - b[n].double().to(a[n].device)).pow(2).sum()) for n in a if n in b))
-
-
-def _norm(a: Mapping[str, torch.Tensor]) -> float:
-    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in a.values()))
-
-
-def simulation_mismatch(layout: Layout, update, sequences, labels, facts: UpdateFacts) -> float:
-    """||U - U_sim|| / ||U|| over every shared parameter, U_sim simulated in the model's dtype."""
-    return _distance(update, simulate_update(layout, sequences, labels, facts)) / max(_norm(update), 1e-300)
-
-
-def simulation_check(layout: Layout, update, sequences, labels, facts: UpdateFacts, factor: float = 3.0
-                     ) -> dict[str, Any]:
-    """Whether this batch and these labels made the update: the client's steps simulated in the
-    update's dtype must land within `factor` x the rounding of that dtype of it, the rounding
-    measured as the distance between the same simulation run in float32 and in float64.
-
-    A relative threshold does not do: on a small random model (weights 10x smaller than BERT's)
-    a wrong batch came within 1e-4 of U relative, because U is dominated by parameters whose
-    update hardly depends on the text; and an estimate of the rounding from each weight's ulp
-    overstates it wherever lr g is below half an ulp and the weight does not move at all. The
-    float64 run measures what the rounding actually did. A true batch summed in another order
-    differs from U by about that rounding; measured on MiniLM (K = 4, lr 1e-2, batch 4): 2.5e-6
-    relative in another order, against 1.2e-4 for float64 and 0.14 for one token wrong."""
-    own = simulate_update(layout, sequences, labels, facts)
-    exact = simulate_update(layout_for(copy.deepcopy(layout.model).double()), sequences, labels, facts)
-    scale = max(_norm(update), 1e-300)
-    mismatch, rounding = _distance(update, own) / scale, _distance(own, exact) / scale
-    return {"mismatch": mismatch, "rounding": rounding, "factor": factor,
-            "certified": mismatch <= factor * rounding or mismatch == 0.0}
 
 
 @ATTACKS.register("exact-update")
@@ -175,6 +82,7 @@ class UpdateExact(Exact):
         if observation.task == "classify":
             self._certify(observation, layout_for(target.model), facts, out)
         out.details["update"] = {"local_steps": facts.steps, "local_lr": facts.lr, "minibatch": facts.minibatch,
+                                 "shuffle": facts.shuffle,
                                  "read_at": f"midpoint of the local trajectory (step {facts.midpoint:g})"}
         out.assumed["update"] = "local learning rate and step count from the file"
         return out
@@ -184,9 +92,8 @@ class UpdateExact(Exact):
         facts = update_facts(observation.metadata)
         if facts.optimizer != "sgd":
             raise MissingKnowledgeError(
-                f"exact recovery reads SGD updates; this {facts.optimizer} update is ~sign(gradient) entrywise, "
-                "so no span test separates its sentences (its token set, longest length and label direction "
-                "still leak)")
+                f"exact-update reads SGD updates; this {facts.optimizer} update is ~sign(gradient) entrywise, "
+                "so no span test separates its sentences (exact-adamw reads what still leaks)")
         return facts
 
     def _reader(self, observation: Observation) -> SpanReader:
@@ -223,33 +130,26 @@ class UpdateExact(Exact):
 
     @staticmethod
     def _certify(observation: Observation, layout: Layout, facts: UpdateFacts, out: AttackOutput) -> None:
-        """Simulate the client's steps on the guessed batch: with the labels solved, then with
-        each one flipped (labels solved at the midpoint can be off); the closest is checked
-        against the rounding (`simulation_check`)."""
-        pred, update = out.prediction, observation.gradients
-        first = [int(y) for y in pred["labels"]]
-        classes = int(layout.model.config.num_labels)
-        trials = [first] + [first[:b] + [c] + first[b + 1:] for b in range(len(first)) for c in range(classes)
-                            if c != first[b]]
-        check = simulation_check(layout, update, pred["token_ids"], first, facts)
-        mismatches = [check["mismatch"]]
-        if not check["certified"]:
-            mismatches += [simulation_mismatch(layout, update, pred["token_ids"], labels, facts) for labels in trials[1:]]
-            best = min(range(len(mismatches)), key=mismatches.__getitem__)
-            if best:
-                check = simulation_check(layout, update, pred["token_ids"], trials[best], facts)
-                pred["labels"] = trials[best]
+        """Replay the client's steps on the guessed batch (`update_sim.certify_batch`: every order of
+        its mini-batches, then single label flips)."""
+        pred = out.prediction
+        check, pred["labels"] = certify_batch(layout, observation.gradients, pred["token_ids"], pred["labels"], facts)
         out.details["layer1_certified"] = out.details["certified"]
         out.details["certified"] = check["certified"]
-        out.details["simulation"] = {**check, "labels_tried": len(mismatches)}
+        out.details["simulation"] = check
 
 
 def variant_for(exact: Exact, observation: Observation, target: Any) -> Exact | None:
     """The variant of `exact` (same options) that reads this file: `UpdateExact` for a FedAvg
-    update, `NoisyExact` for a gradient whose first layer shows no rank gap and whose
+    SGD update, `AdamWExact` (`attacks.adamw`) for an AdamW one, `NoisyExact` for a gradient
+    whose first layer shows no rank gap and whose
     signal-free entries hold noise; None for a plain gradient."""
     options = {f.name: getattr(exact, f.name) for f in fields(exact)}
     if shares_update(observation):
+        if update_facts(observation.metadata).optimizer == "adamw":
+            from .adamw import AdamWExact
+
+            return AdamWExact(seed=exact.seed)  # type: ignore[return-value]
         return UpdateExact(**options)
     if getattr(target, "modality", "text") != "text":
         return None

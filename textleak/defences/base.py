@@ -112,10 +112,11 @@ class BatchGradients:
 
     batch(): the batch-mean gradient (what training computes).
     example(i): the gradient of example i's own loss (for per-example clipping).
-    local_update(steps, lr, minibatch=None, optimizer="sgd", weight_decay=0.0): (w0 - wK) / (lr * K)
-        after K local steps (SGD, or AdamW with a fresh state) on the batch, or on its mini-batches
-        of `minibatch` examples in turn (K = epochs x mini-batches), with the model's weights and
-        .grad restored afterwards.
+    local_update(steps, lr, minibatch=None, optimizer="sgd", weight_decay=0.0, schedule=None):
+        (w0 - wK) / (lr * K) after K local steps (SGD, or AdamW with a fresh state) on the batch, or
+        on its mini-batches of `minibatch` examples in turn (K = epochs x mini-batches), or, with
+        `schedule`, on schedule[k % len(schedule)] (example indices) at step k; the model's weights
+        and .grad restored afterwards.
     """
 
     def __init__(self, size: int, batch: Callable[[], dict[str, torch.Tensor]],

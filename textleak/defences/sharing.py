@@ -38,8 +38,10 @@ def batch_gradients(model: torch.nn.Module, loss_of: LossOf, size: int) -> Batch
         return _grads(loss_of([i]), named)
 
     def local_update(steps: int, lr: float, minibatch: int | None = None, optimizer: str = "sgd",
-                     weight_decay: float = 0.0) -> dict[str, torch.Tensor]:
-        chunks = [everyone[i:i + minibatch] for i in range(0, size, minibatch)] if minibatch else [everyone]
+                     weight_decay: float = 0.0, schedule: Sequence[Sequence[int]] | None = None
+                     ) -> dict[str, torch.Tensor]:
+        chunks = [list(c) for c in schedule] if schedule else \
+            [everyone[i:i + minibatch] for i in range(0, size, minibatch)] if minibatch else [everyone]
         start = {n: p.detach().clone() for n, p in named}
         saved = {n: p.grad for n, p in named}
         adamw = torch.optim.AdamW([p for _, p in named], lr=lr, weight_decay=weight_decay) \
