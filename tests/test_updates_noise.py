@@ -275,3 +275,34 @@ def test_the_likelihood_search_stops_at_its_cap_and_says_so(wide):
     out = LikelihoodSearch(max_seconds=0.01).run(Observation(cap.gradients.gradients, cap.gradients.metadata, know), wide)
     assert out.details["budget"]["seconds"] == pytest.approx(0.01, abs=1e-3) and out.details["budget"]["ran_out"]
     assert len(out.prediction["token_ids"]) == 1
+
+
+def test_flip_gains_are_the_slope_of_the_likelihood_along_a_token_change(wide):
+    """The first-order flip gain of token v at position p is the derivative of J along
+    E[x_p] -> E[v] (checked by central differences on the embedding row; x_p occurs once)."""
+    from textleak.attacks.flips import flip_candidates, flip_gains
+    from textleak.attacks.likelihood import _J
+    from textleak.text.ghost import GhostScorer
+
+    model, layout = wide.model, layout_for(wide.model)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    gen = torch.Generator().manual_seed(1)
+    target = {n: 1e-2 * torch.randn(p.shape, generator=gen) for n, p in named.items()}
+    seq, p, v = [2, 7, 8, 12, 3], 2, 15
+    gains = flip_gains(layout, target, seq, 1)
+    assert gains.shape == (len(seq), model.config.vocab_size) and abs(float(gains[p, seq[p]])) < 1e-6
+    W = layout.word_embeddings.weight
+    step, t = (W[v] - W[seq[p]]).detach().clone(), 1e-2
+    J = []
+    with torch.no_grad():
+        for sign in (1, -1):
+            W[seq[p]] += sign * t * step
+            J.append(float(_J(GhostScorer(layout, target)(torch.tensor([seq]), torch.tensor([1])), None)[0]))
+            W[seq[p]] -= sign * t * step
+    assert abs(float(gains[p, v])) > 1e-4
+    assert float(gains[p, v]) == pytest.approx((J[0] - J[1]) / (2 * t), rel=0.05)
+    banned = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    banned[:5] = True
+    flips = flip_candidates(layout, target, seq, 1, 3, banned)
+    assert all(len(f) == 3 and seq[q] not in f and min(f) >= 5 for q, f in enumerate(flips))
+    assert flips[p][0] == int(gains[p].masked_fill(banned, -float("inf")).argmax())
