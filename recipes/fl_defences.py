@@ -242,7 +242,9 @@ def accuracy_cost(spec: str, data: str, n_test: int, skip: int, out: Path, cache
     return {"accuracy": defended["accuracy"], "baseline": plain["accuracy"],
             "cost": plain["accuracy"] - defended["accuracy"], "epsilon": defended.get("epsilon"),
             "seconds": defended["seconds"] if not defended.get("cached") else None, "data": data,
-            "n_train": cfg.n_train, "n_test": n_test}
+            "n_train": cfg.n_train, "n_test": defended["n_test"],  # the dev rows left past the skipped ones
+            "fine_tune": {k: defended["config"][k] for k in ("epochs", "batch_size", "lr", "optimizer", "max_length")},
+            "steps": defended["steps"]}
 
 
 if __name__ == "__main__":

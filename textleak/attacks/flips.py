@@ -16,6 +16,8 @@ the row evidence and the embedding matched filter rank it past 100; but the whol
 still moves by ~1e5 noise variances when it is wrong, and the flip ranking sees that through
 every layer.
 
+`neighbour_candidates` adds the tokens nearest the current one in the input embedding space.
+
 Shapes: seq a list of L token ids (one sentence, no padding), target name -> tensor (shared
 parameters), banned [V] bool; returns, per position, up to k token ids, best first.
 """
@@ -71,3 +73,19 @@ def flip_candidates(layout: Layout, target: Mapping[str, torch.Tensor], seq: Seq
     gain[:, banned.to(gain.device)] = -math.inf
     gain[torch.arange(len(seq), device=gain.device), torch.tensor(list(seq), device=gain.device)] = -math.inf
     return torch.topk(gain, min(k, gain.shape[1]), dim=1).indices.tolist()
+
+
+def neighbour_candidates(layout: Layout, seq: Sequence[int], k: int, banned: torch.Tensor) -> list[list[int]]:
+    """Per position of `seq`, the k tokens whose input embeddings are closest in angle to the
+    current token's, nearest first; [] at every position when k < 1. A settled guess often holds
+    a near neighbour of the true token where neither the rows nor the flips single it out
+    (CoLA at variance 1e-6: "far much" for "far more"; "more" is the third neighbour of "much")."""
+    if k < 1:
+        return [[] for _ in seq]
+    E = layout.word_embeddings.weight.detach()
+    E = E / E.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    ids = torch.tensor(list(seq), device=E.device)
+    cos = E[ids] @ E.T  # [L, V]
+    cos[:, banned.to(E.device)] = -math.inf
+    cos[torch.arange(len(seq), device=E.device), ids] = -math.inf
+    return torch.topk(cos, min(k, cos.shape[1]), dim=1).indices.tolist()
