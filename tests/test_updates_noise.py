@@ -306,3 +306,22 @@ def test_flip_gains_are_the_slope_of_the_likelihood_along_a_token_change(wide):
     flips = flip_candidates(layout, target, seq, 1, 3, banned)
     assert all(len(f) == 3 and seq[q] not in f and min(f) >= 5 for q, f in enumerate(flips))
     assert flips[p][0] == int(gains[p].masked_fill(banned, -float("inf")).argmax())
+
+
+def test_a_settled_sentence_is_searched_again_only_after_another_changes(wide, monkeypatch):
+    from textleak.attacks.likelihood import LikelihoodSearch
+    from textleak.threat import Knowledge, Observation
+
+    cap = textleak.capture_gradients(wide, TEXTS[1:], labels=[1, 0], defence="noise:1e-6")
+    know = Knowledge.from_dict(cap.gradients.metadata["knowledge"])
+    obs = Observation(cap.gradients.gradients, cap.gradients.metadata, know)
+    calls = []
+    outcome = {(0, 0): 0, (1, 1): 1}  # (call, sentence) -> tokens changed; every call settles
+
+    def settle(self, batch, i, *args):
+        calls.append(i)
+        return outcome.get((len(calls) - 1, i), 0), True
+
+    monkeypatch.setattr(LikelihoodSearch, "_settle", settle)
+    out = LikelihoodSearch(rounds=5, max_seconds=60).run(obs, wide)
+    assert calls == [0, 1, 0] and out.details["changes_per_round"] == [1, 0]
