@@ -96,16 +96,20 @@ def table(rows: list[dict], order: list[str], datasets, sizes) -> str:
 
 
 def weakest(rows: list[dict], family: str, grows: bool) -> dict | None:
-    """Per family, the weakest setting whose mean ROUGE-1 over every cell is below 0.5."""
+    """Per family, the weakest setting whose mean ROUGE-1 over every cell is below 0.5, and so is
+    every stronger setting measured (under a wall-time budget a weaker setting can score below a
+    stronger one that still leaks: that one does not stop the attack)."""
     by = defaultdict(list)
     for r in rows:
         if r["family"] == family and r["rouge1"] is not None:
             by[(r["defence"], r["x"])].append(r["rouge1"])
-    below = [(x, d) for (d, x), v in by.items() if sum(v) / len(v) < 0.5]
-    if not below:
-        return None
-    x, d = min(below) if grows else max(below)
-    return {"defence": d, "x": x, "rouge1": sum(by[(d, x)]) / len(by[(d, x)])}
+    mean = {(x, d): sum(v) / len(v) for (d, x), v in by.items()}
+    found = None
+    for x, d in sorted(mean, reverse=grows):  # strongest first
+        if mean[(x, d)] >= 0.5:
+            break
+        found = {"defence": d, "x": x, "rouge1": mean[(x, d)]}
+    return found
 
 
 def figure(rows: list[dict], path: Path) -> None:
