@@ -12,7 +12,7 @@ MiniLM classification, labels withheld, lengths declared (the capture's defaults
 wall-time budget and is appended to OUT/units.jsonl as it finishes, so an interrupted run
 resumes. Prints one table per defence family (ROUGE-1 / ROUGE-2 x100, exact-match %,
 certified %, seconds per batch), and, for noise and the budgets, the weakest setting at which
-the attack falls below ROUGE-1 0.5 with the accuracy it costs (`textleak.utility`: a fine-tune
+the attack falls below ROUGE-1 0.5 (and stays below at every stronger setting measured) with the accuracy it costs (`textleak.utility`: a fine-tune
 of the classifier under the defence on training rows of the first dataset, accuracy on its dev
 rows past the attacked ones, `--utility` of them); writes OUT/fl_defences.json,
 OUT/fl_defences.md (the table) and OUT/fl_defences.png. `--report-only` rebuilds both from OUT/units.jsonl (and cached accuracy runs).
