@@ -12,7 +12,7 @@ MiniLM classification, labels withheld, lengths declared (the capture's defaults
 wall-time budget and is appended to OUT/units.jsonl as it finishes, so an interrupted run
 resumes. Prints one table per defence family (ROUGE-1 / ROUGE-2 x100, exact-match %,
 certified %, seconds per batch), and, for noise and the budgets, the weakest setting at which
-the attack falls below ROUGE-1 0.5 with the accuracy it costs (`textleak.utility`: a fine-tune
+the attack falls below ROUGE-1 0.5 (and stays below at every stronger setting measured) with the accuracy it costs (`textleak.utility`: a fine-tune
 of the classifier under the defence on training rows of the first dataset, accuracy on its dev
 rows past the attacked ones, `--utility` of them); writes OUT/fl_defences.json,
 OUT/fl_defences.md (the table) and OUT/fl_defences.png. `--report-only` rebuilds both from OUT/units.jsonl (and cached accuracy runs).
@@ -96,16 +96,20 @@ def table(rows: list[dict], order: list[str], datasets, sizes) -> str:
 
 
 def weakest(rows: list[dict], family: str, grows: bool) -> dict | None:
-    """Per family, the weakest setting whose mean ROUGE-1 over every cell is below 0.5."""
+    """Per family, the weakest setting whose mean ROUGE-1 over every cell is below 0.5, and so is
+    every stronger setting measured (under a wall-time budget a weaker setting can score below a
+    stronger one that still leaks: that one does not stop the attack)."""
     by = defaultdict(list)
     for r in rows:
         if r["family"] == family and r["rouge1"] is not None:
             by[(r["defence"], r["x"])].append(r["rouge1"])
-    below = [(x, d) for (d, x), v in by.items() if sum(v) / len(v) < 0.5]
-    if not below:
-        return None
-    x, d = min(below) if grows else max(below)
-    return {"defence": d, "x": x, "rouge1": sum(by[(d, x)]) / len(by[(d, x)])}
+    mean = {(x, d): sum(v) / len(v) for (d, x), v in by.items()}
+    found = None
+    for x, d in sorted(mean, reverse=grows):  # strongest first
+        if mean[(x, d)] >= 0.5:
+            break
+        found = {"defence": d, "x": x, "rouge1": mean[(x, d)]}
+    return found
 
 
 def figure(rows: list[dict], path: Path) -> None:
@@ -243,7 +247,9 @@ def accuracy_cost(spec: str, data: str, n_test: int, skip: int, out: Path, cache
     return {"accuracy": defended["accuracy"], "baseline": plain["accuracy"],
             "cost": plain["accuracy"] - defended["accuracy"], "epsilon": defended.get("epsilon"),
             "seconds": defended["seconds"] if not defended.get("cached") else None, "data": data,
-            "n_train": cfg.n_train, "n_test": n_test}
+            "n_train": cfg.n_train, "n_test": defended["n_test"],  # the dev rows left past the skipped ones
+            "fine_tune": {k: defended["config"][k] for k in ("epochs", "batch_size", "lr", "optimizer", "max_length")},
+            "steps": defended["steps"]}
 
 
 if __name__ == "__main__":

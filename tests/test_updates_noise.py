@@ -322,3 +322,53 @@ def test_adamw_update_leaks_tokens_positions_and_the_sentence(wide):
                            unknown=["labels"], options={"prior": "none"}, progress=False)
     assert res.method == "exact-adamw" and res.metrics["mean"]["exact_match"] == 1.0
     assert res.details["certified"] and res.metrics["mean"]["label_accuracy"] == 1.0
+
+
+def test_flip_gains_are_the_slope_of_the_likelihood_along_a_token_change(wide):
+    """The first-order flip gain of token v at position p is the derivative of J along
+    E[x_p] -> E[v] (checked by central differences on the embedding row; x_p occurs once)."""
+    from textleak.attacks.flips import flip_candidates, flip_gains
+    from textleak.attacks.likelihood import _J
+    from textleak.text.ghost import GhostScorer
+
+    model, layout = wide.model, layout_for(wide.model)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    gen = torch.Generator().manual_seed(1)
+    target = {n: 1e-2 * torch.randn(p.shape, generator=gen) for n, p in named.items()}
+    seq, p, v = [2, 7, 8, 12, 3], 2, 15
+    gains = flip_gains(layout, target, seq, 1)
+    assert gains.shape == (len(seq), model.config.vocab_size) and abs(float(gains[p, seq[p]])) < 1e-6
+    W = layout.word_embeddings.weight
+    step, t = (W[v] - W[seq[p]]).detach().clone(), 1e-2
+    J = []
+    with torch.no_grad():
+        for sign in (1, -1):
+            W[seq[p]] += sign * t * step
+            J.append(float(_J(GhostScorer(layout, target)(torch.tensor([seq]), torch.tensor([1])), None)[0]))
+            W[seq[p]] -= sign * t * step
+    assert abs(float(gains[p, v])) > 1e-4
+    assert float(gains[p, v]) == pytest.approx((J[0] - J[1]) / (2 * t), rel=0.05)
+    banned = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    banned[:5] = True
+    flips = flip_candidates(layout, target, seq, 1, 3, banned)
+    assert all(len(f) == 3 and seq[q] not in f and min(f) >= 5 for q, f in enumerate(flips))
+    assert flips[p][0] == int(gains[p].masked_fill(banned, -float("inf")).argmax())
+
+
+def test_a_settled_sentence_is_searched_again_only_after_another_changes(wide, monkeypatch):
+    from textleak.attacks.likelihood import LikelihoodSearch
+    from textleak.threat import Knowledge, Observation
+
+    cap = textleak.capture_gradients(wide, TEXTS[1:], labels=[1, 0], defence="noise:1e-6")
+    know = Knowledge.from_dict(cap.gradients.metadata["knowledge"])
+    obs = Observation(cap.gradients.gradients, cap.gradients.metadata, know)
+    calls = []
+    outcome = {(0, 0): 0, (1, 1): 1}  # (call, sentence) -> tokens changed; every call settles
+
+    def settle(self, batch, i, *args):
+        calls.append(i)
+        return outcome.get((len(calls) - 1, i), 0), True
+
+    monkeypatch.setattr(LikelihoodSearch, "_settle", settle)
+    out = LikelihoodSearch(rounds=5, max_seconds=60).run(obs, wide)
+    assert calls == [0, 1, 0] and out.details["changes_per_round"] == [1, 0]

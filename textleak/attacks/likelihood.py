@@ -21,9 +21,17 @@ Search: coordinate ascent on J, one position at a time, over a few candidates pe
   top 10 at 67-100% of the positions of sentences up to 21 tokens, 34% at 44 tokens);
 - the matched filter in context: with e_p the gradient at position p's embedding input for the
   current guess, the true token maximises <T_E[v], e_p> (top 10 at 91-100% of positions when the
-  context is right; 10-42% from an all-[MASK] context).
+  context is right; 10-42% from an all-[MASK] context);
+- first-order flips (`attacks.flips`, HotFlip on J by double backprop), once the two above settle:
+  a token with a small gradient of its own leaves both under the noise (CoLA "I don't want
+  trouble." at 1e-6: the apostrophe ranks 112th by row evidence, the search settled on "##onic"
+  119,000 noise variances below the truth in J), while the flips rank it 10th; with them the
+  current token's nearest neighbours in the input embeddings (a settled guess often holds a near
+  synonym: "far much" for "far more", 23,000 noise variances below the truth, "more" ranking
+  2088th by row evidence and past 64th by flips).
 Seeds: a given guess (e.g. `exact`'s), else each position's best-correlated token. Rounds stop
-when a sweep changes nothing or the time budget (`core.budget`) runs out; the best guess is
+when a sweep changes nothing or the time budget (`core.budget`) runs out (a sentence settled against
+its target is searched again only once another sentence changes, so batch 1 takes one round); the best guess is
 returned. Nothing here certifies a sentence; `details["fit"]` is ||G - mean g||^2 / (N sigma^2),
 about 1 for the true batch (a chi-square per entry; one token wrong adds ~1e-3 at variance 1e-6).
 
@@ -33,7 +41,7 @@ LAMP, taking `share` of the time budget left so that LAMP, started from its gues
 skips it) where no noise is read off the gradient, for masked-LM, and without declared lengths.
 
 Arguments: `sweeps` (most passes per sentence and round), `rounds` (passes over the batch),
-`per_position` (evidence candidates), `matched` (matched-filter candidates), `share` (of a finite
+`per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours), `share` (of a finite
 time budget left), `initial_ids` (a start [B, L], 0-padded), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
 """
@@ -55,6 +63,7 @@ from ..text.layouts import Layout, layout_for
 from ..text.leaks import class_label_counts, noise_level
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
+from .flips import flip_candidates, neighbour_candidates
 
 
 def _gradient(layout: Layout, seq: Sequence[int], label: int, names: list[str]) -> dict[str, torch.Tensor]:
@@ -120,16 +129,47 @@ class _Batch:
                    for n in self.names)
 
 
+class _Guess:
+    """One sentence's current guess x (label y) against its target T_i: J of the guess (`best`) and
+    the gradient at its embedding sum (`e`, for the matched filter)."""
+
+    def __init__(self, batch: _Batch, i: int):
+        self.T, self.clip = batch.target(i), batch.clip
+        self.scorer = GhostScorer(batch.layout, self.T)
+        self.x, self.y = list(batch.seqs[i]), batch.labels[i]
+        scores = self.scorer(torch.tensor([self.x]), torch.tensor([self.y]))
+        self.best, self.e = float(_J(scores, self.clip)[0]), scores.e[0]
+
+    def substitute(self, p: int, options: list[int]) -> int:
+        """Puts the best of `options` at position p if it raises J; 1 if it did, else 0."""
+        options = [t for t in dict.fromkeys(options) if t != self.x[p]]
+        if not options:
+            return 0
+        trials = torch.tensor([self.x] * len(options))
+        trials[:, p] = torch.tensor(options)
+        s = self.scorer(trials, torch.full((len(options),), self.y))
+        J = _J(s, self.clip)
+        k = int(J.argmax())
+        if float(J[k]) <= self.best:
+            return 0
+        self.best, self.x[p], self.e = float(J[k]), options[k], s.e[k]
+        return 1
+
+
 @ATTACKS.register("likelihood")
 @dataclass
 class LikelihoodSearch:
     name: ClassVar[str] = "likelihood"
     modalities: ClassVar[tuple[str, ...]] = ("text",)
 
-    sweeps: int = 6
+    sweeps: int = 8
     rounds: int = 2
     per_position: int = 10
     matched: int = 4
+    #: first-order flip candidates per position and sweep (`attacks.flips`; 0: none)
+    flips: int = 16
+    #: nearest input-embedding neighbours of the current token per position, tried with the flips
+    neighbours: int = 8
     share: float = 0.5
     #: a cap on the search's seconds when no budget bounds it (None: none). Under noise that buries
     #: the tokens, coordinate ascent went on for minutes per sentence for nothing (a 3-sentence
@@ -182,14 +222,20 @@ class LikelihoodSearch:
             seqs = [[tok.cls_token_id] + s[1:-1] + [tok.sep_token_id] for s in seqs]
         batch = _Batch(layout, grads, seqs, labels, clip_norm(observation.metadata))
         history = []
+        settled = [False] * len(lengths)  # settled against its target as it stands (nothing left to try)
         for _round in range(self.rounds):
             changed = 0
             for i in range(len(lengths)):
-                changed += self._settle(batch, i, evidence[i], banned, word, know.special_tokens)
+                if settled[i]:
+                    continue
+                n, done = self._settle(batch, i, evidence[i], banned, word, know.special_tokens)
+                if n:  # the other sentences' targets moved
+                    settled = [False] * len(lengths)
+                settled[i], changed = done, changed + n
                 if current().expired():
                     break
             history.append(changed)
-            if not changed or current().expired():
+            if not changed or all(settled) or current().expired():
                 break
         entries = sum(grads[n].numel() for n in batch.names)
         fit = batch.misfit() / (entries * level.sigma ** 2)
@@ -205,7 +251,7 @@ class LikelihoodSearch:
                             assumed={"seq_lengths": "known", "labels": label_note,
                                      "special_tokens": bool(know.special_tokens)},
                             config={"sweeps": self.sweeps, "max_seconds": self.max_seconds, "rounds": self.rounds, "per_position": self.per_position,
-                                    "matched": self.matched, "share": self.share, "seed": self.seed}, details=details)
+                                    "matched": self.matched, "flips": self.flips, "neighbours": self.neighbours, "share": self.share, "seed": self.seed}, details=details)
 
     # -- pieces -------------------------------------------------------------------------------
     @staticmethod
@@ -240,49 +286,45 @@ class LikelihoodSearch:
             out.append([per_position[p][b % len(lengths)::len(lengths)] + per_position[p] for p in range(n)])
         return [[list(dict.fromkeys(c))[: k] for c in sent] for sent in out]
 
-    def _settle(self, batch: _Batch, i: int, evidence: list[list[int]], banned, word: str, specials: bool) -> int:
-        """Coordinate ascent on J_i; returns how many tokens changed."""
-        T = batch.target(i)
-        scorer = GhostScorer(batch.layout, T)
-        x, y = list(batch.seqs[i]), batch.labels[i]
-        scores = scorer(torch.tensor([x]), torch.tensor([y]))
-        best, e = float(_J(scores, batch.clip)[0]), scores.e[0]
-        TE = T[word]
-        inner = range(1, len(x) - 1) if specials else range(len(x))
-        total = 0
+    def _settle(self, batch: _Batch, i: int, evidence: list[list[int]], banned, word: str, specials: bool
+                ) -> tuple[int, bool]:
+        """Coordinate ascent on J_i; returns how many tokens changed and whether it settled (a last
+        pass changed nothing; a later round skips it unless another sentence changed). Sweeps try each position's
+        row-evidence and matched-filter candidates; once they settle, first-order flips (`flips`)
+        join them, and once those settle too, moves (swaps, rotations)."""
+        guess = _Guess(batch, i)
+        TE = guess.T[word]
+        inner = range(1, len(guess.x) - 1) if specials else range(len(guess.x))
+        total, flipping = 0, False
         for _sweep in range(self.sweeps):
+            flips = [f + n for f, n in zip(
+                flip_candidates(batch.layout, guess.T, guess.x, guess.y, self.flips, banned, batch.clip),
+                neighbour_candidates(batch.layout, guess.x, self.neighbours, banned))] if flipping else None
             changed = 0
             for p in inner:
-                matched = (TE @ e[p]).masked_fill(banned, -math.inf)
-                options = list(dict.fromkeys(evidence[p][: self.per_position]
-                                             + torch.topk(matched, self.matched).indices.tolist()))
-                options = [t for t in options if t != x[p]]
-                if not options:
-                    continue
-                trials = torch.tensor([x] * len(options))
-                trials[:, p] = torch.tensor(options)
-                s = scorer(trials, torch.full((len(options),), y))
-                J = _J(s, batch.clip)
-                k = int(J.argmax())
-                if float(J[k]) > best:
-                    best, x[p], e = float(J[k]), options[k], s.e[k]
-                    changed += 1
+                matched = (TE @ guess.e[p]).masked_fill(banned, -math.inf)
+                options = evidence[p][: self.per_position] + torch.topk(matched, self.matched).indices.tolist() \
+                    + (flips[p] if flips else [])
+                changed += guess.substitute(p, options)
                 if current().expired():
                     break
             total += changed
             if current().expired():
                 break
+            if not changed and self.flips + self.neighbours > 0 and not flipping:  # the cheap ones settled
+                flipping = True
+                continue
             if not changed:  # single tokens are settled: try moving them (swaps, rotations)
-                moved = self._move(scorer, x, y, best, inner, batch.clip)
+                moved = self._move(guess.scorer, guess.x, guess.y, guess.best, inner, batch.clip)
                 if moved is not None:
-                    x, best, e = moved
+                    guess.x, guess.best, guess.e = moved
                     changed = 1
                     total += 1
             if not changed or current().expired():
                 break
         if total:
-            batch.set(i, x, y)
-        return total
+            batch.set(i, guess.x, guess.y)
+        return total, not changed and not current().expired()
 
     @staticmethod
     def _move(scorer: GhostScorer, x: list[int], y: int, best: float, inner: range, clip: float | None):
