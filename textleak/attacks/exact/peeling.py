@@ -121,7 +121,7 @@ class Peeler:
         best = None
         for slot, labels in self._choices(seq):
             own = dict(zip(self.names, self._own(seq, slot, labels)))
-            share = self.shares.scale(self.rest, own, self.rank, len(seq), last)
+            share = self.shares.scale(self.rest, own, self.rank, self._rows(seq), last)
             if share is None:  # no positive share of this sentence, with these labels, fits
                 continue
             trial = {n: self.rest[n] - share * own[n].double() for n in self.names}
@@ -155,13 +155,22 @@ class Peeler:
             r = sum(float(trial[n].norm()) for n in self.layer1) / self.scale
             return r, r < math.sqrt(torch.finfo(self.grads[self.layer1[0]].dtype).eps), None
         span = layer_span(self.layout, as_captured(trial, self.grads), 1)
-        if self.layout.qkv_sharing(1) == 1:
+        padding = self.layout.padding
+        if self.layout.qkv_sharing(1) == 1 and not (padding is not None and padding.pooled):
             return span.rank, span.rank == self.rank - len(seq), span
-        # layers sharing the weights (ALBERT): the sentence's layer-1 inputs (context-dependent,
-        # its own) come out with it; what its inputs to the other sharing layers add is not
-        # known in advance (layer 0's are shared with other sentences at the same (token,
-        # position); the last layer's are partial), so the drop must be at least its length
+        # Layers sharing the weights (ALBERT): the sentence's layer-1 inputs (context-dependent, its
+        # own) come out with it; what its inputs to the other sharing layers add is not known in
+        # advance (layer 0's are shared with other sentences at the same (token, position); the
+        # last layer's are partial). Left padding under a classifier: each shorter sentence's
+        # pooled pad adds a row at layer 1, mostly the pad's own embedding, the same for all: those
+        # rows lie close together, and how many of them the rest still resolves is not known in
+        # advance. Either way the drop must be at least the sentence's length.
         return span.rank, self.rank - span.rank >= len(seq), span
+
+    def _rows(self, seq: list[int]) -> int:
+        """Layer-1 inputs the sentence adds: its tokens (and under left padding a classifier's pooled pad)."""
+        padding = self.layout.padding
+        return len(seq) if padding is None else padding.rows(len(seq))
 
     def _what_is_left(self, span: LayerSpan) -> Rest:
         allowed = None
@@ -177,8 +186,11 @@ class Peeler:
             lengths = list(self.lengths)
             for s in self.sentences:
                 lengths.remove(len(s))
-            found = positions.token_positions(self.layout, left, sorted(allowed), max(lengths),
-                                              occupants(lengths) if self.known_lengths else None)
+            padding = self.layout.padding  # left padding: absolute positions over the padded length
+            width, reach = (max(lengths), occupants(lengths)) if padding is None else \
+                (max(padding.padded_length(n) for n in lengths), padding.occupants(lengths))
+            found = positions.token_positions(self.layout, left, sorted(allowed), width,
+                                              reach if self.known_lengths else None)
         return Rest(span, allowed, span0 if span0.exact else None, found)
 
     def _choices(self, seq: list[int]):
