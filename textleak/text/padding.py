@@ -92,11 +92,12 @@ class LeftPadding:
 
     @classmethod
     def of(cls, metadata: Mapping[str, Any], lengths: Sequence[int] | None, task: str,
-           pad_id: int | None) -> "LeftPadding | None":
+           pad_id: int | None, ordered: bool = True) -> "LeftPadding | None":
         """The left padding a capture records (`capture.padding`), or None (right padding, or
         nothing recorded). L is the recorded length, else the fixed length, else the longest of
         `lengths` rounded up to the recorded multiple; with accumulation over micro-batches padded
-        on their own, each micro-batch's recorded length goes with the lengths declared in it."""
+        on their own, each micro-batch's recorded length goes with the lengths declared in it
+        (`ordered`: `lengths` are in batch order, as declared; inferred ones are not)."""
         capture = metadata.get("capture") or {}
         padding = capture.get("padding") or {}
         if padding.get("side") != "left":
@@ -107,10 +108,17 @@ class LeftPadding:
         by_length: dict[int, int] = {}
         sizes = (capture.get("accumulation") or {}).get("sizes")
         micro = padding.get("lengths")
-        if lengths and sizes and micro and len(sizes) == len(micro) and sum(sizes) == len(lengths):
+        if ordered and lengths and sizes and micro and len(sizes) == len(micro) and sum(sizes) == len(lengths):
             start = 0
             for size, width in zip(sizes, micro):
                 for k in lengths[start:start + size]:
                     by_length[int(k)] = max(by_length.get(int(k), 0), int(width))  # a length in two: the longer
                 start += size
         return cls(int(max(L, longest)), int(pad_id or 0), task == "classify", by_length)
+
+    def describe(self) -> str:
+        """How the attack placed the sentences, for the result's `assumed` record."""
+        micro = f"; per length {dict(sorted(self.by_length.items()))}" if len(set(self.by_length.values())) > 1 else ""
+        return (f"left padding to {self.length} tokens{micro}: the training script's public configuration "
+                "(capture.padding), sentences at positions L - n .. L - 1" +
+                (", a classifier pooling the pad at position 0" if self.pooled else ""))

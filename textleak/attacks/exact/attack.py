@@ -78,7 +78,9 @@ class Exact:
         vocab, vocab_source = vocabulary(layout, grads, tok, task)
         specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
         # left padding: sentences stand where their length puts them (`text.padding`, `exact.padding`)
-        layout.padding = LeftPadding.of(observation.metadata, lengths, task, tok.pad_token_id)
+        layout.padding = LeftPadding.of(observation.metadata, lengths, task, tok.pad_token_id, ordered=known)
+        if layout.padding is not None:
+            assumed["padding"] = layout.padding.describe()
         read = Candidates.read if layout.padding is None else left_candidates
         cands = read(layout, grads, span0, vocab, lengths, specials, known_lengths=known,
                      masks=declared_masks(observation, lengths), mask_id=tok.mask_token_id)
