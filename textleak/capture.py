@@ -91,10 +91,11 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
     if task == "classify" and labels is not None and len(labels) != len(batch):
         raise InputError(f"{len(labels)} labels for {len(batch)} texts")
     micro = micro_batches(len(batch), step.accumulation)
+    side = step.pad_side or target.tokenizer.padding_side
     gen = torch.Generator().manual_seed(seed)
     parts = [build_batch(target.tokenizer, batch[a:b], task=task, labels=None if labels is None else labels[a:b],
                          num_labels=target.spec.num_labels, mask_prob=mask_prob, max_positions=target.max_positions,
-                         generator=gen, pad_to=step.pad_to, pad_side=step.pad_side, pad_multiple=step.pad_multiple)
+                         generator=gen, pad_to=step.pad_to, pad_side=side, pad_multiple=step.pad_multiple)
              for a, b in micro]
     if defence is not None:
         from .defences import parse_defence
@@ -116,14 +117,14 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
         grads, loss, clipped = step_gradients(target.model, loss_of, len(batch), step=step, defence=defence,
                                               seed=seed)
     pad_id = target.tokenizer.pad_token_id or 0
-    ids, attention = (concat_rows([getattr(tb, k) for tb in parts], step.pad_side, v)
+    ids, attention = (concat_rows([getattr(tb, k) for tb in parts], side, v)
                       for k, v in (("input_ids", pad_id), ("attention_mask", 0)))
-    hf_labels = concat_rows([tb.labels for tb in parts], step.pad_side, -100)
+    hf_labels = concat_rows([tb.labels for tb in parts], side, -100)
     facts, original = text_facts(ids, attention, hf_labels, task)
     builder = CaptureBuilder(
         "text", "capture_gradients", target.spec.to_dict(), facts,
         declare=declare, step=step, dropout=dropout_rates(target.model), clipped=clipped, defence=defence,
-        padding={"side": step.pad_side, "length": int(ids.shape[1]),
+        padding={"side": side, "length": int(ids.shape[1]),
                  "lengths": [int(tb.input_ids.shape[1]) for tb in parts], "to": step.pad_to,
                  "multiple": step.pad_multiple},
         micro_batches=[b - a for a, b in micro] if len(micro) > 1 else None,

@@ -62,7 +62,8 @@ class TrainingStep:
     pass ("float32": none). clip: max global L2 norm of the shared gradient (None: no clipping).
     pad_to: pad every sequence to this many tokens (None: to the batch's longest). pad_side:
     where the pads go ("right", or "left" as a tokenizer with padding_side="left" puts them: the
-    real tokens then stand at positions L - n .. L - 1, BERT's position ids counting over the pads).
+    real tokens then stand at positions L - n .. L - 1, BERT's position ids counting over the pads;
+    None: the tokenizer's own padding_side).
     pad_multiple: round the padded length up to a multiple of this (`pad_to_multiple_of`).
     accumulation: micro-batches summed into one step, as the Trainer's `gradient_accumulation_steps`
     (consecutive micro-batches of ceil(B / accumulation) sentences, each padded on its own, each
@@ -74,7 +75,7 @@ class TrainingStep:
     precision: str = "float32"
     clip: float | None = None
     pad_to: int | None = None
-    pad_side: str = "right"
+    pad_side: str | None = None
     pad_multiple: int | None = None
     accumulation: int = 1
     reduction: str = "mean"
@@ -88,7 +89,7 @@ class TrainingStep:
             raise InputError(f"the clipping norm must be positive, got {self.clip}")
         if self.pad_to is not None and self.pad_to < 1:
             raise InputError(f"the padding length must be at least 1, got {self.pad_to}")
-        if self.pad_side not in PAD_SIDES:
+        if self.pad_side is not None and self.pad_side not in PAD_SIDES:
             raise InputError(f"unknown padding side {self.pad_side!r}; choose one of: {', '.join(PAD_SIDES)}")
         if self.pad_multiple is not None and self.pad_multiple < 1:
             raise InputError(f"the padding multiple must be at least 1, got {self.pad_multiple}")

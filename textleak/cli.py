@@ -54,7 +54,7 @@ def _training_step(args: argparse.Namespace):
     from .capturing import TrainingStep
 
     return TrainingStep(mode="train" if args.train_mode else "eval", precision=PRECISION_NAMES[args.precision],
-                        clip=args.clip, pad_to=args.pad_to, pad_side=getattr(args, "pad_side", "right"),
+                        clip=args.clip, pad_to=args.pad_to, pad_side=getattr(args, "pad_side", None),
                         pad_multiple=getattr(args, "pad_multiple", None), accumulation=getattr(args, "accumulate", 1))
 
 

@@ -24,10 +24,10 @@ class TextBatch:
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], *, max_positions: int, pad_to: int | None = None,
-             pad_side: str = "right", pad_multiple: int | None = None) -> dict[str, torch.Tensor]:
+             pad_side: str | None = None, pad_multiple: int | None = None) -> dict[str, torch.Tensor]:
     """Token ids and attention mask, padded to the longest text or to `pad_to` tokens, rounded up to
     a multiple of `pad_multiple`, on `pad_side` (as the tokenizer's padding_side and a collator's
-    pad_to_multiple_of do)."""
+    pad_to_multiple_of do; None: the tokenizer's own side)."""
     texts = list(texts)
     if not texts:
         raise InputError("no text given")
@@ -48,7 +48,7 @@ def tokenize(tokenizer: Any, texts: Sequence[str], *, max_positions: int, pad_to
                              f"{max_positions}")
         padding = {"padding": "max_length", "max_length": width}
     saved = tokenizer.padding_side
-    tokenizer.padding_side = pad_side
+    tokenizer.padding_side = pad_side or saved
     try:
         enc = tokenizer(texts, truncation=False, return_tensors="pt", **padding)
     finally:
@@ -84,7 +84,7 @@ def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, *, tokenizer: An
 
 def build_batch(tokenizer: Any, texts: Sequence[str], *, task: str, labels: Sequence[int] | None,
                 num_labels: int | None, mask_prob: float, max_positions: int,
-                generator: torch.Generator, pad_to: int | None = None, pad_side: str = "right",
+                generator: torch.Generator, pad_to: int | None = None, pad_side: str | None = None,
                 pad_multiple: int | None = None) -> TextBatch:
     enc = tokenize(tokenizer, texts, max_positions=max_positions, pad_to=pad_to, pad_side=pad_side,
                    pad_multiple=pad_multiple)

@@ -121,7 +121,7 @@ class Peeler:
         best = None
         for slot, labels in self._choices(seq):
             own = dict(zip(self.names, self._own(seq, slot, labels)))
-            share = self.shares.scale(self.rest, own, self.rank, self._rows(seq), last)
+            share = self.shares.scale(self.rest, own, self._rank_left(), self._rows(seq), last)
             if share is None:  # no positive share of this sentence, with these labels, fits
                 continue
             trial = {n: self.rest[n] - share * own[n].double() for n in self.names}
@@ -166,6 +166,18 @@ class Peeler:
         # rows lie close together, and how many of them the rest still resolves is not known in
         # advance. Either way the drop must be at least the sentence's length.
         return span.rank, self.rank - span.rank >= len(seq), span
+
+    def _rank_left(self) -> int:
+        """The rank of what is left, for fitting a share: as read off its spectrum, or under left
+        padding with known lengths what its sentences and pooled pads add up to (those pads' rows
+        lie close together: the spectrum may not resolve them all, and the fit needs every one)."""
+        padding = self.layout.padding
+        if padding is None or not padding.pooled or not self.known_lengths:
+            return self.rank
+        left = list(self.lengths)
+        for s in self.sentences:
+            left.remove(len(s))
+        return max(self.rank, sum(padding.rows(n) for n in left))
 
     def _rows(self, seq: list[int]) -> int:
         """Layer-1 inputs the sentence adds: its tokens (and under left padding a classifier's pooled pad)."""
