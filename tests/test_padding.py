@@ -105,3 +105,13 @@ def test_capture_takes_the_padding_switches(tiny_bert_wide, tmp_path, capsys):
     assert err.startswith("textleak: error: --accumulate 2 needs at least 2 sentences") and err.count("\n") == 1
     assert main(["capture", "--text", "x", "--pad-side", "top", "--out", str(tmp_path / "h.pt")]) == 2
     assert not (tmp_path / "h.pt").exists()
+
+
+def test_a_length_in_two_micro_batches_padded_differently_is_searched_at_each(wide):
+    # micro-batches [9, 5] and [5, 6] tokens: the two 5-token sentences stand at different shifts
+    texts = [TEXTS[0], TEXTS[2], "sad film was", TEXTS[1]]
+    cap, res = _exact(wide, texts, [1, 0, 0, 1], TrainingStep(pad_side="left", accumulation=2))
+    assert cap.gradients.metadata["capture"]["padding"]["lengths"] == [9, 6]
+    assert cap.gradients.metadata["knowledge"]["seq_lengths"] == [9, 5, 5, 6]
+    assert res.details["certified"] and res.metrics["mean"]["exact_match"] == 1.0
+    assert res.metrics["mean"]["label_accuracy"] == 1.0

@@ -28,13 +28,19 @@ import torch
 @dataclass(frozen=True)
 class LeftPadding:
     """length: L, the padded length of the batch; by_length: a different L for some sentence
-    lengths (micro-batches padded on their own under gradient accumulation); pooled: whether
-    the loss reads the row's first position (classification); pad_id: the pad token."""
+    lengths (micro-batches padded on their own under gradient accumulation); slots: each
+    declared sentence's padded length, in batch order (where the micro-batches are recorded);
+    rows: the padded length of each row of the batch the attack computes on, once the search
+    has put each sentence in its slot (a length can occur in two micro-batches padded to
+    different lengths); pooled: whether the loss reads the row's first position
+    (classification); pad_id: the pad token."""
 
     length: int
     pad_id: int
     pooled: bool = True
     by_length: Mapping[int, int] = field(default_factory=dict)
+    slots: tuple[int, ...] = ()
+    rows_padded: tuple[int, ...] = ()
 
     def padded_length(self, n: int) -> int:
         return max(self.by_length.get(n, self.length), n)
@@ -47,11 +53,17 @@ class LeftPadding:
         """Layer inputs a sentence of n tokens adds above layer 0: its tokens, and the pooled pad."""
         return n + int(self.pooled and n < self.padded_length(n))
 
+    def groups(self, lengths: Sequence[int]) -> list[tuple[int, int, int]]:
+        """(length n, padded length L, how many) of the sentences to search, longest first."""
+        pairs = list(zip(lengths, self.slots)) if len(self.slots) == len(lengths) else \
+            [(n, self.padded_length(n)) for n in lengths]
+        return [(n, L, pairs.count((n, L))) for n, L in sorted(set(pairs), key=lambda x: (-x[0], x[1]))]
+
     def occupants(self, lengths: Sequence[int]) -> list[int]:
         """How many sentences (or pooled pads) stand at each absolute position < L (an upper bound)."""
-        width = max(self.padded_length(n) for n in lengths)
-        return [sum(self.shift(n) <= i < self.padded_length(n) or (i == 0 and self.pooled) for n in lengths)
-                for i in range(width)]
+        spans = [(L - n, L) for n, L, k in self.groups(lengths) for _ in range(k)]
+        width = max(L for _, L in spans)
+        return [sum(a <= i < b or (i == 0 and self.pooled) for a, b in spans) for i in range(width)]
 
     def arrange(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -68,7 +80,8 @@ class LeftPadding:
             return ids, (torch.ones_like(ids) if mask is None else mask), pos + (L - n)[:, None], None
         B, W = ids.shape
         n = mask.sum(-1) if mask is not None else torch.full((B,), W, device=dev)
-        L = torch.tensor([self.padded_length(int(k)) for k in n.tolist()], device=dev)
+        L = torch.tensor(list(self.rows_padded) if len(self.rows_padded) == B else
+                         [self.padded_length(int(k)) for k in n.tolist()], device=dev)
         extra = (self.pooled & (n < L)).long()
         width = int((n + extra).max())
         col = torch.arange(W, device=dev)[None]
@@ -106,15 +119,15 @@ class LeftPadding:
         multiple = padding.get("multiple") or 1
         L = padding.get("length") or padding.get("to") or -(-longest // multiple) * multiple
         by_length: dict[int, int] = {}
+        slots: list[int] = []
         sizes = (capture.get("accumulation") or {}).get("sizes")
         micro = padding.get("lengths")
         if ordered and lengths and sizes and micro and len(sizes) == len(micro) and sum(sizes) == len(lengths):
-            start = 0
             for size, width in zip(sizes, micro):
-                for k in lengths[start:start + size]:
-                    by_length[int(k)] = max(by_length.get(int(k), 0), int(width))  # a length in two: the longer
-                start += size
-        return cls(int(max(L, longest)), int(pad_id or 0), task == "classify", by_length)
+                slots += [int(width)] * size
+            for k, width in zip(lengths, slots):
+                by_length[int(k)] = max(by_length.get(int(k), 0), width)  # a length in two: the longer by default
+        return cls(int(max(L, longest)), int(pad_id or 0), task == "classify", by_length, tuple(slots))
 
     def describe(self) -> str:
         """How the attack placed the sentences, for the result's `assumed` record."""

@@ -1,4 +1,4 @@
-"""Left-padded batches (`text.padding.LeftPadding`): one search per sentence length.
+"""Left-padded batches (`text.padding.LeftPadding`): one search per sentence length (and padded length).
 
 Under left padding a sentence of n tokens stands at positions L - n .. L - 1, so where a token
 stands depends on the length of its sentence, and a prefix means different positions for
@@ -7,11 +7,14 @@ position over the padded length (`left_candidates`); each length is then searche
 (`search_left_padded`, longest first: it has no pads), reading them from its shift L - n, with
 layer 0's rows shifted the same way (`Layout.shifted`). The peeler is shared: a sentence found
 for one length comes off the batch before the next length is searched, and only the very last
-sentence of the batch is peeled as the last. Certificates are those of any search."""
+sentence of the batch is peeled as the last. Under accumulation each micro-batch is padded to its own
+length L, and a length found in two micro-batches is searched once for each L. Certificates are
+those of any search."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
@@ -39,20 +42,25 @@ def left_candidates(layout: Layout, gradients: Any, span0: LayerSpan, vocab: tor
 
 def search_left_padded(config: Any, layout: Layout, tokenizer: Any, cands: Candidates, lengths: Sequence[int],
                        span1: LayerSpan | None, peeler: Any, template: bool) -> tuple[list[list[int]], list[float]]:
-    """(one sentence per length of `lengths`, in that order; their layer-1 residuals against `span1`)."""
-    padding = layout.padding
-    found: dict[int, list[list[int]]] = {}
+    """(one sentence per length of `lengths`, in that order; their layer-1 residuals against `span1`).
+    Leaves `layout.padding` with each of those rows' padded length (`LeftPadding.rows_padded`)."""
+    base = layout.padding
+    found: dict[tuple[int, int], list[tuple[list[int], float]]] = {}
     view, span = cands, span1
-    order = sorted(set(lengths), reverse=True)
-    for i, n in enumerate(order):
+    groups = base.groups(lengths)
+    for i, (n, L, count) in enumerate(groups):
+        # this length at its micro-batch's padded length (a length may be in two, padded differently)
+        layout.padding = replace(base, by_length={**base.by_length, n: L})
         view = copy.copy(view)  # what earlier searches narrowed, read from this length's shift
-        view.offset = padding.shift(n)
-        with layout.shifted(padding.shift(n)), layer0_table(layout, n):
-            search = Search(config, layout, tokenizer, view, [n] * lengths.count(n), span, peeler, template)
-            search.later = sum(lengths.count(m) for m in order[i + 1:])
-            found[n], _ = search.run()
-        span = search.span1  # what is left once this length's sentences are peeled off
-    sequences = [found[n].pop(0) for n in lengths]
-    residuals = sequence_residuals(layout, span1, sequences).tolist() if span1 is not None else \
-        [float("nan")] * len(sequences)
-    return sequences, [float(r) for r in residuals]
+        view.offset = L - n
+        with layout.shifted(L - n), layer0_table(layout, n):
+            search = Search(config, layout, tokenizer, view, [n] * count, span, peeler, template)
+            search.later = sum(k for _, _, k in groups[i + 1:])
+            seqs, _ = search.run()
+            res = sequence_residuals(layout, span1, seqs).tolist() if span1 is not None else [float("nan")] * count
+        found[(n, L)] = list(zip(seqs, res))
+        span = search.span1  # what is left once these sentences are peeled off
+    slots = list(base.slots) if len(base.slots) == len(lengths) else [base.padded_length(n) for n in lengths]
+    picked = [found[(n, L)].pop(0) for n, L in zip(lengths, slots)]
+    layout.padding = replace(base, rows_padded=tuple(slots))
+    return [s for s, _ in picked], [float(r) for _, r in picked]
