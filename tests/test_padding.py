@@ -115,3 +115,17 @@ def test_a_length_in_two_micro_batches_padded_differently_is_searched_at_each(wi
     assert cap.gradients.metadata["knowledge"]["seq_lengths"] == [9, 5, 5, 6]
     assert res.details["certified"] and res.metrics["mean"]["exact_match"] == 1.0
     assert res.metrics["mean"]["label_accuracy"] == 1.0
+
+
+def test_sentence_pairs_show_in_the_token_type_gradient_and_exact_refuses_them(wide):
+    from textleak.capturing import parameter_gradients
+    from textleak.errors import MissingKnowledgeError
+
+    cap = textleak.capture_gradients(wide, TEXTS[:2], labels=[1, 0], device="cpu")
+    assert layout_for(wide.model).types_used(cap.gradients.gradients) == [0]  # single sentences: type 0 only
+    pair = wide.tokenizer([TEXTS[1]], [TEXTS[2]], return_tensors="pt")
+    wide.model.eval()
+    grads = parameter_gradients(wide.model(**pair, labels=torch.tensor([1])).loss, wide.model)
+    shared = textleak.GradientFile(grads, cap.gradients.metadata)
+    with pytest.raises(MissingKnowledgeError, match="token types \\[0, 1\\].*sentence pairs"):
+        textleak.recover(gradients=shared, model=wide, attack="exact", progress=False, device="cpu")

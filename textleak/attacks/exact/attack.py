@@ -57,6 +57,11 @@ class Exact:
         variant = self._variant(observation, target)
         if variant is not None:
             return variant.preflight(observation, target)
+        types = layout_for(target.model).types_used(observation.gradients) if observation.defence is None else None
+        if types and max(types) > 0:  # (a defence's noise fills every row: then the certificates decide)
+            raise MissingKnowledgeError(
+                f"exact recovery reads single sentences (token type 0); this batch used token types {types} "
+                "(nonzero rows of the token-type embedding gradient): sentence pairs are not supported")
         known = observation.knowledge.seq_lengths
         self._layer0(observation, target, sum(known) if known is not None else None)
 

@@ -250,6 +250,14 @@ class Layout:
         finally:
             self.offset = saved
 
+    def types_used(self, gradients: Mapping[str, torch.Tensor]) -> list[int] | None:
+        """Token types the batch used: the nonzero rows of the token-type embedding gradient (a
+        sentence pair's second segment is type 1); None where the model or file has none."""
+        t = self.token_type_embeddings
+        if t is None or self.name(t.weight) not in gradients:
+            return None
+        return (gradients[self.name(t.weight)].double().norm(dim=1) > 0).nonzero().flatten().tolist()
+
     def inputs(self, ids: torch.Tensor, mask: torch.Tensor | None = None,
                positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Keyword arguments for the model: token ids [B, L], attention mask (all ones by default),
