@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ...text.layouts import Layout, MlmHead
-from ...text.leaks import LayerSpan, embedding_token_set, layer_span, mlm_label_counts, positions
+from ...text.leaks import SPAN_TESTS, LayerSpan, embedding_token_set, layer_span, mlm_label_counts, positions
 from ...text.leaks.positions import TokenPositions
 from ...text.leaks.scale import ShareFit
 from .sequences import occupants
@@ -90,6 +90,8 @@ class Peeler:
         self.rest = {n: grads[n].to(dev).double().clone() for n in self.names} if self.working else {}
         self._word_top: float | None = None  # the largest word-embedding gradient row's norm, once needed
         self.rank = rank  # of the layer-1 span of what is left
+        if self.working and self._pooled_pads():
+            self.rank = self._span(as_captured(self.rest, grads)).rank
         # each sentence's share of the gradient is fitted, not assumed (clipping, accumulation, sum losses)
         self.shares = ShareFit(self.layer1, [n for n in self.names if n not in self.layer1],
                                [n for n in (self.word, self.position_table) if n],
@@ -154,18 +156,27 @@ class Peeler:
         if last:  # nothing may be left but the capture's rounding
             r = sum(float(trial[n].norm()) for n in self.layer1) / self.scale
             return r, r < math.sqrt(torch.finfo(self.grads[self.layer1[0]].dtype).eps), None
-        span = layer_span(self.layout, as_captured(trial, self.grads), 1)
-        padding = self.layout.padding
-        if self.layout.qkv_sharing(1) == 1 and not (padding is not None and padding.pooled):
+        span = self._span(as_captured(trial, self.grads))
+        if self.layout.qkv_sharing(1) == 1:
             return span.rank, span.rank == self.rank - len(seq), span
-        # Layers sharing the weights (ALBERT): the sentence's layer-1 inputs (context-dependent, its
-        # own) come out with it; what its inputs to the other sharing layers add is not known in
-        # advance (layer 0's are shared with other sentences at the same (token, position); the
-        # last layer's are partial). Left padding under a classifier: each shorter sentence's
-        # pooled pad adds a row at layer 1, mostly the pad's own embedding, the same for all: those
-        # rows lie close together, and how many of them the rest still resolves is not known in
-        # advance. Either way the drop must be at least the sentence's length.
+        # layers sharing the weights (ALBERT): the sentence's layer-1 inputs (context-dependent,
+        # its own) come out with it; what its inputs to the other sharing layers add is not
+        # known in advance (layer 0's are shared with other sentences at the same (token,
+        # position); the last layer's are partial), so the drop must be at least its length
         return span.rank, self.rank - span.rank >= len(seq), span
+
+    def _pooled_pads(self) -> bool:
+        padding = self.layout.padding
+        return padding is not None and padding.pooled and len(self.layer1) == 3
+
+    def _span(self, values: Mapping[str, torch.Tensor]) -> LayerSpan:
+        """The layer-1 span of `values`. Under left padding a classifier pools a pad, whose layer-1
+        input enters the query gradient only (masked as a key, it gets no key or value gradient):
+        those rows lie close together (mostly the pad's own embedding), so how many the spectrum
+        resolves varies; the key and value gradients span the sentences' tokens alone, one row each."""
+        if not self._pooled_pads():
+            return layer_span(self.layout, values, 1)
+        return SPAN_TESTS.get("rank-gap")([values[n].to(self.layout.device) for n in self.layer1[1:]], 1)
 
     def _rank_left(self) -> int:
         """The rank of what is left, for fitting a share: as read off its spectrum, or under left
