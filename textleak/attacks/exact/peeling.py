@@ -90,8 +90,7 @@ class Peeler:
         self.rest = {n: grads[n].to(dev).double().clone() for n in self.names} if self.working else {}
         self._word_top: float | None = None  # the largest word-embedding gradient row's norm, once needed
         self.rank = rank  # of the layer-1 span of what is left
-        if self.working and self._pooled_pads():
-            self.rank = self._span(as_captured(self.rest, grads)).rank
+        self.rank_kv = self._kv_rank(self.rest) if self.working else None
         # each sentence's share of the gradient is fitted, not assumed (clipping, accumulation, sum losses)
         self.shares = ShareFit(self.layer1, [n for n in self.names if n not in self.layer1],
                                [n for n in (self.word, self.position_table) if n],
@@ -148,6 +147,7 @@ class Peeler:
         if last:
             return Rest(None)
         self.rank, self.rest = score, trial
+        self.rank_kv = self._kv_rank(trial)
         return self._what_is_left(span)
 
     def _test(self, seq: list[int], trial: dict[str, torch.Tensor], last: bool
@@ -156,7 +156,10 @@ class Peeler:
         if last:  # nothing may be left but the capture's rounding
             r = sum(float(trial[n].norm()) for n in self.layer1) / self.scale
             return r, r < math.sqrt(torch.finfo(self.grads[self.layer1[0]].dtype).eps), None
-        span = self._span(as_captured(trial, self.grads))
+        span = layer_span(self.layout, as_captured(trial, self.grads), 1)
+        if self.rank_kv is not None:  # left padding under a classifier (`_kv_rank`)
+            drop_kv = self.rank_kv - self._kv_rank(trial)
+            return span.rank, drop_kv == len(seq) or self.rank - span.rank >= len(seq), span
         if self.layout.qkv_sharing(1) == 1:
             return span.rank, span.rank == self.rank - len(seq), span
         # layers sharing the weights (ALBERT): the sentence's layer-1 inputs (context-dependent,
@@ -169,14 +172,17 @@ class Peeler:
         padding = self.layout.padding
         return padding is not None and padding.pooled and len(self.layer1) == 3
 
-    def _span(self, values: Mapping[str, torch.Tensor]) -> LayerSpan:
-        """The layer-1 span of `values`. Under left padding a classifier pools a pad, whose layer-1
-        input enters the query gradient only (masked as a key, it gets no key or value gradient):
-        those rows lie close together (mostly the pad's own embedding), so how many the spectrum
-        resolves varies; the key and value gradients span the sentences' tokens alone, one row each."""
+    def _kv_rank(self, values: Mapping[str, torch.Tensor]) -> int | None:
+        """Under left padding a classifier pools a pad, whose layer-1 input enters the query gradient
+        only (masked as a key, it gets no key or value gradient): those rows lie close together
+        (mostly the pad's own embedding), so how many of them the spectrum resolves varies. The
+        peel is then certified by the key and value gradients' rank, which a sentence's tokens
+        lower by its length, or, where those are degenerate (a random model), by the stacked
+        rank dropping at least that much. None without left padding."""
         if not self._pooled_pads():
-            return layer_span(self.layout, values, 1)
-        return SPAN_TESTS.get("rank-gap")([values[n].to(self.layout.device) for n in self.layer1[1:]], 1)
+            return None
+        kv = as_captured({n: values[n] for n in self.layer1[1:]}, self.grads)
+        return SPAN_TESTS.get("rank-gap")([kv[n].to(self.layout.device) for n in self.layer1[1:]], 1).rank
 
     def _rank_left(self) -> int:
         """The rank of what is left, for fitting a share: as read off its spectrum, or under left
