@@ -17,8 +17,16 @@ Settings (each a `textleak.capturing.TrainingStep` given to `capture_gradients`,
     clip+dropout  both
     bf16 / fp16   the forward pass under bfloat16 / float16 autocast
     pad128        every sentence padded to 128 tokens
+    padleft       padded on the left (a tokenizer's padding_side="left") to the longest
+    padleft128    padded on the left to 128 tokens
+    padmult8      padded to the longest rounded up to a multiple of 8 (pad_to_multiple_of=8)
+    accum2 / accum4   the gradient summed over 2 / 4 micro-batches (gradient_accumulation_steps),
+                  each padded to its own longest (a batch of 1 cannot be split: refused)
+    padleft+accum2    both
     trainer       a real `transformers.Trainer` step with its defaults (train mode, max_grad_norm 1.0,
                   AdamW) and `DataCollatorWithPadding`, captured by `GradientCaptureCallback`
+    trainer-left  the same with the tokenizer's padding_side="left" and the model's dropout set to 0
+                  (so that the exact attack applies: clipping and left padding, no dropout)
 Labels are withheld from the attacker (`--unknown labels`); lengths are declared as the capture
 declares them. Each finished batch is appended to the JSONL file (an interrupted run resumes);
 the table is printed and written as JSON beside it. Public API only.
@@ -53,9 +61,16 @@ SETTINGS = {
     "bf16": TrainingStep(precision="bfloat16"),
     "fp16": TrainingStep(precision="float16"),
     "pad128": TrainingStep(pad_to=128),
+    "padleft": TrainingStep(pad_side="left"),
+    "padleft128": TrainingStep(pad_side="left", pad_to=128),
+    "padmult8": TrainingStep(pad_multiple=8),
+    "accum2": TrainingStep(accumulation=2),
+    "accum4": TrainingStep(accumulation=4),
+    "padleft+accum2": TrainingStep(pad_side="left", accumulation=2),
     "dropout0.2": TrainingStep(mode="train"),
     "dropout0.3": TrainingStep(mode="train"),
     "trainer": None,  # a transformers.Trainer step
+    "trainer-left": None,  # the same, left padding, dropout off
 }
 #: settings that change the model's dropout rate (config and modules) for the step
 RATES = {"dropout0.2": 0.2, "dropout0.3": 0.3}
@@ -83,14 +98,23 @@ def dropout_rate(model, rate: float | None):
             m.p = p
 
 
-def trainer_capture(model_name: str | None, batch: list[tuple[str, int]], folder: Path, seed: int):
+def trainer_capture(model_name: str | None, batch: list[tuple[str, int]], folder: Path, seed: int,
+                    left: bool = False):
     """One Trainer step on `batch` (defaults: train mode, max_grad_norm 1.0, DataCollatorWithPadding),
-    captured by the callback; returns the gradient file's path."""
+    captured by the callback; returns the gradient file's path. `left`: the tokenizer pads on the
+    left and the model's dropout is 0."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
     from textleak.integrations.hf import GradientCaptureCallback
 
     target = load_text_model(model_name, task="classify")  # a fresh copy: the step updates it
     tok = target.tokenizer
+    if left:
+        tok.padding_side = "left"
+        for k in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            setattr(target.model.config, k, 0.0)
+        for m in target.model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
     data = [dict(tok(t), labels=y) for t, y in batch]
     callback = GradientCaptureCallback(folder / "caps", steps=[1], tokenizer=tok)
     args = TrainingArguments(output_dir=str(folder / "out"), per_device_train_batch_size=len(batch), max_steps=1,
@@ -107,7 +131,7 @@ def run_unit(setting: str, batch, target, model_name, attack: str, unknown, seed
     try:
         if SETTINGS[setting] is None:
             folder = Path(tempfile.mkdtemp(prefix="tl-trainer-"))
-            path = trainer_capture(model_name, batch, folder, seed)
+            path = trainer_capture(model_name, batch, folder, seed, left=setting == "trainer-left")
             t0 = time.perf_counter()
             res = textleak.recover(gradients=path, attack=attack, unknown=unknown, progress=False, device="cpu",
                                    reference=str(path.with_name("grads.reference.json")))

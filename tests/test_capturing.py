@@ -27,7 +27,8 @@ def test_text_capture_records_the_step_it_shared(classifier):
     assert shared["source"] == "capture_gradients" and shared["mode"] == "eval"
     assert shared["dropout"] == {"attention_probs_dropout_prob": 0.1, "hidden_dropout_prob": 0.1}
     assert shared["clipping"] == {"max_norm": None, "clipped": None} and shared["precision"] == "float32"
-    assert shared["padding"] == {"side": "right", "length": None} and shared["accumulation"] == {"steps": 1}
+    assert shared["padding"] == {"side": "right", "length": 8, "lengths": [8], "to": None, "multiple": None}
+    assert shared["accumulation"] == {"steps": 1}
     assert shared["loss"] == {"function": "cross-entropy", "reduction": "mean"} and shared["defence"] is None
     assert shared["victim"]["seed"] == 4 and shared["victim"]["mask_prob"] is None
     assert meta["knowledge"]["seq_lengths"] == [8, 5] and meta["knowledge"]["labels"] is None

@@ -41,7 +41,8 @@ def test_callback_writes_step_gradients_the_attacker_can_load(tiny_bert, tmp_pat
     grads = textleak.load_gradients(callback.written[0])
     meta = grads.metadata
     shared = meta["capture"]
-    assert shared["accumulation"] == {"steps": 2} and shared["clipping"]["max_norm"] == 1.0
+    assert shared["accumulation"] == {"steps": 2, "sizes": [1, 1]} and shared["clipping"]["max_norm"] == 1.0
+    assert shared["padding"]["side"] == "right" and len(shared["padding"]["lengths"]) == 2  # each micro-batch's own
     assert shared["mode"] == "train" and shared["dropout"]["hidden_dropout_prob"] == 0.1
     assert shared["precision"] == "float32" and shared["victim"]["step"] == 2
     assert meta["knowledge"]["batch_size"] == 2

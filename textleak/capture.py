@@ -14,8 +14,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .capturing import (DEFAULT_DECLARED, CaptureBuilder, TrainingStep, check_declared, dropout_rates,
-                        step_gradients, text_facts, text_reference)
+from .capturing import (DEFAULT_DECLARED, CaptureBuilder, TrainingStep, check_declared, concat_rows, dropout_rates,
+                        micro_batches, step_gradients, text_facts, text_reference)
 from .capturing import DECLARABLE, declared_knowledge, parameter_gradients  # noqa: F401  (their old home)
 from .core.device import on_device, resolve_device
 from .errors import InputError
@@ -69,8 +69,9 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
     declare: which facts the attacker is assumed to know (see `threat.Knowledge`).
     defence: a spec such as "noise:1e-3" or a `textleak.defences.Defence` applied to what is
         shared (recorded under the metadata's `capture.defence`); None shares the plain gradient.
-    step: the training protocol (`TrainingStep`: mode, precision, clipping, padding); default
-        eval mode, float32, unclipped, padded to the longest sentence.
+    step: the training protocol (`TrainingStep`: mode, precision, clipping, padding side, length
+        and multiple, accumulation over micro-batches); default eval mode, float32, unclipped, one
+        batch padded on the right to its longest sentence.
     device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N": where the step runs (the
         model is moved there for the step and back); the gradients are returned on the CPU.
     """
@@ -87,30 +88,48 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
     device = resolve_device(device)
     target = _text_target(model, tokenizer, task, num_labels, head_seed)
     task = target.spec.task
-    tb = build_batch(target.tokenizer, batch, task=task, labels=labels, num_labels=target.spec.num_labels,
-                     mask_prob=mask_prob, max_positions=target.max_positions,
-                     generator=torch.Generator().manual_seed(seed), pad_to=step.pad_to)
+    if task == "classify" and labels is not None and len(labels) != len(batch):
+        raise InputError(f"{len(labels)} labels for {len(batch)} texts")
+    micro = micro_batches(len(batch), step.accumulation)
+    side = step.pad_side or target.tokenizer.padding_side
+    gen = torch.Generator().manual_seed(seed)
+    parts = [build_batch(target.tokenizer, batch[a:b], task=task, labels=None if labels is None else labels[a:b],
+                         num_labels=target.spec.num_labels, mask_prob=mask_prob, max_positions=target.max_positions,
+                         generator=gen, pad_to=step.pad_to, pad_side=side, pad_multiple=step.pad_multiple)
+             for a, b in micro]
     if defence is not None:
         from .defences import parse_defence
 
         defence = parse_defence(defence)
-    inputs = {k: v.to(device) for k, v in tb.model_inputs().items()}
-    hf_labels = tb.labels.to(device)
+    inputs = [({k: v.to(device) for k, v in tb.model_inputs().items()}, tb.labels.to(device)) for tb in parts]
 
     def loss_of(rows: Sequence[int]) -> torch.Tensor:
-        rows = list(rows)
-        return target.model(**{k: v[rows] for k, v in inputs.items()}, labels=hf_labels[rows]).loss
+        # the Trainer's accumulation: each micro-batch's mean loss over its rows, divided by their number
+        total = None
+        for (a, b), (x, y) in zip(micro, inputs):
+            sel = [r - a for r in rows if a <= r < b]
+            if sel:
+                loss = target.model(**{k: v[sel] for k, v in x.items()}, labels=y[sel]).loss / len(micro)
+                total = loss if total is None else total + loss
+        return total
 
     with on_device(target.model, device):
-        grads, loss, clipped = step_gradients(target.model, loss_of, len(tb.lengths), step=step, defence=defence,
+        grads, loss, clipped = step_gradients(target.model, loss_of, len(batch), step=step, defence=defence,
                                               seed=seed)
-    facts, original = text_facts(tb.input_ids, tb.attention_mask, tb.labels, task)
+    pad_id = target.tokenizer.pad_token_id or 0
+    ids, attention = (concat_rows([getattr(tb, k) for tb in parts], side, v)
+                      for k, v in (("input_ids", pad_id), ("attention_mask", 0)))
+    hf_labels = concat_rows([tb.labels for tb in parts], side, -100)
+    facts, original = text_facts(ids, attention, hf_labels, task)
     builder = CaptureBuilder(
         "text", "capture_gradients", target.spec.to_dict(), facts,
         declare=declare, step=step, dropout=dropout_rates(target.model), clipped=clipped, defence=defence,
-        padding={"side": target.tokenizer.padding_side, "length": step.pad_to},
+        padding={"side": side, "length": int(ids.shape[1]),
+                 "lengths": [int(tb.input_ids.shape[1]) for tb in parts], "to": step.pad_to,
+                 "multiple": step.pad_multiple},
+        micro_batches=[b - a for a, b in micro] if len(micro) > 1 else None,
         victim={"seed": seed, "mask_prob": mask_prob if task == "mlm" else None, "loss_value": loss})
-    reference = text_reference(original, tb.input_ids, tb.attention_mask, facts.get("labels", []), batch)
+    reference = text_reference(original, ids, attention, facts.get("labels", []), batch)
     return builder.build(grads, reference)
 
 

@@ -13,8 +13,11 @@ and a defence. `CaptureBuilder` writes the metadata's `capture` section:
     dropout       {setting: rate}: the model config's dropout rates (HF), else each nn.Dropout's p
     clipping      {"max_norm": float | None, "clipped": bool | None}: the bound, and whether this step hit it
     precision     "float32" | "bfloat16" | "float16": the autocast dtype of the forward pass
-    padding       {"side": "right" | "left", "length": int | None (the batch's longest)}; None for images
-    accumulation  {"steps": int}: micro-batches summed into the shared gradient
+    padding       {"side": "right" | "left", "length": int | None (the padded length; the longest
+                  micro-batch's), "lengths": [int] (each micro-batch's padded length), "to": int | None
+                  (fixed-length padding), "multiple": int | None (pad_to_multiple_of)}; None for images
+    accumulation  {"steps": int, "sizes": [int]}: micro-batches summed into the shared gradient, and
+                  how many sentences each held (in batch order)
     loss          {"function": "cross-entropy", "reduction": "mean" | ...}
     defence       `Defence.describe()`, or None for the plain gradient
     victim        the victim's own settings and by-products (seed, mask_prob, loss_value, ...)
@@ -44,6 +47,7 @@ from .versions import versions
 DECLARABLE = ("batch_size", "seq_lengths", "labels", "mask_positions")
 DEFAULT_DECLARED = ("batch_size", "seq_lengths", "mask_positions")
 MODES = ("eval", "train")
+PAD_SIDES = ("right", "left")
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 #: loss_of(rows) -> the training loss of those examples of the batch (a scalar with a graph)
@@ -56,15 +60,23 @@ class TrainingStep:
 
     mode: "eval" (dropout off) or "train" (dropout on). precision: autocast dtype of the forward
     pass ("float32": none). clip: max global L2 norm of the shared gradient (None: no clipping).
-    pad_to: pad every sequence to this many tokens (None: to the batch's longest). accumulation:
-    micro-batches summed into one step (recorded; the callback reads it from the Trainer).
-    reduction: how the loss reduces over examples.
+    pad_to: pad every sequence to this many tokens (None: to the batch's longest). pad_side:
+    where the pads go ("right", or "left" as a tokenizer with padding_side="left" puts them: the
+    real tokens then stand at positions L - n .. L - 1, BERT's position ids counting over the pads;
+    None: the tokenizer's own padding_side).
+    pad_multiple: round the padded length up to a multiple of this (`pad_to_multiple_of`).
+    accumulation: micro-batches summed into one step, as the Trainer's `gradient_accumulation_steps`
+    (consecutive micro-batches of ceil(B / accumulation) sentences, each padded on its own, each
+    micro-batch's mean loss divided by the number of micro-batches). reduction: how the loss
+    reduces over examples.
     """
 
     mode: str = "eval"
     precision: str = "float32"
     clip: float | None = None
     pad_to: int | None = None
+    pad_side: str | None = None
+    pad_multiple: int | None = None
     accumulation: int = 1
     reduction: str = "mean"
 
@@ -77,6 +89,10 @@ class TrainingStep:
             raise InputError(f"the clipping norm must be positive, got {self.clip}")
         if self.pad_to is not None and self.pad_to < 1:
             raise InputError(f"the padding length must be at least 1, got {self.pad_to}")
+        if self.pad_side is not None and self.pad_side not in PAD_SIDES:
+            raise InputError(f"unknown padding side {self.pad_side!r}; choose one of: {', '.join(PAD_SIDES)}")
+        if self.pad_multiple is not None and self.pad_multiple < 1:
+            raise InputError(f"the padding multiple must be at least 1, got {self.pad_multiple}")
         if self.accumulation < 1:
             raise InputError(f"gradient accumulation needs at least 1 micro-batch, got {self.accumulation}")
 
@@ -212,6 +228,7 @@ class CaptureBuilder:
     step: TrainingStep = field(default_factory=TrainingStep)
     dropout: Mapping[str, float] = field(default_factory=dict)
     padding: Mapping[str, Any] | None = None
+    micro_batches: Sequence[int] | None = None
     clipped: bool | None = None
     defence: Any = None
     victim: Mapping[str, Any] = field(default_factory=dict)
@@ -225,7 +242,8 @@ class CaptureBuilder:
         return {"source": self.source, "mode": step.mode, "dropout": dict(self.dropout),
                 "clipping": {"max_norm": step.clip, "clipped": self.clipped}, "precision": step.precision,
                 "padding": None if self.padding is None else dict(self.padding),
-                "accumulation": {"steps": step.accumulation},
+                "accumulation": {"steps": step.accumulation,
+                                 **({"sizes": list(self.micro_batches)} if self.micro_batches else {})},
                 "loss": {"function": "cross-entropy", "reduction": step.reduction},
                 "defence": self.defence.describe() if self.defence is not None else None,
                 "victim": dict(self.victim),
@@ -245,11 +263,30 @@ class CaptureBuilder:
         return Capture(GradientFile(dict(gradients), self.metadata()), reference)
 
 
+def micro_batches(size: int, steps: int) -> list[tuple[int, int]]:
+    """(start, end) of each micro-batch when a batch of `size` is accumulated over `steps`: consecutive
+    micro-batches of ceil(size / steps) sentences (a data loader's), the last one possibly smaller."""
+    if steps > size:
+        raise InputError(f"gradient accumulation over {steps} micro-batches needs at least {steps} sentences, got {size}")
+    each = -(-size // steps)
+    return [(a, min(a + each, size)) for a in range(0, size, each)]
+
+
+def concat_rows(parts: Sequence[torch.Tensor], side: str, value: int) -> torch.Tensor:
+    """Micro-batches' tensors as one batch: 2-d ones padded with `value` to the widest on `side`."""
+    if parts[0].dim() < 2:
+        return torch.cat(list(parts))
+    width = max(t.shape[1] for t in parts)
+    pad = lambda t: (width - t.shape[1], 0) if side == "left" else (0, width - t.shape[1])  # noqa: E731
+    return torch.cat([torch.nn.functional.pad(t, pad(t), value=value) for t in parts])
+
+
 def text_facts(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None,
                task: str) -> tuple[dict[str, Any], torch.Tensor]:
     """(facts, original ids) of a text batch as the model saw it: `input_ids` [B, L] (masked for
     masked-LM), `labels` as HF takes them ([B] classes, or [B, L] token ids with -100 where
-    unlabelled). Lengths count the attended tokens; positions index the padded rows."""
+    unlabelled). Lengths count the attended tokens; masked positions count from each row's first
+    attended token (its [CLS], wherever padding put it)."""
     input_ids, attention_mask = input_ids.cpu(), attention_mask.cpu()
     facts: dict[str, Any] = {"batch_size": int(input_ids.shape[0]), "seq_lengths": attention_mask.sum(1).tolist()}
     original = input_ids.clone()
@@ -259,8 +296,10 @@ def text_facts(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: to
     if task == "mlm":
         labelled = labels != -100
         original = torch.where(labelled, labels, input_ids)
-        facts["mask_positions"] = [row.nonzero().flatten().tolist() for row in labelled]
-        facts["labels"] = [[int(labels[b, p]) for p in pos] for b, pos in enumerate(facts["mask_positions"])]
+        start = [int(row.nonzero()[0]) if bool(row.any()) else 0 for row in attention_mask]
+        at = [row.nonzero().flatten().tolist() for row in labelled]
+        facts["mask_positions"] = [[p - s for p in pos] for pos, s in zip(at, start)]
+        facts["labels"] = [[int(labels[b, p]) for p in pos] for b, pos in enumerate(at)]
     else:
         facts["labels"] = labels.tolist()
     return facts, original

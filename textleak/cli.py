@@ -49,11 +49,13 @@ def _batches(texts: list[str], labels: list[int] | None, size: int | None):
 
 
 def _training_step(args: argparse.Namespace):
-    """The capture's training protocol from --train-mode, --clip, --precision, --pad-to."""
+    """The capture's training protocol from --train-mode, --clip, --precision, --pad-to, --pad-side,
+    --pad-multiple, --accumulate."""
     from .capturing import TrainingStep
 
     return TrainingStep(mode="train" if args.train_mode else "eval", precision=PRECISION_NAMES[args.precision],
-                        clip=args.clip, pad_to=args.pad_to)
+                        clip=args.clip, pad_to=args.pad_to, pad_side=getattr(args, "pad_side", None),
+                        pad_multiple=getattr(args, "pad_multiple", None), accumulation=getattr(args, "accumulate", 1))
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
@@ -80,6 +82,10 @@ def cmd_capture(args: argparse.Namespace) -> int:
     batches = list(_batches(texts, args.labels, args.batch_size))
     paths = check_capture_outputs(args, len(batches), [(args.file, "--file")] if args.file else [])
     step = _training_step(args)  # a bad --clip or --pad-to fails before the model loads
+    short = [len(b) for b, _ in batches if len(b) < step.accumulation]
+    if short:
+        raise InputError(f"--accumulate {step.accumulation} needs at least {step.accumulation} sentences per batch; "
+                         f"a batch has {short[0]}")
     from .text.models import load_text_model
 
     target = load_text_model(args.model, task=args.task, num_labels=args.num_labels or 2, head_seed=args.head_seed)

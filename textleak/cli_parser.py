@@ -95,6 +95,12 @@ def _capture(sub, commands: Mapping[str, Callable]) -> None:
     c.add_argument("--precision", choices=sorted(PRECISION_NAMES), default="float32",
                    help="autocast dtype of the forward pass (bf16/fp16 as TrainingArguments' bf16=/fp16=True)")
     c.add_argument("--pad-to", type=POS_INT, metavar="N", help="pad every sentence to N tokens (default: the longest)")
+    c.add_argument("--pad-side", choices=("right", "left"),
+                   help="where the pads go (a tokenizer's padding_side; default: the model's tokenizer's, right for BERT)")
+    c.add_argument("--pad-multiple", type=POS_INT, metavar="N",
+                   help="round the padded length up to a multiple of N (a collator's pad_to_multiple_of)")
+    c.add_argument("--accumulate", type=POS_INT, default=1, metavar="K", help="sum the gradient over K micro-batches "
+                   "of each batch, each padded on its own (the Trainer's gradient_accumulation_steps; default 1)")
     c.add_argument("--out", required=True, help="gradient file (.pt or .safetensors); the ground truth goes to "
                                                 "<stem>.reference.json beside it")
     c.add_argument("--overwrite", action="store_true", help=OVERWRITE)

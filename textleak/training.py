@@ -6,7 +6,9 @@ metadata (`threat.PUBLIC_METADATA`; written by `capturing.CaptureBuilder`).
     clipping      the protocol's bound `max_norm` (whether a step hit it is the victim's: the
                   attacker reads it off the gradient's norm, `clip_acted`)
     precision     "float32" | "bfloat16" | "float16": the autocast dtype of the forward pass
-    padding       {"side": "right" | "left", "length": padded length or None}
+    padding       {"side": "right" | "left", "length": padded length or None, "lengths": each
+                  micro-batch's, "to": fixed length or None, "multiple": pad_to_multiple_of or None}
+                  (left padding: `text.padding.LeftPadding.of` reads it)
     accumulation  micro-batches summed into the shared gradient
     reduction     how the loss reduces over examples
 

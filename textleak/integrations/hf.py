@@ -84,8 +84,10 @@ class GradientCaptureCallback(TrainerCallback):
             return
         grads = {n: p.grad.detach().clone().cpu() for n, p in model.named_parameters() if p.grad is not None}
         check_finite(grads, source=f"the gradient of step {step}")
+        side = "left" if any(_padding_side(x["attention_mask"]) == "left" for x in self._inputs
+                             if "attention_mask" in x) else "right"
         self._write(step, grads, model, TrainingStep(
-            mode="train", clip=clip, accumulation=args.gradient_accumulation_steps,
+            mode="train", clip=clip, accumulation=args.gradient_accumulation_steps, pad_side=side,
             precision="bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"), clipped)
 
     def _write(self, step: int, grads: dict[str, torch.Tensor], model, protocol: TrainingStep,
@@ -100,7 +102,10 @@ class GradientCaptureCallback(TrainerCallback):
         builder = CaptureBuilder(
             "text", "transformers.Trainer", target.spec.to_dict(), facts, declare=self.declare, step=protocol,
             dropout=dropout_rates(model), clipped=clipped, defence=self.defence,
-            padding={"side": _padding_side(attention), "length": int(attention.shape[1])},
+            # the collator's padding as the batch shows it: the side, each micro-batch's padded length
+            padding={"side": protocol.pad_side, "length": int(attention.shape[1]),
+                     "lengths": [int(x["input_ids"].shape[1]) for x in self._inputs], "to": None, "multiple": None},
+            micro_batches=[int(x["input_ids"].shape[0]) for x in self._inputs] if len(self._inputs) > 1 else None,
             victim={"step": step, "note": "after clipping, before the optimiser step; with accumulation the "
                     "gradient sums the micro-batches' losses as the Trainer normalises them"})
         reference = text_reference(original, batch["input_ids"], attention, facts.get("labels", []), None,

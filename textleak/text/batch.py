@@ -23,9 +23,11 @@ class TextBatch:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], *, max_positions: int,
-             pad_to: int | None = None) -> dict[str, torch.Tensor]:
-    """Token ids and attention mask, padded to the longest text or to `pad_to` tokens."""
+def tokenize(tokenizer: Any, texts: Sequence[str], *, max_positions: int, pad_to: int | None = None,
+             pad_side: str | None = None, pad_multiple: int | None = None) -> dict[str, torch.Tensor]:
+    """Token ids and attention mask, padded to the longest text or to `pad_to` tokens, rounded up to
+    a multiple of `pad_multiple`, on `pad_side` (as the tokenizer's padding_side and a collator's
+    pad_to_multiple_of do; None: the tokenizer's own side)."""
     texts = list(texts)
     if not texts:
         raise InputError("no text given")
@@ -39,7 +41,18 @@ def tokenize(tokenizer: Any, texts: Sequence[str], *, max_positions: int,
         if pad_to is not None and n > pad_to:
             raise InputError(f"text {i + 1} has {n} tokens, more than the padding length {pad_to}")
     padding = {"padding": "max_length", "max_length": pad_to} if pad_to is not None else {"padding": True}
-    enc = tokenizer(texts, truncation=False, return_tensors="pt", **padding)
+    if pad_multiple is not None:
+        width = -(-max(pad_to or 0, *lengths) // pad_multiple) * pad_multiple
+        if width > max_positions:
+            raise InputError(f"padding to a multiple of {pad_multiple} makes {width} tokens; the model takes at most "
+                             f"{max_positions}")
+        padding = {"padding": "max_length", "max_length": width}
+    saved = tokenizer.padding_side
+    tokenizer.padding_side = pad_side or saved
+    try:
+        enc = tokenizer(texts, truncation=False, return_tensors="pt", **padding)
+    finally:
+        tokenizer.padding_side = saved
     return dict(enc)
 
 
@@ -71,8 +84,10 @@ def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, *, tokenizer: An
 
 def build_batch(tokenizer: Any, texts: Sequence[str], *, task: str, labels: Sequence[int] | None,
                 num_labels: int | None, mask_prob: float, max_positions: int,
-                generator: torch.Generator, pad_to: int | None = None) -> TextBatch:
-    enc = tokenize(tokenizer, texts, max_positions=max_positions, pad_to=pad_to)
+                generator: torch.Generator, pad_to: int | None = None, pad_side: str | None = None,
+                pad_multiple: int | None = None) -> TextBatch:
+    enc = tokenize(tokenizer, texts, max_positions=max_positions, pad_to=pad_to, pad_side=pad_side,
+                   pad_multiple=pad_multiple)
     ids, attn = enc["input_ids"], enc["attention_mask"]
     lengths = attn.sum(1).tolist()
     if task == "classify":

@@ -28,6 +28,9 @@ def infer_lengths(observation: Observation, target: Any) -> tuple[tuple[int, ...
         raise MissingKnowledgeError("inferring sequence lengths needs the position-embedding gradient "
                                     f"({layout.position_embedding_name})")
     B = observation.knowledge.batch_size
+    padding = (observation.metadata.get("capture") or {}).get("padding") or {}
+    if padding.get("side") == "left":
+        return _left_padded_lengths(layout, grads, target.tokenizer.cls_token_id, padding.get("length") or longest, B)
     if B == 1:
         return (longest,), "inferred from the nonzero rows of the position-embedding gradient"
     sep = target.tokenizer.sep_token_id
@@ -49,6 +52,26 @@ def infer_lengths(observation: Observation, target: Any) -> tuple[tuple[int, ...
             lengths.append(lengths[-1])
         lengths = lengths[:B]
     return tuple(lengths), "inferred from [SEP] positions in the first layer's input span"
+
+
+def _left_padded_lengths(layout, grads, cls: int | None, width: int, B: int | None) -> tuple[tuple[int, ...], str]:
+    """Left padding ends every sentence at the padded length `width`: each sentence's length is
+    `width` less the position where its [CLS] lies in the first layer's input span."""
+    span = leaks.layer_span(layout, grads, 0)
+    if cls is None or not span.exact:
+        if B is None:
+            raise MissingKnowledgeError("cannot infer the batch size: the first layer's gradient has no rank gap")
+        return (width,) * B, "all set to the padded length (left padding; no [CLS] to place)"
+    with torch.no_grad():
+        ids = torch.tensor([cls], device=layout.device)
+        res = torch.cat([span.residual(layout.layer0_inputs(ids, p)) for p in range(width)])
+    thr = leaks.calibrate_threshold(res, span.tol)
+    lengths = sorted((width - p for p in range(width) if float(res[p]) <= thr), reverse=True) or [width]
+    if B is not None:
+        while len(lengths) < B:  # two sentences of equal length share their [CLS] row
+            lengths.append(lengths[-1])
+        lengths = lengths[:B]
+    return tuple(lengths), "inferred from [CLS] positions in the first layer's input span (left padding)"
 
 
 def complete_knowledge(observation: Observation, target: Any, *, labels: bool = True,

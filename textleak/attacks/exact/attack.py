@@ -16,12 +16,14 @@ from ...text.inference import infer_lengths
 from ...text.layouts import Layout, layout_for
 from ...text.leaks import LayerSpan, layer0_table
 from ...text.leaks.precision import span_for
+from ...text.padding import LeftPadding
 from ...threat import Observation
 from ...training import TrainingSettings
 from ..base import ATTACKS, AttackOutput
 from .candidates import Candidates, declared_masks, vocabulary
 from .labels import class_labels, mlm_labels, order_by_slots
 from .moves import MOVES
+from .padding import left_candidates, search_left_padded
 from .peeling import Peeler
 from .search import Search
 
@@ -55,6 +57,11 @@ class Exact:
         variant = self._variant(observation, target)
         if variant is not None:
             return variant.preflight(observation, target)
+        types = layout_for(target.model).types_used(observation.gradients) if observation.defence is None else None
+        if types and max(types) > 0:  # (a defence's noise fills every row: then the certificates decide)
+            raise MissingKnowledgeError(
+                f"exact recovery reads single sentences (token type 0); this batch used token types {types} "
+                "(nonzero rows of the token-type embedding gradient): sentence pairs are not supported")
         known = observation.knowledge.seq_lengths
         self._layer0(observation, target, sum(known) if known is not None else None)
 
@@ -75,15 +82,24 @@ class Exact:
             assumed["training"] = settings.note()
         vocab, vocab_source = vocabulary(layout, grads, tok, task)
         specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
-        cands = Candidates.read(layout, grads, span0, vocab, lengths, specials, known_lengths=known,
-                                masks=declared_masks(observation, lengths), mask_id=tok.mask_token_id)
+        # left padding: sentences stand where their length puts them (`text.padding`, `exact.padding`)
+        layout.padding = LeftPadding.of(observation.metadata, lengths, task, tok.pad_token_id, ordered=known)
+        if layout.padding is not None:
+            assumed["padding"] = layout.padding.describe()
+        read = Candidates.read if layout.padding is None else left_candidates
+        cands = read(layout, grads, span0, vocab, lengths, specials, known_lengths=known,
+                     masks=declared_masks(observation, lengths), mask_id=tok.mask_token_id)
         span1 = self._layer1(layout, grads, span0, settings, sum(lengths))
         # peeling subtracts a recomputed gradient: exact only where the capture's arithmetic is
         peeler = None if settings.reduced_precision else \
             self._peeler(observation, layout, lengths, span1, tok.mask_token_id, known)
-        with layer0_table(layout, max(lengths)):
-            search = Search(self, layout, tok, cands, lengths, span1, peeler, observation.knowledge.special_tokens)
-            sequences, residuals = search.run()
+        if layout.padding is not None:
+            sequences, residuals = search_left_padded(self, layout, tok, cands, lengths, span1, peeler,
+                                                      observation.knowledge.special_tokens)
+        else:
+            with layer0_table(layout, max(lengths)):
+                search = Search(self, layout, tok, cands, lengths, span1, peeler, observation.knowledge.special_tokens)
+                sequences, residuals = search.run()
         sequences, residuals = order_by_slots(observation, tok, peeler, sequences, residuals)
         shares = peeler.fitted if peeler is not None and peeler.working else None
         prediction = _predict(observation, layout, tok, sequences, assumed, shares)

@@ -5,6 +5,7 @@ masked-LM, to [MASK] only where a slot of the sentence's length declares a maske
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -64,6 +65,9 @@ class Candidates:
         self.allowed: set[int] | None = None
         self.placed = self.pins = pins
         self.masks, self.mask_id = masks, mask_id
+        # left padding (`search_left_padded`): per_position and pins are indexed by absolute
+        # position over `width`; a search for sentences of one length reads them from `offset`
+        self.offset, self.width = 0, None
         # where some slot of a length masks / where every slot of it does
         self.some = {n: set().union(*slots) for n, slots in masks.items()} if masks else {}
         self.every = {n: set.intersection(*slots) for n, slots in masks.items()} if masks else {}
@@ -84,11 +88,11 @@ class Candidates:
     def free(self, p: int, n: int | None = None) -> list[int]:
         """Candidates at position p (in a sentence of length n, where known): [MASK] only
         where a slot of that length declares a masked position."""
-        here = self.per_position[p]
+        here = self.per_position[p + self.offset]
         ids = [t for t, _ in here if t not in self.specials and (self.allowed is None or t in self.allowed)]
         ids = ids or [t for t, _ in here if t not in self.specials] or [here[0][0]]
-        if self.pins is not None and p < len(self.pins.allowed):
-            ids = [t for t in ids if t in self.pins.allowed[p]] or ids
+        if self.pins is not None and p + self.offset < len(self.pins.allowed):
+            ids = [t for t in ids if t in self.pins.allowed[p + self.offset]] or ids
         if self.masks and self.mask_id in ids and p not in (self.anywhere if n is None else self.some.get(n, ())):
             ids = [t for t in ids if t != self.mask_id] or ids
         return ids
@@ -102,5 +106,7 @@ class Candidates:
             self.pins = rest.positions
         if rest.span0 is not None:
             left = self.allowed if self.allowed else self.tokens()
-            self.per_position, _ = position_candidates(layout, rest.span0, torch.tensor(sorted(left | self.specials)),
-                                                       length)
+            with layout.shifted(0) if self.width else contextlib.nullcontext():
+                self.per_position, _ = position_candidates(layout, rest.span0,
+                                                           torch.tensor(sorted(left | self.specials)),
+                                                           self.width or length)

@@ -44,7 +44,8 @@ class PeelCertificate:
         self.peeler = peeler
 
     def admits(self, search: "Search", seq: list[int], residual: float) -> bool:
-        rest = self.peeler.peel(seq, last=len(search.missing) == 1)
+        # (left padding searches one length at a time: `later` counts the sentences other searches want)
+        rest = self.peeler.peel(seq, last=len(search.missing) + search.later == 1)
         if rest is None:
             if not self.peeler.labels:  # no sentence has come out yet: peeling may not hold here
                 search.pending.append((residual, seq))

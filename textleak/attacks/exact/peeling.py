@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ...text.layouts import Layout, MlmHead
-from ...text.leaks import LayerSpan, embedding_token_set, layer_span, mlm_label_counts, positions
+from ...text.leaks import SPAN_TESTS, LayerSpan, embedding_token_set, layer_span, mlm_label_counts, positions
 from ...text.leaks.positions import TokenPositions
 from ...text.leaks.scale import ShareFit
 from .sequences import occupants
@@ -90,6 +90,7 @@ class Peeler:
         self.rest = {n: grads[n].to(dev).double().clone() for n in self.names} if self.working else {}
         self._word_top: float | None = None  # the largest word-embedding gradient row's norm, once needed
         self.rank = rank  # of the layer-1 span of what is left
+        self.rank_kv = self._kv_rank(self.rest) if self.working else None
         # each sentence's share of the gradient is fitted, not assumed (clipping, accumulation, sum losses)
         self.shares = ShareFit(self.layer1, [n for n in self.names if n not in self.layer1],
                                [n for n in (self.word, self.position_table) if n],
@@ -121,7 +122,7 @@ class Peeler:
         best = None
         for slot, labels in self._choices(seq):
             own = dict(zip(self.names, self._own(seq, slot, labels)))
-            share = self.shares.scale(self.rest, own, self.rank, len(seq), last)
+            share = self.shares.scale(self.rest, own, self._rank_left(), self._rows(seq), last)
             if share is None:  # no positive share of this sentence, with these labels, fits
                 continue
             trial = {n: self.rest[n] - share * own[n].double() for n in self.names}
@@ -146,6 +147,7 @@ class Peeler:
         if last:
             return Rest(None)
         self.rank, self.rest = score, trial
+        self.rank_kv = self._kv_rank(trial)
         return self._what_is_left(span)
 
     def _test(self, seq: list[int], trial: dict[str, torch.Tensor], last: bool
@@ -155,6 +157,9 @@ class Peeler:
             r = sum(float(trial[n].norm()) for n in self.layer1) / self.scale
             return r, r < math.sqrt(torch.finfo(self.grads[self.layer1[0]].dtype).eps), None
         span = layer_span(self.layout, as_captured(trial, self.grads), 1)
+        if self.rank_kv is not None:  # left padding under a classifier (`_kv_rank`)
+            drop_kv = self.rank_kv - self._kv_rank(trial)
+            return span.rank, drop_kv == len(seq) or self.rank - span.rank >= len(seq), span
         if self.layout.qkv_sharing(1) == 1:
             return span.rank, span.rank == self.rank - len(seq), span
         # layers sharing the weights (ALBERT): the sentence's layer-1 inputs (context-dependent,
@@ -162,6 +167,39 @@ class Peeler:
         # known in advance (layer 0's are shared with other sentences at the same (token,
         # position); the last layer's are partial), so the drop must be at least its length
         return span.rank, self.rank - span.rank >= len(seq), span
+
+    def _pooled_pads(self) -> bool:
+        padding = self.layout.padding
+        return padding is not None and padding.pooled and len(self.layer1) == 3
+
+    def _kv_rank(self, values: Mapping[str, torch.Tensor]) -> int | None:
+        """Under left padding a classifier pools a pad, whose layer-1 input enters the query gradient
+        only (masked as a key, it gets no key or value gradient): those rows lie close together
+        (mostly the pad's own embedding), so how many of them the spectrum resolves varies. The
+        peel is then certified by the key and value gradients' rank, which a sentence's tokens
+        lower by its length, or, where those are degenerate (a random model), by the stacked
+        rank dropping at least that much. None without left padding."""
+        if not self._pooled_pads():
+            return None
+        kv = as_captured({n: values[n] for n in self.layer1[1:]}, self.grads)
+        return SPAN_TESTS.get("rank-gap")([kv[n].to(self.layout.device) for n in self.layer1[1:]], 1).rank
+
+    def _rank_left(self) -> int:
+        """The rank of what is left, for fitting a share: as read off its spectrum, or under left
+        padding with known lengths what its sentences and pooled pads add up to (those pads' rows
+        lie close together: the spectrum may not resolve them all, and the fit needs every one)."""
+        padding = self.layout.padding
+        if padding is None or not padding.pooled or not self.known_lengths:
+            return self.rank
+        left = list(self.lengths)
+        for s in self.sentences:
+            left.remove(len(s))
+        return max(self.rank, sum(padding.rows(n) for n in left))
+
+    def _rows(self, seq: list[int]) -> int:
+        """Layer-1 inputs the sentence adds: its tokens (and under left padding a classifier's pooled pad)."""
+        padding = self.layout.padding
+        return len(seq) if padding is None else padding.rows(len(seq))
 
     def _what_is_left(self, span: LayerSpan) -> Rest:
         allowed = None
@@ -177,8 +215,11 @@ class Peeler:
             lengths = list(self.lengths)
             for s in self.sentences:
                 lengths.remove(len(s))
-            found = positions.token_positions(self.layout, left, sorted(allowed), max(lengths),
-                                              occupants(lengths) if self.known_lengths else None)
+            padding = self.layout.padding  # left padding: absolute positions over the padded length
+            width, reach = (max(lengths), occupants(lengths)) if padding is None else \
+                (max(padding.padded_length(n) for n in lengths), padding.occupants(lengths))
+            found = positions.token_positions(self.layout, left, sorted(allowed), width,
+                                              reach if self.known_lengths else None)
         return Rest(span, allowed, span0 if span0.exact else None, found)
 
     def _choices(self, seq: list[int]):

@@ -51,6 +51,7 @@ class Search:
         self.rng = random.Random(config.seed)
         self.found: list[list[int]] = []
         self.missing = list(lengths)
+        self.later = 0  # sentences of the batch that later searches look for (left padding)
         self.near: dict[int, list[tuple[float, list[int]]]] = {}
         self.pending: list[tuple[float, list[int]]] = []
         self.certificates = [SpanCertificate()] + ([PeelCertificate(peeler)] if peeler is not None and peeler.working

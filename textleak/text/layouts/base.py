@@ -14,6 +14,7 @@ gradient then sums over every sharing layer's inputs.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -91,6 +92,11 @@ class Layout:
 
     def __init__(self, model: nn.Module):
         self.model = model
+        #: the victim's left padding (`text.padding.LeftPadding`), None for right padding or none
+        self.padding = None
+        #: shift of layer 0's per-(token, position) rows: L - n while sentences of length n are
+        #: searched in a left-padded batch (`shifted`)
+        self.offset = 0
         self.config = model.config
         self.base = model.base_model
         self._names = {id(p): n for n, p in model.named_parameters()}
@@ -235,10 +241,31 @@ class Layout:
         t = self.token_type_embeddings
         return None if t is None else t.weight[0]
 
+    @contextlib.contextmanager
+    def shifted(self, offset: int):
+        """Layer 0's per-(token, position) rows shifted by `offset` positions within the block."""
+        saved, self.offset = self.offset, offset
+        try:
+            yield
+        finally:
+            self.offset = saved
+
+    def types_used(self, gradients: Mapping[str, torch.Tensor]) -> list[int] | None:
+        """Token types the batch used: the nonzero rows of the token-type embedding gradient (a
+        sentence pair's second segment is type 1); None where the model or file has none."""
+        t = self.token_type_embeddings
+        if t is None or self.name(t.weight) not in gradients:
+            return None
+        return (gradients[self.name(t.weight)].double().norm(dim=1) > 0).nonzero().flatten().tolist()
+
     def inputs(self, ids: torch.Tensor, mask: torch.Tensor | None = None,
                positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Keyword arguments for the model: token ids [B, L], attention mask (all ones by default),
-        logical positions ([L] or [B, L]; 0..L-1 by default), token type 0 where the model has types."""
+        logical positions ([L] or [B, L]; 0..L-1 by default), token type 0 where the model has types.
+        Under left padding (`self.padding`) the rows are arranged as the victim's were: outputs
+        per position then come back through `_restore`."""
+        if self.padding is not None:
+            ids, mask, positions, _ = self.padding.arrange(ids, mask, positions)
         if positions is None:
             positions = torch.arange(ids.shape[-1], device=ids.device)
         kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids) if mask is None else mask,
@@ -252,7 +279,8 @@ class Layout:
         architecture has one) of LayerNorm(E[t] + P[position] + T[0]). One position for every
         token ([N] -> [N, H]), or one per token along the last axis ([..., m], positions [m] ->
         [..., m, H])."""
-        x = self.word_embeddings.weight[tokens] + self.position_embeddings.weight[self.position_ids(position)]
+        x = self.word_embeddings.weight[tokens] + \
+            self.position_embeddings.weight[self.position_ids(position + self.offset)]
         t = self.type_row()
         if t is not None:
             x = x + t
@@ -280,11 +308,18 @@ class Layout:
             pass
         finally:
             handle.remove()
-        return captured["h"]
+        return self._restore(captured["h"], ids, mask, positions)
 
     def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder's last hidden states [B, L, H]."""
-        return self.base(**self.inputs(ids, mask)).last_hidden_state
+        return self._restore(self.base(**self.inputs(ids, mask)).last_hidden_state, ids, mask, None)
+
+    def _restore(self, h: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None,
+                 positions: torch.Tensor | None) -> torch.Tensor:
+        """Per-position outputs back at the columns the caller gave (left padding moved them)."""
+        if self.padding is None:
+            return h
+        return self.padding.restore(h, self.padding.arrange(ids, mask, positions)[3])
 
     def classifier_inputs(self, ids: torch.Tensor, mask: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor]:

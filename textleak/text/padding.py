@@ -1,0 +1,137 @@
+"""Left padding as the victim's collator made it, for the analytic attacks to reproduce.
+
+A tokenizer with `padding_side="left"` puts a sentence of n tokens at the end of its batch's
+padded row of L tokens, and BERT-style models count position ids over the pads (the attention mask
+does not shift them): the sentence's tokens stand at positions L - n .. L - 1. Pads are masked as
+keys, so nothing a real token computes depends on them, but a classifier pools the row's first
+position, which for every sentence shorter than L is a pad at position 0: its hidden state
+attends to the sentence and feeds the loss, so its layer inputs enter the gradient too (one more
+row per shorter sentence at every layer above 0; at layer 0 the pad's input, LayerNorm(E[PAD] +
+P[0]), is one row shared by them all). Masked-LM reads only masked real tokens: no pad counts.
+
+`LeftPadding` is the layout's view of that (`Layout.padding`): the attacker writes a sentence
+of length n as its tokens at logical positions 0..n-1 (as without padding), and the layout
+places them at their absolute positions and adds the pooled pad when it computes (`arrange`,
+`restore`); layer 0's per-(token, position) rows take the shift of the sentence length being
+searched (`Layout.offset`). Which length L each sentence was padded to is public configuration
+(the side, a fixed length or a multiple) together with the declared lengths (`of`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class LeftPadding:
+    """length: L, the padded length of the batch; by_length: a different L for some sentence
+    lengths (micro-batches padded on their own under gradient accumulation); slots: each
+    declared sentence's padded length, in batch order (where the micro-batches are recorded);
+    rows: the padded length of each row of the batch the attack computes on, once the search
+    has put each sentence in its slot (a length can occur in two micro-batches padded to
+    different lengths); pooled: whether the loss reads the row's first position
+    (classification); pad_id: the pad token."""
+
+    length: int
+    pad_id: int
+    pooled: bool = True
+    by_length: Mapping[int, int] = field(default_factory=dict)
+    slots: tuple[int, ...] = ()
+    rows_padded: tuple[int, ...] = ()
+
+    def padded_length(self, n: int) -> int:
+        return max(self.by_length.get(n, self.length), n)
+
+    def shift(self, n: int) -> int:
+        """Where a sentence of n tokens starts in its padded row."""
+        return self.padded_length(n) - n
+
+    def rows(self, n: int) -> int:
+        """Layer inputs a sentence of n tokens adds above layer 0: its tokens, and the pooled pad."""
+        return n + int(self.pooled and n < self.padded_length(n))
+
+    def groups(self, lengths: Sequence[int]) -> list[tuple[int, int, int]]:
+        """(length n, padded length L, how many) of the sentences to search, longest first."""
+        pairs = list(zip(lengths, self.slots)) if len(self.slots) == len(lengths) else \
+            [(n, self.padded_length(n)) for n in lengths]
+        return [(n, L, pairs.count((n, L))) for n, L in sorted(set(pairs), key=lambda x: (-x[0], x[1]))]
+
+    def occupants(self, lengths: Sequence[int]) -> list[int]:
+        """How many sentences (or pooled pads) stand at each absolute position < L (an upper bound)."""
+        spans = [(L - n, L) for n, L, k in self.groups(lengths) for _ in range(k)]
+        width = max(L for _, L in spans)
+        return [sum(a <= i < b or (i == 0 and self.pooled) for a, b in spans) for i in range(width)]
+
+    def arrange(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(ids, mask, logical positions, index) as the victim's rows had them. Explicit
+        positions (a partial sentence ending in its [SEP] at n - 1) are shifted by L - n; whole
+        sentences (each row's first mask.sum() tokens) are moved to the end of their row, with the
+        pooled pad at column 0 where the sentence is shorter than L. `index` [B, W] is where
+        each given column went (for `restore`), None when the columns did not move."""
+        dev = ids.device
+        if positions is not None:
+            pos = positions if positions.dim() > 1 else positions[None].expand(ids.shape[0], -1)
+            n = pos.max(-1).values + 1
+            L = torch.tensor([self.padded_length(int(k)) for k in n.tolist()], device=dev)
+            return ids, (torch.ones_like(ids) if mask is None else mask), pos + (L - n)[:, None], None
+        B, W = ids.shape
+        n = mask.sum(-1) if mask is not None else torch.full((B,), W, device=dev)
+        L = torch.tensor(list(self.rows_padded) if len(self.rows_padded) == B else
+                         [self.padded_length(int(k)) for k in n.tolist()], device=dev)
+        extra = (self.pooled & (n < L)).long()
+        width = int((n + extra).max())
+        col = torch.arange(W, device=dev)[None]
+        index = (width - n)[:, None] + col  # [B, W]
+        real = col < n[:, None]
+        rows = torch.arange(B, device=dev)[:, None].expand(B, W)
+        new_ids = torch.full((B, width), self.pad_id, dtype=ids.dtype, device=dev)
+        new_mask = torch.zeros((B, width), dtype=ids.dtype, device=dev)
+        new_pos = torch.zeros((B, width), dtype=torch.long, device=dev)
+        new_ids[rows[real], index[real]] = ids[real]
+        new_mask[rows[real], index[real]] = 1
+        new_pos[rows[real], index[real]] = ((L - n)[:, None] + col).expand(B, W)[real]
+        return new_ids, new_mask, new_pos, index.masked_fill(~real, 0)
+
+    @staticmethod
+    def restore(h: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """Per-position outputs [B, W', ...] back at the given columns [B, W, ...]."""
+        if index is None:
+            return h
+        return torch.gather(h, 1, index.view(*index.shape, *([1] * (h.dim() - 2))).expand(-1, -1, *h.shape[2:]))
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any], lengths: Sequence[int] | None, task: str,
+           pad_id: int | None, ordered: bool = True) -> "LeftPadding | None":
+        """The left padding a capture records (`capture.padding`), or None (right padding, or
+        nothing recorded). L is the recorded length, else the fixed length, else the longest of
+        `lengths` rounded up to the recorded multiple; with accumulation over micro-batches padded
+        on their own, each micro-batch's recorded length goes with the lengths declared in it
+        (`ordered`: `lengths` are in batch order, as declared; inferred ones are not)."""
+        capture = metadata.get("capture") or {}
+        padding = capture.get("padding") or {}
+        if padding.get("side") != "left":
+            return None
+        longest = max(lengths) if lengths else 0
+        multiple = padding.get("multiple") or 1
+        L = padding.get("length") or padding.get("to") or -(-longest // multiple) * multiple
+        by_length: dict[int, int] = {}
+        slots: list[int] = []
+        sizes = (capture.get("accumulation") or {}).get("sizes")
+        micro = padding.get("lengths")
+        if ordered and lengths and sizes and micro and len(sizes) == len(micro) and sum(sizes) == len(lengths):
+            for size, width in zip(sizes, micro):
+                slots += [int(width)] * size
+            for k, width in zip(lengths, slots):
+                by_length[int(k)] = max(by_length.get(int(k), 0), width)  # a length in two: the longer by default
+        return cls(int(max(L, longest)), int(pad_id or 0), task == "classify", by_length, tuple(slots))
+
+    def describe(self) -> str:
+        """How the attack placed the sentences, for the result's `assumed` record."""
+        micro = f"; per length {dict(sorted(self.by_length.items()))}" if len(set(self.by_length.values())) > 1 else ""
+        return (f"left padding to {self.length} tokens{micro}: the training script's public configuration "
+                "(capture.padding), sentences at positions L - n .. L - 1" +
+                (", a classifier pooling the pad at position 0" if self.pooled else ""))
