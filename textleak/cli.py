@@ -49,11 +49,11 @@ def _batches(texts: list[str], labels: list[int] | None, size: int | None):
 
 
 def _training_step(args: argparse.Namespace):
-    """The capture's training protocol from --train-mode, --clip, --precision, --pad-to."""
+    """The capture's training protocol from --train-mode, --clip, --clip-per-layer, --precision, --pad-to."""
     from .capturing import TrainingStep
 
     return TrainingStep(mode="train" if args.train_mode else "eval", precision=PRECISION_NAMES[args.precision],
-                        clip=args.clip, pad_to=args.pad_to)
+                        clip=args.clip, clip_per_layer=getattr(args, "clip_per_layer", None), pad_to=args.pad_to)
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
