@@ -89,7 +89,8 @@ class TrainingSettings:
         scaled by its own unknown factor (the others by none)."""
         if not self.per_layer_norm:
             return set()
-        bound = self.per_layer_norm * (1 - 1e-3)
+        c = self.per_layer_norm  # clipping divides by the norm + 1e-6 (torch's rule): a clipped norm is in [c^2/(c+1e-6), c]
+        bound = c * c / (c + 1e-6) * (1 - 1e-4)
         return {n for n, g in gradients.items() if float(g.double().norm()) >= bound}
 
     def scale_known(self, gradients: Mapping[str, torch.Tensor]) -> bool:

@@ -95,7 +95,8 @@ class Peeler:
         tables = [n for n in (self.word, self.position_table) if n]
         self.shares = ShareFit(self.layer1, [n for n in self.names if n not in self.layer1], tables,
                                eps=torch.finfo(grads[self.layer1[0]].dtype).eps if self.layer1 else 2.0 ** -23,
-                               own=self._own_factors(observation, tables))
+                               own=self._own_factors(observation, tables),
+                               layers=[layout.shared(grads, layout.qkv_names(0))])
         self.fitted: list[float] = []  # the (layer-1) share each peeled sentence came out at
         self.labels: list[Any] = []  # the label(s) of each sentence peeled, in order
         self.slots: list[int] = []  # masked-LM: the batch slot of each sentence peeled

@@ -66,6 +66,16 @@ class Pencil:
             rank = int(clear[-1]) + 1 if len(clear) else len(S)
         return cls(U[:, :rank], S[:rank], Vh[:rank].T)
 
+    @classmethod
+    def within(cls, rest: torch.Tensor, rows: torch.Tensor, eps: float = 2.0 ** -23) -> "Pencil":
+        """One tensor's pencil inside a row space `rows` [H, r] read off its whole layer (Q, K and
+        V share their inputs, so the stacked gradient's rank is reliable where one tensor's spectrum,
+        e.g. a weak query gradient's, has no clear drop): R V's triplets above rounding (32 eps:
+        a key gradient lacks one direction per sentence, as its rows sum to 0 per sentence)."""
+        U, S, Wh = torch.linalg.svd(rest.double() @ rows, full_matrices=False)
+        k = max(1, int((S > S[0] * 32 * eps).sum()))
+        return cls(U[:, :k], S[:k], rows @ Wh[:k].T)
+
     def scale(self, own: torch.Tensor) -> float:
         """a such that R - a O loses O's rank (assuming it does for some a): M = S^-1 U^T O V is then
         (1/a) times a projector, so a = trace(M) / trace(M^2) whatever O's rank is; nan when O has
@@ -79,8 +89,7 @@ class Pencil:
         of M = S^-1 U^T O V (nan, 0 when none is repeated or positive)."""
         M = (self.U.T @ own.double() @ self.V) / self.S[:, None]
         ev = torch.linalg.eigvals(M)
-        top = float(ev.abs().max()) if len(ev) else 0.0
-        real = ev.real[(ev.imag.abs() <= tol * ev.abs()) & (ev.real > 1e-2 * top)]
+        real = ev.real[(ev.imag.abs() <= tol * ev.abs()) & (ev.real > 0)]
         if len(real) == 0:
             return float("nan"), 0
         agree = ((real[:, None] / real[None] - 1).abs() <= tol)
@@ -143,12 +152,14 @@ class ShareFit:
     `scale` returns {name: share}."""
 
     def __init__(self, layer1: list[str], others: list[str], rows: list[str] = (), *, eps: float = 2.0 ** -23,
-                 own: set[str] = frozenset()):
+                 own: set[str] = frozenset(), layers: list[list[str]] = ()):
         self.layer1, self.others, self.rows, self.eps = list(layer1), list(others), list(rows), eps
         self.own = set(own)
+        # each tensor's layer (its Q/K/V, stacked): the row space a tensor of its own factor is fitted in
+        self.layer_of = {x: tuple(group) for group in [self.layer1, *layers] for x in group}
         self._pencils: dict[object, Pencil] = {}
         self._key: object = None
-        self.ratios: dict[str, list[float]] = {}  # own-factor tensor -> its share / the reference's, per peel
+        self.accepted: list[dict[str, float]] = []  # the shares of each peel accepted
 
     def _pencil(self, rest: Mapping[str, torch.Tensor], names: tuple[str, ...], rank: int | None) -> Pencil:
         if self._key is not rest:  # one decomposition per rest, shared by the label choices
@@ -170,19 +181,22 @@ class ShareFit:
             if a is None:
                 return None
             shares.update(dict.fromkeys(common, a))
-        rows_done = False
+        pending = []  # own-factor tensors whose fit failed: recalled from earlier peels
         for x in names:
-            if x not in self.own or x in shares:
+            if x not in self.own or x in shares or x in pending:
                 continue
-            if x in self.rows:  # the tables share one factor (`linked_tables`): one fit for all
-                if rows_done:
-                    continue
-                a, rows_done = self._fit_rows(rest, own, shares, last), True
-                if a is None:
-                    return None
-                shares.update({r: a for r in self.rows if r in self.own})
-                continue
-            a = self._fit_alone(rest, own, x, last)
+            group = [r for r in self.rows if r in self.own] if x in self.rows else [x]
+            # the tables share one factor (`linked_tables`): one fit for all
+            a = self._fit_rows(rest, own, last) if x in self.rows else \
+                self._fit_alone(rest, own, x, last, rank if self.layer_of.get(x) == tuple(self.layer1) else None)
+            if a is None:
+                pending += group
+            else:
+                shares.update(dict.fromkeys(group, a))
+        for x in pending:
+            a = self._recalled(x, shares)
+            if a is None and x in self.rows and not last:  # approximate: least squares over its rows
+                a = self._rows_least_squares(rest, own)
             if a is None:
                 return None
             shares[x] = a
@@ -196,10 +210,13 @@ class ShareFit:
             return self._fit_alone(rest, own, common[0], last) if common[0] not in self.rows else \
                 self._fit_rows(rest, own, {}, last)
         o = stacked(own, layer1)
-        if last:  # what is left should be this sentence's gradient exactly: least squares
+        if len(layer1) < len(self.layer1):  # per-layer clipping left only some of layer 1 at this factor
+            a = self._fit_alone(rest, own, layer1, last, rank)
+            a = float("nan") if a is None else a
+        elif last:  # what is left should be this sentence's gradient exactly: least squares
             a = least_squares_scale(stacked(rest, layer1), o)
         else:
-            pencil = self._pencil(rest, layer1, rank if len(layer1) == len(self.layer1) else None)
+            pencil = self._pencil(rest, layer1, rank)
             a = pencil.scale(o)
             if math.isfinite(a) and a > 0:
                 a = pencil.refine(o, n, a)
@@ -212,46 +229,55 @@ class ShareFit:
                     return exact
         return a
 
-    def _fit_alone(self, rest, own, name: str, last: bool) -> float | None:
-        """A weight matrix scaled by a factor of its own: least squares for the last sentence,
-        else the repeated eigenvalue of its pencil, refined."""
-        o = own[name].double().reshape(own[name].shape[0], -1)
+    def _fit_alone(self, rest, own, name: str | tuple[str, ...], last: bool, rank: int | None = None
+                   ) -> float | None:
+        """Weight matrices (one, or several of one layer) scaled by a factor of their own: least
+        squares for the last sentence, else the repeated eigenvalue of their pencil in their
+        layer's row space (at `rank` where known), refined."""
+        names = (name,) if isinstance(name, str) else tuple(name)
+        o = stacked(own, names)
         if last:
-            a = least_squares_scale(rest[name].reshape(o.shape), o)
+            a = least_squares_scale(stacked(rest, names), o)
         else:
-            pencil = self._pencil(rest, (name,), None)
+            key = ("in", names)
+            if self._key is not rest or key not in self._pencils:
+                rows = self._pencil(rest, self.layer_of.get(names[0], names), rank).V
+                self._pencils[key] = Pencil.within(stacked(rest, names), rows, self.eps)
+            pencil = self._pencils[key]
             a, drop = pencil.eigen_scale(o)
             if math.isfinite(a) and a > 0:
                 a = pencil.refine(o, drop, a)
         return a if math.isfinite(a) and a > 0 else None
 
-    def _fit_rows(self, rest, own, shares: Mapping[str, float], last: bool) -> float | None:
+    def _fit_rows(self, rest, own, last: bool) -> float | None:
         """The embedding tables' own factor: their rows only this sentence touches (at least two
-        agreeing, over the linked tables), else the ratio to the layer-1 share earlier peels showed,
-        else least squares over the sentence's rows (approximate)."""
+        agreeing, over the linked tables)."""
         tables = [r for r in self.rows if r in self.own]
         R = torch.cat([rest[r].double() for r in tables], 0)
         O = torch.cat([own[r].double() for r in tables], 0)
-        if last:
-            a = least_squares_scale(R, O)
-            return a if math.isfinite(a) and a > 0 else None
-        a = own_rows_scale(R, O, None, least=2)
-        ref = shares.get(self.layer1[0]) if self.layer1 else None
-        if a is None and ref is not None and self.ratios.get(tables[0]):
-            near = ref * float(torch.tensor(self.ratios[tables[0]]).median())
-            a = own_rows_scale(R, O, near) or near
-        if a is None:
-            touched = O.norm(dim=1) > 0
-            a = least_squares_scale(R[touched], O[touched])
+        a = least_squares_scale(R, O) if last else own_rows_scale(R, O, None, least=2)
+        return a if a is not None and math.isfinite(a) and a > 0 else None
+
+    def _rows_least_squares(self, rest, own) -> float | None:
+        tables = [r for r in self.rows if r in self.own]
+        R = torch.cat([rest[r].double() for r in tables], 0)
+        O = torch.cat([own[r].double() for r in tables], 0)
+        touched = O.norm(dim=1) > 0
+        a = least_squares_scale(R[touched], O[touched])
         return a if math.isfinite(a) and a > 0 else None
 
+    def _recalled(self, name: str, shares: Mapping[str, float]) -> float | None:
+        """A tensor's share from a tensor fitted now and the ratio of the two in earlier peels
+        (per-layer clipping fixes each tensor's factor for the whole batch)."""
+        for y, a in shares.items():
+            ratios = [s[name] / s[y] for s in self.accepted if name in s and y in s and s[y] > 0]
+            if ratios:
+                return a * float(torch.tensor(ratios).median())
+        return None
+
     def remember(self, shares: Mapping[str, float]) -> None:
-        """An accepted peel's shares: their ratios to the layer-1 share guide later table fits."""
-        ref = shares.get(self.layer1[0]) if self.layer1 else None
-        if ref:
-            for x in self.own:
-                if x in shares:
-                    self.ratios.setdefault(x, []).append(shares[x] / ref)
+        """An accepted peel's shares: their ratios stand in for a fit that fails later."""
+        self.accepted.append(dict(shares))
 
 
 def linked_tables(word: str | None, others: list[str], gradients: Mapping[str, torch.Tensor]
