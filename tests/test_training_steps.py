@@ -203,7 +203,7 @@ def test_capture_takes_the_training_switches(tiny_bert_wide, tmp_path, capsys):
     shared = textleak.load_gradients(out).metadata["capture"]
     assert shared["mode"] == "train" and shared["precision"] == "bfloat16"
     assert shared["clipping"]["max_norm"] == 0.5 and shared["padding"]["length"] == 12
-    assert shared["clipping"]["per_layer"] == 0.01 and TrainingSettings.of(shared).per_layer_norm == 0.01
+    assert shared["clipping"]["per_layer"] == 0.01 and TrainingSettings.of({"capture": shared}).per_layer_norm == 0.01
     capsys.readouterr()
     for bad in (["--clip", "-1"], ["--clip", "nan"], ["--pad-to", "0"], ["--clip-per-layer", "0"]):  # refused as the arguments are parsed
         assert main(["capture", "--text", "x", *bad, "--out", str(tmp_path / "h.pt")]) == 2
