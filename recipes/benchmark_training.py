@@ -12,6 +12,8 @@ Settings (each a `textleak.capturing.TrainingStep` given to `capture_gradients`,
 `textleak capture --train-mode --clip --precision --pad-to` takes):
     eval          eval mode, float32, unclipped, padded to the longest (the idealised gradient)
     clip          global-norm clipping to 1.0 (the Trainer's max_grad_norm); it acts on every step here
+    clip_layer    per-layer clipping: each parameter's gradient to L2 norm 1e-3 on its own (MiniLM: every
+                  tensor the exact attack reads sits above it, so each has its own unknown factor)
     dropout       train mode: the model's dropout (0.1) active
     dropout0.2 / dropout0.3   train mode with every dropout rate raised to 0.2 / 0.3
     clip+dropout  both
@@ -56,6 +58,7 @@ from textleak.text.models import load_text_model
 SETTINGS = {
     "eval": TrainingStep(),
     "clip": TrainingStep(clip=1.0),
+    "clip_layer": TrainingStep(clip_per_layer=1e-3),
     "dropout": TrainingStep(mode="train"),
     "clip+dropout": TrainingStep(mode="train", clip=1.0),
     "bf16": TrainingStep(precision="bfloat16"),

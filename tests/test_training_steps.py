@@ -63,6 +63,23 @@ def test_the_pencil_reads_a_sentences_share_of_a_gradient():
     assert pencil.scale(-own) < 0  # the wrong sign (a binary classifier's other label) is no share
 
 
+def test_the_repeated_eigenvalue_reads_a_share_where_inputs_are_shared():
+    # layer 0: [CLS] at position 0 (and other inputs) are shared between sentences, so subtracting
+    # the right share removes only the sentence's own inputs; the trace rule is then off
+    gen = torch.Generator().manual_seed(0)
+    H, m = 40, 120
+    x = torch.randn(8, H, generator=gen, dtype=torch.float64)  # inputs 0-3 the sentence's, 0 shared with others
+    d_own, d_other = (torch.randn(m, 8, generator=gen, dtype=torch.float64) for _ in range(2))
+    d_other[:, 1:4] = 0
+    own = d_own[:, :4] @ x[:4]
+    rest = 0.021 * own + d_other[:, [0, 4, 5, 6, 7]] @ x[[0, 4, 5, 6, 7]]
+    pencil = Pencil.of(rest, None)
+    a, drop = pencil.eigen_scale(own)
+    assert drop == 3 and pencil.refine(own, drop, a) == pytest.approx(0.021, rel=1e-9)
+    assert abs(pencil.scale(own) / 0.021 - 1) > 1e-4  # the trace rule is off far above rounding here
+    assert torch.linalg.matrix_rank(rest - a * own).item() == 5
+
+
 def test_labels_by_the_sign_rule_at_an_unknown_scale(wide):
     layout = layout_for(wide.model)
     gen = torch.Generator().manual_seed(1)
@@ -85,6 +102,26 @@ def test_a_clipped_capture_is_recovered_exactly_with_its_labels(wide):
     assert max(shares) / min(shares) - 1 < 1e-4 and shares[0] < 0.01  # clipped: far below 1/3, all equal
     _, plain = _exact(wide, TEXTS, [1, 0, 1], TrainingStep())
     assert plain.details["peel_shares"] == pytest.approx([1 / 3] * 3, rel=1e-4)
+
+
+def test_a_per_layer_clipped_capture_is_recovered_exactly_with_its_labels(minilm3):
+    # trained weights: a random model's single Q or K gradient has too steep a spectrum to fit alone
+    texts, labels = ["the film was a delight", "a dull , tired story", "great fun"], [1, 0, 1]
+    cap, res = _exact(minilm3, texts, labels, TrainingStep(clip_per_layer=1e-4))
+    clipping = cap.gradients.metadata["capture"]["clipping"]
+    assert clipping == {"max_norm": None, "clipped": True, "per_layer": 1e-4}
+    layout = layout_for(minilm3.model)
+    obs = Observation.from_file(cap.gradients)
+    own = TrainingSettings.of(obs.metadata).clipped_tensors(obs.gradients)
+    attacked = layout.qkv_names(0) + layout.qkv_names(1) + [layout.word_embedding_name]
+    values = {layout.qkv_names(0)[2], layout.qkv_names(1)[2], layout.word_embedding_name}
+    assert values <= own and not set(attacked) <= own  # a mix: some at factors of their own, the rest at 1
+    plain = textleak.capture_gradients(minilm3, texts, labels=labels).gradients.gradients
+    factors = [float(obs.gradients[n].norm() / plain[n].norm()) for n in attacked]
+    assert max(factors) / min(factors) > 1.5  # really different factors, none of them known
+    assert res.details["certified"] and res.metrics["mean"]["exact_match"] == 1.0
+    assert res.details["peeled"] == 3 and res.metrics["mean"]["label_accuracy"] == 1.0
+    assert "sign rule" in res.assumed["labels"]
 
 
 def test_a_capture_padded_to_a_fixed_length_is_recovered_exactly(wide):
@@ -161,13 +198,15 @@ def test_an_older_file_is_attacked_as_before_with_a_note(wide):
 def test_capture_takes_the_training_switches(tiny_bert_wide, tmp_path, capsys):
     out = tmp_path / "g.pt"
     code = main(["capture", "--model", str(tiny_bert_wide), "--text", "the cat sat", "--task", "classify",
-                 "--labels", "1", "--train-mode", "--clip", "0.5", "--precision", "bf16", "--pad-to", "12", "--out", str(out)])
+                 "--labels", "1", "--train-mode", "--clip", "0.5", "--clip-per-layer", "0.01", "--precision", "bf16",
+                 "--pad-to", "12", "--out", str(out)])
     assert code == 0
     shared = textleak.load_gradients(out).metadata["capture"]
     assert shared["mode"] == "train" and shared["precision"] == "bfloat16"
     assert shared["clipping"]["max_norm"] == 0.5 and shared["padding"]["length"] == 12
+    assert shared["clipping"]["per_layer"] == 0.01 and TrainingSettings.of({"capture": shared}).per_layer_norm == 0.01
     capsys.readouterr()
-    for bad in (["--clip", "-1"], ["--clip", "nan"], ["--pad-to", "0"]):  # refused as the arguments are parsed
+    for bad in (["--clip", "-1"], ["--clip", "nan"], ["--pad-to", "0"], ["--clip-per-layer", "0"]):  # refused as the arguments are parsed
         assert main(["capture", "--text", "x", *bad, "--out", str(tmp_path / "h.pt")]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"textleak: error: argument {bad[0]}:") and err.count("\n") == 1

@@ -11,7 +11,8 @@ and a defence. `CaptureBuilder` writes the metadata's `capture` section:
     source        who captured: "capture_gradients", "capture_image_gradients", "transformers.Trainer"
     mode          "eval" | "train" (dropout active)
     dropout       {setting: rate}: the model config's dropout rates (HF), else each nn.Dropout's p
-    clipping      {"max_norm": float | None, "clipped": bool | None}: the bound, and whether this step hit it
+    clipping      {"max_norm": float | None, "clipped": bool | None}: the bound, and whether this step hit
+                  it; "per_layer": float, each parameter's own bound, where the step clips per layer
     precision     "float32" | "bfloat16" | "float16": the autocast dtype of the forward pass
     padding       {"side": "right" | "left", "length": int | None (the padded length; the longest
                   micro-batch's), "lengths": [int] (each micro-batch's padded length), "to": int | None
@@ -60,6 +61,8 @@ class TrainingStep:
 
     mode: "eval" (dropout off) or "train" (dropout on). precision: autocast dtype of the forward
     pass ("float32": none). clip: max global L2 norm of the shared gradient (None: no clipping).
+    clip_per_layer: max L2 norm of each parameter's gradient, each clipped on its own (Opacus'
+    per-layer style, one bound for every tensor; applied after `clip`; None: none).
     pad_to: pad every sequence to this many tokens (None: to the batch's longest). pad_side:
     where the pads go ("right", or "left" as a tokenizer with padding_side="left" puts them: the
     real tokens then stand at positions L - n .. L - 1, BERT's position ids counting over the pads;
@@ -74,6 +77,7 @@ class TrainingStep:
     mode: str = "eval"
     precision: str = "float32"
     clip: float | None = None
+    clip_per_layer: float | None = None
     pad_to: int | None = None
     pad_side: str | None = None
     pad_multiple: int | None = None
@@ -87,6 +91,8 @@ class TrainingStep:
             raise InputError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if self.clip is not None and not self.clip > 0:
             raise InputError(f"the clipping norm must be positive, got {self.clip}")
+        if self.clip_per_layer is not None and not self.clip_per_layer > 0:
+            raise InputError(f"the per-layer clipping norm must be positive, got {self.clip_per_layer}")
         if self.pad_to is not None and self.pad_to < 1:
             raise InputError(f"the padding length must be at least 1, got {self.pad_to}")
         if self.pad_side is not None and self.pad_side not in PAD_SIDES:
@@ -113,6 +119,20 @@ def clip_gradients(grads: dict[str, torch.Tensor], max_norm: float | None) -> tu
         return grads, False
     factor = max_norm / (norm + 1e-6)
     return {n: g * factor for n, g in grads.items()}, True
+
+
+def clip_per_layer(grads: dict[str, torch.Tensor], max_norm: float | None) -> tuple[dict[str, torch.Tensor], bool | None]:
+    """Scale each parameter's gradient to L2 norm `max_norm` when above it, each by its own factor
+    (per-layer clipping); whether any was scaled."""
+    if max_norm is None:
+        return grads, None
+    out, clipped = {}, False
+    for n, g in grads.items():
+        norm = float(g.double().norm())
+        if norm > max_norm:
+            g, clipped = g * (max_norm / (norm + 1e-6)), True
+        out[n] = g
+    return out, clipped
 
 
 #: float16 autocast's initial loss scale (torch.amp.GradScaler's, as the Trainer's fp16=True uses)
@@ -163,7 +183,8 @@ def step_gradients(model: torch.nn.Module, loss_of: LossOf, size: int, *, step: 
     from .defences import parse_defence, shared_gradients
 
     defence = parse_defence(defence) if defence is not None else None
-    if defence is not None and step.clip is not None and defence.stage != "gradient":
+    clipping = step.clip is not None or step.clip_per_layer is not None
+    if defence is not None and clipping and defence.stage != "gradient":
         raise InputError(f"defence {defence.spec} computes what it shares from the batch itself; "
                          "it cannot be combined with clipping the batch gradient")
     device = next(model.parameters()).device
@@ -171,10 +192,12 @@ def step_gradients(model: torch.nn.Module, loss_of: LossOf, size: int, *, step: 
     with model_mode(model, train=step.mode == "train"), torch.enable_grad(), _autocast(step.precision, device), \
             _dropout_seed(seed, device):
         loss = loss_of(everyone)
-        if defence is not None and step.clip is None:
+        if defence is not None and not clipping:
             grads, clipped = shared_gradients(defence, model, loss_of, size, generator), None
         else:
             grads, clipped = clip_gradients(_scaled_gradients(loss, model, step.precision), step.clip)
+            grads, by_layer = clip_per_layer(grads, step.clip_per_layer)
+            clipped = clipped if by_layer is None else bool(clipped) or by_layer
             if defence is not None:
                 need = defence.required_batch_size()
                 if need is not None and need != size:
@@ -240,7 +263,9 @@ class CaptureBuilder:
     def capture_section(self) -> dict[str, Any]:
         step = self.step
         return {"source": self.source, "mode": step.mode, "dropout": dict(self.dropout),
-                "clipping": {"max_norm": step.clip, "clipped": self.clipped}, "precision": step.precision,
+                "clipping": {"max_norm": step.clip, "clipped": self.clipped,
+                             **({"per_layer": step.clip_per_layer} if step.clip_per_layer is not None else {})},
+                "precision": step.precision,
                 "padding": None if self.padding is None else dict(self.padding),
                 "accumulation": {"steps": step.accumulation,
                                  **({"sizes": list(self.micro_batches)} if self.micro_batches else {})},

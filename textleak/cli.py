@@ -49,13 +49,14 @@ def _batches(texts: list[str], labels: list[int] | None, size: int | None):
 
 
 def _training_step(args: argparse.Namespace):
-    """The capture's training protocol from --train-mode, --clip, --precision, --pad-to, --pad-side,
-    --pad-multiple, --accumulate."""
+    """The capture's training protocol from --train-mode, --clip, --clip-per-layer, --precision,
+    --pad-to, --pad-side, --pad-multiple, --accumulate."""
     from .capturing import TrainingStep
 
     return TrainingStep(mode="train" if args.train_mode else "eval", precision=PRECISION_NAMES[args.precision],
-                        clip=args.clip, pad_to=args.pad_to, pad_side=getattr(args, "pad_side", None),
-                        pad_multiple=getattr(args, "pad_multiple", None), accumulation=getattr(args, "accumulate", 1))
+                        clip=args.clip, clip_per_layer=getattr(args, "clip_per_layer", None), pad_to=args.pad_to,
+                        pad_side=getattr(args, "pad_side", None), pad_multiple=getattr(args, "pad_multiple", None),
+                        accumulation=getattr(args, "accumulate", 1))
 
 
 def cmd_capture(args: argparse.Namespace) -> int:

@@ -92,6 +92,8 @@ def _capture(sub, commands: Mapping[str, Callable]) -> None:
                    help="take the step in train mode (the model's dropout active), as a Trainer does")
     c.add_argument("--clip", type=POS_FLOAT, metavar="NORM", help="clip the gradient to this global L2 norm "
                    "(the Trainer's max_grad_norm, default 1.0 there)")
+    c.add_argument("--clip-per-layer", type=POS_FLOAT, metavar="NORM",
+                   help="clip each parameter's gradient to this L2 norm on its own (per-layer clipping)")
     c.add_argument("--precision", choices=sorted(PRECISION_NAMES), default="float32",
                    help="autocast dtype of the forward pass (bf16/fp16 as TrainingArguments' bf16=/fp16=True)")
     c.add_argument("--pad-to", type=POS_INT, metavar="N", help="pad every sentence to N tokens (default: the longest)")

@@ -63,7 +63,8 @@ CAPTURE = {
         "source": STR, "mode": {"enum": ["eval", "train", "unknown"]},
         "dropout": {"type": "object", "additionalProperties": _RATE},
         "clipping": {"type": "object", "properties": {
-            "max_norm": _nullable({"type": "number", "exclusiveMinimum": 0}), "clipped": {"type": ["boolean", "null"]}}},
+            "max_norm": _nullable({"type": "number", "exclusiveMinimum": 0}), "clipped": {"type": ["boolean", "null"]},
+            "per_layer": _nullable({"type": "number", "exclusiveMinimum": 0})}},
         "precision": {"enum": ["float32", "bfloat16", "float16"]},
         "padding": _nullable({"type": "object", "properties": {
             "side": {"enum": ["left", "right"]}, "length": _nullable({"type": "integer", "minimum": 1,

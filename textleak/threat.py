@@ -14,7 +14,7 @@ public (what a party receiving the update knows)
     capture.mode / dropout / precision / padding / accumulation / loss: the training protocol
     the parties run (train or eval, dropout rates, autocast dtype, padding side and length,
     micro-batches per step, loss and its reduction);
-    capture.clipping.max_norm: the protocol's clipping bound;
+    capture.clipping.max_norm / per_layer: the protocol's clipping bounds (global / per parameter);
     capture.shares / update: that a file holds a weight update, and the local steps, learning
     rate, mini-batch size and optimiser a server configured (files written by other tools);
     capture.defence: what the defence is, with its parameters (a server knows the noise level
@@ -103,7 +103,7 @@ PUBLIC_METADATA: dict[str, Any] = {
     "modality": True,
     "model": True,
     "capture": {"mode": True, "dropout": True, "precision": True, "padding": True, "accumulation": True,
-                "loss": True, "defence": True, "clipping": {"max_norm": True},
+                "loss": True, "defence": True, "clipping": {"max_norm": True, "per_layer": True},
                 "shares": True, "update": True},
     "extra": {"input_shape": True, "normalisation": True, "pixel_range": True},
 }

@@ -4,7 +4,8 @@ metadata (`threat.PUBLIC_METADATA`; written by `capturing.CaptureBuilder`).
     mode          "eval" | "train" (dropout active)
     dropout       {setting: rate}: the model's dropout rates
     clipping      the protocol's bound `max_norm` (whether a step hit it is the victim's: the
-                  attacker reads it off the gradient's norm, `clip_acted`)
+                  attacker reads it off the gradient's norm, `clip_acted`); `per_layer`: each
+                  parameter's own bound (`per_layer_norm`; which ones hit it: `clipped_tensors`)
     precision     "float32" | "bfloat16" | "float16": the autocast dtype of the forward pass
     padding       {"side": "right" | "left", "length": padded length or None, "lengths": each
                   micro-batch's, "to": fixed length or None, "multiple": pad_to_multiple_of or None}
@@ -42,6 +43,7 @@ class TrainingSettings:
     mode: str = "eval"
     dropout: Mapping[str, float] = field(default_factory=dict)
     max_norm: float | None = None
+    per_layer_norm: float | None = None
     precision: str = "float32"
     padding: Mapping[str, Any] = field(default_factory=lambda: {"side": "right", "length": None})
     accumulation: int = 1
@@ -54,7 +56,7 @@ class TrainingSettings:
         if "precision" in capture and capture.get("mode") in ("eval", "train"):
             clipping = capture.get("clipping") or {}
             return cls(mode=capture["mode"], dropout=dict(capture.get("dropout") or {}),
-                       max_norm=clipping.get("max_norm"), precision=capture.get("precision") or "float32",
+                       max_norm=clipping.get("max_norm"), per_layer_norm=clipping.get("per_layer"), precision=capture.get("precision") or "float32",
                        padding=dict(capture.get("padding") or {"side": "right", "length": None}),
                        accumulation=int((capture.get("accumulation") or {}).get("steps", 1)),
                        reduction=(capture.get("loss") or {}).get("reduction", "mean"))
@@ -84,10 +86,20 @@ class TrainingSettings:
         norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in gradients.values()))
         return norm >= self.max_norm * (1 - 1e-3)
 
+    def clipped_tensors(self, gradients: Mapping[str, torch.Tensor]) -> set[str]:
+        """Under per-layer clipping, the parameters whose gradient sits at the bound: each was
+        scaled by its own unknown factor (the others by none)."""
+        if not self.per_layer_norm:
+            return set()
+        c = self.per_layer_norm  # clipping divides by the norm + 1e-6 (torch's rule): a clipped norm is in [c^2/(c+1e-6), c]
+        bound = c * c / (c + 1e-6) * (1 - 1e-4)
+        return {n for n, g in gradients.items() if float(g.double().norm()) >= bound}
+
     def scale_known(self, gradients: Mapping[str, torch.Tensor]) -> bool:
         """Whether the gradient is the plain mean-loss gradient of its batch: no clipping that
         acted, no accumulation, a mean reduction. Otherwise a positive factor is unknown."""
-        return not self.clip_acted(gradients) and self.accumulation == 1 and self.reduction == "mean"
+        return not self.clip_acted(gradients) and not self.clipped_tensors(gradients) and self.accumulation == 1 \
+            and self.reduction == "mean"
 
     def note(self) -> str | None:
         """One line for a file that does not record its protocol, else None."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,6 +16,7 @@ from ...text.inference import infer_lengths
 from ...text.layouts import Layout, layout_for
 from ...text.leaks import LayerSpan, layer0_table
 from ...text.leaks.precision import span_for
+from ...text.leaks.scale import linked_tables
 from ...text.padding import LeftPadding
 from ...threat import Observation
 from ...training import TrainingSettings
@@ -76,6 +77,9 @@ class Exact:
         early = self._lengths(observation, target) if settings.reduced_precision else None
         layout, span0 = self._layer0(observation, target, sum(early[0]) if early else None)
         lengths, assumed = early or self._lengths(observation, target)
+        if settings.per_layer_norm:  # per-layer clipping gave each table its own factor: one again
+            observation = replace(observation, gradients=linked_tables(
+                layout.word_embedding_name, [layout.position_embedding_name], observation.gradients))
         grads, tok, task = observation.gradients, target.tokenizer, observation.task
         known = assumed["seq_lengths"] == "known"
         if settings.note():
@@ -101,7 +105,9 @@ class Exact:
                 search = Search(self, layout, tok, cands, lengths, span1, peeler, observation.knowledge.special_tokens)
                 sequences, residuals = search.run()
         sequences, residuals = order_by_slots(observation, tok, peeler, sequences, residuals)
-        shares = peeler.fitted if peeler is not None and peeler.working else None
+        # per-layer clipping: the classifier's factor is not layer 1's (its labels take the sign rule)
+        shares = peeler.fitted if peeler is not None and peeler.working and not settings.clipped_tensors(grads) \
+            else None
         prediction = _predict(observation, layout, tok, sequences, assumed, shares)
         details = {
             "certified": self._certified(span1, residuals, cands, lengths), "layer0_rank": span0.rank,

@@ -48,6 +48,19 @@ def declared_masks(observation: Any, lengths: Sequence[int]) -> dict[int, list[s
     return masks
 
 
+def with_placements(per_position: list[list[tuple[int, float]]], pins: positions.TokenPositions
+                    ) -> list[list[tuple[int, float]]]:
+    """Each token the embedding gradients place at a position is a candidate there, last if the
+    layer-0 span missed it (its residual then unknown: inf). In reduced precision layer 0's
+    weakest directions drown in rounding and can miss a true token; the placements do not."""
+    out = [list(c) for c in per_position]
+    for token, where in pins.placed.items():
+        for p in where:
+            if p < len(out) and all(t != token for t, _ in out[p]):
+                out[p].append((int(token), float("inf")))
+    return out
+
+
 class Candidates:
     """Per-position candidates and what narrows them.
 
@@ -80,6 +93,8 @@ class Candidates:
         per_position, threshold = position_candidates(layout, span0, vocab, max(lengths))
         pins = positions.token_positions(layout, gradients, vocab.tolist(), max(lengths),
                                          occupants(lengths) if known_lengths else None)
+        if pins is not None:  # a placement (embedding gradients, float32) outranks a noisy layer 0
+            per_position = with_placements(per_position, pins)
         return cls(per_position, specials, pins=pins, masks=masks, mask_id=mask_id, threshold=threshold)
 
     def tokens(self) -> set[int]:

@@ -12,6 +12,7 @@ from ...text.layouts import Layout, MlmHead
 from ...text.leaks import SPAN_TESTS, LayerSpan, embedding_token_set, layer_span, mlm_label_counts, positions
 from ...text.leaks.positions import TokenPositions
 from ...text.leaks.scale import ShareFit
+from ...training import TrainingSettings
 from .sequences import occupants
 
 
@@ -92,13 +93,22 @@ class Peeler:
         self.rank = rank  # of the layer-1 span of what is left
         self.rank_kv = self._kv_rank(self.rest) if self.working else None
         # each sentence's share of the gradient is fitted, not assumed (clipping, accumulation, sum losses)
-        self.shares = ShareFit(self.layer1, [n for n in self.names if n not in self.layer1],
-                               [n for n in (self.word, self.position_table) if n],
-                               eps=torch.finfo(grads[self.layer1[0]].dtype).eps if self.layer1 else 2.0 ** -23)
-        self.fitted: list[float] = []  # the share each peeled sentence came out at
+        tables = [n for n in (self.word, self.position_table) if n]
+        self.shares = ShareFit(self.layer1, [n for n in self.names if n not in self.layer1], tables,
+                               eps=torch.finfo(grads[self.layer1[0]].dtype).eps if self.layer1 else 2.0 ** -23,
+                               own=self._own_factors(observation, tables),
+                               layers=[layout.shared(grads, layout.qkv_names(0))])
+        self.fitted: list[float] = []  # the (layer-1) share each peeled sentence came out at
         self.labels: list[Any] = []  # the label(s) of each sentence peeled, in order
         self.slots: list[int] = []  # masked-LM: the batch slot of each sentence peeled
         self.sentences: list[list[int]] = []  # each sentence peeled, in order
+
+    def _own_factors(self, observation: Any, tables: list[str]) -> set[str]:
+        """Per-layer clipping: the tensors at the bound, each scaled by its own factor; the
+        embedding tables follow the word table's (`leaks.scale.linked_tables`)."""
+        own = TrainingSettings.of(observation.metadata).clipped_tensors(
+            {n: self.grads[n] for n in self.names if n in self.grads})
+        return (own - set(tables)) | (set(tables) if self.word in own else set())
 
     def _masked_lm(self, observation: Any, lengths: Sequence[int], names: list[str]) -> bool:
         """Set up the masked-LM subtraction; whether the gradient and knowledge allow it."""
@@ -125,7 +135,7 @@ class Peeler:
             share = self.shares.scale(self.rest, own, self._rank_left(), self._rows(seq), last)
             if share is None:  # no positive share of this sentence, with these labels, fits
                 continue
-            trial = {n: self.rest[n] - share * own[n].double() for n in self.names}
+            trial = {n: self.rest[n] - share[n] * own[n].double() for n in self.names}
             score, ok, span = self._test(seq, trial, last)
             if ok and (best is None or score < best[0]):
                 best = (score, trial, slot, labels, span, share)
@@ -136,7 +146,8 @@ class Peeler:
         score, trial, slot, labels, span, share = best
         if not last and not span.exact:
             return None
-        self.fitted.append(share)
+        self.shares.remember(share)
+        self.fitted.append(share[self.layer1[0]] if self.layer1 else next(iter(share.values())))
         self.labels.append(labels)
         self.sentences.append(list(seq))
         if self.task == "mlm":
