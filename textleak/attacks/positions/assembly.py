@@ -4,7 +4,8 @@ The search state (`Assembly`) holds the sentences guessed so far and a `SpanScor
 small classes with one signature, `apply(state) -> bool` (whether it changed the guess):
 `Settle(i)` gives position i's tokens to the sentences reaching it by the Hungarian method on
 their costs; `SwapTails(b1, b2)` swaps two sentences' tokens from some position to the end of the
-shorter's body, which moves a run of misassigned tokens in one step. A move whose sentences have
+shorter's body (or from its start to some position), which moves a run of misassigned tokens
+in one step. A move whose sentences have
 not changed since it last ran is skipped (it would choose the same). The time budget
 (`textleak.core.budget`) is checked after every move.
 """
@@ -37,6 +38,21 @@ class Assembly:
             for j, b in enumerate(who):
                 self.seqs[b][i] = cands[j % len(cands)] if cands else 0
 
+    def grow(self) -> None:
+        """A first guess built left to right: at each position its tokens go to the sentences
+        reaching it by the Hungarian method on the cost of each sentence's prefix so far, closed
+        by its own last token (a prefix's inputs are not the whole sentence's, but the prefix
+        that continues the right sentence lies nearer the spans)."""
+        for i in range(1, max(self.lengths) - 1):
+            who = [b for b in self.who(i) if self.lengths[b] - 1 > i]
+            cands = self.choices[i]
+            if not who or len(cands) < 1 or (len(cands) == 1 and len(who) == 1):
+                continue
+            variants = [self.seqs[b][:i] + [c, self.seqs[b][-1]] for b in who for c in cands]
+            cost = self.score.cost(variants).reshape(len(who), len(cands)).numpy()
+            for r, c in _assign(cost).items():
+                self.seqs[who[r]][i] = cands[c]
+
     def who(self, i: int) -> list[int]:
         """The sentences reaching position i."""
         return [b for b, n in enumerate(self.lengths) if n > i]
@@ -65,7 +81,7 @@ class Assembly:
             if len(cands) > 1 or (len(cands) == 1 and any(self.seqs[b][i] != cands[0] for b in who)):
                 out.append(Settle(i))
         n = len(self.seqs)
-        out += [SwapTails(b1, b2) for b1 in range(n) for b2 in range(b1 + 1, n)]
+        out += [SwapTails(b1, b2, heads) for heads in (False, True) for b1 in range(n) for b2 in range(b1 + 1, n)]
         return out
 
     def descend(self, sweeps: int) -> int:
@@ -102,12 +118,7 @@ class Settle:
                 v = list(state.seqs[b])
                 v[i] = c
                 variants.append(v)
-        cost = state.score.cost(variants).reshape(len(who), len(cands)).numpy()
-        if len(cands) >= len(who):
-            rows, cols = linear_sum_assignment(cost)
-            pick = dict(zip(rows.tolist(), cols.tolist()))
-        else:
-            pick = {r: int(cost[r].argmin()) for r in range(len(who))}
+        pick = _assign(state.score.cost(variants).reshape(len(who), len(cands)).numpy())
         moved = False
         for r, b in enumerate(who):
             if state.seqs[b][i] != cands[pick[r]]:
@@ -120,20 +131,22 @@ class Settle:
 
 class SwapTails:
     """Swap sentences b1 and b2's tokens from some position to the end of the shorter's body
-    (before its last token) where that lowers their summed cost."""
+    (before its last token) where that lowers their summed cost; `heads=True`: from the first
+    token after [CLS] to some position instead."""
 
-    def __init__(self, b1: int, b2: int):
-        self.b1, self.b2 = b1, b2
+    def __init__(self, b1: int, b2: int, heads: bool = False):
+        self.b1, self.b2, self.heads = b1, b2, heads
 
     def apply(self, state: Assembly) -> bool:
         b1, b2 = self.b1, self.b2
         s1, s2 = state.seqs[b1], state.seqs[b2]
         m = min(len(s1), len(s2)) - 1
-        if m < 2 or not state.stale(("tails", b1, b2), (b1, b2)):
+        if m < 2 or not state.stale(("heads" if self.heads else "tails", b1, b2), (b1, b2)):
             return False
         variants = []
         for i in range(1, m):
-            variants += [s1[:i] + s2[i:m] + s1[m:], s2[:i] + s1[i:m] + s2[m:]]
+            a, z = (1, i + 1) if self.heads else (i, m)
+            variants += [s1[:a] + s2[a:z] + s1[z:], s2[:a] + s1[a:z] + s2[z:]]
         cost = state.score.cost(variants).reshape(-1, 2).sum(1)
         base = float(state.score.cost([s1, s2]).sum())
         k = int(cost.argmin())
@@ -141,5 +154,14 @@ class SwapTails:
             return False
         state.set(b1, variants[2 * k])
         state.set(b2, variants[2 * k + 1])
-        state.stale(("tails", b1, b2), (b1, b2))
+        state.stale(("heads" if self.heads else "tails", b1, b2), (b1, b2))
         return True
+
+
+def _assign(cost) -> dict[int, int]:
+    """Row -> column: each column at most once by the Hungarian method where there are as many
+    columns as rows, else each row its cheapest (some columns repeat)."""
+    if cost.shape[1] >= cost.shape[0]:
+        rows, cols = linear_sum_assignment(cost)
+        return dict(zip(rows.tolist(), cols.tolist()))
+    return {r: int(cost[r].argmin()) for r in range(cost.shape[0])}

@@ -71,9 +71,10 @@ class Positions:
     name: ClassVar[str] = "positions"
     modalities: ClassVar[tuple[str, ...]] = ("text",)
 
-    sweeps: int = 4
-    restarts: int = 3
+    sweeps: int = 12
+    restarts: int = 1
     layers: tuple[int, ...] = (1, 2)
+    grow: bool = True
     any_mode: bool = False
     seed: int = 0
 
@@ -115,7 +116,8 @@ class Positions:
                    "sweeps": sweeps, "span_layers": score.layers, "sentences_scored": score.evaluated,
                    **_budget_report(), "seconds": time.perf_counter() - t0}
         return AttackOutput(prediction=prediction, method=self.name, assumed=assumed,
-                            config={"sweeps": self.sweeps, "restarts": self.restarts, "layers": list(self.layers), "any_mode": self.any_mode},
+                            config={"sweeps": self.sweeps, "restarts": self.restarts, "layers": list(self.layers),
+                                    "grow": self.grow, "any_mode": self.any_mode},
                             details=details)
 
     def _assemble(self, score: SpanScore, allowed, lengths) -> tuple[list[list[int]], int]:
@@ -127,6 +129,8 @@ class Positions:
             if r and budget.expired():
                 break
             state = Assembly(score, allowed, lengths, gen if r else None)
+            if self.grow and not r:
+                state.grow()
             sweeps += state.descend(self.sweeps)
             cost = state.total()
             if best is None or cost < best[0]:
