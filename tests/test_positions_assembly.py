@@ -61,6 +61,12 @@ def test_the_descent_assembles_the_batch_from_each_positions_tokens(wide, eval_c
     assert not Settle(2).apply(state) and not SwapTails(0, 1).apply(state)  # nothing changed since: skipped
     assert state.total() < 1e-6
 
+    grown = Assembly(score, allowed, lengths)
+    grown.grow()  # the left-to-right first guess, then the descent
+    assert [len(s) for s in grown.seqs] == lengths
+    grown.descend(6)
+    assert grown.seqs == truth
+
 
 def test_the_descent_stops_when_the_budget_runs_out(wide, eval_capture):
     score, truth = _score(wide, eval_capture)
