@@ -1,0 +1,85 @@
+"""The `positions` attack's assembly (issue #14): the span score runs each sentence once and
+reads every span layer in one forward; the descent finds the batch where the spans are exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_attacks_text import _wide_model
+
+import textleak
+from textleak.attacks.positions.assembly import Assembly, Settle, SwapTails
+from textleak.attacks.positions.score import SpanScore, span_basis
+from textleak.capturing import TrainingStep
+from textleak.core.budget import time_budget
+from textleak.text.layouts import layout_for
+from textleak.text.leaks import padded
+
+TEXTS = ["the dog sat on the mat .", "a small bird sang", "big cat ran"]
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    return _wide_model(tmp_path_factory.mktemp("wide-assembly"), "classify")
+
+
+@pytest.fixture(scope="module")
+def eval_capture(wide):
+    """An eval-mode step: its spans are exact, so the true batch costs ~0."""
+    return textleak.capture_gradients(wide, TEXTS, labels=[1, 0, 1])
+
+
+def _score(wide, capture, layers=(1,)):
+    layout, grads = layout_for(wide.model), capture.gradients.gradients
+    truth = capture.reference.token_ids
+    return SpanScore(layout, {k: span_basis(layout, grads, k, sum(map(len, truth))) for k in layers}), truth
+
+
+def test_one_forward_reads_every_span_layer_and_each_sentence_runs_once(wide, eval_capture):
+    score, truth = _score(wide, eval_capture, layers=(0, 1))
+    layout = score.layout
+    ids, mask = padded(truth)
+    with torch.no_grad():
+        seen = score.inputs(ids, mask)
+        for k in (0, 1):
+            assert torch.equal(seen[k], layout.layer_inputs(ids, mask, k))
+    first = score.cost(truth + truth[:1])
+    assert score.evaluated == len(truth)  # the repeat is run once
+    assert torch.equal(score.cost(truth), first[:len(truth)]) and score.evaluated == len(truth)
+    assert float(first.max()) < 1e-6  # eval mode: the true sentences lie in the spans
+    wrong = [truth[1][:1] + truth[0][1:3] + truth[1][3:]]
+    assert float(score.cost(wrong)[0]) > 100 * float(first.max()) + 1e-5
+
+
+def test_the_descent_assembles_the_batch_from_each_positions_tokens(wide, eval_capture):
+    score, truth = _score(wide, eval_capture)
+    lengths = [len(s) for s in truth]
+    allowed = [{s[i] for s in truth if len(s) > i} for i in range(max(lengths))]
+    state = Assembly(score, allowed, lengths, torch.Generator().manual_seed(1))
+    state.descend(6)
+    assert state.seqs == truth
+    assert not Settle(2).apply(state) and not SwapTails(0, 1).apply(state)  # nothing changed since: skipped
+    assert state.total() < 1e-6
+
+    grown = Assembly(score, allowed, lengths)
+    grown.grow()  # the left-to-right first guess, then the descent
+    assert [len(s) for s in grown.seqs] == lengths
+    grown.descend(6)
+    assert grown.seqs == truth
+
+
+def test_the_descent_stops_when_the_budget_runs_out(wide, eval_capture):
+    score, truth = _score(wide, eval_capture)
+    lengths = [len(s) for s in truth]
+    allowed = [{s[i] for s in truth if len(s) > i} for i in range(max(lengths))]
+    with time_budget(1e-9) as limit:
+        assert Assembly(score, allowed, lengths).descend(6) == 1
+    assert limit.ran_out
+
+
+def test_a_train_mode_batch_records_its_search(wide):
+    cap = textleak.capture_gradients(wide, TEXTS[:2], labels=[1, 0], step=TrainingStep(mode="train"), seed=3)
+    res = textleak.recover(gradients=cap.gradients, model=wide, attack="positions", reference=cap.reference,
+                           progress=False, budget=60)
+    assert res.details["sentences_scored"] > 0 and res.details["span_layers"] == [1]
+    assert res.details["budget"]["seconds"] == 60

@@ -1,0 +1,93 @@
+"""How far a guessed sentence lies from the approximate spans of a train-mode step's Q/K/V inputs.
+
+The Q/K/V weight gradient of layer k spans that layer's inputs. In train mode the inputs of layers
+above 0 carry the step's dropout from below, so a sentence computed in eval mode lies near, not in,
+those spans: its cost is the summed squared relative residual of its tokens' inputs, over the
+span layers. A cost depends on the sentence's tokens alone, so costs are kept by sentence (each
+sentence is run once however often the search asks), and the sentences a search asks for at once
+run as one padded batch through the layers below the highest span layer, once for all layers.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ...text.leaks import padded
+
+
+class _Stop(Exception):
+    pass
+
+
+def span_basis(layout, grads, layer: int, tokens: int) -> torch.Tensor:
+    """An orthonormal basis [H, <=tokens] of the leading directions of layer `layer`'s Q/K/V gradient."""
+    G = torch.cat([grads[n].to(layout.device).double() for n in layout.shared(grads, layout.qkv_names(layer))], 0)
+    _, _, vh = torch.linalg.svd(G, full_matrices=False)
+    return vh[:min(tokens, vh.shape[0])].T.contiguous()
+
+
+class SpanScore:
+    """Costs of sentences against the spans {layer: basis [H, r]} (`cost`), remembered by sentence.
+
+    chunk: most sentences run in one forward (bounds memory). `evaluated` counts the sentences run."""
+
+    def __init__(self, layout, spans: dict[int, torch.Tensor], chunk: int = 256):
+        self.layout, self.spans, self.chunk = layout, dict(spans), chunk
+        self.known: dict[tuple[int, ...], float] = {}
+        self.evaluated = 0
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.spans)
+
+    def cost(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Cost of each sentence [len(seqs)] (float64, on the CPU)."""
+        keys = [tuple(int(t) for t in s) for s in seqs]
+        if self.spans:
+            todo = list(dict.fromkeys(k for k in keys if k not in self.known))
+            for start in range(0, len(todo), self.chunk):
+                part = todo[start:start + self.chunk]
+                self.known.update(zip(part, self._run(part).tolist()))
+                self.evaluated += len(part)
+        return torch.tensor([self.known.get(k, 0.0) for k in keys], dtype=torch.double)
+
+    def _run(self, seqs: list[tuple[int, ...]]) -> torch.Tensor:
+        ids, mask = padded(seqs, self.layout.device)
+        total = torch.zeros(len(seqs), dtype=torch.double, device=ids.device)
+        with torch.no_grad():
+            for layer, h in self.inputs(ids, mask).items():
+                h = h.double()
+                basis = self.spans[layer]
+                r = (h - (h @ basis) @ basis.T).norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-30)
+                total += (r.pow(2) * mask).sum(1)
+        return total.cpu()
+
+    def inputs(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Hidden states entering each span layer {layer: [B, L, H]}, in one forward that stops
+        at the highest (the layout's `layer_inputs`, for several layers at once)."""
+        layout, seen, handles = self.layout, {}, []
+        top = max(self.spans)
+
+        def grab(k: int):
+            calls, want = [0], layout.layer_call(k)
+
+            def hook(module, args, kwargs):
+                if calls[0] == want:
+                    seen[k] = args[0] if args else kwargs["hidden_states"]
+                    if k == top:
+                        raise _Stop
+                calls[0] += 1
+            return hook
+
+        for k in self.layers:
+            handles.append(layout.layer(k).register_forward_pre_hook(grab(k), with_kwargs=True))
+        try:
+            layout.base(**layout.inputs(ids, mask))
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return seen
