@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 
 import textleak
+from textleak.attacks.base import parse_options
 from textleak.capturing import TrainingStep
 from textleak.data import read_sentences
 from textleak.errors import TextleakError
@@ -128,7 +129,7 @@ def trainer_capture(model_name: str | None, batch: list[tuple[str, int]], folder
     return callback.written[0]
 
 
-def run_unit(setting: str, batch, target, model_name, attack: str, unknown, seed: int) -> dict:
+def run_unit(setting: str, batch, target, model_name, attack: str, unknown, seed: int, options=None) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     folder = None
     try:
@@ -136,14 +137,14 @@ def run_unit(setting: str, batch, target, model_name, attack: str, unknown, seed
             folder = Path(tempfile.mkdtemp(prefix="tl-trainer-"))
             path = trainer_capture(model_name, batch, folder, seed, left=setting == "trainer-left")
             t0, c0 = time.perf_counter(), time.process_time()
-            res = textleak.recover(gradients=path, attack=attack, unknown=unknown, progress=False, device="cpu",
+            res = textleak.recover(gradients=path, attack=attack, unknown=unknown, progress=False, device="cpu", options=options,
                                    reference=str(path.with_name("grads.reference.json")))
         else:
             with dropout_rate(target.model, RATES.get(setting)):
                 cap = textleak.capture_gradients(target, [t for t, _ in batch], labels=[y for _, y in batch],
                                                  seed=seed, step=SETTINGS[setting], device="cpu")
             t0, c0 = time.perf_counter(), time.process_time()
-            res = textleak.recover(gradients=cap.gradients, model=target, attack=attack, reference=cap.reference,
+            res = textleak.recover(gradients=cap.gradients, model=target, attack=attack, reference=cap.reference, options=options,
                                    unknown=unknown, progress=False, device="cpu")
         details = res.details or {}
         certified = details.get("certified")
@@ -173,6 +174,8 @@ def main(argv=None) -> int:
     ap.add_argument("--unknown", nargs="*", default=["labels"], help="facts withheld from the attacker")
     ap.add_argument("--out", default="results/benchmark_training.jsonl")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="an attack option, as `textleak recover --option` takes it (repeatable)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings, sizes = args.settings.split(","), [int(b) for b in args.batch_size.split(",")]
@@ -189,11 +192,12 @@ def main(argv=None) -> int:
         for index in range(min(args.n, len(rows) // bs)):
             batch = rows[index * bs:(index + 1) * bs]
             for setting in settings:
-                key = f"{args.data}|{args.attack}|{setting}|{bs}|{index}"
+                key = f"{args.data}|{args.attack}|{setting}|{bs}|{index}" + "".join(f"|{o}" for o in args.option)
                 if key in done:
                     continue
                 rec = {"key": key, "data": args.data, "attack": args.attack, "setting": setting, "batch_size": bs,
-                       "index": index, **run_unit(setting, batch, target, args.model, args.attack, unknown, index)}
+                       "index": index, **run_unit(setting, batch, target, args.model, args.attack, unknown, index,
+                                                    parse_options(args.option) or None)}
                 with out.open("a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")
                 done[key] = rec

@@ -25,10 +25,16 @@ class Assembly:
     """The guessed sentences (`seqs`) and what each move last saw (sentence versions)."""
 
     def __init__(self, score: SpanScore, allowed: Sequence[set[int]], lengths: Sequence[int],
-                 generator: torch.Generator | None = None):
-        self.score, self.lengths = score, list(lengths)
-        self.choices = [sorted(a) for a in allowed]
+                 generator: torch.Generator | None = None, ends: tuple[int, int] | None = None):
+        """`ends`: the ([CLS], [SEP]) ids when the special tokens are declared: every sentence
+        then starts and ends with them, and no body position takes either."""
+        self.score, self.lengths, self.ends = score, list(lengths), ends
+        specials = set(ends or ())
+        self.choices = [sorted(set(a) - specials) or sorted(a) for a in allowed]
         self.seqs = [[0] * n for n in lengths]
+        if ends is not None:
+            for seq in self.seqs:
+                seq[0], seq[-1] = ends
         self.version = [0] * len(lengths)
         self.seen: dict[object, tuple[int, ...]] = {}
         for i, cands in enumerate(self.choices):  # a first guess: each position's tokens in turn
@@ -54,7 +60,9 @@ class Assembly:
                 self.seqs[who[r]][i] = cands[c]
 
     def who(self, i: int) -> list[int]:
-        """The sentences reaching position i."""
+        """The sentences reaching position i (with `ends`: holding a body token there)."""
+        if self.ends is not None:
+            return [b for b, n in enumerate(self.lengths) if 0 < i < n - 1]
         return [b for b, n in enumerate(self.lengths) if n > i]
 
     def set(self, b: int, seq: list[int]) -> None:
@@ -78,7 +86,7 @@ class Assembly:
         out: list = []
         for i, cands in enumerate(self.choices):
             who = self.who(i)
-            if len(cands) > 1 or (len(cands) == 1 and any(self.seqs[b][i] != cands[0] for b in who)):
+            if who and (len(cands) > 1 or (len(cands) == 1 and any(self.seqs[b][i] != cands[0] for b in who))):
                 out.append(Settle(i))
         n = len(self.seqs)
         out += [SwapTails(b1, b2, heads) for heads in (False, True) for b1 in range(n) for b2 in range(b1 + 1, n)]

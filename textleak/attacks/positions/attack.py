@@ -104,7 +104,8 @@ class Positions:
         found = token_positions(layout, grads, tokens, max(lengths), occupants(lengths))
         score = SpanScore(layout, {k: span_basis(layout, grads, k, sum(lengths)) for k in self.layers
                                    if layout.shared(grads, layout.qkv_names(k))})
-        sequences, sweeps = self._assemble(score, found.allowed, lengths)
+        ends = (tok.cls_token_id, tok.sep_token_id) if observation.knowledge.special_tokens else None
+        sequences, sweeps = self._assemble(score, found.allowed, lengths, None if ends is None or None in ends else ends)
         certain = [all(len(found.allowed[i]) == 1 and i in found.closed for i in range(n)) for n in lengths]
         prediction: dict[str, Any] = {"token_ids": sequences}
         assumed = {"seq_lengths": how, "special_tokens": bool(observation.knowledge.special_tokens)}
@@ -127,7 +128,7 @@ class Positions:
                                     "grow": self.grow, "any_mode": self.any_mode},
                             details=details)
 
-    def _assemble(self, score: SpanScore, allowed, lengths) -> tuple[list[list[int]], int]:
+    def _assemble(self, score: SpanScore, allowed, lengths, ends=None) -> tuple[list[list[int]], int]:
         """The lowest-cost assembly over `restarts` descents (the first from the plain guess;
         no restart begins once the time budget has run out)."""
         gen = torch.Generator().manual_seed(self.seed)
@@ -135,7 +136,7 @@ class Positions:
         for r in range(self.restarts if len(lengths) > 1 else 1):
             if r and budget.expired():
                 break
-            state = Assembly(score, allowed, lengths, gen if r else None)
+            state = Assembly(score, allowed, lengths, gen if r else None, ends)
             if self.grow and not r:
                 state.grow()
             sweeps += state.descend(self.sweeps)
