@@ -20,6 +20,10 @@ How:
    layers 1 and 2 are not dropped themselves but carry the step's dropout from below, so a
    sentence computed in eval mode lies near, not in, their spans (relative residual ~0.2 for the
    true sentence; a token swapped with another sentence's raises its own to 0.3-0.5 on MiniLM).
+   With the special tokens declared (the default) every sentence starts with [CLS] and ends with
+   [SEP] at its declared length and no body position takes either: without that, a shorter
+   sentence's [SEP] could be handed to a longer one and its last word to the shorter (Trainer
+   steps, CoLA dev batch 4: ROUGE-1 77.1 without, 100 with).
    First guess (`grow`): left to right, each position's tokens go to the sentences reaching it by
    the Hungarian method on the cost of each sentence's prefix so far (closed by its last token).
    Then coordinate descent (`assembly.py`): at each position, the occupying sentences take its
@@ -79,7 +83,7 @@ class Positions:
     modalities: ClassVar[tuple[str, ...]] = ("text",)
 
     sweeps: int = 12
-    restarts: int = 1
+    restarts: int = 3
     layers: tuple[int, ...] = (1, 2)
     grow: bool = True
     any_mode: bool = False
