@@ -17,10 +17,6 @@ import torch
 from ...text.leaks import padded
 
 
-class _Stop(Exception):
-    pass
-
-
 def span_basis(layout, grads, layer: int, tokens: int) -> torch.Tensor:
     """An orthonormal basis [H, <=tokens] of the leading directions of layer `layer`'s Q/K/V gradient."""
     G = torch.cat([grads[n].to(layout.device).double() for n in layout.shared(grads, layout.qkv_names(layer))], 0)
@@ -67,27 +63,5 @@ class SpanScore:
     def inputs(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[int, torch.Tensor]:
         """Hidden states entering each span layer {layer: [B, L, H]}, in one forward that stops
         at the highest (the layout's `layer_inputs`, for several layers at once)."""
-        layout, seen, handles = self.layout, {}, []
-        top = max(self.spans)
-
-        def grab(k: int):
-            calls, want = [0], layout.layer_call(k)
-
-            def hook(module, args, kwargs):
-                if calls[0] == want:
-                    seen[k] = args[0] if args else kwargs["hidden_states"]
-                    if k == top:
-                        raise _Stop
-                calls[0] += 1
-            return hook
-
-        for k in self.layers:
-            handles.append(layout.layer(k).register_forward_pre_hook(grab(k), with_kwargs=True))
-        try:
-            layout.base(**layout.inputs(ids, mask))
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-        return seen
+        layout = self.layout
+        return layout.module_inputs(ids, mask, {k: (layout.layer(k), layout.layer_call(k)) for k in self.layers})

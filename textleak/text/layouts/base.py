@@ -291,24 +291,37 @@ class Layout:
     def layer_inputs(self, ids: torch.Tensor, mask: torch.Tensor | None, k: int,
                      positions: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states entering layer k [B, L, H], running only the layers below it."""
-        captured: dict[str, torch.Tensor] = {}
-        calls = [0]
-        want = self.layer_call(k)
+        seen = self.module_inputs(ids, mask, {"h": (self.layer(k), self.layer_call(k))}, positions)
+        return self._restore(seen["h"], ids, mask, positions)
 
-        def grab(module, args, kwargs):
-            if calls[0] == want:
-                captured["h"] = args[0] if args else kwargs["hidden_states"]
-                raise _Stop
-            calls[0] += 1
+    def module_inputs(self, ids: torch.Tensor, mask: torch.Tensor | None,
+                      modules: Mapping[Any, tuple[nn.Module, int]],
+                      positions: torch.Tensor | None = None) -> dict[Any, torch.Tensor]:
+        """What enters each module {key: its first input (or `hidden_states`)} on its `call`-th call
+        (0-based: a shared layer runs once per depth), in one forward of the encoder stopped as soon
+        as every key is seen."""
+        seen: dict[Any, torch.Tensor] = {}
 
-        handle = self.layer(k).register_forward_pre_hook(grab, with_kwargs=True)
+        def grab(key, want: int):
+            calls = [0]
+
+            def hook(module, args, kwargs):
+                if calls[0] == want and key not in seen:
+                    seen[key] = args[0] if args else kwargs["hidden_states"]
+                    if len(seen) == len(modules):
+                        raise _Stop
+                calls[0] += 1
+            return hook
+
+        handles = [m.register_forward_pre_hook(grab(key, want), with_kwargs=True) for key, (m, want) in modules.items()]
         try:
             self.base(**self.inputs(ids, mask, positions))
         except _Stop:
             pass
         finally:
-            handle.remove()
-        return self._restore(captured["h"], ids, mask, positions)
+            for h in handles:
+                h.remove()
+        return seen
 
     def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder's last hidden states [B, L, H]."""

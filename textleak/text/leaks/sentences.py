@@ -38,10 +38,6 @@ from .residuals import padded
 from .spans import MIN_GAP
 
 
-class _Stop(Exception):
-    pass
-
-
 @dataclass
 class SentenceSpans:
     """Row spaces of the last layer's per-sentence weight gradients.
@@ -125,22 +121,6 @@ def cls_inputs(layout: Layout, sequences: Sequence[Sequence[int]], layer: int, s
     (one padded forward, stopped once every site is seen)."""
     ids, mask = padded(sequences, layout.device)
     modules = layout.linears(layer)
-    seen: dict[str, torch.Tensor] = {}
-
-    def grab(site):
-        def hook(module, args):
-            seen[site] = args[0][:, 0].detach()
-            if len(seen) == len(sites):
-                raise _Stop
-        return hook
-
-    handles = [modules[s].register_forward_pre_hook(grab(s)) for s in sites]
-    try:
-        with torch.no_grad():
-            layout.base(**layout.inputs(ids, mask))
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
+    with torch.no_grad():
+        seen = layout.module_inputs(ids, mask, {s: (modules[s], 0) for s in sites})
+    return {s: h[:, 0].detach() for s, h in seen.items()}
