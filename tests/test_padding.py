@@ -129,3 +129,24 @@ def test_sentence_pairs_show_in_the_token_type_gradient_and_exact_refuses_them(w
     shared = textleak.GradientFile(grads, cap.gradients.metadata)
     with pytest.raises(MissingKnowledgeError, match="token types \\[0, 1\\].*sentence pairs"):
         textleak.recover(gradients=shared, model=wide, attack="exact", progress=False, device="cpu")
+
+
+def test_positions_refuses_a_left_padded_dropout_step_and_auto_says_why(wide):
+    # positions reads sentences as standing from position 0: a left-padded train-mode step is refused
+    # in one line (and `auto` names the reason); a single sentence padded to nothing is read as before
+    from textleak.attacks import ATTACKS
+    from textleak.errors import MissingKnowledgeError
+    from textleak.threat import Observation
+
+    step = TrainingStep(mode="train", pad_side="left")
+    two = Observation.from_file(textleak.capture_gradients(wide, [TEXTS[0], TEXTS[2]], labels=[1, 0], step=step).gradients)
+    with pytest.raises(MissingKnowledgeError, match="positions attack does not handle left padding.* to 9 tokens"):
+        ATTACKS.get("positions")().preflight(two, wide)
+    auto = ATTACKS.get("auto")(stages=[ATTACKS.get("exact")(), ATTACKS.get("positions")()])
+    with pytest.raises(MissingKnowledgeError, match="exact: .*train mode.*positions: .*left padding"):
+        auto.preflight(two, wide)
+    one = textleak.capture_gradients(wide, TEXTS[:1], labels=[1], step=step)
+    ATTACKS.get("positions")().preflight(Observation.from_file(one.gradients), wide)
+    fixed = textleak.capture_gradients(wide, TEXTS[:1], labels=[1], step=TrainingStep(mode="train", pad_side="left", pad_to=12))
+    with pytest.raises(MissingKnowledgeError, match="left padding"):  # a fixed length pads even one sentence
+        ATTACKS.get("positions")().preflight(Observation.from_file(fixed.gradients, unknown=["seq_lengths"]), wide)

@@ -135,3 +135,22 @@ class LeftPadding:
         return (f"left padding to {self.length} tokens{micro}: the training script's public configuration "
                 "(capture.padding), sentences at positions L - n .. L - 1" +
                 (", a classifier pooling the pad at position 0" if self.pooled else ""))
+
+
+def left_padding_refusal(metadata: Mapping[str, Any], lengths: Sequence[int] | None, attack: str) -> str | None:
+    """Why `attack`, which reads every sentence as standing from position 0 with only its own tokens
+    in the gradient, cannot read this capture: it records left padding that pads some sentence (so
+    sentences stand shifted and a classifier's pooled pads add inputs), or lengths are unknown and
+    the recorded padding (a fixed length or a multiple) may pad even a single sentence. None where
+    nothing is padded on the left."""
+    padding = LeftPadding.of(metadata, lengths, "classify", 0)
+    if padding is None:
+        return None
+    recorded = (metadata.get("capture") or {}).get("padding") or {}
+    if lengths:
+        if all(padding.padded_length(int(n)) == int(n) for n in lengths):
+            return None
+    elif not (recorded.get("to") or recorded.get("multiple")):
+        return None
+    return (f"{attack} does not handle left padding: this capture was padded on the left to {padding.length} tokens "
+            "(sentences stand shifted by their padding, and a classifier pools a pad); exact handles it without dropout")
