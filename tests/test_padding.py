@@ -150,3 +150,33 @@ def test_positions_refuses_a_left_padded_dropout_step_and_auto_says_why(wide):
     fixed = textleak.capture_gradients(wide, TEXTS[:1], labels=[1], step=TrainingStep(mode="train", pad_side="left", pad_to=12))
     with pytest.raises(MissingKnowledgeError, match="left padding"):  # a fixed length pads even one sentence
         ATTACKS.get("positions")().preflight(Observation.from_file(fixed.gradients, unknown=["seq_lengths"]), wide)
+
+
+def test_roberta_left_padding_shifts_nothing_and_is_recovered_exactly(tmp_path):
+    # RoBERTa numbers only the real tokens (pads read the padding row): left padding shifts no
+    # sentence there, but the classifier still pools a pad; before, the shorter sentence was searched
+    # at shifted positions and missed (uncertified)
+    from conftest import make_tiny_model
+    from textleak.text.models import load_text_model
+
+    torch.manual_seed(0)
+    target = load_text_model(str(make_tiny_model(tmp_path, "roberta", hidden=64, layers=3, init=0.1)), task="classify")
+    texts = ["the small dog sat on the mat .", "a red bird flew", "big cat ran"]
+    cap = textleak.capture_gradients(target, texts, labels=[0, 1, 1], seed=1, step=TrainingStep(pad_side="left"))
+    meta = cap.gradients.metadata
+    layout = layout_for(target.model)
+    assert not layout.pads_take_positions
+    layout.padding = LeftPadding.of(meta, meta["knowledge"]["seq_lengths"], "classify", target.tokenizer.pad_token_id,
+                                    shifts=layout.pads_take_positions)
+    ids, mask = padded(cap.reference.token_ids)
+    named = dict(target.model.named_parameters())
+    target.model.eval()
+    loss = target.model(**layout.inputs(ids, mask), labels=torch.tensor([0, 1, 1])).loss
+    for (name, _), g in zip(named.items(), torch.autograd.grad(loss, list(named.values()), allow_unused=True)):
+        if g is not None and name in cap.gradients.gradients:
+            shared = cap.gradients.gradients[name]
+            assert float((g - shared).norm()) <= 1e-5 * float(shared.norm()) + 1e-12, name
+    res = textleak.recover(gradients=cap.gradients, model=target, attack="exact", reference=cap.reference,
+                           unknown=["labels"], progress=False, budget=30)
+    assert res.details["certified"] and res.metrics["mean"]["exact_match"] == 1.0 and res.details["peeled"] == 3
+    assert "pads take no position" in res.assumed["padding"]

@@ -30,7 +30,7 @@ def left_candidates(layout: Layout, gradients: Any, span0: LayerSpan, vocab: tor
     """Per absolute position < L, the layer-0 candidates and token placements (`Candidates`
     with `width` L; `offset` picks a length's view)."""
     padding = layout.padding
-    width = max(padding.padded_length(n) for n in lengths)
+    width = padding.width(lengths)
     with layout.shifted(0):
         per_position, threshold = position_candidates(layout, span0, vocab, width)
     pins = positions.token_positions(layout, gradients, vocab.tolist(), width,
@@ -52,8 +52,8 @@ def search_left_padded(config: Any, layout: Layout, tokenizer: Any, cands: Candi
         # this length at its micro-batch's padded length (a length may be in two, padded differently)
         layout.padding = replace(base, by_length={**base.by_length, n: L})
         view = copy.copy(view)  # what earlier searches narrowed, read from this length's shift
-        view.offset = L - n
-        with layout.shifted(L - n), layer0_table(layout, n):
+        view.offset = layout.padding.shift(n)
+        with layout.shifted(view.offset), layer0_table(layout, n):
             search = Search(config, layout, tokenizer, view, [n] * count, span, peeler, template)
             search.later = sum(k for _, _, k in groups[i + 1:])
             seqs, _ = search.run()
