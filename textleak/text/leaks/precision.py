@@ -21,20 +21,20 @@ token count) and the weakest directions of the span are tilted by that noise. Wh
   are added where layer 0 misses them (`attacks.exact.candidates`).
 
 Nothing peels off in reduced precision (a recomputed sentence gradient does not subtract off a
-rounded one exactly), so in float32 the search narrows to what is left of the batch but here the
+rounded one exactly). Where float32 narrows the search to what is left of the batch, here the
 found sentences stay in the span, and their inputs in slightly other contexts (a found sentence
-shifted, cut or extended) keep scoring low: settling falls into such copies (measured, fp16 CoLA dev
-batch 8, index 1: seven sentences found in 30 s, then the 19-token one never, every seed settling
-into a found 16-token sentence with a tail; its layer-1 residual 0.069 against 3e-6 for the truth).
-So once a sentence is found the search scores candidates against what the found sentences leave
-(`RoundedSpan.without`): the residual's numerator is unchanged (the found inputs lie in the span)
-but it is divided by the part of the input outside the found inputs' span, not by the whole input.
-A true input of another sentence keeps most of its length there (measured: at least 0.21 of it,
-0.55 on average) and its score stays small (at most 1.8e-3); a copy of a found input has little
-left (0.02 to 0.13 of it) and scores ~0.95 per token. That part is floored at 1/16 of the input
-(`LEFT_FLOOR`), so no true input's rounding noise is amplified more than 16 times. Only the search's
-ranking changes: whole-sentence residuals, and so every certificate, are still measured against
-the whole span.
+shifted, cut or extended) keep scoring low: settling falls into such copies (measured, fp16 CoLA
+dev batch 8, index 1: seven sentences found in the first rounds, then the 19-token one never, the
+seeds settling into a found 16-token sentence with a tail, layer-1 residual 0.069 against 3e-6 for
+the truth). So once a sentence is found the search scores candidates against what the found
+sentences leave (`RoundedSpan.without`): the residual's numerator is unchanged (the found inputs
+lie in the span) but it is divided by the part of the input outside the found inputs' span, not
+by the whole input. In that batch a true body input of the missing sentence kept 0.21 to 0.82 of
+its length there and scored at most 1.8e-3; the copy's inputs kept 0.02 to 0.13 and scored ~0.95
+each. That part is floored at 1/16 of the input (`LEFT_FLOOR`: [CLS], alike in every sentence,
+keeps 0.002), so no input's rounding noise is amplified more than 16 times. Only the search's
+ranking changes: whole-sentence residuals, and so every certificate, are measured against the
+whole span as before.
 
 `RoundedSpan` is a `LayerSpan` whose residuals round the candidate inputs as the victim's
 autocast did and whose certificate follows u; `span_for(layout, gradients, layer, settings,
