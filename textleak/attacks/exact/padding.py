@@ -4,8 +4,8 @@ Under left padding a sentence of n tokens stands at positions L - n .. L - 1, so
 stands depends on the length of its sentence, and a prefix means different positions for
 different lengths. The layer-0 candidates and token placements are read once, by absolute
 position over the padded length (`left_candidates`); each length is then searched on its own
-(`search_left_padded`, longest first: it has no pads), reading them from its shift L - n, with
-layer 0's rows shifted the same way (`Layout.shifted`). The peeler is shared: a sentence found
+(`search_left_padded`, longest first: it has no pads), reading them from its shift L - n (0 on
+RoBERTa, whose pads take no position), with layer 0's rows shifted the same way (`Layout.shifted`). The peeler is shared: a sentence found
 for one length comes off the batch before the next length is searched, and only the very last
 sentence of the batch is peeled as the last. Under accumulation each micro-batch is padded to its own
 length L, and a length found in two micro-batches is searched once for each L. Certificates are
