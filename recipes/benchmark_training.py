@@ -30,7 +30,8 @@ Settings (each a `textleak.capturing.TrainingStep` given to `capture_gradients`,
     trainer-left  the same with the tokenizer's padding_side="left" and the model's dropout set to 0
                   (so that the exact attack applies: clipping and left padding, no dropout)
 Labels are withheld from the attacker (`--unknown labels`); lengths are declared as the capture
-declares them. Each finished batch is appended to the JSONL file (an interrupted run resumes);
+declares them. `--budget S` stops each batch's attack after S wall-clock seconds (it answers
+uncertified; the record keeps the budget). Each finished batch is appended to the JSONL file (an interrupted run resumes);
 the table is printed and written as JSON beside it. Public API only.
 """
 
@@ -129,7 +130,8 @@ def trainer_capture(model_name: str | None, batch: list[tuple[str, int]], folder
     return callback.written[0]
 
 
-def run_unit(setting: str, batch, target, model_name, attack: str, unknown, seed: int, options=None) -> dict:
+def run_unit(setting: str, batch, target, model_name, attack: str, unknown, seed: int, options=None,
+             budget: float | None = None) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     folder = None
     try:
@@ -138,14 +140,14 @@ def run_unit(setting: str, batch, target, model_name, attack: str, unknown, seed
             path = trainer_capture(model_name, batch, folder, seed, left=setting == "trainer-left")
             t0, c0 = time.perf_counter(), time.process_time()
             res = textleak.recover(gradients=path, attack=attack, unknown=unknown, progress=False, device="cpu", options=options,
-                                   reference=str(path.with_name("grads.reference.json")))
+                                   reference=str(path.with_name("grads.reference.json")), budget=budget)
         else:
             with dropout_rate(target.model, RATES.get(setting)):
                 cap = textleak.capture_gradients(target, [t for t, _ in batch], labels=[y for _, y in batch],
                                                  seed=seed, step=SETTINGS[setting], device="cpu")
             t0, c0 = time.perf_counter(), time.process_time()
             res = textleak.recover(gradients=cap.gradients, model=target, attack=attack, reference=cap.reference, options=options,
-                                   unknown=unknown, progress=False, device="cpu")
+                                   unknown=unknown, progress=False, device="cpu", budget=budget)
         details = res.details or {}
         certified = details.get("certified")
         # cpu_seconds: the process's CPU time (all its threads), steadier than wall time on a shared machine
@@ -174,6 +176,8 @@ def main(argv=None) -> int:
     ap.add_argument("--unknown", nargs="*", default=["labels"], help="facts withheld from the attacker")
     ap.add_argument("--out", default="results/benchmark_training.jsonl")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--budget", type=float, default=None,
+                    help="wall-clock seconds per batch (the attack stops and answers uncertified; default: none)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="an attack option, as `textleak recover --option` takes it (repeatable)")
     args = ap.parse_args(argv)
@@ -197,7 +201,8 @@ def main(argv=None) -> int:
                     continue
                 rec = {"key": key, "data": args.data, "attack": args.attack, "setting": setting, "batch_size": bs,
                        "index": index, **run_unit(setting, batch, target, args.model, args.attack, unknown, index,
-                                                    parse_options(args.option) or None)}
+                                                    parse_options(args.option) or None, args.budget),
+                       **({"budget": args.budget} if args.budget else {})}
                 with out.open("a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")
                 done[key] = rec

@@ -129,3 +129,54 @@ def test_sentence_pairs_show_in_the_token_type_gradient_and_exact_refuses_them(w
     shared = textleak.GradientFile(grads, cap.gradients.metadata)
     with pytest.raises(MissingKnowledgeError, match="token types \\[0, 1\\].*sentence pairs"):
         textleak.recover(gradients=shared, model=wide, attack="exact", progress=False, device="cpu")
+
+
+def test_positions_refuses_a_left_padded_dropout_step_and_auto_says_why(wide):
+    # positions reads sentences as standing from position 0: a left-padded train-mode step is refused
+    # in one line (and `auto` names the reason); a single sentence padded to nothing is read as before
+    from textleak.attacks import ATTACKS
+    from textleak.errors import MissingKnowledgeError
+    from textleak.threat import Observation
+
+    step = TrainingStep(mode="train", pad_side="left")
+    two = Observation.from_file(textleak.capture_gradients(wide, [TEXTS[0], TEXTS[2]], labels=[1, 0], step=step).gradients)
+    with pytest.raises(MissingKnowledgeError, match="positions attack does not handle left padding.* to 9 tokens"):
+        ATTACKS.get("positions")().preflight(two, wide)
+    auto = ATTACKS.get("auto")(stages=[ATTACKS.get("exact")(), ATTACKS.get("positions")()])
+    with pytest.raises(MissingKnowledgeError, match="exact: .*train mode.*positions: .*left padding"):
+        auto.preflight(two, wide)
+    one = textleak.capture_gradients(wide, TEXTS[:1], labels=[1], step=step)
+    ATTACKS.get("positions")().preflight(Observation.from_file(one.gradients), wide)
+    fixed = textleak.capture_gradients(wide, TEXTS[:1], labels=[1], step=TrainingStep(mode="train", pad_side="left", pad_to=12))
+    with pytest.raises(MissingKnowledgeError, match="left padding"):  # a fixed length pads even one sentence
+        ATTACKS.get("positions")().preflight(Observation.from_file(fixed.gradients, unknown=["seq_lengths"]), wide)
+
+
+def test_roberta_left_padding_shifts_nothing_and_is_recovered_exactly(tmp_path):
+    # RoBERTa numbers only the real tokens (pads read the padding row): left padding shifts no
+    # sentence there, but the classifier still pools a pad; before, the shorter sentence was searched
+    # at shifted positions and missed (uncertified)
+    from conftest import make_tiny_model
+    from textleak.text.models import load_text_model
+
+    torch.manual_seed(0)
+    target = load_text_model(str(make_tiny_model(tmp_path, "roberta", hidden=64, layers=3, init=0.1)), task="classify")
+    texts = ["the small dog sat on the mat .", "a red bird flew", "big cat ran"]
+    cap = textleak.capture_gradients(target, texts, labels=[0, 1, 1], seed=1, step=TrainingStep(pad_side="left"))
+    meta = cap.gradients.metadata
+    layout = layout_for(target.model)
+    assert not layout.pads_take_positions
+    layout.padding = LeftPadding.of(meta, meta["knowledge"]["seq_lengths"], "classify", target.tokenizer.pad_token_id,
+                                    shifts=layout.pads_take_positions)
+    ids, mask = padded(cap.reference.token_ids)
+    named = dict(target.model.named_parameters())
+    target.model.eval()
+    loss = target.model(**layout.inputs(ids, mask), labels=torch.tensor([0, 1, 1])).loss
+    for (name, _), g in zip(named.items(), torch.autograd.grad(loss, list(named.values()), allow_unused=True)):
+        if g is not None and name in cap.gradients.gradients:
+            shared = cap.gradients.gradients[name]
+            assert float((g - shared).norm()) <= 1e-5 * float(shared.norm()) + 1e-12, name
+    res = textleak.recover(gradients=cap.gradients, model=target, attack="exact", reference=cap.reference,
+                           unknown=["labels"], progress=False, budget=30)
+    assert res.details["certified"] and res.metrics["mean"]["exact_match"] == 1.0 and res.details["peeled"] == 3
+    assert "pads take no position" in res.assumed["padding"]

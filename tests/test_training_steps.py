@@ -139,6 +139,36 @@ def test_autocast_captures_are_recovered_exactly(minilm3, precision):
     assert res.metrics["mean"]["label_accuracy"] == 1.0
 
 
+def test_in_reduced_precision_a_found_sentence_stops_scoring_low_but_certificates_are_unchanged(minilm3):
+    # nothing peels off in fp16, so copies of a found sentence used to keep scoring low (the fp16 CoLA
+    # batch-8 miss); once found, the search scores against what the found sentences leave
+    from textleak.text.leaks import sequence_residuals
+    from textleak.text.leaks.precision import LEFT_FLOOR, span_for
+
+    texts = ["the film was a delight", "a dull , tired story", "it is what it is"]
+    cap = textleak.capture_gradients(minilm3, texts, labels=[1, 0, 1], step=TrainingStep(precision="float16"))
+    layout, truth = layout_for(minilm3.model), cap.reference.token_ids
+    span = span_for(layout, cap.gradients.gradients, 1, TrainingSettings.of(cap.gradients.metadata),
+                    sum(map(len, truth)))
+    rest = span.without(layout, truth[0])
+
+    def inputs(seq):
+        ids = torch.tensor([seq])
+        with torch.no_grad():
+            return layout.layer_inputs(ids, torch.ones_like(ids), 1)[0, 1:-1]
+
+    # the found sentence with a tail (what settling fell into): close to the found inputs, so close to the span
+    copy, other = inputs(truth[0][:-1] + truth[2][-3:]), inputs(truth[1])
+    n = len(truth[0]) - 2  # its copied tokens: near members before, far once it is found
+    assert float(span.score(copy[:n]).max()) < 0.1 and float(rest.score(copy[:n]).min()) > 0.5
+    # a sentence not found keeps its score within the floor's bound
+    assert float(rest.score(other).max()) <= float(span.score(other).max()) / LEFT_FLOOR + 1e-6
+    assert float(rest.score(other).max()) < 1e-2
+    whole = sequence_residuals(layout, span, truth)  # certificates read the whole span, as before
+    assert torch.allclose(sequence_residuals(layout, rest, truth), whole)
+    assert all(span.certifies(float(r), len(t)) for r, t in zip(whole, truth))
+
+
 def test_a_train_mode_capture_is_refused_by_exact_and_auto_moves_on(wide):
     cap = textleak.capture_gradients(wide, TEXTS[:2], labels=[1, 0], step=TrainingStep(mode="train"))
     with pytest.raises(MissingKnowledgeError, match="train mode .*hidden_dropout_prob 0.1"):

@@ -13,7 +13,10 @@ P[0]), is one row shared by them all). Masked-LM reads only masked real tokens: 
 of length n as its tokens at logical positions 0..n-1 (as without padding), and the layout
 places them at their absolute positions and adds the pooled pad when it computes (`arrange`,
 `restore`); layer 0's per-(token, position) rows take the shift of the sentence length being
-searched (`Layout.offset`). Which length L each sentence was padded to is public configuration
+searched (`Layout.offset`). RoBERTa (`Layout.pads_take_positions` False) numbers only the real
+tokens (its position ids count the non-pad tokens from padding_idx + 1): left padding shifts
+nothing there, every pad reads the position table's padding row, and only the pooled pad's extra
+inputs remain (`shifts`). Which length L each sentence was padded to is public configuration
 (the side, a fixed length or a multiple) together with the declared lengths (`of`).
 """
 
@@ -33,7 +36,8 @@ class LeftPadding:
     rows: the padded length of each row of the batch the attack computes on, once the search
     has put each sentence in its slot (a length can occur in two micro-batches padded to
     different lengths); pooled: whether the loss reads the row's first position
-    (classification); pad_id: the pad token."""
+    (classification); pad_id: the pad token; shifts: whether pads take position ids, so that a
+    padded sentence stands shifted (BERT), or not (RoBERTa: pads read the padding row)."""
 
     length: int
     pad_id: int
@@ -41,13 +45,18 @@ class LeftPadding:
     by_length: Mapping[int, int] = field(default_factory=dict)
     slots: tuple[int, ...] = ()
     rows_padded: tuple[int, ...] = ()
+    shifts: bool = True
 
     def padded_length(self, n: int) -> int:
         return max(self.by_length.get(n, self.length), n)
 
     def shift(self, n: int) -> int:
-        """Where a sentence of n tokens starts in its padded row."""
-        return self.padded_length(n) - n
+        """Where a sentence of n tokens starts: its position in the padded row (0 where pads take no position)."""
+        return self.padded_length(n) - n if self.shifts else 0
+
+    def width(self, lengths: Sequence[int]) -> int:
+        """Logical positions the sentences of `lengths` reach."""
+        return max(self.shift(n) + n for n in lengths)
 
     def rows(self, n: int) -> int:
         """Layer inputs a sentence of n tokens adds above layer 0: its tokens, and the pooled pad."""
@@ -61,9 +70,10 @@ class LeftPadding:
 
     def occupants(self, lengths: Sequence[int]) -> list[int]:
         """How many sentences (or pooled pads) stand at each absolute position < L (an upper bound)."""
-        spans = [(L - n, L) for n, L, k in self.groups(lengths) for _ in range(k)]
-        width = max(L for _, L in spans)
-        return [sum(a <= i < b or (i == 0 and self.pooled) for a, b in spans) for i in range(width)]
+        spans = [(L - n, L) if self.shifts else (0, n) for n, L, k in self.groups(lengths) for _ in range(k)]
+        width = max(b for _, b in spans)
+        # (a pooled pad stands at position 0 where pads take positions; else it reads the padding row)
+        return [sum(a <= i < b or (i == 0 and self.pooled and self.shifts) for a, b in spans) for i in range(width)]
 
     def arrange(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -77,7 +87,7 @@ class LeftPadding:
             pos = positions if positions.dim() > 1 else positions[None].expand(ids.shape[0], -1)
             n = pos.max(-1).values + 1
             L = torch.tensor([self.padded_length(int(k)) for k in n.tolist()], device=dev)
-            return ids, (torch.ones_like(ids) if mask is None else mask), pos + (L - n)[:, None], None
+            return ids, (torch.ones_like(ids) if mask is None else mask), pos + (L - n)[:, None] * self.shifts, None
         B, W = ids.shape
         n = mask.sum(-1) if mask is not None else torch.full((B,), W, device=dev)
         L = torch.tensor(list(self.rows_padded) if len(self.rows_padded) == B else
@@ -90,10 +100,12 @@ class LeftPadding:
         rows = torch.arange(B, device=dev)[:, None].expand(B, W)
         new_ids = torch.full((B, width), self.pad_id, dtype=ids.dtype, device=dev)
         new_mask = torch.zeros((B, width), dtype=ids.dtype, device=dev)
-        new_pos = torch.zeros((B, width), dtype=torch.long, device=dev)
+        # pads at position 0 where they take positions (only the pooled one at column 0 is read),
+        # else at -1: the padding row, padding_idx, of RoBERTa's table (`Layout.position_ids`)
+        new_pos = torch.full((B, width), 0 if self.shifts else -1, dtype=torch.long, device=dev)
         new_ids[rows[real], index[real]] = ids[real]
         new_mask[rows[real], index[real]] = 1
-        new_pos[rows[real], index[real]] = ((L - n)[:, None] + col).expand(B, W)[real]
+        new_pos[rows[real], index[real]] = ((L - n)[:, None] * self.shifts + col).expand(B, W)[real]
         return new_ids, new_mask, new_pos, index.masked_fill(~real, 0)
 
     @staticmethod
@@ -105,12 +117,13 @@ class LeftPadding:
 
     @classmethod
     def of(cls, metadata: Mapping[str, Any], lengths: Sequence[int] | None, task: str,
-           pad_id: int | None, ordered: bool = True) -> "LeftPadding | None":
+           pad_id: int | None, ordered: bool = True, shifts: bool = True) -> "LeftPadding | None":
         """The left padding a capture records (`capture.padding`), or None (right padding, or
         nothing recorded). L is the recorded length, else the fixed length, else the longest of
         `lengths` rounded up to the recorded multiple; with accumulation over micro-batches padded
         on their own, each micro-batch's recorded length goes with the lengths declared in it
-        (`ordered`: `lengths` are in batch order, as declared; inferred ones are not)."""
+        (`ordered`: `lengths` are in batch order, as declared; inferred ones are not). `shifts`:
+        whether the model's pads take position ids (`Layout.pads_take_positions`)."""
         capture = metadata.get("capture") or {}
         padding = capture.get("padding") or {}
         if padding.get("side") != "left":
@@ -127,11 +140,32 @@ class LeftPadding:
                 slots += [int(width)] * size
             for k, width in zip(lengths, slots):
                 by_length[int(k)] = max(by_length.get(int(k), 0), width)  # a length in two: the longer by default
-        return cls(int(max(L, longest)), int(pad_id or 0), task == "classify", by_length, tuple(slots))
+        return cls(int(max(L, longest)), int(pad_id or 0), task == "classify", by_length, tuple(slots),
+                   shifts=bool(shifts))
 
     def describe(self) -> str:
         """How the attack placed the sentences, for the result's `assumed` record."""
         micro = f"; per length {dict(sorted(self.by_length.items()))}" if len(set(self.by_length.values())) > 1 else ""
         return (f"left padding to {self.length} tokens{micro}: the training script's public configuration "
-                "(capture.padding), sentences at positions L - n .. L - 1" +
-                (", a classifier pooling the pad at position 0" if self.pooled else ""))
+                "(capture.padding), sentences at positions " +
+                ("L - n .. L - 1" if self.shifts else "0 .. n - 1 (pads take no position)") +
+                (", a classifier pooling the pad in the row's first column" if self.pooled else ""))
+
+
+def left_padding_refusal(metadata: Mapping[str, Any], lengths: Sequence[int] | None, attack: str) -> str | None:
+    """Why `attack`, which reads every sentence as standing from position 0 with only its own tokens
+    in the gradient, cannot read this capture: it records left padding that pads some sentence (so
+    sentences stand shifted and a classifier's pooled pads add inputs), or lengths are unknown and
+    the recorded padding (a fixed length or a multiple) may pad even a single sentence. None where
+    nothing is padded on the left."""
+    padding = LeftPadding.of(metadata, lengths, "classify", 0)
+    if padding is None:
+        return None
+    recorded = (metadata.get("capture") or {}).get("padding") or {}
+    if lengths:
+        if all(padding.padded_length(int(n)) == int(n) for n in lengths):
+            return None
+    elif not (recorded.get("to") or recorded.get("multiple")):
+        return None
+    return (f"{attack} does not handle left padding: this capture was padded on the left to {padding.length} tokens "
+            "(sentences stand shifted by their padding, and a classifier pools a pad); exact handles it without dropout")

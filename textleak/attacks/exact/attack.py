@@ -87,7 +87,8 @@ class Exact:
         vocab, vocab_source = vocabulary(layout, grads, tok, task)
         specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
         # left padding: sentences stand where their length puts them (`text.padding`, `exact.padding`)
-        layout.padding = LeftPadding.of(observation.metadata, lengths, task, tok.pad_token_id, ordered=known)
+        layout.padding = LeftPadding.of(observation.metadata, lengths, task, tok.pad_token_id, ordered=known,
+                                        shifts=layout.pads_take_positions)
         if layout.padding is not None:
             assumed["padding"] = layout.padding.describe()
         read = Candidates.read if layout.padding is None else left_candidates

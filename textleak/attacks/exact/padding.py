@@ -4,8 +4,8 @@ Under left padding a sentence of n tokens stands at positions L - n .. L - 1, so
 stands depends on the length of its sentence, and a prefix means different positions for
 different lengths. The layer-0 candidates and token placements are read once, by absolute
 position over the padded length (`left_candidates`); each length is then searched on its own
-(`search_left_padded`, longest first: it has no pads), reading them from its shift L - n, with
-layer 0's rows shifted the same way (`Layout.shifted`). The peeler is shared: a sentence found
+(`search_left_padded`, longest first: it has no pads), reading them from its shift L - n (0 on
+RoBERTa, whose pads take no position), with layer 0's rows shifted the same way (`Layout.shifted`). The peeler is shared: a sentence found
 for one length comes off the batch before the next length is searched, and only the very last
 sentence of the batch is peeled as the last. Under accumulation each micro-batch is padded to its own
 length L, and a length found in two micro-batches is searched once for each L. Certificates are
@@ -30,7 +30,7 @@ def left_candidates(layout: Layout, gradients: Any, span0: LayerSpan, vocab: tor
     """Per absolute position < L, the layer-0 candidates and token placements (`Candidates`
     with `width` L; `offset` picks a length's view)."""
     padding = layout.padding
-    width = max(padding.padded_length(n) for n in lengths)
+    width = padding.width(lengths)
     with layout.shifted(0):
         per_position, threshold = position_candidates(layout, span0, vocab, width)
     pins = positions.token_positions(layout, gradients, vocab.tolist(), width,
@@ -52,8 +52,8 @@ def search_left_padded(config: Any, layout: Layout, tokenizer: Any, cands: Candi
         # this length at its micro-batch's padded length (a length may be in two, padded differently)
         layout.padding = replace(base, by_length={**base.by_length, n: L})
         view = copy.copy(view)  # what earlier searches narrowed, read from this length's shift
-        view.offset = L - n
-        with layout.shifted(L - n), layer0_table(layout, n):
+        view.offset = layout.padding.shift(n)
+        with layout.shifted(view.offset), layer0_table(layout, n):
             search = Search(config, layout, tokenizer, view, [n] * count, span, peeler, template)
             search.later = sum(k for _, _, k in groups[i + 1:])
             seqs, _ = search.run()

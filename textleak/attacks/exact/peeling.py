@@ -228,7 +228,7 @@ class Peeler:
                 lengths.remove(len(s))
             padding = self.layout.padding  # left padding: absolute positions over the padded length
             width, reach = (max(lengths), occupants(lengths)) if padding is None else \
-                (max(padding.padded_length(n) for n in lengths), padding.occupants(lengths))
+                (padding.width(lengths), padding.occupants(lengths))
             found = positions.token_positions(self.layout, left, sorted(allowed), width,
                                               reach if self.known_lengths else None)
         return Rest(span, allowed, span0 if span0.exact else None, found)

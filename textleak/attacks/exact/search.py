@@ -160,6 +160,8 @@ class Search:
             return False
         self.found.append(seq)
         self.missing.remove(n)
+        if self.peeler is None or not self.peeler.working:  # nothing peels off: score what the found leave
+            self.span1 = self.span1.without(self.layout, seq)
         return True
 
     def narrow(self, rest: Any) -> None:

@@ -67,6 +67,7 @@ from ...errors import MissingKnowledgeError
 from ...text.decode import ids_to_text
 from ...text.layouts import layout_for
 from ...text.leaks import assign_class_labels, embedding_token_set, padded, token_positions
+from ...text.padding import left_padding_refusal
 from ...threat import Observation
 from ...training import TrainingSettings
 from ..base import ATTACKS, AttackOutput
@@ -92,10 +93,13 @@ class Positions:
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError when the step was not taken in train mode (there `exact`
         certifies; `any_mode=True` lifts this), the gradient lacks the embedding gradients (or
-        the head is tied), or several sentences come without lengths."""
+        the head is tied), several sentences come without lengths, or the capture was left-padded."""
         if not self.any_mode and not TrainingSettings.of(observation.metadata).dropout_active:
             raise MissingKnowledgeError("the positions attack is for steps taken with dropout on; this one was "
                                         "not (exact applies; any_mode=True runs it anyway)")
+        why = left_padding_refusal(observation.metadata, observation.knowledge.seq_lengths, "the positions attack")
+        if why:
+            raise MissingKnowledgeError(why)
         self._lengths(observation, layout_for(target.model))
 
     def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,

@@ -89,6 +89,9 @@ class Layout:
     model_types: ClassVar[tuple[str, ...]] = ()
     #: rows of the position table before logical position 0 (RoBERTa: padding_idx + 1)
     position_offset: int = 0
+    #: whether pads take position ids, so that left padding shifts a sentence (RoBERTa: no, its
+    #: position ids count only the real tokens and every pad reads the padding row)
+    pads_take_positions: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module):
         self.model = model

@@ -15,6 +15,7 @@ from .registry import register
 @register("roberta", "xlm-roberta")
 class RobertaLayout(BertLayout):
     family = "RoBERTa"
+    pads_take_positions = False
 
     @property
     def position_offset(self) -> int:

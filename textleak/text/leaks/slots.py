@@ -135,4 +135,4 @@ def slot_residuals(layout: Layout, span: LayerSpan, prefixes: torch.Tensor, cand
         x = x_new.expand(W, c, H).reshape(W * c, H)
         a = block.attention_output(ctx.reshape(W * c, H), x)
         h = block.feed_forward(a)
-    return (span.residual(h, precise=False).double() ** 2).reshape(W, c)
+    return (span.score(h).double() ** 2).reshape(W, c)

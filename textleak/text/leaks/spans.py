@@ -74,6 +74,16 @@ class LayerSpan:
         proj = (h @ basis) @ basis.T
         return (h - proj).norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-30)
 
+    def score(self, h: torch.Tensor) -> torch.Tensor:
+        """What a search ranks candidate inputs by (the fast residual here; a span that scores
+        only what is left of the batch overrides it: `precision.RoundedSpan.without`)."""
+        return self.residual(h, precise=False)
+
+    def without(self, layout: Layout, sequence: Sequence[int]) -> "LayerSpan":
+        """The span to search once `sequence` is found and nothing peels it off the gradient:
+        unchanged here (reduced precision overrides it)."""
+        return self
+
 
 @SPAN_TESTS.register("rank-gap")
 def rank_gap(matrices: Sequence[torch.Tensor], layer: int) -> LayerSpan:
