@@ -13,6 +13,7 @@ from textleak.attacks.positions.assembly import Assembly, PermuteHeads, Settle, 
 from textleak.attacks.positions.score import SpanScore, span_basis
 from textleak.capturing import TrainingStep
 from textleak.core.budget import time_budget
+from textleak.errors import InputError
 from textleak.text.layouts import layout_for
 from textleak.text.leaks import padded
 
@@ -83,7 +84,10 @@ def test_a_train_mode_batch_records_its_search(wide):
     res = textleak.recover(gradients=cap.gradients, model=wide, attack="positions", reference=cap.reference,
                            progress=False, budget=60)
     assert res.details["sentences_scored"] > 0 and res.details["span_layers"] == [1]
-    assert res.details["budget"]["seconds"] == 60
+    assert res.details["budget"]["seconds"] == 60 and 1 <= res.details["descents"] <= 3
+    for bad in ({"seconds": 0}, {"shortlist": -1}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            textleak.recover(gradients=cap.gradients, model=wide, attack="positions", options=bad, progress=False)
 
 
 class _Toy:

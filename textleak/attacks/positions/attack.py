@@ -74,7 +74,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...core import budget
-from ...errors import MissingKnowledgeError
+from ...errors import InputError, MissingKnowledgeError
 from ...text.decode import ids_to_text
 from ...text.layouts import layout_for
 from ...text.leaks import assign_class_labels, embedding_token_set, padded, token_positions
@@ -110,6 +110,11 @@ class Positions:
             raise MissingKnowledgeError("the positions attack is for steps taken with dropout on; this one was "
                                         "not (exact applies; any_mode=True runs it anyway)")
         self._lengths(observation, layout_for(target.model))
+        if self.seconds is not None and not self.seconds > 0:
+            raise InputError(f"option seconds must be a positive number of seconds or null, got {self.seconds!r}")
+        if self.shortlist is not None and (isinstance(self.shortlist, bool) or not isinstance(self.shortlist, int)
+                                           or self.shortlist < 0):
+            raise InputError(f"option shortlist must be a count of tokens (0 or more) or null, got {self.shortlist!r}")
 
     def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
             resume: bool = False, progress: bool = True) -> AttackOutput:
