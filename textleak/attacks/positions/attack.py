@@ -128,8 +128,8 @@ class Positions:
                                    if layout.shared(grads, layout.qkv_names(k))})
         ends = (tok.cls_token_id, tok.sep_token_id) if observation.knowledge.special_tokens else None
         required = [{t for t, at in found.placed.items() if i in at} for i in range(max(lengths))]
-        sequences, sweeps, descents = self._assemble(score, found.allowed, lengths, None if ends is None or None in ends else ends,
-                                           required, found.complete)
+        ends = None if ends is None or None in ends else ends
+        sequences, sweeps, descents = self._assemble(score, found.allowed, lengths, ends, required, found.complete)
         certain = [all(len(found.allowed[i]) == 1 and i in found.closed for i in range(n)) for n in lengths]
         prediction: dict[str, Any] = {"token_ids": sequences}
         assumed = {"seq_lengths": how, "special_tokens": bool(observation.knowledge.special_tokens)}
@@ -145,7 +145,8 @@ class Positions:
                    "optimise_after": not TrainingSettings.of(observation.metadata).dropout_active,
                    "placed_tokens": {"tokens": len(tokens), "placed": len(found.complete),
                                      "closed_positions": len(found.closed), "positions": max(lengths)},
-                   "sweeps": sweeps, "descents": descents, "span_layers": score.layers, "sentences_scored": score.evaluated,
+                   "sweeps": sweeps, "descents": descents, "span_layers": score.layers,
+                   "sentences_scored": score.evaluated,
                    **_budget_report(), "seconds": time.perf_counter() - t0}
         return AttackOutput(prediction=prediction, method=self.name, assumed=assumed,
                             config={"sweeps": self.sweeps, "restarts": self.restarts, "layers": list(self.layers),
