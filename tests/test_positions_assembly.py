@@ -3,15 +3,17 @@ reads every span layer in one forward; the descent finds the batch where the spa
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_attacks_text import _wide_model
 
 import textleak
-from textleak.attacks.positions.assembly import Assembly, Settle, SwapTails
+from textleak.attacks.positions.assembly import Assembly, PermuteHeads, Settle, SwapTails, _assign
 from textleak.attacks.positions.score import SpanScore, span_basis
 from textleak.capturing import TrainingStep
 from textleak.core.budget import time_budget
+from textleak.errors import InputError
 from textleak.text.layouts import layout_for
 from textleak.text.leaks import padded
 
@@ -82,4 +84,53 @@ def test_a_train_mode_batch_records_its_search(wide):
     res = textleak.recover(gradients=cap.gradients, model=wide, attack="positions", reference=cap.reference,
                            progress=False, budget=60)
     assert res.details["sentences_scored"] > 0 and res.details["span_layers"] == [1]
-    assert res.details["budget"]["seconds"] == 60
+    assert res.details["budget"]["seconds"] == 60 and 1 <= res.details["descents"] <= 3
+    for bad in ({"seconds": 0}, {"shortlist": -1}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            textleak.recover(gradients=cap.gradients, model=wide, attack="positions", options=bad, progress=False)
+
+
+class _Toy:
+    """A toy score: a sentence (known by its length) costs its tokens differing from the true one
+    of that length, or, with `heads` (first body token -> whose head it is), `heads[own][whose]`."""
+
+    spans = {1: None}
+
+    def __init__(self, truth, heads=None):
+        self.truth, self.heads = {len(t): (b, t) for b, t in enumerate(truth)}, heads
+
+    def cost(self, seqs):
+        out = []
+        for s in seqs:
+            b, t = self.truth[len(s)]
+            if self.heads is None:
+                out.append(float(sum(x != y for x, y in zip(s, t))))
+            else:
+                whose = next(c for c, u in self.truth.values() if u[1] == s[1])
+                out.append(self.heads[b][whose])
+        return torch.tensor(out, dtype=torch.double)
+
+    def local(self, seq, i, cands):
+        return None
+
+
+def test_heads_dealt_round_a_cycle_of_three_come_home_in_one_move():
+    truth = [[0, 11, 12, 9], [0, 21, 22, 23, 9], [0, 31, 32, 33, 34, 9]]
+    # a head costs 0 at home, 1 where the cycle put it, 5 in the third sentence: no swap of two helps
+    score = _Toy(truth, heads=[[0, 5, 1], [1, 0, 5], [5, 1, 0]])
+    state = Assembly(score, [set()] * 6, [len(t) for t in truth], ends=(0, 9))
+    state.seqs = [[0, 31, 32, 9], [0, 11, 12, 23, 9], [0, 21, 22, 33, 34, 9]]  # heads (1..2) dealt round a cycle
+    assert not SwapTails(0, 1, heads=True).apply(state) and not SwapTails(0, 2, heads=True).apply(state)
+    assert PermuteHeads(2).apply(state) and state.seqs == truth
+
+
+def test_settle_takes_every_placed_token_and_lets_frequent_ones_repeat():
+    truth = [[0, 5, 9], [0, 5, 1, 9], [0, 7, 1, 2, 9]]
+    allowed = [set(), {5, 7, 8}, {1, 2}, {2}, set()]
+    # 7 placed at 1; 5 (a frequent word) stands there twice; 8 nowhere
+    state = Assembly(_Toy(truth), allowed, [3, 4, 5], ends=(0, 9), required=[set(), {7}, set(), set(), set()],
+                     once={7, 8})
+    state.seqs = [[0, 8, 9], [0, 7, 1, 9], [0, 5, 1, 2, 9]]
+    assert Settle(1).apply(state) and state.seqs == truth
+    assert _assign(np.array([[0.0, 1.0], [0.0, 1.0]]), forced=[1]) in ({0: 0, 1: 1}, {0: 1, 1: 0})
+    assert _assign(np.array([[0.0, 1.0], [0.0, 1.0]])) == {0: 0, 1: 0}  # a token may repeat

@@ -24,16 +24,24 @@ How:
    [SEP] at its declared length and no body position takes either: without that, a shorter
    sentence's [SEP] could be handed to a longer one and its last word to the shorter (Trainer
    steps, CoLA dev batch 4: ROUGE-1 77.1 without, 100 with).
+   Each position's tokens placed there by step 2 must stand there in some sentence, and a token
+   placed everywhere it occurs stands at most once at each; any other (frequent words) may stand
+   at one position in several sentences (MiniLM, RT dev batch 8: 7 such repeats in one batch, which
+   a one-token-per-sentence assignment could not reach).
    First guess (`grow`): left to right, each position's tokens go to the sentences reaching it by
    the Hungarian method on the cost of each sentence's prefix so far (closed by its last token).
    Then coordinate descent (`assembly.py`): at each position, the occupying sentences take its
    tokens by the Hungarian method on the summed squared residuals of the whole sentence at the
-   span layers, and two sentences swap a run of tokens (from some position to the shorter one's
-   end, or from its start to some position) where that lowers their cost; sweep after sweep until
-   nothing moves (`sweeps` at most) or the time budget runs out; `restarts` - 1 more descents
-   from random first guesses, the lowest total cost kept. Each sentence is scored once
-   (`score.py` keeps costs by sentence). The true batch scores lower than what the descent finds
-   in the measured misses (MiniLM, SST-2 dev batch 8, dropout 0.1: 10.7 against 12.1): the
+   span layers (per sentence only the placed tokens and a shortlist of the others, those of least
+   layer-1 residual at that position in its context); two sentences swap a run of tokens from
+   some position to the shorter one's end; and at each cut k the sentences reaching past k trade
+   their first k tokens by the Hungarian method (any permutation, so a run misassigned round a
+   cycle of three sentences comes home in one step); sweep after sweep until nothing moves
+   (`sweeps` at most) or the time runs out; then more descents from random first guesses while
+   the time left (`seconds`) fits one more as long as the longest so far, the lowest total cost
+   kept. Each sentence is scored once (`score.py` keeps costs by sentence, and runs the sentences
+   it is asked for at once sorted by length). The true batch can score lower than what the
+   descent finds (MiniLM, RT dev batch 8, dropout 0.1: 10.1 against 11.0 after one descent): the
    search, not the score, limits it.
 4. Labels: known, else the sign rule on the classifier weight gradient with eval-mode features
    (approximate: the classifier saw dropped features); masked-LM: the masked tokens solved from
@@ -44,11 +52,14 @@ placed there (a closed position): then no assembly choice was made for it. At ba
 position closed that is the whole sentence; `details["certified_sentences"]` lists them and
 `details["certified"]` is True when all are. The assembly certifies nothing.
 
-Arguments: `sweeps` (most assembly sweeps), `restarts` (descents), `layers` (whose spans score an
+Arguments: `sweeps` (most assembly sweeps), `restarts` (most descents), `seconds` (wall seconds
+after which no further descent starts and one under way stops; the first always finishes; None:
+no limit but the time budget's), `shortlist` (unplaced tokens priced per sentence and position;
+None: all), `layers` (whose spans score an
 assembly), `grow` (the left-to-right first guess; off: each position's tokens in turn), `any_mode`
 (also run on eval-mode steps, where `exact` is the attack to use; off by default), `seed`
-(the restarts' first guesses). `details` records `sentences_scored` and, under a time budget,
-`budget`.
+(the restarts' first guesses). `details` records `sentences_scored`, `descents` and, under a
+time budget, `budget`.
 Shapes: sentences as token-id lists; spans [H, tokens].
 """
 
@@ -63,7 +74,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...core import budget
-from ...errors import MissingKnowledgeError
+from ...errors import InputError, MissingKnowledgeError
 from ...text.decode import ids_to_text
 from ...text.layouts import layout_for
 from ...text.leaks import assign_class_labels, embedding_token_set, padded, token_positions
@@ -87,6 +98,8 @@ class Positions:
     restarts: int = 3
     layers: tuple[int, ...] = (1, 2)
     grow: bool = True
+    shortlist: int | None = 4
+    seconds: float | None = 240.0
     any_mode: bool = False
     seed: int = 0
 
@@ -101,6 +114,11 @@ class Positions:
         if why:
             raise MissingKnowledgeError(why)
         self._lengths(observation, layout_for(target.model))
+        if self.seconds is not None and not self.seconds > 0:
+            raise InputError(f"option seconds must be a positive number of seconds or null, got {self.seconds!r}")
+        if self.shortlist is not None and (isinstance(self.shortlist, bool) or not isinstance(self.shortlist, int)
+                                           or self.shortlist < 0):
+            raise InputError(f"option shortlist must be a count of tokens (0 or more) or null, got {self.shortlist!r}")
 
     def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
             resume: bool = False, progress: bool = True) -> AttackOutput:
@@ -113,7 +131,9 @@ class Positions:
         score = SpanScore(layout, {k: span_basis(layout, grads, k, sum(lengths)) for k in self.layers
                                    if layout.shared(grads, layout.qkv_names(k))})
         ends = (tok.cls_token_id, tok.sep_token_id) if observation.knowledge.special_tokens else None
-        sequences, sweeps = self._assemble(score, found.allowed, lengths, None if ends is None or None in ends else ends)
+        required = [{t for t, at in found.placed.items() if i in at} for i in range(max(lengths))]
+        ends = None if ends is None or None in ends else ends
+        sequences, sweeps, descents = self._assemble(score, found.allowed, lengths, ends, required, found.complete)
         certain = [all(len(found.allowed[i]) == 1 and i in found.closed for i in range(n)) for n in lengths]
         prediction: dict[str, Any] = {"token_ids": sequences}
         assumed = {"seq_lengths": how, "special_tokens": bool(observation.knowledge.special_tokens)}
@@ -129,29 +149,40 @@ class Positions:
                    "optimise_after": not TrainingSettings.of(observation.metadata).dropout_active,
                    "placed_tokens": {"tokens": len(tokens), "placed": len(found.complete),
                                      "closed_positions": len(found.closed), "positions": max(lengths)},
-                   "sweeps": sweeps, "span_layers": score.layers, "sentences_scored": score.evaluated,
+                   "sweeps": sweeps, "descents": descents, "span_layers": score.layers,
+                   "sentences_scored": score.evaluated,
                    **_budget_report(), "seconds": time.perf_counter() - t0}
         return AttackOutput(prediction=prediction, method=self.name, assumed=assumed,
                             config={"sweeps": self.sweeps, "restarts": self.restarts, "layers": list(self.layers),
+                                    "shortlist": self.shortlist, "seconds": self.seconds,
                                     "grow": self.grow, "any_mode": self.any_mode},
                             details=details)
 
-    def _assemble(self, score: SpanScore, allowed, lengths, ends=None) -> tuple[list[list[int]], int]:
-        """The lowest-cost assembly over `restarts` descents (the first from the plain guess;
-        no restart begins once the time budget has run out)."""
+    def _assemble(self, score: SpanScore, allowed, lengths, ends=None, required=None,
+                  once=frozenset()) -> tuple[list[list[int]], int, int]:
+        """The lowest-cost assembly over `restarts` descents (the first from the grown guess);
+        a further descent starts only while the time budget is not spent and, under `seconds`,
+        while the time left would fit one more as long as the longest so far (it is stopped at
+        `seconds`); returns (sentences, sweeps, descents)."""
         gen = torch.Generator().manual_seed(self.seed)
-        best, sweeps = None, 0
+        best, sweeps, start, longest, r = None, 0, time.perf_counter(), 0.0, 0
         for r in range(self.restarts if len(lengths) > 1 else 1):
-            if r and budget.expired():
+            left = math.inf if self.seconds is None else self.seconds - (time.perf_counter() - start)
+            if r and (budget.expired() or left < longest):
                 break
-            state = Assembly(score, allowed, lengths, gen if r else None, ends)
-            if self.grow and not r:
-                state.grow()
-            sweeps += state.descend(self.sweeps)
+            began = time.perf_counter()
+            with budget.time_budget(left if r and math.isfinite(left) else None):
+                state = Assembly(score, allowed, lengths, gen if r else None, ends, required, once, self.shortlist)
+                if self.grow and not r:
+                    state.grow()
+                sweeps += state.descend(self.sweeps)
+            longest = max(longest, time.perf_counter() - began)
             cost = state.total()
             if best is None or cost < best[0]:
                 best = (cost, [list(s) for s in state.seqs])
-        return best[1], sweeps
+        else:
+            r += 1
+        return best[1], sweeps, r
 
     @staticmethod
     def _lengths(observation: Observation, layout) -> tuple[list[int], str]:

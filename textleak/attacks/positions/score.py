@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from ...text.leaks import padded
+from ...text.leaks import LayerSpan, padded, slot_residuals
 
 
 def span_basis(layout, grads, layer: int, tokens: int) -> torch.Tensor:
@@ -33,6 +33,25 @@ class SpanScore:
         self.layout, self.spans, self.chunk = layout, dict(spans), chunk
         self.known: dict[tuple[int, ...], float] = {}
         self.evaluated = 0
+        self._span1: LayerSpan | None = None
+
+    def local(self, seq: Sequence[int], i: int, cands: Sequence[int]) -> torch.Tensor | None:
+        """Squared layer-1 residual of each candidate token [len(cands)] at position i of `seq`,
+        the rest of the sentence its context: one token through layer 0 per candidate
+        (`leaks.slot_residuals`), a cheap first cut before whole-sentence costs. None without a
+        layer-1 span or where the layout cannot run layer 0 for one token."""
+        if 1 not in self.spans:
+            return None
+        if self._span1 is None:
+            basis = self.spans[1].double()
+            self._span1 = LayerSpan(1, basis, torch.ones(1, dtype=torch.double), basis.shape[1], 0.0, 1.0)
+        dev = self.layout.device
+        try:
+            out = slot_residuals(self.layout, self._span1, torch.tensor([list(seq[:i])], dtype=torch.long, device=dev),
+                                 torch.tensor(list(cands), dtype=torch.long, device=dev), list(seq[i + 1:]))
+        except NotImplementedError:
+            return None
+        return out[0].cpu()
 
     @property
     def layers(self) -> list[int]:
@@ -42,8 +61,8 @@ class SpanScore:
         """Cost of each sentence [len(seqs)] (float64, on the CPU)."""
         keys = [tuple(int(t) for t in s) for s in seqs]
         if self.spans:
-            todo = list(dict.fromkeys(k for k in keys if k not in self.known))
-            for start in range(0, len(todo), self.chunk):
+            todo = sorted(dict.fromkeys(k for k in keys if k not in self.known), key=len)
+            for start in range(0, len(todo), self.chunk):  # by length: little padding in each forward
                 part = todo[start:start + self.chunk]
                 self.known.update(zip(part, self._run(part).tolist()))
                 self.evaluated += len(part)
@@ -54,10 +73,11 @@ class SpanScore:
         total = torch.zeros(len(seqs), dtype=torch.double, device=ids.device)
         with torch.no_grad():
             for layer, h in self.inputs(ids, mask).items():
-                h = h.double()
                 basis = self.spans[layer]
-                r = (h - (h @ basis) @ basis.T).norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-30)
-                total += (r.pow(2) * mask).sum(1)
+                if basis.dtype != h.dtype:  # in the model's dtype: enough to rank, cheaper than float64
+                    basis = self.spans[layer] = basis.to(h.dtype)
+                r2 = (h - (h @ basis) @ basis.T).pow(2).sum(-1) / h.pow(2).sum(-1).clamp_min(1e-30)
+                total += (r2 * mask).sum(1).double()
         return total.cpu()
 
     def inputs(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[int, torch.Tensor]:
