@@ -372,3 +372,37 @@ def test_a_settled_sentence_is_searched_again_only_after_another_changes(wide, m
     monkeypatch.setattr(LikelihoodSearch, "_settle", settle)
     out = LikelihoodSearch(rounds=5, max_seconds=60).run(obs, wide)
     assert calls == [0, 1, 0] and out.details["changes_per_round"] == [1, 0]
+
+
+def test_row_evidence_keeps_confident_positions_and_fills_the_gaps():
+    """Positions whose best row stands above the noise keep it in the seed; a buried one takes
+    the filler (`attacks.evidence`)."""
+    from textleak.attacks.evidence import CONFIDENT, candidates, confidence, row_scores, seeds
+
+    gen = torch.Generator().manual_seed(0)
+    V, H, sigma = 400, 64, 1e-3
+    W, P = sigma * torch.randn(V, H, generator=gen, dtype=torch.float64), \
+        sigma * torch.randn(6, H, generator=gen, dtype=torch.float64)
+    tokens, sizes = [7, 9, 11, 13], [0.1, 0.1, 0.1, 1e-5]  # the last leaves its rows in the noise
+    for p, (t, size) in enumerate(zip(tokens, sizes)):
+        e = size * torch.randn(H, generator=gen, dtype=torch.float64) / H ** 0.5
+        W[t] += e
+        P[p] += e
+    banned = torch.zeros(V, dtype=torch.bool)
+    banned[:2] = True
+    scores = row_scores(W, P, 4, banned)
+    z = confidence(scores, W, P, sigma)
+    assert (z[:3] > CONFIDENT).all() and z[3] < CONFIDENT
+    evidence = candidates(scores, [4], 3)[0]
+    assert [c[0] for c in evidence[:3]] == tokens[:3] and all(len(c) == 3 and min(c) >= 2 for c in evidence)
+    first = seeds(evidence, (z > CONFIDENT).tolist(), [5])
+    assert first == [[c[0] for c in evidence], tokens[:3] + [5]]
+
+
+def test_screening_keeps_the_candidates_of_largest_first_order_gain():
+    from textleak.attacks.flips import screened, top_flips
+
+    gain = torch.tensor([0.0, 3.0, -1.0, 2.0, 5.0])
+    assert screened(gain, [2, 1, 3, 1, 4], 2) == [4, 1] and screened(gain, [2, 3], 4) == [2, 3]
+    banned = torch.tensor([False, False, False, False, True])
+    assert top_flips(gain[None], [1], 2, banned) == [[3, 0]]  # not the current token, nor a banned one

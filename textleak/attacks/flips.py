@@ -16,7 +16,9 @@ the row evidence and the embedding matched filter rank it past 100; but the whol
 still moves by ~1e5 noise variances when it is wrong, and the flip ranking sees that through
 every layer.
 
-`neighbour_candidates` adds the tokens nearest the current one in the input embedding space.
+`neighbour_candidates` adds the tokens nearest the current one in the input embedding space;
+`screened` keeps those of a long candidate list that the first-order gain ranks highest, so that
+only they cost a full evaluation of J (a forward and backward pass each).
 
 Shapes: seq a list of L token ids (one sentence, no padding), target name -> tensor (shared
 parameters), banned [V] bool; returns, per position, up to k token ids, best first.
@@ -63,16 +65,34 @@ def flip_gains(layout: Layout, target: Mapping[str, torch.Tensor], seq: Sequence
     return slope @ E.T - (slope * E[ids[0]]).sum(-1, keepdim=True)
 
 
+def top_flips(gain: torch.Tensor, seq: Sequence[int], k: int, banned: torch.Tensor) -> list[list[int]]:
+    """Per position of `seq`, the k tokens (other than the current one) with the largest gain in
+    `gain` [L, V] (from `flip_gains`), best first; [] at every position when k < 1."""
+    if k < 1:
+        return [[] for _ in seq]
+    gain = gain.clone()
+    gain[:, banned.to(gain.device)] = -math.inf
+    gain[torch.arange(len(seq), device=gain.device), torch.tensor(list(seq), device=gain.device)] = -math.inf
+    return torch.topk(gain, min(k, gain.shape[1]), dim=1).indices.tolist()
+
+
 def flip_candidates(layout: Layout, target: Mapping[str, torch.Tensor], seq: Sequence[int], label: int, k: int,
                     banned: torch.Tensor, clip: float | None = None) -> list[list[int]]:
     """Per position of `seq`, the k tokens (other than the current one) with the largest
     first-order gain of J, best first; [] at every position when k < 1."""
     if k < 1:
         return [[] for _ in seq]
-    gain = flip_gains(layout, target, seq, label, clip)
-    gain[:, banned.to(gain.device)] = -math.inf
-    gain[torch.arange(len(seq), device=gain.device), torch.tensor(list(seq), device=gain.device)] = -math.inf
-    return torch.topk(gain, min(k, gain.shape[1]), dim=1).indices.tolist()
+    return top_flips(flip_gains(layout, target, seq, label, clip), seq, k, banned)
+
+
+def screened(gain: torch.Tensor, pool: Sequence[int], keep: int) -> list[int]:
+    """The `keep` tokens of `pool` with the largest first-order gain (`gain` [V], one position's
+    row of `flip_gains`), best first: which of many candidates get a full evaluation of J."""
+    pool = list(dict.fromkeys(pool))
+    if len(pool) <= keep:
+        return pool
+    g = gain[torch.tensor(pool, device=gain.device)]
+    return [pool[j] for j in torch.topk(g, keep).indices.tolist()]
 
 
 def neighbour_candidates(layout: Layout, seq: Sequence[int], k: int, banned: torch.Tensor) -> list[list[int]]:

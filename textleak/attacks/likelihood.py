@@ -22,14 +22,17 @@ Search: coordinate ascent on J, one position at a time, over a few candidates pe
 - the matched filter in context: with e_p the gradient at position p's embedding input for the
   current guess, the true token maximises <T_E[v], e_p> (top 10 at 91-100% of positions when the
   context is right; 10-42% from an all-[MASK] context);
-- first-order flips (`attacks.flips`, HotFlip on J by double backprop), once the two above settle:
-  a token with a small gradient of its own leaves both under the noise (CoLA "I don't want
-  trouble." at 1e-6: the apostrophe ranks 112th by row evidence, the search settled on "##onic"
-  119,000 noise variances below the truth in J), while the flips rank it 10th; with them the
-  current token's nearest neighbours in the input embeddings (a settled guess often holds a near
-  synonym: "far much" for "far more", 23,000 noise variances below the truth, "more" ranking
-  2088th by row evidence and past 64th by flips).
-Seeds: a given guess (e.g. `exact`'s), else each position's best-correlated token. Rounds stop
+- first-order flips (`attacks.flips`, HotFlip on J by double backprop): a token with a small
+  gradient of its own leaves both above under the noise (CoLA "I don't want trouble." at 1e-6: the
+  apostrophe ranks 112th by row evidence, 10th by flips); and the current token's nearest input
+  embeddings (a settled guess often holds a near synonym: "far much" for "far more").
+Cost: each candidate costs a forward and backward pass (0.065 CPU s at 44 tokens), so a sweep
+evaluates the best matched-filter token and the `screen` candidates of the pool (evidence,
+matched, flips, neighbours) the first-order gain ranks highest; every candidate only once the
+screened ones settle (SST-2 sentence 0, 44 tokens, 600 s budget under load: unscreened, 3 sweeps
+of 536 candidates fit, J still climbing).
+Seeds: a given guess (e.g. `exact`'s), else the likeliest of the best-row guess and confident rows
+with a filler in the gaps (`attacks.evidence`). Rounds stop
 when a sweep changes nothing or the time budget (`core.budget`) runs out (a sentence settled against
 its target is searched again only once another sentence changes, so batch 1 takes one round); the best guess is
 returned. Nothing here certifies a sentence; `details["fit"]` is ||G - mean g||^2 / (N sigma^2),
@@ -41,7 +44,8 @@ LAMP, taking `share` of the time budget left so that LAMP, started from its gues
 skips it) where no noise is read off the gradient, for masked-LM, and without declared lengths.
 
 Arguments: `sweeps` (most passes per sentence and round), `rounds` (passes over the batch),
-`per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours), `share` (of a finite
+`per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours),
+`screen` (first-order-screened candidates per position and sweep), `share` (of a finite
 time budget left), `initial_ids` (a start [B, L], 0-padded), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
 """
@@ -50,7 +54,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -63,7 +67,8 @@ from ..text.layouts import Layout, layout_for
 from ..text.leaks import class_label_counts, noise_level
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
-from .flips import flip_candidates, neighbour_candidates
+from .evidence import CONFIDENT, candidates, confidence, filler_ids, row_scores, seeds, special_ids
+from .flips import flip_gains, neighbour_candidates, screened, top_flips
 
 
 def _gradient(layout: Layout, seq: Sequence[int], label: int, names: list[str]) -> dict[str, torch.Tensor]:
@@ -162,7 +167,7 @@ class LikelihoodSearch:
     name: ClassVar[str] = "likelihood"
     modalities: ClassVar[tuple[str, ...]] = ("text",)
 
-    sweeps: int = 8
+    sweeps: int = 24
     rounds: int = 2
     per_position: int = 10
     matched: int = 4
@@ -170,6 +175,9 @@ class LikelihoodSearch:
     flips: int = 16
     #: nearest input-embedding neighbours of the current token per position, tried with the flips
     neighbours: int = 8
+    #: candidates per position a screened sweep evaluates, beside the best matched-filter token,
+    #: chosen by first-order gain (0: every sweep evaluates every candidate)
+    screen: int = 4
     share: float = 0.5
     #: a cap on the search's seconds when no budget bounds it (None: none). Under noise that buries
     #: the tokens, coordinate ascent went on for minutes per sentence for nothing (a 3-sentence
@@ -214,13 +222,20 @@ class LikelihoodSearch:
         know, grads, tok = observation.knowledge, observation.gradients, target.tokenizer
         word, pos = layout.word_embedding_name, layout.position_embedding_name
         labels, label_note = self._labels(layout, grads, know, len(lengths))
-        banned = self._banned(layout, tok)
-        evidence = self._evidence(grads[word].double().cpu(), grads[pos].double().cpu(), lengths, banned)
-        seqs = [row[:n] for row, n in zip(torch.as_tensor(self.initial_ids).tolist(), lengths)] \
-            if self.initial_ids is not None else [[evidence[b][p][0] for p in range(n)] for b, n in enumerate(lengths)]
-        if know.special_tokens and tok.cls_token_id is not None and tok.sep_token_id is not None:
-            seqs = [[tok.cls_token_id] + s[1:-1] + [tok.sep_token_id] for s in seqs]
-        batch = _Batch(layout, grads, seqs, labels, clip_norm(observation.metadata))
+        banned = special_ids(layout, tok)
+        W, P = grads[word].double().cpu(), grads[pos].double().cpu()
+        scores = row_scores(W, P, max(lengths), banned)
+        evidence = candidates(scores, lengths, self.per_position)
+        sure = (confidence(scores, W, P, level.sigma) > CONFIDENT).tolist()
+        given = self.initial_ids is not None
+        seqs = [row[:n] for row, n in zip(torch.as_tensor(self.initial_ids).tolist(), lengths)] if given \
+            else [[evidence[b][p][0] for p in range(n)] for b, n in enumerate(lengths)]
+        specials = bool(know.special_tokens and tok.cls_token_id is not None and tok.sep_token_id is not None)
+        pin = (lambda s: [tok.cls_token_id] + s[1:-1] + [tok.sep_token_id]) if specials else list
+        batch = _Batch(layout, grads, [pin(s) for s in seqs], labels, clip_norm(observation.metadata))
+        if not given:  # confident rows kept, a filler in the gaps, where that is likelier (`attacks.evidence`)
+            for i, n in enumerate(lengths):
+                self._seed(batch, i, [pin(s) for s in seeds(evidence[i], sure[:n], filler_ids(tok))])
         history = []
         settled = [False] * len(lengths)  # settled against its target as it stands (nothing left to try)
         for _round in range(self.rounds):
@@ -250,8 +265,8 @@ class LikelihoodSearch:
         return AttackOutput(prediction=prediction, method=self.name,
                             assumed={"seq_lengths": "known", "labels": label_note,
                                      "special_tokens": bool(know.special_tokens)},
-                            config={"sweeps": self.sweeps, "max_seconds": self.max_seconds, "rounds": self.rounds, "per_position": self.per_position,
-                                    "matched": self.matched, "flips": self.flips, "neighbours": self.neighbours, "share": self.share, "seed": self.seed}, details=details)
+                            config={f.name: getattr(self, f.name) for f in fields(self) if f.name != "initial_ids"},
+                            details=details)
 
     # -- pieces -------------------------------------------------------------------------------
     @staticmethod
@@ -263,68 +278,61 @@ class LikelihoodSearch:
             "counts read off the classifier bias gradient (assigned in order)"
 
     @staticmethod
-    def _banned(layout: Layout, tok) -> torch.Tensor:
-        V = layout.word_embeddings.num_embeddings
-        banned = torch.zeros(V, dtype=torch.bool, device=layout.device)
-        for t in (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, tok.mask_token_id):
-            if t is not None and t < V:
-                banned[t] = True
-        return banned
-
-    def _evidence(self, W: torch.Tensor, P: torch.Tensor, lengths: list[int], banned: torch.Tensor
-                  ) -> list[list[list[int]]]:
-        """Per sentence and position, the tokens whose word-embedding row best matches the
-        position's row (at batch 1 both carry the same share), best first."""
-        L = max(lengths)
-        scores = W @ P[:L].T  # [V, L]
-        scores[banned.cpu()] = -math.inf
-        k = self.per_position * max(1, len(lengths))
-        top = torch.topk(scores, min(k, scores.shape[0]), dim=0).indices  # [k, L]
-        per_position = [top[:, p].tolist() for p in range(L)]
-        out = []
-        for b, n in enumerate(lengths):  # sentence b starts at its own rank, so seeds differ
-            out.append([per_position[p][b % len(lengths)::len(lengths)] + per_position[p] for p in range(n)])
-        return [[list(dict.fromkeys(c))[: k] for c in sent] for sent in out]
+    def _seed(batch: _Batch, i: int, options: list[list[int]]) -> None:
+        """Sentence i's first guess: the likeliest of `options` against its target."""
+        scorer = GhostScorer(batch.layout, batch.target(i))
+        J = _J(scorer(torch.tensor(options), torch.full((len(options),), batch.labels[i])), batch.clip)
+        batch.set(i, options[int(J.argmax())], batch.labels[i])
 
     def _settle(self, batch: _Batch, i: int, evidence: list[list[int]], banned, word: str, specials: bool
                 ) -> tuple[int, bool]:
         """Coordinate ascent on J_i; returns how many tokens changed and whether it settled (a last
-        pass changed nothing; a later round skips it unless another sentence changed). Sweeps try each position's
-        row-evidence and matched-filter candidates; once they settle, first-order flips (`flips`)
-        join them, and once those settle too, moves (swaps, rotations)."""
+        pass changed nothing; a later round skips it unless another sentence changed). Each
+        position's pool: row evidence, the matched filter, first-order flips and embedding
+        neighbours. A screened sweep evaluates the best matched-filter token and the `screen` of
+        the pool the first-order gain ranks highest; once one changes nothing a full sweep
+        evaluates the whole pool, and once that changes nothing too, moves (swaps, rotations)."""
         guess = _Guess(batch, i)
-        TE = guess.T[word]
         inner = range(1, len(guess.x) - 1) if specials else range(len(guess.x))
-        total, flipping = 0, False
+        total, full = 0, self.screen < 1
         for _sweep in range(self.sweeps):
-            flips = [f + n for f, n in zip(
-                flip_candidates(batch.layout, guess.T, guess.x, guess.y, self.flips, banned, batch.clip),
-                neighbour_candidates(batch.layout, guess.x, self.neighbours, banned))] if flipping else None
-            changed = 0
-            for p in inner:
-                matched = (TE @ guess.e[p]).masked_fill(banned, -math.inf)
-                options = evidence[p][: self.per_position] + torch.topk(matched, self.matched).indices.tolist() \
-                    + (flips[p] if flips else [])
-                changed += guess.substitute(p, options)
-                if current().expired():
-                    break
+            changed = self._sweep(batch, guess, inner, evidence, banned, word, full)
             total += changed
             if current().expired():
                 break
-            if not changed and self.flips + self.neighbours > 0 and not flipping:  # the cheap ones settled
-                flipping = True
+            if changed:
+                full = self.screen < 1
                 continue
-            if not changed:  # single tokens are settled: try moving them (swaps, rotations)
-                moved = self._move(guess.scorer, guess.x, guess.y, guess.best, inner, batch.clip)
-                if moved is not None:
-                    guess.x, guess.best, guess.e = moved
-                    changed = 1
-                    total += 1
-            if not changed or current().expired():
+            if not full:  # the screened candidates settled: every candidate next
+                full = True
+                continue
+            moved = self._move(guess.scorer, guess.x, guess.y, guess.best, inner, batch.clip)
+            if moved is None:  # single tokens and moves are settled
                 break
+            guess.x, guess.best, guess.e = moved
+            changed, total, full = 1, total + 1, self.screen < 1
         if total:
             batch.set(i, guess.x, guess.y)
         return total, not changed and not current().expired()
+
+    def _sweep(self, batch: _Batch, guess: _Guess, inner: range, evidence: list[list[int]], banned, word: str,
+               full: bool) -> int:
+        """One pass over the positions; how many tokens changed."""
+        gains = flip_gains(batch.layout, guess.T, guess.x, guess.y, batch.clip) \
+            if self.flips > 0 or (self.screen > 0 and not full) else None
+        flips = top_flips(gains, guess.x, self.flips, banned) if gains is not None else [[] for _ in guess.x]
+        near = neighbour_candidates(batch.layout, guess.x, self.neighbours, banned)
+        changed = 0
+        for p in inner:
+            matched = torch.topk((guess.T[word] @ guess.e[p]).masked_fill(banned, -math.inf),
+                                 self.matched).indices.tolist()
+            pool = evidence[p][: self.per_position] + matched + flips[p] + near[p]
+            if not full:
+                pool = matched[:1] + screened(gains[p], [t for t in pool if t != guess.x[p]], self.screen)
+            changed += guess.substitute(p, pool)
+            if current().expired():
+                break
+        return changed
 
     @staticmethod
     def _move(scorer: GhostScorer, x: list[int], y: int, best: float, inner: range, clip: float | None):
