@@ -19,7 +19,7 @@ no longer attract its seeds (a second sentence of a found one's length was other
 found: every seed settled back into the found one).
 
 Each sentence is subtracted under the label (class) that leaves the least behind past the rank of
-what is missing. Classification only; duck-typed as the `Peeler` the search and its peel
+what is missing (the energy outside the best approximation of that rank). Classification only; duck-typed as the `Peeler` the search and its peel
 certificate use (`working`, `peel`, `labels`, `sentences`, `slots`, `fitted`).
 """
 
@@ -101,12 +101,14 @@ class UpdatePeeler:
         for label in range(self.classes):
             own = self.share(seq, label)
             trial = {n: self.rest[n] - own[n] for n in self.names}
-            span = None if last or not bound else span_of(torch.cat([trial[n] for n in self.names], 0), 1,
-                                                          rank_bound=bound, keep_bound=True)
-            score = span.edge if span is not None else float(sum(v.norm() ** 2 for v in trial.values()))
+            # what the best rank-`bound` approximation of what is left leaves out (all of it when nothing is left)
+            tail = torch.linalg.svdvals(torch.cat([trial[n] for n in self.names], 0))[bound:]
+            score = float(tail.pow(2).sum())
             if best is None or score < best[0]:
-                best = (score, label, trial, span)
-        _, label, self.rest, span = best
+                best = (score, label, trial)
+        _, label, self.rest = best
+        span = None if last or not bound else span_of(torch.cat([self.rest[n] for n in self.names], 0), 1,
+                                                      rank_bound=bound, keep_bound=True)
         self.labels.append(label)
         self.sentences.append(list(seq))
         return Rest(span1=span)
