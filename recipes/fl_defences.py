@@ -203,7 +203,8 @@ def main(argv=None) -> int:
                             fh.write(json.dumps(rec) + "\n")
                         done[key] = rec
                         print(f"{key}: " + (f"R1 {rec['rouge1']:.3f} EM {rec['exact_match']:.2f} "
-                                            f"cert {rec['certified']} {rec['seconds']:.1f}s (cpu {rec['cpu_seconds']:.1f}s) [{rec['method']}]"
+                                            f"cert {rec['certified']} {rec['seconds']:.1f}s "
+                                            f"(cpu {rec['cpu_seconds']:.1f}s) [{rec['method']}]"
                                             if "error" not in rec else f"error: {rec['error']}"),
                               file=sys.stderr, flush=True)
     wanted = {s for _, s, _ in settings}

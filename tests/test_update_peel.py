@@ -65,16 +65,16 @@ def test_peeling_a_replayed_sentence_leaves_the_others_in_the_span_and_takes_its
     assert float(left.norm() / layer1.norm()) < 0.2  # 0.105 here (lr 0.03 moves this small model far)
 
 
-def test_the_layer0_allowance_narrows_candidates_and_keeps_the_true_pairs(wide, update):
+def test_the_layer0_allowance_tightens_the_candidates_threshold_only_when_asked(wide, update):
+    # on MiniLM true (token, position) pairs sit at 0.19-0.73 x the floor (CoLA, SST-2, RT); this random
+    # model's layer 0 is far noisier (up to 55 x): there the search at 1.5 x finds nothing certified and
+    # exact-update searches again at the spectral tolerance (the end-to-end test in test_updates_noise)
     U, ids, cap = update
-    lengths = [len(s) for s in ids]
-    span = SpanReader(lengths, True)(layout_for(wide.model), U, 0)
-    mid = layout_for(midpoint_model(wide.model, U, FACTS))
-    with torch.no_grad():
-        true = [float(span.residual(mid.layer0_inputs(torch.tensor([t]), p))) for s in ids for p, t in enumerate(s)]
-    assert max(true) <= 1.5 * span.floor
+    span = SpanReader([len(s) for s in ids], True)(layout_for(wide.model), U, 0)
+    observation = Observation.from_file(cap.gradients, unknown=["labels"])
     attack = UpdateExact()
+    _, plain = attack._layer0(observation, wide)
+    assert plain.tol == span.tol
     attack._allowance = 1.5
-    _, tight = attack._layer0(Observation.from_file(cap.gradients, unknown=["labels"]), wide)
-    assert tight.tol == min(span.tol, 1.5 * span.floor)
-
+    _, tight = attack._layer0(observation, wide)
+    assert tight.tol == min(span.tol, 1.5 * span.floor) < span.tol

@@ -177,7 +177,8 @@ class UpdateExact(Exact):
 
 def _better(a: AttackOutput, b: AttackOutput) -> bool:
     """Whether result a beats b: certified first, then the smaller summed layer-1 residual."""
-    key = (lambda o: (not o.details["certified"], sum(o.details.get("sentence_residuals") or [float("inf")])))  # noqa: E731
+    def key(o: AttackOutput) -> tuple[bool, float]:
+        return not o.details["certified"], sum(o.details.get("sentence_residuals") or [float("inf")])
     return key(a) < key(b)
 
 

@@ -19,8 +19,8 @@ no longer attract its seeds (a second sentence of a found one's length was other
 found: every seed settled back into the found one).
 
 Each sentence is subtracted under the label (class) that leaves the least behind past the rank of
-what is missing (the energy outside the best approximation of that rank). Classification only; duck-typed as the `Peeler` the search and its peel
-certificate use (`working`, `peel`, `labels`, `sentences`, `slots`, `fitted`).
+what is missing (the energy outside the best approximation of that rank). Classification only;
+duck-typed as the `Peeler` the search and its peel certificate use (`working`, `peel`, `labels`, `sentences`, `slots`, `fitted`).
 """
 
 from __future__ import annotations
