@@ -74,7 +74,9 @@ def summarise(units: list[dict]) -> list[dict]:
         rows.append({"defence": defence, "family": us[0]["family"], "x": us[0]["x"], "data": data, "batch_size": bs,
                      "n": len(us), "errors": len(us) - len(ok), "rouge1": mean("rouge1"), "rouge2": mean("rouge2"),
                      "exact_match": mean("exact_match"), "certified": mean("certified"),
-                     "seconds": sum(u["seconds"] for u in us) / len(us), "methods": sorted({u.get("method", "error")
+                     "seconds": sum(u["seconds"] for u in us) / len(us),
+                     "cpu_seconds": (sum(u["cpu_seconds"] for u in us) / len(us)) if all("cpu_seconds" in u for u in us)
+                     else None, "methods": sorted({u.get("method", "error")
                                                                                             for u in us})})
     return rows
 
@@ -201,7 +203,8 @@ def main(argv=None) -> int:
                             fh.write(json.dumps(rec) + "\n")
                         done[key] = rec
                         print(f"{key}: " + (f"R1 {rec['rouge1']:.3f} EM {rec['exact_match']:.2f} "
-                                            f"cert {rec['certified']} {rec['seconds']:.1f}s [{rec['method']}]"
+                                            f"cert {rec['certified']} {rec['seconds']:.1f}s "
+                                            f"(cpu {rec['cpu_seconds']:.1f}s) [{rec['method']}]"
                                             if "error" not in rec else f"error: {rec['error']}"),
                               file=sys.stderr, flush=True)
     wanted = {s for _, s, _ in settings}

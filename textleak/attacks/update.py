@@ -14,8 +14,16 @@ What changes against a gradient (`attacks.exact.Exact`, which hands updates here
   ulp(w) / (lr K) per entry, and the drift adds a few weak directions: no rank gap, but the
   singular values past the declared token count form a plateau the rank and the certificate are
   read against.
-- No peeling (`UpdateExact._peeler` says why): found sentences are barred, the simulation below
-  is the second certificate.
+- Layer-0 candidates up to `LAYER0_ALLOWANCE` x the span's floor (sqrt of the plateau). With
+  long sentences (SST-2 / RT batch 4: 95-118 tokens) the true (token, position) pairs' residuals
+  (up to 1.2e-2) and the closest wrong ones' (from 1.1e-3) overlap, no gap calibrates a threshold,
+  and the spectral tolerance (0.1) let nearly every batch token stand at every position (60 of 63
+  on SST-2 batch 0): the search never assembled the 44-token sentence. True pairs measured at
+  0.19-0.73 x the floor (CoLA, SST-2, RT; K 4 and 8); 1.5 x keeps 14-44 per position. Should the
+  search fail within them, the rest of the budget searches again at the spectral tolerance.
+- Peeling by replay (`update_peel.UpdatePeeler`; `UpdateExact._peeler` says why no subtraction
+  is exact): found sentences' shares, replayed along the linear trajectory, come off U and the
+  search goes on against the span of what is left (a narrowing, not a certificate).
 - The certificate: once the whole batch and its labels are guessed, the K local steps are
   simulated from w0, in the update's dtype, and compared with U. Only the true batch matches to
   rounding (measured on MiniLM, K = 4, batch 4: 0 in the victim's sentence order, 2.5e-6 in
@@ -36,19 +44,26 @@ InputError naming what is missing.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Mapping
 
 import torch
 
+from ..core import budget
 from ..errors import MissingKnowledgeError
 from ..text.layouts import Layout, layout_for
 from ..text.leaks import LayerSpan, SpanReader, noise_level
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .exact import Exact
+from .update_peel import UpdatePeeler
 from .update_sim import (UpdateFacts, certify_batch, shares_update, simulate_update, simulation_check,  # noqa: F401
                          simulation_mismatch, update_facts)
+
+
+#: layer-0 candidates: residual up to this many times the span's floor (sqrt of the plateau)
+LAYER0_ALLOWANCE = 1.5
 
 
 def midpoint_model(model: torch.nn.Module, update: Mapping[str, torch.Tensor], facts: UpdateFacts) -> torch.nn.Module:
@@ -75,16 +90,33 @@ class UpdateExact(Exact):
 
     def run(self, observation: Observation, target: Any, **_: Any) -> AttackOutput:
         facts = self._facts_of(observation)
+        self._start = (layout_for(target.model), facts)
         moved = copy.copy(target)
         moved.model = midpoint_model(target.model, observation.gradients, facts)
-        out = Exact.run(self, observation, moved)
-        out.method = self.name
-        if observation.task == "classify":
-            self._certify(observation, layout_for(target.model), facts, out)
+        out = self._attempt(observation, target, moved, facts, LAYER0_ALLOWANCE)
+        if not out.details["certified"] and time.monotonic() < budget.current().deadline:
+            # the tight layer-0 threshold is measured, not proved: the rest of the budget goes to
+            # the candidates the spectrum alone allows
+            wide = self._attempt(observation, target, moved, facts, None)
+            if _better(wide, out):
+                out = wide
+            out.details["layer0_retry"] = {"allowance": None, "kept": "wide" if out is wide else "tight"}
         out.details["update"] = {"local_steps": facts.steps, "local_lr": facts.lr, "minibatch": facts.minibatch,
                                  "shuffle": facts.shuffle,
                                  "read_at": f"midpoint of the local trajectory (step {facts.midpoint:g})"}
         out.assumed["update"] = "local learning rate and step count from the file"
+        return out
+
+    def _attempt(self, observation: Observation, target: Any, moved: Any, facts: UpdateFacts,
+                 allowance: float | None) -> AttackOutput:
+        """One search on the midpoint model, layer-0 candidates up to `allowance` x the span's
+        floor (None: the spectral tolerance), certified by simulation (classification)."""
+        self._allowance = allowance
+        out = Exact.run(self, observation, moved)
+        out.method = self.name
+        if observation.task == "classify":
+            self._certify(observation, layout_for(target.model), facts, out)
+        out.details["layer0_allowance"] = allowance
         return out
 
     @staticmethod
@@ -107,6 +139,8 @@ class UpdateExact(Exact):
             raise MissingKnowledgeError(
                 f"the update's first-layer spectrum shows no signal above its plateau (gap {span0.gap:.3g}; "
                 "learning rate too small for float32, or too many tokens)")
+        if getattr(self, "_allowance", None):
+            span0.tol = min(span0.tol, self._allowance * span0.floor)
         self._observation = observation
         return layout, span0
 
@@ -117,16 +151,18 @@ class UpdateExact(Exact):
         span1 = self._reader(self._observation)(layout, grads, 1)
         return None if span1.rank < span0.rank else span1
 
-    def _peeler(self, *args: Any) -> None:
-        """No peeling: a sentence's share of an update is its average gradient along the
-        client's trajectory, not its gradient at any one point (at the midpoint, its layer-1
-        part is still off by ~2% on MiniLM, K = 4, lr 1e-2: ten times the rounding), so
-        subtracting it leaves signal behind and the rank test fails for true sentences.
-        Projecting its layer-1 inputs out of the span instead is exact, but the residual of
-        the others against what is left equals their residual against the whole span: it
-        narrows nothing. Found sentences are barred from the search; the simulation is the
-        second certificate."""
-        return None
+    def _peeler(self, observation: Observation, layout: Layout, lengths: list[int], span1: LayerSpan | None,
+                *_: Any) -> UpdatePeeler | None:
+        """A sentence's share of an update is its average gradient along the client's trajectory,
+        not its gradient at any one point, so no subtraction is exact (at the midpoint its layer-1
+        part is still off by ~2% on MiniLM, K = 4, lr 1e-2: ten times the rounding) and no rank
+        test certifies a peel. `UpdatePeeler` replays found sentences' shares along the linear
+        trajectory and hands the search the span of what is left (a narrowing, not a
+        certificate: the simulation of the whole batch certifies). Classification only."""
+        if span1 is None or observation.task != "classify":
+            return None
+        start, facts = self._start
+        return UpdatePeeler(start, observation.gradients, lengths, facts)
 
     @staticmethod
     def _certify(observation: Observation, layout: Layout, facts: UpdateFacts, out: AttackOutput) -> None:
@@ -137,6 +173,13 @@ class UpdateExact(Exact):
         out.details["layer1_certified"] = out.details["certified"]
         out.details["certified"] = check["certified"]
         out.details["simulation"] = check
+
+
+def _better(a: AttackOutput, b: AttackOutput) -> bool:
+    """Whether result a beats b: certified first, then the smaller summed layer-1 residual."""
+    def key(o: AttackOutput) -> tuple[bool, float]:
+        return not o.details["certified"], sum(o.details.get("sentence_residuals") or [float("inf")])
+    return key(a) < key(b)
 
 
 def variant_for(exact: Exact, observation: Observation, target: Any) -> Exact | None:

@@ -1,0 +1,80 @@
+"""Peeling found sentences off a FedAvg update by replaying their share (`attacks.update_peel`), and
+the layer-0 allowance `exact-update` reads candidates with, on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import textleak
+from textleak.attacks.update import UpdateExact, midpoint_model
+from textleak.attacks.update_peel import UpdatePeeler
+from textleak.attacks.update_sim import UpdateFacts
+from textleak.text.layouts import layout_for
+from textleak.text.leaks.noise import SpanReader, gradient_matrix
+from textleak.text.leaks.residuals import position_residuals
+from textleak.text.models import load_text_model
+from textleak.threat import Observation
+
+WORDS = ("the a cat dog sat ran on under mat log big small red quickly slowly and . , "
+         "bird sang song happy sad film movie good bad very was is").split()
+TEXTS = ["the dog sat on the mat .", "a bird sang", "big cat ran quickly"]
+LABELS = [0, 1, 1]
+FACTS = UpdateFacts(4, 0.03)
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A random 2-layer BERT classifier 128 wide (as tests/test_updates_noise.py's)."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("wide-bert-peel")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=256, max_position_embeddings=24)
+    BertForSequenceClassification(cfg).save_pretrained(root)
+    torch.set_num_threads(1)
+    return load_text_model(str(root), task="classify")
+
+
+@pytest.fixture(scope="module")
+def update(wide):
+    cap = textleak.capture_gradients(wide, TEXTS, labels=LABELS, defence="fedavg:%d,%g" % (FACTS.steps, FACTS.lr))
+    return cap.gradients.gradients, cap.reference.token_ids, cap
+
+
+def test_peeling_a_replayed_sentence_leaves_the_others_in_the_span_and_takes_its_label(wide, update):
+    U, ids, _ = update
+    layout = layout_for(wide.model)
+    peeler = UpdatePeeler(layout, U, [len(s) for s in ids], FACTS)
+    rest = peeler.peel(ids[0])
+    assert peeler.labels == [LABELS[0]] and peeler.sentences == [ids[0]]
+    assert rest.span1 is not None and rest.span1.rank == len(ids[1]) + len(ids[2])
+    mid = layout_for(midpoint_model(wide.model, U, FACTS))
+    per_token = [float(position_residuals(mid, rest.span1, s).mean()) for s in ids]
+    # the found sentence attracts the search no more (on MiniLM the others stay below the plateau,
+    # 7.9e-4 against 1.7e-3; this random model's spans hold even the true batch loosely)
+    assert per_token[0] > 5 * max(per_token[1:])
+    # every sentence replayed: what is left is the linear trajectory's error, a small part of U
+    peeler.peel(ids[1])
+    assert peeler.peel(ids[2], last=True).span1 is None and peeler.labels == LABELS
+    layer1 = gradient_matrix(layout, U, 1)
+    left = torch.cat([peeler.rest[n] for n in peeler.names], 0)
+    assert float(left.norm() / layer1.norm()) < 0.2  # 0.105 here (lr 0.03 moves this small model far)
+
+
+def test_the_layer0_allowance_tightens_the_candidates_threshold_only_when_asked(wide, update):
+    # on MiniLM true (token, position) pairs sit at 0.19-0.73 x the floor (CoLA, SST-2, RT); this random
+    # model's layer 0 is far noisier (up to 55 x): there the search at 1.5 x finds nothing certified and
+    # exact-update searches again at the spectral tolerance (the end-to-end test in test_updates_noise)
+    U, ids, cap = update
+    span = SpanReader([len(s) for s in ids], True)(layout_for(wide.model), U, 0)
+    observation = Observation.from_file(cap.gradients, unknown=["labels"])
+    attack = UpdateExact()
+    _, plain = attack._layer0(observation, wide)
+    assert plain.tol == span.tol
+    attack._allowance = 1.5
+    _, tight = attack._layer0(observation, wide)
+    assert tight.tol == min(span.tol, 1.5 * span.floor) < span.tol
