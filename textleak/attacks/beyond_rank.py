@@ -78,8 +78,9 @@ SETTLE_DROP = 40
 
 #: directions of 384 that must lie outside the layer-1 span of what is left after peels before the
 #: search settles on it rather than on the partial span. MiniLM, RT batch 16 index 1: after one
-#: peel (398 - 15 = 383 tokens) the rest showed a "gap" at the full width, every residual was ~0
-#: and nothing more was found in 900 s; index 0 settled well on a span of 365 (19 outside)
+#: peel (398 - 15 = 383 tokens) every miss's residual was ~0 per token on the rest's span and
+#: nothing more was found in ~500 s; with the margin 5 of 16 were certified in 900 s
+#: (recipes/measured/beyond_rank_s9.md); index 0 settled well on a span of 365 (19 outside)
 EXACT_MARGIN = 10
 
 
@@ -103,7 +104,7 @@ class SentenceMove(Move):
     one token from a sentence of the batch comes out certified; farther out the score hardly
     tells single changes apart, so this is the move for misses the partial span settled nearly
     right (MiniLM, RT batch 16 index 1, each true sentence with one random token: 15 of 16 back,
-    about 11 CPU seconds each: `python recipes/beyond_rank_settle.py --move sentence`). A miss is
+    about 11 CPU seconds each; `recipes/beyond_rank_settle.py --spans sentence --k 1`). A miss is
     tried once; without sentence spans (within the limit) it is left as it is."""
 
     name = "sentence"
@@ -176,8 +177,8 @@ class SentencePeeler(Peeler):
         (of 384) below the width, else the partial one."""
         left = as_captured({n: self.rest[n] for n in self.layer1}, self.grads)
         span = layer_span(self.layout, left, 1)
-        # a gap within a few directions of the width (a peel's rounding can show one at the width
-        # itself) leaves every candidate's residual near 0: settling is blind there
+        # a gap within a few directions of the width leaves every candidate's residual near 0:
+        # settling is blind there
         if span.exact and span.rank <= self.layout.hidden_size - max(1, self.layout.hidden_size * EXACT_MARGIN // 384):
             return span
         return partial_span([left[n].to(self.layout.device) for n in self.layer1], 1, self.drop)
