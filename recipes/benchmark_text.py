@@ -75,13 +75,14 @@ def main(argv=None) -> int:
                                                          labels=[y for _, y in batch] if args.task == "classify" else None,
                                                          seed=index)
                     options = {"steps": args.steps} if args.steps and attack != "exact" else {}
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     try:
                         res = textleak.recover(gradients=cap.gradients, model=target, attack=attack,
                                                reference=cap.reference, unknown=args.unknown,
                                                options=options, progress=False, budget=args.budget)
                         rec = {"key": key, "task": args.task, "data": data, "attack": attack, "batch_size": bs,
                                "index": index, "method": res.method, "seconds": time.perf_counter() - t0,
+                               "cpu_seconds": time.process_time() - c0,
                                **{k: res.metrics["mean"][k] for k in ("rouge1", "rouge2", "exact_match")},
                                "label_accuracy": res.metrics["mean"].get("label_accuracy"),
                                "certified_share": _certified_share(res.details),

@@ -6,9 +6,15 @@ placements); `exact`'s settle then re-chooses every token on its own layer-1 res
 against a partial layer-1 span. Counted: sentences settled back to the truth, and tokens left
 wrong. Spans: `dN` (the best-effort span less its N weakest directions, `leaks.partial_span`) and
 `sR` (every direction, weighted by lam^2 / (s^2 + lam^2) with lam the R-th singular value: a soft
-cut). This is what chose `beyond_rank.SETTLE_DROP`.
+cut), `sentence` (no settling: `beyond_rank.SentenceMove`, the best single-token change on the last
+layer's sentence spans, repeated up to k + 1 times) and `x` (the layer-1 span with its rank gap, where it has one: after peels). This is what chose
+`beyond_rank.SETTLE_DROP`. --peel K takes the K shortest sentences off first (the gradient of the
+rest is the batch's less their own gradients, up to scale: it is captured directly), which is what
+`beyond_rank` searches after K peels; this chose `beyond_rank.EXACT_MARGIN`.
 
     python recipes/beyond_rank_settle.py --data rt --batch-size 16 --spans d10,d30,d60,s340 --k 6,10
+    python recipes/beyond_rank_settle.py --data rt --batch-size 16 --index 1 --peel 1 --spans x,d40 --k 6
+    python recipes/beyond_rank_settle.py --data rt --batch-size 16 --index 1 --spans sentence --k 1
 
 Prints a table and writes JSON beside --out. Uses the ground truth (it measures the search's
 landscape, not an attack).
@@ -26,12 +32,13 @@ from types import SimpleNamespace
 import torch
 
 import textleak
+from textleak.attacks.beyond_rank import SentenceMove
 from textleak.attacks.exact.candidates import Candidates, vocabulary
 from textleak.attacks.exact.seeds import settle
 from textleak.attacks.exact.sequences import occupants
 from textleak.data import read_sentences
 from textleak.text.layouts import layout_for
-from textleak.text.leaks import layer0_table, partial_span
+from textleak.text.leaks import layer0_table, layer_span, partial_span, sentence_spans
 from textleak.text.leaks.positions import token_positions
 from textleak.text.models import load_text_model
 
@@ -54,8 +61,28 @@ def spans(layout, grads, names):
     mats = [grads[n].to(layout.device) for n in layout.qkv_names(1)]
     _, s, vh = torch.linalg.svd(torch.cat([m.double() for m in mats], 0), full_matrices=False)
     s = s / s[0]
-    return {n: partial_span(mats, 1, int(n[1:])) if n[0] == "d" else SoftSpan(s, vh.T, float(s[int(n[1:])]))
-            for n in names}
+    out = {}
+    for n in names:
+        if n == "sentence":
+            out[n] = sentence_spans(layout, grads, None, "classify")
+        elif n == "x":
+            span = layer_span(layout, grads, 1)
+            print(f"layer-1 span: rank {span.rank}, gap {'yes' if span.exact else 'none'}")
+            if span.exact:
+                out[n] = span
+        else:
+            out[n] = partial_span(mats, 1, int(n[1:])) if n[0] == "d" else SoftSpan(s, vh.T, float(s[int(n[1:])]))
+    return out
+
+
+def descend(search, seq: list[int], steps: int) -> list[int]:
+    """Up to `steps` of `SentenceMove`, stopping once the sentence spans certify the guess."""
+    move = SentenceMove()
+    for _ in range(steps):
+        if search.spans.certifies(search.layout, [seq])[0]:
+            break
+        seq, _ = move(search, seq)
+    return seq
 
 
 def main(argv=None) -> int:
@@ -65,12 +92,17 @@ def main(argv=None) -> int:
     ap.add_argument("--index", type=int, default=0)
     ap.add_argument("--spans", default="d10,d30,d60,s340")
     ap.add_argument("--k", default="6,10", help="random tokens per sentence")
+    ap.add_argument("--peel", type=int, default=0, help="shortest sentences taken off first")
     ap.add_argument("--out", default="results/beyond_rank_settle.jsonl")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     target = load_text_model(None, task="classify")
     rows = [(t, y or 0) for t, y in read_sentences(args.data)]
     rows = rows[args.index * args.batch_size:(args.index + 1) * args.batch_size]
+    if args.peel:
+        ids = target.tokenizer([t for t, _ in rows])["input_ids"]
+        gone = set(sorted(range(len(rows)), key=lambda i: len(ids[i]))[:args.peel])
+        rows = [r for i, r in enumerate(rows) if i not in gone]
     cap = textleak.capture_gradients(target, [t for t, _ in rows], labels=[y for _, y in rows], seed=args.index)
     layout, grads, tok = layout_for(target.model), cap.gradients.gradients, target.tokenizer
     truth = [list(s) for s in cap.reference.token_ids]
@@ -94,7 +126,11 @@ def main(argv=None) -> int:
                 search = SimpleNamespace(config=SimpleNamespace(settle=10), layout=layout, span1=span, ends=True,
                                          free=cands.free)
                 t0 = time.perf_counter()
-                settled = [settle(search, [s])[0] for s in seeds]
+                if name == "sentence":
+                    search.spans, search.residuals = span, lambda seqs: torch.zeros(len(seqs))
+                    settled = [descend(search, s, k + 1) for s in seeds]
+                else:
+                    settled = [settle(search, [s])[0] for s in seeds]
                 table.append({"span": name, "k": k, "recovered": sum(s == t for s, t in zip(settled, truth)),
                               "sentences": len(truth), "wrong_tokens": sum(a != b for s, t in zip(settled, truth)
                                                                            for a, b in zip(s, t)),
@@ -103,7 +139,7 @@ def main(argv=None) -> int:
                       f"{table[-1]['wrong_tokens']} tokens wrong, {table[-1]['seconds']} s", flush=True)
     out = Path(args.out).with_suffix(".json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"data": args.data, "batch_size": args.batch_size, "index": args.index,
+    out.write_text(json.dumps({"data": args.data, "batch_size": args.batch_size, "index": args.index, "peel": args.peel,
                                "tokens": sum(lengths), "rows": table}, indent=2))
     print(f"wrote {out}")
     return 0

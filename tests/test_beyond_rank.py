@@ -142,3 +142,35 @@ def test_settling_stops_once_the_budget_has_run_out(monkeypatch):
         time.sleep(0.01)
         assert Bare().settle([[1, 2, 3]]) == [[1, 2, 3]]
     assert not calls
+
+
+def test_sentence_move_puts_one_wrong_token_right_once(target, capture):
+    from types import SimpleNamespace
+
+    from textleak.attacks.beyond_rank import SentenceMove
+
+    layout, seqs = layout_for(target.model), capture.reference.token_ids
+    spans = leaks.sentence_spans(layout, capture.gradients.gradients, len(TEXTS), "classify")
+    true = list(seqs[2])
+    options = sorted({s[p] for s in seqs for p in range(1, len(s) - 1)})  # every body token everywhere
+    search = SimpleNamespace(layout=layout, spans=spans, ends=True, free=lambda p, n=None: options,
+                             residuals=lambda rows: torch.zeros(len(rows)))
+    wrong = true[:3] + [seqs[5][3]] + true[4:]
+    move = SentenceMove()
+    assert move(search, wrong)[0] == true
+    assert move(search, wrong)[0] == wrong  # a miss is tried once
+    assert SentenceMove()(SimpleNamespace(**{**vars(search), "spans": None}), wrong)[0] == wrong
+
+
+def test_a_gap_at_the_width_is_not_settled_on(target, capture, monkeypatch):
+    import textleak.attacks.beyond_rank as br
+
+    layout, seqs = layout_for(target.model), capture.reference.token_ids
+    spans = leaks.sentence_spans(layout, capture.gradients.gradients, len(TEXTS), "classify")
+    peeler = SentencePeeler(_observation(capture), layout, [len(s) for s in seqs], spans, drop=1)
+    H = layout.hidden_size
+    monkeypatch.setattr(br, "EXACT_MARGIN", 96)  # 8 of 32 directions
+    for rank, exact in ((H - 4, False), (H - 8, True)):
+        gapped = leaks.LayerSpan(1, torch.eye(H, dtype=torch.double)[:, :rank], torch.ones(H), rank, 1e6, 0.1)
+        monkeypatch.setattr(br, "layer_span", lambda *a, **k: gapped)
+        assert peeler.span1_left().exact is exact

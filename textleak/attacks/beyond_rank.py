@@ -61,7 +61,7 @@ from .base import ATTACKS, AttackOutput
 from .exact.attack import Exact, _budget_report, _predict
 from .exact.candidates import Candidates, vocabulary
 from .exact.certificates import PeelCertificate
-from .exact.moves import MOVES
+from .exact.moves import MOVES, Move
 from .exact.peeling import Peeler, Rest, as_captured
 from .exact.search import Search
 from .exact.sequences import occupants
@@ -76,6 +76,13 @@ log = logging.getLogger(__name__)
 #: (recipes/measured/beyond_rank_s8.md)
 SETTLE_DROP = 40
 
+#: directions of 384 that must lie outside the layer-1 span of what is left after peels before the
+#: search settles on it rather than on the partial span. MiniLM, RT batch 16 index 1: after one
+#: peel (398 - 15 = 383 tokens) every miss's residual was ~0 per token on the rest's span and
+#: nothing more was found in ~500 s; with the margin 5 of 16 were certified in 900 s
+#: (recipes/measured/beyond_rank_s9.md); index 0 settled well on a span of 365 (19 outside)
+EXACT_MARGIN = 10
+
 
 class SentenceCertificate:
     """A whole sentence passes when its [CLS] vectors lie in the last layer's per-sentence spans."""
@@ -87,6 +94,36 @@ class SentenceCertificate:
 
     def admits(self, search: Search, seq: list[int], residual: float) -> bool:
         return self.spans.certifies(search.layout, [seq])[0]
+
+
+@MOVES.register("sentence")
+class SentenceMove(Move):
+    """Past the rank limit: every single-token change of a miss (among its positions' candidates),
+    scored on the last layer's sentence spans (`SentenceSpans.score`), the best one taken. At the
+    truth they are exact and one token off they are not (RT batch 16: 1e-8 vs >= 1e-3), so a miss
+    one token from a sentence of the batch comes out certified; farther out the score hardly
+    tells single changes apart, so this is the move for misses the partial span settled nearly
+    right (MiniLM, RT batch 16 index 1, each true sentence with one random token: 15 of 16 back,
+    about 11 CPU seconds each; `recipes/beyond_rank_settle.py --spans sentence --k 1`). A miss is
+    tried once; without sentence spans (within the limit) it is left as it is."""
+
+    name = "sentence"
+
+    def __init__(self) -> None:
+        self.tried: set[tuple[int, ...]] = set()
+
+    def __call__(self, search: Search, seq: list[int]) -> tuple[list[int], float]:
+        current = float(search.residuals([seq])[0])
+        spans = getattr(search, "spans", None)
+        if spans is None or tuple(seq) in self.tried or budget.expired():
+            return seq, current
+        self.tried.add(tuple(seq))
+        inner = range(1, len(seq) - 1) if search.ends else range(len(seq))
+        trials = [seq[:p] + [t] + seq[p + 1:] for p in inner for t in search.free(p, len(seq)) if t != seq[p]]
+        if not trials:
+            return seq, current
+        best = trials[int(spans.score(search.layout, trials).argmin())]
+        return best, float(search.residuals([best])[0])
 
 
 class SentencePeeler(Peeler):
@@ -136,10 +173,13 @@ class SentencePeeler(Peeler):
         return float(after[r - 1]) < 10.0 * plateau
 
     def span1_left(self):
-        """Layer 1's span of what is left: the full span once it has a rank gap, else the partial one."""
+        """Layer 1's span of what is left: the full span once it has a rank gap at least EXACT_MARGIN
+        (of 384) below the width, else the partial one."""
         left = as_captured({n: self.rest[n] for n in self.layer1}, self.grads)
         span = layer_span(self.layout, left, 1)
-        if span.exact:
+        # a gap within a few directions of the width leaves every candidate's residual near 0:
+        # settling is blind there
+        if span.exact and span.rank <= self.layout.hidden_size - max(1, self.layout.hidden_size * EXACT_MARGIN // 384):
             return span
         return partial_span([left[n].to(self.layout.device) for n in self.layer1], 1, self.drop)
 
@@ -150,6 +190,7 @@ class SentenceSearch(Search):
     def __init__(self, config: Any, layout: Layout, tokenizer: Any, cands: Candidates, lengths: Sequence[int],
                  span1: Any, peeler: SentencePeeler, spans: SentenceSpans, template: bool = True):
         super().__init__(config, layout, tokenizer, cands, lengths, span1, peeler, template)
+        self.spans = spans
         self.certificates = [SentenceCertificate(spans)] + ([PeelCertificate(peeler)] if peeler.working else [])
 
     def assembles(self) -> bool:
@@ -175,6 +216,8 @@ class BeyondRank(Exact):
     name: ClassVar[str] = "beyond_rank"
 
     drop: int | None = None  # None: SETTLE_DROP of 384 (MiniLM, measured), in proportion to the width
+    # `exact`'s moves, the sentence-span move first (`SentenceMove`)
+    moves: tuple[str, ...] = ("sentence", "word", "shift", "length", "polish")
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""

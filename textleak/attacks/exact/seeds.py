@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from ...core import budget
 from ...text.leaks import slot_residuals
 from .sequences import follows, resembles
 
@@ -36,6 +37,8 @@ def beam(search: "Search", wanted: dict[int, int], widen: int = 1) -> dict[int, 
     scores = torch.zeros(1, dtype=torch.double, device=dev)
     finished: dict[int, list[tuple[float, list[int]]]] = {n: [] for n in wanted}
     for p in range(len(beams[0]), max(wanted) - (1 if ends else 0)):
+        if budget.expired():  # (#16) past the rank limit one step can take minutes
+            break
         keep = [i for i, b in enumerate(beams) if not any(resembles(b, s) for s in stems)]
         beams, scores = [beams[i] for i in keep], scores[keep]
         options = free(p)
