@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import textleak
+from textleak.attacks.base import parse_options
 from textleak.data import read_sentences
 from textleak.errors import TextleakError
 from textleak.sweep_store import keyed_records
@@ -51,6 +52,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="results/benchmark_text.jsonl")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--budget", type=float, default=None, help="seconds per batch and attack (default: none)")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="an attack option, as `textleak recover --option` takes it (repeatable; part of each unit's key)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
                 batch = rows[index * bs:(index + 1) * bs]
                 cap = None
                 for attack in attacks:
-                    key = unit_key(args.task, data, attack, bs, index)
+                    key = unit_key(args.task, data, attack, bs, index) + "".join(f"|{o}" for o in args.option)
                     if key in done:
                         continue
                     if cap is None:
@@ -75,6 +78,7 @@ def main(argv=None) -> int:
                                                          labels=[y for _, y in batch] if args.task == "classify" else None,
                                                          seed=index)
                     options = {"steps": args.steps} if args.steps and attack != "exact" else {}
+                    options.update(parse_options(args.option))
                     t0, c0 = time.perf_counter(), time.process_time()
                     try:
                         res = textleak.recover(gradients=cap.gradients, model=target, attack=attack,
