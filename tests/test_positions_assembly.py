@@ -9,7 +9,7 @@ import torch
 from test_attacks_text import _wide_model
 
 import textleak
-from textleak.attacks.positions.assembly import Assembly, PermuteHeads, Settle, SwapTails, _assign
+from textleak.attacks.positions.assembly import Assembly, PermuteHeads, PermuteWindow, Settle, SwapTails, _assign
 from textleak.attacks.positions.score import SpanScore, span_basis
 from textleak.capturing import TrainingStep
 from textleak.core.budget import time_budget
@@ -85,7 +85,7 @@ def test_a_train_mode_batch_records_its_search(wide):
                            progress=False, budget=60)
     assert res.details["sentences_scored"] > 0 and res.details["span_layers"] == [1]
     assert res.details["budget"]["seconds"] == 60 and 1 <= res.details["descents"] <= 3
-    for bad in ({"seconds": 0}, {"shortlist": -1}):
+    for bad in ({"seconds": 0}, {"shortlist": -1}, {"window": -1}):
         with pytest.raises(InputError, match=next(iter(bad))):
             textleak.recover(gradients=cap.gradients, model=wide, attack="positions", options=bad, progress=False)
 
@@ -122,6 +122,46 @@ def test_heads_dealt_round_a_cycle_of_three_come_home_in_one_move():
     state.seqs = [[0, 31, 32, 9], [0, 11, 12, 23, 9], [0, 21, 22, 33, 34, 9]]  # heads (1..2) dealt round a cycle
     assert not SwapTails(0, 1, heads=True).apply(state) and not SwapTails(0, 2, heads=True).apply(state)
     assert PermuteHeads(2).apply(state) and state.seqs == truth
+
+
+class _MiddleToy(_Toy):
+    """A toy score: a sentence costs each token outside positions 2..3 that differs from the true
+    one of its length, plus `mix[own][whose]` for the run at 2..3 (whose true run it is; 5 for a
+    run that is no sentence's)."""
+
+    def __init__(self, truth, mix):
+        super().__init__(truth)
+        self.mix = mix
+
+    def cost(self, seqs):
+        out = []
+        for s in seqs:
+            b, t = self.truth[len(s)]
+            whose = next((c for c, u in self.truth.values() if u[2:4] == s[2:4]), None)
+            run = 5 if whose is None else self.mix[b][whose]
+            out.append(sum(x != y for i, (x, y) in enumerate(zip(s, t)) if i not in (2, 3)) + run)
+        return torch.tensor(out, dtype=torch.double)
+
+
+def test_middle_runs_dealt_round_a_cycle_of_three_come_home_by_a_window():
+    truth = [[0, 11, 12, 13, 14, 9], [0, 21, 22, 23, 24, 25, 9], [0, 31, 32, 33, 34, 35, 36, 9]]
+    # a run costs 0 at home, 1 where the cycle put it, 5 in the third sentence
+    score = _MiddleToy(truth, mix=[[0, 5, 1], [1, 0, 5], [5, 1, 0]])
+    allowed = [{s[i] for s in truth if len(s) > i} for i in range(8)]
+    state = Assembly(score, allowed, [len(t) for t in truth], ends=(0, 9), window=2)
+    wrong = [[0, 11, 32, 33, 14, 9], [0, 21, 12, 13, 24, 25, 9], [0, 31, 22, 23, 34, 35, 36, 9]]
+    state.seqs = [list(s) for s in wrong]
+    # neither the heads (the first tokens move too) nor a swap of two sentences' tails lowers the cost
+    assert not any(PermuteHeads(k).apply(state) for k in range(1, 5))
+    assert not any(SwapTails(b1, b2).apply(state) for b1, b2 in ((0, 1), (0, 2), (1, 2)))
+    assert not any(move.apply(state) for move in state.moves()) and state.seqs == wrong
+    assert [(m.a, m.b) for m in state.window_moves()][:2] == [(2, 4), (3, 5)]
+    assert PermuteWindow(2, 4).apply(state) and state.seqs == truth
+    for b, s in enumerate(wrong):
+        state.set(b, s)  # a new version: the moves look again
+    state.descend(3)  # the descent reaches it once the other moves stall
+    assert state.seqs == truth
+    assert Assembly(score, allowed, [len(t) for t in truth], ends=(0, 9), window=1).window_moves() == []
 
 
 def test_settle_takes_every_placed_token_and_lets_frequent_ones_repeat():

@@ -31,14 +31,15 @@ class Assembly:
     def __init__(self, score: SpanScore, allowed: Sequence[set[int]], lengths: Sequence[int],
                  generator: torch.Generator | None = None, ends: tuple[int, int] | None = None,
                  required: Sequence[set[int]] | None = None, once: set[int] | frozenset = frozenset(),
-                 shortlist: int | None = None):
+                 shortlist: int | None = None, window: int = 4):
         """`ends`: the ([CLS], [SEP]) ids when the special tokens are declared: every sentence
         then starts and ends with them, and no body position takes either. `required`: per
         position, the tokens placed there (each stands there in some sentence); `once`: tokens
         placed at every position they occur (none stands twice at one position); any other
         token may stand at a position in several sentences (without `required`, none may where
         a position has as many tokens as sentences). `shortlist`: how many tokens beyond those
-        placed `Settle` prices by whole-sentence cost per sentence (`shortlist`; None: all)."""
+        placed `Settle` prices by whole-sentence cost per sentence (`shortlist`; None: all).
+        `window`: the longest middle run `PermuteWindow` deals out (below 2: none)."""
         self.score, self.lengths, self.ends = score, list(lengths), ends
         specials = set(ends or ())
         self.choices = [sorted(set(a) - specials) or sorted(a) for a in allowed]
@@ -53,6 +54,7 @@ class Assembly:
         self.version = [0] * len(lengths)
         self.seen: dict[object, tuple[int, ...]] = {}
         self.shortlist_size: int | None = shortlist
+        self.window = window
         for i, cands in enumerate(self.choices):  # a first guess: each position's placed tokens, then the rest in turn
             who = self.who(i)
             if generator is not None:  # a restart: in a random turn
@@ -136,6 +138,14 @@ class Assembly:
         out += [PermuteHeads(k) for k in range(1, max(self.lengths)) if len(self.heads_group(k)) > 1]
         return out
 
+    def window_moves(self) -> list:
+        """The escape moves, tried when a sweep of `moves` changes nothing: `PermuteWindow(a, b)`
+        for every run a..b-1 of 2..`window` tokens starting after the first body token that at
+        least two sentences cover."""
+        first = 1 if self.ends is not None else 0
+        return [PermuteWindow(a, a + w) for w in range(2, self.window + 1)
+                for a in range(first + 1, max(self.lengths)) if len(self.heads_group(a + w - 1)) > 1]
+
     def heads_group(self, k: int) -> list[int]:
         """The sentences whose tokens 1..k (after [CLS]) are body tokens, which may trade them."""
         last = 1 if self.ends is not None else 0
@@ -148,14 +158,23 @@ class Assembly:
             return 0
         done = 0
         for done in range(1, sweeps + 1):
-            moved = False
-            for move in self.moves():
-                moved = move.apply(self) or moved
-                if budget.expired():
-                    return done
+            moved = self.run(self.moves())
+            if moved is None:
+                return done
             if not moved:
-                break
+                moved = self.run(self.window_moves())
+                if not moved:  # False: nothing moved; None: the budget ran out
+                    break
         return done
+
+    def run(self, moves: list) -> bool | None:
+        """Apply `moves` in turn: whether any changed the guess, None once the budget runs out."""
+        moved = False
+        for move in moves:
+            moved = move.apply(self) or moved
+            if budget.expired():
+                return None
+        return moved
 
 
 class Settle:
@@ -242,6 +261,32 @@ class PermuteHeads:
             if r != c:
                 state.set(group[r], variants[r * len(group) + c])
         state.stale(("heads", k), group)
+        return True
+
+
+class PermuteWindow:
+    """Give the sentences whose bodies cover positions a..b-1 each other's tokens there by the
+    Hungarian method on the cost of every (sentence, segment) pair: exact for that window, since a
+    sentence's cost depends on its own tokens alone (a run traded among sentences in their middles
+    moves home, where neither `PermuteHeads` nor `SwapTails` reaches it in one step)."""
+
+    def __init__(self, a: int, b: int):
+        self.a, self.b = a, b
+
+    def apply(self, state: Assembly) -> bool:
+        a, b = self.a, self.b
+        group = state.heads_group(b - 1)
+        if len({tuple(state.seqs[g][a:b]) for g in group}) < 2 or not state.stale(("window", a, b), group):
+            return False
+        variants = [state.seqs[g][:a] + state.seqs[src][a:b] + state.seqs[g][b:] for g in group for src in group]
+        cost = state.score.cost(variants).reshape(len(group), len(group)).numpy()
+        rows, cols = linear_sum_assignment(cost)
+        if float(cost[rows, cols].sum()) >= float(cost.trace()) * (1 - 1e-9) or all(rows == cols):
+            return False
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            if r != c:
+                state.set(group[r], variants[r * len(group) + c])
+        state.stale(("window", a, b), group)
         return True
 
 

@@ -36,7 +36,9 @@ How:
    layer-1 residual at that position in its context); two sentences swap a run of tokens from
    some position to the shorter one's end; and at each cut k the sentences reaching past k trade
    their first k tokens by the Hungarian method (any permutation, so a run misassigned round a
-   cycle of three sentences comes home in one step); sweep after sweep until nothing moves
+   cycle of three sentences comes home in one step); when a sweep of those changes nothing, the
+   sentences covering a middle window of 2..`window` tokens trade those tokens the same way (a run
+   traded among sentences in their middles); sweep after sweep until nothing moves
    (`sweeps` at most) or the time runs out; then more descents from random first guesses while
    the time left (`seconds`) fits one more as long as the longest so far, the lowest total cost
    kept. Each sentence is scored once (`score.py` keeps costs by sentence, and runs the sentences
@@ -53,9 +55,9 @@ position closed that is the whole sentence; `details["certified_sentences"]` lis
 `details["certified"]` is True when all are. The assembly certifies nothing.
 
 Arguments: `sweeps` (most assembly sweeps), `restarts` (most descents), `seconds` (wall seconds
-after which no further descent starts and one under way stops; the first always finishes; None:
-no limit but the time budget's), `shortlist` (unplaced tokens priced per sentence and position;
-None: all), `layers` (whose spans score an
+after which no further descent starts and one under way stops, the first included, keeping what
+it reached; None: no limit but the time budget's), `shortlist` (unplaced tokens priced per
+sentence and position; None: all), `window` (the longest middle run traded; below 2: none), `layers` (whose spans score an
 assembly), `grow` (the left-to-right first guess; off: each position's tokens in turn), `any_mode`
 (also run on eval-mode steps, where `exact` is the attack to use; off by default), `seed`
 (the restarts' first guesses). `details` records `sentences_scored`, `descents` and, under a
@@ -100,6 +102,7 @@ class Positions:
     grow: bool = True
     shortlist: int | None = 4
     seconds: float | None = 240.0
+    window: int = 4
     any_mode: bool = False
     seed: int = 0
 
@@ -119,6 +122,8 @@ class Positions:
         if self.shortlist is not None and (isinstance(self.shortlist, bool) or not isinstance(self.shortlist, int)
                                            or self.shortlist < 0):
             raise InputError(f"option shortlist must be a count of tokens (0 or more) or null, got {self.shortlist!r}")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
+            raise InputError(f"option window must be a count of tokens (0 or more), got {self.window!r}")
 
     def run(self, observation: Observation, target: Any, *, checkpoint: str | Path | None = None,
             resume: bool = False, progress: bool = True) -> AttackOutput:
@@ -154,7 +159,7 @@ class Positions:
                    **_budget_report(), "seconds": time.perf_counter() - t0}
         return AttackOutput(prediction=prediction, method=self.name, assumed=assumed,
                             config={"sweeps": self.sweeps, "restarts": self.restarts, "layers": list(self.layers),
-                                    "shortlist": self.shortlist, "seconds": self.seconds,
+                                    "shortlist": self.shortlist, "seconds": self.seconds, "window": self.window,
                                     "grow": self.grow, "any_mode": self.any_mode},
                             details=details)
 
@@ -171,8 +176,9 @@ class Positions:
             if r and (budget.expired() or left < longest):
                 break
             began = time.perf_counter()
-            with budget.time_budget(left if r and math.isfinite(left) else None):
-                state = Assembly(score, allowed, lengths, gen if r else None, ends, required, once, self.shortlist)
+            with budget.time_budget(left if math.isfinite(left) else None):
+                state = Assembly(score, allowed, lengths, gen if r else None, ends, required, once, self.shortlist,
+                                 self.window)
                 if self.grow and not r:
                     state.grow()
                 sweeps += state.descend(self.sweeps)
