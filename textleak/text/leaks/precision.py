@@ -41,7 +41,8 @@ misses 5 tokens off), where float32 is helped by each peel shrinking the token s
 found sentence is also peeled approximately (`attacks.exact.peeling.RoundedPeeler`): its float32
 gradient at a fitted share comes off what is left, whose layer-1 span is read here at the tokens
 left and whose word-embedding rows say which tokens remain; only the search uses it, certificates
-still read the whole span (fp16 RT batch 8, index 0: 8 of 8 certified in 117 s wall, 50 CPU s).
+still read the whole span, and the peels wait for a round that finds nothing (fp16 RT batch 8,
+index 0: 8 of 8 certified in 98 s wall, 95 CPU s).
 Layer 0 is not read again from what is left: weakened by the subtraction against the same rounding,
 it lost true tokens shared with found sentences.
 
