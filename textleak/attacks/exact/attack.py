@@ -25,7 +25,7 @@ from .candidates import Candidates, declared_masks, vocabulary
 from .labels import class_labels, mlm_labels, order_by_slots
 from .moves import MOVES
 from .padding import left_candidates, search_left_padded
-from .peeling import Peeler
+from .peeling import Peeler, RoundedPeeler
 from .search import Search
 
 
@@ -96,8 +96,11 @@ class Exact:
                      masks=declared_masks(observation, lengths), mask_id=tok.mask_token_id)
         span1 = self._layer1(layout, grads, span0, settings, sum(lengths))
         # peeling subtracts a recomputed gradient: exact only where the capture's arithmetic is
-        peeler = None if settings.reduced_precision else \
-            self._peeler(observation, layout, lengths, span1, tok.mask_token_id, known)
+        if settings.reduced_precision:  # an approximate peel narrows the search only (certifies nothing)
+            peeler = RoundedPeeler(observation, layout, lengths, settings) \
+                if span1 is not None and layout.padding is None else None
+        else:
+            peeler = self._peeler(observation, layout, lengths, span1, tok.mask_token_id, known)
         if layout.padding is not None:
             sequences, residuals = search_left_padded(self, layout, tok, cands, lengths, span1, peeler,
                                                       observation.knowledge.special_tokens)
@@ -116,6 +119,7 @@ class Exact:
             "sentence_residuals": [float(r) for r in residuals], "vocabulary": vocab_source,
             "peeled": len(peeler.sentences) if peeler is not None and peeler.working else None,
             "peel_shares": shares,
+            "approximate_peels": len(peeler.sentences) if isinstance(peeler, RoundedPeeler) else None,
             **_candidates_report(cands, len(vocab)), **_budget_report(), "seconds": time.perf_counter() - t0,
         }
         return AttackOutput(prediction=prediction, method=self.name, assumed=assumed, config=self.options(),

@@ -117,7 +117,7 @@ class Candidates:
         layer-0 rank gap, the layer-0 candidates read again (fewer sentences, fewer pairs pass)
         among the tokens left, or, where the embedding gradient is dense, among the candidates so far."""
         self.allowed = rest.allowed
-        if self.pins is not None:
+        if self.pins is not None and rest.positions is not None:  # (an approximate peel places nothing anew)
             self.pins = rest.positions
         if rest.span0 is not None:
             left = self.allowed if self.allowed else self.tokens()

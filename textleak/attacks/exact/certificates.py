@@ -30,7 +30,7 @@ class SpanCertificate:
     name = "layer-1 span"
 
     def admits(self, search: "Search", seq: list[int], residual: float) -> bool:
-        return search.span1.certifies(residual, len(seq))
+        return search.certified(seq, residual)
 
 
 class PeelCertificate:
