@@ -87,6 +87,28 @@ def make_tiny_model(folder: Path, family: str = "bert", *, hidden: int = 32, lay
     return folder
 
 
+#: the vocabulary of the 128-wide random classifier the FedAvg update tests read
+WIDE_WORDS = ("the a cat dog sat ran on under mat log big small red quickly slowly and . , "
+              "bird sang song happy sad film movie good bad very was is").split()
+
+
+def make_wide_classifier(root: Path):
+    """A random 2-layer BERT classifier 128 wide over `WIDE_WORDS`, saved under `root` and loaded
+    as textleak loads a model (seed 0, one torch thread)."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from textleak.text.models import load_text_model
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WIDE_WORDS
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=256, max_position_embeddings=24)
+    BertForSequenceClassification(cfg).save_pretrained(root)
+    torch.set_num_threads(1)
+    return load_text_model(str(root), task="classify")
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert")

@@ -7,17 +7,15 @@ import pytest
 import torch
 
 import textleak
+from conftest import make_wide_classifier
 from textleak.attacks.update import UpdateExact, midpoint_model
 from textleak.attacks.update_peel import UpdatePeeler
 from textleak.attacks.update_sim import UpdateFacts
 from textleak.text.layouts import layout_for
 from textleak.text.leaks.noise import SpanReader, gradient_matrix
 from textleak.text.leaks.residuals import position_residuals
-from textleak.text.models import load_text_model
 from textleak.threat import Observation
 
-WORDS = ("the a cat dog sat ran on under mat log big small red quickly slowly and . , "
-         "bird sang song happy sad film movie good bad very was is").split()
 TEXTS = ["the dog sat on the mat .", "a bird sang", "big cat ran quickly"]
 LABELS = [0, 1, 1]
 FACTS = UpdateFacts(4, 0.03)
@@ -25,18 +23,8 @@ FACTS = UpdateFacts(4, 0.03)
 
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
-    """A random 2-layer BERT classifier 128 wide (as tests/test_updates_noise.py's)."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    root = tmp_path_factory.mktemp("wide-bert-peel")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=256, max_position_embeddings=24)
-    BertForSequenceClassification(cfg).save_pretrained(root)
-    torch.set_num_threads(1)
-    return load_text_model(str(root), task="classify")
+    """A random 2-layer BERT classifier 128 wide (`conftest.make_wide_classifier`)."""
+    return make_wide_classifier(tmp_path_factory.mktemp("wide-bert-peel"))
 
 
 @pytest.fixture(scope="module")

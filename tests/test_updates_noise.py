@@ -8,30 +8,17 @@ import pytest
 import torch
 
 import textleak
+from conftest import make_wide_classifier
 from textleak.defences import parse_defence
 from textleak.errors import InputError
 from textleak.text.layouts import layout_for
 from textleak.text.leaks import noise as ns
-from textleak.text.models import load_text_model
-
-WORDS = ("the a cat dog sat ran on under mat log big small red quickly slowly and . , "
-         "bird sang song happy sad film movie good bad very was is").split()
 
 
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
-    """A random 2-layer BERT classifier 128 wide (as tests/test_attacks_text.py's wide model)."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    root = tmp_path_factory.mktemp("wide-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=256, max_position_embeddings=24)
-    BertForSequenceClassification(cfg).save_pretrained(root)
-    torch.set_num_threads(1)
-    return load_text_model(str(root), task="classify")
+    """A random 2-layer BERT classifier 128 wide (`conftest.make_wide_classifier`)."""
+    return make_wide_classifier(tmp_path_factory.mktemp("wide-bert"))
 
 
 TEXTS = ["the dog sat on the mat .", "a bird sang", "big cat ran quickly"]
@@ -235,7 +222,6 @@ def test_likelihood_search_improves_the_fit_and_auto_takes_it_under_noise(wide):
     plain = Observation(clean.gradients.gradients, clean.gradients.metadata, know)
     with pytest.raises(textleak.errors.MissingKnowledgeError, match="no additive noise"):
         LikelihoodSearch().preflight(plain, wide)  # no noise: auto skips it and keeps its usual path
-
 
 
 def test_auto_runs_the_likelihood_under_noise_and_keeps_the_likelier_guess(wide):

@@ -238,32 +238,6 @@ class SwapTails:
         return True
 
 
-class PermuteHeads:
-    """Give the sentences reaching past position k each other's first tokens (1..k) by the
-    Hungarian method on the cost of every (sentence, first tokens) pair: a sentence's cost depends on
-    its own tokens alone, so this is the best of all the ways to deal the heads out (a run of
-    tokens misassigned round a cycle of three or more sentences moves home in one step, where a
-    swap of two would first raise the cost)."""
-
-    def __init__(self, k: int):
-        self.k = k
-
-    def apply(self, state: Assembly) -> bool:
-        k, group = self.k, state.heads_group(self.k)
-        if not state.stale(("heads", k), group):
-            return False
-        variants = [state.seqs[src][:k + 1] + state.seqs[b][k + 1:] for b in group for src in group]
-        cost = state.score.cost(variants).reshape(len(group), len(group)).numpy()
-        rows, cols = linear_sum_assignment(cost)
-        if float(cost[rows, cols].sum()) >= float(cost.trace()) * (1 - 1e-9) or all(rows == cols):
-            return False
-        for r, c in zip(rows.tolist(), cols.tolist()):
-            if r != c:
-                state.set(group[r], variants[r * len(group) + c])
-        state.stale(("heads", k), group)
-        return True
-
-
 class PermuteWindow:
     """Give the sentences whose bodies cover positions a..b-1 each other's tokens there by the
     Hungarian method on the cost of every (sentence, segment) pair: exact for that window, since a
@@ -273,10 +247,14 @@ class PermuteWindow:
     def __init__(self, a: int, b: int):
         self.a, self.b = a, b
 
+    @property
+    def key(self) -> tuple:
+        return ("window", self.a, self.b)
+
     def apply(self, state: Assembly) -> bool:
         a, b = self.a, self.b
         group = state.heads_group(b - 1)
-        if len({tuple(state.seqs[g][a:b]) for g in group}) < 2 or not state.stale(("window", a, b), group):
+        if len({tuple(state.seqs[g][a:b]) for g in group}) < 2 or not state.stale(self.key, group):
             return False
         variants = [state.seqs[g][:a] + state.seqs[src][a:b] + state.seqs[g][b:] for g in group for src in group]
         cost = state.score.cost(variants).reshape(len(group), len(group)).numpy()
@@ -286,8 +264,23 @@ class PermuteWindow:
         for r, c in zip(rows.tolist(), cols.tolist()):
             if r != c:
                 state.set(group[r], variants[r * len(group) + c])
-        state.stale(("window", a, b), group)
+        state.stale(self.key, group)
         return True
+
+
+class PermuteHeads(PermuteWindow):
+    """Give the sentences reaching past position k each other's first tokens (0..k) by the
+    Hungarian method (the window from the start: a run of first tokens misassigned round a cycle
+    of three or more sentences moves home in one step, where a swap of two would first raise the
+    cost)."""
+
+    def __init__(self, k: int):
+        super().__init__(0, k + 1)
+        self.k = k
+
+    @property
+    def key(self) -> tuple:
+        return ("heads", self.k)
 
 
 #: the cost a (sentence, token) pair left off a shortlist counts as (above any sentence's)
