@@ -36,22 +36,11 @@ def infer_lengths(observation: Observation, target: Any) -> tuple[tuple[int, ...
     sep = target.tokenizer.sep_token_id
     span = leaks.layer_span(layout, grads, 0)
     if sep is None or not span.exact:
-        if B is None:
-            raise MissingKnowledgeError("cannot infer the batch size: the first layer's gradient has no rank gap")
-        return (longest,) * B, "all set to the longest length (position-embedding gradient)"
-    with torch.no_grad():
-        sep_ids = torch.tensor([sep], device=layout.device)
-        res = torch.cat([span.residual(layout.layer0_inputs(sep_ids, p)) for p in range(longest)])
-    thr = leaks.calibrate_threshold(res, span.tol)
-    ends = [p + 1 for p in range(longest) if float(res[p]) <= thr]
+        return _unplaced(B, longest, "all set to the longest length (position-embedding gradient)")
+    ends = [p + 1 for p in _positions_of(layout, span, sep, longest)]
     if longest not in ends:
         ends.append(longest)
-    lengths = sorted(ends, reverse=True)
-    if B is not None:
-        while len(lengths) < B:  # two sentences of equal length share their [SEP] row
-            lengths.append(lengths[-1])
-        lengths = lengths[:B]
-    return tuple(lengths), "inferred from [SEP] positions in the first layer's input span"
+    return _to_batch(sorted(ends, reverse=True), B), "inferred from [SEP] positions in the first layer's input span"
 
 
 def _left_padded_lengths(layout, grads, cls: int | None, width: int, B: int | None) -> tuple[tuple[int, ...], str]:
@@ -59,19 +48,33 @@ def _left_padded_lengths(layout, grads, cls: int | None, width: int, B: int | No
     `width` less the position where its [CLS] lies in the first layer's input span."""
     span = leaks.layer_span(layout, grads, 0)
     if cls is None or not span.exact:
-        if B is None:
-            raise MissingKnowledgeError("cannot infer the batch size: the first layer's gradient has no rank gap")
-        return (width,) * B, "all set to the padded length (left padding; no [CLS] to place)"
+        return _unplaced(B, width, "all set to the padded length (left padding; no [CLS] to place)")
+    lengths = sorted((width - p for p in _positions_of(layout, span, cls, width)), reverse=True) or [width]
+    return _to_batch(lengths, B), "inferred from [CLS] positions in the first layer's input span (left padding)"
+
+
+def _positions_of(layout, span, token: int, width: int) -> list[int]:
+    """The positions below `width` where `token` lies in the first layer's input span."""
     with torch.no_grad():
-        ids = torch.tensor([cls], device=layout.device)
+        ids = torch.tensor([token], device=layout.device)
         res = torch.cat([span.residual(layout.layer0_inputs(ids, p)) for p in range(width)])
     thr = leaks.calibrate_threshold(res, span.tol)
-    lengths = sorted((width - p for p in range(width) if float(res[p]) <= thr), reverse=True) or [width]
+    return [p for p in range(width) if float(res[p]) <= thr]
+
+
+def _unplaced(B: int | None, length: int, note: str) -> tuple[tuple[int, ...], str]:
+    """Every sentence at `length` when no special token can be placed (the batch size must be known)."""
+    if B is None:
+        raise MissingKnowledgeError("cannot infer the batch size: the first layer's gradient has no rank gap")
+    return (length,) * B, note
+
+
+def _to_batch(lengths: list[int], B: int | None) -> tuple[int, ...]:
+    """`lengths` (longest first) made B long: sentences of equal length share their special token's
+    row, so the last length repeats; extra ones are cut."""
     if B is not None:
-        while len(lengths) < B:  # two sentences of equal length share their [CLS] row
-            lengths.append(lengths[-1])
-        lengths = lengths[:B]
-    return tuple(lengths), "inferred from [CLS] positions in the first layer's input span (left padding)"
+        lengths = (lengths + [lengths[-1]] * B)[:B]
+    return tuple(lengths)
 
 
 def complete_knowledge(observation: Observation, target: Any, *, labels: bool = True,
