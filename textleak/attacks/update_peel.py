@@ -33,6 +33,7 @@ import torch
 from ..text.layouts import Layout
 from ..text.leaks import padded
 from ..text.leaks.noise import span_of
+from ..text.leaks.scale import stacked
 from .exact.peeling import Rest
 from .update_sim import UpdateFacts
 
@@ -102,12 +103,12 @@ class UpdatePeeler:
             own = self.share(seq, label)
             trial = {n: self.rest[n] - own[n] for n in self.names}
             # what the best rank-`bound` approximation of what is left leaves out (all of it when nothing is left)
-            tail = torch.linalg.svdvals(torch.cat([trial[n] for n in self.names], 0))[bound:]
+            tail = torch.linalg.svdvals(stacked(trial, self.names))[bound:]
             score = float(tail.pow(2).sum())
             if best is None or score < best[0]:
                 best = (score, label, trial)
         _, label, self.rest = best
-        span = None if last or not bound else span_of(torch.cat([self.rest[n] for n in self.names], 0), 1,
+        span = None if last or not bound else span_of(stacked(self.rest, self.names), 1,
                                                       rank_bound=bound, keep_bound=True)
         self.labels.append(label)
         self.sentences.append(list(seq))

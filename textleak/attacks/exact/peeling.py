@@ -204,10 +204,14 @@ class Peeler:
         padding = self.layout.padding
         if padding is None or not padding.pooled or not self.known_lengths:
             return self.rank
+        return max(self.rank, sum(padding.rows(n) for n in self._lengths_left()))
+
+    def _lengths_left(self) -> list[int]:
+        """The declared lengths of the sentences not yet peeled."""
         left = list(self.lengths)
         for s in self.sentences:
             left.remove(len(s))
-        return max(self.rank, sum(padding.rows(n) for n in left))
+        return left
 
     def _rows(self, seq: list[int]) -> int:
         """Layer-1 inputs the sentence adds: its tokens (and under left padding a classifier's pooled pad)."""
@@ -225,9 +229,7 @@ class Peeler:
         span0 = layer_span(self.layout, left, 0)
         found = None
         if self.position_table and allowed:
-            lengths = list(self.lengths)
-            for s in self.sentences:
-                lengths.remove(len(s))
+            lengths = self._lengths_left()
             padding = self.layout.padding  # left padding: absolute positions over the padded length
             width, reach = (max(lengths), occupants(lengths)) if padding is None else \
                 (padding.width(lengths), padding.occupants(lengths))
