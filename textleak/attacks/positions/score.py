@@ -19,7 +19,7 @@ from ...text.leaks import LayerSpan, padded, slot_residuals
 
 def span_basis(layout, grads, layer: int, tokens: int) -> torch.Tensor:
     """An orthonormal basis [H, <=tokens] of the leading directions of layer `layer`'s Q/K/V gradient."""
-    G = torch.cat([grads[n].to(layout.device).double() for n in layout.shared(grads, layout.qkv_names(layer))], 0)
+    G = layout.qkv_gradient(grads, layer, "the position attack's span")
     _, _, vh = torch.linalg.svd(G, full_matrices=False)
     return vh[:min(tokens, vh.shape[0])].T.contiguous()
 

@@ -209,6 +209,14 @@ class Layout:
         b = self.block(k)
         return [self.name(m.weight) for m in (b.query, b.key, b.value)]
 
+    def qkv_gradient(self, gradients: Mapping[str, Any], k: int, what: str) -> torch.Tensor:
+        """Layer k's query, key and value weight gradients that the file shares, stacked in double
+        [3H, H] (fewer rows where some are not shared) on the model's device; MissingKnowledgeError
+        naming the parameters (and `what` needs them) when it shares none."""
+        names = self.qkv_names(k)
+        self.require(gradients, names, what)
+        return torch.cat([gradients[n].to(self.device).double() for n in self.shared(gradients, names)], 0)
+
     @staticmethod
     def shared(gradients: Mapping[str, Any], names: Sequence[str]) -> list[str]:
         """Those of `names` the gradient file shares."""

@@ -69,9 +69,7 @@ class NoisySpan(LayerSpan):
 def gradient_matrix(layout: Layout, gradients: Mapping[str, torch.Tensor], layer: int) -> torch.Tensor:
     """The stacked Q/K/V weight gradients of `layer` in double [3H, H], on the model's device;
     MissingKnowledgeError naming the parameters when the file shares none of them."""
-    names = layout.qkv_names(layer)
-    layout.require(gradients, names, "the span test")
-    return torch.cat([gradients[n].to(layout.device).double() for n in layout.shared(gradients, names)], 0)
+    return layout.qkv_gradient(gradients, layer, "the span test")
 
 
 def mp_edge(sigma: float, rows: int, cols: int) -> float:

@@ -123,9 +123,7 @@ def span_for(layout: Layout, gradients: Mapping[str, torch.Tensor], layer: int, 
     upper bound, as tokens at the same position in several sentences share one input)."""
     if settings.precision not in ROUND_TO or tokens is None:
         return layer_span(layout, gradients, layer, test)
-    names = layout.qkv_names(layer)
-    layout.require(gradients, names, "exact recovery")
-    G = torch.cat([gradients[n].to(layout.device).double() for n in layout.shared(gradients, names)], 0)
+    G = layout.qkv_gradient(gradients, layer, "exact recovery")
     _, s, vh = torch.linalg.svd(G, full_matrices=False)
     H = G.shape[1]
     r = max(1, min(int(tokens) * layout.qkv_sharing(layer), H))
