@@ -154,12 +154,14 @@ def test_sentence_move_puts_one_wrong_token_right_once(target, capture):
     true = list(seqs[2])
     options = sorted({s[p] for s in seqs for p in range(1, len(s) - 1)})  # every body token everywhere
     search = SimpleNamespace(layout=layout, spans=spans, ends=True, free=lambda p, n=None: options,
-                             residuals=lambda rows: torch.zeros(len(rows)))
+                             residuals=lambda rows: torch.zeros(len(rows)), span1=SimpleNamespace(exact=False))
     wrong = true[:3] + [seqs[5][3]] + true[4:]
     move = SentenceMove()
     assert move(search, wrong)[0] == true
     assert move(search, wrong)[0] == wrong  # a miss is tried once
     assert SentenceMove()(SimpleNamespace(**{**vars(search), "spans": None}), wrong)[0] == wrong
+    # once what is left has a layer-1 rank gap, exact's moves take over
+    assert SentenceMove()(SimpleNamespace(**{**vars(search), "span1": SimpleNamespace(exact=True)}), wrong)[0] == wrong
 
 
 def test_a_gap_at_the_width_is_not_settled_on(target, capture, monkeypatch):

@@ -105,7 +105,10 @@ class SentenceMove(Move):
     tells single changes apart, so this is the move for misses the partial span settled nearly
     right (MiniLM, RT batch 16 index 1, each true sentence with one random token: 15 of 16 back,
     about 11 CPU seconds each; `recipes/beyond_rank_settle.py --spans sentence --k 1`). A miss is
-    tried once; without sentence spans (within the limit) it is left as it is."""
+    tried once; without sentence spans (within the limit), or once what is left has a layer-1 span
+    with a rank gap (which certifies, and `exact`'s cheaper moves score on it), it is left as it is:
+    tried there on every closest miss of a stalled round, it cost RT batch 16 index 0 95 CPU s per
+    round and found nothing (recipes/measured/beyond_rank_s10.md)."""
 
     name = "sentence"
 
@@ -115,7 +118,7 @@ class SentenceMove(Move):
     def __call__(self, search: Search, seq: list[int]) -> tuple[list[int], float]:
         current = float(search.residuals([seq])[0])
         spans = getattr(search, "spans", None)
-        if spans is None or tuple(seq) in self.tried or budget.expired():
+        if spans is None or search.span1.exact or tuple(seq) in self.tried or budget.expired():
             return seq, current
         self.tried.add(tuple(seq))
         inner = range(1, len(seq) - 1) if search.ends else range(len(seq))
