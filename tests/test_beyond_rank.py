@@ -68,6 +68,8 @@ def test_the_batch_is_past_the_rank_limit_and_sentence_spans_certify(target, cap
     assert spans is not None and spans.rank == len(TEXTS) and "query" in spans.bases
     seqs = capture.reference.token_ids
     assert spans.certifies(layout, seqs) == [True] * len(seqs)
+    # as the search asks: one sentence at a time, unpadded (rounds unlike the padded capture)
+    assert [spans.certifies(layout, [s])[0] for s in seqs] == [True] * len(seqs)
     swapped = [s[:2] + [s[3], s[2]] + s[4:] for s in seqs]
     assert spans.certifies(layout, swapped) == [False] * len(seqs)
     assert leaks.sentence_spans(layout, grads, len(TEXTS), "mlm") is None
