@@ -68,6 +68,8 @@ def test_the_batch_is_past_the_rank_limit_and_sentence_spans_certify(target, cap
     assert spans is not None and spans.rank == len(TEXTS) and "query" in spans.bases
     seqs = capture.reference.token_ids
     assert spans.certifies(layout, seqs) == [True] * len(seqs)
+    # as the search asks: one sentence at a time, unpadded (rounds unlike the padded capture)
+    assert [spans.certifies(layout, [s])[0] for s in seqs] == [True] * len(seqs)
     swapped = [s[:2] + [s[3], s[2]] + s[4:] for s in seqs]
     assert spans.certifies(layout, swapped) == [False] * len(seqs)
     assert leaks.sentence_spans(layout, grads, len(TEXTS), "mlm") is None
@@ -154,12 +156,14 @@ def test_sentence_move_puts_one_wrong_token_right_once(target, capture):
     true = list(seqs[2])
     options = sorted({s[p] for s in seqs for p in range(1, len(s) - 1)})  # every body token everywhere
     search = SimpleNamespace(layout=layout, spans=spans, ends=True, free=lambda p, n=None: options,
-                             residuals=lambda rows: torch.zeros(len(rows)))
+                             residuals=lambda rows: torch.zeros(len(rows)), span1=SimpleNamespace(exact=False))
     wrong = true[:3] + [seqs[5][3]] + true[4:]
     move = SentenceMove()
     assert move(search, wrong)[0] == true
     assert move(search, wrong)[0] == wrong  # a miss is tried once
     assert SentenceMove()(SimpleNamespace(**{**vars(search), "spans": None}), wrong)[0] == wrong
+    # once what is left has a layer-1 rank gap, exact's moves take over
+    assert SentenceMove()(SimpleNamespace(**{**vars(search), "span1": SimpleNamespace(exact=True)}), wrong)[0] == wrong
 
 
 def test_a_gap_at_the_width_is_not_settled_on(target, capture, monkeypatch):

@@ -93,6 +93,11 @@ class SentenceCertificate:
         self.spans = spans
 
     def admits(self, search: Search, seq: list[int], residual: float) -> bool:
+        # once what is left has a layer-1 rank gap, a sentence off that span is none of the batch's:
+        # refused without the whole-model forward (about 70 ms a sentence; profiled, SST-2 batch 32
+        # index 0's first 330 s read 875 sentences, 61 s, most of them cuts of settled seeds)
+        if search.span1.exact and not search.span1.certifies(residual, len(seq)):
+            return False
         return self.spans.certifies(search.layout, [seq])[0]
 
 
@@ -105,7 +110,10 @@ class SentenceMove(Move):
     tells single changes apart, so this is the move for misses the partial span settled nearly
     right (MiniLM, RT batch 16 index 1, each true sentence with one random token: 15 of 16 back,
     about 11 CPU seconds each; `recipes/beyond_rank_settle.py --spans sentence --k 1`). A miss is
-    tried once; without sentence spans (within the limit) it is left as it is."""
+    tried once; without sentence spans (within the limit), or once what is left has a layer-1 span
+    with a rank gap (which certifies, and `exact`'s cheaper moves score on it), it is left as it is:
+    tried there on every closest miss of a stalled round, it cost RT batch 16 index 0 95 CPU s per
+    round and found nothing (recipes/measured/beyond_rank_s10.md)."""
 
     name = "sentence"
 
@@ -115,7 +123,7 @@ class SentenceMove(Move):
     def __call__(self, search: Search, seq: list[int]) -> tuple[list[int], float]:
         current = float(search.residuals([seq])[0])
         spans = getattr(search, "spans", None)
-        if spans is None or tuple(seq) in self.tried or budget.expired():
+        if spans is None or search.span1.exact or tuple(seq) in self.tried or budget.expired():
             return seq, current
         self.tried.add(tuple(seq))
         inner = range(1, len(seq) - 1) if search.ends else range(len(seq))
@@ -197,7 +205,8 @@ class SentenceSearch(Search):
         return self.span1 is not None
 
     def worth_taking(self, seq: list[int], res: float) -> bool:
-        return True  # the sentence spans decide
+        """On the partial span the sentence spans decide; on a span with a rank gap, it does."""
+        return not self.span1.exact or super().worth_taking(seq, res)
 
     def settle(self, seqs: list[list[int]], known: Sequence[list[int]] = ()) -> list[list[int]]:
         """`Search.settle`, skipped once the budget has run out: past the limit one round settles
@@ -216,7 +225,7 @@ class BeyondRank(Exact):
     name: ClassVar[str] = "beyond_rank"
 
     drop: int | None = None  # None: SETTLE_DROP of 384 (MiniLM, measured), in proportion to the width
-    # `exact`'s moves, the sentence-span move first (`SentenceMove`)
+    # `exact`'s moves, the sentence-span move first (`SentenceMove`: only while the span is partial)
     moves: tuple[str, ...] = ("sentence", "word", "shift", "length", "polish")
 
     def preflight(self, observation: Observation, target: Any) -> None:
