@@ -67,8 +67,10 @@ from ..text.layouts import Layout, layout_for
 from ..text.leaks import class_label_counts, noise_level
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
-from .evidence import CONFIDENT, candidates, confidence, filler_ids, row_scores, seeds, special_ids
+from ..text.prior import load_prior
+from .evidence import CONFIDENT, PriorCandidates, candidates, confidence, filler_ids, row_scores, seeds, special_ids
 from .flips import flip_gains, neighbour_candidates, screened, top_flips
+from .layer_weights import GroupScorer, name_weights, relative_weights
 
 
 def _gradient(layout: Layout, seq: Sequence[int], label: int, names: list[str]) -> dict[str, torch.Tensor]:
@@ -81,11 +83,12 @@ def _gradient(layout: Layout, seq: Sequence[int], label: int, names: list[str]) 
     return {n: (g.detach() if g is not None else torch.zeros_like(params[n])) for n, g in zip(names, grads)}
 
 
-def _J(scores, clip: float | None) -> torch.Tensor:
-    """2 <T, c g> - ||c g||^2 per hypothesis, c = Opacus' clip factor for max_grad_norm `clip` (1 without)."""
+def _J(scores, clip: float | None, norm2: torch.Tensor | None = None) -> torch.Tensor:
+    """2 <T, c g> - ||c g||^2 per hypothesis, c = Opacus' clip factor for max_grad_norm `clip` (1 without),
+    read off `norm2` (||g||^2, when the scores are weighted per layer) or the scores' own."""
     if clip is None:
         return 2 * scores.dot - scores.norm2
-    c = torch.clamp(clip / (scores.norm2.sqrt() + 1e-6), max=1.0)
+    c = torch.clamp(clip / ((scores.norm2 if norm2 is None else norm2).sqrt() + 1e-6), max=1.0)
     return 2 * c * scores.dot - c * c * scores.norm2
 
 
@@ -136,24 +139,33 @@ class _Batch:
 
 class _Guess:
     """One sentence's current guess x (label y) against its target T_i: J of the guess (`best`) and
-    the gradient at its embedding sum (`e`, for the matched filter)."""
+    the gradient at its embedding sum (`e`, for the matched filter). `weighted`: J is J_w, each
+    layer's share relative to its size at the guess (`attacks.layer_weights`)."""
 
-    def __init__(self, batch: _Batch, i: int):
+    def __init__(self, batch: _Batch, i: int, weighted: bool = False):
         self.T, self.clip = batch.target(i), batch.clip
-        self.scorer = GhostScorer(batch.layout, self.T)
         self.x, self.y = list(batch.seqs[i]), batch.labels[i]
-        scores = self.scorer(torch.tensor([self.x]), torch.tensor([self.y]))
-        self.best, self.e = float(_J(scores, self.clip)[0]), scores.e[0]
+        self.scorer = GroupScorer(batch.layout, self.T)
+        if weighted:
+            self.scorer.weights = relative_weights(self.scorer, self.x, self.y)
+        self.weights = self.scorer.weights
+        J, scores = self.score([self.x])
+        self.best, self.e = float(J[0]), scores.e[0]
+
+    def score(self, trials: list[list[int]]):
+        """(J or J_w [W], the scores) of W hypotheses with the guess's label."""
+        s = self.scorer(torch.tensor(trials), torch.full((len(trials),), self.y))
+        return _J(s, self.clip, self.scorer.parts[1].sum(0)), s
 
     def substitute(self, p: int, options: list[int]) -> int:
         """Puts the best of `options` at position p if it raises J; 1 if it did, else 0."""
         options = [t for t in dict.fromkeys(options) if t != self.x[p]]
         if not options:
             return 0
-        trials = torch.tensor([self.x] * len(options))
-        trials[:, p] = torch.tensor(options)
-        s = self.scorer(trials, torch.full((len(options),), self.y))
-        J = _J(s, self.clip)
+        trials = [list(self.x) for _ in options]
+        for t, v in zip(trials, options):
+            t[p] = v
+        J, s = self.score(trials)
         k = int(J.argmax())
         if float(J[k]) <= self.best:
             return 0
@@ -178,7 +190,16 @@ class LikelihoodSearch:
     #: candidates per position a screened sweep evaluates, beside the best matched-filter token,
     #: chosen by first-order gain (0: every sweep evaluates every candidate)
     screen: int = 4
-    share: float = 0.5
+    share: float = 0.85
+    #: climb J_w (each layer's share relative to its size, `attacks.layer_weights`) before J, for
+    #: this share of the time left (the rest climbs J)
+    weighted: bool = True
+    weighted_share: float = 0.6
+    #: a language prior (`text.prior`, "none" or "bigram"; `auto` passes its own) for candidates:
+    #: `between` likeliest between each position's neighbours, `frequent` most frequent tokens
+    prior: str = "none"
+    between: int = 8
+    frequent: int = 32
     #: a cap on the search's seconds when no budget bounds it (None: none). Under noise that buries
     #: the tokens, coordinate ascent went on for minutes per sentence for nothing (a 3-sentence
     #: noise:1e-1 audit, issue #18); it returns its best so far at the cap, and says so
@@ -223,6 +244,7 @@ class LikelihoodSearch:
         word, pos = layout.word_embedding_name, layout.position_embedding_name
         labels, label_note = self._labels(layout, grads, know, len(lengths))
         banned = special_ids(layout, tok)
+        self._prior = PriorCandidates(load_prior(self.prior, tok), int(banned.shape[0]), banned) if self.prior != "none" else None
         W, P = grads[word].double().cpu(), grads[pos].double().cpu()
         scores = row_scores(W, P, max(lengths), banned)
         evidence = candidates(scores, lengths, self.per_position)
@@ -292,9 +314,22 @@ class LikelihoodSearch:
         neighbours. A screened sweep evaluates the best matched-filter token and the `screen` of
         the pool the first-order gain ranks highest; once one changes nothing a full sweep
         evaluates the whole pool, and once that changes nothing too, moves (swaps, rotations)."""
-        guess = _Guess(batch, i)
-        inner = range(1, len(guess.x) - 1) if specials else range(len(guess.x))
-        total, full = 0, self.screen < 1
+        total, done = 0, False
+        for weighted in ((True, False) if self.weighted else (False,)):  # J_w's landscape first, then J's
+            guess = _Guess(batch, i, weighted)
+            inner = range(1, len(guess.x) - 1) if specials else range(len(guess.x))
+            with time_budget(share_of_remaining(self.weighted_share) if weighted else None):
+                changed, done = self._climb(batch, guess, inner, evidence, banned, word)
+            if changed:
+                batch.set(i, guess.x, guess.y)
+            total += changed
+            if current().expired():
+                break
+        return total, done
+
+    def _climb(self, batch: _Batch, guess: _Guess, inner: range, evidence, banned, word: str) -> tuple[int, bool]:
+        """Coordinate ascent of `guess` on its objective; (tokens changed, settled)."""
+        total, full, changed = 0, self.screen < 1, 0
         for _sweep in range(self.sweeps):
             changed = self._sweep(batch, guess, inner, evidence, banned, word, full)
             total += changed
@@ -306,41 +341,43 @@ class LikelihoodSearch:
             if not full:  # the screened candidates settled: every candidate next
                 full = True
                 continue
-            moved = self._move(guess.scorer, guess.x, guess.y, guess.best, inner, batch.clip)
+            moved = self._move(guess, inner)
             if moved is None:  # single tokens and moves are settled
                 break
             guess.x, guess.best, guess.e = moved
             changed, total, full = 1, total + 1, self.screen < 1
-        if total:
-            batch.set(i, guess.x, guess.y)
         return total, not changed and not current().expired()
 
     def _sweep(self, batch: _Batch, guess: _Guess, inner: range, evidence: list[list[int]], banned, word: str,
                full: bool) -> int:
         """One pass over the positions; how many tokens changed."""
-        gains = flip_gains(batch.layout, guess.T, guess.x, guess.y, batch.clip) \
+        weights = name_weights(batch.layout, guess.weights) if self.weighted else None
+        gains = flip_gains(batch.layout, guess.T, guess.x, guess.y, batch.clip, weights) \
             if self.flips > 0 or (self.screen > 0 and not full) else None
         flips = top_flips(gains, guess.x, self.flips, banned) if gains is not None else [[] for _ in guess.x]
         near = neighbour_candidates(batch.layout, guess.x, self.neighbours, banned)
+        between = self._prior.between(guess.x, self.between) if self._prior is not None else [[] for _ in guess.x]
+        frequent = self._prior.frequent[: self.frequent] if self._prior is not None else []
         changed = 0
         for p in inner:
             matched = torch.topk((guess.T[word] @ guess.e[p]).masked_fill(banned, -math.inf),
                                  self.matched).indices.tolist()
-            pool = evidence[p][: self.per_position] + matched + flips[p] + near[p]
-            if not full:
-                pool = matched[:1] + screened(gains[p], [t for t in pool if t != guess.x[p]], self.screen)
+            pool = evidence[p][: self.per_position] + matched + flips[p] + near[p] + between[p] + frequent
+            if not full:  # the prior's two likeliest are tried unscreened (the first-order gain misjudges them)
+                pool = matched[:1] + between[p][:2] + screened(gains[p], [t for t in pool if t != guess.x[p]], self.screen)
             changed += guess.substitute(p, pool)
             if current().expired():
                 break
         return changed
 
     @staticmethod
-    def _move(scorer: GhostScorer, x: list[int], y: int, best: float, inner: range, clip: float | None):
+    def _move(guess: _Guess, inner: range):
         """The best of: two tokens swapped (any two; up to 8 apart past 40 tokens), or a window of
         3-4 tokens rotated by one (a token moved a few places); (sequence, J, e) if it beats
         `best`, else None. A
         settled guess often holds the right tokens in a wrong order (SST-2, variance 1e-9:
         "marvelous documentary - touches - ever so - gracefully -")."""
+        x, best = guess.x, guess.best
         trials = []
         reach = len(x) if len(x) <= 40 else 8  # swaps at any distance in sentences up to 40 tokens
         for a in inner:
@@ -360,9 +397,7 @@ class LikelihoodSearch:
             return None
         best_move = None
         for k in range(0, len(trials), 64):
-            chunk = torch.tensor(trials[k:k + 64])
-            s = scorer(chunk, torch.full((len(chunk),), y))
-            J = _J(s, clip)
+            J, s = guess.score(trials[k:k + 64])
             j = int(J.argmax())
             if float(J[j]) > best and (best_move is None or float(J[j]) > best_move[1]):
                 best_move = (trials[k + j], float(J[j]), s.e[j])
