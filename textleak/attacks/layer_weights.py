@@ -75,8 +75,8 @@ class GroupScorer(GhostScorer):
 
 
 def relative_weights(scorer: GroupScorer, seq: list[int], label: int) -> torch.Tensor:
-    """[G]: 1 / ||g_k||^2 of `seq` per group (groups without gradient get weight 0), scaled so the
-    weights sum to the number of groups with gradient (J_w stays on J's scale per group)."""
+    """[G]: 1 / ||g_k||^2 of `seq` per group (groups without gradient get weight 0), times the
+    groups' mean ||g_k||^2: each group weighs in at that mean, so J_w stays on J's scale."""
     scorer(torch.tensor([list(seq)]), torch.tensor([int(label)]))
     n2 = scorer.parts[1][:, 0]
     live = n2 > 0
