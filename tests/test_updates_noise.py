@@ -392,3 +392,55 @@ def test_screening_keeps_the_candidates_of_largest_first_order_gain():
     assert screened(gain, [2, 1, 3, 1, 4], 2) == [4, 1] and screened(gain, [2, 3], 4) == [2, 3]
     banned = torch.tensor([False, False, False, False, True])
     assert top_flips(gain[None], [1], 2, banned) == [[3, 0]]  # not the current token, nor a banned one
+
+
+def test_layer_weights_scale_each_group_and_keep_the_plain_sums(wide):
+    """`GroupScorer` with unit weights is the GhostScorer; its per-group parts add up to the plain
+    sums, a weighted call is the weighted sum of the parts, and the weighted flip gains are the
+    slope of J_w (the flip slope of each group alone, added with the weights)."""
+    from textleak.attacks.flips import flip_gains
+    from textleak.attacks.layer_weights import GroupScorer, name_weights, relative_weights
+    from textleak.text.ghost import GhostScorer
+
+    model, layout = wide.model, layout_for(wide.model)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    gen = torch.Generator().manual_seed(2)
+    target = {n: 1e-2 * torch.randn(p.shape, generator=gen) for n, p in named.items()}
+    ids, labels = torch.tensor([[2, 7, 8, 12, 3], [2, 9, 8, 11, 3]]), torch.tensor([1, 0])
+    plain, scorer = GhostScorer(layout, target)(ids, labels), GroupScorer(layout, target)
+    same = scorer(ids, labels)
+    assert torch.equal(same.dot, plain.dot) and torch.equal(same.norm2, plain.norm2)
+    dot, norm2 = scorer.parts
+    assert dot.shape == (layout.num_layers + 2, 2) and (norm2 > 0).all()
+    assert torch.allclose(dot.sum(0), plain.dot) and torch.allclose(norm2.sum(0), plain.norm2)
+    w = relative_weights(scorer, ids[0].tolist(), 1)
+    assert w.shape == (layout.num_layers + 2,) and float(w.sum()) > 0
+    assert torch.allclose(w * norm2[:, 0] / (w * norm2[:, 0]).sum(), torch.full_like(w, 1 / len(w)))
+    weighted = GroupScorer(layout, target, w)(ids, labels)
+    assert torch.allclose(weighted.norm2, (w[:, None] * norm2).sum(0)) and torch.allclose(
+        weighted.dot, (w[:, None] * dot).sum(0))
+    per_name = name_weights(layout, w)
+    assert set(per_name) >= set(target) and per_name[layout.word_embedding_name] == float(w[0])
+    seq = ids[0].tolist()
+    mixed = flip_gains(layout, target, seq, 1, weights=per_name)
+    alone = [flip_gains(layout, target, seq, 1, weights=name_weights(layout, torch.eye(len(w))[k]))
+             for k in range(len(w))]
+    assert torch.allclose(mixed, sum(float(w[k]) * g for k, g in enumerate(alone)), rtol=1e-3, atol=1e-6)
+    assert not torch.allclose(mixed, flip_gains(layout, target, seq, 1))
+
+
+def test_prior_candidates_rank_tokens_between_their_neighbours():
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from textleak.attacks.evidence import PriorCandidates
+
+    uni = Counter({5: 50, 6: 40, 7: 30, 8: 20, 9: 1})
+    bi = Counter({(5, 9): 10, (9, 6): 1, (5, 8): 3})
+    banned = torch.zeros(12, dtype=torch.bool)
+    banned[:2] = True
+    pc = PriorCandidates(SimpleNamespace(uni=uni, bi=bi, lam=0.7), 12, banned)
+    assert pc.frequent[:4] == [5, 6, 7, 8]
+    between = pc.between([5, 0, 6], 2)
+    assert between[1][0] == 9 and len(between[1]) == 2  # 5 -> 9 -> 6 is the likeliest path
+    assert all(t >= 2 for c in between for t in c) and pc.between([5, 6], 0) == [[], []]

@@ -34,18 +34,21 @@ import torch
 from ..text.layouts import Layout
 
 
-def _objective(grads: Sequence[torch.Tensor | None], target: Sequence[torch.Tensor], clip: float | None) -> torch.Tensor:
-    dot = sum((t * g).sum() for t, g in zip(target, grads) if g is not None)
-    norm2 = sum(g.pow(2).sum() for g in grads if g is not None)
+def _objective(grads: Sequence[torch.Tensor | None], target: Sequence[torch.Tensor], clip: float | None,
+               weights: Sequence[float]) -> torch.Tensor:
+    dot = sum(w * (t * g).sum() for t, g, w in zip(target, grads, weights) if g is not None)
+    norm2 = sum(w * g.pow(2).sum() for g, w in zip(grads, weights) if g is not None)
     if clip is None:
         return 2 * dot - norm2
-    c = torch.clamp(clip / (norm2.sqrt() + 1e-6), max=1.0)
+    plain = sum(g.pow(2).sum() for g in grads if g is not None)
+    c = torch.clamp(clip / (plain.sqrt() + 1e-6), max=1.0)
     return 2 * c * dot - c * c * norm2
 
 
 def flip_gains(layout: Layout, target: Mapping[str, torch.Tensor], seq: Sequence[int], label: int,
-               clip: float | None = None) -> torch.Tensor:
-    """[L, V]: the first-order change of J when token v replaces seq[p] (0 for the current token)."""
+               clip: float | None = None, weights: Mapping[str, float] | None = None) -> torch.Tensor:
+    """[L, V]: the first-order change of J when token v replaces seq[p] (0 for the current token);
+    of J_w with `weights` per parameter name (`attacks.layer_weights`, absent names 1)."""
     model, device = layout.model, layout.device
     params = dict(model.named_parameters())
     names = [n for n in target if n in params]
@@ -56,7 +59,8 @@ def flip_gains(layout: Layout, target: Mapping[str, torch.Tensor], seq: Sequence
         with torch.enable_grad():
             loss = model(**layout.inputs(ids), labels=torch.tensor([int(label)], device=device)).loss
             grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=True, allow_unused=True)
-            J = _objective(grads, [target[n].to(device, torch.float32) for n in names], clip)
+            J = _objective(grads, [target[n].to(device, torch.float32) for n in names], clip,
+                           [1.0 if weights is None else weights.get(n, 1.0) for n in names])
             (slope,) = torch.autograd.grad(J, kept[0])
     finally:
         hook.remove()

@@ -1,0 +1,148 @@
+"""The state of the `likelihood` search (`attacks.likelihood`): the batch of current guesses with
+each sentence's own gradient and target (`_Batch`), one sentence's guess against its target with
+its single-token and reordering moves (`_Guess`), and the likelihood term J of scored hypotheses.
+
+Shapes: sentences are token-id lists; gradients and targets name -> tensor (the model's shapes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from ..text.layouts import Layout
+from .layer_weights import GroupScorer, relative_weights
+
+
+def _gradient(layout: Layout, seq: Sequence[int], label: int, names: list[str]) -> dict[str, torch.Tensor]:
+    model = layout.model
+    ids = torch.tensor([list(seq)], device=layout.device)
+    params = dict(model.named_parameters())
+    with torch.enable_grad():
+        loss = model(**layout.inputs(ids), labels=torch.tensor([int(label)], device=layout.device)).loss
+        grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+    return {n: (g.detach() if g is not None else torch.zeros_like(params[n])) for n, g in zip(names, grads)}
+
+
+def _J(scores, clip: float | None, norm2: torch.Tensor | None = None) -> torch.Tensor:
+    """2 <T, c g> - ||c g||^2 per hypothesis, c = Opacus' clip factor for max_grad_norm `clip` (1 without),
+    read off `norm2` (||g||^2, when the scores are weighted per layer) or the scores' own."""
+    if clip is None:
+        return 2 * scores.dot - scores.norm2
+    c = torch.clamp(clip / ((scores.norm2 if norm2 is None else norm2).sqrt() + 1e-6), max=1.0)
+    return 2 * c * scores.dot - c * c * scores.norm2
+
+
+def clip_norm(metadata) -> float | None:
+    """The per-example clipping norm of a DP-SGD capture (a public training setting), else None."""
+    defence = (metadata.get("capture", {}) or {}).get("defence") or {}
+    if defence.get("name") in ("dpsgd", "dpeps"):
+        return float(defence["params"]["max_grad_norm"])
+    return None
+
+
+class _Batch:
+    """The current guess of every sentence, each one's own gradient, and the targets T_i."""
+
+    def __init__(self, layout: Layout, gradients, seqs: list[list[int]], labels: list[int], clip: float | None = None):
+        self.layout, self.model, self.shared, self.clip = layout, layout.model, gradients, clip
+        self.names = [n for n in gradients if n in dict(self.model.named_parameters())]
+        self.seqs, self.labels = [list(s) for s in seqs], list(labels)
+        self.own = [self._own(s, y) for s, y in zip(self.seqs, self.labels)]
+
+    def _own(self, seq, label) -> dict[str, torch.Tensor]:
+        g = _gradient(self.layout, seq, label, self.names)
+        if self.clip is not None:  # DP-SGD's per-example clipping (Opacus' factor)
+            norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in g.values()))
+            factor = min(1.0, self.clip / (norm + 1e-6))
+            g = {n: v * factor for n, v in g.items()}
+        return g
+
+    def target(self, i: int) -> dict[str, torch.Tensor]:
+        B = len(self.seqs)
+        T = {n: B * self.shared[n].float().to(self.layout.device) for n in self.names}
+        for j, g in enumerate(self.own):
+            if j != i:
+                for n in self.names:
+                    T[n] -= g[n]
+        return T
+
+    def set(self, i: int, seq: list[int], label: int) -> None:
+        self.seqs[i], self.labels[i] = list(seq), int(label)
+        self.own[i] = self._own(seq, label)
+
+    def misfit(self) -> float:
+        """||G - mean_i g_i||^2."""
+        B = len(self.seqs)
+        return sum(float((self.shared[n].double().to(self.layout.device) - sum(g[n].double() for g in self.own) / B).pow(2).sum())
+                   for n in self.names)
+
+
+class _Guess:
+    """One sentence's current guess x (label y) against its target T_i: J of the guess (`best`) and
+    the gradient at its embedding sum (`e`, for the matched filter). `weighted`: J is J_w, each
+    layer's share relative to its size at the guess (`attacks.layer_weights`)."""
+
+    def __init__(self, batch: _Batch, i: int, weighted: bool = False):
+        self.T, self.clip = batch.target(i), batch.clip
+        self.x, self.y = list(batch.seqs[i]), batch.labels[i]
+        self.scorer = GroupScorer(batch.layout, self.T)
+        if weighted:
+            self.scorer.weights = relative_weights(self.scorer, self.x, self.y)
+        self.weights = self.scorer.weights
+        J, scores = self.score([self.x])
+        self.best, self.e = float(J[0]), scores.e[0]
+
+    def score(self, trials: list[list[int]]):
+        """(J or J_w [W], the scores) of W hypotheses with the guess's label."""
+        s = self.scorer(torch.tensor(trials), torch.full((len(trials),), self.y))
+        return _J(s, self.clip, self.scorer.parts[1].sum(0)), s
+
+    def substitute(self, p: int, options: list[int]) -> int:
+        """Puts the best of `options` at position p if it raises J; 1 if it did, else 0."""
+        options = [t for t in dict.fromkeys(options) if t != self.x[p]]
+        if not options:
+            return 0
+        trials = [list(self.x) for _ in options]
+        for t, v in zip(trials, options):
+            t[p] = v
+        J, s = self.score(trials)
+        k = int(J.argmax())
+        if float(J[k]) <= self.best:
+            return 0
+        self.best, self.x[p], self.e = float(J[k]), options[k], s.e[k]
+        return 1
+
+    def move(self, inner: range):
+        """The best of: two tokens swapped (any two; up to 8 apart past 40 tokens), or a window of
+        3-4 tokens rotated by one (a token moved a few places); (sequence, J, e) if it beats
+        `best`, else None. A
+        settled guess often holds the right tokens in a wrong order (SST-2, variance 1e-9:
+        "marvelous documentary - touches - ever so - gracefully -")."""
+        x, best = self.x, self.best
+        trials = []
+        reach = len(x) if len(x) <= 40 else 8  # swaps at any distance in sentences up to 40 tokens
+        for a in inner:
+            for d in range(1, reach):
+                if a + d in inner and x[a] != x[a + d]:
+                    t = list(x)
+                    t[a], t[a + d] = t[a + d], t[a]
+                    trials.append(t)
+            for w in (3, 4):
+                if a + w - 1 in inner:
+                    window = x[a:a + w]
+                    for rot in (window[1:] + window[:1], window[-1:] + window[:-1]):
+                        if rot != window:
+                            trials.append(x[:a] + rot + x[a + w:])
+        trials = [t for j, t in enumerate(trials) if t not in trials[:j]]
+        if not trials:
+            return None
+        best_move = None
+        for k in range(0, len(trials), 64):
+            J, s = self.score(trials[k:k + 64])
+            j = int(J.argmax())
+            if float(J[j]) > best and (best_move is None or float(J[j]) > best_move[1]):
+                best_move = (trials[k + j], float(J[j]), s.e[j])
+        return best_move
