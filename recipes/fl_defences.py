@@ -39,7 +39,7 @@ from textleak.text.models import load_text_model
 
 def specs(args) -> list[tuple[str, str, float | None]]:
     """(family, defence spec, x value) for every setting asked for."""
-    out = [("none", "none", None)]
+    out = [] if args.no_baseline else [("none", "none", None)]
     out += [("fedavg", f"fedavg:{kl}", None) for kl in args.fedavg]
     out += [("fedadamw", f"fedadamw:{kl}", None) for kl in args.fedadamw]
     out += [("noise", f"noise:{v:g}", v) for v in args.noise]
@@ -163,6 +163,7 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", nargs="*", type=float, default=[1e-10, 1e-8, 1e-6, 1e-4, 1e-2])
     ap.add_argument("--dpeps", nargs="*", type=float, default=[1, 8, 1e3, 1e6, 1e9],
                     help="DP-SGD privacy budgets (max_grad_norm 1, 1000 steps at sample rate 0.01, delta 1e-5)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the undefended gradient ('none') units")
     ap.add_argument("--attack", default="auto")
     ap.add_argument("--option", action="append", default=[], metavar="[STAGE.]KEY=VALUE",
                     help="attack settings, as textleak recover's --option (e.g. likelihood.share=0.8)")

@@ -58,6 +58,7 @@ from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .exact import Exact
 from .update_peel import UpdatePeeler
+from .update_rounding import RoundingFits
 from .update_sim import (UpdateFacts, certify_batch, shares_update, simulate_update, simulation_check,  # noqa: F401
                          simulation_mismatch, update_facts)
 
@@ -93,6 +94,7 @@ class UpdateExact(Exact):
         self._start = (layout_for(target.model), facts)
         moved = copy.copy(target)
         moved.model = midpoint_model(target.model, observation.gradients, facts)
+        self._fits = RoundingFits(layout_for(target.model), observation.gradients, facts.lr, facts.steps)
         out = self._attempt(observation, target, moved, facts, LAYER0_ALLOWANCE)
         if not out.details["certified"] and time.monotonic() < budget.current().deadline:
             # the tight layer-0 threshold is measured, not proved: the rest of the budget goes to
@@ -104,6 +106,8 @@ class UpdateExact(Exact):
         out.details["update"] = {"local_steps": facts.steps, "local_lr": facts.lr, "minibatch": facts.minibatch,
                                  "shuffle": facts.shuffle,
                                  "read_at": f"midpoint of the local trajectory (step {facts.midpoint:g})"}
+        if self._fits.fits:
+            out.details["update"]["rounding"] = self._fits.describe()
         out.assumed["update"] = "local learning rate and step count from the file"
         return out
 
@@ -141,6 +145,8 @@ class UpdateExact(Exact):
                 "learning rate too small for float32, or too many tokens)")
         if getattr(self, "_allowance", None):
             span0.tol = min(span0.tol, self._allowance * span0.floor)
+        if self._fits_for(observation.gradients) is not None:
+            span0 = self._fits.span(0, span0, self._reader(observation).bound(0))
         self._observation = observation
         return layout, span0
 
@@ -148,8 +154,17 @@ class UpdateExact(Exact):
                 tokens: int | None = None) -> LayerSpan | None:
         if not layout.shared(grads, layout.qkv_names(1)):
             return None
-        span1 = self._reader(self._observation)(layout, grads, 1)
-        return None if span1.rank < span0.rank else span1
+        reader = self._reader(self._observation)
+        span1 = reader(layout, grads, 1)
+        if span1.rank < span0.rank:
+            return None
+        fits = self._fits_for(grads)
+        return fits.span(1, span1, reader.bound(1)) if fits is not None else span1
+
+    def _fits_for(self, gradients: Any) -> RoundingFits | None:
+        """This run's rounding fits (`update_rounding`), when they were made for these gradients."""
+        fits = getattr(self, "_fits", None)
+        return fits if fits is not None and fits.update is gradients else None
 
     def _peeler(self, observation: Observation, layout: Layout, lengths: list[int], span1: LayerSpan | None,
                 *_: Any) -> UpdatePeeler | None:
