@@ -10,6 +10,7 @@ import torch
 
 import textleak
 from conftest import make_wide_classifier
+from textleak.attacks.update_repair import BoxRepair
 from textleak.attacks.update_rounding import ROUNDING_SHARE, RoundingFits, fit_in_box
 from textleak.attacks.update_sim import UpdateFacts, simulate_update
 from textleak.text.layouts import layout_for
@@ -54,3 +55,20 @@ def test_the_span_is_left_alone_where_the_rounding_is_narrow(wide):
     fits = RoundingFits(layout, U, 3e-2, 4)
     assert fits.share(0) < ROUNDING_SHARE
     assert fits.span(0, raw, reader.bound(0)) is raw and not fits.fits
+
+
+def test_the_box_misfit_repairs_a_wrong_token_the_spans_let_through(wide):
+    lr, steps = 1e-5, 4
+    U, ids, _ = _setup(wide, steps, lr)
+    layout = layout_for(wide.model)
+    fits = RoundingFits(layout, U, lr, steps)
+    reader = SpanReader([len(s) for s in ids])
+    span0 = fits.span(0, reader(layout, U, 0), reader.bound(0))
+    vocab = torch.tensor(sorted({t for s in ids for t in s}))
+    wrong = [list(s) for s in ids]
+    wrong[0][2], wrong[2][1] = wrong[1][1], wrong[0][1]  # a token of another sentence in two of them
+    repair = BoxRepair(layout, fits, span0, vocab, width=len(vocab))  # this random model's layer 0 ranks loosely
+    assert repair.misfit(sum(repair.gradient(s, y) for s, y in zip(ids, LABELS)) / len(ids)) < \
+        0.1 * repair.misfit(sum(repair.gradient(s, y) for s, y in zip(wrong, LABELS)) / len(ids))
+    fixed, report = repair.run(wrong, LABELS, deadline=float("inf"))
+    assert fixed == [list(s) for s in ids] and report["misfit_after"] < report["misfit_before"]

@@ -52,12 +52,15 @@ import torch
 
 from ..core import budget
 from ..errors import MissingKnowledgeError
+from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
 from ..text.leaks import LayerSpan, SpanReader, noise_level
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .exact import Exact
+from .exact.candidates import vocabulary
 from .update_peel import UpdatePeeler
+from .update_repair import BoxRepair
 from .update_rounding import RoundingFits
 from .update_sim import (UpdateFacts, certify_batch, shares_update, simulate_update, simulation_check,  # noqa: F401
                          simulation_mismatch, update_facts)
@@ -120,8 +123,27 @@ class UpdateExact(Exact):
         out.method = self.name
         if observation.task == "classify":
             self._certify(observation, layout_for(target.model), facts, out)
+            if not out.details["certified"] and self._fits.fits and time.monotonic() < budget.current().deadline:
+                self._repair(observation, target, moved, facts, out)
         out.details["layer0_allowance"] = allowance
         return out
+
+    def _repair(self, observation: Observation, target: Any, moved: Any, facts: UpdateFacts,
+                out: AttackOutput) -> None:
+        """Small learning rates (the rounding fitted): repair the guess token by token on the whole
+        update's box misfit (`update_repair`), then certify again by simulation."""
+        layout = layout_for(moved.model)
+        _, span0 = self._layer0(observation, moved)
+        vocab, _ = vocabulary(layout, observation.gradients, target.tokenizer, observation.task)
+        pred = out.prediction
+        repair = BoxRepair(layout, self._fits, span0, vocab)
+        residuals = out.details.get("sentence_residuals") or []
+        worst = sorted(range(len(residuals)), key=lambda b: -residuals[b] if residuals[b] == residuals[b] else
+                       -float("inf")) if len(residuals) == len(pred["token_ids"]) else None
+        pred["token_ids"], report = repair.run(pred["token_ids"], pred["labels"], budget.current().deadline, worst)
+        pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
+        self._certify(observation, layout_for(target.model), facts, out)
+        out.details["repair"] = report
 
     @staticmethod
     def _facts_of(observation: Observation) -> UpdateFacts:
