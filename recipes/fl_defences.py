@@ -6,6 +6,8 @@ additive noise (variance) and DP-SGD set by its privacy budget (epsilon), on rea
         --dpeps 1 8 1e3 1e6 1e9 --budget 300 --out results/fl_defences
     python recipes/fl_defences.py ... --utility 200     # + the accuracy each defence costs
     python recipes/fl_defences.py --out results/fl_defences --report-only
+    python recipes/fl_defences.py --data cola,sst2 --batch-size 1,4,8 --n 1 --no-baseline --noise --dpeps \
+        --fedavg 1,1e-2 2,1e-2 4,1e-2 8,1e-2 8,1e-3 8,1e-4    # a FedAvg K x lr grid alone
 
 MiniLM classification, labels withheld, lengths declared (the capture's defaults). Each
 (defence, data, batch size, batch) runs the attack (`--attack`, default `auto`) under a
