@@ -6,6 +6,8 @@ additive noise (variance) and DP-SGD set by its privacy budget (epsilon), on rea
         --dpeps 1 8 1e3 1e6 1e9 --budget 300 --out results/fl_defences
     python recipes/fl_defences.py ... --utility 200     # + the accuracy each defence costs
     python recipes/fl_defences.py --out results/fl_defences --report-only
+    python recipes/fl_defences.py --data cola,sst2 --batch-size 1,4,8 --n 1 --no-baseline --noise --dpeps \
+        --fedavg 1,1e-2 2,1e-2 4,1e-2 8,1e-2 8,1e-3 8,1e-4    # a FedAvg K x lr grid alone
 
 MiniLM classification, labels withheld, lengths declared (the capture's defaults). Each
 (defence, data, batch size, batch) runs the attack (`--attack`, default `auto`) under a
@@ -39,7 +41,7 @@ from textleak.text.models import load_text_model
 
 def specs(args) -> list[tuple[str, str, float | None]]:
     """(family, defence spec, x value) for every setting asked for."""
-    out = [("none", "none", None)]
+    out = [] if args.no_baseline else [("none", "none", None)]
     out += [("fedavg", f"fedavg:{kl}", None) for kl in args.fedavg]
     out += [("fedadamw", f"fedadamw:{kl}", None) for kl in args.fedadamw]
     out += [("noise", f"noise:{v:g}", v) for v in args.noise]
@@ -57,7 +59,8 @@ def run_unit(target, spec: str, batch, index: int, attack: str, budget: float | 
     d = res.details
     return {"method": res.method, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
             "certified": bool(d.get("certified")),
-            "ran_out": b.ran_out, "simulation": d.get("simulation"), "noise": d.get("noise"),
+            "ran_out": b.ran_out, "simulation": d.get("simulation"), "noise": d.get("noise"), "repair": d.get("repair"),
+            "rounding": (d.get("update") or {}).get("rounding"),
             "recovered": res.texts, "references": texts,
             **{k: res.metrics["mean"][k] for k in ("rouge1", "rouge2", "exact_match")},
             "label_accuracy": res.metrics["mean"].get("label_accuracy")}
@@ -163,6 +166,7 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", nargs="*", type=float, default=[1e-10, 1e-8, 1e-6, 1e-4, 1e-2])
     ap.add_argument("--dpeps", nargs="*", type=float, default=[1, 8, 1e3, 1e6, 1e9],
                     help="DP-SGD privacy budgets (max_grad_norm 1, 1000 steps at sample rate 0.01, delta 1e-5)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the undefended gradient ('none') units")
     ap.add_argument("--attack", default="auto")
     ap.add_argument("--option", action="append", default=[], metavar="[STAGE.]KEY=VALUE",
                     help="attack settings, as textleak recover's --option (e.g. likelihood.share=0.8)")

@@ -29,6 +29,13 @@ What changes against a gradient (`attacks.exact.Exact`, which hands updates here
   rounding (measured on MiniLM, K = 4, batch 4: 0 in the victim's sentence order, 2.5e-6 in
   another; one token wrong: 0.14; one label wrong: 0.52, relative).
 
+Small learning rates (`update_rounding`, `update_repair`). A float32 client loses every step
+smaller than half an ulp of its weight: U holds the average gradient only to within
+ulp(w) / (2 lr) per entry, a box as wide as the gradient itself at lr 1e-4 on MiniLM and eight
+times wider at 1e-5. Where that box is wide against U, the spans are read from the rank-r matrix
+closest to U inside it, and an uncertified guess is repaired token by token on the whole update's
+box misfit (every layer's Q/K/V gradient), then simulated again.
+
 Mini-batches (`fedavg:K,LR,MB[,SHUFFLE]`, E local epochs of them): U sums every mini-batch's
 trajectory, so its spans hold the union of the mini-batches' tokens and the search reads the
 whole batch as one; the certificate replays every assignment of the guessed sentences to the
@@ -52,12 +59,16 @@ import torch
 
 from ..core import budget
 from ..errors import MissingKnowledgeError
+from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
 from ..text.leaks import LayerSpan, SpanReader, noise_level
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .exact import Exact
+from .exact.candidates import vocabulary
 from .update_peel import UpdatePeeler
+from .update_repair import BoxRepair
+from .update_rounding import RoundingFits
 from .update_sim import (UpdateFacts, certify_batch, shares_update, simulate_update, simulation_check,  # noqa: F401
                          simulation_mismatch, update_facts)
 
@@ -93,6 +104,7 @@ class UpdateExact(Exact):
         self._start = (layout_for(target.model), facts)
         moved = copy.copy(target)
         moved.model = midpoint_model(target.model, observation.gradients, facts)
+        self._fits = RoundingFits(layout_for(target.model), observation.gradients, facts.lr, facts.steps)
         out = self._attempt(observation, target, moved, facts, LAYER0_ALLOWANCE)
         if not out.details["certified"] and time.monotonic() < budget.current().deadline:
             # the tight layer-0 threshold is measured, not proved: the rest of the budget goes to
@@ -104,6 +116,8 @@ class UpdateExact(Exact):
         out.details["update"] = {"local_steps": facts.steps, "local_lr": facts.lr, "minibatch": facts.minibatch,
                                  "shuffle": facts.shuffle,
                                  "read_at": f"midpoint of the local trajectory (step {facts.midpoint:g})"}
+        if self._fits.fits:
+            out.details["update"]["rounding"] = self._fits.describe()
         out.assumed["update"] = "local learning rate and step count from the file"
         return out
 
@@ -116,8 +130,27 @@ class UpdateExact(Exact):
         out.method = self.name
         if observation.task == "classify":
             self._certify(observation, layout_for(target.model), facts, out)
+            if not out.details["certified"] and self._fits.fits and time.monotonic() < budget.current().deadline:
+                self._repair(observation, target, moved, facts, out)
         out.details["layer0_allowance"] = allowance
         return out
+
+    def _repair(self, observation: Observation, target: Any, moved: Any, facts: UpdateFacts,
+                out: AttackOutput) -> None:
+        """Small learning rates (the rounding fitted): repair the guess token by token on the whole
+        update's box misfit (`update_repair`), then certify again by simulation."""
+        layout = layout_for(moved.model)
+        _, span0 = self._layer0(observation, moved)
+        vocab, _ = vocabulary(layout, observation.gradients, target.tokenizer, observation.task)
+        pred = out.prediction
+        repair = BoxRepair(layout, self._fits, span0, vocab)
+        residuals = out.details.get("sentence_residuals") or []
+        worst = sorted(range(len(residuals)), key=lambda b: -residuals[b] if residuals[b] == residuals[b] else
+                       -float("inf")) if len(residuals) == len(pred["token_ids"]) else None
+        pred["token_ids"], report = repair.run(pred["token_ids"], pred["labels"], budget.current().deadline, worst)
+        pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
+        self._certify(observation, layout_for(target.model), facts, out)
+        out.details["repair"] = report
 
     @staticmethod
     def _facts_of(observation: Observation) -> UpdateFacts:
@@ -141,6 +174,8 @@ class UpdateExact(Exact):
                 "learning rate too small for float32, or too many tokens)")
         if getattr(self, "_allowance", None):
             span0.tol = min(span0.tol, self._allowance * span0.floor)
+        if self._fits_for(observation.gradients) is not None:
+            span0 = self._fits.span(0, span0, self._reader(observation).bound(0))
         self._observation = observation
         return layout, span0
 
@@ -148,8 +183,17 @@ class UpdateExact(Exact):
                 tokens: int | None = None) -> LayerSpan | None:
         if not layout.shared(grads, layout.qkv_names(1)):
             return None
-        span1 = self._reader(self._observation)(layout, grads, 1)
-        return None if span1.rank < span0.rank else span1
+        reader = self._reader(self._observation)
+        span1 = reader(layout, grads, 1)
+        if span1.rank < span0.rank:
+            return None
+        fits = self._fits_for(grads)
+        return fits.span(1, span1, reader.bound(1)) if fits is not None else span1
+
+    def _fits_for(self, gradients: Any) -> RoundingFits | None:
+        """This run's rounding fits (`update_rounding`), when they were made for these gradients."""
+        fits = getattr(self, "_fits", None)
+        return fits if fits is not None and fits.update is gradients else None
 
     def _peeler(self, observation: Observation, layout: Layout, lengths: list[int], span1: LayerSpan | None,
                 *_: Any) -> UpdatePeeler | None:

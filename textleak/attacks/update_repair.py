@@ -1,0 +1,139 @@
+"""Repairing a guessed batch against a rounded FedAvg update, token by token (`exact-update` at small learning rates).
+
+At small learning rates a float32 client's rounding swamps the weak directions of each layer's
+span (`update_rounding`): the fitted spans narrow the candidates, but single wrong tokens still
+sit as close to layer 1's span as true ones (MiniLM, CoLA dev batch 4, K = 8, lr 1e-4: 16 of 728
+one-token substitutions do), so the span search stops one or two tokens short, or settles a
+sentence onto another's tokens. The whole update still tells them apart: every layer's Q/K/V
+gradient depends on every token, and the true batch's gradient lies inside the box that the
+rounding allows around U in every entry (|U - G| <= ulp(w) / (2 lr), `update_rounding`), where a
+batch one token off leaves it in many.
+
+So the guess is repaired by coordinate descent on the box misfit
+
+    m(batch) = sum over the Q/K/V weights of every layer of relu(|G(batch) - U| - half)^2,
+
+G(batch) the batch's mean-loss gradient (with the labels as solved) at the trajectory's
+midpoint: each position of each sentence tries the tokens whose layer-0 input lies closest to the
+fitted layer-0 span (`width` of them, from the batch's vocabulary; on MiniLM, CoLA dev batch 4,
+lr 1e-4, the true token ranked up to 11th there) and keeps the best, sweeping until nothing
+improves or the budget ends. A sentence's gradient is computed alone (the batch
+gradient is the mean of the sentences'), so a trial costs one forward and backward of one
+sentence. This narrows, it does not certify: the simulation certificate (`update_sim`) still
+decides. Classification only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import torch
+
+from ..text.layouts import Layout
+from ..text.leaks.residuals import partial_residuals
+from ..text.leaks.spans import LayerSpan
+from .update_rounding import RoundingFits
+
+#: tokens tried at each position (closest to the fitted layer-0 span first)
+WIDTH = 16
+#: sweeps over every position of every sentence at most
+SWEEPS = 6
+
+
+class BoxRepair:
+    """Coordinate descent of a guessed batch on the box misfit (see the module doc).
+
+    layout: the model at the trajectory's midpoint; fits: the run's `RoundingFits` (U, its box, w0);
+    span0: the fitted layer-0 span; vocab: token ids worth trying."""
+
+    def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
+                 width: int = WIDTH, sweeps: int = SWEEPS):
+        self.layout, self.span0, self.width, self.sweeps = layout, span0, width, sweeps
+        self.vocab = vocab.to(layout.device).long()
+        layers = len(layout.layers)
+        self.names = [n for k in range(layers) for n in layout.shared(fits.update, layout.qkv_names(k))]
+        parts = [fits.matrices(k) for k in range(layers) if layout.shared(fits.update, layout.qkv_names(k))]
+        self.U = torch.cat([u.flatten() for u, _ in parts])
+        self.half = torch.cat([h.flatten() for _, h in parts])
+        params = dict(layout.model.named_parameters())
+        self.params = [params[n] for n in self.names]
+        self.trials = 0
+
+    def gradient(self, seq: Sequence[int], label: int) -> torch.Tensor:
+        """One sentence's loss gradient on the Q/K/V weights, flattened, float64."""
+        model = self.layout.model
+        ids = torch.tensor([list(seq)], device=self.layout.device)
+        y = torch.tensor([int(label)], device=self.layout.device)
+        was = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                loss = model(**self.layout.inputs(ids, torch.ones_like(ids)), labels=y).loss
+                grads = torch.autograd.grad(loss, self.params)
+        finally:
+            model.train(was)
+        self.trials += 1
+        return torch.cat([g.flatten() for g in grads]).double()
+
+    def misfit(self, G: torch.Tensor) -> float:
+        return float(torch.relu((G - self.U).abs() - self.half).pow(2).sum())
+
+    def options(self, length: int) -> torch.Tensor:
+        """[length, width] token ids per position, closest to the fitted layer-0 span first."""
+        V = len(self.vocab)
+        ids = self.vocab[:, None].expand(V, length)
+        pos = torch.arange(length, device=self.layout.device)[None].expand(V, length)
+        res = partial_residuals(self.layout, self.span0, ids, pos)  # [V, length]
+        top = res.topk(min(self.width, V), dim=0, largest=False).indices  # [width, length]
+        return self.vocab[top].T
+
+    def run(self, sequences: Sequence[Sequence[int]], labels: Sequence[int], deadline: float,
+            order: Sequence[int] | None = None) -> tuple[list[list[int]], dict[str, Any]]:
+        """Sweeps over every position of every sentence: each tries its `width` tokens and keeps the
+        best; then a repaired token may trade places with another (when it took another position's
+        token, each single substitution back is worse). `order`: the sentences to repair first (the
+        least certain: the budget may end within a sweep)."""
+        seqs = [list(s) for s in sequences]
+        self._B, self._labels = len(seqs), [int(y) for y in labels]
+        self._own = [self.gradient(s, y) for s, y in zip(seqs, self._labels)]
+        self._total = sum(self._own) / self._B
+        self._best = start = self.misfit(self._total)
+        self._deadline, self._changes = deadline, 0
+        moved: list[set[int]] = [set() for _ in seqs]
+        sweeps, before = 0, -1
+        while self._changes > before and sweeps < self.sweeps and time.monotonic() < deadline:
+            before, sweeps = self._changes, sweeps + 1
+            for b in (order if order is not None else range(len(seqs))):
+                options = self.options(len(seqs[b])).tolist()
+                for p in range(1, len(seqs[b]) - 1):  # [CLS] and [SEP] stay
+                    if self._keep_best(seqs, b, [seqs[b][:p] + [t] + seqs[b][p + 1:] for t in options[p]]):
+                        moved[b].add(p)
+                swaps = {(min(p, q), max(p, q)) for p in moved[b] for q in range(1, len(seqs[b]) - 1)
+                         if seqs[b][q] != seqs[b][p]}
+                self._keep_best(seqs, b, [_swapped(seqs[b], p, q) for p, q in sorted(swaps)])
+        return seqs, {"misfit_before": start, "misfit_after": self._best, "sweeps": sweeps, "changes": self._changes,
+                      "trials": self.trials, "width": self.width, "ran_out": time.monotonic() >= deadline}
+
+    def _keep_best(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> bool:
+        """Replace sentence b by the trial of least misfit, if it lowers the batch's; whether it did."""
+        found = None
+        for trial in trials:
+            if trial == seqs[b] or time.monotonic() >= self._deadline:
+                continue
+            g = self.gradient(trial, self._labels[b])
+            value = self.misfit(self._total + (g - self._own[b]) / self._B)
+            if value < self._best and (found is None or value < found[0]):
+                found = (value, trial, g)
+        if found is None:
+            return False
+        self._best, seqs[b], g = found
+        self._total, self._own[b] = self._total + (g - self._own[b]) / self._B, g
+        self._changes += 1
+        return True
+
+
+def _swapped(seq: list[int], p: int, q: int) -> list[int]:
+    out = list(seq)
+    out[p], out[q] = out[q], out[p]
+    return out
