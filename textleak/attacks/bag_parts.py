@@ -19,6 +19,14 @@ best class, against the shares of its tokens; the mean cosine is 1 for a sentenc
 and falls with each wrong token (CoLA batch 64: one token changed 0.91, a wrong second half
 0.63 on the right first half). `SwapSearch` exchanges tails, or single tokens, between two
 sentences at one position (the columns stay as they are) where the summed score rises.
+`SpanScorer` (the best-effort layer-1 residual, ~15x cheaper) and their sum are the other
+scores. Measured (scratch, batch 64 index 0, every sentence with a share q of its tokens
+swapped within their columns, 80 random pairs: how often the right link outscores the pair
+with tails exchanged; share / layer-1 / last-layer sentence spans): CoLA q=0.3 0.73 / 0.77 /
+0.73, q=0.6 0.53 / 0.58 / 0.48; SST-2 q=0.3 0.80 / 0.95 / 0.91, q=0.5 0.76 / 0.69 / 0.65; RT
+q=0.3 0.89 / 0.83 / 0.83, q=0.5 0.73 / 0.72 / 0.70. So the scores link sentences that are
+mostly right, and hardly any from the assembly's start (ROUGE-1 about 0.3); an assignment of a
+whole position's tails at once by the layer-1 score (tried) raised the score, not ROUGE-1.
 """
 
 from __future__ import annotations
@@ -208,8 +216,8 @@ class SwapSearch:
         moves = self._moves(tracks, b)
         if not moves:
             return False
-        seqs = [s for _, new_b, new_o in moves for s in (new_b, new_o)]
-        got = self.scorer.scores(seqs).view(-1, 2)
+        got = self._scored(moves)
+        moves = moves[:len(got)]
         gain = got.sum(1) - torch.tensor([float(score[b] + score[o]) for o, _, _ in moves])
         k = int(gain.argmax())
         if float(gain[k]) <= 1e-6:
@@ -219,6 +227,16 @@ class SwapSearch:
         score[b], score[o] = got[k, 0], got[k, 1]
         self.swaps += 1
         return True
+
+    def _scored(self, moves: list[tuple[int, list[int], list[int]]], step: int = 32) -> torch.Tensor:
+        """Scores [m, 2] of the first m moves, m short of all only where the budget ran out."""
+        got = []
+        for a in range(0, len(moves), step):
+            if a and budget.expired():
+                break
+            seqs = [s for _, new_b, new_o in moves[a:a + step] for s in (new_b, new_o)]
+            got.append(self.scorer.scores(seqs).view(-1, 2))
+        return torch.cat(got)
 
     def _moves(self, tracks: list[list[int]], b: int) -> list[tuple[int, list[int], list[int]]]:
         mine = tracks[b]
