@@ -58,8 +58,8 @@ TEXT_ATTACKS = [a for a in ATTACKS.names() if "text" in ATTACKS.get(a).modalitie
 @pytest.mark.parametrize("task", ["classify", "mlm"])
 def test_every_text_attack_runs_and_says_what_it_assumed(targets, attack, task):
     target = targets[task]
-    if attack in ("likelihood", "exact-adamw") and task == "mlm":
-        pytest.skip(f"{attack} reads classification gradients and updates")
+    if attack in ("likelihood", "exact-adamw", "bags") and task == "mlm":
+        pytest.skip(f"{attack} reads classification gradients only (bags' refusal: tests/test_bags.py)")
     # the variants for what a client shares run on what they read: an update, a noisy gradient
     defence = {"exact-update": "fedavg:1,0.1", "exact-adamw": "fedadamw:1,1e-3", "exact-noisy": "noise:1e-14",
                "likelihood": "noise:1e-8"}.get(attack)
