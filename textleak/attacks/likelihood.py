@@ -115,6 +115,10 @@ class LikelihoodSearch:
     #: the tokens, coordinate ascent went on for minutes per sentence for nothing (a 3-sentence
     #: noise:1e-1 audit, issue #18); it returns its best so far at the cap, and says so
     max_seconds: float | None = 120.0
+    #: insertion/deletion moves once swaps and rotations settle: reach |a - b| (0: none), and
+    #: matched-filter candidates per inserted slot (`_Guess.indel`)
+    indel: int = 8
+    indel_candidates: int = 2
     seed: int = 0
     initial_ids: Any = field(default=None, repr=False)  # [B, L] token ids, 0-padded (a start)
 
@@ -155,6 +159,7 @@ class LikelihoodSearch:
         word, pos = layout.word_embedding_name, layout.position_embedding_name
         labels, label_note = self._labels(layout, grads, know, len(lengths))
         banned = special_ids(layout, tok)
+        self._fillers = set(filler_ids(tok))
         self._prior = PriorCandidates(load_prior(self.prior, tok), int(banned.shape[0]), banned) if self.prior != "none" else None
         W, P = grads[word].double().cpu(), grads[pos].double().cpu()
         scores = row_scores(W, P, max(lengths), banned)
@@ -224,7 +229,8 @@ class LikelihoodSearch:
         position's pool: row evidence, the matched filter, first-order flips and embedding
         neighbours. A screened sweep evaluates the best matched-filter token and the `screen` of
         the pool the first-order gain ranks highest; once one changes nothing a full sweep
-        evaluates the whole pool, and once that changes nothing too, moves (swaps, rotations)."""
+        evaluates the whole pool, and once that changes nothing too, moves (swaps, rotations, then
+        insertions/deletions)."""
         total, done = 0, False
         for weighted in ((True, False) if self.weighted else (False,)):  # J_w's landscape first, then J's
             guess = _Guess(batch, i, weighted)
@@ -253,11 +259,23 @@ class LikelihoodSearch:
                 full = True
                 continue
             moved = guess.move(inner)
+            if moved is None and self.indel > 0:  # a shifted body: a token deleted, one inserted
+                moved = guess.indel(inner, self._shortlist(guess, inner, banned, word), self.indel, self._fillers)
             if moved is None:  # single tokens and moves are settled
                 break
             guess.x, guess.best, guess.e = moved
             changed, total, full = 1, total + 1, self.screen < 1
         return total, not changed and not current().expired()
+
+    def _shortlist(self, guess: _Guess, inner: range, banned, word: str) -> list[list[int]]:
+        """Per position, the tokens an insertion there tries: the `indel_candidates` best of the
+        matched filter and (with a prior) the two likeliest between the neighbours."""
+        k, out = self.indel_candidates, [[] for _ in guess.x]
+        between = self._prior.between(guess.x, 2) if self._prior is not None else out
+        for p in inner:
+            matched = torch.topk((guess.T[word] @ guess.e[p]).masked_fill(banned, -math.inf), k).indices.tolist()
+            out[p] = matched + between[p]
+        return out
 
     def _sweep(self, batch: _Batch, guess: _Guess, inner: range, evidence: list[list[int]], banned, word: str,
                full: bool) -> int:
