@@ -40,6 +40,10 @@ true-token fixes reach the whole sentence on J_w and stall at once on J (measure
 Candidates from a language prior (`prior`, `auto`'s bigram over training sentences; `between`
 likeliest between the neighbours, the `frequent` most frequent tokens) reach the buried function
 words the gradient-based candidates rank in the thousands (`attacks.evidence.PriorCandidates`).
+Once single tokens, swaps and rotations settle, an insertion/deletion move (`_Guess.indel`: a token
+deleted, one inserted up to `indel` places away, the tokens between shifting by one) undoes a body
+that sits shifted (CoLA "i don't want trouble." at 1e-6: ". . i don want trouble ." settled with
+budget left before it; exact with it, session 10).
 Seeds: a given guess (e.g. `exact`'s), else the likeliest of the best-row guess and confident rows
 with a filler in the gaps (`attacks.evidence`). Rounds stop
 when a sweep changes nothing or the time budget (`core.budget`) runs out (a sentence settled against
@@ -56,7 +60,7 @@ Arguments: `sweeps` (most passes per sentence and round), `rounds` (passes over 
 `per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours),
 `screen` (first-order-screened candidates per position and sweep), `share` (of a finite
 time budget left; LAMP after it never won under noise, session 9), `weighted`, `weighted_share`,
-`prior`, `between`, `frequent` (above), `initial_ids` (a start [B, L], 0-padded), `seed`.
+`prior`, `between`, `frequent`, `indel`, `indel_candidates` (above), `initial_ids` (a start [B, L], 0-padded), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
 """
 
