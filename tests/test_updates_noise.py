@@ -444,3 +444,30 @@ def test_prior_candidates_rank_tokens_between_their_neighbours():
     between = pc.between([5, 0, 6], 2)
     assert between[1][0] == 9 and len(between[1]) == 2  # 5 -> 9 -> 6 is the likeliest path
     assert all(t >= 2 for c in between for t in c) and pc.between([5, 6], 0) == [[], []]
+
+
+def test_an_insertion_and_deletion_undoes_a_shifted_body(wide):
+    """`_Guess.indel` finds the truth (the maximum of J against a noise-free target) from a guess
+    whose body sits shifted by one with a filler in front, the missing token on the shortlist,
+    and from a token moved 6 places (the deleted token reinserted); swaps and rotations cannot."""
+    from textleak.attacks.likelihood_state import _Batch, _Guess, _gradient
+
+    layout = layout_for(wide.model)
+    names = [n for n, p in wide.model.named_parameters() if p.requires_grad]
+    truth = [2, 11, 12, 13, 14, 15, 16, 17, 18, 3]
+    G = _gradient(layout, truth, 1, names)
+    inner = range(1, len(truth) - 1)
+    shifted = [2, 9, 11, 12, 13, 14, 15, 16, 17, 3]  # "9" in front, 18 missing
+    moved = [2, 17, 11, 12, 13, 14, 15, 16, 18, 3]  # 17 moved 6 places to the front
+    for guess, shortlist in ((shifted, [[] for _ in truth]), (moved, [[] for _ in truth])):
+        g = _Guess(_Batch(layout, G, [guess], [1]), 0)
+        assert g.move(inner) is None or g.move(inner)[0] != truth
+    shortlist = [[] for _ in truth]
+    shortlist[8] = [18, 19]
+    g = _Guess(_Batch(layout, G, [shifted], [1]), 0)
+    assert g.indel(inner, [[] for _ in truth]) is None or g.indel(inner, [[] for _ in truth])[0] != truth
+    found = g.indel(inner, shortlist)
+    assert found is not None and found[0] == truth and found[1] > g.best
+    g = _Guess(_Batch(layout, G, [moved], [1]), 0)
+    assert g.indel(inner, [[] for _ in truth])[0] == truth
+    assert g.indel(inner, [[] for _ in truth], reach=5) is None or g.indel(inner, [[] for _ in truth], reach=5)[0] != truth

@@ -40,6 +40,10 @@ true-token fixes reach the whole sentence on J_w and stall at once on J (measure
 Candidates from a language prior (`prior`, `auto`'s bigram over training sentences; `between`
 likeliest between the neighbours, the `frequent` most frequent tokens) reach the buried function
 words the gradient-based candidates rank in the thousands (`attacks.evidence.PriorCandidates`).
+Once single tokens, swaps and rotations settle, an insertion/deletion move (`_Guess.indel`: a token
+deleted, one inserted up to `indel` places away, the tokens between shifting by one) undoes a body
+that sits shifted (CoLA "i don't want trouble." at 1e-6: ". . i don want trouble ." settled with
+budget left before it; exact with it, session 10).
 Seeds: a given guess (e.g. `exact`'s), else the likeliest of the best-row guess and confident rows
 with a filler in the gaps (`attacks.evidence`). Rounds stop
 when a sweep changes nothing or the time budget (`core.budget`) runs out (a sentence settled against
@@ -56,7 +60,7 @@ Arguments: `sweeps` (most passes per sentence and round), `rounds` (passes over 
 `per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours),
 `screen` (first-order-screened candidates per position and sweep), `share` (of a finite
 time budget left; LAMP after it never won under noise, session 9), `weighted`, `weighted_share`,
-`prior`, `between`, `frequent` (above), `initial_ids` (a start [B, L], 0-padded), `seed`.
+`prior`, `between`, `frequent`, `indel`, `indel_candidates` (above), `initial_ids` (a start [B, L], 0-padded), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
 """
 
@@ -115,6 +119,10 @@ class LikelihoodSearch:
     #: the tokens, coordinate ascent went on for minutes per sentence for nothing (a 3-sentence
     #: noise:1e-1 audit, issue #18); it returns its best so far at the cap, and says so
     max_seconds: float | None = 120.0
+    #: insertion/deletion moves once swaps and rotations settle: reach |a - b| (0: none), and
+    #: matched-filter candidates per inserted slot (`_Guess.indel`)
+    indel: int = 8
+    indel_candidates: int = 2
     seed: int = 0
     initial_ids: Any = field(default=None, repr=False)  # [B, L] token ids, 0-padded (a start)
 
@@ -155,6 +163,7 @@ class LikelihoodSearch:
         word, pos = layout.word_embedding_name, layout.position_embedding_name
         labels, label_note = self._labels(layout, grads, know, len(lengths))
         banned = special_ids(layout, tok)
+        self._fillers = set(filler_ids(tok))
         self._prior = PriorCandidates(load_prior(self.prior, tok), int(banned.shape[0]), banned) if self.prior != "none" else None
         W, P = grads[word].double().cpu(), grads[pos].double().cpu()
         scores = row_scores(W, P, max(lengths), banned)
@@ -224,7 +233,8 @@ class LikelihoodSearch:
         position's pool: row evidence, the matched filter, first-order flips and embedding
         neighbours. A screened sweep evaluates the best matched-filter token and the `screen` of
         the pool the first-order gain ranks highest; once one changes nothing a full sweep
-        evaluates the whole pool, and once that changes nothing too, moves (swaps, rotations)."""
+        evaluates the whole pool, and once that changes nothing too, moves (swaps, rotations, then
+        insertions/deletions)."""
         total, done = 0, False
         for weighted in ((True, False) if self.weighted else (False,)):  # J_w's landscape first, then J's
             guess = _Guess(batch, i, weighted)
@@ -253,11 +263,23 @@ class LikelihoodSearch:
                 full = True
                 continue
             moved = guess.move(inner)
+            if moved is None and self.indel > 0:  # a shifted body: a token deleted, one inserted
+                moved = guess.indel(inner, self._shortlist(guess, inner, banned, word), self.indel, self._fillers)
             if moved is None:  # single tokens and moves are settled
                 break
             guess.x, guess.best, guess.e = moved
             changed, total, full = 1, total + 1, self.screen < 1
         return total, not changed and not current().expired()
+
+    def _shortlist(self, guess: _Guess, inner: range, banned, word: str) -> list[list[int]]:
+        """Per position, the tokens an insertion there tries: the `indel_candidates` best of the
+        matched filter and (with a prior) the two likeliest between the neighbours."""
+        k, out = self.indel_candidates, [[] for _ in guess.x]
+        between = self._prior.between(guess.x, 2) if self._prior is not None else out
+        for p in inner:
+            matched = torch.topk((guess.T[word] @ guess.e[p]).masked_fill(banned, -math.inf), k).indices.tolist()
+            out[p] = matched + between[p]
+        return out
 
     def _sweep(self, batch: _Batch, guess: _Guess, inner: range, evidence: list[list[int]], banned, word: str,
                full: bool) -> int:

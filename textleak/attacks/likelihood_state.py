@@ -146,3 +146,33 @@ class _Guess:
             if float(J[j]) > best and (best_move is None or float(J[j]) > best_move[1]):
                 best_move = (trials[k + j], float(J[j]), s.e[j])
         return best_move
+
+    def indel(self, inner: range, shortlist: list[list[int]], reach: int = 8, deletable: set[int] | None = None):
+        """The best insertion/deletion: the token at position a deleted and a token put at b (|a-b| <=
+        `reach`; the tokens between shift by one), the token at b the deleted one (a long-range move)
+        or one of `shortlist[b]` (that slot's candidates); (sequence, J, e) if it beats `best`, else
+        None. Deletions only at tokens in `deletable` or repeated in the guess past 16 positions (a
+        shifted body leaves fillers and duplicates behind). Why: a guess whose body sits shifted
+        settles where no swap, rotation or single token raises J (CoLA "i don't want trouble." at
+        variance 1e-6: ". . i don want trouble ." settled after 70 s of a 600 s budget)."""
+        x, trials = self.x, []
+        counts = {t: x.count(t) for t in x}
+        for a in inner:
+            if len(inner) > 16 and counts[x[a]] < 2 and (deletable is None or x[a] not in deletable):
+                continue
+            rest = x[:a] + x[a + 1:]
+            for b in range(max(inner.start, a - reach), min(inner.stop, a + reach + 1)):
+                if b == a:
+                    continue
+                for c in dict.fromkeys([x[a]] + list(shortlist[b])):
+                    t = rest[:b] + [c] + rest[b:]
+                    if t != x:
+                        trials.append(t)
+        trials = list(dict.fromkeys(map(tuple, trials)))
+        best_move = None
+        for k in range(0, len(trials), 64):
+            J, s = self.score([list(t) for t in trials[k:k + 64]])
+            j = int(J.argmax())
+            if float(J[j]) > self.best and (best_move is None or float(J[j]) > best_move[1]):
+                best_move = (list(trials[k + j]), float(J[j]), s.e[j])
+        return best_move
