@@ -109,6 +109,29 @@ def make_wide_classifier(root: Path):
     return load_text_model(str(root), task="classify")
 
 
+def make_word_bert(root: Path, words: list[str], task: str, *, layers: int, positions: int):
+    """A random BERT 32 wide over `words` (sparse embedding rows for small batches), its LayerNorms
+    moved off their initial values as trained ones are (untouched, every layer input would be
+    orthogonal to ones), saved under `root` and loaded as textleak loads a model (seed 0)."""
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
+
+    from textleak.text.models import load_text_model
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(words)
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=positions, initializer_range=0.1)
+    model = (BertForMaskedLM if task == "mlm" else BertForSequenceClassification)(cfg)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.normal_(1, 0.3)
+                m.bias.normal_(0, 0.5)
+    model.save_pretrained(root)
+    return load_text_model(str(root), task=task)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert")

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 import textleak
+from conftest import make_word_bert
 from textleak.attacks import ATTACKS
 from textleak.attacks.bag_parts import ShareScorer, SpanScorer, SwapSearch, assemble, columns
 from textleak.errors import MissingKnowledgeError
 from textleak.text.layouts import layout_for
 from textleak.text.leaks import embedding_token_set, partial_span
 from textleak.text.leaks.positions import token_positions
-from textleak.text.models import load_text_model
 from textleak.threat import Knowledge, Observation
 
 WORDS = [f"w{i}" for i in range(120)]
@@ -29,23 +29,8 @@ LABELS = [0, 1, 1, 0, 1, 0]
 
 
 def _model(root, task: str):
-    """A random 2-layer BERT 32 wide over 125 tokens (sparse embedding rows for a batch of 6),
-    its LayerNorms moved off their initial values as trained ones are."""
-    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=16, initializer_range=0.1)
-    model = (BertForMaskedLM if task == "mlm" else BertForSequenceClassification)(cfg)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.LayerNorm):
-                m.weight.normal_(1, 0.3)
-                m.bias.normal_(0, 0.5)
-    model.save_pretrained(root)
-    return load_text_model(str(root), task=task)
+    """A random 2-layer BERT 32 wide over WORDS (`conftest.make_word_bert`)."""
+    return make_word_bert(root, WORDS, task, layers=2, positions=16)
 
 
 @pytest.fixture(scope="module")

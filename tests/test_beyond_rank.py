@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import textleak
+from conftest import make_word_bert
 from textleak.attacks import ATTACKS
 from textleak.attacks.beyond_rank import SentencePeeler
 from textleak.errors import MissingKnowledgeError
 from textleak.text import leaks
 from textleak.text.layouts import layout_for
-from textleak.text.models import load_text_model
 from textleak.threat import Knowledge, Observation
 
 WORDS = [f"w{i}" for i in range(160)] + "the a cat dog sat ran on mat".split()
@@ -26,21 +26,8 @@ FAST = {"beam": 1, "trials": 8, "restarts": 1, "widen": 1, "settle": 2, "moves":
 
 
 def _model(root, task: str):
-    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=24, initializer_range=0.1)
-    model = (BertForMaskedLM if task == "mlm" else BertForSequenceClassification)(cfg)
-    with torch.no_grad():  # LayerNorms as trained ones are: untouched, every layer input is orthogonal to ones
-        for m in model.modules():
-            if isinstance(m, torch.nn.LayerNorm):
-                m.weight.normal_(1, 0.3)
-                m.bias.normal_(0, 0.5)
-    model.save_pretrained(root)
-    return load_text_model(str(root), task=task)
+    """A random 3-layer BERT 32 wide over WORDS (`conftest.make_word_bert`)."""
+    return make_word_bert(root, WORDS, task, layers=3, positions=24)
 
 
 @pytest.fixture(scope="module")
