@@ -20,6 +20,7 @@ from textleak.gradients import GradientFile
 from textleak.text import leaks
 from textleak.text.decode import continuation_pieces
 from textleak.text.layouts import layout_for
+from textleak.text.layouts.layer0 import span_residuals
 from textleak.text.models import load_text_model
 from textleak.threat import Knowledge, Observation
 
@@ -74,6 +75,13 @@ def test_each_layout_answers_for_its_family(family_model, family, one_thread):
                               atol=1e-6)
         features, logits = layout.classifier_inputs(ids)
         assert torch.allclose(layout.classifier().output(features), logits, atol=1e-6)
+        # the whole-vocabulary screen (LayerNorm split into token and position parts) measures
+        # what building each input and projecting it measures
+        basis = torch.linalg.qr(torch.randn(layout.hidden_size, 9, dtype=torch.double))[0]
+        vocab, where = torch.arange(layout.word_embeddings.weight.shape[0]), [0, 2, 5]
+        built = torch.stack([1 - ((h := layout.layer0_inputs(vocab, p).double()) @ basis).pow(2).sum(-1)
+                             / h.pow(2).sum(-1) for p in where])
+        assert torch.allclose(span_residuals(layout, vocab, where, basis), built, atol=1e-9)
     # the one-token shortcut runs the family's own layer: it equals the whole sentence's residuals
     span1 = leaks.layer_span(layout, grads, 1)
     p, options = 3, torch.tensor([seq[3], seq[5], seq[1]])

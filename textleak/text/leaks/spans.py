@@ -20,6 +20,7 @@ import torch
 
 from ...registry import Registry
 from ..layouts import Layout
+from ..layouts.layer0 import span_residuals
 
 #: below this ratio between consecutive singular values there is no usable rank gap
 MIN_GAP = 10.0
@@ -133,17 +134,11 @@ def calibrate_threshold(residuals: torch.Tensor, bound: float) -> float:
     return float(((logs[k] + logs[k + 1]) / 2).exp())
 
 
-def _screen(layout: Layout, span: LayerSpan, vocab: torch.Tensor, p: int, chunk: int
+def _screen(layout: Layout, span: LayerSpan, vocab: torch.Tensor, p: int, rough_res: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens, residuals) of `vocab` at position p inside the span's tolerance (else the best one)."""
-    # a float32 screen (||h||^2 - ||proj h||^2) keeps every plausible member; survivors
-    # are measured again in float64, where member residuals (~1e-7) are resolved
-    basis32 = span.basis.float()
-    rough = []
-    for i in range(0, len(vocab), chunk):
-        h = layout.layer0_inputs(vocab[i:i + chunk], p)
-        rough.append(1 - (h @ basis32).pow(2).sum(-1) / h.pow(2).sum(-1).clamp_min(1e-30))
-    rough_res = torch.cat(rough)
+    """(tokens, residuals) of `vocab` at position p inside the span's tolerance (else the best one),
+    from the squared residuals of a screen (`layer0.span_residuals`) that keeps every plausible
+    member; survivors are measured again in float64, where member residuals (~1e-7) are resolved."""
     keep = (rough_res < span.tol ** 2 + 1e-4).nonzero().flatten()
     if len(keep) == 0:
         keep = rough_res.argmin().reshape(1)
@@ -153,8 +148,8 @@ def _screen(layout: Layout, span: LayerSpan, vocab: torch.Tensor, p: int, chunk:
     return vocab[keep], res
 
 
-def position_candidates(layout: Layout, span: LayerSpan, vocab: torch.Tensor, length: int,
-                        chunk: int = 8192) -> tuple[list[list[tuple[int, float]]], float]:
+def position_candidates(layout: Layout, span: LayerSpan, vocab: torch.Tensor, length: int
+                        ) -> tuple[list[list[tuple[int, float]]], float]:
     """For each position < length, the (token, residual) pairs of `vocab` inside the layer-0 span,
     best first, and the threshold used.
 
@@ -165,7 +160,8 @@ def position_candidates(layout: Layout, span: LayerSpan, vocab: torch.Tensor, le
     """
     vocab = vocab.to(layout.device)
     with torch.no_grad():
-        per_position = [_screen(layout, span, vocab, p, chunk) for p in range(length)]
+        rough = span_residuals(layout, vocab, list(range(length)), span.basis)
+        per_position = [_screen(layout, span, vocab, p, rough[p]) for p in range(length)]
     # members may sit as high as noise / weakest signal (span.floor), so never cut below it
     threshold = max(calibrate_threshold(torch.cat([r for _, r in per_position]), span.tol), span.floor)
     out = []
