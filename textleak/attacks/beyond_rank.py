@@ -30,7 +30,7 @@ Arguments: those of `exact` (beam, trials, restarts, settle, widen, sweeps, move
 settling, which re-chooses each token on its own residual in context, finds more from a nearby
 seed with 30-60 left out than with 10, which ranks whole sentences best, `leaks.partial`) and
 `repair` (misses put right by the sentence move after every round while the span is partial;
-0: only when a round stalls, as before session 11).
+0, the default: only when a round stalls).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B]. Degrades: masked-LM, a tied head, weights shared across
 layers, noise or a defence that hides the last layer's rank: MissingKnowledgeError from
@@ -272,7 +272,11 @@ class BeyondRank(Exact):
     drop: int | None = None  # None: SETTLE_DROP of 384 (MiniLM, measured), in proportion to the width
     # `exact`'s moves, the sentence-span move first (`SentenceMove`: only while the span is partial)
     moves: tuple[str, ...] = ("sentence", "word", "shift", "length", "polish")
-    repair: int = 8  # misses repaired by the sentence move after every round while the span is partial
+    # misses repaired by the sentence move after every round while the span is partial (0: off). Off by
+    # default: on CoLA batch 64 index 0 8 per round certified 6 sentences in 1211 s (515 CPU s) against 5
+    # without (534 CPU s), within noise; the layer-1 pool ranked by the sentence spans rarely puts the
+    # misses 1-2 tokens off first (recipes/measured/large_batch_s11.md)
+    repair: int = 0
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair}
