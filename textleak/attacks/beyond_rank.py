@@ -86,8 +86,8 @@ SETTLE_DROP = 40
 EXACT_MARGIN = 10
 
 #: sentence-move steps a repaired miss gets (`SentenceSearch.repair_round`). MiniLM, CoLA batch 64
-#: index 0, after one seed round: of 8 misses 1-2 tokens from a true sentence, 6 came out true within
-#: distance + 1 steps (16 CPU s in all; recipes/measured/large_batch_s11.md)
+#: index 0, after one seed round: the miss 1 token from a true sentence and at least one of those 2
+#: off came out true within distance + 1 steps (scratch; recipes/measured/large_batch_s11.md)
 REPAIR_STEPS = 3
 
 
@@ -236,7 +236,7 @@ class SentenceSearch(Search):
         batch (least sentence-span score among each missing length's best by layer-1 residual) get up to
         REPAIR_STEPS sentence moves, whether or not the round found anything. Far past the limit (MiniLM, CoLA
         batch 64, 771 tokens) settling drifts off most true sentences even from the truth, and a round that
-        finds one or two never reaches the moves; yet after one round several misses stand one or two tokens
+        finds one or two never reaches the moves; yet after one round a few misses stand one or two tokens
         from a true sentence, which the sentence move puts right (recipes/measured/large_batch_s11.md)."""
         if self.span1.exact or self.config.repair <= 0 or budget.expired():
             return False
@@ -274,8 +274,8 @@ class BeyondRank(Exact):
     moves: tuple[str, ...] = ("sentence", "word", "shift", "length", "polish")
     # misses repaired by the sentence move after every round while the span is partial (0: off). Off by
     # default: on CoLA batch 64 index 0 8 per round certified 6 sentences in 1211 s (515 CPU s) against 5
-    # without (534 CPU s), within noise; the layer-1 pool ranked by the sentence spans rarely puts the
-    # misses 1-2 tokens off first (recipes/measured/large_batch_s11.md)
+    # without (534 CPU s), within noise: the pool holds few misses 1-2 tokens off (4 of 107 after one
+    # round) and the score puts half of them first (recipes/measured/large_batch_s11.md)
     repair: int = 0
 
     def options(self) -> dict[str, Any]:
