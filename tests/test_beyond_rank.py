@@ -165,3 +165,29 @@ def test_a_gap_at_the_width_is_not_settled_on(target, capture, monkeypatch):
         gapped = leaks.LayerSpan(1, torch.eye(H, dtype=torch.double)[:, :rank], torch.ones(H), rank, 1e6, 0.1)
         monkeypatch.setattr(br, "layer_span", lambda *a, **k: gapped)
         assert peeler.span1_left().exact is exact
+
+
+def test_repair_round_puts_the_closest_miss_right_while_the_span_is_partial(target, capture):
+    from types import SimpleNamespace
+
+    from textleak.attacks.beyond_rank import SentenceMove, SentenceSearch
+
+    layout, seqs = layout_for(target.model), capture.reference.token_ids
+    spans = leaks.sentence_spans(layout, capture.gradients.gradients, len(TEXTS), "classify")
+    options = sorted({s[p] for s in seqs for p in range(1, len(s) - 1)})
+    true = list(seqs[2])
+    one_off, far = true[:3] + [seqs[5][3]] + true[4:], [true[0]] + [options[0]] * (len(true) - 2) + [true[-1]]
+
+    def search(repair: int, exact: bool = False):
+        taken: list[list[int]] = []
+        s = SimpleNamespace(layout=layout, spans=spans, ends=True, free=lambda p, n=None: options,
+                            residuals=lambda rows: torch.zeros(len(rows)), span1=SimpleNamespace(exact=exact),
+                            config=SimpleNamespace(repair=repair), missing=[len(true)], repairer=SentenceMove(),
+                            near={len(true): [(0.0, far), (1.0, one_off)]}, found=[], taken=taken)
+        s.take = lambda seq, res: taken.append(seq) or seq == true
+        return s
+
+    s = search(1)
+    assert SentenceSearch.repair_round(s) and s.taken == [true]  # the closest by the sentence spans, not layer 1
+    for off in (search(0), search(1, exact=True)):  # switched off; a span with a rank gap: exact's moves
+        assert not SentenceSearch.repair_round(off) and not off.taken
