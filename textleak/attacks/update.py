@@ -202,11 +202,15 @@ class UpdateExact(Exact):
         part is still off by ~2% on MiniLM, K = 4, lr 1e-2: ten times the rounding) and no rank
         test certifies a peel. `UpdatePeeler` replays found sentences' shares along the linear
         trajectory and hands the search the span of what is left (a narrowing, not a
-        certificate: the simulation of the whole batch certifies). Classification only."""
+        certificate: the simulation of the whole batch certifies). Where the rounding was fitted
+        (small learning rates) each token of a peeled sentence must also lie near the whole
+        layer-1 span (`update_peel.TOKEN_SLACK`). Classification only."""
         if span1 is None or observation.task != "classify":
             return None
         start, facts = self._start
-        return UpdatePeeler(start, observation.gradients, lengths, facts)
+        fits = self._fits_for(observation.gradients)
+        check = (layout, span1) if fits is not None and 1 in fits.fits else None
+        return UpdatePeeler(start, observation.gradients, lengths, facts, check)
 
     @staticmethod
     def _certify(observation: Observation, layout: Layout, facts: UpdateFacts, out: AttackOutput) -> None:

@@ -36,7 +36,7 @@ from ..text.leaks.noise import NoisySpan, span_of
 
 #: the rounding is taken out of a layer's span when the box's rms half-width is at least this
 #: share of U's rms entry (see the module doc: ~0.08 at lr 1e-3, ~0.8 at lr 1e-4 on MiniLM)
-ROUNDING_SHARE = 0.2
+ROUNDING_SHARE = 0.03
 #: alternating projections per layer (the fit's distance to G settles within ~50 on MiniLM)
 ITERATIONS = 60
 
