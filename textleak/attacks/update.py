@@ -32,8 +32,10 @@ What changes against a gradient (`attacks.exact.Exact`, which hands updates here
 Small learning rates (`update_rounding`, `update_repair`). A float32 client loses every step
 smaller than half an ulp of its weight: U holds the average gradient only to within
 ulp(w) / (2 lr) per entry, a box as wide as the gradient itself at lr 1e-4 on MiniLM and eight
-times wider at 1e-5. Where that box is wide against U, the spans are read from the rank-r matrix
-closest to U inside it, and an uncertified guess is repaired token by token on the whole update's
+times wider at 1e-5. Where that box is wide against U (from lr ~1e-3 on MiniLM), the spans are
+read from the rank-r matrix closest to U inside it, each token of a peeled sentence must lie near
+the fitted layer-1 span (a cut of a longer sentence otherwise passes the loose whole-sentence
+test, `update_peel`), and an uncertified guess is repaired token by token on the whole update's
 box misfit (every layer's Q/K/V gradient), then simulated again.
 
 Mini-batches (`fedavg:K,LR,MB[,SHUFFLE]`, E local epochs of them): U sums every mini-batch's
