@@ -12,7 +12,7 @@ from textleak.attacks.update import UpdateExact, midpoint_model
 from textleak.attacks.update_peel import UpdatePeeler
 from textleak.attacks.update_sim import UpdateFacts
 from textleak.text.layouts import layout_for
-from textleak.text.leaks.noise import SpanReader, gradient_matrix
+from textleak.text.leaks.noise import NoisySpan, SpanReader, gradient_matrix
 from textleak.text.leaks.residuals import position_residuals
 from textleak.threat import Observation
 
@@ -66,3 +66,23 @@ def test_the_layer0_allowance_tightens_the_candidates_threshold_only_when_asked(
     attack._allowance = 1.5
     _, tight = attack._layer0(observation, wide)
     assert tight.tol == min(span.tol, 1.5 * span.floor) < span.tol
+
+
+def test_a_peel_with_a_check_span_refuses_a_sentence_with_a_token_off_it(wide, update):
+    # the check span: the true batch's own layer-1 inputs at the midpoint (true tokens lie in it
+    # exactly; on MiniLM the fitted span holds true tokens within 3.5 floors^2, see update_peel)
+    U, ids, _ = update
+    mid = layout_for(midpoint_model(wide.model, U, FACTS))
+    with torch.no_grad():
+        h = torch.cat([mid.layer_inputs(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long), 1)[0]
+                       for s in ids])
+    _, sv, vh = torch.linalg.svd(h.double(), full_matrices=False)
+    check = NoisySpan(1, vh[:len(h)].T.contiguous(), sv / sv[0], len(h), 1e6, 0.1, edge=1e-6)
+    wrong = list(ids[0])
+    wrong[2] = ids[2][1]  # a token of another sentence: its layer-1 input is off the span
+    peeler = UpdatePeeler(layout_for(wide.model), U, [len(s) for s in ids], FACTS, check=(mid, check))
+    assert peeler.admits(ids[1]) and not peeler.admits(wrong)
+    assert peeler.peel(wrong) is None and peeler.refused == [wrong] and not peeler.sentences
+    assert peeler.peel(ids[1]).span1 is not None and peeler.sentences == [ids[1]]
+    # without a check span (lr ~1e-2: the rounding not fitted) the peel takes what it is given
+    assert UpdatePeeler(layout_for(wide.model), U, [len(s) for s in ids], FACTS).peel(wrong) is not None

@@ -32,8 +32,10 @@ What changes against a gradient (`attacks.exact.Exact`, which hands updates here
 Small learning rates (`update_rounding`, `update_repair`). A float32 client loses every step
 smaller than half an ulp of its weight: U holds the average gradient only to within
 ulp(w) / (2 lr) per entry, a box as wide as the gradient itself at lr 1e-4 on MiniLM and eight
-times wider at 1e-5. Where that box is wide against U, the spans are read from the rank-r matrix
-closest to U inside it, and an uncertified guess is repaired token by token on the whole update's
+times wider at 1e-5. Where that box is wide against U (from lr ~1e-3 on MiniLM), the spans are
+read from the rank-r matrix closest to U inside it, each token of a peeled sentence must lie near
+the fitted layer-1 span (a cut of a longer sentence otherwise passes the loose whole-sentence
+test, `update_peel`), and an uncertified guess is repaired token by token on the whole update's
 box misfit (every layer's Q/K/V gradient), then simulated again.
 
 Mini-batches (`fedavg:K,LR,MB[,SHUFFLE]`, E local epochs of them): U sums every mini-batch's
@@ -202,11 +204,15 @@ class UpdateExact(Exact):
         part is still off by ~2% on MiniLM, K = 4, lr 1e-2: ten times the rounding) and no rank
         test certifies a peel. `UpdatePeeler` replays found sentences' shares along the linear
         trajectory and hands the search the span of what is left (a narrowing, not a
-        certificate: the simulation of the whole batch certifies). Classification only."""
+        certificate: the simulation of the whole batch certifies). Where the rounding was fitted
+        (small learning rates) each token of a peeled sentence must also lie near the whole
+        layer-1 span (`update_peel.TOKEN_SLACK`). Classification only."""
         if span1 is None or observation.task != "classify":
             return None
         start, facts = self._start
-        return UpdatePeeler(start, observation.gradients, lengths, facts)
+        fits = self._fits_for(observation.gradients)
+        check = (layout, span1) if fits is not None and 1 in fits.fits else None
+        return UpdatePeeler(start, observation.gradients, lengths, facts, check)
 
     @staticmethod
     def _certify(observation: Observation, layout: Layout, facts: UpdateFacts, out: AttackOutput) -> None:

@@ -152,8 +152,12 @@ def simulation_mismatch(layout: Layout, update, sequences, labels, facts: Update
     return _distance(update, simulate_update(layout, sequences, labels, facts, schedule)) / max(_norm(update), 1e-300)
 
 
+#: a simulation further than this from U (relative) certifies nothing, whatever the rounding
+MISMATCH_CAP = 1e-3
+
+
 def simulation_check(layout: Layout, update, sequences, labels, facts: UpdateFacts, factor: float = 3.0,
-                     schedule=None) -> dict[str, Any]:
+                     schedule=None, cap: float = MISMATCH_CAP) -> dict[str, Any]:
     """Whether this batch and these labels made the update: the client's steps simulated in the
     update's dtype must land within `factor` x the rounding of that dtype of it, the rounding
     measured as the distance between the same simulation run in float32 and in float64.
@@ -164,13 +168,20 @@ def simulation_check(layout: Layout, update, sequences, labels, facts: UpdateFac
     overstates it wherever lr g is below half an ulp and the weight does not move at all. The
     float64 run measures what the rounding actually did. A true batch summed in another order
     differs from U by about that rounding; measured on MiniLM (K = 4, lr 1e-2, batch 4): 2.5e-6
-    relative in another order, against 1.2e-4 for float64 and 0.14 for one token wrong."""
+    relative in another order, against 1.2e-4 for float64 and 0.14 for one token wrong.
+
+    At small learning rates that rounding is no scale for the order of a sum: at lr 1e-5 most
+    steps are lost in float32 (the float32 and float64 runs differ by 0.08 of U on CoLA dev batch
+    1, K = 8), and "i don't want trouble trouble" (one token wrong, 0.16 from U) passed 3 x 0.08.
+    So a mismatch above `cap` certifies nothing: in every FedAvg SGD batch of recipes/measured
+    (sessions 8-11, lr 1e-5..1e-1, batches 1-8) the true batches replay within 1.9e-5 of U and
+    every wrong guess is 0.031 or more from it."""
     own = simulate_update(layout, sequences, labels, facts, schedule)
     exact = simulate_update(layout_for(copy.deepcopy(layout.model).double()), sequences, labels, facts, schedule)
     scale = max(_norm(update), 1e-300)
     mismatch, rounding = _distance(update, own) / scale, _distance(own, exact) / scale
     return {"mismatch": mismatch, "rounding": rounding, "factor": factor,
-            "certified": mismatch <= factor * rounding or mismatch == 0.0}
+            "cap": cap, "certified": mismatch == 0.0 or mismatch <= min(factor * rounding, cap)}
 
 
 def certify_batch(layout: Layout, update, sequences, labels: Sequence[int], facts: UpdateFacts,
