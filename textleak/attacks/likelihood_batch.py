@@ -1,4 +1,4 @@
-"""`likelihood-batch`: the `likelihood` search (`attacks.likelihood`) for a noisy classification
+"""`likelihood_batch`: the `likelihood` search (`attacks.likelihood`) for a noisy classification
 gradient of several sentences: which sentence a token the embedding rows show belongs to is
 decided on the likelihood of the whole batch, and every sentence gets its share of the time.
 
@@ -69,10 +69,10 @@ def strong_rows(scores: torch.Tensor, W: torch.Tensor, P: torch.Tensor, sigma: f
     return [(int(v), int(best.indices[v]), float(zs[v])) for v in order]
 
 
-@ATTACKS.register("likelihood-batch")
+@ATTACKS.register("likelihood_batch")
 @dataclass
 class BatchLikelihoodSearch(LikelihoodSearch):
-    name: ClassVar[str] = "likelihood-batch"
+    name: ClassVar[str] = "likelihood_batch"
 
     #: a token whose row stands this many noise deviations above the null at its best position is placed
     strong: float = 5.0
