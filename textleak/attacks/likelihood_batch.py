@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..core.budget import current, share_of_remaining, time_budget
+from ..core.budget import current, time_budget
 from ..errors import MissingKnowledgeError
 from ..text.decode import ids_to_text
 from ..text.ghost import GhostScorer
@@ -125,8 +125,8 @@ class BatchLikelihoodSearch(LikelihoodSearch):
         history, exchanged = [], 0
         for r in range(self.rounds):
             changed = 0
-            for k, i in enumerate(range(len(lengths))):
-                slice_ = current().remaining() / ((self.rounds - r) * (len(lengths) - k))
+            for i in range(len(lengths)):  # what is left, split over this round's sentences to climb and later rounds
+                slice_ = current().remaining() / ((self.rounds - r) * (len(lengths) - i))
                 with time_budget(slice_ if math.isfinite(slice_) else None):
                     n, _ = self._settle(batch, i, evidence[i], banned, word, specials)
                 changed += n
