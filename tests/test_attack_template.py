@@ -72,11 +72,12 @@ def test_idlg_preflight_needs_the_last_layer():
 
 def test_auto_options_reach_every_stage():
     auto = Auto(seed=3, steps=5, exact={"widen": 2}, lamp={"prior": "none", "proposals": 1}, dlg={"steps": 1})
-    exact, positions, beyond, likelihood, lamp, tag, dlg = auto.stages_for("text")
+    exact, positions, beyond, batch, likelihood, lamp, tag, dlg = auto.stages_for("text")
     assert (exact.name, exact.widen, exact.seed) == ("exact", 2, 3)
     assert (positions.name, positions.seed) == ("positions", 3)
     assert (beyond.name, beyond.seed) == ("beyond_rank", 3)
     assert (likelihood.name, likelihood.seed) == ("likelihood", 3)  # runs only on noisy gradients
+    assert (batch.name, batch.seed, batch.prior) == ("likelihood_batch", 3, "bigram")  # noisy batches of 2+
     assert (lamp.steps, lamp.prior, lamp.proposals, lamp.seed) == (5, "none", 1, 3)
     assert (tag.steps, dlg.steps) == (5, 1)
     assert [s.name for s in auto.stages_for("image")] == ["idlg"] and auto.stages_for("image")[0].steps == 5

@@ -50,8 +50,10 @@ def _options(attack: str) -> dict:
     return opts
 
 
-# beyond_rank applies past the rank limit only (a single sentence is within it): tests/test_beyond_rank.py
-TEXT_ATTACKS = [a for a in ATTACKS.names() if "text" in ATTACKS.get(a).modalities and a != "beyond_rank"]
+# beyond_rank applies past the rank limit only (a single sentence is within it): tests/test_beyond_rank.py;
+# likelihood_batch to batches of two or more: tests/test_likelihood_batch.py
+TEXT_ATTACKS = [a for a in ATTACKS.names() if "text" in ATTACKS.get(a).modalities
+                and a not in ("beyond_rank", "likelihood_batch")]
 
 
 @pytest.mark.parametrize("attack", TEXT_ATTACKS)

@@ -5,7 +5,7 @@ from . import dlg  # noqa: F401  (registers)
 from . import exact  # noqa: F401
 from . import beyond_rank  # noqa: F401
 from . import bags  # noqa: F401  (#16: large batches)
-from . import update, adamw, noisy, likelihood  # noqa: F401  (#15: FedAvg updates, noise)
+from . import update, adamw, noisy, likelihood, likelihood_batch  # noqa: F401  (#15: FedAvg updates, noise)
 from . import positions  # noqa: F401
 from . import tag  # noqa: F401
 from . import lamp  # noqa: F401

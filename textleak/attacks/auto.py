@@ -4,8 +4,8 @@ own settings, tried in turn.
 
 Text stages: `exact` (attacks/exact; it hands a FedAvg update to `exact-update` and a noisy
 gradient to `exact-noisy`), `positions` (steps taken in train mode, dropout on), `beyond_rank`
-(past the rank limit, where exact has no layer-1 certificate), `likelihood` (noisy classification
-gradients only), `lamp`, `tag`, `dlg`; images: `idlg`. Before a stage does
+(past the rank limit, where exact has no layer-1 certificate), `likelihood_batch` (noisy
+classification batches of two or more), `likelihood` (noisy classification gradients only), `lamp`, `tag`, `dlg`; images: `idlg`. Before a stage does
 any work its `preflight(observation, target)` runs; a stage that cannot run (MissingKnowledgeError,
 e.g. only the head was shared or a frozen embedding; or an unsupported model) is skipped, and
 `details["tried"]` says why. `positions` answers train-mode steps (an uncertified assembly is
@@ -42,7 +42,9 @@ from .optimisation import GradientMatching
 #: the default stages per modality, tried in this order
 #: (#14) positions answers train-mode steps, which exact refuses; (#16) beyond_rank runs where exact
 #: cannot certify past the rank limit (within it, its preflight refuses)
-STAGES = {"text": ("exact", "positions", "beyond_rank", "likelihood", "lamp", "tag", "dlg"), "image": ("idlg",)}
+#: (#15) likelihood_batch takes noisy classification batches of 2 or more first, likelihood goes on from its guess
+STAGES = {"text": ("exact", "positions", "beyond_rank", "likelihood_batch", "likelihood", "lamp", "tag", "dlg"),
+          "image": ("idlg",)}
 #: settings shared by the optimisation stages (each takes those among its fields)
 SHARED = ("steps", "restarts", "optimizer", "lr", "distance", "decode")
 
@@ -65,6 +67,7 @@ class Auto:
     exact: dict | None = None
     positions: dict | None = None  # train-mode steps (#14)
     beyond_rank: dict | None = None  # (#16)
+    likelihood_batch: dict | None = None  # noisy gradients of 2+ sentences (#15)
     likelihood: dict | None = None  # noisy gradients (#15)
     lamp: dict | None = None
     tag: dict | None = None

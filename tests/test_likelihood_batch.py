@@ -1,0 +1,84 @@
+"""`likelihood-batch`: strong rows, same-position swaps between sentences and the batch search, on
+the tiny 128-wide classifier."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import textleak
+from conftest import make_wide_classifier
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    return make_wide_classifier(tmp_path_factory.mktemp("wide-bert-batch"))
+
+
+def _observation(wide, texts, labels, noise="noise:1e-8"):
+    from textleak.threat import Knowledge, Observation
+
+    cap = textleak.capture_gradients(wide, texts, labels=labels, defence=noise)
+    know = Knowledge.from_dict(cap.gradients.metadata["knowledge"]).without("labels")
+    return Observation(cap.gradients.gradients, cap.gradients.metadata, know), cap.reference.token_ids
+
+
+def test_strong_rows_find_a_token_at_its_position_and_leave_the_noise():
+    from textleak.attacks.likelihood_batch import strong_rows
+
+    torch.manual_seed(0)
+    V, L, H, sigma = 50, 6, 16, 1e-2
+    W, P = sigma * torch.randn(V, H, dtype=torch.float64), sigma * torch.randn(L, H, dtype=torch.float64)
+    e = torch.randn(H, dtype=torch.float64)
+    W[7] += e  # token 7 stands at position 3 (its row and the position's row share e)
+    P[3] += e
+    W[9] += 2e-3 * e / e.norm()  # a faint row (within the noise): not strong
+    scores = W @ P.T
+    rows = strong_rows(scores, W, P, sigma, 5.0)
+    assert rows[0][:2] == (7, 3) and rows[0][2] > 5
+    assert all(v != 9 for v, _, _ in rows) and len(rows) == 1
+
+
+def test_gains_are_the_batch_misfit_change_and_a_swap_never_raises_it(wide):
+    """Sentence i's J gain with the others fixed is -B^2 times the change of the batch misfit
+    ||G - mean g||^2 (two such steps make a swap exact); a swap pass keeps only what lowers it."""
+    from textleak.attacks.likelihood import misfit
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+    from textleak.attacks.likelihood_state import _Batch, clip_norm
+    from textleak.text.layouts import layout_for
+
+    obs, truth = _observation(wide, ["the dog sat on the mat", "a bird sang"], [1, 1], noise="noise:1e-6")
+    wrong = [list(s) for s in truth]
+    wrong[0][2], wrong[1][2] = truth[1][2], truth[0][2]  # "dog" and "bird" in each other's sentence
+    batch = _Batch(layout_for(wide.model), obs.gradients, wrong, [1, 1], clip_norm(obs.metadata))
+    search = BatchLikelihoodSearch()
+    trial = list(wrong[0])
+    trial[2] = truth[0][2]
+    gain = search._gain(batch, 0, [trial])[0]
+    change = misfit(obs, wide, [trial, wrong[1]], [1, 1]) - misfit(obs, wide, wrong, [1, 1])
+    assert gain == pytest.approx(-4 * change, rel=1e-3)
+    before = batch.misfit()
+    inner = [range(1, len(s) - 1) for s in truth]
+    search._swap_pair(batch, 0, 1, inner, fill=[], strong=set(truth[0] + truth[1]))
+    assert batch.misfit() <= before and [len(s) for s in batch.seqs] == [len(s) for s in truth]
+
+
+def test_the_batch_search_refuses_one_sentence_and_climbs_a_batch(wide):
+    from textleak.attacks.likelihood import misfit
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+    from textleak.core.budget import time_budget
+    from textleak.errors import MissingKnowledgeError
+
+    one, _ = _observation(wide, ["a bird sang"], [1])
+    with pytest.raises(MissingKnowledgeError, match="one sentence"):
+        BatchLikelihoodSearch().preflight(one, wide)
+    obs, truth = _observation(wide, ["big cat ran", "a dog sat"], [1, 0])
+    search = BatchLikelihoodSearch(prior="none", rounds=2, sweeps=2, strong=3.0)
+    with time_budget(30):
+        out = search.run(obs, wide)
+    pred = out.prediction
+    start = [[s[0]] + [wide.tokenizer.convert_tokens_to_ids(".")] * (len(s) - 2) + [s[-1]] for s in truth]
+    assert [len(s) for s in pred["token_ids"]] == [len(s) for s in truth]
+    assert misfit(obs, wide, pred["token_ids"], pred["labels"]) < misfit(obs, wide, start, pred["labels"])
+    assert sorted(pred["labels"]) == [0, 1] and not out.details["certified"]
+    assert out.details["cpu_seconds"] > 0 and len(out.details["changes_per_round"]) >= 1

@@ -1,0 +1,244 @@
+"""`likelihood_batch`: the `likelihood` search (`attacks.likelihood`) for a noisy classification
+gradient of several sentences: which sentence a token the embedding rows show belongs to is
+decided on the likelihood of the whole batch, and every sentence gets its share of the time.
+
+Threat model, arguments and objective as `likelihood` (the Gaussian likelihood of the shared
+gradient G = (1/B) sum_i g(x_i, y_i) + N; lengths declared; labels known or their counts read off
+the classifier bias). Changing sentence i with the others fixed changes the batch's misfit
+||B G - sum_j g(x_j)||^2 by minus the change of J_i (`likelihood`'s per-sentence term, with
+target T_i = B G - sum_{j != i} g(x_j)), so coordinate ascent sentence by sentence climbs the
+likelihood of the whole batch; what the batch needs beyond `likelihood`:
+
+- Ownership. At batch B the word-embedding row of a token is the gradient at its one position in
+  its one sentence, but a position's row sums that position over all B sentences: the rows tell
+  a token's position, not its sentence (CoLA dev batch 0 of 4 at variance 1e-6: "sarah",
+  "susan", "smoke", "kissed", "ballad", "bill", "trouble" stand 5-16 noise deviations above the
+  null at their positions; every layer-0/1 singular value is below the noise's Marchenko-Pastur
+  edge, so no span test helps). Climbed one sentence at a time from fillers, the first sentence
+  takes the strong tokens of the others (same batch, 30 CPU s each: "sarah kissed dissent smoke
+  dub" for "sarah sang a ballad.", which its climb with the other three at the truth reads exactly
+  in 37 CPU s). Here every sentence starts as its likeliest filler (`evidence.FILLERS`) and the
+  tokens whose row at their best position stands `strong` deviations above the null
+  (`evidence.confidence`'s scale) are placed, strongest first, each where it raises the batch
+  likelihood most (or nowhere). That choice is weak: against fillers, sentences of one length are
+  interchangeable and the gains differ by a few percent (3 of the 7 tokens above land in their
+  own sentence); placed by the truth instead, the same search reads the batch at ROUGE-1 0.65
+  (0.17 as placed here, 300 s budget, load 5-6). Which sentence a token belongs to is what
+  batch 4 still lacks (the cosine of a token's predicted and observed word row picks its owner
+  for all 7 tokens when the other positions hold the true sentences, and for none among fillers,
+  where it differs by at most 0.06 between sentences).
+- Time. `likelihood` gives each sentence's climb a share of all the time left (at batch 1 the
+  whole); here each round splits what is left evenly over the sentences still to climb, so the
+  last sentence is not starved (`auto` at main 6622a12 spent its 600 s on CoLA batch 4 and read
+  0.19 and 0.23; this search 0.34 and 0.45, same budget and load: recipes/measured/
+  fl_defences_noise1e-6_b4_s11.md).
+- Exchanges. After a round, the tokens at one position of two sentences are swapped (two exact
+  coordinate steps, kept only if together they raise the batch likelihood; `swaps` per pair).
+
+Arguments (besides `likelihood`'s): `strong` (z of a placed token), `rounds` (passes over the
+batch, each splitting the time left), `exchanges` (swap passes after each round), `swaps`.
+In `auto` it runs before `likelihood` (which goes on from its guess with the time left; the
+likelier guess by misfit is kept) and refuses a single sentence.
+Shapes: as `likelihood` (token-id lists of the declared lengths).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+
+from ..core.budget import current, time_budget
+from ..errors import MissingKnowledgeError
+from ..text.decode import ids_to_text
+from ..text.ghost import GhostScorer
+from ..text.prior import load_prior
+from ..threat import Observation
+from .base import ATTACKS, AttackOutput
+from .evidence import PriorCandidates, candidates, filler_ids, row_scores, special_ids
+from .likelihood import LikelihoodSearch
+from .likelihood_state import _J, _Batch, clip_norm
+
+
+def strong_rows(scores: torch.Tensor, W: torch.Tensor, P: torch.Tensor, sigma: float, z: float
+                ) -> list[tuple[int, int, float]]:
+    """(token, position, z) of every token whose row score at its best position stands `z` noise
+    standard deviations above the null (sigma sqrt(|W[v]|^2 + |P[p]|^2 - H sigma^2), as
+    `evidence.confidence`), strongest first. scores [V, L] from `evidence.row_scores`."""
+    H = W.shape[1]
+    best = scores.max(1)  # per token: its best position
+    live = torch.isfinite(best.values)
+    w2, p2 = W.pow(2).sum(1), P[: scores.shape[1]].pow(2).sum(1)
+    null = sigma * (w2 + p2[best.indices] - H * sigma ** 2).clamp_min(H * sigma ** 2).sqrt()
+    zs = torch.where(live, best.values / null, torch.full_like(null, -math.inf))
+    hits = (zs > z).nonzero().flatten()
+    order = hits[torch.argsort(zs[hits], descending=True)].tolist()
+    return [(int(v), int(best.indices[v]), float(zs[v])) for v in order]
+
+
+@ATTACKS.register("likelihood_batch")
+@dataclass
+class BatchLikelihoodSearch(LikelihoodSearch):
+    name: ClassVar[str] = "likelihood_batch"
+
+    #: a token whose row stands this many noise deviations above the null at its best position is placed
+    strong: float = 5.0
+    rounds: int = 4
+    exchanges: bool = True
+    #: same-position swaps completed per pair of sentences and exchange pass (the first step's best)
+    swaps: int = 3
+    share: float = 0.9
+
+    def preflight(self, observation: Observation, target: Any) -> None:
+        """As `likelihood`, for batches of two or more sentences (batch 1 is `likelihood`'s)."""
+        lengths = observation.knowledge.seq_lengths
+        if lengths is not None and len(lengths) < 2:
+            raise MissingKnowledgeError("one sentence: the likelihood search itself applies")
+        self._setting(observation, target)
+
+    def _run(self, observation: Observation, target: Any) -> AttackOutput:
+        t0, c0 = time.perf_counter(), time.process_time()
+        layout, lengths, level = self._setting(observation, target)
+        know, grads, tok = observation.knowledge, observation.gradients, target.tokenizer
+        word, pos = layout.word_embedding_name, layout.position_embedding_name
+        labels, label_note = self._labels(layout, grads, know, len(lengths))
+        banned = special_ids(layout, tok)
+        self._fillers = set(filler_ids(tok))
+        self._prior = PriorCandidates(load_prior(self.prior, tok), int(banned.shape[0]), banned) \
+            if self.prior != "none" else None
+        W, P = grads[word].double().cpu(), grads[pos].double().cpu()
+        scores = row_scores(W, P, max(lengths), banned)
+        evidence = candidates(scores, lengths, self.per_position)
+        specials = bool(know.special_tokens and tok.cls_token_id is not None and tok.sep_token_id is not None)
+        inner = [range(1, n - 1) if specials else range(n) for n in lengths]
+        fill = filler_ids(tok) or [int((~banned).nonzero()[0])]
+        seqs = [[tok.cls_token_id] + [fill[0]] * (n - 2) + [tok.sep_token_id] if specials else [fill[0]] * n
+                for n in lengths]
+        if self.initial_ids is not None:
+            seqs = [row[:n] for row, n in zip(torch.as_tensor(self.initial_ids).tolist(), lengths)]
+        batch = _Batch(layout, grads, seqs, labels, clip_norm(observation.metadata))
+        rows = strong_rows(scores, W, P, level.sigma, self.strong)
+        placed = [] if self.initial_ids is not None else self._place(batch, rows, inner, fill)
+        history, exchanged = [], 0
+        for r in range(self.rounds):
+            changed = 0
+            for i in range(len(lengths)):  # what is left, split over this round's sentences to climb and later rounds
+                slice_ = current().remaining() / ((self.rounds - r) * (len(lengths) - i))
+                with time_budget(slice_ if math.isfinite(slice_) else None):
+                    n, _ = self._settle(batch, i, evidence[i], banned, word, specials)
+                changed += n
+                if current().expired():
+                    break
+            if self.exchanges and not current().expired():
+                moved = self._exchange(batch, inner, fill, {v for v, _, _ in rows})
+                exchanged += moved
+                changed += moved
+            history.append(changed)
+            if not changed or current().expired():
+                break
+        entries = sum(grads[n].numel() for n in batch.names)
+        fit = batch.misfit() / (entries * level.sigma ** 2)
+        prediction = {"token_ids": batch.seqs, "labels": batch.labels,
+                      "texts": [ids_to_text(tok, s) for s in batch.seqs]}
+        details = {"certified": False, "uncertified": "a likelihood search certifies nothing (its guess goes on)",
+                   "noise": {"sigma": level.sigma, "source": level.source},
+                   "fit": {"misfit_per_entry_over_sigma2": fit, "entries": entries,
+                           "z": (fit - 1) / math.sqrt(2 / entries)},
+                   "placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
+                   "exchanged": exchanged, "changes_per_round": history, "budget": current().describe(),
+                   "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+        return AttackOutput(prediction=prediction, method=self.name,
+                            assumed={"seq_lengths": "known", "labels": label_note,
+                                     "special_tokens": bool(know.special_tokens)},
+                            config={f.name: getattr(self, f.name) for f in fields(self) if f.name != "initial_ids"},
+                            details=details)
+
+    # -- pieces -------------------------------------------------------------------------------
+    def _place(self, batch: _Batch, rows: list[tuple[int, int, float]], inner: list[range], fill: list[int]
+               ) -> list[tuple[int, int, int]]:
+        """Every sentence's likeliest filler, then each strong row's token at its position in the
+        sentence where it raises the batch likelihood most (if any does); (token, sentence, position)."""
+        for i, seq in enumerate(batch.seqs):
+            options = []
+            for f in fill:
+                t = list(seq)
+                for p in inner[i]:
+                    t[p] = f
+                options.append(t)
+            self._seed(batch, i, options)
+        taken: set[tuple[int, int]] = set()
+        placed = []
+        for v, p, _z in rows:
+            best = None
+            for i in range(len(batch.seqs)):
+                if p not in inner[i] or (i, p) in taken:
+                    continue
+                trial = list(batch.seqs[i])
+                trial[p] = v
+                gain = self._gain(batch, i, [trial])[0]
+                if gain > 0 and (best is None or gain > best[0]):
+                    best = (gain, i, trial)
+            if best is not None:
+                batch.set(best[1], best[2], batch.labels[best[1]])
+                taken.add((best[1], p))
+                placed.append((v, best[1], p))
+            if current().expired():
+                break
+        return placed
+
+    @staticmethod
+    def _gain(batch: _Batch, i: int, trials: list[list[int]]) -> list[float]:
+        """J_i of each trial for sentence i minus J_i of its current guess: the change of the batch's
+        log-likelihood times 2 sigma^2 (a positive factor)."""
+        scorer = GhostScorer(batch.layout, batch.target(i))
+        ids = torch.tensor([list(batch.seqs[i])] + [list(t) for t in trials])
+        J = _J(scorer(ids, torch.full((len(trials) + 1,), batch.labels[i])), batch.clip)
+        return (J[1:] - J[0]).tolist()
+
+    def _exchange(self, batch: _Batch, inner: list[range], fill: list[int], strong: set[int]) -> int:
+        """Same-position swaps between sentences (see the module docstring); how many were kept."""
+        moved, B = 0, len(batch.seqs)
+        for i in range(B):
+            for j in range(i + 1, B):
+                moved += self._swap_pair(batch, i, j, inner, fill, strong)
+                if current().expired():
+                    return moved
+        return moved
+
+    def _swap_pair(self, batch: _Batch, i: int, j: int, inner: list[range], fill: list[int], strong: set[int]) -> int:
+        """Tokens at one position of sentences i and j exchanged: the first step (j's token into
+        i) scored for every shared position in one pass, the `swaps` best completed by the second
+        (i's token into j) and kept only if the two together raise the batch likelihood."""
+        xi, xj = batch.seqs[i], batch.seqs[j]
+        ps = [p for p in inner[i] if p in inner[j] and xi[p] != xj[p]
+              and (xi[p] in strong or xj[p] in strong or (xi[p] not in fill and xj[p] not in fill))]
+        if not ps:
+            return 0
+        trials = []
+        for p in ps:
+            t = list(xi)
+            t[p] = xj[p]
+            trials.append(t)
+        first = self._gain(batch, i, trials)
+        kept = 0
+        for k in sorted(range(len(ps)), key=lambda k: -first[k])[: self.swaps]:
+            p, old_i, old_j = ps[k], list(batch.seqs[i]), list(batch.seqs[j])
+            if old_i[p] != xi[p] or old_j[p] != xj[p]:
+                continue  # an earlier swap of this pass moved it
+            t = list(old_i)
+            t[p] = old_j[p]
+            g1 = self._gain(batch, i, [t])[0]
+            batch.set(i, t, batch.labels[i])
+            u = list(old_j)
+            u[p] = old_i[p]
+            if g1 + self._gain(batch, j, [u])[0] > 0:
+                batch.set(j, u, batch.labels[j])
+                kept += 1
+            else:
+                batch.set(i, old_i, batch.labels[i])
+            if current().expired():
+                break
+        return kept
