@@ -82,7 +82,7 @@ from ..text.leaks import class_label_counts, noise_level
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from ..text.prior import load_prior
-from .evidence import CONFIDENT, PriorCandidates, candidates, confidence, filler_ids, row_scores, seeds, special_ids
+from .evidence import PriorCandidates, candidates, confident, filler_ids, row_scores, seeds, special_ids
 from .flips import flip_gains, neighbour_candidates, screened, top_flips
 from .layer_weights import name_weights
 from .likelihood_state import _J, _Batch, _Guess, clip_norm  # noqa: F401 (_J: tests)
@@ -105,7 +105,12 @@ class LikelihoodSearch:
     #: candidates per position a screened sweep evaluates, beside the best matched-filter token,
     #: chosen by first-order gain (0: every sweep evaluates every candidate)
     screen: int = 4
-    share: float = 0.85
+    #: a second, wider screen tried once the first settles, before the moves and the whole pool
+    #: (0: none)
+    wide: int = 16
+    #: skip positions holding their confident row token (`attacks.evidence.confidence`) in sweeps
+    keep_sure: bool = True
+    share: float = 0.95
     #: climb J_w (each layer's share relative to its size, `attacks.layer_weights`) before J, for
     #: this share of the time left (the rest climbs J)
     weighted: bool = True
@@ -168,7 +173,10 @@ class LikelihoodSearch:
         W, P = grads[word].double().cpu(), grads[pos].double().cpu()
         scores = row_scores(W, P, max(lengths), banned)
         evidence = candidates(scores, lengths, self.per_position)
-        sure = (confidence(scores, W, P, level.sigma) > CONFIDENT).tolist()
+        sure = confident(scores, W, P, level.sigma).tolist()
+        # at batch 1 a confident row holds its position's token: sweeps leave it be (a move may shift it)
+        self._sure = [evidence[0][p][0] if sure[p] else None for p in range(lengths[0])] \
+            if self.keep_sure and len(lengths) == 1 else None
         given = self.initial_ids is not None
         seqs = [row[:n] for row, n in zip(torch.as_tensor(self.initial_ids).tolist(), lengths)] if given \
             else [[evidence[b][p][0] for p in range(n)] for b, n in enumerate(lengths)]
@@ -249,27 +257,31 @@ class LikelihoodSearch:
         return total, done
 
     def _climb(self, batch: _Batch, guess: _Guess, inner: range, evidence, banned, word: str) -> tuple[int, bool]:
-        """Coordinate ascent of `guess` on its objective; (tokens changed, settled)."""
-        total, full, changed = 0, self.screen < 1, 0
-        for _sweep in range(self.sweeps):
-            changed = self._sweep(batch, guess, inner, evidence, banned, word, full)
+        """Coordinate ascent of `guess` on its objective; (tokens changed, settled). Steps, each
+        taken once the one before it changed nothing (any change starts again at the first):
+        a sweep screened to `screen` candidates, one screened to `wide`, the moves (swaps,
+        rotations, then insertions/deletions), a sweep of every candidate."""
+        steps = [s for s in (self.screen, self.wide) if s > 0] + ["move", 0]
+        steps = [s for k, s in enumerate(steps) if s not in steps[:k]]
+        total, k = 0, 0
+        for _sweep in range(self.sweeps + len(steps)):
+            step = steps[k]
+            if step == "move":
+                moved = guess.move(inner)
+                if moved is None and self.indel > 0:  # a shifted body: a token deleted, one inserted
+                    moved = guess.indel(inner, self._shortlist(guess, inner, banned, word), self.indel, self._fillers)
+                changed = 0 if moved is None else 1
+                if moved is not None:
+                    guess.x, guess.best, guess.e = moved
+            else:
+                changed = self._sweep(batch, guess, inner, evidence, banned, word, step)
             total += changed
             if current().expired():
-                break
-            if changed:
-                full = self.screen < 1
-                continue
-            if not full:  # the screened candidates settled: every candidate next
-                full = True
-                continue
-            moved = guess.move(inner)
-            if moved is None and self.indel > 0:  # a shifted body: a token deleted, one inserted
-                moved = guess.indel(inner, self._shortlist(guess, inner, banned, word), self.indel, self._fillers)
-            if moved is None:  # single tokens and moves are settled
-                break
-            guess.x, guess.best, guess.e = moved
-            changed, total, full = 1, total + 1, self.screen < 1
-        return total, not changed and not current().expired()
+                return total, False
+            k = 0 if changed else k + 1
+            if k == len(steps):  # single tokens and moves are settled
+                return total, True
+        return total, False
 
     def _shortlist(self, guess: _Guess, inner: range, banned, word: str) -> list[list[int]]:
         """Per position, the tokens an insertion there tries: the `indel_candidates` best of the
@@ -282,27 +294,33 @@ class LikelihoodSearch:
         return out
 
     def _sweep(self, batch: _Batch, guess: _Guess, inner: range, evidence: list[list[int]], banned, word: str,
-               full: bool) -> int:
-        """One pass over the positions; how many tokens changed."""
+               screen: int) -> int:
+        """One pass over the positions, each position's pool screened to `screen` candidates by
+        first-order gain (0: the whole pool); how many tokens changed. Positions go in order of
+        their best first-order gain (a pass cut short by the budget has tried the likeliest
+        changes); a position holding its confident row token (`_sure`) is skipped."""
         weights = name_weights(batch.layout, guess.weights) if self.weighted else None
         gains = flip_gains(batch.layout, guess.T, guess.x, guess.y, batch.clip, weights) \
-            if self.flips > 0 or (self.screen > 0 and not full) else None
-        flips = top_flips(gains, guess.x, self.flips, banned) if gains is not None else [[] for _ in guess.x]
+            if self.flips > 0 or screen > 0 else None
+        flips = top_flips(gains, guess.x, max(self.flips, 1), banned) if gains is not None else [[] for _ in guess.x]
         near = neighbour_candidates(batch.layout, guess.x, self.neighbours, banned)
         between = self._prior.between(guess.x, self.between) if self._prior is not None else [[] for _ in guess.x]
         frequent = self._prior.frequent[: self.frequent] if self._prior is not None else []
+        order = [p for p in inner if self._sure is None or self._sure[p] != guess.x[p]]
+        if gains is not None:
+            order.sort(key=lambda p: -float(gains[p, flips[p][0]]))
+        flips = [f[: self.flips] for f in flips]
         changed = 0
-        for p in inner:
+        for p in order:
             matched = torch.topk((guess.T[word] @ guess.e[p]).masked_fill(banned, -math.inf),
                                  self.matched).indices.tolist()
             pool = evidence[p][: self.per_position] + matched + flips[p] + near[p] + between[p] + frequent
-            if not full:  # the prior's two likeliest are tried unscreened (the first-order gain misjudges them)
-                pool = matched[:1] + between[p][:2] + screened(gains[p], [t for t in pool if t != guess.x[p]], self.screen)
+            if screen > 0:  # the prior's two likeliest are tried unscreened (the first-order gain misjudges them)
+                pool = matched[:1] + between[p][:2] + screened(gains[p], [t for t in pool if t != guess.x[p]], screen)
             changed += guess.substitute(p, pool)
             if current().expired():
                 break
         return changed
-
 
 def misfit(observation: Observation, target: Any, token_ids: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
     """||G - mean_i g(x_i, y_i)||^2 of a guessed batch: minus twice its Gaussian log-likelihood
