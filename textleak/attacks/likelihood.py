@@ -26,11 +26,14 @@ Search: coordinate ascent on J, one position at a time, over a few candidates pe
   gradient of its own leaves both above under the noise (CoLA "I don't want trouble." at 1e-6: the
   apostrophe ranks 112th by row evidence, 10th by flips); and the current token's nearest input
   embeddings (a settled guess often holds a near synonym: "far much" for "far more").
-Cost: each candidate costs a forward and backward pass (0.065 CPU s at 44 tokens), so a sweep
-evaluates the best matched-filter token and the `screen` candidates of the pool (evidence,
-matched, flips, neighbours) the first-order gain ranks highest; every candidate only once the
-screened ones settle (SST-2 sentence 0, 44 tokens, 600 s budget under load: unscreened, 3 sweeps
-of 536 candidates fit, J still climbing).
+Cost: each candidate costs a forward and backward pass (0.065 CPU s at 44 tokens; profiled on
+SST-2 dev sentence 0, 44 tokens: 85% of the search's time is `GhostScorer` calls, split between
+the backward (~45%), the forward (~30%) and the per-module products (~25%)), so a sweep evaluates
+the best matched-filter token, the prior's two likeliest and the `screen` candidates of the pool
+(evidence, matched, flips, neighbours, prior) the first-order gain ranks highest; once that
+settles, the `wide` screen; then the moves; every candidate (~200 CPU s a sweep at 44 tokens)
+only once those settle (`_climb`). Positions go by their best first-order gain, and at batch 1 a
+position holding its confident row token (`evidence.confident`) is skipped.
 Two landscapes: J is ~90% the classifier head's term (MiniLM), which sees the sentence only
 through its pooled vector, so coordinate ascent on J settles where no single true token helps
 (RT dev sentence 0: none of the 11 wrong positions' true tokens raised J). Each sentence first
@@ -52,13 +55,13 @@ returned. Nothing here certifies a sentence; `details["fit"]` is ||G - mean g||^
 about 1 for the true batch (a chi-square per entry; one token wrong adds ~1e-3 at variance 1e-6).
 
 In `auto` it runs after `exact` (from exact's uncertified guess where there is one) and before
-LAMP, taking `share` of the time budget left so that LAMP, started from its guess, gets the rest;
+LAMP, taking `share` (0.95) of the time budget left so that LAMP, started from its guess, gets the rest;
 `auto` then keeps the guess with the least misfit (`misfit`). Its preflight refuses (so `auto`
 skips it) where no noise is read off the gradient, for masked-LM, and without declared lengths.
 
 Arguments: `sweeps` (most passes per sentence and round), `rounds` (passes over the batch),
 `per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours),
-`screen` (first-order-screened candidates per position and sweep), `share` (of a finite
+`screen` and `wide` (first-order-screened candidates per position and sweep), `keep_sure`, `share` (of a finite
 time budget left; LAMP after it never won under noise, session 9), `weighted`, `weighted_share`,
 `prior`, `between`, `frequent`, `indel`, `indel_candidates` (above), `initial_ids` (a start [B, L], 0-padded), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
@@ -241,10 +244,7 @@ class LikelihoodSearch:
         """Coordinate ascent on J_i; returns how many tokens changed and whether it settled (a last
         pass changed nothing; a later round skips it unless another sentence changed). Each
         position's pool: row evidence, the matched filter, first-order flips and embedding
-        neighbours. A screened sweep evaluates the best matched-filter token and the `screen` of
-        the pool the first-order gain ranks highest; once one changes nothing a full sweep
-        evaluates the whole pool, and once that changes nothing too, moves (swaps, rotations, then
-        insertions/deletions)."""
+        neighbours, the prior; the steps of `_climb`."""
         total, done = 0, False
         for weighted in ((True, False) if self.weighted else (False,)):  # J_w's landscape first, then J's
             guess = _Guess(batch, i, weighted)
@@ -329,6 +329,7 @@ class LikelihoodSearch:
             if current().expired():
                 break
         return changed
+
 
 def misfit(observation: Observation, target: Any, token_ids: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
     """||G - mean_i g(x_i, y_i)||^2 of a guessed batch: minus twice its Gaussian log-likelihood
