@@ -58,13 +58,13 @@ def test_the_climb_widens_the_screen_then_moves_then_sweeps_every_candidate(monk
     monkeypatch.setattr(lk.LikelihoodSearch, "_sweep", sweep)
     monkeypatch.setattr(lk.LikelihoodSearch, "_shortlist", lambda *a: [])
     search = lk.LikelihoodSearch(screen=4, wide=16)
-    search._fillers, search._steps, search._t0 = set(), [], 0.0
+    search._fillers, search._steps, search._changes, search._t0 = set(), [], [], 0.0
     assert search._climb(None, Guess(), range(1, 3), None, None, "w") == (1, True)
     assert steps == [4, 16, 4, 16, "move", "indel", 0]
     steps.clear()
     script = iter([0, 0])
     search = lk.LikelihoodSearch(screen=0, indel=0)
-    search._steps, search._t0 = [], 0.0
+    search._steps, search._changes, search._t0 = [], [], 0.0
     assert search._climb(None, Guess(), range(1, 3), None, None, "w") == (0, True)
     assert steps == [0, "move"]  # unscreened: every candidate, then the moves
 
@@ -91,3 +91,14 @@ def test_a_sweep_goes_by_first_order_gain_and_skips_confident_positions(wide, mo
     gains = flip_gains(layout, g.T, g.x, g.y)
     best = {p: float(gains[p, top_flips(gains, g.x, 1, banned)[p][0]]) for p in range(1, 6)}
     assert tried == sorted([1, 3, 4, 5], key=lambda p: -best[p])  # position 2 holds its confident token
+
+
+def test_each_change_notes_the_pool_parts_holding_it_and_its_first_order_rank():
+    from textleak.attacks.likelihood import LikelihoodSearch
+
+    search = LikelihoodSearch()
+    search._changes = []
+    gain = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 1.0, 2.0])
+    search._note(6, {"evidence": [5, 6], "flips": [6, 7], "frequent": []}, gain)
+    search._note(4, {"evidence": [5]}, None)
+    assert search._changes == [["evidence+flips", 2], ["-", None]]  # 5 and 7 rank above 6

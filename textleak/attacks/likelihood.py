@@ -166,8 +166,9 @@ class LikelihoodSearch:
 
     def _run(self, observation: Observation, target: Any) -> AttackOutput:
         t0 = self._t0 = time.perf_counter()
-        # [objective, step, tokens changed, J or J_w after it, seconds] (details["steps"])
+        # [objective, step, tokens changed, J or J_w after it, seconds, [[parts, rank] per change]]
         self._steps: list[list] = []
+        self._changes: list[list] = []  # per token a sweep changes: [pool parts holding it, first-order rank]
         layout, lengths, level = self._setting(observation, target)
         know, grads, tok = observation.knowledge, observation.gradients, target.tokenizer
         word, pos = layout.word_embedding_name, layout.position_embedding_name
@@ -282,8 +283,9 @@ class LikelihoodSearch:
             else:
                 changed = self._sweep(batch, guess, inner, evidence, banned, word, step)
             total += changed
-            self._steps.append(["Jw" if guess.weighted else "J", step,
-                                changed, round(guess.best, 6), round(time.perf_counter() - self._t0, 1)])
+            self._steps.append(["Jw" if guess.weighted else "J", step, changed, round(guess.best, 6),
+                                round(time.perf_counter() - self._t0, 1), self._changes])
+            self._changes = []
             if current().expired():
                 return total, False
             k = 0 if changed else k + 1
@@ -322,13 +324,27 @@ class LikelihoodSearch:
         for p in order:
             matched = torch.topk((guess.T[word] @ guess.e[p]).masked_fill(banned, -math.inf),
                                  self.matched).indices.tolist()
-            pool = evidence[p][: self.per_position] + matched + flips[p] + near[p] + between[p] + frequent
+            parts = {"evidence": evidence[p][: self.per_position], "matched": matched, "flips": flips[p],
+                     "near": near[p], "between": between[p], "frequent": frequent}
+            pool = [t for part in parts.values() for t in part]
             if screen > 0:  # the prior's two likeliest are tried unscreened (the first-order gain misjudges them)
                 pool = matched[:1] + between[p][:2] + screened(gains[p], [t for t in pool if t != guess.x[p]], screen)
-            changed += guess.substitute(p, pool)
+            if guess.substitute(p, pool):
+                changed += 1
+                self._note(guess.x[p], parts, gains[p] if gains is not None else None)
             if current().expired():
                 break
         return changed
+
+
+    def _note(self, token: int, parts: dict[str, list[int]], gain) -> None:
+        """Where a token a sweep put in came from (`details["steps"]`): the pool parts holding it
+        and its rank by first-order gain among the whole pool (which screen would have kept it)."""
+        pool = list(dict.fromkeys(t for part in parts.values() for t in part))
+        rank = None
+        if gain is not None and token in pool:
+            rank = int((gain[torch.tensor(pool, device=gain.device)] > gain[token]).sum())
+        self._changes.append(["+".join(k for k, part in parts.items() if token in part) or "-", rank])
 
 
 def misfit(observation: Observation, target: Any, token_ids: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
