@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import defaultdict
@@ -60,7 +61,8 @@ def run_unit(target, spec: str, batch, index: int, attack: str, budget: float | 
     return {"method": res.method, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
             "certified": bool(d.get("certified")),
             "ran_out": b.ran_out, "simulation": d.get("simulation"), "noise": d.get("noise"), "repair": d.get("repair"),
-            "rounding": (d.get("update") or {}).get("rounding"),
+            "rounding": (d.get("update") or {}).get("rounding"), "steps": d.get("steps"),
+            "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "recovered": res.texts, "references": texts,
             **{k: res.metrics["mean"][k] for k in ("rouge1", "rouge2", "exact_match")},
             "label_accuracy": res.metrics["mean"].get("label_accuracy")}

@@ -26,11 +26,14 @@ Search: coordinate ascent on J, one position at a time, over a few candidates pe
   gradient of its own leaves both above under the noise (CoLA "I don't want trouble." at 1e-6: the
   apostrophe ranks 112th by row evidence, 10th by flips); and the current token's nearest input
   embeddings (a settled guess often holds a near synonym: "far much" for "far more").
-Cost: each candidate costs a forward and backward pass (0.065 CPU s at 44 tokens), so a sweep
-evaluates the best matched-filter token and the `screen` candidates of the pool (evidence,
-matched, flips, neighbours) the first-order gain ranks highest; every candidate only once the
-screened ones settle (SST-2 sentence 0, 44 tokens, 600 s budget under load: unscreened, 3 sweeps
-of 536 candidates fit, J still climbing).
+Cost: each candidate costs a forward and backward pass (0.065 CPU s at 44 tokens; profiled on
+SST-2 dev sentence 0, 44 tokens: 85% of the search's time is `GhostScorer` calls, split between
+the backward (~45%), the forward (~30%) and the per-module products (~25%)), so a sweep evaluates
+the best matched-filter token, the prior's two likeliest and the `screen` candidates of the pool
+(evidence, matched, flips, neighbours, prior) the first-order gain ranks highest; once that
+settles, the `wide` screen; then the moves; every candidate (~200 CPU s a sweep at 44 tokens)
+only once those settle (`_climb`). Positions go by their best first-order gain, and at batch 1 a
+position holding its confident row token (`evidence.confident`) is skipped.
 Two landscapes: J is ~90% the classifier head's term (MiniLM), which sees the sentence only
 through its pooled vector, so coordinate ascent on J settles where no single true token helps
 (RT dev sentence 0: none of the 11 wrong positions' true tokens raised J). Each sentence first
@@ -52,13 +55,13 @@ returned. Nothing here certifies a sentence; `details["fit"]` is ||G - mean g||^
 about 1 for the true batch (a chi-square per entry; one token wrong adds ~1e-3 at variance 1e-6).
 
 In `auto` it runs after `exact` (from exact's uncertified guess where there is one) and before
-LAMP, taking `share` of the time budget left so that LAMP, started from its guess, gets the rest;
+LAMP, taking `share` (0.95) of the time budget left so that LAMP, started from its guess, gets the rest;
 `auto` then keeps the guess with the least misfit (`misfit`). Its preflight refuses (so `auto`
 skips it) where no noise is read off the gradient, for masked-LM, and without declared lengths.
 
 Arguments: `sweeps` (most passes per sentence and round), `rounds` (passes over the batch),
 `per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours),
-`screen` (first-order-screened candidates per position and sweep), `share` (of a finite
+`screen` and `wide` (first-order-screened candidates per position and sweep), `keep_sure`, `share` (of a finite
 time budget left; LAMP after it never won under noise, session 9), `weighted`, `weighted_share`,
 `prior`, `between`, `frequent`, `indel`, `indel_candidates` (above), `initial_ids` (a start [B, L], 0-padded), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
@@ -82,7 +85,7 @@ from ..text.leaks import class_label_counts, noise_level
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from ..text.prior import load_prior
-from .evidence import CONFIDENT, PriorCandidates, candidates, confidence, filler_ids, row_scores, seeds, special_ids
+from .evidence import PriorCandidates, candidates, confident, filler_ids, row_scores, seeds, special_ids
 from .flips import flip_gains, neighbour_candidates, screened, top_flips
 from .layer_weights import name_weights
 from .likelihood_state import _J, _Batch, _Guess, clip_norm  # noqa: F401 (_J: tests)
@@ -105,11 +108,16 @@ class LikelihoodSearch:
     #: candidates per position a screened sweep evaluates, beside the best matched-filter token,
     #: chosen by first-order gain (0: every sweep evaluates every candidate)
     screen: int = 4
-    share: float = 0.85
+    #: a second, wider screen tried once the first settles, before the moves and the whole pool
+    #: (0: none)
+    wide: int = 16
+    #: skip positions holding their confident row token (`attacks.evidence.confidence`) in sweeps
+    keep_sure: bool = True
+    share: float = 0.95
     #: climb J_w (each layer's share relative to its size, `attacks.layer_weights`) before J, for
     #: this share of the time left (the rest climbs J)
     weighted: bool = True
-    weighted_share: float = 0.6
+    weighted_share: float = 0.75
     #: a language prior (`text.prior`, "none" or "bigram"; `auto` passes its own) for candidates:
     #: `between` likeliest between each position's neighbours, `frequent` most frequent tokens
     prior: str = "none"
@@ -157,7 +165,10 @@ class LikelihoodSearch:
             return self._run(observation, target)
 
     def _run(self, observation: Observation, target: Any) -> AttackOutput:
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
+        # [objective, step, tokens changed, J or J_w after it, seconds, [[parts, rank] per change]]
+        self._steps: list[list] = []
+        self._changes: list[list] = []  # per token a sweep changes: [pool parts holding it, first-order rank]
         layout, lengths, level = self._setting(observation, target)
         know, grads, tok = observation.knowledge, observation.gradients, target.tokenizer
         word, pos = layout.word_embedding_name, layout.position_embedding_name
@@ -168,7 +179,10 @@ class LikelihoodSearch:
         W, P = grads[word].double().cpu(), grads[pos].double().cpu()
         scores = row_scores(W, P, max(lengths), banned)
         evidence = candidates(scores, lengths, self.per_position)
-        sure = (confidence(scores, W, P, level.sigma) > CONFIDENT).tolist()
+        sure = confident(scores, W, P, level.sigma).tolist()
+        # at batch 1 a confident row holds its position's token: sweeps leave it be (a move may shift it)
+        self._sure = [evidence[0][p][0] if sure[p] else None for p in range(lengths[0])] \
+            if self.keep_sure and len(lengths) == 1 else None
         given = self.initial_ids is not None
         seqs = [row[:n] for row, n in zip(torch.as_tensor(self.initial_ids).tolist(), lengths)] if given \
             else [[evidence[b][p][0] for p in range(n)] for b, n in enumerate(lengths)]
@@ -202,7 +216,7 @@ class LikelihoodSearch:
                    "noise": {"sigma": level.sigma, "source": level.source},
                    "fit": {"misfit_per_entry_over_sigma2": fit, "entries": entries,
                            "z": (fit - 1) / math.sqrt(2 / entries)},
-                   "changes_per_round": history, "budget": current().describe(),
+                   "changes_per_round": history, "steps": self._steps, "budget": current().describe(),
                    "seconds": time.perf_counter() - t0}
         return AttackOutput(prediction=prediction, method=self.name,
                             assumed={"seq_lengths": "known", "labels": label_note,
@@ -231,10 +245,7 @@ class LikelihoodSearch:
         """Coordinate ascent on J_i; returns how many tokens changed and whether it settled (a last
         pass changed nothing; a later round skips it unless another sentence changed). Each
         position's pool: row evidence, the matched filter, first-order flips and embedding
-        neighbours. A screened sweep evaluates the best matched-filter token and the `screen` of
-        the pool the first-order gain ranks highest; once one changes nothing a full sweep
-        evaluates the whole pool, and once that changes nothing too, moves (swaps, rotations, then
-        insertions/deletions)."""
+        neighbours, the prior; the steps of `_climb`."""
         total, done = 0, False
         for weighted in ((True, False) if self.weighted else (False,)):  # J_w's landscape first, then J's
             guess = _Guess(batch, i, weighted)
@@ -249,27 +260,38 @@ class LikelihoodSearch:
         return total, done
 
     def _climb(self, batch: _Batch, guess: _Guess, inner: range, evidence, banned, word: str) -> tuple[int, bool]:
-        """Coordinate ascent of `guess` on its objective; (tokens changed, settled)."""
-        total, full, changed = 0, self.screen < 1, 0
-        for _sweep in range(self.sweeps):
-            changed = self._sweep(batch, guess, inner, evidence, banned, word, full)
+        """Coordinate ascent of `guess` on its objective; (tokens changed, settled). Steps, each
+        taken once the one before it changed nothing (any change starts again at the first):
+        a sweep screened to `screen` candidates, one screened to `wide`, the moves (swaps,
+        rotations, then insertions/deletions), a sweep of every candidate (`screen` 0: every
+        candidate, then the moves). Why the wide screen and the moves before the whole pool: at
+        44 tokens a sweep of every candidate costs ~200 CPU s, more than a loaded machine gave a
+        600 s budget's whole search (SST-2 dev sentence 0 at variance 1e-6), so the moves were never
+        reached."""
+        screens = [self.screen] + ([self.wide] if self.wide > self.screen else []) if self.screen > 0 else []
+        steps = screens + ["move", 0] if screens else [0, "move"]
+        total, k = 0, 0
+        for _sweep in range(self.sweeps + len(steps)):
+            step = steps[k]
+            if step == "move":
+                moved = guess.move(inner)
+                if moved is None and self.indel > 0:  # a shifted body: a token deleted, one inserted
+                    moved = guess.indel(inner, self._shortlist(guess, inner, banned, word), self.indel, self._fillers)
+                changed = 0 if moved is None else 1
+                if moved is not None:
+                    guess.x, guess.best, guess.e = moved
+            else:
+                changed = self._sweep(batch, guess, inner, evidence, banned, word, step)
             total += changed
+            self._steps.append(["Jw" if guess.weighted else "J", step, changed, round(guess.best, 6),
+                                round(time.perf_counter() - self._t0, 1), self._changes])
+            self._changes = []
             if current().expired():
-                break
-            if changed:
-                full = self.screen < 1
-                continue
-            if not full:  # the screened candidates settled: every candidate next
-                full = True
-                continue
-            moved = guess.move(inner)
-            if moved is None and self.indel > 0:  # a shifted body: a token deleted, one inserted
-                moved = guess.indel(inner, self._shortlist(guess, inner, banned, word), self.indel, self._fillers)
-            if moved is None:  # single tokens and moves are settled
-                break
-            guess.x, guess.best, guess.e = moved
-            changed, total, full = 1, total + 1, self.screen < 1
-        return total, not changed and not current().expired()
+                return total, False
+            k = 0 if changed else k + 1
+            if k == len(steps):  # single tokens and moves are settled
+                return total, True
+        return total, False
 
     def _shortlist(self, guess: _Guess, inner: range, banned, word: str) -> list[list[int]]:
         """Per position, the tokens an insertion there tries: the `indel_candidates` best of the
@@ -282,26 +304,47 @@ class LikelihoodSearch:
         return out
 
     def _sweep(self, batch: _Batch, guess: _Guess, inner: range, evidence: list[list[int]], banned, word: str,
-               full: bool) -> int:
-        """One pass over the positions; how many tokens changed."""
+               screen: int) -> int:
+        """One pass over the positions, each position's pool screened to `screen` candidates by
+        first-order gain (0: the whole pool); how many tokens changed. Positions go in order of
+        their best first-order gain (a pass cut short by the budget has tried the likeliest
+        changes); a position holding its confident row token (`_sure`) is skipped."""
         weights = name_weights(batch.layout, guess.weights) if self.weighted else None
         gains = flip_gains(batch.layout, guess.T, guess.x, guess.y, batch.clip, weights) \
-            if self.flips > 0 or (self.screen > 0 and not full) else None
-        flips = top_flips(gains, guess.x, self.flips, banned) if gains is not None else [[] for _ in guess.x]
+            if self.flips > 0 or screen > 0 else None
+        flips = top_flips(gains, guess.x, max(self.flips, 1), banned) if gains is not None else [[] for _ in guess.x]
         near = neighbour_candidates(batch.layout, guess.x, self.neighbours, banned)
         between = self._prior.between(guess.x, self.between) if self._prior is not None else [[] for _ in guess.x]
         frequent = self._prior.frequent[: self.frequent] if self._prior is not None else []
+        order = [p for p in inner if self._sure is None or self._sure[p] != guess.x[p]]
+        if gains is not None:
+            order.sort(key=lambda p: -float(gains[p, flips[p][0]]))
+        flips = [f[: self.flips] for f in flips]
         changed = 0
-        for p in inner:
+        for p in order:
             matched = torch.topk((guess.T[word] @ guess.e[p]).masked_fill(banned, -math.inf),
                                  self.matched).indices.tolist()
-            pool = evidence[p][: self.per_position] + matched + flips[p] + near[p] + between[p] + frequent
-            if not full:  # the prior's two likeliest are tried unscreened (the first-order gain misjudges them)
-                pool = matched[:1] + between[p][:2] + screened(gains[p], [t for t in pool if t != guess.x[p]], self.screen)
-            changed += guess.substitute(p, pool)
+            parts = {"evidence": evidence[p][: self.per_position], "matched": matched, "flips": flips[p],
+                     "near": near[p], "between": between[p], "frequent": frequent}
+            pool = [t for part in parts.values() for t in part]
+            if screen > 0:  # the prior's two likeliest are tried unscreened (the first-order gain misjudges them)
+                pool = matched[:1] + between[p][:2] + screened(gains[p], [t for t in pool if t != guess.x[p]], screen)
+            if guess.substitute(p, pool):
+                changed += 1
+                self._note(guess.x[p], parts, gains[p] if gains is not None else None)
             if current().expired():
                 break
         return changed
+
+
+    def _note(self, token: int, parts: dict[str, list[int]], gain) -> None:
+        """Where a token a sweep put in came from (`details["steps"]`): the pool parts holding it
+        and its rank by first-order gain among the whole pool (which screen would have kept it)."""
+        pool = list(dict.fromkeys(t for part in parts.values() for t in part))
+        rank = None
+        if gain is not None and token in pool:
+            rank = int((gain[torch.tensor(pool, device=gain.device)] > gain[token]).sum())
+        self._changes.append(["+".join(k for k, part in parts.items() if token in part) or "-", rank])
 
 
 def misfit(observation: Observation, target: Any, token_ids: Sequence[Sequence[int]], labels: Sequence[int]) -> float:

@@ -86,7 +86,7 @@ class _Guess:
     layer's share relative to its size at the guess (`attacks.layer_weights`)."""
 
     def __init__(self, batch: _Batch, i: int, weighted: bool = False):
-        self.T, self.clip = batch.target(i), batch.clip
+        self.T, self.clip, self.weighted = batch.target(i), batch.clip, weighted
         self.x, self.y = list(batch.seqs[i]), batch.labels[i]
         self.scorer = GroupScorer(batch.layout, self.T)
         if weighted:

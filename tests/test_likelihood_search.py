@@ -1,0 +1,104 @@
+"""The `likelihood` search's sweep schedule and its confident positions, on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_wide_classifier
+from textleak.text.layouts import layout_for
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A random 2-layer BERT classifier 128 wide (`conftest.make_wide_classifier`)."""
+    return make_wide_classifier(tmp_path_factory.mktemp("wide-bert"))
+
+
+def test_a_strong_row_is_confident_only_at_its_own_position():
+    """A token whose row also scores high at a neighbouring position (position rows correlate)
+    is confident where it stands, not at the neighbour (`attacks.evidence.confident`)."""
+    from textleak.attacks.evidence import CONFIDENT, confidence, confident, row_scores
+
+    gen = torch.Generator().manual_seed(0)
+    V, H, sigma = 300, 64, 1e-3
+    W, P = sigma * torch.randn(V, H, generator=gen, dtype=torch.float64), \
+        sigma * torch.randn(3, H, generator=gen, dtype=torch.float64)
+    strong = 0.1 * torch.randn(H, generator=gen, dtype=torch.float64) / H ** 0.5
+    weak = 1e-5 * torch.randn(H, generator=gen, dtype=torch.float64)
+    W[7] += strong  # token 7 at position 0
+    P[0] += strong
+    W[9] += 0.7 * strong + weak  # token 9 at position 1, whose row leans on position 0's
+    P[1] += 0.7 * strong + weak
+    scores = row_scores(W, P, 3, torch.zeros(V, dtype=torch.bool))
+    assert int(scores[:, 1].argmax()) == 7 and confidence(scores, W, P, sigma)[1] > CONFIDENT
+    assert confident(scores, W, P, sigma).tolist()[:2] == [True, False]
+
+
+def test_the_climb_widens_the_screen_then_moves_then_sweeps_every_candidate(monkeypatch):
+    """Each step is taken once the one before it changed nothing; a change starts again at the
+    narrowest screen; the climb settles when the whole pool changes nothing."""
+    from textleak.attacks import likelihood as lk
+
+    steps, script = [], iter([0, 1, 0, 0, 0, 0])  # the wide screen changes a token once
+
+    def sweep(self, batch, guess, inner, evidence, banned, word, screen):
+        steps.append(screen)
+        return next(script)
+
+    class Guess:
+        best, weighted = 0.0, False
+
+        def move(self, inner):
+            steps.append("move")
+
+        def indel(self, *args):
+            steps.append("indel")
+
+    monkeypatch.setattr(lk.LikelihoodSearch, "_sweep", sweep)
+    monkeypatch.setattr(lk.LikelihoodSearch, "_shortlist", lambda *a: [])
+    search = lk.LikelihoodSearch(screen=4, wide=16)
+    search._fillers, search._steps, search._changes, search._t0 = set(), [], [], 0.0
+    assert search._climb(None, Guess(), range(1, 3), None, None, "w") == (1, True)
+    assert steps == [4, 16, 4, 16, "move", "indel", 0]
+    steps.clear()
+    script = iter([0, 0])
+    search = lk.LikelihoodSearch(screen=0, indel=0)
+    search._steps, search._changes, search._t0 = [], [], 0.0
+    assert search._climb(None, Guess(), range(1, 3), None, None, "w") == (0, True)
+    assert steps == [0, "move"]  # unscreened: every candidate, then the moves
+
+
+def test_a_sweep_goes_by_first_order_gain_and_skips_confident_positions(wide, monkeypatch):
+    """Positions are tried in order of their best first-order gain; one holding its confident row
+    token is not tried."""
+    from textleak.attacks.flips import flip_gains, top_flips
+    from textleak.attacks.likelihood import LikelihoodSearch
+    from textleak.attacks.likelihood_state import _Batch, _Guess, _gradient
+
+    layout = layout_for(wide.model)
+    names = [n for n, p in wide.model.named_parameters() if p.requires_grad]
+    truth, guess = [2, 11, 12, 13, 14, 15, 3], [2, 11, 20, 13, 21, 22, 3]
+    batch = _Batch(layout, _gradient(layout, truth, 1, names), [guess], [1])
+    g = _Guess(batch, 0)
+    banned = torch.zeros(layout.word_embeddings.num_embeddings, dtype=torch.bool)
+    banned[:5] = True
+    tried = []
+    monkeypatch.setattr(_Guess, "substitute", lambda self, p, pool: tried.append(p) or 0)
+    search = LikelihoodSearch(weighted=False)
+    search._prior, search._sure = None, [None, None, 20, None, None, None, None]
+    assert search._sweep(batch, g, range(1, 6), [[5]] * 7, banned, layout.word_embedding_name, 4) == 0
+    gains = flip_gains(layout, g.T, g.x, g.y)
+    best = {p: float(gains[p, top_flips(gains, g.x, 1, banned)[p][0]]) for p in range(1, 6)}
+    assert tried == sorted([1, 3, 4, 5], key=lambda p: -best[p])  # position 2 holds its confident token
+
+
+def test_each_change_notes_the_pool_parts_holding_it_and_its_first_order_rank():
+    from textleak.attacks.likelihood import LikelihoodSearch
+
+    search = LikelihoodSearch()
+    search._changes = []
+    gain = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 1.0, 2.0])
+    search._note(6, {"evidence": [5, 6], "flips": [6, 7], "frequent": []}, gain)
+    search._note(4, {"evidence": [5]}, None)
+    assert search._changes == [["evidence+flips", 2], ["-", None]]  # 5 and 7 rank above 6
