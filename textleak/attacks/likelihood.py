@@ -164,11 +164,17 @@ class LikelihoodSearch:
         with time_budget(seconds):
             return self._run(observation, target)
 
-    def _run(self, observation: Observation, target: Any) -> AttackOutput:
-        t0 = self._t0 = time.perf_counter()
+    def _begin(self) -> float:
+        """Reset what one run records (its step trace) and return its start time."""
+        self._t0 = time.perf_counter()
         # [objective, step, tokens changed, J or J_w after it, seconds, [[parts, rank] per change]]
         self._steps: list[list] = []
         self._changes: list[list] = []  # per token a sweep changes: [pool parts holding it, first-order rank]
+        self._sure: list[int | None] | None = None  # positions a sweep leaves be (batch 1's confident rows)
+        return self._t0
+
+    def _run(self, observation: Observation, target: Any) -> AttackOutput:
+        t0 = self._begin()
         layout, lengths, level = self._setting(observation, target)
         know, grads, tok = observation.knowledge, observation.gradients, target.tokenizer
         word, pos = layout.word_embedding_name, layout.position_embedding_name
@@ -208,6 +214,13 @@ class LikelihoodSearch:
             history.append(changed)
             if not changed or all(settled) or current().expired():
                 break
+        return self._output(batch, grads, level, tok, know, label_note,
+                            {"changes_per_round": history, "steps": self._steps, "budget": current().describe(),
+                             "seconds": time.perf_counter() - t0})
+
+    def _output(self, batch: _Batch, grads, level, tok, know, label_note: str, details: dict) -> AttackOutput:
+        """The guess as a result: its texts, the noise level it was read against and how well the
+        guess explains the gradient (misfit per entry over sigma^2, and its z-score), plus `details`."""
         entries = sum(grads[n].numel() for n in batch.names)
         fit = batch.misfit() / (entries * level.sigma ** 2)
         prediction = {"token_ids": batch.seqs, "labels": batch.labels,
@@ -215,9 +228,7 @@ class LikelihoodSearch:
         details = {"certified": False, "uncertified": "a likelihood search certifies nothing (its guess goes on)",
                    "noise": {"sigma": level.sigma, "source": level.source},
                    "fit": {"misfit_per_entry_over_sigma2": fit, "entries": entries,
-                           "z": (fit - 1) / math.sqrt(2 / entries)},
-                   "changes_per_round": history, "steps": self._steps, "budget": current().describe(),
-                   "seconds": time.perf_counter() - t0}
+                           "z": (fit - 1) / math.sqrt(2 / entries)}, **details}
         return AttackOutput(prediction=prediction, method=self.name,
                             assumed={"seq_lengths": "known", "labels": label_note,
                                      "special_tokens": bool(know.special_tokens)},

@@ -46,14 +46,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from ..core.budget import current, time_budget
 from ..errors import MissingKnowledgeError
-from ..text.decode import ids_to_text
 from ..text.ghost import GhostScorer
 from ..text.prior import load_prior
 from ..threat import Observation
@@ -100,7 +99,7 @@ class BatchLikelihoodSearch(LikelihoodSearch):
         self._setting(observation, target)
 
     def _run(self, observation: Observation, target: Any) -> AttackOutput:
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0 = self._begin(), time.process_time()
         layout, lengths, level = self._setting(observation, target)
         know, grads, tok = observation.knowledge, observation.gradients, target.tokenizer
         word, pos = layout.word_embedding_name, layout.position_embedding_name
@@ -139,22 +138,10 @@ class BatchLikelihoodSearch(LikelihoodSearch):
             history.append(changed)
             if not changed or current().expired():
                 break
-        entries = sum(grads[n].numel() for n in batch.names)
-        fit = batch.misfit() / (entries * level.sigma ** 2)
-        prediction = {"token_ids": batch.seqs, "labels": batch.labels,
-                      "texts": [ids_to_text(tok, s) for s in batch.seqs]}
-        details = {"certified": False, "uncertified": "a likelihood search certifies nothing (its guess goes on)",
-                   "noise": {"sigma": level.sigma, "source": level.source},
-                   "fit": {"misfit_per_entry_over_sigma2": fit, "entries": entries,
-                           "z": (fit - 1) / math.sqrt(2 / entries)},
-                   "placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
-                   "exchanged": exchanged, "changes_per_round": history, "budget": current().describe(),
-                   "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
-        return AttackOutput(prediction=prediction, method=self.name,
-                            assumed={"seq_lengths": "known", "labels": label_note,
-                                     "special_tokens": bool(know.special_tokens)},
-                            config={f.name: getattr(self, f.name) for f in fields(self) if f.name != "initial_ids"},
-                            details=details)
+        return self._output(batch, grads, level, tok, know, label_note,
+                            {"placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
+                             "exchanged": exchanged, "changes_per_round": history, "budget": current().describe(),
+                             "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0})
 
     # -- pieces -------------------------------------------------------------------------------
     def _place(self, batch: _Batch, rows: list[tuple[int, int, float]], inner: list[range], fill: list[int]
