@@ -175,13 +175,9 @@ class LikelihoodSearch:
 
     def _run(self, observation: Observation, target: Any) -> AttackOutput:
         t0 = self._begin()
-        layout, lengths, level = self._setting(observation, target)
+        layout, lengths, level, labels, label_note, banned = self._read(observation, target)
         know, grads, tok = observation.knowledge, observation.gradients, target.tokenizer
         word, pos = layout.word_embedding_name, layout.position_embedding_name
-        labels, label_note = self._labels(layout, grads, know, len(lengths))
-        banned = special_ids(layout, tok)
-        self._fillers = set(filler_ids(tok))
-        self._prior = PriorCandidates(load_prior(self.prior, tok), int(banned.shape[0]), banned) if self.prior != "none" else None
         W, P = grads[word].double().cpu(), grads[pos].double().cpu()
         scores = row_scores(W, P, max(lengths), banned)
         evidence = candidates(scores, lengths, self.per_position)
@@ -217,6 +213,19 @@ class LikelihoodSearch:
         return self._output(batch, grads, level, tok, know, label_note,
                             {"changes_per_round": history, "steps": self._steps, "budget": current().describe(),
                              "seconds": time.perf_counter() - t0})
+
+    def _read(self, observation: Observation, target: Any):
+        """What every run reads first: the layout, the lengths, the noise level, the labels (and how
+        they were read), the banned (special) tokens; the filler tokens and the prior's candidates
+        are kept on the search."""
+        layout, lengths, level = self._setting(observation, target)
+        tok = target.tokenizer
+        labels, label_note = self._labels(layout, observation.gradients, observation.knowledge, len(lengths))
+        banned = special_ids(layout, tok)
+        self._fillers = set(filler_ids(tok))
+        self._prior = PriorCandidates(load_prior(self.prior, tok), int(banned.shape[0]), banned) \
+            if self.prior != "none" else None
+        return layout, lengths, level, labels, label_note, banned
 
     def _output(self, batch: _Batch, grads, level, tok, know, label_note: str, details: dict) -> AttackOutput:
         """The guess as a result: its texts, the noise level it was read against and how well the

@@ -54,10 +54,9 @@ import torch
 from ..core.budget import current, time_budget
 from ..errors import MissingKnowledgeError
 from ..text.ghost import GhostScorer
-from ..text.prior import load_prior
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
-from .evidence import PriorCandidates, candidates, filler_ids, row_scores, special_ids
+from .evidence import candidates, filler_ids, row_scores
 from .likelihood import LikelihoodSearch
 from .likelihood_state import _J, _Batch, clip_norm
 
@@ -100,14 +99,9 @@ class BatchLikelihoodSearch(LikelihoodSearch):
 
     def _run(self, observation: Observation, target: Any) -> AttackOutput:
         t0, c0 = self._begin(), time.process_time()
-        layout, lengths, level = self._setting(observation, target)
+        layout, lengths, level, labels, label_note, banned = self._read(observation, target)
         know, grads, tok = observation.knowledge, observation.gradients, target.tokenizer
         word, pos = layout.word_embedding_name, layout.position_embedding_name
-        labels, label_note = self._labels(layout, grads, know, len(lengths))
-        banned = special_ids(layout, tok)
-        self._fillers = set(filler_ids(tok))
-        self._prior = PriorCandidates(load_prior(self.prior, tok), int(banned.shape[0]), banned) \
-            if self.prior != "none" else None
         W, P = grads[word].double().cpu(), grads[pos].double().cpu()
         scores = row_scores(W, P, max(lengths), banned)
         evidence = candidates(scores, lengths, self.per_position)
