@@ -51,15 +51,19 @@ def row_scores(W: torch.Tensor, P: torch.Tensor, L: int, banned: torch.Tensor) -
     return scores
 
 
+def null_std(w2: torch.Tensor, p2: torch.Tensor, width: int, sigma: float) -> torch.Tensor:
+    """A row score's standard deviation were the token not at the position, sigma sqrt(|W[v]|^2 +
+    |P[p]|^2 - H sigma^2), from the rows' squared norms w2 and p2 (a strong row elsewhere in the
+    sentence meets this position's noise at |W[v]| sigma, not at sigma |P[p]|)."""
+    return sigma * (w2 + p2 - width * sigma ** 2).clamp_min(width * sigma ** 2).sqrt()
+
+
 def confidence(scores: torch.Tensor, W: torch.Tensor, P: torch.Tensor, sigma: float) -> torch.Tensor:
-    """[L]: each position's best row score over its standard deviation were that token not there,
-    sigma sqrt(|W[v]|^2 + |P[p]|^2 - H sigma^2) (a strong row elsewhere in the sentence meets
-    this position's noise at |W[v]| sigma, not at sigma |P[p]|)."""
-    L, H = scores.shape[1], W.shape[1]
+    """[L]: each position's best row score over its standard deviation were that token not there
+    (`null_std`)."""
+    L = scores.shape[1]
     best = scores.max(0)
-    w2 = W[best.indices].pow(2).sum(1)
-    p2 = P[:L].pow(2).sum(1)
-    return best.values / (sigma * (w2 + p2 - H * sigma ** 2).clamp_min(H * sigma ** 2).sqrt())
+    return best.values / null_std(W[best.indices].pow(2).sum(1), P[:L].pow(2).sum(1), W.shape[1], sigma)
 
 
 def confident(scores: torch.Tensor, W: torch.Tensor, P: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -56,7 +56,7 @@ from ..errors import MissingKnowledgeError
 from ..text.ghost import GhostScorer
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
-from .evidence import candidates, filler_ids, row_scores
+from .evidence import candidates, filler_ids, null_std, row_scores
 from .likelihood import LikelihoodSearch
 from .likelihood_state import _J, _Batch, clip_norm
 
@@ -65,12 +65,10 @@ def strong_rows(scores: torch.Tensor, W: torch.Tensor, P: torch.Tensor, sigma: f
                 ) -> list[tuple[int, int, float]]:
     """(token, position, z) of every token whose row score at its best position stands `z` noise
     standard deviations above the null (sigma sqrt(|W[v]|^2 + |P[p]|^2 - H sigma^2), as
-    `evidence.confidence`), strongest first. scores [V, L] from `evidence.row_scores`."""
-    H = W.shape[1]
+    `evidence.null_std`), strongest first. scores [V, L] from `evidence.row_scores`."""
     best = scores.max(1)  # per token: its best position
     live = torch.isfinite(best.values)
-    w2, p2 = W.pow(2).sum(1), P[: scores.shape[1]].pow(2).sum(1)
-    null = sigma * (w2 + p2[best.indices] - H * sigma ** 2).clamp_min(H * sigma ** 2).sqrt()
+    null = null_std(W.pow(2).sum(1), P[: scores.shape[1]].pow(2).sum(1)[best.indices], W.shape[1], sigma)
     zs = torch.where(live, best.values / null, torch.full_like(null, -math.inf))
     hits = (zs > z).nonzero().flatten()
     order = hits[torch.argsort(zs[hits], descending=True)].tolist()
