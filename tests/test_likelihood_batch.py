@@ -82,3 +82,19 @@ def test_the_batch_search_refuses_one_sentence_and_climbs_a_batch(wide):
     assert misfit(obs, wide, pred["token_ids"], pred["labels"]) < misfit(obs, wide, start, pred["labels"])
     assert sorted(pred["labels"]) == [0, 1] and not out.details["certified"]
     assert out.details["cpu_seconds"] > 0 and len(out.details["changes_per_round"]) >= 1
+
+
+def test_a_batch_started_past_its_deadline_keeps_a_guess_instead_of_failing(wide):
+    # auto hands likelihood_batch whatever exact-noisy left: at SST-2 batch 4, noise 1e-10, nothing
+    # ("a time budget must be a positive number of seconds, got 0.0" ended the unit)
+    import time
+
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+    from textleak.core.budget import time_budget
+
+    obs, truth = _observation(wide, ["big cat ran", "a dog sat"], [1, 0])
+    with time_budget(0.01):
+        time.sleep(0.02)
+        out = BatchLikelihoodSearch(prior="none", rounds=2, sweeps=2, strong=3.0).run(obs, wide)
+    assert [len(s) for s in out.prediction["token_ids"]] == [len(s) for s in truth]
+    assert not out.details["certified"]

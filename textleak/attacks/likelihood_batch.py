@@ -118,7 +118,9 @@ class BatchLikelihoodSearch(LikelihoodSearch):
             changed = 0
             for i in range(len(lengths)):  # what is left, split over this round's sentences to climb and later rounds
                 slice_ = current().remaining() / ((self.rounds - r) * (len(lengths) - i))
-                with time_budget(slice_ if math.isfinite(slice_) else None):
+                # past the deadline (a stage before spent it) a token slice, never zero: the climb
+                # finds it spent at its first check and the batch keeps its guess
+                with time_budget(max(slice_, 1e-3) if math.isfinite(slice_) else None):
                     n, _ = self._settle(batch, i, evidence[i], banned, word, specials)
                 changed += n
                 if current().expired():

@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+
 from ...core import budget
 from ...errors import MissingKnowledgeError
 from ...text.decode import ids_to_text
@@ -84,7 +86,7 @@ class Exact:
         known = assumed["seq_lengths"] == "known"
         if settings.note():
             assumed["training"] = settings.note()
-        vocab, vocab_source = vocabulary(layout, grads, tok, task)
+        vocab, vocab_source, span0 = self._vocabulary(layout, grads, tok, task, span0)
         specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
         # left padding: sentences stand where their length puts them (`text.padding`, `exact.padding`)
         layout.padding = LeftPadding.of(observation.metadata, lengths, task, tok.pad_token_id, ordered=known,
@@ -114,7 +116,7 @@ class Exact:
             else None
         prediction = _predict(observation, layout, tok, sequences, assumed, shares)
         details = {
-            "certified": self._certified(span1, residuals, cands, lengths), "layer0_rank": span0.rank,
+            "certified": self._certified(span1, residuals, cands, lengths, sequences), "layer0_rank": span0.rank,
             "layer0_gap": span0.gap, "layer0_threshold": cands.threshold, "layer1_rank": span1.rank if span1 is not None else None,
             "sentence_residuals": [float(r) for r in residuals], "vocabulary": vocab_source,
             "peeled": len(peeler.sentences) if peeler is not None and peeler.working else None,
@@ -131,6 +133,12 @@ class Exact:
                 "span_test": self.span_test}
 
     # -- variants (#15): what the file shares picks the reading; subclasses override these -----
+    def _vocabulary(self, layout: Layout, grads: Any, tok: Any, task: str, span0: LayerSpan
+                    ) -> tuple[torch.Tensor, str, LayerSpan]:
+        """The token ids to test against the layer-0 span, where they came from, and the span that
+        screens them."""
+        return *vocabulary(layout, grads, tok, task), span0
+
     def _variant(self, observation: Observation, target: Any) -> "Exact | None":
         """A FedAvg update (`attacks.update.UpdateExact`) or a gradient under additive noise
         (`attacks.noisy.NoisyExact`) is read by its own variant, with these options; None: this one."""
@@ -144,7 +152,8 @@ class Exact:
                 mask_id: int | None, known: bool) -> Peeler | None:
         return Peeler(observation, layout, lengths, span1.rank, mask_id, known) if span1 is not None else None
 
-    def _certified(self, span1: LayerSpan | None, residuals: list[float], cands: Candidates, lengths: list[int]) -> bool:
+    def _certified(self, span1: LayerSpan | None, residuals: list[float], cands: Candidates, lengths: list[int],
+                   sequences: list[list[int]]) -> bool:
         return _certified(span1, residuals, cands, lengths)
 
     # -- steps -------------------------------------------------------------------------------

@@ -265,9 +265,7 @@ class Peeler:
             share = len(labels) / self.masked  # the loss averages over the whole batch's masked positions
         else:
             target, share = torch.tensor([labels], device=dev), 1.0  # its share of the batch is fitted
-        with torch.enable_grad():
-            loss = self.model(**self.layout.inputs(ids), labels=target).loss
-            return torch.autograd.grad(loss * share, self.params)
+        return self.layout.loss_gradient(ids, target, self.params, scale=share)
 
     def _ranked_tokens(self, seq: list[int], pos: list[int], keep: int = 2) -> list[list[int]]:
         """Per masked position, the `keep` leaked tokens whose term best reduces the rank of
@@ -380,6 +378,4 @@ class RoundedPeeler:
 
     def _own(self, seq: list[int], label: int) -> tuple[torch.Tensor, ...]:
         ids = torch.tensor([seq], device=self.layout.device)
-        with torch.enable_grad():
-            loss = self.model(**self.layout.inputs(ids), labels=torch.tensor([label], device=ids.device)).loss
-            return torch.autograd.grad(loss, self.params)
+        return self.layout.loss_gradient(ids, torch.tensor([label], device=ids.device), self.params)

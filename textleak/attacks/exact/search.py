@@ -93,7 +93,10 @@ class Search:
         while self.missing:
             if widen > self.config.widen:
                 if self.cands.pins is None:
-                    break
+                    if not self.settle_for_best():
+                        break
+                    widen = 1
+                    continue
                 # a token placed wrongly (a chance orthogonality) bars its sentence: drop the placements
                 log.debug("nothing found within the placed positions: every layer-0 candidate from here on")
                 self.cands.pins, widen = None, 1
@@ -172,6 +175,24 @@ class Search:
                 self.narrow(rest)
             else:  # score what the found leave; peel and narrow once a round stalls (`stalled`)
                 self.span1 = self.span1.without(self.layout, seq)
+        return True
+
+    def settle_for_best(self) -> bool:
+        """Where no certificate can admit a sentence (a noisy gradient, `config.settles`), the widest
+        round's closest miss (residual per token) that is no cut or extension of a found sentence is
+        taken as found, uncertified, so that the rest of the batch is searched against what it
+        leaves (`span1.without`) instead of settling into copies of it; whether one was taken."""
+        if not getattr(self.config, "settles", False):
+            return False
+        misses = [(r / len(seq), seq) for n in set(self.missing) for r, seq in self.near.get(n, [])
+                  if not any(seq == f or follows(seq, f) or follows(f, seq) for f in self.found)]
+        if not misses:
+            return False
+        _, seq = min(misses, key=lambda x: x[0])
+        self.found.append(seq)
+        self.missing.remove(len(seq))
+        self.span1 = self.span1.without(self.layout, seq)
+        self.near.clear()  # scored against the span before
         return True
 
     def stalled(self) -> None:

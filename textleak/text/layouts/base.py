@@ -338,6 +338,18 @@ class Layout:
         """The encoder's last hidden states [B, L, H]."""
         return self._restore(self.base(**self.inputs(ids, mask)).last_hidden_state, ids, mask, None)
 
+    def loss_gradient(self, ids: torch.Tensor, labels: torch.Tensor, params: Sequence[torch.Tensor],
+                      mask: torch.Tensor | None = None, *, scale: float = 1.0) -> tuple[torch.Tensor, ...]:
+        """d(scale * loss)/d(params) for one batch: token ids [B, L], labels (classes [B], or
+        masked-LM targets [B, L] with -100 where unmasked), in the model's current train/eval mode.
+        A parameter the loss does not reach gets zeros. This is how an attack prices a guessed
+        sentence's own gradient (a peel, a certificate, a likelihood term)."""
+        params = list(params)
+        with torch.enable_grad():
+            loss = self.model(**self.inputs(ids, mask), labels=labels).loss
+            grads = torch.autograd.grad(loss * scale, params, allow_unused=True)
+        return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads))
+
     def _restore(self, h: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None,
                  positions: torch.Tensor | None) -> torch.Tensor:
         """Per-position outputs back at the columns the caller gave (left padding moved them)."""

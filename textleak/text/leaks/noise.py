@@ -32,13 +32,14 @@ noise level read off the gradient sets the Marchenko-Pastur edge).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import torch
 
 from ..layouts import Layout
-from .spans import SPAN_TESTS, LayerSpan
+from .found import FoundSpan
+from .spans import SPAN_TESTS
 
 #: a direction counts as signal when its singular value is this many times the noise plateau
 MARGIN = 3.0
@@ -49,13 +50,14 @@ TAIL = 20
 
 
 @dataclass
-class NoisySpan(LayerSpan):
+class NoisySpan(FoundSpan):
     """A `LayerSpan` whose rank and tolerances come from the noise plateau `edge` (relative)."""
 
     edge: float = 0.0
     margin: float = MARGIN
     source: str = ""
     scale: float = 1.0  # the largest singular value, absolute (the spectrum is relative to it)
+    signal: int = 0  # how many directions clear the plateau by `margin` (the rank may keep more)
 
     @property
     def floor(self) -> float:
@@ -64,6 +66,13 @@ class NoisySpan(LayerSpan):
     @property
     def exact(self) -> bool:
         return 0 < self.rank < self.basis.shape[0] and self.gap >= self.margin
+
+    def strict(self) -> "NoisySpan":
+        """This span less the directions that do not clear the plateau (those a rank bound kept)."""
+        if self.rank <= self.signal or self.signal < 1:
+            return self
+        return replace(self, basis=self.basis[:, :self.signal].contiguous(), rank=self.signal, _basis32=None,
+                       found=None, found_basis=None)
 
 
 def gradient_matrix(layout: Layout, gradients: Mapping[str, torch.Tensor], layer: int) -> torch.Tensor:
@@ -122,7 +131,7 @@ def span_of(G: torch.Tensor, layer: int, *, rank_bound: int | None = None, sigma
     gap = float(s[max(signal, 1) - 1]) / edge
     tol = min(0.1, math.sqrt(math.sqrt(edge)))
     return NoisySpan(layer, vh[:rank].T.contiguous(), s, rank, gap, tol, edge=edge, margin=margin, source=source,
-                     scale=top)
+                     scale=top, signal=signal)
 
 
 @dataclass
@@ -180,7 +189,12 @@ def plateau(matrices: Sequence[torch.Tensor], layer: int) -> NoisySpan:
 class SpanReader:
     """Reads layer spans above a plateau, with the rank bounded by the declared lengths' tokens
     (layer 0 sees the B sentences' [CLS] inputs as one, at position 0) and, under additive noise,
-    the plateau at the noise's Marchenko-Pastur edge (`sigma`, with `margin`)."""
+    the plateau at the noise's Marchenko-Pastur edge (`sigma`, with `margin`). With a bound, the
+    span keeps all of its directions, the weak ones near the plateau too (`NoisySpan.strict` drops
+    them): under noise variance 1e-10, CoLA dev batch 4 (33 layer-0 inputs, 26 above the edge x 1.5),
+    true tokens' squared layer-0 residuals fall from up to 0.31 to at most 0.063, and at layer 1 true
+    sentences score 0.010-0.031 per token against 0.022-0.083 on the signal directions alone, with
+    a token changed 0.025-0.062 (0.028-0.118)."""
 
     def __init__(self, lengths: Sequence[int] | None, special_tokens: bool = True, sigma: float | None = None,
                  margin: float | None = None):
@@ -196,6 +210,4 @@ class SpanReader:
 
     def __call__(self, layout: Layout, gradients: Mapping[str, torch.Tensor], layer: int) -> NoisySpan:
         G = gradient_matrix(layout, gradients, layer)
-        if self.sigma is not None:
-            return span_of(G, layer, rank_bound=self.bound(layer), sigma=self.sigma, margin=self.margin)
-        return span_of(G, layer, rank_bound=self.bound(layer), margin=self.margin, keep_bound=True)
+        return span_of(G, layer, rank_bound=self.bound(layer), sigma=self.sigma, margin=self.margin, keep_bound=True)

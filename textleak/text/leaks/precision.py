@@ -31,7 +31,7 @@ sentences leave (`RoundedSpan.without`): the residual's numerator is unchanged (
 lie in the span) but it is divided by the part of the input outside the found inputs' span, not
 by the whole input. In that batch a true body input of the missing sentence kept 0.21 to 0.82 of
 its length there and scored at most 1.8e-3; the copy's inputs kept 0.02 to 0.13 and scored ~0.95
-each. That part is floored at 1/16 of the input (`LEFT_FLOOR`: [CLS], alike in every sentence,
+each. That part is floored at 1/16 of the input (`found.LEFT_FLOOR`: [CLS], alike in every sentence,
 keeps 0.002), so no input's rounding noise is amplified more than 16 times. Only the search's
 ranking changes: whole-sentence residuals, and so every certificate, are measured against the
 whole span as before.
@@ -53,29 +53,24 @@ tokens)` returns the plain `layer_span` for float32 computation and a `RoundedSp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 
 from ...training import ROUND_TO, TrainingSettings
 from ..layouts import Layout
+from .found import FoundSpan
 from .spans import LayerSpan, layer_span
-
-#: the least share of an input counted as outside the found sentences' inputs when scoring
-LEFT_FLOOR = 1 / 16
 
 
 @dataclass
-class RoundedSpan(LayerSpan):
+class RoundedSpan(FoundSpan):
     """A layer span read at a reduced precision's unit roundoff `roundoff`; candidate inputs are
     rounded to `round_to` (the victim's autocast dtype) before they are measured."""
 
     roundoff: float = 2.0 ** -24
     round_to: torch.dtype | None = None
-    #: the found sentences' layer inputs (rounded) [f, H], and an orthonormal basis of them [H, f]
-    found: torch.Tensor | None = None
-    found_basis: torch.Tensor | None = None
 
     @property
     def floor(self) -> float:
@@ -89,31 +84,11 @@ class RoundedSpan(LayerSpan):
         return residual <= self.floor ** 2 * tokens
 
     def residual(self, h: torch.Tensor, *, precise: bool = True) -> torch.Tensor:
-        if self.round_to is not None:
-            h = h.to(self.round_to)
+        h = self.measured(h)
         return super().residual(h.double() if precise else h.float(), precise=precise)
 
-    def score(self, h: torch.Tensor) -> torch.Tensor:
-        """The residual over the part of h outside the found sentences' inputs (at least
-        `LEFT_FLOOR` of h): what the search ranks by once sentences are found."""
-        if self.found_basis is None:
-            return self.residual(h, precise=False)
-        h = (h.to(self.round_to) if self.round_to is not None else h).float()
-        Q = self.found_basis.to(h.device, torch.float32)
-        left = (h - (h @ Q) @ Q.T).norm(dim=-1)
-        return self.residual(h, precise=False) * h.norm(dim=-1) / torch.maximum(left, LEFT_FLOOR * h.norm(dim=-1)
-                                                                               ).clamp_min(1e-30)
-
-    def without(self, layout: Layout, sequence: Sequence[int]) -> "RoundedSpan":
-        """This span, scoring also against `sequence`'s inputs (found; nothing peels it off)."""
-        ids = torch.tensor([list(sequence)], device=layout.device)
-        with torch.no_grad():
-            h = layout.layer_inputs(ids, torch.ones_like(ids), self.layer)[0]
-        h = (h.to(self.round_to) if self.round_to is not None else h).double()
-        rows = h if self.found is None else torch.cat([self.found, h.to(self.found.device)])
-        u, s, _ = torch.linalg.svd(rows.T, full_matrices=False)
-        basis = u[:, : int((s > s[0] * 1e-6).sum())]
-        return replace(self, found=rows, found_basis=basis, _basis32=None)
+    def measured(self, h: torch.Tensor) -> torch.Tensor:
+        return h.to(self.round_to) if self.round_to is not None else h
 
 
 def span_for(layout: Layout, gradients: Mapping[str, torch.Tensor], layer: int, settings: TrainingSettings,
