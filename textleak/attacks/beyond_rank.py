@@ -60,6 +60,7 @@ from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, laye
 from ..text.leaks.positions import token_positions
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
+from .beyond_rank_screen import LONGEST, NeighbourScreen
 from .exact.attack import Exact, _budget_report, _predict
 from .exact.candidates import Candidates, vocabulary
 from .exact.certificates import PeelCertificate
@@ -207,6 +208,8 @@ class SentenceSearch(Search):
         super().__init__(config, layout, tokenizer, cands, lengths, span1, peeler, template)
         self.spans = spans
         self.repairer = SentenceMove()
+        self.screen = NeighbourScreen(longest=config.screen)
+        self.screened = False  # whether the screen took a sentence this round
         self.certificates = [SentenceCertificate(spans)] + ([PeelCertificate(peeler)] if peeler.working else [])
 
     def assembles(self) -> bool:
@@ -221,14 +224,26 @@ class SentenceSearch(Search):
         hundreds of seeds, and the budget is otherwise checked only between lengths."""
         if budget.expired():
             return [list(s) for s in seqs]
-        return super().settle(seqs, known)
+        settled = super().settle(seqs, known)
+        self.screen_round(list(seqs) + settled)
+        return settled
+
+    def screen_round(self, seqs: list[list[int]]) -> None:
+        """While the span is partial, the seeds and what settling made of them, with their nearest
+        neighbours, screened on the sentence spans (`beyond_rank_screen`); what passes goes to `take`."""
+        if self.span1.exact:
+            return
+        for seq in self.screen(self, [s for s in seqs if len(s) in self.missing]):
+            if len(seq) in self.missing and seq not in self.found:
+                self.screened |= self.take(seq, float(self.residuals([seq])[0]))
 
     def accept_pending(self) -> None:
         """Past the limit a sentence the peel refused is not taken on the span alone."""
 
     def seed_round(self, widen: int) -> bool:
         """`Search.seed_round`, then, while the span is partial, the closest misses repaired."""
-        progress = super().seed_round(widen)
+        self.screened = False
+        progress = super().seed_round(widen) or self.screened
         return self.repair_round() or progress
 
     def repair_round(self) -> bool:
@@ -277,9 +292,12 @@ class BeyondRank(Exact):
     # without (534 CPU s), within noise: the pool holds few misses 1-2 tokens off (4 of 107 after one
     # round) and the score puts half of them first (recipes/measured/large_batch_s11.md)
     repair: int = 0
+    # longest sentence (tokens) the neighbour screen tries while the span is partial (0: off;
+    # `beyond_rank_screen`)
+    screen: int = LONGEST
 
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "repair": self.repair}
+        return {**super().options(), "repair": self.repair, "screen": self.screen}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
