@@ -240,6 +240,7 @@ def test_the_screen_round_hands_what_passes_to_the_search_while_the_span_is_part
         taken: list[list[int]] = []
         s = _screen_search(layout, spans, seqs, span1, missing=[len(true)], found=[], screened=False,
                            screen=NeighbourScreen(top=1000), residuals=lambda rows: torch.zeros(len(rows)))
+        s.far = lambda: not s.span1.exact  # (far past the limit while the span is partial)
         s.take = lambda seq, res: taken.append(seq) or True
         SentenceSearch.screen_round(s, [one_off])
         assert taken == expect and s.screened == bool(expect)
@@ -260,3 +261,24 @@ def test_a_search_that_stops_just_after_a_peel_reports_its_earlier_misses(target
     assert Search.result(s)[0] == [best]  # not each position's first candidate
     s.near = {n: [(0.2, other)]}  # misses read after the peel come first
     assert Search.result(s)[0] == [other]
+
+
+def test_far_past_the_limit_rounds_after_the_first_seed_only_the_lengths_the_screen_takes():
+    from types import SimpleNamespace
+
+    from textleak.attacks.beyond_rank import SentenceSearch
+
+    def lengths(**change):
+        s = dict(missing=[4, 20, 6], rounds=2, progressed=True, span1=SimpleNamespace(exact=False),
+                 layout=SimpleNamespace(hidden_size=8), config=SimpleNamespace(screen=6))
+        search = SimpleNamespace(**{**s, **change})
+        search.far = lambda: SentenceSearch.far(search)
+        return SentenceSearch.seeded_lengths(search)
+
+    assert lengths() == {4, 6}  # 30 tokens left, more than 1.5 x 8
+    everything = {4, 6, 20}
+    assert lengths(rounds=1) == everything  # the first round gives every length a guess
+    assert lengths(progressed=False) == everything  # after a round that found nothing
+    assert lengths(span1=SimpleNamespace(exact=True)) == everything  # a span with a rank gap: exact's search
+    assert lengths(layout=SimpleNamespace(hidden_size=32)) == everything  # within 1.5 x the width
+    assert lengths(config=SimpleNamespace(screen=0)) == everything  # the screen off

@@ -86,6 +86,12 @@ SETTLE_DROP = 40
 #: (recipes/measured/beyond_rank_s9.md); index 0 settled well on a span of 365 (19 outside)
 EXACT_MARGIN = 10
 
+#: tokens left, in widths, above which the neighbour screen runs and rounds after the first seed only
+#: the lengths it takes (`SentenceSearch.far`). MiniLM: settling brings true sentences back from themselves within
+#: 1.3x the width and not at 1.7x (CoLA batch 64 less its 16 shortest, 656 tokens: 9 of 48; whole, 771:
+#: 5 of 64; recipes/measured/large_batch_s11.md)
+FAR = 1.5
+
 #: sentence-move steps a repaired miss gets (`SentenceSearch.repair_round`). MiniLM, CoLA batch 64
 #: index 0, after one seed round: the miss 1 token from a true sentence and at least one of those 2
 #: off came out true within distance + 1 steps (scratch; recipes/measured/large_batch_s11.md)
@@ -210,6 +216,7 @@ class SentenceSearch(Search):
         self.repairer = SentenceMove()
         self.screen = NeighbourScreen(longest=config.screen)
         self.screened = False  # whether the screen took a sentence this round
+        self.rounds, self.progressed = 0, True
         self.certificates = [SentenceCertificate(spans)] + ([PeelCertificate(peeler)] if peeler.working else [])
 
     def assembles(self) -> bool:
@@ -229,9 +236,12 @@ class SentenceSearch(Search):
         return settled
 
     def screen_round(self, seqs: list[list[int]]) -> None:
-        """While the span is partial, the seeds and what settling made of them, with their nearest
-        neighbours, screened on the sentence spans (`beyond_rank_screen`); what passes goes to `take`."""
-        if self.span1.exact:
+        """Far past the limit (`far`), the seeds and what settling made of them, with their nearest
+        neighbours, screened on the sentence spans (`beyond_rank_screen`); what passes goes to `take`.
+        Nearer, settling finds them and the screen only costs time (SST-2 batch 32 index 0, 478 tokens,
+        screened up to 12 tokens: 26 of 32 certified in its 900 s against all 32 without;
+        recipes/measured/large_batch_s12.md)."""
+        if not self.far():
             return
         for seq in self.screen(self, [s for s in seqs if len(s) in self.missing]):
             if len(seq) in self.missing and seq not in self.found:
@@ -240,11 +250,26 @@ class SentenceSearch(Search):
     def accept_pending(self) -> None:
         """Past the limit a sentence the peel refused is not taken on the span alone."""
 
+    def far(self) -> bool:
+        """Whether what is left is more than FAR times the width, its span partial."""
+        return not self.span1.exact and sum(self.missing) > FAR * self.layout.hidden_size
+
+    def seeded_lengths(self) -> set[int]:
+        """Every missing length in the first round (each gets a guess) and after a round that found
+        nothing; else, while what is left is more than FAR times the width (where settling drifts off even
+        true sentences), only the lengths the screen takes (`config.screen`), where rounds find more."""
+        lengths = set(self.missing)
+        if self.rounds == 1 or not self.progressed or not self.far():
+            return lengths
+        return {n for n in lengths if n <= self.config.screen} or lengths
+
     def seed_round(self, widen: int) -> bool:
         """`Search.seed_round`, then, while the span is partial, the closest misses repaired."""
         self.screened = False
+        self.rounds += 1
         progress = super().seed_round(widen) or self.screened
-        return self.repair_round() or progress
+        self.progressed = self.repair_round() or progress
+        return self.progressed
 
     def repair_round(self) -> bool:
         """While the span of what is left is partial, the `config.repair` misses closest to a sentence of the

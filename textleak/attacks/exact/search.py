@@ -84,6 +84,10 @@ class Search:
         """Whether sentences can be assembled at all: a layer-1 span with a rank gap."""
         return self.span1 is not None and self.span1.exact
 
+    def seeded_lengths(self) -> set[int]:
+        """The missing lengths a round seeds: every one."""
+        return set(self.missing)
+
     def worth_taking(self, seq: list[int], res: float) -> bool:
         """Whether a cut of a settled seed goes to the certificates (its layer-1 residual passes)."""
         return self.span1.certifies(res, len(seq))
@@ -121,7 +125,7 @@ class Search:
     def seed_round(self, widen: int) -> bool:
         """Seed, settle and test sentences of every missing length; whether any was accepted."""
         progress, restarts = False, self.config.restarts
-        wanted = {n: self.missing.count(n) for n in set(self.missing)}
+        wanted = {n: self.missing.count(n) for n in self.seeded_lengths()}
         finished = beam(self, wanted, widen)
         for n in sorted(wanted):
             if budget.expired():  # (#16) past the rank limit one round can outlast the budget many times
