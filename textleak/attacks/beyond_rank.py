@@ -60,11 +60,11 @@ from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, laye
 from ..text.leaks.positions import token_positions
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
-from .beyond_rank_screen import LONGEST, NeighbourScreen
+from .beyond_rank_screen import LONGEST, NeighbourScreen, SentenceMove
 from .exact.attack import Exact, _budget_report, _predict
 from .exact.candidates import Candidates, vocabulary
 from .exact.certificates import PeelCertificate
-from .exact.moves import MOVES, Move
+from .exact.moves import MOVES
 from .exact.peeling import Peeler, Rest, as_captured
 from .exact.search import Search
 from .exact.sequences import occupants
@@ -113,39 +113,6 @@ class SentenceCertificate:
         if search.span1.exact and not search.span1.certifies(residual, len(seq)):
             return False
         return self.spans.certifies(search.layout, [seq])[0]
-
-
-@MOVES.register("sentence")
-class SentenceMove(Move):
-    """Past the rank limit: every single-token change of a miss (among its positions' candidates),
-    scored on the last layer's sentence spans (`SentenceSpans.score`), the best one taken. At the
-    truth they are exact and one token off they are not (RT batch 16: 1e-8 vs >= 1e-3), so a miss
-    one token from a sentence of the batch comes out certified; farther out the score hardly
-    tells single changes apart, so this is the move for misses the partial span settled nearly
-    right (MiniLM, RT batch 16 index 1, each true sentence with one random token: 15 of 16 back,
-    about 11 CPU seconds each; `recipes/beyond_rank_settle.py --spans sentence --k 1`). A miss is
-    tried once; without sentence spans (within the limit), or once what is left has a layer-1 span
-    with a rank gap (which certifies, and `exact`'s cheaper moves score on it), it is left as it is:
-    tried there on every closest miss of a stalled round, it cost RT batch 16 index 0 95 CPU s per
-    round and found nothing (recipes/measured/beyond_rank_s10.md)."""
-
-    name = "sentence"
-
-    def __init__(self) -> None:
-        self.tried: set[tuple[int, ...]] = set()
-
-    def __call__(self, search: Search, seq: list[int]) -> tuple[list[int], float]:
-        current = float(search.residuals([seq])[0])
-        spans = getattr(search, "spans", None)
-        if spans is None or search.span1.exact or tuple(seq) in self.tried or budget.expired():
-            return seq, current
-        self.tried.add(tuple(seq))
-        inner = range(1, len(seq) - 1) if search.ends else range(len(seq))
-        trials = [seq[:p] + [t] + seq[p + 1:] for p in inner for t in search.free(p, len(seq)) if t != seq[p]]
-        if not trials:
-            return seq, current
-        best = trials[int(spans.score(search.layout, trials).argmin())]
-        return best, float(search.residuals([best])[0])
 
 
 class SentencePeeler(Peeler):

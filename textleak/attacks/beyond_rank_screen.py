@@ -1,4 +1,6 @@
-"""Short sentences past the rank limit, screened on the last layer's sentence spans (#16).
+"""Sentences past the rank limit put right and screened on the last layer's sentence spans (#16):
+the sentence move (`SentenceMove`, one token at a time) and the neighbour screen (`NeighbourScreen`,
+short sentences and their nearest neighbours), both for `attacks.beyond_rank`.
 
 Far past the rank limit (MiniLM, CoLA batch 64: 771 tokens, twice the width) settling on the
 partial layer-1 span drifts off true sentences even when started from them (5 of 64 come back,
@@ -19,9 +21,11 @@ screened once. Short sentences are cheap on both counts (few positions; a short 
 each one peeled takes its tokens off the layer-1 span, which is what settling needs (within about
 1.3x the width, `recipes/beyond_rank_settle.py --peel`).
 
-Ground-truth diagnosis (scratch, CoLA batch 64 index 0): of the 22 sentences of at most 9
-tokens, the first beam's seeds (width 256) and what settling made of them, screened with the
-best 5 singles and 3 x 3 pairs, gave 4 true sentences and no false one, in 50 CPU s.
+Ground-truth diagnosis (scratch scripts, restated as `recipes/short_sentence_screen.py`; CoLA batch
+64 index 0): of the 22 sentences of at most 9 tokens, the first beam's seeds (width 256) and what
+settling made of them, screened with the best 5 singles and 3 x 3 pairs, gave 4 true sentences and
+no false one in 50 CPU s; with a beam 4 times as wide and 2 x 2 pairs, 6 in 190 CPU s. The beam's
+seeds for 8 tokens and more stood 3-6 tokens off every true sentence (out of the screen's reach).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 
 from ..core import budget
 from ..text.leaks import slot_residuals
+from .exact.moves import MOVES, Move
 
 if TYPE_CHECKING:
     from .exact.search import Search
@@ -108,3 +113,36 @@ class NeighbourScreen:
             chunk = trials[i:i + CHUNK]
             passed += [x for x, ok in zip(chunk, spans.certifies(search.layout, chunk)) if ok]
         return passed
+
+
+@MOVES.register("sentence")
+class SentenceMove(Move):
+    """Past the rank limit: every single-token change of a miss (among its positions' candidates),
+    scored on the last layer's sentence spans (`SentenceSpans.score`), the best one taken. At the
+    truth they are exact and one token off they are not (RT batch 16: 1e-8 vs >= 1e-3), so a miss
+    one token from a sentence of the batch comes out certified; farther out the score hardly
+    tells single changes apart, so this is the move for misses the partial span settled nearly
+    right (MiniLM, RT batch 16 index 1, each true sentence with one random token: 15 of 16 back,
+    about 11 CPU seconds each; `recipes/beyond_rank_settle.py --spans sentence --k 1`). A miss is
+    tried once; without sentence spans (within the limit), or once what is left has a layer-1 span
+    with a rank gap (which certifies, and `exact`'s cheaper moves score on it), it is left as it is:
+    tried there on every closest miss of a stalled round, it cost RT batch 16 index 0 95 CPU s per
+    round and found nothing (recipes/measured/beyond_rank_s10.md)."""
+
+    name = "sentence"
+
+    def __init__(self) -> None:
+        self.tried: set[tuple[int, ...]] = set()
+
+    def __call__(self, search: Search, seq: list[int]) -> tuple[list[int], float]:
+        current = float(search.residuals([seq])[0])
+        spans = getattr(search, "spans", None)
+        if spans is None or search.span1.exact or tuple(seq) in self.tried or budget.expired():
+            return seq, current
+        self.tried.add(tuple(seq))
+        inner = range(1, len(seq) - 1) if search.ends else range(len(seq))
+        trials = [seq[:p] + [t] + seq[p + 1:] for p in inner for t in search.free(p, len(seq)) if t != seq[p]]
+        if not trials:
+            return seq, current
+        best = trials[int(spans.score(search.layout, trials).argmin())]
+        return best, float(search.residuals([best])[0])
