@@ -119,9 +119,11 @@ def test_settling_stops_once_the_budget_has_run_out(monkeypatch):
     from textleak.attacks.exact import search as exact_search
     from textleak.core import budget
 
+    from types import SimpleNamespace
+
     class Bare(SentenceSearch):  # past the budget settle needs no state: it returns the seeds as they are
         def __init__(self):
-            pass
+            self.span1 = SimpleNamespace(exact=True)  # (a span with a rank gap: no screen)
 
     calls = []
     monkeypatch.setattr(exact_search, "settle", lambda *a, **k: calls.append(1) or [[0]])
@@ -191,3 +193,92 @@ def test_repair_round_puts_the_closest_miss_right_while_the_span_is_partial(targ
     assert SentenceSearch.repair_round(s) and s.taken == [true]  # the closest by the sentence spans, not layer 1
     for off in (search(0), search(1, exact=True)):  # switched off; a span with a rank gap: exact's moves
         assert not SentenceSearch.repair_round(off) and not off.taken
+
+
+def _screen_search(layout, spans, seqs, span1, **extra):
+    """A search stand-in for the screen: at each position, the batch's tokens there."""
+    from types import SimpleNamespace
+
+    options = [sorted({s[p] for s in seqs if p < len(s) - 1}) for p in range(max(len(s) for s in seqs))]
+    return SimpleNamespace(layout=layout, spans=spans, ends=True, free=lambda p, n=None: options[p], span1=span1,
+                           **extra)
+
+
+def test_the_screen_finds_a_sentence_two_tokens_off_on_the_sentence_spans(target, capture):
+    from textleak.attacks.beyond_rank_screen import NeighbourScreen
+
+    layout, grads, seqs = layout_for(target.model), capture.gradients.gradients, capture.reference.token_ids
+    spans = leaks.sentence_spans(layout, grads, len(TEXTS), "classify")
+    span1 = leaks.partial_span([grads[n] for n in layout.qkv_names(1)], 1, 1)
+    search = _screen_search(layout, spans, seqs, span1)
+    true = list(seqs[2])
+    two_off = true[:2] + [seqs[5][2], seqs[6][3]] + true[4:]
+    assert NeighbourScreen(top=1000, pairs=1000)(search, [two_off]) == [true]  # every pair among every candidate
+    screen = NeighbourScreen(top=1000, pairs=1000)
+    assert screen(search, [true[:1] + seqs[7][1:4] + true[4:]]) == []  # three off: out of reach
+    assert screen(search, [true]) == [true] and screen(search, [true]) == []  # each sentence screened once
+    assert NeighbourScreen(longest=len(true) - 1)(search, [true]) == []  # longer than `longest`: not screened
+    assert NeighbourScreen()(_screen_search(layout, None, seqs, span1), [true]) == []  # no sentence spans
+    # the candidates tried per position are the best by layer-1 residual in the sentence's own context
+    best = NeighbourScreen(top=2).best_changes(search, true)
+    assert len(best) == len(true) - 2
+    assert all(len(b) == min(2, len(search.free(p + 1)) - 1) and true[p + 1] not in b for p, b in enumerate(best))
+
+
+def test_the_screen_round_hands_what_passes_to_the_search_while_the_span_is_partial(target, capture):
+    from types import SimpleNamespace
+
+    from textleak.attacks.beyond_rank import SentenceSearch
+    from textleak.attacks.beyond_rank_screen import NeighbourScreen
+
+    layout, grads, seqs = layout_for(target.model), capture.gradients.gradients, capture.reference.token_ids
+    spans = leaks.sentence_spans(layout, grads, len(TEXTS), "classify")
+    true = list(seqs[2])
+    one_off = true[:3] + [seqs[5][3]] + true[4:]
+    for span1, expect in ((leaks.partial_span([grads[n] for n in layout.qkv_names(1)], 1, 1), [true]),
+                          (SimpleNamespace(exact=True), [])):
+        taken: list[list[int]] = []
+        s = _screen_search(layout, spans, seqs, span1, missing=[len(true)], found=[], screened=False,
+                           screen=NeighbourScreen(top=1000), residuals=lambda rows: torch.zeros(len(rows)))
+        s.far = lambda: not s.span1.exact  # (far past the limit while the span is partial)
+        s.take = lambda seq, res: taken.append(seq) or True
+        SentenceSearch.screen_round(s, [one_off])
+        assert taken == expect and s.screened == bool(expect)
+
+
+def test_a_search_that_stops_just_after_a_peel_reports_its_earlier_misses(target, capture):
+    from types import SimpleNamespace
+
+    from textleak.attacks.exact.search import Search
+
+    layout, grads, seqs = layout_for(target.model), capture.gradients.gradients, capture.reference.token_ids
+    span1 = leaks.partial_span([grads[n] for n in layout.qkv_names(1)], 1, 1)
+    n, best, other = len(seqs[2]), list(seqs[2]), list(seqs[2][:3] + [seqs[5][3]] + seqs[2][4:])
+    s = SimpleNamespace(span1=span1, full_span=span1, layout=layout, cands=SimpleNamespace(narrow=lambda *a: None),
+                        missing=[n], lengths=[n], found=[], near={n: [(0.5, other), (0.1, best)]}, earlier={})
+    Search.narrow(s, SimpleNamespace(span1=span1))  # a peel: the misses were measured against the old span
+    assert s.near == {} and s.earlier == {n: [best, other]}
+    assert Search.result(s)[0] == [best]  # not each position's first candidate
+    s.near = {n: [(0.2, other)]}  # misses read after the peel come first
+    assert Search.result(s)[0] == [other]
+
+
+def test_far_past_the_limit_rounds_after_the_first_seed_only_the_lengths_the_screen_takes():
+    from types import SimpleNamespace
+
+    from textleak.attacks.beyond_rank import SentenceSearch
+
+    def lengths(**change):
+        s = dict(missing=[4, 20, 6], rounds=2, progressed=True, span1=SimpleNamespace(exact=False),
+                 layout=SimpleNamespace(hidden_size=8), config=SimpleNamespace(screen=6))
+        search = SimpleNamespace(**{**s, **change})
+        search.far = lambda: SentenceSearch.far(search)
+        return SentenceSearch.seeded_lengths(search)
+
+    assert lengths() == {4, 6}  # 30 tokens left, more than 1.5 x 8
+    everything = {4, 6, 20}
+    assert lengths(rounds=1) == everything  # the first round gives every length a guess
+    assert lengths(progressed=False) == everything  # after a round that found nothing
+    assert lengths(span1=SimpleNamespace(exact=True)) == everything  # a span with a rank gap: exact's search
+    assert lengths(layout=SimpleNamespace(hidden_size=32)) == everything  # within 1.5 x the width
+    assert lengths(config=SimpleNamespace(screen=0)) == everything  # the screen off

@@ -60,10 +60,11 @@ from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, laye
 from ..text.leaks.positions import token_positions
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
+from .beyond_rank_screen import LONGEST, NeighbourScreen, SentenceMove
 from .exact.attack import Exact, _budget_report, _predict
 from .exact.candidates import Candidates, vocabulary
 from .exact.certificates import PeelCertificate
-from .exact.moves import MOVES, Move
+from .exact.moves import MOVES
 from .exact.peeling import Peeler, Rest, as_captured
 from .exact.search import Search
 from .exact.sequences import occupants
@@ -84,6 +85,12 @@ SETTLE_DROP = 40
 #: nothing more was found in ~500 s; with the margin 5 of 16 were certified in 900 s
 #: (recipes/measured/beyond_rank_s9.md); index 0 settled well on a span of 365 (19 outside)
 EXACT_MARGIN = 10
+
+#: tokens left, in widths, above which the neighbour screen runs and rounds after the first seed only
+#: the lengths it takes (`SentenceSearch.far`). MiniLM: settling brings true sentences back from themselves within
+#: 1.3x the width and not at 1.7x (CoLA batch 64 less its 16 shortest, 656 tokens: 9 of 48; whole, 771:
+#: 5 of 64; recipes/measured/large_batch_s11.md)
+FAR = 1.5
 
 #: sentence-move steps a repaired miss gets (`SentenceSearch.repair_round`). MiniLM, CoLA batch 64
 #: index 0, after one seed round: the miss 1 token from a true sentence and at least one of those 2
@@ -106,39 +113,6 @@ class SentenceCertificate:
         if search.span1.exact and not search.span1.certifies(residual, len(seq)):
             return False
         return self.spans.certifies(search.layout, [seq])[0]
-
-
-@MOVES.register("sentence")
-class SentenceMove(Move):
-    """Past the rank limit: every single-token change of a miss (among its positions' candidates),
-    scored on the last layer's sentence spans (`SentenceSpans.score`), the best one taken. At the
-    truth they are exact and one token off they are not (RT batch 16: 1e-8 vs >= 1e-3), so a miss
-    one token from a sentence of the batch comes out certified; farther out the score hardly
-    tells single changes apart, so this is the move for misses the partial span settled nearly
-    right (MiniLM, RT batch 16 index 1, each true sentence with one random token: 15 of 16 back,
-    about 11 CPU seconds each; `recipes/beyond_rank_settle.py --spans sentence --k 1`). A miss is
-    tried once; without sentence spans (within the limit), or once what is left has a layer-1 span
-    with a rank gap (which certifies, and `exact`'s cheaper moves score on it), it is left as it is:
-    tried there on every closest miss of a stalled round, it cost RT batch 16 index 0 95 CPU s per
-    round and found nothing (recipes/measured/beyond_rank_s10.md)."""
-
-    name = "sentence"
-
-    def __init__(self) -> None:
-        self.tried: set[tuple[int, ...]] = set()
-
-    def __call__(self, search: Search, seq: list[int]) -> tuple[list[int], float]:
-        current = float(search.residuals([seq])[0])
-        spans = getattr(search, "spans", None)
-        if spans is None or search.span1.exact or tuple(seq) in self.tried or budget.expired():
-            return seq, current
-        self.tried.add(tuple(seq))
-        inner = range(1, len(seq) - 1) if search.ends else range(len(seq))
-        trials = [seq[:p] + [t] + seq[p + 1:] for p in inner for t in search.free(p, len(seq)) if t != seq[p]]
-        if not trials:
-            return seq, current
-        best = trials[int(spans.score(search.layout, trials).argmin())]
-        return best, float(search.residuals([best])[0])
 
 
 class SentencePeeler(Peeler):
@@ -207,6 +181,9 @@ class SentenceSearch(Search):
         super().__init__(config, layout, tokenizer, cands, lengths, span1, peeler, template)
         self.spans = spans
         self.repairer = SentenceMove()
+        self.screen = NeighbourScreen(longest=config.screen)
+        self.screened = False  # whether the screen took a sentence this round
+        self.rounds, self.progressed = 0, True
         self.certificates = [SentenceCertificate(spans)] + ([PeelCertificate(peeler)] if peeler.working else [])
 
     def assembles(self) -> bool:
@@ -221,15 +198,45 @@ class SentenceSearch(Search):
         hundreds of seeds, and the budget is otherwise checked only between lengths."""
         if budget.expired():
             return [list(s) for s in seqs]
-        return super().settle(seqs, known)
+        settled = super().settle(seqs, known)
+        self.screen_round(list(seqs) + settled)
+        return settled
+
+    def screen_round(self, seqs: list[list[int]]) -> None:
+        """Far past the limit (`far`), the seeds and what settling made of them, with their nearest
+        neighbours, screened on the sentence spans (`beyond_rank_screen`); what passes goes to `take`.
+        Nearer, settling finds them and the screen only costs time (SST-2 batch 32 index 0, 478 tokens,
+        screened up to 12 tokens: 26 of 32 certified in its 900 s against all 32 without;
+        recipes/measured/large_batch_s12.md)."""
+        if not self.far():
+            return
+        for seq in self.screen(self, [s for s in seqs if len(s) in self.missing]):
+            if len(seq) in self.missing and seq not in self.found:
+                self.screened |= self.take(seq, float(self.residuals([seq])[0]))
 
     def accept_pending(self) -> None:
         """Past the limit a sentence the peel refused is not taken on the span alone."""
 
+    def far(self) -> bool:
+        """Whether what is left is more than FAR times the width, its span partial."""
+        return not self.span1.exact and sum(self.missing) > FAR * self.layout.hidden_size
+
+    def seeded_lengths(self) -> set[int]:
+        """Every missing length in the first round (each gets a guess) and after a round that found
+        nothing; else, while what is left is more than FAR times the width (where settling drifts off even
+        true sentences), only the lengths the screen takes (`config.screen`), where rounds find more."""
+        lengths = set(self.missing)
+        if self.rounds == 1 or not self.progressed or not self.far():
+            return lengths
+        return {n for n in lengths if n <= self.config.screen} or lengths
+
     def seed_round(self, widen: int) -> bool:
         """`Search.seed_round`, then, while the span is partial, the closest misses repaired."""
-        progress = super().seed_round(widen)
-        return self.repair_round() or progress
+        self.screened = False
+        self.rounds += 1
+        progress = super().seed_round(widen) or self.screened
+        self.progressed = self.repair_round() or progress
+        return self.progressed
 
     def repair_round(self) -> bool:
         """While the span of what is left is partial, the `config.repair` misses closest to a sentence of the
@@ -277,9 +284,12 @@ class BeyondRank(Exact):
     # without (534 CPU s), within noise: the pool holds few misses 1-2 tokens off (4 of 107 after one
     # round) and the score puts half of them first (recipes/measured/large_batch_s11.md)
     repair: int = 0
+    # longest sentence (tokens) the neighbour screen tries while the span is partial (0: off;
+    # `beyond_rank_screen`)
+    screen: int = LONGEST
 
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "repair": self.repair}
+        return {**super().options(), "repair": self.repair, "screen": self.screen}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""

@@ -20,6 +20,9 @@ from .sequences import cuts, follows
 
 log = logging.getLogger("textleak.attacks.exact")
 
+#: misses per length kept from before the last peel (`Search.earlier`)
+EARLIER = 16
+
 
 class Search:
     """Sentences from per-position candidates, peeled off the batch one at a time.
@@ -55,6 +58,9 @@ class Search:
         self.missing = list(lengths)
         self.later = 0  # sentences of the batch that later searches look for (left padding)
         self.near: dict[int, list[tuple[float, list[int]]]] = {}
+        # the best misses before the last peel, best first (their residuals were read against the old span):
+        # guesses of last resort, so that a search that runs out just after a peel does not report filler
+        self.earlier: dict[int, list[list[int]]] = {}
         self.pending: list[tuple[float, list[int]]] = []
         self.certificates = [SpanCertificate()] + ([PeelCertificate(peeler)] if peeler is not None and peeler.working
                                                    else [])
@@ -77,6 +83,10 @@ class Search:
     def assembles(self) -> bool:
         """Whether sentences can be assembled at all: a layer-1 span with a rank gap."""
         return self.span1 is not None and self.span1.exact
+
+    def seeded_lengths(self) -> set[int]:
+        """The missing lengths a round seeds: every one."""
+        return set(self.missing)
 
     def worth_taking(self, seq: list[int], res: float) -> bool:
         """Whether a cut of a settled seed goes to the certificates (its layer-1 residual passes)."""
@@ -118,7 +128,7 @@ class Search:
     def seed_round(self, widen: int) -> bool:
         """Seed, settle and test sentences of every missing length; whether any was accepted."""
         progress, restarts = False, self.config.restarts
-        wanted = {n: self.missing.count(n) for n in set(self.missing)}
+        wanted = {n: self.missing.count(n) for n in self.seeded_lengths()}
         finished = beam(self, wanted, widen)
         for n in sorted(wanted):
             if budget.expired():  # (#16) past the rank limit one round can outlast the budget many times
@@ -220,7 +230,10 @@ class Search:
         """A sentence was peeled off: search what is left of the batch."""
         self.span1 = rest.span1
         self.cands.narrow(self.layout, rest, max(self.missing))
-        self.near.clear()  # measured against the old span
+        for n, misses in self.near.items():  # measured against the old span: kept apart (`result`)
+            best = [seq for _, seq in sorted(misses, key=lambda x: x[0])]
+            self.earlier[n] = list({tuple(s): s for s in best + self.earlier.get(n, [])}.values())[:EARLIER]
+        self.near.clear()
 
     def accept_pending(self) -> None:
         """No sentence ever came out of the gradient (per-example clipping, dropout, a defence):
@@ -238,8 +251,8 @@ class Search:
         for seq in self.found:
             by_length.setdefault(len(seq), []).append(seq)
         for n in self.missing:
-            guesses = [g for _, g in sorted(self.near.get(n, []), key=lambda x: x[0])
-                       if g not in by_length.get(n, []) and not any(follows(g, f) for f in self.found)]
+            pool = [g for _, g in sorted(self.near.get(n, []), key=lambda x: x[0])] + self.earlier.get(n, [])
+            guesses = [g for g in pool if g not in by_length.get(n, []) and not any(follows(g, f) for f in self.found)]
             by_length.setdefault(n, []).append(guesses[0] if guesses else
                                                [self._at(q, n, lambda q: self.free(q, n)[0]) for q in range(n)])
         sequences = [by_length[n].pop(0) for n in self.lengths]
