@@ -62,7 +62,8 @@ def diagnose(obs: Observation, target, truth: list[int], guess: list[int], label
         for p in range(L):
             if truth[p] == guess[p]:
                 continue
-            rows.append({"p": p, "true": tok.convert_ids_to_tokens(truth[p]), "guess": tok.convert_ids_to_tokens(guess[p]),
+            name = tok.convert_ids_to_tokens
+            rows.append({"p": p, "true": name(truth[p]), "guess": name(guess[p]),
                          "sure": bool(sure[p]), "row_rank": int((scores[:, p] > scores[truth[p], p]).sum()),
                          "fo_rank": int((gains[p] > gains[p, truth[p]]).sum()), "dJ": round(dJ[k], 4)})
             k += 1

@@ -29,11 +29,11 @@ Search: coordinate ascent on J, one position at a time, over a few candidates pe
 Cost: each candidate costs a forward and backward pass (0.065 CPU s at 44 tokens; profiled on
 SST-2 dev sentence 0, 44 tokens: 85% of the search's time is `GhostScorer` calls, split between
 the backward (~45%), the forward (~30%) and the per-module products (~25%)), so a sweep evaluates
-the best matched-filter token, the prior's two likeliest and the `screen` candidates of the pool
-(evidence, matched, flips, neighbours, prior) the first-order gain ranks highest; once that
-settles, the `wide` screen; then the moves; every candidate (~200 CPU s a sweep at 44 tokens)
-only once those settle (`_climb`). Positions go by their best first-order gain, and at batch 1 a
-position holding its confident row token (`evidence.confident`) is skipped.
+the `rows` best row tokens, the best matched-filter token, the prior's two likeliest and the
+`screen` candidates of the pool (evidence, matched, flips, neighbours, prior) the first-order gain
+ranks highest; once that settles, the moves; then the `wide` screen; every candidate (~200 CPU s
+a sweep at 44 tokens) only once those settle (`_climb`). Positions go by their best first-order
+gain, and at batch 1 a position holding its confident row token (`evidence.confident`) is skipped.
 Two landscapes: J is ~90% the classifier head's term (MiniLM), which sees the sentence only
 through its pooled vector, so coordinate ascent on J settles where no single true token helps
 (RT dev sentence 0: none of the 11 wrong positions' true tokens raised J). Each sentence first
@@ -65,7 +65,8 @@ Arguments: `sweeps` (most full passes per sentence and round), `rounds` (passes 
 `per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours),
 `screen` and `wide` (first-order-screened candidates per position and sweep), `keep_sure`, `share` (of a finite
 time budget left; LAMP after it never won under noise, session 9), `weighted`, `weighted_share`,
-`prior`, `between`, `frequent`, `indel`, `indel_candidates`, `pairs`, `local` (above), `initial_ids` (a start [B, L], 0-padded), `seed`.
+`prior`, `between`, `frequent`, `indel`, `indel_candidates`, `pairs`, `rows`, `local` (above),
+`initial_ids` (a start [B, L], 0-padded), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
 """
 
@@ -74,7 +75,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 
@@ -90,7 +91,7 @@ from ..text.prior import load_prior
 from .evidence import PriorCandidates, candidates, confident, filler_ids, row_scores, seeds, special_ids
 from .flips import flip_gains, neighbour_candidates, screened, top_flips
 from .layer_weights import name_weights
-from .likelihood_state import _J, _Batch, _Guess, clip_norm  # noqa: F401 (_J: tests)
+from .likelihood_state import _J, _Batch, _Guess, clip_norm, misfit  # noqa: F401 (_J: tests)
 
 
 @ATTACKS.register("likelihood")
@@ -397,13 +398,6 @@ class LikelihoodSearch:
         if gain is not None and token in pool:
             rank = int((gain[torch.tensor(pool, device=gain.device)] > gain[token]).sum())
         self._changes.append(["+".join(k for k, part in parts.items() if token in part) or "-", rank])
-
-
-def misfit(observation: Observation, target: Any, token_ids: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
-    """||G - mean_i g(x_i, y_i)||^2 of a guessed batch: minus twice its Gaussian log-likelihood
-    times sigma^2, up to a constant; lower is likelier."""
-    return _Batch(layout_for(target.model), observation.gradients, [list(s) for s in token_ids],
-                  [int(y) for y in labels], clip_norm(observation.metadata)).misfit()
 
 
 def noisy_choice(observation: Observation, target: Any, first: AttackOutput, second: AttackOutput
