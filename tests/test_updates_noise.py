@@ -523,3 +523,20 @@ def test_a_long_swap_puts_a_token_at_its_best_row_position(wide):
     homes[1] = [truth[1], 30]
     found = g.move(inner, homes, short=5)
     assert found is not None and found[0] == truth and found[1] > g.best
+
+
+def test_moves_stop_scoring_at_the_time_budget(wide):
+    """`_Guess.best_of` scores chunk by chunk and stops once the budget has run out (the first chunk
+    is always scored), so a move cannot overrun the search's budget by a whole pass."""
+    from textleak.attacks.likelihood_state import _Batch, _Guess, _gradient
+    from textleak.core.budget import time_budget
+
+    layout = layout_for(wide.model)
+    names = [n for n, p in wide.model.named_parameters() if p.requires_grad]
+    truth, guess = [2, 11, 12, 13, 3], [2, 11, 20, 13, 3]
+    g = _Guess(_Batch(layout, _gradient(layout, truth, 1, names), [guess], [1]), 0)
+    trials = [[2, 11, 21, 13, 3], [2, 11, 12, 13, 3]]  # the truth in the second chunk
+    assert g.best_of(trials, chunk=1)[0] == truth
+    with time_budget(1e-9):
+        found = g.best_of(trials, chunk=1)
+    assert found is None or found[0] == trials[0]  # the second chunk was not scored
