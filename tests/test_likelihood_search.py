@@ -35,21 +35,21 @@ def test_a_strong_row_is_confident_only_at_its_own_position():
     assert confident(scores, W, P, sigma).tolist()[:2] == [True, False]
 
 
-def test_the_climb_widens_the_screen_then_moves_then_sweeps_every_candidate(monkeypatch):
+def test_the_climb_moves_then_widens_the_screen_then_sweeps_every_candidate(monkeypatch):
     """Each step is taken once the one before it changed nothing; a change starts again at the
     narrowest screen; the climb settles when the whole pool changes nothing."""
     from textleak.attacks import likelihood as lk
 
     steps, script = [], iter([0, 1, 0, 0, 0, 0])  # the wide screen changes a token once
 
-    def sweep(self, batch, guess, inner, evidence, banned, word, screen):
+    def sweep(self, batch, guess, inner, evidence, banned, word, screen, around=None):
         steps.append(screen)
         return next(script)
 
     class Guess:
-        best, weighted = 0.0, False
+        best, weighted, x = 0.0, False, [0, 0, 0]
 
-        def move(self, inner):
+        def move(self, inner, homes=None):
             steps.append("move")
 
         def indel(self, *args):
@@ -57,14 +57,14 @@ def test_the_climb_widens_the_screen_then_moves_then_sweeps_every_candidate(monk
 
     monkeypatch.setattr(lk.LikelihoodSearch, "_sweep", sweep)
     monkeypatch.setattr(lk.LikelihoodSearch, "_shortlist", lambda *a: [])
-    search = lk.LikelihoodSearch(screen=4, wide=16)
-    search._fillers, search._steps, search._changes, search._t0 = set(), [], [], 0.0
+    search = lk.LikelihoodSearch(screen=4, wide=16, local=0)
+    search._fillers, search._steps, search._changes, search._t0, search._prior = set(), [], [], 0.0, None
     assert search._climb(None, Guess(), range(1, 3), None, None, "w") == (1, True)
-    assert steps == [4, 16, 4, 16, "move", "indel", 0]
+    assert steps == [4, "move", "indel", 16, 4, "move", "indel", 16, 0]
     steps.clear()
     script = iter([0, 0])
     search = lk.LikelihoodSearch(screen=0, indel=0)
-    search._steps, search._changes, search._t0 = [], [], 0.0
+    search._steps, search._changes, search._t0, search._prior = [], [], 0.0, None
     assert search._climb(None, Guess(), range(1, 3), None, None, "w") == (0, True)
     assert steps == [0, "move"]  # unscreened: every candidate, then the moves
 
@@ -91,6 +91,10 @@ def test_a_sweep_goes_by_first_order_gain_and_skips_confident_positions(wide, mo
     gains = flip_gains(layout, g.T, g.x, g.y)
     best = {p: float(gains[p, top_flips(gains, g.x, 1, banned)[p][0]]) for p in range(1, 6)}
     assert tried == sorted([1, 3, 4, 5], key=lambda p: -best[p])  # position 2 holds its confident token
+    tried.clear()
+    search.local = 1
+    search._sweep(batch, g, range(1, 6), [[5]] * 7, banned, layout.word_embedding_name, 4, around=[4])
+    assert tried == sorted([3, 4, 5], key=lambda p: -best[p])  # a local sweep: the changed token's neighbours
 
 
 def test_each_change_notes_the_pool_parts_holding_it_and_its_first_order_rank():
@@ -102,3 +106,31 @@ def test_each_change_notes_the_pool_parts_holding_it_and_its_first_order_rank():
     search._note(6, {"evidence": [5, 6], "flips": [6, 7], "frequent": []}, gain)
     search._note(4, {"evidence": [5]}, None)
     assert search._changes == [["evidence+flips", 2], ["-", None]]  # 5 and 7 rank above 6
+
+
+def test_a_change_is_followed_by_a_local_sweep_then_a_full_one(monkeypatch):
+    """After a sweep changes tokens the next one covers their neighbourhoods (`local`); once that
+    changes nothing, the same screen sweeps every position before the climb goes on."""
+    from textleak.attacks import likelihood as lk
+
+    calls, script = [], iter([1, 0, 0, 0, 0, 0])
+
+    def sweep(self, batch, guess, inner, evidence, banned, word, screen, around=None):
+        calls.append((screen, around))
+        changed = next(script)
+        if changed:
+            guess.x[2] += 1
+        return changed
+
+    class Guess:
+        best, weighted, x = 0.0, False, [0, 0, 0, 0]
+
+        def move(self, inner, homes=None):
+            calls.append("move")
+
+    monkeypatch.setattr(lk.LikelihoodSearch, "_sweep", sweep)
+    search = lk.LikelihoodSearch(screen=4, wide=16, indel=0, local=2)
+    search._fillers, search._steps, search._changes, search._t0, search._prior = set(), [], [], 0.0, None
+    assert search._climb(None, Guess(), range(1, 3), None, None, "w") == (1, True)
+    assert calls == [(4, None), (4, [2]), (4, None), "move", (16, None), (0, None)]
+    assert [s[1] for s in search._steps] == [4, "4~", 4, "move", 16, 0]

@@ -458,6 +458,25 @@ def test_prior_candidates_rank_tokens_between_their_neighbours():
     between = pc.between([5, 0, 6], 2)
     assert between[1][0] == 9 and len(between[1]) == 2  # 5 -> 9 -> 6 is the likeliest path
     assert all(t >= 2 for c in between for t in c) and pc.between([5, 6], 0) == [[], []]
+    pairs = pc.pairs([5, 0, 0, 6], 2, range(1, 3))
+    assert pairs[0] == pairs[2] == pairs[3] == [] and len(pairs[1]) == 4  # 2 successors x 2 followers
+    assert pairs[1][0] == (9, 6) or (9, 6) in pairs[1]  # 5 -> 9 -> 6 is the bigram's path
+    assert all(a >= 2 and b >= 2 for a, b in pairs[1]) and pc.pairs([5, 6, 7], 0, range(1, 2)) == [[], [], []]
+
+
+def test_a_pair_move_changes_two_neighbours_at_once(wide):
+    """`_Guess.pairs` puts two tokens at p and p + 1 together where its options hold them."""
+    from textleak.attacks.likelihood_state import _Batch, _Guess, _gradient
+
+    layout = layout_for(wide.model)
+    names = [n for n, p in wide.model.named_parameters() if p.requires_grad]
+    truth, guess = [2, 11, 12, 13, 14, 3], [2, 11, 20, 21, 14, 3]
+    g = _Guess(_Batch(layout, _gradient(layout, truth, 1, names), [guess], [1]), 0)
+    options = [[] for _ in truth]
+    assert g.pairs(options) is None
+    options[2] = [(20, 21), (12, 13), (13, 12)]
+    found = g.pairs(options)
+    assert found is not None and found[0] == truth and found[1] > g.best
 
 
 def test_an_insertion_and_deletion_undoes_a_shifted_body(wide):
@@ -485,3 +504,39 @@ def test_an_insertion_and_deletion_undoes_a_shifted_body(wide):
     g = _Guess(_Batch(layout, G, [moved], [1]), 0)
     assert g.indel(inner, [[] for _ in truth])[0] == truth
     assert g.indel(inner, [[] for _ in truth], reach=5) is None or g.indel(inner, [[] for _ in truth], reach=5)[0] != truth
+
+
+def test_a_long_swap_puts_a_token_at_its_best_row_position(wide):
+    """Past `short` tokens swaps reach 8 places; two tokens further apart are swapped where one of
+    them goes to a position whose best rows (`homes`) hold it."""
+    from textleak.attacks.likelihood_state import _Batch, _Guess, _gradient
+
+    layout = layout_for(wide.model)
+    names = [n for n, p in wide.model.named_parameters() if p.requires_grad]
+    truth = [2] + list(range(11, 23)) + [3]
+    guess = list(truth)
+    guess[1], guess[11] = guess[11], guess[1]  # 10 places apart
+    g = _Guess(_Batch(layout, _gradient(layout, truth, 1, names), [guess], [1]), 0)
+    inner = range(1, len(truth) - 1)
+    assert g.move(inner, short=5) is None or g.move(inner, short=5)[0] != truth
+    homes = [[] for _ in truth]
+    homes[1] = [truth[1], 30]
+    found = g.move(inner, homes, short=5)
+    assert found is not None and found[0] == truth and found[1] > g.best
+
+
+def test_moves_stop_scoring_at_the_time_budget(wide):
+    """`_Guess.best_of` scores chunk by chunk and stops once the budget has run out (the first chunk
+    is always scored), so a move cannot overrun the search's budget by a whole pass."""
+    from textleak.attacks.likelihood_state import _Batch, _Guess, _gradient
+    from textleak.core.budget import time_budget
+
+    layout = layout_for(wide.model)
+    names = [n for n, p in wide.model.named_parameters() if p.requires_grad]
+    truth, guess = [2, 11, 12, 13, 3], [2, 11, 20, 13, 3]
+    g = _Guess(_Batch(layout, _gradient(layout, truth, 1, names), [guess], [1]), 0)
+    trials = [[2, 11, 21, 13, 3], [2, 11, 12, 13, 3]]  # the truth in the second chunk
+    assert g.best_of(trials, chunk=1)[0] == truth
+    with time_budget(1e-9):
+        found = g.best_of(trials, chunk=1)
+    assert found is None or found[0] == trials[0]  # the second chunk was not scored

@@ -29,11 +29,11 @@ Search: coordinate ascent on J, one position at a time, over a few candidates pe
 Cost: each candidate costs a forward and backward pass (0.065 CPU s at 44 tokens; profiled on
 SST-2 dev sentence 0, 44 tokens: 85% of the search's time is `GhostScorer` calls, split between
 the backward (~45%), the forward (~30%) and the per-module products (~25%)), so a sweep evaluates
-the best matched-filter token, the prior's two likeliest and the `screen` candidates of the pool
-(evidence, matched, flips, neighbours, prior) the first-order gain ranks highest; once that
-settles, the `wide` screen; then the moves; every candidate (~200 CPU s a sweep at 44 tokens)
-only once those settle (`_climb`). Positions go by their best first-order gain, and at batch 1 a
-position holding its confident row token (`evidence.confident`) is skipped.
+the `rows` best row tokens, the best matched-filter token, the prior's two likeliest and the
+`screen` candidates of the pool (evidence, matched, flips, neighbours, prior) the first-order gain
+ranks highest; once that settles, the moves; then the `wide` screen; every candidate (~200 CPU s
+a sweep at 44 tokens) only once those settle (`_climb`). Positions go by their best first-order
+gain, and at batch 1 a position holding its confident row token (`evidence.confident`) is skipped.
 Two landscapes: J is ~90% the classifier head's term (MiniLM), which sees the sentence only
 through its pooled vector, so coordinate ascent on J settles where no single true token helps
 (RT dev sentence 0: none of the 11 wrong positions' true tokens raised J). Each sentence first
@@ -43,10 +43,12 @@ true-token fixes reach the whole sentence on J_w and stall at once on J (measure
 Candidates from a language prior (`prior`, `auto`'s bigram over training sentences; `between`
 likeliest between the neighbours, the `frequent` most frequent tokens) reach the buried function
 words the gradient-based candidates rank in the thousands (`attacks.evidence.PriorCandidates`).
-Once single tokens, swaps and rotations settle, an insertion/deletion move (`_Guess.indel`: a token
-deleted, one inserted up to `indel` places away, the tokens between shifting by one) undoes a body
-that sits shifted (CoLA "i don't want trouble." at 1e-6: ". . i don want trouble ." settled with
-budget left before it; exact with it, session 10).
+The moves, once the narrow screen settles: swaps and rotations, the prior's token pairs at two
+neighbouring positions (`pairs`: function words that each lower J alone), an insertion/deletion
+(`_Guess.indel`: a token deleted, one inserted up to `indel` places away, the tokens between
+shifting by one) that undoes a body sitting shifted (CoLA "i don't want trouble." at 1e-6:
+". . i don want trouble ." settled with budget left before it; exact with it, session 10). After a
+step that changed tokens the next sweep covers only their neighbourhoods (`local`), then all.
 Seeds: a given guess (e.g. `exact`'s), else the likeliest of the best-row guess and confident rows
 with a filler in the gaps (`attacks.evidence`). Rounds stop
 when a sweep changes nothing or the time budget (`core.budget`) runs out (a sentence settled against
@@ -59,11 +61,12 @@ LAMP, taking `share` (0.95) of the time budget left so that LAMP, started from i
 `auto` then keeps the guess with the least misfit (`misfit`). Its preflight refuses (so `auto`
 skips it) where no noise is read off the gradient, for masked-LM, and without declared lengths.
 
-Arguments: `sweeps` (most passes per sentence and round), `rounds` (passes over the batch),
+Arguments: `sweeps` (most full passes per sentence and round), `rounds` (passes over the batch),
 `per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours),
 `screen` and `wide` (first-order-screened candidates per position and sweep), `keep_sure`, `share` (of a finite
 time budget left; LAMP after it never won under noise, session 9), `weighted`, `weighted_share`,
-`prior`, `between`, `frequent`, `indel`, `indel_candidates` (above), `initial_ids` (a start [B, L], 0-padded), `seed`.
+`prior`, `between`, `frequent`, `indel`, `indel_candidates`, `pairs`, `rows`, `local` (above),
+`initial_ids` (a start [B, L], 0-padded), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
 """
 
@@ -72,7 +75,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 
@@ -88,7 +91,7 @@ from ..text.prior import load_prior
 from .evidence import PriorCandidates, candidates, confident, filler_ids, row_scores, seeds, special_ids
 from .flips import flip_gains, neighbour_candidates, screened, top_flips
 from .layer_weights import name_weights
-from .likelihood_state import _J, _Batch, _Guess, clip_norm  # noqa: F401 (_J: tests)
+from .likelihood_state import _J, _Batch, _Guess, clip_norm, misfit  # noqa: F401 (_J: tests)
 
 
 @ATTACKS.register("likelihood")
@@ -131,6 +134,16 @@ class LikelihoodSearch:
     #: matched-filter candidates per inserted slot (`_Guess.indel`)
     indel: int = 8
     indel_candidates: int = 2
+    #: two-token moves from the prior (`_Guess.pairs`): successors of the left neighbour per
+    #: position, each with its two likeliest followers (0: none; needs a prior)
+    pairs: int = 4
+    #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
+    #: sentence 0 at 1e-6: "exercise" has the best row at its position, the first-order gain ranks
+    #: it 45th to 515th, so no screened sweep tried it)
+    rows: int = 2
+    #: after a step that changed tokens, sweep only the positions within `local` of them (then,
+    #: once that changes nothing, every position again); 0: every sweep covers every position
+    local: int = 2
     seed: int = 0
     initial_ids: Any = field(default=None, repr=False)  # [B, L] token ids, 0-padded (a start)
 
@@ -281,37 +294,54 @@ class LikelihoodSearch:
 
     def _climb(self, batch: _Batch, guess: _Guess, inner: range, evidence, banned, word: str) -> tuple[int, bool]:
         """Coordinate ascent of `guess` on its objective; (tokens changed, settled). Steps, each
-        taken once the one before it changed nothing (any change starts again at the first):
-        a sweep screened to `screen` candidates, one screened to `wide`, the moves (swaps,
-        rotations, then insertions/deletions), a sweep of every candidate (`screen` 0: every
-        candidate, then the moves). Why the wide screen and the moves before the whole pool: at
-        44 tokens a sweep of every candidate costs ~200 CPU s, more than a loaded machine gave a
-        600 s budget's whole search (SST-2 dev sentence 0 at variance 1e-6), so the moves were never
-        reached."""
+        taken once the one before it changed nothing (any change starts again at the first, with a
+        sweep local to the changes, `local`): a sweep screened to `screen` candidates, the moves
+        (`_move`), one screened to `wide`, a sweep of every candidate (`screen` 0: every candidate,
+        then the moves). Why the moves before the wide screen: at 44 tokens a sweep of every
+        candidate costs ~200 CPU s, more than a loaded machine gave a 600 s budget's whole search
+        (SST-2 dev sentence 0 at variance 1e-6), and the wide screen still found a token a sweep
+        for minutes (RT dev sentence 0), so moves placed after it were never reached. `sweeps`
+        caps the steps over every position."""
         screens = [self.screen] + ([self.wide] if self.wide > self.screen else []) if self.screen > 0 else []
-        steps = screens + ["move", 0] if screens else [0, "move"]
-        total, k = 0, 0
-        for _sweep in range(self.sweeps + len(steps)):
-            step = steps[k]
+        steps = screens[:1] + ["move"] + screens[1:] + [0] if screens else [0, "move"]
+        total, k, full, near = 0, 0, 0, None
+        self._homes = [c[: self.rows] for c in evidence] if evidence else None  # long swaps to a best-row position
+        while full < self.sweeps + len(steps):
+            step, before = steps[k], list(guess.x)
             if step == "move":
-                moved = guess.move(inner)
-                if moved is None and self.indel > 0:  # a shifted body: a token deleted, one inserted
-                    moved = guess.indel(inner, self._shortlist(guess, inner, banned, word), self.indel, self._fillers)
+                moved = self._move(guess, inner, banned, word)
                 changed = 0 if moved is None else 1
                 if moved is not None:
                     guess.x, guess.best, guess.e = moved
             else:
-                changed = self._sweep(batch, guess, inner, evidence, banned, word, step)
-            total += changed
-            self._steps.append(["Jw" if guess.weighted else "J", step, changed, round(guess.best, 6),
-                                round(time.perf_counter() - self._t0, 1), self._changes])
+                changed = self._sweep(batch, guess, inner, evidence, banned, word, step, near)
+            total, full = total + changed, full + (near is None)
+            self._steps.append(["Jw" if guess.weighted else "J", step if near is None else f"{step}~", changed,
+                                round(guess.best, 6), round(time.perf_counter() - self._t0, 1), self._changes])
             self._changes = []
             if current().expired():
                 return total, False
-            k = 0 if changed else k + 1
+            local, near = near is not None, None
+            if changed and self.local > 0:  # the next sweep: the changed tokens' neighbourhoods only
+                near = [p for p, (a, b) in enumerate(zip(before, guess.x)) if a != b]
+            k = 0 if changed else k if local else k + 1  # a local sweep that changed nothing: the full one
             if k == len(steps):  # single tokens and moves are settled
                 return total, True
         return total, False
+
+    def _move(self, guess: _Guess, inner: range, banned, word: str):
+        """The first of the moves that raises the objective, cheapest first: swaps and rotations,
+        the prior's token pairs, an insertion/deletion (a shifted body); (sequence, J, e) or None."""
+        moved = guess.move(inner, self._homes)
+        if moved is None and self._prior is not None and self.pairs > 0:
+            options = self._prior.pairs(guess.x, self.pairs, inner)
+            if self._sure is not None:  # a confident row's token stays
+                options = [[] if self._sure[p] == guess.x[p] or (p + 1 < len(options) and self._sure[p + 1] ==
+                                                                  guess.x[p + 1]) else o for p, o in enumerate(options)]
+            moved = guess.pairs(options)
+        if moved is None and self.indel > 0:  # a shifted body: a token deleted, one inserted
+            moved = guess.indel(inner, self._shortlist(guess, inner, banned, word), self.indel, self._fillers)
+        return moved
 
     def _shortlist(self, guess: _Guess, inner: range, banned, word: str) -> list[list[int]]:
         """Per position, the tokens an insertion there tries: the `indel_candidates` best of the
@@ -324,11 +354,12 @@ class LikelihoodSearch:
         return out
 
     def _sweep(self, batch: _Batch, guess: _Guess, inner: range, evidence: list[list[int]], banned, word: str,
-               screen: int) -> int:
-        """One pass over the positions, each position's pool screened to `screen` candidates by
-        first-order gain (0: the whole pool); how many tokens changed. Positions go in order of
-        their best first-order gain (a pass cut short by the budget has tried the likeliest
-        changes); a position holding its confident row token (`_sure`) is skipped."""
+               screen: int, around: list[int] | None = None) -> int:
+        """One pass over the positions (those within `local` of a position in `around`, where given),
+        each position's pool screened to `screen` candidates by first-order gain (0: the whole
+        pool); how many tokens changed. Positions go in order of their best first-order gain (a
+        pass cut short by the budget has tried the likeliest changes); a position holding its
+        confident row token (`_sure`) is skipped."""
         weights = name_weights(batch.layout, guess.weights) if self.weighted else None
         gains = flip_gains(batch.layout, guess.T, guess.x, guess.y, batch.clip, weights) \
             if self.flips > 0 or screen > 0 else None
@@ -336,7 +367,8 @@ class LikelihoodSearch:
         near = neighbour_candidates(batch.layout, guess.x, self.neighbours, banned)
         between = self._prior.between(guess.x, self.between) if self._prior is not None else [[] for _ in guess.x]
         frequent = self._prior.frequent[: self.frequent] if self._prior is not None else []
-        order = [p for p in inner if self._sure is None or self._sure[p] != guess.x[p]]
+        order = [p for p in inner if (self._sure is None or self._sure[p] != guess.x[p]) and
+                 (around is None or any(abs(p - q) <= self.local for q in around))]
         if gains is not None:
             order.sort(key=lambda p: -float(gains[p, flips[p][0]]))
         flips = [f[: self.flips] for f in flips]
@@ -347,8 +379,9 @@ class LikelihoodSearch:
             parts = {"evidence": evidence[p][: self.per_position], "matched": matched, "flips": flips[p],
                      "near": near[p], "between": between[p], "frequent": frequent}
             pool = [t for part in parts.values() for t in part]
-            if screen > 0:  # the prior's two likeliest are tried unscreened (the first-order gain misjudges them)
-                pool = matched[:1] + between[p][:2] + screened(gains[p], [t for t in pool if t != guess.x[p]], screen)
+            if screen > 0:  # the best rows and the prior's likeliest unscreened (the first-order gain misjudges them)
+                pool = evidence[p][: self.rows] + matched[:1] + between[p][:2] + \
+                    screened(gains[p], [t for t in pool if t != guess.x[p]], screen)
             if guess.substitute(p, pool):
                 changed += 1
                 self._note(guess.x[p], parts, gains[p] if gains is not None else None)
@@ -365,13 +398,6 @@ class LikelihoodSearch:
         if gain is not None and token in pool:
             rank = int((gain[torch.tensor(pool, device=gain.device)] > gain[token]).sum())
         self._changes.append(["+".join(k for k, part in parts.items() if token in part) or "-", rank])
-
-
-def misfit(observation: Observation, target: Any, token_ids: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
-    """||G - mean_i g(x_i, y_i)||^2 of a guessed batch: minus twice its Gaussian log-likelihood
-    times sigma^2, up to a constant; lower is likelier."""
-    return _Batch(layout_for(target.model), observation.gradients, [list(s) for s in token_ids],
-                  [int(y) for y in labels], clip_norm(observation.metadata)).misfit()
 
 
 def noisy_choice(observation: Observation, target: Any, first: AttackOutput, second: AttackOutput
