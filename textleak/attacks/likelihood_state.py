@@ -18,13 +18,10 @@ from .layer_weights import GroupScorer, relative_weights
 
 
 def _gradient(layout: Layout, seq: Sequence[int], label: int, names: list[str]) -> dict[str, torch.Tensor]:
-    model = layout.model
+    params = dict(layout.model.named_parameters())
     ids = torch.tensor([list(seq)], device=layout.device)
-    params = dict(model.named_parameters())
-    with torch.enable_grad():
-        loss = model(**layout.inputs(ids), labels=torch.tensor([int(label)], device=layout.device)).loss
-        grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-    return {n: (g.detach() if g is not None else torch.zeros_like(params[n])) for n, g in zip(names, grads)}
+    grads = layout.loss_gradient(ids, torch.tensor([int(label)], device=layout.device), [params[n] for n in names])
+    return {n: g.detach() for n, g in zip(names, grads)}
 
 
 def _J(scores, clip: float | None, norm2: torch.Tensor | None = None) -> torch.Tensor:
