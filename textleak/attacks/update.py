@@ -71,12 +71,19 @@ from .exact.candidates import vocabulary
 from .update_peel import UpdatePeeler
 from .update_repair import BoxRepair
 from .update_rounding import RoundingFits
+from .update_sentences import SentenceRepair
 from .update_sim import (UpdateFacts, certify_batch, shares_update, simulate_update, simulation_check,  # noqa: F401
                          simulation_mismatch, update_facts)
 
 
 #: layer-0 candidates: residual up to this many times the span's floor (sqrt of the plateau)
 LAYER0_ALLOWANCE = 1.5
+#: where the rounding is wide (`update_rounding.ROUNDING_SHARE`), the share of the remaining budget
+#: kept from the span search for the repairs (`update_sentences`, `update_repair`)
+REPAIR_SHARE = 0.5
+#: ... from this rms half-width of layer 0's rounding box over U's rms entry (MiniLM: 0.07-0.10 at lr
+#: 1e-3, where the search certifies alone; 0.77-0.97 at lr 1e-4)
+REPAIR_ROUNDING = 0.25
 
 
 def midpoint_model(model: torch.nn.Module, update: Mapping[str, torch.Tensor], facts: UpdateFacts) -> torch.nn.Module:
@@ -127,25 +134,33 @@ class UpdateExact(Exact):
                  allowance: float | None) -> AttackOutput:
         """One search on the midpoint model, layer-0 candidates up to `allowance` x the span's
         floor (None: the spectral tolerance), certified by simulation (classification)."""
-        self._allowance = allowance
-        out = Exact.run(self, observation, moved)
+        self._allowance, self._near = allowance, {}
+        # where the rounding is as wide as the update (lr 1e-4 on MiniLM) the span search certifies
+        # nothing and the repairs decide: they get `REPAIR_SHARE` of the budget
+        wide = self._fits.share(0) >= REPAIR_ROUNDING and observation.task == "classify"
+        with budget.time_budget(budget.share_of_remaining(1 - REPAIR_SHARE) if wide else None):
+            out = Exact.run(self, observation, moved)
         out.method = self.name
         if observation.task == "classify":
             self._certify(observation, layout_for(target.model), facts, out)
             if not out.details["certified"] and self._fits.fits and time.monotonic() < budget.current().deadline:
-                self._repair(observation, target, moved, facts, out)
+                self._repair(observation, target, moved, facts, out, self._near)
         out.details["layer0_allowance"] = allowance
         return out
 
     def _repair(self, observation: Observation, target: Any, moved: Any, facts: UpdateFacts,
-                out: AttackOutput) -> None:
-        """Small learning rates (the rounding fitted): repair the guess token by token on the whole
-        update's box misfit (`update_repair`), then certify again by simulation."""
+                out: AttackOutput, near: dict) -> None:
+        """Small learning rates (the rounding fitted): repair the guess on the whole update's box
+        misfit, first sentence by sentence from the search's settled misses (`update_sentences`),
+        then token by token (`update_repair`); then certify again by simulation."""
         layout = layout_for(moved.model)
         _, span0 = self._layer0(observation, moved)
         vocab, _ = vocabulary(layout, observation.gradients, target.tokenizer, observation.task)
         pred = out.prediction
         repair = BoxRepair(layout, self._fits, span0, vocab)
+        if near:
+            pred["token_ids"], out.details["sentence_repair"] = SentenceRepair(repair).run(
+                pred["token_ids"], pred["labels"], near, budget.current().deadline)
         residuals = out.details.get("sentence_residuals") or []
         worst = sorted(range(len(residuals)), key=lambda b: -residuals[b] if residuals[b] == residuals[b] else
                        -float("inf")) if len(residuals) == len(pred["token_ids"]) else None
