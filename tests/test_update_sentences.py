@@ -39,7 +39,7 @@ def test_a_whole_wrong_sentence_is_swapped_for_the_settled_one_that_fits_the_upd
     guess = [ids[0], ids[1], cut]
     near = {6: [(0.1, cut), (0.2, ids[2]), (0.3, [ids[2][0]] + ids[1][1:4] + [ids[2][4], ids[2][5]])],
             9: [(0.1, ids[0])], 5: [(0.1, ids[1])]}
-    fixed, report = SentenceRepair(box).run(guess, LABELS, near, deadline=float("inf"))
+    fixed, report = SentenceRepair(box, fresh=0).run(guess, LABELS, near, deadline=float("inf"))
     assert fixed == ids
     assert report["swaps"] >= 1 and report["misfit_after"] < 0.1 * report["misfit_before"]
 
@@ -55,5 +55,13 @@ def test_a_fresh_slot_takes_no_token_another_slot_holds_at_its_position(setup):
 def test_nothing_changes_without_a_better_sentence(setup):
     box, ids = setup
     near = {6: [(0.1, ids[2])], 9: [(0.1, ids[0])], 5: [(0.1, ids[1])]}
-    fixed, report = SentenceRepair(box).run(ids, LABELS, near, deadline=float("inf"))
-    assert fixed == ids and report["swaps"] == 0
+    fixed, report = SentenceRepair(box, fresh=1).run(ids, LABELS, near, deadline=float("inf"))
+    assert fixed == ids and report["swaps"] == 0 and report["fresh"] == []
+
+
+def test_two_sentences_that_took_each_others_heads_trade_them_back(setup):
+    box, ids = setup
+    # slot 1 holds slot 2's head and slot 2 slot 1's: no single substitution undoes that
+    guess = [ids[0], ids[2][:4] + ids[1][4:], ids[1][:4] + ids[2][4:]]
+    fixed, report = box.run(guess, LABELS, deadline=float("inf"), order=[])  # trades only
+    assert fixed == ids and report["changes"] >= 1

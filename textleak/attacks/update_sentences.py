@@ -38,10 +38,11 @@ FRESH_SWEEPS = 2
 class SentenceRepair:
     """Coordinate descent over whole sentences on the box misfit (see the module doc).
 
-    box: the run's `BoxRepair` (its gradient and misfit); limit: settled sentences tried per slot."""
+    box: the run's `BoxRepair` (its gradient and misfit); limit: settled sentences tried per slot;
+    sweeps: over the slots at most; fresh: token sweeps of a slot made afresh (0: none made)."""
 
-    def __init__(self, box: BoxRepair, limit: int = LIMIT, sweeps: int = SWEEPS):
-        self.box, self.limit, self.sweeps = box, limit, sweeps
+    def __init__(self, box: BoxRepair, limit: int = LIMIT, sweeps: int = SWEEPS, fresh: int = FRESH_SWEEPS):
+        self.box, self.limit, self.sweeps, self.fresh = box, limit, sweeps, fresh
         self._grads: dict[tuple[tuple[int, ...], int], torch.Tensor] = {}
 
     def gradient(self, seq: Sequence[int], label: int) -> torch.Tensor:
@@ -96,18 +97,18 @@ class SentenceRepair:
                     best, seqs[b], g = found
                     total, own[b] = total + (g - own[b]) / B, g
                     swaps, changed = swaps + 1, True
-        seqs, best, fresh = self.refill(seqs, ys, best, deadline)
+        seqs, best, fresh = self.refill(seqs, ys, best, deadline) if self.fresh else (seqs, best, [])
         return seqs, {"misfit_before": start, "misfit_after": best, "sweeps": sweeps, "swaps": swaps,
                       "fresh": fresh, "sentences_scored": len(self._grads), "limit": self.limit,
                       "ran_out": time.monotonic() >= deadline}
 
     def refill(self, seqs: list[list[int]], ys: list[int], best: float, deadline: float
                ) -> tuple[list[list[int]], float, list[int]]:
-        """Each slot in turn made afresh (`fill`) and repaired token by token alone (`FRESH_SWEEPS`
-        sweeps of the `BoxRepair`); kept where the batch's misfit drops. Returns (the sentences,
-        their misfit, the slots renewed)."""
+        """Each slot in turn made afresh (`fill`) and repaired token by token alone (`fresh` sweeps
+        of the `BoxRepair`); kept where the batch's misfit drops. Returns (the sentences, their
+        misfit, the slots renewed)."""
         fresh = []
-        sweeps, self.box.sweeps = self.box.sweeps, FRESH_SWEEPS
+        sweeps, self.box.sweeps = self.box.sweeps, self.fresh
         try:
             for b in range(len(seqs)):
                 if time.monotonic() >= deadline:
