@@ -159,8 +159,14 @@ class UpdateExact(Exact):
         pred = out.prediction
         repair = BoxRepair(layout, self._fits, span0, vocab)
         if near:
-            pred["token_ids"], out.details["sentence_repair"] = SentenceRepair(repair).run(
-                pred["token_ids"], pred["labels"], near, budget.current().deadline)
+            pred["token_ids"], sentences = SentenceRepair(repair).run(pred["token_ids"], pred["labels"], near,
+                                                                      budget.current().deadline)
+            out.details["sentence_repair"] = sentences
+            if sentences["swaps"] or sentences["fresh"]:  # certified already: no token sweep to spend
+                pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
+                self._certify(observation, layout_for(target.model), facts, out)
+                if out.details["certified"]:
+                    return
         residuals = out.details.get("sentence_residuals") or []
         worst = sorted(range(len(residuals)), key=lambda b: -residuals[b] if residuals[b] == residuals[b] else
                        -float("inf")) if len(residuals) == len(pred["token_ids"]) else None
