@@ -18,9 +18,9 @@ midpoint: each position of each sentence tries the tokens whose layer-0 input li
 fitted layer-0 span (`width` of them, from the batch's vocabulary; on MiniLM, CoLA dev batch 4,
 lr 1e-4, the true token ranked up to 11th there) and keeps the best, sweeping until nothing
 improves or the budget ends; each sweep ends with pairs of sentences trading the token at one
-position or their whole heads up to it (`_exchange`: a slot that took another's tokens). A sentence's gradient is computed alone (the batch
-gradient is the mean of the sentences'), so a trial costs one forward and backward of one
-sentence. This narrows, it does not certify: the simulation certificate (`update_sim`) still
+position or their whole heads up to it (`_exchange`: a slot that took another's tokens). A
+sentence's gradient is computed alone (the batch gradient is the mean of the sentences'), so a
+trial costs one forward and backward of one sentence. This narrows, it does not certify: the simulation certificate (`update_sim`) still
 decides. Classification only.
 """
 
