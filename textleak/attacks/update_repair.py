@@ -20,8 +20,8 @@ lr 1e-4, the true token ranked up to 11th there) and keeps the best, sweeping un
 improves or the budget ends; each sweep ends with pairs of sentences trading the token at one
 position or their whole heads up to it (`_exchange`: a slot that took another's tokens). A
 sentence's gradient is computed alone (the batch gradient is the mean of the sentences'), so a
-trial costs one forward and backward of one sentence. This narrows, it does not certify: the simulation certificate (`update_sim`) still
-decides. Classification only.
+trial costs one forward and backward of one sentence. This narrows, it does not certify: the
+simulation certificate (`update_sim`) still decides. Classification only.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Repairing a guessed batch sentence by sentence against a rounded FedAvg update (`exact-update` at small learning rates).
+"""Repairing a guessed batch sentence by sentence against a rounded FedAvg update (`exact-update`, small lr).
 
 At lr 1e-4 on MiniLM a float32 client's rounding is as wide as half the update itself in layer 1
 (`update_rounding`), and no layer-1 span test separates a true sentence from a near one: on CoLA
