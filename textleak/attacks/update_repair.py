@@ -17,10 +17,11 @@ G(batch) the batch's mean-loss gradient (with the labels as solved) at the traje
 midpoint: each position of each sentence tries the tokens whose layer-0 input lies closest to the
 fitted layer-0 span (`width` of them, from the batch's vocabulary; on MiniLM, CoLA dev batch 4,
 lr 1e-4, the true token ranked up to 11th there) and keeps the best, sweeping until nothing
-improves or the budget ends. A sentence's gradient is computed alone (the batch
-gradient is the mean of the sentences'), so a trial costs one forward and backward of one
-sentence. This narrows, it does not certify: the simulation certificate (`update_sim`) still
-decides. Classification only.
+improves or the budget ends; each sweep ends with pairs of sentences trading the token at one
+position or their whole heads up to it (`_exchange`: a slot that took another's tokens). A
+sentence's gradient is computed alone (the batch gradient is the mean of the sentences'), so a
+trial costs one forward and backward of one sentence. This narrows, it does not certify: the
+simulation certificate (`update_sim`) still decides. Classification only.
 """
 
 from __future__ import annotations
@@ -89,11 +90,12 @@ class BoxRepair:
         return self.vocab[top].T
 
     def run(self, sequences: Sequence[Sequence[int]], labels: Sequence[int], deadline: float,
-            order: Sequence[int] | None = None) -> tuple[list[list[int]], dict[str, Any]]:
+            order: Sequence[int] | None = None, exchange: bool = True) -> tuple[list[list[int]], dict[str, Any]]:
         """Sweeps over every position of every sentence: each tries its `width` tokens and keeps the
         best; then a repaired token may trade places with another (when it took another position's
         token, each single substitution back is worse). `order`: the sentences to repair first (the
-        least certain: the budget may end within a sweep)."""
+        least certain: the budget may end within a sweep); with `exchange`, each sweep ends with
+        two sentences trading tokens (`_exchange`)."""
         seqs = [list(s) for s in sequences]
         self._B, self._labels = len(seqs), [int(y) for y in labels]
         self._own = [self.gradient(s, y) for s, y in zip(seqs, self._labels)]
@@ -112,6 +114,8 @@ class BoxRepair:
                 swaps = {(min(p, q), max(p, q)) for p in moved[b] for q in range(1, len(seqs[b]) - 1)
                          if seqs[b][q] != seqs[b][p]}
                 self._keep_best(seqs, b, [_swapped(seqs[b], p, q) for p, q in sorted(swaps)])
+            if exchange:
+                self._exchange(seqs)
         return seqs, {"misfit_before": start, "misfit_after": self._best, "sweeps": sweeps, "changes": self._changes,
                       "trials": self.trials, "width": self.width, "ran_out": time.monotonic() >= deadline}
 
@@ -131,6 +135,29 @@ class BoxRepair:
         self._total, self._own[b] = self._total + (g - self._own[b]) / self._B, g
         self._changes += 1
         return True
+
+
+    def _exchange(self, seqs: list[list[int]]) -> None:
+        """Two sentences trade what they hold at one position, or their whole heads up to it (a
+        slot that took another's tokens: each single substitution back is worse); the best trade
+        that lowers the batch's misfit is kept, for each pair of sentences."""
+        for a in range(len(seqs)):
+            for b in range(a + 1, len(seqs)):
+                found = None
+                for p in range(1, min(len(seqs[a]), len(seqs[b])) - 1):
+                    for x, y in ((seqs[a][:p] + [seqs[b][p]] + seqs[a][p + 1:],
+                                  seqs[b][:p] + [seqs[a][p]] + seqs[b][p + 1:]),
+                                 (seqs[b][:p + 1] + seqs[a][p + 1:], seqs[a][:p + 1] + seqs[b][p + 1:])):
+                        if (x == seqs[a] and y == seqs[b]) or time.monotonic() >= self._deadline:
+                            continue
+                        gx, gy = self.gradient(x, self._labels[a]), self.gradient(y, self._labels[b])
+                        total = self._total + (gx - self._own[a] + gy - self._own[b]) / self._B
+                        value = self.misfit(total)
+                        if value < self._best and (found is None or value < found[0]):
+                            found = (value, x, y, gx, gy, total)
+                if found is not None:
+                    self._best, seqs[a], seqs[b], self._own[a], self._own[b], self._total = found
+                    self._changes += 1
 
 
 def _swapped(seq: list[int], p: int, q: int) -> list[int]:

@@ -110,6 +110,7 @@ class Exact:
             with layer0_table(layout, max(lengths)):
                 search = Search(self, layout, tok, cands, lengths, span1, peeler, observation.knowledge.special_tokens)
                 sequences, residuals = search.run()
+                self._near = search.near  # each length's settled misses (`exact-update` repairs from them)
         sequences, residuals = order_by_slots(observation, tok, peeler, sequences, residuals)
         # per-layer clipping: the classifier's factor is not layer 1's (its labels take the sign rule)
         shares = peeler.fitted if peeler is not None and peeler.working and not settings.clipped_tensors(grads) \
