@@ -31,16 +31,11 @@ from types import SimpleNamespace
 
 import torch
 
-import textleak
 from textleak.attacks.beyond_rank import SentenceMove
-from textleak.attacks.exact.candidates import Candidates, vocabulary
 from textleak.attacks.exact.seeds import settle
-from textleak.attacks.exact.sequences import occupants
-from textleak.data import read_sentences
-from textleak.text.layouts import layout_for
 from textleak.text.leaks import layer0_table, layer_span, partial_span, sentence_spans
-from textleak.text.leaks.positions import token_positions
-from textleak.text.models import load_text_model
+
+from leaked_batch import leaked_batch  # recipes/: diagnosis setup shared with the other recipe
 
 
 class SoftSpan:
@@ -96,21 +91,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="results/beyond_rank_settle.jsonl")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    target = load_text_model(None, task="classify")
-    rows = [(t, y or 0) for t, y in read_sentences(args.data)]
-    rows = rows[args.index * args.batch_size:(args.index + 1) * args.batch_size]
-    if args.peel:
-        ids = target.tokenizer([t for t, _ in rows])["input_ids"]
-        gone = set(sorted(range(len(rows)), key=lambda i: len(ids[i]))[:args.peel])
-        rows = [r for i, r in enumerate(rows) if i not in gone]
-    cap = textleak.capture_gradients(target, [t for t, _ in rows], labels=[y for _, y in rows], seed=args.index)
-    layout, grads, tok = layout_for(target.model), cap.gradients.gradients, target.tokenizer
-    truth = [list(s) for s in cap.reference.token_ids]
-    lengths = [len(s) for s in truth]
-    vocab, _ = vocabulary(layout, grads, tok, "classify")
-    pins = token_positions(layout, grads, vocab.tolist(), max(lengths), occupants(lengths))
-    specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
-    cands = Candidates([[(int(t), 0.0) for t in vocab.tolist()] for _ in range(max(lengths))], specials, pins=pins)
+    b = leaked_batch(args.data, args.batch_size, args.index, args.peel)
+    layout, grads, truth, cands = b.layout, b.grads, b.truth, b.cands
+    lengths = b.lengths
     table = []
     with layer0_table(layout, max(lengths)):
         by_name = spans(layout, grads, args.spans.split(","))

@@ -29,16 +29,11 @@ from types import SimpleNamespace
 
 import torch
 
-import textleak
 from textleak.attacks.beyond_rank_screen import NeighbourScreen
-from textleak.attacks.exact.candidates import Candidates, vocabulary
 from textleak.attacks.exact.seeds import beam, settle
-from textleak.attacks.exact.sequences import occupants
-from textleak.data import read_sentences
-from textleak.text.layouts import layout_for
 from textleak.text.leaks import layer0_table, partial_span, sentence_spans, sequence_residuals, slot_residuals
-from textleak.text.leaks.positions import token_positions
-from textleak.text.models import load_text_model
+
+from leaked_batch import leaked_batch  # recipes/: diagnosis setup shared with the other recipe
 
 
 def in_context_ranks(search, seq: list[int]) -> list[int]:
@@ -99,17 +94,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     c0 = time.process_time()
-    target = load_text_model(None, task="classify")
-    rows = [(t, y or 0) for t, y in read_sentences(args.data)][args.index * args.batch_size:
-                                                               (args.index + 1) * args.batch_size]
-    cap = textleak.capture_gradients(target, [t for t, _ in rows], labels=[y for _, y in rows], seed=args.index)
-    layout, grads, tok = layout_for(target.model), cap.gradients.gradients, target.tokenizer
-    truth = [list(s) for s in cap.reference.token_ids]
-    lengths = [len(s) for s in truth]
-    vocab, _ = vocabulary(layout, grads, tok, "classify")
-    pins = token_positions(layout, grads, vocab.tolist(), max(lengths), occupants(lengths))
-    cands = Candidates([[(int(t), 0.0) for t in vocab.tolist()] for _ in range(max(lengths))],
-                       {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}, pins=pins)
+    b = leaked_batch(args.data, args.batch_size, args.index)
+    layout, grads, tok, truth, lengths, cands = b.layout, b.grads, b.tok, b.truth, b.lengths, b.cands
     span1 = partial_span([grads[n] for n in layout.qkv_names(1)], 1, 40)
     search = SimpleNamespace(config=SimpleNamespace(beam=4, trials=512, settle=10), layout=layout, span1=span1,
                              spans=sentence_spans(layout, grads, args.batch_size, "classify"), ends=True,
