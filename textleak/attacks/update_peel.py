@@ -92,7 +92,9 @@ class UpdatePeeler:
                     for n, p in self.params.items():
                         p.copy_(self.start[n] - (k * lr) * self.update[n].to(p.device, p.dtype)
                                 if n in self.update else self.start[n])
-                grads = self.layout.loss_gradient(ids, y, wanted, mask)
+                with torch.enable_grad():  # the peeler's own copy of the model (its weights move along the steps)
+                    loss = self.model(**self.layout.inputs(ids, mask), labels=y).loss
+                    grads = torch.autograd.grad(loss, wanted)
                 for n, g in zip(self.names, grads):
                     out[n] += g.double() / (B * K)
         finally:
