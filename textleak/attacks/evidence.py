@@ -180,4 +180,3 @@ class PriorCandidates:
                 s = (self._log_next(a) + right).masked_fill(self.banned, -math.inf)
                 out[p] += [(a, b) for b in torch.topk(s, 2).indices.tolist()]
         return out
-

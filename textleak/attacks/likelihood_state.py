@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from ..core.budget import current
-from ..text.layouts import Layout
+from ..text.layouts import Layout, layout_for
 from .layer_weights import GroupScorer, relative_weights
 
 
@@ -196,8 +196,6 @@ class _Guess:
 def misfit(observation, target, token_ids: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
     """||G - mean_i g(x_i, y_i)||^2 of a guessed batch: minus twice its Gaussian log-likelihood
     times sigma^2, up to a constant; lower is likelier."""
-    from ..text.layouts import layout_for
-
     return _Batch(layout_for(target.model), observation.gradients, [list(s) for s in token_ids],
                   [int(y) for y in labels], clip_norm(observation.metadata)).misfit()
 

@@ -27,7 +27,7 @@ simulation certificate (`update_sim`) still decides. Classification only.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -94,12 +94,7 @@ class BoxRepair:
         token, each single substitution back is worse). `order`: the sentences to repair first (the
         least certain: the budget may end within a sweep); with `exchange`, each sweep ends with
         two sentences trading tokens (`_exchange`)."""
-        seqs = [list(s) for s in sequences]
-        self._B, self._labels = len(seqs), [int(y) for y in labels]
-        self._own = [self.gradient(s, y) for s, y in zip(seqs, self._labels)]
-        self._total = sum(self._own) / self._B
-        self._best = start = self.misfit(self._total)
-        self._deadline, self._changes = deadline, 0
+        seqs, start = self.begin(sequences, labels, deadline)
         moved: list[set[int]] = [set() for _ in seqs]
         sweeps, before = 0, -1
         while self._changes > before and sweeps < self.sweeps and time.monotonic() < deadline:
@@ -107,23 +102,42 @@ class BoxRepair:
             for b in (order if order is not None else range(len(seqs))):
                 options = self.options(len(seqs[b])).tolist()
                 for p in range(1, len(seqs[b]) - 1):  # [CLS] and [SEP] stay
-                    if self._keep_best(seqs, b, [seqs[b][:p] + [t] + seqs[b][p + 1:] for t in options[p]]):
+                    if self.keep_best(seqs, b, [seqs[b][:p] + [t] + seqs[b][p + 1:] for t in options[p]]):
                         moved[b].add(p)
                 swaps = {(min(p, q), max(p, q)) for p in moved[b] for q in range(1, len(seqs[b]) - 1)
                          if seqs[b][q] != seqs[b][p]}
-                self._keep_best(seqs, b, [_swapped(seqs[b], p, q) for p, q in sorted(swaps)])
+                self.keep_best(seqs, b, [_swapped(seqs[b], p, q) for p, q in sorted(swaps)])
             if exchange:
                 self._exchange(seqs)
         return seqs, {"misfit_before": start, "misfit_after": self._best, "sweeps": sweeps, "changes": self._changes,
                       "trials": self.trials, "width": self.width, "ran_out": time.monotonic() >= deadline}
 
-    def _keep_best(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> bool:
-        """Replace sentence b by the trial of least misfit, if it lowers the batch's; whether it did."""
+    def begin(self, sequences: Sequence[Sequence[int]], labels: Sequence[int], deadline: float,
+              gradient: Callable[[Sequence[int], int], torch.Tensor] | None = None) -> tuple[list[list[int]], float]:
+        """Start a descent from the batch `sequences`: each sentence's own gradient (`gradient`, by
+        default `self.gradient`), their mean and its misfit. Returns (the sentences, copied; that misfit)."""
+        seqs = [list(s) for s in sequences]
+        self._B, self._labels = len(seqs), [int(y) for y in labels]
+        self._own = [(gradient or self.gradient)(s, y) for s, y in zip(seqs, self._labels)]
+        self._total = sum(self._own) / self._B
+        self._best = self.misfit(self._total)
+        self._deadline, self._changes = deadline, 0
+        return seqs, self._best
+
+    @property
+    def best(self) -> float:
+        """The misfit of the batch where the descent stands."""
+        return self._best
+
+    def keep_best(self, seqs: list[list[int]], b: int, trials: list[list[int]],
+                  gradient: Callable[[Sequence[int], int], torch.Tensor] | None = None) -> bool:
+        """Replace sentence b by the trial of least misfit, if it lowers the batch's; whether it did
+        (`gradient`: as in `begin`)."""
         found = None
         for trial in trials:
             if trial == seqs[b] or time.monotonic() >= self._deadline:
                 continue
-            g = self.gradient(trial, self._labels[b])
+            g = (gradient or self.gradient)(trial, self._labels[b])
             value = self.misfit(self._total + (g - self._own[b]) / self._B)
             if value < self._best and (found is None or value < found[0]):
                 found = (value, trial, g)

@@ -76,27 +76,16 @@ class SentenceRepair:
             ) -> tuple[list[list[int]], dict[str, Any]]:
         """Sweeps over the slots, each taking the settled sentence of its length that lowers the batch's
         misfit most; returns (the sentences, a report)."""
-        seqs, ys = [list(s) for s in sequences], [int(y) for y in labels]
-        B = len(seqs)
-        own = [self.gradient(s, y) for s, y in zip(seqs, ys)]
-        total = sum(own) / B
-        best = start = self.box.misfit(total)
+        ys = [int(y) for y in labels]
+        seqs, start = self.box.begin(sequences, ys, deadline, self.gradient)
         swaps, sweeps, changed = 0, 0, True
         while changed and sweeps < self.sweeps and time.monotonic() < deadline:
             changed, sweeps = False, sweeps + 1
-            for b in range(B):
-                found = None
-                for trial in self.options(near, len(seqs[b])):
-                    if trial in seqs or time.monotonic() >= deadline:
-                        continue
-                    g = self.gradient(trial, ys[b])
-                    value = self.box.misfit(total + (g - own[b]) / B)
-                    if value < best and (found is None or value < found[0]):
-                        found = (value, trial, g)
-                if found is not None:
-                    best, seqs[b], g = found
-                    total, own[b] = total + (g - own[b]) / B, g
+            for b in range(len(seqs)):
+                trials = [t for t in self.options(near, len(seqs[b])) if t not in seqs]
+                if self.box.keep_best(seqs, b, trials, self.gradient):
                     swaps, changed = swaps + 1, True
+        best = self.box.best
         seqs, best, fresh = self.refill(seqs, ys, best, deadline) if self.fresh else (seqs, best, [])
         return seqs, {"misfit_before": start, "misfit_after": best, "sweeps": sweeps, "swaps": swaps,
                       "fresh": fresh, "sentences_scored": len(self._grads), "limit": self.limit,
