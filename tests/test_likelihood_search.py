@@ -39,6 +39,7 @@ def test_the_climb_moves_then_widens_the_screen_then_sweeps_every_candidate(monk
     """Each step is taken once the one before it changed nothing; a change starts again at the
     narrowest screen; the climb settles when the whole pool changes nothing."""
     from textleak.attacks import likelihood as lk
+    from textleak.attacks.likelihood_moves import Moves, StretchRebuild
 
     steps, script = [], iter([0, 1, 0, 0, 0, 0])  # the wide screen changes a token once
 
@@ -56,15 +57,18 @@ def test_the_climb_moves_then_widens_the_screen_then_sweeps_every_candidate(monk
             steps.append("indel")
 
     monkeypatch.setattr(lk.LikelihoodSearch, "_sweep", sweep)
-    monkeypatch.setattr(lk.LikelihoodSearch, "_shortlist", lambda *a: [])
+    monkeypatch.setattr(Moves, "shortlist", lambda *a: [])
+    monkeypatch.setattr(StretchRebuild, "__call__", lambda *a: steps.append("rebuild"))
     search = lk.LikelihoodSearch(screen=4, wide=16, local=0)
-    search._fillers, search._steps, search._changes, search._t0, search._prior = set(), [], [], 0.0, None
+    search._begin()
+    search._fillers, search._prior = [], None
     assert search._climb(None, Guess(), range(1, 3), None, None, "w") == (1, True)
-    assert steps == [4, "move", "indel", 16, 4, "move", "indel", 16, 0]
+    assert steps == [4, "move", "indel", "rebuild", 16, 4, "move", "indel", "rebuild", 16, 0]
     steps.clear()
     script = iter([0, 0])
-    search = lk.LikelihoodSearch(screen=0, indel=0)
-    search._steps, search._changes, search._t0, search._prior = [], [], 0.0, None
+    search = lk.LikelihoodSearch(screen=0, indel=0, rebuild=0)
+    search._begin()
+    search._prior = None
     assert search._climb(None, Guess(), range(1, 3), None, None, "w") == (0, True)
     assert steps == [0, "move"]  # unscreened: every candidate, then the moves
 
@@ -129,8 +133,40 @@ def test_a_change_is_followed_by_a_local_sweep_then_a_full_one(monkeypatch):
             calls.append("move")
 
     monkeypatch.setattr(lk.LikelihoodSearch, "_sweep", sweep)
-    search = lk.LikelihoodSearch(screen=4, wide=16, indel=0, local=2)
-    search._fillers, search._steps, search._changes, search._t0, search._prior = set(), [], [], 0.0, None
+    search = lk.LikelihoodSearch(screen=4, wide=16, indel=0, rebuild=0, local=2)
+    search._begin()
+    search._fillers, search._prior = [], None
     assert search._climb(None, Guess(), range(1, 3), None, None, "w") == (1, True)
     assert calls == [(4, None), (4, [2]), (4, None), "move", (16, None), (0, None)]
     assert [s[1] for s in search._steps] == [4, "4~", 4, "move", 16, 0]
+
+
+def test_a_stretch_rebuild_blanks_the_least_supported_stretch_and_puts_the_truth_back(wide):
+    """Two neighbouring wrong tokens, the truth among each slot's row candidates: the rebuild
+    blanks their stretch to a filler and rebuilds it jointly to the truth (J's maximum without
+    noise); from the rebuilt guess nothing is left to rebuild, and a stretch is not tried twice."""
+    from textleak.attacks.likelihood_moves import StretchRebuild
+    from textleak.attacks.likelihood_state import _Batch, _Guess, _gradient
+
+    layout = layout_for(wide.model)
+    names = [n for n, p in wide.model.named_parameters() if p.requires_grad]
+    truth, guess = [2, 11, 12, 13, 14, 15, 16, 3], [2, 11, 12, 20, 21, 15, 16, 3]
+    batch = _Batch(layout, _gradient(layout, truth, 1, names), [guess], [1])
+    g = _Guess(batch, 0)
+    banned = torch.zeros(layout.word_embeddings.num_embeddings, dtype=torch.bool)
+    banned[:5] = True
+    evidence = [[t, 22 + p] for p, t in enumerate(truth)]
+    rebuild = StretchRebuild(width=2)
+    support = rebuild.support(g, range(1, 7), [9])
+    assert min(range(1, 7), key=lambda p: support[p]) in (3, 4)  # a wrong token supports J least
+    moved = None
+    for _ in range(5):  # the least supported stretches first, each once
+        moved = rebuild(g, range(1, 7), layout.word_embedding_name, banned, evidence, None, [9])
+        if moved is not None:
+            break
+    assert moved is not None and moved[0] == truth and moved[1] > g.best
+    assert len(rebuild.tried) == len(set(rebuild.tried))
+    sure = [None, 11, 12, None, None, 15, 16, None]  # only the stretch 3-4 may be blanked
+    rebuild = StretchRebuild(width=2)
+    assert rebuild(g, range(1, 7), layout.word_embedding_name, banned, evidence, None, [9], sure)[0] == truth
+    assert rebuild(g, range(1, 7), layout.word_embedding_name, banned, evidence, None, [9], sure) is None

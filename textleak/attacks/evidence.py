@@ -161,6 +161,14 @@ class PriorCandidates:
             out.append(torch.topk(s, k).indices.tolist())
         return out
 
+    def between_at(self, seq: list[int], p: int, k: int, right: bool = True) -> list[int]:
+        """The k tokens likeliest at position p of `seq` after its left neighbour (and before its
+        right one, with `right`)."""
+        s = self._log_next(seq[p - 1]) if p > 0 else torch.log(self.uni + 1)
+        if right and p + 1 < len(seq):
+            s = s + self._log_prev(seq[p + 1])
+        return torch.topk(s.masked_fill(self.banned, -math.inf), k).indices.tolist()
+
     def pairs(self, seq: list[int], k: int, inner: range) -> list[list[tuple[int, int]]]:
         """Per position p of `seq` (p, p + 1 both in `inner`), token pairs for p and p + 1: the k
         likeliest successors a of seq[p - 1], each with the two b likeliest between a and seq[p + 2]

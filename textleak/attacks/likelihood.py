@@ -43,11 +43,9 @@ true-token fixes reach the whole sentence on J_w and stall at once on J (measure
 Candidates from a language prior (`prior`, `auto`'s bigram over training sentences; `between`
 likeliest between the neighbours, the `frequent` most frequent tokens) reach the buried function
 words the gradient-based candidates rank in the thousands (`attacks.evidence.PriorCandidates`).
-The moves, once the narrow screen settles: swaps and rotations, the prior's token pairs at two
-neighbouring positions (`pairs`: function words that each lower J alone), an insertion/deletion
-(`_Guess.indel`: a token deleted, one inserted up to `indel` places away, the tokens between
-shifting by one) that undoes a body sitting shifted (CoLA "i don't want trouble." at 1e-6:
-". . i don want trouble ." settled with budget left before it; exact with it, session 10). After a
+The moves, once the narrow screen settles (`attacks.likelihood_moves`): swaps and rotations, the
+prior's token pairs, an insertion/deletion (a shifted body), a stretch the likelihood supports
+least blanked to a filler and rebuilt jointly (`rebuild`). After a
 step that changed tokens the next sweep covers only their neighbourhoods (`local`), then all.
 Seeds: a given guess (e.g. `exact`'s), else the likeliest of the best-row guess and confident rows
 with a filler in the gaps (`attacks.evidence`). Rounds stop
@@ -65,7 +63,7 @@ Arguments: `sweeps` (most full passes per sentence and round), `rounds` (passes 
 `per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours),
 `screen` and `wide` (first-order-screened candidates per position and sweep), `keep_sure`, `share` (of a finite
 time budget left; LAMP after it never won under noise, session 9), `weighted`, `weighted_share`,
-`prior`, `between`, `frequent`, `indel`, `indel_candidates`, `pairs`, `rows`, `local` (above),
+`prior`, `between`, `frequent`, `indel`, `indel_candidates`, `pairs`, `rebuild`, `rows`, `local` (above),
 `initial_ids` (a start [B, L], 0-padded), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
 """
@@ -91,6 +89,7 @@ from ..text.prior import load_prior
 from .evidence import PriorCandidates, candidates, confident, filler_ids, row_scores, seeds, special_ids
 from .flips import flip_gains, neighbour_candidates, screened, top_flips
 from .layer_weights import name_weights
+from .likelihood_moves import Moves, StretchRebuild
 from .likelihood_state import _J, _Batch, _Guess, clip_norm, misfit  # noqa: F401 (_J: tests)
 
 
@@ -137,6 +136,8 @@ class LikelihoodSearch:
     #: two-token moves from the prior (`_Guess.pairs`): successors of the left neighbour per
     #: position, each with its two likeliest followers (0: none; needs a prior)
     pairs: int = 4
+    #: the widest stretch the rebuild move blanks and rebuilds (`likelihood_moves.StretchRebuild`; < 2: none)
+    rebuild: int = 4
     #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
     #: sentence 0 at 1e-6: "exercise" has the best row at its position, the first-order gain ranks
     #: it 45th to 515th, so no screened sweep tried it)
@@ -184,6 +185,7 @@ class LikelihoodSearch:
         self._steps: list[list] = []
         self._changes: list[list] = []  # per token a sweep changes: [pool parts holding it, first-order rank]
         self._sure: list[int | None] | None = None  # positions a sweep leaves be (batch 1's confident rows)
+        self._rebuild = StretchRebuild(width=self.rebuild)  # remembers the stretches tried per guess
         return self._t0
 
     def _run(self, observation: Observation, target: Any) -> AttackOutput:
@@ -235,7 +237,7 @@ class LikelihoodSearch:
         tok = target.tokenizer
         labels, label_note = self._labels(layout, observation.gradients, observation.knowledge, len(lengths))
         banned = special_ids(layout, tok)
-        self._fillers = set(filler_ids(tok))
+        self._fillers = filler_ids(tok)
         self._prior = PriorCandidates(load_prior(self.prior, tok), int(banned.shape[0]), banned) \
             if self.prior != "none" else None
         return layout, lengths, level, labels, label_note, banned
@@ -296,7 +298,7 @@ class LikelihoodSearch:
         """Coordinate ascent of `guess` on its objective; (tokens changed, settled). Steps, each
         taken once the one before it changed nothing (any change starts again at the first, with a
         sweep local to the changes, `local`): a sweep screened to `screen` candidates, the moves
-        (`_move`), one screened to `wide`, a sweep of every candidate (`screen` 0: every candidate,
+        (`likelihood_moves.Moves`), one screened to `wide`, a sweep of every candidate (`screen` 0: every candidate,
         then the moves). Why the moves before the wide screen: at 44 tokens a sweep of every
         candidate costs ~200 CPU s, more than a loaded machine gave a 600 s budget's whole search
         (SST-2 dev sentence 0 at variance 1e-6), and the wide screen still found a token a sweep
@@ -305,11 +307,11 @@ class LikelihoodSearch:
         screens = [self.screen] + ([self.wide] if self.wide > self.screen else []) if self.screen > 0 else []
         steps = screens[:1] + ["move"] + screens[1:] + [0] if screens else [0, "move"]
         total, k, full, near = 0, 0, 0, None
-        self._homes = [c[: self.rows] for c in evidence] if evidence else None  # long swaps to a best-row position
+        moves = Moves(self, evidence, banned, word)
         while full < self.sweeps + len(steps):
             step, before = steps[k], list(guess.x)
             if step == "move":
-                moved = self._move(guess, inner, banned, word)
+                moved = moves(guess, inner)
                 changed = 0 if moved is None else 1
                 if moved is not None:
                     guess.x, guess.best, guess.e = moved
@@ -328,30 +330,6 @@ class LikelihoodSearch:
             if k == len(steps):  # single tokens and moves are settled
                 return total, True
         return total, False
-
-    def _move(self, guess: _Guess, inner: range, banned, word: str):
-        """The first of the moves that raises the objective, cheapest first: swaps and rotations,
-        the prior's token pairs, an insertion/deletion (a shifted body); (sequence, J, e) or None."""
-        moved = guess.move(inner, self._homes)
-        if moved is None and self._prior is not None and self.pairs > 0:
-            options = self._prior.pairs(guess.x, self.pairs, inner)
-            if self._sure is not None:  # a confident row's token stays
-                options = [[] if self._sure[p] == guess.x[p] or (p + 1 < len(options) and self._sure[p + 1] ==
-                                                                  guess.x[p + 1]) else o for p, o in enumerate(options)]
-            moved = guess.pairs(options)
-        if moved is None and self.indel > 0:  # a shifted body: a token deleted, one inserted
-            moved = guess.indel(inner, self._shortlist(guess, inner, banned, word), self.indel, self._fillers)
-        return moved
-
-    def _shortlist(self, guess: _Guess, inner: range, banned, word: str) -> list[list[int]]:
-        """Per position, the tokens an insertion there tries: the `indel_candidates` best of the
-        matched filter and (with a prior) the two likeliest between the neighbours."""
-        k, out = self.indel_candidates, [[] for _ in guess.x]
-        between = self._prior.between(guess.x, 2) if self._prior is not None else out
-        for p in inner:
-            matched = torch.topk((guess.T[word] @ guess.e[p]).masked_fill(banned, -math.inf), k).indices.tolist()
-            out[p] = matched + between[p]
-        return out
 
     def _sweep(self, batch: _Batch, guess: _Guess, inner: range, evidence: list[list[int]], banned, word: str,
                screen: int, around: list[int] | None = None) -> int:
@@ -388,7 +366,6 @@ class LikelihoodSearch:
             if current().expired():
                 break
         return changed
-
 
     def _note(self, token: int, parts: dict[str, list[int]], gain) -> None:
         """Where a token a sweep put in came from (`details["steps"]`): the pool parts holding it

@@ -1,0 +1,161 @@
+"""The moves of the `likelihood` search (`attacks.likelihood`), tried once its single-token sweeps
+settle, cheapest first; the first that raises the objective is taken (`Moves`):
+- swaps and rotations (`_Guess.move`), and long swaps of a token to where its embedding row
+  ranks best;
+- the prior's token pairs at two neighbouring positions (`_Guess.pairs`: function words that each
+  lower J alone);
+- an insertion/deletion (`_Guess.indel`: a token deleted, one inserted up to `indel` places away,
+  the tokens between shifting by one) that undoes a body sitting shifted (CoLA "i don't want
+  trouble." at 1e-6: ". . i don want trouble ." settled with budget left before it; exact with
+  it, session 10);
+- a stretch rebuilt (`StretchRebuild`): the stretch of the guess the likelihood supports least,
+  blanked to a neutral filler and rebuilt jointly.
+
+Why the rebuild: coordinate ascent on J settles where a stretch of several tokens is wrong and no
+single true token raises J (RT dev sentence 0 at variance 1e-6, MiniLM, batch 1: "characterizing
+how people from such" guessed as "sometimes entry in huge emphasising"; "character" alone costs
+0.17 in J). Each wrong token there is held by its wrong neighbours. Blanked, the stretch's
+context is neutral (`attacks.evidence`: a filler misleads the matched filter less than wrong
+tokens), and a left-to-right beam puts tokens back from each beam's own matched filter (the
+gradient at the slot's embedding input, in that beam's context), the slot's best embedding rows,
+the bigram prior's likeliest tokens between the beam's left token and the stretch's right
+neighbour, and the token the guess held; every hypothesis is scored with the full likelihood J,
+and the rebuilt guess is kept only if it beats the settled one. Measured from session 12's
+settled guesses (variance 1e-6): on SST-2 dev sentence 0 three rebuilds in six raised J and put
+"exercise" in (3-8 CPU s each at 44 tokens); on RT dev sentence 0 the true stretch stays out of
+reach: its tokens rank 57th to 29,000th by the matched filter even from a blanked or true
+context, 1,000th to 24,000th by first-order gain, and outside the prior's 50 likeliest.
+
+Which stretch: a position's support is J(guess) - J(guess with a filler there); the window of
+2..`width` positions with the least support (summed, over sqrt(width)), not tried before from the
+same guess and holding no confident row token (`sure`). One stretch per call.
+
+Shapes: a guess is a list of token ids; T[word] [V, H]; e [L, H] per scored hypothesis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .likelihood_state import _Guess
+
+
+@dataclass
+class StretchRebuild:
+    """Rebuilds the least supported stretch of a guess from a filler (above); remembers the
+    stretches tried from each guess."""
+
+    #: the widest stretch blanked (2..width positions)
+    width: int = 4
+    #: partial rebuilds kept per slot
+    beam: int = 3
+    #: candidates per slot and beam: matched filter, embedding rows, prior between
+    matched: int = 4
+    rows: int = 3
+    prior: int = 4
+    tried: set = field(default_factory=set)
+
+    def support(self, guess, inner: range, filler: list[int]) -> list[float]:
+        """Per position, J(guess) - J(guess with a filler there) (the first filler it does not hold)."""
+        trials, where = [], []
+        for p in inner:
+            f = next((t for t in filler if t != guess.x[p]), None)
+            if f is not None:
+                t = list(guess.x)
+                t[p] = f
+                trials.append(t)
+                where.append(p)
+        out = [math.inf] * len(guess.x)
+        if trials:
+            J, _ = guess.score(trials)
+            for p, j in zip(where, J.tolist()):
+                out[p] = guess.best - j
+        return out
+
+    def stretch(self, guess, inner: range, support: list[float], sure) -> tuple[int, int] | None:
+        """(start, width) of the least supported window not tried from this guess, or None."""
+        options = []
+        for w in range(2, self.width + 1):
+            for a in range(inner.start, inner.stop - w + 1):
+                if sure is not None and any(sure[p] == guess.x[p] for p in range(a, a + w)):
+                    continue
+                key = (tuple(guess.x), a, w)
+                if key not in self.tried:
+                    options.append((sum(support[a:a + w]) / math.sqrt(w), a, w))
+        if not options:
+            return None
+        _, a, w = min(options)
+        self.tried.add((tuple(guess.x), a, w))
+        return a, w
+
+    def __call__(self, guess, inner: range, word: str, banned, evidence, prior, filler: list[int], sure=None):
+        """The rebuilt guess (sequence, J, e) if it beats `guess.best`, else None."""
+        if len(inner) < 2 or not filler:
+            return None
+        found = self.stretch(guess, inner, self.support(guess, inner, filler), sure)
+        if found is None:
+            return None
+        a, w = found
+        blank = list(guess.x)
+        blank[a:a + w] = [filler[0]] * w
+        J, s = guess.score([blank])
+        beams = [(blank, float(J[0]), s.e[0])]
+        for p in range(a, a + w):
+            trials = []
+            for seq, _, e in beams:
+                for t in self._slot(guess, seq, e, p, a + w, word, banned, evidence, prior):
+                    trials.append(seq[:p] + [t] + seq[p + 1:])
+            trials = [list(t) for t in dict.fromkeys(map(tuple, trials))]
+            J, s = guess.score(trials)
+            keep = torch.topk(J, min(self.beam, len(trials))).indices.tolist()
+            beams = [(trials[k], float(J[k]), s.e[k]) for k in keep]
+        best = max(beams, key=lambda b: b[1])
+        return best if best[1] > guess.best and best[0] != guess.x else None
+
+    def _slot(self, guess, seq, e, p: int, end: int, word: str, banned, evidence, prior) -> list[int]:
+        """Slot p's candidates in one beam: its matched filter, best rows, the prior's likeliest
+        between the beam's left token and the stretch's right neighbour, the guess's own token."""
+        matched = torch.topk((guess.T[word] @ e[p]).masked_fill(banned, -math.inf), self.matched).indices.tolist()
+        rows = evidence[p][: self.rows] if evidence else []
+        between = prior.between_at(seq, p, self.prior, right=p + 1 == end) if prior is not None else []
+        return list(dict.fromkeys(matched + rows + between + [guess.x[p]]))
+
+
+class Moves:
+    """The moves of one climb of `search` (a `LikelihoodSearch`: its `prior`, `pairs`, `indel`,
+    `indel_candidates`, the run's confident rows `_sure`, fillers `_fillers` and stretch rebuild
+    `_rebuild`), for one sentence's `evidence` (row candidates per position)."""
+
+    def __init__(self, search, evidence, banned, word: str):
+        self.search, self.evidence, self.banned, self.word = search, evidence, banned, word
+        self.homes = [c[: search.rows] for c in evidence] if evidence else None  # long swaps to a best-row position
+
+    def __call__(self, guess: _Guess, inner: range):
+        """The first of the moves that raises the objective, cheapest first: swaps and rotations,
+        the prior's token pairs, an insertion/deletion, a stretch rebuilt; (sequence, J, e) or None."""
+        s, sure, prior = self.search, self.search._sure, self.search._prior
+        moved = guess.move(inner, self.homes)
+        if moved is None and prior is not None and s.pairs > 0:
+            options = prior.pairs(guess.x, s.pairs, inner)
+            if sure is not None:  # a confident row's token stays
+                options = [[] if sure[p] == guess.x[p] or (p + 1 < len(options) and sure[p + 1] == guess.x[p + 1])
+                           else o for p, o in enumerate(options)]
+            moved = guess.pairs(options)
+        if moved is None and s.indel > 0:  # a shifted body: a token deleted, one inserted
+            moved = guess.indel(inner, self.shortlist(guess, inner), s.indel, set(s._fillers))
+        if moved is None and s.rebuild > 1:
+            moved = s._rebuild(guess, inner, self.word, self.banned, self.evidence, prior, list(s._fillers), sure)
+        return moved
+
+    def shortlist(self, guess: _Guess, inner: range) -> list[list[int]]:
+        """Per position, the tokens an insertion there tries: the `indel_candidates` best of the
+        matched filter and (with a prior) the two likeliest between the neighbours."""
+        k, out, prior = self.search.indel_candidates, [[] for _ in guess.x], self.search._prior
+        between = prior.between(guess.x, 2) if prior is not None else out
+        for p in inner:
+            matched = torch.topk((guess.T[self.word] @ guess.e[p]).masked_fill(self.banned, -math.inf), k).indices.tolist()
+            out[p] = matched + between[p]
+        return out
