@@ -315,6 +315,7 @@ class LikelihoodSearch:
                 changed = 0 if moved is None else 1
                 if moved is not None:
                     guess.x, guess.best, guess.e = moved
+                    self._changes.append([moves.taken, None])  # which move (`details["steps"]`)
             else:
                 changed = self._sweep(batch, guess, inner, evidence, banned, word, step, near)
             total, full = total + changed, full + (near is None)

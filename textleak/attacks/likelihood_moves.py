@@ -132,21 +132,23 @@ class Moves:
     def __init__(self, search, evidence, banned, word: str):
         self.search, self.evidence, self.banned, self.word = search, evidence, banned, word
         self.homes = [c[: search.rows] for c in evidence] if evidence else None  # long swaps to a best-row position
+        self.taken = ""  # the last move's kind: swap, pairs, indel or rebuild
 
     def __call__(self, guess: _Guess, inner: range):
         """The first of the moves that raises the objective, cheapest first: swaps and rotations,
         the prior's token pairs, an insertion/deletion, a stretch rebuilt; (sequence, J, e) or None."""
         s, sure, prior = self.search, self.search._sure, self.search._prior
-        moved = guess.move(inner, self.homes)
+        self.taken, moved = "swap", guess.move(inner, self.homes)
         if moved is None and prior is not None and s.pairs > 0:
             options = prior.pairs(guess.x, s.pairs, inner)
             if sure is not None:  # a confident row's token stays
                 options = [[] if sure[p] == guess.x[p] or (p + 1 < len(options) and sure[p + 1] == guess.x[p + 1])
                            else o for p, o in enumerate(options)]
-            moved = guess.pairs(options)
+            self.taken, moved = "pairs", guess.pairs(options)
         if moved is None and s.indel > 0:  # a shifted body: a token deleted, one inserted
-            moved = guess.indel(inner, self.shortlist(guess, inner), s.indel, set(s._fillers))
+            self.taken, moved = "indel", guess.indel(inner, self.shortlist(guess, inner), s.indel, set(s._fillers))
         if moved is None and s.rebuild > 1:
+            self.taken = "rebuild"
             moved = s._rebuild(guess, inner, self.word, self.banned, self.evidence, prior, list(s._fillers), sure)
         return moved
 
