@@ -170,3 +170,47 @@ def test_a_stretch_rebuild_blanks_the_least_supported_stretch_and_puts_the_truth
     rebuild = StretchRebuild(width=2)
     assert rebuild(g, range(1, 7), layout.word_embedding_name, banned, evidence, None, [9], sure)[0] == truth
     assert rebuild(g, range(1, 7), layout.word_embedding_name, banned, evidence, None, [9], sure) is None
+
+
+def test_a_local_sweep_that_changes_nothing_is_followed_by_a_stretch_rebuild(monkeypatch):
+    """On J, before the full sweep that follows a settled local sweep, one stretch is rebuilt; a rebuild
+    that changes tokens is followed by a local sweep around them, one that changes nothing by the
+    full sweep."""
+    from textleak.attacks import likelihood as lk
+    from textleak.attacks.likelihood_moves import Moves
+
+    calls, script, rebuilt = [], iter([1, 0, 0, 0, 0, 0, 0]), iter([True, False, False])
+
+    def sweep(self, batch, guess, inner, evidence, banned, word, screen, around=None):
+        calls.append((screen, around))
+        changed = next(script)
+        if changed:
+            guess.x[2] += 1
+        return changed
+
+    def rebuild(self, guess, inner):
+        calls.append("rebuild")
+        self.taken = "rebuild"
+        return ([0, 5, 5, 0], 1.0, None) if next(rebuilt) else None
+
+    class Guess:
+        best, weighted, x = 0.0, False, [0, 0, 0, 0]
+
+        def move(self, inner, homes=None):
+            calls.append("move")
+
+    monkeypatch.setattr(lk.LikelihoodSearch, "_sweep", sweep)
+    monkeypatch.setattr(Moves, "rebuild", rebuild)
+    search = lk.LikelihoodSearch(screen=4, wide=16, indel=0, local=1)
+    search._begin()
+    search._fillers, search._prior = [], None
+    assert search._climb(None, Guess(), range(1, 3), None, None, "w") == (2, True)
+    assert calls == [(4, None), (4, [2]), "rebuild", (4, [1, 2]), "rebuild", (4, None), "move", "rebuild",
+                     (16, None), (0, None)]
+    assert [s[1] for s in search._steps][:4] == [4, "4~", "rebuild", "4~"]
+    assert search._steps[2][5] == [["rebuild", None]]
+    calls.clear()
+    script, rebuilt = iter([1, 0, 0, 0, 0, 0]), iter([False])
+    Guess.weighted = True  # J_w: no rebuild after a local sweep, only among the moves
+    search._climb(None, Guess(), range(1, 3), None, None, "w")
+    assert calls == [(4, None), (4, [2]), (4, None), "move", "rebuild", (16, None), (0, None)]

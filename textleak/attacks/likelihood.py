@@ -26,9 +26,8 @@ Search: coordinate ascent on J, one position at a time, over a few candidates pe
   gradient of its own leaves both above under the noise (CoLA "I don't want trouble." at 1e-6: the
   apostrophe ranks 112th by row evidence, 10th by flips); and the current token's nearest input
   embeddings (a settled guess often holds a near synonym: "far much" for "far more").
-Cost: each candidate costs a forward and backward pass (0.065 CPU s at 44 tokens; profiled on
-SST-2 dev sentence 0, 44 tokens: 85% of the search's time is `GhostScorer` calls, split between
-the backward (~45%), the forward (~30%) and the per-module products (~25%)), so a sweep evaluates
+Cost: each candidate costs a forward and backward pass (0.065 CPU s at 44 tokens; 85% of the
+search's time is `GhostScorer` calls, SST-2 dev sentence 0), so a sweep evaluates
 the `rows` best row tokens, the best matched-filter token, the prior's two likeliest and the
 `screen` candidates of the pool (evidence, matched, flips, neighbours, prior) the first-order gain
 ranks highest; once that settles, the moves; then the `wide` screen; every candidate (~200 CPU s
@@ -44,14 +43,13 @@ Candidates from a language prior (`prior`, `auto`'s bigram over training sentenc
 likeliest between the neighbours, the `frequent` most frequent tokens) reach the buried function
 words the gradient-based candidates rank in the thousands (`attacks.evidence.PriorCandidates`).
 The moves, once the narrow screen settles (`attacks.likelihood_moves`): swaps and rotations, the
-prior's token pairs, an insertion/deletion (a shifted body), a stretch the likelihood supports
-least blanked to a filler and rebuilt jointly (`rebuild`). After a
-step that changed tokens the next sweep covers only their neighbourhoods (`local`), then all.
-Seeds: a given guess (e.g. `exact`'s), else the likeliest of the best-row guess and confident rows
-with a filler in the gaps (`attacks.evidence`). Rounds stop
-when a sweep changes nothing or the time budget (`core.budget`) runs out (a sentence settled against
-its target is searched again only once another sentence changes, so batch 1 takes one round); the best guess is
-returned. Nothing here certifies a sentence; `details["fit"]` is ||G - mean g||^2 / (N sigma^2),
+prior's token pairs, an insertion/deletion (a shifted body), the least supported stretch blanked
+to a filler and rebuilt jointly (`rebuild`). After a step that changed tokens the next sweep
+covers only their neighbourhoods (`local`), then all. Seeds: a given guess (e.g. `exact`'s), else
+the likeliest of the best-row guess and confident rows with a filler in the gaps
+(`attacks.evidence`). Rounds stop when a sweep changes nothing or the time budget (`core.budget`)
+runs out (a sentence settled against its target is searched again only once another sentence
+changes, so batch 1 takes one round); the best guess is returned. Nothing here certifies a sentence; `details["fit"]` is ||G - mean g||^2 / (N sigma^2),
 about 1 for the true batch (a chi-square per entry; one token wrong adds ~1e-3 at variance 1e-6).
 
 In `auto` it runs after `exact` (from exact's uncertified guess where there is one) and before
@@ -259,7 +257,6 @@ class LikelihoodSearch:
                             config={f.name: getattr(self, f.name) for f in fields(self) if f.name != "initial_ids"},
                             details=details)
 
-    # -- pieces -------------------------------------------------------------------------------
     @staticmethod
     def _labels(layout: Layout, grads, know, batch_size: int) -> tuple[list[int], str]:
         if know.labels is not None:
@@ -302,23 +299,25 @@ class LikelihoodSearch:
         then the moves). Why the moves before the wide screen: at 44 tokens a sweep of every
         candidate costs ~200 CPU s, more than a loaded machine gave a 600 s budget's whole search
         (SST-2 dev sentence 0 at variance 1e-6), and the wide screen still found a token a sweep
-        for minutes (RT dev sentence 0), so moves placed after it were never reached. `sweeps`
-        caps the steps over every position."""
+        for minutes (RT dev sentence 0), so moves placed after it were never reached. On J (not J_w)
+        a settled local sweep is followed by a stretch rebuild (`rebuild`, cheaper than a full sweep):
+        on SST-2 dev sentence 0 full sweeps kept changing a token or two until the budget ran out.
+        `sweeps` caps the steps over every position."""
         screens = [self.screen] + ([self.wide] if self.wide > self.screen else []) if self.screen > 0 else []
         steps = screens[:1] + ["move"] + screens[1:] + [0] if screens else [0, "move"]
-        total, k, full, near = 0, 0, 0, None
+        total, k, full, near, rebuild = 0, 0, 0, None, False
         moves = Moves(self, evidence, banned, word)
         while full < self.sweeps + len(steps):
-            step, before = steps[k], list(guess.x)
-            if step == "move":
-                moved = moves(guess, inner)
+            step, before = "rebuild" if rebuild else steps[k], list(guess.x)
+            if step in ("move", "rebuild"):
+                moved = moves(guess, inner) if step == "move" else moves.rebuild(guess, inner)
                 changed = 0 if moved is None else 1
                 if moved is not None:
                     guess.x, guess.best, guess.e = moved
                     self._changes.append([moves.taken, None])  # which move (`details["steps"]`)
             else:
                 changed = self._sweep(batch, guess, inner, evidence, banned, word, step, near)
-            total, full = total + changed, full + (near is None)
+            total, full = total + changed, full + (near is None and not rebuild)
             self._steps.append(["Jw" if guess.weighted else "J", step if near is None else f"{step}~", changed,
                                 round(guess.best, 6), round(time.perf_counter() - self._t0, 1), self._changes])
             self._changes = []
@@ -327,7 +326,9 @@ class LikelihoodSearch:
             local, near = near is not None, None
             if changed and self.local > 0:  # the next sweep: the changed tokens' neighbourhoods only
                 near = [p for p, (a, b) in enumerate(zip(before, guess.x)) if a != b]
-            k = 0 if changed else k if local else k + 1  # a local sweep that changed nothing: the full one
+            # a local sweep that changed nothing: a stretch rebuilt (`rebuild`), then the full sweep
+            k = 0 if changed else k if local or rebuild else k + 1
+            rebuild = local and not changed and self.rebuild > 1 and not guess.weighted
             if k == len(steps):  # single tokens and moves are settled
                 return total, True
         return total, False

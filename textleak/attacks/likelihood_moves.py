@@ -148,9 +148,13 @@ class Moves:
         if moved is None and s.indel > 0:  # a shifted body: a token deleted, one inserted
             self.taken, moved = "indel", guess.indel(inner, self.shortlist(guess, inner), s.indel, set(s._fillers))
         if moved is None and s.rebuild > 1:
-            self.taken = "rebuild"
-            moved = s._rebuild(guess, inner, self.word, self.banned, self.evidence, prior, list(s._fillers), sure)
+            moved = self.rebuild(guess, inner)
         return moved
+
+    def rebuild(self, guess: _Guess, inner: range):
+        """The search's stretch rebuild (`StretchRebuild`) of one stretch: (sequence, J, e) or None."""
+        s, self.taken = self.search, "rebuild"
+        return s._rebuild(guess, inner, self.word, self.banned, self.evidence, s._prior, list(s._fillers), s._sure)
 
     def shortlist(self, guess: _Guess, inner: range) -> list[list[int]]:
         """Per position, the tokens an insertion there tries: the `indel_candidates` best of the
