@@ -27,7 +27,7 @@ reach: its tokens rank 57th to 29,000th by the matched filter even from a blanke
 context, 1,000th to 24,000th by first-order gain, and outside the prior's 50 likeliest. In the
 600 s runs of session 13 (`recipes/measured/fl_defences_noise1e-6_b1_s13.*`) rebuilds raised J
 once on SST-2 sentence 0 (ROUGE-1 0.750; 0.677 without the rebuild after local sweeps, one run
-each, run-to-run spread ~0.1) and once on RT sentence 0, whose stretch stayed wrong.
+each, run-to-run spread ~0.1) and once each on RT sentences 0 and 2, whose stretches stayed wrong.
 
 Which stretch: a position's support is J(guess) - J(guess with a filler there); the window of
 2..`width` positions with the least support (summed, over sqrt(width)), not tried before from the
