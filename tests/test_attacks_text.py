@@ -452,3 +452,32 @@ def test_a_miss_past_a_shorter_sentence_is_cut_to_it():
     miss = [101, 5, 6, 7, 42, 43, 102]  # a 5-token sentence [101, 5, 6, 7, 102] and two stray tokens
     assert _cuts(miss, [5, 7, 9], ends=True, sep_id=102) == [[101, 5, 6, 7, 102]]
     assert _cuts(miss, [3, 5], ends=False, sep_id=None) == [miss[:3], miss[:5]]
+
+
+def test_polish_and_shift_stop_scoring_at_the_time_budget():
+    """A move scores many variants of a long sentence between the search's budget checks: past the
+    budget it returns what it has (SST-2 dev batch 4 at noise 1e-10: one polish ran 80 s)."""
+    import time
+    from types import SimpleNamespace
+
+    from textleak.attacks.exact.moves import PolishMove, ShiftMove
+    from textleak.core.budget import time_budget
+
+    truth = [101, 5, 6, 7, 8, 102]
+    calls = []
+
+    def residuals(rows):
+        calls.append(len(rows))
+        return torch.tensor([float(sum(a != b for a, b in zip(r, truth))) for r in rows], dtype=torch.double)
+
+    search = SimpleNamespace(residuals=residuals, ends=True, config=SimpleNamespace(sweeps=3),
+                             free=lambda p, n=None: [5, 6, 7, 8], settle=lambda seqs, known=(): seqs,
+                             span1=SimpleNamespace(certifies=lambda r, n: r == 0))
+    start = [101, 8, 8, 8, 8, 102]
+    assert PolishMove(pairs=False)(search, start) == (truth, 0.0)  # within the budget: polished
+    for move in (PolishMove(), ShiftMove()):
+        calls.clear()
+        with time_budget(1e-3):
+            time.sleep(0.01)
+            seq, _ = move(search, start)
+        assert seq == start and len(calls) <= 2  # the miss's own score, at most one batch of variants

@@ -20,7 +20,9 @@ pair, and layer 0 no longer tells positions apart. Where the word-embedding grad
 (untied heads: classification), it does: each occurrence's share of a word- and a
 position-embedding row is orthogonal to its own LayerNorm input, which places every token that
 stands at one position in the batch (`leaks.token_positions`; RT, batch 8: 117 candidates per
-position become 17, for 5 true ones; recipes/token_positions.py). Sentences are assembled at layer
+position become 17, for 5 true ones; recipes/token_positions.py). A tied masked-LM head writes a
+rank-M span (M masked positions) to every row: the rows off it are still the input tokens
+(`leaks.tied_token_set`: the vocabulary; the placements stay out of reach). Sentences are assembled at layer
 1, whose input at a position depends on the whole sentence through attention: the whole-sentence
 layer-1 residual is ~0 only for the true sentence (the certificate). Whole sentences of each
 missing length are seeded (a cheap beam over prefixes, random draws) and settled: each token

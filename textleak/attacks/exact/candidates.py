@@ -12,7 +12,7 @@ import torch
 
 from ...text.decode import allowed_token_ids
 from ...text.layouts import Layout
-from ...text.leaks import embedding_token_set, position_candidates, positions
+from ...text.leaks import embedding_token_set, position_candidates, positions, tied_token_set
 from ...text.leaks.spans import LayerSpan
 from .sequences import occupants
 
@@ -21,8 +21,11 @@ def vocabulary(layout: Layout, gradients: Mapping[str, torch.Tensor], tokenizer:
                ) -> tuple[torch.Tensor, str]:
     """The token ids worth testing against the layer-0 span, and where they came from."""
     leaked = embedding_token_set(layout, gradients)
+    tied = tied_token_set(layout, gradients) if leaked is None and task == "mlm" else None
     if leaked is not None:
         vocab, source = leaked, "nonzero rows of the word-embedding gradient"
+    elif tied is not None:
+        vocab, source = tied, "word-embedding rows off the tied output layer's span"
     elif task == "mlm":
         # BERT's masking swaps 10% of the chosen tokens for a random id of the whole
         # vocabulary, [unusedN] rows included: every id is tested

@@ -95,6 +95,8 @@ def settle(search: "Search", seqs: list[list[int]], known: Sequence[list[int]] =
     inner = range(1, n - 1) if search.ends else range(n)
     active = torch.ones(len(rows), dtype=torch.bool, device=dev)
     for sweep in range(search.config.settle):
+        if sweep and budget.expired():  # a sweep over a long sentence's wide candidates takes seconds
+            break
         if sweep and len(known_rows):
             near_known = ((rows[:, None, :] != known_rows[None]).sum(-1) <= 2).any(1)
             active &= ~near_known

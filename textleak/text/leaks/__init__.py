@@ -7,7 +7,8 @@ first argument, so that no leak knows a parameter name:
   example, counts for a batch, per example once the inputs are known); masked tokens and their
   counts from the masked-LM output-bias gradient.
 - `tokens`: the batch's token set from the nonzero rows of the word-embedding gradient (untied
-  heads), or from the rows that stand out of the noise; the longest length from the
+  heads), from the rows that stand out of the noise, or (a tied masked-LM head) from the rows
+  that leave the output layer's rank-M span; the longest length from the
   position-embedding gradient.
 - `positions`: where most tokens stand, from the LayerNorm orthogonality of each occurrence's
   share of the word- and position-embedding rows (`token_positions`).
@@ -36,10 +37,10 @@ from .slots import layer0_table, slot_residuals
 from .partial import PartialSpan, partial_span
 from .sentences import SentenceSpans, sentence_spans
 from .spans import MIN_GAP, SPAN_TESTS, LayerSpan, calibrate_threshold, layer_span, position_candidates, rank_gap
-from .tokens import embedding_token_set, max_length, noisy_token_set
+from .tokens import embedding_token_set, max_length, noisy_token_set, tied_token_set
 
 __all__ = ["NoiseLevel", "NoisySpan", "SpanReader", "noise_level", "assign_class_labels", "class_label_counts", "mlm_label_counts", "TokenPositions", "token_positions",
            "padded", "partial_residuals", "position_residuals", "sequence_residuals", "layer0_table",
            "slot_residuals", "MIN_GAP", "SPAN_TESTS", "LayerSpan", "calibrate_threshold", "layer_span",
-           "position_candidates", "rank_gap", "embedding_token_set", "max_length", "noisy_token_set",
+           "position_candidates", "rank_gap", "embedding_token_set", "max_length", "noisy_token_set", "tied_token_set",
            "PartialSpan", "partial_span", "SentenceSpans", "sentence_spans"]
