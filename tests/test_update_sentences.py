@@ -29,9 +29,7 @@ def setup(tmp_path_factory):
     reader = SpanReader([len(s) for s in ids])
     span0 = fits.span(0, reader(layout, U, 0), reader.bound(0))
     vocab = torch.tensor(sorted({t for s in ids for t in s}))
-    box = BoxRepair(layout, fits, span0, vocab, width=len(vocab))
-    box.test_parts = {"fits": fits, "vocab": vocab, "span1": fits.span(1, reader(layout, U, 1), reader.bound(1))}
-    return box, ids
+    return BoxRepair(layout, fits, span0, vocab, width=len(vocab)), ids
 
 
 def test_a_whole_wrong_sentence_is_swapped_for_the_settled_one_that_fits_the_update(setup):
@@ -67,31 +65,3 @@ def test_two_sentences_that_took_each_others_heads_trade_them_back(setup):
     guess = [ids[0], ids[2][:4] + ids[1][4:], ids[1][:4] + ids[2][4:]]
     fixed, report = box.run(guess, LABELS, deadline=float("inf"), order=[])  # trades only
     assert fixed == ids and report["changes"] >= 1
-
-
-def test_the_template_ends_are_never_tried_inside_a_sentence(setup):
-    box, ids = setup
-    ends = {ids[0][0], ids[0][-1]}
-    parts = box.test_parts
-    barred = BoxRepair(box.layout, parts["fits"], box.span0, parts["vocab"], width=len(box.vocab), barred=sorted(ends))
-    assert not ends & {t for row in barred.options(len(ids[0])) for t in row}
-    assert ends <= {t for row in box.options(len(ids[0])) for t in row}  # the batch's vocabulary holds them
-
-
-def test_a_slot_made_afresh_takes_no_token_a_slot_made_before_it_holds(setup):
-    box, ids = setup
-    # slot 0 holds a copy of slot 2's sentence (the search's misses at lr 1e-4); slot 2 was made first
-    repair = SentenceRepair(box, span1=box.test_parts["span1"])
-    settled = repair.settle([list(ids[2]), ids[1], ids[2]], 0, others=[2])
-    assert len(settled) == len(ids[2]) and settled[0] == ids[2][0] and settled[-1] == ids[2][-1]
-    assert all(settled[p] != ids[2][p] for p in range(1, len(ids[2]) - 1))
-
-
-def test_a_sentence_one_place_off_is_among_its_shifts():
-    from textleak.attacks.update_repair import _shifted
-    truth = [101, 7, 8, 9, 10, 11, 102]
-    options = [[t, 50] for t in truth]  # each position's closest token first
-    late = [101, 7, 60, 8, 9, 10, 102]  # a stray token in, the last word gone
-    early = [101, 8, 9, 10, 11, 61, 102]  # the first word gone, a stray at the end
-    assert truth in _shifted(late, options) and truth in _shifted(early, options)
-    assert all(len(s) == len(truth) and s[0] == 101 and s[-1] == 102 for s in _shifted(late, options))

@@ -162,12 +162,9 @@ class UpdateExact(Exact):
         _, span0 = self._layer0(observation, moved)
         vocab, _ = vocabulary(layout, observation.gradients, target.tokenizer, observation.task)
         pred = out.prediction
-        tok = target.tokenizer
-        repair = BoxRepair(layout, self._fits, span0, vocab,
-                           barred=[t for t in (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id) if t is not None])
+        repair = BoxRepair(layout, self._fits, span0, vocab)
         if near:
-            span1 = self._layer1(layout, observation.gradients, span0)
-            pred["token_ids"], sentences = SentenceRepair(repair, span1=span1).run(pred["token_ids"], pred["labels"], near,
+            pred["token_ids"], sentences = SentenceRepair(repair).run(pred["token_ids"], pred["labels"], near,
                                                                       budget.current().deadline)
             out.details["sentence_repair"] = sentences
             if sentences["swaps"] or sentences["fresh"]:  # certified already: no token sweep to spend

@@ -27,7 +27,7 @@ simulation certificate (`update_sim`) still decides. Classification only.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -49,10 +49,9 @@ class BoxRepair:
     span0: the fitted layer-0 span; vocab: token ids worth trying."""
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
-                 width: int = WIDTH, sweeps: int = SWEEPS, barred: Sequence[int] = ()):
+                 width: int = WIDTH, sweeps: int = SWEEPS):
         self.layout, self.span0, self.width, self.sweeps = layout, span0, width, sweeps
-        keep = [t for t in vocab.tolist() if t not in set(barred)]  # [CLS], [SEP]: never inside a sentence
-        self.vocab = torch.tensor(keep or vocab.tolist(), device=layout.device).long()
+        self.vocab = vocab.to(layout.device).long()
         layers = len(layout.layers)
         self.names = [n for k in range(layers) for n in layout.shared(fits.update, layout.qkv_names(k))]
         parts = [fits.matrices(k) for k in range(layers) if layout.shared(fits.update, layout.qkv_names(k))]
@@ -79,49 +78,32 @@ class BoxRepair:
     def misfit(self, G: torch.Tensor) -> float:
         return float(torch.relu((G - self.U).abs() - self.half).pow(2).sum())
 
-    def options(self, length: int, avoid: Collection[int] | None = None) -> list[list[int]]:
-        """Token ids to try per position ([length] lists), closest to the fitted layer-0 span first:
-        the `width` closest, and with `avoid` (the tokens the batch's other sentences hold) up to
-        width / 2 more, the closest outside it (at lr 1e-4 a true token can rank 50th of 68
-        against the span and 3rd among those no other sentence holds: SST-2 dev batch 4)."""
-        key = (length, None if avoid is None else frozenset(avoid))
-        if getattr(self, "_options", (None,))[0] != key:
-            V = len(self.vocab)
-            ids = self.vocab[:, None].expand(V, length)
-            pos = torch.arange(length, device=self.layout.device)[None].expand(V, length)
-            res = partial_residuals(self.layout, self.span0, ids, pos)  # [V, length]
-            order = self.vocab[res.argsort(dim=0)].T.tolist()  # [length, V], closest first
-            rows = [row[:self.width] for row in order]
-            if avoid is not None:
-                rows = [row + [t for t in full[self.width:] if t not in key[1]][:self.width // 2]
-                        for row, full in zip(rows, order)]
-            self._options = (key, rows)
-        return self._options[1]
+    def options(self, length: int) -> torch.Tensor:
+        """[length, width] token ids per position, closest to the fitted layer-0 span first."""
+        V = len(self.vocab)
+        ids = self.vocab[:, None].expand(V, length)
+        pos = torch.arange(length, device=self.layout.device)[None].expand(V, length)
+        res = partial_residuals(self.layout, self.span0, ids, pos)  # [V, length]
+        top = res.topk(min(self.width, V), dim=0, largest=False).indices  # [width, length]
+        return self.vocab[top].T
 
     def run(self, sequences: Sequence[Sequence[int]], labels: Sequence[int], deadline: float,
-            order: Sequence[int] | None = None, exchange: bool = True, avoid: bool = False,
-            shifts: bool = True) -> tuple[list[list[int]], dict[str, Any]]:
+            order: Sequence[int] | None = None, exchange: bool = True) -> tuple[list[list[int]], dict[str, Any]]:
         """Sweeps over every position of every sentence: each tries its `width` tokens and keeps the
         best; then a repaired token may trade places with another (when it took another position's
         token, each single substitution back is worse). `order`: the sentences to repair first (the
         least certain: the budget may end within a sweep); with `exchange`, each sweep ends with
-        two sentences trading tokens (`_exchange`); with `avoid`, each sentence also tries tokens the
-        others do not hold (`options`); with `shifts`, part of it moved by one place (`_shift`)."""
+        two sentences trading tokens (`_exchange`)."""
         seqs, start = self.begin(sequences, labels, deadline)
         moved: list[set[int]] = [set() for _ in seqs]
         sweeps, before = 0, -1
         while self._changes > before and sweeps < self.sweeps and time.monotonic() < deadline:
             before, sweeps = self._changes, sweeps + 1
             for b in (order if order is not None else range(len(seqs))):
-                held = {t for c, s in enumerate(seqs) if c != b for t in s} if avoid else None
-                options = self.options(len(seqs[b]), held)
+                options = self.options(len(seqs[b])).tolist()
                 for p in range(1, len(seqs[b]) - 1):  # [CLS] and [SEP] stay
                     if self.keep_best(seqs, b, [seqs[b][:p] + [t] + seqs[b][p + 1:] for t in options[p]]):
                         moved[b].add(p)
-                was = list(seqs[b])
-                if shifts and self.keep_best(seqs, b, _shifted(seqs[b], options)):
-                    ends = [p for p, (x, y) in enumerate(zip(was, seqs[b])) if x != y]
-                    moved[b].update({ends[0], ends[-1]})  # where the shift took a token in
                 swaps = {(min(p, q), max(p, q)) for p in moved[b] for q in range(1, len(seqs[b]) - 1)
                          if seqs[b][q] != seqs[b][p]}
                 self.keep_best(seqs, b, [_swapped(seqs[b], p, q) for p, q in sorted(swaps)])
@@ -188,19 +170,6 @@ class BoxRepair:
                 if found is not None:
                     self._best, seqs[a], seqs[b], self._own[a], self._own[b], self._total = found
                     self._changes += 1
-
-
-def _shifted(seq: list[int], options: list[list[int]]) -> list[list[int]]:
-    """`seq` with the inner tokens from p on moved one place right (position p takes its closest
-    option) or left (the last inner position takes its closest), for every p: descent token by
-    token settles into a sentence shifted by a place over a stretch (SST-2 dev batch 4, lr 1e-4)."""
-    n, out = len(seq), []
-    for p in range(1, n - 1):
-        right = seq[:p] + [next((t for t in options[p] if t != seq[p]), seq[p])] + seq[p:n - 2] + seq[n - 1:]
-        left = seq[:p] + seq[p + 1:n - 1] + [next((t for t in options[n - 2] if t != seq[n - 2]), seq[n - 2])] \
-            + seq[n - 1:]
-        out += [s for s in (right, left) if s != seq and s not in out]
-    return out
 
 
 def _swapped(seq: list[int], p: int, q: int) -> list[int]:
