@@ -112,6 +112,18 @@ def test_each_change_notes_the_pool_parts_holding_it_and_its_first_order_rank():
     assert search._changes == [["evidence+flips", 2], ["-", None]]  # 5 and 7 rank above 6
 
 
+def _scripted_sweep(calls, script):
+    """A stand-in for `LikelihoodSearch._sweep` that records its screen and changes a token when
+    the script says so."""
+    def sweep(self, batch, guess, inner, evidence, banned, word, screen, around=None):
+        calls.append((screen, around))
+        changed = next(script)
+        if changed:
+            guess.x[2] += 1
+        return changed
+    return sweep
+
+
 def test_a_change_is_followed_by_a_local_sweep_then_a_full_one(monkeypatch):
     """After a sweep changes tokens the next one covers their neighbourhoods (`local`); once that
     changes nothing, the same screen sweeps every position before the climb goes on."""
@@ -119,12 +131,7 @@ def test_a_change_is_followed_by_a_local_sweep_then_a_full_one(monkeypatch):
 
     calls, script = [], iter([1, 0, 0, 0, 0, 0])
 
-    def sweep(self, batch, guess, inner, evidence, banned, word, screen, around=None):
-        calls.append((screen, around))
-        changed = next(script)
-        if changed:
-            guess.x[2] += 1
-        return changed
+    sweep = _scripted_sweep(calls, script)
 
     class Guess:
         best, weighted, x = 0.0, False, [0, 0, 0, 0]
@@ -181,12 +188,7 @@ def test_a_local_sweep_that_changes_nothing_is_followed_by_a_stretch_rebuild(mon
 
     calls, script, rebuilt = [], iter([1, 0, 0, 0, 0, 0, 0]), iter([True, False, False])
 
-    def sweep(self, batch, guess, inner, evidence, banned, word, screen, around=None):
-        calls.append((screen, around))
-        changed = next(script)
-        if changed:
-            guess.x[2] += 1
-        return changed
+    sweep = _scripted_sweep(calls, script)
 
     def rebuild(self, guess, inner):
         calls.append("rebuild")
