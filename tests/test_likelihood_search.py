@@ -212,7 +212,8 @@ def test_a_local_sweep_that_changes_nothing_is_followed_by_a_stretch_rebuild(mon
     assert [s[1] for s in search._steps][:4] == [4, "4~", "rebuild", "4~"]
     assert search._steps[2][5] == [["rebuild", None]]
     calls.clear()
-    script, rebuilt = iter([1, 0, 0, 0, 0, 0]), iter([False])
+    rebuilt = iter([False])
+    monkeypatch.setattr(lk.LikelihoodSearch, "_sweep", _scripted_sweep(calls, iter([1, 0, 0, 0, 0, 0])))
     Guess.weighted = True  # J_w: no rebuild after a local sweep, only among the moves
     search._climb(None, Guess(), range(1, 3), None, None, "w")
     assert calls == [(4, None), (4, [2]), (4, None), "move", "rebuild", (16, None), (0, None)]
