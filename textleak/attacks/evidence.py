@@ -150,24 +150,21 @@ class PriorCandidates:
         """Per position of `seq`, the k tokens likeliest between its neighbours (the ends use one side)."""
         if k < 1:
             return [[] for _ in seq]
-        out = []
-        for p in range(len(seq)):
-            s = torch.zeros_like(self.uni)
-            if p > 0:
-                s += self._log_next(seq[p - 1])
-            if p + 1 < len(seq):
-                s += self._log_prev(seq[p + 1])
-            s[self.banned] = -math.inf
-            out.append(torch.topk(s, k).indices.tolist())
-        return out
+        first = torch.zeros_like(self.uni)
+        return [torch.topk(self._at(seq, p, True, first), k).indices.tolist() for p in range(len(seq))]
 
     def between_at(self, seq: list[int], p: int, k: int, right: bool = True) -> list[int]:
         """The k tokens likeliest at position p of `seq` after its left neighbour (and before its
-        right one, with `right`)."""
-        s = self._log_next(seq[p - 1]) if p > 0 else torch.log(self.uni + 1)
+        right one, with `right`); at the first position, weighted by their frequency."""
+        return torch.topk(self._at(seq, p, right, torch.log(self.uni + 1)), k).indices.tolist()
+
+    def _at(self, seq: list[int], p: int, right: bool, first: torch.Tensor) -> torch.Tensor:
+        """Log-scores of every token at position p of `seq` given its left neighbour (`first` where
+        it has none) and, with `right`, its right one; banned tokens -inf."""
+        s = self._log_next(seq[p - 1]) if p > 0 else first
         if right and p + 1 < len(seq):
             s = s + self._log_prev(seq[p + 1])
-        return torch.topk(s.masked_fill(self.banned, -math.inf), k).indices.tolist()
+        return s.masked_fill(self.banned, -math.inf)
 
     def pairs(self, seq: list[int], k: int, inner: range) -> list[list[tuple[int, int]]]:
         """Per position p of `seq` (p, p + 1 both in `inner`), token pairs for p and p + 1: the k

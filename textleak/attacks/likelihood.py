@@ -43,14 +43,15 @@ Candidates from a language prior (`prior`, `auto`'s bigram over training sentenc
 likeliest between the neighbours, the `frequent` most frequent tokens) reach the buried function
 words the gradient-based candidates rank in the thousands (`attacks.evidence.PriorCandidates`).
 The moves, once the narrow screen settles (`attacks.likelihood_moves`): swaps and rotations, the
-prior's token pairs, an insertion/deletion (a shifted body), the least supported stretch blanked
-to a filler and rebuilt jointly (`rebuild`). After a step that changed tokens the next sweep
-covers only their neighbourhoods (`local`), then all. Seeds: a given guess (e.g. `exact`'s), else
-the likeliest of the best-row guess and confident rows with a filler in the gaps
-(`attacks.evidence`). Rounds stop when a sweep changes nothing or the time budget (`core.budget`)
-runs out (a sentence settled against its target is searched again only once another sentence
-changes, so batch 1 takes one round); the best guess is returned. Nothing here certifies a sentence; `details["fit"]` is ||G - mean g||^2 / (N sigma^2),
-about 1 for the true batch (a chi-square per entry; one token wrong adds ~1e-3 at variance 1e-6).
+prior's token pairs, an insertion/deletion (a shifted body), the least supported stretch blanked to
+a filler and rebuilt jointly (`rebuild`). After a step that changed tokens the next sweep covers
+only their neighbourhoods (`local`), then all. Seeds: a given guess (e.g. `exact`'s), else the
+likeliest of the best-row guess and confident rows with a filler in the gaps (`attacks.evidence`).
+Rounds stop when a sweep changes nothing or the time budget (`core.budget`) runs out (a sentence
+settled against its target is searched again only once another sentence changes, so batch 1 takes
+one round); the best guess is returned. Nothing here certifies a sentence; `details["fit"]` is
+||G - mean g||^2 / (N sigma^2), about 1 for the true batch (a chi-square per entry; one token wrong
+adds ~1e-3 at variance 1e-6).
 
 In `auto` it runs after `exact` (from exact's uncertified guess where there is one) and before
 LAMP, taking `share` (0.95) of the time budget left so that LAMP, started from its guess, gets the rest;
@@ -354,8 +355,7 @@ class LikelihoodSearch:
         flips = [f[: self.flips] for f in flips]
         changed = 0
         for p in order:
-            matched = torch.topk((guess.T[word] @ guess.e[p]).masked_fill(banned, -math.inf),
-                                 self.matched).indices.tolist()
+            matched = guess.matched(p, self.matched, banned, word)
             parts = {"evidence": evidence[p][: self.per_position], "matched": matched, "flips": flips[p],
                      "near": near[p], "between": between[p], "frequent": frequent}
             pool = [t for part in parts.values() for t in part]

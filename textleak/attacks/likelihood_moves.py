@@ -121,7 +121,7 @@ class StretchRebuild:
     def _slot(self, guess, seq, e, p: int, end: int, word: str, banned, evidence, prior) -> list[int]:
         """Slot p's candidates in one beam: its matched filter, best rows, the prior's likeliest
         between the beam's left token and the stretch's right neighbour, the guess's own token."""
-        matched = torch.topk((guess.T[word] @ e[p]).masked_fill(banned, -math.inf), self.matched).indices.tolist()
+        matched = guess.matched(p, self.matched, banned, word, e)
         rows = evidence[p][: self.rows] if evidence else []
         between = prior.between_at(seq, p, self.prior, right=p + 1 == end) if prior is not None else []
         return list(dict.fromkeys(matched + rows + between + [guess.x[p]]))
@@ -157,7 +157,7 @@ class Moves:
     def rebuild(self, guess: _Guess, inner: range):
         """The search's stretch rebuild (`StretchRebuild`) of one stretch: (sequence, J, e) or None."""
         s, self.taken = self.search, "rebuild"
-        return s._rebuild(guess, inner, self.word, self.banned, self.evidence, s._prior, list(s._fillers), s._sure)
+        return s._rebuild(guess, inner, self.word, self.banned, self.evidence, s._prior, s._fillers, s._sure)
 
     def shortlist(self, guess: _Guess, inner: range) -> list[list[int]]:
         """Per position, the tokens an insertion there tries: the `indel_candidates` best of the
@@ -165,6 +165,5 @@ class Moves:
         k, out, prior = self.search.indel_candidates, [[] for _ in guess.x], self.search._prior
         between = prior.between(guess.x, 2) if prior is not None else out
         for p in inner:
-            matched = torch.topk((guess.T[self.word] @ guess.e[p]).masked_fill(self.banned, -math.inf), k).indices.tolist()
-            out[p] = matched + between[p]
+            out[p] = guess.matched(p, k, self.banned, self.word) + between[p]
         return out

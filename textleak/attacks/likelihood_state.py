@@ -93,6 +93,12 @@ class _Guess:
         J, scores = self.score([self.x])
         self.best, self.e = float(J[0]), scores.e[0]
 
+    def matched(self, p: int, k: int, banned: torch.Tensor, word: str, e: torch.Tensor | None = None) -> list[int]:
+        """The matched filter at position p: the k tokens whose target word row best matches the
+        gradient at p's embedding input (`e` [L, H]: another hypothesis's; default the guess's)."""
+        e = self.e if e is None else e
+        return torch.topk((self.T[word] @ e[p]).masked_fill(banned, -math.inf), k).indices.tolist()
+
     def score(self, trials: list[list[int]]):
         """(J or J_w [W], the scores) of W hypotheses with the guess's label."""
         s = self.scorer(torch.tensor(trials), torch.full((len(trials),), self.y))

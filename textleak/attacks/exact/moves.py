@@ -218,7 +218,7 @@ class PolishMove(Move):
                 j = int(scores.argmin())
                 if float(scores[j]) < best_score:
                     best, best_score = trials[j], float(scores[j])
-        if best is seq and not budget.expired():  # no pair helps: rebuild a 3-token window at the worst position by a small beam
+        if best is seq and not budget.expired():  # no pair helps: a 3-token window at the worst position
             best, best_score = self._window(search, seq, current, inner, order[0])
         return best, best_score, best is not seq
 

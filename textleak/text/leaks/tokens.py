@@ -72,9 +72,9 @@ def tied_token_set(layout: Layout, gradients: Mapping[str, torch.Tensor]) -> tor
     share one rank-M span, read off an even sample of the smaller rows (inputs are a few hundred of
     30k rows; the targets' rows are large and skipped, but lie in it too), and the input tokens are
     the rows with more than `TIED_OFF` of their norm off it (`output_span` drops an input row that
-    the sample caught). Measured on MiniLM, first dev batch
-    (CoLA 4, RT 16, SST-2 32 sentences): the span's rank is M exactly (7, 64, 73), the gap 1.4e3-5e4;
-    input rows keep 3-12% of their norm off it, the others at most 6e-7; 0.4 CPU s at MiniLM's vocabulary.
+    the sample caught). Measured on MiniLM, first dev batch (CoLA 4, RT 16, SST-2 32 sentences):
+    the span's rank is M exactly (7, 64, 73), the gap 1.4e3-5e4; input rows keep 3-12% of their
+    norm off it, the others at most 6e-7; 0.3-0.6 CPU s at MiniLM's vocabulary.
     [MASK] and the random ids BERT's masking swaps in are inputs too."""
     name = layout.word_embedding_name
     if name not in gradients or not layout.tied:
@@ -97,11 +97,12 @@ def tied_token_set(layout: Layout, gradients: Mapping[str, torch.Tensor]) -> tor
 
 def output_span(sample: torch.Tensor, rounds: int = 4) -> torch.Tensor | None:
     """An orthonormal basis [k, H] of the low-rank span that all but a few rows of `sample` share,
-    or None where no rank gap of `TIED_GAP` shows at k <= rows / 4 (the last such gap is the rank). An input row sampled by chance
-    spans a direction of its own: its leverage (its share of the basis' weight) is near 1. Rows
-    over 0.5 are dropped and the span read again until the rank stays (a row of the shared part
-    can carry much of one direction too, but dropping it leaves the rank as it was; RT dev batch
-    16 with 40 input rows put in the sample: rank 113, then 64 = M twice)."""
+    or None where no rank gap of `TIED_GAP` shows at k <= rows / 4 (the last such gap is the rank).
+    An input row sampled by chance spans a direction of its own: its leverage (its share of the
+    basis' weight) is near 1. Rows over 0.5 are dropped and the span read again until the rank stays
+    (a row of the shared part can carry much of one direction too, but dropping it leaves the rank
+    as it was; RT dev batch 16 with 40 input rows put in the sample: rank 113, then 64 = M
+    twice)."""
     previous = None
     for _ in range(rounds):
         U, S, Vh = torch.linalg.svd(sample, full_matrices=False)
