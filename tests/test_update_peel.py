@@ -8,7 +8,8 @@ import torch
 
 import textleak
 from conftest import make_wide_classifier
-from textleak.attacks.update import UpdateExact, midpoint_model
+from textleak.attacks.update import (LAYER0_ALLOWANCE, PLATEAU_ALLOWANCE, RETRY_WIDEN, UpdateExact, layer0_tolerance,
+                                     midpoint_model)
 from textleak.attacks.update_peel import UpdatePeeler
 from textleak.attacks.update_sim import UpdateFacts
 from textleak.text.layouts import layout_for
@@ -53,19 +54,24 @@ def test_peeling_a_replayed_sentence_leaves_the_others_in_the_span_and_takes_its
     assert float(left.norm() / layer1.norm()) < 0.2  # 0.105 here (lr 0.03 moves this small model far)
 
 
-def test_the_layer0_allowance_tightens_the_candidates_threshold_only_when_asked(wide, update):
-    # on MiniLM true (token, position) pairs sit at 0.19-0.73 x the floor (CoLA, SST-2, RT); this random
-    # model's layer 0 is far noisier (up to 55 x): there the search at 1.5 x finds nothing certified and
-    # exact-update searches again at the spectral tolerance (the end-to-end test in test_updates_noise)
+def test_the_layer0_allowance_sets_the_candidates_threshold_only_when_asked_and_the_retry_widens_it(wide, update):
+    # on MiniLM true (token, position) pairs sit at 0.19-0.73 x the floor at lr 1e-2 and up to 60 x the
+    # plateau at lr 1e-3 (test_update_layer0); this random model's layer 0 is far noisier (up to 55 x
+    # the floor): there the first search finds nothing certified and exact-update searches again,
+    # RETRY_WIDEN x wider and at least at the spectral tolerance (end-to-end in test_updates_noise)
     U, ids, cap = update
     span = SpanReader([len(s) for s in ids], True)(layout_for(wide.model), U, 0)
     observation = Observation.from_file(cap.gradients, unknown=["labels"])
     attack = UpdateExact()
     _, plain = attack._layer0(observation, wide)
     assert plain.tol == span.tol
-    attack._allowance = 1.5
+    attack._widen = 1.0
     _, tight = attack._layer0(observation, wide)
-    assert tight.tol == min(span.tol, 1.5 * span.floor) < span.tol
+    assert tight.tol == layer0_tolerance(span) == max(LAYER0_ALLOWANCE * span.floor, PLATEAU_ALLOWANCE * span.floor ** 2)
+    assert tight.tol < span.tol  # a low plateau: the floor's allowance, under the spectral tolerance
+    attack._widen = RETRY_WIDEN
+    _, retry = attack._layer0(observation, wide)
+    assert retry.tol == max(span.tol, RETRY_WIDEN * tight.tol)
 
 
 def test_a_peel_with_a_check_span_refuses_a_sentence_with_a_token_off_it(wide, update):
