@@ -3,6 +3,8 @@ recovery, length inference and fallbacks are asserted. Offline, small, a few sec
 
 from __future__ import annotations
 
+from collections import Counter
+
 import dataclasses
 
 import pytest
@@ -405,9 +407,14 @@ def test_embedding_gradients_place_tokens_at_their_positions(wide_target, target
         for i, t in enumerate(s):
             where.setdefault(t, set()).add(i)
     assert all(s[i] in found.allowed[i] for s in ids for i in range(len(s)))
-    single = [t for t, at in where.items() if len(at) == 1]
-    assert single and all(found.placed.get(t) == where[t] for t in single)
-    assert all(t not in found.allowed[i] for t in single for i in range(L) if i not in where[t])
+    assert all(at <= where[t] for t, at in found.placed.items())  # nothing placed where it is not
+    # a token standing once is placed (its share is orthogonal to 1e-8); one standing at one position
+    # in several sentences ([CLS] here) sums several shares, whose float32 rounding can pass the
+    # threshold (3.1e-7 against eps 1.2e-7 on one machine), so it may stay unplaced, never misplaced
+    count = Counter(t for s in ids for t in s)
+    once = [t for t, at in where.items() if len(at) == 1 and count[t] == 1]
+    assert once and all(found.placed.get(t) == where[t] for t in once)
+    assert all(t not in found.allowed[i] for t in once for i in range(L) if i not in where[t])
     vocab = {"dog": wide_target.tokenizer.convert_tokens_to_ids("dog")}
     assert found.placed.get(vocab["dog"]) in (None, where[vocab["dog"]])  # at 2 positions: placed only if separated
     # noise hides the orthogonality: nothing is placed, nothing is barred

@@ -56,7 +56,9 @@ def test_gains_are_the_batch_misfit_change_and_a_swap_never_raises_it(wide):
     trial[2] = truth[0][2]
     gain = search._gain(batch, 0, [trial])[0]
     change = misfit(obs, wide, [trial, wrong[1]], [1, 1]) - misfit(obs, wide, wrong, [1, 1])
-    assert gain == pytest.approx(-4 * change, rel=1e-3)
+    # both sides are float32 differences of nearby misfits: they agree to ~1e-3 (2e-4 on one
+    # machine, 1.0e-3 on another); a wrong factor or sign is off by 100% or more
+    assert gain == pytest.approx(-4 * change, rel=5e-3)
     before = batch.misfit()
     inner = [range(1, len(s) - 1) for s in truth]
     search._swap_pair(batch, 0, 1, inner, fill=[], strong=set(truth[0] + truth[1]))
