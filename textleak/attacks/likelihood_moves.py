@@ -21,7 +21,8 @@ gradient at the slot's embedding input, in that beam's context), the slot's best
 the bigram prior's likeliest tokens between the beam's left token and the stretch's right
 neighbour, the token the guess held, and the tokens nearest a continuous relaxation of the
 stretch on the objective (`attacks.relax`, from the guess's tokens: on session 13's settled RT
-guess, 60 steps take "character" from 23,948th nearest to 7th); every hypothesis is scored with
+guess, 60 steps take "character" from 23,948th nearest to 7th; opt-in, `relaxed`: no end-to-end
+gain measured, session 14); every hypothesis is scored with
 the full likelihood J, and the rebuilt guess is kept only if it beats the settled one. Measured
 from session 12's settled guesses (variance 1e-6): on SST-2 dev sentence 0 three rebuilds in six raised J and put
 "exercise" in (3-8 CPU s each at 44 tokens); on RT dev sentence 0 the true stretch stays out of
@@ -65,8 +66,8 @@ class StretchRebuild:
     prior: int = 4
     #: candidates per slot from a continuous relaxation of the stretch (`attacks.relax`, from the
     #: guess's tokens): the `relaxed` tokens nearest where `relax` Adam steps on the objective
-    #: took each slot (0: none)
-    relaxed: int = 6
+    #: took each slot (0: none, the default; `LikelihoodSearch.relaxed`)
+    relaxed: int = 0
     relax: int = 60
     tried: set = field(default_factory=set)
 

@@ -20,6 +20,12 @@ raised J twice with the relaxation from the guess, once in eight from the filler
 without it. It is a source of
 candidates, never a guess: every rebuilt hypothesis is scored on the discrete J.
 
+End to end it is opt-in (`likelihood.relaxed`, off by default): `fl_defences --noise 1e-6
+--budget 600` at batch 1 read RT 0.797 (0.778 / 1.00 / 0.612, load 4.6-6.1) and SST-2 0.935
+(0.806 / 1.00 / 1.00, load 2.6-2.9) with 6 candidates per slot, against session 13's 0.731 and
+0.917 at load 4-6; but RT sentence 0 without it, at load 2.7, read the same 0.778 (J 5.6289
+against 5.6252 with it), so the gain is not shown to be the relaxation's (single runs each).
+
 Shapes: seq a list of L token ids, positions a list of P of them; returns P lists of k token ids.
 """
 
