@@ -217,3 +217,35 @@ def test_a_local_sweep_that_changes_nothing_is_followed_by_a_stretch_rebuild(mon
     Guess.weighted = True  # J_w: no rebuild after a local sweep, only among the moves
     search._climb(None, Guess(), range(1, 3), None, None, "w")
     assert calls == [(4, None), (4, [2]), (4, None), "move", "rebuild", (16, None), (0, None)]
+
+
+def test_a_relaxed_stretch_ranks_the_true_tokens_the_wrong_ones_hid(wide):
+    """Two neighbouring wrong tokens: freed and moved along J (`attacks.relax`), their slots'
+    nearest tokens hold the truth, which the wrong tokens' own neighbourhoods (no steps) do not;
+    the stretch rebuild, with neither rows nor matched filter nor prior holding the truth, then
+    puts it back from the relaxation alone."""
+    from textleak.attacks.likelihood_moves import StretchRebuild
+    from textleak.attacks.likelihood_state import _Batch, _Guess, _gradient
+    from textleak.attacks.relax import relaxed_candidates
+
+    layout = layout_for(wide.model)
+    names = [n for n, p in wide.model.named_parameters() if p.requires_grad]
+    truth, guess = [2, 11, 12, 13, 14, 15, 16, 3], [2, 11, 12, 20, 21, 15, 16, 3]
+    g = _Guess(_Batch(layout, _gradient(layout, truth, 1, names), [guess], [1]), 0)
+    banned = torch.zeros(layout.word_embeddings.num_embeddings, dtype=torch.bool)
+    banned[:5] = True
+    still = relaxed_candidates(layout, g.T, guess, 1, [3, 4], 3, banned, steps=0)
+    moved = relaxed_candidates(layout, g.T, guess, 1, [3, 4], 3, banned, steps=60)
+    assert still[0][0] == 20 and 13 not in still[0] and 14 not in still[1]
+    assert 13 in moved[0] and 14 in moved[1]
+    evidence = [[t] for t in guess]  # rows that hold only the guess
+    found = None
+    rebuild = StretchRebuild(width=2, matched=0, relaxed=3)
+    for _ in range(5):
+        found = rebuild(g, range(1, 7), layout.word_embedding_name, banned, evidence, None, [9])
+        if found is not None:
+            break
+    assert found is not None and found[0] == truth
+    plain = StretchRebuild(width=2, matched=0, relaxed=0)
+    assert all(plain(g, range(1, 7), layout.word_embedding_name, banned, evidence, None, [9]) is None
+               for _ in range(5))
