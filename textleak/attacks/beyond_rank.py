@@ -56,13 +56,14 @@ from ..errors import MissingKnowledgeError
 from ..text.inference import infer_lengths
 from ..text.layouts import Layout, layout_for
 from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, layer_span, partial_span,
-                          sentence_spans)
+                          sentence_spans, tied_token_set)
 from ..text.leaks.positions import token_positions
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .beyond_rank_screen import LONGEST, NeighbourScreen, SentenceMove
 from .exact.attack import Exact, _budget_report, _predict
-from .exact.candidates import Candidates, vocabulary
+from .exact.candidates import Candidates, declared_masks, vocabulary
+from .exact.labels import order_by_slots
 from .exact.certificates import PeelCertificate
 from .exact.moves import MOVES
 from .exact.peeling import Peeler, Rest, as_captured
@@ -116,14 +117,16 @@ class SentenceCertificate:
 
 
 class SentencePeeler(Peeler):
-    """`Peeler` past the rank limit (classification): a sentence's own gradient, under the class
-    that makes the subtraction exact, must drop the rank of the last layer's query gradient by one
-    (the layer-1 rank has no gap to drop); what is left is read as `Peeler` reads it, with the
-    partial layer-1 span until the rest is under the limit."""
+    """`Peeler` past the rank limit: a sentence's own gradient, under the labels that make the
+    subtraction exact, must drop the rank of the last layer's query gradient by its terms there
+    (classification: one, at [CLS], under the class tried; masked-LM: one per masked position of
+    the slot, its tokens those `Peeler` ranks on the prediction-head gradient) (the layer-1 rank has
+    no gap to drop); what is left is read as `Peeler` reads it, with the partial layer-1 span until
+    the rest is under the limit."""
 
     def __init__(self, observation: Observation, layout: Layout, lengths: Sequence[int], spans: SentenceSpans,
-                 drop: int):
-        super().__init__(observation, layout, lengths, 0, None, observation.knowledge.seq_lengths is not None)
+                 drop: int, mask_id: int | None = None):
+        super().__init__(observation, layout, lengths, 0, mask_id, observation.knowledge.seq_lengths is not None)
         self.query = layout.name(layout.linears(spans.layer)["query"].weight)
         self.sentence_rank, self.drop = spans.rank, drop
         if self.query not in self.names:
@@ -134,32 +137,42 @@ class SentencePeeler(Peeler):
                 self.rest[self.query] = self.grads[self.query].to(layout.device).double().clone()
 
     def peel(self, seq: list[int], last: bool = False) -> Rest | None:
-        # past the limit there is no layer-1 rank gap to fit a share on (`Peeler.shares`): the
-        # sentence's share is the unclipped mean's 1/B (a clipped or rescaled gradient is not peeled)
-        share = 1.0 / self.batch_size
-        for label in range(int(self.model.config.num_labels)):
-            trial = {n: self.rest[n] - share * g.double() for n, g in zip(self.names, self._own(seq, None, label))}
-            if self._exact_removal(trial, last):
+        # past the limit there is no layer-1 rank gap to fit a share on (`Peeler.shares`): a sentence's
+        # share is the unclipped mean's (classification 1/B; masked-LM its masked positions' k/M, which
+        # `_own` applies); a clipped or rescaled gradient is not peeled
+        share = 1.0 / self.batch_size if self.task != "mlm" else 1.0
+        for slot, labels in self._choices(seq):
+            terms = len(labels) if self.task == "mlm" else 1
+            own = self._own(seq, slot, labels)
+            trial = {n: self.rest[n] - share * g.double() for n, g in zip(self.names, own)}
+            if self._exact_removal(trial, last, terms):
                 break
         else:
             return None
-        self.labels.append(label)
+        self.labels.append(labels)
         self.sentences.append(list(seq))
         self.rest = trial
+        if self.task == "mlm":
+            self.slots.append(slot)
+            self.masked_left -= len(labels)
+            for t in labels:
+                self.counts[t] = self.counts.get(t, 0) - 1
         if last:
             return Rest(None)
-        self.sentence_rank -= 1
+        self.sentence_rank -= terms
         return self._what_is_left(self.span1_left())
 
-    def _exact_removal(self, trial: dict[str, torch.Tensor], last: bool) -> bool:
-        """The last layer's query gradient lost one direction (nothing but rounding, for the last)."""
+    def _exact_removal(self, trial: dict[str, torch.Tensor], last: bool, terms: int = 1) -> bool:
+        """The last layer's query gradient lost `terms` directions (nothing but rounding, for the last)."""
         before = torch.linalg.svdvals(self.rest[self.query])
         after = torch.linalg.svdvals(trial[self.query])
         if last:
             return float(after[0]) < math.sqrt(torch.finfo(self.grads[self.query].dtype).eps) * float(before[0])
         r = self.sentence_rank
+        if terms < 1 or terms > r:
+            return False
         plateau = float(before[r]) if r < len(before) else float(before[-1]) * 1e-3
-        return float(after[r - 1]) < 10.0 * plateau
+        return float(after[r - terms]) < 10.0 * plateau
 
     def span1_left(self):
         """Layer 1's span of what is left: the full span once it has a rank gap at least EXACT_MARGIN
@@ -305,14 +318,16 @@ class BeyondRank(Exact):
         specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
         known = assumed["seq_lengths"] == "known"
         pins = token_positions(layout, grads, vocab.tolist(), max(lengths), occupants(lengths) if known else None)
-        cands = Candidates([[(int(t), 0.0) for t in vocab.tolist()] for _ in range(max(lengths))], specials, pins=pins)
+        cands = Candidates([[(int(t), 0.0) for t in vocab.tolist()] for _ in range(max(lengths))], specials, pins=pins,
+                           masks=declared_masks(observation, lengths), mask_id=tok.mask_token_id)
         drop = self.drop if self.drop is not None else max(1, layout.hidden_size * SETTLE_DROP // 384)
-        peeler = SentencePeeler(observation, layout, lengths, spans, drop)
+        peeler = SentencePeeler(observation, layout, lengths, spans, drop, tok.mask_token_id)
         span1 = peeler.span1_left()
         with layer0_table(layout, max(lengths)):
             search = SentenceSearch(self, layout, tok, cands, lengths, span1, peeler, spans,
                                     observation.knowledge.special_tokens)
-            sequences, _ = search.run()
+            sequences, residuals = search.run()
+        sequences, _ = order_by_slots(observation, tok, peeler, sequences, residuals)  # (masked-LM: into their slots)
         passed = self._certified(layout, spans, sequences, search)
         prediction = _predict(observation, layout, tok, sequences, assumed)
         details = {"certified": all(passed), "certified_share": sum(passed) / len(passed),
@@ -328,22 +343,24 @@ class BeyondRank(Exact):
     def _setup(self, observation: Observation, target: Any) -> tuple[Layout, SentenceSpans]:
         for name in self.moves:
             MOVES.get(name)  # an unknown move: InputError naming the registered ones
-        layout, grads = layout_for(target.model), observation.gradients
-        if observation.task != "classify":
-            raise MissingKnowledgeError("recovery past the rank limit needs a classification gradient (a masked-LM "
-                                        "head reads every masked position, not one per sentence)")
+        layout, grads, know = layout_for(target.model), observation.gradients, observation.knowledge
+        masks = declared_masks(observation, know.seq_lengths or ())
+        if observation.task == "mlm" and masks is None:
+            raise MissingKnowledgeError("masked-LM recovery past the rank limit needs the declared lengths and masked "
+                                        "positions (the head reads the last layer there only)")
         layout.require(grads, layout.qkv_names(1), "recovery past the rank limit")
         if layer_span(layout, grads, 1, self.span_test).exact:
             raise MissingKnowledgeError("within the rank limit (layer 1's gradient has a rank gap): exact applies")
-        if embedding_token_set(layout, grads) is None:
+        if embedding_token_set(layout, grads) is None and \
+                (observation.task != "mlm" or tied_token_set(layout, grads) is None):
             raise MissingKnowledgeError("recovery past the rank limit needs the token set (a sparse word-embedding "
-                                        "gradient: an untied head)")
-        know = observation.knowledge
+                                        "gradient: an untied head; or a tied masked-LM head's rank-M output part)")
         batch = know.batch_size or (len(know.seq_lengths) if know.seq_lengths is not None else None)
-        spans = sentence_spans(layout, grads, batch, observation.task)
+        spans = sentence_spans(layout, grads, batch, observation.task, masks)
         if spans is None:
             raise MissingKnowledgeError("recovery past the rank limit needs the last layer's per-sentence spans (a "
-                                        "[CLS] classifier's gradient with a clear rank gap there, at most the batch size)")
+                                        "[CLS] classifier's or a masked-LM head's gradient with a clear rank gap "
+                                        "there, at most the batch size or the masked positions)")
         return layout, spans
 
     def _lengths_past_limit(self, observation: Observation, target: Any, spans: SentenceSpans
