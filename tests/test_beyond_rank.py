@@ -156,7 +156,7 @@ def test_sentence_move_puts_one_wrong_token_right_once(target, capture):
 
 
 def test_a_gap_at_the_width_is_not_settled_on(target, capture, monkeypatch):
-    import textleak.attacks.beyond_rank as br
+    import textleak.attacks.beyond_rank_peel as br
 
     layout, seqs = layout_for(target.model), capture.reference.token_ids
     spans = leaks.sentence_spans(layout, capture.gradients.gradients, len(TEXTS), "classify")
