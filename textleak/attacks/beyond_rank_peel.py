@@ -25,7 +25,8 @@ EXACT_MARGIN = 10
 
 
 class SentenceCertificate:
-    """A whole sentence passes when its [CLS] vectors lie in the last layer's per-sentence spans."""
+    """A whole sentence passes when its [CLS] vectors (masked-LM: those at its slot's masked positions)
+    lie in the last layer's per-sentence spans."""
 
     name = "last-layer sentence spans"
 
