@@ -10,7 +10,7 @@ cut), `sentence` (no settling: `beyond_rank.SentenceMove`, the best single-token
 layer's sentence spans, repeated up to k + 1 times) and `x` (the layer-1 span with its rank gap, where it has one: after peels). This is what chose
 `beyond_rank.SETTLE_DROP`. --peel K takes the K shortest sentences off first (the gradient of the
 rest is the batch's less their own gradients, up to scale: it is captured directly), which is what
-`beyond_rank` searches after K peels; this chose `beyond_rank.EXACT_MARGIN`.
+`beyond_rank` searches after K peels; this chose `beyond_rank_peel.EXACT_MARGIN`.
 
     python recipes/beyond_rank_settle.py --data rt --batch-size 16 --spans d10,d30,d60,s340 --k 6,10
     python recipes/beyond_rank_settle.py --data rt --batch-size 16 --index 1 --peel 1 --spans x,d40 --k 6

@@ -1,5 +1,5 @@
-"""Exact recovery past the rank limit: classification batches with more tokens than the hidden
-size (B x L >= H: MiniLM, RT batch 16 and up), where `exact` has no layer-1 certificate.
+"""Exact recovery past the rank limit: classification and masked-LM batches with more tokens than
+the hidden size (B x L >= H: MiniLM, RT batch 16 and up), where `exact` has no layer-1 certificate.
 
 Anchors: DAGER's best-effort mode (Petrov et al., NeurIPS 2024: the span capped at d - 20
 directions past the limit, ranking rather than certifying); SOMP (2026: subspace-guided
@@ -7,21 +7,26 @@ orthogonal matching pursuit, meaningful text up to batch 128); FILM (Gupta et al
 of words from the embedding gradient, then beam search; single sentences from batches of 128).
 
 Threat model: as `exact` (honest-but-curious server, the model known, the full gradient of one
-classification step shared: the embeddings', layers 0 and 1's and the last layer's weight
-gradients). Lengths are used when declared; otherwise the inferred ones (past the limit only the
-longest can be read off the gradient: the note says so, and `assumed["seq_lengths"]` records it).
-Labels are those that make each peel exact. Nothing is reported certified unless it passed.
+classification or masked-LM step shared: the embeddings', layers 0 and 1's and the last layer's
+weight gradients; masked-LM: the head's too, and the declared lengths and masked positions).
+Lengths are used when declared; otherwise (classification) the inferred ones (past the limit only
+the longest can be read off the gradient: the note says so, and `assumed["seq_lengths"]` records
+it). Labels are those that make each peel exact (masked-LM: the masked tokens `Peeler` ranks on
+the prediction-head gradient). Nothing is reported certified unless it passed.
 
 What survives past the limit, and what each part does here:
-- the token set (nonzero rows of the word-embedding gradient, untied heads) and where most
-  tokens stand (`leaks.token_positions`): the candidates per position (`Candidates`);
+- the token set (nonzero rows of the word-embedding gradient, untied heads; a tied masked-LM
+  head's rows off its rank-M output span, `leaks.tied_token_set`) and, untied, where most tokens
+  stand (`leaks.token_positions`; a tied head's output part hides that): the candidates per
+  position (`Candidates`; masked-LM: [MASK] only at declared masked positions);
 - the partial layer-1 span (`leaks.partial`, the "best-effort" span test): seeds are assembled
   and settled on its residuals exactly as `exact` does on the full span (`exact.Search`);
 - one span per sentence at the last layer (`leaks.sentences`): a [CLS] classifier's last layer
-  sees one vector per sentence, so its weight gradients have rank B, not B x L; a whole
-  sentence is certified when its [CLS] vectors lie in them (`SentenceCertificate`);
-- peeling: a certified sentence's own gradient (the class whose subtraction drops the last
-  layer's rank by one, `SentencePeeler`) comes off the batch's; what is left has fewer tokens,
+  sees one vector per sentence, so its weight gradients have rank B, not B x L (a masked-LM
+  head's: one per masked position, rank M); a whole sentence is certified when its [CLS] vectors
+  (masked-LM: those at its slot's masked positions) lie in them (`SentenceCertificate`);
+- peeling: a certified sentence's own gradient (the labels whose subtraction drops the last
+  layer's rank by its terms there, `SentencePeeler`) comes off the batch's; what is left has fewer tokens,
   fewer candidates and a better partial span, and once it is under the limit the layer-1 span
   has its rank gap again and the search goes on as `exact`'s (its layer-0 candidates too).
 
@@ -32,7 +37,8 @@ seed with 30-60 left out than with 10, which ranks whole sentences best, `leaks.
 `repair` (misses put right by the sentence move after every round while the span is partial;
 0, the default: only when a round stalls).
 Shapes: partial span basis [H, H - drop];
-sentence spans: site -> basis [H_in, B]. Degrades: masked-LM, a tied head, weights shared across
+sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
+masked positions, no token set (a tied classifier), weights shared across
 layers, noise or a defence that hides the last layer's rank: MissingKnowledgeError from
 `preflight` naming the condition; within the limit it refuses too (`exact` applies). Sentences
 it cannot certify come back as its best guesses; `details["certified_share"]` says how many
@@ -43,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,17 +60,18 @@ from ..core import budget
 from ..errors import MissingKnowledgeError
 from ..text.inference import infer_lengths
 from ..text.layouts import Layout, layout_for
-from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, layer_span, partial_span,
-                          sentence_spans)
+from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, layer_span,
+                          sentence_spans, tied_token_set)
 from ..text.leaks.positions import token_positions
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
+from .beyond_rank_peel import SentenceCertificate, SentencePeeler
 from .beyond_rank_screen import LONGEST, NeighbourScreen, SentenceMove
 from .exact.attack import Exact, _budget_report, _predict
-from .exact.candidates import Candidates, vocabulary
+from .exact.candidates import Candidates, declared_masks, vocabulary
+from .exact.labels import order_by_slots
 from .exact.certificates import PeelCertificate
 from .exact.moves import MOVES
-from .exact.peeling import Peeler, Rest, as_captured
 from .exact.search import Search
 from .exact.sequences import occupants
 
@@ -79,13 +85,6 @@ log = logging.getLogger(__name__)
 #: (recipes/measured/beyond_rank_s8.md)
 SETTLE_DROP = 40
 
-#: directions of 384 that must lie outside the layer-1 span of what is left after peels before the
-#: search settles on it rather than on the partial span. MiniLM, RT batch 16 index 1: after one
-#: peel (398 - 15 = 383 tokens) every miss's residual was ~0 per token on the rest's span and
-#: nothing more was found in ~500 s; with the margin 5 of 16 were certified in 900 s
-#: (recipes/measured/beyond_rank_s9.md); index 0 settled well on a span of 365 (19 outside)
-EXACT_MARGIN = 10
-
 #: tokens left, in widths, above which the neighbour screen runs and rounds after the first seed only
 #: the lengths it takes (`SentenceSearch.far`). MiniLM: settling brings true sentences back from themselves within
 #: 1.3x the width and not at 1.7x (CoLA batch 64 less its 16 shortest, 656 tokens: 9 of 48; whole, 771:
@@ -96,81 +95,6 @@ FAR = 1.5
 #: index 0, after one seed round: the miss 1 token from a true sentence and at least one of those 2
 #: off came out true within distance + 1 steps (scratch; recipes/measured/large_batch_s11.md)
 REPAIR_STEPS = 3
-
-
-class SentenceCertificate:
-    """A whole sentence passes when its [CLS] vectors lie in the last layer's per-sentence spans."""
-
-    name = "last-layer sentence spans"
-
-    def __init__(self, spans: SentenceSpans):
-        self.spans = spans
-
-    def admits(self, search: Search, seq: list[int], residual: float) -> bool:
-        # once what is left has a layer-1 rank gap, a sentence off that span is none of the batch's:
-        # refused without the whole-model forward (about 70 ms a sentence; profiled, SST-2 batch 32
-        # index 0's first 330 s read 875 sentences, 61 s, most of them cuts of settled seeds)
-        if search.span1.exact and not search.span1.certifies(residual, len(seq)):
-            return False
-        return self.spans.certifies(search.layout, [seq])[0]
-
-
-class SentencePeeler(Peeler):
-    """`Peeler` past the rank limit (classification): a sentence's own gradient, under the class
-    that makes the subtraction exact, must drop the rank of the last layer's query gradient by one
-    (the layer-1 rank has no gap to drop); what is left is read as `Peeler` reads it, with the
-    partial layer-1 span until the rest is under the limit."""
-
-    def __init__(self, observation: Observation, layout: Layout, lengths: Sequence[int], spans: SentenceSpans,
-                 drop: int):
-        super().__init__(observation, layout, lengths, 0, None, observation.knowledge.seq_lengths is not None)
-        self.query = layout.name(layout.linears(spans.layer)["query"].weight)
-        self.sentence_rank, self.drop = spans.rank, drop
-        if self.query not in self.names:
-            self.names.append(self.query)
-            self.params.append(dict(layout.model.named_parameters()).get(self.query))
-            self.working = self.working and self.params[-1] is not None
-            if self.working:
-                self.rest[self.query] = self.grads[self.query].to(layout.device).double().clone()
-
-    def peel(self, seq: list[int], last: bool = False) -> Rest | None:
-        # past the limit there is no layer-1 rank gap to fit a share on (`Peeler.shares`): the
-        # sentence's share is the unclipped mean's 1/B (a clipped or rescaled gradient is not peeled)
-        share = 1.0 / self.batch_size
-        for label in range(int(self.model.config.num_labels)):
-            trial = {n: self.rest[n] - share * g.double() for n, g in zip(self.names, self._own(seq, None, label))}
-            if self._exact_removal(trial, last):
-                break
-        else:
-            return None
-        self.labels.append(label)
-        self.sentences.append(list(seq))
-        self.rest = trial
-        if last:
-            return Rest(None)
-        self.sentence_rank -= 1
-        return self._what_is_left(self.span1_left())
-
-    def _exact_removal(self, trial: dict[str, torch.Tensor], last: bool) -> bool:
-        """The last layer's query gradient lost one direction (nothing but rounding, for the last)."""
-        before = torch.linalg.svdvals(self.rest[self.query])
-        after = torch.linalg.svdvals(trial[self.query])
-        if last:
-            return float(after[0]) < math.sqrt(torch.finfo(self.grads[self.query].dtype).eps) * float(before[0])
-        r = self.sentence_rank
-        plateau = float(before[r]) if r < len(before) else float(before[-1]) * 1e-3
-        return float(after[r - 1]) < 10.0 * plateau
-
-    def span1_left(self):
-        """Layer 1's span of what is left: the full span once it has a rank gap at least EXACT_MARGIN
-        (of 384) below the width, else the partial one."""
-        left = as_captured({n: self.rest[n] for n in self.layer1}, self.grads)
-        span = layer_span(self.layout, left, 1)
-        # a gap within a few directions of the width leaves every candidate's residual near 0:
-        # settling is blind there
-        if span.exact and span.rank <= self.layout.hidden_size - max(1, self.layout.hidden_size * EXACT_MARGIN // 384):
-            return span
-        return partial_span([left[n].to(self.layout.device) for n in self.layer1], 1, self.drop)
 
 
 class SentenceSearch(Search):
@@ -305,14 +229,16 @@ class BeyondRank(Exact):
         specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
         known = assumed["seq_lengths"] == "known"
         pins = token_positions(layout, grads, vocab.tolist(), max(lengths), occupants(lengths) if known else None)
-        cands = Candidates([[(int(t), 0.0) for t in vocab.tolist()] for _ in range(max(lengths))], specials, pins=pins)
+        cands = Candidates([[(int(t), 0.0) for t in vocab.tolist()] for _ in range(max(lengths))], specials, pins=pins,
+                           masks=declared_masks(observation, lengths), mask_id=tok.mask_token_id)
         drop = self.drop if self.drop is not None else max(1, layout.hidden_size * SETTLE_DROP // 384)
-        peeler = SentencePeeler(observation, layout, lengths, spans, drop)
+        peeler = SentencePeeler(observation, layout, lengths, spans, drop, tok.mask_token_id)
         span1 = peeler.span1_left()
         with layer0_table(layout, max(lengths)):
             search = SentenceSearch(self, layout, tok, cands, lengths, span1, peeler, spans,
                                     observation.knowledge.special_tokens)
-            sequences, _ = search.run()
+            sequences, residuals = search.run()
+        sequences, _ = order_by_slots(observation, tok, peeler, sequences, residuals)  # (masked-LM: into their slots)
         passed = self._certified(layout, spans, sequences, search)
         prediction = _predict(observation, layout, tok, sequences, assumed)
         details = {"certified": all(passed), "certified_share": sum(passed) / len(passed),
@@ -328,22 +254,24 @@ class BeyondRank(Exact):
     def _setup(self, observation: Observation, target: Any) -> tuple[Layout, SentenceSpans]:
         for name in self.moves:
             MOVES.get(name)  # an unknown move: InputError naming the registered ones
-        layout, grads = layout_for(target.model), observation.gradients
-        if observation.task != "classify":
-            raise MissingKnowledgeError("recovery past the rank limit needs a classification gradient (a masked-LM "
-                                        "head reads every masked position, not one per sentence)")
+        layout, grads, know = layout_for(target.model), observation.gradients, observation.knowledge
+        masks = declared_masks(observation, know.seq_lengths or ())
+        if observation.task == "mlm" and masks is None:
+            raise MissingKnowledgeError("masked-LM recovery past the rank limit needs the declared lengths and masked "
+                                        "positions (the head reads the last layer there only)")
         layout.require(grads, layout.qkv_names(1), "recovery past the rank limit")
         if layer_span(layout, grads, 1, self.span_test).exact:
             raise MissingKnowledgeError("within the rank limit (layer 1's gradient has a rank gap): exact applies")
-        if embedding_token_set(layout, grads) is None:
+        if embedding_token_set(layout, grads) is None and \
+                (observation.task != "mlm" or tied_token_set(layout, grads) is None):
             raise MissingKnowledgeError("recovery past the rank limit needs the token set (a sparse word-embedding "
-                                        "gradient: an untied head)")
-        know = observation.knowledge
+                                        "gradient: an untied head; or a tied masked-LM head's rank-M output part)")
         batch = know.batch_size or (len(know.seq_lengths) if know.seq_lengths is not None else None)
-        spans = sentence_spans(layout, grads, batch, observation.task)
+        spans = sentence_spans(layout, grads, batch, observation.task, masks)
         if spans is None:
             raise MissingKnowledgeError("recovery past the rank limit needs the last layer's per-sentence spans (a "
-                                        "[CLS] classifier's gradient with a clear rank gap there, at most the batch size)")
+                                        "[CLS] classifier's or a masked-LM head's gradient with a clear rank gap "
+                                        "there, at most the batch size or the masked positions)")
         return layout, spans
 
     def _lengths_past_limit(self, observation: Observation, target: Any, spans: SentenceSpans

@@ -17,8 +17,8 @@ first argument, so that no leak knows a parameter name:
 - `noise`: spans read above a noise plateau (a FedAvg update's float32 rounding, additive noise
   at its Marchenko-Pastur edge) and the noise level read off signal-free entries (`noise_level`).
 - `residuals`: layer-k residuals of whole and partial sentences against a span.
-- `sentences`: past the rank limit, one span per sentence at a classifier's last layer, and the
-  whole-sentence certificate it gives (`sentence_spans`); `partial`: the top directions of a
+- `sentences`: past the rank limit, one span per sentence at a classifier's last layer (masked-LM:
+  one per declared masked position), and the whole-sentence certificate it gives (`sentence_spans`); `partial`: the top directions of a
   layer span without a rank gap (DAGER's best-effort mode), which rank candidates only.
 - `slots`: one token's layer-1 residual in context for the cost of one token (`slot_residuals`),
   with a table of layer 0's per-(token, position) rows (`layer0_table`).

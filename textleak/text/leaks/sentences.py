@@ -1,5 +1,6 @@
-"""One span per sentence at the last encoder layer of a [CLS] classifier: a leak, and a
-certificate, that hold past the rank limit (B x L >= H).
+"""One span per sentence at the last encoder layer of a [CLS] classifier, or one per declared
+masked position of a masked-LM step: a leak, and a certificate, that hold past the rank limit
+(B x L >= H).
 
 A classifier's loss reads only the first position of the last layer ([CLS]: BERT's pooler,
 RoBERTa's and ELECTRA's heads, DistilBERT's pre-classifier all take position 0). So the last
@@ -7,7 +8,10 @@ layer's query, attention-output and feed-forward weight gradients each sum one r
 *sentence*, not per token: the row space of each is spanned by the B vectors entering that map at
 [CLS]. These spans have rank B whatever the number of tokens (MiniLM, RT batch 64, 1689 tokens:
 query, attention output, both feed-forward maps all of rank 64 of 384; key and value, which see
-every position, 368 and 371).
+every position, 368 and 371). A masked-LM head reads the last layer at the masked positions only
+(the others carry no label), so there the same maps have rank M, the batch's masked positions
+(MiniLM, RT batch 16: 392 tokens, M = 64 at all four sites), and a sentence is read at its
+slot's declared masked positions (`reads`).
 
 Certificate: a whole guessed sentence is one of the batch's exactly when its [CLS] vectors lie in
 these spans; measured (MiniLM, RT batch 64) the true sentences' relative residuals are below 1e-6
@@ -18,9 +22,9 @@ whole guesses but does not single out one position's token while several others 
 
 Rank: at the *first* clear singular-value drop onto the rounding plateau (the plateau can hold
 further drops; taking the last, as `spans.rank_gap` does for layer inputs, failed on CoLA batch
-128), and at most the batch size. None where the leak does not hold: masked-LM (the head reads
-every masked position), layers that share their weights (ALBERT), a gradient without the last
-layer, no clear drop (noise, a defence).
+128), and at most the batch size (masked-LM: the masked positions declared). None where the leak
+does not hold: masked-LM without declared masked positions, layers that share their weights
+(ALBERT), a gradient without the last layer, no clear drop (noise, a defence).
 
 Which maps a family has is the layout's answer (`Layout.linears`); the query is always there.
 """
@@ -49,27 +53,44 @@ SLACK = 10.0
 
 @dataclass
 class SentenceSpans:
-    """Row spaces of the last layer's per-sentence weight gradients.
+    """Row spaces of the last layer's per-sentence (masked-LM: per masked position) weight gradients.
 
     layer: the last layer's index; bases: site -> [H_in, r] orthonormal (float64); rank: r (the
-    sentences with a nonzero loss gradient); floors: site -> the relative residual of the batch's
-    own rounding (first discarded / last kept singular value; a true sentence shows at most SLACK
-    of them)."""
+    sentences with a nonzero loss gradient; masked-LM: the masked positions); floors: site -> the
+    relative residual of the batch's own rounding (first discarded / last kept singular value; a
+    true sentence shows at most SLACK of them); reads: where a sentence is read, length -> the
+    position sets of the batch's slots of that length (masked-LM: each slot's declared masked
+    positions; a sentence is read at the set that fits it best), None: position 0 ([CLS])."""
 
     layer: int
     bases: dict[str, torch.Tensor]
     rank: int
     floors: dict[str, float]
+    reads: dict[int, list[tuple[int, ...]]] | None = None
 
     def residuals(self, layout: Layout, sequences: Sequence[Sequence[int]], *, chunk: int = 64
                   ) -> dict[str, torch.Tensor]:
-        """Relative residual of each sentence's [CLS] vectors at every site: site -> [S]."""
+        """Relative residual of each sentence's vectors at every site (its worst position): site -> [S]."""
         out: dict[str, list[torch.Tensor]] = {k: [] for k in self.bases}
         for i in range(0, len(sequences), chunk):
-            for k, h in cls_inputs(layout, sequences[i:i + chunk], self.layer, tuple(self.bases)).items():
-                h, V = h.double(), self.bases[k].to(h.device)
-                out[k].append((h - (h @ V) @ V.T).norm(dim=1) / h.norm(dim=1).clamp_min(1e-30))
+            part = sequences[i:i + chunk]
+            for k, h in site_inputs(layout, part, self.layer, tuple(self.bases)).items():
+                h, V = (h if self.reads is not None else h[:, :1]).double(), self.bases[k].to(h.device)
+                r = (h - (h @ V) @ V.T).norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-30)  # [S, L]
+                out[k].append(self._read(r, part))
         return {k: torch.cat(v).cpu() for k, v in out.items()}
+
+    def _read(self, r: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Per sentence, from the residual at every position [S, L]: at [CLS], or the least over its
+        length's position sets of the worst position in the set (inf: no set, no masked position)."""
+        if self.reads is None:
+            return r[:, 0]
+        out = torch.full((len(sequences),), float("inf"), dtype=r.dtype, device=r.device)
+        for s, seq in enumerate(sequences):
+            for pos in self.reads.get(len(seq), ()):
+                if pos:
+                    out[s] = torch.minimum(out[s], r[s, list(pos)].max())
+        return out
 
     def score(self, layout: Layout, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         """One number per sentence to rank guesses: the mean over sites of log10(residual / floor)
@@ -103,11 +124,18 @@ def first_gap(matrix: torch.Tensor, most: int) -> tuple[int, torch.Tensor, torch
 
 
 def sentence_spans(layout: Layout, gradients: Mapping[str, torch.Tensor], batch_size: int | None,
-                   task: str) -> SentenceSpans | None:
-    """The last layer's per-sentence spans, or None where they do not hold (module doc)."""
+                   task: str, masks: Mapping[int, Sequence[Sequence[int]]] | None = None) -> SentenceSpans | None:
+    """The last layer's per-sentence spans, or None where they do not hold (module doc). Masked-LM
+    needs `masks`: length -> each slot's declared masked positions (`exact.candidates.declared_masks`)."""
     last = layout.num_layers - 1
-    if task != "classify" or last < 1 or layout.qkv_sharing(last) != 1:
+    if task not in ("classify", "mlm") or last < 1 or layout.qkv_sharing(last) != 1:
         return None
+    reads = None
+    if task == "mlm":
+        if not masks:
+            return None
+        reads = {int(n): [tuple(sorted(int(p) for p in pos)) for pos in slots] for n, slots in masks.items()}
+        batch_size = sum(len(pos) for slots in reads.values() for pos in slots)  # M: one term per masked position
     sites = {k: layout.name(m.weight) for k, m in layout.linears(last).items()}
     if sites["query"] not in gradients:
         return None
@@ -122,15 +150,15 @@ def sentence_spans(layout: Layout, gradients: Mapping[str, torch.Tensor], batch_
         floors[site] = float(s[r] / s[r - 1]) if r < len(s) else 1.0
     if "query" not in bases:
         return None
-    return SentenceSpans(last, bases, rank, floors)
+    return SentenceSpans(last, bases, rank, floors, reads)
 
 
-def cls_inputs(layout: Layout, sequences: Sequence[Sequence[int]], layer: int, sites: Sequence[str]
-               ) -> dict[str, torch.Tensor]:
-    """What enters each site of layer `layer` at position 0, per sentence: site -> [S, H_in]
+def site_inputs(layout: Layout, sequences: Sequence[Sequence[int]], layer: int, sites: Sequence[str]
+                ) -> dict[str, torch.Tensor]:
+    """What enters each site of layer `layer` at every position, per sentence: site -> [S, L, H_in]
     (one padded forward, stopped once every site is seen)."""
     ids, mask = padded(sequences, layout.device)
     modules = layout.linears(layer)
     with torch.no_grad():
         seen = layout.module_inputs(ids, mask, {s: (modules[s], 0) for s in sites})
-    return {s: h[:, 0].detach() for s, h in seen.items()}
+    return {s: h.detach() for s, h in seen.items()}
