@@ -75,14 +75,8 @@ class SentencePeeler(Peeler):
                 break
         else:
             return None
-        self.labels.append(labels)
-        self.sentences.append(list(seq))
+        self._record(seq, slot, labels)
         self.rest = trial
-        if self.task == "mlm":
-            self.slots.append(slot)
-            self.masked_left -= len(labels)
-            for t in labels:
-                self.counts[t] = self.counts.get(t, 0) - 1
         if last:
             return Rest(None)
         self.sentence_rank -= terms

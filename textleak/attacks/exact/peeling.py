@@ -150,13 +150,7 @@ class Peeler:
             return None
         self.shares.remember(share)
         self.fitted.append(share[self.layer1[0]] if self.layer1 else next(iter(share.values())))
-        self.labels.append(labels)
-        self.sentences.append(list(seq))
-        if self.task == "mlm":
-            self.slots.append(slot)
-            self.masked_left -= len(labels)
-            for t in labels:
-                self.counts[t] = self.counts.get(t, 0) - 1
+        self._record(seq, slot, labels)
         if last:
             return Rest(None)
         self.rank, self.rest = score, trial
@@ -236,6 +230,16 @@ class Peeler:
             found = positions.token_positions(self.layout, left, sorted(allowed), width,
                                               reach if self.known_lengths else None)
         return Rest(span, allowed, span0 if span0.exact else None, found)
+
+    def _record(self, seq: list[int], slot, labels) -> None:
+        """Book a peeled sentence: its labels (masked-LM: masked tokens, which leave the counts) and slot."""
+        self.labels.append(labels)
+        self.sentences.append(list(seq))
+        if self.task == "mlm":
+            self.slots.append(slot)
+            self.masked_left -= len(labels)
+            for t in labels:
+                self.counts[t] = self.counts.get(t, 0) - 1
 
     def _choices(self, seq: list[int]):
         """(slot, labels) to try, likeliest first."""
