@@ -147,7 +147,11 @@ def token_positions(layout: Layout, gradients: Mapping[str, torch.Tensor], token
     stand as they are."""
     if layout.position_embedding_name not in gradients or embedding_token_set(layout, gradients) is None:
         return None
-    state = _Placement(layout, gradients, [int(t) for t in tokens], length, occupants)
+    return peel(_Placement(layout, gradients, [int(t) for t in tokens], length, occupants))
+
+
+def peel(state: _Placement) -> TokenPositions:
+    """Token and position passes until nothing changes (the module doc's peeling decoder)."""
     changed = True
     while changed:
         changed = state.token_pass()
