@@ -59,10 +59,12 @@ import torch
 from ..core import budget
 from ..errors import MissingKnowledgeError
 from ..text.inference import infer_lengths
+from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
 from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, layer_span,
                           sentence_spans, tied_token_set)
 from ..text.leaks.positions import token_positions
+from ..text.leaks.tied_positions import tied_token_positions
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .beyond_rank_peel import SentenceCertificate, SentencePeeler
@@ -228,7 +230,12 @@ class BeyondRank(Exact):
         vocab, vocab_source = vocabulary(layout, grads, tok, observation.task)
         specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
         known = assumed["seq_lengths"] == "known"
-        pins = token_positions(layout, grads, vocab.tolist(), max(lengths), occupants(lengths) if known else None)
+        held = occupants(lengths) if known else None
+        pins = token_positions(layout, grads, vocab.tolist(), max(lengths), held)
+        if pins is None and observation.task == "mlm" and observation.knowledge.mask_positions:
+            # a tied head: its part of every word row recovered and subtracted first
+            masked = sum(len(p) for p in observation.knowledge.mask_positions)
+            pins = tied_token_positions(layout, grads, vocab.tolist(), max(lengths), masked, held)
         cands = Candidates([[(int(t), 0.0) for t in vocab.tolist()] for _ in range(max(lengths))], specials, pins=pins,
                            masks=declared_masks(observation, lengths), mask_id=tok.mask_token_id)
         drop = self.drop if self.drop is not None else max(1, layout.hidden_size * SETTLE_DROP // 384)
@@ -241,6 +248,7 @@ class BeyondRank(Exact):
         sequences, _ = order_by_slots(observation, tok, peeler, sequences, residuals)  # (masked-LM: into their slots)
         passed = self._certified(layout, spans, sequences, search)
         prediction = _predict(observation, layout, tok, sequences, assumed)
+        _fill_peeled(observation, tok, peeler, sequences, prediction)
         details = {"certified": all(passed), "certified_share": sum(passed) / len(passed),
                    "sentence_certified": passed, "sentence_rank": spans.rank, "sentence_sites": sorted(spans.bases),
                    "layer1_rank_start": span1.rank, "layer1_exact_at_end": bool(search.span1.exact),
@@ -306,3 +314,21 @@ class BeyondRank(Exact):
             else:
                 out.append(bool(spans.certifies(layout, [seq])[0]))
         return out
+
+
+def _fill_peeled(observation: Observation, tok: Any, peeler: SentencePeeler, sequences: list[list[int]],
+                 prediction: dict[str, Any]) -> None:
+    """Masked-LM: a peeled sentence keeps the masked tokens its peel verified (the batch-wide fill
+    reads every sentence's hidden states, and one wrong sentence can move a right one's tokens)."""
+    if observation.task != "mlm" or observation.knowledge.mask_positions is None:
+        return
+    for slot, seq, labels in zip(peeler.slots, peeler.sentences, peeler.labels):
+        positions = list(observation.knowledge.mask_positions[slot])
+        if slot >= len(sequences) or sequences[slot] != seq or len(labels) != len(positions):
+            continue
+        row = list(prediction["token_ids"][slot])
+        for p, t in zip(positions, labels):
+            row[p] = int(t)
+        prediction["token_ids"][slot] = row
+        prediction["labels"][slot] = [int(t) for t in labels]
+        prediction["texts"][slot] = ids_to_text(tok, row)
