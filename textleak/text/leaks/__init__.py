@@ -12,6 +12,8 @@ first argument, so that no leak knows a parameter name:
   position-embedding gradient.
 - `positions`: where most tokens stand, from the LayerNorm orthogonality of each occurrence's
   share of the word- and position-embedding rows (`token_positions`).
+- `tied_positions`: the same under a tied masked-LM head, once the head's M hidden states are
+  recovered from the dense word rows and their part subtracted (`tied_token_positions`).
 - `spans`: the span of a layer's inputs from its Q/K/V weight gradients (`layer_span`, by a
   registered span test), and the layer-0 candidates per position (`position_candidates`).
 - `noise`: spans read above a noise plateau (a FedAvg update's float32 rounding, additive noise
@@ -34,6 +36,7 @@ from .noise import NoiseLevel, NoisySpan, SpanReader, noise_level
 from .positions import TokenPositions, token_positions
 from .residuals import padded, partial_residuals, position_residuals, sequence_residuals
 from .slots import layer0_table, slot_residuals
+from .tied_positions import HeadStates, tied_head_states, tied_token_positions
 from .partial import PartialSpan, partial_span
 from .sentences import SentenceSpans, sentence_spans
 from .spans import MIN_GAP, SPAN_TESTS, LayerSpan, calibrate_threshold, layer_span, position_candidates, rank_gap
@@ -43,4 +46,5 @@ __all__ = ["NoiseLevel", "NoisySpan", "SpanReader", "noise_level", "assign_class
            "padded", "partial_residuals", "position_residuals", "sequence_residuals", "layer0_table",
            "slot_residuals", "MIN_GAP", "SPAN_TESTS", "LayerSpan", "calibrate_threshold", "layer_span",
            "position_candidates", "rank_gap", "embedding_token_set", "max_length", "noisy_token_set", "tied_token_set",
-           "PartialSpan", "partial_span", "SentenceSpans", "sentence_spans"]
+           "PartialSpan", "partial_span", "SentenceSpans", "sentence_spans", "HeadStates", "tied_head_states",
+           "tied_token_positions"]

@@ -157,17 +157,14 @@ def tied_token_positions(layout: Layout, gradients: Mapping[str, torch.Tensor], 
     tokens = [int(t) for t in tokens]
     W = gradients[layout.word_embedding_name]
     idx = torch.tensor(tokens, dtype=torch.long)
-    e = layout.word_embeddings.weight.detach().double()[idx] @ states.basis.T
-    b = layout.mlm_head().decoder.bias
-    P = (e @ states.coords.T + (b.detach().double()[idx][:, None] if b is not None else 0.0))
-    # softmax over the whole vocabulary: the normaliser from every row
-    full = layout.word_embeddings.weight.detach().double() @ states.basis.T @ states.coords.T
-    if b is not None:
-        full = full + b.detach().double()[:, None]
-    P = (P - torch.logsumexp(full, dim=0)).exp()
+    bias = layout.mlm_head().decoder.bias
+    with torch.no_grad():
+        logits = layout.word_embeddings.weight.double() @ states.basis.T @ states.coords.T  # [V, M]
+        if bias is not None:
+            logits = logits + bias.double()[:, None]
+    P = logits.softmax(0)[idx]
     for m, y in enumerate(states.targets):
-        hit = (idx == y).nonzero().flatten()
-        P[hit, m] -= 1.0
+        P[idx == y, m] -= 1.0
     head_part = states.scale * (P @ (states.coords @ states.basis))
     rows = W.double()[idx] - head_part
     state = _Placement(layout, gradients, tokens, length, occupants)
