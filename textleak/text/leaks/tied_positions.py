@@ -11,14 +11,15 @@ those rows (M unknowns; Gauss-Newton on the projection residual). Started from a
 capture's precision). A target counted several times pulls several solves onto the same h_m, so
 the search runs in rounds: the h_m found are subtracted from the rows, and the rest lie in the row
 space of what is left (rank = the number missing), where the next round searches. RT dev batch 16
-index 1 (MiniLM, M = 64): the first round finds 55, three more rounds the other 9 (5 CPU s);
-every h_m within 6e-6 of the truth (scratch check against ground truth).
+index 1 (MiniLM, M = 64): the first round finds 53, three more rounds 5, 3 and 3 (22 CPU s in all);
+every h_m within 4.9e-6 of the truth, 62 of 64 with their own target (two states of a repeated
+target carry each other's: those rows stay unplaced) (scratch check against ground truth).
 
 Then the head part of each input row is known up to the fit's precision, and the remainder is
 placed as `token_positions` places an untied head's rows, at a threshold of that precision (the
-relative residual left on the head-only rows): RT 16 index 1, 183 of its 211 tokens placed, all
-183 that stand at one position, none wrongly (thresholds 3e-7 to 4e-6 alike; 1e-5 wrongly closed
-positions: 45 true pairs disallowed).
+relative residual left on the head-only rows, 2.2e-7 there): RT 16 index 1, 182 of its 211 tokens
+placed, of the 183 that stand at one position, none wrongly (thresholds 3e-7 to 4e-6 alike; 1e-5
+wrongly closed positions: 45 true pairs disallowed). `recipes/measured/mlm_tied_positions_s14.md`.
 """
 
 from __future__ import annotations
