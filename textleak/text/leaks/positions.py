@@ -51,7 +51,9 @@ class _Placement:
     """The peeling decoder's state: the word rows and position rows still unexplained."""
 
     def __init__(self, layout: Layout, gradients: Mapping[str, torch.Tensor], tokens: list[int], length: int,
-                 occupants: Sequence[int] | None):
+                 occupants: Sequence[int] | None, rows: torch.Tensor | None = None, threshold: float = 0.0):
+        """`rows` [len(tokens), H]: the tokens' input parts where the word rows hold more (a tied head's
+        part taken off, `tied_positions`), and `threshold` that part's precision, if above the dtype's."""
         word, pos = gradients[layout.word_embedding_name], gradients[layout.position_embedding_name]
         dev = layout.device
         rows_at = layout.position_ids(torch.arange(length, device=dev))
@@ -60,7 +62,8 @@ class _Placement:
             self.P = layout.position_embeddings.weight.double()[rows_at]
             t = layout.type_row()
             self.T = t.double() if t is not None else torch.zeros(self.E.shape[1], dtype=torch.double, device=dev)
-        word_rows = word[torch.tensor(tokens, dtype=torch.long, device=word.device)].to(dev).double()
+        word_rows = word[torch.tensor(tokens, dtype=torch.long, device=word.device)] if rows is None else rows
+        word_rows = word_rows.to(dev).double()
         self.tokens, self.length, self.occupants = tokens, length, occupants
         self.rows = {t: word_rows[i].clone() for i, t in enumerate(tokens)}
         self.scale = {t: float(self.rows[t].norm()) for t in tokens}
@@ -71,7 +74,7 @@ class _Placement:
         # residuals, tried first) let a chance near-orthogonality of a token standing at two
         # positions pass: once in 138 measured batches (recipes/token_positions.py)
         dtype = word.dtype
-        self.threshold = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float32).eps
+        self.threshold = max(threshold, torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float32).eps)
         self.placed: dict[int, set[int]] = {t: set() for t in tokens}
         self.complete: set[int] = set()
         self.closed: set[int] = set()

@@ -45,13 +45,15 @@ ROUNDS = 8
 @dataclass
 class HeadStates:
     """The tied head's hidden states: coordinates [M, k] in the output span `basis` [k, H], the
-    target each came from, the loss scale, and the relative residual left on the head-only rows."""
+    target each came from, the loss scale, the relative residual left on the head-only rows, and
+    the head's softmax p_m(v) at those states for every row v [V, M]."""
 
     coords: torch.Tensor
     basis: torch.Tensor
     targets: list[int]
     scale: float
     residual: float
+    probs: torch.Tensor
 
 
 class _HeadFit:
@@ -140,10 +142,11 @@ def tied_head_states(layout: Layout, gradients: Mapping[str, torch.Tensor], n_ma
     if len(found) != n_masked:
         return None
     C = torch.stack(found)
-    model = fit.probs(C)[fit.keep] @ C
+    probs = fit.probs(C)
+    model = probs[fit.keep] @ C
     scale = float((model * fit.Af).sum() / model.pow(2).sum())  # the loss' scale (1/M for a mean)
     residual = float((fit.Af - scale * model).norm() / fit.Af.norm())
-    return HeadStates(C, basis, owner, scale, residual)
+    return HeadStates(C, basis, owner, scale, residual, probs)
 
 
 def tied_token_positions(layout: Layout, gradients: Mapping[str, torch.Tensor], tokens: Sequence[int], length: int,
@@ -158,18 +161,9 @@ def tied_token_positions(layout: Layout, gradients: Mapping[str, torch.Tensor], 
     tokens = [int(t) for t in tokens]
     W = gradients[layout.word_embedding_name]
     idx = torch.tensor(tokens, dtype=torch.long)
-    bias = layout.mlm_head().decoder.bias
-    with torch.no_grad():
-        logits = layout.word_embeddings.weight.double() @ states.basis.T @ states.coords.T  # [V, M]
-        if bias is not None:
-            logits = logits + bias.double()[:, None]
-    P = logits.softmax(0)[idx]
+    P = states.probs[idx]
     for m, y in enumerate(states.targets):
         P[idx == y, m] -= 1.0
     head_part = states.scale * (P @ (states.coords @ states.basis))
     rows = W.double()[idx] - head_part
-    state = _Placement(layout, gradients, tokens, length, occupants)
-    state.rows = {t: rows[i].clone() for i, t in enumerate(tokens)}
-    state.scale = {t: float(rows[i].norm()) for i, t in enumerate(tokens)}
-    state.threshold = max(state.threshold, states.residual)
-    return peel(state)
+    return peel(_Placement(layout, gradients, tokens, length, occupants, rows=rows, threshold=states.residual))
