@@ -17,6 +17,16 @@ from ...text.leaks.scale import Pencil, ShareFit, own_rows_scale, stacked
 from ...training import TrainingSettings
 from .sequences import occupants
 
+#: a peel subtracts at most this multiple of what is left (layer 1's Q/K/V, Frobenius norm). A true
+#: sentence's part of a batch is about its size: MiniLM classification, 24 dev sentences each of
+#: CoLA / SST-2 / RT, one sentence against itself plus one or three others, at most 1.25x (99th
+#: percentile 1.02-1.08; scratch). A share fitted orders of magnitude too large leaves a trial whose
+#: spectrum is the sentence's own scaled up, with what is really left sunk in that part's rounding:
+#: the rank then drops by the sentence's length whenever the rest has that many inputs more (a
+#: per-layer clipped batch of 4-, 7- and 7-token sentences, the second peel at a share 1e7 times the
+#: first's, passed the rank test and left the last sentence unpeelable)
+PEEL_GROWTH = 10.0
+
 
 @dataclass
 class Rest:
@@ -135,7 +145,7 @@ class Peeler:
         for slot, labels in self._choices(seq):
             own = dict(zip(self.names, self._own(seq, slot, labels)))
             share = self.shares.scale(self.rest, own, self._rank_left(), self._rows(seq), last)
-            if share is None:  # no positive share of this sentence, with these labels, fits
+            if share is None or not self._in_scale(share, own):  # no positive share of this sentence fits
                 continue
             trial = {n: self.rest[n] - share[n] * own[n].double() for n in self.names}
             score, ok, span = self._test(seq, trial, last)
@@ -156,6 +166,12 @@ class Peeler:
         self.rank, self.rest = score, trial
         self.rank_kv = self._kv_rank(trial)
         return self._what_is_left(span)
+
+    def _in_scale(self, share: Mapping[str, float], own: Mapping[str, torch.Tensor]) -> bool:
+        """Whether the part subtracted is within PEEL_GROWTH of what is left (layer 1)."""
+        part = math.sqrt(sum(float((share[n] * own[n].double()).norm()) ** 2 for n in self.layer1))
+        left = math.sqrt(sum(float(self.rest[n].double().norm()) ** 2 for n in self.layer1))
+        return part <= PEEL_GROWTH * left
 
     def _test(self, seq: list[int], trial: dict[str, torch.Tensor], last: bool
               ) -> tuple[float, bool, LayerSpan | None]:
