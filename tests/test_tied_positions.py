@@ -70,3 +70,15 @@ def test_tied_head_states_refuse_a_wrong_mask_count(target):
     layout = layout_for(target.model)
     M = sum(len(p) for p in Observation.from_file(cap.gradients).knowledge.mask_positions)
     assert tied_head_states(layout, cap.gradients.gradients, M + 1) is None
+
+
+@pytest.mark.slow
+def test_exact_within_the_limit_uses_the_tied_placements(target):
+    """Within the rank limit `exact` places a tied head's tokens as `beyond_rank` does (before: no
+    placement for a tied head, every layer-0 candidate at every position), and stays exact."""
+    cap = textleak.capture_gradients(target, TEXTS[:3], task="mlm", seed=3)
+    res = textleak.recover(gradients=cap.gradients, model=target, attack="exact", reference=cap.reference,
+                           seed=0, progress=False)
+    placed = res.details["placed_tokens"]
+    assert placed is not None and placed["placed"] >= 0.5 * placed["tokens"]
+    assert res.metrics["mean"]["exact_match"] == 1.0

@@ -13,6 +13,7 @@ import torch
 from ...text.decode import allowed_token_ids
 from ...text.layouts import Layout
 from ...text.leaks import embedding_token_set, position_candidates, positions, tied_token_set
+from ...text.leaks.tied_positions import tied_token_positions
 from ...text.leaks.spans import LayerSpan
 from .sequences import occupants
 
@@ -94,8 +95,11 @@ class Candidates:
              lengths: Sequence[int], specials: set[int], *, known_lengths: bool,
              masks: dict[int, list[set[int]]] | None = None, mask_id: int | None = None) -> "Candidates":
         per_position, threshold = position_candidates(layout, span0, vocab, max(lengths))
-        pins = positions.token_positions(layout, gradients, vocab.tolist(), max(lengths),
-                                         occupants(lengths) if known_lengths else None)
+        held = occupants(lengths) if known_lengths else None
+        pins = positions.token_positions(layout, gradients, vocab.tolist(), max(lengths), held)
+        if pins is None and masks:  # a tied masked-LM head: its part of every word row comes off first
+            masked = sum(len(slot) for slots in masks.values() for slot in slots)
+            pins = tied_token_positions(layout, gradients, vocab.tolist(), max(lengths), masked, held)
         if pins is not None:  # a placement (embedding gradients, float32) outranks a noisy layer 0
             per_position = with_placements(per_position, pins)
         return cls(per_position, specials, pins=pins, masks=masks, mask_id=mask_id, threshold=threshold)

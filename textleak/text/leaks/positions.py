@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..layouts import Layout
+from .memo import as_double
 from .tokens import embedding_token_set
 
 
@@ -58,7 +59,7 @@ class _Placement:
         dev = layout.device
         rows_at = layout.position_ids(torch.arange(length, device=dev))
         with torch.no_grad():
-            self.E = layout.word_embeddings.weight.double()
+            self.E = as_double(layout.word_embeddings.weight)
             self.P = layout.position_embeddings.weight.double()[rows_at]
             t = layout.type_row()
             self.T = t.double() if t is not None else torch.zeros(self.E.shape[1], dtype=torch.double, device=dev)

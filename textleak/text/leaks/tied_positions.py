@@ -31,6 +31,7 @@ import torch
 
 from ..layouts import Layout
 from .labels import mlm_label_counts
+from .memo import as_double
 from .positions import TokenPositions, _Placement, peel
 from .tokens import TIED_SAMPLE, output_span, tied_token_set
 
@@ -62,7 +63,7 @@ class _HeadFit:
     def __init__(self, layout: Layout, W: torch.Tensor, basis: torch.Tensor, skip: torch.Tensor):
         head = layout.mlm_head()
         with torch.no_grad():
-            self.e = layout.word_embeddings.weight.double() @ basis.T
+            self.e = as_double(layout.word_embeddings.weight) @ basis.T
             self.b = head.decoder.bias.double() if head.decoder.bias is not None else torch.zeros(len(W), dtype=torch.double)
         self.A = W @ basis.T
         keep = torch.ones(len(W), dtype=torch.bool)
@@ -126,7 +127,7 @@ def tied_head_states(layout: Layout, gradients: Mapping[str, torch.Tensor], n_ma
     tokens = tied_token_set(layout, gradients)
     if tokens is None:
         return None
-    W = gradients[layout.word_embedding_name].double()
+    W = as_double(gradients[layout.word_embedding_name])
     norms = W.norm(dim=1)
     bulk = (norms <= norms.kthvalue(max(1, int(0.9 * len(norms)))).values).nonzero().flatten()
     basis = output_span(W[bulk[torch.linspace(0, len(bulk) - 1, min(TIED_SAMPLE, len(bulk))).long()]])
@@ -165,5 +166,5 @@ def tied_token_positions(layout: Layout, gradients: Mapping[str, torch.Tensor], 
     for m, y in enumerate(states.targets):
         P[idx == y, m] -= 1.0
     head_part = states.scale * (P @ (states.coords @ states.basis))
-    rows = W.double()[idx] - head_part
+    rows = as_double(W)[idx] - head_part
     return peel(_Placement(layout, gradients, tokens, length, occupants, rows=rows, threshold=states.residual))

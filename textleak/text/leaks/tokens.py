@@ -14,6 +14,7 @@ from typing import Mapping
 import torch
 
 from ..layouts import Layout
+from .memo import as_double, memo
 
 
 def embedding_token_set(layout: Layout, gradients: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
@@ -39,7 +40,7 @@ def noisy_token_set(layout: Layout, gradients: Mapping[str, torch.Tensor], *, z:
     name = layout.word_embedding_name
     if name not in gradients:
         return None
-    norms = gradients[name].double().norm(dim=1)
+    norms = as_double(gradients[name]).norm(dim=1)
     median = norms.median()
     spread = 1.4826 * (norms - median).abs().median()
     if float(spread) <= 0:
@@ -82,7 +83,13 @@ def tied_token_set(layout: Layout, gradients: Mapping[str, torch.Tensor]) -> tor
     rows, width = gradients[name].shape
     if rows < TIED_ROWS * width:
         return None
-    W = gradients[name].double()
+    found = memo(gradients[name], "tied_token_set", lambda: _tied_rows(gradients[name]))
+    return None if found is None else found.clone()
+
+
+def _tied_rows(grad: torch.Tensor) -> torch.Tensor | None:
+    """`tied_token_set`'s reading of one word-embedding gradient [V, H]."""
+    W = as_double(grad)
     norms = W.norm(dim=1)
     bulk = (norms <= norms.kthvalue(max(1, int(0.9 * len(norms)))).values).nonzero().flatten()
     span = output_span(W[bulk[torch.linspace(0, len(bulk) - 1, min(TIED_SAMPLE, len(bulk))).long()]])
