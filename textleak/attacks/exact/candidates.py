@@ -97,7 +97,10 @@ class Candidates:
         per_position, threshold = position_candidates(layout, span0, vocab, max(lengths))
         held = occupants(lengths) if known_lengths else None
         pins = positions.token_positions(layout, gradients, vocab.tolist(), max(lengths), held)
-        if pins is None and masks:  # a tied masked-LM head: its part of every word row comes off first
+        if pins is None and masks and len(lengths) > 1:
+            # a tied masked-LM head: its part of every word row comes off first. Not for one sentence, where
+            # layer 0 already narrows each position and the head-state fit (0.3-0.5 CPU s) would double
+            # exact's time (MiniLM, CoLA / RT dev batch 1: 0.9-1.3 CPU s; recipes/measured/mlm_tied_exact_s15.md)
             masked = sum(len(slot) for slots in masks.values() for slot in slots)
             pins = tied_token_positions(layout, gradients, vocab.tolist(), max(lengths), masked, held)
         if pins is not None:  # a placement (embedding gradients, float32) outranks a noisy layer 0
