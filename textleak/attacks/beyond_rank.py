@@ -35,7 +35,9 @@ Arguments: those of `exact` (beam, trials, restarts, settle, widen, sweeps, move
 settling, which re-chooses each token on its own residual in context, finds more from a nearby
 seed with 30-60 left out than with 10, which ranks whole sentences best, `leaks.partial`) and
 `repair` (misses put right by the sentence move after every round while the span is partial;
-0, the default: only when a round stalls).
+0, the default: only when a round stalls), `finish` (the share of the time left that, far past
+the limit, the lengths still missing get, assembled as `bags` does on what the peels left,
+`beyond_rank_finish`; 0: off) and `prior` (that assembly's prior).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across

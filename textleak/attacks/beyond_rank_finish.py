@@ -15,6 +15,16 @@ token standing once in what is left has a share of its own.
 What is reserved: a share `FINISH` of the time left when the search starts, and only where the
 declared lengths add up to more than `FAR` times the width (nearer, the search certifies the batch
 and needs all its time: SST-2 batch 32, 478 tokens, used 781 of its 900 s, large_batch_s12.md).
+
+Measured (MiniLM, the first dev batch of 64, budget 1200 s, one thread, load 4.6-7.1; the search's
+own guesses and the finished batch scored from one run each, scratch wrapper around `recover`;
+recipes/measured/large_batch_finish_s15.md): ROUGE-1/2 CoLA 36.2/19.5 -> 40.6/26.6 (8 of 64
+certified, 482 CPU s), SST-2 34.9/16.7 -> 48.1/31.6 (10 certified, 596 CPU s), RT 20.5/4.8 ->
+27.2/10.7 (1 certified, 563 CPU s); the tracks certify none (CoLA: they stand 2-9 tokens off the
+sentences, out of the neighbour screen's reach, so they are not fed back to the search). Choosing per slot
+between the search's guess and the track by the own-gradient share score (SST-2: 43.0) or the
+layer-1 residual (36.0) did worse than taking every track; `bags`' assembly with a layer-1 prefix
+residual in its cost read CoLA 36.5 against 32.5 but SST-2 36.2 against 39.2 (not kept).
 """
 
 from __future__ import annotations
@@ -29,8 +39,9 @@ from .bag_parts import ShareScorer, SwapSearch, assemble, columns
 
 log = logging.getLogger(__name__)
 
-#: share of the time left at the start that the finish gets (the search the rest). See
-#: recipes/measured/large_batch_finish_s15.md for what it was measured at.
+#: share of the time left at the start that the finish gets (the search the rest): at 1200 s, 120 s of
+#: assembly and swaps (3-6 swaps under load); most of the gain is the assembly itself (CoLA batch 64, budget
+#: 150: 19.2 -> 38.7 with one swap; recipes/measured/large_batch_finish_s15.md)
 FINISH = 0.1
 
 
