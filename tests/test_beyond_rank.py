@@ -282,3 +282,60 @@ def test_far_past_the_limit_rounds_after_the_first_seed_only_the_lengths_the_scr
     assert lengths(span1=SimpleNamespace(exact=True)) == everything  # a span with a rank gap: exact's search
     assert lengths(layout=SimpleNamespace(hidden_size=32)) == everything  # within 1.5 x the width
     assert lengths(config=SimpleNamespace(screen=0)) == everything  # the screen off
+
+
+def _finished_run(target, capture, monkeypatch, take_first: bool, finish: float):
+    """beyond_rank with a search that finds nothing (or, `take_first`, the first sentence of the batch
+    in its first round, which certifies and peels it), then the finish (`beyond_rank_finish`)."""
+    from textleak.attacks.beyond_rank import SentenceSearch
+
+    truth = [list(s) for s in capture.reference.token_ids]
+
+    def seed_round(self, widen):
+        if take_first and not self.found:
+            return self.take(truth[0], float(self.residuals([truth[0]])[0]))
+        return False
+
+    monkeypatch.setattr(SentenceSearch, "seed_round", seed_round)
+    out = ATTACKS.get("beyond_rank")(**FAST, prior="none", finish=finish).run(_observation(capture), target,
+                                                                               progress=False)
+    return truth, out
+
+
+def _content(seqs, skip=()):
+    from collections import Counter
+
+    return Counter(t for i, s in enumerate(seqs) if i not in skip for t in s[1:-1])
+
+
+def test_far_past_the_limit_what_the_search_leaves_is_assembled_from_the_columns(target, capture, monkeypatch):
+    truth, out = _finished_run(target, capture, monkeypatch, take_first=False, finish=0.1)
+    got = out.prediction["token_ids"]
+    assert out.details["finish"]["sentences"] == len(TEXTS)  # 55 tokens: more than 1.5 x 32
+    assert sorted(map(len, got)) == sorted(map(len, truth))
+    # every token stands once in this batch: the columns hold each once, and so does the batch assembled
+    assert _content(got) == _content(truth)
+    _, off = _finished_run(target, capture, monkeypatch, take_first=False, finish=0.0)
+    assert off.details["finish"] is None and _content(off.prediction["token_ids"]) != _content(truth)
+
+
+def test_the_finish_reads_what_the_peels_left(target, capture, monkeypatch):
+    truth, out = _finished_run(target, capture, monkeypatch, take_first=True, finish=0.1)
+    got = out.prediction["token_ids"]
+    assert out.details["peeled"] == 1 and out.details["finish"]["sentences"] == len(TEXTS) - 1
+    first = got.index(truth[0])  # certified, in its slot, and its tokens out of the columns
+    assert out.details["sentence_certified"][first]
+    assert _content(got, skip={first}) == _content(truth, skip={0})
+
+
+def test_the_finish_applies_only_far_past_the_limit_with_declared_lengths(target):
+    from types import SimpleNamespace
+
+    attack = ATTACKS.get("beyond_rank")()
+    obs = SimpleNamespace(task="classify", knowledge=SimpleNamespace(seq_lengths=(30, 30)))
+    layout = SimpleNamespace(hidden_size=32)
+    assert attack._finisher(obs, layout, [30, 30], target.tokenizer) is not None  # 60 > 48
+    assert attack._finisher(obs, layout, [20, 20], target.tokenizer) is None  # 40: the search takes it all
+    assert attack._finisher(SimpleNamespace(task="mlm", knowledge=obs.knowledge), layout, [30, 30],
+                            target.tokenizer) is None
+    assert ATTACKS.get("beyond_rank")(finish=0)._finisher(obs, layout, [30, 30], target.tokenizer) is None

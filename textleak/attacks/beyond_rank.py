@@ -35,7 +35,9 @@ Arguments: those of `exact` (beam, trials, restarts, settle, widen, sweeps, move
 settling, which re-chooses each token on its own residual in context, finds more from a nearby
 seed with 30-60 left out than with 10, which ranks whole sentences best, `leaks.partial`) and
 `repair` (misses put right by the sentence move after every round while the span is partial;
-0, the default: only when a round stalls).
+0, the default: only when a round stalls), `finish` (the share of the time left that, far past
+the limit, the lengths still missing get, assembled as `bags` does on what the peels left,
+`beyond_rank_finish`; 0: off) and `prior` (that assembly's prior).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -67,6 +69,7 @@ from ..text.leaks.positions import token_positions
 from ..text.leaks.tied_positions import tied_token_positions
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
+from .beyond_rank_finish import FINISH, BagFinish, finished
 from .beyond_rank_peel import SentenceCertificate, SentencePeeler
 from .beyond_rank_screen import LONGEST, NeighbourScreen, SentenceMove
 from .exact.attack import Exact, _budget_report, _predict
@@ -110,6 +113,7 @@ class SentenceSearch(Search):
         self.screen = NeighbourScreen(longest=config.screen)
         self.screened = False  # whether the screen took a sentence this round
         self.rounds, self.progressed = 0, True
+        self.rest: Any = None  # what the last peel left (`narrow`)
         self.certificates = [SentenceCertificate(spans)] + ([PeelCertificate(peeler)] if peeler.working else [])
 
     def assembles(self) -> bool:
@@ -139,6 +143,11 @@ class SentenceSearch(Search):
         for seq in self.screen(self, [s for s in seqs if len(s) in self.missing]):
             if len(seq) in self.missing and seq not in self.found:
                 self.screened |= self.take(seq, float(self.residuals([seq])[0]))
+
+    def narrow(self, rest: Any) -> None:
+        """`Search.narrow`, keeping what is left for the finish (`beyond_rank_finish`)."""
+        self.rest = rest
+        super().narrow(rest)
 
     def accept_pending(self) -> None:
         """Past the limit a sentence the peel refused is not taken on the span alone."""
@@ -213,9 +222,14 @@ class BeyondRank(Exact):
     # longest sentence (tokens) the neighbour screen tries while the span is partial (0: off;
     # `beyond_rank_screen`)
     screen: int = LONGEST
+    # share of the time left that the lengths still missing get, assembled as `bags` does on what the peels
+    # left, where the declared lengths add up to more than FAR times the width (0: off; `beyond_rank_finish`)
+    finish: float = FINISH
+    prior: str = "bigram"  # the finish's assembly prior (`bags`' "prior")
 
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "repair": self.repair, "screen": self.screen}
+        return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
+                "prior": self.prior}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -244,7 +258,13 @@ class BeyondRank(Exact):
         with layer0_table(layout, max(lengths)):
             search = SentenceSearch(self, layout, tok, cands, lengths, span1, peeler, spans,
                                     observation.knowledge.special_tokens)
-            sequences, residuals = search.run()
+            finish = self._finisher(observation, layout, lengths, tok)
+            with budget.time_budget(self._search_seconds(finish)):
+                sequences, residuals = search.run()
+            if finish is not None and search.missing:
+                tracks = finish.tracks(search, peeler, pins, vocab.tolist(), target.model)
+                if tracks is not None:
+                    sequences = finished(lengths, sequences, search.found, tracks)
         sequences, _ = order_by_slots(observation, tok, peeler, sequences, residuals)  # (masked-LM: into their slots)
         passed = self._certified(layout, spans, sequences, search)
         prediction = _predict(observation, layout, tok, sequences, assumed)
@@ -253,12 +273,28 @@ class BeyondRank(Exact):
                    "sentence_certified": passed, "sentence_rank": spans.rank, "sentence_sites": sorted(spans.bases),
                    "layer1_rank_start": span1.rank, "layer1_exact_at_end": bool(search.span1.exact),
                    "peeled": len(peeler.sentences), "vocabulary": vocab_source, "notes": notes,
-                   "placed_tokens": None if pins is None else len(pins.complete), **_budget_report(),
+                   "placed_tokens": None if pins is None else len(pins.complete),
+                   "finish": None if finish is None else finish.report, **_budget_report(),
                    "seconds": time.perf_counter() - t0}
         return AttackOutput(prediction=prediction, method=self.name, assumed=assumed,
                             config={**self.options(), "drop": drop}, details=details)
 
     # -- steps -------------------------------------------------------------------------------
+    def _finisher(self, observation: Observation, layout: Layout, lengths: Sequence[int], tok: Any) -> BagFinish | None:
+        """The finish (`beyond_rank_finish`) where it applies: a classification step with declared lengths
+        adding up to more than FAR times the width, and a share of the time for it."""
+        far = sum(lengths) > FAR * layout.hidden_size
+        if self.finish <= 0 or not far or observation.task != "classify" or observation.knowledge.seq_lengths is None:
+            return None
+        return BagFinish(tok, prior=self.prior, seed=self.seed)
+
+    def _search_seconds(self, finish: BagFinish | None) -> float | None:
+        """The search's share of the time left (None: no limit of its own)."""
+        left = budget.current().remaining()
+        if finish is None or left == float("inf"):
+            return None
+        return max(1e-3, (1.0 - self.finish) * left)
+
     def _setup(self, observation: Observation, target: Any) -> tuple[Layout, SentenceSpans]:
         for name in self.moves:
             MOVES.get(name)  # an unknown move: InputError naming the registered ones

@@ -1,0 +1,99 @@
+"""Far past the rank limit (#16: MiniLM batch 64, 700-1700 tokens against a width of 384), what
+`beyond_rank`'s sentence search leaves uncertified is finished as `bags` builds its sentences
+(`BagFinish`), on what the peels left of the batch.
+
+The search certifies the sentences it finds, one at a time, and reports its closest misses for
+the rest; far past the limit those misses stand most of their tokens off any sentence of the
+batch (settling on the partial layer-1 span drifts off even the true sentences there,
+recipes/measured/large_batch_s11.md). `bags`' assembly reads the columns the embedding gradients
+leave (which tokens stand at each position) and links them into sentences by the bigram prior and
+the shares of tokens standing once, then exchanges tails and tokens between sentences on the
+own-gradient score: its sentences hold more of the right words (ROUGE-1 is a bag-of-words score).
+Here it runs on the peeled rest: the certified sentences' tokens are out of its columns, and each
+token standing once in what is left has a share of its own.
+
+What is reserved: a share `FINISH` of the time left when the search starts, and only where the
+declared lengths add up to more than `FAR` times the width (nearer, the search certifies the batch
+and needs all its time: SST-2 batch 32, 478 tokens, used 781 of its 900 s, large_batch_s12.md).
+
+Measured (MiniLM, the first dev batch of 64, budget 1200 s, one thread, load 4.6-7.1; the search's
+own guesses and the finished batch scored from one run each, scratch wrapper around `recover`;
+recipes/measured/large_batch_finish_s15.md): ROUGE-1/2 CoLA 36.2/19.5 -> 40.6/26.6 (8 of 64
+certified, 482 CPU s), SST-2 34.9/16.7 -> 48.1/31.6 (10 certified, 596 CPU s), RT 20.5/4.8 ->
+27.2/10.7 (1 certified, 563 CPU s); the tracks certify none (CoLA: they stand 2-9 tokens off the
+sentences, out of the neighbour screen's reach, so they are not fed back to the search). Choosing per slot
+between the search's guess and the track by the own-gradient share score (SST-2: 43.0) or the
+layer-1 residual (36.0) did worse than taking every track; `bags`' assembly with a layer-1 prefix
+residual in its cost read CoLA 36.5 against 32.5 but SST-2 36.2 against 39.2 (not kept).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from ..core import budget
+from ..errors import InputError
+from ..text.prior import load_prior
+from .bag_parts import ShareScorer, SwapSearch, assemble, columns
+
+log = logging.getLogger(__name__)
+
+#: share of the time left at the start that the finish gets (the search the rest): at 1200 s, 120 s of
+#: assembly and swaps (3-6 swaps under load); most of the gain is the assembly itself (CoLA batch 64, budget
+#: 150: 19.2 -> 38.7 with one swap; recipes/measured/large_batch_finish_s15.md)
+FINISH = 0.1
+
+
+class BagFinish:
+    """Assembles the missing lengths from what the peels left (module doc).
+
+    `tracks(search, peeler, model)` -> one sentence per missing length, or None where the rest
+    cannot be read as columns (no word-embedding table in the peel, nothing placed)."""
+
+    def __init__(self, tokenizer: Any, prior: str = "bigram", weight: float = 3.0, tries: int = 256,
+                 sweeps: int = 4, seed: int = 0):
+        self.tok, self.prior_name, self.weight = tokenizer, prior, weight
+        self.tries, self.sweeps, self.seed = tries, sweeps, seed
+        self.report: dict[str, Any] = {}
+
+    def tracks(self, search: Any, peeler: Any, pins: Any, tokens: Sequence[int], model: Any) -> list[list[int]] | None:
+        missing = list(search.missing)
+        if not missing or peeler is None or not getattr(peeler, "word", None) or peeler.word not in peeler.rest:
+            return None
+        rest = getattr(search, "rest", None)
+        if rest is not None and rest.positions is not None and rest.allowed:
+            pins, tokens = rest.positions, sorted(rest.allowed)
+        if pins is None:
+            return None
+        specials = {self.tok.cls_token_id, self.tok.sep_token_id, self.tok.pad_token_id} - {None}
+        cols = columns(peeler.rest[peeler.word], pins, list(tokens), missing, specials)
+        prior, prior_used = self._prior()
+        tracks = assemble(cols, len(missing), prior, self.tok.cls_token_id, self.tok.sep_token_id, self.weight)
+        scorer = ShareScorer(search.layout, cols.shares, int(model.config.num_labels))
+        swaps = SwapSearch(scorer, tries=self.tries, seed=self.seed)
+        if not budget.expired():
+            tracks = swaps.run(tracks, self.sweeps)
+        self.report = {"sentences": len(missing), "shares": len(cols.shares), "swaps": swaps.swaps,
+                       "scored": scorer.evaluated, "prior": prior_used}
+        return tracks
+
+    def _prior(self) -> tuple[Any, str]:
+        """The assembly's prior; 'none' (the shares alone) where the bigram prior has no training sentences."""
+        try:
+            return load_prior(self.prior_name, self.tok), self.prior_name
+        except InputError:
+            return load_prior("none", self.tok), "none"
+
+
+def finished(lengths: Sequence[int], sequences: Sequence[list[int]], found: Sequence[list[int]],
+             tracks: Sequence[list[int]]) -> list[list[int]]:
+    """One sentence per length of `lengths`, in that order: the found ones, then the tracks of
+    each missing length, then (should the tracks miss a length) the search's own guess there."""
+    by_length: dict[int, list[list[int]]] = {}
+    for seq in list(found) + list(tracks):
+        by_length.setdefault(len(seq), []).append(list(seq))
+    out = []
+    for n, guess in zip(lengths, sequences):
+        out.append(by_length[n].pop(0) if by_length.get(n) else list(guess))
+    return out
