@@ -94,6 +94,12 @@ LAYER0_ALLOWANCE = 1.5
 #: at residual / plateau <= 43 at lr 1e-2 (where 1.5 floors is more), 28 on RT dev batch 4 at lr 1e-3
 #: (K 4 and 8: 1.66-1.70 floors), 56 on RT batch 8 at lr 1e-3 (3.7 floors), 9 on CoLA batch 4 at lr 1e-4
 PLATEAU_ALLOWANCE = 60.0
+#: the layered search (`update_layers`) only where the batch declares more tokens than this: RT dev batch 0
+#: of 8 (215 tokens), K 4, lr 1e-3, is where layer 1 stops separating (0.465 with the plain search);
+#: the plain search certifies RT batch 4 (123 tokens, 157 s in session 14), where the layered search
+#: spent its 600 s uncertified (0.981, 3 of 4 exact; `fl_defences.py --data rt --batch-size 4 --n 1
+#: --no-baseline --noise --dpeps --budget 600 --fedavg 4,1e-3`, load ~5)
+LAYERED_TOKENS = 160
 #: the retry (the first search uncertified): this many times the first tolerance, at least the spectral one
 RETRY_WIDEN = 2.0
 #: where the rounding is wide (`update_rounding.ROUNDING_SHARE`), the share of the remaining budget
@@ -245,10 +251,12 @@ class UpdateExact(Exact):
 
     def _layered(self, observation: Observation) -> bool:
         """Whether the search scores layers 1+2 (`update_layers`): classification, where layer 1's rounding
-        was fitted but is not wide (lr ~1e-3 on MiniLM: `update_rounding`, `REPAIR_ROUNDING`)."""
+        was fitted but is not wide (lr ~1e-3 on MiniLM: `update_rounding`, `REPAIR_ROUNDING`) and the
+        batch declares more than `LAYERED_TOKENS` tokens."""
         fits = self._fits_for(observation.gradients)
+        lengths = observation.knowledge.seq_lengths
         return self.layered and fits is not None and 1 in fits.fits and fits.share(0) < REPAIR_ROUNDING \
-            and observation.task == "classify"
+            and observation.task == "classify" and lengths is not None and sum(lengths) > LAYERED_TOKENS
 
     def _search(self, layout: Layout, tok: Any, cands: Any, lengths: list[int], span1: LayerSpan | None,
                 peeler: Any, template: bool) -> Search:
