@@ -1,18 +1,17 @@
 """`exact-update` at lr 1e-3 with 8 sentences (RT dev batch 0, 215 tokens, K 4) on the packaged MiniLM:
 layer 1's fitted span no longer tells true sentences from near ones, layers 1+2 do
-(`attacks.update_layers`), and a peel checks a sentence's end, where a cut shows (`update_peel.END_SLACK`)."""
+(`attacks.update_layers`, against one-token neighbours), a peel checks a sentence's end, where a cut
+shows (`update_peel.END_SLACK`), and the share of the signal a sentence's removal takes out tells a true
+sentence from one with two tokens swapped (`UpdatePeeler.drop`)."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 
 import textleak
-from textleak.attacks.exact.candidates import Candidates, vocabulary
 from textleak.attacks.exact.sequences import cuts
 from textleak.attacks.update import UpdateExact, midpoint_model
-from textleak.attacks.update_layers import LayeredSearch, LayerScore
+from textleak.attacks.update_layers import DROP, LayerScore
 from textleak.attacks.update_peel import END_SLACK, UpdatePeeler
 from textleak.attacks.update_rounding import RoundingFits
 from textleak.text.layouts import layout_for
@@ -67,21 +66,22 @@ def test_a_peel_admits_true_sentences_by_their_end_and_refuses_every_cut(rt8, on
 
 
 @pytest.mark.slow
-def test_layers_1_and_2_polish_a_near_sentence_back_where_layer_1_prefers_it(rt8, one_thread):
+def test_layers_1_and_2_rank_a_true_sentence_above_a_neighbour_that_layer_1_prefers(rt8, one_thread):
     target, observation, facts, mid, fits, span1, true = rt8
     tok = target.tokenizer
-    lengths = [len(s) for s in true]
-    score = LayerScore(mid, fits, sum(lengths))
-    seq = true[2]  # "world" at position 35: 0.95 x the true sentence's residual on layer 1, 1.05 x on layers 1+2
+    score = LayerScore(mid, fits, sum(len(s) for s in true))
+    seq = true[2]  # "world" for "time" at position 35: 0.95 x the true sentence's residual on layer 1, 1.05 x on 1+2
     near = seq[:35] + [tok.convert_tokens_to_ids("world")] + seq[36:]
-    # layer 1 alone ranks the near sentence first (the plain search's polish would keep it) ...
     r1 = sequence_residuals(mid, span1, [seq, near])
     assert float(r1[1]) < float(r1[0])
-    # ... layers 1+2 rank the true one first, and the polish finds it
     s12 = score([seq, near])
     assert float(s12[0]) < float(s12[1])
-    vocab, _ = vocabulary(mid, observation.gradients, tok, "classify")
-    specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
-    cands = Candidates([[(t, 0.0) for t in vocab.tolist()] for _ in range(max(lengths))], specials)
-    search = LayeredSearch(UpdateExact(), mid, tok, cands, lengths, span1, None, True, score=score)
-    assert search.polish(near) == seq
+
+
+@pytest.mark.slow
+def test_a_true_sentence_takes_its_share_of_the_signal_out_and_a_swapped_one_does_not(rt8, one_thread):
+    target, observation, facts, mid, fits, span1, true = rt8
+    peeler = UpdatePeeler(layout_for(target.model), observation.gradients, [len(s) for s in true], facts)
+    seq = true[0]
+    swapped = seq[:5] + [seq[6], seq[5]] + seq[7:]
+    assert peeler.drop(seq) >= DROP > peeler.drop(swapped)
