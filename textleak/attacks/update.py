@@ -78,7 +78,9 @@ from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .exact import Exact
 from .exact.candidates import vocabulary
-from .update_peel import UpdatePeeler
+from .exact.search import Search
+from .update_layers import LayeredSearch, LayerScore
+from .update_peel import END_SLACK, UpdatePeeler
 from .update_repair import BoxRepair
 from .update_rounding import RoundingFits
 from .update_sentences import SentenceRepair
@@ -92,6 +94,12 @@ LAYER0_ALLOWANCE = 1.5
 #: at residual / plateau <= 43 at lr 1e-2 (where 1.5 floors is more), 28 on RT dev batch 4 at lr 1e-3
 #: (K 4 and 8: 1.66-1.70 floors), 56 on RT batch 8 at lr 1e-3 (3.7 floors), 9 on CoLA batch 4 at lr 1e-4
 PLATEAU_ALLOWANCE = 60.0
+#: the layered search (`update_layers`) only where the batch declares more tokens than this: RT dev batch 0
+#: of 8 (215 tokens), K 4, lr 1e-3, is where layer 1 stops separating (0.465 with the plain search);
+#: the plain search certifies RT batch 4 (123 tokens, 157 s in session 14), where the layered search
+#: spent its 600 s uncertified (0.981, 3 of 4 exact; `fl_defences.py --data rt --batch-size 4 --n 1
+#: --no-baseline --noise --dpeps --budget 600 --fedavg 4,1e-3`, load ~5)
+LAYERED_TOKENS = 160
 #: the retry (the first search uncertified): this many times the first tolerance, at least the spectral one
 RETRY_WIDEN = 2.0
 #: where the rounding is wide (`update_rounding.ROUNDING_SHARE`), the share of the remaining budget
@@ -125,6 +133,8 @@ class UpdateExact(Exact):
     """`exact` on a FedAvg update (see the module docstring); `exact` (and so `auto`) hands updates here."""
 
     name: ClassVar[str] = "exact-update"
+    #: search with layers 1+2 where the rounding is fitted but not wide (`update_layers`; False: layer 1 alone)
+    layered: bool = True
 
     def preflight(self, observation: Observation, target: Any) -> None:
         self._facts_of(observation)
@@ -156,13 +166,15 @@ class UpdateExact(Exact):
                  widen: float) -> AttackOutput:
         """One search on the midpoint model, layer-0 candidates up to `widen` x `layer0_tolerance`
         (widened: at least the spectral tolerance), certified by simulation (classification)."""
-        self._widen, self._near = widen, {}
+        self._widen, self._near, self._layered_search = widen, {}, None
         # where the rounding is as wide as the update (lr 1e-4 on MiniLM) the span search certifies
         # nothing and the repairs decide: they get `REPAIR_SHARE` of the budget
         wide = self._fits.share(0) >= REPAIR_ROUNDING and observation.task == "classify"
         with budget.time_budget(budget.share_of_remaining(1 - REPAIR_SHARE) if wide else None):
             out = Exact.run(self, observation, moved)
         out.method = self.name
+        if self._layered_search is not None:
+            out.details["layered_search"] = self._layered_search.describe()
         if observation.task == "classify":
             self._certify(observation, layout_for(target.model), facts, out)
             if not out.details["certified"] and self._fits.fits and time.monotonic() < budget.current().deadline:
@@ -237,6 +249,25 @@ class UpdateExact(Exact):
         fits = self._fits_for(grads)
         return fits.span(1, span1, reader.bound(1)) if fits is not None else span1
 
+    def _layered(self, observation: Observation) -> bool:
+        """Whether the search scores layers 1+2 (`update_layers`): classification, where layer 1's rounding
+        was fitted but is not wide (lr ~1e-3 on MiniLM: `update_rounding`, `REPAIR_ROUNDING`) and the
+        batch declares more than `LAYERED_TOKENS` tokens."""
+        fits = self._fits_for(observation.gradients)
+        lengths = observation.knowledge.seq_lengths
+        return self.layered and fits is not None and 1 in fits.fits and fits.share(0) < REPAIR_ROUNDING \
+            and observation.task == "classify" and lengths is not None and sum(lengths) > LAYERED_TOKENS
+
+    def _search(self, layout: Layout, tok: Any, cands: Any, lengths: list[int], span1: LayerSpan | None,
+                peeler: Any, template: bool) -> Search:
+        """A `LayeredSearch` (`update_layers`: the layer-1 bar loosened, each sentence passing it polished
+        on layers 1+2) where `_layered`; else the plain search."""
+        if span1 is None or not self._layered(self._observation):
+            return Search(self, layout, tok, cands, lengths, span1, peeler, template)
+        self._layered_search = LayeredSearch(self, layout, tok, cands, lengths, span1, peeler, template,
+                                             score=LayerScore(layout, self._fits, sum(lengths)))
+        return self._layered_search
+
     def _fits_for(self, gradients: Any) -> RoundingFits | None:
         """This run's rounding fits (`update_rounding`), when they were made for these gradients."""
         fits = getattr(self, "_fits", None)
@@ -251,13 +282,15 @@ class UpdateExact(Exact):
         trajectory and hands the search the span of what is left (a narrowing, not a
         certificate: the simulation of the whole batch certifies). Where the rounding was fitted
         (small learning rates) each token of a peeled sentence must also lie near the whole
-        layer-1 span (`update_peel.TOKEN_SLACK`). Classification only."""
+        layer-1 span (`update_peel.TOKEN_SLACK`), or, in a `LayeredSearch`, its last token
+        (`update_peel.END_SLACK`). Classification only."""
         if span1 is None or observation.task != "classify":
             return None
         start, facts = self._start
         fits = self._fits_for(observation.gradients)
         check = (layout, span1) if fits is not None and 1 in fits.fits else None
-        return UpdatePeeler(start, observation.gradients, lengths, facts, check)
+        return UpdatePeeler(start, observation.gradients, lengths, facts, check,
+                            END_SLACK if check is not None and self._layered(observation) else None)
 
     @staticmethod
     def _certify(observation: Observation, layout: Layout, facts: UpdateFacts, out: AttackOutput) -> None:

@@ -29,7 +29,8 @@ floors^2 per token and was taken for the 18-token one, which then could never be
 defect sits at one or two tokens (the cut end: 8.8 floors^2 there), where true sentences' worst
 token sits at 1.9 (batch 4) to 3.5 (batch 8) floors^2 against the fitted span. So with a `check`
 span the peel refuses a sentence one of whose tokens lies more than `TOKEN_SLACK` floors^2 from it. Classification only;
-duck-typed as the `Peeler` the search and its peel certificate use (`working`, `peel`, `labels`, `sentences`, `slots`, `fitted`).
+duck-typed as the `Peeler` the search and its peel certificate use (`working`, `peel`, `labels`, `sentences`,
+`slots`, `fitted`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ from .update_sim import UpdateFacts
 
 #: a peeled sentence's worst token may lie this many floors^2 (squared) from the check span
 TOKEN_SLACK = 5.0
+#: ... or, with `end_slack` set (`update_layers.LayeredSearch`), its last token this many: measured on
+#: RT dev batch 0 of 8, K 4, lr 1e-3 (fitted layer-1 span), true sentences' last token ([SEP]) at
+#: 1.9-3.2 floors^2 where their worst inner token reaches 20.5, every cut of one to a shorter batch
+#: length at 16.1-24.7 there (SST-2 batch 4's cut above: 8.8)
+END_SLACK = 6.0
 
 
 class UpdatePeeler:
@@ -57,14 +63,15 @@ class UpdatePeeler:
     layout: the model at w0 (the trajectory starts there); update: U keyed by parameter name;
     lengths: the batch's sentence lengths; check: (the model at the trajectory's midpoint, the
     whole layer-1 span read there) where each token of a peeled sentence must lie within
-    `TOKEN_SLACK` floors^2 of that span (None: no per-token test)."""
+    `TOKEN_SLACK` floors^2 of that span (None: no per-token test); end_slack: or, where the worst
+    token is further, its last token within this many floors^2 (None: no such allowance)."""
 
     working = True
 
     def __init__(self, layout: Layout, update: Mapping[str, torch.Tensor], lengths: Sequence[int],
-                 facts: UpdateFacts, check: tuple[Layout, Any] | None = None):
+                 facts: UpdateFacts, check: tuple[Layout, Any] | None = None, end_slack: float | None = None):
         self.facts, self.update, self.lengths, self.layout = facts, update, list(lengths), layout
-        self.check = check
+        self.check, self.end_slack = check, end_slack
         self.refused: list[list[int]] = []
         self.names = layout.shared(update, layout.qkv_names(1))
         self.names0 = layout.shared(update, layout.qkv_names(0))
@@ -111,12 +118,31 @@ class UpdatePeeler:
         return left
 
     def admits(self, seq: Sequence[int]) -> bool:
-        """Whether every token of `seq` lies within `TOKEN_SLACK` floors^2 of the check span."""
+        """Whether every token of `seq` lies within `TOKEN_SLACK` floors^2 of the check span (or, with
+        `end_slack`, its last token within that many: a cut sentence's defect is its end)."""
         if self.check is None:
             return True
         layout, span = self.check
-        worst = float(position_residuals(layout, span, seq).max())
-        return worst <= TOKEN_SLACK * span.floor ** 2
+        res = position_residuals(layout, span, seq) / span.floor ** 2
+        return float(res.max()) <= TOKEN_SLACK or (self.end_slack is not None and float(res[-1]) <= self.end_slack)
+
+    def strict(self, seq: Sequence[int]) -> bool:
+        """Whether every token of `seq` lies within `TOKEN_SLACK` floors^2 of the check span (True without one)."""
+        if self.check is None:
+            return True
+        layout, span = self.check
+        return float(position_residuals(layout, span, seq).max()) <= TOKEN_SLACK * span.floor ** 2
+
+    def drop(self, seq: Sequence[int]) -> float:
+        """The share of the signal that `seq`'s removal takes out of what is left: with b the rank of what
+        its removal leaves and n its length, (t_b(rest) - t_b(rest - share)) / (t_b(rest) - t_{b+n}(rest)),
+        t_k the energy past the k-th singular value (least over the labels; see `update_layers.DROP`)."""
+        bound = sum(self._left(seq))
+        energy = torch.linalg.svdvals(stacked(self.rest, self.names)).pow(2)
+        before, plateau = float(energy[bound:].sum()), float(energy[bound + len(seq):].sum())
+        after = min(float(torch.linalg.svdvals(stacked({n: self.rest[n] - own[n] for n in self.names}, self.names))
+                          [bound:].pow(2).sum()) for own in (self.share(seq, y) for y in range(self.classes)))
+        return (before - after) / max(before - plateau, 1e-300)
 
     def peel(self, seq: list[int], last: bool = False) -> Rest | None:
         """Take `seq` out under its likeliest label; the layer-1 span of what is left (None in it

@@ -108,7 +108,8 @@ class Exact:
                                                       observation.knowledge.special_tokens)
         else:
             with layer0_table(layout, max(lengths)):
-                search = Search(self, layout, tok, cands, lengths, span1, peeler, observation.knowledge.special_tokens)
+                search = self._search(layout, tok, cands, lengths, span1, peeler,
+                                      observation.knowledge.special_tokens)
                 sequences, residuals = search.run()
                 self._near = search.near  # each length's settled misses (`exact-update` repairs from them)
         sequences, residuals = order_by_slots(observation, tok, peeler, sequences, residuals)
@@ -152,6 +153,11 @@ class Exact:
     def _peeler(self, observation: Observation, layout: Layout, lengths: list[int], span1: LayerSpan | None,
                 mask_id: int | None, known: bool) -> Peeler | None:
         return Peeler(observation, layout, lengths, span1.rank, mask_id, known) if span1 is not None else None
+
+    def _search(self, layout: Layout, tok: Any, cands: Candidates, lengths: list[int], span1: LayerSpan | None,
+                peeler: Any, template: bool) -> Search:
+        """The search that assembles the sentences (`exact-update` scores more layers at small lr)."""
+        return Search(self, layout, tok, cands, lengths, span1, peeler, template)
 
     def _certified(self, span1: LayerSpan | None, residuals: list[float], cands: Candidates, lengths: list[int],
                    sequences: list[list[int]]) -> bool:

