@@ -65,8 +65,7 @@ from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
 from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, layer_span,
                           sentence_spans, tied_token_set)
-from ..text.leaks.positions import token_positions
-from ..text.leaks.tied_positions import tied_token_positions
+from ..text.leaks.tied_positions import placements
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .beyond_rank_finish import FINISH, BagFinish, finished
@@ -245,11 +244,9 @@ class BeyondRank(Exact):
         specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
         known = assumed["seq_lengths"] == "known"
         held = occupants(lengths) if known else None
-        pins = token_positions(layout, grads, vocab.tolist(), max(lengths), held)
-        if pins is None and observation.task == "mlm" and observation.knowledge.mask_positions:
-            # a tied head: its part of every word row recovered and subtracted first
-            masked = sum(len(p) for p in observation.knowledge.mask_positions)
-            pins = tied_token_positions(layout, grads, vocab.tolist(), max(lengths), masked, held)
+        # a tied masked-LM head: its part of every word row recovered and subtracted first
+        masked = sum(map(len, observation.knowledge.mask_positions or ())) if observation.task == "mlm" else 0
+        pins = placements(layout, grads, vocab.tolist(), max(lengths), masked, held)
         cands = Candidates([[(int(t), 0.0) for t in vocab.tolist()] for _ in range(max(lengths))], specials, pins=pins,
                            masks=declared_masks(observation, lengths), mask_id=tok.mask_token_id)
         drop = self.drop if self.drop is not None else max(1, layout.hidden_size * SETTLE_DROP // 384)

@@ -13,7 +13,7 @@ import torch
 from ...text.decode import allowed_token_ids
 from ...text.layouts import Layout
 from ...text.leaks import embedding_token_set, position_candidates, positions, tied_token_set
-from ...text.leaks.tied_positions import tied_token_positions
+from ...text.leaks.tied_positions import placements
 from ...text.leaks.spans import LayerSpan
 from .sequences import occupants
 
@@ -95,14 +95,12 @@ class Candidates:
              lengths: Sequence[int], specials: set[int], *, known_lengths: bool,
              masks: dict[int, list[set[int]]] | None = None, mask_id: int | None = None) -> "Candidates":
         per_position, threshold = position_candidates(layout, span0, vocab, max(lengths))
-        held = occupants(lengths) if known_lengths else None
-        pins = positions.token_positions(layout, gradients, vocab.tolist(), max(lengths), held)
-        if pins is None and masks and len(lengths) > 1:
-            # a tied masked-LM head: its part of every word row comes off first. Not for one sentence, where
-            # layer 0 already narrows each position and the head-state fit (0.3-0.5 CPU s) would double
-            # exact's time (MiniLM, CoLA / RT dev batch 1: 0.9-1.3 CPU s; recipes/measured/mlm_tied_exact_s15.md)
-            masked = sum(len(slot) for slots in masks.values() for slot in slots)
-            pins = tied_token_positions(layout, gradients, vocab.tolist(), max(lengths), masked, held)
+        # a tied masked-LM head: its part of every word row comes off first. Not for one sentence, where
+        # layer 0 already narrows each position and the head-state fit (0.3-0.5 CPU s) would double
+        # exact's time (MiniLM, CoLA / RT dev batch 1: 0.9-1.3 CPU s; recipes/measured/mlm_tied_exact_s15.md)
+        masked = sum(len(slot) for slots in masks.values() for slot in slots) if masks and len(lengths) > 1 else 0
+        pins = placements(layout, gradients, vocab.tolist(), max(lengths), masked,
+                          occupants(lengths) if known_lengths else None)
         if pins is not None:  # a placement (embedding gradients, float32) outranks a noisy layer 0
             per_position = with_placements(per_position, pins)
         return cls(per_position, specials, pins=pins, masks=masks, mask_id=mask_id, threshold=threshold)

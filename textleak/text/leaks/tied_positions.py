@@ -3,7 +3,7 @@ recovered and subtracted, leaves the input part that `token_positions` reads.
 
 A tied head writes row v of the word-embedding gradient s * sum_m (p_m(v) - [y_m = v]) h_m, with
 h_m the transformed hidden state at masked position m, p_m = softmax(E h_m + b) and y_m its target
-(s the loss' scale, 1/M for a mean). The h_m span the output part's rank-M span (`output_span`);
+(s the loss' scale, 1/M for a mean). The h_m span the output part's rank-M span (`tied_output_span`);
 in its coordinates h_m = c_m. A row neither input nor target is head part only: a_v = s sum_m
 p_m(v) c_m, so each c_m is a point where x(c) = [exp(E_v c + b_v)]_v lies in the column space of
 those rows (M unknowns; Gauss-Newton on the projection residual). Started from a target's row
@@ -32,8 +32,8 @@ import torch
 from ..layouts import Layout
 from .labels import mlm_label_counts
 from .memo import as_double
-from .positions import TokenPositions, _Placement, peel
-from .tokens import TIED_SAMPLE, output_span, tied_token_set
+from .positions import TokenPositions, _Placement, peel, token_positions
+from .tokens import tied_output_span, tied_token_set
 
 #: a solve counts when its projection residual is below this (float32 captures reach ~1e-6)
 TIED_FIT = 1e-4
@@ -128,9 +128,7 @@ def tied_head_states(layout: Layout, gradients: Mapping[str, torch.Tensor], n_ma
     if tokens is None:
         return None
     W = as_double(gradients[layout.word_embedding_name])
-    norms = W.norm(dim=1)
-    bulk = (norms <= norms.kthvalue(max(1, int(0.9 * len(norms)))).values).nonzero().flatten()
-    basis = output_span(W[bulk[torch.linspace(0, len(bulk) - 1, min(TIED_SAMPLE, len(bulk))).long()]])
+    basis = tied_output_span(gradients[layout.word_embedding_name])
     counts = mlm_label_counts(layout, gradients, n_masked)
     if basis is None or len(basis) != n_masked or sum(counts.values()) != n_masked:
         return None
@@ -168,3 +166,13 @@ def tied_token_positions(layout: Layout, gradients: Mapping[str, torch.Tensor], 
     head_part = states.scale * (P @ (states.coords @ states.basis))
     rows = as_double(W)[idx] - head_part
     return peel(_Placement(layout, gradients, tokens, length, occupants, rows=rows, threshold=states.residual))
+
+
+def placements(layout: Layout, gradients: Mapping[str, torch.Tensor], tokens: Sequence[int], length: int,
+               n_masked: int = 0, occupants: Sequence[int] | None = None) -> TokenPositions | None:
+    """`token_positions`; where it places nothing (a tied head's dense rows) and `n_masked` positions
+    were declared masked, `tied_token_positions` (0: not tried)."""
+    found = token_positions(layout, gradients, tokens, length, occupants)
+    if found is None and n_masked > 0:
+        found = tied_token_positions(layout, gradients, tokens, length, n_masked, occupants)
+    return found

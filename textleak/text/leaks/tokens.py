@@ -91,8 +91,7 @@ def _tied_rows(grad: torch.Tensor) -> torch.Tensor | None:
     """`tied_token_set`'s reading of one word-embedding gradient [V, H]."""
     W = as_double(grad)
     norms = W.norm(dim=1)
-    bulk = (norms <= norms.kthvalue(max(1, int(0.9 * len(norms)))).values).nonzero().flatten()
-    span = output_span(W[bulk[torch.linspace(0, len(bulk) - 1, min(TIED_SAMPLE, len(bulk))).long()]])
+    span = tied_output_span(grad)
     if span is None:
         return None
     off = norms.pow(2) - (W @ span.T).pow(2).sum(1)  # squared norm off the span (double: exact to 1e-16)
@@ -100,6 +99,20 @@ def _tied_rows(grad: torch.Tensor) -> torch.Tensor | None:
     if len(hits) == 0 or len(hits) > 0.1 * len(norms):
         return None
     return hits
+
+
+def tied_output_span(grad: torch.Tensor) -> torch.Tensor | None:
+    """The rank-M span [M, H] a tied head's part of the word rows shares (`output_span` of an even
+    sample of the smaller 90% of the rows), read once per gradient (`memo`): the token set and the
+    head-state fit (`tied_positions`) both need it."""
+
+    def read() -> torch.Tensor | None:
+        W = as_double(grad)
+        norms = W.norm(dim=1)
+        bulk = (norms <= norms.kthvalue(max(1, int(0.9 * len(norms)))).values).nonzero().flatten()
+        return output_span(W[bulk[torch.linspace(0, len(bulk) - 1, min(TIED_SAMPLE, len(bulk))).long()]])
+
+    return memo(grad, "tied_output_span", read)
 
 
 def output_span(sample: torch.Tensor, rounds: int = 4) -> torch.Tensor | None:
