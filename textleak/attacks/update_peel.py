@@ -120,18 +120,21 @@ class UpdatePeeler:
     def admits(self, seq: Sequence[int]) -> bool:
         """Whether every token of `seq` lies within `TOKEN_SLACK` floors^2 of the check span (or, with
         `end_slack`, its last token within that many: a cut sentence's defect is its end)."""
-        if self.check is None:
-            return True
-        layout, span = self.check
-        res = position_residuals(layout, span, seq) / span.floor ** 2
-        return float(res.max()) <= TOKEN_SLACK or (self.end_slack is not None and float(res[-1]) <= self.end_slack)
+        res = self._floors(seq)
+        return res is None or float(res.max()) <= TOKEN_SLACK or \
+            (self.end_slack is not None and float(res[-1]) <= self.end_slack)
 
     def strict(self, seq: Sequence[int]) -> bool:
         """Whether every token of `seq` lies within `TOKEN_SLACK` floors^2 of the check span (True without one)."""
+        res = self._floors(seq)
+        return res is None or float(res.max()) <= TOKEN_SLACK
+
+    def _floors(self, seq: Sequence[int]) -> torch.Tensor | None:
+        """Each token's squared residual off the check span, in floors^2 (None without a check span)."""
         if self.check is None:
-            return True
+            return None
         layout, span = self.check
-        return float(position_residuals(layout, span, seq).max()) <= TOKEN_SLACK * span.floor ** 2
+        return position_residuals(layout, span, seq) / span.floor ** 2
 
     def drop(self, seq: Sequence[int]) -> float:
         """The share of the signal that `seq`'s removal takes out of what is left: with b the rank of what
