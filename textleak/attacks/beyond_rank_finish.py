@@ -48,7 +48,7 @@ FINISH = 0.1
 class BagFinish:
     """Assembles the missing lengths from what the peels left (module doc).
 
-    `tracks(search, peeler, model)` -> one sentence per missing length, or None where the rest
+    `tracks(search, peeler, pins, tokens, model)` -> one sentence per missing length, or None where the rest
     cannot be read as columns (no word-embedding table in the peel, nothing placed)."""
 
     def __init__(self, tokenizer: Any, prior: str = "bigram", weight: float = 3.0, tries: int = 256,
@@ -59,9 +59,9 @@ class BagFinish:
 
     def tracks(self, search: Any, peeler: Any, pins: Any, tokens: Sequence[int], model: Any) -> list[list[int]] | None:
         missing = list(search.missing)
-        if not missing or peeler is None or not getattr(peeler, "word", None) or peeler.word not in peeler.rest:
+        if not missing or not peeler.word or peeler.word not in peeler.rest:
             return None
-        rest = getattr(search, "rest", None)
+        rest = search.rest  # what the last peel left, None before any peel
         if rest is not None and rest.positions is not None and rest.allowed:
             pins, tokens = rest.positions, sorted(rest.allowed)
         if pins is None:
