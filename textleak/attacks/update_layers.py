@@ -34,6 +34,21 @@ Measured (`python recipes/fl_defences.py --data rt --batch-size 8 --n 1 --no-bas
 sentences exact, uncertified, out of its 600 s (317 -> 300 CPU s); the two 38-token sentences, the
 32-token one and one 23-token one are still missed. At batch 4 (RT, 123 tokens) it lost what the plain
 search certifies, so `exact-update` uses it past `update.LAYERED_TOKENS` declared tokens only.
+
+What stops it on the missed sentences (session 16, scratch diagnosis from the ground truth on the same
+batch). Not layer 0: there a wrong (token, position) pair is nearly a sum of true ones (word plus position
+embedding: 137 tokens and 38 positions span less than the 215 declared), so every batch token stands at every
+position (135) and the true token's layer-0 residual ranks anywhere among them (0-135; true 0.01-0.12, wrong
+pairs' median 0.06, the tolerance 0.26): no ranking of layer-0 residuals narrows them. It is settling: with its
+whole true context, the true token has the least layer-1 slot residual at only 29 of 36 positions of each
+38-token sentence (the others rank 1-84), 25 of 30 of the 32-token one, 20 of 21 of the 23-token one, and
+settling from the true 38-token sentences runs away from them (30 and 36 of 36 tokens changed); the searches'
+closest misses of the 32- and 38-token lengths stay 12-29 tokens off for the whole 600 s. Tried and not kept
+(`recipes/measured/fedavg_rt_b8_s16/`, same command and window: 4 of 8 exact without them): what is left after
+a peel read rounding-fitted on layers 1+2 (2 of 8), candidates narrowed to the tokens the rest's word rows still
+hold (3 of 8), damped settling, a token re-chosen only where the best candidate's residual is under 0.2x its own
+(3 of 8: it holds the truth and pulls it back from 4 wrong tokens, but from the search's own seeds it converges
+to nothing). The lead: a settling rule that holds the truth and still converges from a seed.
 """
 
 from __future__ import annotations
