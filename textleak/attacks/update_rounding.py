@@ -31,6 +31,17 @@ above the spectral tolerance 0.1^2; 0.008-0.0098 against the fit's): the search 
 of that sentence (ROUGE-1 0.97 / 0.98, uncertified) then finds the whole batch (certified). Where
 the box is narrow (lr 1e-2: 0.007-0.008) the fit changes the spans by ~1e-3 relative and is
 skipped, so lr 1e-2 runs as before.
+
+At lr 1e-4 on longer batches the box pins G down much less (session 16, scratch diagnosis against a float64
+replay of the client, dev batch 0, K 8): the fit's error is 0.174 (SST-2, 95 tokens) and 0.180 (RT, 123) at
+layer 0 against U's 0.31 and 0.27, unchanged from 200 to 600 iterations, and rank 70 already fits the box to
+5e-4: many rank-r matrices lie in it. Even the exact G ranks true tokens poorly at layer 0 (the inputs span
+only the V + L directions a word plus a position embedding can make), and layer 1 prefers the wrong SST-2
+sentences the search admits (per-token residuals 0.75-1.74 floors^2 against the true 0.59-4.06); only the
+whole-update box misfit tells them apart (true batch 6e-16, one sentence swapped 5e-4 to 6e-3), at about
+1,400 trials of 0.06-0.09 CPU s per repair sweep, so no repair sweep finished. Keeping layer 0's fit inside
+the span of the inputs the leaked tokens can make took its error to 0.128 on both but did not read more
+(SST-2 0.212 -> 0.304, RT 0.185, single runs; `recipes/measured/fedavg_lr4_s16/`) and was not kept.
 """
 
 from __future__ import annotations
