@@ -201,12 +201,16 @@ def context_candidates(log_prob: torch.Tensor, matched: torch.Tensor, rows: torc
     `text.masked_prior`) + z(matched filter) + `row_weight` z(row score): three weak, independent
     sources, whose sum ranks the buried tokens far better than any alone.
 
-    Measured (ground truth, diagnosis only): at the 76 wrong positions of seven settled guesses of
-    RT dev sentences 0 and 2 (sessions 14-15, variance 1e-6, MiniLM, batch 1), the true token's
-    median rank is 244 by the bigram between the neighbours, 113 by the masked LM (its stretch
-    masked), 2,927 by the matched filter, 1,425 by the row score, 26 by this sum (top 8 at 25 of 76,
-    against 13 for the bigram and 14 for the masked LM alone; without the rows 19, with weight 2 on
-    the matched filter and no rows 20; scratch script, session 16)."""
+    Measured (ground truth, diagnosis only; scratch scripts, session 16): at the 76 wrong positions
+    of seven settled guesses of RT dev sentences 0 and 2 (sessions 14-15's units, variance 1e-6,
+    MiniLM, batch 1), the true token's median rank is 244 by the bigram between the guess's
+    neighbours (top 8 at 13 of 76), 2,927 by the matched filter, 1,425 by the row score, 142 by the
+    cached head (`text.masked_prior` defaults) with the position masked alone (top 8 at 15); by this
+    sum 40 (top 8 at 23) with the position masked in the guess, the matched filter from the guess
+    (a sweep), and 24 (top 8 at 20) with the wrong stretch blanked to "." and masked, the matched
+    filter from the blank (a rebuild). With a head fitted longer (3 epochs, 23,769 sentences) and
+    the stretch masked in the guess: 26 (top 8 at 25); without the rows 35 (19); with weight 2 on
+    the matched filter and no rows 40 (20)."""
     score = log_prob.double().cpu() + zscores(matched.cpu(), banned)
     if rows is not None and row_weight:
         score = score + row_weight * zscores(rows.cpu(), banned)

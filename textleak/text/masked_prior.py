@@ -9,14 +9,14 @@ logits = LayerNorm(gelu(dense(h))) @ E^T + b, E the model's word embeddings (tie
 span-masked sentences of the training splits the bigram uses (train_*.tsv, never the attacked dev
 sentences), and cached under ~/.cache/textleak keyed by the files, the tokenizer and the weights.
 
-Measured (MiniLM, 18,000 training sentences -> 104,000 masked positions, 20% of each sentence's
-tokens masked in spans of 1-4; 3,000 held out): top-1 6.9%, top-10 27%, top-50 44% after 3
-epochs (1 epoch: 6.3 / 26 / 43%); other layers' states (2, 3, 5, or all six concatenated) do no
-better (5.8-6.5 / 26-27%): the sentence-embedding fine-tune left little token prediction to read.
-Weak alone (RT dev sentence 0 at variance 1e-6: "how" ranks 214th-238th), but independent of the
-gradient's evidence (`attacks.evidence.context_candidates` combines them). Cost: ~100 CPU s of
-encoder passes and ~140 s of head training, once per model and file set; a lookup is one encoder
-pass (~10 ms at 22 tokens).
+Measured (MiniLM, scratch scripts, session 16): fitted on 23,769 training sentences (8,000 per
+file) -> 104,000 masked positions (20% of each sentence's tokens, spans of 1-4), 3,000 held out:
+top-1 6.9%, top-10 27%, top-50 44% after 3 epochs (6.3 / 26 / 43% after 1); other layers' states
+(2, 3 or 5, or all six concatenated; 7,500 sentences, 2 epochs) did no better (5.8-6.5 / 26-27%):
+the sentence-embedding fine-tune left little token prediction to read. Weak alone (RT dev sentence
+0 at variance 1e-6: "how" ranks 119th-238th), but independent of the gradient's evidence
+(`attacks.evidence.context_candidates` combines them). The defaults here (6,000 per file, 2
+epochs) took 200 CPU s to fit once (load ~3); a lookup is one encoder pass (~10 ms at 22 tokens).
 
 Shapes: sequences are token-id lists; log-probabilities [masked positions, V].
 """
