@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -69,6 +70,9 @@ class StretchRebuild:
     #: took each slot (0: none, the default; `LikelihoodSearch.relaxed`)
     relaxed: int = 0
     relax: int = 60
+    #: per-slot candidates from a masked LM over the beam's sequence (`evidence.ContextCandidates`;
+    #: None: none; `LikelihoodSearch.context`)
+    context: Any = None
     tried: set = field(default_factory=set)
 
     def support(self, guess, inner: range, filler: list[int]) -> list[float]:
@@ -147,7 +151,8 @@ class StretchRebuild:
         matched = guess.matched(p, self.matched, banned, word, e)
         rows = evidence[p][: self.rows] if evidence else []
         between = prior.between_at(seq, p, self.prior, right=p + 1 == end) if prior is not None else []
-        return list(dict.fromkeys(matched + rows + between + [guess.x[p]]))
+        context = self.context.slot(guess, seq, p, end, e, word) if self.context is not None else []
+        return list(dict.fromkeys(matched + rows + between + context + [guess.x[p]]))
 
 
 class Moves:

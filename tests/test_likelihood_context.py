@@ -1,0 +1,151 @@
+"""The masked-LM candidate source of the `likelihood` search (`text.masked_prior`,
+`attacks.evidence.ContextCandidates`), on a tiny model with a tiny head (no minutes of training)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_wide_classifier
+from textleak.text.layouts import layout_for
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A random 2-layer BERT classifier 128 wide (`conftest.make_wide_classifier`)."""
+    return make_wide_classifier(tmp_path_factory.mktemp("wide-bert-context"))
+
+
+def _corpus(tok, n: int = 240) -> list[list[int]]:
+    """'the X sat on the Y .' sentences: 'on' always follows 'sat'."""
+    gen = torch.Generator().manual_seed(1)
+    pets, things = ["cat", "dog", "bird"], ["mat", "log"]
+    out = []
+    for _ in range(n):
+        a, b = int(torch.randint(3, (1,), generator=gen)), int(torch.randint(2, (1,), generator=gen))
+        out.append(tok(f"the {pets[a]} sat on the {things[b]} .")["input_ids"])
+    return out
+
+
+def test_a_fitted_head_reads_a_masked_token_from_its_context(wide):
+    """Trained on span-masked sentences over the frozen encoder, the head puts 'on' first where it
+    is masked after 'sat'; the untrained head does not."""
+    from textleak.text.masked_prior import ContextHead
+
+    tok = wide.tokenizer
+    head = ContextHead(layout_for(wide.model), tok.mask_token_id, {})
+    seq = tok("the dog sat on the log .")["input_ids"]
+    on = tok.convert_tokens_to_ids("on")
+    before = head.log_probs(seq, [[4]])[0][0]
+    stats = head.fit(_corpus(tok), epochs=40)
+    after = head.log_probs(seq, [[4]])[0][0]
+    assert int(before.argmax()) != on and int(after.argmax()) == on
+    assert stats["examples"] > 200
+    both = head.log_probs(seq, [[3, 4], [4]])  # groups masked together, one pass
+    assert [tuple(lp.shape) for lp in both] == [(2, after.shape[0]), (1, after.shape[0])]
+
+
+def test_the_head_is_fitted_on_the_training_files_once_and_cached(wide, tmp_path, monkeypatch):
+    """`load_context_head` fits on $TEXTLEAK_PRIOR_DATA, saves under $TEXTLEAK_CACHE, and a fresh
+    process reads the same head back instead of fitting again."""
+    from textleak.text import masked_prior as mp
+
+    rows = ["sentence\tlabel"] + [f"the {p} sat on the {t} .\t1" for p in ("cat", "dog") for t in ("mat", "log")] * 10
+    (tmp_path / "train_x.tsv").write_text("\n".join(rows) + "\n")
+    monkeypatch.setenv("TEXTLEAK_PRIOR_DATA", str(tmp_path / "train_*.tsv"))
+    monkeypatch.setenv("TEXTLEAK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(mp, "_HEADS", {})
+    first = mp.load_context_head(wide)
+    assert len(list((tmp_path / "cache").glob("context-head-*.pt"))) == 1
+    monkeypatch.setattr(mp, "_HEADS", {})
+    monkeypatch.setattr(mp.ContextHead, "fit", lambda *a, **k: pytest.fail("fitted again"))
+    second = mp.load_context_head(wide)
+    assert all(torch.equal(first.state()[k], second.state()[k]) for k in first.state())
+
+
+def test_the_sum_of_weak_sources_ranks_a_token_no_single_source_ranks_first():
+    """log p + z(matched) + z(rows)/2: token 5 is second by each source, first by their sum."""
+    from textleak.attacks.evidence import context_candidates
+
+    banned = torch.zeros(8, dtype=torch.bool)
+    banned[0] = True
+    logp = torch.log_softmax(torch.tensor([9.0, 3.0, 0.0, 0.0, 0.0, 2.5, 0.0, 0.0]), 0)
+    matched = torch.tensor([0.0, 0.0, 3.0, 0.0, 0.0, 2.5, 0.0, 0.0])
+    rows = torch.tensor([0.0, 0.0, 0.0, 3.0, 0.0, 2.5, 0.0, 0.0])
+    assert [int(s.masked_fill(banned, -1e9).argmax()) for s in (logp, matched, rows)] == [1, 2, 3]
+    assert context_candidates(logp, matched, rows, banned, 2)[0] == 5
+
+
+class _Peaked:
+    """A head whose masked positions all favour given tokens (the wiring under test, not the LM)."""
+
+    def __init__(self, favour: dict[int, int], V: int):
+        self.favour, self.V, self.calls = favour, V, []
+
+    def log_probs(self, seq, groups):
+        self.calls.append([list(g) for g in groups])
+        out = []
+        for g in groups:
+            lp = torch.full((len(g), self.V), -20.0)
+            for r, p in enumerate(g):
+                lp[r, self.favour.get(p, 0)] = 0.0
+            out.append(lp)
+        return out
+
+
+def test_a_stretch_rebuild_takes_the_truth_from_the_context_source_alone(wide):
+    """Two neighbouring wrong tokens, neither rows, matched filter nor prior holding the truth: the
+    rebuild puts it back with a context source (each slot masked with the rest of its stretch) and
+    not without one."""
+    from textleak.attacks.evidence import ContextCandidates
+    from textleak.attacks.likelihood_moves import StretchRebuild
+    from textleak.attacks.likelihood_state import _Batch, _Guess, _gradient
+
+    layout = layout_for(wide.model)
+    word = layout.word_embedding_name
+    names = [n for n, p in wide.model.named_parameters() if p.requires_grad]
+    truth, guess = [2, 11, 12, 13, 14, 15, 16, 3], [2, 11, 12, 20, 21, 15, 16, 3]
+    g = _Guess(_Batch(layout, _gradient(layout, truth, 1, names), [guess], [1]), 0)
+    V = layout.word_embeddings.num_embeddings
+    banned = torch.zeros(V, dtype=torch.bool)
+    banned[:5] = True
+    evidence = [[t] for t in guess]  # rows that hold only the guess
+    head = _Peaked({3: 13, 4: 14}, V)
+    rows = torch.zeros(V, len(truth))
+    plain = StretchRebuild(width=2, matched=0)
+    assert all(plain(g, range(1, 7), word, banned, evidence, None, [9]) is None for _ in range(5))
+    found = None
+    rebuild = StretchRebuild(width=2, matched=0, context=ContextCandidates(head, rows, banned, 1))
+    for _ in range(5):
+        found = rebuild(g, range(1, 7), word, banned, evidence, None, [9])
+        if found is not None:
+            break
+    assert found is not None and found[0] == truth
+    assert [[3, 4]] in head.calls and [[4]] in head.calls  # the slot and the rest of the stretch masked
+
+
+def test_a_sweep_tries_the_context_candidates_unscreened(wide):
+    """A sweep with a context source puts in the token it names where no other part of the pool
+    holds it; without one the position stays."""
+    from textleak.attacks.evidence import ContextCandidates
+    from textleak.attacks.likelihood import LikelihoodSearch
+    from textleak.attacks.likelihood_state import _Batch, _Guess, _gradient
+
+    layout = layout_for(wide.model)
+    word = layout.word_embedding_name
+    names = [n for n, p in wide.model.named_parameters() if p.requires_grad]
+    truth, guess = [2, 11, 12, 13, 14, 15, 16, 3], [2, 11, 12, 20, 14, 15, 16, 3]
+    batch = _Batch(layout, _gradient(layout, truth, 1, names), [guess], [1])
+    g = _Guess(batch, 0)
+    V = layout.word_embeddings.num_embeddings
+    banned = torch.zeros(V, dtype=torch.bool)
+    banned[:5] = True
+    evidence = [[t] for t in guess]
+    search = LikelihoodSearch(flips=0, neighbours=0, matched=0, screen=1, rows=1, keep_sure=False, weighted=False)
+    search._begin()
+    search._prior = None
+    assert search._sweep(batch, g, range(3, 4), evidence, banned, word, 1) == 0 and g.x == guess
+    g = _Guess(batch, 0)
+    search._begin()
+    search._context = ContextCandidates(_Peaked({3: 13}, V), torch.zeros(V, len(truth)), banned, 1)
+    assert search._sweep(batch, g, range(3, 4), evidence, banned, word, 1) == 1 and g.x == truth
