@@ -63,6 +63,21 @@ def test_the_head_is_fitted_on_the_training_files_once_and_cached(wide, tmp_path
     assert all(torch.equal(first.state()[k], second.state()[k]) for k in first.state())
 
 
+def test_no_training_sentences_is_a_one_line_input_error(wide, tmp_path, monkeypatch):
+    """With no training sentence to fit on, the head is refused with a line that says what to set,
+    not an error from deep inside the fit."""
+    from textleak.errors import InputError
+    from textleak.text import masked_prior as mp
+
+    (tmp_path / "train_x.tsv").write_text("sentence\tlabel\ntoo short\t1\n")
+    monkeypatch.setenv("TEXTLEAK_PRIOR_DATA", str(tmp_path / "train_*.tsv"))
+    monkeypatch.setenv("TEXTLEAK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(mp, "_HEADS", {})
+    with pytest.raises(InputError, match="TEXTLEAK_PRIOR_DATA"):
+        mp.load_context_head(wide)
+    assert not (tmp_path / "cache").exists()
+
+
 def test_the_sum_of_weak_sources_ranks_a_token_no_single_source_ranks_first():
     """log p + z(matched) + z(rows)/2: token 5 is second by each source, first by their sum."""
     from textleak.attacks.evidence import context_candidates

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import shared_file
+from ..errors import InputError
 
 #: the head's training: sentences per file (at least 4 words), the share of tokens masked (spans of
 #: 1..SPAN), epochs, batch, peak learning rate (one-cycle Adam)
@@ -185,8 +186,12 @@ def load_context_head(target: Any) -> ContextHead:
     if cache.is_file():
         head.load_state(torch.load(cache, weights_only=True))
     else:
+        sentences = training_sentences(tok, files)
+        if not sentences:
+            raise InputError("the context head found no training sentences of 4 words or more; set "
+                             "TEXTLEAK_PRIOR_DATA to a glob of TSV files (sentence<TAB>label) or leave likelihood.context at 0")
         with torch.random.fork_rng():
-            head.fit(training_sentences(tok, files))
+            head.fit(sentences)
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(head.state(), cache)
     _HEADS[(key, id(target.model))] = head
