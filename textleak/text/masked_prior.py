@@ -23,18 +23,15 @@ Shapes: sequences are token-id lists; log-probabilities [masked positions, V].
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import os
 import random
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..data import shared_file
 from ..errors import InputError
+from .prior import cache_dir, prior_files, training_texts
 
 #: the head's training: sentences per file (at least 4 words), the share of tokens masked (spans of
 #: 1..SPAN), epochs, batch, peak learning rate (one-cycle Adam)
@@ -155,8 +152,7 @@ def training_sentences(tokenizer, files: Sequence[str], per_file: int = SENTENCE
     """Up to `per_file` sentences of at least 4 words from each TSV (first column), token ids."""
     rng, texts = random.Random(seed), []
     for path in files:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()[1:]
-        pick = [ln.split("\t")[0] for ln in lines if len(ln.split("\t")[0].split()) >= 4]
+        pick = [t for t in training_texts(path) if len(t.split()) >= 4]
         rng.shuffle(pick)
         texts += pick[:per_file]
     return tokenizer(texts)["input_ids"] if texts else []
@@ -172,16 +168,15 @@ def load_context_head(target: Any) -> ContextHead:
     from .layouts import layout_for
 
     tok, layout = target.tokenizer, layout_for(target.model)
-    files = sorted(glob.glob(os.environ.get("TEXTLEAK_PRIOR_DATA") or shared_file("train_*.tsv")))
+    files = prior_files()
     weights = getattr(getattr(target, "spec", None), "weights_hash", "") or \
         str(float(layout.word_embeddings.weight.detach().double().sum()))
     settings = (SENTENCES, MASKED, SPAN, EPOCHS, BATCH, LR)
     key = hashlib.sha256(("|".join(files) + tok.name_or_path + str(len(tok)) + weights + str(settings)
                           ).encode()).hexdigest()[:16]
-    root = Path(os.environ.get("TEXTLEAK_CACHE", Path.home() / ".cache" / "textleak"))
     if (key, id(target.model)) in _HEADS:
         return _HEADS[(key, id(target.model))]
-    cache = root / f"context-head-{key}.pt"
+    cache = cache_dir() / f"context-head-{key}.pt"
     head = ContextHead(layout, tok.mask_token_id, {})
     if cache.is_file():
         head.load_state(torch.load(cache, weights_only=True))

@@ -32,6 +32,23 @@ from ..registry import Registry
 PRIORS: Registry[Callable[[Any], Any]] = Registry("language prior")
 
 
+def prior_files() -> list[str]:
+    """The training TSVs the priors are fitted on ($TEXTLEAK_PRIOR_DATA, a glob; default train_*.tsv
+    in the shared data folder), sorted."""
+    return sorted(glob.glob(os.environ.get("TEXTLEAK_PRIOR_DATA") or shared_file("train_*.tsv")))
+
+
+def cache_dir() -> Path:
+    """Where fitted priors are cached ($TEXTLEAK_CACHE, default ~/.cache/textleak)."""
+    return Path(os.environ.get("TEXTLEAK_CACHE", Path.home() / ".cache" / "textleak"))
+
+
+def training_texts(path: str | Path) -> list[str]:
+    """The sentences of one training TSV: the first column of each non-blank row after the header."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()[1:]
+    return [ln.split("\t")[0] for ln in lines if ln.strip()]
+
+
 class NoPrior:
     name = "none"
 
@@ -48,7 +65,7 @@ class BigramPrior:
         self.lam = lam
         self.vocab = len(tokenizer)
         key = hashlib.sha256(("|".join(sorted(files)) + tokenizer.name_or_path + str(self.vocab)).encode()).hexdigest()[:16]
-        cache = Path(os.environ.get("TEXTLEAK_CACHE", Path.home() / ".cache" / "textleak")) / f"bigram-{key}.pt"
+        cache = cache_dir() / f"bigram-{key}.pt"
         if cache.is_file():
             data = torch.load(cache, weights_only=True)
             self.uni = Counter(dict(data["uni"].tolist()))
@@ -56,9 +73,7 @@ class BigramPrior:
         else:
             self.uni, self.bi = Counter(), Counter()
             for path in files:
-                lines = Path(path).read_text(encoding="utf-8").splitlines()[1:]
-                texts = [ln.split("\t")[0] for ln in lines if ln.strip()]
-                for ids in tokenizer(texts)["input_ids"]:
+                for ids in tokenizer(training_texts(path))["input_ids"]:
                     self.uni.update(ids)
                     self.bi.update(zip(ids[:-1], ids[1:]))
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -113,9 +128,8 @@ _BIGRAMS: dict[tuple, BigramPrior] = {}
 def bigram_prior(tokenizer: Any) -> BigramPrior:
     """The bigram prior over the training TSVs, built (or read from the disk cache) once per process:
     `auto` checks that it exists and LAMP then uses it, for every sentence of an audit."""
-    files = sorted(glob.glob(os.environ.get("TEXTLEAK_PRIOR_DATA") or shared_file("train_*.tsv")))
-    key = (tuple(files), tokenizer.name_or_path, len(tokenizer),
-           os.environ.get("TEXTLEAK_CACHE", str(Path.home() / ".cache" / "textleak")))
+    files = prior_files()
+    key = (tuple(files), tokenizer.name_or_path, len(tokenizer), str(cache_dir()))
     if key not in _BIGRAMS:
         _BIGRAMS[key] = BigramPrior(tokenizer, files)
     return _BIGRAMS[key]
