@@ -148,9 +148,9 @@ class LikelihoodSearch:
     relaxed: int = 0
     #: candidates per position (sweeps, unscreened: the best 2) and per rebuilt slot from a masked LM
     #: over the whole guess plus the matched filter and row z-scores (`evidence.ContextCandidates`,
-    #: `text.masked_prior`; 0: none, the default: RT dev sentences 0 and 2 read 0.811 and 0.654 / 0.680 with
-    #: 4, 0.778 and 0.612 / 0.560 without, session 16: three pairs, all for it, but few, and the head's first
-    #: fit, 200 CPU s, falls inside the attack's budget)
+    #: `text.masked_prior`; 0: none, the default: RT dev sentences 0 and 2 read 0.811 / 0.811 and 0.654 / 0.680
+    #: with 4, 0.778 / 0.778 and 0.612 / 0.560 without, session 16: four pairs, all for it, but few, and the
+    #: head's first fit, 200 CPU s, falls inside the attack's budget)
     context: int = 0
     #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
     #: sentence 0 at 1e-6: "exercise" has the best row at its position, the first-order gain ranks
