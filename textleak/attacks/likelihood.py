@@ -44,7 +44,8 @@ likeliest between the neighbours, the `frequent` most frequent tokens) reach the
 words the gradient-based candidates rank in the thousands (`attacks.evidence.PriorCandidates`).
 Opt-in (`context`): a masked LM over the whole guess (a head fitted on the frozen encoder over the
 training splits, `text.masked_prior`) summed with the matched filter's and the rows' z-scores
-(`attacks.evidence.ContextCandidates`) names candidates for sweeps and rebuilt slots.
+(`attacks.evidence.ContextCandidates`) names candidates for sweeps and rebuilt slots;
+the head is read or fitted by `prepare`, before the time budget starts (`attacks.base.prepare`).
 The moves, once the narrow screen settles (`attacks.likelihood_moves`): swaps and rotations, the
 prior's token pairs, an insertion/deletion (a shifted body), the least supported stretch blanked to
 a filler and rebuilt jointly (`rebuild`). After a step that changed tokens the next sweep covers
@@ -146,8 +147,9 @@ class LikelihoodSearch:
     #: candidates per position (sweeps, unscreened: the best 2) and per rebuilt slot from a masked LM
     #: over the whole guess plus the matched filter and row z-scores (`evidence.ContextCandidates`,
     #: `text.masked_prior`; 0: none, the default: RT dev sentences 0 and 2 read 0.811 / 0.811 and 0.654 / 0.680
-    #: with 4, 0.778 / 0.778 and 0.612 / 0.560 without, session 16: four pairs, all for it, but few, and the
-    #: head's first fit, 200 CPU s, falls inside the attack's budget)
+    #: with 4, 0.778 / 0.778 and 0.612 / 0.560 without, session 16: four pairs, all for it, but few; session
+    #: 17, at 100-170 CPU s per arm: RT 0 0.765 / 0.722, RT 2 0.615 / 0.600, SST-2 0 0.700 / 0.698, each on arm
+    #: at a lower J. The head's first fit, 200 CPU s, runs before the budget, `prepare`)
     context: int = 0
     #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
     #: sentence 0 at 1e-6: "exercise" has the best row at its position, the first-order gain ranks
