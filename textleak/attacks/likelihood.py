@@ -149,7 +149,8 @@ class LikelihoodSearch:
     #: `text.masked_prior`; 0: none, the default: RT dev sentences 0 and 2 read 0.811 / 0.811 and 0.654 / 0.680
     #: with 4, 0.778 / 0.778 and 0.612 / 0.560 without, session 16: four pairs, all for it, but few; session
     #: 17, at 100-170 CPU s per arm: RT 0 0.765 / 0.722, RT 2 0.615 / 0.600, SST-2 0 0.700 / 0.698 and 0.733 /
-    #: 0.689, each on arm at a lower J. The head's first fit, 200 CPU s, runs before the budget, `prepare`)
+    #: 0.689, each on arm at a lower J; at 273, RT 2 0.654 / 0.531. Off: no fallback without training
+    #: sentences yet. The head's first fit, 200 CPU s, runs before the budget, `prepare`)
     context: int = 0
     #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
     #: sentence 0 at 1e-6: "exercise" has the best row at its position, the first-order gain ranks
