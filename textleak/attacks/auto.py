@@ -36,7 +36,7 @@ from ..errors import InputError, MissingKnowledgeError
 from ..text import leaks
 from ..text.layouts import layout_for
 from ..threat import Observation
-from .base import ATTACKS, CANNOT_RUN, AttackOutput, preflight
+from .base import ATTACKS, CANNOT_RUN, AttackOutput, preflight, prepare
 from .optimisation import GradientMatching
 
 #: the default stages per modality, tried in this order
@@ -99,6 +99,11 @@ class Auto:
         if self.stages is not None:
             return [s for s in self.stages if modality in getattr(s, "modalities", (modality,))]
         return list(self._configured[modality])
+
+    def prepare(self, target: Any) -> None:
+        """Each stage's one-time work for `target` (`base.prepare`), before any time budget starts."""
+        for stage in self.stages_for(target.modality):
+            prepare(stage, target)
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """Raise when no stage can run (each stage's own reason, one line)."""

@@ -83,6 +83,16 @@ def preflight(attack: Any, observation: Observation, target: Any) -> None:
         check(observation, target)
 
 
+def prepare(attack: Any, target: Any) -> None:
+    """Run an attack's one-time preparation for `target` where it has one (`attack.prepare(target)`:
+    fitting what it caches, e.g. `likelihood.context`'s masked-LM head), so that it is not charged to
+    an attack's time budget: `recover` calls it before the budget's clock starts, and so do recipes
+    that start their own clock around `recover` (`recipes/fl_defences.run_unit`)."""
+    hook = getattr(attack, "prepare", None)
+    if hook is not None:
+        hook(target)
+
+
 @dataclass
 class MatchOptions:
     """Settings every optimisation attack accepts; None keeps the attack's per-modality default.

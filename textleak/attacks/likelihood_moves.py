@@ -31,6 +31,11 @@ context, 1,000th to 24,000th by first-order gain, and outside the prior's 50 lik
 600 s runs of session 13 (`recipes/measured/fl_defences_noise1e-6_b1_s13.*`) rebuilds raised J
 once on SST-2 sentence 0 (ROUGE-1 0.750; 0.677 without the rebuild after local sweeps, one run
 each, run-to-run spread ~0.1) and once each on RT sentences 0 and 2, whose stretches stayed wrong.
+Session 17 (ground truth, scratch; `recipes/measured/likelihood_context_s17.md`): with RT sentence
+0's true wrong run (3 or 6 tokens) forced as the stretch and the true token added to every slot's
+candidates, the beam of 3 still rebuilt none of it: the first slot's true token ranks 5th-9th by J
+among ~16 (a filler after it); later slots' true tokens mostly rank first once listed, but along the
+true path the slot lists (with `context` 4) held them at 4 of 22 slots of RT sentences 0 and 2.
 
 Which stretch: a position's support is J(guess) - J(guess with a filler there); the window of
 2..`width` positions with the least support (summed, over sqrt(width)), not tried before from the

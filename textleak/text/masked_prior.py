@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sys
+import time
 from typing import Any, Sequence
 
 import torch
@@ -164,7 +166,9 @@ _HEADS: dict[tuple, ContextHead] = {}
 def load_context_head(target: Any) -> ContextHead:
     """The context head of `target` (model and tokenizer) fitted on the training TSVs
     ($TEXTLEAK_PRIOR_DATA, default train_*.tsv in the shared data folder, as the bigram), read from
-    the disk cache or fitted once and cached (per process too)."""
+    the disk cache or fitted once and cached (per process too); a fit says so on stderr (a line
+    before, one after). The search calls this from its `prepare` (`attacks.base.prepare`), before
+    an attack's time budget starts."""
     from .layouts import layout_for
 
     tok, layout = target.tokenizer, layout_for(target.model)
@@ -185,8 +189,12 @@ def load_context_head(target: Any) -> ContextHead:
         if not sentences:
             raise InputError("the context head found no training sentences of 4 words or more; set "
                              "TEXTLEAK_PRIOR_DATA to a glob of TSV files (sentence<TAB>label) or leave likelihood.context at 0")
+        print(f"textleak: fitting the context head (likelihood.context) on {len(sentences)} training sentences, "
+              f"once per model (~200 CPU s for MiniLM); cached at {cache}", file=sys.stderr, flush=True)
+        t0 = time.process_time()
         with torch.random.fork_rng():
             head.fit(sentences)
+        print(f"textleak: context head fitted ({time.process_time() - t0:.0f} CPU s)", file=sys.stderr, flush=True)
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(head.state(), cache)
     _HEADS[(key, id(target.model))] = head
