@@ -86,6 +86,9 @@ DROP = 0.2
 #: search at batch 8 runs minutes (RT dev batch 0, lr 1e-3: the first took ~300 s, its true offers
 #: waiting from 150 s)
 EVERY = 6
+#: (off by default: see the module doc) each offer a move makes weighed at once, and the moves stopped once
+#: one is taken; else the moves run on every closest miss and the offers wait for the end of the round
+EAGER = False
 
 
 class LayerScore:
@@ -132,10 +135,10 @@ class LayeredSearch(Search):
     loose tests), `offered` (how many were weighed, taken, refused)."""
 
     def __init__(self, *args: Any, score: LayerScore, loose: float = LOOSE, top: int = TOP, sweeps: int = SWEEPS,
-                 drop: float = DROP, every: int = EVERY, **kwargs: Any):
+                 drop: float = DROP, every: int = EVERY, eager: bool = EAGER, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.score, self.loose, self.top, self.sweeps = score, loose, top, sweeps
-        self.min_drop, self.every = drop, every
+        self.min_drop, self.every, self.eager = drop, every, eager
         self.polished: dict[tuple[int, ...], list[int]] = {}
         self.offers: dict[tuple[int, ...], float] = {}
         self.offered = {"weighed": 0, "taken": 0, "refused": 0}
@@ -165,7 +168,23 @@ class LayeredSearch(Search):
         return self.weigh() or progress
 
     def move_round(self, widen: int, progress: bool) -> bool:
-        progress = super().move_round(widen, progress)
+        """As `Search.move_round`, the offers weighed at its end; `eager`: each offer a move makes is
+        weighed at once, and once one is taken the moves stop (the other misses were scored against
+        the span before it came out)."""
+        if not self.eager:
+            progress = super().move_round(widen, progress)
+            return self.weigh() or progress
+        for move in self.moves:
+            if progress or (move.widest_only and widen < self.config.widen):
+                break
+            for seq in self.closest_misses():
+                if progress or budget.expired():
+                    return progress
+                if len(seq) in self.missing:
+                    waiting = len(self.offers)
+                    progress |= self.take(*move(self, seq))
+                    if len(self.offers) > waiting:
+                        progress |= self.weigh()
         return self.weigh() or progress
 
     def weigh(self) -> bool:
@@ -194,7 +213,7 @@ class LayeredSearch(Search):
 
     def describe(self) -> dict[str, Any]:
         return {**self.offered, "polished": len(self.polished), "scored": self.score.calls, "layers": self.score.layers,
-                "loose": self.loose, "drop": self.min_drop}
+                "loose": self.loose, "drop": self.min_drop, "eager": self.eager}
 
     def polish(self, seq: list[int]) -> list[int]:
         """Coordinate descent of `seq` on the layer score: at each inner position the `top` candidates of
