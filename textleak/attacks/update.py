@@ -136,7 +136,7 @@ class UpdateExact(Exact):
     #: search with layers 1+2 where the rounding is fitted but not wide (`update_layers`; False: layer 1 alone)
     layered: bool = True
     #: in the layered search, offers from moves weighed at once and the moves stopped at a find
-    #: (`update_layers.EAGER`; off: one on/off pair gained, 4 -> 5 of 8 at 400 CPU s, see its module doc)
+    #: (`update_layers.EAGER`; off: 4 -> 5 of 8 at 400 CPU s, no gain at 600; see its module doc)
     eager_offers: bool = False
 
     def preflight(self, observation: Observation, target: Any) -> None:
