@@ -6,12 +6,14 @@ sentence from one with two tokens swapped (`UpdatePeeler.drop`)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 import textleak
 from textleak.attacks.exact.sequences import cuts
 from textleak.attacks.update import UpdateExact, midpoint_model
-from textleak.attacks.update_layers import DROP, LayerScore
+from textleak.attacks.update_layers import DROP, LayeredSearch, LayerScore
 from textleak.attacks.update_peel import END_SLACK, UpdatePeeler
 from textleak.attacks.update_rounding import RoundingFits
 from textleak.text.layouts import layout_for
@@ -85,3 +87,47 @@ def test_a_true_sentence_takes_its_share_of_the_signal_out_and_a_swapped_one_doe
     seq = true[0]
     swapped = seq[:5] + [seq[6], seq[5]] + seq[7:]
     assert peeler.drop(seq) >= DROP > peeler.drop(swapped)
+
+
+class _Moves(LayeredSearch):
+    """`LayeredSearch.move_round` alone: every move's result is offered; the weighing takes the first offer
+    of length 5 (a found sentence), refuses the others and counts its calls."""
+
+    def __init__(self, eager: bool):  # no model: only the round's bookkeeping is exercised
+        self.eager, self.config, self.offers, self.found = eager, SimpleNamespace(widen=4), {}, []
+        self.missing, self.weighed, self.moved = [5, 7, 7], [], []
+        self.near = {5: [(1.0, [1, 2, 3, 4, 5])], 7: [(2.0, [1, 2, 3, 4, 5, 6, 7]), (3.0, [7, 6, 5, 4, 3, 2, 1])]}
+        self.moves = [self._move("word"), self._move("shift")]
+
+    def _move(self, label):
+        class Move:
+            widest_only, name = False, label
+
+            def __call__(self, search, seq):
+                search.moved.append((label, len(seq)))
+                return seq, 0.0
+        return Move()
+
+    def take(self, seq, res):
+        self.offers[tuple(seq)] = res
+        return False
+
+    def weigh(self):
+        self.weighed.append(len(self.offers))
+        taken = [k for k in self.offers if len(k) == 5 and list(k) not in self.found]
+        self.offers = {}
+        if taken:
+            self.found.append(list(taken[0]))
+            self.missing.remove(5)
+        return bool(taken)
+
+
+def test_eager_offers_are_weighed_as_each_move_makes_them_and_stop_the_moves_at_a_find():
+    lazy = _Moves(eager=False)
+    assert lazy.move_round(1, False)
+    # every move on every closest miss (nothing is taken until the weighing), then the offers weighed together
+    assert lazy.moved == [(m, n) for m in ("word", "shift") for n in (5, 7, 7)] and lazy.weighed == [3]
+    eager = _Moves(eager=True)
+    assert eager.move_round(1, False)
+    assert eager.moved == [("word", 5)] and eager.weighed == [1]
+    assert eager.found == [[1, 2, 3, 4, 5]] and eager.missing == [7, 7]

@@ -158,16 +158,20 @@ class Search:
         for move in self.moves:
             if progress or (move.widest_only and widen < self.config.widen):
                 break
-            misses = sorted(((r / n, seq) for n in set(self.missing)
-                             for r, seq in sorted(self.near.get(n, []), key=lambda x: x[0])[:self.missing.count(n)]),
-                            key=lambda x: x[0])
-            for _, seq in misses:
+            for seq in self.closest_misses():
                 if budget.expired():  # a move on a long sentence can take a minute in reduced precision
                     return progress
                 if len(seq) in self.missing:
                     progress |= self.take(*move(self, seq))
             log.debug("after %s: found %d", move.name, len(self.found))
         return progress
+
+    def closest_misses(self) -> list[list[int]]:
+        """Each missing length's closest misses (as many as the length is missing), best residual per token first."""
+        misses = sorted(((r / n, seq) for n in set(self.missing)
+                         for r, seq in sorted(self.near.get(n, []), key=lambda x: x[0])[:self.missing.count(n)]),
+                        key=lambda x: x[0])
+        return [seq for _, seq in misses]
 
     def take(self, seq: list[int], res: float) -> bool:
         """Accept `seq` as one of the batch's when every certificate admits it; else keep it
