@@ -44,7 +44,7 @@ test, `update_peel`), and an uncertified guess is repaired on the whole update's
 layer's Q/K/V gradient against the box; the true batch's is ~0: 5e-14 on CoLA dev batch 4, K = 8,
 lr 1e-4, against 1.2e-2 for the assembled guess), first sentence by sentence (`update_sentences`:
 the search's settled misses, and each slot made afresh from layer 0), then token by token
-(`update_repair`), and simulated again. At lr 1e-4 the layer-1 test certifies no sentence at all
+(`update_repair`, from the labels of least box misfit), and simulated again. At lr 1e-4 the layer-1 test certifies no sentence at all
 (the search assembles the batch from each length's closest miss, a cut of a longer sentence among
 them), so where the box is that wide (`REPAIR_ROUNDING`) the repairs keep `REPAIR_SHARE` of the budget.
 
@@ -191,7 +191,9 @@ class UpdateExact(Exact):
                 out: AttackOutput, near: dict) -> None:
         """Small learning rates (the rounding fitted): repair the guess on the whole update's box
         misfit, first sentence by sentence from the search's settled misses (`update_sentences`),
-        then token by token (`update_repair`); then certify again by simulation."""
+        then token by token (`update_repair`); then certify again by simulation. The certificate
+        between the two re-solves the labels by the simulation; the token repair starts from
+        whichever labels, those or the sentence repair's, leave the smaller box misfit."""
         layout = layout_for(moved.model)
         _, span0 = self._layer0(observation, moved)
         vocab, _ = vocabulary(layout, observation.gradients, target.tokenizer, observation.task)
