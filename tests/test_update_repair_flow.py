@@ -65,7 +65,9 @@ def test_the_token_repair_starts_from_the_labels_that_fit_the_box_not_those_the_
     out = _output({"token_ids": [ids[0], ids[1], cut], "labels": list(LABELS), "texts": []}, {"certified": False})
     attack._repair(observation, wide, moved, facts, out, near)
     assert out.details["sentence_repair"]["swaps"] >= 1
-    assert started[-1] == LABELS  # the token repair (the last; the sentence repair refills first); the old code started it from the simulation's flipped labels
+    # the token repair (the last call; the sentence repair's refills come first): the old code started
+    # it from the simulation's flipped labels
+    assert started[-1] == LABELS
 
 
 def test_the_box_prefers_the_true_labels(setup):

@@ -44,9 +44,9 @@ test, `update_peel`), and an uncertified guess is repaired on the whole update's
 layer's Q/K/V gradient against the box; the true batch's is ~0: 5e-14 on CoLA dev batch 4, K = 8,
 lr 1e-4, against 1.2e-2 for the assembled guess), first sentence by sentence (`update_sentences`:
 the search's settled misses, and each slot made afresh from layer 0), then token by token
-(`update_repair`, from the labels of least box misfit), and simulated again. At lr 1e-4 the layer-1 test certifies no sentence at all
-(the search assembles the batch from each length's closest miss, a cut of a longer sentence among
-them), so where the box is that wide (`REPAIR_ROUNDING`) the repairs keep `REPAIR_SHARE` of the budget.
+(`update_repair`, from the labels of least box misfit), and simulated again. At lr 1e-4 the layer-1
+test certifies no sentence at all (the search assembles the batch from each length's closest miss, a
+cut of a longer sentence among them), so where the box is that wide (`REPAIR_ROUNDING`) the repairs keep `REPAIR_SHARE` of the budget.
 
 Mini-batches (`fedavg:K,LR,MB[,SHUFFLE]`, E local epochs of them): U sums every mini-batch's
 trajectory, so its spans hold the union of the mini-batches' tokens and the search reads the
