@@ -46,7 +46,8 @@ lr 1e-4, against 1.2e-2 for the assembled guess), first sentence by sentence (`u
 the search's settled misses, and each slot made afresh from layer 0), then token by token
 (`update_repair`, from the labels of least box misfit), and simulated again. At lr 1e-4 the layer-1
 test certifies no sentence at all (the search assembles the batch from each length's closest miss, a
-cut of a longer sentence among them), so where the box is that wide (`REPAIR_ROUNDING`) the repairs keep `REPAIR_SHARE` of the budget.
+cut of a longer sentence among them), so where the box is that wide (`REPAIR_ROUNDING`) the repairs
+keep `REPAIR_SHARE` of the budget.
 
 Mini-batches (`fedavg:K,LR,MB[,SHUFFLE]`, E local epochs of them): U sums every mini-batch's
 trajectory, so its spans hold the union of the mini-batches' tokens and the search reads the
