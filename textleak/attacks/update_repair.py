@@ -124,6 +124,15 @@ class BoxRepair:
         self._deadline, self._changes = deadline, 0
         return seqs, self._best
 
+    def least_labels(self, sequences: Sequence[Sequence[int]], choices: Sequence[Sequence[int]],
+                     gradient: Callable[[Sequence[int], int], torch.Tensor] | None = None) -> list[int]:
+        """Of these label assignments for the batch `sequences`, the one of least box misfit (the first
+        on a tie; `gradient`: as in `begin`)."""
+        grad = gradient or self.gradient
+        scored = [(self.misfit(sum(grad(s, y) for s, y in zip(sequences, ys)) / len(sequences)), i)
+                  for i, ys in enumerate(choices)]
+        return [int(y) for y in choices[min(scored)[1]]]
+
     @property
     def best(self) -> float:
         """The misfit of the batch where the descent stands."""
