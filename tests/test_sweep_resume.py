@@ -207,3 +207,28 @@ def test_ray_backend_needs_ray(tiny, tmp_path):
     with pytest.raises(InputError, match="needs Ray"):
         run_sweep(spec_for(tiny, n=1), tmp_path, backend="ray")
     assert completed(tmp_path) == {}
+
+
+def test_attacks_are_prepared_before_the_first_units_budget(tiny, tmp_path, monkeypatch):
+    """A sweep (an audit) runs its attacks' one-time work (`attacks.base.prepare`: likelihood.context's
+    head fitted) before its units' budgets, not inside the first unit's share; attacks without any
+    preparation do not load the model for it."""
+    from textleak.core.budget import current
+    from textleak.pacing import fixed_share
+    from textleak.text import masked_prior
+
+    events = []
+    monkeypatch.setattr(masked_prior, "load_context_head",
+                        lambda target: events.append(("fit", current().describe()["seconds"])))
+
+    def unit(spec, u, ctx):
+        events.append(("unit", current().describe()["seconds"]))
+        return {"key": u["key"], "kind": u["kind"]}
+
+    spec = spec_for(tiny, attacks=["likelihood"], defences=["noise:1e-2"], n=2,
+                    attack_options={"likelihood": {"context": 2}})
+    run_sweep(spec, tmp_path / "a", runner=fixed_share(unit, 5.0))
+    assert events == [("fit", None), ("unit", 5.0), ("unit", 5.0)]
+    events.clear()
+    run_sweep(spec_for(tiny, n=1), tmp_path / "b", runner=fixed_share(unit, 5.0))
+    assert [e[0] for e in events] == ["unit"] * 3

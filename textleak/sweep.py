@@ -16,7 +16,6 @@ A spec naming an unknown attack or defence, or unreadable data, fails before any
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ from typing import Any, Callable, Iterable
 from .errors import InputError
 from .io import atomic_write_text, dumps
 from .data import read_sentences
-from .sweep_store import (JsonlAppender, check_folder, completed, read_jsonl, read_spec_file,  # noqa: F401
+from .sweep_store import (JsonlAppender, check_folder, claim_folder, completed, read_jsonl, read_spec_file,  # noqa: F401
                           result_files, shard_lock)
 
 SPEC_FILE = "sweep.json"
@@ -193,6 +192,17 @@ class UnitContext:
             self._rows = self.spec.rows()
         return self._rows
 
+    def prepare(self, units: list[dict[str, Any]]) -> None:
+        """The units' attacks' one-time work (`attacks.base.prepare`: likelihood.context's head read or
+        fitted) before any unit's budget starts, so that it is not charged to the first unit's share."""
+        from .attacks.base import prepare
+        from .validate import attack_instance
+
+        names = sorted({u["attack"] for u in units if u["kind"] != "utility"})
+        attacks = [attack_instance(n, self.spec.attack_options.get(n), 0) for n in names]
+        for attack in (a for a in attacks if hasattr(a, "prepare")):
+            prepare(attack, self.target())
+
 
 def batch_for(rows: list[tuple[str, int | None]], index: int, size: int) -> list[tuple[str, int | None]]:
     return [rows[(index + j) % len(rows)] for j in range(size)]
@@ -261,7 +271,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, rank: int | None = None, 
     out = check_folder(out_dir, "sweep folder", marker=SPEC_FILE)  # never a file, nor a folder of other files
     out.mkdir(parents=True, exist_ok=True)
     with shard_lock(out, rank, world_size):  # two runs of one shard would run each unit twice
-        _claim(out, spec)
+        claim_folder(out / SPEC_FILE, spec.to_dict())
         units = spec.units()
         mine = [u for i, u in enumerate(units) if i % world_size == rank]
         done = completed(out, say=progress)
@@ -272,6 +282,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, rank: int | None = None, 
             _run_ray(spec, out, todo, writer, progress, runner, str(device))
         else:
             ctx = UnitContext(spec, out, device)
+            ctx.prepare(todo)
             for i, unit in enumerate(todo, 1):
                 record = runner(spec, unit, ctx)
                 writer.append(record)
@@ -287,30 +298,12 @@ def _brief(record: dict[str, Any]) -> str:
     return f"  ROUGE-1 {m.get('rouge1', float('nan')):.3f}" if m else ""
 
 
-#: fields a resumed sweep may change: each unit's key names them, so old results stay valid
-EXTENDABLE = ("attacks", "defences", "n", "seeds")
-
-
-def _claim(out: Path, spec: SweepSpec) -> None:
-    """Record the spec in the folder; refuse to mix results made under other settings into it."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / SPEC_FILE
-    mine = spec.to_dict()
-    if path.exists():
-        theirs = read_spec_file(path)
-        changed = sorted(k for k in set(mine) | set(theirs) if k not in EXTENDABLE and mine.get(k) != theirs.get(k))
-        if changed:
-            raise InputError(f"{out} holds results made with other {', '.join(changed)} ({path}); "
-                             "use another output folder")
-        if theirs == mine:
-            return
-    atomic_write_text(path, json.dumps(mine, indent=1))
-
-
 def _ray_unit(runner: Runner, spec_dict: dict[str, Any], unit: dict[str, Any], out_dir: str,
               device: str = "auto") -> dict[str, Any]:
     spec = SweepSpec.from_dict(spec_dict)
-    return runner(spec, unit, UnitContext(spec, Path(out_dir), device))
+    ctx = UnitContext(spec, Path(out_dir), device)
+    ctx.prepare([unit])  # a fitted cache is fitted once (on disk) and read by later units
+    return runner(spec, unit, ctx)
 
 
 def _run_ray(spec: SweepSpec, out: Path, todo: list[dict[str, Any]], writer: JsonlAppender,

@@ -3,7 +3,8 @@
 - `check_folder`: an output folder is new, empty, or one textleak made; never a file.
 - `shard_lock`: an OS file lock per shard (released if the process dies), so two runs of the
   same shard in one folder cannot run a unit twice; the second is refused at once.
-- `read_spec_file`: the folder's sweep.json, or a one-line error if it is corrupt.
+- `read_spec_file`: the folder's sweep.json, or a one-line error if it is corrupt; `claim_folder`
+  writes it, or refuses a folder whose results were made under other settings.
 - results: one JSONL file per shard; each line one finished unit, durable before the next starts
   (`JsonlAppender`); `completed` reads every shard's valid records (a torn or invalid line is
   left out, so its unit runs again), written as strict JSON (no NaN).
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import InputError
-from .io import dumps
+from .io import atomic_write_text, dumps
 
 
 def check_folder(folder: str | Path, what: str, *, marker: str) -> Path:
@@ -136,3 +137,22 @@ def read_spec_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{path} is corrupt (not a JSON object); move it away to start a new sweep in its folder")
     return data
+
+
+#: fields a resumed sweep may change: each unit's key names them, so old results stay valid
+EXTENDABLE = ("attacks", "defences", "n", "seeds")
+
+
+def claim_folder(path: Path, mine: dict[str, Any]) -> None:
+    """Record the sweep's spec `mine` at `path` (the folder's sweep.json); refuse to mix results made
+    under other settings into the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        theirs = read_spec_file(path)
+        changed = sorted(k for k in set(mine) | set(theirs) if k not in EXTENDABLE and mine.get(k) != theirs.get(k))
+        if changed:
+            raise InputError(f"{path.parent} holds results made with other {', '.join(changed)} ({path}); "
+                             "use another output folder")
+        if theirs == mine:
+            return
+    atomic_write_text(path, json.dumps(mine, indent=1))
