@@ -86,8 +86,9 @@ def preflight(attack: Any, observation: Observation, target: Any) -> None:
 def prepare(attack: Any, target: Any) -> None:
     """Run an attack's one-time preparation for `target` where it has one (`attack.prepare(target)`:
     fitting what it caches, e.g. `likelihood.context`'s masked-LM head), so that it is not charged to
-    an attack's time budget: `recover` calls it before the budget's clock starts, and so do recipes
-    that start their own clock around `recover` (`recipes/fl_defences.run_unit`)."""
+    an attack's time budget: `recover` calls it before the budget's clock starts, and so do sweeps and
+    audits before their first unit (`sweep.UnitContext.prepare`) and recipes that start their own clock
+    around `recover` (`recipes/fl_defences.run_unit`)."""
     hook = getattr(attack, "prepare", None)
     if hook is not None:
         hook(target)
