@@ -199,3 +199,67 @@ def test_the_head_is_prepared_before_the_attacks_clock_starts(wide, monkeypatch)
                            options={"context": 2, "sweeps": 1, "rounds": 1}, progress=False, budget=0.25)
     assert fits == [None, None]  # fitted outside any budget, before the attack's clock
     assert res.details["budget"]["seconds"] == pytest.approx(0.25, abs=1e-3)
+
+
+def test_without_training_sentences_the_search_runs_without_context_and_says_why(wide, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """No training sentence to fit the head on: `recover` (its `prepare`, then the search) neither
+    fails nor silently drops the option; one stderr line at prepare time, and the result records
+    that the context candidates were not used and why (details["context"]). Used where there is a head."""
+    import textleak
+    from textleak.text import masked_prior as mp
+
+    (tmp_path / "train_x.tsv").write_text("sentence\tlabel\ntoo short\t1\n")
+    monkeypatch.setenv("TEXTLEAK_PRIOR_DATA", str(tmp_path / "train_*.tsv"))
+    monkeypatch.setenv("TEXTLEAK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(mp, "_HEADS", {})
+    cap = textleak.capture_gradients(wide, ["big cat ran quickly"], labels=[1], defence="noise:1e-1")
+    opts = {"context": 2, "sweeps": 1, "rounds": 1}
+    res = textleak.recover(gradients=cap.gradients, model=wide, attack="likelihood", unknown=["labels"],
+                           options=opts, progress=False, budget=2)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "context candidates" in ln]
+    assert len(lines) == 1 and "TEXTLEAK_PRIOR_DATA" in lines[0]
+    assert res.details["context"]["used"] is False and "TEXTLEAK_PRIOR_DATA" in res.details["context"]["reason"]
+    assert len(res.texts) == 1
+    monkeypatch.setattr(mp, "load_context_head", lambda target: _Peaked({}, len(target.tokenizer)))
+    res = textleak.recover(gradients=cap.gradients, model=wide, attack="likelihood", unknown=["labels"],
+                           options=opts, progress=False, budget=2)
+    assert res.details["context"] == {"used": True, "candidates": 2}
+    assert "context candidates" not in capsys.readouterr().err
+
+
+def test_no_head_is_prepared_where_the_search_does_not_apply(wide, monkeypatch):
+    """Given the observation (as `recover` has it), `prepare` reads or fits no head where the search's
+    preflight refuses (a noiseless gradient, as `textleak demo`'s), and does where it applies; a
+    tokenizer without a mask token has no head, and says so."""
+    from types import SimpleNamespace
+
+    import textleak
+    from textleak.attacks.auto import Auto
+    from textleak.attacks.base import prepare
+    from textleak.text import masked_prior as mp
+    from textleak.threat import Observation
+
+    fits = []
+    monkeypatch.setattr(mp, "load_context_head", lambda target: fits.append(1) or _Peaked({}, len(target.tokenizer)))
+    seen = {d: Observation.from_file(textleak.capture_gradients(wide, ["big cat ran quickly"], labels=[1],
+                                                                  defence=d).gradients, unknown=["labels"])
+            for d in ("none", "noise:1e-1")}
+    prepare(Auto(likelihood={"context": 2}), wide, seen["none"])
+    assert fits == []
+    prepare(Auto(likelihood={"context": 2}), wide, seen["noise:1e-1"])
+    assert fits == [1]
+    assert mp.context_head(SimpleNamespace(tokenizer=SimpleNamespace(mask_token_id=None))) == \
+        (None, "the tokenizer has no mask token")
+
+
+def test_the_head_fits_on_sentences_longer_than_the_models_positions(wide):
+    """The tiny model has 24 positions; training sentences of 32 tokens are cut to them, not an
+    IndexError from the position table (the shared TSVs hold such sentences)."""
+    from textleak.text.masked_prior import ContextHead
+
+    tok = wide.tokenizer
+    long = tok(" ".join(["the dog sat on the log ."] * 5))["input_ids"]
+    assert len(long) > wide.model.config.max_position_embeddings
+    head = ContextHead(layout_for(wide.model), tok.mask_token_id, {})
+    assert head.fit([long] * 40, epochs=1)["examples"] > 40

@@ -59,7 +59,7 @@ def recover(*, gradients: GradientFile | str | Path, model: Any = None, attack: 
     observation = Observation.from_file(gradients, unknown=unknown, device=device)  # the attacker's view
     target = mod.load_target(model, observation.metadata)
     mod.check(target, observation.metadata, gradients.gradients)
-    prepare(attacker, target)  # one-time work (a fitted cache) before the budget's clock starts
+    prepare(attacker, target, observation)  # one-time work (a fitted cache) before the budget's clock starts
     t1 = time.perf_counter()
     # Same seed, same thread count, same machine type and versions: the same bits (see core/seeding).
     with repeatable(seed) as determinism, on_device(target.model, device), time_budget(budget) as limit:

@@ -227,14 +227,18 @@ class ContextCandidates:
         self.head, self.rows, self.banned, self.k = head, rows, banned.cpu(), k
 
     @classmethod
-    def of(cls, target, rows: torch.Tensor, banned: torch.Tensor, k: int) -> "ContextCandidates | None":
-        """The source for `target` (its cached head, `text.masked_prior.load_context_head`); None
-        where k < 1 or the tokenizer has no mask token."""
-        if k < 1 or target.tokenizer.mask_token_id is None:
-            return None
-        from ..text.masked_prior import load_context_head
+    def of(cls, target, rows: torch.Tensor, banned: torch.Tensor, k: int) -> tuple["ContextCandidates | None", dict]:
+        """The source for `target` (its cached head, `text.masked_prior.context_head`) and what a
+        result records of it (the search's details["context"]): None and why where k < 1, the
+        tokenizer has no mask token or there are no training sentences to fit a head on."""
+        if k < 1:
+            return None, {"used": False, "reason": "off (context=0)"}
+        from ..text.masked_prior import context_head
 
-        return cls(load_context_head(target), rows, banned, k)
+        head, why = context_head(target)
+        if head is None:
+            return None, {"used": False, "reason": f"no context candidates: {why}"}
+        return cls(head, rows, banned, k), {"used": True, "candidates": k}
 
     def sweep(self, guess, positions: list[int], word: str) -> dict[int, list[int]]:
         """Position -> its k candidates, each position masked alone in `guess.x`."""

@@ -74,6 +74,7 @@ Shapes: sentences are token-id lists of the declared lengths; scores per hypothe
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -84,7 +85,7 @@ from ..core.budget import current, share_of_remaining, time_budget
 from ..text.ghost import GhostScorer
 from ..text.layouts import Layout
 from ..threat import Observation
-from .base import ATTACKS, AttackOutput
+from .base import ATTACKS, CANNOT_RUN, AttackOutput
 from ..text.prior import load_prior
 from .evidence import (ContextCandidates, PriorCandidates, candidates, confident, filler_ids, row_scores, seeds,
                        special_ids)
@@ -170,13 +171,26 @@ class LikelihoodSearch:
     def _setting(self, observation: Observation, target: Any) -> tuple[Layout, list[int], Any]:
         return noisy_setting(observation, target)
 
-    def prepare(self, target: Any) -> None:
+    def prepare(self, target: Any, observation: Observation | None = None) -> None:
         """The one-time work before a run, outside its time budget (`attacks.base.prepare`): with
-        `context`, the masked-LM head is read from its cache or fitted (~200 CPU s once per model)."""
-        if self.context > 0 and target.tokenizer.mask_token_id is not None:
-            from ..text.masked_prior import load_context_head
+        `context`, the masked-LM head is read from its cache or fitted (~200 CPU s once per model); where
+        none can be had (no mask token, no training sentences) one line on stderr says that the search
+        runs without context candidates, and its result says why (details["context"]). Nothing where
+        the search does not apply to `observation` (given: its preflight refuses, e.g. no noise)."""
+        if self.context > 0 and not self._refused(observation, target):
+            from ..text.masked_prior import context_head
 
-            load_context_head(target)
+            why = context_head(target)[1]
+            if why:  # no head to be had: the search runs without its candidates, and its result says so
+                print(f"textleak: likelihood runs without context candidates: {why}", file=sys.stderr, flush=True)
+
+    def _refused(self, observation: Observation | None, target: Any) -> bool:
+        try:
+            if observation is not None:
+                self.preflight(observation, target)
+        except CANNOT_RUN:
+            return True
+        return False
 
     def run(self, observation: Observation, target: Any, **_: Any) -> AttackOutput:
         # past the enclosing deadline (an audit's share spent by exact-noisy) this is a
@@ -205,7 +219,8 @@ class LikelihoodSearch:
         word, pos = layout.word_embedding_name, layout.position_embedding_name
         W, P = grads[word].double().cpu(), grads[pos].double().cpu()
         scores = row_scores(W, P, max(lengths), banned)
-        self._context = self._rebuild.context = ContextCandidates.of(target, scores, banned, self.context)
+        self._context, context = ContextCandidates.of(target, scores, banned, self.context)
+        self._rebuild.context = self._context
         evidence = candidates(scores, lengths, self.per_position)
         sure = confident(scores, W, P, level.sigma).tolist()
         # at batch 1 a confident row holds its position's token: sweeps leave it be (a move may shift it)
@@ -237,7 +252,8 @@ class LikelihoodSearch:
             if not changed or all(settled) or current().expired():
                 break
         return self._output(batch, grads, level, tok, know, label_note,
-                            {"changes_per_round": history, "steps": self._steps, "budget": current().describe(),
+                            {"changes_per_round": history, "steps": self._steps, "context": context,
+                             "budget": current().describe(),
                              "seconds": time.perf_counter() - t0})
 
     def _read(self, observation: Observation, target: Any):

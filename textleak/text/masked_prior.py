@@ -118,8 +118,10 @@ class ContextHead:
                     "examples": len(Y)}
 
     def _examples(self, sentences, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-        """(states [N, H], targets [N]) at the masked positions of every sentence, by length in chunks of 64."""
-        seqs = sorted((list(s)[:64] for s in sentences if len(s) >= 4), key=len)
+        """(states [N, H], targets [N]) at the masked positions of every sentence (cut to 64 tokens, or
+        fewer where the model has fewer positions), by length in chunks of 64."""
+        longest = min(64, self.layout.position_embeddings.num_embeddings - self.layout.position_offset)
+        seqs = sorted((list(s)[:longest] for s in sentences if len(s) >= 4), key=len)
         H, Y = [], []
         for a in range(0, len(seqs), 64):
             chunk = seqs[a:a + 64]
@@ -188,7 +190,7 @@ def load_context_head(target: Any) -> ContextHead:
         sentences = training_sentences(tok, files)
         if not sentences:
             raise InputError("the context head found no training sentences of 4 words or more; set "
-                             "TEXTLEAK_PRIOR_DATA to a glob of TSV files (sentence<TAB>label) or leave likelihood.context at 0")
+                             "TEXTLEAK_PRIOR_DATA to a glob of TSV files (sentence<TAB>label) or likelihood.context to 0")
         print(f"textleak: fitting the context head (likelihood.context) on {len(sentences)} training sentences, "
               f"once per model (~200 CPU s for MiniLM); cached at {cache}", file=sys.stderr, flush=True)
         t0 = time.process_time()
@@ -199,3 +201,16 @@ def load_context_head(target: Any) -> ContextHead:
         torch.save(head.state(), cache)
     _HEADS[(key, id(target.model))] = head
     return head
+
+
+def context_head(target: Any) -> tuple[ContextHead | None, str]:
+    """(`load_context_head`'s head, "") or (None, why none can be had): the tokenizer has no mask
+    token, or there are no training sentences to fit one on (`load_context_head`'s InputError). The
+    `likelihood` search then runs without context candidates and says why in its result
+    (details["context"]), as `auto` runs without the bigram prior where it has no sentences."""
+    if getattr(target.tokenizer, "mask_token_id", None) is None:
+        return None, "the tokenizer has no mask token"
+    try:
+        return load_context_head(target), ""
+    except InputError as exc:
+        return None, str(exc)
