@@ -168,8 +168,8 @@ def test_a_sweep_tries_the_context_candidates_unscreened(wide):
 
 def test_the_head_is_prepared_before_the_attacks_clock_starts(wide, monkeypatch):
     """`recover` runs the attack's one-time preparation (`attacks.base.prepare`: likelihood.context's
-    head read or fitted) before its time budget starts, and `auto` prepares its likelihood stage: a
-    slow fit does not eat the budget. With `context` 0 (or another attack) nothing is prepared."""
+    head read or fitted) before its time budget starts, and `auto` prepares its likelihood stage (on
+    by default): a slow fit does not eat the budget. With `context` 0 nothing is prepared."""
     import time
 
     import textleak
@@ -188,10 +188,9 @@ def test_the_head_is_prepared_before_the_attacks_clock_starts(wide, monkeypatch)
         return heads[id(target)]
 
     monkeypatch.setattr(mp, "load_context_head", slow_fit)
-    prepare(Auto(), wide)
     prepare(Auto(likelihood={"context": 0}), wide)
     assert fits == []
-    prepare(Auto(likelihood={"context": 2}), wide)
+    prepare(Auto(), wide)
     assert fits == [None]
     heads.clear()
     cap = textleak.capture_gradients(wide, ["big cat ran quickly"], labels=[1], defence="noise:1e-1")

@@ -87,6 +87,9 @@ class BatchLikelihoodSearch(LikelihoodSearch):
     #: same-position swaps completed per pair of sentences and exchange pass (the first step's best)
     swaps: int = 3
     share: float = 0.9
+    #: the batch search takes no masked-LM candidates (only `likelihood`'s run builds them), so it
+    #: fits no head either (`prepare`)
+    context: int = 0
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """As `likelihood`, for batches of two or more sentences (batch 1 is `likelihood`'s)."""
