@@ -36,6 +36,7 @@ import textleak
 from textleak.attacks.base import prepare
 from textleak.core.budget import time_budget
 from textleak.data import read_sentences, shared_file
+from textleak.defences import parse_defence
 from textleak.errors import TextleakError
 from textleak.sweep_store import keyed_records
 from textleak.text.models import load_text_model
@@ -56,7 +57,7 @@ def run_unit(target, spec: str, batch, index: int, attack: str, budget: float | 
     texts, labels = [t for t, _ in batch], [y for _, y in batch]
     cap = textleak.capture_gradients(target, texts, labels=labels, seed=index, defence=spec)
     # one-time work (likelihood.context's head fitted or read from its cache) before this unit's clock
-    prepare(attack_instance(attack, options, index), target)
+    prepare(attack_instance(attack, options, index), target, noisy=parse_defence(spec).adds_noise)
     t0, c0 = time.perf_counter(), time.process_time()
     with time_budget(budget) as b:
         res = textleak.recover(gradients=cap.gradients, model=target, attack=attack, reference=cap.reference,
@@ -248,7 +249,6 @@ def accuracy_cost(spec: str, data: str, n_test: int, skip: int, out: Path, cache
     """The accuracy `spec` costs (a fine-tune under it against one without); with `cached_only`
     (--report-only) None unless both runs are in OUT/utility-cache."""
     from textleak.data import DATASETS
-    from textleak.defences import parse_defence
     from textleak.utility import UtilityConfig, cache_key, measure_utility
 
     stem = DATASETS[data][0] if data in DATASETS else data

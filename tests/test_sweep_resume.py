@@ -212,7 +212,7 @@ def test_ray_backend_needs_ray(tiny, tmp_path):
 def test_attacks_are_prepared_before_the_first_units_budget(tiny, tmp_path, monkeypatch):
     """A sweep (an audit) runs its attacks' one-time work (`attacks.base.prepare`: likelihood.context's
     head fitted) before its units' budgets, not inside the first unit's share; attacks without any
-    preparation do not load the model for it."""
+    preparation do not load the model for it, and where no defence adds noise nothing is fitted."""
     from textleak.core.budget import current
     from textleak.pacing import fixed_share
     from textleak.text import masked_prior
@@ -232,3 +232,8 @@ def test_attacks_are_prepared_before_the_first_units_budget(tiny, tmp_path, monk
     events.clear()
     run_sweep(spec_for(tiny, n=1), tmp_path / "b", runner=fixed_share(unit, 5.0))
     assert [e[0] for e in events] == ["unit"] * 3
+    events.clear()  # no defence adds noise: the noisy-gradient search has nothing to prepare for
+    run_sweep(spec_for(tiny, attacks=["likelihood", "auto"], defences=["none", "prune:0.5", "fedavg:2,1e-2"], n=1,
+                       attack_options={}),
+              tmp_path / "c", runner=fixed_share(unit, 5.0))
+    assert [e[0] for e in events] == ["unit"] * 6

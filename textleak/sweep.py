@@ -196,12 +196,14 @@ class UnitContext:
         """The units' attacks' one-time work (`attacks.base.prepare`: likelihood.context's head read or
         fitted) before any unit's budget starts, so that it is not charged to the first unit's share."""
         from .attacks.base import prepare
+        from .defences import parse_defence
         from .validate import attack_instance
 
-        names = sorted({u["attack"] for u in units if u["kind"] != "utility"})
-        attacks = [attack_instance(n, self.spec.attack_options.get(n), 0) for n in names]
+        units = [u for u in units if u["kind"] != "utility"]
+        noisy = any(parse_defence(u["defence"]).adds_noise for u in units)  # noisy-gradient attacks' work
+        attacks = [attack_instance(n, self.spec.attack_options.get(n), 0) for n in sorted({u["attack"] for u in units})]
         for attack in (a for a in attacks if hasattr(a, "prepare")):
-            prepare(attack, self.target())
+            prepare(attack, self.target(), noisy=noisy)
 
 
 def batch_for(rows: list[tuple[str, int | None]], index: int, size: int) -> list[tuple[str, int | None]]:

@@ -100,11 +100,11 @@ class Auto:
             return [s for s in self.stages if modality in getattr(s, "modalities", (modality,))]
         return list(self._configured[modality])
 
-    def prepare(self, target: Any, observation: Observation | None = None) -> None:
+    def prepare(self, target: Any, observation: Observation | None = None, noisy: bool | None = None) -> None:
         """Each stage's one-time work for `target` (`base.prepare`, given the `observation` where
-        there is one), before any time budget starts."""
+        there is one, or whether it may be noisy), before any time budget starts."""
         for stage in self.stages_for(target.modality):
-            prepare(stage, target, observation)
+            prepare(stage, target, observation, noisy=noisy)
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """Raise when no stage can run (each stage's own reason, one line)."""

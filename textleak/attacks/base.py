@@ -83,17 +83,19 @@ def preflight(attack: Any, observation: Observation, target: Any) -> None:
         check(observation, target)
 
 
-def prepare(attack: Any, target: Any, observation: Any = None) -> None:
+def prepare(attack: Any, target: Any, observation: Any = None, *, noisy: bool | None = None) -> None:
     """Run an attack's one-time preparation for `target` where it has one (`attack.prepare(target,
     observation)`: fitting what it caches, e.g. `likelihood.context`'s masked-LM head), so that it is
     not charged to an attack's time budget: `recover` calls it before the budget's clock starts, and so
     do sweeps and audits before their first unit (`sweep.UnitContext.prepare`) and recipes that start
     their own clock around `recover` (`recipes/fl_defences.run_unit`). With the `observation` (as
     `recover` has it) an attack prepares nothing where its preflight refuses it (a noiseless
-    gradient: no head for the likelihood search); without one it prepares for any observation."""
+    gradient: no head for the likelihood search); without one it prepares for any observation, or,
+    with `noisy` False (a sweep none of whose defences adds noise, `Defence.adds_noise`), for a
+    noiseless one only."""
     hook = getattr(attack, "prepare", None)
     if hook is not None:
-        hook(target, observation)
+        hook(target, observation, noisy=noisy)
 
 
 @dataclass

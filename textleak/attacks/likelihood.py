@@ -175,13 +175,14 @@ class LikelihoodSearch:
     def _setting(self, observation: Observation, target: Any) -> tuple[Layout, list[int], Any]:
         return noisy_setting(observation, target)
 
-    def prepare(self, target: Any, observation: Observation | None = None) -> None:
+    def prepare(self, target: Any, observation: Observation | None = None, noisy: bool | None = None) -> None:
         """The one-time work before a run, outside its time budget (`attacks.base.prepare`): with
         `context`, the masked-LM head is read from its cache or fitted (~200 CPU s once per model); where
         none can be had (no mask token, no training sentences) one line on stderr says that the search
         runs without context candidates, and its result says why (details["context"]). Nothing where
-        the search does not apply to `observation` (given: its preflight refuses, e.g. no noise)."""
-        if self.context > 0 and not self._refused(observation, target):
+        the search does not apply to `observation` (given: its preflight refuses, e.g. no noise) or
+        where `noisy` is False (a sweep whose defences add no noise)."""
+        if self.context > 0 and noisy is not False and not self._refused(observation, target):
             from ..text.masked_prior import context_head
 
             why = context_head(target)[1]

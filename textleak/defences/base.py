@@ -63,6 +63,9 @@ class Defence:
     per_example: ClassVar[bool] = False
     #: whether a larger strength defends more (noise variance) or less (a privacy budget epsilon)
     strength_grows: ClassVar[bool] = True
+    #: whether the shared tensor carries added noise (what the noisy-gradient attacks are for: a sweep
+    #: prepares them only where one of its units' defences adds noise, `attacks.base.prepare`)
+    adds_noise: ClassVar[bool] = False
 
     def __init__(self, *values: float | int):
         self.values = tuple(values)

@@ -33,6 +33,7 @@ from .base import DEFENCES, BatchGradients, Defence, Param, global_norm
 class DPSGD(Defence):
     name = "dpsgd"
     stage = "capture"
+    adds_noise = True
     per_example = True
     params = (Param("max_grad_norm", float, 0.0, 1000.0, low_open=True),
               Param("noise_multiplier", float, 0.0, 100.0, default=1.0))

@@ -23,6 +23,7 @@ VARIANCE = Param("variance", float, 0.0, 1.0, low_open=True)
 @DEFENCES.register("noise")
 class GaussianNoise(Defence):
     name = "noise"
+    adds_noise = True
     params = (VARIANCE,)
     variance: float
 
@@ -37,6 +38,7 @@ class GaussianNoise(Defence):
 @DEFENCES.register("laplace")
 class LaplacianNoise(Defence):
     name = "laplace"
+    adds_noise = True
     params = (VARIANCE,)
     variance: float
 
