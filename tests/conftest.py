@@ -132,6 +132,17 @@ def make_word_bert(root: Path, words: list[str], task: str, *, layers: int, posi
     return load_text_model(str(root), task=task)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _run_cache(tmp_path_factory):
+    """Fitted priors (the bigram, likelihood.context's heads) go to a folder of this run, as on a fresh
+    CI machine, not to the user's ~/.cache/textleak: each run's models live in new temporary folders,
+    so their cache keys are new every run and the files only piled up there."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TEXTLEAK_CACHE", str(tmp_path_factory.mktemp("textleak-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert")
