@@ -226,7 +226,6 @@ class UpdateExact(Exact):
         pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
         self._certify(observation, layout_for(target.model), facts, out)
         out.details["repair"] = report
-        out.details["box_misfit"] = report["misfit_after"]
 
     @staticmethod
     def _facts_of(observation: Observation) -> UpdateFacts:
