@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .prior import cache_dir, prior_files, training_texts
+from .prior import cache_dir, prior_files, read_cached, training_texts, write_cached
 
 #: the head's training: sentences per file (at least 4 words), the share of tokens masked (spans of
 #: 1..SPAN), epochs, batch, peak learning rate (one-cycle Adam)
@@ -184,8 +184,9 @@ def load_context_head(target: Any) -> ContextHead:
         return _HEADS[(key, id(target.model))]
     cache = cache_dir() / f"context-head-{key}.pt"
     head = ContextHead(layout, tok.mask_token_id, {})
-    if cache.is_file():
-        head.load_state(torch.load(cache, weights_only=True))
+    cached = read_cached(cache, tuple(head.state()))
+    if cached is not None:
+        head.load_state(cached)
     else:
         sentences = training_sentences(tok, files)
         if not sentences:
@@ -197,8 +198,7 @@ def load_context_head(target: Any) -> ContextHead:
         with torch.random.fork_rng():
             head.fit(sentences)
         print(f"textleak: context head fitted ({time.process_time() - t0:.0f} CPU s)", file=sys.stderr, flush=True)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(head.state(), cache)
+        write_cached(cache, head.state())
     _HEADS[(key, id(target.model))] = head
     return head
 

@@ -13,12 +13,12 @@ log-likelihood per token of one sentence (special tokens included as given).
 
 from __future__ import annotations
 
-import pickle
-
 import glob
 import hashlib
 import math
 import os
+import pickle
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,7 +26,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..data import shared_file
-from ..errors import InputError
+from ..errors import InputError, OutputError
+from ..io import atomic_write
 from ..registry import Registry
 
 PRIORS: Registry[Callable[[Any], Any]] = Registry("language prior")
@@ -41,6 +42,35 @@ def prior_files() -> list[str]:
 def cache_dir() -> Path:
     """Where fitted priors are cached ($TEXTLEAK_CACHE, default ~/.cache/textleak)."""
     return Path(os.environ.get("TEXTLEAK_CACHE", Path.home() / ".cache" / "textleak"))
+
+
+def read_cached(path: Path, keys: Sequence[str]) -> dict | None:
+    """The fitted prior cached at `path` (a dict of tensors holding every one of `keys`), or None
+    where there is none or it cannot be read: a truncated or foreign file is fitted again, with a
+    line on stderr, never a traceback."""
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        print(f"textleak: the cached prior {path} cannot be read ({why}); fitting it again", file=sys.stderr, flush=True)
+        return None
+    if not isinstance(data, dict) or any(not isinstance(data.get(k), torch.Tensor) for k in keys):
+        print(f"textleak: the cached prior {path} lacks its fitted tensors; fitting it again", file=sys.stderr, flush=True)
+        return None
+    return data
+
+
+def write_cached(path: Path, data: dict) -> None:
+    """Cache a fitted prior: written to a temporary file and renamed into place, so that a process
+    reading it (or two fitting it at once) never sees half a file; a cache that cannot be written
+    costs a refit next time and a line on stderr, not the attack."""
+    try:
+        atomic_write(path, lambda tmp: torch.save(data, tmp))
+    except OutputError as exc:
+        print(f"textleak: the fitted prior is not cached ({exc}); it will be fitted again next time",
+              file=sys.stderr, flush=True)
 
 
 def training_texts(path: str | Path) -> list[str]:
@@ -66,8 +96,8 @@ class BigramPrior:
         self.vocab = len(tokenizer)
         key = hashlib.sha256(("|".join(sorted(files)) + tokenizer.name_or_path + str(self.vocab)).encode()).hexdigest()[:16]
         cache = cache_dir() / f"bigram-{key}.pt"
-        if cache.is_file():
-            data = torch.load(cache, weights_only=True)
+        data = read_cached(cache, ("uni", "bi"))
+        if data is not None:
             self.uni = Counter(dict(data["uni"].tolist()))
             self.bi = Counter({(a, b): c for a, b, c in data["bi"].tolist()})
         else:
@@ -76,9 +106,8 @@ class BigramPrior:
                 for ids in tokenizer(training_texts(path))["input_ids"]:
                     self.uni.update(ids)
                     self.bi.update(zip(ids[:-1], ids[1:]))
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"uni": torch.tensor(list(self.uni.items())),
-                        "bi": torch.tensor([[a, b, c] for (a, b), c in self.bi.items()])}, cache)
+            write_cached(cache, {"uni": torch.tensor(list(self.uni.items())),
+                                 "bi": torch.tensor([[a, b, c] for (a, b), c in self.bi.items()])})
         self.total = sum(self.uni.values())
 
     def logp(self, v: int, w: int) -> float:
