@@ -82,6 +82,7 @@ from .exact.candidates import vocabulary
 from .exact.search import Search
 from .update_layers import LayeredSearch, LayerScore
 from .update_peel import END_SLACK, UpdatePeeler
+from .update_positions import place_sentence, placement_for
 from .update_repair import BoxRepair
 from .update_rounding import RoundingFits
 from .update_sentences import SentenceRepair
@@ -139,10 +140,17 @@ class UpdateExact(Exact):
     #: in the layered search, offers from moves weighed at once and the moves stopped at a find
     #: (`update_layers.EAGER`; off: 4 -> 5 of 8 at 400 CPU s, no gain at 600; see its module doc)
     eager_offers: bool = False
+    #: batch 1, classification: place the sentence by its embedding rows first (`update_positions`)
+    placement: bool = True
 
     def preflight(self, observation: Observation, target: Any) -> None:
-        self._facts_of(observation)
-        self._layer0(observation, target)
+        facts = self._facts_of(observation)
+        try:
+            self._layer0(observation, target)
+        except MissingKnowledgeError:
+            # the embedding rows can place a single sentence whose layer-0 span the rounding hides
+            if not placement_for(self, observation, target, facts).candidates:
+                raise
 
     def run(self, observation: Observation, target: Any, **_: Any) -> AttackOutput:
         facts = self._facts_of(observation)
@@ -150,7 +158,16 @@ class UpdateExact(Exact):
         moved = copy.copy(target)
         moved.model = midpoint_model(target.model, observation.gradients, facts)
         self._fits = RoundingFits(layout_for(target.model), observation.gradients, facts.lr, facts.steps)
-        out = self._attempt(observation, target, moved, facts, 1.0)
+        self._placement = None
+        placed = place_sentence(self, observation, target, moved, facts)
+        if placed is not None and placed.details["certified"]:
+            return self._described(placed, facts)
+        try:
+            out = self._attempt(observation, target, moved, facts, 1.0)
+        except MissingKnowledgeError:
+            if placed is None:
+                raise
+            return self._described(placed, facts)  # no span to search: the placement's best, uncertified
         if not out.details["certified"] and time.monotonic() < budget.current().deadline:
             # the tight layer-0 threshold is measured, not proved: the rest of the budget goes to
             # wider candidates
@@ -158,6 +175,12 @@ class UpdateExact(Exact):
             if _better(wide, out):
                 out = wide
             out.details["layer0_retry"] = {"widen": RETRY_WIDEN, "kept": "wide" if out is wide else "tight"}
+        if self._placement is not None:
+            out.details["placement"] = self._placement
+        return self._described(out, facts)
+
+    def _described(self, out: AttackOutput, facts: UpdateFacts) -> AttackOutput:
+        """The update's facts and how they were read, in the result."""
         out.details["update"] = {"local_steps": facts.steps, "local_lr": facts.lr, "minibatch": facts.minibatch,
                                  "shuffle": facts.shuffle,
                                  "read_at": f"midpoint of the local trajectory (step {facts.midpoint:g})"}

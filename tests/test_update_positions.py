@@ -1,0 +1,72 @@
+"""`exact-update` at batch 1 places the sentence by its embedding rows (`attacks.update_positions`): each
+word row of U is the sum of the position rows where its token stands, inside the client's rounding box."""
+
+from __future__ import annotations
+
+import pytest
+
+import textleak
+from conftest import make_wide_classifier
+from textleak.attacks.update import UpdateExact
+from textleak.attacks.update_positions import Placement, RowPlacer, placement_for
+from textleak.attacks.update_sim import update_facts
+from textleak.text.layouts import layout_for
+from textleak.text.leaks.tokens import embedding_token_set
+from textleak.threat import Observation
+
+TEXT = "the dog sat on the mat under the log ."  # "the" three times: positions shared out by the split
+LR, STEPS = 1e-5, 4
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    wide = make_wide_classifier(tmp_path_factory.mktemp("wide-bert-positions"))
+    cap = textleak.capture_gradients(wide, [TEXT], labels=[1], defence=f"fedavg:{STEPS},{LR:g}")
+    return wide, cap
+
+
+def test_the_rows_place_a_sentence_with_a_repeated_word_first_among_the_candidates(setup):
+    wide, cap = setup
+    grads = cap.gradients.gradients
+    layout = layout_for(wide.model)
+    truth = list(cap.reference.token_ids[0])
+    tokens = embedding_token_set(layout, grads).tolist()
+    placement = RowPlacer(layout, grads, LR, STEPS, tokens, len(truth)).run()
+    assert placement.candidates and placement.candidates[0] == truth
+    assert placement.placed == len(set(truth)) - 1 and placement.left == truth.count(truth[1])
+
+
+def test_a_single_sentence_is_certified_from_its_rows_without_the_span_search(setup, monkeypatch):
+    wide, cap = setup
+
+    def no_search(*_a, **_k):
+        raise AssertionError("the span search ran")
+
+    monkeypatch.setattr(UpdateExact, "_attempt", no_search)
+    res = textleak.recover(gradients=cap.gradients, model=wide, attack="exact-update", reference=cap.reference,
+                           unknown=["labels"], progress=False)
+    assert res.metrics["mean"]["exact_match"] == 1.0 and res.details["certified"]
+    assert res.details["placement"]["certified_rank"] == 0
+    assert res.metrics["mean"]["label_accuracy"] == 1.0
+
+
+def test_an_uncertified_placement_hands_the_update_to_the_span_search(setup, monkeypatch):
+    wide, _ = setup
+    cap = textleak.capture_gradients(wide, [TEXT], labels=[1], defence=f"fedavg:{STEPS},1e-2")  # the search reads it
+    truth = list(cap.reference.token_ids[0])
+    wrong = truth[:2] + truth[3:4] + truth[2:3] + truth[4:]  # two words swapped: the replay refuses it
+    monkeypatch.setattr(RowPlacer, "run", lambda self: Placement(candidates=[wrong], placed=len(truth)))
+    res = textleak.recover(gradients=cap.gradients, model=wide, attack="exact-update", reference=cap.reference,
+                           unknown=["labels"], progress=False)
+    assert res.metrics["mean"]["exact_match"] == 1.0 and res.details["certified"]
+    assert res.details["placement"]["candidates"] == 1 and "layer0_allowance" in res.details
+
+
+def test_the_placement_applies_to_single_sentences_only(setup):
+    wide, _ = setup
+    cap = textleak.capture_gradients(wide, [TEXT, "a bird sang"], labels=[1, 0], defence=f"fedavg:{STEPS},{LR:g}")
+    observation = Observation.from_file(cap.gradients, unknown=["labels"])
+    placement = placement_for(UpdateExact(), observation, wide, update_facts(observation.metadata))
+    assert placement.candidates == [] and placement.reason == "batch 1 only"
+    off = placement_for(UpdateExact(placement=False), observation, wide, update_facts(observation.metadata))
+    assert off.reason == "option placement off"
