@@ -70,3 +70,11 @@ def test_the_placement_applies_to_single_sentences_only(setup):
     assert placement.candidates == [] and placement.reason == "batch 1 only"
     off = placement_for(UpdateExact(placement=False), observation, wide, update_facts(observation.metadata))
     assert off.reason == "option placement off"
+
+
+def test_an_undeclared_length_is_read_off_the_position_rows_that_moved(setup):
+    wide, cap = setup
+    observation = Observation.from_file(cap.gradients, unknown=["labels", "seq_lengths"])
+    assert observation.knowledge.seq_lengths is None and observation.knowledge.batch_size == 1
+    placement = placement_for(UpdateExact(), observation, wide, update_facts(observation.metadata))
+    assert placement.candidates[0] == list(cap.reference.token_ids[0])

@@ -196,22 +196,36 @@ class RowPlacer:
 def placement_for(attack: Any, observation: Observation, target: Any, facts: UpdateFacts) -> Placement:
     """The decoder's placement of this update's sentence, or an empty one saying why it does not apply:
     batch 1, classification, the word- and position-embedding rows shared, one table factor (no
-    per-layer clipping), float32, right padding; the option `placement` on."""
-    know, settings = observation.knowledge, TrainingSettings.of(observation.metadata)
-    layout = layout_for(target.model)
-    lengths = know.seq_lengths
+    per-layer clipping), float32, right padding; the option `placement` on. An undeclared length is
+    read off the position rows (the last one that moved)."""
+    settings, layout, grads = TrainingSettings.of(observation.metadata), layout_for(target.model), observation.gradients
     why = "option placement off" if not getattr(attack, "placement", False) else \
         "classification only" if observation.task != "classify" else \
-        "batch 1 only" if lengths is None or len(lengths) != 1 else \
+        "batch 1 only" if _batch(observation) != 1 else \
         "training settings (per-layer clipping, reduced precision or left padding)" \
         if settings.per_layer_norm or settings.reduced_precision or settings.padding.get("side") == "left" else \
-        "no position-embedding rows shared" if layout.position_embedding_name not in observation.gradients else None
-    tokens = embedding_token_set(layout, observation.gradients) if why is None else None
+        "no position-embedding rows shared" if layout.position_embedding_name not in grads else None
+    tokens = embedding_token_set(layout, grads) if why is None else None
     if why is None and tokens is None:
         why = "no sparse word-embedding rows shared"
     if why is not None:
         return Placement(reason=why)
-    return RowPlacer(layout, observation.gradients, facts.lr, facts.steps, tokens.tolist(), int(lengths[0])).run()
+    lengths = observation.knowledge.seq_lengths
+    length = int(lengths[0]) if lengths else _moved_positions(layout, grads)
+    return RowPlacer(layout, grads, facts.lr, facts.steps, tokens.tolist(), length).run()
+
+
+def _batch(observation: Observation) -> int | None:
+    know = observation.knowledge
+    return len(know.seq_lengths) if know.seq_lengths is not None else know.batch_size
+
+
+def _moved_positions(layout: Layout, grads: Mapping[str, torch.Tensor]) -> int:
+    """One sentence's length: positions past it get no gradient, so their rows of U stay 0."""
+    rows = grads[layout.position_embedding_name].abs().sum(1)
+    logical = torch.arange(rows.shape[0] - layout.position_ids(0), device=rows.device)
+    moved = rows[layout.position_ids(logical)] > 0
+    return int(moved.nonzero().max()) + 1 if moved.any() else 0
 
 
 def place_sentence(attack: Any, observation: Observation, target: Any, moved: Any, facts: UpdateFacts
@@ -226,7 +240,8 @@ def place_sentence(attack: Any, observation: Observation, target: Any, moved: An
     best = None
     layout, moved_layout = layout_for(target.model), layout_for(moved.model)
     for rank, sequence in enumerate(placement.candidates):
-        assumed = {"special_tokens": bool(observation.knowledge.special_tokens), "seq_lengths": "known"}
+        assumed = {"special_tokens": bool(observation.knowledge.special_tokens),
+                   "seq_lengths": "known" if observation.knowledge.seq_lengths else "read off the moved position rows"}
         prediction = _predict(observation, moved_layout, target.tokenizer, [sequence], assumed)
         out = AttackOutput(prediction=prediction, method=attack.name, assumed=assumed, config=attack.options(),
                            details={"certified": False, "placement": {**attack._placement, "certified_rank": None}})
