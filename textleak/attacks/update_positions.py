@@ -160,11 +160,13 @@ class RowPlacer:
                         seen.add(nxt)
                         heapq.heappush(heap, (total(nxt), nxt))
 
-    def fits(self, owner: dict[int, int]) -> bool:
-        """Whether every token's word row fits the sum of its positions' rows (position -> token index)."""
-        spots: dict[int, list[int]] = {i: [] for i in range(len(self.tokens))}
+    def fits(self, owner: dict[int, int], tokens: Sequence[int]) -> bool:
+        """Whether each of `tokens` (indices) has a word row that fits the sum of its positions' rows
+        inside the box (owner: position -> token index)."""
+        spots: dict[int, list[int]] = {i: [] for i in tokens}
         for p, i in owner.items():
-            spots[i].append(p)
+            if i in spots:
+                spots[i].append(p)
         return all(spots[i] and self.misfit(i, spots[i]) <= THRESHOLD for i in spots)
 
     def run(self) -> Placement:
@@ -183,7 +185,7 @@ class RowPlacer:
             for pick in itertools.islice(self.assignments(choices, costs), TRIALS - out.tried):
                 out.tried += 1
                 trial = {**owner, **dict(zip(left, pick))}
-                if set(pick) >= set(repeated) and self.fits(trial):
+                if set(pick) >= set(repeated) and self.fits(trial, repeated):  # the rest fit by choice
                     out.candidates.append([self.tokens[trial[p]] for p in range(self.length)])
                     if len(out.candidates) >= CANDIDATES:
                         return out
