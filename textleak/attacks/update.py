@@ -6,6 +6,10 @@ Threat model: honest-but-curious server. It sees U = (w0 - wK) / (lr K) and know
 learning rate lr and step count K (the FL configuration it sent; recorded with the update), and
 what the attacker is declared to know (batch size, lengths).
 
+A single sentence (batch 1, classification) is first placed by the update's embedding rows, whose
+sums hold inside the client's rounding box at any learning rate, and certified by the replay below
+(`update_positions`, option `placement`); the span search runs where that does not certify.
+
 What changes against a gradient (`attacks.exact.Exact`, which hands updates here):
 - The midpoint model. U = (1/K) sum_k g(w_k) with w_k ~ w0 - k lr U: the gradient at the
   trajectory's midpoint w0 - lr (K-1)/2 U to second order. Search, peeling and label recovery
