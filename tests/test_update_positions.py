@@ -12,6 +12,7 @@ from textleak.attacks.update_positions import Placement, RowPlacer, placement_fo
 from textleak.attacks.update_sim import update_facts
 from textleak.text.layouts import layout_for
 from textleak.text.leaks.tokens import embedding_token_set
+from textleak.errors import MissingKnowledgeError
 from textleak.threat import Observation
 
 TEXT = "the dog sat on the mat under the log ."  # "the" three times: positions shared out by the split
@@ -78,3 +79,24 @@ def test_an_undeclared_length_is_read_off_the_position_rows_that_moved(setup):
     assert observation.knowledge.seq_lengths is None and observation.knowledge.batch_size == 1
     placement = placement_for(UpdateExact(), observation, wide, update_facts(observation.metadata))
     assert placement.candidates[0] == list(cap.reference.token_ids[0])
+
+
+def test_rows_that_place_a_sentence_carry_an_update_whose_layer_0_shows_no_span(setup, monkeypatch):
+    wide, cap = setup
+
+    def no_span(*_a, **_k):
+        raise MissingKnowledgeError("no signal above the plateau")
+
+    monkeypatch.setattr(UpdateExact, "_layer0", no_span)
+    res = textleak.recover(gradients=cap.gradients, model=wide, attack="exact-update", reference=cap.reference,
+                           unknown=["labels"], progress=False)
+    assert res.metrics["mean"]["exact_match"] == 1.0 and res.details["certified"]
+    truth = list(cap.reference.token_ids[0])
+    wrong = truth[:2] + truth[3:4] + truth[2:3] + truth[4:]
+    monkeypatch.setattr(RowPlacer, "run", lambda self: Placement(candidates=[wrong], placed=len(truth)))
+    res = textleak.recover(gradients=cap.gradients, model=wide, attack="exact-update", reference=cap.reference,
+                           unknown=["labels"], progress=False)
+    assert res.prediction["token_ids"] == [wrong] and not res.details["certified"]
+    monkeypatch.setattr(RowPlacer, "run", lambda self: Placement(reason="nothing fits"))
+    with pytest.raises(MissingKnowledgeError):
+        UpdateExact().preflight(Observation.from_file(cap.gradients, unknown=["labels"]), wide)
