@@ -115,27 +115,21 @@ class RowPlacer:
     def singles(self, options: dict[int, list[int]], limit: int) -> Iterator[dict[int, int]]:
         """Placements (position -> token index) of the tokens that fit some single position, each at one
         of its fitting positions, no two at one: the most constrained first, lowest misfit first
-        (a depth-first walk; at most `limit`)."""
+        (depth first; at most `limit`)."""
         order = sorted(options, key=lambda i: len(options[i]))
-        owner: dict[int, int] = {}
-        count = 0
+        return itertools.islice(self._walk(order, options, {}), limit)
 
-        def walk(k: int) -> Iterator[dict[int, int]]:
-            nonlocal count
-            if count >= limit:
-                return
-            if k == len(order):
-                count += 1
-                yield dict(owner)
-                return
-            i = order[k]
-            for p in options[i]:
-                if p not in owner:
-                    owner[p] = i
-                    yield from walk(k + 1)
-                    del owner[p]
-
-        yield from walk(0)
+    def _walk(self, order: list[int], options: dict[int, list[int]], owner: dict[int, int]
+              ) -> Iterator[dict[int, int]]:
+        if len(owner) == len(order):
+            yield dict(owner)
+            return
+        i = order[len(owner)]
+        for p in options[i]:
+            if p not in owner:
+                owner[p] = i
+                yield from self._walk(order, options, owner)
+                del owner[p]
 
     def split(self, left: list[int], rest: list[int]) -> tuple[list[list[int]], list[list[float]]]:
         """Per left position, the left tokens whose least-squares weight there is closest to 1 (word
