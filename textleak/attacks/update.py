@@ -85,7 +85,7 @@ from .exact import Exact
 from .exact.candidates import vocabulary
 from .exact.search import Search
 from .update_layers import LayeredSearch, LayerScore
-from .update_peel import END_SLACK, UpdatePeeler
+from .update_peel import END_SLACK, RISE, UpdatePeeler
 from .update_positions import place_sentence, placement_for
 from .update_repair import BoxRepair
 from .update_rounding import RoundingFits
@@ -146,6 +146,9 @@ class UpdateExact(Exact):
     eager_offers: bool = False
     #: batch 1, classification: place the sentence by its embedding rows first (`update_positions`)
     placement: bool = True
+    #: in the layered search, a peel refused where it raises the plateau ratio of what is left over
+    #: `update_peel.RISE` x (a wrong near miss of a long sentence; see `update_peel`)
+    plateau_gate: bool = True
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)
@@ -329,14 +332,16 @@ class UpdateExact(Exact):
         certificate: the simulation of the whole batch certifies). Where the rounding was fitted
         (small learning rates) each token of a peeled sentence must also lie near the whole
         layer-1 span (`update_peel.TOKEN_SLACK`), or, in a `LayeredSearch`, its last token
-        (`update_peel.END_SLACK`). Classification only."""
+        (`update_peel.END_SLACK`), and no peel may raise what is left over its rounding plateau more than
+        `update_peel.RISE` x (`plateau_gate`). Classification only."""
         if span1 is None or observation.task != "classify":
             return None
         start, facts = self._start
         fits = self._fits_for(observation.gradients)
         check = (layout, span1) if fits is not None and 1 in fits.fits else None
-        return UpdatePeeler(start, observation.gradients, lengths, facts, check,
-                            END_SLACK if check is not None and self._layered(observation) else None)
+        layered = check is not None and self._layered(observation)
+        return UpdatePeeler(start, observation.gradients, lengths, facts, check, END_SLACK if layered else None,
+                            RISE if layered and self.plateau_gate else None)
 
     @staticmethod
     def _certify(observation: Observation, layout: Layout, facts: UpdateFacts, out: AttackOutput) -> None:

@@ -69,6 +69,14 @@ with the search's budget counted in CPU seconds (a scratch wrapper; both arms at
 a wrong 32-token sentence (29 tokens off) through the drop test once five were peeled. The fifth sentence
 comes earlier, no sentence more by the end: `UpdateExact.eager_offers` ships off (`EAGER`);
 `recipes/measured/fedavg_rt_b8_s17/`.
+
+Session 19: what admits a wrong near miss is the drop test's scale, not its bar (a near miss of a long
+sentence takes out much of its signal: a 44-token SST-2 sentence 14 tokens off read drop 0.204 with six
+peeled, one 7 off 0.506, the true one 0.93). What tells them apart is what the peel leaves: past the rank
+still missing, a true peel leaves the rounding plateau (ratio 1.03-1.20 of it, each true peel raising it
+x 1.02-1.06), a wrong one its difference from the true sentence on top (x 2.86 for the 14-off 44, x 1.24
+for a 26-token one 9 off). So the peel refuses a sentence that raises it more than `update_peel.RISE`
+(`UpdateExact.plateau_gate`), and weighing skips what it refused.
 """
 
 from __future__ import annotations
@@ -210,8 +218,9 @@ class LayeredSearch(Search):
         """The offers taken best first by the share of the signal their removal takes out
         (`UpdatePeeler.drop`), each at least `min_drop`: the first that the certificates admit is
         taken (the rest are weighed again next round, against what it leaves); whether one was."""
+        risen = {tuple(s) for s, _ in getattr(self.peeler, "risen", ())}  # refused for what they would leave
         offers = [(list(k), r) for k, r in self.offers.items()
-                  if list(k) not in self.found and len(k) in self.missing]
+                  if list(k) not in self.found and len(k) in self.missing and k not in risen]
         self.offers = {}
         if not offers or self.peeler is None or not hasattr(self.peeler, "drop"):
             return False

@@ -28,7 +28,16 @@ longer sentence cut to a shorter missing length passes it: on SST-2 dev batch 4,
 floors^2 per token and was taken for the 18-token one, which then could never be found. Its
 defect sits at one or two tokens (the cut end: 8.8 floors^2 there), where true sentences' worst
 token sits at 1.9 (batch 4) to 3.5 (batch 8) floors^2 against the fitted span. So with a `check`
-span the peel refuses a sentence one of whose tokens lies more than `TOKEN_SLACK` floors^2 from it. Classification only;
+span the peel refuses a sentence one of whose tokens lies more than `TOKEN_SLACK` floors^2 from it.
+
+What a peel leaves, past the rank of what is still missing, is the update's rounding plateau as long as
+every sentence peeled is true (the replay is that close at lr 1e-3), and a wrong sentence's difference
+from the true one on top of it. So with `rise` set the peel also refuses a sentence whose removal raises
+the plateau ratio of what is left (`plateau_ratio`: its energy past that rank over the plateau's in as
+many directions) more than `rise` times (`RISE`): where the layered search (`update_layers`) offers a
+near miss of a long sentence, its drop test cannot tell it from a true one (SST-2 dev batch 0 of 8, K 4,
+lr 1e-3: 14 tokens off, drop 0.204, peeled, and then no true 26-token sentence could come out: its peel
+would have left 41 x the plateau), where this ratio does (x 2.86 against at most x 1.06 for true peels). Classification only;
 duck-typed as the `Peeler` the search and its peel certificate use (`working`, `peel`, `labels`, `sentences`,
 `slots`, `fitted`).
 """
@@ -55,6 +64,13 @@ TOKEN_SLACK = 5.0
 #: 1.9-3.2 floors^2 where their worst inner token reaches 20.5, every cut of one to a shorter batch
 #: length at 16.1-24.7 there (SST-2 batch 4's cut above: 8.8)
 END_SLACK = 6.0
+#: with `rise` set (`update_layers.LayeredSearch`): a peel may raise the plateau ratio of what it leaves
+#: (`UpdatePeeler.plateau_ratio`) at most this many times. Measured on SST-2 dev batch 0 of 8 (162 tokens),
+#: K 4, lr 1e-3: from 1.00 (the whole update) true peels took it to 1.03, 1.05, 1.09, 1.12, 1.14, 1.17 (each
+#: at most x 1.04; the true 44- or 26-token sentence next: x 1.06 / 1.05), the wrong 44-token sentence the
+#: layered search took (14 tokens off, drop 0.204) to 3.34 (x 2.86), a 26-token one 9 tokens off to 1.45
+#: (x 1.24); RT dev batch 0 of 8: true peels x 1.03-1.06
+RISE = 1.15
 
 
 class UpdatePeeler:
@@ -69,10 +85,12 @@ class UpdatePeeler:
     working = True
 
     def __init__(self, layout: Layout, update: Mapping[str, torch.Tensor], lengths: Sequence[int],
-                 facts: UpdateFacts, check: tuple[Layout, Any] | None = None, end_slack: float | None = None):
+                 facts: UpdateFacts, check: tuple[Layout, Any] | None = None, end_slack: float | None = None,
+                 rise: float | None = None):
         self.facts, self.update, self.lengths, self.layout = facts, update, list(lengths), layout
-        self.check, self.end_slack = check, end_slack
+        self.check, self.end_slack, self.rise = check, end_slack, rise
         self.refused: list[list[int]] = []
+        self.risen: list[tuple[list[int], float]] = []  # refused by `rise`: (sentence, the ratio it would leave)
         self.names = layout.shared(update, layout.qkv_names(1))
         self.names0 = layout.shared(update, layout.qkv_names(0))
         self.classes = int(layout.model.config.num_labels)
@@ -85,6 +103,19 @@ class UpdatePeeler:
         self.sentences: list[list[int]] = []
         self.slots: list[int] = []
         self.fitted: list[float] = []  # no share is fitted: labels take the batch's mean-loss scale
+        self.plateau, self.ratio = self._plateau() if rise is not None else (None, 1.0)
+
+    def _plateau(self) -> tuple[float, float]:
+        """The energy per direction of the update's layer-1 Q/K/V past the declared token count (its rounding
+        plateau), and the plateau ratio of the whole update (1 by construction)."""
+        energy = torch.linalg.svdvals(stacked(self.rest, self.names)).pow(2)
+        self.dims, tokens = len(energy), min(sum(self.lengths), len(energy) - 1)
+        return float(energy[tokens:].sum()) / (self.dims - tokens), 1.0
+
+    def plateau_ratio(self, tail: float, bound: int) -> float:
+        """What is left past its best rank-`bound` approximation (energy `tail`), over what the plateau puts in
+        as many directions: ~1 while every peel was true (the replay leaves rounding), more for a wrong one."""
+        return tail / max((self.dims - bound) * self.plateau, 1e-300)
 
     def share(self, seq: Sequence[int], label: int) -> dict[str, torch.Tensor]:
         """(1/(B K)) sum_k g_seq(w0 - k lr U) on the layer-1 Q/K/V weights, in double."""
@@ -149,7 +180,8 @@ class UpdatePeeler:
 
     def peel(self, seq: list[int], last: bool = False) -> Rest | None:
         """Take `seq` out under its likeliest label; the layer-1 span of what is left (None in it
-        when nothing is). None: refused (a token off the check span, see `admits`)."""
+        when nothing is). None: refused (a token off the check span, see `admits`; with `rise`, what its removal
+        would leave over `rise` x the plateau ratio of what is left now, see `RISE`)."""
         if not self.admits(seq):
             self.refused.append(list(seq))
             return None
@@ -164,6 +196,12 @@ class UpdatePeeler:
             score = float(tail.pow(2).sum())
             if best is None or score < best[0]:
                 best = (score, label, trial)
+        if self.rise is not None:  # a wrong sentence's removal leaves its difference from the true one
+            ratio = self.plateau_ratio(best[0], bound)
+            if ratio > self.rise * self.ratio:
+                self.risen.append((list(seq), ratio))
+                return None
+            self.ratio = ratio
         _, label, self.rest = best
         span = None if last or not bound else span_of(stacked(self.rest, self.names), 1,
                                                       rank_bound=bound, keep_bound=True)
