@@ -178,15 +178,10 @@ class UpdatePeeler:
                           [bound:].pow(2).sum()) for own in (self.share(seq, y) for y in range(self.classes)))
         return (before - after) / max(before - plateau, 1e-300)
 
-    def peel(self, seq: list[int], last: bool = False) -> Rest | None:
-        """Take `seq` out under its likeliest label; the layer-1 span of what is left (None in it
-        when nothing is). None: refused (a token off the check span, see `admits`; with `rise`, what its removal
-        would leave over `rise` x the plateau ratio of what is left now, see `RISE`)."""
-        if not self.admits(seq):
-            self.refused.append(list(seq))
-            return None
-        left = self._left(seq)
-        bound = sum(left)
+    def _removal(self, seq: Sequence[int]) -> tuple[tuple[float, int, dict[str, torch.Tensor]], int]:
+        """((what is left past its best rank-`bound` approximation, the label, what is left) under the label
+        that leaves least, bound): `seq` taken out of what is left, nothing committed."""
+        bound = sum(self._left(seq))
         best = None
         for label in range(self.classes):
             own = self.share(seq, label)
@@ -196,6 +191,21 @@ class UpdatePeeler:
             score = float(tail.pow(2).sum())
             if best is None or score < best[0]:
                 best = (score, label, trial)
+        return best, bound
+
+    def leaves(self, seq: Sequence[int]) -> float:
+        """The plateau ratio `seq`'s removal would leave (nothing committed; with `rise` set)."""
+        (tail, _, _), bound = self._removal(seq)
+        return self.plateau_ratio(tail, bound)
+
+    def peel(self, seq: list[int], last: bool = False) -> Rest | None:
+        """Take `seq` out under its likeliest label; the layer-1 span of what is left (None in it
+        when nothing is). None: refused (a token off the check span, see `admits`; with `rise`, what its removal
+        would leave over `rise` x the plateau ratio of what is left now, see `RISE`)."""
+        if not self.admits(seq):
+            self.refused.append(list(seq))
+            return None
+        best, bound = self._removal(seq)
         if self.rise is not None:  # a wrong sentence's removal leaves its difference from the true one
             ratio = self.plateau_ratio(best[0], bound)
             if ratio > self.rise * self.ratio:
