@@ -174,3 +174,27 @@ def test_a_peel_refuses_a_near_miss_that_leaves_more_than_the_plateau_and_admits
     assert plain.peel(SST2_WRONG44) is not None  # without the gate the near miss comes out
     assert gated.peel(SST2_WRONG44) is None and gated.risen[-1][1] > 2 * gated.ratio
     assert gated.peel(true[6]) is not None and gated.peel(true[0], last=True) is not None
+
+
+class _Fill(LayeredSearch):
+    """`LayeredSearch.result` alone: one length missing, its closest misses by layer-1 residual a cut of a longer
+    sentence first, then a near miss that leaves less over the plateau."""
+
+    def __init__(self, gated: bool):  # no model: the residuals of the result are stubbed
+        self.found, self.missing, self.lengths, self.earlier = [[1, 2, 3, 2]], [5], [4, 5], {}
+        self.cut, self.near_miss = [1, 7, 8, 9, 2], [1, 4, 5, 6, 2]
+        self.near = {5: [(1.0, self.cut), (2.0, self.near_miss)]}
+        ratios = {tuple(self.cut): 3.0, tuple(self.near_miss): 1.3}
+        self.peeler = SimpleNamespace(rise=1.15 if gated else None, leaves=lambda g: ratios[tuple(g)])
+        self.layout = self.full_span = None
+
+
+def test_a_missing_length_is_filled_by_what_leaves_least_over_the_plateau(monkeypatch):
+    from textleak.attacks.exact import search
+
+    monkeypatch.setattr(search, "sequence_residuals", lambda layout, span, seqs: [0.0] * len(seqs))
+    gated = _Fill(gated=True)
+    near = dict(gated.near)
+    assert gated.result()[0] == [[1, 2, 3, 2], gated.near_miss]
+    assert gated.near == near  # the repairs still read the misses by residual
+    assert _Fill(gated=False).result()[0] == [[1, 2, 3, 2], _Fill(gated=False).cut]
