@@ -78,13 +78,15 @@ from ..core import budget
 from ..errors import MissingKnowledgeError
 from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
-from ..text.leaks import LayerSpan, SpanReader, noise_level
+from ..text.leaks import LayerSpan, SpanReader, embedding_token_set, noise_level
+from ..text.leaks.positions import TokenPositions
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .exact import Exact
 from .exact.candidates import vocabulary
 from .exact.search import Search
 from .update_layers import LayeredSearch, LayerScore
+from .update_batch_positions import batch_placement_reason, batch_positions
 from .update_peel import END_SLACK, RISE, UpdatePeeler
 from .update_positions import place_sentence, placement_for
 from .update_repair import BoxRepair
@@ -149,6 +151,9 @@ class UpdateExact(Exact):
     #: in the layered search, a peel refused where it raises the plateau ratio of what is left over
     #: `update_peel.RISE` x (a wrong near miss of a long sentence; see `update_peel`)
     plateau_gate: bool = True
+    #: batch > 1, classification: narrow each position's candidates to where the embedding rows place tokens
+    #: (`update_batch_positions`; the search and the repairs)
+    batch_placement: bool = True
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)
@@ -165,7 +170,7 @@ class UpdateExact(Exact):
         moved = copy.copy(target)
         moved.model = midpoint_model(target.model, observation.gradients, facts)
         self._fits = RoundingFits(layout_for(target.model), observation.gradients, facts.lr, facts.steps)
-        self._placement = None
+        self._placement, self._pinned = None, None
         placed = place_sentence(self, observation, target, moved, facts)
         if placed is not None and placed.details["certified"]:
             return self._described(placed, facts)
@@ -184,6 +189,8 @@ class UpdateExact(Exact):
             out.details["layer0_retry"] = {"widen": RETRY_WIDEN, "kept": "wide" if out is wide else "tight"}
         if self._placement is not None:
             out.details["placement"] = self._placement
+        if getattr(self, "_pinned", None) is not None:
+            out.details["batch_placement"] = self._pinned[1]
         return self._described(out, facts)
 
     def _described(self, out: AttackOutput, facts: UpdateFacts) -> AttackOutput:
@@ -232,7 +239,7 @@ class UpdateExact(Exact):
         _, span0 = self._layer0(observation, moved)
         vocab, _ = vocabulary(layout, observation.gradients, target.tokenizer, observation.task)
         pred = out.prediction
-        repair = BoxRepair(layout, self._fits, span0, vocab)
+        repair = BoxRepair(layout, self._fits, span0, vocab, pins=self._batch_pins(observation, layout_for(target.model), facts))
         if near:
             sentence_repair = SentenceRepair(repair)
             pred["token_ids"], sentences = sentence_repair.run(pred["token_ids"], pred["labels"], near,
@@ -316,6 +323,20 @@ class UpdateExact(Exact):
                                              score=LayerScore(layout, self._fits, sum(lengths)),
                                              eager=self.eager_offers)
         return self._layered_search
+
+    def _pins(self, observation: Observation, lengths: Any) -> TokenPositions | None:
+        return self._batch_pins(observation, *self._start)
+
+    def _batch_pins(self, observation: Observation, layout: Layout, facts: UpdateFacts) -> TokenPositions | None:
+        """Where the update's embedding rows place the batch's tokens (`update_batch_positions`; read once
+        per run; layout: the model at w0), where the option `batch_placement` is on and
+        `batch_placement_reason` finds nothing against."""
+        if getattr(self, "_pinned", None) is None:
+            why = batch_placement_reason(self, observation, layout)
+            self._pinned = (None, {"reason": why}) if why else batch_positions(
+                layout, observation.gradients, facts.lr, facts.steps,
+                embedding_token_set(layout, observation.gradients).tolist(), observation.knowledge.seq_lengths)
+        return self._pinned[0]
 
     def _fits_for(self, gradients: Any) -> RoundingFits | None:
         """This run's rounding fits (`update_rounding`), when they were made for these gradients."""

@@ -49,8 +49,8 @@ class BoxRepair:
     span0: the fitted layer-0 span; vocab: token ids worth trying."""
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
-                 width: int = WIDTH, sweeps: int = SWEEPS):
-        self.layout, self.span0, self.width, self.sweeps = layout, span0, width, sweeps
+                 width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None):
+        self.layout, self.span0, self.width, self.sweeps, self.pins = layout, span0, width, sweeps, pins
         self.vocab = vocab.to(layout.device).long()
         layers = len(layout.layers)
         self.names = [n for k in range(layers) for n in layout.shared(fits.update, layout.qkv_names(k))]
@@ -78,14 +78,27 @@ class BoxRepair:
     def misfit(self, G: torch.Tensor) -> float:
         return float(torch.relu((G - self.U).abs() - self.half).pow(2).sum())
 
-    def options(self, length: int) -> torch.Tensor:
-        """[length, width] token ids per position, closest to the fitted layer-0 span first."""
+    def options(self, length: int) -> list[list[int]]:
+        """Per position, up to `width` token ids, closest to the fitted layer-0 span first; with `pins`
+        (`update_batch_positions`), the tokens placed there first and only the tokens allowed there."""
         V = len(self.vocab)
         ids = self.vocab[:, None].expand(V, length)
         pos = torch.arange(length, device=self.layout.device)[None].expand(V, length)
         res = partial_residuals(self.layout, self.span0, ids, pos)  # [V, length]
-        top = res.topk(min(self.width, V), dim=0, largest=False).indices  # [width, length]
-        return self.vocab[top].T
+        if self.pins is not None:
+            res = res.clone()
+            vocab = self.vocab.tolist()
+            for p in range(min(length, len(self.pins.allowed))):
+                allowed = self.pins.allowed[p]
+                keep = torch.tensor([t in allowed for t in vocab], device=res.device)
+                placed = torch.tensor([p in self.pins.placed.get(t, ()) for t in vocab], device=res.device)
+                if bool(keep.any()):
+                    res[~keep, p] = float("inf")
+                res[placed, p] = -1.0
+        top = res.topk(min(self.width, V), dim=0, largest=False)  # [width, length]
+        options = self.vocab[top.indices].T.tolist()
+        finite = torch.isfinite(top.values).T.tolist()
+        return [[t for t, ok in zip(row, fine) if ok] or row[:1] for row, fine in zip(options, finite)]
 
     def run(self, sequences: Sequence[Sequence[int]], labels: Sequence[int], deadline: float,
             order: Sequence[int] | None = None, exchange: bool = True) -> tuple[list[list[int]], dict[str, Any]]:
@@ -100,7 +113,7 @@ class BoxRepair:
         while self._changes > before and sweeps < self.sweeps and time.monotonic() < deadline:
             before, sweeps = self._changes, sweeps + 1
             for b in (order if order is not None else range(len(seqs))):
-                options = self.options(len(seqs[b])).tolist()
+                options = self.options(len(seqs[b]))
                 for p in range(1, len(seqs[b]) - 1):  # [CLS] and [SEP] stay
                     if self.keep_best(seqs, b, [seqs[b][:p] + [t] + seqs[b][p + 1:] for t in options[p]]):
                         moved[b].add(p)

@@ -55,7 +55,7 @@ class SentenceRepair:
         """Slot b made afresh from layer 0: at each inner position the candidate closest to the
         fitted layer-0 span that no other slot holds there (ends kept)."""
         seq = list(seqs[b])
-        options = self.box.options(len(seq)).tolist()
+        options = self.box.options(len(seq))
         for p in range(1, len(seq) - 1):
             taken = {s[p] for c, s in enumerate(seqs) if c != b and len(s) > p}
             seq[p] = next((t for t in options[p] if t not in taken), options[p][0])

@@ -94,8 +94,10 @@ class Exact:
         if layout.padding is not None:
             assumed["padding"] = layout.padding.describe()
         read = Candidates.read if layout.padding is None else left_candidates
+        pins = self._pins(observation, lengths) if layout.padding is None and known else None
         cands = read(layout, grads, span0, vocab, lengths, specials, known_lengths=known,
-                     masks=declared_masks(observation, lengths), mask_id=tok.mask_token_id)
+                     masks=declared_masks(observation, lengths), mask_id=tok.mask_token_id,
+                     **({"pins": pins} if pins is not None else {}))
         span1 = self._layer1(layout, grads, span0, settings, sum(lengths))
         # peeling subtracts a recomputed gradient: exact only where the capture's arithmetic is
         if settings.reduced_precision:  # an approximate peel narrows the search only (certifies nothing)
@@ -149,6 +151,11 @@ class Exact:
         from ..update import variant_for
 
         return variant_for(self, observation, target)
+
+    def _pins(self, observation: Observation, lengths: list[int]) -> Any:
+        """Token placements read by the variant itself (a `TokenPositions`), or None: the embedding
+        gradients' own (`Candidates.read`)."""
+        return None
 
     def _peeler(self, observation: Observation, layout: Layout, lengths: list[int], span1: LayerSpan | None,
                 mask_id: int | None, known: bool) -> Peeler | None:

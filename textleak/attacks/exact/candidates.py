@@ -93,14 +93,18 @@ class Candidates:
     @classmethod
     def read(cls, layout: Layout, gradients: Mapping[str, torch.Tensor], span0: LayerSpan, vocab: torch.Tensor,
              lengths: Sequence[int], specials: set[int], *, known_lengths: bool,
-             masks: dict[int, list[set[int]]] | None = None, mask_id: int | None = None) -> "Candidates":
+             masks: dict[int, list[set[int]]] | None = None, mask_id: int | None = None,
+             pins: positions.TokenPositions | None = None) -> "Candidates":
+        """`pins`: placements read elsewhere (a FedAvg update's, `update_batch_positions`), else the
+        embedding gradients' own (`placements`)."""
         per_position, threshold = position_candidates(layout, span0, vocab, max(lengths))
         # a tied masked-LM head: its part of every word row comes off first. Not for one sentence, where
         # layer 0 already narrows each position and the head-state fit (0.3-0.5 CPU s) would double
         # exact's time (MiniLM, CoLA / RT dev batch 1: 0.9-1.3 CPU s; recipes/measured/mlm_tied_exact_s15.md)
         masked = sum(len(slot) for slots in masks.values() for slot in slots) if masks and len(lengths) > 1 else 0
-        pins = placements(layout, gradients, vocab.tolist(), max(lengths), masked,
-                          occupants(lengths) if known_lengths else None)
+        if pins is None:
+            pins = placements(layout, gradients, vocab.tolist(), max(lengths), masked,
+                              occupants(lengths) if known_lengths else None)
         if pins is not None:  # a placement (embedding gradients, float32) outranks a noisy layer 0
             per_position = with_placements(per_position, pins)
         return cls(per_position, specials, pins=pins, masks=masks, mask_id=mask_id, threshold=threshold)

@@ -1,0 +1,99 @@
+"""`exact-update` at batch > 1 narrows each position's candidates to where the update's embedding rows place
+tokens (`attacks.update_batch_positions`): a least-squares split of the position rows over the word rows
+places tokens; a position whose row the placed tokens' rows fill inside the rounding box is closed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import textleak
+from conftest import make_wide_classifier
+from textleak.attacks.exact.search import Search
+from textleak.attacks.update import UpdateExact, midpoint_model
+from textleak.attacks.update_batch_positions import batch_positions
+from textleak.attacks.update_repair import BoxRepair
+from textleak.attacks.update_rounding import RoundingFits
+from textleak.attacks.update_sim import update_facts
+from textleak.text.layouts import layout_for
+from textleak.text.leaks.tokens import embedding_token_set
+from textleak.threat import Observation
+
+# "the" at three positions of two sentences, [SEP] at three: positions 0, 2 and 6 hold only tokens standing once
+TEXTS = ["the dog sat on the mat", "a bird sang", "the film was good"]
+LR, STEPS = 1e-4, 4
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    wide = make_wide_classifier(tmp_path_factory.mktemp("wide-bert-batch-positions"))
+    cap = textleak.capture_gradients(wide, TEXTS, labels=[1, 0, 1], defence=f"fedavg:{STEPS},{LR:g}")
+    return wide, cap
+
+
+def _occupants(ids, p):
+    return {s[p] for s in ids if len(s) > p}
+
+
+def test_every_true_token_stays_allowed_and_closed_positions_hold_their_occupants_alone(setup):
+    wide, cap = setup
+    grads, ids = cap.gradients.gradients, cap.reference.token_ids
+    layout = layout_for(wide.model)
+    pins, report = batch_positions(layout, grads, LR, STEPS, embedding_token_set(layout, grads).tolist(),
+                                   [len(s) for s in ids])
+    assert all(t in pins.allowed[p] for s in ids for p, t in enumerate(s))
+    assert pins.closed == {0, 2, 6} and report["closed_positions"] == 3
+    assert all(pins.allowed[p] == _occupants(ids, p) for p in pins.closed)
+    assert all(_occupants(ids, p) >= {t} for t, where in pins.placed.items() for p in where)
+    # a complete token (standing at a closed position only) leaves every other position's candidates
+    assert all(t not in pins.allowed[q] for t in pins.complete for q in range(len(pins.allowed))
+               if q not in pins.placed[t])
+
+
+def test_the_search_and_the_repairs_read_the_update_placements(setup, monkeypatch):
+    wide, cap = setup
+    seen = {}
+    run = Search.run
+
+    def spy(self):
+        seen["pins"] = self.cands.pins
+        return run(self)
+
+    monkeypatch.setattr(Search, "run", spy)
+    res = textleak.recover(gradients=cap.gradients, model=wide, attack="exact-update", reference=cap.reference,
+                           unknown=["labels"], progress=False)
+    assert res.details["batch_placement"]["closed_positions"] == 3
+    assert seen["pins"].closed == {0, 2, 6}
+    observation = Observation.from_file(cap.gradients, unknown=["labels"])
+    off = UpdateExact(batch_placement=False)
+    assert off._batch_pins(observation, layout_for(wide.model), update_facts(observation.metadata)) is None
+    assert off._pinned[1]["reason"] == "option batch_placement off"
+
+
+def test_the_box_repair_tries_only_the_occupants_at_a_closed_position(setup):
+    wide, cap = setup
+    grads, ids = cap.gradients.gradients, cap.reference.token_ids
+    observation = Observation.from_file(cap.gradients, unknown=["labels"])
+    facts = update_facts(observation.metadata)
+    layout = layout_for(wide.model)
+    pins, _ = batch_positions(layout, grads, LR, STEPS, embedding_token_set(layout, grads).tolist(),
+                              [len(s) for s in ids])
+    moved = layout_for(midpoint_model(wide.model, grads, facts))
+    fits = RoundingFits(layout, grads, LR, STEPS)
+    span0 = UpdateExact()._reader(observation)(moved, grads, 0)
+    vocab = torch.tensor(embedding_token_set(layout, grads).tolist())
+    options = BoxRepair(moved, fits, span0, vocab, width=len(vocab), pins=pins).options(len(ids[0]))
+    for p in pins.closed:
+        assert set(options[p]) == _occupants(ids, p)
+    wide_open = BoxRepair(moved, fits, span0, vocab, width=len(vocab)).options(len(ids[0]))
+    assert all(len(wide_open[p]) == len(vocab) for p in pins.closed)
+
+
+def test_nothing_is_placed_where_the_rounding_box_is_wider_than_the_position_rows(setup):
+    wide, _ = setup
+    cap = textleak.capture_gradients(wide, TEXTS, labels=[1, 0, 1], defence=f"fedavg:{STEPS},1e-7")
+    grads, ids = cap.gradients.gradients, cap.reference.token_ids
+    layout = layout_for(wide.model)
+    pins, report = batch_positions(layout, grads, 1e-7, STEPS, embedding_token_set(layout, grads).tolist(),
+                                   [len(s) for s in ids])
+    assert pins is None and report["reason"].startswith("the rounding box is")

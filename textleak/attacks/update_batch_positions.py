@@ -1,0 +1,134 @@
+"""Where a FedAvg batch's tokens stand, from the update's embedding rows (`exact-update`, batch > 1).
+
+Each occurrence of token t at position p adds one share to word row t and to position row p of the
+average gradient G (`update_positions`' relation, summed over the batch's sentences): position row
+p is the sum of its occupants' shares, word row t the sum of its occurrences'. So the position rows
+P (0..L-1) lie, up to the client's float32 rounding, in the span of the word rows W of the leaked
+tokens, and the least-squares split P ~ A W puts a token standing once in the batch at weight ~1 in
+its position's row of A and ~0 elsewhere (a token at several positions splits its weight).
+
+Read (`batch_positions`):
+- placed: a token whose column of A tops at >= `TOP` at one position while every other stays
+  below `TOP` stands there (it may stand elsewhere too). Measured before this module (scratch probe,
+  MiniLM, K 8): every token standing once placed right (SST-2 dev batch 0 of 4, lr 1e-4: 55 of 55;
+  RT batch 4 lr 1e-4, CoLA batch 4 lr 1e-5, SST-2 / RT batch 8 lr 1e-3 likewise); tokens standing
+  more than once placed at one of their true positions, never a wrong one, in those 5 batches.
+- closed: position p whose row minus the summed word rows of the tokens placed there fits inside
+  the summed rounding boxes (`update_rounding.rounding_box`; relative excess at most `THRESHOLD`)
+  holds exactly those tokens, each standing nowhere else (a token standing elsewhere too would
+  bring that share along, which the box does not hold). Its tokens are complete.
+- allowed: per position, the tokens placed there and, unless it is closed, every token not complete.
+
+So a token leaves a position's candidates only where a closed position's fit vouches for it standing
+elsewhere alone, or where the position itself is closed without it: the same evidence that certifies
+a batch-1 sentence's placement. Special tokens ([CLS], [SEP]) are left to the search's template.
+Nothing is placed where the box is wider than `BOX_LIMIT` of the position rows (lr ~1e-6 on MiniLM).
+
+Measured on MiniLM, K 8, dev batches of 4 (session 19, ground truth): SST-2 batch 0 lr 1e-4, 64 of 68
+tokens placed, 19 of 44 positions closed, 23.4 of 68 tokens allowed per position on average; RT batch 0
+lr 1e-4: 84 of 92, 11 of 38, 44.8 of 92; CoLA batch 0 lr 1e-5: 27 of 27, 7 of 13, 5.2 of 27. No true
+token left its position's allowed set there, nor in SST-2 / RT batch 1 and CoLA batch 2 at lr 1e-4,
+SST-2 / RT batch 0 of 8 at lr 1e-3 (K 8), SST-2 batch 0 at K 4 lr 1e-2, RT batch 0 at K 4 lr 1e-3; in
+all these the closed positions' misfit was 0 and the least left open 0.017-0.056. At lr 1e-6 (CoLA batch 0, box 2.8 x the rows) placements go wrong and 8 true tokens
+were lost: hence `BOX_LIMIT`. Closing groups of positions linked by repeated tokens (summed rows
+against summed boxes) lost true tokens at lr 1e-4 (the summed box hides a share) and is not done.
+The search (`Candidates.free`) and the token repair (`update_repair.BoxRepair.options`) read these.
+
+Threat model: as `attacks.update` (U, w0, K, lr, the declared lengths; embedding rows shared).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..text.layouts import Layout
+from ..text.leaks.positions import TokenPositions
+from ..text.leaks.tokens import embedding_token_set
+from ..threat import Observation
+from ..training import TrainingSettings
+from .update_rounding import rounding_box
+
+#: a token is placed where its column of the least-squares split reaches this, and nowhere else does
+TOP = 0.5
+#: a position closes where its row's excess over the box, after its placed tokens' rows come off, is at
+#: most this share of the row (batch 1: true pairs at 0, wrong ones from 0.33; `update_positions`)
+THRESHOLD = 1e-3
+#: nothing is placed where the position rows' median box half-width is over this share of their norm
+#: (MiniLM, K 8, batch 4: CoLA lr 1e-5 at 0.23 kept every true token; lr 1e-6 at 2.8 lost 8 of 36)
+BOX_LIMIT = 0.5
+
+
+def batch_placement_reason(attack: Any, observation: Observation, layout: Layout) -> str | None:
+    """Why the placements do not apply (None: they do): the option `batch_placement` off, not
+    classification, undeclared lengths, per-layer clipping, reduced precision or left padding, no
+    position-embedding rows or no sparse word-embedding rows shared."""
+    know, settings = observation.knowledge, TrainingSettings.of(observation.metadata)
+    return "option batch_placement off" if not getattr(attack, "batch_placement", False) else \
+        "classification only" if observation.task != "classify" else \
+        "declared lengths only" if know.seq_lengths is None else \
+        "training settings (per-layer clipping, reduced precision or left padding)" \
+        if settings.per_layer_norm or settings.reduced_precision or settings.padding.get("side") == "left" else \
+        "no position-embedding rows shared" if layout.position_embedding_name not in observation.gradients else \
+        "no sparse word-embedding rows shared" if embedding_token_set(layout, observation.gradients) is None else None
+
+
+def batch_positions(layout: Layout, update: Mapping[str, torch.Tensor], lr: float, steps: int,
+                    tokens: Sequence[int], lengths: Sequence[int]) -> tuple[TokenPositions | None, dict[str, Any]]:
+    """The placements of the module doc over positions 0..max(lengths)-1 (None where the box is wider
+    than `BOX_LIMIT`), and a report (placed tokens, closed positions, the largest misfit closed and the
+    least left open, the box's median share of the position rows)."""
+    rows = _Rows(layout, update, lr, steps, [int(t) for t in tokens], max(lengths))
+    toks, L = rows.tokens, rows.length
+    box = float((rows.P_half.norm(dim=1) / rows.P.norm(dim=1).clamp_min(1e-300)).median())
+    if box > BOX_LIMIT:
+        return None, {"reason": f"the rounding box is {box:.3g} of the position rows (over {BOX_LIMIT:g})"}
+    A = torch.linalg.lstsq(rows.W.T, rows.P.T).solution.T  # [L, tokens]: P ~ A W
+    top = A.topk(min(2, L), dim=0)
+    second = top.values[1] if L > 1 else torch.full_like(top.values[0], -float("inf"))
+    placed: dict[int, set[int]] = {}
+    here: list[list[int]] = [[] for _ in range(L)]
+    for i, t in enumerate(toks):
+        if float(top.values[0, i]) >= TOP and float(second[i]) < TOP:
+            placed[t] = {int(top.indices[0, i])}
+            here[int(top.indices[0, i])].append(i)
+    closed, complete, misfits = set(), set(), []
+    occupants = [sum(n > p for n in lengths) for p in range(L)]
+    for p in range(L):
+        if here[p] and len(here[p]) <= occupants[p]:
+            misfits.append(rows.misfit([p], here[p]))
+            if misfits[-1] <= THRESHOLD:
+                closed.add(p)
+                complete |= {toks[i] for i in here[p]}
+    loose = {t for t in toks if t not in complete}
+    allowed = [{toks[i] for i in here[p]} | (set() if p in closed else loose) for p in range(L)]
+    pins = TokenPositions(allowed, placed, complete, closed, THRESHOLD)
+    report = {"tokens": len(toks), "placed": len(placed), "closed_positions": len(closed), "positions": L,
+              "complete": len(complete), "box": box,
+              "misfit_closed_max": max([m for m in misfits if m <= THRESHOLD], default=None),
+              "misfit_open_min": min([m for m in misfits if m > THRESHOLD], default=None)}
+    return pins, report
+
+
+class _Rows:
+    """The update's word rows W of `tokens` and position rows P of 0..length-1 (float64) and their boxes."""
+
+    def __init__(self, layout: Layout, update: Mapping[str, torch.Tensor], lr: float, steps: int,
+                 tokens: list[int], length: int):
+        word, pos = update[layout.word_embedding_name], update[layout.position_embedding_name]
+        self.tokens, self.length = tokens, length
+        ids = torch.tensor(tokens, dtype=torch.long, device=word.device)
+        at = layout.position_ids(torch.arange(length, device=layout.device)).to(pos.device)
+        w0, p0 = layout.word_embeddings.weight.detach(), layout.position_embeddings.weight.detach()
+        self.W, self.P = word[ids].double(), pos[at].double().to(word.device)
+        self.W_half = rounding_box(w0[ids.to(w0.device)], word[ids].to(w0.device), lr, steps).to(word.device)
+        self.P_half = rounding_box(p0[at.to(p0.device)], pos[at].to(p0.device), lr, steps).to(word.device)
+
+    def misfit(self, positions: Sequence[int], tokens: Sequence[int]) -> float:
+        """The summed rows of `positions` less those of `tokens` (indices): the box's excess over the first's norm."""
+        q, i = list(positions), list(tokens)
+        target = self.P[q].sum(0)
+        rest = target - self.W[i].sum(0)
+        half = self.P_half[q].sum(0) + self.W_half[i].sum(0)
+        return float(torch.relu(rest.abs() - half).norm() / target.norm().clamp_min(1e-300))
