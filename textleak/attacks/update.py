@@ -151,8 +151,11 @@ class UpdateExact(Exact):
     #: in the layered search, a peel refused where it raises the plateau ratio of what is left over
     #: `update_peel.RISE` x (a wrong near miss of a long sentence; see `update_peel`)
     plateau_gate: bool = True
-    #: batch > 1, classification: narrow each position's candidates to where the embedding rows place tokens
-    #: (`update_batch_positions`; the search and the repairs)
+    #: classification, where the rounding is wide (`REPAIR_ROUNDING`, lr ~1e-4 and below on MiniLM): narrow each
+    #: position's candidates to where the embedding rows place tokens (`update_batch_positions`; the search and
+    #: the repairs). MiniLM dev batch 0 of 4, K 8 (ROUGE-1 on / off, side by side): SST-2 lr 1e-4 0.426 / 0.333,
+    #: RT lr 1e-4 0.279 / 0.148, CoLA lr 1e-5 0.704 / 0.283; on RT batch 8, K 4, lr 1e-3 it lost (0.567 / 0.735),
+    #: hence not where the rounding is narrow (session 19, `recipes/measured/batch_placement_s19`)
     batch_placement: bool = True
 
     def preflight(self, observation: Observation, target: Any) -> None:
@@ -329,10 +332,11 @@ class UpdateExact(Exact):
 
     def _batch_pins(self, observation: Observation, layout: Layout, facts: UpdateFacts) -> TokenPositions | None:
         """Where the update's embedding rows place the batch's tokens (`update_batch_positions`; read once
-        per run; layout: the model at w0), where the option `batch_placement` is on and
-        `batch_placement_reason` finds nothing against."""
+        per run; layout: the model at w0), where the option `batch_placement` is on, `batch_placement_reason`
+        finds nothing against and the rounding is wide (`_repairs_decide`)."""
         if getattr(self, "_pinned", None) is None:
-            why = batch_placement_reason(self, observation, layout)
+            why = batch_placement_reason(self, observation, layout) or (
+                None if self._repairs_decide(observation) else "the rounding is narrow (the search certifies alone)")
             self._pinned = (None, {"reason": why}) if why else batch_positions(
                 layout, observation.gradients, facts.lr, facts.steps,
                 embedding_token_set(layout, observation.gradients).tolist(), observation.knowledge.seq_lengths)
