@@ -19,6 +19,21 @@ TEXT = "the dog sat on the mat under the log ."  # "the" three times: positions 
 LR, STEPS = 1e-5, 4
 
 
+def _recover(wide, cap):
+    return textleak.recover(gradients=cap.gradients, model=wide, attack="exact-update", reference=cap.reference,
+                            unknown=["labels"], progress=False)
+
+
+def _swapped(cap) -> tuple[list[int], list[int]]:
+    """The true ids and the same with two words swapped (the replay refuses it)."""
+    truth = list(cap.reference.token_ids[0])
+    return truth, truth[:2] + truth[3:4] + truth[2:3] + truth[4:]
+
+
+def _refuse(*_a, **_k):
+    raise MissingKnowledgeError("no signal above the plateau")
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     wide = make_wide_classifier(tmp_path_factory.mktemp("wide-bert-positions"))
@@ -44,8 +59,7 @@ def test_a_single_sentence_is_certified_from_its_rows_without_the_span_search(se
         raise AssertionError("the span search ran")
 
     monkeypatch.setattr(UpdateExact, "_attempt", no_search)
-    res = textleak.recover(gradients=cap.gradients, model=wide, attack="exact-update", reference=cap.reference,
-                           unknown=["labels"], progress=False)
+    res = _recover(wide, cap)
     assert res.metrics["mean"]["exact_match"] == 1.0 and res.details["certified"]
     assert res.details["placement"]["certified_rank"] == 0
     assert res.metrics["mean"]["label_accuracy"] == 1.0
@@ -54,11 +68,9 @@ def test_a_single_sentence_is_certified_from_its_rows_without_the_span_search(se
 def test_an_uncertified_placement_hands_the_update_to_the_span_search(setup, monkeypatch):
     wide, _ = setup
     cap = textleak.capture_gradients(wide, [TEXT], labels=[1], defence=f"fedavg:{STEPS},1e-2")  # the search reads it
-    truth = list(cap.reference.token_ids[0])
-    wrong = truth[:2] + truth[3:4] + truth[2:3] + truth[4:]  # two words swapped: the replay refuses it
+    truth, wrong = _swapped(cap)
     monkeypatch.setattr(RowPlacer, "run", lambda self: Placement(candidates=[wrong], placed=len(truth)))
-    res = textleak.recover(gradients=cap.gradients, model=wide, attack="exact-update", reference=cap.reference,
-                           unknown=["labels"], progress=False)
+    res = _recover(wide, cap)
     assert res.metrics["mean"]["exact_match"] == 1.0 and res.details["certified"]
     assert res.details["placement"]["candidates"] == 1 and "layer0_allowance" in res.details
 
@@ -84,18 +96,12 @@ def test_an_undeclared_length_is_read_off_the_position_rows_that_moved(setup):
 def test_rows_that_place_a_sentence_carry_an_update_whose_layer_0_shows_no_span(setup, monkeypatch):
     wide, cap = setup
 
-    def no_span(*_a, **_k):
-        raise MissingKnowledgeError("no signal above the plateau")
-
-    monkeypatch.setattr(UpdateExact, "_layer0", no_span)
-    res = textleak.recover(gradients=cap.gradients, model=wide, attack="exact-update", reference=cap.reference,
-                           unknown=["labels"], progress=False)
+    monkeypatch.setattr(UpdateExact, "_layer0", _refuse)
+    res = _recover(wide, cap)
     assert res.metrics["mean"]["exact_match"] == 1.0 and res.details["certified"]
-    truth = list(cap.reference.token_ids[0])
-    wrong = truth[:2] + truth[3:4] + truth[2:3] + truth[4:]
+    truth, wrong = _swapped(cap)
     monkeypatch.setattr(RowPlacer, "run", lambda self: Placement(candidates=[wrong], placed=len(truth)))
-    res = textleak.recover(gradients=cap.gradients, model=wide, attack="exact-update", reference=cap.reference,
-                           unknown=["labels"], progress=False)
+    res = _recover(wide, cap)
     assert res.prediction["token_ids"] == [wrong] and not res.details["certified"]
     monkeypatch.setattr(RowPlacer, "run", lambda self: Placement(reason="nothing fits"))
     with pytest.raises(MissingKnowledgeError):

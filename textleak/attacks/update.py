@@ -78,7 +78,7 @@ from ..core import budget
 from ..errors import MissingKnowledgeError
 from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
-from ..text.leaks import LayerSpan, SpanReader, embedding_token_set, noise_level
+from ..text.leaks import LayerSpan, SpanReader, noise_level
 from ..text.leaks.positions import TokenPositions
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
@@ -86,7 +86,7 @@ from .exact import Exact
 from .exact.candidates import vocabulary
 from .exact.search import Search
 from .update_layers import LayeredSearch, LayerScore
-from .update_batch_positions import batch_placement_reason, batch_positions
+from .update_batch_positions import pins_for
 from .update_peel import END_SLACK, RISE, UpdatePeeler
 from .update_positions import place_sentence, placement_for
 from .update_repair import BoxRepair
@@ -151,11 +151,8 @@ class UpdateExact(Exact):
     #: in the layered search, a peel refused where it raises the plateau ratio of what is left over
     #: `update_peel.RISE` x (a wrong near miss of a long sentence; see `update_peel`)
     plateau_gate: bool = True
-    #: classification, where the rounding is wide (`REPAIR_ROUNDING`, lr ~1e-4 and below on MiniLM): narrow each
-    #: position's candidates to where the embedding rows place tokens (`update_batch_positions`; the search and
-    #: the repairs). MiniLM dev batch 0 of 4, K 8 (ROUGE-1 on / off, side by side): SST-2 lr 1e-4 0.426 / 0.333,
-    #: RT lr 1e-4 0.279 / 0.148, CoLA lr 1e-5 0.704 / 0.283; on RT batch 8, K 4, lr 1e-3 it lost (0.567 / 0.735),
-    #: hence not where the rounding is narrow (session 19, `recipes/measured/batch_placement_s19`)
+    #: batch > 1, where the rounding is wide: each position's candidates narrowed to where the embedding rows
+    #: place tokens (`update_batch_positions`, with its measured figures; the search and the repairs)
     batch_placement: bool = True
 
     def preflight(self, observation: Observation, target: Any) -> None:
@@ -242,7 +239,8 @@ class UpdateExact(Exact):
         _, span0 = self._layer0(observation, moved)
         vocab, _ = vocabulary(layout, observation.gradients, target.tokenizer, observation.task)
         pred = out.prediction
-        repair = BoxRepair(layout, self._fits, span0, vocab, pins=self._batch_pins(observation, layout_for(target.model), facts))
+        pins = self._batch_pins(observation, layout_for(target.model), facts)
+        repair = BoxRepair(layout, self._fits, span0, vocab, pins=pins)
         if near:
             sentence_repair = SentenceRepair(repair)
             pred["token_ids"], sentences = sentence_repair.run(pred["token_ids"], pred["labels"], near,
@@ -331,15 +329,10 @@ class UpdateExact(Exact):
         return self._batch_pins(observation, *self._start)
 
     def _batch_pins(self, observation: Observation, layout: Layout, facts: UpdateFacts) -> TokenPositions | None:
-        """Where the update's embedding rows place the batch's tokens (`update_batch_positions`; read once
-        per run; layout: the model at w0), where the option `batch_placement` is on, `batch_placement_reason`
-        finds nothing against and the rounding is wide (`_repairs_decide`)."""
+        """`update_batch_positions.pins_for`, read once per run (layout: the model at w0), where the rounding is
+        wide (`_repairs_decide`: the span search certifies alone elsewhere)."""
         if getattr(self, "_pinned", None) is None:
-            why = batch_placement_reason(self, observation, layout) or (
-                None if self._repairs_decide(observation) else "the rounding is narrow (the search certifies alone)")
-            self._pinned = (None, {"reason": why}) if why else batch_positions(
-                layout, observation.gradients, facts.lr, facts.steps,
-                embedding_token_set(layout, observation.gradients).tolist(), observation.knowledge.seq_lengths)
+            self._pinned = pins_for(self, observation, layout, facts, lambda: self._repairs_decide(observation))
         return self._pinned[0]
 
     def _fits_for(self, gradients: Any) -> RoundingFits | None:

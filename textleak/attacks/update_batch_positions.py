@@ -29,9 +29,10 @@ tokens placed, 19 of 44 positions closed, 23.4 of 68 tokens allowed per position
 lr 1e-4: 84 of 92, 11 of 38, 44.8 of 92; CoLA batch 0 lr 1e-5: 27 of 27, 7 of 13, 5.2 of 27. No true
 token left its position's allowed set there, nor in SST-2 / RT batch 1 and CoLA batch 2 at lr 1e-4,
 SST-2 / RT batch 0 of 8 at lr 1e-3 (K 8), SST-2 batch 0 at K 4 lr 1e-2, RT batch 0 at K 4 lr 1e-3; in
-all these the closed positions' misfit was 0 and the least left open 0.017-0.056. At lr 1e-6 (CoLA batch 0, box 2.8 x the rows) placements go wrong and 8 true tokens
-were lost: hence `BOX_LIMIT`. Closing groups of positions linked by repeated tokens (summed rows
-against summed boxes) lost true tokens at lr 1e-4 (the summed box hides a share) and is not done.
+all these the closed positions' misfit was 0 and the least left open 0.017-0.056. At lr 1e-6 (CoLA
+batch 0, box 2.8 x the rows) placements go wrong and 8 true tokens were lost: hence `BOX_LIMIT`.
+Closing groups of positions linked by repeated tokens (summed rows against summed boxes) lost true
+tokens at lr 1e-4 (the summed box hides a share) and is not done.
 The search (`Candidates.free`) and the token repair (`update_repair.BoxRepair.options`) read these, where
 the rounding is wide (`UpdateExact._repairs_decide`). End to end, side by side with main (MiniLM dev batch 0
 of 4, K 8, budget 400; `recipes/measured/batch_placement_s19`): ROUGE-1 SST-2 lr 1e-4 0.426 against 0.333,
@@ -43,7 +44,7 @@ Threat model: as `attacks.update` (U, w0, K, lr, the declared lengths; embedding
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -76,6 +77,20 @@ def batch_placement_reason(attack: Any, observation: Observation, layout: Layout
         if settings.per_layer_norm or settings.reduced_precision or settings.padding.get("side") == "left" else \
         "no position-embedding rows shared" if layout.position_embedding_name not in observation.gradients else \
         "no sparse word-embedding rows shared" if embedding_token_set(layout, observation.gradients) is None else None
+
+
+def pins_for(attack: Any, observation: Observation, layout: Layout, facts: Any, wide: Callable[[], bool]
+             ) -> tuple[TokenPositions | None, dict[str, Any]]:
+    """`batch_positions` for the update in `observation` (layout: the model at w0), or (None, why not):
+    `batch_placement_reason`, or the rounding narrow (`wide()` False, asked last: the span search certifies
+    alone there; on RT dev batch 0 of 8, K 4, lr 1e-3 the placements lost, 0.567 against 0.735)."""
+    why = batch_placement_reason(attack, observation, layout) or (
+        None if wide() else "the rounding is narrow (the search certifies alone)")
+    if why:
+        return None, {"reason": why}
+    tokens = embedding_token_set(layout, observation.gradients).tolist()
+    return batch_positions(layout, observation.gradients, facts.lr, facts.steps, tokens,
+                           observation.knowledge.seq_lengths)
 
 
 def batch_positions(layout: Layout, update: Mapping[str, torch.Tensor], lr: float, steps: int,
