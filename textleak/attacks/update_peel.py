@@ -38,8 +38,8 @@ many directions) more than `rise` times (`RISE`): where the layered search (`upd
 near miss of a long sentence, its drop test cannot tell it from a true one (SST-2 dev batch 0 of 8, K 4,
 lr 1e-3: 14 tokens off, drop 0.204, peeled, and then no true 26-token sentence could come out: its peel
 would have left 41 x the plateau), where this ratio does (x 2.86 against at most x 1.06 for true peels).
-Classification only; duck-typed as the `Peeler` the search and its peel certificate use (`working`, `peel`, `labels`, `sentences`,
-`slots`, `fitted`).
+Classification only; duck-typed as the `Peeler` the search and its peel certificate use (`working`,
+`peel`, `labels`, `sentences`, `slots`, `fitted`).
 """
 
 from __future__ import annotations
