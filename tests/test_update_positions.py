@@ -106,3 +106,14 @@ def test_rows_that_place_a_sentence_carry_an_update_whose_layer_0_shows_no_span(
     monkeypatch.setattr(RowPlacer, "run", lambda self: Placement(reason="nothing fits"))
     with pytest.raises(MissingKnowledgeError):
         UpdateExact().preflight(Observation.from_file(cap.gradients, unknown=["labels"]), wide)
+
+
+def test_the_walk_over_single_position_tokens_stops_at_its_step_cap(monkeypatch):
+    from textleak.attacks import update_positions
+
+    placer = RowPlacer.__new__(RowPlacer)
+    # 18 tokens free to take either of two positions each, then three that share two positions: no placement,
+    # found only after every earlier choice is revisited (2^18 of them)
+    options = {i: [2 * i, 2 * i + 1] for i in range(18)} | {i: [99, 100] for i in (18, 19, 20)}
+    monkeypatch.setattr(update_positions, "NODES", 500)
+    assert list(placer.singles(options, 8)) == [] and placer.nodes == 501

@@ -60,12 +60,15 @@ TRIALS = 4096
 ALTERNATIVES = 3
 #: sentences that fit the box handed to the certificate at most
 CANDIDATES = 8
+#: steps of the walk over the single-position tokens' choices at most (where the box is wide many fit
+#: several positions, and a conflict late in the order would otherwise revisit every earlier choice)
+NODES = 20000
 
 
 @dataclass
 class Placement:
     """What the rows placed: `candidates`, sentences whose every token fits its positions' rows (best
-    first); `placed`, positions placed by a single row; `left`, positions shared out among repeated
+    first); `placed`, tokens that fit exactly one position; `left`, positions shared out among repeated
     tokens; `tried`, assignments checked against the box; `reason`, why nothing fits (None if some)."""
 
     candidates: list[list[int]] = field(default_factory=list)
@@ -117,10 +120,14 @@ class RowPlacer:
         of its fitting positions, no two at one: the most constrained first, lowest misfit first
         (depth first; at most `limit`)."""
         order = sorted(options, key=lambda i: len(options[i]))
+        self.nodes = 0
         return itertools.islice(self._walk(order, options, {}), limit)
 
     def _walk(self, order: list[int], options: dict[int, list[int]], owner: dict[int, int]
               ) -> Iterator[dict[int, int]]:
+        self.nodes += 1
+        if self.nodes > NODES:
+            return
         if len(owner) == len(order):
             yield dict(owner)
             return
@@ -130,6 +137,8 @@ class RowPlacer:
                 owner[p] = i
                 yield from self._walk(order, options, owner)
                 del owner[p]
+                if self.nodes > NODES:
+                    return
 
     def split(self, left: list[int], rest: list[int]) -> tuple[list[list[int]], list[list[float]]]:
         """Per left position, the left tokens whose least-squares weight there is closest to 1 (word
