@@ -81,7 +81,8 @@ def _safetensors_header(path: Path) -> Header:
     with path.open("rb") as fh:
         (length,) = struct.unpack("<Q", fh.read(8))
     if length > MAX_HEADER_BYTES or length + 8 > path.stat().st_size:
-        raise GradientFileError(f"{path} is not a readable safetensors file (header of {length} bytes)")
+        raise GradientFileError(f"{path} is not a textleak gradient file: not a readable safetensors file "
+                                f"(header of {length} bytes)")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = (fh.metadata() or {}).get("textleak")
@@ -96,7 +97,8 @@ def _safetensors_header(path: Path) -> Header:
                     numel *= d
                 table[key] = TensorInfo(name, shape, numel * (dtype.itemsize if isinstance(dtype, torch.dtype) else 1))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise GradientFileError(f"{path} is not a readable safetensors file ({_short(exc)})") from None
+        raise GradientFileError(f"{path} is not a textleak gradient file: not a readable safetensors file "
+                                f"({_short(exc)})") from None
     if meta is None:
         raise GradientFileError(f"{path} is a safetensors file without textleak metadata")
 
