@@ -53,7 +53,7 @@ from ..text.leaks.positions import TokenPositions
 from ..text.leaks.tokens import embedding_token_set
 from ..threat import Observation
 from ..training import TrainingSettings
-from .update_rounding import rounding_box
+from .update_positions import EmbeddingRows, box_excess
 
 #: a token is placed where its column of the least-squares split reaches this, and nowhere else does
 TOP = 0.5
@@ -98,7 +98,7 @@ def batch_positions(layout: Layout, update: Mapping[str, torch.Tensor], lr: floa
     """The placements of the module doc over positions 0..max(lengths)-1 (None where the box is wider
     than `BOX_LIMIT`), and a report (placed tokens, closed positions, the largest misfit closed and the
     least left open, the box's median share of the position rows)."""
-    rows = _Rows(layout, update, lr, steps, [int(t) for t in tokens], max(lengths))
+    rows = EmbeddingRows(layout, update, lr, steps, tokens, max(lengths))
     toks, L = rows.tokens, rows.length
     box = float((rows.P_half.norm(dim=1) / rows.P.norm(dim=1).clamp_min(1e-300)).median())
     if box > BOX_LIMIT:
@@ -116,7 +116,7 @@ def batch_positions(layout: Layout, update: Mapping[str, torch.Tensor], lr: floa
     occupants = [sum(n > p for n in lengths) for p in range(L)]
     for p in range(L):
         if here[p] and len(here[p]) <= occupants[p]:
-            misfits.append(rows.misfit([p], here[p]))
+            misfits.append(_misfit(rows, p, here[p]))
             if misfits[-1] <= THRESHOLD:
                 closed.add(p)
                 complete |= {toks[i] for i in here[p]}
@@ -130,24 +130,8 @@ def batch_positions(layout: Layout, update: Mapping[str, torch.Tensor], lr: floa
     return pins, report
 
 
-class _Rows:
-    """The update's word rows W of `tokens` and position rows P of 0..length-1 (float64) and their boxes."""
-
-    def __init__(self, layout: Layout, update: Mapping[str, torch.Tensor], lr: float, steps: int,
-                 tokens: list[int], length: int):
-        word, pos = update[layout.word_embedding_name], update[layout.position_embedding_name]
-        self.tokens, self.length = tokens, length
-        ids = torch.tensor(tokens, dtype=torch.long, device=word.device)
-        at = layout.position_ids(torch.arange(length, device=layout.device)).to(pos.device)
-        w0, p0 = layout.word_embeddings.weight.detach(), layout.position_embeddings.weight.detach()
-        self.W, self.P = word[ids].double(), pos[at].double().to(word.device)
-        self.W_half = rounding_box(w0[ids.to(w0.device)], word[ids].to(w0.device), lr, steps).to(word.device)
-        self.P_half = rounding_box(p0[at.to(p0.device)], pos[at].to(p0.device), lr, steps).to(word.device)
-
-    def misfit(self, positions: Sequence[int], tokens: Sequence[int]) -> float:
-        """The summed rows of `positions` less those of `tokens` (indices): the box's excess over the first's norm."""
-        q, i = list(positions), list(tokens)
-        target = self.P[q].sum(0)
-        rest = target - self.W[i].sum(0)
-        half = self.P_half[q].sum(0) + self.W_half[i].sum(0)
-        return float(torch.relu(rest.abs() - half).norm() / target.norm().clamp_min(1e-300))
+def _misfit(rows: EmbeddingRows, p: int, tokens: Sequence[int]) -> float:
+    """Position p's row less the summed word rows of `tokens` (indices): the box's excess over the row's norm."""
+    i = list(tokens)
+    return float(box_excess(rows.P[p] - rows.W[i].sum(0), rows.P_half[p] + rows.W_half[i].sum(0),
+                            rows.P[p].norm().clamp_min(1e-300)))

@@ -42,7 +42,6 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
 from ..text.leaks.tokens import embedding_token_set
 from ..threat import Observation
@@ -82,11 +81,10 @@ class Placement:
                 "shared_by_repeated_tokens": self.left, "assignments_tried": self.tried, "reason": self.reason}
 
 
-class RowPlacer:
-    """The decoder of the module doc over one sentence of `length` positions.
-
-    layout: the model at w0 (the box is taken at the trajectory's ends); update: U by parameter name;
-    lr, steps: the client's; tokens: the ids whose word rows moved."""
+class EmbeddingRows:
+    """U's word rows `W` of `tokens` and position rows `P` of positions 0..length-1 (float64), with the
+    half-widths of the boxes the client's rounding leaves around them (`W_half`, `P_half`). Shared with
+    `update_batch_positions`."""
 
     def __init__(self, layout: Layout, update: Mapping[str, torch.Tensor], lr: float, steps: int,
                  tokens: Sequence[int], length: int):
@@ -96,24 +94,35 @@ class RowPlacer:
         ids = torch.tensor(self.tokens, dtype=torch.long, device=dev)
         at = layout.position_ids(torch.arange(length, device=layout.device)).to(pos.device)
         w0, p0 = layout.word_embeddings.weight.detach(), layout.position_embeddings.weight.detach()
-        self.word = word[ids].double()
-        self.word_half = rounding_box(w0[ids.to(w0.device)], word[ids].to(w0.device), lr, steps).to(dev)
-        self.pos = pos[at].double().to(dev)
-        self.pos_half = rounding_box(p0[at.to(p0.device)], pos[at].to(p0.device), lr, steps).to(dev)
-        self.scale = self.word.norm(dim=1).clamp_min(1e-300)
+        self.W, self.P = word[ids].double(), pos[at].double().to(dev)
+        self.W_half = rounding_box(w0[ids.to(w0.device)], word[ids].to(w0.device), lr, steps).to(dev)
+        self.P_half = rounding_box(p0[at.to(p0.device)], pos[at].to(p0.device), lr, steps).to(dev)
+
+
+def box_excess(difference: torch.Tensor, half: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The norm (last dimension) of what `difference` leaves outside the box +- `half`, over `scale`."""
+    return torch.relu(difference.abs() - half).norm(dim=-1) / scale
+
+
+class RowPlacer(EmbeddingRows):
+    """The decoder of the module doc over one sentence of `length` positions.
+
+    layout: the model at w0 (the box is taken at the trajectory's ends); update: U by parameter name;
+    lr, steps: the client's; tokens: the ids whose word rows moved."""
+
+    def __init__(self, layout: Layout, update: Mapping[str, torch.Tensor], lr: float, steps: int,
+                 tokens: Sequence[int], length: int):
+        super().__init__(layout, update, lr, steps, tokens, length)
+        self.scale = self.W.norm(dim=1).clamp_min(1e-300)
 
     def misfit(self, i: int, positions: Sequence[int]) -> float:
         """Token i's word row against the sum of `positions`' rows: the box's excess over its row's norm."""
         at = list(positions)
-        d = self.word[i] - self.pos[at].sum(0)
-        half = self.word_half[i] + self.pos_half[at].sum(0)
-        return float(torch.relu(d.abs() - half).norm() / self.scale[i])
+        return float(box_excess(self.W[i] - self.P[at].sum(0), self.W_half[i] + self.P_half[at].sum(0), self.scale[i]))
 
     def pair_misfits(self) -> torch.Tensor:
         """[tokens, positions]: each token standing once at each position."""
-        d = self.word[:, None] - self.pos[None]
-        half = self.word_half[:, None] + self.pos_half[None]
-        return torch.relu(d.abs() - half).norm(dim=-1) / self.scale[:, None]
+        return box_excess(self.W[:, None] - self.P[None], self.W_half[:, None] + self.P_half[None], self.scale[:, None])
 
     def singles(self, options: dict[int, list[int]], limit: int) -> Iterator[dict[int, int]]:
         """Placements (position -> token index) of the tokens that fit some single position, each at one
@@ -143,7 +152,7 @@ class RowPlacer:
     def split(self, left: list[int], rest: list[int]) -> tuple[list[list[int]], list[list[float]]]:
         """Per left position, the left tokens whose least-squares weight there is closest to 1 (word
         rows = weights x position rows), at most `ALTERNATIVES`, with their costs (1 - weight)^2."""
-        weights = torch.linalg.lstsq(self.pos[left].T, self.word[rest].T).solution  # [left, rest]
+        weights = torch.linalg.lstsq(self.P[left].T, self.W[rest].T).solution  # [left, rest]
         cost = (1 - weights).pow(2)
         order = cost.argsort(dim=1)[:, :ALTERNATIVES].tolist()
         return [[rest[k] for k in row] for row in order], [[float(cost[j, k]) for k in row]
@@ -254,8 +263,7 @@ def place_sentence(attack: Any, observation: Observation, target: Any, moved: An
         prediction = _predict(observation, moved_layout, target.tokenizer, [sequence], assumed)
         out = AttackOutput(prediction=prediction, method=attack.name, assumed=assumed, config=attack.options(),
                            details={"certified": False, "placement": {**attack._placement, "certified_rank": None}})
-        attack._certify(observation, layout, facts, out)
-        prediction["texts"] = [ids_to_text(target.tokenizer, row) for row in prediction["token_ids"]]
+        attack._certify(observation, layout, facts, out)  # (re-solves the labels; the ids stay)
         if out.details["certified"]:
             out.details["placement"]["certified_rank"] = rank
             return out
