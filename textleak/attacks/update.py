@@ -154,6 +154,9 @@ class UpdateExact(Exact):
     #: batch > 1, where the rounding is wide: each position's candidates narrowed to where the embedding rows
     #: place tokens (`update_batch_positions`, with its measured figures; the search and the repairs)
     batch_placement: bool = True
+    #: in the layered search, each peel takes the found sentence's replayed share off layer 0 too, and the
+    #: missing sentences' per-position candidates are read again against what is left (`update_peel`)
+    rest_layer0: bool = True
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)
@@ -359,7 +362,15 @@ class UpdateExact(Exact):
         check = (layout, span1) if fits is not None and 1 in fits.fits else None
         layered = check is not None and self._layered(observation)
         return UpdatePeeler(start, observation.gradients, lengths, facts, check, END_SLACK if layered else None,
-                            RISE if layered and self.plateau_gate else None)
+                            RISE if layered and self.plateau_gate else None,
+                            self._rest_tolerance if layered and self.rest_layer0 else None)
+
+    def _rest_tolerance(self, span: LayerSpan) -> float:
+        """The layer-0 candidates' residual bound on what a peel leaves: as on the whole update (`layer0_tolerance`,
+        x this attempt's widening, widened at least to the spectral tolerance)."""
+        widen = getattr(self, "_widen", None) or 1.0
+        tight = widen * layer0_tolerance(span)
+        return tight if widen == 1 else max(span.tol, tight)
 
     @staticmethod
     def _certify(observation: Observation, layout: Layout, facts: UpdateFacts, out: AttackOutput) -> None:
