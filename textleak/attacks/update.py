@@ -154,9 +154,10 @@ class UpdateExact(Exact):
     #: batch > 1, where the rounding is wide: each position's candidates narrowed to where the embedding rows
     #: place tokens (`update_batch_positions`, with its measured figures; the search and the repairs)
     batch_placement: bool = True
-    #: in the layered search, each peel takes the found sentence's replayed share off layer 0 too, and the
-    #: missing sentences' per-position candidates are read again against what is left (`update_peel`)
-    rest_layer0: bool = True
+    #: in the layered search, each peel takes the found sentence's replayed share off layer 0 too: the missing
+    #: sentences' per-position candidates are read again against what is left, and its layer-1 span is fitted
+    #: in the rounding box (`update_peel`, with its measured figures)
+    rest_spans: bool = True
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)
@@ -363,7 +364,7 @@ class UpdateExact(Exact):
         layered = check is not None and self._layered(observation)
         return UpdatePeeler(start, observation.gradients, lengths, facts, check, END_SLACK if layered else None,
                             RISE if layered and self.plateau_gate else None,
-                            self._rest_tolerance if layered and self.rest_layer0 else None)
+                            self._rest_tolerance if layered and self.rest_spans else None, fits)
 
     def _rest_tolerance(self, span: LayerSpan) -> float:
         """The layer-0 candidates' residual bound on what a peel leaves: as on the whole update (`layer0_tolerance`,

@@ -51,6 +51,7 @@ Classification only; duck-typed as the `Peeler` the search and its peel certific
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -61,6 +62,7 @@ from ..text.leaks.noise import span_of
 from ..text.leaks.residuals import position_residuals
 from ..text.leaks.scale import stacked
 from .exact.peeling import Rest
+from .update_rounding import RoundingFits, fit_in_box
 from .update_sim import UpdateFacts
 
 #: a peeled sentence's worst token may lie this many floors^2 (squared) from the check span
@@ -94,7 +96,8 @@ class UpdatePeeler:
 
     def __init__(self, layout: Layout, update: Mapping[str, torch.Tensor], lengths: Sequence[int],
                  facts: UpdateFacts, check: tuple[Layout, Any] | None = None, end_slack: float | None = None,
-                 rise: float | None = None, tolerance0: Callable[[LayerSpan], float] | None = None):
+                 rise: float | None = None, tolerance0: Callable[[LayerSpan], float] | None = None,
+                 fits: RoundingFits | None = None):
         self.facts, self.update, self.lengths, self.layout = facts, update, list(lengths), layout
         self.check, self.end_slack, self.rise, self.tolerance0 = check, end_slack, rise, tolerance0
         self.refused: list[list[int]] = []
@@ -106,6 +109,9 @@ class UpdatePeeler:
         self.params = dict(self.model.named_parameters())
         self.start = {n: p.detach().clone() for n, p in self.params.items()}
         self.device = next(self.model.parameters()).device
+        # with `tolerance0`, where layer 1's rounding was fitted: the box it fits what is left in (`span1`)
+        self.box = fits.matrices(1)[1].to(self.device) if tolerance0 and fits is not None and fits.fits.get(1) is not None \
+            else None
         # what is peeled: layer 1's Q/K/V (the tests read them), and layer 0's where `tolerance0` is set
         self.peeled = self.names + ([n for n in self.names0 if n not in self.names] if tolerance0 else [])
         self.rest = {n: update[n].to(self.device).double().clone() for n in self.peeled}
@@ -224,11 +230,22 @@ class UpdatePeeler:
                 return None
             self.ratio = ratio
         _, label, self.rest = best
-        span = None if last or not bound else span_of(stacked(self.rest, self.names), 1,
-                                                      rank_bound=bound, keep_bound=True)
+        span = None if last or not bound else self.span1(bound)
         self.labels.append(label)
         self.sentences.append(list(seq))
         return Rest(span1=span, span0=None if span is None else self.span0(bound))
+
+    def span1(self, bound: int) -> LayerSpan:
+        """The layer-1 span of what is left at rank `bound`; with `tolerance0`, where the rounding is fitted, its
+        basis read from the rank-`bound` matrix closest to what is left inside the update's rounding box (moved
+        with it: the replay is exact to far within it), its tolerances those of what is left (as
+        `update_rounding.RoundingFits.span`)."""
+        raw = span_of(stacked(self.rest, self.names), 1, rank_bound=bound, keep_bound=True)
+        if self.box is None:
+            return raw
+        fitted = span_of(fit_in_box(stacked(self.rest, self.names), self.box, bound), 1, rank_bound=raw.rank,
+                         keep_bound=True)
+        return replace(raw, basis=fitted.basis, _basis32=None)
 
     def span0(self, bound: int) -> LayerSpan | None:
         """The layer-0 span of what is left at rank `bound` (the tokens still missing), its candidates'
