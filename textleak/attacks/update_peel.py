@@ -41,8 +41,18 @@ would have left 41 x the plateau), where this ratio does (x 2.86 against at most
 With `tolerance0` set the peel takes each sentence's replayed share off layer 0's Q/K/V as well, and hands
 the search the layer-0 span of what is left (`span0`), so that the per-position candidates of the sentences
 still missing are read again against it (`exact.candidates.Candidates.narrow`) and no longer against the
-whole update, where every leaked token stands at nearly every position (SST-2 dev batch 0 of 8, K 4,
-lr 1e-3: 103-104 of 104). MEASURED_LATER
+whole update, where every leaked token stands at nearly every position; and, where layer 1's rounding is
+fitted, the layer-1 span of what is left is read from the rank-(tokens missing) matrix closest to it inside
+the update's rounding box (`span1`; the replay is exact to far within the box at lr 1e-3). Measured from the
+ground truth (scratch, `recipes/measured/fedavg_b8_last_s20/`), MiniLM, dev batch 0 of 8, K 4, lr 1e-3, the
+short sentences peeled: SST-2 (six peeled) 103 -> 50 candidates per position, every true token of the 44-
+and 26-token sentences kept (their mean rank 41 / 29 -> 8.6 / 2.5); RT (five peeled) 136 -> 83, every true
+token of the 38-, 38- and 32-token ones kept. Settling from the true 44-token sentence against the raw span
+of what is left moves it 7 tokens off (the 26-token one 9); against the fitted span it stays, and settles
+back from 4 random tokens swapped (6 of 6), 8 (4 of 6), 16 (3 of 6); with it peeled too, the 26-token one
+settles back from 16 swapped (6 of 6; the raw span: 9 off from every seed). On RT the fit brings the true
+38s' per-token residuals from 1.96 / 2.11 to 1.23 / 1.41 floors^2, but with three long sentences left they
+still settle 5 / 16 tokens off (1 off once one 38 is peeled).
 
 Classification only; duck-typed as the `Peeler` the search and its peel certificate use (`working`,
 `peel`, `labels`, `sentences`, `slots`, `fitted`).
