@@ -57,16 +57,3 @@ def test_what_the_short_sentences_leave_narrows_the_long_ones_candidates_and_hol
 
     assert settled(left.span1) == true[0]
     assert sum(a != b for a, b in zip(settled(plain_left.span1), true[0])) >= 4  # 7 measured
-
-
-def test_search_again_begins_the_rounds_again_once_a_sentence_is_peeled():
-    from textleak.attacks.update_layers import LayeredSearch
-
-    search = object.__new__(LayeredSearch)  # settle_for_best alone: no model
-    search.config, search.cycles = SimpleNamespace(settles=False), 0
-    search.peeler = SimpleNamespace(sentences=[[101, 7, 102]])
-    for again, expected in ((True, True), (False, False)):
-        search.again = again
-        assert search.settle_for_best() is expected
-    search.again, search.peeler.sentences = True, []  # nothing peeled: the search ends as before
-    assert search.settle_for_best() is False and search.cycles == 1
