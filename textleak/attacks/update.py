@@ -158,9 +158,6 @@ class UpdateExact(Exact):
     #: sentences' per-position candidates are read again against what is left, and its layer-1 span is fitted
     #: in the rounding box (`update_peel`, with its measured figures)
     rest_spans: bool = True
-    #: in the layered search, once a sentence is peeled, the rounds begin again with fresh seeds while the budget
-    #: lasts where the widest has failed (else the search ends and the rest of the budget goes to the repairs)
-    search_again: bool = False
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)
@@ -329,7 +326,7 @@ class UpdateExact(Exact):
             return Search(self, layout, tok, cands, lengths, span1, peeler, template)
         self._layered_search = LayeredSearch(self, layout, tok, cands, lengths, span1, peeler, template,
                                              score=LayerScore(layout, self._fits, sum(lengths)),
-                                             eager=self.eager_offers, again=self.search_again)
+                                             eager=self.eager_offers)
         return self._layered_search
 
     def _pins(self, observation: Observation, lengths: Any) -> TokenPositions | None:

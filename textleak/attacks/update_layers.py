@@ -172,11 +172,10 @@ class LayeredSearch(Search):
     loose tests), `offered` (how many were weighed, taken, refused)."""
 
     def __init__(self, *args: Any, score: LayerScore, loose: float = LOOSE, top: int = TOP, sweeps: int = SWEEPS,
-                 drop: float = DROP, every: int = EVERY, eager: bool = EAGER, again: bool = False, **kwargs: Any):
+                 drop: float = DROP, every: int = EVERY, eager: bool = EAGER, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.score, self.loose, self.top, self.sweeps = score, loose, top, sweeps
-        self.min_drop, self.every, self.eager, self.again = drop, every, eager, again
-        self.cycles = 0  # with `again`: rounds begun again from the narrowest once the widest failed
+        self.min_drop, self.every, self.eager = drop, every, eager
         self.polished: dict[tuple[int, ...], list[int]] = {}
         self.offers: dict[tuple[int, ...], float] = {}
         self.offered = {"weighed": 0, "taken": 0, "refused": 0}
@@ -250,14 +249,6 @@ class LayeredSearch(Search):
             self.offered["refused"] += 1
         return False
 
-    def settle_for_best(self) -> bool:
-        """With `again`, once a sentence is peeled and the widest round failed: the rounds begin again (fresh
-        random seeds) while the budget lasts, rather than ending the search (see `UpdateExact.search_again`)."""
-        if self.again and self.peeler is not None and getattr(self.peeler, "sentences", None) and not budget.expired():
-            self.cycles += 1
-            return True
-        return super().settle_for_best()
-
     def result(self) -> tuple[list[list[int]], list[float]]:
         """`Search.result`, each length still missing filled by the least plateau ratio among its `FILL`
         closest misses where the peel gates on it (see `FILL`)."""
@@ -277,7 +268,7 @@ class LayeredSearch(Search):
 
     def describe(self) -> dict[str, Any]:
         return {**self.offered, "polished": len(self.polished), "scored": self.score.calls, "layers": self.score.layers,
-                "loose": self.loose, "drop": self.min_drop, "eager": self.eager, "cycles": self.cycles}
+                "loose": self.loose, "drop": self.min_drop, "eager": self.eager}
 
     def polish(self, seq: list[int]) -> list[int]:
         """Coordinate descent of `seq` on the layer score: at each inner position the `top` candidates of
