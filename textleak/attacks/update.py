@@ -68,6 +68,7 @@ InputError naming what is missing.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Mapping
@@ -86,7 +87,7 @@ from .exact import Exact
 from .exact.candidates import vocabulary
 from .exact.search import Search
 from .update_layers import LayeredSearch, LayerScore
-from .update_batch_positions import pins_for
+from .update_batch_positions import pins_for, ranked_start
 from .update_peel import END_SLACK, RISE, UpdatePeeler
 from .update_positions import place_sentence, placement_for
 from .update_repair import BoxRepair
@@ -158,6 +159,10 @@ class UpdateExact(Exact):
     #: sentences' per-position candidates are read again against what is left, and its layer-1 span is fitted
     #: in the rounding box (`update_peel`, with its measured figures)
     rest_spans: bool = True
+    #: with the batch placements: the token repair tries each position's allowed tokens by their least-squares
+    #: weight there (`update_batch_positions.RankedPositions`), and starts from the batch filled by that ranking
+    #: where its box misfit is below the search's guess (`ranked_fill`)
+    row_ranking: bool = True
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)
@@ -244,7 +249,11 @@ class UpdateExact(Exact):
         vocab, _ = vocabulary(layout, observation.gradients, target.tokenizer, observation.task)
         pred = out.prediction
         pins = self._batch_pins(observation, layout_for(target.model), facts)
+        if pins is not None and not self.row_ranking:
+            pins = dataclasses.replace(pins, order=None)
         repair = BoxRepair(layout, self._fits, span0, vocab, pins=pins)
+        if getattr(pins, "order", None) is not None:
+            out.details["ranked_fill"] = ranked_start(repair, pred, pins.order)
         if near:
             sentence_repair = SentenceRepair(repair)
             pred["token_ids"], sentences = sentence_repair.run(pred["token_ids"], pred["labels"], near,
@@ -330,7 +339,8 @@ class UpdateExact(Exact):
         return self._layered_search
 
     def _pins(self, observation: Observation, lengths: Any) -> TokenPositions | None:
-        return self._batch_pins(observation, *self._start)
+        pins = self._batch_pins(observation, *self._start)
+        return None if getattr(pins, "soft", False) else pins  # a ranking alone narrows nothing for the search
 
     def _batch_pins(self, observation: Observation, layout: Layout, facts: UpdateFacts) -> TokenPositions | None:
         """`update_batch_positions.pins_for`, read once per run (layout: the model at w0), where the rounding is
