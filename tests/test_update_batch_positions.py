@@ -154,3 +154,15 @@ def test_the_ranked_fill_gives_each_standing_slot_the_next_ranked_token():
     order = [[], [5, 6, 7], [8, 9], [10], [11, 12]]
     seqs = [[1, 0, 0, 2], [1, 0, 0, 0, 0, 2], [1, 2]]
     assert ranked_fill(seqs, order) == [[1, 6, 9, 2], [1, 5, 8, 10, 11, 2], [1, 2]]
+
+
+def test_with_ranked_pins_no_repair_trial_leaves_a_moved_word_rows_token_out_of_the_batch():
+    box = BoxRepair.__new__(BoxRepair)  # the descent alone: a sentence's "gradient" is its id sum, U = 0
+    box.cover, box.trials = {1, 2, 3, 4}, 0
+    box.U, box.half = torch.zeros(1, dtype=torch.double), torch.zeros(1, dtype=torch.double)
+    box.gradient = lambda seq, label: torch.tensor([float(sum(seq))], dtype=torch.double)
+    seqs, _ = box.begin([[1, 2, 3], [1, 4, 3]], [0, 0], float("inf"))
+    assert not box.keep_best(seqs, 0, [[1, 1, 3]])  # lower misfit, but 2 would stand nowhere
+    assert box.keep_best(seqs, 0, [[1, 1, 3], [1, 2, 1]]) and seqs[0] == [1, 2, 1]  # 3 still stands in slot 1
+    box.cover = None
+    assert box.keep_best(seqs, 0, [[1, 1, 1]])
