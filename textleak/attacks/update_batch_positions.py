@@ -39,6 +39,17 @@ of 4, K 8, budget 400; `recipes/measured/batch_placement_s19`): ROUGE-1 SST-2 lr
 RT lr 1e-4 0.279 against 0.148, CoLA lr 1e-5 0.704 against 0.283, CoLA lr 1e-4 exact and certified in 61
 against 117 CPU s; RT batch 8, K 4, lr 1e-3 (narrow rounding) lost, 0.567 against 0.735: not applied there.
 
+Ranked (session 20, option `row_ranking`): each position's allowed tokens are ordered by their weight in A
+(`RankedPositions.order`, placed tokens first). Ground truth (MiniLM, K 8, dev batch 0 of 4): the repair's
+layer-0 ranking left the true token out of its 16 tries at 8 of the 42 inner positions of SST-2's 44-token
+sentence at lr 1e-4; this order at none (rank 12 at most; CoLA lr 1e-5: 3). The repairs (`update_repair`) try
+tokens in this order, start from the batch it fills (`ranked_fill`, `ranked_start`) where the search's guess
+leaves more of the update's tokens out of the batch (the search's guesses at lr 1e-4 and below held 25-66 of
+them out, the fill 0-4), and keep every token whose word row moved in the batch. Where the box is over
+`BOX_LIMIT` (SST-2 dev batch 0 at lr 1e-5: 0.503, where nothing was placed and layer 0 is all rounding: ROUGE-1
+0.11-0.125) but within `SOFT_LIMIT`, the order alone is read (`RankedPositions.soft`: every token allowed
+everywhere, 85 of 87 true tokens among the first 16), by the repairs only.
+
 Threat model: as `attacks.update` (U, w0, K, lr, the declared lengths; embedding rows shared).
 """
 
