@@ -44,8 +44,8 @@ Ranked (session 20, option `row_ranking`): each position's allowed tokens are or
 layer-0 ranking left the true token out of its 16 tries at 8 of the 42 inner positions of SST-2's 44-token
 sentence at lr 1e-4; this order at none (rank 12 at most; CoLA lr 1e-5: 3). The repairs (`update_repair`) try
 tokens in this order, start from the batch it fills (`ranked_fill`, `ranked_start`) where the search's guess
-leaves more of the update's tokens out of the batch (the search's guesses at lr 1e-4 and below held 25-66 of
-them out, the fill 0-4), and keep every token whose word row moved in the batch. Where the box is over
+leaves more of the update's tokens out of the batch (at lr 1e-4 and below its guesses hold a few tokens many
+times; the fill left 0 of 68, 0 of 27 and 4 of 68 out), and keep every token whose word row moved in the batch. Where the box is over
 `BOX_LIMIT` (SST-2 dev batch 0 at lr 1e-5: 0.503, where nothing was placed and layer 0 is all rounding: ROUGE-1
 0.11-0.125) but within `SOFT_LIMIT`, the order alone is read (`RankedPositions.soft`: every token allowed
 everywhere, 85 of 87 true tokens among the first 16), by the repairs only.
