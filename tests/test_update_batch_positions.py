@@ -4,6 +4,8 @@ places tokens; a position whose row the placed tokens' rows fill inside the roun
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ import textleak
 from conftest import make_wide_classifier
 from textleak.attacks.exact.search import Search
 from textleak.attacks.update import UpdateExact, midpoint_model
-from textleak.attacks.update_batch_positions import batch_positions, ranked_fill
+from textleak.attacks.update_batch_positions import batch_positions, ranked_fill, ranked_start
 from textleak.attacks.update_repair import BoxRepair
 from textleak.attacks.update_rounding import RoundingFits
 from textleak.attacks.update_sim import update_facts
@@ -166,3 +168,26 @@ def test_with_ranked_pins_no_repair_trial_leaves_a_moved_word_rows_token_out_of_
     assert box.keep_best(seqs, 0, [[1, 1, 3], [1, 2, 1]]) and seqs[0] == [1, 2, 1]  # 3 still stands in slot 1
     box.cover = None
     assert box.keep_best(seqs, 0, [[1, 1, 1]])
+
+
+def test_the_fill_replaces_the_search_guess_only_at_a_lower_box_misfit_with_its_own_labels():
+    # session 20: taking the fill wherever it left fewer of the update's tokens out lost SST-2 dev batch 1 at
+    # lr 1e-4 (the search had a sentence exact there, at a lower misfit)
+    class Stub:  # a sentence's "gradient" is its id sum plus its label; the misfit its distance to `target`
+        cover = {1, 2, 3, 4, 9}
+        layout = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(num_labels=2)))
+
+        def gradient(self, seq, label):
+            return torch.tensor([float(sum(seq) + label)], dtype=torch.double)
+
+        def misfit(self, G):
+            return float((G - self.target).abs().sum())
+
+    box, order = Stub(), [[], [4], [3]]
+    box.target = 14.0  # the search's [1, 2, 2, 9] (3 and 4 left out) fits; the fill [1, 4, 3, 9] (2 left out) does not
+    pred = {"token_ids": [[1, 2, 2, 9]], "labels": [0]}
+    assert ranked_start(box, pred, order)["kept"] == "search" and pred["token_ids"] == [[1, 2, 2, 9]]
+    box.target = 18.0  # the fill fits, with label 1
+    report = ranked_start(box, pred, order)
+    assert report["kept"] == "filled" and pred == {"token_ids": [[1, 4, 3, 9]], "labels": [1]}
+    assert report["filled"] == [0.0, 1] and report["search"] == [4.0, 2]
