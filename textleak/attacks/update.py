@@ -71,9 +71,7 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Mapping
-
-import torch
+from typing import Any, ClassVar
 
 from ..core import budget
 from ..errors import MissingKnowledgeError
@@ -93,8 +91,8 @@ from .update_positions import place_sentence, placement_for
 from .update_repair import BoxRepair
 from .update_rounding import RoundingFits
 from .update_sentences import SentenceRepair
-from .update_sim import (UpdateFacts, certify_batch, shares_update, simulate_update, simulation_check,  # noqa: F401
-                         simulation_mismatch, update_facts)
+from .update_sim import (UpdateFacts, certify_batch, midpoint_model, shares_update, simulate_update,  # noqa: F401
+                         simulation_check, simulation_mismatch, update_facts)
 
 
 #: layer-0 candidates: residual up to this many times the span's floor (sqrt of the plateau)
@@ -117,17 +115,6 @@ REPAIR_SHARE = 0.5
 #: ... from this rms half-width of layer 0's rounding box over U's rms entry (MiniLM: 0.07-0.10 at lr
 #: 1e-3, where the search certifies alone; 0.77-0.97 at lr 1e-4)
 REPAIR_ROUNDING = 0.25
-
-
-def midpoint_model(model: torch.nn.Module, update: Mapping[str, torch.Tensor], facts: UpdateFacts) -> torch.nn.Module:
-    """A copy of `model` moved to the middle of the client's trajectory, w0 - lr (K-1)/2 U."""
-    mid = copy.deepcopy(model)
-    if facts.midpoint:
-        with torch.no_grad():
-            for name, p in mid.named_parameters():
-                if name in update:
-                    p.sub_((facts.lr * facts.midpoint) * update[name].to(p.device, p.dtype))
-    return mid
 
 
 def layer0_tolerance(span: LayerSpan) -> float:

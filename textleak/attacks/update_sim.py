@@ -47,6 +47,17 @@ class UpdateFacts:
         return (self.steps - 1) / 2
 
 
+def midpoint_model(model: torch.nn.Module, update: Mapping[str, torch.Tensor], facts: UpdateFacts) -> torch.nn.Module:
+    """A copy of `model` moved to the middle of the client's trajectory, w0 - lr (K-1)/2 U."""
+    mid = copy.deepcopy(model)
+    if facts.midpoint:
+        with torch.no_grad():
+            for name, p in mid.named_parameters():
+                if name in update:
+                    p.sub_((facts.lr * facts.midpoint) * update[name].to(p.device, p.dtype))
+    return mid
+
+
 def shares_update(observation: Observation) -> bool:
     """Whether the file holds a weight update ((w0 - wK) / (lr K)) rather than a gradient."""
     capture = observation.metadata.get("capture", {}) or {}
