@@ -68,7 +68,7 @@ Arguments: `sweeps` (most full passes per sentence and round), `rounds` (passes 
 `per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours),
 `screen` and `wide` (first-order-screened candidates per position and sweep), `keep_sure`, `share` (of a finite
 time budget left; LAMP after it never won under noise, session 9), `weighted`, `weighted_share`,
-`prior`, `between`, `frequent`, `indel`, `indel_candidates`, `pairs`, `rebuild`, `relaxed`, `context`, `rows`,
+`prior`, `between`, `frequent`, `indel`, `indel_candidates`, `indel_weak`, `pairs`, `rebuild`, `relaxed`, `context`, `rows`,
 `local` (above),
 `initial_ids` (a start [B, L], 0-padded), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
@@ -139,6 +139,9 @@ class LikelihoodSearch:
     #: matched-filter candidates per inserted slot (`_Guess.indel`)
     indel: int = 8
     indel_candidates: int = 2
+    #: past 16 tokens the insertion/deletion also deletes at this many least supported positions
+    #: (`likelihood_moves.Moves.weak`; 0: fillers and repeated tokens only, as before session 20)
+    indel_weak: int = 4
     #: two-token moves from the prior (`_Guess.pairs`): successors of the left neighbour per
     #: position, each with its two likeliest followers (0: none; needs a prior)
     pairs: int = 4
