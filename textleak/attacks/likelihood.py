@@ -68,7 +68,7 @@ Arguments: `sweeps` (most full passes per sentence and round), `rounds` (passes 
 `per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours),
 `screen` and `wide` (first-order-screened candidates per position and sweep), `keep_sure`, `share` (of a finite
 time budget left; LAMP after it never won under noise, session 9), `weighted`, `weighted_share`,
-`prior`, `between`, `frequent`, `indel`, `indel_candidates`, `indel_weak`, `pairs`, `rebuild`, `relaxed`, `context`, `rows`,
+`prior`, `between`, `frequent`, `indel`, `indel_candidates`, `indel_weak`, `indel_far`, `pairs`, `rebuild`, `relaxed`, `context`, `rows`,
 `local` (above),
 `initial_ids` (a start [B, L], 0-padded), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
@@ -104,6 +104,7 @@ class LikelihoodSearch:
     name: ClassVar[str] = "likelihood"
     modalities: ClassVar[tuple[str, ...]] = ("text",)
     _context = None  # the run's masked-LM candidates (`context`, `evidence.ContextCandidates`), set per run
+    _rows = None  # the run's row scores [V, L] (`evidence.row_scores`; batch 1's far moves read them)
 
     sweeps: int = 24
     rounds: int = 2
@@ -141,7 +142,10 @@ class LikelihoodSearch:
     indel_candidates: int = 2
     #: past 16 tokens the insertion/deletion also deletes at this many least supported positions
     #: (`likelihood_moves.Moves.weak`; 0: fillers and repeated tokens only, as before session 20)
-    indel_weak: int = 4
+    indel_weak: int = 0
+    #: at batch 1 past 16 tokens the insertion/deletion also moves each token 4 to `indel` places, to
+    #: the `indel_far` positions there whose embedding rows fit it best (`likelihood_moves.Moves.far`; 0: none)
+    indel_far: int = 2
     #: two-token moves from the prior (`_Guess.pairs`): successors of the left neighbour per
     #: position, each with its two likeliest followers (0: none; needs a prior)
     pairs: int = 4
@@ -227,6 +231,7 @@ class LikelihoodSearch:
         word, pos = layout.word_embedding_name, layout.position_embedding_name
         W, P = grads[word].double().cpu(), grads[pos].double().cpu()
         scores = row_scores(W, P, max(lengths), banned)
+        self._rows = scores if len(lengths) == 1 else None
         self._context, context = ContextCandidates.of(target, scores, banned, self.context)
         self._rebuild.context = self._context
         evidence = candidates(scores, lengths, self.per_position)

@@ -176,26 +176,29 @@ class _Guess:
         return self.best_of(trials)
 
     def indel(self, inner: range, shortlist: list[list[int]], reach: int = 8, deletable: set[int] | None = None,
-              weak: set[int] | None = None):
+              weak: set[int] | None = None, far: dict[int, list[int]] | None = None):
         """The best insertion/deletion: the token at position a deleted and a token put at b (|a-b| <=
         `reach`; the tokens between shift by one), the token at b the deleted one (a long-range move)
         or one of `shortlist[b]` (that slot's candidates); (sequence, J, e) if it beats `best`, else
         None. Deletions only at tokens in `deletable` or repeated in the guess past 16 positions (a
         shifted body leaves fillers and duplicates behind), and at the positions `weak` names (the
-        least supported, `Moves.weak`). Why: a guess whose body sits shifted
-        settles where no swap, rotation or single token raises J (CoLA "i don't want trouble." at
-        variance 1e-6: ". . i don want trouble ." settled after 70 s of a 600 s budget)."""
+        least supported, `Moves.weak`); any other token at a moves to the positions `far[a]` names
+        (deleted and put back; `Moves.far`: 4 or more places, which swaps and rotations do not reach). Why: a guess whose
+        body sits shifted settles where no swap, rotation or single token raises J (CoLA "i don't want
+        trouble." at variance 1e-6: ". . i don want trouble ." settled after 70 s of a 600 s budget);
+        RT dev sentence 2 (38 tokens, session 20) held "##ties" 4 places late: moved back, J +0.009."""
         x, trials = self.x, []
         counts = {t: x.count(t) for t in x}
         for a in inner:
-            if len(inner) > 16 and counts[x[a]] < 2 and (deletable is None or x[a] not in deletable) \
-                    and (weak is None or a not in weak):
+            full = len(inner) <= 16 or counts[x[a]] > 1 or (deletable is not None and x[a] in deletable) \
+                or (weak is not None and a in weak)
+            if not full and not (far and far.get(a)):
                 continue
             rest = x[:a] + x[a + 1:]
-            for b in range(max(inner.start, a - reach), min(inner.stop, a + reach + 1)):
+            for b in range(max(inner.start, a - reach), min(inner.stop, a + reach + 1)) if full else far[a]:
                 if b == a:
                     continue
-                for c in dict.fromkeys([x[a]] + list(shortlist[b])):
+                for c in dict.fromkeys([x[a]] + (list(shortlist[b]) if full else [])):
                     t = rest[:b] + [c] + rest[b:]
                     if t != x:
                         trials.append(t)
