@@ -67,3 +67,34 @@ def test_the_weak_positions_are_the_least_supported_and_the_support_is_read_once
     assert moves.weak(g, inner) is None
     search.indel_weak = 4
     assert moves.weak(g, range(1, 17)) is None
+
+
+MOVED = TRUTH[:6] + TRUTH[7:12] + [TRUTH[6]] + TRUTH[12:]  # the token of position 6 standing 5 places late
+
+
+def test_past_16_tokens_a_token_moves_to_where_its_embedding_row_fits_best(wide):
+    """At batch 1 `Moves.far` names, per position, the positions 4 to `indel` places away whose rows
+    fit its token better than its own position's (the run's row scores); the insertion/deletion
+    moves the token there (deleted and put back). The old code deleted only fillers and repeated
+    tokens past 16 tokens, and its swaps and rotations move a token 3 places at most."""
+    import torch
+
+    from textleak.attacks.likelihood_moves import Moves
+
+    g = _guess(wide, MOVED)
+    inner = range(1, len(TRUTH) - 1)
+    empty = [[] for _ in TRUTH]
+    old = g.indel(inner, empty)
+    assert old is None or old[0] != TRUTH
+    assert g.move(inner) is None or g.move(inner)[0] != TRUTH
+    rows = torch.zeros(40, len(TRUTH), dtype=torch.float64)
+    for p, v in enumerate(TRUTH):
+        rows[v, p] = 5.0  # each token's row fits its true position
+    search = SimpleNamespace(indel_far=2, indel=8, _rows=rows)
+    far = Moves(search, None, None, "").far(g, inner)
+    assert far[11][0] == 6 and all(abs(a - b) >= 4 for a, bs in far.items() for b in bs)
+    found = g.indel(inner, empty, 8, None, None, far)
+    assert found is not None and found[0] == TRUTH and found[1] > g.best
+    for off in (SimpleNamespace(indel_far=0, indel=8, _rows=rows), SimpleNamespace(indel_far=2, indel=8, _rows=None)):
+        assert Moves(off, None, None, "").far(g, inner) is None
+    assert Moves(search, None, None, "").far(g, range(1, 17)) is None
