@@ -140,12 +140,11 @@ class LikelihoodSearch:
     #: matched-filter candidates per inserted slot (`_Guess.indel`)
     indel: int = 8
     indel_candidates: int = 2
-    #: past 16 tokens the insertion/deletion also deletes at this many least supported positions
-    #: (`likelihood_moves.Moves.weak`; 0: fillers and repeated tokens only, as before session 20)
+    #: past 16 tokens, deletions also at the `indel_weak` least supported positions (`Moves.weak`), and
+    #: at batch 1 moves of each token 4-`indel` places to its `indel_far` best-row positions (`Moves.far`);
+    #: both off (0): neither won its pair on RT dev 0-2 at 1e-6 (session 20, recipes/measured/noise_rt_b1_s20)
     indel_weak: int = 0
-    #: at batch 1 past 16 tokens the insertion/deletion also moves each token 4 to `indel` places, to
-    #: the `indel_far` positions there whose embedding rows fit it best (`likelihood_moves.Moves.far`; 0: none)
-    indel_far: int = 2
+    indel_far: int = 0
     #: two-token moves from the prior (`_Guess.pairs`): successors of the left neighbour per
     #: position, each with its two likeliest followers (0: none; needs a prior)
     pairs: int = 4
