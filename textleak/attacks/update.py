@@ -285,10 +285,8 @@ class UpdateExact(Exact):
             raise MissingKnowledgeError(
                 f"the update's first-layer spectrum shows no signal above its plateau (gap {span0.gap:.3g}; "
                 "learning rate too small for float32, or too many tokens)")
-        widen = getattr(self, "_widen", None)
-        if widen:
-            tight = widen * layer0_tolerance(span0)
-            span0.tol = self._tolerance = tight if widen == 1 else max(span0.tol, tight)
+        if getattr(self, "_widen", None):
+            span0.tol = self._tolerance = self._layer0_bound(span0)
         if self._fits_for(observation.gradients) is not None:
             span0 = self._fits.span(0, span0, self._reader(observation).bound(0))
         self._observation = observation
@@ -361,11 +359,11 @@ class UpdateExact(Exact):
         layered = check is not None and self._layered(observation)
         return UpdatePeeler(start, observation.gradients, lengths, facts, check, END_SLACK if layered else None,
                             RISE if layered and self.plateau_gate else None,
-                            self._rest_tolerance if layered and self.rest_spans else None, fits)
+                            self._layer0_bound if layered and self.rest_spans else None, fits)
 
-    def _rest_tolerance(self, span: LayerSpan) -> float:
-        """The layer-0 candidates' residual bound on what a peel leaves: as on the whole update (`layer0_tolerance`,
-        x this attempt's widening, widened at least to the spectral tolerance)."""
+    def _layer0_bound(self, span: LayerSpan) -> float:
+        """The layer-0 candidates' residual bound on a span, the whole update's or what a peel leaves:
+        `layer0_tolerance` x this attempt's widening, on a retry at least the spectral tolerance."""
         widen = getattr(self, "_widen", None) or 1.0
         tight = widen * layer0_tolerance(span)
         return tight if widen == 1 else max(span.tol, tight)
