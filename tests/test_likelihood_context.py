@@ -166,6 +166,52 @@ def test_a_sweep_tries_the_context_candidates_unscreened(wide):
     assert search._sweep(batch, g, range(3, 4), evidence, banned, word, 1) == 1 and g.x == truth
 
 
+class _Ranked(_Peaked):
+    """A head whose masked positions favour given tokens in order (log p 0, -10, ...; the rest -40)."""
+
+    def log_probs(self, seq, groups):
+        out = []
+        for g in groups:
+            lp = torch.full((len(g), self.V), -40.0)
+            for r, p in enumerate(g):
+                for k, t in enumerate(self.favour.get(p, [])):
+                    lp[r, t] = -10.0 * k
+            out.append(lp)
+        return out
+
+
+def test_a_sweep_of_every_candidate_tries_the_deeper_context_list(wide):
+    """`deep`: the sweep of every candidate (`screen` 0) takes the true token the context source ranks
+    second, where its `context` list (1) holds only a decoy; the screened sweeps keep `context`."""
+    from textleak.attacks.evidence import ContextCandidates
+    from textleak.attacks.likelihood import LikelihoodSearch
+    from textleak.attacks.likelihood_state import _Batch, _Guess, _gradient
+
+    layout = layout_for(wide.model)
+    word = layout.word_embedding_name
+    names = [n for n, p in wide.model.named_parameters() if p.requires_grad]
+    truth, guess = [2, 11, 12, 13, 14, 15, 16, 3], [2, 11, 12, 20, 14, 15, 16, 3]
+    batch = _Batch(layout, _gradient(layout, truth, 1, names), [guess], [1])
+    V = layout.word_embeddings.num_embeddings
+    banned = torch.zeros(V, dtype=torch.bool)
+    banned[:5] = True
+    evidence = [[t] for t in guess]
+    found = {}
+    for deep in (0, 2):
+        search = LikelihoodSearch(flips=0, neighbours=0, matched=0, screen=1, rows=1, keep_sure=False,
+                                  weighted=False, context=1, deep=deep)
+        search._begin()
+        search._prior = None
+        search._context = ContextCandidates(_Ranked({3: [30, 13]}, V), torch.zeros(V, len(truth)), banned, 1)
+        g = _Guess(batch, 0)
+        search._sweep(batch, g, range(3, 4), evidence, banned, word, 1)  # screened: the decoy alone
+        assert g.x[3] != 13
+        g = _Guess(batch, 0)
+        search._sweep(batch, g, range(3, 4), evidence, banned, word, 0)
+        found[deep] = g.x[3]
+    assert found[0] != 13 and found[2] == 13
+
+
 def test_the_head_is_prepared_before_the_attacks_clock_starts(wide, monkeypatch):
     """`recover` runs the attack's one-time preparation (`attacks.base.prepare`: likelihood.context's
     head read or fitted) before its time budget starts, and `auto` prepares its likelihood stage (on

@@ -240,11 +240,11 @@ class ContextCandidates:
             return None, {"used": False, "reason": f"no context candidates: {why}"}
         return cls(head, rows, banned, k), {"used": True, "candidates": k}
 
-    def sweep(self, guess, positions: list[int], word: str) -> dict[int, list[int]]:
-        """Position -> its k candidates, each position masked alone in `guess.x`."""
+    def sweep(self, guess, positions: list[int], word: str, k: int | None = None) -> dict[int, list[int]]:
+        """Position -> its k candidates (default the source's `k`), each position masked alone in `guess.x`."""
         logp = self.head.log_probs(guess.x, [[p] for p in positions])
         T = guess.T[word]
-        return {p: context_candidates(lp[0], T @ guess.e[p], self.rows[:, p], self.banned, self.k)
+        return {p: context_candidates(lp[0], T @ guess.e[p], self.rows[:, p], self.banned, k or self.k)
                 for p, lp in zip(positions, logp)}
 
     def slot(self, guess, seq: list[int], p: int, end: int, e: torch.Tensor, word: str) -> list[int]:

@@ -68,7 +68,7 @@ Arguments: `sweeps` (most full passes per sentence and round), `rounds` (passes 
 `per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours),
 `screen` and `wide` (first-order-screened candidates per position and sweep), `keep_sure`, `share` (of a finite
 time budget left; LAMP after it never won under noise, session 9), `weighted`, `weighted_share`,
-`prior`, `between`, `frequent`, `indel`, `indel_candidates`, `indel_weak`, `indel_far`, `pairs`, `rebuild`, `relaxed`, `context`, `rows`,
+`prior`, `between`, `frequent`, `deep`, `indel`, `indel_candidates`, `indel_weak`, `indel_far`, `pairs`, `rebuild`, `relaxed`, `context`, `rows`,
 `local` (above),
 `initial_ids` (a start [B, L], 0-padded), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
@@ -163,6 +163,11 @@ class LikelihoodSearch:
     #: candidates and says why (details["context"]). The head's first fit (200 CPU s for MiniLM, ~3 s for
     #: the tests' tiny models: the suite 3:12 -> 3:23 from an empty cache) runs before the budget, `prepare`
     context: int = 4
+    #: context candidates per position in a sweep of every candidate (`screen` 0, the climb's last step;
+    #: 0: `context`). Why: from settled RT dev guesses at 1e-6 (ground truth, scratch, session 21) the
+    #: only single true tokens that raise J rank 20th-28th by the context score ("such" in RT 0 from
+    #: one guess, "from" from another), outside the 4 every sweep tries
+    deep: int = 0
     #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
     #: sentence 0 at 1e-6: "exercise" has the best row at its position, the first-order gain ranks
     #: it 45th to 515th, so no screened sweep tried it)
@@ -375,7 +380,8 @@ class LikelihoodSearch:
         if gains is not None:
             order.sort(key=lambda p: -float(gains[p, flips[p][0]]))
         flips = [f[: self.flips] for f in flips]
-        context = self._context.sweep(guess, order, word) if self._context is not None else {}
+        deep = self.deep if screen == 0 and self.deep > self.context else None  # the unscreened sweep's deeper list
+        context = self._context.sweep(guess, order, word, deep) if self._context is not None else {}
         changed = 0
         for p in order:
             matched = guess.matched(p, self.matched, banned, word)
