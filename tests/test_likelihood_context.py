@@ -181,8 +181,9 @@ class _Ranked(_Peaked):
 
 
 def test_a_sweep_of_every_candidate_tries_the_deeper_context_list(wide):
-    """`deep`: the sweep of every candidate (`screen` 0) takes the true token the context source ranks
-    second, where its `context` list (1) holds only a decoy; the screened sweeps keep `context`."""
+    """`deep`: the J_w climb's sweep of every candidate (`screen` 0) takes the true token the context
+    source ranks second, where its `context` list (1) holds only a decoy; the screened sweeps and the J
+    climb keep `context`."""
     from textleak.attacks.evidence import ContextCandidates
     from textleak.attacks.likelihood import LikelihoodSearch
     from textleak.attacks.likelihood_state import _Batch, _Guess, _gradient
@@ -199,7 +200,7 @@ def test_a_sweep_of_every_candidate_tries_the_deeper_context_list(wide):
     found = {}
     for deep in (0, 2):
         search = LikelihoodSearch(flips=0, neighbours=0, matched=0, screen=1, rows=1, keep_sure=False,
-                                  weighted=False, context=1, deep=deep)
+                                  context=1, deep=deep)
         search._begin()
         search._prior = None
         search._context = ContextCandidates(_Ranked({3: [30, 13]}, V), torch.zeros(V, len(truth)), banned, 1)
@@ -207,6 +208,9 @@ def test_a_sweep_of_every_candidate_tries_the_deeper_context_list(wide):
         search._sweep(batch, g, range(3, 4), evidence, banned, word, 1)  # screened: the decoy alone
         assert g.x[3] != 13
         g = _Guess(batch, 0)
+        search._sweep(batch, g, range(3, 4), evidence, banned, word, 0)  # on J
+        assert g.x[3] != 13
+        g = _Guess(batch, 0, weighted=True)
         search._sweep(batch, g, range(3, 4), evidence, banned, word, 0)
         found[deep] = g.x[3]
     assert found[0] != 13 and found[2] == 13

@@ -163,10 +163,12 @@ class LikelihoodSearch:
     #: candidates and says why (details["context"]). The head's first fit (200 CPU s for MiniLM, ~3 s for
     #: the tests' tiny models: the suite 3:12 -> 3:23 from an empty cache) runs before the budget, `prepare`
     context: int = 4
-    #: context candidates per position in a sweep of every candidate (`screen` 0, the climb's last step;
-    #: 0: `context`). Why: from settled RT dev guesses at 1e-6 (ground truth, scratch, session 21) the
-    #: only single true tokens that raise J rank 20th-28th by the context score ("such" in RT 0 from
-    #: one guess, "from" from another), outside the 4 every sweep tries
+    #: context candidates per position in the J_w climb's sweep of every candidate (`screen` 0, its last
+    #: step; 0: `context`). Why: from settled RT dev guesses at 1e-6 (ground truth, scratch, session 21)
+    #: the only single true tokens that raise J rank 20th-28th by the context score ("such" in RT 0 from
+    #: one guess, "from" from another), outside the 4 every sweep tries; climbing on the top 32 alone,
+    #: J_w put in 5 true tokens of 14 changes from three RT 0 guesses, J none of 13 (it trades function
+    #: words for others), so the J climb keeps `context`
     deep: int = 0
     #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
     #: sentence 0 at 1e-6: "exercise" has the best row at its position, the first-order gain ranks
@@ -380,7 +382,8 @@ class LikelihoodSearch:
         if gains is not None:
             order.sort(key=lambda p: -float(gains[p, flips[p][0]]))
         flips = [f[: self.flips] for f in flips]
-        deep = self.deep if screen == 0 and self.deep > self.context else None  # the unscreened sweep's deeper list
+        # the unscreened sweep's deeper list, on J_w only (`deep`)
+        deep = self.deep if screen == 0 and self.deep > self.context and guess.weighted else None
         context = self._context.sweep(guess, order, word, deep) if self._context is not None else {}
         changed = 0
         for p in order:
