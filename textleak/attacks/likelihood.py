@@ -167,8 +167,9 @@ class LikelihoodSearch:
     #: step; 0: `context`). Why: from settled RT dev guesses at 1e-6 (ground truth, scratch, session 21)
     #: the only single true tokens that raise J rank 20th-28th by the context score ("such" in RT 0 from
     #: one guess, "from" from another), outside the 4 every sweep tries; climbing on the top 32 alone,
-    #: J_w put in 5 true tokens of 14 changes from three RT 0 guesses, J none of 13 (it trades function
-    #: words for others), so the J climb keeps `context`
+    #: J_w put in 4 true tokens of 14 changes from three RT 0 guesses, J none of 19 (it trades function
+    #: words for others), so the J climb keeps `context`. Off: its pairs (RT and SST-2 dev 0-2, 87-150 CPU s a
+    #: sentence) tied or lost, RT 0.755 / 0.755 and SST-2 0.904 / 0.904 (recipes/measured/noise_rt_b1_s21)
     deep: int = 0
     #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
     #: sentence 0 at 1e-6: "exercise" has the best row at its position, the first-order gain ranks
