@@ -142,6 +142,7 @@ def test_past_the_box_limit_the_ranking_alone_reaches_the_repairs_and_not_the_se
     soft, report = batch_positions(layout, grads, 5e-6, STEPS, tokens, [len(s) for s in ids], soft=True)
     assert soft.soft and report["ranking_only"] and not soft.placed and not soft.closed
     assert all(soft.allowed[p] == set(tokens) and sorted(soft.order[p]) == sorted(tokens) for p in range(len(soft.order)))
+    assert set(soft.rows) == set(tokens) and all(abs(float(r.norm()) - 1) < 1e-9 for r in soft.rows.values())
     observation = Observation.from_file(cap.gradients, unknown=["labels"])
     attack = UpdateExact()
     attack._start = (layout, update_facts(observation.metadata))

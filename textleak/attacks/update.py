@@ -51,7 +51,8 @@ the search's settled misses, and each slot made afresh from layer 0), then token
 (`update_repair`, from the labels of least box misfit), and simulated again. At lr 1e-4 the layer-1
 test certifies no sentence at all (the search assembles the batch from each length's closest miss, a
 cut of a longer sentence among them), so where the box is that wide (`REPAIR_ROUNDING`) the repairs
-keep `REPAIR_SHARE` of the budget.
+keep `REPAIR_SHARE` of the budget. At batch > 1 the repairs may start from the batch the update's embedding rows
+place (`update_batch_positions`), its shared positions' tokens handed to sentences by `update_slots`.
 
 Mini-batches (`fedavg:K,LR,MB[,SHUFFLE]`, E local epochs of them): U sums every mini-batch's
 trajectory, so its spans hold the union of the mini-batches' tokens and the search reads the
@@ -91,6 +92,7 @@ from .update_positions import place_sentence, placement_for
 from .update_repair import BoxRepair
 from .update_rounding import RoundingFits
 from .update_sentences import SentenceRepair
+from .update_slots import slot_starts, slots_first
 from .update_sim import (UpdateFacts, certify_batch, midpoint_model, shares_update, simulate_update,  # noqa: F401
                          simulation_check, simulation_mismatch, update_facts)
 
@@ -150,6 +152,13 @@ class UpdateExact(Exact):
     #: weight there (`update_batch_positions.RankedPositions`), and starts from the batch filled by that ranking
     #: where its box misfit is below the search's guess (`ranked_fill`)
     row_ranking: bool = True
+    #: with the ranked fill: the fill's tokens at each position shared by several sentences handed to them by the
+    #: bigram prior and the word rows' likeness (`update_slots`), [CLS] and [SEP] kept out of inner positions; each
+    #: such batch competes with the fill and the search's guess on the box misfit (`ranked_start`)
+    slot_assignment: bool = True
+    #: ... and those repairs run first, before any search, within `update_slots.FIRST_SHARE` of the budget
+    #: (`update_slots.slots_first`)
+    slots_first: bool = False
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)
@@ -170,6 +179,9 @@ class UpdateExact(Exact):
         placed = place_sentence(self, observation, target, moved, facts)
         if placed is not None and placed.details["certified"]:
             return self._described(placed, facts)
+        first = slots_first(self, observation, target, moved, facts) if self.slots_first else None
+        if first is not None and first.details["certified"]:
+            return self._described(first, facts)
         try:
             out = self._attempt(observation, target, moved, facts, 1.0)
         except MissingKnowledgeError:
@@ -183,6 +195,8 @@ class UpdateExact(Exact):
             if _better(wide, out):
                 out = wide
             out.details["layer0_retry"] = {"widen": RETRY_WIDEN, "kept": "wide" if out is wide else "tight"}
+        if first is not None and not out.details["certified"] and _misfit(first) < _misfit(out):
+            out = first  # neither certified: the batch of least box misfit
         if self._placement is not None:
             out.details["placement"] = self._placement
         if getattr(self, "_pinned", None) is not None:
@@ -240,7 +254,8 @@ class UpdateExact(Exact):
             pins = dataclasses.replace(pins, order=None)
         repair = BoxRepair(layout, self._fits, span0, vocab, pins=pins)
         if getattr(pins, "order", None) is not None:
-            out.details["ranked_fill"] = ranked_start(repair, pred, pins.order)
+            out.details["ranked_fill"] = ranked_start(repair, pred, pins.order,
+                                                       *slot_starts(pins, target.tokenizer, self.slot_assignment))
         if near:
             sentence_repair = SentenceRepair(repair)
             pred["token_ids"], sentences = sentence_repair.run(pred["token_ids"], pred["labels"], near,
@@ -384,6 +399,11 @@ def _better(a: AttackOutput, b: AttackOutput) -> bool:
     def key(o: AttackOutput) -> tuple[bool, float]:
         return not o.details["certified"], sum(o.details.get("sentence_residuals") or [float("inf")])
     return key(a) < key(b)
+
+
+def _misfit(out: AttackOutput) -> float:
+    """The box misfit the token repair left (inf where it did not run)."""
+    return float((out.details.get("repair") or {}).get("misfit_after", float("inf")))
 
 
 def variant_for(exact: Exact, observation: Observation, target: Any) -> Exact | None:
