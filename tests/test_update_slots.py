@@ -70,7 +70,8 @@ def test_an_assigned_batch_replaces_the_search_guess_and_the_fill_at_the_least_b
     box.target = sum(box.gradient(s, 0) for s in truth) / 2
     order = [[CLS], [1, 4, SEP], [5, 2], [3]]  # [SEP] ranks high where a sentence ends: never an inner token
     pred = {"token_ids": [[CLS, 9, 9, 9, SEP], [CLS, 9, 9, SEP]], "labels": [0, 0]}
-    report = ranked_start(box, pred, order, {CLS, SEP}, lambda filled: {"swapped": [[CLS, 1, 2, 3, SEP], [CLS, 4, 5, SEP]]})
+    swapped = [[CLS, 1, 2, 3, SEP], [CLS, 4, 5, SEP]]
+    report = ranked_start(box, pred, order, {CLS, SEP}, lambda filled: {"swapped": swapped})
     assert report["kept"] == "swapped" and pred["token_ids"] == truth and report["swapped"][0] == 0.0
     assert report["filled"][0] > 0
     pred = {"token_ids": [[CLS, 9, 9, 9, SEP], [CLS, 9, 9, SEP]], "labels": [0, 0]}
@@ -88,10 +89,12 @@ def test_slot_starts_only_with_the_option_and_without_a_prior_from_the_rows_alon
         raise InputError("no training sentences")
     monkeypatch.setattr(slots, "load_prior", no_prior)
     special, make = slot_starts(SimpleNamespace(rows=None), tok, True)
-    assert special == {CLS, SEP} and make([[CLS, 1, SEP], [CLS, 2, SEP]])["assigned_0"] == [[CLS, 1, SEP], [CLS, 2, SEP]]
+    batch = [[CLS, 1, SEP], [CLS, 2, SEP]]
+    assert special == {CLS, SEP} and make(batch)["assigned_0"] == batch
 
 
-def test_with_slots_first_the_repairs_run_before_the_search_and_a_certified_batch_ends_the_run(tmp_path, monkeypatch):
+def test_with_slots_first_the_repairs_run_before_the_search_and_a_certified_batch_ends_the_run(tmp_path,
+                                                                                               monkeypatch):
     import textleak
     from conftest import make_wide_classifier
     from textleak.attacks.exact.search import Search
@@ -113,9 +116,9 @@ def test_with_slots_first_the_repairs_run_before_the_search_and_a_certified_batc
     monkeypatch.setattr(UpdateExact, "_repair", repair)
     monkeypatch.setattr(Search, "run", no_search)
     res = textleak.recover(gradients=cap.gradients, model=wide, attack="exact-update", reference=cap.reference,
-                           unknown=["labels"], options={"slots_first": True}, progress=False)
+                           unknown=["labels"], progress=False)  # on by default
     assert res.details["slots_first"] and res.details["certified"] and res.prediction["token_ids"] == truth
     assert [len(s) for s in seen[0]] == [len(s) for s in truth]  # from a blank batch of the declared lengths
-    with pytest.raises(AssertionError, match="the search ran"):  # off (the default): the search first
+    with pytest.raises(AssertionError, match="the search ran"):  # off: the search first
         textleak.recover(gradients=cap.gradients, model=wide, attack="exact-update", reference=cap.reference,
-                         unknown=["labels"], progress=False)
+                         unknown=["labels"], options={"slots_first": False}, progress=False)

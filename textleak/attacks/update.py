@@ -157,8 +157,8 @@ class UpdateExact(Exact):
     #: such batch competes with the fill and the search's guess on the box misfit (`ranked_start`)
     slot_assignment: bool = True
     #: ... and those repairs run first, before any search, within `update_slots.FIRST_SHARE` of the budget
-    #: (`update_slots.slots_first`)
-    slots_first: bool = False
+    #: (`update_slots.slots_first`: where the search overran its share at high load the repairs never ran)
+    slots_first: bool = True
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)
