@@ -9,6 +9,8 @@ Context from the TRUE sentence and from the guess. Columns:
   c3bo / lrbo: backoff without the 5-window / only one-sided trigrams then bigram
   comb_interp: interp + z(matched) + z(rows)/2 (the `context_candidates` sum with the n-gram for the head)
   comb_headngram: head log p (position masked alone in that context) + interp + z(matched) + z(rows)/2
+  left: log(.6 fL + .4 p_bigram(w | left neighbour)), the left two tokens only (what a left-to-right
+        stretch rebuild has); comb_left: left + z(matched) + z(rows)/2
   nbr_right: how many of the position's two neighbours the guess has right
 Usage: python ngram_ranks.py OUT.jsonl < ../diag/guesses.tsv"""
 import sys, os, json, time, math
@@ -66,7 +68,9 @@ def scores(seq, p, counts, prior, banned, V):
     pb = torch.softmax(big.masked_fill(banned, -math.inf), 0)
     interp = torch.log(.4 * rel["c5"] + .3 * rel["c3"] + .15 * rel["cL"] + .15 * rel["cR"] + .05 * pb).masked_fill(banned, -math.inf)
     lr = rel["cL"] + rel["cR"]
-    return dict(bo=(c["c5"], c["c3"], lr, big), c3bo=(c["c3"], lr, big), lrbo=(lr, big), interp=interp,
+    pl = torch.softmax(prior._at(seq, p, False, torch.zeros_like(prior.uni)).double().masked_fill(banned, -math.inf), 0)
+    left = torch.log(.6 * rel["cL"] + .4 * pl).masked_fill(banned, -math.inf)
+    return dict(left=left, bo=(c["c5"], c["c3"], lr, big), c3bo=(c["c3"], lr, big), lrbo=(lr, big), interp=interp,
                 n5=int((c["c5"] > 0).sum()), n3=int((c["c3"] > 0).sum()), nLR=int((lr > 0).sum()))
 
 def main():
@@ -102,6 +106,8 @@ def main():
                     row[f"{k}_{ctxname}"] = lexrank(sc[k], tt)
                 row[f"interp_{ctxname}"] = R.rank(sc["interp"], tt)
                 row[f"comb_interp_{ctxname}"] = R.rank(sc["interp"] + mz, tt)
+                row[f"left_{ctxname}"] = R.rank(sc["left"], tt)
+                row[f"comb_left_{ctxname}"] = R.rank(sc["left"] + mz, tt)
                 lp = head.log_probs(s, [[p]])[0][0].double()
                 row[f"comb_headngram_{ctxname}"] = R.rank(lp + sc["interp"] + mz, tt)
                 row[f"seen_{ctxname}"] = (sc["n5"], sc["n3"], sc["nLR"])

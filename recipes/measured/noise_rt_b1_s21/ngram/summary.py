@@ -5,9 +5,9 @@ here = os.path.dirname(os.path.abspath(__file__))
 rows = [json.loads(l) for l in open(os.path.join(here, "ngram_ranks.jsonl"))]
 old = [dict(re.findall(r"(\w+)=(\S+)", l)) for l in open(os.path.join(here, "../diag/ranks.txt")) if l.startswith("  p=")]
 assert len(old) == len(rows) and all(int(o["p"]) == r["p"] and o["true"] == r["true"] for o, r in zip(old, rows)), (len(old), len(rows))
-cols = {k: [int(o[k]) for o in old] for k in ("bigram", "head", "head_truectx", "comb", "comb_truectx")}
+cols = {k: [int(o[k]) for o in old] for k in ("bigram", "head", "head_truectx", "head_run", "comb", "comb_run", "comb_truectx")}
 for k in rows[0]:
-    if k.split("_")[0] in ("bo", "c3bo", "lrbo", "interp", "comb") and not k.startswith("nbr"):
+    if k.split("_")[0] in ("bo", "c3bo", "lrbo", "interp", "comb", "left") and not k.startswith("nbr"):
         cols["ngram_" + k] = [r[k] for r in rows]
 print(f"{len(rows)} wrong positions of 8 settled RT guesses; rank = tokens scored strictly above the true one (0 = top)")
 print("source | median rank | top 8 | top 32 | top 100")
@@ -21,6 +21,6 @@ print("\nby how many of the two neighbours the guess has right (guess context un
 print("neighbours right | n | source | median rank | top 8 | top 32")
 for nb in (0, 1, 2):
     idx = [j for j, r in enumerate(rows) if r["nbr_right"] == nb]
-    for k in ("head", "comb", "bigram", "ngram_bo_guess", "ngram_comb_interp_guess", "ngram_comb_headngram_guess", "ngram_bo_truectx", "ngram_comb_interp_truectx"):
+    for k in ("head", "comb", "bigram", "ngram_comb_left_truectx", "ngram_bo_guess", "ngram_comb_interp_guess", "ngram_comb_headngram_guess", "ngram_bo_truectx", "ngram_comb_interp_truectx"):
         v = [cols[k][j] for j in idx]
         print(f"{nb} | {len(v)} | {k} | {statistics.median(v):g} | {sum(x < 8 for x in v)} | {sum(x < 32 for x in v)}")
