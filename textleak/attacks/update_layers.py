@@ -179,6 +179,7 @@ class LayeredSearch(Search):
         self.polished: dict[tuple[int, ...], list[int]] = {}
         self.offers: dict[tuple[int, ...], float] = {}
         self.offered = {"weighed": 0, "taken": 0, "refused": 0}
+        self.rest_rows: list[dict[str, Any]] = []  # what each peel's rows left (`narrow`)
 
     def certified(self, seq: list[int], res: float) -> bool:
         return self.span1.certifies(res / self.loose, len(seq))
@@ -266,8 +267,19 @@ class LayeredSearch(Search):
         finally:
             self.near = saved
 
+    def narrow(self, rest: Any) -> None:
+        """`Search.narrow`; ranked positions of what is left (`update_rest_rows`, the peel's `rows`) narrow the
+        candidates even where the search began without placements (lr 1e-3: the rounding narrow), until its widest
+        round fails within them."""
+        super().narrow(rest)
+        if getattr(rest, "positions", None) is not None and self.cands.pins is None:
+            self.cands.pins = rest.positions
+        rows = getattr(self.peeler, "rows", None)
+        if rows is not None:
+            self.rest_rows.append(dict(rows.last))
+
     def describe(self) -> dict[str, Any]:
-        return {**self.offered, "polished": len(self.polished), "scored": self.score.calls, "layers": self.score.layers,
+        return {**self.offered, "rest_rows": self.rest_rows, "polished": len(self.polished), "scored": self.score.calls, "layers": self.score.layers,
                 "loose": self.loose, "drop": self.min_drop, "eager": self.eager}
 
     def polish(self, seq: list[int]) -> list[int]:

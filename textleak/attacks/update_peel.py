@@ -76,6 +76,7 @@ from ..text.leaks.noise import span_of
 from ..text.leaks.residuals import position_residuals
 from ..text.leaks.scale import stacked
 from .exact.peeling import Rest
+from .update_rest_rows import RestRows, row_names
 from .update_rounding import RoundingFits, fit_in_box
 from .update_sim import UpdateFacts
 
@@ -106,14 +107,16 @@ class UpdatePeeler:
     where set, layer 0's Q/K/V are peeled too and each peel hands the search the layer-0 span of what is
     left, its candidates' residual bound `tolerance0(span)` (None: layer 1 only; see the module doc); fits:
     the run's `RoundingFits`: with `tolerance0`, where layer 1's rounding was fitted, the layer-1 span of what
-    is left is fitted in the same box (`span1`)."""
+    is left is fitted in the same box (`span1`); rows: with `tolerance0`, the word and position embedding rows are
+    peeled too and each peel hands the search the tokens still standing in what is left and, with few sentences
+    left, their ranked positions (`update_rest_rows.RestRows`)."""
 
     working = True
 
     def __init__(self, layout: Layout, update: Mapping[str, torch.Tensor], lengths: Sequence[int],
                  facts: UpdateFacts, check: tuple[Layout, Any] | None = None, end_slack: float | None = None,
                  rise: float | None = None, tolerance0: Callable[[LayerSpan], float] | None = None,
-                 fits: RoundingFits | None = None):
+                 fits: RoundingFits | None = None, rows: RestRows | None = None):
         self.facts, self.update, self.lengths, self.layout = facts, update, list(lengths), layout
         self.check, self.end_slack, self.rise, self.tolerance0 = check, end_slack, rise, tolerance0
         self.refused: list[list[int]] = []
@@ -130,6 +133,9 @@ class UpdatePeeler:
         self.box = fits.matrices(1)[1].to(self.device) if fitted else None
         # what is peeled: layer 1's Q/K/V (the tests read them), and layer 0's where `tolerance0` is set
         self.peeled = self.names + ([n for n in self.names0 if n not in self.names] if tolerance0 else [])
+        # with `rows`: the embedding rows too (`update_rest_rows`)
+        self.rows = rows if tolerance0 is not None and rows is not None and row_names(layout, update) else None
+        self.peeled += row_names(layout, update) if self.rows is not None else []
         self.rest = {n: update[n].to(self.device).double().clone() for n in self.peeled}
         self.labels: list[Any] = []
         self.sentences: list[list[int]] = []
@@ -149,14 +155,15 @@ class UpdatePeeler:
         as many directions: ~1 while every peel was true (the replay leaves rounding), more for a wrong one."""
         return tail / max((self.dims - bound) * self.plateau, 1e-300)
 
-    def share(self, seq: Sequence[int], label: int) -> dict[str, torch.Tensor]:
-        """(1/(B K)) sum_k g_seq(w0 - k lr U) on the peeled Q/K/V weights (layer 1's, and 0's with
-        `tolerance0`), in double."""
+    def share(self, seq: Sequence[int], label: int, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """(1/(B K)) sum_k g_seq(w0 - k lr U) on the peeled weights (layer 1's Q/K/V, and 0's with
+        `tolerance0`, the embedding rows with `rows`), or on `names` of them, in double."""
         ids, mask = padded([list(seq)], self.device)
         y = torch.tensor([label], device=self.device)
         K, lr, B = self.facts.steps, self.facts.lr, len(self.lengths)
-        out = {n: torch.zeros_like(self.rest[n]) for n in self.peeled}
-        wanted = [self.params[n] for n in self.peeled]
+        names = list(self.peeled if names is None else names)
+        out = {n: torch.zeros_like(self.rest[n]) for n in names}
+        wanted = [self.params[n] for n in names]
         try:
             for k in range(K):
                 with torch.no_grad():
@@ -166,7 +173,7 @@ class UpdatePeeler:
                 with torch.enable_grad():  # the peeler's own copy of the model (its weights move along the steps)
                     loss = self.model(**self.layout.inputs(ids, mask), labels=y).loss
                     grads = torch.autograd.grad(loss, wanted)
-                for n, g in zip(self.peeled, grads):
+                for n, g in zip(names, grads):
                     out[n] += g.double() / (B * K)
         finally:
             with torch.no_grad():
@@ -246,10 +253,14 @@ class UpdatePeeler:
                 return None
             self.ratio = ratio
         _, label, self.rest = best
+        left = self._left(seq)
         span = None if last or not bound else self.span1(bound)
         self.labels.append(label)
         self.sentences.append(list(seq))
-        return Rest(span1=span, span0=None if span is None else self.span0(bound))
+        if span is None:
+            return Rest(span1=None)
+        allowed, positions = self.rows.read(self.rest, left) if self.rows is not None else (None, None)
+        return Rest(span1=span, span0=self.span0(bound), allowed=allowed, positions=positions)
 
     def span1(self, bound: int) -> LayerSpan:
         """The layer-1 span of what is left at rank `bound`; with `tolerance0`, where the rounding is fitted, its
