@@ -149,9 +149,8 @@ class UpdateExact(Exact):
     #: sentences' per-position candidates are read again against what is left, and its layer-1 span is fitted
     #: in the rounding box (`update_peel`, with its measured figures)
     rest_spans: bool = True
-    #: with `rest_spans`: each peel takes the found sentence's share off the embedding rows too, and the missing
-    #: sentences' candidates are read among the tokens still standing in what is left, with few sentences left at
-    #: their ranked positions (`update_rest_rows`, with its measured figures)
+    #: with `rest_spans`: the peels take shares off the embedding rows too; the candidates are read among the tokens
+    #: still standing in what is left, with few sentences left at their ranked positions (`update_rest_rows`)
     rest_rows: bool = True
     #: with the batch placements: the token repair tries each position's allowed tokens by their least-squares
     #: weight there (`update_batch_positions.RankedPositions`), and starts from the batch filled by that ranking
@@ -377,8 +376,8 @@ class UpdateExact(Exact):
         fits = self._fits_for(observation.gradients)
         check = (layout, span1) if fits is not None and 1 in fits.fits else None
         layered = check is not None and self._layered(observation)
-        rows = RestRows(start, observation.gradients, facts.lr, facts.steps) \
-            if layered and self.rest_spans and self.rest_rows and row_names(start, observation.gradients) else None
+        rows = RestRows(start, observation.gradients, facts.lr, facts.steps) if layered and self.rest_spans and \
+            self.rest_rows and row_names(start, observation.gradients) else None
         return UpdatePeeler(start, observation.gradients, lengths, facts, check, END_SLACK if layered else None,
                             RISE if layered and self.plateau_gate else None,
                             self._layer0_bound if layered and self.rest_spans else None, fits, rows)
