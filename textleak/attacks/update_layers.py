@@ -279,8 +279,8 @@ class LayeredSearch(Search):
             self.rest_rows.append(dict(rows.last))
 
     def describe(self) -> dict[str, Any]:
-        return {**self.offered, "rest_rows": self.rest_rows, "polished": len(self.polished), "scored": self.score.calls, "layers": self.score.layers,
-                "loose": self.loose, "drop": self.min_drop, "eager": self.eager}
+        return {**self.offered, "rest_rows": self.rest_rows, "polished": len(self.polished), "scored": self.score.calls,
+                "layers": self.score.layers, "loose": self.loose, "drop": self.min_drop, "eager": self.eager}
 
     def polish(self, seq: list[int]) -> list[int]:
         """Coordinate descent of `seq` on the layer score: at each inner position the `top` candidates of

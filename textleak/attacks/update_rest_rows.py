@@ -22,12 +22,12 @@ K 4, lr 1e-3, the short sentences peeled as the true ones through `UpdatePeeler`
 
 Cost: a peel taken replays its share on the embedding rows once more (K steps, under its label); trial removals do not.
 
-Measured (`fl_defences.py --batch-size 8 --budget 600 --fedavg 4,1e-3`, MiniLM dev batch 0, both arms at once at load 11-14,
-the budget counted in CPU seconds by a scratch wrapper; `recipes/measured/fedavg_b8_rt_s21/`): RT with the five short
-sentences peeled first (the true ones), on: the three long ones in 49 CPU s (8.5 -> 6.1 -> 5.3 candidates per position), the
-batch certified at 87 CPU s; off (82 per position): none in 350 CPU s. RT end to end (600 CPU s), on: the whole batch exact and
-certified at 346 CPU s, the long ones within 57 CPU s of the fifth peel (off: 5 of 8, uncertified at 631 CPU s); SST-2,
-both arms certified, on in 73 CPU s, off in 224.
+Measured (`fl_defences.py --batch-size 8 --budget 600 --fedavg 4,1e-3`, MiniLM dev batch 0, both arms at once at load
+11-14, the budget counted in CPU seconds by a scratch wrapper; `recipes/measured/fedavg_b8_rt_s21/`): RT with the five
+short sentences peeled first (the true ones), on: the three long ones in 49 CPU s (8.5 -> 6.1 -> 5.3 candidates per
+position), the batch certified at 87 CPU s; off (82 per position): none in 350 CPU s. RT end to end (600 CPU s), on:
+the whole batch exact and certified at 346 CPU s, the long ones within 57 CPU s of the fifth peel (off: 5 of 8,
+uncertified at 631 CPU s); SST-2, both arms certified, on in 73 CPU s, off in 224.
 """
 
 from __future__ import annotations
