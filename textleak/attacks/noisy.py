@@ -22,7 +22,7 @@ What changes against a clean gradient:
   CoLA dev batch 4 at noise 1e-10 read ROUGE-1 0.35 here;
 - the result is certified only when every sentence passes that residual test on the directions
   that clear the edge (`NoisySpan.strict`).
-`exact` hands noisy gradients here (`attacks.update.variant_for`).
+`exact` hands noisy gradients here (`attacks.variants.variant_for`).
 
 Arguments: as `Exact`.
 """

@@ -71,14 +71,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..core import budget
 from ..errors import MissingKnowledgeError
 from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
-from ..text.leaks import LayerSpan, SpanReader, noise_level
+from ..text.leaks import LayerSpan, SpanReader
 from ..text.leaks.positions import TokenPositions
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
@@ -410,31 +410,3 @@ def _better(a: AttackOutput, b: AttackOutput) -> bool:
 def _misfit(out: AttackOutput) -> float:
     """The box misfit the token repair left (inf where it did not run)."""
     return float((out.details.get("repair") or {}).get("misfit_after", float("inf")))
-
-
-def variant_for(exact: Exact, observation: Observation, target: Any) -> Exact | None:
-    """The variant of `exact` (same options) that reads this file: `UpdateExact` for a FedAvg
-    SGD update, `AdamWExact` (`attacks.adamw`) for an AdamW one, `NoisyExact` for a gradient
-    whose first layer shows no rank gap and whose
-    signal-free entries hold noise; None for a plain gradient."""
-    options = {f.name: getattr(exact, f.name) for f in fields(exact)}
-    if shares_update(observation):
-        if update_facts(observation.metadata).optimizer == "adamw":
-            from .adamw import AdamWExact
-
-            return AdamWExact(seed=exact.seed)  # type: ignore[return-value]
-        return UpdateExact(**options)
-    if getattr(target, "modality", "text") != "text":
-        return None
-    from ..text.leaks import layer_span
-
-    layout = layout_for(target.model)
-    lengths = observation.knowledge.seq_lengths
-    if noise_level(layout, observation.gradients, max(lengths) if lengths else None) is None:
-        return None
-    if not layout.shared(observation.gradients, layout.qkv_names(0)) or \
-            layer_span(layout, observation.gradients, 0, exact.span_test).exact:
-        return None
-    from .noisy import NoisyExact
-
-    return NoisyExact(**options)

@@ -144,11 +144,11 @@ class Exact:
         return *vocabulary(layout, grads, tok, task), span0
 
     def _variant(self, observation: Observation, target: Any) -> "Exact | None":
-        """A FedAvg update (`attacks.update.UpdateExact`) or a gradient under additive noise
+        """A FedAvg update (`attacks.update.UpdateExact`), an AdamW one or a gradient under additive noise
         (`attacks.noisy.NoisyExact`) is read by its own variant, with these options; None: this one."""
         if type(self) is not Exact:
             return None
-        from ..update import variant_for
+        from ..variants import variant_for
 
         return variant_for(self, observation, target)
 
