@@ -163,6 +163,8 @@ class UpdateExact(Exact):
     #: ... and those repairs run first, before any search, within `update_slots.FIRST_SHARE` of the budget
     #: (`update_slots.slots_first`: where the search overran its share at high load the repairs never ran)
     slots_first: bool = True
+    #: the token repair moves a badly supported token to another sentence's position (`update_repair.BoxRepair._move`)
+    cross_move: bool = False
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)
@@ -256,7 +258,7 @@ class UpdateExact(Exact):
         pins = self._batch_pins(observation, layout_for(target.model), facts)
         if pins is not None and not self.row_ranking:
             pins = dataclasses.replace(pins, order=None)
-        repair = BoxRepair(layout, self._fits, span0, vocab, pins=pins)
+        repair = BoxRepair(layout, self._fits, span0, vocab, pins=pins, move=self.cross_move)
         if getattr(pins, "order", None) is not None:
             out.details["ranked_fill"] = ranked_start(repair, pred, pins.order,
                                                        *slot_starts(pins, target.tokenizer, self.slot_assignment))

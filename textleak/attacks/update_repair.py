@@ -27,6 +27,12 @@ With ranked pins (`update_batch_positions.RankedPositions`, batch > 1 where the 
 tried in the pins' order (the embedding rows' least-squares weight: the true token among the first 16 at every
 position measured, where the layer-0 ranking missed 8 of 42 on SST-2 dev batch 0 at lr 1e-4), and no trial that
 leaves a token whose word row moved out of the whole batch is kept (`cover`, `missing`).
+
+Cross-sentence move (`move`, `exact-update`'s option `cross_move`; session 21): a token standing where the ranking
+does not support it goes to another sentence's position where it ranks above the token there, and its old place
+takes one of the first tokens ranked there (`_move`). CoLA dev batch 0 of 4 at lr 1e-5 stopped with "hates"
+ending "sarah sang a ballad" where "." belongs and a second "," in its place: the substitution that takes it out
+of one sentence alone is refused by `cover`, and `_exchange` trades only at one position.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ def missing(sequences: Sequence[Sequence[int]], cover: set[int] | None) -> int:
 WIDTH = 16
 #: sweeps over every position of every sentence at most
 SWEEPS = 6
+#: the cross-sentence move (`BoxRepair._move`): the least supported positions tried as sources, the target
+#: positions tried per source, and the tokens tried at the source's place
+MOVE_SOURCES, MOVE_TARGETS, MOVE_REFILLS = 4, 6, 2
 
 
 class BoxRepair:
@@ -59,8 +68,9 @@ class BoxRepair:
     span0: the fitted layer-0 span; vocab: token ids worth trying."""
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
-                 width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None):
+                 width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None, move: bool = False):
         self.layout, self.span0, self.width, self.sweeps, self.pins = layout, span0, width, sweeps, pins
+        self.move, self.moves = move, 0
         self.vocab = vocab.to(layout.device).long()
         layers = len(layout.layers)
         self.names = [n for k in range(layers) for n in layout.shared(fits.update, layout.qkv_names(k))]
@@ -133,12 +143,15 @@ class BoxRepair:
         best; then a repaired token may trade places with another (when it took another position's
         token, each single substitution back is worse). `order`: the sentences to repair first (the
         least certain: the budget may end within a sweep); with `exchange`, each sweep ends with
-        two sentences trading tokens (`_exchange`)."""
+        two sentences trading tokens (`_exchange`), and with `move` too each sweep starts with a token moved
+        to another sentence (`_move`)."""
         seqs, start = self.begin(sequences, labels, deadline)
         moved: list[set[int]] = [set() for _ in seqs]
         sweeps, before = 0, -1
         while self._changes > before and sweeps < self.sweeps and time.monotonic() < deadline:
             before, sweeps = self._changes, sweeps + 1
+            if self.move and exchange:
+                self._move(seqs)
             for b in (order if order is not None else range(len(seqs))):
                 options = self.options(len(seqs[b]))
                 for p in range(1, len(seqs[b]) - 1):  # [CLS] and [SEP] stay
@@ -150,7 +163,7 @@ class BoxRepair:
             if exchange:
                 self._exchange(seqs)
         return seqs, {"misfit_before": start, "misfit_after": self._best, "sweeps": sweeps, "changes": self._changes,
-                      "trials": self.trials, "width": self.width, "ran_out": time.monotonic() >= deadline}
+                      "trials": self.trials, "width": self.width, "moves": self.moves, "ran_out": time.monotonic() >= deadline}
 
     def begin(self, sequences: Sequence[Sequence[int]], labels: Sequence[int], deadline: float,
               gradient: Callable[[Sequence[int], int], torch.Tensor] | None = None) -> tuple[list[list[int]], float]:
@@ -222,6 +235,48 @@ class BoxRepair:
                 if found is not None:
                     self._best, seqs[a], seqs[b], self._own[a], self._own[b], self._total = found
                     self._changes += 1
+
+    def _move(self, seqs: list[list[int]]) -> None:
+        """A token moved to another sentence: the `MOVE_SOURCES` positions whose token is least supported there
+        (not placed there by the pins, then its rank among the position's options) each send it to one of the
+        `MOVE_TARGETS` positions of other sentences where it ranks above the token standing there (by how far),
+        their own place taking one of its first `MOVE_REFILLS` other options; the one move of least box misfit
+        below the batch's, if any, is kept per source (a trial: one gradient per refill and per target)."""
+        options = {n: self.options(n) for n in {len(s) for s in seqs}}
+        placed = getattr(self.pins, "placed", None) or {}
+
+        def rank(b: int, p: int, t: int) -> int:
+            row = options[len(seqs[b])][p]
+            return row.index(t) if t in row else len(row)
+
+        def unfit(b: int, p: int) -> tuple[bool, int]:
+            return (not placed or p not in placed.get(seqs[b][p], ())), rank(b, p, seqs[b][p])
+
+        spots = [(b, p) for b in range(len(seqs)) for p in range(1, len(seqs[b]) - 1)]
+        for b, p in sorted((s for s in spots if unfit(*s)[1] > 0), key=lambda s: unfit(*s), reverse=True)[:MOVE_SOURCES]:
+            t = seqs[b][p]
+            gain = {(c, q): rank(c, q, seqs[c][q]) - rank(c, q, t) for c, q in spots if c != b and seqs[c][q] != t}
+            targets = sorted((s for s in gain if gain[s] > 0), key=lambda s: -gain[s])[:MOVE_TARGETS]
+            refills = [seqs[b][:p] + [u] + seqs[b][p + 1:] for u in options[len(seqs[b])][p] if u != t][:MOVE_REFILLS]
+            lacking, found, sent = missing(seqs, self.cover), None, {}
+            for x in refills:
+                for c, q in targets:
+                    y = seqs[c][:q] + [t] + seqs[c][q + 1:]
+                    trial = [x if i == b else y if i == c else s for i, s in enumerate(seqs)]
+                    if time.monotonic() >= self._deadline or (self.cover and missing(trial, self.cover) > lacking):
+                        continue
+                    for i, z in ((b, x), (c, y)):
+                        if (i, tuple(z)) not in sent:
+                            sent[i, tuple(z)] = self.gradient(z, self._labels[i])
+                    gx, gy = sent[b, tuple(x)], sent[c, tuple(y)]
+                    total = self._total + (gx - self._own[b] + gy - self._own[c]) / self._B
+                    value = self.misfit(total)
+                    if value < self._best and (found is None or value < found[0]):
+                        found = (value, x, y, c, gx, gy, total)
+            if found is not None:
+                self._best, seqs[b], y, c, self._own[b], gy, self._total = found
+                seqs[c], self._own[c] = y, gy
+                self._changes, self.moves = self._changes + 1, self.moves + 1
 
 
 def _swapped(seq: list[int], p: int, q: int) -> list[int]:
