@@ -48,8 +48,8 @@ def _box(wide, observation, ids, move):
     attack._widen = None
     _, span0 = attack._layer0(observation, wide)
     layout = update_module.layout_for(midpoint_model(wide.model, observation.gradients, facts))
-    comma = wide.tokenizer.convert_tokens_to_ids(",")
-    vocab = torch.tensor(sorted({t for s in ids for t in s} | {comma}))
+    comma, big = wide.tokenizer.convert_tokens_to_ids([",", "big"])
+    vocab = torch.tensor(sorted({t for s in ids for t in s} | {comma, big}))
     return BoxRepair(layout, attack._fits, span0, vocab, sweeps=1, pins=_pins(ids), move=move), comma
 
 
@@ -68,3 +68,20 @@ def test_a_token_in_the_wrong_sentence_moves_back_in_one_sweep(setup):
     old, _ = _box(wide, observation, ids, move=False)
     kept, _ = old.run(wrong, LABELS, time.monotonic() + 600)
     assert kept[0][6] == sad  # without the move one sweep puts "sad" back into the second sentence only
+
+
+def test_a_token_one_place_off_in_its_own_sentence_moves_back(setup):
+    wide, observation, ids = setup
+    was, very = ids[1][3], ids[1][4]
+    # "the cat very big sad ." (SST-2 dev batch 0 at lr 1e-4 ended "is an decomposition ... any exercise" where
+    # "is a decomposition ... an exercise" belongs): "very" out of its wrong place alone leaves it out of the batch
+    assert very not in ids[0] + ids[2] and was in ids[2]
+    big = wide.tokenizer.convert_tokens_to_ids("big")
+    wrong = [list(s) for s in ids]
+    wrong[1][3], wrong[1][4] = very, big
+    box, _ = _box(wide, observation, ids, move=True)
+    got, report = box.run(wrong, LABELS, time.monotonic() + 600)
+    assert got == ids and report["moves"] >= 1
+    old, _ = _box(wide, observation, ids, move=False)
+    kept, _ = old.run(wrong, LABELS, time.monotonic() + 600)
+    assert kept != ids

@@ -160,6 +160,8 @@ class BoxRepair:
                 swaps = {(min(p, q), max(p, q)) for p in moved[b] for q in range(1, len(seqs[b]) - 1)
                          if seqs[b][q] != seqs[b][p]}
                 self.keep_best(seqs, b, [_swapped(seqs[b], p, q) for p, q in sorted(swaps)])
+                if self.move and exchange:
+                    self._move(seqs)
             if exchange:
                 self._exchange(seqs)
         return seqs, {"misfit_before": start, "misfit_after": self._best, "sweeps": sweeps, "changes": self._changes,
@@ -237,11 +239,11 @@ class BoxRepair:
                     self._changes += 1
 
     def _move(self, seqs: list[list[int]]) -> None:
-        """A token moved to another sentence: the `MOVE_SOURCES` positions whose token is least supported there
-        (not placed there by the pins, then its rank among the position's options) each send it to one of the
-        `MOVE_TARGETS` positions of other sentences where it ranks above the token standing there (by how far),
-        their own place taking one of its first `MOVE_REFILLS` other options; the one move of least box misfit
-        below the batch's, if any, is kept per source (a trial: one gradient per refill and per target)."""
+        """A token moved to another position, of another sentence or its own: the `MOVE_SOURCES` positions whose
+        token is least supported there (not placed there by the pins, then its rank among the position's options)
+        each send it to one of the `MOVE_TARGETS` positions where it ranks above the token standing there (by how
+        far), its own place taking one of its first `MOVE_REFILLS` other options; the one move of least box misfit
+        below the batch's, if any, is kept per source (a trial: one gradient per sentence it changes)."""
         options = {n: self.options(n) for n in {len(s) for s in seqs}}
         placed = getattr(self.pins, "placed", None) or {}
 
@@ -255,27 +257,31 @@ class BoxRepair:
         spots = [(b, p) for b in range(len(seqs)) for p in range(1, len(seqs[b]) - 1)]
         for b, p in sorted((s for s in spots if unfit(*s)[1] > 0), key=lambda s: unfit(*s), reverse=True)[:MOVE_SOURCES]:
             t = seqs[b][p]
-            gain = {(c, q): rank(c, q, seqs[c][q]) - rank(c, q, t) for c, q in spots if c != b and seqs[c][q] != t}
+            gain = {(c, q): rank(c, q, seqs[c][q]) - rank(c, q, t) for c, q in spots if seqs[c][q] != t}
             targets = sorted((s for s in gain if gain[s] > 0), key=lambda s: -gain[s])[:MOVE_TARGETS]
-            refills = [seqs[b][:p] + [u] + seqs[b][p + 1:] for u in options[len(seqs[b])][p] if u != t][:MOVE_REFILLS]
-            lacking, found, sent = missing(seqs, self.cover), None, {}
-            for x in refills:
+            refills = [u for u in options[len(seqs[b])][p] if u != t][:MOVE_REFILLS]
+            lacking, found, tried = missing(seqs, self.cover), None, {}  # two sentences' trials repeat
+            for u in refills:
                 for c, q in targets:
-                    y = seqs[c][:q] + [t] + seqs[c][q + 1:]
-                    trial = [x if i == b else y if i == c else s for i, s in enumerate(seqs)]
+                    trial = [list(s) for s in seqs]
+                    trial[b][p], trial[c][q] = u, t
                     if time.monotonic() >= self._deadline or (self.cover and missing(trial, self.cover) > lacking):
                         continue
-                    for i, z in ((b, x), (c, y)):
-                        if (i, tuple(z)) not in sent:
-                            sent[i, tuple(z)] = self.gradient(z, self._labels[i])
-                    gx, gy = sent[b, tuple(x)], sent[c, tuple(y)]
-                    total = self._total + (gx - self._own[b] + gy - self._own[c]) / self._B
+                    if c == b:
+                        grads = {b: self.gradient(trial[b], self._labels[b])}
+                    else:
+                        for i in (b, c):
+                            if (i, tuple(trial[i])) not in tried:
+                                tried[i, tuple(trial[i])] = self.gradient(trial[i], self._labels[i])
+                        grads = {i: tried[i, tuple(trial[i])] for i in (b, c)}
+                    total = self._total + sum(g - self._own[i] for i, g in grads.items()) / self._B
                     value = self.misfit(total)
                     if value < self._best and (found is None or value < found[0]):
-                        found = (value, x, y, c, gx, gy, total)
+                        found = (value, trial, grads, total)
             if found is not None:
-                self._best, seqs[b], y, c, self._own[b], gy, self._total = found
-                seqs[c], self._own[c] = y, gy
+                self._best, trial, grads, self._total = found
+                for i, g in grads.items():
+                    seqs[i], self._own[i] = trial[i], g
                 self._changes, self.moves = self._changes + 1, self.moves + 1
 
 
