@@ -163,8 +163,8 @@ class UpdateExact(Exact):
     #: ... and those repairs run first, before any search, within `update_slots.FIRST_SHARE` of the budget
     #: (`update_slots.slots_first`: where the search overran its share at high load the repairs never ran)
     slots_first: bool = True
-    #: the token repair moves a badly supported token to another sentence's position (`update_repair.BoxRepair._move`)
-    cross_move: bool = False
+    #: the token repair moves a badly supported token to another position (`update_repair.BoxRepair._move`)
+    cross_move: bool = True
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)
