@@ -163,8 +163,9 @@ class UpdateExact(Exact):
     #: ... and those repairs run first, before any search, within `update_slots.FIRST_SHARE` of the budget
     #: (`update_slots.slots_first`: where the search overran its share at high load the repairs never ran)
     slots_first: bool = True
-    #: the token repair moves a badly supported token to another position (`update_repair.BoxRepair._move`)
-    cross_move: bool = True
+    #: the token repair moves a badly supported token to another position (`update_repair.BoxRepair._move`; off: it
+    #: lost RT lr 1e-4 twice, 0.553 / 0.575 against 0.603 / 0.629, where it won CoLA lr 1e-5 at budget 60)
+    cross_move: bool = False
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)

@@ -28,14 +28,16 @@ tried in the pins' order (the embedding rows' least-squares weight: the true tok
 position measured, where the layer-0 ranking missed 8 of 42 on SST-2 dev batch 0 at lr 1e-4), and no trial that
 leaves a token whose word row moved out of the whole batch is kept (`cover`, `missing`).
 
-Cross-sentence move (`move`: `exact-update`'s option `cross_move`, on; session 21): a token standing where the
+Cross-sentence move (`move`: `exact-update`'s option `cross_move`, off; session 21): a token standing where the
 ranking does not support it goes to another position, of another sentence or its own, where it ranks above the
 token there, and its old place takes one of the first tokens ranked there (`_move`). CoLA dev batch 0 of 4 at
 lr 1e-5 stopped with "hates" ending "sarah sang a ballad" where "." belongs and a second "," in its place: the
 substitution that takes it out of one sentence alone is refused by `cover`, and `_exchange` trades only at one
 position. Side by side (MiniLM, K 8; `recipes/measured/fedavg_b4_small_lr_s21/move`): on CoLA lr 1e-5 dev batch 0
 at budget 60 it certified (1.000, 20.7 CPU s) where off stopped so (0.956, 42.7 CPU s); at budget 400 both
-certified, on in 356 repair trials against 531; SST-2 lr 1e-4 dev batch 0 tied (0.992 / 0.984, no move kept).
+certified, on in 356 repair trials against 531; SST-2 lr 1e-4 dev batch 0 tied (0.992 / 0.984, no move kept); RT
+lr 1e-4 dev batch 0 lost twice (0.553 / 0.575 against 0.603 / 0.629) at a lower box misfit: far from the truth the
+misfit does not guide the moves.
 """
 
 from __future__ import annotations
