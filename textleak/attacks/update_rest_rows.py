@@ -40,12 +40,11 @@ import torch
 from ..text.layouts import Layout
 from ..text.leaks.positions import TokenPositions
 from ..text.leaks.tokens import embedding_token_set
-from .update_batch_positions import batch_positions
+from .update_batch_positions import THRESHOLD, batch_positions
 from .update_positions import EmbeddingRows, box_excess
 
-#: a token still stands in what is left while its rest word row leaves its rounding box by more than this share
-#: of the update's row (the closing test's share, `update_batch_positions.THRESHOLD`)
-THRESHOLD = 1e-3
+# a token still stands in what is left while its rest word row leaves its rounding box by more than THRESHOLD
+# (the closing test's share, `update_batch_positions.THRESHOLD`) of the update's row
 #: the rest's ranking narrows the candidates where at most this many sentences are missing (module doc)
 RANKED_LEFT = 3
 #: ... to each position's first this many tokens (true tokens measured within the first 9 with three left)
