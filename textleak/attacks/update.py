@@ -87,6 +87,7 @@ from .exact.candidates import vocabulary
 from .exact.search import Search
 from .update_layers import LayeredSearch, LayerScore
 from .update_batch_positions import pins_for, ranked_start
+from .update_cls import cls_start
 from .update_peel import END_SLACK, RISE, UpdatePeeler
 from .update_positions import place_sentence, placement_for
 from .update_repair import BoxRepair
@@ -166,6 +167,9 @@ class UpdateExact(Exact):
     #: the token repair moves a badly supported token to another position (`update_repair.BoxRepair._move`; off: it
     #: lost RT lr 1e-4 twice, 0.553 / 0.575 against 0.603 / 0.629, where it won CoLA lr 1e-5 at budget 60)
     cross_move: bool = False
+    #: with the slot assignments: the kept batch descended sentence by sentence on the last layer's [CLS] spans
+    #: (`update_cls`), kept where its box misfit is lower
+    cls_descent: bool = True
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)
@@ -263,6 +267,8 @@ class UpdateExact(Exact):
         if getattr(pins, "order", None) is not None:
             out.details["ranked_fill"] = ranked_start(repair, pred, pins.order,
                                                        *slot_starts(pins, target.tokenizer, self.slot_assignment))
+            if self.cls_descent and self.slot_assignment:
+                out.details["cls_descent"] = cls_start(repair, pred, self._fits, budget.current().deadline)
         if near:
             sentence_repair = SentenceRepair(repair)
             pred["token_ids"], sentences = sentence_repair.run(pred["token_ids"], pred["labels"], near,

@@ -1,0 +1,71 @@
+"""The [CLS]-span descent (`update_cls`): each guessed sentence scored alone on the last layer's per-sentence spans,
+on a wide random BERT's batch gradient read as an update with a negligible rounding box (lr 1, one step: the
+random model's [CLS] vectors differ between sentences by ~1e-3 relative, under any float32 client's rounding at
+small learning rates; the rounding's effect is measured end to end, `recipes/measured/fedavg_small_lr_s22`)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import textleak
+from conftest import make_wide_classifier
+from textleak.attacks.update_cls import ClsSpans, cls_start
+from textleak.text.layouts import layout_for
+
+TEXTS = ["a bird sang a song .", "the cat was very sad .", "the film was good ."]
+LABELS = [0, 1, 1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    wide = make_wide_classifier(tmp_path_factory.mktemp("wide-bert-cls"))
+    cap = textleak.capture_gradients(wide, TEXTS, labels=LABELS)
+    layout = layout_for(wide.model)
+    fits = SimpleNamespace(layout=layout, update=cap.gradients.gradients, lr=1.0, steps=1)
+    spans = ClsSpans.of(layout, layout, fits.update, fits.lr, fits.steps, len(TEXTS))
+    return wide, fits, spans, [list(s) for s in cap.reference.token_ids]
+
+
+def _options(ids, extra):
+    """Per length, each position's tokens of the batch (any sentence's there) and `extra`."""
+    top = max(map(len, ids))
+    rows = [list(dict.fromkeys([s[p] for s in ids if p < len(s)] + extra)) for p in range(top)]
+    return {n: rows[:n] for n in {len(s) for s in ids}}
+
+
+def test_the_true_sentences_score_below_one_token_wrong_and_crossed_tails(setup):
+    wide, _, spans, ids = setup
+    assert spans is not None and spans.bases
+    true = spans.score(ids)
+    wrong = [list(s) for s in ids]
+    wrong[0][2], wrong[1][3] = wrong[1][3], wrong[0][2]  # "a was sang ..." / "the cat bird very sad ."
+    crossed = [ids[1][:3] + ids[0][3:], ids[0][:3] + ids[1][3:]]
+    assert max(true) < min(spans.score(wrong[:2]) + spans.score(crossed))
+
+
+def test_a_batch_with_heads_traded_and_a_token_wrong_descends_to_the_truth(setup):
+    wide, _, spans, ids = setup
+    big = wide.tokenizer.convert_tokens_to_ids("big")
+    wrong = [list(s) for s in ids]
+    wrong[0], wrong[1] = ids[1][:4] + ids[0][4:], ids[0][:4] + ids[1][4:]  # heads of the same length traded
+    wrong[2][2] = big
+    got, report = spans.descend(wrong, _options(ids, [big]), {t for s in ids for t in s}, time.monotonic() + 600)
+    assert got == ids and report["changes"] >= 2
+
+
+def test_cls_start_keeps_the_descended_batch_where_its_box_misfit_is_lower(setup):
+    wide, fits, _, ids = setup
+
+    def gradient(s, y):
+        return torch.tensor([float(list(map(tuple, ids)).count(tuple(s)) == 0)])  # 0 for a true sentence
+    options = _options(ids, [])
+    repair = SimpleNamespace(layout=fits.layout, cover=None, options=lambda n: options[n], gradient=gradient,
+                             misfit=lambda G: float(G.sum()))
+    wrong = [ids[1][:4] + ids[0][4:], ids[0][:4] + ids[1][4:], list(ids[2])]
+    pred = {"token_ids": wrong, "labels": LABELS}
+    report = cls_start(repair, pred, fits, time.monotonic() + 600)
+    assert report["kept"] and pred["token_ids"] == ids

@@ -1,0 +1,168 @@
+"""Which sentence holds which token, read one sentence at a time from the last layer's [CLS] spans (`exact-update`,
+batch > 1, where the rounding is wide; option `cls_descent`).
+
+A classifier reads only position 0 of its last layer, so that layer's maps after attention (the attention output,
+the first feed-forward map) get one rank-one gradient term per sentence: their row spaces are spanned by the B
+vectors entering them at [CLS] (`text.leaks.sentences`). The whole-update box misfit (`update_repair`) mixes every
+sentence's Q/K/V gradient into one number; these spans score each guessed sentence alone, with one forward and no
+backward. At small learning rates the float32 rounding (`update_rounding`) leaves them readable where layer 0's
+is not: MiniLM, RT dev batch 0 of 4, K 8, lr 1e-4, the box's rms half-width is 0.07 (attention output) and 0.10
+(feed-forward) of U's rms entry against 0.77 at layer 0, and U's singular values drop 11x and 2.7x after the
+fourth (the last layer's query, 0.33 and no drop, and the second feed-forward map, no drop, are left out:
+`GAP`). Each span is the rank-B matrix closest to U in its box (`update_rounding.fit_in_box`).
+
+Ground truth (session 22, scratch `recipes/measured/fedavg_small_lr_s22`, that batch; relative residual of the
+[CLS] input, attention output site, midpoint model): the true sentences 5.0e-3 to 8.2e-3; one token substituted
+4.2e-2 to 0.51; a tail crossed with another sentence's 0.15 to 0.51; the slot assignment `update_slots` keeps
+(72 of 123 tokens at their places) 0.46 to 0.78. So each sentence is descended alone on `score` (the mean over
+the sites of log10 of the residual): each position tries the token repair's options (`BoxRepair.options`: the
+embedding rows' ranking) and keeps the best, then pairs of sentences trade the tokens at one position or their
+heads, until a sweep changes nothing. From that assignment it reached 87 of 123 tokens in 4 sweeps (24 CPU s),
+the box misfit 6.9e-3 -> 1.7e-3 (the token repair after the same start had reached 2.2e-3 in 2,424 trials,
+425 CPU s, session 21). The batch descended is kept where its box misfit is below the start's (`cls_start`).
+
+Threat model: as `attacks.update` (U, w0, K, lr, the declared lengths; the last layer's weights shared).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..text.layouts import Layout
+from ..text.leaks.sentences import site_inputs
+from .update_repair import missing
+from .update_rounding import fit_in_box, rounding_box
+
+#: a last-layer site is read where U's B-th singular value stands at least this many times over the next (MiniLM,
+#: RT dev batch 0 of 4, K 8, lr 1e-4: attention output 11, first feed-forward 2.7; query 1.07, second
+#: feed-forward 1.03, where the true sentences' residuals are 0.3-0.5 and tell nothing)
+GAP = 2.0
+#: sweeps over every sentence at most (each sweep ends with the trades)
+SWEEPS = 8
+#: trial sentences per forward
+CHUNK = 32
+
+
+@dataclass
+class ClsSpans:
+    """The last layer's [CLS] spans of an update (module doc). layout: the model at the trajectory's midpoint;
+    bases: site -> [H_in, B] orthonormal (float64)."""
+
+    layout: Layout
+    bases: dict[str, torch.Tensor]
+    forwards: int = 0
+
+    @classmethod
+    def of(cls, start: Layout, layout: Layout, update: Mapping[str, torch.Tensor], lr: float, steps: int,
+           batch: int) -> "ClsSpans | None":
+        """The spans, from the update at w0 (`start`), read on `layout`; None where no site holds (`GAP`)."""
+        last = layout.num_layers - 1
+        params = dict(start.model.named_parameters())
+        bases = {}
+        for site, module in start.linears(last).items():
+            name = start.name(module.weight)
+            if name not in update or batch >= min(update[name].shape):
+                continue
+            U = update[name].double()
+            s = torch.linalg.svdvals(U)
+            if float(s[batch - 1]) <= GAP * float(s[batch]):
+                continue
+            half = rounding_box(params[name], update[name].to(params[name].device), lr, steps).double().to(U.device)
+            vh = torch.linalg.svd(fit_in_box(U, half, batch), full_matrices=False)[2]
+            bases[site] = vh[:batch].T.contiguous().to(layout.device)
+        return cls(layout, bases) if bases else None
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """Per sentence, the mean over the sites of log10 of its [CLS] input's relative residual off the span."""
+        out: list[float] = []
+        last = self.layout.num_layers - 1
+        for i in range(0, len(sequences), CHUNK):
+            part = [list(s) for s in sequences[i:i + CHUNK]]
+            seen = site_inputs(self.layout, part, last, tuple(self.bases))
+            total = 0.0
+            for site, V in self.bases.items():
+                x = seen[site][:, 0].double()
+                total = total + torch.log10((x - (x @ V) @ V.T).norm(dim=1) / x.norm(dim=1).clamp_min(1e-300))
+            out += (total / len(self.bases)).tolist()
+            self.forwards += len(part)
+        return out
+
+    def descend(self, sequences: Sequence[Sequence[int]], options: Mapping[int, list[list[int]]],
+                cover: set[int] | None, deadline: float, sweeps: int = SWEEPS) -> tuple[list[list[int]], dict]:
+        """Each sentence descended alone on `score` (options: length -> per position the tokens to try), then
+        trades between sentences; no change may leave a token of `cover` out of the batch (`missing`)."""
+        seqs = [list(s) for s in sequences]
+        scores, changes, done = self.score(seqs), 0, 0
+        for _ in range(sweeps):
+            if time.monotonic() >= deadline:
+                break
+            before = changes
+            for b in range(len(seqs)):
+                for p in range(1, len(seqs[b]) - 1):
+                    trials = [seqs[b][:p] + [t] + seqs[b][p + 1:] for t in options[len(seqs[b])][p] if t != seqs[b][p]]
+                    changes += self._keep(seqs, scores, [{b: t} for t in trials], cover, deadline)
+            for a in range(len(seqs)):
+                for b in range(a + 1, len(seqs)):
+                    changes += self._keep(seqs, scores, _trades(seqs[a], seqs[b], a, b), cover, deadline)
+            done += 1
+            if changes == before:
+                break
+        return seqs, {"score_before": None, "score_after": scores, "sweeps": done, "changes": changes,
+                      "forwards": self.forwards, "sites": sorted(self.bases)}
+
+    def _keep(self, seqs: list[list[int]], scores: list[float], trials: list[dict[int, list[int]]],
+              cover: set[int] | None, deadline: float) -> int:
+        """The trial (sentence index -> new sentence) of least summed score below the current, if any: 1 if kept."""
+        lacking = missing(seqs, cover)
+        ok = [t for t in trials if not cover or missing([t.get(i, s) for i, s in enumerate(seqs)], cover) <= lacking]
+        if not ok or time.monotonic() >= deadline:
+            return 0
+        flat = [(k, i, s) for k, t in enumerate(ok) for i, s in t.items()]
+        got = self.score([s for _, _, s in flat])
+        gain = [0.0] * len(ok)
+        for (k, i, _), v in zip(flat, got):
+            gain[k] += v - scores[i]
+        k = min(range(len(ok)), key=gain.__getitem__)
+        if gain[k] >= 0:
+            return 0
+        for (j, i, s), v in zip(flat, got):
+            if j == k:
+                seqs[i], scores[i] = s, v
+        return 1
+
+
+def _trades(x: list[int], y: list[int], a: int, b: int) -> list[dict[int, list[int]]]:
+    """Sentences a and b trading the tokens at one position, or their heads up to it."""
+    out = []
+    for p in range(1, min(len(x), len(y)) - 1):
+        if x[p] != y[p]:
+            out.append({a: x[:p] + [y[p]] + x[p + 1:], b: y[:p] + [x[p]] + y[p + 1:]})
+            out.append({a: y[:p + 1] + x[p + 1:], b: x[:p + 1] + y[p + 1:]})
+    return out
+
+
+def cls_start(repair: Any, pred: dict, fits: Any, deadline: float) -> dict[str, Any] | None:
+    """`exact-update`'s option `cls_descent`: the guess `pred` (token ids, labels; the batch `ranked_start` kept)
+    descended on the [CLS] spans (`ClsSpans.descend`, the token repair's options) and replaced where the result's
+    box misfit (`repair`: the run's `BoxRepair`) is lower; a report, or None where no site holds."""
+    seqs = pred["token_ids"]
+    spans = ClsSpans.of(fits.layout, repair.layout, fits.update, fits.lr, fits.steps, len(seqs))
+    if spans is None or len(seqs) < 2:
+        return None
+    options = {n: repair.options(n) for n in {len(s) for s in seqs}}
+    before = spans.score(seqs)
+    got, report = spans.descend(seqs, options, repair.cover, deadline)
+    report["score_before"] = before
+
+    def misfit(batch: Sequence[Sequence[int]]) -> float:
+        return repair.misfit(sum(repair.gradient(s, y) for s, y in zip(batch, pred["labels"])) / len(batch))
+
+    report["misfit"] = [misfit(seqs), misfit(got)]
+    report["kept"] = report["misfit"][1] < report["misfit"][0]
+    if report["kept"]:
+        pred["token_ids"] = got
+    return report
