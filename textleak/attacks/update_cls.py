@@ -92,9 +92,12 @@ class ClsSpans:
         return out
 
     def descend(self, sequences: Sequence[Sequence[int]], options: Mapping[int, list[list[int]]],
-                cover: set[int] | None, deadline: float, sweeps: int = SWEEPS) -> tuple[list[list[int]], dict]:
+                cover: set[int] | None, deadline: float, sweeps: int = SWEEPS, relocate: bool = True
+                ) -> tuple[list[list[int]], dict]:
         """Each sentence descended alone on `score` (options: length -> per position the tokens to try), then
-        trades between sentences; no change may leave a token of `cover` out of the batch (`missing`)."""
+        trades between sentences; no change may leave a token of `cover` out of the batch (`missing`); with
+        `relocate`, a substitution refused so may take the token it displaces to another place (`_substitute`)."""
+        self.relocate, self.relocations = relocate, 0
         seqs = [list(s) for s in sequences]
         scores, changes, done = self.score(seqs), 0, 0
         for _ in range(sweeps):
@@ -103,8 +106,7 @@ class ClsSpans:
             before = changes
             for b in range(len(seqs)):
                 for p in range(1, len(seqs[b]) - 1):
-                    trials = [seqs[b][:p] + [t] + seqs[b][p + 1:] for t in options[len(seqs[b])][p] if t != seqs[b][p]]
-                    changes += self._keep(seqs, scores, [{b: t} for t in trials], cover, deadline)
+                    changes += self._substitute(seqs, scores, b, p, options, cover, deadline)
             for a in range(len(seqs)):
                 for b in range(a + 1, len(seqs)):
                     changes += self._keep(seqs, scores, _trades(seqs[a], seqs[b], a, b), cover, deadline)
@@ -112,7 +114,36 @@ class ClsSpans:
             if changes == before:
                 break
         return seqs, {"score_before": None, "score_after": scores, "sweeps": done, "changes": changes,
-                      "forwards": self.forwards, "sites": sorted(self.bases)}
+                      "relocations": self.relocations, "forwards": self.forwards, "sites": sorted(self.bases)}
+
+    def _substitute(self, seqs: list[list[int]], scores: list[float], b: int, p: int,
+                    options: Mapping[int, list[list[int]]], cover: set[int] | None, deadline: float) -> int:
+        """Position p of sentence b takes the option of least score, if lower: 1 if kept. Where that one would
+        leave the displaced token t out of the batch (`cover`) and `relocate` is on, t goes with it to the place
+        (another sentence's, or its own elsewhere) where it is among the options and the pair's summed score
+        falls most."""
+        t = seqs[b][p]
+        trials = [{b: seqs[b][:p] + [u] + seqs[b][p + 1:]} for u in options[len(seqs[b])][p] if u != t]
+        lacking = missing(seqs, cover)
+        if not cover or not self.relocate or time.monotonic() >= deadline or not trials:
+            return self._keep(seqs, scores, trials, cover, deadline)
+        got = self.score([trial[b] for trial in trials])
+        best = min(range(len(trials)), key=got.__getitem__)
+        if got[best] >= scores[b]:
+            return 0
+        trial = trials[best][b]
+        if missing(seqs[:b] + [trial] + seqs[b + 1:], cover) <= lacking:
+            seqs[b], scores[b] = trial, got[best]
+            return 1
+        moved = [trial[:q] + [t] + trial[q + 1:] for q in range(1, len(trial) - 1)
+                 if q != p and t in options[len(trial)][q]]
+        pairs = [{b: m} for m in moved] + [{b: trial, c: seqs[c][:q] + [t] + seqs[c][q + 1:]}
+                                           for c in range(len(seqs)) if c != b
+                                           for q in range(1, len(seqs[c]) - 1)
+                                           if seqs[c][q] != t and t in options[len(seqs[c])][q]]
+        kept = self._keep(seqs, scores, pairs, cover, deadline)
+        self.relocations += kept
+        return kept
 
     def _keep(self, seqs: list[list[int]], scores: list[float], trials: list[dict[int, list[int]]],
               cover: set[int] | None, deadline: float) -> int:
@@ -122,7 +153,9 @@ class ClsSpans:
         if not ok or time.monotonic() >= deadline:
             return 0
         flat = [(k, i, s) for k, t in enumerate(ok) for i, s in t.items()]
-        got = self.score([s for _, _, s in flat])
+        unique = list(dict.fromkeys(tuple(s) for _, _, s in flat))
+        scored = dict(zip(unique, self.score(unique)))
+        got = [scored[tuple(s)] for _, _, s in flat]
         gain = [0.0] * len(ok)
         for (k, i, _), v in zip(flat, got):
             gain[k] += v - scores[i]
