@@ -185,7 +185,7 @@ def _trades(x: list[int], y: list[int], a: int, b: int) -> list[dict[int, list[i
 def cls_start(repair: Any, pred: dict, fits: Any, deadline: float) -> dict[str, Any] | None:
     """`exact-update`'s option `cls_descent`: the guess `pred` (token ids, labels; the batch `ranked_start` kept)
     descended on the [CLS] spans (`ClsSpans.descend`, the token repair's options) and replaced where the result's
-    box misfit (`repair`: the run's `BoxRepair`) is lower; a report, or None where no site holds."""
+    box misfit (`repair`: the run's `BoxRepair`) is lower; a report, or None where no site of `SITES` is shared."""
     seqs = pred["token_ids"]
     spans = ClsSpans.of(fits.layout, repair.layout, fits.update, fits.lr, fits.steps, len(seqs))
     if spans is None or len(seqs) < 2:
