@@ -225,10 +225,13 @@ class BeyondRank(Exact):
     # left, where the declared lengths add up to more than FAR times the width (0: off; `beyond_rank_finish`)
     finish: float = FINISH
     prior: str = "bigram"  # the finish's assembly prior (`bags`' "prior")
+    # the finish descends its tracks onto the per-sentence states a two-class pooler's gradient gives
+    # (`beyond_rank_targets`) instead of exchanging tails; off by default until measured
+    targets: bool = False
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
-                "prior": self.prior}
+                "prior": self.prior, "targets": self.targets}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -255,7 +258,7 @@ class BeyondRank(Exact):
         with layer0_table(layout, max(lengths)):
             search = SentenceSearch(self, layout, tok, cands, lengths, span1, peeler, spans,
                                     observation.knowledge.special_tokens)
-            finish = self._finisher(observation, layout, lengths, tok)
+            finish = self._finisher(observation, layout, lengths, tok, spans.rank)
             with budget.time_budget(self._search_seconds(finish)):
                 sequences, residuals = search.run()
             if finish is not None and search.missing:
@@ -277,13 +280,15 @@ class BeyondRank(Exact):
                             config={**self.options(), "drop": drop}, details=details)
 
     # -- steps -------------------------------------------------------------------------------
-    def _finisher(self, observation: Observation, layout: Layout, lengths: Sequence[int], tok: Any) -> BagFinish | None:
+    def _finisher(self, observation: Observation, layout: Layout, lengths: Sequence[int], tok: Any, rank: int
+                  ) -> BagFinish | None:
         """The finish (`beyond_rank_finish`) where it applies: a classification step with declared lengths
         adding up to more than FAR times the width, and a share of the time for it."""
         far = sum(lengths) > FAR * layout.hidden_size
         if self.finish <= 0 or not far or observation.task != "classify" or observation.knowledge.seq_lengths is None:
             return None
-        return BagFinish(tok, prior=self.prior, seed=self.seed)
+        targets = (observation.gradients, rank) if self.targets else None
+        return BagFinish(tok, prior=self.prior, seed=self.seed, targets=targets)
 
     def _search_seconds(self, finish: BagFinish | None) -> float | None:
         """The search's share of the time left (None: no limit of its own)."""

@@ -36,6 +36,7 @@ from ..core import budget
 from ..errors import InputError
 from ..text.prior import load_prior
 from .bag_parts import ShareScorer, SwapSearch, assemble, columns
+from .beyond_rank_targets import TargetDescent
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,10 @@ class BagFinish:
     cannot be read as columns (no word-embedding table in the peel, nothing placed)."""
 
     def __init__(self, tokenizer: Any, prior: str = "bigram", weight: float = 3.0, tries: int = 256,
-                 sweeps: int = 4, seed: int = 0):
+                 sweeps: int = 4, seed: int = 0, targets: tuple[dict, int] | None = None):
         self.tok, self.prior_name, self.weight = tokenizer, prior, weight
         self.tries, self.sweeps, self.seed = tries, sweeps, seed
+        self.targets = targets  # (the batch's gradients, B): descend onto the pooled states (`beyond_rank_targets`)
         self.report: dict[str, Any] = {}
 
     def tracks(self, search: Any, peeler: Any, pins: Any, tokens: Sequence[int], model: Any) -> list[list[int]] | None:
@@ -72,10 +74,15 @@ class BagFinish:
         tracks = assemble(cols, len(missing), prior, self.tok.cls_token_id, self.tok.sep_token_id, self.weight)
         scorer = ShareScorer(search.layout, cols.shares, int(model.config.num_labels))
         swaps = SwapSearch(scorer, tries=self.tries, seed=self.seed)
-        if not budget.expired():
+        descent = None
+        if self.targets is not None and not budget.expired():
+            descent = TargetDescent(search.layout, self.targets[0], self.targets[1], specials, seed=self.seed)
+            tracks = descent.run(tracks, search.found, cols.allowed)
+        elif not budget.expired():
             tracks = swaps.run(tracks, self.sweeps)
         self.report = {"sentences": len(missing), "shares": len(cols.shares), "swaps": swaps.swaps,
-                       "scored": scorer.evaluated, "prior": prior_used}
+                       "scored": scorer.evaluated, "prior": prior_used,
+                       **({"targets": descent.report} if descent is not None else {})}
         return tracks
 
     def _prior(self) -> tuple[Any, str]:

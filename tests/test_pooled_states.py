@@ -1,0 +1,81 @@
+"""`leaks.pooled` and `attacks.beyond_rank_targets` (#16) on the tiny 2-layer BERT classifier 32 wide of
+test_bags (6 sentences, 40 tokens: past the rank limit): the pooler's gradient gives back every sentence's
+last-layer [CLS] state and label from random starts, and a track a few tokens off descends onto its
+state to the true sentence. (On MiniLM, CoLA batch 64: recipes/measured/large_batch_cls_s22/.)"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import textleak
+from conftest import make_word_bert
+from test_bags import LABELS, TEXTS, WORDS
+from textleak.attacks.beyond_rank_targets import TargetDescent
+from textleak.text.layouts import layout_for
+from textleak.text.leaks import embedding_token_set
+from textleak.text.leaks.pooled import pooled_states
+from textleak.text.leaks.positions import token_positions
+from textleak.text.leaks.residuals import padded
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    torch.set_num_threads(1)
+    target = make_word_bert(tmp_path_factory.mktemp("pooled-bert"), WORDS, "classify", layers=2, positions=16)
+    cap = textleak.capture_gradients(target, TEXTS, labels=LABELS, seed=0)
+    layout, grads = layout_for(target.model), cap.gradients.gradients
+    truth = [list(s) for s in cap.reference.token_ids]
+    ids, mask = padded(truth)
+    with torch.no_grad():
+        states = layout.hidden_states(ids, mask)[:, 0].double()
+    return target, layout, grads, truth, states
+
+
+def _random_starts(layout, truth, rng):
+    tokens = sorted({t for s in truth for t in s[1:-1]})
+
+    def starts(n):
+        seqs = [[s[0]] + [rng.choice(tokens) for _ in s[1:-1]] + [s[-1]] for s in rng.choices(truth, k=n)]
+        ids, mask = padded(seqs)
+        with torch.no_grad():
+            return layout.hidden_states(ids, mask)[:, 0]
+    return starts
+
+
+def test_the_pooler_gradient_gives_every_sentence_state_and_label(batch):
+    _, layout, grads, truth, states = batch
+    got = pooled_states(layout, grads, len(truth), _random_starts(layout, truth, random.Random(0)), first=64, later=32)
+    assert got is not None and got.complete
+    rel = torch.cdist(got.states, states) / states.norm(dim=1)[None]
+    near, which = rel.min(1)
+    assert float(near.max()) < 1e-3 and sorted(which.tolist()) == list(range(len(truth)))
+    assert [got.labels[j] for j in torch.argsort(which).tolist()] == LABELS
+
+
+def test_no_pooler_state_without_the_pooler_gradient(batch):
+    _, layout, grads, truth, _ = batch
+    name = layout.name(layout.base.pooler.dense.weight)
+    rest = {k: v for k, v in grads.items() if k != name}
+    assert pooled_states(layout, rest, len(truth), _random_starts(layout, truth, random.Random(0))) is None
+
+
+def test_tracks_two_tokens_off_descend_onto_their_states(batch):
+    target, layout, grads, truth, _ = batch
+    tok = target.tokenizer
+    lengths = [len(s) for s in truth]
+    pins = token_positions(layout, grads, embedding_token_set(layout, grads).tolist(), max(lengths))
+    rng = random.Random(1)
+    tracks = []
+    for s in truth:  # two content tokens swapped with another sentence's at the same position
+        t = list(s)
+        for p in rng.sample(range(1, len(s) - 1), 2):
+            t[p] = rng.choice([o[p] for o in truth if len(o) - 1 > p and o[p] != s[p]] or [s[p]])
+        tracks.append(t)
+    assert sum(t == s for t, s in zip(tracks, truth)) < len(truth)
+    descent = TargetDescent(layout, grads, len(truth), {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id})
+    out = descent.run(tracks, [], pins.allowed)
+    assert out == truth and descent.report["reached"] == len(truth)
+
