@@ -79,3 +79,16 @@ def test_tracks_two_tokens_off_descend_onto_their_states(batch):
     out = descent.run(tracks, [], pins.allowed)
     assert out == truth and descent.report["reached"] == len(truth)
 
+
+
+def test_the_finish_descends_onto_the_states_only_when_asked(batch):
+    from types import SimpleNamespace
+
+    from textleak.attacks import ATTACKS
+
+    target = batch[0]
+    obs = SimpleNamespace(task="classify", knowledge=SimpleNamespace(seq_lengths=(30, 30)), gradients={"g": 1})
+    layout = SimpleNamespace(hidden_size=32)
+    assert ATTACKS.get("beyond_rank")()._finisher(obs, layout, [30, 30], target.tokenizer, 2).targets is None
+    got = ATTACKS.get("beyond_rank")(targets=True)._finisher(obs, layout, [30, 30], target.tokenizer, 2)
+    assert got.targets == ({"g": 1}, 2)

@@ -37,7 +37,9 @@ seed with 30-60 left out than with 10, which ranks whole sentences best, `leaks.
 `repair` (misses put right by the sentence move after every round while the span is partial;
 0, the default: only when a round stalls), `finish` (the share of the time left that, far past
 the limit, the lengths still missing get, assembled as `bags` does on what the peels left,
-`beyond_rank_finish`; 0: off) and `prior` (that assembly's prior).
+`beyond_rank_finish`; 0: off), `prior` (that assembly's prior) and `targets` (the finish descends
+its tracks onto each sentence's own last-layer [CLS] state, read off a two-class BERT pooler's
+gradient, instead of exchanging tails: `leaks.pooled`, `beyond_rank_targets`; off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -280,14 +282,14 @@ class BeyondRank(Exact):
                             config={**self.options(), "drop": drop}, details=details)
 
     # -- steps -------------------------------------------------------------------------------
-    def _finisher(self, observation: Observation, layout: Layout, lengths: Sequence[int], tok: Any, rank: int
-                  ) -> BagFinish | None:
+    def _finisher(self, observation: Observation, layout: Layout, lengths: Sequence[int], tok: Any,
+                  rank: int | None = None) -> BagFinish | None:
         """The finish (`beyond_rank_finish`) where it applies: a classification step with declared lengths
         adding up to more than FAR times the width, and a share of the time for it."""
         far = sum(lengths) > FAR * layout.hidden_size
         if self.finish <= 0 or not far or observation.task != "classify" or observation.knowledge.seq_lengths is None:
             return None
-        targets = (observation.gradients, rank) if self.targets else None
+        targets = (observation.gradients, rank) if self.targets and rank else None
         return BagFinish(tok, prior=self.prior, seed=self.seed, targets=targets)
 
     def _search_seconds(self, finish: BagFinish | None) -> float | None:

@@ -112,11 +112,24 @@ for rnd in range(int(sys.argv[4]) if len(sys.argv) > 4 else 6):
         restrict(*deflated(found))
     n_starts = N if not found else max(64, N // 4)
     starts = cls_states(random_sentences(n_starts)) @ Q
+    NOISE = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+    if NOISE:  # spread the starts: isotropic noise in the space searched, NOISE x the starts' own spread
+        spread = (starts - starts.mean(0)).norm(dim=1).mean()
+        starts = starts + NOISE * spread * torch.randn_like(starts) / starts.shape[1] ** 0.5
     new = 0
     for i in range(0, n_starts, 128):
         a, r = lm(starts[i:i + 128].clone())
         h = a @ Q.T
         R = (vstate(h) @ U[:, B:]).norm(dim=1) / vstate(h).norm(dim=1)  # on the full column space
+        if i == 0:
+            print("  residual quantiles", [f"{x:.1e}" for x in R.quantile(torch.tensor([0.05, 0.25, 0.5, 0.75], dtype=torch.double)).tolist()], flush=True)
+        if found and i == 0 and len(sys.argv) > 6:
+            with torch.no_grad():
+                Ht = m.bert(*[x for x in padded(b.truth)][:1], attention_mask=padded(b.truth)[1]).last_hidden_state[:, 0].double()
+            bad = h[R > 1e-5][:3]
+            print("  spurious: rel dist to nearest true", (torch.cdist(bad, Ht) / Ht.norm(dim=1)[None]).min(1)[0].tolist(),
+                  "to nearest found", (torch.cdist(bad, torch.stack(found)) / bad.norm(dim=1)[:, None]).min(1)[0].tolist(),
+                  "norm", bad.norm(dim=1).tolist(), "true norms", Ht.norm(dim=1).min().item(), Ht.norm(dim=1).max().item(), flush=True)
         for hh, rr in zip(h, R):
             if rr < 1e-5 and all(float((hh - f).norm() / f.norm()) > 1e-3 for f in found):
                 found.append(hh); new += 1

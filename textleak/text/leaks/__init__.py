@@ -22,6 +22,8 @@ first argument, so that no leak knows a parameter name:
 - `sentences`: past the rank limit, one span per sentence at a classifier's last layer (masked-LM:
   one per declared masked position), and the whole-sentence certificate it gives (`sentence_spans`); `partial`: the top directions of a
   layer span without a rank gap (DAGER's best-effort mode), which rank candidates only.
+- `pooled`: past the rank limit, each sentence's own last-layer [CLS] state and label, the sentence
+  spans disaggregated through a two-class BERT pooler's gradient (`pooled_states`).
 - `slots`: one token's layer-1 residual in context for the cost of one token (`slot_residuals`),
   with a table of layer 0's per-(token, position) rows (`layer0_table`).
 
