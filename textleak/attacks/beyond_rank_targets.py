@@ -15,7 +15,11 @@ content tokens replaced within their columns, descending onto the true state bro
 3 of CoLA batch 64's first 8 sentences exactly. Matching a track to the nearest state does not by
 itself rank tail exchanges better than the spans (200 exchanges, each configuration matched anew:
 0.82 / 0.65 / 0.43 of right links preferred with 30 / 60 / 80% of tokens wrong, spans 0.88 / 0.67 /
-0.46), so the states are used to descend, not to exchange.
+0.46), so the states are used to descend, not to exchange. In the attack (`beyond_rank --option
+targets=true --option finish=0.5`, dev batch 0 of 64, budget 1200 s, both arms side by side, ~255-286 CPU
+s each): CoLA ROUGE-1/2 39.7/23.8 -> 46.7/24.6 (the share alone: 39.9/24.6), SST-2 46.1/29.0 -> 47.5/28.9,
+certified unchanged (7, 9): no track reaches its state exactly, its length being the assembly's
+(recipes/measured/large_batch_cls_s22/README.md). Off by default.
 """
 
 from __future__ import annotations
