@@ -100,3 +100,19 @@ def test_a_batch_started_past_its_deadline_keeps_a_guess_instead_of_failing(wide
         out = BatchLikelihoodSearch(prior="none", rounds=2, sweeps=2, strong=3.0).run(obs, wide)
     assert [len(s) for s in out.prediction["token_ids"]] == [len(s) for s in truth]
     assert not out.details["certified"]
+
+
+def test_a_block_swap_puts_two_neighbours_back_into_their_sentence(wide):
+    """`block` 2: the tokens at two neighbouring positions of two sentences, each pair in the other's
+    sentence, go back with one exchange (the first-step pass scores the spans of width 1 and 2)."""
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+    from textleak.attacks.likelihood_state import _Batch, clip_norm
+    from textleak.text.layouts import layout_for
+
+    obs, truth = _observation(wide, ["the dog sat on the mat", "a bird sang in the tree"], [1, 1], noise="noise:1e-6")
+    wrong = [list(s) for s in truth]
+    wrong[0][2:4], wrong[1][2:4] = truth[1][2:4], truth[0][2:4]  # "dog sat" and "bird sang" exchanged
+    batch = _Batch(layout_for(wide.model), obs.gradients, wrong, [1, 1], clip_norm(obs.metadata))
+    inner = [range(1, len(s) - 1) for s in truth]
+    kept = BatchLikelihoodSearch(block=2, swaps=1)._swap_pair(batch, 0, 1, inner, fill=[], strong=set())
+    assert kept == 1 and batch.seqs == [list(s) for s in truth]
