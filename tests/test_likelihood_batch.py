@@ -102,17 +102,32 @@ def test_a_batch_started_past_its_deadline_keeps_a_guess_instead_of_failing(wide
     assert not out.details["certified"]
 
 
-def test_a_block_swap_puts_two_neighbours_back_into_their_sentence(wide):
-    """`block` 2: the tokens at two neighbouring positions of two sentences, each pair in the other's
-    sentence, go back with one exchange (the first-step pass scores the spans of width 1 and 2)."""
-    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
-    from textleak.attacks.likelihood_state import _Batch, clip_norm
-    from textleak.text.layouts import layout_for
 
-    obs, truth = _observation(wide, ["the dog sat on the mat", "a bird sang in the tree"], [1, 1], noise="noise:1e-6")
-    wrong = [list(s) for s in truth]
-    wrong[0][2:4], wrong[1][2:4] = truth[1][2:4], truth[0][2:4]  # "dog sat" and "bird sang" exchanged
-    batch = _Batch(layout_for(wide.model), obs.gradients, wrong, [1, 1], clip_norm(obs.metadata))
-    inner = [range(1, len(s) - 1) for s in truth]
-    kept = BatchLikelihoodSearch(block=2, swaps=1)._swap_pair(batch, 0, 1, inner, fill=[], strong=set())
-    assert kept == 1 and batch.seqs == [list(s) for s in truth]
+def test_a_block_swap_moves_two_neighbours_that_one_position_swaps_cannot():
+    """`block` 2: two neighbouring tokens of two sentences, each pair in the other's sentence, where
+    only a whole sentence scores (so no single-position swap raises the objective): one exchange
+    of the span puts both back; `block` 1 (the old behaviour) leaves them."""
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+
+    truth = [[0, 5, 6, 7, 8, 1], [0, 15, 16, 17, 18, 1]]
+
+    class Whole(BatchLikelihoodSearch):
+        @staticmethod
+        def _gain(batch, i, trials):
+            def score(seq):
+                return 10.0 * (list(seq) == truth[i])
+            return [score(t) - score(batch.seqs[i]) for t in trials]
+
+    class Stub:
+        def __init__(self, seqs):
+            self.seqs, self.labels = [list(s) for s in seqs], [1, 1]
+
+        def set(self, i, seq, label):
+            self.seqs[i], self.labels[i] = list(seq), label
+
+    wrong = [[0, 5, 16, 17, 8, 1], [0, 15, 6, 7, 18, 1]]
+    inner = [range(1, 5), range(1, 5)]
+    for block, fixed in ((1, False), (2, True)):
+        batch = Stub(wrong)
+        kept = Whole(block=block, swaps=20)._swap_pair(batch, 0, 1, inner, fill=[], strong=set())
+        assert (batch.seqs == truth) is fixed and kept == int(fixed)

@@ -26,7 +26,11 @@ likelihood of the whole batch; what the batch needs beyond `likelihood`:
   (0.17 as placed here, 300 s budget, load 5-6). Which sentence a token belongs to is what
   batch 4 still lacks (the cosine of a token's predicted and observed word row picks its owner
   for all 7 tokens when the other positions hold the true sentences, and for none among fillers,
-  where it differs by at most 0.06 between sentences).
+  where it differs by at most 0.06 between sentences). Nor do the last layer's per-sentence
+  sites (`text.leaks.sentences`) decide it (s22, recipes/measured/noise_b4_s22): their four terms
+  are nearly parallel, only the common direction clears the noise edge (pooler s2 0.008 against
+  0.157 on B G), and among fillers a score with the other sentences left free (rank B-1) places 3
+  of the 7 tokens, as J does; the truth's placement is 4.8k nats less likely than this greedy one.
 - Time. `likelihood` gives each sentence's climb a share of all the time left (at batch 1 the
   whole); here each round splits what is left evenly over the sentences still to climb, so the
   last sentence is not starved (`auto` at main 6622a12 spent its 600 s on CoLA batch 4 and read
