@@ -93,7 +93,10 @@ class BatchLikelihoodSearch(LikelihoodSearch):
     swaps: int = 3
     #: widest span of positions exchanged at once (1: one position, the default). A token keeps its
     #: position and its neighbours go with it (s22, CoLA dev batch 0 of 4 at variance 1e-6: the end
-    #: state of `auto` takes 9 of 92 span swaps, the best of width 4; measured/noise_b4_s22)
+    #: state of `auto` takes 9 of 92 span swaps, the best of width 4). On/off at 4 (600 s, both arms
+    #: at once; recipes/measured/noise_b4_s22): CoLA 0 / 1 up both rounds (0.57 / 0.52 against 0.45
+    #: / 0.46 at 160-340 CPU s), SST-2 0 down both (0.13 against 0.23: its 44-token sentence's spans
+    #: take the climbs' time), RT 0 split; off
     block: int = 1
     share: float = 0.9
     #: the batch search takes no masked-LM candidates (only `likelihood`'s run builds them), so it
