@@ -192,3 +192,31 @@ def test_the_fill_replaces_the_search_guess_only_at_a_lower_box_misfit_with_its_
     report = ranked_start(box, pred, order)
     assert report["kept"] == "filled" and pred == {"token_ids": [[1, 4, 3, 9]], "labels": [1]}
     assert report["filled"] == [0.0, 1] and report["search"] == [4.0, 2]
+
+
+def test_past_sixteen_label_assignments_the_labels_come_from_single_flips_not_every_assignment():
+    # batch 8 of two classes: the 256 assignments x 6 batches took 232 s of a 435 s run (session 22); one label
+    # flipped at a time from the search's reaches the least misfit here in a few dozen calls
+    from textleak.attacks.update_batch_positions import LABEL_CHOICES, _labels
+
+    truth = [1, 0, 1, 1, 0, 0, 1, 0]
+    calls = []
+
+    def misfit(batch, labels):
+        calls.append(list(labels))
+        return float(sum(a != b for a, b in zip(labels, truth)))
+
+    assert 2 ** len(truth) > LABEL_CHOICES
+    assert _labels([[0]] * 8, [[0] * 8], 2, misfit) == truth
+    assert len(calls) < 40
+    calls.clear()  # within the limit every assignment is still tried (batch 4, two classes)
+    assert _labels([[0]] * 4, [[0] * 4], 2, lambda b, ys: misfit(b, list(ys) + truth[4:])) == truth[:4]
+    assert len(calls) == 17
+    calls.clear()  # a start nearer the truth is tried too; the least misfit of all starts is taken
+
+    def bumpy(batch, labels):  # single flips from all-zero stall: the truth needs its 1s together
+        calls.append(list(labels))
+        return 0.0 if list(labels) == truth else 1.0 + (sum(labels) > 0)
+
+    assert _labels([[0]] * 8, [[0] * 8], 2, bumpy) == [0] * 8
+    assert _labels([[0]] * 8, [[0] * 8, truth], 2, bumpy) == truth
