@@ -180,6 +180,11 @@ class Layout:
     def mlm_head(self) -> MlmHead:
         raise NotImplementedError
 
+    def pooler(self) -> tuple[nn.Linear, nn.LayerNorm] | None:
+        """A [CLS] pooler's dense map (tanh after it) and the last layer's output LayerNorm it reads
+        (`leaks.pooled`), or None where the family has none."""
+        return None
+
     # -- names -----------------------------------------------------------------------------------
     def name(self, parameter: torch.Tensor) -> str:
         """The parameter's name in `model.named_parameters()` (the gradient file's key)."""

@@ -31,6 +31,11 @@ class BertLayout(Layout):
     def classifier(self) -> ClassifierHead:
         return linear_head(self, self.model.classifier, self.model.classifier)
 
+    def pooler(self) -> tuple[nn.Linear, nn.LayerNorm] | None:
+        dense = getattr(getattr(self.base, "pooler", None), "dense", None)
+        norm = getattr(getattr(self.layer(self.num_layers - 1), "output", None), "LayerNorm", None)
+        return None if dense is None or norm is None else (dense, norm)
+
     def mlm_head(self) -> MlmHead:
         head = self.model.cls
         transform = head.predictions.transform

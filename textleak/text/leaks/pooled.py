@@ -98,13 +98,12 @@ def _levenberg(eq: _Equations, a: torch.Tensor, iters: int = 80) -> torch.Tensor
 
 def _pooler(layout: Layout, gradients: dict) -> tuple | None:
     """(W_p, b_p, D, gradient, gamma, beta) of a two-class BERT pooler, or None."""
-    pooler = getattr(layout.base, "pooler", None)
-    head = layout.classifier().output
-    dense = getattr(pooler, "dense", None)
-    if dense is None or head.weight.shape[0] != 2 or layout.name(dense.weight) not in gradients:
+    found = layout.pooler()
+    if found is None:
         return None
-    norm = getattr(getattr(layout.layer(layout.num_layers - 1), "output", None), "LayerNorm", None)
-    if norm is None:
+    dense, norm = found
+    head = layout.classifier().output
+    if head.weight.shape[0] != 2 or layout.name(dense.weight) not in gradients:
         return None
     f = lambda t: t.detach().double().cpu()  # noqa: E731
     d = f(head.weight[0] - head.weight[1])
