@@ -102,6 +102,7 @@ class ClsSpans:
         self.relocate, self.relocations = False, 0  # on from the first sweep that changes nothing without it
         seqs = [list(s) for s in sequences]
         scores, changes, done = self.score(seqs), 0, 0
+        first = list(scores)
         for _ in range(sweeps):
             if time.monotonic() >= deadline:
                 break
@@ -117,7 +118,7 @@ class ClsSpans:
                 if not relocate or self.relocate:
                     break
                 self.relocate = True
-        return seqs, {"score_before": None, "score_after": scores, "sweeps": done, "changes": changes,
+        return seqs, {"score_before": first, "score_after": scores, "sweeps": done, "changes": changes,
                       "relocations": self.relocations, "forwards": self.forwards, "sites": sorted(self.bases)}
 
     def _substitute(self, seqs: list[list[int]], scores: list[float], b: int, p: int,
@@ -128,9 +129,9 @@ class ClsSpans:
         falls most."""
         t = seqs[b][p]
         trials = [{b: seqs[b][:p] + [u] + seqs[b][p + 1:]} for u in options[len(seqs[b])][p] if u != t]
-        lacking = missing(seqs, cover)
         if not cover or not self.relocate or time.monotonic() >= deadline or not trials:
             return self._keep(seqs, scores, trials, cover, deadline)
+        lacking = missing(seqs, cover)
         got = self.score([trial[b] for trial in trials])
         best = min(range(len(trials)), key=got.__getitem__)
         if got[best] >= scores[b]:
@@ -191,9 +192,7 @@ def cls_start(repair: Any, pred: dict, fits: Any, deadline: float) -> dict[str, 
     if spans is None or len(seqs) < 2:
         return None
     options = {n: repair.options(n) for n in {len(s) for s in seqs}}
-    before = spans.score(seqs)
     got, report = spans.descend(seqs, options, repair.cover, deadline)
-    report["score_before"] = before
 
     def misfit(batch: Sequence[Sequence[int]]) -> float:
         return repair.misfit(sum(repair.gradient(s, y) for s, y in zip(batch, pred["labels"])) / len(batch))
