@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import defaultdict
@@ -52,9 +53,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="results/benchmark_text.jsonl")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--budget", type=float, default=None, help="seconds per batch and attack (default: none)")
+    ap.add_argument("--budget-clock", choices=["wall", "cpu"], default="wall",
+                    help="what the budget counts: wall seconds, or this process' CPU seconds (fair when "
+                         "two arms share a loaded machine; recorded in each unit's budget)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="an attack option, as `textleak recover --option` takes it (repeatable; part of each unit's key)")
     args = ap.parse_args(argv)
+    os.environ["TEXTLEAK_BUDGET_CLOCK"] = args.budget_clock
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

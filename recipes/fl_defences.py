@@ -181,11 +181,15 @@ def main(argv=None) -> int:
     ap.add_argument("--option", action="append", default=[], metavar="[STAGE.]KEY=VALUE",
                     help="attack settings, as textleak recover's --option (e.g. likelihood.share=0.8)")
     ap.add_argument("--budget", type=float, default=300, help="seconds per batch (the attack returns its best)")
+    ap.add_argument("--budget-clock", choices=["wall", "cpu"], default="wall",
+                    help="what the budget counts: wall seconds, or this process' CPU seconds (fair when "
+                         "two arms share a loaded machine; recorded in each unit's budget)")
     ap.add_argument("--utility", type=int, default=0, help="held-out dev rows for the accuracy runs (0: none)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="results/fl_defences")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
+    os.environ["TEXTLEAK_BUDGET_CLOCK"] = args.budget_clock
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

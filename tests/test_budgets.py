@@ -14,6 +14,7 @@ from textleak.core import MatchConfig, match
 from textleak.core.budget import time_budget
 from textleak.errors import InputError
 from textleak.pacing import Pacer, clock, fixed_share
+from textleak.text.models import load_text_model
 
 from test_core_matching import _problem
 from _defences_tiny import make_tiny_bert, write_tsv
@@ -61,7 +62,7 @@ def tiny(tmp_path_factory):
 
 def test_recover_records_the_budget_and_returns_a_guess_when_it_runs_out(tiny, one_thread):
     folder, _ = tiny
-    target = textleak.text.models.load_text_model(str(folder), task="classify")
+    target = load_text_model(str(folder), task="classify")
     cap = textleak.capture_gradients(target, ["the acting is superb ."], labels=[1])
     t0 = time.perf_counter()
     res = textleak.recover(gradients=cap.gradients, model=target, attack="dlg", reference=cap.reference,
@@ -155,3 +156,35 @@ def test_audit_budget_prints_eta_and_records_each_units_budget(tiny, tmp_path, c
     assert "ETA" in printed and "elapsed" in printed and "attacks and utility runs took" in printed
     units = json.loads((out / "results" / "table.json").read_text())["units"]
     assert len(units) == 4 and all(u["budget"]["ran_out"] and u["budget"]["seconds"] <= 1.5 for u in units)
+
+
+def test_a_cpu_clock_budget_counts_work_not_waiting(monkeypatch):
+    """TEXTLEAK_BUDGET_CLOCK=cpu: a process that sleeps spends no budget; one that computes does."""
+    import time as _time
+
+    from textleak.core.budget import time_budget
+
+    monkeypatch.setenv("TEXTLEAK_BUDGET_CLOCK", "cpu")
+    with time_budget(0.05) as b:
+        _time.sleep(0.2)
+        assert not b.expired()
+        end = _time.process_time() + 0.2
+        while _time.process_time() < end:
+            pass
+        assert b.expired()
+    assert b.describe()["clock"] == "cpu"
+    monkeypatch.setenv("TEXTLEAK_BUDGET_CLOCK", "wall")
+    with time_budget(0.05) as b:
+        _time.sleep(0.1)
+        assert b.expired()
+    assert "clock" not in b.describe()
+
+
+def test_an_unknown_budget_clock_is_refused(monkeypatch):
+    from textleak.core.budget import time_budget
+    from textleak.errors import InputError
+
+    monkeypatch.setenv("TEXTLEAK_BUDGET_CLOCK", "gpu")
+    with pytest.raises(InputError, match="TEXTLEAK_BUDGET_CLOCK"):
+        with time_budget(1):
+            pass

@@ -70,11 +70,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..core import budget
+from ..core.budget import now as budget_now
 from ..errors import MissingKnowledgeError
 from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
@@ -200,7 +200,7 @@ class UpdateExact(Exact):
             if placed is None:
                 raise
             return self._described(placed, facts)  # no span to search: the placement's best, uncertified
-        if not out.details["certified"] and time.monotonic() < budget.current().deadline:
+        if not out.details["certified"] and budget_now() < budget.current().deadline:
             # the tight layer-0 threshold is measured, not proved: the rest of the budget goes to
             # wider candidates
             wide = self._attempt(observation, target, moved, facts, RETRY_WIDEN)
@@ -240,7 +240,7 @@ class UpdateExact(Exact):
             out.details["layered_search"] = self._layered_search.describe()
         if observation.task == "classify":
             self._certify(observation, layout_for(target.model), facts, out)
-            if not out.details["certified"] and self._fits.fits and time.monotonic() < budget.current().deadline:
+            if not out.details["certified"] and self._fits.fits and budget_now() < budget.current().deadline:
                 self._repair(observation, target, moved, facts, out, self._near)
         out.details["layer0_allowance"] = {"widen": widen, "tolerance": self._tolerance}
         return out

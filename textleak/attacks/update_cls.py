@@ -26,12 +26,12 @@ Threat model: as `attacks.update` (U, w0, K, lr, the declared lengths; the last 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..core.budget import now as budget_now
 from ..text.layouts import Layout
 from ..text.leaks.sentences import site_inputs
 from .update_repair import missing
@@ -104,7 +104,7 @@ class ClsSpans:
         scores, changes, done = self.score(seqs), 0, 0
         first = list(scores)
         for _ in range(sweeps):
-            if time.monotonic() >= deadline:
+            if budget_now() >= deadline:
                 break
             before = changes
             for b in range(len(seqs)):
@@ -129,7 +129,7 @@ class ClsSpans:
         falls most."""
         t = seqs[b][p]
         trials = [{b: seqs[b][:p] + [u] + seqs[b][p + 1:]} for u in options[len(seqs[b])][p] if u != t]
-        if not cover or not self.relocate or time.monotonic() >= deadline or not trials:
+        if not cover or not self.relocate or budget_now() >= deadline or not trials:
             return self._keep(seqs, scores, trials, cover, deadline)
         lacking = missing(seqs, cover)
         got = self.score([trial[b] for trial in trials])
@@ -155,7 +155,7 @@ class ClsSpans:
         """The trial (sentence index -> new sentence) of least summed score below the current, if any: 1 if kept."""
         lacking = missing(seqs, cover)
         ok = [t for t in trials if not cover or missing([t.get(i, s) for i, s in enumerate(seqs)], cover) <= lacking]
-        if not ok or time.monotonic() >= deadline:
+        if not ok or budget_now() >= deadline:
             return 0
         flat = [(k, i, s) for k, t in enumerate(ok) for i, s in t.items()]
         unique = list(dict.fromkeys(tuple(s) for _, _, s in flat))

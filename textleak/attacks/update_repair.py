@@ -42,11 +42,11 @@ misfit does not guide the moves.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Sequence
 
 import torch
 
+from ..core.budget import now as budget_now
 from ..text.layouts import Layout
 from ..text.leaks.residuals import partial_residuals
 from ..text.leaks.spans import LayerSpan
@@ -153,7 +153,7 @@ class BoxRepair:
         seqs, start = self.begin(sequences, labels, deadline)
         moved: list[set[int]] = [set() for _ in seqs]
         sweeps, before = 0, -1
-        while self._changes > before and sweeps < self.sweeps and time.monotonic() < deadline:
+        while self._changes > before and sweeps < self.sweeps and budget_now() < deadline:
             before, sweeps = self._changes, sweeps + 1
             if self.move and exchange:
                 self._move(seqs)
@@ -171,7 +171,7 @@ class BoxRepair:
                 self._exchange(seqs)
         return seqs, {"misfit_before": start, "misfit_after": self._best, "sweeps": sweeps, "changes": self._changes,
                       "trials": self.trials, "width": self.width, "moves": self.moves,
-                      "ran_out": time.monotonic() >= deadline}
+                      "ran_out": budget_now() >= deadline}
 
     def begin(self, sequences: Sequence[Sequence[int]], labels: Sequence[int], deadline: float,
               gradient: Callable[[Sequence[int], int], torch.Tensor] | None = None) -> tuple[list[list[int]], float]:
@@ -206,7 +206,7 @@ class BoxRepair:
         found = None
         lacking = missing(seqs, self.cover)
         for trial in trials:
-            if trial == seqs[b] or time.monotonic() >= self._deadline:
+            if trial == seqs[b] or budget_now() >= self._deadline:
                 continue
             if self.cover and missing(seqs[:b] + [trial] + seqs[b + 1:], self.cover) > lacking:
                 continue
@@ -233,7 +233,7 @@ class BoxRepair:
                     for x, y in ((seqs[a][:p] + [seqs[b][p]] + seqs[a][p + 1:],
                                   seqs[b][:p] + [seqs[a][p]] + seqs[b][p + 1:]),
                                  (seqs[b][:p + 1] + seqs[a][p + 1:], seqs[a][:p + 1] + seqs[b][p + 1:])):
-                        if (x == seqs[a] and y == seqs[b]) or time.monotonic() >= self._deadline:
+                        if (x == seqs[a] and y == seqs[b]) or budget_now() >= self._deadline:
                             continue
                         gx, gy = self.gradient(x, self._labels[a]), self.gradient(y, self._labels[b])
                         total = self._total + (gx - self._own[a] + gy - self._own[b]) / self._B
@@ -272,7 +272,7 @@ class BoxRepair:
                 for c, q in targets:
                     trial = [list(s) for s in seqs]
                     trial[b][p], trial[c][q] = u, t
-                    if time.monotonic() >= self._deadline or (self.cover and missing(trial, self.cover) > lacking):
+                    if budget_now() >= self._deadline or (self.cover and missing(trial, self.cover) > lacking):
                         continue
                     if c == b:
                         grads = {b: self.gradient(trial[b], self._labels[b])}

@@ -20,11 +20,11 @@ there, and the simulation certificate (`update_sim`) still decides. Classificati
 
 from __future__ import annotations
 
-import time
 from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..core.budget import now as budget_now
 from .update_repair import BoxRepair
 
 #: settled sentences tried per slot (closest to the layer-1 span first)
@@ -79,7 +79,7 @@ class SentenceRepair:
         ys = [int(y) for y in labels]
         seqs, start = self.box.begin(sequences, ys, deadline, self.gradient)
         swaps, sweeps, changed = 0, 0, True
-        while changed and sweeps < self.sweeps and time.monotonic() < deadline:
+        while changed and sweeps < self.sweeps and budget_now() < deadline:
             changed, sweeps = False, sweeps + 1
             for b in range(len(seqs)):
                 trials = [t for t in self.options(near, len(seqs[b])) if t not in seqs]
@@ -89,7 +89,7 @@ class SentenceRepair:
         seqs, best, fresh = self.refill(seqs, ys, best, deadline) if self.fresh else (seqs, best, [])
         return seqs, {"misfit_before": start, "misfit_after": best, "sweeps": sweeps, "swaps": swaps,
                       "fresh": fresh, "sentences_scored": len(self._grads), "limit": self.limit,
-                      "ran_out": time.monotonic() >= deadline}
+                      "ran_out": budget_now() >= deadline}
 
     def refill(self, seqs: list[list[int]], ys: list[int], best: float, deadline: float
                ) -> tuple[list[list[int]], float, list[int]]:
@@ -100,7 +100,7 @@ class SentenceRepair:
         sweeps, self.box.sweeps = self.box.sweeps, self.fresh
         try:
             for b in range(len(seqs)):
-                if time.monotonic() >= deadline:
+                if budget_now() >= deadline:
                     break
                 trial = [self.fill(seqs, b) if c == b else s for c, s in enumerate(seqs)]
                 trial, report = self.box.run(trial, ys, deadline, order=[b], exchange=False)

@@ -5,6 +5,11 @@ Budgets nest: `with time_budget(60):` inside `with time_budget(300):` ends at wh
 comes first. Code that searches asks `current()` (or `expired()`) at the points where it can stop
 cleanly (a search round, an optimiser step) and records `current().describe()` in its result, so
 a reader sees whether the budget cut the work short. Nothing here knows about text or images.
+
+The clock is wall time (time.monotonic). A benchmark on a shared machine may count the process'
+CPU seconds instead (`TEXTLEAK_BUDGET_CLOCK=cpu`, time.process_time; the recipes' `--budget-clock
+cpu`), so that two arms run side by side under load get the same work, not the same wall time; the
+result's `budget` record then says `"clock": "cpu"`.
 """
 
 from __future__ import annotations
@@ -12,19 +17,35 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ..errors import InputError
 
+CLOCKS = {"wall": time.monotonic, "cpu": time.process_time}
+
+
+def clock_name() -> str:
+    """The budget clock in use: `TEXTLEAK_BUDGET_CLOCK` (wall, the default, or cpu)."""
+    name = os.environ.get("TEXTLEAK_BUDGET_CLOCK", "wall").strip().lower() or "wall"
+    if name not in CLOCKS:
+        raise InputError(f"TEXTLEAK_BUDGET_CLOCK must be one of {', '.join(CLOCKS)}, got {name!r}")
+    return name
+
+
+def now() -> float:
+    """Seconds on the budget clock (only differences mean anything)."""
+    return CLOCKS[clock_name()]()
+
 
 @dataclass
 class Budget:
-    """A deadline `seconds` after `start` (time.monotonic); seconds None means no limit."""
+    """A deadline `seconds` after `start` (on the budget clock, `now()`); seconds None means no limit."""
 
     seconds: float | None = None
-    start: float = field(default_factory=time.monotonic)
+    start: float = field(default_factory=now)
     parent: "Budget | None" = field(default=None, repr=False)
     ran_out: bool = False
 
@@ -40,14 +61,14 @@ class Budget:
 
     def remaining(self) -> float:
         """Seconds left (math.inf without a limit), never negative."""
-        return max(0.0, self.deadline - time.monotonic())
+        return max(0.0, self.deadline - now())
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.start
+        return now() - self.start
 
     def expired(self) -> bool:
         """True once the deadline (own or an enclosing one) has passed; remembered in `ran_out`."""
-        if time.monotonic() >= self.deadline:
+        if now() >= self.deadline:
             self.ran_out = True
             if self.parent is not None:
                 self.parent.expired()
@@ -56,7 +77,10 @@ class Budget:
     def describe(self) -> dict[str, Any]:
         """What a result records: the limit, the time used, and whether the limit cut it short."""
         limit = None if math.isinf(self.deadline) else round(self.deadline - self.start, 3)
-        return {"seconds": limit, "used": round(self.elapsed(), 3), "ran_out": self.ran_out}
+        out = {"seconds": limit, "used": round(self.elapsed(), 3), "ran_out": self.ran_out}
+        if clock_name() != "wall":
+            out["clock"] = clock_name()
+        return out
 
 
 _CURRENT: contextvars.ContextVar[Budget] = contextvars.ContextVar("textleak_budget", default=Budget())
