@@ -92,3 +92,24 @@ def test_the_finish_descends_onto_the_states_only_when_asked(batch):
     assert ATTACKS.get("beyond_rank")()._finisher(obs, layout, [30, 30], target.tokenizer, 2).targets is None
     got = ATTACKS.get("beyond_rank")(targets=True)._finisher(obs, layout, [30, 30], target.tokenizer, 2)
     assert got.targets == ({"g": 1}, 2)
+
+
+def test_short_sentences_are_inverted_from_their_states_at_every_missing_length(batch):
+    from textleak.attacks.beyond_rank_invert import StateInversion
+
+    target, layout, grads, truth, _ = batch
+    tok = target.tokenizer
+    lengths = [len(s) for s in truth]
+    pins = token_positions(layout, grads, embedding_token_set(layout, grads).tolist(), max(lengths))
+    rng = random.Random(2)
+    # tracks of the right lengths, every content token drawn at random from its column, and given in an order
+    # that pairs no track with its sentence's length: only an inversion at each length can reach the states
+    options = [sorted(t for t in a if t not in {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}) for a in pins.allowed]
+    tracks = [[s[0]] + [rng.choice(options[p]) for p in range(1, len(s) - 1)] + [s[-1]] for s in truth[::-1]]
+    invert = StateInversion(layout, tok.cls_token_id, tok.sep_token_id, longest=max(lengths), tries=len(truth))
+    descent = TargetDescent(layout, grads, len(truth), {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id},
+                            invert=invert, sweeps=0)
+    out = descent.run(tracks, [], pins.allowed)
+    assert sorted(map(len, out)) == sorted(lengths)
+    assert invert.report["found"] >= len(truth) // 2
+    assert all(s in truth for s in out[len(out) - invert.report["found"]:])

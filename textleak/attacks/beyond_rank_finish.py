@@ -36,6 +36,7 @@ from ..core import budget
 from ..errors import InputError
 from ..text.prior import load_prior
 from .bag_parts import ShareScorer, SwapSearch, assemble, columns
+from .beyond_rank_invert import StateInversion
 from .beyond_rank_targets import TargetDescent
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,11 @@ class BagFinish:
     cannot be read as columns (no word-embedding table in the peel, nothing placed)."""
 
     def __init__(self, tokenizer: Any, prior: str = "bigram", weight: float = 3.0, tries: int = 256,
-                 sweeps: int = 4, seed: int = 0, targets: tuple[dict, int] | None = None):
+                 sweeps: int = 4, seed: int = 0, targets: tuple[dict, int] | None = None, invert: int = 0):
         self.tok, self.prior_name, self.weight = tokenizer, prior, weight
         self.tries, self.sweeps, self.seed = tries, sweeps, seed
         self.targets = targets  # (the batch's gradients, B): descend onto the pooled states (`beyond_rank_targets`)
+        self.invert = invert  # longest length inverted from the states first (`beyond_rank_invert`; 0: off)
         self.report: dict[str, Any] = {}
 
     def tracks(self, search: Any, peeler: Any, pins: Any, tokens: Sequence[int], model: Any) -> list[list[int]] | None:
@@ -76,7 +78,10 @@ class BagFinish:
         swaps = SwapSearch(scorer, tries=self.tries, seed=self.seed)
         descent = None
         if self.targets is not None and not budget.expired():
-            descent = TargetDescent(search.layout, self.targets[0], self.targets[1], specials, seed=self.seed)
+            invert = StateInversion(search.layout, self.tok.cls_token_id, self.tok.sep_token_id, longest=self.invert,
+                                    seed=self.seed) if self.invert > 0 else None
+            descent = TargetDescent(search.layout, self.targets[0], self.targets[1], specials, seed=self.seed,
+                                    invert=invert)
             tracks = descent.run(tracks, search.found, cols.allowed)
         elif not budget.expired():
             tracks = swaps.run(tracks, self.sweeps)

@@ -52,9 +52,10 @@ class TargetDescent:
     stand at position p. `report` says how many states were read and how many tracks reached one."""
 
     def __init__(self, layout: Layout, gradients: dict, rank: int, specials: set[int], seed: int = 0,
-                 sweeps: int = 8):
+                 sweeps: int = 8, invert: Any = None):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.rng, self.sweeps = random.Random(seed), sweeps
+        self.invert = invert  # a `beyond_rank_invert.StateInversion`: short lengths inverted first
         self.report: dict[str, Any] = {}
 
     def states(self, seqs: Sequence[Sequence[int]], chunk: int = 256) -> torch.Tensor:
@@ -69,11 +70,18 @@ class TargetDescent:
             ) -> list[list[int]]:
         tracks = [list(t) for t in tracks]
         options = [sorted(t for t in a if t not in self.specials) for a in allowed]
-        got = pooled_states(self.layout, self.gradients, self.rank, lambda n: self.states(self._random(tracks, options, n)))
+        seen: list[tuple[list[list[int]], torch.Tensor]] = []
+        got = pooled_states(self.layout, self.gradients, self.rank, lambda n: self._seen(tracks, options, n, seen))
         if got is None or not tracks:
             self.report = {"states": 0}
             return tracks
         targets = self._unfound(got.states, found)
+        inverted: list[list[int]] = []
+        if self.invert is not None and not budget.expired():
+            tracks, targets, inverted = self._inverted(tracks, targets, options, seen)
+            if not tracks or not len(targets):
+                self.report = {"states": len(got.states), "inverted": self.invert.report}
+                return tracks + inverted
         dist = torch.cdist(self.states(tracks), targets) / targets.norm(dim=1)[None]
         rows, cols = linear_sum_assignment(dist.numpy())
         pairs = [(int(r), targets[c], float(dist[r, c])) for r, c in zip(rows, cols)]
@@ -91,9 +99,34 @@ class TargetDescent:
             if not changed or budget.expired():
                 break
         self.report = {"states": len(got.states), "targets": len(targets), "matched": len(pairs),
-                       "reached": sum(d < HIT for d in best.values())}
+                       "reached": sum(d < HIT for d in best.values()),
+                       **({"inverted": self.invert.report} if self.invert is not None else {})}
         log.debug("target descent: %s", self.report)
-        return tracks
+        return tracks + inverted
+
+    def _seen(self, tracks: Sequence[list[int]], options: Sequence[list[int]], n: int,
+              seen: list[tuple[list[list[int]], torch.Tensor]]) -> torch.Tensor:
+        """The [CLS] states of n random sentences (`_random`), kept in `seen` for the length discriminant."""
+        seqs = self._random(tracks, options, n)
+        h = self.states(seqs)
+        seen.append((seqs, h))
+        return h
+
+    def _inverted(self, tracks: list[list[int]], targets: torch.Tensor, options: Sequence[list[int]],
+                  seen: list) -> tuple[list[list[int]], torch.Tensor, list[list[int]]]:
+        """The states `invert` brings back (`beyond_rank_invert`): out of the targets, each with one track of
+        its length out of the tracks."""
+        drawn = ([s for q, _ in seen for s in q], torch.cat([h for _, h in seen])) if seen else ([], targets[:0])
+        got = self.invert.run(targets, [len(t) for t in tracks], options, drawn)
+        out, keep = [], torch.ones(len(targets), dtype=torch.bool)
+        for j, seq in got:
+            k = next((i for i, t in enumerate(tracks) if len(t) == len(seq)), None)
+            if k is None:
+                continue
+            tracks = tracks[:k] + tracks[k + 1:]
+            keep[j] = False
+            out.append(seq)
+        return tracks, targets[keep], out
 
     def _unfound(self, states: torch.Tensor, found: Sequence[list[int]]) -> torch.Tensor:
         """The states no found sentence stands at."""

@@ -1,0 +1,200 @@
+"""Far past the rank limit, short sentences inverted from their own last-layer [CLS] states (`leaks.pooled`)
+with a certificate of their own: a sentence whose state lands on a pooled state (relative distance under
+EXACT; true sentences ~1e-6 off the truth's state, the pooled states within 2.7e-4 of it, one token wrong
+~0.25) is that sentence.
+
+`beyond_rank_targets` descends the finish's assembled tracks onto the states, but a track keeps the
+assembly's length and a state matched to a track of another length cannot be reached (CoLA batch 64: no
+track reached its state, recipes/measured/large_batch_cls_s22/). Here each state is tried at the missing
+lengths themselves (the shortest first, up to `longest` tokens), from scratch: a continuous relaxation (per
+position a softmax over the leaked column's candidates mixes their word embeddings; Adam on the distance
+to the state, the temperature lowered in the second half), rounded to each position's likeliest token, then
+a gradient-guided descent (`GuidedDescent`). Which states to try at a length first: a linear discriminant of
+the length fitted on the [CLS] states of random sentences drawn from the columns (the disaggregation's own
+starts).
+
+Measured (ground truth, MiniLM, CoLA dev batch 0 of 64, the first of every 8 sentences,
+recipes/measured/large_batch_inv_s23/): at the right length, 4 restarts of 200 relaxation steps then the
+descent brought back 3 of 8 exactly (lengths 9, 7, 8; the 9-, 16-, 17-, 19- and 24-token ones not), end
+distance 6e-7 for those and 0.10-0.19 for the rest; one token longer none, ends 0.04-0.16. The guided descent
+alone from one random draw: 0 of 8 (ends 0.16-0.51; one shorter / longer ends as near, 0.04-0.67), from the
+truth with 4 tokens wrong 3 of 8. The length discriminant puts the true length first for 15 of 64 states and
+in its best 3 for 38.
+
+In the attack (`beyond_rank --option targets=true --option finish=0.5 --option invert=9`, CoLA dev batch 0 of
+64, budget 600 CPU s, both arms side by side, recipes/measured/large_batch_inv_s23/): exact = certified 8 ->
+10 of 64, ROUGE-2 26.5 -> 27.9, but ROUGE-1 55.3 -> 53.0 (the inversion's time is the descent's); SST-2 at
+450 CPU s: exact 9 -> 11, certified 9 -> 12, ROUGE-1/2 47.7/26.5 -> 48.8/30.5. Off by default.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from typing import Sequence
+
+import torch
+
+from ..core import budget
+from ..text.layouts import Layout
+
+log = logging.getLogger(__name__)
+
+#: relative distance to a pooled state under which an inverted sentence is certain (module doc)
+EXACT = 1e-3
+
+
+class GuidedDescent:
+    """Sentences of one length descended onto their own [CLS] targets, all at once: each step one
+    forward/backward scores every (position, column candidate) change to first order; each sentence's `top`
+    best per position are evaluated exactly and the best kept, until none improves."""
+
+    def __init__(self, layout: Layout, options: Sequence[Sequence[int]], top: int = 8):
+        self.layout, self.options, self.top = layout, options, top
+        self.W = layout.word_embeddings.weight.detach()
+        self.cols = [torch.tensor(list(o), dtype=torch.long, device=self.W.device) for o in options]
+
+    def _h(self, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor:
+        x = ids if ids is not None else embeds
+        mask = torch.ones(x.shape[:2], dtype=torch.long, device=self.W.device)
+        return self.layout.base(input_ids=ids, inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, 0].double()
+
+    def dist(self, seqs: Sequence[Sequence[int]], T: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+        out = []
+        for i in range(0, len(seqs), chunk):
+            with torch.no_grad():
+                h = self._h(torch.tensor(seqs[i:i + chunk], device=self.W.device)).cpu()
+            out.append((h - T[i:i + chunk]).norm(dim=1) / T[i:i + chunk].norm(dim=1))
+        return torch.cat(out)
+
+    def run(self, seqs: list[list[int]], T: torch.Tensor, steps: int = 60) -> tuple[list[list[int]], torch.Tensor]:
+        seqs = [list(s) for s in seqs]
+        best, live = self.dist(seqs, T), list(range(len(seqs)))
+        for _ in range(steps):
+            if not live or budget.expired():
+                break
+            E = self.W[torch.tensor([seqs[i] for i in live], device=self.W.device)].clone().requires_grad_(True)
+            with torch.enable_grad():
+                h = self._h(embeds=E).cpu()
+                G, = torch.autograd.grad((((h - T[live]) ** 2).sum(1) / (T[live] ** 2).sum(1)).sum(), E)
+            trial, owner = [], []
+            for j, i in enumerate(live):
+                for p in range(1, len(seqs[i]) - 1):
+                    if p >= len(self.cols) or not len(self.cols[p]):
+                        continue
+                    score = (self.W[self.cols[p]] - self.W[seqs[i][p]]) @ G[j, p]
+                    for k in torch.argsort(score)[:self.top].tolist():
+                        if self.options[p][k] != seqs[i][p]:
+                            trial.append(seqs[i][:p] + [self.options[p][k]] + seqs[i][p + 1:])
+                            owner.append(i)
+            if not trial:
+                break
+            d = self.dist(trial, T[owner])
+            nxt = []
+            for i in live:
+                ks = [k for k, o in enumerate(owner) if o == i]
+                k = min(ks, key=lambda k: float(d[k])) if ks else None
+                if k is not None and float(d[k]) < float(best[i]):
+                    seqs[i], best[i] = trial[k], d[k]
+                    nxt.append(i)
+            live = nxt
+        return seqs, best
+
+
+class StateInversion:
+    """Inverts pooled states at the missing short lengths (module doc).
+
+    run(states, missing, options, seen) -> [(state index, sentence)] for each state certified;
+    seen: (sentences, their [CLS] states) drawn from the columns, to fit the length discriminant."""
+
+    def __init__(self, layout: Layout, cls: int, sep: int, longest: int = 9, restarts: int = 3, steps: int = 120,
+                 tries: int = 2, seed: int = 0):
+        self.layout, self.cls, self.sep = layout, cls, sep
+        self.longest, self.restarts, self.steps, self.tries = longest, restarts, steps, tries
+        self.gen = torch.Generator().manual_seed(seed)
+        self.rng = random.Random(seed)
+        self.report = {"tried": 0, "found": 0}
+
+    def run(self, states: torch.Tensor, missing: Sequence[int], options: Sequence[Sequence[int]],
+            seen: tuple[list[list[int]], torch.Tensor]) -> list[tuple[int, list[int]]]:
+        counts = Counter(n for n in missing if 3 <= n <= self.longest)
+        if not counts or not len(states):
+            return []
+        prior = _length_prior(seen, states, sorted(set(missing)))
+        descent = GuidedDescent(self.layout, options)
+        out: list[tuple[int, list[int]]] = []
+        taken: set[int] = set()
+        for n in sorted(counts):  # the shortest first: cheapest, and most often brought back
+            if budget.expired():
+                break
+            order = [j for j in torch.argsort(-prior.get(n, torch.zeros(len(states)))).tolist()
+                     if j not in taken][:self.tries * counts[n]]
+            for j, seq in self._invert(n, states[order], options, descent, order) if order else ():
+                if counts[n] > 0 and j not in taken:
+                    out.append((j, seq))
+                    taken.add(j)
+                    counts[n] -= 1
+        self.report = {**self.report, "found": len(out)}
+        log.debug("state inversion: %s", self.report)
+        return out
+
+    def _invert(self, n: int, T: torch.Tensor, options: Sequence[Sequence[int]], descent: GuidedDescent,
+                which: list[int]) -> list[tuple[int, list[int]]]:
+        """The states T at length n: relaxed, rounded and descended, `restarts` each; the certain ones."""
+        R = self.restarts
+        self.report["tried"] += len(which)
+        TT = T.repeat_interleave(R, 0)
+        seqs = self._relax(n, TT, options)
+        seqs, d = descent.run(seqs, TT)
+        out = []
+        for a, j in enumerate(which):
+            k = int(d[a * R:(a + 1) * R].argmin()) + a * R
+            if float(d[k]) < EXACT:
+                out.append((j, seqs[k]))
+        return out
+
+    def _relax(self, n: int, T: torch.Tensor, options: Sequence[Sequence[int]]) -> list[list[int]]:
+        W = self.layout.word_embeddings.weight.detach()
+        dev = W.device
+        cols = [torch.tensor(list(options[p]) if p < len(options) and options[p] else [self.sep], device=dev)
+                for p in range(1, n - 1)]
+        Z = [(0.1 * torch.randn(len(T), len(c), generator=self.gen)).to(dev).requires_grad_(True) for c in cols]
+        opt = torch.optim.Adam(Z, lr=0.1)
+        ends = W[torch.tensor([self.cls, self.sep], device=dev)]
+        Td = T.to(dev)
+        mask = torch.ones(len(T), n, dtype=torch.long, device=dev)
+        for it in range(self.steps):
+            if budget.expired():
+                break
+            tau = 1.0 - 0.9 * max(0, it - self.steps // 2) / max(1, self.steps - self.steps // 2)
+            with torch.enable_grad():
+                mids = torch.stack([torch.softmax(z / tau, 1) @ W[c] for z, c in zip(Z, cols)], 1)
+                E = torch.cat([ends[0].expand(len(T), 1, -1), mids, ends[1].expand(len(T), 1, -1)], 1)
+                h = self.layout.base(inputs_embeds=E, attention_mask=mask).last_hidden_state[:, 0].double()
+                loss = (((h - Td) ** 2).sum(1) / (Td ** 2).sum(1)).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return [[self.cls] + [int(c[int(z[r].argmax())]) for z, c in zip(Z, cols)] + [self.sep] for r in range(len(T))]
+
+
+def _length_prior(seen: tuple[list[list[int]], torch.Tensor], states: torch.Tensor, lengths: list[int]
+                  ) -> dict[int, torch.Tensor]:
+    """Per length, each state's linear-discriminant score (shared covariance) from the seen sentences."""
+    seqs, X = seen
+    if not seqs:
+        return {}
+    y = torch.tensor([len(s) for s in seqs])
+    mu, sd = X.mean(0), X.std(0) + 1e-6
+    Xn, Sn = (X - mu) / sd, (states - mu) / sd
+    have = [n for n in lengths if int((y == n).sum()) > 1]
+    if not have:
+        return {}
+    means = torch.stack([Xn[y == n].mean(0) for n in have])
+    keep = torch.isin(y, torch.tensor(have))
+    R = Xn[keep] - means[torch.tensor([have.index(int(v)) for v in y[keep]])]
+    C = R.T @ R / max(1, len(R)) + 0.1 * torch.eye(X.shape[1], dtype=X.dtype)
+    D = Sn[:, None] - means[None]
+    score = -0.5 * torch.einsum("skh,hg,skg->sk", D, torch.linalg.inv(C), D)
+    return {n: score[:, k] for k, n in enumerate(have)}
