@@ -68,7 +68,7 @@ def run_unit(target, spec: str, batch, index: int, attack: str, budget: float | 
             "ran_out": b.ran_out, "simulation": d.get("simulation"), "noise": d.get("noise"), "repair": d.get("repair"),
             "sentence_repair": d.get("sentence_repair"), "box_misfit": (d.get("repair") or {}).get("misfit_after"),
             "layer0_retry": d.get("layer0_retry"), "placement": d.get("placement"), "ranked_fill": d.get("ranked_fill"),
-            "cls_descent": d.get("cls_descent"),
+            "cls_descent": d.get("cls_descent"), "passes": d.get("passes"),
             "rounding": (d.get("update") or {}).get("rounding"), "steps": d.get("steps"),
             "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "recovered": res.texts, "references": texts,

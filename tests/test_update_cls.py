@@ -13,7 +13,7 @@ import torch
 
 import textleak
 from conftest import make_wide_classifier
-from textleak.attacks.update_cls import ClsSpans, cls_start
+from textleak.attacks.update_cls import POOLER, SITES, ClsSpans, cls_start
 from textleak.text.layouts import layout_for
 
 TEXTS = ["a bird sang a song .", "the cat was very sad .", "the film was good ."]
@@ -69,3 +69,50 @@ def test_cls_start_keeps_the_descended_batch_where_its_box_misfit_is_lower(setup
     pred = {"token_ids": wrong, "labels": LABELS}
     report = cls_start(repair, pred, fits, time.monotonic() + 600)
     assert report["kept"] and pred["token_ids"] == ids
+
+
+def test_the_pooler_is_a_site_whose_true_sentences_score_below_crossed_tails(setup):
+    wide, fits, _, ids = setup
+    spans = ClsSpans.of(fits.layout, fits.layout, fits.update, fits.lr, fits.steps, len(ids), SITES + (POOLER,))
+    assert POOLER in spans.bases and set(SITES) <= set(spans.bases)
+    alone = ClsSpans.of(fits.layout, fits.layout, fits.update, fits.lr, fits.steps, len(ids), (POOLER,))
+    crossed = [ids[1][:3] + ids[0][3:], ids[0][:3] + ids[1][3:]]
+    assert max(alone.score(ids)) < min(alone.score(crossed))
+
+
+def test_with_relabel_the_descended_batch_is_weighed_with_its_own_labels(setup):
+    wide, fits, _, ids = setup
+    truth = {tuple(s): y for s, y in zip(ids, LABELS)}
+
+    def gradient(s, y):  # 0 for a true sentence with its own label
+        return torch.tensor([float(truth.get(tuple(s)) != int(y))])
+    options = _options(ids, [])
+    repair = SimpleNamespace(layout=fits.layout, cover=None, options=lambda n: options[n], gradient=gradient,
+                             misfit=lambda G: float(G.sum()))
+    wrong = [ids[1][:4] + ids[0][4:], ids[0][:4] + ids[1][4:], list(ids[2])]
+    swapped = [LABELS[1], LABELS[0], LABELS[2]]  # the labels that fitted the start's slots
+    pred = {"token_ids": [list(s) for s in wrong], "labels": list(swapped)}
+    assert not cls_start(repair, pred, fits, time.monotonic() + 600)["kept"] and pred["token_ids"] == wrong
+    pred = {"token_ids": [list(s) for s in wrong], "labels": list(swapped)}
+    report = cls_start(repair, pred, fits, time.monotonic() + 600, relabel=True)
+    assert report["kept"] and pred["token_ids"] == ids and pred["labels"] == LABELS
+
+
+def test_with_inner_ids_the_descent_is_offered_no_cls_or_sep_inside(setup, monkeypatch):
+    wide, fits, _, ids = setup
+    tok = wide.tokenizer
+    specials = {tok.cls_token_id, tok.sep_token_id}
+    options = _options(ids, sorted(specials))
+    repair = SimpleNamespace(layout=fits.layout, cover=None, options=lambda n: options[n],
+                             gradient=lambda s, y: torch.zeros(1), misfit=lambda G: float(G.sum()))
+    seen = []
+
+    def descend(self, sequences, opts, cover, deadline, **_):
+        seen.append(opts)
+        return [list(s) for s in sequences], {}
+    monkeypatch.setattr(ClsSpans, "descend", descend)
+    cls_start(repair, {"token_ids": [list(s) for s in ids], "labels": LABELS}, fits, time.monotonic() + 600,
+              inner=specials)
+    assert seen and all(not specials & set(row) for n, rows in seen[0].items() for row in rows[1:n - 1])
+    cls_start(repair, {"token_ids": [list(s) for s in ids], "labels": LABELS}, fits, time.monotonic() + 600)
+    assert any(specials & set(row) for n, rows in seen[1].items() for row in rows[1:n - 1])

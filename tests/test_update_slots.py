@@ -122,3 +122,28 @@ def test_with_slots_first_the_repairs_run_before_the_search_and_a_certified_batc
     with pytest.raises(AssertionError, match="the search ran"):  # off: the search first
         textleak.recover(gradients=cap.gradients, model=wide, attack="exact-update", reference=cap.reference,
                          unknown=["labels"], options={"slots_first": False}, progress=False)
+
+
+def test_the_batch_slots_first_left_competes_in_the_ranked_start_when_carried():
+    from textleak.attacks.update import _carrying
+
+    class Stub:  # as above: neighbours' products summed; the misfit: the distance to `target`
+        cover = None
+        layout = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(num_labels=2)))
+
+        def gradient(self, seq, label):
+            return torch.tensor([float(sum(a * b for a, b in zip(seq, seq[1:])))], dtype=torch.double)
+
+        def misfit(self, G):
+            return float((G - self.target).abs().sum())
+
+    box = Stub()
+    truth = [[CLS, 1, 2, 3, SEP], [CLS, 4, 5, SEP]]
+    box.target = sum(box.gradient(s, 0) for s in truth) / 2
+    order = [[CLS], [1, 4], [5, 2], [3]]
+    pred = {"token_ids": [[CLS, 9, 9, 9, SEP], [CLS, 9, 9, SEP]], "labels": [0, 0]}
+    crossed = [[CLS, 4, 2, 3, SEP], [CLS, 1, 5, SEP]]
+    report = ranked_start(box, pred, order, {CLS, SEP}, _carrying(lambda filled: {"crossed": crossed}, truth))
+    assert report["kept"] == "carried" and pred["token_ids"] == truth and "crossed" in report
+    pred = {"token_ids": [[CLS, 9, 9, 9, SEP], [CLS, 9, 9, SEP]], "labels": [0, 0]}
+    assert ranked_start(box, pred, order, {CLS, SEP}, _carrying(None, truth))["kept"] == "carried"

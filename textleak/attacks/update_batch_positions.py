@@ -88,7 +88,7 @@ BOX_LIMIT = 0.5
 #: lr 1e-5 (box 0.503): every true token allowed, 85 of 87 among the first 16 of its position's ranking
 SOFT_LIMIT = 1.0
 #: the fill's labels are chosen among every assignment where there are at most this many, else by flipping one
-#: sentence's label at a time from the search's while the misfit falls (`_labels`): CoLA dev batch 0 of 4 at lr
+#: sentence's label at a time from the search's while the misfit falls (`least_labels`): CoLA dev batch 0 of 4 at lr
 #: 1e-5, the fill's misfit 0.053 with the search's labels (one wrong), 0.0086 with the true ones. At batch 8 the
 #: 256 assignments x 6 batches took 232 of a 435 s run (RT dev batch 0, K 8, lr 1e-4, budget 400, load 4.3,
 #: cProfile), leaving the repairs after it no time
@@ -236,14 +236,14 @@ def ranked_start(repair: Any, pred: dict, order: Sequence[Sequence[int]], specia
     for name, (batch, labels) in batches.items():
         if labels is None:  # its labels: those of least misfit
             starts = [list(pred["labels"])] + [list(ys) for _, ys in batches.values() if ys is not None]
-            batches[name] = batch, labels = batch, _labels(batch, starts, classes, misfit)
+            batches[name] = batch, labels = batch, least_labels(batch, starts, classes, misfit)
         keys[name] = (misfit(batch, labels), missing(batch, repair.cover))
     kept = min(keys, key=lambda name: keys[name])  # the search's guess on a tie
     pred["token_ids"], pred["labels"] = batches[kept]
     return {**{name: list(key) for name, key in keys.items()}, "kept": kept}
 
 
-def _labels(batch: Sequence[Sequence[int]], starts: list[list[int]], classes: int,
+def least_labels(batch: Sequence[Sequence[int]], starts: list[list[int]], classes: int,
             misfit: Callable[[Sequence[Sequence[int]], Sequence[int]], float]) -> list[int]:
     """The labels of least `misfit` for `batch`: among every assignment (and `starts`) where there are at most
     LABEL_CHOICES, else from each of `starts` (the search's labels, those chosen for the batches before), one

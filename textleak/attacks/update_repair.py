@@ -42,6 +42,7 @@ misfit does not guide the moves.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Sequence
 
 import torch
@@ -150,6 +151,7 @@ class BoxRepair:
         least certain: the budget may end within a sweep); with `exchange`, each sweep ends with
         two sentences trading tokens (`_exchange`), and with `move` too each sweep starts with a token moved
         to another sentence (`_move`)."""
+        began = time.process_time()
         seqs, start = self.begin(sequences, labels, deadline)
         moved: list[set[int]] = [set() for _ in seqs]
         sweeps, before = 0, -1
@@ -171,7 +173,7 @@ class BoxRepair:
                 self._exchange(seqs)
         return seqs, {"misfit_before": start, "misfit_after": self._best, "sweeps": sweeps, "changes": self._changes,
                       "trials": self.trials, "width": self.width, "moves": self.moves,
-                      "ran_out": budget_now() >= deadline}
+                      "ran_out": budget_now() >= deadline, "cpu_s": round(time.process_time() - began, 1)}
 
     def begin(self, sequences: Sequence[Sequence[int]], labels: Sequence[int], deadline: float,
               gradient: Callable[[Sequence[int], int], torch.Tensor] | None = None) -> tuple[list[list[int]], float]:
