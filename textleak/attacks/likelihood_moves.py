@@ -147,7 +147,7 @@ class StretchRebuild:
             keep = torch.topk(J, min(self.beam, len(trials))).indices.tolist()
             beams = [(trials[k], float(J[k]), s.e[k]) for k in keep]
         best = max(beams, key=lambda b: b[1])
-        return best if best[1] > guess.best and best[0] != guess.x else None
+        return best if best[1] > guess.best and best[0] != guess.x and guess.admits(best[0]) else None
 
     def relaxation(self, guess, where: range, banned) -> list[list[int]]:
         """Per slot of `where`, the `relaxed` tokens nearest its relaxed embedding (`attacks.relax`),

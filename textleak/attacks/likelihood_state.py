@@ -8,6 +8,7 @@ Shapes: sentences are token-id lists; gradients and targets name -> tensor (the 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Sequence
 
 import torch
@@ -83,15 +84,43 @@ class _Guess:
     the gradient at its embedding sum (`e`, for the matched filter). `weighted`: J is J_w, each
     layer's share relative to its size at the guess (`attacks.layer_weights`)."""
 
-    def __init__(self, batch: _Batch, i: int, weighted: bool = False):
+    def __init__(self, batch: _Batch, i: int, weighted: bool = False, guard: bool = False):
         self.T, self.clip, self.weighted = batch.target(i), batch.clip, weighted
         self.x, self.y = list(batch.seqs[i]), batch.labels[i]
         self.scorer = GroupScorer(batch.layout, self.T)
         if weighted:
             self.scorer.weights = relative_weights(self.scorer, self.x, self.y)
         self.weights = self.scorer.weights
+        #: J_w's weights at this guess where J's changes must not lower J_w (`LikelihoodSearch.guard`)
+        self.guard = relative_weights(self.scorer, self.x, self.y) if guard and not weighted else None
+        self._floor: tuple = (None, -math.inf)  # (sequence, its J_w) under the guard
         J, scores = self.score([self.x])
         self.best, self.e = float(J[0]), scores.e[0]
+
+    def _guard_jw(self) -> torch.Tensor:
+        """J_w (the guard's weights) of the hypotheses the scorer just scored, from its per-group parts."""
+        dot, norm2 = self.scorer.parts
+        w = self.guard[:, None]
+        return _J(SimpleNamespace(dot=(w * dot).sum(0), norm2=(w * norm2).sum(0)), self.clip, norm2.sum(0))
+
+    def floor(self) -> float:
+        """J_w (the guard's weights) of the current guess: a change the guard admits does not lower it."""
+        if self._floor[0] != tuple(self.x):
+            self.score([self.x])
+            self._floor = (tuple(self.x), float(self._guard_jw()[0]))
+        return self._floor[1]
+
+    def guarded(self, J: torch.Tensor, floor: float) -> torch.Tensor:
+        """J with the hypotheses just scored that lower J_w below `floor` at -inf (no guard: J)."""
+        return J if self.guard is None else J.masked_fill(self._guard_jw() < floor, -math.inf)
+
+    def admits(self, seq: list[int]) -> bool:
+        """Whether the guard lets the guess become `seq` (J_w not lower; always without a guard)."""
+        if self.guard is None:
+            return True
+        floor = self.floor()
+        self.score([seq])
+        return float(self._guard_jw()[0]) >= floor
 
     def matched(self, p: int, k: int, banned: torch.Tensor, word: str, e: torch.Tensor | None = None) -> list[int]:
         """The matched filter at position p: the k tokens whose target word row best matches the
@@ -112,7 +141,9 @@ class _Guess:
         trials = [list(self.x) for _ in options]
         for t, v in zip(trials, options):
             t[p] = v
+        floor = self.floor() if self.guard is not None else None
         J, s = self.score(trials)
+        J = self.guarded(J, floor)
         k = int(J.argmax())
         if float(J[k]) <= self.best:
             return 0
@@ -155,10 +186,12 @@ class _Guess:
         trials at 44 tokens took 60 s on a loaded machine: RT dev sentence 2 ran 71 s past its 600)."""
         trials = [list(t) for t in dict.fromkeys(map(tuple, trials))]
         best_move = None
+        floor = self.floor() if self.guard is not None else None
         for k in range(0, len(trials), chunk):
             if k and current().expired():
                 break
             J, s = self.score(trials[k:k + chunk])
+            J = self.guarded(J, floor)
             j = int(J.argmax())
             if float(J[j]) > self.best and (best_move is None or float(J[j]) > best_move[1]):
                 best_move = (trials[k + j], float(J[j]), s.e[j])
