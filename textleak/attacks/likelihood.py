@@ -169,11 +169,14 @@ class LikelihoodSearch:
     #: one guess, "from" from another), outside the 4 every sweep tries; climbing on the top 32 alone,
     #: J_w put in 4 true tokens of 14 changes from three RT 0 guesses, J none of 19 (it trades function
     #: words for others), so the J climb keeps `context`. Off: its pairs (RT and SST-2 dev 0-2, 87-150 CPU s a
-    #: sentence) tied or lost, RT 0.755 / 0.755 and SST-2 0.904 / 0.904 (recipes/measured/noise_rt_b1_s21)
+    #: sentence) tied or lost, RT 0.755 / 0.755 and SST-2 0.904 / 0.904 (recipes/measured/noise_rt_b1_s21).
+    #: Session 23 at 600 CPU s a sentence (`--budget-clock cpu`), 64 against 0 side by side: RT dev 0 0.944 /
+    #: 0.811 (its one J_w full sweep put in 3 tokens from the deeper list), RT 1 and 2 the same texts (1.000;
+    #: 0.679, no J_w full sweep reached at 38 tokens); still off: CoLA / SST-2 not checked (noise_rt_b1_s23)
     deep: int = 0
     #: the J climb (after J_w's) takes only changes that do not lower J_w (its weights at the J climb's
     #: start; `_Guess.guarded`). Why: from settled RT dev guesses at 1e-6 J_w reaches the truth by
-    #: true two-token blocks from 8 of 8, J from 4 (ground truth, session 23, recipes/measured/noise_rt_b1_s23),
+    #: true two-token blocks from 11 of 11, J from 6 (ground truth, session 23, recipes/measured/noise_rt_b1_s23),
     #: and J's changes after J_w's were true in 0 of 19 (session 21). Off: no pair measured yet
     guard: bool = False
     #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
