@@ -177,7 +177,8 @@ class LikelihoodSearch:
     #: the J climb (after J_w's) takes only changes that do not lower J_w (its weights at the J climb's
     #: start; `_Guess.guarded`). Why: from settled RT dev guesses at 1e-6 J_w reaches the truth by
     #: true two-token blocks from 11 of 11, J from 6 (ground truth, session 23, recipes/measured/noise_rt_b1_s23),
-    #: and J's changes after J_w's were true in 0 of 19 (session 21). Off: no pair measured yet
+    #: and J's changes after J_w's were true in 0 of 19 (session 21). Off: one pair only, RT dev 0 0.865 / 0.811
+    #: (the guarded J climb changed nothing; unguarded it put in "their" for "the"), CoLA / SST-2 unchecked
     guard: bool = False
     #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
     #: sentence 0 at 1e-6: "exercise" has the best row at its position, the first-order gain ranks
