@@ -53,19 +53,22 @@ def test_links_follow_the_word_rows_where_the_prior_is_flat():
     assert made == {"assigned_0": filled, "assigned_1": [[CLS, 1, 2, 3, SEP], [CLS, 4, 5, SEP]]}
 
 
+class _NeighbourBox:
+    """A sentence's "gradient": its neighbours' products summed (a sum over positions would not see which
+    sentence holds which token); the misfit: the distance to `target`."""
+
+    cover = None
+    layout = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(num_labels=2)))
+
+    def gradient(self, seq, label):
+        return torch.tensor([float(sum(a * b for a, b in zip(seq, seq[1:])))], dtype=torch.double)
+
+    def misfit(self, G):
+        return float((G - self.target).abs().sum())
+
+
 def test_an_assigned_batch_replaces_the_search_guess_and_the_fill_at_the_least_box_misfit():
-    class Stub:  # a sentence's "gradient": its neighbours' products summed (a sum over positions would not see
-        # which sentence holds which token); the misfit: the distance to `target`
-        cover = None
-        layout = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(num_labels=2)))
-
-        def gradient(self, seq, label):
-            return torch.tensor([float(sum(a * b for a, b in zip(seq, seq[1:])))], dtype=torch.double)
-
-        def misfit(self, G):
-            return float((G - self.target).abs().sum())
-
-    box = Stub()
+    box = _NeighbourBox()
     truth = [[CLS, 1, 2, 3, SEP], [CLS, 4, 5, SEP]]
     box.target = sum(box.gradient(s, 0) for s in truth) / 2
     order = [[CLS], [1, 4, SEP], [5, 2], [3]]  # [SEP] ranks high where a sentence ends: never an inner token
@@ -127,17 +130,7 @@ def test_with_slots_first_the_repairs_run_before_the_search_and_a_certified_batc
 def test_the_batch_slots_first_left_competes_in_the_ranked_start_when_carried():
     from textleak.attacks.update import _carrying
 
-    class Stub:  # as above: neighbours' products summed; the misfit: the distance to `target`
-        cover = None
-        layout = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(num_labels=2)))
-
-        def gradient(self, seq, label):
-            return torch.tensor([float(sum(a * b for a, b in zip(seq, seq[1:])))], dtype=torch.double)
-
-        def misfit(self, G):
-            return float((G - self.target).abs().sum())
-
-    box = Stub()
+    box = _NeighbourBox()
     truth = [[CLS, 1, 2, 3, SEP], [CLS, 4, 5, SEP]]
     box.target = sum(box.gradient(s, 0) for s in truth) / 2
     order = [[CLS], [1, 4], [5, 2], [3]]
