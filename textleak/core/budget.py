@@ -83,7 +83,16 @@ class Budget:
         return out
 
 
-_CURRENT: contextvars.ContextVar[Budget] = contextvars.ContextVar("textleak_budget", default=Budget())
+def _outer() -> Budget:
+    """The budget without a limit that holds when none was set. An unknown clock is refused where a budget is
+    first asked (inside a command, whose error is one line), not when the module is imported."""
+    try:
+        return Budget()
+    except InputError:
+        return Budget(start=time.monotonic())
+
+
+_CURRENT: contextvars.ContextVar[Budget] = contextvars.ContextVar("textleak_budget", default=_outer())
 
 
 def current() -> Budget:
