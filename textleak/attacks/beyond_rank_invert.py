@@ -55,16 +55,11 @@ class GuidedDescent:
         self.W = layout.word_embeddings.weight.detach()
         self.cols = [torch.tensor(list(o), dtype=torch.long, device=self.W.device) for o in options]
 
-    def _h(self, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor:
-        x = ids if ids is not None else embeds
-        mask = torch.ones(x.shape[:2], dtype=torch.long, device=self.W.device)
-        return self.layout.base(input_ids=ids, inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, 0].double()
-
     def dist(self, seqs: Sequence[Sequence[int]], T: torch.Tensor, chunk: int = 512) -> torch.Tensor:
         out = []
         for i in range(0, len(seqs), chunk):
             with torch.no_grad():
-                h = self._h(torch.tensor(seqs[i:i + chunk], device=self.W.device)).cpu()
+                h = _cls_state(self.layout, torch.tensor(seqs[i:i + chunk], device=self.W.device)).cpu()
             out.append((h - T[i:i + chunk]).norm(dim=1) / T[i:i + chunk].norm(dim=1))
         return torch.cat(out)
 
@@ -76,7 +71,7 @@ class GuidedDescent:
                 break
             E = self.W[torch.tensor([seqs[i] for i in live], device=self.W.device)].clone().requires_grad_(True)
             with torch.enable_grad():
-                h = self._h(embeds=E).cpu()
+                h = _cls_state(self.layout, embeds=E).cpu()
                 G, = torch.autograd.grad((((h - T[live]) ** 2).sum(1) / (T[live] ** 2).sum(1)).sum(), E)
             trial, owner = [], []
             for j, i in enumerate(live):
@@ -163,7 +158,6 @@ class StateInversion:
         opt = torch.optim.Adam(Z, lr=0.1)
         ends = W[torch.tensor([self.cls, self.sep], device=dev)]
         Td = T.to(dev)
-        mask = torch.ones(len(T), n, dtype=torch.long, device=dev)
         for it in range(self.steps):
             if budget.expired():
                 break
@@ -171,12 +165,19 @@ class StateInversion:
             with torch.enable_grad():
                 mids = torch.stack([torch.softmax(z / tau, 1) @ W[c] for z, c in zip(Z, cols)], 1)
                 E = torch.cat([ends[0].expand(len(T), 1, -1), mids, ends[1].expand(len(T), 1, -1)], 1)
-                h = self.layout.base(inputs_embeds=E, attention_mask=mask).last_hidden_state[:, 0].double()
+                h = _cls_state(self.layout, embeds=E)
                 loss = (((h - Td) ** 2).sum(1) / (Td ** 2).sum(1)).sum()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
         return [[self.cls] + [int(c[int(z[r].argmax())]) for z, c in zip(Z, cols)] + [self.sep] for r in range(len(T))]
+
+
+def _cls_state(layout: Layout, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """The last layer's [CLS] states [B, H] (float64) of unpadded sentences, from token ids or input embeddings."""
+    x = ids if ids is not None else embeds
+    mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+    return layout.base(input_ids=ids, inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, 0].double()
 
 
 def _length_prior(seen: tuple[list[list[int]], torch.Tensor], states: torch.Tensor, lengths: list[int]

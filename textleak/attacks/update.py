@@ -74,7 +74,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..core import budget
-from ..core.budget import now as budget_now
 from ..errors import MissingKnowledgeError
 from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
@@ -86,7 +85,7 @@ from .exact import Exact
 from .exact.candidates import vocabulary
 from .exact.search import Search
 from .update_layers import LayeredSearch, LayerScore
-from .update_batch_positions import pins_for, ranked_start
+from .update_batch_positions import BatchMisfit, pins_for, ranked_start
 from .update_cls import POOLER, SITES, cls_start
 from .update_peel import END_SLACK, RISE, UpdatePeeler
 from .update_positions import place_sentence, placement_for
@@ -219,7 +218,7 @@ class UpdateExact(Exact):
             if placed is None:
                 raise
             return self._described(placed, facts)  # no span to search: the placement's best, uncertified
-        if not out.details["certified"] and budget_now() < budget.current().deadline:
+        if not out.details["certified"] and budget.current().remaining() > 0:
             # the tight layer-0 threshold is measured, not proved: the rest of the budget goes to
             # wider candidates
             wide = self._attempt(observation, target, moved, facts, RETRY_WIDEN)
@@ -228,7 +227,7 @@ class UpdateExact(Exact):
             out.details["layer0_retry"] = {"widen": RETRY_WIDEN, "kept": "wide" if out is wide else "tight"}
         if first is not None and not out.details["certified"]:
             passes = {"first": _misfit(first), "search": _misfit(out)}
-            if _misfit(first) < _misfit(out):
+            if passes["first"] < passes["search"]:
                 out = first  # neither certified: the batch of least box misfit
             out.details["passes"] = {**passes, "kept": "first" if out is first else "search",
                                      "first_cls_descent": first.details.get("cls_descent"),
@@ -264,7 +263,7 @@ class UpdateExact(Exact):
             out.details["layered_search"] = self._layered_search.describe()
         if observation.task == "classify":
             self._certify(observation, layout_for(target.model), facts, out)
-            if not out.details["certified"] and self._fits.fits and budget_now() < budget.current().deadline:
+            if not out.details["certified"] and self._fits.fits and budget.current().remaining() > 0:
                 self._repair(observation, target, moved, facts, out, self._near)
         out.details["layer0_allowance"] = {"widen": widen, "tolerance": self._tolerance}
         return out
@@ -292,12 +291,14 @@ class UpdateExact(Exact):
         if getattr(pins, "order", None) is not None:
             special, assign = slot_starts(pins, target.tokenizer, self.slot_assignment)
             carried = getattr(self, "_carried", None)
+            misfit = BatchMisfit(repair)
             out.details["ranked_fill"] = ranked_start(repair, pred, pins.order, special,
-                                                       _carrying(assign, carried) if carried else assign)
+                                                       _carrying(assign, carried) if carried else assign, misfit)
             if self.cls_descent and self.slot_assignment and out.details["ranked_fill"]["kept"] != "carried":
                 out.details["cls_descent"] = cls_start(repair, pred, self._fits, budget.current().deadline,
                                                        SITES + (POOLER,) if self.cls_pooler else SITES,
-                                                       self.cls_relabel, special if self.cls_inner_plain else ())
+                                                       self.cls_relabel, special if self.cls_inner_plain else (),
+                                                       misfit)
         if near:
             sentence_repair = SentenceRepair(repair)
             pred["token_ids"], sentences = sentence_repair.run(pred["token_ids"], pred["labels"], near,

@@ -210,8 +210,25 @@ def ranked_fill(sequences: Sequence[Sequence[int]], order: Sequence[Sequence[int
     return seqs
 
 
+class BatchMisfit:
+    """The box misfit (`repair.misfit`, `update_repair.BoxRepair`) of a batch under its labels, each (sentence,
+    label)'s gradient computed once; `classes`: the model's label count. One serves `ranked_start` and the stages
+    after it (`update_cls.cls_start`), which weigh the same batches again."""
+
+    def __init__(self, repair: Any):
+        self.repair, self.grads = repair, {}
+        self.classes = int(getattr(getattr(repair.layout.model, "config", None), "num_labels", 2) or 2)
+
+    def __call__(self, seqs: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
+        for s, y in zip(seqs, labels):
+            if (tuple(s), int(y)) not in self.grads:
+                self.grads[tuple(s), int(y)] = self.repair.gradient(s, y)
+        return self.repair.misfit(sum(self.grads[tuple(s), int(y)] for s, y in zip(seqs, labels)) / len(seqs))
+
+
 def ranked_start(repair: Any, pred: dict, order: Sequence[Sequence[int]], special: Collection[int] = (),
-                 assign: Callable[[list[list[int]]], dict[str, list[list[int]]]] | None = None) -> dict[str, Any]:
+                 assign: Callable[[list[list[int]]], dict[str, list[list[int]]]] | None = None,
+                 misfit: BatchMisfit | None = None) -> dict[str, Any]:
     """The guess `pred` (token ids, labels) replaced by the batch `ranked_fill` makes of it, or by one that
     `assign` makes of the fill (named batches: `update_slots.assigned`), each with its labels of least misfit,
     where that one's box misfit (`update_repair.BoxRepair`) is the least; a report (each one's misfit and the
@@ -220,15 +237,7 @@ def ranked_start(repair: Any, pred: dict, order: Sequence[Sequence[int]], specia
     scratch). Taking it wherever it left fewer tokens out lost SST-2 dev batch 1 at lr 1e-4 (0.324 against 0.581:
     the search had one sentence exact, misfit 0.010 against the fill's 0.023)."""
     filled = ranked_fill(pred["token_ids"], order, special)
-    grads: dict[tuple[tuple[int, ...], int], Any] = {}
-
-    def misfit(seqs: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
-        for s, y in zip(seqs, labels):
-            if (tuple(s), int(y)) not in grads:
-                grads[tuple(s), int(y)] = repair.gradient(s, y)
-        return repair.misfit(sum(grads[tuple(s), int(y)] for s, y in zip(seqs, labels)) / len(seqs))
-
-    classes = int(getattr(getattr(repair.layout.model, "config", None), "num_labels", 2) or 2)
+    misfit = misfit if misfit is not None else BatchMisfit(repair)
     batches = {"search": ([list(s) for s in pred["token_ids"]], list(pred["labels"])), "filled": (filled, None)}
     for name, batch in (assign(filled) if assign is not None else {}).items():
         batches.setdefault(name, (batch, None))
@@ -236,7 +245,7 @@ def ranked_start(repair: Any, pred: dict, order: Sequence[Sequence[int]], specia
     for name, (batch, labels) in batches.items():
         if labels is None:  # its labels: those of least misfit
             starts = [list(pred["labels"])] + [list(ys) for _, ys in batches.values() if ys is not None]
-            batches[name] = batch, labels = batch, least_labels(batch, starts, classes, misfit)
+            batches[name] = batch, labels = batch, least_labels(batch, starts, misfit.classes, misfit)
         keys[name] = (misfit(batch, labels), missing(batch, repair.cover))
     kept = min(keys, key=lambda name: keys[name])  # the search's guess on a tie
     pred["token_ids"], pred["labels"] = batches[kept]
@@ -244,7 +253,7 @@ def ranked_start(repair: Any, pred: dict, order: Sequence[Sequence[int]], specia
 
 
 def least_labels(batch: Sequence[Sequence[int]], starts: list[list[int]], classes: int,
-            misfit: Callable[[Sequence[Sequence[int]], Sequence[int]], float]) -> list[int]:
+                 misfit: Callable[[Sequence[Sequence[int]], Sequence[int]], float]) -> list[int]:
     """The labels of least `misfit` for `batch`: among every assignment (and `starts`) where there are at most
     LABEL_CHOICES, else from each of `starts` (the search's labels, those chosen for the batches before), one
     sentence's label changed at a time while the misfit falls, the least of these."""

@@ -45,7 +45,7 @@ import torch
 from ..core.budget import now as budget_now
 from ..text.layouts import Layout
 from ..text.leaks.residuals import padded
-from .update_batch_positions import least_labels
+from .update_batch_positions import BatchMisfit, least_labels
 from .update_repair import missing
 from .update_rounding import fit_in_box, rounding_box
 
@@ -214,12 +214,13 @@ def _trades(x: list[int], y: list[int], a: int, b: int) -> list[dict[int, list[i
 
 
 def cls_start(repair: Any, pred: dict, fits: Any, deadline: float, sites: Sequence[str] = SITES,
-              relabel: bool = False, inner: Collection[int] = ()) -> dict[str, Any] | None:
+              relabel: bool = False, inner: Collection[int] = (), misfit: BatchMisfit | None = None
+              ) -> dict[str, Any] | None:
     """`exact-update`'s option `cls_descent`: the guess `pred` (token ids, labels; the batch `ranked_start` kept)
     descended on the [CLS] spans (`ClsSpans.descend`, the token repair's options less the ids of `inner`: [CLS] and
     [SEP] kept out of inner positions) and replaced where the result's box misfit (`repair`: the run's `BoxRepair`;
     with `relabel`, with the labels of least misfit for it) is lower; a report, or None where no site of `sites`
-    is shared."""
+    is shared. `misfit`: the `BatchMisfit` `ranked_start` used (the kept batch's gradients are not computed again)."""
     seqs, began = pred["token_ids"], time.process_time()
     spans = ClsSpans.of(fits.layout, repair.layout, fits.update, fits.lr, fits.steps, len(seqs), sites)
     if spans is None or len(seqs) < 2:
@@ -227,19 +228,10 @@ def cls_start(repair: Any, pred: dict, fits: Any, deadline: float, sites: Sequen
     options = {n: [[t for t in row if t not in inner] or row for row in repair.options(n)]
                for n in {len(s) for s in seqs}}
     got, report = spans.descend(seqs, options, repair.cover, deadline)
-
-    grads: dict[tuple[tuple[int, ...], int], Any] = {}
-
-    def misfit(batch: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
-        for s, y in zip(batch, labels):
-            if (tuple(s), int(y)) not in grads:
-                grads[tuple(s), int(y)] = repair.gradient(s, y)
-        return repair.misfit(sum(grads[tuple(s), int(y)] for s, y in zip(batch, labels)) / len(batch))
-
+    misfit = misfit if misfit is not None else BatchMisfit(repair)
     labels = list(pred["labels"])
     if relabel:  # the trades move sentences between slots, and with them their labels
-        classes = int(getattr(getattr(repair.layout.model, "config", None), "num_labels", 2) or 2)
-        labels = least_labels(got, [labels], classes, misfit)
+        labels = least_labels(got, [labels], misfit.classes, misfit)
         report["labels"] = [list(pred["labels"]), labels]
     report["misfit"] = [misfit(seqs, pred["labels"]), misfit(got, labels)]
     report["kept"] = report["misfit"][1] < report["misfit"][0]
