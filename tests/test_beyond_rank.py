@@ -339,3 +339,21 @@ def test_the_finish_applies_only_far_past_the_limit_with_declared_lengths(target
     assert attack._finisher(SimpleNamespace(task="mlm", knowledge=obs.knowledge), layout, [30, 30],
                             target.tokenizer) is None
     assert ATTACKS.get("beyond_rank")(finish=0)._finisher(obs, layout, [30, 30], target.tokenizer) is None
+
+
+def test_first_inversion_hands_short_sentences_to_the_search_before_it_runs(target, capture, monkeypatch):
+    """`first`: the states read and the short lengths inverted before the search; what the inversion brings
+    back is taken by the search's certificates (peeled), so it comes out found and certified."""
+    from textleak.attacks.exact.search import Search
+
+    monkeypatch.setattr(Search, "run", lambda self: self.result())  # the search itself finds nothing
+    truth = capture.reference.token_ids
+    obs = _observation(capture)
+    opts = dict(FAST, targets=True, invert=max(map(len, truth)), finish=0.0)
+    out = ATTACKS.get("beyond_rank")(**opts, first=True).run(obs, target, progress=False)
+    first = out.details["first"]
+    assert first["states"] == len(TEXTS) and first["taken"] >= 2 and out.details["peeled"] == first["taken"]
+    flags, got = out.details["sentence_certified"], out.prediction["token_ids"]
+    assert sum(flags) == first["taken"] and all(s in truth for s, ok in zip(got, flags) if ok)
+    off = ATTACKS.get("beyond_rank")(**opts).run(obs, target, progress=False)
+    assert "first" not in off.details and off.details["peeled"] == 0

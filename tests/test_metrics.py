@@ -418,3 +418,19 @@ def test_text_rouge_compares_what_the_tokenizer_kept():
     got = score({"texts": [ids_to_text(tok, ids)], "token_ids": [ids], "labels": [0]}, ref,
                 SimpleNamespace(tokenizer=tok))
     assert got["mean"]["rouge1"] == got["mean"]["rouge2"] == 1.0
+
+
+def test_an_exact_prediction_is_paired_with_its_reference_before_a_rouge_tie():
+    # SST-2 batch 64 (#16, s24): a near copy that differs only in punctuation ties with the exact prediction on
+    # ROUGE; the tie went against the exact one, which then scored 0 against another reference
+    preds = ["left slightly disappointed .", "left slightly disappointed"]
+    pred_ids = [[101, 2187, 3621, 9364, 1012, 102], [101, 2187, 3621, 9364, 102]]
+    refs = ["left slightly disappointed", "plot contrivances"]
+    ref_ids = [[101, 2187, 3621, 9364, 102], [101, 5436, 9530, 18886, 26711, 102]]
+    got = score_text_batch(preds, refs, pred_ids, ref_ids)
+    assert [e["prediction_index"] for e in got["per_example"]] == [1, 0]
+    assert got["mean"]["exact_match"] == 0.5 and got["mean"]["rouge1"] == 0.5
+    # a sequence pinned once per copy on both sides; without ids ROUGE alone decides, as before
+    twice = score_text_batch(preds[1:] * 2, refs, pred_ids[1:] * 2, ref_ids)
+    assert twice["mean"]["exact_match"] == 0.5
+    assert match_batch(preds, refs, predicted_ids=pred_ids, reference_ids=ref_ids) == [1, 0]

@@ -73,6 +73,7 @@ from ..text.leaks.tied_positions import placements
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .beyond_rank_finish import FINISH, BagFinish, finished
+from .beyond_rank_first import FirstInversion
 from .beyond_rank_peel import SentenceCertificate, SentencePeeler
 from .beyond_rank_screen import LONGEST, NeighbourScreen, SentenceMove
 from .exact.attack import Exact, _budget_report, _predict
@@ -237,10 +238,13 @@ class BeyondRank(Exact):
     # targets and finish 0.5: 8 -> 10 certified, ROUGE-1 55.3 -> 53.0 (recipes/measured/large_batch_inv_s23/); on
     # SST-2 12 certified against 11 exact: one certified sentence did not match its reference (not yet explained)
     invert: int = 0
+    # with `targets` and `invert`: the inversion runs before the search, what it brings back taken (certified,
+    # peeled) by the search (`beyond_rank_first`); off by default
+    first: bool = False
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
-                "prior": self.prior, "targets": self.targets, "invert": self.invert}
+                "prior": self.prior, "targets": self.targets, "invert": self.invert, "first": self.first}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -269,8 +273,10 @@ class BeyondRank(Exact):
                                     observation.knowledge.special_tokens)
             finish = self._finisher(observation, layout, lengths, tok, spans.rank)
             with budget.time_budget(self._search_seconds(finish)):
+                first = self._first(observation, layout, tok, spans, search, cands)
                 sequences, residuals = search.run()
             if finish is not None and search.missing:
+                finish.pooled = None if first is None else first.pooled
                 tracks = finish.tracks(search, peeler, pins, vocab.tolist(), target.model)
                 if tracks is not None:
                     sequences = finished(lengths, sequences, search.found, tracks)
@@ -284,6 +290,7 @@ class BeyondRank(Exact):
                    "peeled": len(peeler.sentences), "vocabulary": vocab_source, "notes": notes,
                    "placed_tokens": None if pins is None else len(pins.complete),
                    "finish": None if finish is None else finish.report, **_budget_report(),
+                   **({"first": first.report} if first is not None else {}),
                    "seconds": time.perf_counter() - t0}
         return AttackOutput(prediction=prediction, method=self.name, assumed=assumed,
                             config={**self.options(), "drop": drop}, details=details)
@@ -297,7 +304,19 @@ class BeyondRank(Exact):
         if self.finish <= 0 or not far or observation.task != "classify" or observation.knowledge.seq_lengths is None:
             return None
         targets = (observation.gradients, rank) if self.targets and rank else None
-        return BagFinish(tok, prior=self.prior, seed=self.seed, targets=targets, invert=self.invert)
+        return BagFinish(tok, prior=self.prior, seed=self.seed, targets=targets, invert=0 if self.first else self.invert)
+
+    def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
+               cands: Candidates) -> FirstInversion | None:
+        """With `targets`, `invert` and `first` (classification, positions placed): `beyond_rank_first`."""
+        if not (self.first and self.targets and self.invert > 0) or observation.task != "classify" or \
+                cands.pins is None or budget.expired():
+            return None
+        specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} - {None}
+        first = FirstInversion(layout, observation.gradients, spans.rank, specials, tok.cls_token_id,
+                               tok.sep_token_id, self.invert, seed=self.seed)
+        first.run(search, cands.pins.allowed)
+        return first
 
     def _search_seconds(self, finish: BagFinish | None) -> float | None:
         """The search's share of the time left (None: no limit of its own)."""

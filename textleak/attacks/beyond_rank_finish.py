@@ -59,6 +59,7 @@ class BagFinish:
         self.tries, self.sweeps, self.seed = tries, sweeps, seed
         self.targets = targets  # (the batch's gradients, B): descend onto the pooled states (`beyond_rank_targets`)
         self.invert = invert  # longest length inverted from the states first (`beyond_rank_invert`; 0: off)
+        self.pooled = None  # the pooled states read before the search (`beyond_rank_first`), reused
         self.report: dict[str, Any] = {}
 
     def tracks(self, search: Any, peeler: Any, pins: Any, tokens: Sequence[int], model: Any) -> list[list[int]] | None:
@@ -81,7 +82,7 @@ class BagFinish:
             invert = StateInversion(search.layout, self.tok.cls_token_id, self.tok.sep_token_id, longest=self.invert,
                                     seed=self.seed) if self.invert > 0 else None
             descent = TargetDescent(search.layout, self.targets[0], self.targets[1], specials, seed=self.seed,
-                                    invert=invert)
+                                    invert=invert, pooled=self.pooled)
             tracks = descent.run(tracks, search.found, cols.allowed)
         elif not budget.expired():
             tracks = swaps.run(tracks, self.sweeps)

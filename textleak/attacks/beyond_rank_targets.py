@@ -52,10 +52,11 @@ class TargetDescent:
     stand at position p. `report` says how many states were read and how many tracks reached one."""
 
     def __init__(self, layout: Layout, gradients: dict, rank: int, specials: set[int], seed: int = 0,
-                 sweeps: int = 8, invert: Any = None):
+                 sweeps: int = 8, invert: Any = None, pooled: Any = None):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.rng, self.sweeps = random.Random(seed), sweeps
         self.invert = invert  # a `beyond_rank_invert.StateInversion`: short lengths inverted first
+        self.pooled = pooled  # the `leaks.pooled` states, where they were read already (`beyond_rank_first`)
         self.report: dict[str, Any] = {}
 
     def states(self, seqs: Sequence[Sequence[int]], chunk: int = 256) -> torch.Tensor:
@@ -71,7 +72,8 @@ class TargetDescent:
         tracks = [list(t) for t in tracks]
         options = [sorted(t for t in a if t not in self.specials) for a in allowed]
         seen: list[tuple[list[list[int]], torch.Tensor]] = []
-        got = pooled_states(self.layout, self.gradients, self.rank, lambda n: self._seen(tracks, options, n, seen))
+        got = self.pooled or pooled_states(self.layout, self.gradients, self.rank,
+                                           lambda n: self._seen(tracks, options, n, seen))
         if got is None or not tracks:
             self.report = {"states": 0}
             return tracks
