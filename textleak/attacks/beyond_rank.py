@@ -235,8 +235,8 @@ class BeyondRank(Exact):
     targets: bool = False
     # with `targets`: missing sentences up to this many tokens inverted from their own states first, each
     # certain when its state lands on one (`beyond_rank_invert`); 0: off. CoLA batch 64, 600 CPU s, with
-    # targets and finish 0.5: 8 -> 10 certified, ROUGE-1 55.3 -> 53.0 (recipes/measured/large_batch_inv_s23/); on
-    # SST-2 12 certified against 11 exact: one certified sentence did not match its reference (not yet explained)
+    # targets and finish 0.5: 8 -> 10 certified, ROUGE-1 55.3 -> 53.0 (recipes/measured/large_batch_inv_s23/); SST-2's
+    # 12 certified against 11 exact was the scorer's ROUGE tie, not the certificate (large_batch_s24/)
     invert: int = 0
     # with `targets` and `invert`: the inversion runs before the search, what it brings back taken (certified,
     # peeled) by the search (`beyond_rank_first`); off by default
