@@ -240,13 +240,9 @@ def match_batch(predictions: Sequence[str], references: Sequence[str], *,
     each reference index, the index of its prediction, or -1 when there are
     fewer predictions than references and it was left unmatched.
 
-    With ids on both sides, a prediction whose ids are a reference's is
-    paired with it first (as many times as both sides hold that sequence;
-    identical sequences are interchangeable, so which copies does not
-    matter) and the rest are matched on ROUGE. ROUGE alone forgives case
-    and punctuation, so it can tie an exact prediction with a near copy
-    ("left slightly disappointed" and "... disappointed ." on SST-2 batch 64,
-    #16 s24) and break the tie against the exact one.
+    With ids, id-identical pairs are pinned first (once per copy on both
+    sides), the rest matched on ROUGE: ROUGE forgives punctuation, and its
+    ties went against an exact prediction (SST-2 batch 64, #16 s24).
     """
     tokens = TOKENIZERS[tokenizer]
     pred_tokens = [tokens(p) for p in predictions]
@@ -257,10 +253,7 @@ def match_batch(predictions: Sequence[str], references: Sequence[str], *,
     gain = np.zeros((len(refs), len(preds)))
     for a, i in enumerate(refs):
         for b, j in enumerate(preds):
-            gain[a, b] = (
-                _score_ngrams(pred_tokens[j], ref_tokens[i], 1).fmeasure
-                + _score_ngrams(pred_tokens[j], ref_tokens[i], 2).fmeasure
-            )
+            gain[a, b] = sum(_score_ngrams(pred_tokens[j], ref_tokens[i], n).fmeasure for n in (1, 2))
     assignment = [UNMATCHED] * len(ref_tokens)
     for i, j in pinned.items():
         assignment[i] = j
