@@ -81,7 +81,7 @@ def test_tracks_two_tokens_off_descend_onto_their_states(batch):
 
 
 
-def test_the_finish_descends_onto_the_states_only_when_asked(batch):
+def test_the_finish_descends_onto_the_states_unless_told_not_to(batch):
     from types import SimpleNamespace
 
     from textleak.attacks import ATTACKS
@@ -89,9 +89,11 @@ def test_the_finish_descends_onto_the_states_only_when_asked(batch):
     target = batch[0]
     obs = SimpleNamespace(task="classify", knowledge=SimpleNamespace(seq_lengths=(30, 30)), gradients={"g": 1})
     layout = SimpleNamespace(hidden_size=32)
-    assert ATTACKS.get("beyond_rank")()._finisher(obs, layout, [30, 30], target.tokenizer, 2).targets is None
-    got = ATTACKS.get("beyond_rank")(targets=True)._finisher(obs, layout, [30, 30], target.tokenizer, 2)
+    assert ATTACKS.get("beyond_rank")(targets=False)._finisher(obs, layout, [30, 30], target.tokenizer, 2).targets is None
+    got = ATTACKS.get("beyond_rank")()._finisher(obs, layout, [30, 30], target.tokenizer, 2)  # on by default
     assert got.targets == ({"g": 1}, 2)
+    # without a rank to read the states against, nothing to descend onto
+    assert ATTACKS.get("beyond_rank")()._finisher(obs, layout, [30, 30], target.tokenizer, 0).targets is None
 
 
 def test_short_sentences_are_inverted_from_their_states_at_every_missing_length(batch):

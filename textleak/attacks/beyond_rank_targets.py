@@ -19,7 +19,8 @@ itself rank tail exchanges better than the spans (200 exchanges, each configurat
 targets=true --option finish=0.5`, dev batch 0 of 64, budget 1200 s, both arms side by side, ~255-286 CPU
 s each): CoLA ROUGE-1/2 39.7/23.8 -> 46.7/24.6 (the share alone: 39.9/24.6), SST-2 46.1/29.0 -> 47.5/28.9,
 certified unchanged (7, 9): no track reaches its state exactly, its length being the assembly's
-(recipes/measured/large_batch_cls_s22/README.md). Off by default.
+(recipes/measured/large_batch_cls_s22/README.md). On by default since session 24 (RT batch 64 at 600 CPU s: a
+tie, 28.1 against 27.9; recipes/measured/large_batch_rt_s24/).
 """
 
 from __future__ import annotations
