@@ -169,6 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="cola,sst2,rt")
     ap.add_argument("--batch-size", default="1,4")
     ap.add_argument("--n", type=int, default=5, help="batches per cell (consecutive dev sentences)")
+    ap.add_argument("--start", type=int, default=0, help="the first batch's index (dev sentences from start x batch size)")
     ap.add_argument("--fedavg", nargs="*", default=["1,1e-2", "4,1e-2", "8,1e-2", "4,1e-3", "4,1e-1"],
                     help="K,LR[,MB[,SHUFFLE]] of each FedAvg (SGD) setting (K = E local epochs x mini-batches of MB)")
     ap.add_argument("--fedadamw", nargs="*", default=[],
@@ -206,7 +207,7 @@ def main(argv=None) -> int:
             for data in datasets:
                 rows = [(t, y or 0) for t, y in read_sentences(data)]
                 for bs in sizes:
-                    for index in range(min(args.n, len(rows) // bs)):
+                    for index in range(args.start, min(args.start + args.n, len(rows) // bs)):
                         key = f"{spec}|{data}|{bs}|{index}"
                         if key in done:
                             continue
@@ -227,7 +228,7 @@ def main(argv=None) -> int:
                               file=sys.stderr, flush=True)
     wanted = {s for _, s, _ in settings}
     units = [u for u in done.values() if u["defence"] in wanted and u["data"] in datasets
-             and u["batch_size"] in sizes and u["index"] < args.n]
+             and u["batch_size"] in sizes and args.start <= u["index"] < args.start + args.n]
     rows = summarise(units)
     text = [table(rows, [s for _, s, _ in settings], datasets, sizes)]
     print(text[0])

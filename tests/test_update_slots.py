@@ -140,3 +140,28 @@ def test_the_batch_slots_first_left_competes_in_the_ranked_start_when_carried():
     assert report["kept"] == "carried" and pred["token_ids"] == truth and "crossed" in report
     pred = {"token_ids": [[CLS, 9, 9, 9, SEP], [CLS, 9, 9, SEP]], "labels": [0, 0]}
     assert ranked_start(box, pred, order, {CLS, SEP}, _carrying(None, truth))["kept"] == "carried"
+
+
+def test_first_share_sets_the_share_of_the_budget_the_repairs_before_the_search_get(tmp_path, monkeypatch):
+    import textleak
+    from conftest import make_wide_classifier
+    from textleak.attacks.update import UpdateExact
+    from textleak.core import budget
+
+    wide = make_wide_classifier(tmp_path / "wide")
+    texts = ["the dog sat on the mat", "a bird sang", "the film was good"]
+    cap = textleak.capture_gradients(wide, texts, labels=[1, 0, 1], defence="fedavg:4,1e-5")  # wide rounding
+    truth = [list(s) for s in cap.reference.token_ids]
+    seen = []
+
+    def repair(self, observation, target, moved, facts, out, near):  # what the first pass may spend; then the truth
+        seen.append(budget.current().remaining())
+        out.prediction["token_ids"] = truth
+        self._certify(observation, layout_for(target.model), facts, out)
+    monkeypatch.setattr(UpdateExact, "_repair", repair)
+    for options in ({}, {"first_share": 1.0}):
+        with budget.time_budget(1000.0):
+            res = textleak.recover(gradients=cap.gradients, model=wide, attack="exact-update",
+                                   reference=cap.reference, unknown=["labels"], options=options, progress=False)
+        assert res.details["slots_first"] and res.details["certified"]
+    assert 400 < seen[0] <= 500 and seen[1] > 900  # the default: half; 1: the whole budget

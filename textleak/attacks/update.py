@@ -93,7 +93,7 @@ from .update_repair import BoxRepair
 from .update_rest_rows import RestRows, row_names
 from .update_rounding import RoundingFits
 from .update_sentences import SentenceRepair
-from .update_slots import slot_starts, slots_first
+from .update_slots import FIRST_SHARE, slot_starts, slots_first
 from .update_sim import (UpdateFacts, certify_batch, midpoint_model, shares_update, simulate_update,  # noqa: F401
                          simulation_check, simulation_mismatch, update_facts)
 
@@ -163,6 +163,10 @@ class UpdateExact(Exact):
     #: ... and those repairs run first, before any search, within `update_slots.FIRST_SHARE` of the budget
     #: (`update_slots.slots_first`: where the search overran its share at high load the repairs never ran)
     slots_first: bool = True
+    #: with `slots_first`: its share of the budget (`update_slots.FIRST_SHARE`; 1: the whole budget, the search
+    #: gets what its repairs leave). At lr <= 1e-4 the search's guess was never kept (session 23: `ranked_fill`
+    #: search 2.1e-2 / 9.3e-2 against the slot assignments' 8e-3) while the token repair ran out after 1-3 sweeps
+    first_share: float = FIRST_SHARE
     #: the token repair moves a badly supported token to another position (`update_repair.BoxRepair._move`; off: it
     #: lost RT lr 1e-4 twice, 0.553 / 0.575 against 0.603 / 0.629, where it won CoLA lr 1e-5 at budget 60)
     cross_move: bool = False

@@ -133,7 +133,7 @@ def slot_starts(pins: Any, tokenizer: Any, on: bool) -> tuple[set[int], Any]:
 def slots_first(attack: Any, observation: Any, target: Any, moved: Any, facts: Any) -> Any:
     """`exact-update`'s option `slots_first` (batch > 1, where the rounding is wide and the batch placements rank
     every position): its repairs (`UpdateExact._repair`: the ranked fill and its slot assignments, then the token
-    repair) before any search, within `FIRST_SHARE` of the budget, certified by the replay; the output, or None
+    repair) before any search, within `FIRST_SHARE` of the budget (`exact-update`'s option `first_share`), certified by the replay; the output, or None
     where they do not apply. At lr 1e-4 and below the search's guesses hold 2-12 tokens of a sentence right
     (session 20) while the kept assignments held 49-94% of the tokens at their places (the module doc), and at
     high load the search overran its share so that the repairs after it never ran. Side by side with it off
@@ -156,7 +156,7 @@ def slots_first(attack: Any, observation: Any, target: Any, moved: Any, facts: A
     out = AttackOutput(prediction=_predict(observation, layout_for(moved.model), tok, blank, assumed),
                        method=attack.name, assumed=assumed, config=attack.options(), details={"certified": False})
     attack._widen = 1.0
-    with budget.time_budget(budget.share_of_remaining(FIRST_SHARE)):
+    with budget.time_budget(budget.share_of_remaining(getattr(attack, "first_share", FIRST_SHARE))):
         try:
             attack._repair(observation, target, moved, facts, out, {})
         except MissingKnowledgeError:
