@@ -163,9 +163,8 @@ class UpdateExact(Exact):
     #: ... and those repairs run first, before any search, within `update_slots.FIRST_SHARE` of the budget
     #: (`update_slots.slots_first`: where the search overran its share at high load the repairs never ran)
     slots_first: bool = True
-    #: with `slots_first`: its share of the budget (`update_slots.FIRST_SHARE`; 1: the whole budget, the search
-    #: gets what its repairs leave). At lr <= 1e-4 the search's guess was never kept (session 23: `ranked_fill`
-    #: search 2.1e-2 / 9.3e-2 against the slot assignments' 8e-3) while the token repair ran out after 1-3 sweeps
+    #: with `slots_first`: its share of the budget (`update_slots.FIRST_SHARE`, with its measured figures: 1, the
+    #: whole budget, the search gets what its repairs leave; 0.5 before session 24)
     first_share: float = FIRST_SHARE
     #: the token repair moves a badly supported token to another position (`update_repair.BoxRepair._move`; off: it
     #: lost RT lr 1e-4 twice, 0.553 / 0.575 against 0.603 / 0.629, where it won CoLA lr 1e-5 at budget 60)
