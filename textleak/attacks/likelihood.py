@@ -68,7 +68,7 @@ Arguments: `sweeps` (most full passes per sentence and round), `rounds` (passes 
 `per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours),
 `screen` and `wide` (first-order-screened candidates per position and sweep), `keep_sure`, `share` (of a finite
 time budget left; LAMP after it never won under noise, session 9), `weighted`, `weighted_share`,
-`prior`, `between`, `frequent`, `deep`, `guard`, `indel`, `indel_candidates`, `indel_weak`, `indel_far`, `pairs`, `rebuild`, `relaxed`, `context`, `rows`,
+`prior`, `between`, `frequent`, `deep`, `guard`, `blocks`, `block_pairs`, `indel`, `indel_candidates`, `indel_weak`, `indel_far`, `pairs`, `rebuild`, `relaxed`, `context`, `rows`,
 `local` (above),
 `initial_ids` (a start [B, L], 0-padded), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
@@ -180,6 +180,13 @@ class LikelihoodSearch:
     #: and J's changes after J_w's were true in 0 of 19 (session 21). Off: one pair only, RT dev 0 0.865 / 0.811
     #: (the guarded J climb changed nothing; unguarded it put in "their" for "the"), CoLA / SST-2 unchecked
     guard: bool = False
+    #: on J_w, a move tried before the others (`likelihood_moves.Moves.blocks`): each position's `blocks`
+    #: best context candidates scored alone, then at each pair of neighbouring positions the `block_pairs`
+    #: pairs of them whose single changes sum highest (0: none). Why: from settled RT dev guesses at 1e-6
+    #: J_w reaches the truth by true blocks of <= 2 tokens from 11 of 11, by singles from 5 (session 23);
+    #: the needed true tokens rank 0th-7,000th by the context score (session 24, noise_rt_b1_s24/diag)
+    blocks: int = 0
+    block_pairs: int = 8
     #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
     #: sentence 0 at 1e-6: "exercise" has the best row at its position, the first-order gain ranks
     #: it 45th to 515th, so no screened sweep tried it)

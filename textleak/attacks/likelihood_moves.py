@@ -9,7 +9,10 @@ settle, cheapest first; the first that raises the objective is taken (`Moves`):
   trouble." at 1e-6: ". . i don want trouble ." settled with budget left before it; exact with
   it, session 10);
 - a stretch rebuilt (`StretchRebuild`): the stretch of the guess the likelihood supports least,
-  blanked to a neutral filler and rebuilt jointly.
+  blanked to a neutral filler and rebuilt jointly;
+- on J_w, first of all where `blocks` is set (`Moves.blocks`, off by default): every position's
+  `blocks` best context candidates scored alone, then at each pair of neighbouring positions the
+  `block_pairs` pairs of those whose single changes sum highest.
 
 Why the rebuild: coordinate ascent on J settles where a stretch of several tokens is wrong and no
 single true token raises J (RT dev sentence 0 at variance 1e-6, MiniLM, batch 1: "characterizing
@@ -186,7 +189,9 @@ class Moves:
         """The first of the moves that raises the objective, cheapest first: swaps and rotations,
         the prior's token pairs, an insertion/deletion, a stretch rebuilt; (sequence, J, e) or None."""
         s, sure, prior = self.search, self.search._sure, self.search._prior
-        self.taken, moved = "swap", guess.move(inner, self.homes)
+        moved = self.blocks(guess, inner) if guess.weighted and getattr(s, "blocks", 0) > 0 else None
+        if moved is None:
+            self.taken, moved = "swap", guess.move(inner, self.homes)
         if moved is None and prior is not None and s.pairs > 0:
             options = prior.pairs(guess.x, s.pairs, inner)
             if sure is not None:  # a confident row's token stays
@@ -199,6 +204,43 @@ class Moves:
         if moved is None and s.rebuild > 1:
             moved = self.rebuild(guess, inner)
         return moved
+
+    def blocks(self, guess: _Guess, inner: range):
+        """Deep single tokens and two-token blocks on J_w: each position's `blocks` best context candidates
+        (`evidence.ContextCandidates`, the position masked alone; a confident row's token left be) scored
+        alone, then at each pair of neighbouring positions the `block_pairs` pairs of those candidates whose
+        single changes of J_w sum highest; (sequence, J_w, e) of the best single or pair if it raises J_w,
+        else None. Why (ground truth, session 23-24, recipes/measured/noise_rt_b1_s24/diag): from 11
+        settled RT dev guesses at 1e-6 greedy true blocks of <= 2 tokens reach the truth on J_w, true
+        singles from 5; and the true pairs the oracle takes that both sit in the context top 64 rank
+        0th-6th of the 64 x 64 by the sum of their single changes in 3 of 5."""
+        s, self.taken = self.search, "blocks"
+        sure, context = s._sure, s._context
+        if context is None:
+            return None
+        where = [p for p in inner if sure is None or sure[p] != guess.x[p]]
+        lists = context.sweep(guess, where, self.word, s.blocks)
+        x, trials, at = guess.x, [], []
+        for p in where:
+            for v in lists[p]:
+                if v != x[p]:
+                    trials.append(x[:p] + [v] + x[p + 1:])
+                    at.append((p, v))
+        single, J = guess.best_of(trials, scores=True)
+        if J is None:  # the budget ran out before a chunk was scored
+            return single
+        gain: dict[int, list[tuple[float, int]]] = {}
+        for (p, v), j in zip(at, J):
+            gain.setdefault(p, []).append((j - guess.best, v))
+        pairs = []
+        for p in where:
+            if p + 1 in gain and p in gain:
+                sums = sorted(((ga + gb, a, b) for ga, a in gain[p] for gb, b in gain[p + 1]), reverse=True)
+                pairs += [x[:p] + [a, b] + x[p + 2:] for _, a, b in sums[: s.block_pairs]]
+        pair = guess.best_of(pairs) if pairs else None
+        if pair is not None and (single is None or pair[1] > single[1]):
+            return pair
+        return single
 
     def rebuild(self, guess: _Guess, inner: range):
         """The search's stretch rebuild (`StretchRebuild`) of one stretch: (sequence, J, e) or None."""

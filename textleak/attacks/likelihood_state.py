@@ -180,22 +180,29 @@ class _Guess:
                     trials.append(t)
         return self.best_of(trials)
 
-    def best_of(self, trials: list[list[int]], chunk: int = 64):
+    def best_of(self, trials: list[list[int]], chunk: int = 64, scores: bool = False):
         """(sequence, J, e) of the best of `trials` (duplicates scored once) if it beats `best`, else None;
         past the time budget (`core.budget`) the best of the chunks scored so far (a move of ~1,000
-        trials at 44 tokens took 60 s on a loaded machine: RT dev sentence 2 ran 71 s past its 600)."""
-        trials = [list(t) for t in dict.fromkeys(map(tuple, trials))]
-        best_move = None
+        trials at 44 tokens took 60 s on a loaded machine: RT dev sentence 2 ran 71 s past its 600).
+        With `scores`, (that, J of every trial in order) where every chunk was scored, else (that, None)."""
+        unique = [list(t) for t in dict.fromkeys(map(tuple, trials))]
+        best_move, out = None, []
         floor = self.floor() if self.guard is not None else None
-        for k in range(0, len(trials), chunk):
+        for k in range(0, len(unique), chunk):
             if k and current().expired():
                 break
-            J, s = self.score(trials[k:k + chunk])
+            J, s = self.score(unique[k:k + chunk])
             J = self.guarded(J, floor)
+            out += J.tolist()
             j = int(J.argmax())
             if float(J[j]) > self.best and (best_move is None or float(J[j]) > best_move[1]):
-                best_move = (trials[k + j], float(J[j]), s.e[j])
-        return best_move
+                best_move = (unique[k + j], float(J[j]), s.e[j])
+        if not scores:
+            return best_move
+        if len(out) < len(unique):
+            return best_move, None
+        of = dict(zip(map(tuple, unique), out))
+        return best_move, [of[tuple(t)] for t in trials]
 
     def pairs(self, options: list[list[tuple[int, int]]]):
         """The best two-token change: positions p and p + 1 set to a pair of `options[p]` (from
