@@ -48,7 +48,8 @@ summed with the matched filter's and the rows' z-scores (`attacks.evidence.Conte
 names candidates for sweeps and rebuilt slots; the head is read or fitted by `prepare`, before the
 time budget starts (`attacks.base.prepare`), and where none can be had (no training sentences, no
 mask token) the search runs without it and says why (details["context"]).
-The moves, once the narrow screen settles (`attacks.likelihood_moves`): swaps and rotations, the
+The moves, once the narrow screen settles (`attacks.likelihood_moves`): on J_w first deep single tokens and
+two-token blocks from the context candidates (`blocks`, on since session 24: RT dev 0 exact at 1e-6); swaps and rotations, the
 prior's token pairs, an insertion/deletion (a shifted body), the least supported stretch blanked to
 a filler and rebuilt jointly (`rebuild`). After a step that changed tokens the next sweep covers
 only their neighbourhoods (`local`), then all. Seeds: a given guess (e.g. `exact`'s), else the
@@ -172,8 +173,10 @@ class LikelihoodSearch:
     #: sentence) tied or lost, RT 0.755 / 0.755 and SST-2 0.904 / 0.904 (recipes/measured/noise_rt_b1_s21).
     #: Session 23 at 600 CPU s a sentence (`--budget-clock cpu`), 64 against 0 side by side: RT dev 0 0.944 /
     #: 0.811 (its one J_w full sweep put in 3 tokens from the deeper list), RT 1 and 2 the same texts (1.000;
-    #: 0.679, no J_w full sweep reached at 38 tokens); still off: CoLA / SST-2 not checked (noise_rt_b1_s23)
-    deep: int = 0
+    #: 0.679, no J_w full sweep reached at 38 tokens). On (64) since session 24 as part of the `blocks` pair
+    #: (with `blocks` 32 against neither: RT dev 0-2 mean 0.907 / 0.826, noise_rt_b1_s24), where it took no part
+    #: in RT 0's win (no J_w full sweep reached)
+    deep: int = 64
     #: the J climb (after J_w's) takes only changes that do not lower J_w (its weights at the J climb's
     #: start; `_Guess.guarded`). Why: from settled RT dev guesses at 1e-6 J_w reaches the truth by
     #: true two-token blocks from 11 of 11, J from 6 (ground truth, session 23, recipes/measured/noise_rt_b1_s23),
@@ -184,8 +187,13 @@ class LikelihoodSearch:
     #: best context candidates scored alone, then at each pair of neighbouring positions the `block_pairs`
     #: pairs of them whose single changes sum highest (0: none). Why: from settled RT dev guesses at 1e-6
     #: J_w reaches the truth by true blocks of <= 2 tokens from 11 of 11, by singles from 5 (session 23);
-    #: the needed true tokens rank 0th-7,000th by the context score (session 24, noise_rt_b1_s24/diag)
-    blocks: int = 0
+    #: the needed true tokens rank 0th-7,000th by the context score (session 24, noise_rt_b1_s24/diag). Pair at
+    #: 600 CPU s a sentence, side by side, with `deep=64` against the defaults (recipes/measured/noise_rt_b1_s24):
+    #: RT dev 0 1.000 / 0.811 (10 block moves; no J_w full sweep, so `deep` took no part), RT 1 1.000 / 1.000,
+    #: RT 2 0.720 / 0.667 (mean 0.907 / 0.826); CoLA dev 0-1 1.000 / 1.000 (44 / 45 and 33 / 34 CPU s); SST-2 dev 0
+    #: 0.839 / 0.800 (ran out), SST-2 1 1.000 / 1.000. On (32, with `deep` 64) since session 24: it won every untied
+    #: sentence of that pair (3 of 3; 4 ties); a small sample, RT dev 3-7 unmeasured
+    blocks: int = 32
     block_pairs: int = 8
     #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
     #: sentence 0 at 1e-6: "exercise" has the best row at its position, the first-order gain ranks

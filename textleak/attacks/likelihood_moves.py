@@ -10,7 +10,7 @@ settle, cheapest first; the first that raises the objective is taken (`Moves`):
   it, session 10);
 - a stretch rebuilt (`StretchRebuild`): the stretch of the guess the likelihood supports least,
   blanked to a neutral filler and rebuilt jointly;
-- on J_w, first of all where `blocks` is set (`Moves.blocks`, off by default): every position's
+- on J_w, first of all where `blocks` is set (`Moves.blocks`, 32 by default): every position's
   `blocks` best context candidates scored alone, then at each pair of neighbouring positions the
   `block_pairs` pairs of those whose single changes sum highest.
 
