@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import make_wide_classifier
+from test_likelihood_context import _Ranked  # a head favouring given tokens in order
 from textleak.text.layouts import layout_for
 
 TRUTH = [2, 11, 12, 13, 14, 15, 16, 3]
@@ -20,23 +21,6 @@ GUESS = [2, 11, 12, 20, 21, 15, 16, 3]  # two neighbouring wrong tokens
 def wide(tmp_path_factory):
     """A random 2-layer BERT classifier 128 wide (`conftest.make_wide_classifier`)."""
     return make_wide_classifier(tmp_path_factory.mktemp("wide-bert-blocks"))
-
-
-class _Ranked:
-    """A head whose masked positions favour given tokens in order (log p 0, -10, ...; the rest -40)."""
-
-    def __init__(self, favour: dict[int, list[int]], V: int):
-        self.favour, self.V = favour, V
-
-    def log_probs(self, seq, groups):
-        out = []
-        for g in groups:
-            lp = torch.full((len(g), self.V), -40.0)
-            for r, p in enumerate(g):
-                for k, t in enumerate(self.favour.get(p, [])):
-                    lp[r, t] = -10.0 * k
-            out.append(lp)
-        return out
 
 
 def _setup(wide, weighted=True):
