@@ -27,8 +27,8 @@ import torch
 
 from ..core import budget
 from ..text.leaks.pooled import PooledStates, pooled_states
-from ..text.leaks.residuals import padded
 from .beyond_rank_invert import StateInversion
+from .beyond_rank_targets import cls_states
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,6 @@ class FirstInversion:
             m = self.rng.choice(lengths)
             seqs.append([search.cls_id] + [self.rng.choice(options[p]) if p < len(options) and options[p]
                                            else search.sep_id for p in range(1, m - 1)] + [search.sep_id])
-        out = []
-        for i in range(0, len(seqs), 256):
-            ids, mask = padded(seqs[i:i + 256], self.layout.device)
-            with torch.no_grad():
-                out.append(self.layout.hidden_states(ids, mask)[:, 0].double().cpu())
-        h = torch.cat(out)
+        h = cls_states(self.layout, seqs)
         seen.append((seqs, h))
         return h

@@ -46,6 +46,17 @@ HIT = 1e-2
 PAIR = 3
 
 
+def cls_states(layout: Layout, seqs: Sequence[Sequence[int]], chunk: int = 256) -> torch.Tensor:
+    """The last layer's [CLS] states [len(seqs), H] (float64, on the CPU) of sentences of any lengths, padded
+    in chunks of `chunk`."""
+    out = []
+    for i in range(0, len(seqs), chunk):
+        ids, mask = padded(seqs[i:i + chunk], layout.device)
+        with torch.no_grad():
+            out.append(layout.hidden_states(ids, mask)[:, 0].double().cpu())
+    return torch.cat(out)
+
+
 class TargetDescent:
     """Descends tracks onto the batch's per-sentence states (module doc).
 
@@ -60,13 +71,8 @@ class TargetDescent:
         self.pooled = pooled  # the `leaks.pooled` states, where they were read already (`beyond_rank_first`)
         self.report: dict[str, Any] = {}
 
-    def states(self, seqs: Sequence[Sequence[int]], chunk: int = 256) -> torch.Tensor:
-        out = []
-        for i in range(0, len(seqs), chunk):
-            ids, mask = padded(seqs[i:i + chunk], self.layout.device)
-            with torch.no_grad():
-                out.append(self.layout.hidden_states(ids, mask)[:, 0].double().cpu())
-        return torch.cat(out)
+    def states(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        return cls_states(self.layout, seqs)
 
     def run(self, tracks: list[list[int]], found: Sequence[list[int]], allowed: Sequence[set[int]]
             ) -> list[list[int]]:
