@@ -8,7 +8,6 @@ Shapes: sentences are token-id lists; gradients and targets name -> tensor (the 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 from typing import Sequence
 
 import torch
@@ -28,10 +27,16 @@ def _gradient(layout: Layout, seq: Sequence[int], label: int, names: list[str]) 
 def _J(scores, clip: float | None, norm2: torch.Tensor | None = None) -> torch.Tensor:
     """2 <T, c g> - ||c g||^2 per hypothesis, c = Opacus' clip factor for max_grad_norm `clip` (1 without),
     read off `norm2` (||g||^2, when the scores are weighted per layer) or the scores' own."""
+    return _J_parts(scores.dot, scores.norm2, clip, norm2)
+
+
+def _J_parts(dot: torch.Tensor, norm2w: torch.Tensor, clip: float | None, norm2: torch.Tensor | None = None
+             ) -> torch.Tensor:
+    """`_J` from the (weighted) dot products and squared norms per hypothesis."""
     if clip is None:
-        return 2 * scores.dot - scores.norm2
-    c = torch.clamp(clip / ((scores.norm2 if norm2 is None else norm2).sqrt() + 1e-6), max=1.0)
-    return 2 * c * scores.dot - c * c * scores.norm2
+        return 2 * dot - norm2w
+    c = torch.clamp(clip / ((norm2w if norm2 is None else norm2).sqrt() + 1e-6), max=1.0)
+    return 2 * c * dot - c * c * norm2w
 
 
 def clip_norm(metadata) -> float | None:
@@ -101,7 +106,7 @@ class _Guess:
         """J_w (the guard's weights) of the hypotheses the scorer just scored, from its per-group parts."""
         dot, norm2 = self.scorer.parts
         w = self.guard[:, None]
-        return _J(SimpleNamespace(dot=(w * dot).sum(0), norm2=(w * norm2).sum(0)), self.clip, norm2.sum(0))
+        return _J_parts((w * dot).sum(0), (w * norm2).sum(0), self.clip, norm2.sum(0))
 
     def floor(self) -> float:
         """J_w (the guard's weights) of the current guess: a change the guard admits does not lower it."""
