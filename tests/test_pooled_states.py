@@ -80,7 +80,6 @@ def test_tracks_two_tokens_off_descend_onto_their_states(batch):
     assert out == truth and descent.report["reached"] == len(truth)
 
 
-
 def test_the_finish_descends_onto_the_states_unless_told_not_to(batch):
     from types import SimpleNamespace
 
