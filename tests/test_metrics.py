@@ -1,4 +1,4 @@
-"""Tests for textleak.metrics.
+"""Tests for textleak.metrics and textleak.image.metrics.
 
 ROUGE is checked against the installed Google ``rouge-score`` package; SSIM,
 which has no reference implementation installed, is checked against values
@@ -18,17 +18,14 @@ from textleak.metrics import (
     Score,
     exact_match,
     match_batch,
-    match_images,
-    mse,
-    psnr,
     rouge,
     rouge_l,
     rouge_n,
     rouge_tokens,
     score_text_batch,
-    ssim,
     token_accuracy,
 )
+from textleak.image.metrics import match_images, mse, psnr, ssim
 
 # ---------------------------------------------------------------------------
 # ROUGE agreement with rouge-score

@@ -1,4 +1,4 @@
-"""Reconstruction-quality metrics for leaked text and images.
+"""Reconstruction-quality metrics for leaked text.
 
 Text metrics reproduce Google's ``rouge-score`` package (``RougeScorer`` with
 its default tokenizer and ``use_stemmer=False``) exactly, so numbers reported
@@ -19,25 +19,17 @@ Attacks usually recover a *batch* of sequences in an arbitrary order, so the
 batch scorers first pair predictions with references by an optimal one-to-one
 assignment (Hungarian algorithm) and only then average.
 
-Image metrics work on float arrays shaped (C, H, W) or (H, W). SSIM follows
-Wang et al. (2004): an 11x11 Gaussian window with sigma 1.5, K1 = 0.01,
-K2 = 0.03, statistics taken only where the whole window fits inside the image
-("valid" region), averaged over that region and then over channels. This is
-the same definition as the reference MATLAB code and as scikit-image's
-``structural_similarity(..., gaussian_weights=True, sigma=1.5,
-use_sample_covariance=False, data_range=...)``.
+Image metrics (MSE, PSNR, SSIM, image matching) are in ``textleak.image.metrics``.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
@@ -52,10 +44,6 @@ __all__ = [
     "exact_match",
     "match_batch",
     "score_text_batch",
-    "mse",
-    "psnr",
-    "ssim",
-    "match_images",
 ]
 
 UNMATCHED = -1
@@ -345,85 +333,3 @@ def score_text_batch(
     keys = ["rouge1", "rouge2", "rougeL"] + (["token_accuracy"] if has_ids else []) + ["exact_match"]
     mean = {k: float(np.mean([float(e[k]) for e in per_example])) for k in keys}
     return {"per_example": per_example, "mean": mean, "rouge_tokenizer": tokenizer}
-
-
-# ---------------------------------------------------------------------------
-# Image metrics
-# ---------------------------------------------------------------------------
-
-_SSIM_SIGMA = 1.5
-_SSIM_WIN = 11
-# scipy's Gaussian radius is int(truncate * sigma + 0.5); 3.5 * 1.5 -> 5,
-# i.e. an 11-tap (normalised) kernel, matching Wang et al.'s window.
-_SSIM_TRUNCATE = 3.5
-_SSIM_K1, _SSIM_K2 = 0.01, 0.03
-
-
-def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"image shapes differ: {a.shape} vs {b.shape}")
-    if a.ndim not in (2, 3):
-        raise ValueError(f"expected an image shaped (H, W) or (C, H, W), got {a.shape}")
-    return a, b
-
-
-def mse(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean squared error over all pixels (and channels)."""
-    a, b = _pair(a, b)
-    return float(np.mean((a - b) ** 2))
-
-
-def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB; ``inf`` for identical images."""
-    err = mse(a, b)
-    if err == 0:
-        return math.inf
-    return float(10 * np.log10(data_range**2 / err))
-
-
-def _ssim_channel(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
-    def blur(img: np.ndarray) -> np.ndarray:
-        return gaussian_filter(img, sigma=_SSIM_SIGMA, truncate=_SSIM_TRUNCATE, mode="reflect")
-
-    c1 = (_SSIM_K1 * data_range) ** 2
-    c2 = (_SSIM_K2 * data_range) ** 2
-    mu_x, mu_y = blur(x), blur(y)
-    # Biased (weighted population) moments, as in Wang et al.; no n/(n-1).
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    )
-    # Drop the border where the window would hang over the edge: what remains
-    # is exactly the "valid" convolution, so the padding mode is irrelevant.
-    pad = _SSIM_WIN // 2
-    return float(ssim_map[pad:-pad, pad:-pad].mean())
-
-
-def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
-    """Structural similarity (Wang et al. 2004), mean over channels.
-
-    Both spatial sides must be at least 11 pixels, the window size.
-    """
-    a, b = _pair(a, b)
-    if min(a.shape[-2:]) < _SSIM_WIN:
-        raise ValueError(f"SSIM needs images of at least {_SSIM_WIN}x{_SSIM_WIN}, got {a.shape}")
-    if a.ndim == 2:
-        a, b = a[None], b[None]
-    return float(np.mean([_ssim_channel(x, y, data_range) for x, y in zip(a, b)]))
-
-
-def match_images(
-    predictions: Sequence[np.ndarray], references: Sequence[np.ndarray]
-) -> list[int]:
-    """Optimal one-to-one pairing of images minimising total MSE.
-
-    Returns, for each reference index, the matched prediction index or -1.
-    """
-    gain = np.zeros((len(references), len(predictions)))
-    for i, ref in enumerate(references):
-        for j, pred in enumerate(predictions):
-            gain[i, j] = -mse(pred, ref)
-    return _assign(gain, len(references))

@@ -11,7 +11,7 @@ import torch
 
 from ..gradients import check_parameters
 from ..errors import InputError, ModelMismatchError
-from ..metrics import match_images, mse, psnr, ssim
+from .metrics import match_images, mse, psnr, ssim
 from ..modalities import MODALITIES, Modality
 from ..threat import Reference
 from .data import fit_image, read_images

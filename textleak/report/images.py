@@ -53,7 +53,7 @@ def _order(result, refs: list[np.ndarray], preds: list[np.ndarray]) -> list[tupl
         return [(-1, p) for p in range(len(preds))]
     pairs = [(e["reference_index"], e["prediction_index"]) for e in (result.metrics or {}).get("per_example", [])]
     if len(pairs) != len(refs):
-        from ..metrics import match_images
+        from ..image.metrics import match_images
 
         pairs = [(r, p) for r, p in enumerate(match_images(preds, refs))]
     used = {p for _, p in pairs}
