@@ -101,18 +101,7 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
         from .defences import parse_defence
 
         defence = parse_defence(defence)
-    inputs = [({k: v.to(device) for k, v in tb.model_inputs().items()}, tb.labels.to(device)) for tb in parts]
-
-    def loss_of(rows: Sequence[int]) -> torch.Tensor:
-        # the Trainer's accumulation: each micro-batch's mean loss over its rows, divided by their number
-        total = None
-        for (a, b), (x, y) in zip(micro, inputs):
-            sel = [r - a for r in rows if a <= r < b]
-            if sel:
-                loss = target.model(**{k: v[sel] for k, v in x.items()}, labels=y[sel]).loss / len(micro)
-                total = loss if total is None else total + loss
-        return total
-
+    loss_of = _accumulated_loss(target.model, micro, parts, device)
     with on_device(target.model, device):
         grads, loss, clipped = step_gradients(target.model, loss_of, len(batch), step=step, defence=defence,
                                               seed=seed)
@@ -131,6 +120,24 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
         victim={"seed": seed, "mask_prob": mask_prob if task == "mlm" else None, "loss_value": loss})
     reference = text_reference(original, ids, attention, facts.get("labels", []), batch)
     return builder.build(grads, reference)
+
+
+def _accumulated_loss(model: Any, micro: Sequence[tuple[int, int]], parts: Sequence[Any], device: Any):
+    """The loss of any rows of the batch as the Trainer accumulates it: each micro-batch's mean loss over
+    its rows, divided by the number of micro-batches (rows index the whole batch; `micro` gives each
+    part's [a, b) range)."""
+    inputs = [({k: v.to(device) for k, v in tb.model_inputs().items()}, tb.labels.to(device)) for tb in parts]
+
+    def loss_of(rows: Sequence[int]) -> torch.Tensor:
+        total = None
+        for (a, b), (x, y) in zip(micro, inputs):
+            sel = [r - a for r in rows if a <= r < b]
+            if sel:
+                loss = model(**{k: v[sel] for k, v in x.items()}, labels=y[sel]).loss / len(micro)
+                total = loss if total is None else total + loss
+        return total
+
+    return loss_of
 
 
 def _text_target(model: Any, tokenizer: Any, task: str | None, num_labels: int, head_seed: int):
