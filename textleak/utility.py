@@ -115,35 +115,11 @@ def measure_utility(defence: str, config: UtilityConfig = UtilityConfig(), *,
     model, tok = target.model, target.tokenizer
     batch_size = parsed.required_batch_size() or config.batch_size
     t0 = time.perf_counter()
-    steps = skipped = 0
-    generator = torch.Generator().manual_seed(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     initial = [p.detach().clone() for p in params]
     optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr)
     with repeatable(config.seed) as determinism, model_mode(model, train=True), torch.enable_grad():
-        for epoch in range(config.epochs):
-            order = torch.randperm(len(train), generator=generator).tolist()
-            batches = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
-            for rows in _bar(batches, progress, f"training under {parsed.spec}"):
-                if _budget.expired():
-                    break
-                enc = tok([train[i][0] for i in rows], padding=True, truncation=True,
-                          max_length=config.max_length, return_tensors="pt")
-                y = torch.tensor([train[i][1] for i in rows])
-
-                def loss_of(sub, enc=enc, y=y):
-                    sub = list(sub)
-                    return model(**{k: v[sub] for k, v in enc.items()}, labels=y[sub]).loss
-
-                grads = shared_gradients(parsed, model, loss_of, len(rows), generator)
-                steps += 1
-                if not all(_finite(g) for g in grads.values()):
-                    skipped += 1
-                    continue
-                for n, p in model.named_parameters():
-                    p.grad = grads.get(n)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+        steps, skipped = _train(model, tok, train, parsed, optimizer, config, batch_size, progress)
     planned = config.epochs * (len(train) // batch_size)
     cut = _budget.current().ran_out
     accuracy = _accuracy(model, tok, held, config.max_length)
@@ -164,6 +140,38 @@ def measure_utility(defence: str, config: UtilityConfig = UtilityConfig(), *,
     if cache is not None and not cut:
         atomic_write_text(cache, json.dumps(result, indent=1))
     return {**result, "cached": False}
+
+
+def _train(model: torch.nn.Module, tok: Any, train: list[tuple[str, int]], parsed: Any, optimizer: Any,
+           config: UtilityConfig, batch_size: int, progress: bool) -> tuple[int, int]:
+    """`config.epochs` epochs of steps on what `parsed` (the defence) shares; returns (steps, skipped):
+    a step whose shared gradient is not finite is skipped. Stops early when the budget runs out."""
+    steps = skipped = 0
+    generator = torch.Generator().manual_seed(config.seed)
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(train), generator=generator).tolist()
+        batches = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+        for rows in _bar(batches, progress, f"training under {parsed.spec}"):
+            if _budget.expired():
+                return steps, skipped
+            enc = tok([train[i][0] for i in rows], padding=True, truncation=True,
+                      max_length=config.max_length, return_tensors="pt")
+            y = torch.tensor([train[i][1] for i in rows])
+
+            def loss_of(sub, enc=enc, y=y):
+                sub = list(sub)
+                return model(**{k: v[sub] for k, v in enc.items()}, labels=y[sub]).loss
+
+            grads = shared_gradients(parsed, model, loss_of, len(rows), generator)
+            steps += 1
+            if not all(_finite(g) for g in grads.values()):
+                skipped += 1
+                continue
+            for n, p in model.named_parameters():
+                p.grad = grads.get(n)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return steps, skipped
 
 
 def _accuracy(model: torch.nn.Module, tok: Any, rows: list[tuple[str, int]], max_length: int) -> float:
