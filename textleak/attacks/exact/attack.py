@@ -98,22 +98,8 @@ class Exact:
         cands = read(layout, grads, span0, vocab, lengths, specials, known_lengths=known,
                      masks=declared_masks(observation, lengths), mask_id=tok.mask_token_id,
                      **({"pins": pins} if pins is not None else {}))
-        span1 = self._layer1(layout, grads, span0, settings, sum(lengths))
-        # peeling subtracts a recomputed gradient: exact only where the capture's arithmetic is
-        if settings.reduced_precision:  # an approximate peel narrows the search only (certifies nothing)
-            peeler = RoundedPeeler(observation, layout, lengths, settings) \
-                if span1 is not None and layout.padding is None else None
-        else:
-            peeler = self._peeler(observation, layout, lengths, span1, tok.mask_token_id, known)
-        if layout.padding is not None:
-            sequences, residuals = search_left_padded(self, layout, tok, cands, lengths, span1, peeler,
-                                                      observation.knowledge.special_tokens)
-        else:
-            with layer0_table(layout, max(lengths)):
-                search = self._search(layout, tok, cands, lengths, span1, peeler,
-                                      observation.knowledge.special_tokens)
-                sequences, residuals = search.run()
-                self._near = search.near  # each length's settled misses (`exact-update` repairs from them)
+        sequences, residuals, span1, peeler = self._recover(observation, tok, layout, cands, span0, lengths,
+                                                            settings, known)
         sequences, residuals = order_by_slots(observation, tok, peeler, sequences, residuals)
         # per-layer clipping: the classifier's factor is not layer 1's (its labels take the sign rule)
         shares = peeler.fitted if peeler is not None and peeler.working and not settings.clipped_tensors(grads) \
@@ -130,6 +116,29 @@ class Exact:
         }
         return AttackOutput(prediction=prediction, method=self.name, assumed=assumed, config=self.options(),
                             details=details)
+
+    def _recover(self, observation: Observation, tok: Any, layout: Any, cands: Any, span0: Any,
+                 lengths: list[int], settings: TrainingSettings, known: bool) -> tuple[list, list, Any, Any]:
+        """Layer 1's span, the peeler and the search over the candidates: (sequences, residuals, span1,
+        peeler)."""
+        grads = observation.gradients
+        span1 = self._layer1(layout, grads, span0, settings, sum(lengths))
+        # peeling subtracts a recomputed gradient: exact only where the capture's arithmetic is
+        if settings.reduced_precision:  # an approximate peel narrows the search only (certifies nothing)
+            peeler = RoundedPeeler(observation, layout, lengths, settings) \
+                if span1 is not None and layout.padding is None else None
+        else:
+            peeler = self._peeler(observation, layout, lengths, span1, tok.mask_token_id, known)
+        if layout.padding is not None:
+            sequences, residuals = search_left_padded(self, layout, tok, cands, lengths, span1, peeler,
+                                                      observation.knowledge.special_tokens)
+        else:
+            with layer0_table(layout, max(lengths)):
+                search = self._search(layout, tok, cands, lengths, span1, peeler,
+                                      observation.knowledge.special_tokens)
+                sequences, residuals = search.run()
+                self._near = search.near  # each length's settled misses (`exact-update` repairs from them)
+        return sequences, residuals, span1, peeler
 
     def options(self) -> dict[str, Any]:
         return {"sweeps": self.sweeps, "beam": self.beam, "trials": self.trials, "widen": self.widen,
