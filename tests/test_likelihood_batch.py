@@ -131,3 +131,25 @@ def test_a_block_swap_moves_two_neighbours_that_one_position_swaps_cannot():
         batch = Stub(wrong)
         kept = Whole(block=block, swaps=20)._swap_pair(batch, 0, 1, inner, fill=[], strong=set())
         assert (batch.seqs == truth) is fixed and kept == int(fixed)
+
+
+def test_the_batch_search_climbs_with_context_candidates_and_blocks(wide, monkeypatch):
+    """`context` > 0: each sentence's climb takes the masked-LM candidates (sweeps, `blocks`, `deep`) as at
+    batch 1 (before session 25 the batch search built none, whatever `context` said)."""
+    import textleak.text.masked_prior as mp
+    from test_likelihood_context import _Ranked
+
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+    from textleak.core.budget import time_budget
+
+    obs, truth = _observation(wide, ["big cat ran", "a dog sat"], [1, 0])
+    class Head(_Ranked):  # counts the masked-LM calls
+        def log_probs(self, seq, groups):
+            self.calls.append(groups)
+            return super().log_probs(seq, groups)
+
+    head = Head({p: truth[0][p:p + 1] for p in range(5)}, wide.model.get_input_embeddings().num_embeddings)
+    monkeypatch.setattr(mp, "context_head", lambda target: (head, ""))
+    with time_budget(30):
+        out = BatchLikelihoodSearch(prior="none", rounds=1, sweeps=2, strong=3.0, context=2).run(obs, wide)
+    assert out.details["context"]["used"] and head.calls

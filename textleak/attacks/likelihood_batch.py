@@ -61,7 +61,7 @@ from ..errors import MissingKnowledgeError
 from ..text.ghost import GhostScorer
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
-from .evidence import candidates, filler_ids, null_std, row_scores
+from .evidence import ContextCandidates, candidates, filler_ids, null_std, row_scores
 from .likelihood import LikelihoodSearch
 from .likelihood_state import _J, _Batch, clip_norm
 
@@ -117,6 +117,8 @@ class BatchLikelihoodSearch(LikelihoodSearch):
         word, pos = layout.word_embedding_name, layout.position_embedding_name
         W, P = grads[word].double().cpu(), grads[pos].double().cpu()
         scores = row_scores(W, P, max(lengths), banned)
+        self._context, context = ContextCandidates.of(target, scores, banned, self.context)
+        self._rebuild.context = self._context
         evidence = candidates(scores, lengths, self.per_position)
         specials = bool(know.special_tokens and tok.cls_token_id is not None and tok.sep_token_id is not None)
         inner = [range(1, n - 1) if specials else range(n) for n in lengths]
@@ -149,7 +151,8 @@ class BatchLikelihoodSearch(LikelihoodSearch):
                 break
         return self._output(batch, grads, level, tok, know, label_note,
                             {"placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
-                             "exchanged": exchanged, "changes_per_round": history, "budget": current().describe(),
+                             "exchanged": exchanged, "changes_per_round": history, "context": context,
+                             "budget": current().describe(),
                              "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0})
 
     # -- pieces -------------------------------------------------------------------------------
