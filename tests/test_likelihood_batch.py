@@ -153,3 +153,25 @@ def test_the_batch_search_climbs_with_context_candidates_and_blocks(wide, monkey
     with time_budget(30):
         out = BatchLikelihoodSearch(prior="none", rounds=1, sweeps=2, strong=3.0, context=2).run(obs, wide)
     assert out.details["context"]["used"] and head.calls
+
+
+def test_pinned_tokens_stay_at_their_positions(wide):
+    """`pin`: a hypothesis that moves a pinned token scores -inf (`_Guess.pins`), so no sweep or move
+    takes it; the batch search ends with every placed strong token at its row position."""
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+    from textleak.attacks.likelihood_state import _Batch, _Guess, clip_norm
+    from textleak.core.budget import time_budget
+    from textleak.text.layouts import layout_for
+
+    obs, truth = _observation(wide, ["the dog sat on the mat", "a bird sang"], [1, 1], noise="noise:1e-6")
+    batch = _Batch(layout_for(wide.model), obs.gradients, truth, [1, 1], clip_norm(obs.metadata))
+    batch.pins = [{2: truth[0][2]}, {}]
+    g = _Guess(batch, 0)
+    moved = list(truth[0])
+    moved[2], moved[3] = moved[3], moved[2]
+    J, _ = g.score([truth[0], moved])
+    assert J[1] == -float("inf") and float(J[0]) == pytest.approx(g.best, rel=1e-4) and g.substitute(2, [truth[1][2], 20]) == 0
+    with time_budget(30):  # the same batch: "a" is strong at position 1 and placed
+        out = BatchLikelihoodSearch(prior="none", rounds=2, sweeps=2, strong=3.0, pin=True).run(obs, wide)
+    pred = out.prediction["token_ids"]
+    assert out.details["placed"] and all(any(s[c["position"]] == c["token"] for s in pred) for c in out.details["placed"])

@@ -55,6 +55,8 @@ class _Batch:
         self.names = [n for n in gradients if n in dict(self.model.named_parameters())]
         self.seqs, self.labels = [list(s) for s in seqs], list(labels)
         self.own = [self._own(s, y) for s, y in zip(self.seqs, self.labels)]
+        #: per sentence {position: token} its guesses keep (`likelihood_batch.pin`; None: none)
+        self.pins: list[dict[int, int]] | None = None
 
     def _own(self, seq, label) -> dict[str, torch.Tensor]:
         g = _gradient(self.layout, seq, label, self.names)
@@ -99,8 +101,12 @@ class _Guess:
         #: J_w's weights at this guess where J's changes must not lower J_w (`LikelihoodSearch.guard`)
         self.guard = relative_weights(self.scorer, self.x, self.y) if guard and not weighted else None
         self._floor: tuple = (None, -math.inf)  # (sequence, its J_w) under the guard
+        self.pins = None
         J, scores = self.score([self.x])
         self.best, self.e = float(J[0]), scores.e[0]
+        #: {position: token} every hypothesis must keep (scored -inf otherwise): the batch's pins this guess holds
+        pins = getattr(batch, "pins", None)
+        self.pins = {p: v for p, v in pins[i].items() if self.x[p] == v} if pins else None
 
     def _guard_jw(self) -> torch.Tensor:
         """J_w (the guard's weights) of the hypotheses the scorer just scored, from its per-group parts."""
@@ -136,7 +142,11 @@ class _Guess:
     def score(self, trials: list[list[int]]):
         """(J or J_w [W], the scores) of W hypotheses with the guess's label."""
         s = self.scorer(torch.tensor(trials), torch.full((len(trials),), self.y))
-        return _J(s, self.clip, self.scorer.parts[1].sum(0)), s
+        J = _J(s, self.clip, self.scorer.parts[1].sum(0))
+        if self.pins:
+            off = torch.tensor([any(t[p] != v for p, v in self.pins.items()) for t in trials], device=J.device)
+            J = J.masked_fill(off, -math.inf)
+        return J, s
 
     def substitute(self, p: int, options: list[int]) -> int:
         """Puts the best of `options` at position p if it raises J; 1 if it did, else 0."""
