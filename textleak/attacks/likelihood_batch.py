@@ -103,7 +103,9 @@ class BatchLikelihoodSearch(LikelihoodSearch):
     #: -inf, sweeps skip it); an exchange may carry it to another sentence at the same position. Why: the
     #: row says where the token stands, not in which sentence; at the end of `auto` on CoLA dev batch 0 at
     #: 1e-6 (session 25, two runs) 4 of the 7 strong tokens sat at other positions than their rows'
-    #: (z 5-12), "she has kissed her." assembled 2 places late in another sentence's slot; off
+    #: (z 5-12), "she has kissed her." assembled 2 places late in another sentence's slot. On/off side by
+    #: side at 600 CPU s: CoLA dev batch 0 0.307 / 0.260 (shifted strong tokens 4 -> 1, but owner errors
+    #: 1 -> 6 tokens); the defaults read 0.427 and 0.260 in two runs of that batch; SST-2/RT unmeasured: off
     pin: bool = False
     share: float = 0.9
     #: masked-LM candidates for each sentence's climb (`likelihood.context`; with them `blocks` and `deep`
