@@ -128,7 +128,7 @@ def test_with_slots_first_the_repairs_run_before_the_search_and_a_certified_batc
 
 
 def test_the_batch_slots_first_left_competes_in_the_ranked_start_when_carried():
-    from textleak.attacks.update import _carrying
+    from textleak.attacks.update_small_lr import _carrying
 
     box = _NeighbourBox()
     truth = [[CLS, 1, 2, 3, SEP], [CLS, 4, 5, SEP]]

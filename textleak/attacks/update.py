@@ -38,21 +38,8 @@ What changes against a gradient (`attacks.exact.Exact`, which hands updates here
   rounding (measured on MiniLM, K = 4, batch 4: 0 in the victim's sentence order, 2.5e-6 in
   another; one token wrong: 0.14; one label wrong: 0.52, relative).
 
-Small learning rates (`update_rounding`, `update_sentences`, `update_repair`). A float32 client loses every step
-smaller than half an ulp of its weight: U holds the average gradient only to within
-ulp(w) / (2 lr) per entry, a box as wide as the gradient itself at lr 1e-4 on MiniLM and eight
-times wider at 1e-5. Where that box is wide against U (from lr ~1e-3 on MiniLM), the spans are
-read from the rank-r matrix closest to U inside it, each token of a peeled sentence must lie near
-the fitted layer-1 span (a cut of a longer sentence otherwise passes the loose whole-sentence
-test, `update_peel`), and an uncertified guess is repaired on the whole update's box misfit (every
-layer's Q/K/V gradient against the box; the true batch's is ~0: 5e-14 on CoLA dev batch 4, K = 8,
-lr 1e-4, against 1.2e-2 for the assembled guess), first sentence by sentence (`update_sentences`:
-the search's settled misses, and each slot made afresh from layer 0), then token by token
-(`update_repair`, from the labels of least box misfit), and simulated again. At lr 1e-4 the layer-1
-test certifies no sentence at all (the search assembles the batch from each length's closest miss, a
-cut of a longer sentence among them), so where the box is that wide (`REPAIR_ROUNDING`) the repairs
-keep `REPAIR_SHARE` of the budget. At batch > 1 the repairs may start from the batch the update's embedding rows
-place (`update_batch_positions`), its shared positions' tokens handed to sentences by `update_slots`.
+Small learning rates: where the rounding box is wide the guess is repaired on the whole update's box misfit
+(`update_small_lr`, whose module doc says how).
 
 Mini-batches (`fedavg:K,LR,MB[,SHUFFLE]`, E local epochs of them): U sums every mini-batch's
 trajectory, so its spans hold the union of the mini-batches' tokens and the search reads the
@@ -69,31 +56,26 @@ InputError naming what is missing.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..core import budget
 from ..errors import MissingKnowledgeError
-from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
 from ..text.leaks import LayerSpan, SpanReader
 from ..text.leaks.positions import TokenPositions
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .exact import Exact
-from .exact.candidates import vocabulary
 from .exact.search import Search
 from .update_layers import LayeredSearch, LayerScore
-from .update_batch_positions import BatchMisfit, pins_for, ranked_start
-from .update_cls import POOLER, SITES, cls_start
+from .update_batch_positions import pins_for
 from .update_peel import END_SLACK, RISE, UpdatePeeler
 from .update_positions import place_sentence, placement_for
-from .update_repair import BoxRepair
 from .update_rest_rows import RestRows, row_names
 from .update_rounding import RoundingFits
-from .update_sentences import SentenceRepair
-from .update_slots import FIRST_SHARE, slot_starts, slots_first
+from .update_slots import FIRST_SHARE, slots_first
+from .update_small_lr import repair_guess
 from .update_sim import (UpdateFacts, certify_batch, midpoint_model, shares_update, simulate_update,  # noqa: F401
                          simulation_check, simulation_mismatch, update_facts)
 
@@ -278,53 +260,8 @@ class UpdateExact(Exact):
 
     def _repair(self, observation: Observation, target: Any, moved: Any, facts: UpdateFacts,
                 out: AttackOutput, near: dict) -> None:
-        """Small learning rates (the rounding fitted): repair the guess on the whole update's box
-        misfit, first sentence by sentence from the search's settled misses (`update_sentences`),
-        then token by token (`update_repair`); then certify again by simulation. The certificate
-        between the two re-solves the labels by the simulation; the token repair starts from
-        whichever labels, those or the sentence repair's, leave the smaller box misfit."""
-        layout = layout_for(moved.model)
-        _, span0 = self._layer0(observation, moved)
-        vocab, _ = vocabulary(layout, observation.gradients, target.tokenizer, observation.task)
-        pred = out.prediction
-        pins = self._batch_pins(observation, layout_for(target.model), facts)
-        if pins is not None and not self.row_ranking:
-            pins = dataclasses.replace(pins, order=None)
-        repair = BoxRepair(layout, self._fits, span0, vocab, pins=pins, move=self.cross_move)
-        if getattr(pins, "order", None) is not None:
-            special, assign = slot_starts(pins, target.tokenizer, self.slot_assignment)
-            carried = getattr(self, "_carried", None)
-            misfit = BatchMisfit(repair)
-            out.details["ranked_fill"] = ranked_start(repair, pred, pins.order, special,
-                                                       _carrying(assign, carried) if carried else assign, misfit)
-            if self.cls_descent and self.slot_assignment and out.details["ranked_fill"]["kept"] != "carried":
-                out.details["cls_descent"] = cls_start(repair, pred, self._fits, budget.current().deadline,
-                                                       SITES + (POOLER,) if self.cls_pooler else SITES,
-                                                       self.cls_relabel, special if self.cls_inner_plain else (),
-                                                       misfit)
-        if near:
-            sentence_repair = SentenceRepair(repair)
-            pred["token_ids"], sentences = sentence_repair.run(pred["token_ids"], pred["labels"], near,
-                                                               budget.current().deadline)
-            out.details["sentence_repair"] = sentences
-            if sentences["swaps"] or sentences["fresh"]:  # certified already: no token sweep to spend
-                pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
-                repaired = list(pred["labels"])
-                self._certify(observation, layout_for(target.model), facts, out)
-                if out.details["certified"]:
-                    return
-                # the certificate re-solved the labels by the simulation, closest for a wrong batch: the
-                # token repair starts from whichever labels fit the box better (RT dev batch 0, lr 1e-4:
-                # the re-solved ones took its start from 0.021 to 0.031)
-                pred["labels"] = repair.least_labels(pred["token_ids"], [repaired, pred["labels"]],
-                                                     sentence_repair.gradient)
-        residuals = out.details.get("sentence_residuals") or []
-        worst = sorted(range(len(residuals)), key=lambda b: -residuals[b] if residuals[b] == residuals[b] else
-                       -float("inf")) if len(residuals) == len(pred["token_ids"]) else None
-        pred["token_ids"], report = repair.run(pred["token_ids"], pred["labels"], budget.current().deadline, worst)
-        pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
-        self._certify(observation, layout_for(target.model), facts, out)
-        out.details["repair"] = report
+        """Small learning rates (the rounding fitted): `update_small_lr.repair_guess`."""
+        repair_guess(self, observation, target, moved, facts, out, near)
 
     @staticmethod
     def _facts_of(observation: Observation) -> UpdateFacts:
@@ -447,14 +384,6 @@ def _better(a: AttackOutput, b: AttackOutput) -> bool:
     def key(o: AttackOutput) -> tuple[bool, float]:
         return not o.details["certified"], sum(o.details.get("sentence_residuals") or [float("inf")])
     return key(a) < key(b)
-
-
-def _carrying(assign: Any, batch: list[list[int]]) -> Any:
-    """`ranked_start`'s batches from `assign` (`update_slots.assigned`, or None) and `batch` (option `slots_carry`:
-    where `slots_first` left it) named "carried"."""
-    def make(filled: list[list[int]]) -> dict[str, list[list[int]]]:
-        return {**(assign(filled) if assign is not None else {}), "carried": [list(s) for s in batch]}
-    return make
 
 
 def _misfit(out: AttackOutput) -> float:

@@ -1,0 +1,104 @@
+"""Repairs of an uncertified `exact-update` guess where the rounding is fitted (small learning rates).
+
+Small learning rates (`update_rounding`, `update_sentences`, `update_repair`). A float32 client loses every step
+smaller than half an ulp of its weight: U holds the average gradient only to within
+ulp(w) / (2 lr) per entry, a box as wide as the gradient itself at lr 1e-4 on MiniLM and eight
+times wider at 1e-5. Where that box is wide against U (from lr ~1e-3 on MiniLM), the spans are
+read from the rank-r matrix closest to U inside it, each token of a peeled sentence must lie near
+the fitted layer-1 span (a cut of a longer sentence otherwise passes the loose whole-sentence
+test, `update_peel`), and an uncertified guess is repaired on the whole update's box misfit (every
+layer's Q/K/V gradient against the box; the true batch's is ~0: 5e-14 on CoLA dev batch 4, K = 8,
+lr 1e-4, against 1.2e-2 for the assembled guess), first sentence by sentence (`update_sentences`:
+the search's settled misses, and each slot made afresh from layer 0), then token by token
+(`update_repair`, from the labels of least box misfit), and simulated again. At lr 1e-4 the layer-1
+test certifies no sentence at all (the search assembles the batch from each length's closest miss, a
+cut of a longer sentence among them), so where the box is that wide (`REPAIR_ROUNDING`) the repairs
+keep `REPAIR_SHARE` of the budget. At batch > 1 the repairs may start from the batch the update's embedding rows
+place (`update_batch_positions`), its shared positions' tokens handed to sentences by `update_slots`.
+
+Threat model: as `attacks.update` (U, w0, K, lr, the declared lengths).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..core import budget
+from ..text.decode import ids_to_text
+from ..text.layouts import layout_for
+from ..threat import Observation
+from .base import AttackOutput
+from .exact.candidates import vocabulary
+from .update_batch_positions import BatchMisfit, ranked_start
+from .update_cls import POOLER, SITES, cls_start
+from .update_repair import BoxRepair
+from .update_sentences import SentenceRepair
+from .update_sim import UpdateFacts
+from .update_slots import slot_starts
+
+
+def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any, facts: UpdateFacts,
+                 out: AttackOutput, near: dict) -> None:
+    """Small learning rates (the rounding fitted): repair the guess on the whole update's box
+    misfit, first sentence by sentence from the search's settled misses (`update_sentences`),
+    then token by token (`update_repair`); then certify again by simulation. The certificate
+    between the two re-solves the labels by the simulation; the token repair starts from
+    whichever labels, those or the sentence repair's, leave the smaller box misfit."""
+    layout = layout_for(moved.model)
+    _, span0 = attack._layer0(observation, moved)
+    vocab, _ = vocabulary(layout, observation.gradients, target.tokenizer, observation.task)
+    pred = out.prediction
+    pins = attack._batch_pins(observation, layout_for(target.model), facts)
+    if pins is not None and not attack.row_ranking:
+        pins = dataclasses.replace(pins, order=None)
+    repair = BoxRepair(layout, attack._fits, span0, vocab, pins=pins, move=attack.cross_move)
+    if getattr(pins, "order", None) is not None:
+        _starts(attack, target, pins, repair, out)
+    if near:
+        sentence_repair = SentenceRepair(repair)
+        pred["token_ids"], sentences = sentence_repair.run(pred["token_ids"], pred["labels"], near,
+                                                           budget.current().deadline)
+        out.details["sentence_repair"] = sentences
+        if sentences["swaps"] or sentences["fresh"]:  # certified already: no token sweep to spend
+            pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
+            repaired = list(pred["labels"])
+            attack._certify(observation, layout_for(target.model), facts, out)
+            if out.details["certified"]:
+                return
+            # the certificate re-solved the labels by the simulation, closest for a wrong batch: the
+            # token repair starts from whichever labels fit the box better (RT dev batch 0, lr 1e-4:
+            # the re-solved ones took its start from 0.021 to 0.031)
+            pred["labels"] = repair.least_labels(pred["token_ids"], [repaired, pred["labels"]],
+                                                 sentence_repair.gradient)
+    residuals = out.details.get("sentence_residuals") or []
+    worst = sorted(range(len(residuals)), key=lambda b: -residuals[b] if residuals[b] == residuals[b] else
+                   -float("inf")) if len(residuals) == len(pred["token_ids"]) else None
+    pred["token_ids"], report = repair.run(pred["token_ids"], pred["labels"], budget.current().deadline, worst)
+    pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
+    attack._certify(observation, layout_for(target.model), facts, out)
+    out.details["repair"] = report
+
+
+def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackOutput) -> None:
+    """With the batch placements' ranking: the guess replaced by the ranked fill or a slot assignment of least box
+    misfit (`ranked_start`, with the batch `slots_first` carried), then descended on the [CLS] spans (`cls_start`)."""
+    pred = out.prediction
+    special, assign = slot_starts(pins, target.tokenizer, attack.slot_assignment)
+    carried = getattr(attack, "_carried", None)
+    misfit = BatchMisfit(repair)
+    out.details["ranked_fill"] = ranked_start(repair, pred, pins.order, special,
+                                               _carrying(assign, carried) if carried else assign, misfit)
+    if attack.cls_descent and attack.slot_assignment and out.details["ranked_fill"]["kept"] != "carried":
+        out.details["cls_descent"] = cls_start(repair, pred, attack._fits, budget.current().deadline,
+                                               SITES + (POOLER,) if attack.cls_pooler else SITES,
+                                               attack.cls_relabel, special if attack.cls_inner_plain else (),
+                                               misfit)
+
+
+def _carrying(assign: Any, batch: list[list[int]]) -> Any:
+    """`ranked_start`'s batches from `assign` (`update_slots.assigned`, or None) and `batch` (option `slots_carry`:
+    where `slots_first` left it) named "carried"."""
+    def make(filled: list[list[int]]) -> dict[str, list[list[int]]]:
+        return {**(assign(filled) if assign is not None else {}), "carried": [list(s) for s in batch]}
+    return make
