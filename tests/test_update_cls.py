@@ -116,3 +116,25 @@ def test_with_inner_ids_the_descent_is_offered_no_cls_or_sep_inside(setup, monke
     assert seen and all(not specials & set(row) for n, rows in seen[0].items() for row in rows[1:n - 1])
     cls_start(repair, {"token_ids": [list(s) for s in ids], "labels": LABELS}, fits, time.monotonic() + 600)
     assert any(specials & set(row) for n, rows in seen[1].items() for row in rows[1:n - 1])
+
+
+def test_with_restarts_the_other_starts_are_descended_and_the_least_misfit_end_kept(setup, monkeypatch):
+    """Option `cls_restarts`: the kept start's descent ends in a local minimum (here: the descent changes nothing),
+    another start of `ranked_start`'s (the truth, weighed worse at the start) ends lower and replaces it."""
+    wide, fits, _, ids = setup
+    truth = {tuple(s): y for s, y in zip(ids, LABELS)}
+
+    def gradient(s, y):  # 0 for a true sentence with its own label
+        return torch.tensor([float(truth.get(tuple(s)) != int(y))])
+    options = _options(ids, [])
+    repair = SimpleNamespace(layout=fits.layout, cover=None, options=lambda n: options[n], gradient=gradient,
+                             misfit=lambda G: float(G.sum()))
+    monkeypatch.setattr(ClsSpans, "descend", lambda self, seqs, *a, **k: ([list(s) for s in seqs], {}))
+    wrong = [ids[1][:4] + ids[0][4:], ids[0][:4] + ids[1][4:], list(ids[2])]
+    others = {"search": ([list(s) for s in wrong], list(LABELS), 0.9), "filled": ([list(s) for s in ids], LABELS, 1.0),
+              "assigned_0": ([list(s) for s in wrong], list(LABELS), 0.5)}
+    pred = {"token_ids": [list(s) for s in wrong], "labels": list(LABELS)}
+    assert not cls_start(repair, pred, fits, time.monotonic() + 600, relabel=True)["kept"]
+    report = cls_start(repair, pred, fits, time.monotonic() + 600, relabel=True, others=others)
+    assert report["kept"] and pred["token_ids"] == ids and pred["labels"] == LABELS
+    assert report["restarts"]["from"] == "filled" and list(report["restarts"]["ends"]) == ["filled"]

@@ -74,9 +74,11 @@ def test_an_assigned_batch_replaces_the_search_guess_and_the_fill_at_the_least_b
     order = [[CLS], [1, 4, SEP], [5, 2], [3]]  # [SEP] ranks high where a sentence ends: never an inner token
     pred = {"token_ids": [[CLS, 9, 9, 9, SEP], [CLS, 9, 9, SEP]], "labels": [0, 0]}
     swapped = [[CLS, 1, 2, 3, SEP], [CLS, 4, 5, SEP]]
-    report = ranked_start(box, pred, order, {CLS, SEP}, lambda filled: {"swapped": swapped})
+    weighed = {}
+    report = ranked_start(box, pred, order, {CLS, SEP}, lambda filled: {"swapped": swapped}, batches_out=weighed)
     assert report["kept"] == "swapped" and pred["token_ids"] == truth and report["swapped"][0] == 0.0
     assert report["filled"][0] > 0
+    assert set(weighed) == {"search", "filled", "swapped"} and weighed["swapped"] == (swapped, [0, 0], 0.0)
     pred = {"token_ids": [[CLS, 9, 9, 9, SEP], [CLS, 9, 9, SEP]], "labels": [0, 0]}
     report = ranked_start(box, pred, order, {CLS, SEP})
     assert pred["token_ids"] == [[CLS, 1, 5, 3, SEP], [CLS, 4, 2, SEP]]  # the fill, [SEP] kept out

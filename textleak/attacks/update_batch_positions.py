@@ -228,14 +228,15 @@ class BatchMisfit:
 
 def ranked_start(repair: Any, pred: dict, order: Sequence[Sequence[int]], special: Collection[int] = (),
                  assign: Callable[[list[list[int]]], dict[str, list[list[int]]]] | None = None,
-                 misfit: BatchMisfit | None = None) -> dict[str, Any]:
+                 misfit: BatchMisfit | None = None, batches_out: dict | None = None) -> dict[str, Any]:
     """The guess `pred` (token ids, labels) replaced by the batch `ranked_fill` makes of it, or by one that
     `assign` makes of the fill (named batches: `update_slots.assigned`), each with its labels of least misfit,
     where that one's box misfit (`update_repair.BoxRepair`) is the least; a report (each one's misfit and the
     update's tokens it leaves out, `missing`, and which was kept). The fill alone scored ROUGE-1 0.436 on SST-2 at
     lr 1e-4, 0.515 on CoLA at lr 1e-5, 0.267 on SST-2 at lr 1e-5 (MiniLM dev batch 0 of 4, K 8; ground truth in
     scratch). Taking it wherever it left fewer tokens out lost SST-2 dev batch 1 at lr 1e-4 (0.324 against 0.581:
-    the search had one sentence exact, misfit 0.010 against the fill's 0.023)."""
+    the search had one sentence exact, misfit 0.010 against the fill's 0.023). `batches_out`, where given, gets
+    every batch weighed: name -> (token ids, labels, misfit)."""
     filled = ranked_fill(pred["token_ids"], order, special)
     misfit = misfit if misfit is not None else BatchMisfit(repair)
     batches = {"search": ([list(s) for s in pred["token_ids"]], list(pred["labels"])), "filled": (filled, None)}
@@ -248,6 +249,8 @@ def ranked_start(repair: Any, pred: dict, order: Sequence[Sequence[int]], specia
             batches[name] = batch, labels = batch, least_labels(batch, starts, misfit.classes, misfit)
         keys[name] = (misfit(batch, labels), missing(batch, repair.cover))
     kept = min(keys, key=lambda name: keys[name])  # the search's guess on a tie
+    if batches_out is not None:
+        batches_out.update({name: (*batches[name], keys[name][0]) for name in batches})
     pred["token_ids"], pred["labels"] = batches[kept]
     return {**{name: list(key) for name, key in keys.items()}, "kept": kept}
 

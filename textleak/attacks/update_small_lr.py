@@ -87,13 +87,14 @@ def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackO
     special, assign = slot_starts(pins, target.tokenizer, attack.slot_assignment)
     carried = getattr(attack, "_carried", None)
     misfit = BatchMisfit(repair)
+    batches: dict = {}
     out.details["ranked_fill"] = ranked_start(repair, pred, pins.order, special,
-                                               _carrying(assign, carried) if carried else assign, misfit)
+                                               _carrying(assign, carried) if carried else assign, misfit, batches)
     if attack.cls_descent and attack.slot_assignment and out.details["ranked_fill"]["kept"] != "carried":
         out.details["cls_descent"] = cls_start(repair, pred, attack._fits, budget.current().deadline,
                                                SITES + (POOLER,) if attack.cls_pooler else SITES,
                                                attack.cls_relabel, special if attack.cls_inner_plain else (),
-                                               misfit)
+                                               misfit, batches if getattr(attack, "cls_restarts", False) else None)
 
 
 def _carrying(assign: Any, batch: list[list[int]]) -> Any:
