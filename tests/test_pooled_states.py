@@ -114,3 +114,27 @@ def test_short_sentences_are_inverted_from_their_states_at_every_missing_length(
     assert sorted(map(len, out)) == sorted(lengths)
     assert invert.report["found"] >= len(truth) // 2
     assert all(s in truth for s in out[len(out) - invert.report["found"]:])
+
+
+def test_tracks_of_another_length_descend_onto_their_states_with_length_moves(batch):
+    target, layout, grads, truth, _ = batch
+    tok = target.tokenizer
+    pins = token_positions(layout, grads, embedding_token_set(layout, grads).tolist(), max(map(len, truth)))
+    tracks = [list(s) for s in truth]
+    tracks[0] = truth[0][:2] + truth[0][3:]  # one token short
+    tracks[1] = truth[1][:3] + [truth[1][2]] + truth[1][3:]  # one token long (its neighbour twice)
+    specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
+    off = TargetDescent(layout, grads, len(truth), specials).run([list(t) for t in tracks], [], pins.allowed)
+    assert off[0] != truth[0] and off[1] != truth[1]  # no single change reaches a sentence of another length
+    on = TargetDescent(layout, grads, len(truth), specials, lengths=True)
+    assert on.run([list(t) for t in tracks], [], pins.allowed) == truth and on.report["reached"] == len(truth)
+
+
+def test_the_finish_places_a_track_of_another_length_in_the_nearest_missing_slot():
+    from textleak.attacks.beyond_rank_finish import finished
+
+    guesses = [[1, 9, 2], [1, 9, 9, 9, 2], [1, 9, 9, 9, 9, 9, 9, 2]]
+    found, tracks = [[1, 5, 2]], [[1, 6, 6, 6, 6, 6, 6, 6, 2], [1, 7, 7, 7, 2]]
+    assert finished([3, 5, 8], guesses, found, tracks) == [[1, 5, 2], [1, 7, 7, 7, 2], tracks[0]]
+    assert finished([3, 5, 8, 4], guesses + [[1, 9, 9, 2]], found, tracks[1:]) == \
+        [[1, 5, 2], [1, 7, 7, 7, 2], guesses[2], [1, 9, 9, 2]]

@@ -129,10 +129,14 @@ class BeyondRank(Exact):
     # with `targets`, `invert`: inverted before the search, taken (peeled) by it (`beyond_rank_first`). Off: CoLA
     # ROUGE-1 53.5 -> 55.7, SST-2 48.6 -> 49.3 but ROUGE-2 30.6 -> 26.3, 12 -> 11 exact (large_batch_s24/)
     first: bool = False
+    # with `targets`: a stalled descent tries every one-token deletion and insertion, so a track paired with the
+    # state of a sentence of another length can reach it (`TargetDescent.lengths`; large_batch_s25/)
+    lengths: bool = False
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
-                "prior": self.prior, "targets": self.targets, "invert": self.invert, "first": self.first}
+                "prior": self.prior, "targets": self.targets, "invert": self.invert, "first": self.first,
+                "lengths": self.lengths}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -192,7 +196,8 @@ class BeyondRank(Exact):
         if self.finish <= 0 or not far or observation.task != "classify" or observation.knowledge.seq_lengths is None:
             return None
         targets = (observation.gradients, rank) if self.targets and rank else None
-        return BagFinish(tok, prior=self.prior, seed=self.seed, targets=targets, invert=0 if self.first else self.invert)
+        return BagFinish(tok, prior=self.prior, seed=self.seed, targets=targets, invert=0 if self.first else self.invert,
+                         lengths=self.lengths)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

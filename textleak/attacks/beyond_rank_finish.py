@@ -55,12 +55,14 @@ class BagFinish:
     cannot be read as columns (no word-embedding table in the peel, nothing placed)."""
 
     def __init__(self, tokenizer: Any, prior: str = "bigram", weight: float = 3.0, tries: int = 256,
-                 sweeps: int = 4, seed: int = 0, targets: tuple[dict, int] | None = None, invert: int = 0):
+                 sweeps: int = 4, seed: int = 0, targets: tuple[dict, int] | None = None, invert: int = 0,
+                 lengths: bool = False):
         self.tok, self.prior_name, self.weight = tokenizer, prior, weight
         self.tries, self.sweeps, self.seed = tries, sweeps, seed
         self.targets = targets  # (the batch's gradients, B): descend onto the pooled states (`beyond_rank_targets`)
         self.invert = invert  # longest length inverted from the states first (`beyond_rank_invert`; 0: off)
         self.pooled = None  # the pooled states read before the search (`beyond_rank_first`), reused
+        self.lengths = lengths  # the descent may change a track's length (`TargetDescent.lengths`)
         self.report: dict[str, Any] = {}
 
     def tracks(self, search: Any, peeler: Any, pins: Any, tokens: Sequence[int], model: Any) -> list[list[int]] | None:
@@ -83,7 +85,7 @@ class BagFinish:
             invert = StateInversion(search.layout, self.tok.cls_token_id, self.tok.sep_token_id, longest=self.invert,
                                     seed=self.seed) if self.invert > 0 else None
             descent = TargetDescent(search.layout, self.targets[0], self.targets[1], specials, seed=self.seed,
-                                    invert=invert, pooled=self.pooled)
+                                    invert=invert, pooled=self.pooled, lengths=self.lengths)
             tracks = descent.run(tracks, search.found, cols.allowed)
         elif not budget.expired():
             tracks = swaps.run(tracks, self.sweeps)
@@ -103,11 +105,14 @@ class BagFinish:
 def finished(lengths: Sequence[int], sequences: Sequence[list[int]], found: Sequence[list[int]],
              tracks: Sequence[list[int]]) -> list[list[int]]:
     """One sentence per length of `lengths`, in that order: the found ones, then the tracks of
-    each missing length, then (should the tracks miss a length) the search's own guess there."""
+    each missing length, then a track of another length left over (the nearest length first: a descent
+    with length moves, `TargetDescent.lengths`), then the search's own guess there."""
     by_length: dict[int, list[list[int]]] = {}
     for seq in list(found) + list(tracks):
         by_length.setdefault(len(seq), []).append(list(seq))
-    out = []
-    for n, guess in zip(lengths, sequences):
-        out.append(by_length[n].pop(0) if by_length.get(n) else list(guess))
-    return out
+    out: list[list[int] | None] = [by_length[n].pop(0) if by_length.get(n) else None for n in lengths]
+    left = [s for n in sorted(by_length) for s in by_length[n]]
+    for i, n in enumerate(lengths):
+        if out[i] is None and left:
+            out[i] = left.pop(min(range(len(left)), key=lambda k: abs(len(left[k]) - n)))
+    return [list(s) if s is not None else list(g) for s, g in zip(out, sequences)]
