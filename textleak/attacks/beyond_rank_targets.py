@@ -67,6 +67,7 @@ class TargetDescent:
                  sweeps: int = 8, invert: Any = None, pooled: Any = None, lengths: bool = False):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.lengths = lengths  # a stalled sweep tries every one-token deletion and insertion (`_resized`)
+        self.resized, self.stalls = 0, 0  # length changes kept; sweeps that changed no single token
         self.rng, self.sweeps = random.Random(seed), sweeps
         self.invert = invert  # a `beyond_rank_invert.StateInversion`: short lengths inverted first
         self.pooled = pooled  # the `leaks.pooled` states, where they were read already (`beyond_rank_first`)
@@ -110,6 +111,7 @@ class TargetDescent:
                 break
         self.report = {"states": len(got.states), "targets": len(targets), "matched": len(pairs),
                        "reached": sum(d < HIT for d in best.values()),
+                       "stalls": self.stalls, **({"resized": self.resized} if self.lengths else {}),
                        **({"inverted": self.invert.report} if self.invert is not None else {})}
         log.debug("target descent: %s", self.report)
         return tracks + inverted
@@ -164,6 +166,7 @@ class TargetDescent:
                 seq, best = trial[order[0]], float(d[order[0]])
         if best < start or budget.expired():
             return seq, best
+        self.stalls += 1
         if self.lengths:
             seq, best = self._resized(seq, target, options, best)
             if best < start or budget.expired():
@@ -184,7 +187,10 @@ class TargetDescent:
             return seq, best
         d = (self.states(trial) - target).norm(dim=1) / target.norm()
         k = int(d.argmin())
-        return (trial[k], float(d[k])) if float(d[k]) < best else (seq, best)
+        if float(d[k]) >= best:
+            return seq, best
+        self.resized += 1
+        return trial[k], float(d[k])
 
     def _pairs(self, seq: list[int], target: torch.Tensor, tops: dict[int, list[int]], best: float
                ) -> tuple[list[int], float]:
