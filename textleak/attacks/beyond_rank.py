@@ -41,7 +41,8 @@ the limit, the lengths still missing get, assembled as `bags` does on what the p
 its tracks onto each sentence's own last-layer [CLS] state, read off a two-class BERT pooler's
 gradient, instead of exchanging tails: `leaks.pooled`, `beyond_rank_targets`; on) and `invert`
 (with `targets`, the missing sentences up to this many tokens inverted from their own states first,
-each certain when it lands on one: `beyond_rank_invert`; 0, off), `first` (it before the search: off).
+each certain when it lands on one: `beyond_rank_invert`; 0, off), `first` (it before the search: off),
+`lengths` (a stalled descent changes a track's length by one token: off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -130,7 +131,9 @@ class BeyondRank(Exact):
     # ROUGE-1 53.5 -> 55.7, SST-2 48.6 -> 49.3 but ROUGE-2 30.6 -> 26.3, 12 -> 11 exact (large_batch_s24/)
     first: bool = False
     # with `targets`: a stalled descent tries every one-token deletion and insertion, so a track paired with the
-    # state of a sentence of another length can reach it (`TargetDescent.lengths`; large_batch_s25/)
+    # state of a sentence of another length can reach it (`TargetDescent.lengths`). Off: CoLA batch 64, 450 CPU s,
+    # exact 8 -> 9 and 8 -> 10, ROUGE-1 55.4 -> 55.3 and 56.4 -> 57.1 in two pairs; SST-2 identical (no sweep stalls
+    # within its budget) (recipes/measured/large_batch_s25/)
     lengths: bool = False
 
     def options(self) -> dict[str, Any]:
