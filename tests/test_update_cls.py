@@ -80,15 +80,21 @@ def test_the_pooler_is_a_site_whose_true_sentences_score_below_crossed_tails(set
     assert max(alone.score(ids)) < min(alone.score(crossed))
 
 
-def test_with_relabel_the_descended_batch_is_weighed_with_its_own_labels(setup):
-    wide, fits, _, ids = setup
+def _truth_repair(fits, ids):
+    """A stand-in for the run's `BoxRepair` whose misfit counts the sentences that are not true with their own
+    label (0 for the true batch)."""
     truth = {tuple(s): y for s, y in zip(ids, LABELS)}
 
-    def gradient(s, y):  # 0 for a true sentence with its own label
+    def gradient(s, y):
         return torch.tensor([float(truth.get(tuple(s)) != int(y))])
     options = _options(ids, [])
-    repair = SimpleNamespace(layout=fits.layout, cover=None, options=lambda n: options[n], gradient=gradient,
-                             misfit=lambda G: float(G.sum()))
+    return SimpleNamespace(layout=fits.layout, cover=None, options=lambda n: options[n], gradient=gradient,
+                           misfit=lambda G: float(G.sum()))
+
+
+def test_with_relabel_the_descended_batch_is_weighed_with_its_own_labels(setup):
+    wide, fits, _, ids = setup
+    repair = _truth_repair(fits, ids)
     wrong = [ids[1][:4] + ids[0][4:], ids[0][:4] + ids[1][4:], list(ids[2])]
     swapped = [LABELS[1], LABELS[0], LABELS[2]]  # the labels that fitted the start's slots
     pred = {"token_ids": [list(s) for s in wrong], "labels": list(swapped)}
@@ -122,13 +128,7 @@ def test_with_restarts_the_other_starts_are_descended_and_the_least_misfit_end_k
     """Option `cls_restarts`: the kept start's descent ends in a local minimum (here: the descent changes nothing),
     another start of `ranked_start`'s (the truth, weighed worse at the start) ends lower and replaces it."""
     wide, fits, _, ids = setup
-    truth = {tuple(s): y for s, y in zip(ids, LABELS)}
-
-    def gradient(s, y):  # 0 for a true sentence with its own label
-        return torch.tensor([float(truth.get(tuple(s)) != int(y))])
-    options = _options(ids, [])
-    repair = SimpleNamespace(layout=fits.layout, cover=None, options=lambda n: options[n], gradient=gradient,
-                             misfit=lambda G: float(G.sum()))
+    repair = _truth_repair(fits, ids)
     monkeypatch.setattr(ClsSpans, "descend", lambda self, seqs, *a, **k: ([list(s) for s in seqs], {}))
     wrong = [ids[1][:4] + ids[0][4:], ids[0][:4] + ids[1][4:], list(ids[2])]
     others = {"search": ([list(s) for s in wrong], list(LABELS), 0.9), "filled": ([list(s) for s in ids], LABELS, 1.0),
