@@ -57,18 +57,18 @@ def test_the_guard_refuses_a_change_that_raises_j_and_lowers_jw(wide):
 
 def test_the_search_guards_only_its_j_climb(wide, monkeypatch):
     """`guard` reaches the J climb's guess (after J_w's), never J_w's own."""
-    from textleak.attacks import likelihood
+    from textleak.attacks import likelihood_climb
     from textleak.attacks.likelihood import LikelihoodSearch
 
     made = []
-    real = likelihood._Guess
+    real = likelihood_climb._Guess
 
     def spy(batch, i, weighted=False, guard=False):
         g = real(batch, i, weighted, guard)
         made.append((weighted, g.guard is not None))
         return g
 
-    monkeypatch.setattr(likelihood, "_Guess", spy)
+    monkeypatch.setattr(likelihood_climb, "_Guess", spy)
     monkeypatch.setattr(LikelihoodSearch, "_climb", lambda self, *a: (0, True))
     from textleak.attacks.likelihood_state import _Batch, _gradient
 
