@@ -91,6 +91,8 @@ def test_the_finish_descends_onto_the_states_unless_told_not_to(batch):
     assert ATTACKS.get("beyond_rank")(targets=False)._finisher(obs, layout, [30, 30], target.tokenizer, 2).targets is None
     got = ATTACKS.get("beyond_rank")()._finisher(obs, layout, [30, 30], target.tokenizer, 2)  # on by default
     assert got.targets == ({"g": 1}, 2)
+    assert got.lengths  # the descent's length moves: on by default (session 25)
+    assert not ATTACKS.get("beyond_rank")(lengths=False)._finisher(obs, layout, [30, 30], target.tokenizer, 2).lengths
     # without a rank to read the states against, nothing to descend onto
     assert ATTACKS.get("beyond_rank")()._finisher(obs, layout, [30, 30], target.tokenizer, 0).targets is None
 

@@ -42,7 +42,7 @@ its tracks onto each sentence's own last-layer [CLS] state, read off a two-class
 gradient, instead of exchanging tails: `leaks.pooled`, `beyond_rank_targets`; on) and `invert`
 (with `targets`, the missing sentences up to this many tokens inverted from their own states first,
 each certain when it lands on one: `beyond_rank_invert`; 0, off), `first` (it before the search: off),
-`lengths` (a stalled descent changes a track's length by one token: off).
+`lengths` (a stalled descent changes a track's length by one token: on).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -131,10 +131,11 @@ class BeyondRank(Exact):
     # ROUGE-1 53.5 -> 55.7, SST-2 48.6 -> 49.3 but ROUGE-2 30.6 -> 26.3, 12 -> 11 exact (large_batch_s24/)
     first: bool = False
     # with `targets`: a stalled descent tries every one-token deletion and insertion, so a track paired with the
-    # state of a sentence of another length can reach it (`TargetDescent.lengths`). Off: CoLA batch 64, 450 CPU s,
-    # exact 8 -> 9 and 8 -> 10, ROUGE-1 55.4 -> 55.3 and 56.4 -> 57.1 in two pairs; SST-2 identical (no sweep stalls
-    # within its budget) (recipes/measured/large_batch_s25/)
-    lengths: bool = False
+    # state of a sentence of another length can reach it (`TargetDescent.lengths`). Batch 64, 450 CPU s, side by
+    # side against off: CoLA exact 8 -> 9 and 8 -> 10, ROUGE-1 55.4 -> 55.3 and 56.4 -> 57.1 in two pairs; SST-2
+    # identical (no sweep stalls within its budget); RT 28.1 -> 28.2, 1 exact in both (recipes/measured/large_batch_s25/).
+    # On since session 25: it never lost and adds exact sentences where descents converge
+    lengths: bool = True
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
