@@ -101,12 +101,11 @@ class _Guess:
         #: J_w's weights at this guess where J's changes must not lower J_w (`LikelihoodSearch.guard`)
         self.guard = relative_weights(self.scorer, self.x, self.y) if guard and not weighted else None
         self._floor: tuple = (None, -math.inf)  # (sequence, its J_w) under the guard
-        self.pins = None
-        J, scores = self.score([self.x])
-        self.best, self.e = float(J[0]), scores.e[0]
         #: {position: token} every hypothesis must keep (scored -inf otherwise): the batch's pins this guess holds
         pins = getattr(batch, "pins", None)
         self.pins = {p: v for p, v in pins[i].items() if self.x[p] == v} if pins else None
+        J, scores = self.score([self.x])
+        self.best, self.e = float(J[0]), scores.e[0]
 
     def _guard_jw(self) -> torch.Tensor:
         """J_w (the guard's weights) of the hypotheses the scorer just scored, from its per-group parts."""
