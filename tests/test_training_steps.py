@@ -159,7 +159,7 @@ def test_in_reduced_precision_a_found_sentence_stops_scoring_low_but_certificate
 def test_in_reduced_precision_an_approximate_peel_narrows_the_tokens_and_the_span(minilm3):
     # nothing subtracts exactly from an fp16 gradient (RT dev batch 8 stalled on near misses): a found
     # sentence's recomputed gradient, at its fitted share, still takes its tokens and inputs out
-    from textleak.attacks.exact.peeling import RoundedPeeler
+    from textleak.attacks.exact.peeling_rounded import RoundedPeeler
     from textleak.text.leaks import sequence_residuals
 
     texts = ["the film was a delight", "a dull , tired story", "it is what it is"]

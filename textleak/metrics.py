@@ -205,7 +205,7 @@ def exact_match(predicted_ids: Sequence[int], reference_ids: Sequence[int]) -> b
 # ---------------------------------------------------------------------------
 
 
-def _assign(gain: np.ndarray, n_references: int) -> list[int]:
+def assign_references(gain: np.ndarray, n_references: int) -> list[int]:
     """Map each reference (row of ``gain``) to a prediction, maximising total gain."""
     assignment = [UNMATCHED] * n_references
     if gain.size == 0:
@@ -245,7 +245,7 @@ def match_batch(predictions: Sequence[str], references: Sequence[str], *,
     assignment = [UNMATCHED] * len(ref_tokens)
     for i, j in pinned.items():
         assignment[i] = j
-    for a, b in enumerate(_assign(gain, len(refs))):
+    for a, b in enumerate(assign_references(gain, len(refs))):
         assignment[refs[a]] = preds[b] if b != UNMATCHED else UNMATCHED
     return assignment
 

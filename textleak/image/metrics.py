@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from ..metrics import _assign
+from ..metrics import assign_references
 
 __all__ = ["mse", "psnr", "ssim", "match_images"]
 
@@ -97,4 +97,4 @@ def match_images(
     for i, ref in enumerate(references):
         for j, pred in enumerate(predictions):
             gain[i, j] = -mse(pred, ref)
-    return _assign(gain, len(references))
+    return assign_references(gain, len(references))

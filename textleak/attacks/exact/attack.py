@@ -27,7 +27,8 @@ from .candidates import Candidates, declared_masks, vocabulary
 from .labels import class_labels, mlm_labels, order_by_slots
 from .moves import MOVES
 from .padding import left_candidates, search_left_padded
-from .peeling import Peeler, RoundedPeeler
+from .peeling import Peeler
+from .peeling_rounded import RoundedPeeler
 from .search import Search
 
 

@@ -38,7 +38,7 @@ whole span as before.
 
 That alone did not reach RT dev batch 8 (215 tokens: 3 of 8 sentences in 420 s, settling on near
 misses 5 tokens off), where float32 is helped by each peel shrinking the token set. So a classifier's
-found sentence is also peeled approximately (`attacks.exact.peeling.RoundedPeeler`): its float32
+found sentence is also peeled approximately (`attacks.exact.peeling_rounded.RoundedPeeler`): its float32
 gradient at a fitted share comes off what is left, whose layer-1 span is read here at the tokens
 left and whose word-embedding rows say which tokens remain; only the search uses it, certificates
 still read the whole span, and the peels wait for a round that finds nothing (fp16 RT batch 8,
