@@ -54,7 +54,9 @@ def test_a_batch_with_heads_traded_and_a_token_wrong_descends_to_the_truth(setup
     wrong[0], wrong[1] = ids[1][:4] + ids[0][4:], ids[0][:4] + ids[1][4:]  # heads of the same length traded
     wrong[2][2] = big
     got, report = spans.descend(wrong, _options(ids, [big]), {t for s in ids for t in s}, time.monotonic() + 600)
-    assert got == ids and report["changes"] >= 2
+    # scored alone, the truth in any slot order scores the same (trading the heads back or the tails over both
+    # reach it; float rounding picks one, and it differs between CPUs): the sentences, not their slots
+    assert sorted(got) == sorted(ids) and report["changes"] >= 2
 
 
 def test_cls_start_keeps_the_descended_batch_where_its_box_misfit_is_lower(setup):
@@ -68,7 +70,7 @@ def test_cls_start_keeps_the_descended_batch_where_its_box_misfit_is_lower(setup
     wrong = [ids[1][:4] + ids[0][4:], ids[0][:4] + ids[1][4:], list(ids[2])]
     pred = {"token_ids": wrong, "labels": LABELS}
     report = cls_start(repair, pred, fits, time.monotonic() + 600)
-    assert report["kept"] and pred["token_ids"] == ids
+    assert report["kept"] and sorted(pred["token_ids"]) == sorted(ids)  # in some slot order (above)
 
 
 def test_the_pooler_is_a_site_whose_true_sentences_score_below_crossed_tails(setup):
@@ -95,13 +97,19 @@ def _truth_repair(fits, ids):
 def test_with_relabel_the_descended_batch_is_weighed_with_its_own_labels(setup):
     wide, fits, _, ids = setup
     repair = _truth_repair(fits, ids)
+    truth = sorted(zip(map(tuple, ids), LABELS))
     wrong = [ids[1][:4] + ids[0][4:], ids[0][:4] + ids[1][4:], list(ids[2])]
     swapped = [LABELS[1], LABELS[0], LABELS[2]]  # the labels that fitted the start's slots
     pred = {"token_ids": [list(s) for s in wrong], "labels": list(swapped)}
-    assert not cls_start(repair, pred, fits, time.monotonic() + 600)["kept"] and pred["token_ids"] == wrong
-    pred = {"token_ids": [list(s) for s in wrong], "labels": list(swapped)}
     report = cls_start(repair, pred, fits, time.monotonic() + 600, relabel=True)
-    assert report["kept"] and pred["token_ids"] == ids and pred["labels"] == LABELS
+    assert report["kept"] and sorted(zip(map(tuple, pred["token_ids"]), pred["labels"])) == truth
+    # without relabel the labels stay with their slots: true sentences under crossed labels are not kept (the
+    # descent has nothing to change); with it, each takes its own label
+    crossed = [list(ids[1]), list(ids[0]), list(ids[2])]
+    pred = {"token_ids": [list(s) for s in crossed], "labels": list(LABELS)}
+    assert not cls_start(repair, pred, fits, time.monotonic() + 600)["kept"] and pred["labels"] == LABELS
+    report = cls_start(repair, pred, fits, time.monotonic() + 600, relabel=True)
+    assert report["kept"] and sorted(zip(map(tuple, pred["token_ids"]), pred["labels"])) == truth
 
 
 def test_with_inner_ids_the_descent_is_offered_no_cls_or_sep_inside(setup, monkeypatch):
