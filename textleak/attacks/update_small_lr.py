@@ -94,7 +94,8 @@ def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackO
         out.details["cls_descent"] = cls_start(repair, pred, attack._fits, budget.current().deadline,
                                                SITES + (POOLER,) if attack.cls_pooler else SITES,
                                                attack.cls_relabel, special if attack.cls_inner_plain else (),
-                                               misfit, batches if getattr(attack, "cls_restarts", False) else None)
+                                               misfit, batches if getattr(attack, "cls_restarts", False) else None,
+                                               getattr(attack, "cls_screen", 0))
 
 
 def _carrying(assign: Any, batch: list[list[int]]) -> Any:
