@@ -150,7 +150,7 @@ def test_with_restarts_the_other_starts_are_descended_and_the_least_misfit_end_k
 
 def test_with_screen_every_distinct_start_gets_a_few_sweeps_and_only_the_least_misfit_end_goes_on(setup, monkeypatch):
     """Option `cls_screen`: the kept start and each distinct other batch (a duplicate once) are descended `screen`
-    sweeps; only the end of least misfit (here the truth, from the fill) is descended on to the cap."""
+    sweeps; only the end of least misfit (here the fill's, one sentence wrong) is descended on to the cap."""
     wide, fits, _, ids = setup
     repair = _truth_repair(fits, ids)
     calls = []
@@ -160,11 +160,31 @@ def test_with_screen_every_distinct_start_gets_a_few_sweeps_and_only_the_least_m
         return [list(s) for s in seqs], {}
     monkeypatch.setattr(ClsSpans, "descend", descend)
     wrong = [ids[1][:4] + ids[0][4:], ids[0][:4] + ids[1][4:], list(ids[2])]
-    other = [list(ids[0]), list(ids[1]), ids[2][:2] + ids[0][2:3] + ids[2][3:]]
-    others = {"search": ([list(s) for s in wrong], list(LABELS), 0.9), "filled": ([list(s) for s in ids], LABELS, 1.0),
+    third = ids[2][:2] + ids[0][2:3] + ids[2][3:]
+    other = [list(ids[0]), ids[1][:2] + ids[0][2:3] + ids[1][3:], list(third)]
+    filled = [list(ids[0]), list(ids[1]), list(third)]
+    others = {"search": ([list(s) for s in wrong], list(LABELS), 0.9), "filled": (filled, LABELS, 1.0),
               "assigned_0": (other, list(LABELS), 0.5), "assigned_1": ([list(s) for s in other], list(LABELS), 0.6)}
     pred = {"token_ids": [list(s) for s in wrong], "labels": list(LABELS)}
     report = cls_start(repair, pred, fits, time.monotonic() + 600, relabel=True, others=others, screen=2)
-    assert report["kept"] and pred["token_ids"] == ids and pred["labels"] == LABELS
+    assert report["kept"] and pred["token_ids"] == filled and pred["labels"] == LABELS
     assert report["screen"]["from"] == "filled" and set(report["screen"]["ends"]) == {"kept", "assigned_0", "filled"}
-    assert [s for _, s in calls] == [2, 2, 2, SWEEPS - 2] and calls[-1][0] == ids
+    assert [s for _, s in calls] == [2, 2, 2, SWEEPS - 2] and calls[-1][0] == filled
+
+
+def test_with_screen_an_end_inside_the_box_stops_the_screening(setup, monkeypatch):
+    """Option `cls_screen`: the kept start's screened end has misfit 0 (the truth): no other start is descended and
+    that end is not descended on."""
+    wide, fits, _, ids = setup
+    repair = _truth_repair(fits, ids)
+    calls = []
+
+    def descend(self, seqs, *a, sweeps=SWEEPS, **k):
+        calls.append(sweeps)
+        return [list(s) for s in seqs], {}
+    monkeypatch.setattr(ClsSpans, "descend", descend)
+    wrong = [ids[1][:4] + ids[0][4:], ids[0][:4] + ids[1][4:], list(ids[2])]
+    others = {"filled": ([list(s) for s in wrong], LABELS, 1.0)}
+    pred = {"token_ids": [list(s) for s in ids], "labels": list(LABELS)}
+    report = cls_start(repair, pred, fits, time.monotonic() + 600, relabel=True, others=others, screen=2)
+    assert calls == [2] and report["screen"] == {"from": "kept", "ends": {"kept": 0.0}, "misfit": 0.0}
