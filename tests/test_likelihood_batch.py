@@ -175,3 +175,49 @@ def test_pinned_tokens_stay_at_their_positions(wide):
         out = BatchLikelihoodSearch(prior="none", rounds=2, sweeps=2, strong=3.0, pin=True).run(obs, wide)
     pred = out.prediction["token_ids"]
     assert out.details["placed"] and all(any(s[c["position"]] == c["token"] for s in pred) for c in out.details["placed"])
+
+
+def test_free_labels_score_each_hypothesis_at_its_likelier_label_and_the_counts_go_where_they_fit(wide):
+    """`relabel`: a binary classifier's gradient at the other label is r times the scored one (`_Guess._other`),
+    so a guess scored at a wrong label reads the J of its right one and takes that label; `_Batch.assign` puts
+    the counts ([0, 1], in order) where the batch likelihood prefers them ([1, 0], the truth)."""
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+    from textleak.attacks.likelihood_state import _J, _Batch, _Guess, clip_norm
+    from textleak.core.budget import time_budget
+    from textleak.text.ghost import GhostScorer
+    from textleak.text.layouts import layout_for
+
+    obs, truth = _observation(wide, ["big cat ran", "a dog sat"], [1, 0], noise="noise:1e-6")
+    layout = layout_for(wide.model)
+    batch = _Batch(layout, obs.gradients, truth, [0, 0], clip_norm(obs.metadata))  # sentence 0's label wrong
+    direct = _J(GhostScorer(layout, batch.target(0))(torch.tensor([truth[0]]), torch.tensor([1])), batch.clip)
+    fixed = _Guess(batch, 0)
+    batch.free = True
+    free = _Guess(batch, 0)
+    assert fixed.y == 0 and free.y == 1 and free.best == pytest.approx(float(direct[0]), rel=1e-4)
+    assert free.best > fixed.best
+    batch.free = False
+    batch.set(1, truth[1], 1)  # the counts in order: [0, 1]
+    assert batch.assign([0, 1]) and batch.labels == [1, 0]
+    assert batch.misfit() == pytest.approx(_Batch(layout, obs.gradients, truth, [1, 0]).misfit(), rel=1e-6)
+    with time_budget(10):
+        out = BatchLikelihoodSearch(prior="none", rounds=2, sweeps=2, strong=3.0, relabel=True).run(obs, wide)
+    assert out.details["relabel"] and out.details["early"] == 1 and sorted(out.prediction["labels"]) == [0, 1]
+
+
+def test_early_rounds_weigh_the_embeddings_and_first_layers_alone(wide):
+    """`early`: a guess with `keep` k scores J_w with the later layers and the head at weight 0; the batch
+    search's first `early` rounds climb that, the rest J_w then J."""
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+    from textleak.attacks.likelihood_state import _Batch, _Guess, clip_norm
+    from textleak.core.budget import time_budget
+    from textleak.text.layouts import layout_for
+
+    obs, truth = _observation(wide, ["big cat ran", "a dog sat"], [1, 1], noise="noise:1e-6")
+    batch = _Batch(layout_for(wide.model), obs.gradients, truth, [1, 1], clip_norm(obs.metadata))
+    full, early = _Guess(batch, 0, True), _Guess(batch, 0, True, keep=0)
+    assert bool((early.weights[1:] == 0).all()) and float(early.weights[0]) == pytest.approx(float(full.weights[0]))
+    assert early.best != pytest.approx(full.best)
+    with time_budget(10):
+        out = BatchLikelihoodSearch(prior="none", rounds=2, sweeps=2, strong=3.0, early=1).run(obs, wide)
+    assert out.details["early"] == 1 and not out.details["relabel"]  # one label: nothing to place

@@ -160,6 +160,8 @@ class Auto:
         names = {f.name for f in fields(stage)}
         if guess is not None and "initial_ids" in names:
             stage = replace(stage, initial_ids=_padded(guess.prediction["token_ids"]))
+            if "initial_labels" in names and guess.details.get("relabel"):  # labels the guess's search placed
+                stage = replace(stage, initial_labels=list(guess.prediction["labels"]))
         if getattr(stage, "prior", None) == "bigram" and not _bigram_available(target):
             tried.append({"attack": stage.name,
                           "reason": "no training sentences for the bigram prior; ran with prior 'none'"})

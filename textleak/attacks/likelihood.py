@@ -71,7 +71,7 @@ Arguments: `sweeps` (most full passes per sentence and round), `rounds` (passes 
 time budget left; LAMP after it never won under noise, session 9), `weighted`, `weighted_share`,
 `prior`, `between`, `frequent`, `deep`, `guard`, `blocks`, `block_pairs`, `indel`, `indel_candidates`, `indel_weak`, `indel_far`, `pairs`, `rebuild`, `relaxed`, `context`, `rows`,
 `local` (above),
-`initial_ids` (a start [B, L], 0-padded), `seed`.
+`initial_ids` (a start [B, L], 0-padded), `initial_labels` (its labels, where placed), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
 """
 
@@ -203,6 +203,9 @@ class LikelihoodSearch(Climb):
     local: int = 2
     seed: int = 0
     initial_ids: Any = field(default=None, repr=False)  # [B, L] token ids, 0-padded (a start)
+    #: the labels of that start where they were read as counts and then placed (`likelihood_batch.relabel`);
+    #: taken only where they are those counts (a permutation of the labels read here)
+    initial_labels: Any = field(default=None, repr=False)
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError unless this is a classification gradient with declared lengths,
@@ -306,6 +309,9 @@ class LikelihoodSearch(Climb):
         layout, lengths, level = self._setting(observation, target)
         tok = target.tokenizer
         labels, label_note = self._labels(layout, observation.gradients, observation.knowledge, len(lengths))
+        given = self.initial_labels
+        if given is not None and label_note != "known" and sorted(int(y) for y in given) == sorted(labels):
+            labels, label_note = [int(y) for y in given], label_note + "; placed on the sentences by the start's search"
         banned = special_ids(layout, tok)
         self._fillers = filler_ids(tok)
         self._prior = PriorCandidates(load_prior(self.prior, tok), int(banned.shape[0]), banned) \

@@ -42,7 +42,9 @@ likelihood of the whole batch; what the batch needs beyond `likelihood`:
 
 Arguments (besides `likelihood`'s): `strong` (z of a placed token), `rounds` (passes over the
 batch, each splitting the time left), `exchanges` (swap passes after each round), `swaps`, `block`,
-`pin` (placed strong tokens keep their positions), `context` (masked-LM candidates per climb).
+`pin` (placed strong tokens keep their positions), `context` (masked-LM candidates per climb),
+`relabel` (labels read as counts placed by the likelihood), `early`, `early_layers` (first rounds on the
+early layers alone).
 In `auto` it runs before `likelihood` (which goes on from its guess with the time left; the
 likelier guess by misfit is kept) and refuses a single sentence.
 Shapes: as `likelihood` (token-id lists of the declared lengths).
@@ -115,6 +117,23 @@ class BatchLikelihoodSearch(LikelihoodSearch):
     #: sentence's truth is likelier than its guess (a search failure the candidates address), from CoLA's
     #: less likely (the sentences' head gradients compensate each other: better candidates cannot help)
     context: int = 0
+    #: labels read as counts (not known) on a binary classifier with both classes in the batch: every
+    #: hypothesis is scored at its likelier label and a guess takes it (`_Guess.free`: a label flips the sign
+    #: of a sentence's whole gradient), and after each round the counts go where the batch likelihood puts
+    #: them (`_Batch.assign`); labels are free only in the `early` rounds (at least one), where the head,
+    #: which ties the sentences' labels to the counts, weighs nothing. Why: the counts are assigned in order,
+    #: so SST-2 dev batch 0 (labels 0 1 0 0, read 0 0 0 1) climbed two of its four sentences at the wrong
+    #: label, whose every gradient has the other sign; the truth at those labels is 324k nats less likely
+    #: than at its own (session 26, recipes/measured/noise_b4_s26)
+    relabel: bool = False
+    #: rounds (the first ones) that climb J_w of the embeddings and the first `early_layers` encoder layers
+    #: alone, the later layers and the head at weight 0 (with `relabel`: at least one). Why: the head's
+    #: gradients of the B sentences are nearly parallel (s22), so it couples them: at CoLA dev batch 0's end
+    #: state one sentence's truth alone is 69k-81k nats less likely, 90% of it in the head (s25); at SST-2
+    #: dev batch 0's truth with the other three at the in-order labels, embeddings + layers 0-3 prefer each
+    #: sentence's true label (4 of 4), the whole J 2 of 4 (session 26, noise_b4_s26/diag_labels_enc)
+    early: int = 0
+    early_layers: int = 4
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """As `likelihood`, for batches of two or more sentences (batch 1 is `likelihood`'s)."""
@@ -141,12 +160,17 @@ class BatchLikelihoodSearch(LikelihoodSearch):
         if self.initial_ids is not None:
             seqs = [row[:n] for row, n in zip(torch.as_tensor(self.initial_ids).tolist(), lengths)]
         batch = _Batch(layout, grads, seqs, labels, clip_norm(observation.metadata))
+        relabel = bool(self.relabel and label_note != "known" and len(set(labels)) == 2
+                       and getattr(target.model.config, "num_labels", 2) == 2)
+        early = max(self.early, int(relabel))
         rows = strong_rows(scores, W, P, level.sigma, self.strong)
         placed = [] if self.initial_ids is not None else self._place(batch, rows, inner, fill)
         self._pin(batch, placed)
         history, exchanged = [], 0
         for r in range(self.rounds):
             changed = 0
+            # early rounds: J_w of the embeddings and first layers alone, labels free where they are relabelled
+            self._keep, batch.free = (self.early_layers, relabel) if r < early else (None, False)
             for i in range(len(lengths)):  # what is left, split over this round's sentences to climb and later rounds
                 slice_ = current().remaining() / ((self.rounds - r) * (len(lengths) - i))
                 # past the deadline (a stage before spent it) a token slice, never zero: the climb
@@ -158,6 +182,8 @@ class BatchLikelihoodSearch(LikelihoodSearch):
                 changed += n
                 if current().expired():
                     break
+            if relabel:  # the counts where the likelihood puts them, the guesses as they stand
+                changed += int(batch.assign(labels))
             if self.exchanges and not current().expired():
                 moved = self._exchange(batch, inner, fill, {v for v, _, _ in rows})
                 self._pin(batch, placed)  # a pinned token an exchange moved is pinned where it went
@@ -166,9 +192,11 @@ class BatchLikelihoodSearch(LikelihoodSearch):
             history.append(changed)
             if not changed or current().expired():
                 break
+        self._keep, batch.free = None, False
         return self._output(batch, grads, level, tok, know, label_note,
                             {"placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
                              "exchanged": exchanged, "changes_per_round": history, "context": context,
+                             "relabel": relabel, "early": early, "labels_read": labels,
                              "budget": current().describe(),
                              "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0})
 

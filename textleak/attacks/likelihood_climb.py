@@ -28,12 +28,14 @@ class Climb:
         position's pool: row evidence, the matched filter, first-order flips and embedding
         neighbours, the prior; the steps of `_climb`."""
         total, done = 0, False
-        for weighted in ((True, False) if self.weighted else (False,)):  # J_w's landscape first, then J's
-            guess = _Guess(batch, i, weighted, guard=self.guard and self.weighted)
+        keep = getattr(self, "_keep", None)  # the batch search's early rounds: J_w of the early layers alone
+        landscapes = (True,) if keep is not None else (True, False) if self.weighted else (False,)
+        for weighted in landscapes:  # J_w's landscape first, then J's
+            guess = _Guess(batch, i, weighted, guard=self.guard and self.weighted and keep is None, keep=keep)
             inner = range(1, len(guess.x) - 1) if specials else range(len(guess.x))
-            with time_budget(share_of_remaining(self.weighted_share) if weighted else None):
+            with time_budget(share_of_remaining(self.weighted_share) if len(landscapes) > 1 and weighted else None):
                 changed, done = self._climb(batch, guess, inner, evidence, banned, word)
-            if changed:
+            if changed or guess.y != batch.labels[i]:  # free labels (`likelihood_batch.relabel`): a label alone may move
                 batch.set(i, guess.x, guess.y)
             total += changed
             if current().expired():
@@ -63,6 +65,8 @@ class Climb:
                 changed = 0 if moved is None else 1
                 if moved is not None:
                     guess.x, guess.best, guess.e = moved
+                    if getattr(guess, "free", False):  # free labels: the moved guess at its likelier label
+                        guess.relabel()
                     self._changes.append([moves.taken, None])  # which move (`details["steps"]`)
             else:
                 changed = self._sweep(batch, guess, inner, evidence, banned, word, step, near)

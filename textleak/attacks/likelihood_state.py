@@ -7,6 +7,7 @@ Shapes: sentences are token-id lists; gradients and targets name -> tensor (the 
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -57,6 +58,8 @@ class _Batch:
         self.own = [self._own(s, y) for s, y in zip(self.seqs, self.labels)]
         #: per sentence {position: token} its guesses keep (`likelihood_batch.pin`; None: none)
         self.pins: list[dict[int, int]] | None = None
+        #: each hypothesis scored at its likelier label, the guess taking it (`likelihood_batch.relabel`)
+        self.free = False
 
     def _own(self, seq, label) -> dict[str, torch.Tensor]:
         g = _gradient(self.layout, seq, label, self.names)
@@ -79,24 +82,47 @@ class _Batch:
         self.seqs[i], self.labels[i] = list(seq), int(label)
         self.own[i] = self._own(seq, label)
 
-    def misfit(self) -> float:
-        """||G - mean_i g_i||^2."""
-        B = len(self.seqs)
-        return sum(float((self.shared[n].double().to(self.layout.device) - sum(g[n].double() for g in self.own) / B).pow(2).sum())
+    def misfit(self, own: list[dict[str, torch.Tensor]] | None = None) -> float:
+        """||G - mean_i g_i||^2 (g_i: `own`, default the guesses' own gradients)."""
+        own, B = self.own if own is None else own, len(self.seqs)
+        return sum(float((self.shared[n].double().to(self.layout.device) - sum(g[n].double() for g in own) / B).pow(2).sum())
                    for n in self.names)
+
+    def assign(self, labels: list[int]) -> bool:
+        """The labels of a binary classifier (the multiset `labels`, e.g. the counts read off the bias) put on
+        the sentences where the batch likelihood prefers them, the guesses as they stand; whether any moved.
+        Why: labels read as counts are assigned in order, so on SST-2 dev batch 0 ([0, 1, 0, 0], read [0, 0,
+        0, 1]) two sentences were climbed at the wrong label, whose every gradient has the other sign."""
+        classes = sorted(set(labels))
+        if len(classes) != 2:
+            return False
+        own = {}
+        for i, seq in enumerate(self.seqs):
+            for y in classes:
+                own[i, y] = self.own[i] if y == self.labels[i] else self._own(seq, y)
+        ones = sum(y == classes[1] for y in labels)
+        options = [[classes[1] if i in c else classes[0] for i in range(len(self.seqs))]
+                   for c in itertools.combinations(range(len(self.seqs)), ones)]
+        best = min(options, key=lambda ys: self.misfit([own[i, y] for i, y in enumerate(ys)]))
+        moved = best != self.labels
+        self.labels, self.own = list(best), [own[i, y] for i, y in enumerate(best)]
+        return moved
 
 
 class _Guess:
     """One sentence's current guess x (label y) against its target T_i: J of the guess (`best`) and
     the gradient at its embedding sum (`e`, for the matched filter). `weighted`: J is J_w, each
-    layer's share relative to its size at the guess (`attacks.layer_weights`)."""
+    layer's share relative to its size at the guess (`attacks.layer_weights`); `keep`: only the
+    embeddings and the first `keep` encoder layers count (the later layers and the head weigh 0)."""
 
-    def __init__(self, batch: _Batch, i: int, weighted: bool = False, guard: bool = False):
+    def __init__(self, batch: _Batch, i: int, weighted: bool = False, guard: bool = False, keep: int | None = None):
         self.T, self.clip, self.weighted = batch.target(i), batch.clip, weighted
         self.x, self.y = list(batch.seqs[i]), batch.labels[i]
         self.scorer = GroupScorer(batch.layout, self.T)
         if weighted:
             self.scorer.weights = relative_weights(self.scorer, self.x, self.y)
+        if keep is not None:  # only the embeddings and the first `keep` layers count (`likelihood_batch.early`)
+            self.scorer.weights[min(keep + 1, self.scorer.count - 1):] = 0
         self.weights = self.scorer.weights
         #: J_w's weights at this guess where J's changes must not lower J_w (`LikelihoodSearch.guard`)
         self.guard = relative_weights(self.scorer, self.x, self.y) if guard and not weighted else None
@@ -104,8 +130,11 @@ class _Guess:
         #: {position: token} every hypothesis must keep (scored -inf otherwise): the batch's pins this guess holds
         pins = getattr(batch, "pins", None)
         self.pins = {p: v for p, v in pins[i].items() if self.x[p] == v} if pins else None
+        #: every hypothesis scored at its likelier label (`_Batch.free`); `_flipped`: the last scored ones' (flip, r)
+        self.free, self._flipped = bool(getattr(batch, "free", False)), None
         J, scores = self.score([self.x])
         self.best, self.e = float(J[0]), scores.e[0]
+        self._take(0)
 
     def _guard_jw(self) -> torch.Tensor:
         """J_w (the guard's weights) of the hypotheses the scorer just scored, from its per-group parts."""
@@ -142,10 +171,36 @@ class _Guess:
         """(J or J_w [W], the scores) of W hypotheses with the guess's label."""
         s = self.scorer(torch.tensor(trials), torch.full((len(trials),), self.y))
         J = _J(s, self.clip, self.scorer.parts[1].sum(0))
+        self._flipped = None
+        if self.free and s.probs is not None and s.probs.shape[1] == 2:
+            other, r = self._other(s)
+            self._flipped = (other > J, r)
+            J = torch.maximum(J, other)
         if self.pins:
             off = torch.tensor([any(t[p] != v for p, v in self.pins.items()) for t in trials], device=J.device)
             J = J.masked_fill(off, -math.inf)
         return J, s
+
+    def _other(self, s) -> tuple[torch.Tensor, torch.Tensor]:
+        """(J at the other label, r) of hypotheses just scored: a binary softmax classifier's every gradient
+        is (p_0 - [y = 0]) times one the label leaves alone, so the other label's is r = a(1 - y) / a(y) times
+        the scored one (dot products times r, squared norms times r^2)."""
+        p0 = s.probs[:, 0].to(s.dot)
+        a = p0 - (1.0 if self.y == 0 else 0.0)
+        r = (p0 - (0.0 if self.y == 0 else 1.0)) / torch.where(a.abs() < 1e-12, torch.full_like(a, 1e-12), a)
+        return _J_parts(r * s.dot, r * r * s.norm2, self.clip, r * r * self.scorer.parts[1].sum(0)), r
+
+    def _take(self, k: int) -> None:
+        """After hypothesis k of the last scored became the guess: its likelier label taken (free labels)."""
+        if self._flipped is not None and bool(self._flipped[0][k]):
+            self.y, self.e = 1 - self.y, self.e * float(self._flipped[1][k])
+
+    def relabel(self) -> None:
+        """With free labels, the guess at its likelier label (after a move set x, best and e at this one)."""
+        if self.free:
+            J, s = self.score([self.x])
+            self.e = s.e[0]
+            self._take(0)
 
     def substitute(self, p: int, options: list[int]) -> int:
         """Puts the best of `options` at position p if it raises J; 1 if it did, else 0."""
@@ -162,6 +217,7 @@ class _Guess:
         if float(J[k]) <= self.best:
             return 0
         self.best, self.x[p], self.e = float(J[k]), options[k], s.e[k]
+        self._take(k)
         return 1
 
     def move(self, inner: range, homes: list[list[int]] | None = None, short: int = 40):

@@ -33,11 +33,13 @@ from .layouts import Layout
 @dataclass
 class GhostScores:
     """Per example: <T, g_i> (`dot`) and ||g_i||^2 (`norm2`) over the target's parameters, in double;
-    e: the gradient at each position's embedding sum [W, L, H] (what the embedding rows receive)."""
+    e: the gradient at each position's embedding sum [W, L, H] (what the embedding rows receive);
+    probs: the model's class probabilities [W, C] (None where the output has no logits)."""
 
     dot: torch.Tensor
     norm2: torch.Tensor
     e: torch.Tensor
+    probs: torch.Tensor | None = None
 
 
 class GhostScorer:
@@ -84,7 +86,9 @@ class GhostScorer:
             norm2 += b
         e = grads[-1].detach()
         a, b = self._embeddings(ids, e)
-        return GhostScores(dot + a, norm2 + b, e)
+        logits = getattr(out, "logits", None)
+        probs = logits.detach().double().softmax(-1) if logits is not None and logits.dim() == 2 else None
+        return GhostScores(dot + a, norm2 + b, e, probs)
 
     def _module(self, module, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         name = self.names[module]
