@@ -63,8 +63,8 @@ def test_the_search_guards_only_its_j_climb(wide, monkeypatch):
     made = []
     real = likelihood_climb._Guess
 
-    def spy(batch, i, weighted=False, guard=False):
-        g = real(batch, i, weighted, guard)
+    def spy(batch, i, weighted=False, guard=False, keep=None):
+        g = real(batch, i, weighted, guard, keep)
         made.append((weighted, g.guard is not None))
         return g
 

@@ -124,14 +124,18 @@ class BatchLikelihoodSearch(LikelihoodSearch):
     #: which ties the sentences' labels to the counts, weighs nothing. Why: the counts are assigned in order,
     #: so SST-2 dev batch 0 (labels 0 1 0 0, read 0 0 0 1) climbed two of its four sentences at the wrong
     #: label, whose every gradient has the other sign; the truth at those labels is 324k nats less likely
-    #: than at its own (session 26, recipes/measured/noise_b4_s26)
+    #: than at its own (session 26, recipes/measured/noise_b4_s26). On/off side by side at 600 CPU s: SST-2
+    #: dev batch 0 0.350 / 0.094 (whether its labels moved is not recorded: the gain may be its early round's),
+    #: SST-2 dev batch 1 0.202 / 0.273. Mixed: off
     relabel: bool = False
     #: rounds (the first ones) that climb J_w of the embeddings and the first `early_layers` encoder layers
     #: alone, the later layers and the head at weight 0 (with `relabel`: at least one). Why: the head's
     #: gradients of the B sentences are nearly parallel (s22), so it couples them: at CoLA dev batch 0's end
     #: state one sentence's truth alone is 69k-81k nats less likely, 90% of it in the head (s25); at SST-2
     #: dev batch 0's truth with the other three at the in-order labels, embeddings + layers 0-3 prefer each
-    #: sentence's true label (4 of 4), the whole J 2 of 4 (session 26, noise_b4_s26/diag_labels_enc)
+    #: sentence's true label (4 of 4), the whole J 2 of 4 (session 26, noise_b4_s26/diag_labels_enc). On/off
+    #: side by side at 600 CPU s: CoLA dev batch 0 0.660 / 0.208 ("she has kissed her.", "sarah sang a ballad,"
+    #: read; the defaults read 0.26-0.43 in s25); one batch: off until more batches say it never loses
     early: int = 0
     early_layers: int = 4
 
