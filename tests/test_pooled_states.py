@@ -140,3 +140,46 @@ def test_the_finish_places_a_track_of_another_length_in_the_nearest_missing_slot
     assert finished([3, 5, 8], guesses, found, tracks) == [[1, 5, 2], [1, 7, 7, 7, 2], tracks[0]]
     assert finished([3, 5, 8, 4], guesses + [[1, 9, 9, 2]], found, tracks[1:]) == \
         [[1, 5, 2], [1, 7, 7, 7, 2], guesses[2], [1, 9, 9, 2]]
+
+
+def _two_off(truth, seed):
+    rng = random.Random(seed)
+    tracks = []
+    for s in truth:  # two content tokens swapped with another sentence's at the same position
+        t = list(s)
+        for p in rng.sample(range(1, len(s) - 1), 2):
+            t[p] = rng.choice([o[p] for o in truth if len(o) - 1 > p and o[p] != s[p]] or [s[p]])
+        tracks.append(t)
+    return tracks
+
+
+def test_guided_steps_descend_tracks_onto_their_states(batch):
+    target, layout, grads, truth, _ = batch
+    tok = target.tokenizer
+    pins = token_positions(layout, grads, embedding_token_set(layout, grads).tolist(), max(map(len, truth)))
+    tracks = _two_off(truth, 1)
+    specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
+    descent = TargetDescent(layout, grads, len(truth), specials, guided=8)
+    out = descent.run([list(t) for t in tracks], [], pins.allowed)
+    assert out == truth and descent.report["reached"] == len(truth)
+    assert descent.report["guided"]["steps"] > 0  # the old exhaustive sweeps report no guided steps
+
+
+def test_a_chained_guided_step_puts_several_tokens_right_at_once(batch):
+    from textleak.attacks.beyond_rank_invert import GuidedDescent
+
+    target, layout, grads, truth, states = batch
+    tok = target.tokenizer
+    pins = token_positions(layout, grads, embedding_token_set(layout, grads).tolist(), max(map(len, truth)))
+    options = [sorted(t for t in a if t not in {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id})
+               for a in pins.allowed]
+    tracks = _two_off(truth, 3)
+    wrong = [sum(a != b for a, b in zip(t, s)) for t, s in zip(tracks, truth)]
+    for chain, most in ((0, 1), (8, 2)):
+        guide = GuidedDescent(layout, options, chain=chain)
+        seqs = [list(t) for t in tracks]
+        best = torch.stack([guide.dist([s], states[i:i + 1].double())[0] for i, s in enumerate(seqs)])
+        guide.step(seqs, states.double(), best, list(range(len(seqs))))
+        changed = [sum(a != b for a, b in zip(s, t)) for s, t in zip(seqs, tracks)]
+        assert max(changed) == most  # one change a step without a chain; two at once with one
+    assert max(wrong) == 2

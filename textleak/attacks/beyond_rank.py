@@ -42,7 +42,8 @@ its tracks onto each sentence's own last-layer [CLS] state, read off a two-class
 gradient, instead of exchanging tails: `leaks.pooled`, `beyond_rank_targets`; on) and `invert`
 (with `targets`, the missing sentences up to this many tokens inverted from their own states first,
 each certain when it lands on one: `beyond_rank_invert`; 0, off), `first` (it before the search: off),
-`lengths` (a stalled descent changes a track's length by one token: on).
+`lengths` (a stalled descent changes a track's length by one token: on), `guided` (the descent by
+gradient-guided steps, this many candidates a position, `beyond_rank_guided`: 0, off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -136,11 +137,15 @@ class BeyondRank(Exact):
     # identical (no sweep stalls within its budget); RT 28.1 -> 28.2, 1 exact in both (recipes/measured/large_batch_s25/).
     # On since session 25: it never lost and adds exact sentences where descents converge
     lengths: bool = True
+    # with `targets`: the descent's sweeps by gradient-guided steps, this many candidates a position, every track a
+    # step in turn, all of one length at once; a track they no longer improve gets an exhaustive sweep
+    # (`beyond_rank_guided`); 0: off (exhaustive sweeps only, one track after another)
+    guided: int = 0
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
                 "prior": self.prior, "targets": self.targets, "invert": self.invert, "first": self.first,
-                "lengths": self.lengths}
+                "lengths": self.lengths, "guided": self.guided}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -201,7 +206,7 @@ class BeyondRank(Exact):
             return None
         targets = (observation.gradients, rank) if self.targets and rank else None
         return BagFinish(tok, prior=self.prior, seed=self.seed, targets=targets, invert=0 if self.first else self.invert,
-                         lengths=self.lengths)
+                         lengths=self.lengths, guided=self.guided)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

@@ -56,13 +56,14 @@ class BagFinish:
 
     def __init__(self, tokenizer: Any, prior: str = "bigram", weight: float = 3.0, tries: int = 256,
                  sweeps: int = 4, seed: int = 0, targets: tuple[dict, int] | None = None, invert: int = 0,
-                 lengths: bool = False):
+                 lengths: bool = False, guided: int = 0):
         self.tok, self.prior_name, self.weight = tokenizer, prior, weight
         self.tries, self.sweeps, self.seed = tries, sweeps, seed
         self.targets = targets  # (the batch's gradients, B): descend onto the pooled states (`beyond_rank_targets`)
         self.invert = invert  # longest length inverted from the states first (`beyond_rank_invert`; 0: off)
         self.pooled = None  # the pooled states read before the search (`beyond_rank_first`), reused
         self.lengths = lengths  # the descent may change a track's length (`TargetDescent.lengths`)
+        self.guided = guided  # the descent's gradient-guided steps, candidates a position (`beyond_rank_guided`; 0: off)
         self.report: dict[str, Any] = {}
 
     def tracks(self, search: Any, peeler: Any, pins: Any, tokens: Sequence[int], model: Any) -> list[list[int]] | None:
@@ -85,7 +86,8 @@ class BagFinish:
             invert = StateInversion(search.layout, self.tok.cls_token_id, self.tok.sep_token_id, longest=self.invert,
                                     seed=self.seed) if self.invert > 0 else None
             descent = TargetDescent(search.layout, self.targets[0], self.targets[1], specials, seed=self.seed,
-                                    invert=invert, pooled=self.pooled, lengths=self.lengths)
+                                    invert=invert, pooled=self.pooled, lengths=self.lengths,
+                                    guided=self.guided)
             tracks = descent.run(tracks, search.found, cols.allowed)
         elif not budget.expired():
             tracks = swaps.run(tracks, self.sweeps)

@@ -53,8 +53,9 @@ class GuidedDescent:
     forward/backward scores every (position, column candidate) change to first order; each sentence's `top`
     best per position are evaluated exactly and the best kept, until none improves."""
 
-    def __init__(self, layout: Layout, options: Sequence[Sequence[int]], top: int = 8):
+    def __init__(self, layout: Layout, options: Sequence[Sequence[int]], top: int = 8, chain: int = 0):
         self.layout, self.options, self.top = layout, options, top
+        self.chain = chain  # improving changes tried together per step, up to this many (`step`; 0: one a step)
         self.W = layout.word_embeddings.weight.detach()
         self.cols = [torch.tensor(list(o), dtype=torch.long, device=self.W.device) for o in options]
 
@@ -72,32 +73,62 @@ class GuidedDescent:
         for _ in range(steps):
             if not live or budget.expired():
                 break
-            E = self.W[torch.tensor([seqs[i] for i in live], device=self.W.device)].clone().requires_grad_(True)
-            with torch.enable_grad():
-                h = _cls_state(self.layout, embeds=E).cpu()
-                G, = torch.autograd.grad((((h - T[live]) ** 2).sum(1) / (T[live] ** 2).sum(1)).sum(), E)
-            trial, owner = [], []
-            for j, i in enumerate(live):
-                for p in range(1, len(seqs[i]) - 1):
-                    if p >= len(self.cols) or not len(self.cols[p]):
-                        continue
-                    score = (self.W[self.cols[p]] - self.W[seqs[i][p]]) @ G[j, p]
-                    for k in torch.argsort(score)[:self.top].tolist():
-                        if self.options[p][k] != seqs[i][p]:
-                            trial.append(seqs[i][:p] + [self.options[p][k]] + seqs[i][p + 1:])
-                            owner.append(i)
-            if not trial:
-                break
-            d = self.dist(trial, T[owner])
-            nxt = []
-            for i in live:
-                ks = [k for k, o in enumerate(owner) if o == i]
-                k = min(ks, key=lambda k: float(d[k])) if ks else None
-                if k is not None and float(d[k]) < float(best[i]):
-                    seqs[i], best[i] = trial[k], d[k]
-                    nxt.append(i)
-            live = nxt
+            live = self.step(seqs, T, best, live)
         return seqs, best
+
+    def step(self, seqs: list[list[int]], T: torch.Tensor, best: torch.Tensor, live: list[int]) -> list[int]:
+        """One step for the sentences `live` (seqs and best changed in place): those it improved. With `chain`,
+        each sentence's best single changes at distinct positions are also tried together, the nearest first
+        (1, 2, 3, ... of them: several right tokens a step where the first-order ranking holds)."""
+        E = self.W[torch.tensor([seqs[i] for i in live], device=self.W.device)].clone().requires_grad_(True)
+        with torch.enable_grad():
+            h = _cls_state(self.layout, embeds=E).cpu()
+            G, = torch.autograd.grad((((h - T[live]) ** 2).sum(1) / (T[live] ** 2).sum(1)).sum(), E)
+        trial, owner = [], []
+        for j, i in enumerate(live):
+            for p in range(1, len(seqs[i]) - 1):
+                if p >= len(self.cols) or not len(self.cols[p]):
+                    continue
+                score = (self.W[self.cols[p]] - self.W[seqs[i][p]]) @ G[j, p]
+                for k in torch.argsort(score)[:self.top].tolist():
+                    if self.options[p][k] != seqs[i][p]:
+                        trial.append(seqs[i][:p] + [self.options[p][k]] + seqs[i][p + 1:])
+                        owner.append(i)
+        if not trial:
+            return []
+        d = self.dist(trial, T[owner])
+        if self.chain:
+            trial, owner, d = self._chained(seqs, T, best, trial, owner, d)
+        nxt = []
+        for i in live:
+            ks = [k for k, o in enumerate(owner) if o == i]
+            k = min(ks, key=lambda k: float(d[k])) if ks else None
+            if k is not None and float(d[k]) < float(best[i]):
+                seqs[i], best[i] = trial[k], d[k]
+                nxt.append(i)
+        return nxt
+
+    def _chained(self, seqs: list[list[int]], T: torch.Tensor, best: torch.Tensor, trial: list[list[int]],
+                 owner: list[int], d: torch.Tensor) -> tuple[list[list[int]], list[int], torch.Tensor]:
+        """The single changes plus, per sentence, its improving changes at distinct positions applied together,
+        the nearest first, up to `chain` of them."""
+        per: dict[int, dict[int, tuple[float, int]]] = {}
+        for k, i in enumerate(owner):
+            if float(d[k]) < float(best[i]):
+                p = next(q for q, (a, b) in enumerate(zip(trial[k], seqs[i])) if a != b)
+                if p not in per.setdefault(i, {}) or float(d[k]) < per[i][p][0]:
+                    per[i][p] = (float(d[k]), trial[k][p])
+        more, who = [], []
+        for i, changes in per.items():
+            seq = list(seqs[i])
+            for m, (p, (_, t)) in enumerate(sorted(changes.items(), key=lambda c: c[1][0])[:self.chain]):
+                seq[p] = t
+                if m > 0:
+                    more.append(list(seq))
+                    who.append(i)
+        if not more:
+            return trial, owner, d
+        return trial + more, owner + who, torch.cat([d, self.dist(more, T[who])])
 
 
 class StateInversion:

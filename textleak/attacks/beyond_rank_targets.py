@@ -44,6 +44,7 @@ from ..core import budget
 from ..text.layouts import Layout
 from ..text.leaks.pooled import pooled_states
 from ..text.leaks.residuals import padded
+from .beyond_rank_guided import GuidedSweeps
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,9 @@ class TargetDescent:
     stand at position p. `report` says how many states were read and how many tracks reached one."""
 
     def __init__(self, layout: Layout, gradients: dict, rank: int, specials: set[int], seed: int = 0,
-                 sweeps: int = 8, invert: Any = None, pooled: Any = None, lengths: bool = False):
+                 sweeps: int = 8, invert: Any = None, pooled: Any = None, lengths: bool = False, guided: int = 0):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
+        self.guided = guided  # >0: gradient-guided steps, this many candidates a position (`beyond_rank_guided`)
         self.lengths = lengths  # a stalled sweep tries every one-token deletion and insertion (`_resized`)
         self.resized, self.stalls = 0, 0  # length changes kept; sweeps that changed no single token
         self.rng, self.sweeps = random.Random(seed), sweeps
@@ -105,6 +107,24 @@ class TargetDescent:
         rows, cols = linear_sum_assignment(dist.numpy())
         pairs = [(int(r), targets[c], float(dist[r, c])) for r, c in zip(rows, cols)]
         best = {r: d for r, _, d in pairs}
+        guided = None
+        if self.guided > 0:
+            guided = GuidedSweeps(self, options, top=self.guided, hit=HIT)
+            guided.run(tracks, pairs, best)
+        else:
+            self._sweeps(tracks, pairs, best, options)
+        self.report = {"states": len(got.states), "targets": len(targets), "matched": len(pairs),
+                       "reached": sum(d < HIT for d in best.values()),
+                       "stalls": self.stalls, **({"resized": self.resized} if self.lengths else {}),
+                       **({"guided": {"steps": guided.steps, "rounds": guided.rounds, "exhaustive": guided.full}}
+                          if guided is not None else {}),
+                       **({"inverted": self.invert.report} if self.invert is not None else {})}
+        log.debug("target descent: %s", self.report)
+        return tracks + inverted
+
+    def _sweeps(self, tracks: list[list[int]], pairs: Sequence[tuple[int, torch.Tensor, float]],
+                best: dict[int, float], options: Sequence[list[int]]) -> None:
+        """Exhaustive sweeps (`_sweep`), the pairs in turn, until a round changes nothing."""
         for _ in range(self.sweeps):
             changed = False
             for r, target, _ in pairs:
@@ -117,12 +137,6 @@ class TargetDescent:
                 tracks[r], best[r] = seq, d
             if not changed or budget.expired():
                 break
-        self.report = {"states": len(got.states), "targets": len(targets), "matched": len(pairs),
-                       "reached": sum(d < HIT for d in best.values()),
-                       "stalls": self.stalls, **({"resized": self.resized} if self.lengths else {}),
-                       **({"inverted": self.invert.report} if self.invert is not None else {})}
-        log.debug("target descent: %s", self.report)
-        return tracks + inverted
 
     def _seen(self, tracks: Sequence[list[int]], options: Sequence[list[int]], n: int,
               seen: list[tuple[list[list[int]], torch.Tensor]]) -> torch.Tensor:
