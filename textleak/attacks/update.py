@@ -75,7 +75,7 @@ from .update_positions import place_sentence, placement_for
 from .update_rest_rows import RestRows, row_names
 from .update_rounding import RoundingFits
 from .update_slots import FIRST_SHARE, slots_first
-from .update_small_lr import repair_guess
+from .update_small_lr import better_result, repair_guess, repair_misfit
 from .update_sim import (UpdateFacts, certify_batch, midpoint_model, shares_update, simulate_update,  # noqa: F401
                          simulation_check, simulation_mismatch, update_facts)
 
@@ -216,11 +216,11 @@ class UpdateExact(Exact):
             # the tight layer-0 threshold is measured, not proved: the rest of the budget goes to
             # wider candidates
             wide = self._attempt(observation, target, moved, facts, RETRY_WIDEN)
-            if _better(wide, out):
+            if better_result(wide, out):
                 out = wide
             out.details["layer0_retry"] = {"widen": RETRY_WIDEN, "kept": "wide" if out is wide else "tight"}
         if first is not None and not out.details["certified"]:
-            passes = {"first": _misfit(first), "search": _misfit(out)}
+            passes = {"first": repair_misfit(first), "search": repair_misfit(out)}
             if passes["first"] < passes["search"]:
                 out = first  # neither certified: the batch of least box misfit
             out.details["passes"] = {**passes, "kept": "first" if out is first else "search",
@@ -387,14 +387,3 @@ class UpdateExact(Exact):
         out.details["certified"] = check["certified"]
         out.details["simulation"] = check
 
-
-def _better(a: AttackOutput, b: AttackOutput) -> bool:
-    """Whether result a beats b: certified first, then the smaller summed layer-1 residual."""
-    def key(o: AttackOutput) -> tuple[bool, float]:
-        return not o.details["certified"], sum(o.details.get("sentence_residuals") or [float("inf")])
-    return key(a) < key(b)
-
-
-def _misfit(out: AttackOutput) -> float:
-    """The box misfit the token repair left (inf where it did not run)."""
-    return float((out.details.get("repair") or {}).get("misfit_after", float("inf")))

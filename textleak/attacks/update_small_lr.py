@@ -104,3 +104,15 @@ def _carrying(assign: Any, batch: list[list[int]]) -> Any:
     def make(filled: list[list[int]]) -> dict[str, list[list[int]]]:
         return {**(assign(filled) if assign is not None else {}), "carried": [list(s) for s in batch]}
     return make
+
+
+def better_result(a: AttackOutput, b: AttackOutput) -> bool:
+    """Whether result a beats b: certified first, then the smaller summed layer-1 residual."""
+    def key(o: AttackOutput) -> tuple[bool, float]:
+        return not o.details["certified"], sum(o.details.get("sentence_residuals") or [float("inf")])
+    return key(a) < key(b)
+
+
+def repair_misfit(out: AttackOutput) -> float:
+    """The box misfit the token repair left (inf where it did not run)."""
+    return float((out.details.get("repair") or {}).get("misfit_after", float("inf")))
