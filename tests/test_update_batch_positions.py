@@ -220,3 +220,37 @@ def test_past_sixteen_label_assignments_the_labels_come_from_single_flips_not_ev
 
     assert _labels([[0]] * 8, [[0] * 8], 2, bumpy) == [0] * 8
     assert _labels([[0]] * 8, [[0] * 8, truth], 2, bumpy) == truth
+
+
+def test_strict_closure_keeps_a_token_the_box_hides_where_a_position_has_fewer_placed_tokens_than_sentences(
+        setup, monkeypatch):
+    # session 27 (RT dev batch 0 of 4, K 8, lr 1e-5): the box held a missing token's whole share, so positions closed
+    # with 3 placed tokens for 4 sentences and shut "how", "may", "is" out; here a box that hides everything
+    from textleak.attacks import update_batch_positions as module
+    wide, cap = setup
+    grads, ids = cap.gradients.gradients, cap.reference.token_ids
+    layout = layout_for(wide.model)
+    tokens, lengths = embedding_token_set(layout, grads).tolist(), [len(s) for s in ids]
+    monkeypatch.setattr(module, "THRESHOLD", 1e9)
+    loose, _ = batch_positions(layout, grads, LR, STEPS, tokens, lengths)
+    assert any(t not in loose.allowed[p] for s in ids for p, t in enumerate(s))  # the old closure loses a true token
+    pins, _ = batch_positions(layout, grads, LR, STEPS, tokens, lengths, strict=True)
+    assert all(t in pins.allowed[p] for s in ids for p, t in enumerate(s))
+    placed_at = {p: [t for t, where in pins.placed.items() if p in where] for p in range(len(pins.allowed))}
+    assert pins.closed and all(p == 0 or len(placed_at[p]) == len(_occupants(ids, p)) for p in pins.closed)
+    assert pins.closed < loose.closed and pins.complete <= loose.complete
+
+
+def test_strict_closure_completes_a_placed_token_only_at_the_complete_weight(setup, monkeypatch):
+    # session 27: "," placed at weight 0.503 at a closed position stood at the next position too
+    from textleak.attacks import update_batch_positions as module
+    wide, cap = setup
+    grads, ids = cap.gradients.gradients, cap.reference.token_ids
+    layout = layout_for(wide.model)
+    tokens, lengths = embedding_token_set(layout, grads).tolist(), [len(s) for s in ids]
+    old, _ = batch_positions(layout, grads, LR, STEPS, tokens, lengths)
+    assert old.complete
+    monkeypatch.setattr(module, "COMPLETE", 2.0)  # no weight reaches it: nothing complete, the same positions closed
+    pins, _ = batch_positions(layout, grads, LR, STEPS, tokens, lengths, strict=True)
+    assert pins.closed == old.closed and not pins.complete
+    assert all(pins.allowed[p] >= old.allowed[p] for p in range(len(old.allowed)))

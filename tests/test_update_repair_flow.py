@@ -80,3 +80,30 @@ def test_the_box_prefers_the_true_labels(setup):
         flipped = LABELS[:b] + [1 - LABELS[b]] + LABELS[b + 1:]
         assert box.least_labels(ids, [flipped, LABELS]) == LABELS
         assert box.least_labels(ids, [LABELS, flipped]) == LABELS
+
+
+def test_option_repair_width_sets_how_many_tokens_the_repairs_try_per_position(setup, monkeypatch):
+    # session 27: at width 16, 6 true RT tokens (lr 1e-5) ranked 16-26 were never tried
+    from textleak.attacks import update_small_lr
+    wide, observation, ids = setup
+    widths = []
+
+    class Spy(BoxRepair):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            widths.append(self.width)
+
+        def run(self, sequences, labels, deadline, order=None, exchange=True):
+            return [list(s) for s in sequences], {"misfit_after": 0.0}
+    monkeypatch.setattr(update_small_lr, "BoxRepair", Spy)
+    for width in (None, 32):
+        attack, facts = _attack(wide, observation)
+        attack.cls_descent = False
+        if width is not None:
+            attack.repair_width = width
+        moved = copy.copy(wide)
+        moved.model = midpoint_model(wide.model, observation.gradients, facts)
+        out = _output({"token_ids": [list(s) for s in ids], "labels": list(LABELS), "texts": []}, {"certified": False})
+        attack._repair(observation, wide, moved, facts, out, {})
+    assert widths == [16, 32]
+    assert UpdateExact(repair_width=32).repair_width == 32 and UpdateExact().strict_closure is False

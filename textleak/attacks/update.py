@@ -73,6 +73,7 @@ from .update_batch_positions import pins_for
 from .update_peel import END_SLACK, RISE, UpdatePeeler
 from .update_positions import place_sentence, placement_for
 from .update_rest_rows import RestRows, row_names
+from .update_repair import WIDTH
 from .update_rounding import RoundingFits
 from .update_slots import FIRST_SHARE, slots_first
 from .update_small_lr import better_result, repair_guess, repair_misfit
@@ -180,6 +181,12 @@ class UpdateExact(Exact):
     #: with `cls_restarts`: every start descended this many sweeps, only the best on (`update_cls._screened`; 0: off);
     #: the same end as full restarts for ~230 CPU s less (figures: `recipes/measured/fedavg_small_lr_s26`)
     cls_screen: int = 3
+    #: tokens the [CLS] descent and the token repair try per position (`update_repair.BoxRepair.options`; 16: on RT dev
+    #: batch 0 of 4 at lr 1e-5, 6 true tokens ranked 16-26; `recipes/measured/fedavg_small_lr_s27`)
+    repair_width: int = WIDTH
+    #: batch placements: a position closes only with one placed token per sentence there, a token complete only at
+    #: weight `update_batch_positions.COMPLETE` (at lr 1e-5 the box hid a missing token's share; its module doc)
+    strict_closure: bool = False
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)

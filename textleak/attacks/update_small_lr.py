@@ -32,7 +32,7 @@ from .base import AttackOutput
 from .exact.candidates import vocabulary
 from .update_batch_positions import BatchMisfit, ranked_start
 from .update_cls import POOLER, SITES, cls_start
-from .update_repair import BoxRepair
+from .update_repair import WIDTH, BoxRepair
 from .update_sentences import SentenceRepair
 from .update_sim import UpdateFacts
 from .update_slots import slot_starts
@@ -52,7 +52,8 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
     pins = attack._batch_pins(observation, layout_for(target.model), facts)
     if pins is not None and not attack.row_ranking:
         pins = dataclasses.replace(pins, order=None)
-    repair = BoxRepair(layout, attack._fits, span0, vocab, pins=pins, move=attack.cross_move)
+    repair = BoxRepair(layout, attack._fits, span0, vocab, pins=pins, move=attack.cross_move,
+                       width=getattr(attack, "repair_width", WIDTH))
     if getattr(pins, "order", None) is not None:
         _starts(attack, target, pins, repair, out)
     if near:
