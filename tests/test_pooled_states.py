@@ -186,3 +186,31 @@ def test_a_chained_guided_step_puts_several_tokens_right_at_once(batch):
             changed += [sum(a != b for a, b in zip(s, tracks[i])) for s, i in zip(seqs, rows)]
         assert max(changed) == most  # one change a step without a chain; two at once with one
     assert max(wrong) == 2
+
+
+def test_a_state_solved_twice_a_little_apart_is_one_state_with_merge(batch, monkeypatch):
+    """Far past the limit a state can be solved twice a few 1e-3 apart, both under ACCEPT (MiniLM, RT batch 64):
+    kept as two, the deflation takes out one direction too many and no later round solves anything; with
+    `merge` the two are one state and every state comes back."""
+    import textleak.text.leaks.pooled as pl
+    _, layout, grads, truth, states = batch
+    real, calls = pl._levenberg, []
+
+    def twice(eq, a, iters=80):  # the first round: a second, slightly worse solution of its first state
+        out = real(eq, a, iters)
+        if not calls:
+            h = out[0] @ eq.Q.T
+            out = torch.cat([out, ((h + 5e-3 * h.norm() * eq.Q[:, -1] / eq.Q[:, -1].norm()) @ eq.Q)[None]])
+        calls.append(len(out))
+        return out
+    monkeypatch.setattr(pl, "_levenberg", twice)
+    monkeypatch.setattr(pl, "ACCEPT", 1e-2)
+    starts = lambda: _random_starts(layout, truth, random.Random(0))  # noqa: E731
+    kept = pooled_states(layout, grads, len(truth), starts(), first=64, later=32)
+    calls.clear()
+    merged = pooled_states(layout, grads, len(truth), starts(), first=64, later=32, merge=2e-2)
+    assert len(kept.states) == len(truth) + 1 and not kept.complete  # one state counted twice
+    assert merged.complete
+    rel = torch.cdist(merged.states, states) / states.norm(dim=1)[None]
+    near, which = rel.min(1)
+    assert float(near.max()) < 1e-3 and sorted(which.tolist()) == list(range(len(truth)))

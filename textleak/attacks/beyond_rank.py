@@ -43,7 +43,8 @@ gradient, instead of exchanging tails: `leaks.pooled`, `beyond_rank_targets`; on
 (with `targets`, the missing sentences up to this many tokens inverted from their own states first,
 each certain when it lands on one: `beyond_rank_invert`; 0, off), `first` (it before the search: off),
 `lengths` (a stalled descent changes a track's length by one token: on), `guided` (the descent by
-gradient-guided steps, this many candidates a position, `beyond_rank_guided`: 0, off).
+gradient-guided steps, this many candidates a position, `beyond_rank_guided`: 0, off), `merge` (pooled-state
+solutions this near are one state, `leaks.pooled`: 0, off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -141,11 +142,16 @@ class BeyondRank(Exact):
     # step in turn, all of one length at once; a track they no longer improve gets an exhaustive sweep
     # (`beyond_rank_guided`); 0: off (exhaustive sweeps only, one track after another)
     guided: int = 0
+    # with `targets`: pooled-state solutions within this relative distance are one state, the better fit kept
+    # (`leaks.pooled._admit`), and the deflated rounds go on (up to one a sentence) while the time lasts; 0: within
+    # 1e-3, the first kept, 8 rounds. RT batch 64: a state solved twice 5e-3 apart left the deflation one direction
+    # short, 14 of 64 states read; 0.01: 36 in 8 rounds, 64 in 20 (recipes/measured/large_batch_s27/)
+    merge: float = 0.0
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
                 "prior": self.prior, "targets": self.targets, "invert": self.invert, "first": self.first,
-                "lengths": self.lengths, "guided": self.guided}
+                "lengths": self.lengths, "guided": self.guided, "merge": self.merge}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -206,7 +212,7 @@ class BeyondRank(Exact):
             return None
         targets = (observation.gradients, rank) if self.targets and rank else None
         return BagFinish(tok, prior=self.prior, seed=self.seed, targets=targets, invert=0 if self.first else self.invert,
-                         lengths=self.lengths, guided=self.guided)
+                         lengths=self.lengths, guided=self.guided, merge=self.merge)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

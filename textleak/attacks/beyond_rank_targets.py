@@ -73,7 +73,8 @@ class TargetDescent:
     stand at position p. `report` says how many states were read and how many tracks reached one."""
 
     def __init__(self, layout: Layout, gradients: dict, rank: int, specials: set[int], seed: int = 0,
-                 sweeps: int = 8, invert: Any = None, pooled: Any = None, lengths: bool = False, guided: int = 0):
+                 sweeps: int = 8, invert: Any = None, pooled: Any = None, lengths: bool = False, guided: int = 0,
+                 merge: float = 0.0):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.guided = guided  # >0: gradient-guided steps, this many candidates a position (`beyond_rank_guided`)
         self.lengths = lengths  # a stalled sweep tries every one-token deletion and insertion (`_resized`)
@@ -81,6 +82,7 @@ class TargetDescent:
         self.rng, self.sweeps = random.Random(seed), sweeps
         self.invert = invert  # a `beyond_rank_invert.StateInversion`: short lengths inverted first
         self.pooled = pooled  # the `leaks.pooled` states, where they were read already (`beyond_rank_first`)
+        self.merge = merge  # `leaks.pooled.pooled_states`' merge, with up to `rank` rounds (0: off, 8 rounds)
         self.report: dict[str, Any] = {}
 
     def states(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -92,7 +94,8 @@ class TargetDescent:
         options = [sorted(t for t in a if t not in self.specials) for a in allowed]
         seen: list[tuple[list[list[int]], torch.Tensor]] = []
         got = self.pooled or pooled_states(self.layout, self.gradients, self.rank,
-                                           lambda n: self._seen(tracks, options, n, seen))
+                                           lambda n: self._seen(tracks, options, n, seen), merge=self.merge,
+                                           rounds=self.rank if self.merge else 8)
         if got is None or not tracks:
             self.report = {"states": 0}
             return tracks
