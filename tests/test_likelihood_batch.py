@@ -221,3 +221,58 @@ def test_early_rounds_weigh_the_embeddings_and_first_layers_alone(wide):
     with time_budget(10):
         out = BatchLikelihoodSearch(prior="none", rounds=2, sweeps=2, strong=3.0, early=1).run(obs, wide)
     assert out.details["early"] == 1 and not out.details["relabel"]  # one label: nothing to place
+
+
+def test_placements_are_every_distinct_order_of_the_counts():
+    """`placements`: the labels read as counts put on the sentences every distinct way (the multinomial count),
+    the order read among them; past `most` only the order read."""
+    from math import factorial
+
+    from textleak.attacks.likelihood_state import placements
+
+    assert placements([0, 0, 0, 1]) == [[0, 0, 0, 1], [0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0]]
+    three = placements([2, 0, 1, 0])
+    assert len(three) == factorial(4) // 2 and len({tuple(p) for p in three}) == len(three)
+    assert all(sorted(p) == [0, 0, 1, 2] for p in three) and placements([1, 1]) == [[1, 1]]
+    assert placements([0] * 8 + [1] * 8) == [[0] * 8 + [1] * 8]  # 12,870 placements: not tried
+
+
+def test_the_start_is_built_under_every_placement_of_the_counts_and_the_likeliest_kept(wide):
+    """`place_labels`: labels [1, 0] read as counts are assigned [0, 1] in order; "first" builds the start
+    (fillers, strong rows) under both placements and keeps the one of least batch misfit, "rounds" also puts
+    the counts where they fit after each round; `auto` hands the placed labels to `likelihood`."""
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+    from textleak.core.budget import time_budget
+    from textleak.errors import InputError
+
+    obs, truth = _observation(wide, ["big cat ran", "a dog sat"], [1, 0], noise="noise:1e-6")
+    with time_budget(10):
+        out = BatchLikelihoodSearch(prior="none", rounds=1, sweeps=1, strong=3.0, place_labels="first").run(obs, wide)
+    tried = out.details["placements"]
+    assert [ys for ys, _ in tried] == [[0, 1], [1, 0]] and out.details["labels_placed"] == "first"
+    assert out.prediction["labels"] == min(tried, key=lambda t: t[1])[0]
+    with time_budget(10):
+        order = BatchLikelihoodSearch(prior="none", rounds=1, sweeps=1, strong=3.0).run(obs, wide)
+    assert order.prediction["labels"] == [0, 1] and order.details["placements"] == []
+    assert order.details["labels_placed"] is None
+    with time_budget(10):
+        rounds = BatchLikelihoodSearch(prior="none", rounds=2, sweeps=1, strong=3.0, place_labels="rounds").run(obs, wide)
+    assert rounds.details["labels_placed"] == "rounds" and sorted(rounds.prediction["labels"]) == [0, 1]
+    with pytest.raises(InputError, match="place_labels"):
+        BatchLikelihoodSearch(prior="none", place_labels="best").run(obs, wide)
+
+
+def test_auto_hands_the_placed_labels_to_the_likelihood_continuation():
+    """`auto`: the labels `likelihood_batch` placed (free labels or `place_labels`) start `likelihood`'s search."""
+    from textleak.attacks.auto import Auto
+    from textleak.attacks.base import AttackOutput
+    from textleak.attacks.likelihood import LikelihoodSearch
+
+    def guess(**details):
+        return AttackOutput(prediction={"token_ids": [[1, 5, 2], [1, 6, 2]], "labels": [1, 0]}, method="likelihood_batch",
+                            assumed={}, config={}, details=details)
+
+    auto = Auto()
+    placed = auto._adapted(LikelihoodSearch(prior="none"), None, guess(labels_placed="first"), [])
+    assert placed.initial_labels == [1, 0] and placed.initial_ids.tolist() == [[1, 5, 2], [1, 6, 2]]
+    assert auto._adapted(LikelihoodSearch(prior="none"), None, guess(labels_placed=None), []).initial_labels is None

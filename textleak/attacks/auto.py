@@ -160,7 +160,8 @@ class Auto:
         names = {f.name for f in fields(stage)}
         if guess is not None and "initial_ids" in names:
             stage = replace(stage, initial_ids=_padded(guess.prediction["token_ids"]))
-            if "initial_labels" in names and guess.details.get("relabel"):  # labels the guess's search placed
+            # labels the guess's search placed (free labels, or the counts placed by the likelihood)
+            if "initial_labels" in names and (guess.details.get("relabel") or guess.details.get("labels_placed")):
                 stage = replace(stage, initial_labels=list(guess.prediction["labels"]))
         if getattr(stage, "prior", None) == "bigram" and not _bigram_available(target):
             tried.append({"attack": stage.name,

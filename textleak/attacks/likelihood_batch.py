@@ -44,7 +44,7 @@ Arguments (besides `likelihood`'s): `strong` (z of a placed token), `rounds` (pa
 batch, each splitting the time left), `exchanges` (swap passes after each round), `swaps`, `block`,
 `pin` (placed strong tokens keep their positions), `context` (masked-LM candidates per climb),
 `relabel` (labels read as counts placed by the likelihood), `early`, `early_layers` (first rounds on the
-early layers alone).
+early layers alone), `place_labels` (the start built under every placement of the counts).
 In `auto` it runs before `likelihood` (which goes on from its guess with the time left; the
 likelier guess by misfit is kept) and refuses a single sentence.
 Shapes: as `likelihood` (token-id lists of the declared lengths).
@@ -60,13 +60,13 @@ from typing import Any, ClassVar
 import torch
 
 from ..core.budget import current, time_budget
-from ..errors import MissingKnowledgeError
+from ..errors import InputError, MissingKnowledgeError
 from ..text.ghost import GhostScorer
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .evidence import ContextCandidates, candidates, filler_ids, null_std, row_scores
 from .likelihood import LikelihoodSearch
-from .likelihood_state import _J, _Batch, clip_norm
+from .likelihood_state import _J, _Batch, clip_norm, placements
 
 
 def strong_rows(scores: torch.Tensor, W: torch.Tensor, P: torch.Tensor, sigma: float, z: float
@@ -138,6 +138,17 @@ class BatchLikelihoodSearch(LikelihoodSearch):
     #: read; the defaults read 0.26-0.43 in s25); one batch: off until more batches say it never loses
     early: int = 0
     early_layers: int = 4
+    #: labels read as counts (not known), the batch holding two classes or more: "order" (the counts assigned
+    #: in order, as read); "first": the start (each sentence's filler, then the strong rows) built under every
+    #: distinct placement of the counts (`likelihood_state.placements`), the likeliest by the batch misfit kept;
+    #: "rounds": that, and after every round the counts put where the batch likelihood puts them
+    #: (`_Batch.assign`, the guesses as they stand). Why: in order, SST-2 dev batch 0 (labels 0 1 0 0, read
+    #: 0 0 0 1) climbed two sentences at the wrong label, whose every gradient has the other sign (session 26).
+    #: But the start does not tell the labels: built under every placement (session 27, noise_b4_s27/
+    #: diag_start_labels, ~30 CPU s a batch) the truth is the least likely of 4 on SST-2 dev batches 0 and 1
+    #: (+20,907 / +8,979 nats) and second on RT dev batch 1 (+469): "first" keeps a wrong placement on all
+    #: three. Off; no end-to-end pair run
+    place_labels: str = "order"
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """As `likelihood`, for batches of two or more sentences (batch 1 is `likelihood`'s)."""
@@ -168,7 +179,8 @@ class BatchLikelihoodSearch(LikelihoodSearch):
                        and getattr(target.model.config, "num_labels", 2) == 2)
         early = max(self.early, int(relabel))
         rows = strong_rows(scores, W, P, level.sigma, self.strong)
-        placed = [] if self.initial_ids is not None else self._place(batch, rows, inner, fill)
+        batch, placed, tried, placing = self._start(batch, rows, inner, fill, labels, label_note)
+        reassign = relabel or (placing and self.place_labels == "rounds")
         self._pin(batch, placed)
         history, exchanged = [], 0
         for r in range(self.rounds):
@@ -186,7 +198,7 @@ class BatchLikelihoodSearch(LikelihoodSearch):
                 changed += n
                 if current().expired():
                     break
-            if relabel:  # the counts where the likelihood puts them, the guesses as they stand
+            if reassign:  # the counts where the likelihood puts them, the guesses as they stand
                 changed += int(batch.assign(labels))
             if self.exchanges and not current().expired():
                 moved = self._exchange(batch, inner, fill, {v for v, _, _ in rows})
@@ -201,6 +213,7 @@ class BatchLikelihoodSearch(LikelihoodSearch):
                             {"placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
                              "exchanged": exchanged, "changes_per_round": history, "context": context,
                              "relabel": relabel, "early": early, "labels_read": labels,
+                             "labels_placed": self.place_labels if placing else None, "placements": tried,
                              "budget": current().describe(),
                              "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0})
 
@@ -236,6 +249,36 @@ class BatchLikelihoodSearch(LikelihoodSearch):
             if current().expired():
                 break
         return placed
+
+    def _start(self, batch: _Batch, rows: list[tuple[int, int, float]], inner: list[range], fill: list[int],
+               labels: list[int], label_note: str) -> tuple[_Batch, list[tuple[int, int, int]], list, bool]:
+        """The first whole guess: the given start (`initial_ids`), else the fillers and the strong rows (`_place`),
+        with `place_labels` built under every placement of the labels read as counts; (the batch, the tokens
+        placed, [placement, misfit] of every placement tried, whether the counts are placed by the likelihood)."""
+        if self.place_labels not in ("order", "first", "rounds"):
+            raise InputError(f"likelihood_batch.place_labels: 'order', 'first' or 'rounds', got {self.place_labels!r}")
+        placing = self.place_labels != "order" and label_note != "known" and len(set(labels)) > 1
+        if self.initial_ids is not None:
+            return batch, [], [], placing
+        if placing:
+            return (*self._labelled_start(batch, rows, inner, fill, labels), placing)
+        return batch, self._place(batch, rows, inner, fill), [], placing
+
+    def _labelled_start(self, batch: _Batch, rows: list[tuple[int, int, float]], inner: list[range],
+                        fill: list[int], labels: list[int]) -> tuple[_Batch, list[tuple[int, int, int]], list]:
+        """`place_labels`: the start (`_place`) built under every distinct placement of the counts `labels`;
+        (the likeliest start by the batch misfit, its placed tokens, [placement, misfit] of every one tried)."""
+        best, tried = None, []
+        for ys in placements(labels):
+            trial = _Batch(batch.layout, batch.shared, batch.seqs, ys, batch.clip)
+            placed = self._place(trial, rows, inner, fill)
+            fit = trial.misfit()
+            tried.append([ys, fit])
+            if best is None or fit < best[0]:
+                best = (fit, trial, placed)
+            if current().expired():
+                break
+        return best[1], best[2], tried
 
     def _pin(self, batch: _Batch, placed: list[tuple[int, int, int]]) -> None:
         """With `pin`, each placed token pinned at its position in the sentence holding it there (if any)."""

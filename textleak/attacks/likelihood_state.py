@@ -7,7 +7,6 @@ Shapes: sentences are token-id lists; gradients and targets name -> tensor (the 
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Sequence
 
@@ -89,24 +88,40 @@ class _Batch:
                    for n in self.names)
 
     def assign(self, labels: list[int]) -> bool:
-        """The labels of a binary classifier (the multiset `labels`, e.g. the counts read off the bias) put on
-        the sentences where the batch likelihood prefers them, the guesses as they stand; whether any moved.
-        Why: labels read as counts are assigned in order, so on SST-2 dev batch 0 ([0, 1, 0, 0], read [0, 0,
-        0, 1]) two sentences were climbed at the wrong label, whose every gradient has the other sign."""
-        classes = sorted(set(labels))
-        if len(classes) != 2:
+        """The labels (the multiset `labels`, e.g. the counts read off the bias) put on the sentences where the
+        batch likelihood prefers them (every distinct placement, `placements`), the guesses as they stand;
+        whether any moved. Why: labels read as counts are assigned in order, so on SST-2 dev batch 0
+        ([0, 1, 0, 0], read [0, 0, 0, 1]) two sentences were climbed at the wrong label, whose every gradient
+        has the other sign."""
+        options = placements(labels)
+        if len(options) < 2:
             return False
         own = {}
         for i, seq in enumerate(self.seqs):
-            for y in classes:
+            for y in sorted(set(labels)):
                 own[i, y] = self.own[i] if y == self.labels[i] else self._own(seq, y)
-        ones = sum(y == classes[1] for y in labels)
-        options = [[classes[1] if i in c else classes[0] for i in range(len(self.seqs))]
-                   for c in itertools.combinations(range(len(self.seqs)), ones)]
         best = min(options, key=lambda ys: self.misfit([own[i, y] for i, y in enumerate(ys)]))
         moved = best != self.labels
         self.labels, self.own = list(best), [own[i, y] for i, y in enumerate(best)]
         return moved
+
+
+def placements(labels: Sequence[int], most: int = 256) -> list[list[int]]:
+    """Every distinct order of the multiset `labels` (the counts read off the bias put on the sentences), in
+    lexicographic order; [the labels as given] where there are more than `most` (nothing is tried)."""
+    counts = {y: list(labels).count(y) for y in sorted(set(labels))}
+    total = math.factorial(len(labels)) // math.prod(math.factorial(k) for k in counts.values())
+    if total > most:
+        return [list(labels)]
+    order, out = sorted(int(y) for y in labels), []
+    while True:  # the next distinct permutation in lexicographic order, till the last
+        out.append(list(order))
+        k = next((k for k in range(len(order) - 2, -1, -1) if order[k] < order[k + 1]), None)
+        if k is None:
+            return out
+        m = max(m for m in range(k + 1, len(order)) if order[m] > order[k])
+        order[k], order[m] = order[m], order[k]
+        order[k + 1:] = reversed(order[k + 1:])
 
 
 class _Guess:
