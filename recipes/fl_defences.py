@@ -72,6 +72,9 @@ def run_unit(target, spec: str, batch, index: int, attack: str, budget: float | 
             "rounding": (d.get("update") or {}).get("rounding"), "steps": d.get("steps"),
             "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "recovered": res.texts, "references": texts,
+            # the labels guessed (slot by slot, as `recovered`), how they were read, and the true ones
+            "labels": (res.prediction or {}).get("labels"), "labels_read": (res.assumed or {}).get("labels"),
+            "placements": d.get("placements"), "reference_labels": labels,
             **{k: res.metrics["mean"][k] for k in ("rouge1", "rouge2", "exact_match")},
             "label_accuracy": res.metrics["mean"].get("label_accuracy")}
 
