@@ -137,7 +137,7 @@ class BatchLikelihoodSearch(LikelihoodSearch):
     #: side by side at 600 CPU s: CoLA dev batch 0 0.660 / 0.208 ("she has kissed her.", "sarah sang a ballad,"
     #: read; the defaults read 0.26-0.43 in s25). Session 27 pairs (noise_b4_s27): SST-2 dev batch 0 0.264 / 0.098,
     #: SST-2 1 0.334 / 0.131, CoLA 1 0.328 / 0.409 (a loss: the continuation's guess was less likely, the
-    #: batch's kept); RT 0 in the README. It loses once: off
+    #: batch's kept), RT 0 0.319 / 0.282. It loses once: off
     early: int = 0
     early_layers: int = 4
     #: labels read as counts (not known), the batch holding two classes or more: "order" (the counts assigned
