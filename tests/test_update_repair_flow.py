@@ -106,4 +106,4 @@ def test_option_repair_width_sets_how_many_tokens_the_repairs_try_per_position(s
         out = _output({"token_ids": [list(s) for s in ids], "labels": list(LABELS), "texts": []}, {"certified": False})
         attack._repair(observation, wide, moved, facts, out, {})
     assert widths == [16, 32]
-    assert UpdateExact(repair_width=32).repair_width == 32 and UpdateExact().strict_closure is False
+    assert UpdateExact(repair_width=32).repair_width == 32 and UpdateExact().strict_closure is True

@@ -137,8 +137,9 @@ class BatchLikelihoodSearch(LikelihoodSearch):
     #: side by side at 600 CPU s: CoLA dev batch 0 0.660 / 0.208 ("she has kissed her.", "sarah sang a ballad,"
     #: read; the defaults read 0.26-0.43 in s25). Session 27 pairs (noise_b4_s27): SST-2 dev batch 0 0.264 / 0.098,
     #: SST-2 1 0.334 / 0.131, CoLA 1 0.328 / 0.409 (a loss: the continuation's guess was less likely, the
-    #: batch's kept), RT 0 0.319 / 0.282. It loses once: off
-    early: int = 0
+    #: batch's kept), RT 0 0.319 / 0.282. Four wins of five, mean +0.16; the loss (-0.08) is inside the 0.17
+    #: spread of one batch's default runs (s25): on since session 27 (an audit must not understate the leak)
+    early: int = 1
     early_layers: int = 4
     #: labels read as counts (not known), the batch holding two classes or more: "order" (the counts assigned
     #: in order, as read); "first": the start (each sentence's filler, then the strong rows) built under every
