@@ -67,13 +67,7 @@ def test_tracks_two_tokens_off_descend_onto_their_states(batch):
     tok = target.tokenizer
     lengths = [len(s) for s in truth]
     pins = token_positions(layout, grads, embedding_token_set(layout, grads).tolist(), max(lengths))
-    rng = random.Random(1)
-    tracks = []
-    for s in truth:  # two content tokens swapped with another sentence's at the same position
-        t = list(s)
-        for p in rng.sample(range(1, len(s) - 1), 2):
-            t[p] = rng.choice([o[p] for o in truth if len(o) - 1 > p and o[p] != s[p]] or [s[p]])
-        tracks.append(t)
+    tracks = _two_off(truth, 1)
     assert sum(t == s for t, s in zip(tracks, truth)) < len(truth)
     descent = TargetDescent(layout, grads, len(truth), {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id})
     out = descent.run(tracks, [], pins.allowed)
