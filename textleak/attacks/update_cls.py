@@ -255,10 +255,10 @@ def cls_start(repair: Any, pred: dict, fits: Any, deadline: float, sites: Sequen
     else:
         got, labels, report = descended(seqs, pred["labels"])
         report["misfit"] = [misfit(seqs, pred["labels"]), misfit(got, labels)]
-    if others and screen <= 0:
-        got, labels, report["restarts"] = _restarts(descended, misfit, others, seqs, (got, labels,
-                                                    report["misfit"][1]), deadline)
-        report["misfit"][1] = report["restarts"]["misfit"]
+        if others:
+            got, labels, report["restarts"] = _restarts(descended, misfit, others, seqs, (got, labels,
+                                                        report["misfit"][1]), deadline)
+            report["misfit"][1] = report["restarts"]["misfit"]
     report["kept"] = report["misfit"][1] < report["misfit"][0]
     report["cpu_s"] = round(time.process_time() - began, 1)
     if report["kept"]:
