@@ -75,8 +75,6 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
     device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N": where the step runs (the
         model is moved there for the step and back); the gradients are returned on the CPU.
     """
-    from .text.batch import build_batch
-
     from .validate import integer, labels as check_labels, probability, texts
 
     batch = texts(batch)
@@ -92,11 +90,7 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
         raise InputError(f"{len(labels)} labels for {len(batch)} texts")
     micro = micro_batches(len(batch), step.accumulation)
     side = step.pad_side or target.tokenizer.padding_side
-    gen = torch.Generator().manual_seed(seed)
-    parts = [build_batch(target.tokenizer, batch[a:b], task=task, labels=None if labels is None else labels[a:b],
-                         num_labels=target.spec.num_labels, mask_prob=mask_prob, max_positions=target.max_positions,
-                         generator=gen, pad_to=step.pad_to, pad_side=side, pad_multiple=step.pad_multiple)
-             for a, b in micro]
+    parts = _micro_parts(target, batch, labels, micro, mask_prob=mask_prob, seed=seed, step=step, side=side)
     if defence is not None:
         from .defences import parse_defence
 
@@ -120,6 +114,20 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
         victim={"seed": seed, "mask_prob": mask_prob if task == "mlm" else None, "loss_value": loss})
     reference = text_reference(original, ids, attention, facts.get("labels", []), batch)
     return builder.build(grads, reference)
+
+
+def _micro_parts(target: Any, batch: Sequence[str], labels: Sequence[int] | None,
+                 micro: Sequence[tuple[int, int]], *, mask_prob: float, seed: int, step: TrainingStep,
+                 side: str) -> list[Any]:
+    """One tokenised batch per micro-batch, masked from one generator seeded with `seed`."""
+    from .text.batch import build_batch
+
+    gen = torch.Generator().manual_seed(seed)
+    return [build_batch(target.tokenizer, batch[a:b], task=target.spec.task,
+                        labels=None if labels is None else labels[a:b], num_labels=target.spec.num_labels,
+                        mask_prob=mask_prob, max_positions=target.max_positions, generator=gen,
+                        pad_to=step.pad_to, pad_side=side, pad_multiple=step.pad_multiple)
+            for a, b in micro]
 
 
 def _accumulated_loss(model: Any, micro: Sequence[tuple[int, int]], parts: Sequence[Any], device: Any):
