@@ -74,9 +74,14 @@ class BoxRepair:
     span0: the fitted layer-0 span; vocab: token ids worth trying."""
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
-                 width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None, move: bool = False):
+                 width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None, move: bool = False,
+                 screen: Callable[[list[list[int]]], list[float]] | None = None, keep: int = 0):
         self.layout, self.span0, self.width, self.sweeps, self.pins = layout, span0, width, sweeps, pins
         self.move, self.moves = move, 0
+        #: option `repair_screen`: each position's trial sentences scored by `screen` (one forward each: the [CLS]
+        #: spans' `update_cls.ClsSpans.score`), only the `keep` lowest get a gradient (0: all); `screened` counts
+        #: the trials left out
+        self.screen, self.keep, self.screened, self._screening = screen, keep, 0, False
         self.vocab = vocab.to(layout.device).long()
         layers = len(layout.layers)
         self.names = [n for k in range(layers) for n in layout.shared(fits.update, layout.qkv_names(k))]
@@ -150,30 +155,53 @@ class BoxRepair:
         token, each single substitution back is worse). `order`: the sentences to repair first (the
         least certain: the budget may end within a sweep); with `exchange`, each sweep ends with
         two sentences trading tokens (`_exchange`), and with `move` too each sweep starts with a token moved
-        to another sentence (`_move`)."""
+        to another sentence (`_move`). With a `screen`, sweeps weigh only each position's `keep` trials of least
+        screen score (not counted against `sweeps`) until one changes nothing, then full sweeps."""
         began = time.process_time()
         seqs, start = self.begin(sequences, labels, deadline)
         moved: list[set[int]] = [set() for _ in seqs]
-        sweeps, before = 0, -1
-        while self._changes > before and sweeps < self.sweeps and budget_now() < deadline:
-            before, sweeps = self._changes, sweeps + 1
+        sweeps = screened = 0
+        self._screening = self.screen is not None and self.keep > 0  # screened sweeps first, uncounted
+        while sweeps < self.sweeps and budget_now() < deadline:
+            before = self._changes
             if self.move and exchange:
                 self._move(seqs)
             for b in (order if order is not None else range(len(seqs))):
                 options = self.options(len(seqs[b]))
                 for p in range(1, len(seqs[b]) - 1):  # [CLS] and [SEP] stay
-                    if self.keep_best(seqs, b, [seqs[b][:p] + [t] + seqs[b][p + 1:] for t in options[p]]):
+                    trials = self._screened(seqs, b, [seqs[b][:p] + [t] + seqs[b][p + 1:] for t in options[p]])
+                    if self.keep_best(seqs, b, trials):
                         moved[b].add(p)
                 swaps = {(min(p, q), max(p, q)) for p in moved[b] for q in range(1, len(seqs[b]) - 1)
                          if seqs[b][q] != seqs[b][p]}
-                self.keep_best(seqs, b, [_swapped(seqs[b], p, q) for p, q in sorted(swaps)])
+                self.keep_best(seqs, b, self._screened(seqs, b, [_swapped(seqs[b], p, q) for p, q in sorted(swaps)]))
                 if self.move and exchange:
                     self._move(seqs)
             if exchange:
                 self._exchange(seqs)
+            screened, sweeps = (screened + 1, sweeps) if self._screening else (screened, sweeps + 1)
+            if self._changes == before:
+                if not self._screening:
+                    break
+                self._screening = False  # the screen found nothing more: full sweeps from here
         return seqs, {"misfit_before": start, "misfit_after": self._best, "sweeps": sweeps, "changes": self._changes,
-                      "trials": self.trials, "width": self.width, "moves": self.moves,
-                      "ran_out": budget_now() >= deadline, "cpu_s": round(time.process_time() - began, 1)}
+                      "trials": self.trials, "width": self.width, "moves": self.moves, "screened_sweeps": screened,
+                      "screened": self.screened, "ran_out": budget_now() >= deadline,
+                      "cpu_s": round(time.process_time() - began, 1)}
+
+    def _screened(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> list[list[int]]:
+        """Of sentence b's trials (those `keep_best` would weigh: not the sentence itself, no token of `cover` left
+        out), the `keep` of least `screen` score; all where there is no screen or no more than `keep`."""
+        if not self._screening:
+            return trials
+        lacking = missing(seqs, self.cover)
+        ok = [t for t in trials if t != seqs[b] and
+              (not self.cover or missing(seqs[:b] + [t] + seqs[b + 1:], self.cover) <= lacking)]
+        if len(ok) <= self.keep or budget_now() >= self._deadline:
+            return ok
+        scores = self.screen(ok)
+        self.screened += len(ok) - self.keep
+        return [ok[i] for i in sorted(range(len(ok)), key=scores.__getitem__)[:self.keep]]
 
     def begin(self, sequences: Sequence[Sequence[int]], labels: Sequence[int], deadline: float,
               gradient: Callable[[Sequence[int], int], torch.Tensor] | None = None) -> tuple[list[list[int]], float]:

@@ -1,0 +1,116 @@
+"""The token repair's screen (`update_repair.BoxRepair`, `exact-update`'s option `repair_screen`): each position's
+trials ranked by a cheap score (the [CLS] spans' in the attack), only the first `keep` weighed on the box misfit,
+until a screened sweep changes nothing; then full sweeps. A wide random BERT's update at lr 1e-5."""
+
+from __future__ import annotations
+
+import copy
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import textleak
+from conftest import make_wide_classifier
+from textleak.attacks import update as update_module
+from textleak.attacks import update_small_lr
+from textleak.attacks.update import UpdateExact, midpoint_model
+from textleak.attacks.update_repair import BoxRepair
+from textleak.attacks.update_rounding import RoundingFits
+from textleak.attacks.update_sim import update_facts
+from textleak.threat import Observation
+
+TEXTS = ["a bird sang a song .", "the cat was very sad .", "the film was good ."]
+LABELS = [0, 1, 1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    wide = make_wide_classifier(tmp_path_factory.mktemp("wide-bert-screen"))
+    cap = textleak.capture_gradients(wide, TEXTS, labels=LABELS, defence="fedavg:4,1e-5")  # wide rounding
+    observation = Observation.from_file(cap.gradients, unknown=["labels"])
+    return wide, observation, [list(s) for s in cap.reference.token_ids]
+
+
+def _pins(ids, extra):
+    """Placements as the embedding rows give them where they read right (each position's tokens of the batch,
+    ranked and placed there), with `extra` allowed last at every position."""
+    order = [list(dict.fromkeys([s[p] for s in ids if p < len(s)] + extra)) for p in range(max(map(len, ids)))]
+    placed = {}
+    for s in ids:
+        for p, t in enumerate(s):
+            placed.setdefault(t, set()).add(p)
+    return SimpleNamespace(allowed=[set(row) for row in order], placed=placed, order=order)
+
+
+def _box(wide, observation, ids, **kw):
+    attack = UpdateExact()
+    facts = update_facts(observation.metadata)
+    attack._fits = RoundingFits(update_module.layout_for(wide.model), observation.gradients, facts.lr, facts.steps)
+    attack._widen = None
+    _, span0 = attack._layer0(observation, wide)
+    layout = update_module.layout_for(midpoint_model(wide.model, observation.gradients, facts))
+    extra = wide.tokenizer.convert_tokens_to_ids([",", "big", "dog", "red"])
+    vocab = torch.tensor(sorted({t for s in ids for t in s} | set(extra)))
+    return BoxRepair(layout, attack._fits, span0, vocab, sweeps=2, pins=_pins(ids, extra), **kw), extra[1]
+
+
+def _wrong(ids, big=None):
+    wrong = [list(s) for s in ids]
+    wrong[2][2] = ids[1][2]  # "the cat was good ."
+    return wrong
+
+
+def test_a_screen_that_ranks_the_true_token_first_repairs_in_the_screened_sweeps(setup):
+    wide, observation, ids = setup
+    plain, big = _box(wide, observation, ids)
+    got, report = plain.run(_wrong(ids, big), LABELS, time.monotonic() + 600)
+    assert got == ids and report["screened_sweeps"] == 0 and report["screened"] == 0
+
+    def prefers_truth(trials):  # 0 for a trial that holds the true sentence, else 1
+        return [0.0 if t in ids else 1.0 for t in trials]
+    screened, _ = _box(wide, observation, ids, screen=prefers_truth, keep=1)
+    got, on = screened.run(_wrong(ids, big), LABELS, time.monotonic() + 600)
+    # the truth found in the screened sweeps: the one full sweep after them changes nothing
+    assert got == ids and on["screened_sweeps"] >= 1 and on["screened"] > 0 and on["sweeps"] == 1
+
+
+def test_a_screen_that_hides_the_true_token_hands_over_to_full_sweeps(setup):
+    wide, observation, ids = setup
+
+    def hides_truth(trials):  # the true sentence last
+        return [1.0 if t in ids else 0.0 for t in trials]
+    screened, big = _box(wide, observation, ids, screen=hides_truth, keep=1)
+    screened.sweeps = 1
+    got, report = screened.run(_wrong(ids, big), LABELS, time.monotonic() + 600)
+    # the screened sweeps keep only wrong tokens (any kept lowers the misfit, but none reaches the truth); once
+    # one changes nothing, a full sweep (counted) finds the truth
+    assert got == ids and report["screened_sweeps"] >= 1 and report["sweeps"] == 1
+
+
+def test_option_repair_screen_hands_the_token_repair_the_cls_score(setup, monkeypatch):
+    wide, observation, ids = setup
+    assert UpdateExact().repair_screen == 0 and UpdateExact(repair_screen=8).repair_screen == 8
+    seen = []
+
+    class Spy(BoxRepair):
+        def run(self, sequences, labels, deadline, order=None, exchange=True):
+            seen.append((self.keep, self.screen))
+            return [list(s) for s in sequences], {"misfit_after": 0.0}
+    monkeypatch.setattr(update_small_lr, "BoxRepair", Spy)
+    facts = update_facts(observation.metadata)
+    for keep in (0, 4):
+        attack = UpdateExact(repair_screen=keep)
+        attack._fits = RoundingFits(update_module.layout_for(wide.model), observation.gradients, facts.lr, facts.steps)
+        attack._widen = None
+        attack.cls_descent = False
+        moved = copy.copy(wide)
+        moved.model = midpoint_model(wide.model, observation.gradients, facts)
+        out = update_module.AttackOutput(method="exact-update", config={}, assumed={}, details={"certified": False},
+                                         prediction={"token_ids": [list(s) for s in ids], "labels": list(LABELS),
+                                                     "texts": []})
+        attack._repair(observation, wide, moved, facts, out, {})
+    assert seen[0] == (0, None) and seen[1][0] == 4 and seen[1][1] is not None
+    scores = seen[1][1](ids + [_wrong(ids)[2]])
+    assert len(scores) == 4 and scores[2] < scores[3]  # the true sentence below its one-token-wrong copy
