@@ -74,6 +74,10 @@ def test_a_screen_that_ranks_the_true_token_first_repairs_in_the_screened_sweeps
     got, on = screened.run(_wrong(ids, big), LABELS, time.monotonic() + 600)
     # the truth found in the screened sweeps: the one full sweep after them changes nothing
     assert got == ids and on["screened_sweeps"] >= 1 and on["screened"] > 0 and on["sweeps"] == 1
+    if on["misfit_after"] <= 0:  # from a batch inside the box no full sweep follows the screened one
+        again, _ = _box(wide, observation, ids, screen=prefers_truth, keep=1)
+        _, stay = again.run(ids, LABELS, time.monotonic() + 600)
+        assert stay["screened_sweeps"] == 1 and stay["sweeps"] == 0 and stay["changes"] == 0
 
 
 def test_a_screen_that_hides_the_true_token_hands_over_to_full_sweeps(setup):

@@ -181,7 +181,7 @@ class BoxRepair:
                 self._exchange(seqs)
             screened, sweeps = (screened + 1, sweeps) if self._screening else (screened, sweeps + 1)
             if self._changes == before:
-                if not self._screening:
+                if not self._screening or self._best <= 0:  # inside the box: no trial can be kept
                     break
                 self._screening = False  # the screen found nothing more: full sweeps from here
         return seqs, {"misfit_before": start, "misfit_after": self._best, "sweeps": sweeps, "changes": self._changes,
