@@ -262,6 +262,26 @@ def test_the_start_is_built_under_every_placement_of_the_counts_and_the_likelies
         BatchLikelihoodSearch(prior="none", place_labels="best").run(obs, wide)
 
 
+def test_carry_moves_each_guess_with_its_label_and_keeps_the_likeliest_placement(wide):
+    """`place_labels="carry"`: a slot losing a label hands its guess to the slot gaining it (cut or padded to
+    that slot's length, the ends kept); after the early round every placement is tried that way and the one of
+    least batch misfit kept; `auto` hands its labels on (`labels_placed`)."""
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+    from textleak.attacks.likelihood_state import carried
+    from textleak.core.budget import time_budget
+
+    seqs = [[101, 5, 6, 7, 102], [101, 8, 102], [101, 4, 102]]
+    assert carried(seqs, [1, 0, 0], [0, 1, 0], [5, 3, 3], 9, True) == [[101, 8, 9, 9, 102], [101, 5, 102], [101, 4, 102]]
+    assert carried(seqs, [1, 0, 0], [1, 0, 0], [5, 3, 3], 9, True) == seqs
+    assert carried([[5, 6, 7], [8]], [1, 0], [0, 1], [3, 1], 9, False) == [[8, 9, 9], [5]]
+    obs, truth = _observation(wide, ["big cat ran", "a dog sat"], [1, 0], noise="noise:1e-6")
+    with time_budget(10):
+        out = BatchLikelihoodSearch(prior="none", rounds=1, sweeps=1, strong=3.0, place_labels="carry").run(obs, wide)
+    d = out.details
+    assert d["labels_placed"] == "carry" and [ys for ys, _ in d["placements"]] == [[0, 1], [1, 0]]
+    assert d["carried"] == [out.prediction["labels"]] == [min(d["placements"], key=lambda t: t[1])[0]]
+
+
 def test_auto_hands_the_placed_labels_to_the_likelihood_continuation():
     """`auto`: the labels `likelihood_batch` placed (free labels or `place_labels`) start `likelihood`'s search."""
     from textleak.attacks.auto import Auto

@@ -66,7 +66,7 @@ from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .evidence import ContextCandidates, candidates, filler_ids, null_std, row_scores
 from .likelihood import LikelihoodSearch
-from .likelihood_state import _J, _Batch, clip_norm, placements
+from .likelihood_state import _J, _Batch, carried, clip_norm, placements
 
 
 def strong_rows(scores: torch.Tensor, W: torch.Tensor, P: torch.Tensor, sigma: float, z: float
@@ -150,7 +150,10 @@ class BatchLikelihoodSearch(LikelihoodSearch):
     #: But the start does not tell the labels: built under every placement (session 27, noise_b4_s27/
     #: diag_start_labels, ~30 CPU s a batch) the truth is the least likely of 4 on SST-2 dev batches 0 and 1
     #: (+20,907 / +8,979 nats) and second on RT dev batch 1 (+469): "first" keeps a wrong placement on all
-    #: three. Off; no end-to-end pair run
+    #: three. Off; no end-to-end pair run. "carry" (session 28): the start in order, and after each `early` round
+    #: every placement tried with the guesses carried with their labels (`likelihood_state.carried`: content
+    #: follows its label's slot, so a slot losing label y hands its guess to one gaining y, cut or padded to
+    #: that slot's length), the likeliest by the batch misfit kept (recipes/measured/noise_b4_s28)
     place_labels: str = "order"
 
     def preflight(self, observation: Observation, target: Any) -> None:
@@ -184,8 +187,9 @@ class BatchLikelihoodSearch(LikelihoodSearch):
         rows = strong_rows(scores, W, P, level.sigma, self.strong)
         batch, placed, tried, placing = self._start(batch, rows, inner, fill, labels, label_note)
         reassign = relabel or (placing and self.place_labels == "rounds")
+        carry = placing and self.place_labels == "carry"
         self._pin(batch, placed)
-        history, exchanged = [], 0
+        history, exchanged, carried_to = [], 0, []
         for r in range(self.rounds):
             changed = 0
             # early rounds: J_w of the embeddings and first layers alone, labels free where they are relabelled
@@ -203,6 +207,10 @@ class BatchLikelihoodSearch(LikelihoodSearch):
                     break
             if reassign:  # the counts where the likelihood puts them, the guesses as they stand
                 changed += int(batch.assign(labels))
+            elif carry and r < early and not current().expired():  # the counts placed, the content with them
+                batch, moved, tried = self._carry(batch, labels, lengths, fill[0], specials)
+                self._pin(batch, placed)
+                changed, carried_to = changed + int(moved), carried_to + [batch.labels]
             if self.exchanges and not current().expired():
                 moved = self._exchange(batch, inner, fill, {v for v, _, _ in rows})
                 self._pin(batch, placed)  # a pinned token an exchange moved is pinned where it went
@@ -217,6 +225,7 @@ class BatchLikelihoodSearch(LikelihoodSearch):
                              "exchanged": exchanged, "changes_per_round": history, "context": context,
                              "relabel": relabel, "early": early, "labels_read": labels,
                              "labels_placed": self.place_labels if placing else None, "placements": tried,
+                             "carried": carried_to,
                              "budget": current().describe(),
                              "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0})
 
@@ -258,12 +267,13 @@ class BatchLikelihoodSearch(LikelihoodSearch):
         """The first whole guess: the given start (`initial_ids`), else the fillers and the strong rows (`_place`),
         with `place_labels` built under every placement of the labels read as counts; (the batch, the tokens
         placed, [placement, misfit] of every placement tried, whether the counts are placed by the likelihood)."""
-        if self.place_labels not in ("order", "first", "rounds"):
-            raise InputError(f"likelihood_batch.place_labels: 'order', 'first' or 'rounds', got {self.place_labels!r}")
+        if self.place_labels not in ("order", "first", "rounds", "carry"):
+            raise InputError("likelihood_batch.place_labels: 'order', 'first', 'rounds' or 'carry', "
+                             f"got {self.place_labels!r}")
         placing = self.place_labels != "order" and label_note != "known" and len(set(labels)) > 1
         if self.initial_ids is not None:
             return batch, [], [], placing
-        if placing:
+        if placing and self.place_labels != "carry":
             return (*self._labelled_start(batch, rows, inner, fill, labels), placing)
         return batch, self._place(batch, rows, inner, fill), [], placing
 
@@ -282,6 +292,26 @@ class BatchLikelihoodSearch(LikelihoodSearch):
             if current().expired():
                 break
         return best[1], best[2], tried
+
+    def _carry(self, batch: _Batch, labels: list[int], lengths: list[int], pad: int, specials: bool
+               ) -> tuple[_Batch, bool, list]:
+        """`place_labels="carry"`: every distinct placement of the counts `labels`, the guesses carried with
+        their labels (`likelihood_state.carried`); (the likeliest by the batch misfit, whether it moved,
+        [placement, misfit] of every one tried)."""
+        best, tried = (batch.misfit(), batch), []
+        for ys in placements(labels):
+            if ys == batch.labels:
+                tried.append([ys, best[0]])
+                continue
+            seqs = carried(batch.seqs, batch.labels, ys, lengths, pad, specials)
+            trial = _Batch(batch.layout, batch.shared, seqs, ys, batch.clip)
+            fit = trial.misfit()
+            tried.append([ys, fit])
+            if fit < best[0]:
+                best = (fit, trial)
+            if current().expired():
+                break
+        return best[1], best[1] is not batch, tried
 
     def _pin(self, batch: _Batch, placed: list[tuple[int, int, int]]) -> None:
         """With `pin`, each placed token pinned at its position in the sentence holding it there (if any)."""

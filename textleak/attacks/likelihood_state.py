@@ -124,6 +124,28 @@ def placements(labels: Sequence[int], most: int = 256) -> list[list[int]]:
         order[k + 1:] = reversed(order[k + 1:])
 
 
+def carried(seqs: Sequence[Sequence[int]], now: Sequence[int], ys: Sequence[int], lengths: Sequence[int],
+            pad: int, specials: bool) -> list[list[int]]:
+    """The guesses `seqs` (labels `now`) under the labels `ys` with each guess carried with its label: a slot
+    losing label y hands its guess to a slot gaining y (in order), cut or padded with `pad` to that slot's
+    declared length (the [CLS]/[SEP] ends kept where `specials`). Why: a wrong label flips the sign of a
+    sentence's whole gradient, so the content climbs into the slot of its label (session 27: SST-2 dev batch 0's
+    one label-1 sentence, 10 tokens, assembled in the label-1 slot of 16); moving a label without its content
+    asks the content to be found again."""
+    out = [list(s) for s in seqs]
+    for y in sorted(set(ys)):
+        losing = [i for i in range(len(ys)) if now[i] == y and ys[i] != y]
+        gaining = [i for i in range(len(ys)) if ys[i] == y and now[i] != y]
+        for a, g in zip(losing, gaining):
+            src, n = seqs[a], lengths[g]
+            if specials:
+                body = list(src[1:-1])[: n - 2]
+                out[g] = [src[0]] + body + [pad] * (n - 2 - len(body)) + [src[-1]]
+            else:
+                out[g] = (list(src) + [pad] * n)[:n]
+    return out
+
+
 class _Guess:
     """One sentence's current guess x (label y) against its target T_i: J of the guess (`best`) and
     the gradient at its embedding sum (`e`, for the matched filter). `weighted`: J is J_w, each
