@@ -92,7 +92,7 @@ def test_a_screen_that_hides_the_true_token_hands_over_to_full_sweeps(setup):
 
 def test_option_repair_screen_hands_the_token_repair_the_cls_score(setup, monkeypatch):
     wide, observation, ids = setup
-    assert UpdateExact().repair_screen == 0 and UpdateExact(repair_screen=8).repair_screen == 8
+    assert UpdateExact().repair_screen == 8 and UpdateExact(repair_screen=0).repair_screen == 0
     seen = []
 
     class Spy(BoxRepair):
