@@ -208,3 +208,55 @@ def test_a_state_solved_twice_a_little_apart_is_one_state_with_merge(batch, monk
     rel = torch.cdist(merged.states, states) / states.norm(dim=1)[None]
     near, which = rel.min(1)
     assert float(near.max()) < 1e-3 and sorted(which.tolist()) == list(range(len(truth)))
+
+
+def test_with_pairing_a_track_pairs_with_a_state_of_its_length(batch, monkeypatch):
+    """Each track holds the words of the next sentence (another length) at its own length: on distance alone it
+    pairs with that sentence's state, which no track of its length can reach; with `pairing` and a length
+    estimate that is right (here the truth's, in place of the discriminant) each pairs with a state of its own
+    length."""
+    import textleak.attacks.beyond_rank_targets as tg
+    target, layout, grads, truth, states = batch
+    tok = target.tokenizer
+    specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
+    pins = token_positions(layout, grads, embedding_token_set(layout, grads).tolist(), max(map(len, truth)))
+    nxt = [truth[(i + 1) % len(truth)] for i in range(len(truth))]
+    tracks = [[s[0]] + (n[1:-1] * 2)[:len(s) - 2] + [s[-1]] for s, n in zip(truth, nxt)]
+    lengths = [len(s) for s in truth]
+
+    def oracle(drawn, found, wanted):
+        which = (torch.cdist(found, states) / states.norm(dim=1)[None]).argmin(1).tolist()
+        return torch.tensor([[0.0 if lengths[j] == n else -5.0 for n in wanted] for j in which], dtype=found.dtype)
+    monkeypatch.setattr(tg, "length_logp", oracle, raising=False)
+    runs = {}
+    for w in (0.0, 1.0):
+        d = TargetDescent(layout, grads, len(truth), specials, sweeps=0, pairing=w)
+        d.run([list(t) for t in tracks], [], pins.allowed)
+        assert d.report["states"] == len(truth)
+        runs[w] = d
+
+    def same_length(d):
+        which = (torch.cdist(d.paired, states) / states.norm(dim=1)[None]).argmin(1).tolist()
+        return sum(len(tracks[r]) == lengths[which[c]] for r, c in d.pairs)
+    assert same_length(runs[0.0]) < len(truth)
+    assert same_length(runs[1.0]) == len(truth)
+
+
+def test_pooled_rounds_caps_the_rounds_the_states_are_read_in(batch, monkeypatch):
+    """`pooled_rounds` (with `merge`: one round a sentence, without: 8) reaches `pooled_states` from the attack's
+    options through the finish and the descent."""
+    from types import SimpleNamespace
+
+    import textleak.attacks.beyond_rank_targets as tg
+    from textleak.attacks import ATTACKS
+    target, layout, grads, truth, _ = batch
+    asked = []
+    monkeypatch.setattr(tg, "pooled_states", lambda *a, **k: asked.append(k["rounds"]))
+    obs = SimpleNamespace(task="classify", knowledge=SimpleNamespace(seq_lengths=(30, 30)), gradients=grads)
+    small = SimpleNamespace(hidden_size=32)
+    for opts in ({}, {"merge": 0.01}, {"merge": 0.01, "pooled_rounds": 3}, {"pooled_rounds": 2, "pairing": 0.5}):
+        finish = ATTACKS.get("beyond_rank")(**opts)._finisher(obs, small, [30, 30], target.tokenizer, len(truth))
+        assert finish.pairing == opts.get("pairing", 0.0)
+        TargetDescent(layout, grads, len(truth), set(), merge=finish.merge, rounds=finish.rounds).run(
+            [list(s) for s in truth], [], [set()] * max(map(len, truth)))
+    assert asked == [8, len(truth), 3, 2]

@@ -147,11 +147,18 @@ class BeyondRank(Exact):
     # 1e-3, the first kept, 8 rounds. RT batch 64: a state solved twice 5e-3 apart left the deflation one direction
     # short, 14 of 64 states read; 0.01: 36 in 8 rounds, 64 in 20 (recipes/measured/large_batch_s27/)
     merge: float = 0.0
+    # with `targets`: the most rounds the pooled states are solved in (0: one a sentence with `merge`, else 8). RT
+    # batch 64, `merge` 0.01: 41 states in 8 rounds for 97 CPU s, 64 in 20 for ~150 (recipes/measured/large_batch_s28/)
+    pooled_rounds: int = 0
+    # with `targets`: the tracks are paired with the states on their distance plus this weight times minus the
+    # log-probability of the track's length at the state (`beyond_rank_targets.length_logp`); 0: distance alone
+    pairing: float = 0.0
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
                 "prior": self.prior, "targets": self.targets, "invert": self.invert, "first": self.first,
-                "lengths": self.lengths, "guided": self.guided, "merge": self.merge}
+                "lengths": self.lengths, "guided": self.guided, "merge": self.merge,
+                "pooled_rounds": self.pooled_rounds, "pairing": self.pairing}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -212,7 +219,8 @@ class BeyondRank(Exact):
             return None
         targets = (observation.gradients, rank) if self.targets and rank else None
         return BagFinish(tok, prior=self.prior, seed=self.seed, targets=targets, invert=0 if self.first else self.invert,
-                         lengths=self.lengths, guided=self.guided, merge=self.merge)
+                         lengths=self.lengths, guided=self.guided, merge=self.merge,
+                         rounds=self.pooled_rounds, pairing=self.pairing)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

@@ -45,6 +45,7 @@ from ..text.layouts import Layout
 from ..text.leaks.pooled import pooled_states
 from ..text.leaks.residuals import padded
 from .beyond_rank_guided import GuidedSweeps
+from .beyond_rank_invert import _length_prior
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,23 @@ def cls_states(layout: Layout, seqs: Sequence[Sequence[int]], chunk: int = 256) 
     return torch.cat(out)
 
 
+def length_logp(drawn: tuple[list[list[int]], torch.Tensor], states: torch.Tensor, lengths: Sequence[int]
+                ) -> torch.Tensor:
+    """[len(states), len(lengths)]: each state's log-probability of each length, over the distinct lengths, from
+    a linear discriminant on sentences of known lengths and their states (`beyond_rank_invert._length_prior`),
+    each state's scores scaled to unit spread; a length the discriminant has no class for gets the lowest."""
+    prior = _length_prior(drawn, states, sorted(set(lengths)))
+    if not prior:
+        return torch.zeros(len(states), len(lengths), dtype=states.dtype)
+    score = torch.stack([prior[n] for n in sorted(prior)], 1)
+    score = (score - score.mean(1, keepdim=True)) / score.std(1, keepdim=True).clamp_min(1e-12) if score.shape[1] > 1 \
+        else score * 0
+    logp = torch.log_softmax(score, 1)
+    low = logp.min(1).values
+    col = {n: k for k, n in enumerate(sorted(prior))}
+    return torch.stack([logp[:, col[n]] if n in col else low for n in lengths], 1)
+
+
 class TargetDescent:
     """Descends tracks onto the batch's per-sentence states (module doc).
 
@@ -74,7 +92,7 @@ class TargetDescent:
 
     def __init__(self, layout: Layout, gradients: dict, rank: int, specials: set[int], seed: int = 0,
                  sweeps: int = 8, invert: Any = None, pooled: Any = None, lengths: bool = False, guided: int = 0,
-                 merge: float = 0.0):
+                 merge: float = 0.0, rounds: int = 0, pairing: float = 0.0):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.guided = guided  # >0: gradient-guided steps, this many candidates a position (`beyond_rank_guided`)
         self.lengths = lengths  # a stalled sweep tries every one-token deletion and insertion (`_resized`)
@@ -83,6 +101,10 @@ class TargetDescent:
         self.invert = invert  # a `beyond_rank_invert.StateInversion`: short lengths inverted first
         self.pooled = pooled  # the `leaks.pooled` states, where they were read already (`beyond_rank_first`)
         self.merge = merge  # `leaks.pooled.pooled_states`' merge, with up to `rank` rounds (0: off, 8 rounds)
+        self.rounds = rounds  # the pooled states' most rounds (0: `rank` with `merge`, else 8)
+        self.pairing = pairing  # >0: the pairing weighs the track's length at the state (`_paired`)
+        self.pairs: list[tuple[int, int]] = []
+        self.paired: torch.Tensor | None = None
         self.report: dict[str, Any] = {}
 
     def states(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -95,7 +117,7 @@ class TargetDescent:
         seen: list[tuple[list[list[int]], torch.Tensor]] = []
         got = self.pooled or pooled_states(self.layout, self.gradients, self.rank,
                                            lambda n: self._seen(tracks, options, n, seen), merge=self.merge,
-                                           rounds=self.rank if self.merge else 8)
+                                           rounds=self.rounds or (self.rank if self.merge else 8))
         if got is None or not tracks:
             self.report = {"states": 0}
             return tracks
@@ -107,8 +129,8 @@ class TargetDescent:
                 self.report = {"states": len(got.states), "inverted": self.invert.report}
                 return tracks + inverted
         dist = torch.cdist(self.states(tracks), targets) / targets.norm(dim=1)[None]
-        rows, cols = linear_sum_assignment(dist.numpy())
-        pairs = [(int(r), targets[c], float(dist[r, c])) for r, c in zip(rows, cols)]
+        self.pairs, self.paired = self._paired(dist, tracks, targets, seen), targets  # (track, row of `paired`)
+        pairs = [(r, targets[c], float(dist[r, c])) for r, c in self.pairs]
         best = {r: d for r, _, d in pairs}
         guided = None
         if self.guided > 0:
@@ -124,6 +146,18 @@ class TargetDescent:
                        **({"inverted": self.invert.report} if self.invert is not None else {})}
         log.debug("target descent: %s", self.report)
         return tracks + inverted
+
+    def _paired(self, dist: torch.Tensor, tracks: Sequence[list[int]], targets: torch.Tensor, seen: list
+                ) -> list[tuple[int, int]]:
+        """(track, state) pairs, one-to-one (Hungarian): on the relative distance of their [CLS] states, plus, with
+        `pairing`, that weight times minus the log-probability of the track's length at the state (`length_logp`,
+        from the random sentences drawn as starts)."""
+        cost = dist
+        if self.pairing > 0 and seen:
+            drawn = ([s for q, _ in seen for s in q], torch.cat([h for _, h in seen]))
+            cost = dist - self.pairing * length_logp(drawn, targets, [len(t) for t in tracks]).T
+        rows, cols = linear_sum_assignment(cost.numpy())
+        return [(int(r), int(c)) for r, c in zip(rows, cols)]
 
     def _sweeps(self, tracks: list[list[int]], pairs: Sequence[tuple[int, torch.Tensor, float]],
                 best: dict[int, float], options: Sequence[list[int]]) -> None:
