@@ -242,21 +242,23 @@ def test_with_pairing_a_track_pairs_with_a_state_of_its_length(batch, monkeypatc
     assert same_length(runs[1.0]) == len(truth)
 
 
-def test_pooled_rounds_caps_the_rounds_the_states_are_read_in(batch, monkeypatch):
-    """`pooled_rounds` (with `merge`: one round a sentence, without: 8) reaches `pooled_states` from the attack's
-    options through the finish and the descent."""
+def test_pooled_rounds_and_iters_reach_the_states_reading(batch, monkeypatch):
+    """`pooled_rounds` (with `merge`: one round a sentence, without: 8) and `pooled_iters` (80) reach
+    `pooled_states` from the attack's options through the finish and the descent."""
     from types import SimpleNamespace
 
     import textleak.attacks.beyond_rank_targets as tg
     from textleak.attacks import ATTACKS
     target, layout, grads, truth, _ = batch
     asked = []
-    monkeypatch.setattr(tg, "pooled_states", lambda *a, **k: asked.append(k["rounds"]))
+    monkeypatch.setattr(tg, "pooled_states", lambda *a, **k: asked.append((k["rounds"], k.get("iters", 80))))
     obs = SimpleNamespace(task="classify", knowledge=SimpleNamespace(seq_lengths=(30, 30)), gradients=grads)
     small = SimpleNamespace(hidden_size=32)
-    for opts in ({}, {"merge": 0.01}, {"merge": 0.01, "pooled_rounds": 3}, {"pooled_rounds": 2, "pairing": 0.5}):
+    for opts in ({}, {"merge": 0.01}, {"merge": 0.01, "pooled_rounds": 3}, {"pooled_rounds": 2, "pairing": 0.5},
+                 {"pooled_iters": 30}):
         finish = ATTACKS.get("beyond_rank")(**opts)._finisher(obs, small, [30, 30], target.tokenizer, len(truth))
         assert finish.pairing == opts.get("pairing", 0.0)
-        TargetDescent(layout, grads, len(truth), set(), merge=finish.merge, rounds=finish.rounds).run(
+        TargetDescent(layout, grads, len(truth), set(), merge=finish.merge, rounds=finish.rounds,
+                      iters=finish.iters).run(
             [list(s) for s in truth], [], [set()] * max(map(len, truth)))
-    assert asked == [8, len(truth), 3, 2]
+    assert asked == [(8, 80), (len(truth), 80), (3, 80), (2, 80), (8, 30)]

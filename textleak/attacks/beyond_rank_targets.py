@@ -92,7 +92,7 @@ class TargetDescent:
 
     def __init__(self, layout: Layout, gradients: dict, rank: int, specials: set[int], seed: int = 0,
                  sweeps: int = 8, invert: Any = None, pooled: Any = None, lengths: bool = False, guided: int = 0,
-                 merge: float = 0.0, rounds: int = 0, pairing: float = 0.0):
+                 merge: float = 0.0, rounds: int = 0, pairing: float = 0.0, iters: int = 0):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.guided = guided  # >0: gradient-guided steps, this many candidates a position (`beyond_rank_guided`)
         self.lengths = lengths  # a stalled sweep tries every one-token deletion and insertion (`_resized`)
@@ -102,6 +102,7 @@ class TargetDescent:
         self.pooled = pooled  # the `leaks.pooled` states, where they were read already (`beyond_rank_first`)
         self.merge = merge  # `leaks.pooled.pooled_states`' merge, with up to `rank` rounds (0: off, 8 rounds)
         self.rounds = rounds  # the pooled states' most rounds (0: `rank` with `merge`, else 8)
+        self.iters = iters  # the pooled states' solver iterations a start (0: `pooled_states`' 80)
         self.pairing = pairing  # >0: the pairing weighs the track's length at the state (`_paired`)
         self.pairs: list[tuple[int, int]] = []
         self.paired: torch.Tensor | None = None
@@ -117,7 +118,8 @@ class TargetDescent:
         seen: list[tuple[list[list[int]], torch.Tensor]] = []
         got = self.pooled or pooled_states(self.layout, self.gradients, self.rank,
                                            lambda n: self._seen(tracks, options, n, seen), merge=self.merge,
-                                           rounds=self.rounds or (self.rank if self.merge else 8))
+                                           rounds=self.rounds or (self.rank if self.merge else 8),
+                                           **({"iters": self.iters} if self.iters else {}))
         if got is None or not tracks:
             self.report = {"states": 0}
             return tracks
