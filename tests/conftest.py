@@ -109,6 +109,47 @@ def make_wide_classifier(root: Path):
     return load_text_model(str(root), task="classify")
 
 
+def wide_update_at_small_lr(root: Path, texts: list[str], labels: list[int]):
+    """`make_wide_classifier`'s FedAvg update (4 steps at lr 1e-5: a wide rounding box) on `texts`, observed with the
+    labels unknown: (model, observation, the true token ids)."""
+    import textleak
+    from textleak.threat import Observation
+
+    wide = make_wide_classifier(root)
+    cap = textleak.capture_gradients(wide, texts, labels=labels, defence="fedavg:4,1e-5")
+    observation = Observation.from_file(cap.gradients, unknown=["labels"])
+    return wide, observation, [list(s) for s in cap.reference.token_ids]
+
+
+def repair_inputs(wide, observation):
+    """What `update_repair.BoxRepair` is built from, as `exact-update` fits it: (the midpoint model's layout, the
+    rounding fits, the layer-0 span)."""
+    from textleak.attacks import update as update_module
+    from textleak.attacks.update_rounding import RoundingFits
+    from textleak.attacks.update_sim import update_facts
+
+    attack = update_module.UpdateExact()
+    facts = update_facts(observation.metadata)
+    attack._fits = RoundingFits(update_module.layout_for(wide.model), observation.gradients, facts.lr, facts.steps)
+    attack._widen = None
+    _, span0 = attack._layer0(observation, wide)
+    layout = update_module.layout_for(update_module.midpoint_model(wide.model, observation.gradients, facts))
+    return layout, attack._fits, span0
+
+
+def embedding_pins(ids: list[list[int]], extra: tuple[int, ...] | list[int] = ()):
+    """Placements as the batch's embedding rows give them where they read right: each position's tokens (in the
+    sentences' order, then `extra`) allowed, ranked and placed there."""
+    from types import SimpleNamespace
+
+    order = [list(dict.fromkeys([s[p] for s in ids if p < len(s)] + list(extra))) for p in range(max(map(len, ids)))]
+    placed: dict[int, set[int]] = {}
+    for s in ids:
+        for p, t in enumerate(s):
+            placed.setdefault(t, set()).add(p)
+    return SimpleNamespace(allowed=[set(row) for row in order], placed=placed, order=order)
+
+
 def make_word_bert(root: Path, words: list[str], task: str, *, layers: int, positions: int):
     """A random BERT 32 wide over `words` (sparse embedding rows for small batches), its LayerNorms
     moved off their initial values as trained ones are (untouched, every layer input would be

@@ -4,19 +4,12 @@ goes where it belongs while its old place takes the token ranked there, on a wid
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-import textleak
-from conftest import make_wide_classifier
-from textleak.attacks import update as update_module
-from textleak.attacks.update import UpdateExact, midpoint_model
+from conftest import embedding_pins, repair_inputs, wide_update_at_small_lr
 from textleak.attacks.update_repair import BoxRepair
-from textleak.attacks.update_rounding import RoundingFits
-from textleak.attacks.update_sim import update_facts
-from textleak.threat import Observation
 
 TEXTS = ["a bird sang a song .", "the cat was very sad .", "the film was good ."]
 LABELS = [0, 1, 1]
@@ -24,33 +17,14 @@ LABELS = [0, 1, 1]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    wide = make_wide_classifier(tmp_path_factory.mktemp("wide-bert-move"))
-    cap = textleak.capture_gradients(wide, TEXTS, labels=LABELS, defence="fedavg:4,1e-5")  # wide rounding
-    observation = Observation.from_file(cap.gradients, unknown=["labels"])
-    return wide, observation, [list(s) for s in cap.reference.token_ids]
-
-
-def _pins(ids):
-    """Placements as the batch's embedding rows give them where they read right: each position's tokens (in the
-    sentences' order) allowed, ranked and placed there."""
-    order = [list(dict.fromkeys(s[p] for s in ids if p < len(s))) for p in range(max(map(len, ids)))]
-    placed = {}
-    for s in ids:
-        for p, t in enumerate(s):
-            placed.setdefault(t, set()).add(p)
-    return SimpleNamespace(allowed=[set(row) for row in order], placed=placed, order=order)
+    return wide_update_at_small_lr(tmp_path_factory.mktemp("wide-bert-move"), TEXTS, LABELS)
 
 
 def _box(wide, observation, ids, move):
-    attack = UpdateExact()
-    facts = update_facts(observation.metadata)
-    attack._fits = RoundingFits(update_module.layout_for(wide.model), observation.gradients, facts.lr, facts.steps)
-    attack._widen = None
-    _, span0 = attack._layer0(observation, wide)
-    layout = update_module.layout_for(midpoint_model(wide.model, observation.gradients, facts))
+    layout, fits, span0 = repair_inputs(wide, observation)
     comma, big = wide.tokenizer.convert_tokens_to_ids([",", "big"])
     vocab = torch.tensor(sorted({t for s in ids for t in s} | {comma, big}))
-    return BoxRepair(layout, attack._fits, span0, vocab, sweeps=1, pins=_pins(ids), move=move), comma
+    return BoxRepair(layout, fits, span0, vocab, sweeps=1, pins=embedding_pins(ids), move=move), comma
 
 
 def test_a_token_in_the_wrong_sentence_moves_back_in_one_sweep(setup):

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import copy
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-import textleak
-from conftest import make_wide_classifier
+from conftest import embedding_pins, repair_inputs, wide_update_at_small_lr
 from textleak.attacks import update as update_module
 from textleak.attacks import update_small_lr
 from textleak.attacks.update import UpdateExact, midpoint_model
 from textleak.attacks.update_repair import BoxRepair
 from textleak.attacks.update_rounding import RoundingFits
 from textleak.attacks.update_sim import update_facts
-from textleak.threat import Observation
 
 TEXTS = ["a bird sang a song .", "the cat was very sad .", "the film was good ."]
 LABELS = [0, 1, 1]
@@ -27,33 +24,14 @@ LABELS = [0, 1, 1]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    wide = make_wide_classifier(tmp_path_factory.mktemp("wide-bert-screen"))
-    cap = textleak.capture_gradients(wide, TEXTS, labels=LABELS, defence="fedavg:4,1e-5")  # wide rounding
-    observation = Observation.from_file(cap.gradients, unknown=["labels"])
-    return wide, observation, [list(s) for s in cap.reference.token_ids]
-
-
-def _pins(ids, extra):
-    """Placements as the embedding rows give them where they read right (each position's tokens of the batch,
-    ranked and placed there), with `extra` allowed last at every position."""
-    order = [list(dict.fromkeys([s[p] for s in ids if p < len(s)] + extra)) for p in range(max(map(len, ids)))]
-    placed = {}
-    for s in ids:
-        for p, t in enumerate(s):
-            placed.setdefault(t, set()).add(p)
-    return SimpleNamespace(allowed=[set(row) for row in order], placed=placed, order=order)
+    return wide_update_at_small_lr(tmp_path_factory.mktemp("wide-bert-screen"), TEXTS, LABELS)
 
 
 def _box(wide, observation, ids, **kw):
-    attack = UpdateExact()
-    facts = update_facts(observation.metadata)
-    attack._fits = RoundingFits(update_module.layout_for(wide.model), observation.gradients, facts.lr, facts.steps)
-    attack._widen = None
-    _, span0 = attack._layer0(observation, wide)
-    layout = update_module.layout_for(midpoint_model(wide.model, observation.gradients, facts))
+    layout, fits, span0 = repair_inputs(wide, observation)
     extra = wide.tokenizer.convert_tokens_to_ids([",", "big", "dog", "red"])
     vocab = torch.tensor(sorted({t for s in ids for t in s} | set(extra)))
-    return BoxRepair(layout, attack._fits, span0, vocab, sweeps=2, pins=_pins(ids, extra), **kw), extra[1]
+    return BoxRepair(layout, fits, span0, vocab, sweeps=2, pins=embedding_pins(ids, extra), **kw), extra[1]
 
 
 def _wrong(ids, big=None):
