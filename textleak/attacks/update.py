@@ -76,7 +76,8 @@ from .update_rest_rows import RestRows, row_names
 from .update_repair import WIDTH
 from .update_rounding import RoundingFits
 from .update_slots import FIRST_SHARE, slots_first
-from .update_small_lr import better_result, repair_guess, repair_misfit
+from .update_result import certify, described, facts_of, kept_pass
+from .update_small_lr import better_result, repair_guess
 from .update_sim import (UpdateFacts, certify_batch, midpoint_model, shares_update, simulate_update,  # noqa: F401
                          simulation_check, simulation_mismatch, update_facts)
 
@@ -231,12 +232,7 @@ class UpdateExact(Exact):
                 out = wide
             out.details["layer0_retry"] = {"widen": RETRY_WIDEN, "kept": "wide" if out is wide else "tight"}
         if first is not None and not out.details["certified"]:
-            passes = {"first": repair_misfit(first), "search": repair_misfit(out)}
-            if passes["first"] < passes["search"]:
-                out = first  # neither certified: the batch of least box misfit
-            out.details["passes"] = {**passes, "kept": "first" if out is first else "search",
-                                     "first_cls_descent": first.details.get("cls_descent"),
-                                     "first_repair": first.details.get("repair")}
+            out = kept_pass(first, out)  # neither certified: the batch of least box misfit
         if self._placement is not None:
             out.details["placement"] = self._placement
         if getattr(self, "_pinned", None) is not None:
@@ -244,14 +240,8 @@ class UpdateExact(Exact):
         return self._described(out, facts)
 
     def _described(self, out: AttackOutput, facts: UpdateFacts) -> AttackOutput:
-        """The update's facts and how they were read, in the result."""
-        out.details["update"] = {"local_steps": facts.steps, "local_lr": facts.lr, "minibatch": facts.minibatch,
-                                 "shuffle": facts.shuffle,
-                                 "read_at": f"midpoint of the local trajectory (step {facts.midpoint:g})"}
-        if self._fits.fits:
-            out.details["update"]["rounding"] = self._fits.describe()
-        out.assumed["update"] = "local learning rate and step count from the file"
-        return out
+        """The update's facts and how they were read, in the result (`update_result.described`)."""
+        return described(out, facts, self._fits)
 
     def _attempt(self, observation: Observation, target: Any, moved: Any, facts: UpdateFacts,
                  widen: float) -> AttackOutput:
@@ -285,12 +275,7 @@ class UpdateExact(Exact):
 
     @staticmethod
     def _facts_of(observation: Observation) -> UpdateFacts:
-        facts = update_facts(observation.metadata)
-        if facts.optimizer != "sgd":
-            raise MissingKnowledgeError(
-                f"exact-update reads SGD updates; this {facts.optimizer} update is ~sign(gradient) entrywise, "
-                "so no span test separates its sentences (exact-adamw reads what still leaks)")
-        return facts
+        return facts_of(observation)
 
     def _reader(self, observation: Observation) -> SpanReader:
         know = observation.knowledge
@@ -390,11 +375,5 @@ class UpdateExact(Exact):
 
     @staticmethod
     def _certify(observation: Observation, layout: Layout, facts: UpdateFacts, out: AttackOutput) -> None:
-        """Replay the client's steps on the guessed batch (`update_sim.certify_batch`: every order of
-        its mini-batches, then single label flips)."""
-        pred = out.prediction
-        check, pred["labels"] = certify_batch(layout, observation.gradients, pred["token_ids"], pred["labels"], facts)
-        out.details["layer1_certified"] = out.details["certified"]
-        out.details["certified"] = check["certified"]
-        out.details["simulation"] = check
-
+        """Replay the client's steps on the guessed batch (`update_result.certify`)."""
+        certify(observation, layout, facts, out)
