@@ -13,7 +13,9 @@ import torch
 
 import textleak
 from conftest import make_wide_classifier
+from textleak.attacks import update_rounding, update_small_lr
 from textleak.attacks.update_cls import POOLER, SITES, SWEEPS, ClsSpans, cls_start
+from textleak.attacks.update_rounding import RoundingFits
 from textleak.text.layouts import layout_for
 
 TEXTS = ["a bird sang a song .", "the cat was very sad .", "the film was good ."]
@@ -25,8 +27,8 @@ def setup(tmp_path_factory):
     wide = make_wide_classifier(tmp_path_factory.mktemp("wide-bert-cls"))
     cap = textleak.capture_gradients(wide, TEXTS, labels=LABELS)
     layout = layout_for(wide.model)
-    fits = SimpleNamespace(layout=layout, update=cap.gradients.gradients, lr=1.0, steps=1)
-    spans = ClsSpans.of(layout, layout, fits.update, fits.lr, fits.steps, len(TEXTS))
+    fits = RoundingFits(layout, cap.gradients.gradients, 1.0, 1)
+    spans = ClsSpans.of(fits, layout, len(TEXTS))
     return wide, fits, spans, [list(s) for s in cap.reference.token_ids]
 
 
@@ -75,9 +77,9 @@ def test_cls_start_keeps_the_descended_batch_where_its_box_misfit_is_lower(setup
 
 def test_the_pooler_is_a_site_whose_true_sentences_score_below_crossed_tails(setup):
     wide, fits, _, ids = setup
-    spans = ClsSpans.of(fits.layout, fits.layout, fits.update, fits.lr, fits.steps, len(ids), SITES + (POOLER,))
+    spans = ClsSpans.of(fits, fits.layout, len(ids), SITES + (POOLER,))
     assert POOLER in spans.bases and set(SITES) <= set(spans.bases)
-    alone = ClsSpans.of(fits.layout, fits.layout, fits.update, fits.lr, fits.steps, len(ids), (POOLER,))
+    alone = ClsSpans.of(fits, fits.layout, len(ids), (POOLER,))
     crossed = [ids[1][:3] + ids[0][3:], ids[0][:3] + ids[1][3:]]
     assert max(alone.score(ids)) < min(alone.score(crossed))
 
@@ -188,3 +190,22 @@ def test_with_screen_an_end_inside_the_box_stops_the_screening(setup, monkeypatc
     pred = {"token_ids": [list(s) for s in ids], "labels": list(LABELS)}
     report = cls_start(repair, pred, fits, time.monotonic() + 600, relabel=True, others=others, screen=2)
     assert calls == [2] and report["screen"] == {"from": "kept", "ends": {"kept": 0.0}, "misfit": 0.0}
+
+
+def test_the_sites_are_fitted_once_for_the_descent_and_the_repair_screen(setup, monkeypatch):
+    """`cls_start` and the token repair's screen (`update_small_lr._screen`) read the same sites of the same update:
+    the box fits (`update_rounding.fit_in_box`, ~60 SVDs each) run once per site, cached on the run's
+    `RoundingFits` (`row_basis`), and both read the same bases."""
+    wide, _, _, ids = setup
+    fits = RoundingFits(layout_for(wide.model), setup[1].update, 1.0, 1)
+    calls = []
+    fit = update_rounding.fit_in_box
+    monkeypatch.setattr(update_rounding, "fit_in_box", lambda *a, **k: calls.append(1) or fit(*a, **k))
+    repair = _truth_repair(fits, ids)
+    cls_start(repair, {"token_ids": [list(s) for s in ids], "labels": list(LABELS)}, fits, time.monotonic() + 600)
+    assert len(calls) == len(SITES)
+    screened = SimpleNamespace(layout=fits.layout, screen=None, keep=0)
+    update_small_lr._screen(SimpleNamespace(repair_screen=8, _fits=fits), screened, len(ids))
+    assert len(calls) == len(SITES) and screened.keep == 8 and screened.screen is not None
+    again = ClsSpans.of(fits, fits.layout, len(ids))
+    assert all(torch.equal(again.bases[k], v) for k, v in ClsSpans.of(fits, fits.layout, len(ids)).bases.items())

@@ -56,7 +56,6 @@ from ..text.layouts import Layout
 from ..text.leaks.residuals import padded
 from .update_batch_positions import BatchMisfit, least_labels
 from .update_repair import missing
-from .update_rounding import fit_in_box, rounding_box
 
 #: the last layer's sites read (`Layout.linears` keys): the attention output and the first feed-forward map. Ground
 #: truth (MiniLM, dev batch 0 of 4, K 8; relative residual off the box fit, true sentences against the slot
@@ -86,20 +85,16 @@ class ClsSpans:
     forwards: int = 0
 
     @classmethod
-    def of(cls, start: Layout, layout: Layout, update: Mapping[str, torch.Tensor], lr: float, steps: int,
-           batch: int, sites: Sequence[str] = SITES) -> "ClsSpans | None":
-        """The spans, from the update at w0 (`start`), read on `layout`; None where no site of `sites` (of `SITES`
-        and `POOLER`) is shared."""
-        params = dict(start.model.named_parameters())
+    def of(cls, fits: Any, layout: Layout, batch: int, sites: Sequence[str] = SITES) -> "ClsSpans | None":
+        """The spans, from the update at w0 (`fits`: the run's `update_rounding.RoundingFits`, which fits each
+        site's basis once: `row_basis`), read on `layout`; None where no site of `sites` (of `SITES` and `POOLER`)
+        is shared."""
         bases = {}
-        for site, module in _modules(start, sites).items():
-            name = start.name(module.weight)
-            if name not in update or batch >= min(update[name].shape):
+        for site, module in _modules(fits.layout, sites).items():
+            name = fits.layout.name(module.weight)
+            if name not in fits.update or batch >= min(fits.update[name].shape):
                 continue
-            U = update[name].double()
-            half = rounding_box(params[name], update[name].to(params[name].device), lr, steps).double().to(U.device)
-            vh = torch.linalg.svd(fit_in_box(U, half, batch), full_matrices=False)[2]
-            bases[site] = vh[:batch].T.contiguous().to(layout.device)
+            bases[site] = fits.row_basis(name, batch).to(layout.device)
         return cls(layout, bases) if bases else None
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
@@ -237,7 +232,7 @@ def cls_start(repair: Any, pred: dict, fits: Any, deadline: float, sites: Sequen
     and the others (each distinct batch once) are descended `screen` sweeps each, and only the end of least misfit
     goes on to the sweep cap (`_screened`)."""
     seqs, began = pred["token_ids"], time.process_time()
-    spans = ClsSpans.of(fits.layout, repair.layout, fits.update, fits.lr, fits.steps, len(seqs), sites)
+    spans = ClsSpans.of(fits, repair.layout, len(seqs), sites)
     if spans is None or len(seqs) < 2:
         return None
     options = {n: [[t for t in row if t not in inner] or row for row in repair.options(n)]

@@ -101,6 +101,8 @@ class RoundingFits:
         self.params = dict(layout.model.named_parameters())
         self.fits: dict[int, torch.Tensor | None] = {}
         self.shares: dict[int, float] = {}
+        #: (parameter name, rank) -> the row basis of its update's rank-r fit in the box (`row_basis`)
+        self.rows: dict[tuple[str, int], torch.Tensor] = {}
 
     def matrices(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         names = self.layout.shared(self.update, self.layout.qkv_names(layer))
@@ -124,6 +126,18 @@ class RoundingFits:
             self.fits[layer] = fit_in_box(U, half, rank)
         fitted = span_of(self.fits[layer], layer, rank_bound=raw.rank, keep_bound=True)
         return replace(raw, basis=fitted.basis, _basis32=None)
+
+    def row_basis(self, name: str, rank: int) -> torch.Tensor:
+        """[H_in, rank] orthonormal (float64): the row space of the rank-`rank` matrix closest to the update of
+        parameter `name` in its box (`fit_in_box`), fitted once per run (`update_cls.ClsSpans.of`: the [CLS]
+        descent and the token repair's screen read the same sites)."""
+        if (name, rank) not in self.rows:
+            U = self.update[name].double()
+            p = self.params[name]
+            half = rounding_box(p, self.update[name].to(p.device), self.lr, self.steps).double().to(U.device)
+            vh = torch.linalg.svd(fit_in_box(U, half, rank), full_matrices=False)[2]
+            self.rows[(name, rank)] = vh[:rank].T.contiguous()
+        return self.rows[(name, rank)]
 
     def describe(self) -> dict[str, object]:
         return {"rounding_share": {k: round(v, 4) for k, v in self.shares.items()},

@@ -110,7 +110,7 @@ def _screen(attack: Any, repair: BoxRepair, batch: int) -> None:
     fits = getattr(attack, "_fits", None)
     if keep <= 0 or batch < 2 or fits is None:
         return
-    spans = ClsSpans.of(fits.layout, repair.layout, fits.update, fits.lr, fits.steps, batch)
+    spans = ClsSpans.of(fits, repair.layout, batch)  # the sites' bases `cls_start` fitted (`RoundingFits.row_basis`)
     if spans is not None:
         repair.screen, repair.keep = spans.score, keep
 
