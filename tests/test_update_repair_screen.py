@@ -93,3 +93,43 @@ def test_option_repair_screen_hands_the_token_repair_the_cls_score(setup, monkey
     assert seen[0] == (0, None) and seen[1][0] == 4 and seen[1][1] is not None
     scores = seen[1][1](ids + [_wrong(ids)[2]])
     assert len(scores) == 4 and scores[2] < scores[3]  # the true sentence below its one-token-wrong copy
+
+
+def test_from_a_narrow_screen_the_kept_trials_double_after_each_sweep_that_changes_nothing(setup):
+    """`first_keep` (option `repair_screen_from`): the screened sweeps keep 1 trial a position, then 2, then 4 (the
+    `keep`) once a sweep at the narrower screen changes nothing; then full sweeps."""
+    wide, observation, ids = setup
+
+    def hides_truth(trials):  # the true sentence last: no screened sweep can reach it
+        return [1.0 if t in ids else 0.0 for t in trials]
+    screened, _ = _box(wide, observation, ids, screen=hides_truth, keep=4, first_keep=1)
+    got, report = screened.run(_wrong(ids), LABELS, time.monotonic() + 600, exchange=False)
+    keeps = report["screen_keeps"]
+    assert keeps[0] == 1 and keeps == sorted(keeps) and {1, 2, 4} <= set(keeps) and set(keeps) <= {1, 2, 4}
+    assert report["screened_sweeps"] == len(keeps) >= 3
+    plain, _ = _box(wide, observation, ids, screen=hides_truth, keep=4)
+    assert set(plain.run(_wrong(ids), LABELS, time.monotonic() + 600, exchange=False)[1]["screen_keeps"]) == {4}
+
+
+def test_option_repair_screen_from_hands_the_token_repair_its_first_keep(setup, monkeypatch):
+    wide, observation, ids = setup
+    assert UpdateExact().repair_screen_from == 0
+    seen = []
+
+    class Spy(BoxRepair):
+        def run(self, sequences, labels, deadline, order=None, exchange=True):
+            seen.append((self.keep, self.first_keep))
+            return [list(s) for s in sequences], {"misfit_after": 0.0}
+    monkeypatch.setattr(update_small_lr, "BoxRepair", Spy)
+    facts = update_facts(observation.metadata)
+    for first in (0, 2):
+        attack = UpdateExact(repair_screen_from=first, cls_descent=False)
+        attack._fits = RoundingFits(update_module.layout_for(wide.model), observation.gradients, facts.lr, facts.steps)
+        attack._widen = None
+        moved = copy.copy(wide)
+        moved.model = midpoint_model(wide.model, observation.gradients, facts)
+        out = update_module.AttackOutput(method="exact-update", config={}, assumed={}, details={"certified": False},
+                                         prediction={"token_ids": [list(s) for s in ids], "labels": list(LABELS),
+                                                     "texts": []})
+        attack._repair(observation, wide, moved, facts, out, {})
+    assert seen == [(8, 0), (8, 2)]

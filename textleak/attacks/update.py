@@ -188,6 +188,9 @@ class UpdateExact(Exact):
     #: token repair: each position's trials screened by the [CLS] spans' score, `repair_screen` kept (0: off); FedAvg
     #: K 8 lr 1e-5 b4 side by side, RT 0 / 2 0.676 / 0.771 against 0.610 / 0.757, SST-2 0.832 / 0.829: 8 (session 28)
     repair_screen: int = 8
+    #: with `repair_screen`: the screened sweeps keep this many trials a position first, twice as many after a sweep
+    #: that changes nothing, up to `repair_screen` (`update_repair.BoxRepair.first_keep`; 0: off; session 29)
+    repair_screen_from: int = 0
     #: batch placements: a position closes only with one placed token per sentence there, a token complete only at
     #: weight `update_batch_positions.COMPLETE` (at lr 1e-5 the box hid a missing token's share; its module doc);
     #: RT b4 lr 1e-5 0.619 / 0.585 side by side, the same closures where the old ones were right: on (session 27)

@@ -75,13 +75,18 @@ class BoxRepair:
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
                  width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None, move: bool = False,
-                 screen: Callable[[list[list[int]]], list[float]] | None = None, keep: int = 0):
+                 screen: Callable[[list[list[int]]], list[float]] | None = None, keep: int = 0,
+                 first_keep: int = 0):
         self.layout, self.span0, self.width, self.sweeps, self.pins = layout, span0, width, sweeps, pins
         self.move, self.moves = move, 0
         #: option `repair_screen`: each position's trial sentences scored by `screen` (one forward each: the [CLS]
         #: spans' `update_cls.ClsSpans.score`), only the `keep` lowest get a gradient (0: all); `screened` counts
         #: the trials left out
         self.screen, self.keep, self.screened, self._screening = screen, keep, 0, False
+        #: option `repair_screen_from`: the screened sweeps keep `first_keep` (< `keep`; 0: `keep` from the first),
+        #: twice as many after a screened sweep that changes nothing, up to `keep` (cheaper sweeps while cheap
+        #: changes are left: a box trial costs a backward, the screen a forward)
+        self.first_keep, self._keep = first_keep, keep
         self.vocab = vocab.to(layout.device).long()
         layers = len(layout.layers)
         self.names = [n for k in range(layers) for n in layout.shared(fits.update, layout.qkv_names(k))]
@@ -162,6 +167,8 @@ class BoxRepair:
         moved: list[set[int]] = [set() for _ in seqs]
         sweeps = screened = 0
         self._screening = self.screen is not None and self.keep > 0  # screened sweeps first, uncounted
+        self._keep = min(self.first_keep, self.keep) if self.first_keep > 0 else self.keep
+        keeps: list[int] = []
         while sweeps < self.sweeps and budget_now() < deadline:
             before = self._changes
             if self.move and exchange:
@@ -180,28 +187,32 @@ class BoxRepair:
             if exchange:
                 self._exchange(seqs)
             screened, sweeps = (screened + 1, sweeps) if self._screening else (screened, sweeps + 1)
+            keeps += [self._keep] if self._screening else []
             if self._changes == before:
                 if not self._screening or self._best <= 0:  # inside the box: no trial can be kept
                     break
+                if self._keep < self.keep:  # option `repair_screen_from`: a wider screen first
+                    self._keep = min(self.keep, 2 * self._keep)
+                    continue
                 self._screening = False  # the screen found nothing more: full sweeps from here
         return seqs, {"misfit_before": start, "misfit_after": self._best, "sweeps": sweeps, "changes": self._changes,
                       "trials": self.trials, "width": self.width, "moves": self.moves, "screened_sweeps": screened,
-                      "screened": self.screened, "ran_out": budget_now() >= deadline,
+                      "screened": self.screened, "screen_keeps": keeps, "ran_out": budget_now() >= deadline,
                       "cpu_s": round(time.process_time() - began, 1)}
 
     def _screened(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> list[list[int]]:
         """Of sentence b's trials (those `keep_best` would weigh: not the sentence itself, no token of `cover` left
-        out), the `keep` of least `screen` score; all where there is no screen or no more than `keep`."""
+        out), the `keep` (this sweep's: `first_keep`) of least `screen` score; all where there is no screen or no more than `keep`."""
         if not self._screening:
             return trials
         lacking = missing(seqs, self.cover)
         ok = [t for t in trials if t != seqs[b] and
               (not self.cover or missing(seqs[:b] + [t] + seqs[b + 1:], self.cover) <= lacking)]
-        if len(ok) <= self.keep or budget_now() >= self._deadline:
+        if len(ok) <= self._keep or budget_now() >= self._deadline:
             return ok
         scores = self.screen(ok)
-        self.screened += len(ok) - self.keep
-        return [ok[i] for i in sorted(range(len(ok)), key=scores.__getitem__)[:self.keep]]
+        self.screened += len(ok) - self._keep
+        return [ok[i] for i in sorted(range(len(ok)), key=scores.__getitem__)[:self._keep]]
 
     def begin(self, sequences: Sequence[Sequence[int]], labels: Sequence[int], deadline: float,
               gradient: Callable[[Sequence[int], int], torch.Tensor] | None = None) -> tuple[list[list[int]], float]:
