@@ -79,6 +79,20 @@ def confident(scores: torch.Tensor, W: torch.Tensor, P: torch.Tensor, sigma: flo
     return (confidence(scores, W, P, sigma) > CONFIDENT) & (home == torch.arange(L))
 
 
+def strong_rows(scores: torch.Tensor, W: torch.Tensor, P: torch.Tensor, sigma: float, z: float
+                ) -> list[tuple[int, int, float]]:
+    """(token, position, z) of every token whose row score at its best position stands `z` noise
+    standard deviations above the null (sigma sqrt(|W[v]|^2 + |P[p]|^2 - H sigma^2), as
+    `evidence.null_std`), strongest first. scores [V, L] from `evidence.row_scores`."""
+    best = scores.max(1)  # per token: its best position
+    live = torch.isfinite(best.values)
+    null = null_std(W.pow(2).sum(1), P[: scores.shape[1]].pow(2).sum(1)[best.indices], W.shape[1], sigma)
+    zs = torch.where(live, best.values / null, torch.full_like(null, -math.inf))
+    hits = (zs > z).nonzero().flatten()
+    order = hits[torch.argsort(zs[hits], descending=True)].tolist()
+    return [(int(v), int(best.indices[v]), float(zs[v])) for v in order]
+
+
 def candidates(scores: torch.Tensor, lengths: list[int], per_position: int) -> list[list[list[int]]]:
     """Per sentence and position, the tokens whose word-embedding row best matches the
     position's row, best first (sentence b starts at its own rank, so batch seeds differ)."""

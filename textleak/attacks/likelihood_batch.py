@@ -64,23 +64,9 @@ from ..errors import InputError, MissingKnowledgeError
 from ..text.ghost import GhostScorer
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
-from .evidence import ContextCandidates, candidates, filler_ids, null_std, row_scores
+from .evidence import ContextCandidates, candidates, filler_ids, row_scores, strong_rows  # noqa: F401 (tests)
 from .likelihood import LikelihoodSearch
 from .likelihood_state import _J, _Batch, carried, clip_norm, placements
-
-
-def strong_rows(scores: torch.Tensor, W: torch.Tensor, P: torch.Tensor, sigma: float, z: float
-                ) -> list[tuple[int, int, float]]:
-    """(token, position, z) of every token whose row score at its best position stands `z` noise
-    standard deviations above the null (sigma sqrt(|W[v]|^2 + |P[p]|^2 - H sigma^2), as
-    `evidence.null_std`), strongest first. scores [V, L] from `evidence.row_scores`."""
-    best = scores.max(1)  # per token: its best position
-    live = torch.isfinite(best.values)
-    null = null_std(W.pow(2).sum(1), P[: scores.shape[1]].pow(2).sum(1)[best.indices], W.shape[1], sigma)
-    zs = torch.where(live, best.values / null, torch.full_like(null, -math.inf))
-    hits = (zs > z).nonzero().flatten()
-    order = hits[torch.argsort(zs[hits], descending=True)].tolist()
-    return [(int(v), int(best.indices[v]), float(zs[v])) for v in order]
 
 
 @ATTACKS.register("likelihood_batch")
