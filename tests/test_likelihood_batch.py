@@ -296,3 +296,43 @@ def test_auto_hands_the_placed_labels_to_the_likelihood_continuation():
     placed = auto._adapted(LikelihoodSearch(prior="none"), None, guess(labels_placed="first"), [])
     assert placed.initial_labels == [1, 0] and placed.initial_ids.tolist() == [[1, 5, 2], [1, 6, 2]]
     assert auto._adapted(LikelihoodSearch(prior="none"), None, guess(labels_placed=None), []).initial_labels is None
+
+
+def test_stand_ins_are_training_means_of_the_declared_length_until_each_sentence_is_climbed(wide, tmp_path, monkeypatch):
+    """`stand_in`: a sentence not yet climbed in one of the first `early` + 1 rounds stands in the others' targets
+    as the mean gradient of training sentences of its length (cut from longer ones where none has it)."""
+    from textleak.attacks import likelihood_standin
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+    from textleak.attacks.likelihood_state import _Batch, clip_norm
+    from textleak.core.budget import time_budget
+    from textleak.text.layouts import layout_for
+
+    train = tmp_path / "train_tiny.tsv"
+    train.write_text("sentence\tlabel\na dog sat\t1\nthe cat ran\t0\nbig bird sang loud\t1\n", encoding="utf-8")
+    monkeypatch.setenv("TEXTLEAK_PRIOR_DATA", str(train))
+    tok = wide.tokenizer
+    obs, truth = _observation(wide, ["big cat ran", "a dog sat on"], [1, 0], noise="noise:1e-6")
+    batch = _Batch(layout_for(wide.model), obs.gradients, truth, [1, 0], clip_norm(obs.metadata))
+    means = likelihood_standin.stand_ins(batch, tok, [len(s) for s in truth], 2, True)
+    ids = [tok(t)["input_ids"] for t in ("a dog sat", "the cat ran", "big bird sang loud")]
+    assert len(ids[0]) == len(truth[0]) and len(ids[2]) == len(truth[1])  # 3 words -> 5 tokens, 4 -> 6
+    want0 = [batch._own(x, 1) for x in ids[:2]]  # both of sentence 0's length, at its label
+    for n in batch.names:
+        assert torch.allclose(means[0][n], (want0[0][n] + want0[1][n]) / 2, atol=1e-7)
+        assert torch.allclose(means[1][n], batch._own(ids[2], 0)[n], atol=1e-7)  # the one of length 6
+    batch.stand = [None, means[1]]
+    for n in batch.names:  # sentence 0's target subtracts sentence 1's stand-in, not its guess
+        assert torch.allclose(batch.target(0)[n], 2 * obs.gradients[n].float() - means[1][n], atol=1e-6)
+    seen = []
+
+    def settle(self, batch, i, *args):
+        seen.append((i, [s is not None for s in batch.stand] if batch.stand else None))
+        return 1, False  # a change: every round runs
+
+    monkeypatch.setattr(BatchLikelihoodSearch, "_settle", settle)
+    with time_budget(30):
+        out = BatchLikelihoodSearch(prior="none", rounds=3, strong=3.0, early=1, stand_in=2,
+                                    exchanges=False).run(obs, wide)
+    assert out.details["stand_in"] == [True, True]
+    # rounds 0 (early) and 1 (the first on the whole J): sentence 1 stands in sentence 0's target; round 2: none
+    assert seen == [(0, [False, True]), (1, [False, False])] * 2 + [(0, None), (1, None)]

@@ -59,6 +59,9 @@ class _Batch:
         self.pins: list[dict[int, int]] | None = None
         #: each hypothesis scored at its likelier label, the guess taking it (`likelihood_batch.relabel`)
         self.free = False
+        #: per sentence, a gradient that stands for it in the others' targets (None: its guess's own;
+        #: `likelihood_batch.stand_in`); the misfit is always the guesses'
+        self.stand: list[dict[str, torch.Tensor] | None] | None = None
 
     def _own(self, seq, label) -> dict[str, torch.Tensor]:
         g = _gradient(self.layout, seq, label, self.names)
@@ -72,6 +75,7 @@ class _Batch:
         B = len(self.seqs)
         T = {n: B * self.shared[n].float().to(self.layout.device) for n in self.names}
         for j, g in enumerate(self.own):
+            g = self.stand[j] if self.stand is not None and self.stand[j] is not None else g
             if j != i:
                 for n in self.names:
                     T[n] -= g[n]
