@@ -175,11 +175,8 @@ class BatchLikelihoodSearch(LikelihoodSearch):
         specials = bool(know.special_tokens and tok.cls_token_id is not None and tok.sep_token_id is not None)
         inner = [range(1, n - 1) if specials else range(n) for n in lengths]
         fill = filler_ids(tok) or [int((~banned).nonzero()[0])]
-        seqs = [[tok.cls_token_id] + [fill[0]] * (n - 2) + [tok.sep_token_id] if specials else [fill[0]] * n
-                for n in lengths]
-        if self.initial_ids is not None:
-            seqs = [row[:n] for row, n in zip(torch.as_tensor(self.initial_ids).tolist(), lengths)]
-        batch = _Batch(layout, grads, seqs, labels, clip_norm(observation.metadata))
+        batch = _Batch(layout, grads, self._first_guess(tok, lengths, fill, specials), labels,
+                       clip_norm(observation.metadata))
         relabel = bool(self.relabel and label_note != "known" and len(set(labels)) == 2
                        and getattr(target.model.config, "num_labels", 2) == 2)
         early = max(self.early, int(relabel))
@@ -191,23 +188,10 @@ class BatchLikelihoodSearch(LikelihoodSearch):
         history, exchanged, carried_to = [], 0, []
         means = stand_ins(batch, tok, lengths, self.stand_in, specials) if self.stand_in > 0 else []
         for r in range(self.rounds):
-            changed = 0
             # early rounds: J_w of the embeddings and first layers alone, labels free where they are relabelled
             self._keep, batch.free = (self.early_layers, relabel) if r < early else (None, False)
-            for i in range(len(lengths)):  # what is left, split over this round's sentences to climb and later rounds
-                slice_ = current().remaining() / ((self.rounds - r) * (len(lengths) - i))
-                # past the deadline (a stage before spent it) a token slice, never zero: the climb
-                # finds it spent at its first check and the batch keeps its guess
-                # a pinned position is left be by the sweeps (as batch 1's confident rows)
-                self._sure = [batch.pins[i].get(p) for p in range(lengths[i])] if batch.pins else None
-                # the sentences after i, not yet climbed this round, stand as their training mean (`stand_in`)
-                batch.stand = [m if j > i else None for j, m in enumerate(means)] if means and r <= early else None
-                with time_budget(max(slice_, 1e-3) if math.isfinite(slice_) else None):
-                    n, _ = self._settle(batch, i, evidence[i], banned, word, specials)
-                changed += n
-                if current().expired():
-                    break
-            batch.stand = None
+            changed = self._climb_round(batch, r, lengths, means if r <= early else [], evidence, banned, word,
+                                       specials)
             if reassign:  # the counts where the likelihood puts them, the guesses as they stand
                 changed += int(batch.assign(labels))
             elif carry and r < early and not current().expired():  # the counts placed, the content with them
@@ -233,6 +217,35 @@ class BatchLikelihoodSearch(LikelihoodSearch):
                              "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0})
 
     # -- pieces -------------------------------------------------------------------------------
+    def _first_guess(self, tok: Any, lengths: list[int], fill: list[int], specials: bool) -> list[list[int]]:
+        """The sentences the search starts from: fillers between [CLS] and [SEP], or `initial_ids`."""
+        if self.initial_ids is not None:
+            return [row[:n] for row, n in zip(torch.as_tensor(self.initial_ids).tolist(), lengths)]
+        return [[tok.cls_token_id] + [fill[0]] * (n - 2) + [tok.sep_token_id] if specials else [fill[0]] * n
+                for n in lengths]
+
+    def _climb_round(self, batch: _Batch, r: int, lengths: list[int], means: list, evidence: list,
+                     banned: torch.Tensor, word: str, specials: bool) -> int:
+        """Round `r`'s climbs, one sentence after another, each on its share of what is left of the budget; the
+        sentences not yet climbed stand as their training means (`means`, empty: they stand as they are).
+        Returns the number of changes."""
+        changed = 0
+        for i in range(len(lengths)):  # what is left, split over this round's sentences to climb and later rounds
+            slice_ = current().remaining() / ((self.rounds - r) * (len(lengths) - i))
+            # past the deadline (a stage before spent it) a token slice, never zero: the climb
+            # finds it spent at its first check and the batch keeps its guess
+            # a pinned position is left be by the sweeps (as batch 1's confident rows)
+            self._sure = [batch.pins[i].get(p) for p in range(lengths[i])] if batch.pins else None
+            # the sentences after i, not yet climbed this round, stand as their training mean (`stand_in`)
+            batch.stand = [m if j > i else None for j, m in enumerate(means)] if means else None
+            with time_budget(max(slice_, 1e-3) if math.isfinite(slice_) else None):
+                n, _ = self._settle(batch, i, evidence[i], banned, word, specials)
+            changed += n
+            if current().expired():
+                break
+        batch.stand = None
+        return changed
+
     def _place(self, batch: _Batch, rows: list[tuple[int, int, float]], inner: list[range], fill: list[int]
                ) -> list[tuple[int, int, int]]:
         """Every sentence's likeliest filler, then each strong row's token at its position in the
