@@ -68,28 +68,37 @@ def test_a_screen_that_hides_the_true_token_hands_over_to_full_sweeps(setup):
     assert 0 < report["misfit_after"] < report["misfit_before"]
 
 
-def test_option_repair_screen_hands_the_token_repair_the_cls_score(setup, monkeypatch):
-    wide, observation, ids = setup
-    assert UpdateExact().repair_screen == 8 and UpdateExact(repair_screen=0).repair_screen == 0
+def _spy_on_the_repair(monkeypatch, *fields: str) -> list:
+    """Replace the token repair by a spy that records its `fields` at each run and changes nothing."""
     seen = []
 
     class Spy(BoxRepair):
         def run(self, sequences, labels, deadline, order=None, exchange=True):
-            seen.append((self.keep, self.screen))
+            seen.append(tuple(getattr(self, f) for f in fields))
             return [list(s) for s in sequences], {"misfit_after": 0.0}
     monkeypatch.setattr(update_small_lr, "BoxRepair", Spy)
+    return seen
+
+
+def _repair_the_true_batch(attack: UpdateExact, wide, observation, ids) -> None:
+    """Run `attack`'s token repair step once on the true batch, read at the update's midpoint."""
     facts = update_facts(observation.metadata)
+    attack._fits = RoundingFits(update_module.layout_for(wide.model), observation.gradients, facts.lr, facts.steps)
+    attack._widen = None
+    moved = copy.copy(wide)
+    moved.model = midpoint_model(wide.model, observation.gradients, facts)
+    out = update_module.AttackOutput(method="exact-update", config={}, assumed={}, details={"certified": False},
+                                     prediction={"token_ids": [list(s) for s in ids], "labels": list(LABELS),
+                                                 "texts": []})
+    attack._repair(observation, wide, moved, facts, out, {})
+
+
+def test_option_repair_screen_hands_the_token_repair_the_cls_score(setup, monkeypatch):
+    wide, observation, ids = setup
+    assert UpdateExact().repair_screen == 8 and UpdateExact(repair_screen=0).repair_screen == 0
+    seen = _spy_on_the_repair(monkeypatch, "keep", "screen")
     for keep in (0, 4):
-        attack = UpdateExact(repair_screen=keep)
-        attack._fits = RoundingFits(update_module.layout_for(wide.model), observation.gradients, facts.lr, facts.steps)
-        attack._widen = None
-        attack.cls_descent = False
-        moved = copy.copy(wide)
-        moved.model = midpoint_model(wide.model, observation.gradients, facts)
-        out = update_module.AttackOutput(method="exact-update", config={}, assumed={}, details={"certified": False},
-                                         prediction={"token_ids": [list(s) for s in ids], "labels": list(LABELS),
-                                                     "texts": []})
-        attack._repair(observation, wide, moved, facts, out, {})
+        _repair_the_true_batch(UpdateExact(repair_screen=keep, cls_descent=False), wide, observation, ids)
     assert seen[0] == (0, None) and seen[1][0] == 4 and seen[1][1] is not None
     scores = seen[1][1](ids + [_wrong(ids)[2]])
     assert len(scores) == 4 and scores[2] < scores[3]  # the true sentence below its one-token-wrong copy
@@ -114,22 +123,7 @@ def test_from_a_narrow_screen_the_kept_trials_double_after_each_sweep_that_chang
 def test_option_repair_screen_from_hands_the_token_repair_its_first_keep(setup, monkeypatch):
     wide, observation, ids = setup
     assert UpdateExact().repair_screen_from == 0
-    seen = []
-
-    class Spy(BoxRepair):
-        def run(self, sequences, labels, deadline, order=None, exchange=True):
-            seen.append((self.keep, self.first_keep))
-            return [list(s) for s in sequences], {"misfit_after": 0.0}
-    monkeypatch.setattr(update_small_lr, "BoxRepair", Spy)
-    facts = update_facts(observation.metadata)
+    seen = _spy_on_the_repair(monkeypatch, "keep", "first_keep")
     for first in (0, 2):
-        attack = UpdateExact(repair_screen_from=first, cls_descent=False)
-        attack._fits = RoundingFits(update_module.layout_for(wide.model), observation.gradients, facts.lr, facts.steps)
-        attack._widen = None
-        moved = copy.copy(wide)
-        moved.model = midpoint_model(wide.model, observation.gradients, facts)
-        out = update_module.AttackOutput(method="exact-update", config={}, assumed={}, details={"certified": False},
-                                         prediction={"token_ids": [list(s) for s in ids], "labels": list(LABELS),
-                                                     "texts": []})
-        attack._repair(observation, wide, moved, facts, out, {})
+        _repair_the_true_batch(UpdateExact(repair_screen_from=first, cls_descent=False), wide, observation, ids)
     assert seen == [(8, 0), (8, 2)]
