@@ -19,14 +19,14 @@ from typing import Any
 
 from ..text.prior import prior_files, training_texts
 
-#: (tokenizer id, files) -> {token length: [token ids, ...]} (`by_length`)
+#: (tokenizer's name and size, files, most) -> {token length: [token ids, ...]} (`by_length`)
 _POOLS: dict[tuple, dict[int, list[list[int]]]] = {}
 
 
 def by_length(tok: Any, most: int = 20000) -> dict[int, list[list[int]]]:
     """The training sentences (the first `most` of each training TSV), tokenised, by token length."""
     files = tuple(prior_files())
-    key = (id(tok), files, most)
+    key = (getattr(tok, "name_or_path", ""), type(tok).__name__, len(tok), files, most)  # not id(): ids are reused
     if key not in _POOLS:
         pool: dict[int, list[list[int]]] = {}
         for path in files:

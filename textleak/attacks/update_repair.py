@@ -202,7 +202,8 @@ class BoxRepair:
 
     def _screened(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> list[list[int]]:
         """Of sentence b's trials (those `keep_best` would weigh: not the sentence itself, no token of `cover` left
-        out), the `keep` (this sweep's: `first_keep`) of least `screen` score; all where there is no screen or no more than `keep`."""
+        out), this sweep's `keep` (from `first_keep` where set) of least `screen` score; all where there is no
+        screen or no more than that many."""
         if not self._screening:
             return trials
         lacking = missing(seqs, self.cover)
