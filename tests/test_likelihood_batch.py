@@ -24,7 +24,7 @@ def _observation(wide, texts, labels, noise="noise:1e-8"):
 
 
 def test_strong_rows_find_a_token_at_its_position_and_leave_the_noise():
-    from textleak.attacks.likelihood_batch import strong_rows
+    from textleak.attacks.evidence import strong_rows
 
     torch.manual_seed(0)
     V, L, H, sigma = 50, 6, 16, 1e-2

@@ -150,7 +150,7 @@ class StateInversion:
         counts = Counter(n for n in missing if 3 <= n <= self.longest)
         if not counts or not len(states):
             return []
-        prior = _length_prior(seen, states, sorted(set(missing)))
+        prior = length_prior(seen, states, sorted(set(missing)))
         descent = GuidedDescent(self.layout, options)
         out: list[tuple[int, list[int]]] = []
         taken: set[int] = set()
@@ -214,8 +214,8 @@ def _cls_state(layout: Layout, ids: torch.Tensor | None = None, embeds: torch.Te
     return layout.base(input_ids=ids, inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, 0].double()
 
 
-def _length_prior(seen: tuple[list[list[int]], torch.Tensor], states: torch.Tensor, lengths: list[int]
-                  ) -> dict[int, torch.Tensor]:
+def length_prior(seen: tuple[list[list[int]], torch.Tensor], states: torch.Tensor, lengths: list[int]
+                 ) -> dict[int, torch.Tensor]:
     """Per length, each state's linear-discriminant score (shared covariance) from the seen sentences."""
     seqs, X = seen
     if not seqs:

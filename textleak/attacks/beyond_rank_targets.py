@@ -42,10 +42,10 @@ from scipy.optimize import linear_sum_assignment
 
 from ..core import budget
 from ..text.layouts import Layout
-from ..text.leaks.pooled import pooled_states
+from ..text.leaks.pooled import ITERS, pooled_states
 from ..text.leaks.residuals import padded
 from .beyond_rank_guided import GuidedSweeps
-from .beyond_rank_invert import _length_prior
+from .beyond_rank_invert import length_prior
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,9 @@ def cls_states(layout: Layout, seqs: Sequence[Sequence[int]], chunk: int = 256) 
 def length_logp(drawn: tuple[list[list[int]], torch.Tensor], states: torch.Tensor, lengths: Sequence[int]
                 ) -> torch.Tensor:
     """[len(states), len(lengths)]: each state's log-probability of each length, over the distinct lengths, from
-    a linear discriminant on sentences of known lengths and their states (`beyond_rank_invert._length_prior`),
+    a linear discriminant on sentences of known lengths and their states (`beyond_rank_invert.length_prior`),
     each state's scores scaled to unit spread; a length the discriminant has no class for gets the lowest."""
-    prior = _length_prior(drawn, states, sorted(set(lengths)))
+    prior = length_prior(drawn, states, sorted(set(lengths)))
     if not prior:
         return torch.zeros(len(states), len(lengths), dtype=states.dtype)
     score = torch.stack([prior[n] for n in sorted(prior)], 1)
@@ -102,7 +102,7 @@ class TargetDescent:
         self.pooled = pooled  # the `leaks.pooled` states, where they were read already (`beyond_rank_first`)
         self.merge = merge  # `leaks.pooled.pooled_states`' merge, with up to `rank` rounds (0: off, 8 rounds)
         self.rounds = rounds  # the pooled states' most rounds (0: `rank` with `merge`, else 8)
-        self.iters = iters  # the pooled states' solver iterations a start (0: `pooled_states`' 80)
+        self.iters = iters  # the pooled states' solver iterations a start (0: `leaks.pooled.ITERS`)
         self.pairing = pairing  # >0: the pairing weighs the track's length at the state (`_paired`)
         self.pairs: list[tuple[int, int]] = []
         self.paired: torch.Tensor | None = None
@@ -119,7 +119,7 @@ class TargetDescent:
         got = self.pooled or pooled_states(self.layout, self.gradients, self.rank,
                                            lambda n: self._seen(tracks, options, n, seen), merge=self.merge,
                                            rounds=self.rounds or (self.rank if self.merge else 8),
-                                           **({"iters": self.iters} if self.iters else {}))
+                                           iters=self.iters or ITERS)
         if got is None or not tracks:
             self.report = {"states": 0}
             return tracks

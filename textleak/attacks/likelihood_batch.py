@@ -65,7 +65,7 @@ from ..errors import InputError, MissingKnowledgeError
 from ..text.ghost import GhostScorer
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
-from .evidence import ContextCandidates, candidates, filler_ids, row_scores, strong_rows  # noqa: F401 (tests)
+from .evidence import ContextCandidates, candidates, filler_ids, row_scores, strong_rows
 from .likelihood import LikelihoodSearch
 from .likelihood_standin import stand_ins
 from .likelihood_state import _J, _Batch, carried, clip_norm, placements

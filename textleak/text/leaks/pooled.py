@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 ACCEPT = 1e-5
 #: two solutions are one state within this relative distance (solutions land within 2.7e-4 of the truth)
 SAME = 1e-3
+#: each start's Levenberg-Marquardt iterations (`pooled_states`' `iters`; `beyond_rank.pooled_iters` sets fewer)
+ITERS = 80
 
 
 @dataclass
@@ -80,7 +82,7 @@ class _Equations:
         return torch.cat([r1, r2], 1), torch.cat([J1, J2], 1)
 
 
-def _levenberg(eq: _Equations, a: torch.Tensor, iters: int = 80) -> torch.Tensor:
+def _levenberg(eq: _Equations, a: torch.Tensor, iters: int = ITERS) -> torch.Tensor:
     lam = torch.full((len(a),), 1e-3, dtype=a.dtype)
     r, J = eq(a)
     cost = (r ** 2).sum(1)
@@ -114,7 +116,7 @@ def _pooler(layout: Layout, gradients: dict) -> tuple | None:
 
 
 def pooled_states(layout: Layout, gradients: dict, rank: int, starts: Callable[[int], torch.Tensor],
-                  first: int = 512, later: int = 128, rounds: int = 8, merge: float = 0.0, iters: int = 80
+                  first: int = 512, later: int = 128, rounds: int = 8, merge: float = 0.0, iters: int = ITERS
                   ) -> PooledStates | None:
     """The batch's last-layer [CLS] states and labels (module doc), or None where there is no two-class
     pooler. rank: B (the sentence spans'); starts(n) -> [n, H] [CLS] states of n guesses to start from.
