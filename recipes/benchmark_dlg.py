@@ -26,7 +26,7 @@ from textleak.sweep import shard_from_env
 from textleak.text.models import load_text_model
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="cola")
     p.add_argument("--n", type=int, default=50)
@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/benchmark_dlg.json")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     _quiet_libraries()
 
     examples = load_sentences(args.data, n=args.n)
@@ -68,8 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     if world > 1:
         print(f"rank {rank}/{world} finished its sentences; run without RANK/WORLD_SIZE for the table")
         return 0
-    done = _finished(log, key)  # other ranks' sentences too
-    rows = [done[i] for i in sorted(done) if i < len(examples)]
+    write_summary(args, _finished(log, key), len(examples), out)  # other ranks' sentences too
+    print(f"wrote {out} and {log}")
+    return 0
+
+
+def write_summary(args, done: dict[int, dict], n: int, out: Path) -> None:
+    """The mean ROUGE, exact match, seconds and tokens of the first `n` sentences: a table line and OUT."""
+    rows = [done[i] for i in sorted(done) if i < n]
     summary = {
         "data": args.data, "task": args.task, "attack": args.attack, "n": len(rows),
         "rouge1": statistics.mean(r["rouge1"] for r in rows), "rouge2": statistics.mean(r["rouge2"] for r in rows),
@@ -85,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{100 * summary['rouge2']:.1f} | {100 * summary['exact_match']:.1f} | "
           f"{summary['seconds_per_sentence']:.1f} | {summary['mean_tokens']:.1f} |")
     atomic_write_text(out, json.dumps({"summary": summary, "rows": rows}, indent=1))
-    print(f"wrote {out} and {log}")
-    return 0
 
 
 def _finished(log: Path, key: dict) -> dict[int, dict]:

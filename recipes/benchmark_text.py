@@ -31,6 +31,7 @@ from textleak.errors import TextleakError
 from textleak.sweep_store import keyed_records
 from textleak.text.models import load_text_model
 
+
 def read_data(spec: str) -> list[tuple[str, int]]:
     """Short name (cola, sst2, rt), file, or HF dataset; unlabelled rows get class 0."""
     return [(text, label or 0) for text, label in read_sentences(spec)]
@@ -40,7 +41,7 @@ def unit_key(task: str, data: str, attack: str, bs: int, index: int) -> str:
     return f"{task}|{data}|{attack}|{bs}|{index}"
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--attacks", default="dlg,tag,lamp,exact,auto")
     ap.add_argument("--data", default="cola,sst2,rt")
@@ -58,7 +59,30 @@ def main(argv=None) -> int:
                          "two arms share a loaded machine; recorded in each unit's budget)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="an attack option, as `textleak recover --option` takes it (repeatable; part of each unit's key)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def run_unit(args, target, cap, attack: str, head: dict) -> dict:
+    """One attack on one captured batch: the record appended to the JSONL (`head` keys it)."""
+    options = {"steps": args.steps} if args.steps and attack != "exact" else {}
+    options.update(parse_options(args.option))
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        res = textleak.recover(gradients=cap.gradients, model=target, attack=attack, reference=cap.reference,
+                               unknown=args.unknown, options=options, progress=False, budget=args.budget)
+    except TextleakError as exc:
+        return {**head, "error": str(exc), "seconds": time.perf_counter() - t0}
+    return {**head, "method": res.method, "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0,
+            **{k: res.metrics["mean"][k] for k in ("rouge1", "rouge2", "exact_match")},
+            "label_accuracy": res.metrics["mean"].get("label_accuracy"),
+            "certified_share": _certified_share(res.details),
+            "ran_out": bool((res.details.get("budget") or {}).get("ran_out")),
+            "assumed": res.assumed}
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     os.environ["TEXTLEAK_BUDGET_CLOCK"] = args.budget_clock
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -82,24 +106,8 @@ def main(argv=None) -> int:
                         cap = textleak.capture_gradients(target, [t for t, _ in batch],
                                                          labels=[y for _, y in batch] if args.task == "classify" else None,
                                                          seed=index)
-                    options = {"steps": args.steps} if args.steps and attack != "exact" else {}
-                    options.update(parse_options(args.option))
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    try:
-                        res = textleak.recover(gradients=cap.gradients, model=target, attack=attack,
-                                               reference=cap.reference, unknown=args.unknown,
-                                               options=options, progress=False, budget=args.budget)
-                        rec = {"key": key, "task": args.task, "data": data, "attack": attack, "batch_size": bs,
-                               "index": index, "method": res.method, "seconds": time.perf_counter() - t0,
-                               "cpu_seconds": time.process_time() - c0,
-                               **{k: res.metrics["mean"][k] for k in ("rouge1", "rouge2", "exact_match")},
-                               "label_accuracy": res.metrics["mean"].get("label_accuracy"),
-                               "certified_share": _certified_share(res.details),
-                               "ran_out": bool((res.details.get("budget") or {}).get("ran_out")),
-                               "assumed": res.assumed}
-                    except TextleakError as exc:
-                        rec = {"key": key, "task": args.task, "data": data, "attack": attack, "batch_size": bs,
-                               "index": index, "error": str(exc), "seconds": time.perf_counter() - t0}
+                    rec = run_unit(args, target, cap, attack, {"key": key, "task": args.task, "data": data,
+                                                               "attack": attack, "batch_size": bs, "index": index})
                     with out.open("a", encoding="utf-8") as fh:
                         fh.write(json.dumps(rec) + "\n")
                     done[key] = rec

@@ -37,7 +37,7 @@ DATA = shared_file("dev_sst2.tsv")
 TRAIN = shared_file("train_sst2.tsv")
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=DATA, help="sentences to attack (TSV sentence<TAB>label)")
     p.add_argument("--train", default=TRAIN, help="training split for the utility runs")
@@ -57,15 +57,17 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/dlg_defences")
     p.add_argument("--report-only", action="store_true", help="merge existing shards and write the report")
-    args = p.parse_args()
+    return p
 
+
+def main() -> int:
+    args = _parser().parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     from textleak.cli import _quiet_libraries
-    from textleak.report import write_report
-    from textleak.sweep import SweepSpec, merge, run_sweep, strongest_attack
+    from textleak.sweep import SweepSpec, run_sweep, strongest_attack
 
     _quiet_libraries()
     out = Path(args.out)
@@ -87,6 +89,16 @@ def main() -> int:
               f"already done, in {time.perf_counter() - t0:.0f}s")
         if summary.world_size > 1 and summary.rank != 0:
             return 0  # rank 0 (run last, or with --report-only) merges
+    report(spec, attacks, defences, args.n, out)
+    return 0
+
+
+def report(spec, attacks: list[str], defences: list[str], n: int, out: Path) -> None:
+    """Merges the shards; prints the table (accuracy, ROUGE-1/2 per attack and defence) and the
+    timing; writes the HTML report, OUT/dlg_defences.json and OUT/dlg_defences.png."""
+    from textleak.report import write_report
+    from textleak.sweep import merge
+
     merged = merge(out / "results")
     done = {(r["attack"], r["defence"]) for r in merged["table"]}
     units = [r for r in merged["units"]]
@@ -105,7 +117,7 @@ def main() -> int:
     # parallel for wall time; each shard also prints its own wall time)
     per_attack = {a: [u["seconds"] for u in units if u["attack"] == a] for a in attacks}
     utility_seconds = [u.get("seconds", 0.0) for u in merged["utility"] if not u.get("cached")]
-    timing = {"attack_units_done": len(units), "attack_units_planned": len(attacks) * len(defences) * args.n,
+    timing = {"attack_units_done": len(units), "attack_units_planned": len(attacks) * len(defences) * n,
               "mean_s_per_unit": {a: sum(v) / len(v) for a, v in per_attack.items() if v},
               "attack_s_total": sum(u["seconds"] for u in units), "utility_s_total": sum(utility_seconds)}
     summary_json = {"spec": spec.to_dict(), "attacks": attacks, "table": merged["table"],
@@ -119,7 +131,6 @@ def main() -> int:
           f"{means}; {(timing['attack_s_total'] + timing['utility_s_total']) / 60:.0f} min of unit time in all "
           "(over the shards that ran in parallel)")
     print(f"wrote {out / 'dlg_defences.json'}, {out / 'dlg_defences.png'}, {paths['html']}")
-    return 0
 
 
 def _cell(row, key: str) -> str:

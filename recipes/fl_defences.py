@@ -167,7 +167,7 @@ def figure(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="cola,sst2,rt")
     ap.add_argument("--batch-size", default="1,4")
@@ -192,43 +192,44 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="results/fl_defences")
     ap.add_argument("--report-only", action="store_true")
-    args = ap.parse_args(argv)
-    os.environ["TEXTLEAK_BUDGET_CLOCK"] = args.budget_clock
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "units.jsonl"
-    done = keyed_records(log)  # resumes: finished units are kept
-    settings = specs(args)
-    datasets, sizes = args.data.split(","), [int(b) for b in args.batch_size.split(",")]
+    return ap
+
+
+def attack_all(args, settings, datasets: list[str], sizes: list[int], log: Path, done: dict) -> None:
+    """Runs every (defence, data, batch size, batch) unit not yet in `done`, appending each to `log`
+    as it finishes (so an interrupted run resumes)."""
     from textleak.attacks.base import parse_options
 
     options = parse_options(args.option)
-    if not args.report_only:
-        target = load_text_model(None, task="classify")
-        for family, spec, x in settings:
-            for data in datasets:
-                rows = [(t, y or 0) for t, y in read_sentences(data)]
-                for bs in sizes:
-                    for index in range(args.start, min(args.start + args.n, len(rows) // bs)):
-                        key = f"{spec}|{data}|{bs}|{index}"
-                        if key in done:
-                            continue
-                        base = {"key": key, "defence": spec, "family": family, "x": x, "data": data,
-                                "batch_size": bs, "index": index}
-                        try:
-                            rec = {**base, **run_unit(target, spec, rows[index * bs:(index + 1) * bs], index,
-                                                      args.attack, args.budget, options)}
-                        except TextleakError as exc:
-                            rec = {**base, "error": str(exc), "seconds": 0.0}
-                        with log.open("a", encoding="utf-8") as fh:
-                            fh.write(json.dumps(rec) + "\n")
-                        done[key] = rec
-                        print(f"{key}: " + (f"R1 {rec['rouge1']:.3f} EM {rec['exact_match']:.2f} "
-                                            f"cert {rec['certified']} {rec['seconds']:.1f}s "
-                                            f"(cpu {rec['cpu_seconds']:.1f}s) [{rec['method']}]"
-                                            if "error" not in rec else f"error: {rec['error']}"),
-                              file=sys.stderr, flush=True)
+    target = load_text_model(None, task="classify")
+    for family, spec, x in settings:
+        for data in datasets:
+            rows = [(t, y or 0) for t, y in read_sentences(data)]
+            for bs in sizes:
+                for index in range(args.start, min(args.start + args.n, len(rows) // bs)):
+                    key = f"{spec}|{data}|{bs}|{index}"
+                    if key in done:
+                        continue
+                    base = {"key": key, "defence": spec, "family": family, "x": x, "data": data,
+                            "batch_size": bs, "index": index}
+                    try:
+                        rec = {**base, **run_unit(target, spec, rows[index * bs:(index + 1) * bs], index,
+                                                  args.attack, args.budget, options)}
+                    except TextleakError as exc:
+                        rec = {**base, "error": str(exc), "seconds": 0.0}
+                    with log.open("a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+                    done[key] = rec
+                    print(f"{key}: " + (f"R1 {rec['rouge1']:.3f} EM {rec['exact_match']:.2f} "
+                                        f"cert {rec['certified']} {rec['seconds']:.1f}s "
+                                        f"(cpu {rec['cpu_seconds']:.1f}s) [{rec['method']}]"
+                                        if "error" not in rec else f"error: {rec['error']}"),
+                          file=sys.stderr, flush=True)
+
+
+def report(args, settings, datasets: list[str], sizes: list[int], done: dict, out: Path) -> None:
+    """The tables, the weakest noise and budget (with their accuracy cost under --utility), the JSON
+    and the figure, from the units asked for."""
     wanted = {s for _, s, _ in settings}
     units = [u for u in done.values() if u["defence"] in wanted and u["data"] in datasets
              and u["batch_size"] in sizes and args.start <= u["index"] < args.start + args.n]
@@ -251,6 +252,21 @@ def main(argv=None) -> int:
                                                      "args": vars(args)}, indent=1, default=str), encoding="utf-8")
     figure(rows, out / "fl_defences.png")
     print(f"wrote {out / 'fl_defences.json'}, {out / 'fl_defences.png'}")
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ["TEXTLEAK_BUDGET_CLOCK"] = args.budget_clock
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "units.jsonl"
+    done = keyed_records(log)  # resumes: finished units are kept
+    settings = specs(args)
+    datasets, sizes = args.data.split(","), [int(b) for b in args.batch_size.split(",")]
+    if not args.report_only:
+        attack_all(args, settings, datasets, sizes, log, done)
+    report(args, settings, datasets, sizes, done, out)
     return 0
 
 
