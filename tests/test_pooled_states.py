@@ -262,3 +262,27 @@ def test_pooled_rounds_and_iters_reach_the_states_reading(batch, monkeypatch):
                       iters=finish.iters).run(
             [list(s) for s in truth], [], [set()] * max(map(len, truth)))
     assert asked == [(8, 80), (len(truth), 80), (3, 80), (2, 80), (8, 30)]
+
+
+def test_drafts_redraw_tracks_from_their_own_states(batch):
+    from types import SimpleNamespace
+
+    from textleak.attacks import ATTACKS
+
+    target, layout, grads, truth, _ = batch
+    tok = target.tokenizer
+    pins = token_positions(layout, grads, embedding_token_set(layout, grads).tolist(), max(map(len, truth)))
+    tracks = _two_off(truth, 4)
+    specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
+    far = []
+    for drafts in (0, 60):  # no sweeps: the drafts alone
+        descent = TargetDescent(layout, grads, len(truth), specials, sweeps=0, drafts=drafts)
+        out = descent.run([list(t) for t in tracks], [], pins.allowed)
+        H = descent.states([out[r] for r, _ in descent.pairs])
+        T = descent.paired[[c for _, c in descent.pairs]]
+        far.append(float(((H - T).norm(dim=1) / T.norm(dim=1)).sum()))
+    assert descent.report["drafts"]["kept"] > 0 and far[1] < far[0]  # redrawn nearer their own states
+    obs = SimpleNamespace(task="classify", knowledge=SimpleNamespace(seq_lengths=(30, 30)), gradients={"g": 1})
+    wide = SimpleNamespace(hidden_size=32)
+    assert ATTACKS.get("beyond_rank")(drafts=30)._finisher(obs, wide, [30, 30], target.tokenizer, 2).drafts == 30
+    assert ATTACKS.get("beyond_rank")()._finisher(obs, wide, [30, 30], target.tokenizer, 2).drafts == 0  # off

@@ -44,7 +44,8 @@ gradient, instead of exchanging tails: `leaks.pooled`, `beyond_rank_targets`; on
 each certain when it lands on one: `beyond_rank_invert`; 0, off), `first` (it before the search: off),
 `lengths` (a stalled descent changes a track's length by one token: on), `guided` (the descent by
 gradient-guided steps, this many candidates a position, `beyond_rank_guided`: 0, off), `merge` (pooled-state
-solutions this near are one state, `leaks.pooled`: 0, off).
+solutions this near are one state, `leaks.pooled`: 0, off), `drafts` (the descent's tracks first redrawn from
+their own states, this many relaxation steps, `beyond_rank_drafts`: 0, off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -156,13 +157,17 @@ class BeyondRank(Exact):
     # with `targets`: the tracks are paired with the states on their distance plus this weight times minus the
     # log-probability of the track's length at the state (`beyond_rank_targets.length_logp`); 0: distance alone
     pairing: float = 0.0
+    # with `targets`: the paired tracks first redrawn from their own states, this many relaxation steps (Adam on a
+    # softmax over each position's column, started at the track's tokens), each kept where nearer its state
+    # (`beyond_rank_drafts`); 0: off
+    drafts: int = 0
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
                 "prior": self.prior, "targets": self.targets, "invert": self.invert, "first": self.first,
                 "lengths": self.lengths, "guided": self.guided, "merge": self.merge,
                 "pooled_rounds": self.pooled_rounds, "pairing": self.pairing,
-                "pooled_iters": self.pooled_iters}
+                "pooled_iters": self.pooled_iters, "drafts": self.drafts}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -225,7 +230,7 @@ class BeyondRank(Exact):
         return BagFinish(tok, prior=self.prior, seed=self.seed, targets=targets, invert=0 if self.first else self.invert,
                          lengths=self.lengths, guided=self.guided, merge=self.merge,
                          rounds=self.pooled_rounds, pairing=self.pairing,
-                         iters=self.pooled_iters)
+                         iters=self.pooled_iters, drafts=self.drafts)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

@@ -44,6 +44,7 @@ from ..core import budget
 from ..text.layouts import Layout
 from ..text.leaks.pooled import ITERS, pooled_states
 from ..text.leaks.residuals import padded
+from .beyond_rank_drafts import BIAS, StateDrafts
 from .beyond_rank_guided import GuidedSweeps
 from .beyond_rank_invert import length_prior
 
@@ -92,8 +93,10 @@ class TargetDescent:
 
     def __init__(self, layout: Layout, gradients: dict, rank: int, specials: set[int], seed: int = 0,
                  sweeps: int = 8, invert: Any = None, pooled: Any = None, lengths: bool = False, guided: int = 0,
-                 merge: float = 0.0, rounds: int = 0, pairing: float = 0.0, iters: int = 0):
+                 merge: float = 0.0, rounds: int = 0, pairing: float = 0.0, iters: int = 0, drafts: int = 0,
+                 bias: float = BIAS):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
+        self.drafts, self.bias = drafts, bias  # >0: tracks redrawn from their states first (`beyond_rank_drafts`)
         self.guided = guided  # >0: gradient-guided steps, this many candidates a position (`beyond_rank_guided`)
         self.lengths = lengths  # a stalled sweep tries every one-token deletion and insertion (`_resized`)
         self.resized, self.stalls = 0, 0  # length changes kept; sweeps that changed no single token
@@ -134,6 +137,9 @@ class TargetDescent:
         self.pairs, self.paired = self._paired(dist, tracks, targets, seen), targets  # (track, row of `paired`)
         pairs = [(r, targets[c], float(dist[r, c])) for r, c in self.pairs]
         best = {r: d for r, _, d in pairs}
+        drafts = StateDrafts(self, self.drafts, self.bias, self.rng.randrange(2 ** 31)) if self.drafts > 0 else None
+        if drafts is not None and not budget.expired():
+            drafts.run(tracks, pairs, best, options)
         guided = None
         if self.guided > 0:
             guided = GuidedSweeps(self, options, top=self.guided, hit=HIT)
@@ -145,6 +151,7 @@ class TargetDescent:
                        "stalls": self.stalls, **({"resized": self.resized} if self.lengths else {}),
                        **({"guided": {"steps": guided.steps, "rounds": guided.rounds, "exhaustive": guided.full}}
                           if guided is not None else {}),
+                       **({"drafts": drafts.report} if drafts is not None else {}),
                        **({"inverted": self.invert.report} if self.invert is not None else {})}
         log.debug("target descent: %s", self.report)
         return tracks + inverted

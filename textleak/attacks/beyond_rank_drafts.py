@@ -1,0 +1,99 @@
+"""The target descent's starting tracks redrawn from their own states (`beyond_rank --option drafts=STEPS`, #16,
+session 30).
+
+`beyond_rank_targets.TargetDescent` pairs each track the finish assembled (by length, from the columns and the
+bigram prior: the same generic reading for every state) with a pooled state and descends it there. Far past the
+limit those tracks start far from their sentences (CoLA batch 0 of 64: unigram F1 0.31), and the descent ends in
+another basin (F1 0.56, 2 exact in 160 CPU s), while a start with the right words mostly in place ends with 20
+exact in the same time (recipes/measured/large_batch_s29/, section 4).
+
+Here every paired track is redrawn from its own state before the descent: at the track's length, per position a
+softmax over the column's candidates mixes their word embeddings, Adam on the relative distance of the mixture's
+[CLS] state to the pair's state, the temperature lowered in the second half, rounded (as
+`beyond_rank_invert.StateInversion` relaxes; here all tracks of one length at once, each position's logits started
+`bias` up at the assembled track's token). The drawn sentence replaces the track where its state is nearer the
+pair's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..core import budget
+
+#: the relaxation's start: each position's logit this much up at the assembled track's token (CoLA batch 0 of 64,
+#: 60 steps, recipes/measured/large_batch_s30/: drafts' unigram F1 0.31 -> 0.44 with 2, 0.34 from scratch)
+BIAS = 2.0
+
+
+class StateDrafts:
+    """run(tracks, pairs, best, options) -> how many tracks were replaced; tracks (a list) and best (track index ->
+    distance to its pair's state) changed in place; pairs: (track index, target state, distance). `descent`: the
+    `TargetDescent` (its layout, and its `states` for the distances)."""
+
+    def __init__(self, descent: Any, steps: int = 60, bias: float = BIAS, seed: int = 0):
+        self.descent, self.layout, self.steps, self.bias = descent, descent.layout, steps, bias
+        self.gen = torch.Generator().manual_seed(seed)
+        self.report = {"drawn": 0, "kept": 0, "steps": 0}
+
+    def run(self, tracks: list[list[int]], pairs: Sequence[tuple[int, torch.Tensor, float]], best: dict[int, float],
+            options: Sequence[Sequence[int]]) -> int:
+        targets = {r: t for r, t, _ in pairs}
+        for n in sorted({len(tracks[r]) for r in targets if len(tracks[r]) > 2}):  # one length at a time: no padding
+            if budget.expired():
+                break
+            rows = [r for r in targets if len(tracks[r]) == n]
+            T = torch.stack([targets[r] for r in rows])
+            drawn = self._relaxed([tracks[r] for r in rows], T, options)
+            d = (self.descent.states(drawn) - T).norm(dim=1) / T.norm(dim=1)
+            self.report["drawn"] += len(rows)
+            for j, r in enumerate(rows):
+                if float(d[j]) < best[r]:
+                    tracks[r], best[r] = drawn[j], float(d[j])
+                    self.report["kept"] += 1
+        return self.report["kept"]
+
+    def _relaxed(self, seqs: list[list[int]], T: torch.Tensor, options: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Each sentence's content relaxed onto its target row, padded to the longest, and rounded (module doc)."""
+        W = self.layout.word_embeddings.weight.detach()
+        dev, L, sep = W.device, max(map(len, seqs)), seqs[0][-1]
+        n = torch.tensor([len(s) for s in seqs], device=dev)
+        cols = [torch.tensor(list(options[p]) if p < len(options) and options[p] else [sep], device=dev)
+                for p in range(1, L - 1)]
+        Z = self._started(seqs, cols)
+        pos = torch.arange(L, device=dev)[None]
+        mask = (pos < n[:, None]).long()
+        content = ((pos > 0) & (pos < n[:, None] - 1))[..., None]
+        ends = torch.where(pos == 0, seqs[0][0], torch.where(pos == n[:, None] - 1, sep, 0))  # [CLS], [SEP], pad
+        fixed = W[ends]
+        opt = torch.optim.Adam(Z, lr=0.1)
+        Td = T.to(dev)
+        for it in range(self.steps):
+            if budget.expired():
+                break
+            tau = 1.0 - 0.9 * max(0, it - self.steps // 2) / max(1, self.steps - self.steps // 2)
+            with torch.enable_grad():
+                mids = torch.stack([torch.softmax(z / tau, 1) @ W[c] for z, c in zip(Z, cols)], 1)
+                E = torch.where(content, torch.cat([fixed[:, :1], mids, fixed[:, -1:]], 1), fixed)
+                h = self.layout.base(inputs_embeds=E, attention_mask=mask).last_hidden_state[:, 0].double()
+                loss = (((h - Td) ** 2).sum(1) / (Td ** 2).sum(1)).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            self.report["steps"] += 1
+        return [[s[0]] + [int(c[int(z[r].argmax())]) for z, c in zip(Z[:len(s) - 2], cols)] + [s[-1]]
+                for r, s in enumerate(seqs)]
+
+    def _started(self, seqs: list[list[int]], cols: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each position's logits [len(seqs), its column]: small noise, `bias` up at each sentence's own token."""
+        Z = []
+        for p, c in enumerate(cols, start=1):
+            z = 0.1 * torch.randn(len(seqs), len(c), generator=self.gen)
+            at = {t: k for k, t in enumerate(c.tolist())}
+            for r, s in enumerate(seqs):
+                if p < len(s) - 1 and s[p] in at:
+                    z[r, at[s[p]]] += self.bias
+            Z.append(z.to(c.device).requires_grad_(True))
+        return Z
