@@ -286,3 +286,21 @@ def test_drafts_redraw_tracks_from_their_own_states(batch):
     wide = SimpleNamespace(hidden_size=32)
     assert ATTACKS.get("beyond_rank")(drafts=30)._finisher(obs, wide, [30, 30], target.tokenizer, 2).drafts == 30
     assert ATTACKS.get("beyond_rank")()._finisher(obs, wide, [30, 30], target.tokenizer, 2).drafts == 0  # off
+
+
+def test_a_track_within_hit_of_its_state_is_done(batch):
+    from types import SimpleNamespace
+
+    from textleak.attacks import ATTACKS
+
+    target, layout, grads, truth, _ = batch
+    tok = target.tokenizer
+    pins = token_positions(layout, grads, embedding_token_set(layout, grads).tolist(), max(map(len, truth)))
+    tracks = _two_off(truth, 1)
+    specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
+    descent = TargetDescent(layout, grads, len(truth), specials, hit=10.0)  # every track counts as reached at once
+    assert descent.run([list(t) for t in tracks], [], pins.allowed) == tracks  # (the default descends onto truth)
+    assert descent.report["reached"] == len(truth)
+    obs = SimpleNamespace(task="classify", knowledge=SimpleNamespace(seq_lengths=(30, 30)), gradients={"g": 1})
+    wide = SimpleNamespace(hidden_size=32)
+    assert ATTACKS.get("beyond_rank")(hit=1e-3)._finisher(obs, wide, [30, 30], target.tokenizer, 2).hit == 1e-3

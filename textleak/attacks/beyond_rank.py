@@ -45,7 +45,8 @@ each certain when it lands on one: `beyond_rank_invert`; 0, off), `first` (it be
 `lengths` (a stalled descent changes a track's length by one token: on), `guided` (the descent by
 gradient-guided steps, this many candidates a position, `beyond_rank_guided`: 0, off), `merge` (pooled-state
 solutions this near are one state, `leaks.pooled`: 0, off), `drafts` (the descent's tracks first redrawn from
-their own states, this many relaxation steps, `beyond_rank_drafts`: 0, off).
+their own states, this many relaxation steps, `beyond_rank_drafts`: 0, off), `hit` (a track this near its state is
+done: 0, `beyond_rank_targets.HIT`).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -161,13 +162,17 @@ class BeyondRank(Exact):
     # softmax over each position's column, started at the track's tokens), each kept where nearer its state
     # (`beyond_rank_drafts`); 0: off
     drafts: int = 0
+    # with `targets`: a track within this relative distance of its state is done (the descent stops working on it);
+    # 0: `beyond_rank_targets.HIT` (1e-2; true sentences stand ~1e-4 off, and a track 9.5e-3 off was not its
+    # sentence: recipes/measured/large_batch_s29/)
+    hit: float = 0.0
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
                 "prior": self.prior, "targets": self.targets, "invert": self.invert, "first": self.first,
                 "lengths": self.lengths, "guided": self.guided, "merge": self.merge,
                 "pooled_rounds": self.pooled_rounds, "pairing": self.pairing,
-                "pooled_iters": self.pooled_iters, "drafts": self.drafts}
+                "pooled_iters": self.pooled_iters, "drafts": self.drafts, "hit": self.hit}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -230,7 +235,7 @@ class BeyondRank(Exact):
         return BagFinish(tok, prior=self.prior, seed=self.seed, targets=targets, invert=0 if self.first else self.invert,
                          lengths=self.lengths, guided=self.guided, merge=self.merge,
                          rounds=self.pooled_rounds, pairing=self.pairing,
-                         iters=self.pooled_iters, drafts=self.drafts)
+                         iters=self.pooled_iters, drafts=self.drafts, hit=self.hit)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

@@ -94,9 +94,10 @@ class TargetDescent:
     def __init__(self, layout: Layout, gradients: dict, rank: int, specials: set[int], seed: int = 0,
                  sweeps: int = 8, invert: Any = None, pooled: Any = None, lengths: bool = False, guided: int = 0,
                  merge: float = 0.0, rounds: int = 0, pairing: float = 0.0, iters: int = 0, drafts: int = 0,
-                 bias: float = BIAS):
+                 bias: float = BIAS, hit: float = 0.0):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.drafts, self.bias = drafts, bias  # >0: tracks redrawn from their states first (`beyond_rank_drafts`)
+        self.hit = hit or HIT  # a track this near its state is done (no more steps, counted `reached`)
         self.guided = guided  # >0: gradient-guided steps, this many candidates a position (`beyond_rank_guided`)
         self.lengths = lengths  # a stalled sweep tries every one-token deletion and insertion (`_resized`)
         self.resized, self.stalls = 0, 0  # length changes kept; sweeps that changed no single token
@@ -142,12 +143,12 @@ class TargetDescent:
             drafts.run(tracks, pairs, best, options)
         guided = None
         if self.guided > 0:
-            guided = GuidedSweeps(self, options, top=self.guided, hit=HIT)
+            guided = GuidedSweeps(self, options, top=self.guided, hit=self.hit)
             guided.run(tracks, pairs, best)
         else:
             self._sweeps(tracks, pairs, best, options)
         self.report = {"states": len(got.states), "targets": len(targets), "matched": len(pairs),
-                       "reached": sum(d < HIT for d in best.values()),
+                       "reached": sum(d < self.hit for d in best.values()),
                        "stalls": self.stalls, **({"resized": self.resized} if self.lengths else {}),
                        **({"guided": {"steps": guided.steps, "rounds": guided.rounds, "exhaustive": guided.full}}
                           if guided is not None else {}),
@@ -176,7 +177,7 @@ class TargetDescent:
             for r, target, _ in pairs:
                 if budget.expired():
                     break
-                if best[r] < HIT:
+                if best[r] < self.hit:
                     continue
                 seq, d = self._sweep(tracks[r], target, options, best[r])
                 changed |= d < best[r]
