@@ -13,6 +13,11 @@ softmax over the column's candidates mixes their word embeddings, Adam on the re
 `beyond_rank_invert.StateInversion` relaxes; here all tracks of one length at once, each position's logits started
 `bias` up at the assembled track's token). The drawn sentence replaces the track where its state is nearer the
 pair's.
+
+Measured (MiniLM, dev batch 0 of 64, recipes/measured/large_batch_s30/): offline on the CoLA dump, 160 CPU s with
+`guided=8`, drafts of 60 steps (78 CPU s) lift the start's F1 0.31 -> 0.46 and the end 0.557 -> 0.592, 2 -> 3
+exact (with oracle lengths: 6 = 6). In the attack, 450 CPU s, side by side against the defaults: CoLA ROUGE-1/2
+45.8/23.7 -> 50.4/28.4 (7 -> 8 exact), SST-2 46.8/28.0 -> 47.8/24.9 (9 = 9): off (SST-2's ROUGE-2).
 """
 
 from __future__ import annotations
