@@ -169,7 +169,7 @@ class BoxRepair:
         self._screening = self.screen is not None and self.keep > 0  # screened sweeps first, uncounted
         self._keep = min(self.first_keep, self.keep) if self.first_keep > 0 else self.keep
         keeps: list[int] = []
-        while sweeps < self.sweeps and budget_now() < deadline:
+        while sweeps < self.sweeps and budget_now() < deadline and self._best > 0:  # at 0 no trial can be kept
             before = self._changes
             if self.move and exchange:
                 self._move(seqs)
