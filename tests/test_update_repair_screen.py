@@ -129,6 +129,51 @@ def test_option_repair_screen_from_hands_the_token_repair_its_first_keep(setup, 
     assert seen == [(8, 0), (8, 2)]
 
 
+def _traded(ids):
+    """The true batch with sentences 1 and 2 trading "cat" and "film" (position 2): single substitutions back are
+    refused by the pins' cover only where a token would leave the batch, the trade undoes it at once."""
+    wrong = [list(s) for s in ids]
+    wrong[1][2], wrong[2][2] = ids[2][2], ids[1][2]
+    return wrong
+
+
+def _exchanged(box, ids):
+    """One `_exchange` of the traded batch in a screened sweep: (the batch after, the gradients it took)."""
+    seqs, _ = box.begin(_traded(ids), LABELS, time.monotonic() + 600)
+    box._screening, before = True, box.trials
+    box._exchange(seqs)
+    return seqs, box.trials - before
+
+
+def test_option_exchange_keep_screens_the_sentences_trades(setup):
+    """`exchange_keep` (option `repair_exchange_screen`): each pair's trades ranked by the screen (the two sentences'
+    scores summed), only the first `exchange_keep` weighed on the box misfit."""
+    wide, observation, ids = setup
+
+    def prefers_truth(trials):
+        return [0.0 if t in ids else 1.0 for t in trials]
+
+    def hides_truth(trials):
+        return [1.0 if t in ids else 0.0 for t in trials]
+    plain, _ = _box(wide, observation, ids, screen=prefers_truth, keep=4)
+    got, full = _exchanged(plain, ids)
+    assert got == ids and plain.exchange_screened == 0 and plain.exchange_trials == full > 6
+    on, _ = _box(wide, observation, ids, screen=prefers_truth, keep=4, exchange_keep=1)
+    got, few = _exchanged(on, ids)
+    assert got == ids and few == on.exchange_trials == 6 and on.exchange_screened > 0  # 3 pairs x 1 trade x 2
+    hidden, _ = _box(wide, observation, ids, screen=hides_truth, keep=4, exchange_keep=1)
+    assert _exchanged(hidden, ids)[0] != ids
+
+
+def test_option_repair_exchange_screen_hands_the_token_repair_its_exchange_keep(setup, monkeypatch):
+    wide, observation, ids = setup
+    assert UpdateExact().repair_exchange_screen == 0
+    seen = _spy_on_the_repair(monkeypatch, "keep", "exchange_keep")
+    for n in (0, 3):
+        _repair_the_true_batch(UpdateExact(repair_exchange_screen=n, cls_descent=False), wide, observation, ids)
+    assert seen == [(8, 0), (8, 3)]
+
+
 def test_a_repair_that_starts_inside_the_box_runs_no_sweep(setup):
     """The true batch has box misfit 0: no trial can be kept, so the repair stops before its first sweep (it ran a
     whole sweep before, ~11 CPU s on CoLA dev batch 0 of 4, K 8, lr 1e-5: session 29)."""

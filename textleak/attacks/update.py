@@ -191,6 +191,9 @@ class UpdateExact(Exact):
     #: with `repair_screen`: the screened sweeps keep this many trials a position first, twice as many after a sweep
     #: that changes nothing, up to `repair_screen` (`update_repair.BoxRepair.first_keep`; 0: off; session 29)
     repair_screen_from: int = 0
+    #: with `repair_screen`: in the screened sweeps each pair of sentences' trades keep their `repair_exchange_screen`
+    #: of least summed [CLS] score (`update_repair.BoxRepair.exchange_keep`; 0: all; session 30)
+    repair_exchange_screen: int = 0
     #: batch placements: a position closes only with one placed token per sentence there, a token complete only at
     #: weight `update_batch_positions.COMPLETE` (at lr 1e-5 the box hid a missing token's share; its module doc);
     #: RT b4 lr 1e-5 0.619 / 0.585 side by side, the same closures where the old ones were right: on (session 27)

@@ -76,7 +76,7 @@ class BoxRepair:
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
                  width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None, move: bool = False,
                  screen: Callable[[list[list[int]]], list[float]] | None = None, keep: int = 0,
-                 first_keep: int = 0):
+                 first_keep: int = 0, exchange_keep: int = 0):
         self.layout, self.span0, self.width, self.sweeps, self.pins = layout, span0, width, sweeps, pins
         self.move, self.moves = move, 0
         #: option `repair_screen`: each position's trial sentences scored by `screen` (one forward each: the [CLS]
@@ -87,6 +87,10 @@ class BoxRepair:
         #: twice as many after a screened sweep that changes nothing, up to `keep` (cheaper sweeps while cheap
         #: changes are left: a box trial costs a backward, the screen a forward)
         self.first_keep, self._keep = first_keep, keep
+        #: option `repair_exchange_screen`: in the screened sweeps each pair of sentences' trades (`_exchange`) are
+        #: scored by `screen` (the two sentences' scores summed), only the `exchange_keep` lowest get gradients (0:
+        #: all); `exchange_screened` counts the trades left out, `exchange_trials` the gradients the trades took
+        self.exchange_keep, self.exchange_screened, self.exchange_trials = exchange_keep, 0, 0
         self.vocab = vocab.to(layout.device).long()
         layers = len(layout.layers)
         self.names = [n for k in range(layers) for n in layout.shared(fits.update, layout.qkv_names(k))]
@@ -198,6 +202,7 @@ class BoxRepair:
         return seqs, {"misfit_before": start, "misfit_after": self._best, "sweeps": sweeps, "changes": self._changes,
                       "trials": self.trials, "width": self.width, "moves": self.moves, "screened_sweeps": screened,
                       "screened": self.screened, "screen_keeps": keeps, "ran_out": budget_now() >= deadline,
+                      "exchange_trials": self.exchange_trials, "exchange_screened": self.exchange_screened,
                       "cpu_s": round(time.process_time() - began, 1)}
 
     def _screened(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> list[list[int]]:
@@ -267,24 +272,43 @@ class BoxRepair:
     def _exchange(self, seqs: list[list[int]]) -> None:
         """Two sentences trade what they hold at one position, or their whole heads up to it (a
         slot that took another's tokens: each single substitution back is worse); the best trade
-        that lowers the batch's misfit is kept, for each pair of sentences."""
+        that lowers the batch's misfit is kept, for each pair of sentences (of `_trades`)."""
         for a in range(len(seqs)):
             for b in range(a + 1, len(seqs)):
                 found = None
-                for p in range(1, min(len(seqs[a]), len(seqs[b])) - 1):
-                    for x, y in ((seqs[a][:p] + [seqs[b][p]] + seqs[a][p + 1:],
-                                  seqs[b][:p] + [seqs[a][p]] + seqs[b][p + 1:]),
-                                 (seqs[b][:p + 1] + seqs[a][p + 1:], seqs[a][:p + 1] + seqs[b][p + 1:])):
-                        if (x == seqs[a] and y == seqs[b]) or budget_now() >= self._deadline:
-                            continue
-                        gx, gy = self.gradient(x, self._labels[a]), self.gradient(y, self._labels[b])
-                        total = self._total + (gx - self._own[a] + gy - self._own[b]) / self._B
-                        value = self.misfit(total)
-                        if value < self._best and (found is None or value < found[0]):
-                            found = (value, x, y, gx, gy, total)
+                for x, y in self._trades(seqs, a, b):
+                    if budget_now() >= self._deadline:
+                        break
+                    gx, gy = self.gradient(x, self._labels[a]), self.gradient(y, self._labels[b])
+                    self.exchange_trials += 2
+                    total = self._total + (gx - self._own[a] + gy - self._own[b]) / self._B
+                    value = self.misfit(total)
+                    if value < self._best and (found is None or value < found[0]):
+                        found = (value, x, y, gx, gy, total)
                 if found is not None:
                     self._best, seqs[a], seqs[b], self._own[a], self._own[b], self._total = found
                     self._changes += 1
+
+    def _trades(self, seqs: list[list[int]], a: int, b: int) -> list[tuple[list[int], list[int]]]:
+        """Sentences a and b's trades (at one position, or of their heads up to it) that change them; in a screened
+        sweep with `exchange_keep` (option `repair_exchange_screen`), the `exchange_keep` distinct trades of least
+        summed `screen` score of the two sentences (one forward each, where a trade's box misfit costs two
+        backwards)."""
+        trades = []
+        for p in range(1, min(len(seqs[a]), len(seqs[b])) - 1):
+            for x, y in ((seqs[a][:p] + [seqs[b][p]] + seqs[a][p + 1:], seqs[b][:p] + [seqs[a][p]] + seqs[b][p + 1:]),
+                         (seqs[b][:p + 1] + seqs[a][p + 1:], seqs[a][:p + 1] + seqs[b][p + 1:])):
+                if not (x == seqs[a] and y == seqs[b]):
+                    trades.append((x, y))
+        if not self._screening or self.screen is None or self.exchange_keep <= 0:
+            return trades
+        trades = list({(tuple(x), tuple(y)): (x, y) for x, y in trades}.values())
+        if len(trades) <= self.exchange_keep or budget_now() >= self._deadline:
+            return trades
+        n = len(trades)
+        scores = self.screen([x for x, _ in trades] + [y for _, y in trades])
+        self.exchange_screened += n - self.exchange_keep
+        return [trades[i] for i in sorted(range(n), key=lambda i: scores[i] + scores[n + i])[:self.exchange_keep]]
 
     def _move(self, seqs: list[list[int]]) -> None:
         """A token moved to another position, of another sentence or its own: the `MOVE_SOURCES` positions whose

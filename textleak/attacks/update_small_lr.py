@@ -106,7 +106,8 @@ def _screen(attack: Any, repair: BoxRepair, batch: int) -> None:
     misfit costs a backward) until a screened sweep changes nothing. Ground truth (scratch,
     `recipes/measured/fedavg_small_lr_s28`): at lr 1e-5 the true batch has box misfit 0 and every single
     substitution tried more; the repair ran out of budget at 3-5 full sweeps, its misfit still falling. Option
-    `repair_screen_from`: the screened sweeps keep fewer trials first (`BoxRepair.first_keep`)."""
+    `repair_screen_from`: the screened sweeps keep fewer trials first (`BoxRepair.first_keep`); option
+    `repair_exchange_screen`: the sentences' trades screened too (`BoxRepair.exchange_keep`)."""
     keep = int(getattr(attack, "repair_screen", 0) or 0)
     fits = getattr(attack, "_fits", None)
     if keep <= 0 or batch < 2 or fits is None:
@@ -115,6 +116,7 @@ def _screen(attack: Any, repair: BoxRepair, batch: int) -> None:
     if spans is not None:
         repair.screen, repair.keep = spans.score, keep
         repair.first_keep = int(getattr(attack, "repair_screen_from", 0) or 0)
+        repair.exchange_keep = int(getattr(attack, "repair_exchange_screen", 0) or 0)
 
 
 def _carrying(assign: Any, batch: list[list[int]]) -> Any:
