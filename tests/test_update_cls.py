@@ -209,3 +209,16 @@ def test_the_sites_are_fitted_once_for_the_descent_and_the_repair_screen(setup, 
     assert len(calls) == len(SITES) and screened.keep == 8 and screened.screen is not None
     again = ClsSpans.of(fits, fits.layout, len(ids))
     assert all(torch.equal(again.bases[k], v) for k, v in ClsSpans.of(fits, fits.layout, len(ids)).bases.items())
+
+
+def test_option_cls_share_ends_the_cls_start_at_that_share_of_the_budget_left():
+    """`exact-update`'s option `cls_share` (`update_small_lr._cls_deadline`): 0 (the default) leaves the [CLS] start
+    the whole budget; 0.25 a quarter of what is left."""
+    from textleak.attacks.update import UpdateExact
+    from textleak.core import budget
+    assert UpdateExact().cls_share == 0
+    with budget.time_budget(100.0) as b:
+        assert update_small_lr._cls_deadline(UpdateExact()) == b.deadline
+        got = update_small_lr._cls_deadline(UpdateExact(cls_share=0.25)) - budget.now()
+        assert 24.0 < got <= 25.0
+    assert update_small_lr._cls_deadline(UpdateExact(cls_share=0.25)) == float("inf")  # no budget: no limit

@@ -182,6 +182,9 @@ class UpdateExact(Exact):
     #: with `cls_restarts`: every start descended this many sweeps, only the best on (`update_cls._screened`; 0: off);
     #: the same end as full restarts for ~230 CPU s less (figures: `recipes/measured/fedavg_small_lr_s26`)
     cls_screen: int = 3
+    #: with `cls_descent`: the [CLS] start ends by this share of the budget left when it begins (0: the whole budget;
+    #: `update_small_lr._starts`: RT b8 lr 1e-4 it took 371 of 500 CPU s, the token repair 0.5; session 30)
+    cls_share: float = 0.0
     #: tokens the [CLS] descent and the token repair try per position (`update_repair.BoxRepair.options`; 16: on RT dev
     #: batch 0 of 4 at lr 1e-5, 6 true tokens ranked 16-26; `recipes/measured/fedavg_small_lr_s27`)
     repair_width: int = WIDTH

@@ -84,7 +84,8 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
 
 def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackOutput) -> None:
     """With the batch placements' ranking: the guess replaced by the ranked fill or a slot assignment of least box
-    misfit (`ranked_start`, with the batch `slots_first` carried), then descended on the [CLS] spans (`cls_start`)."""
+    misfit (`ranked_start`, with the batch `slots_first` carried), then descended on the [CLS] spans (`cls_start`, by
+    `_cls_deadline`)."""
     pred = out.prediction
     special, assign = slot_starts(pins, target.tokenizer, attack.slot_assignment)
     carried = getattr(attack, "_carried", None)
@@ -93,11 +94,20 @@ def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackO
     out.details["ranked_fill"] = ranked_start(repair, pred, pins.order, special,
                                                _carrying(assign, carried) if carried else assign, misfit, batches)
     if attack.cls_descent and attack.slot_assignment and out.details["ranked_fill"]["kept"] != "carried":
-        out.details["cls_descent"] = cls_start(repair, pred, attack._fits, budget.current().deadline,
+        out.details["cls_descent"] = cls_start(repair, pred, attack._fits, _cls_deadline(attack),
                                                SITES + (POOLER,) if attack.cls_pooler else SITES,
                                                attack.cls_relabel, special if attack.cls_inner_plain else (),
                                                misfit, batches if getattr(attack, "cls_restarts", False) else None,
                                                getattr(attack, "cls_screen", 0))
+
+
+def _cls_deadline(attack: Any) -> float:
+    """The [CLS] start's deadline: the budget's, or with option `cls_share` (in (0, 1)) that share of what is left."""
+    deadline, share = budget.current().deadline, float(getattr(attack, "cls_share", 0) or 0)
+    if not 0 < share < 1 or deadline == float("inf"):
+        return deadline
+    began = budget.now()
+    return began + share * (deadline - began)
 
 
 def _screen(attack: Any, repair: BoxRepair, batch: int) -> None:
