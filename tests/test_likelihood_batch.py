@@ -336,3 +336,32 @@ def test_stand_ins_are_training_means_of_the_declared_length_until_each_sentence
     assert out.details["stand_in"] == [True, True]
     # rounds 0 (early) and 1 (the first on the whole J): sentence 1 stands in sentence 0's target; round 2: none
     assert seen == [(0, [False, True]), (1, [False, False])] * 2 + [(0, None), (1, None)]
+
+
+def test_share_power_splits_a_round_by_the_sentences_lengths(wide, monkeypatch):
+    """`share_power` p: a round's climbs get what is left in proportion to (inner tokens)^p among the sentences still
+    to climb; 0 (the default) splits it evenly, as before."""
+    import textleak.attacks.likelihood_batch as lb
+    from textleak.core.budget import time_budget
+
+    obs, truth = _observation(wide, ["the dog sat on the mat", "a bird sang"], [1, 1], noise="noise:1e-6")
+    n0, n1 = len(truth[0]) - 2, len(truth[1]) - 2
+    assert n0 != n1
+    asked = []
+
+    def spy(seconds):
+        asked.append(seconds)
+        return time_budget(seconds)
+
+    class Instant(lb.BatchLikelihoodSearch):
+        def _settle(self, batch, i, *args):
+            return 0, True  # no climb: each slice is what the split asks for
+
+    monkeypatch.setattr(lb, "time_budget", spy)
+    for power, first in ((0.0, 0.5), (1.0, n0 / (n0 + n1)), (-1.0, (1 / n0) / (1 / n0 + 1 / n1))):
+        asked.clear()
+        with time_budget(100):
+            Instant(prior="none", rounds=1, sweeps=1, strong=3.0, exchanges=False, share=1.0,
+                    share_power=power).run(obs, wide)
+        # the second sentence, the last of the round, takes all that is left (~ what the round began with)
+        assert asked[0] / asked[1] == pytest.approx(first, rel=0.02)
