@@ -160,7 +160,9 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges):
     #: evenly (the old split), 1: in proportion to its tokens (a sweep's cost grows with the length, so at 0 the
     #: 44-token sentence of SST-2 dev batch 0 gets a quarter of the sweeps per token of its 10-token one), < 0: the
     #: short sentences favoured. Why: with the others at their truth the 10-token sentence reads 10 / 10 in 60 CPU
-    #: s, the 16- and 42-token ones 3 / 16 and 2 / 42 (session 29, noise_b4_s29/diag_residual)
+    #: s, the 16- and 42-token ones 3 / 16 and 2 / 42 (session 29, noise_b4_s29/diag_residual). Pairs at 600 CPU s,
+    #: 1 against 0 (session 30, noise_b4_s30): SST-2 dev batch 0 0.219 / 0.308, CoLA 0 0.575 / 0.535, SST-2 1
+    #: 0.249 / 0.191: two wins, one loss, mean +0.003, all inside one batch's run-to-run spread: off
     share_power: float = 0.0
 
     def preflight(self, observation: Observation, target: Any) -> None:
