@@ -147,12 +147,17 @@ def _two_off(truth, seed):
     return tracks
 
 
-def test_guided_steps_descend_tracks_onto_their_states(batch):
+def _two_off_setting(batch, seed: int):
+    """The batch's layout, gradients and truth, its token positions, tracks two tokens off (`_two_off`) and the
+    special tokens."""
     target, layout, grads, truth, _ = batch
     tok = target.tokenizer
     pins = token_positions(layout, grads, embedding_token_set(layout, grads).tolist(), max(map(len, truth)))
-    tracks = _two_off(truth, 1)
-    specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
+    return layout, grads, truth, pins, _two_off(truth, seed), {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
+
+
+def test_guided_steps_descend_tracks_onto_their_states(batch):
+    layout, grads, truth, pins, tracks, specials = _two_off_setting(batch, 1)
     descent = TargetDescent(layout, grads, len(truth), specials, guided=8)
     out = descent.run([list(t) for t in tracks], [], pins.allowed)
     assert out == truth and descent.report["reached"] == len(truth)
@@ -264,16 +269,19 @@ def test_pooled_rounds_and_iters_reach_the_states_reading(batch, monkeypatch):
     assert asked == [(8, 80), (len(truth), 80), (3, 80), (2, 80), (8, 30)]
 
 
-def test_drafts_redraw_tracks_from_their_own_states(batch):
+def _wide_finisher(batch, **opts):
+    """beyond_rank's finisher with `opts`, for two declared 30-token sentences on a 32-wide model (past the limit)."""
     from types import SimpleNamespace
 
     from textleak.attacks import ATTACKS
 
-    target, layout, grads, truth, _ = batch
-    tok = target.tokenizer
-    pins = token_positions(layout, grads, embedding_token_set(layout, grads).tolist(), max(map(len, truth)))
-    tracks = _two_off(truth, 4)
-    specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
+    obs = SimpleNamespace(task="classify", knowledge=SimpleNamespace(seq_lengths=(30, 30)), gradients={"g": 1})
+    return ATTACKS.get("beyond_rank")(**opts)._finisher(obs, SimpleNamespace(hidden_size=32), [30, 30],
+                                                         batch[0].tokenizer, 2)
+
+
+def test_drafts_redraw_tracks_from_their_own_states(batch):
+    layout, grads, truth, pins, tracks, specials = _two_off_setting(batch, 4)
     far = []
     for drafts in (0, 60):  # no sweeps: the drafts alone
         descent = TargetDescent(layout, grads, len(truth), specials, sweeps=0, drafts=drafts)
@@ -282,25 +290,13 @@ def test_drafts_redraw_tracks_from_their_own_states(batch):
         T = descent.paired[[c for _, c in descent.pairs]]
         far.append(float(((H - T).norm(dim=1) / T.norm(dim=1)).sum()))
     assert descent.report["drafts"]["kept"] > 0 and far[1] < far[0]  # redrawn nearer their own states
-    obs = SimpleNamespace(task="classify", knowledge=SimpleNamespace(seq_lengths=(30, 30)), gradients={"g": 1})
-    wide = SimpleNamespace(hidden_size=32)
-    assert ATTACKS.get("beyond_rank")(drafts=30)._finisher(obs, wide, [30, 30], target.tokenizer, 2).drafts == 30
-    assert ATTACKS.get("beyond_rank")()._finisher(obs, wide, [30, 30], target.tokenizer, 2).drafts == 0  # off
+    assert _wide_finisher(batch, drafts=30).drafts == 30
+    assert _wide_finisher(batch).drafts == 0  # off
 
 
 def test_a_track_within_hit_of_its_state_is_done(batch):
-    from types import SimpleNamespace
-
-    from textleak.attacks import ATTACKS
-
-    target, layout, grads, truth, _ = batch
-    tok = target.tokenizer
-    pins = token_positions(layout, grads, embedding_token_set(layout, grads).tolist(), max(map(len, truth)))
-    tracks = _two_off(truth, 1)
-    specials = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
+    layout, grads, truth, pins, tracks, specials = _two_off_setting(batch, 1)
     descent = TargetDescent(layout, grads, len(truth), specials, hit=10.0)  # every track counts as reached at once
     assert descent.run([list(t) for t in tracks], [], pins.allowed) == tracks  # (the default descends onto truth)
     assert descent.report["reached"] == len(truth)
-    obs = SimpleNamespace(task="classify", knowledge=SimpleNamespace(seq_lengths=(30, 30)), gradients={"g": 1})
-    wide = SimpleNamespace(hidden_size=32)
-    assert ATTACKS.get("beyond_rank")(hit=1e-3)._finisher(obs, wide, [30, 30], target.tokenizer, 2).hit == 1e-3
+    assert _wide_finisher(batch, hit=1e-3).hit == 1e-3

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from ..core import budget
+from .beyond_rank_invert import anneal
 
 #: the relaxation's start: each position's logit this much up at the assembled track's token (CoLA batch 0 of 64,
 #: 60 steps, recipes/measured/large_batch_s30/: drafts' unigram F1 0.31 -> 0.44 with 2, 0.34 from scratch)
@@ -73,21 +74,14 @@ class StateDrafts:
         content = ((pos > 0) & (pos < n[:, None] - 1))[..., None]
         ends = torch.where(pos == 0, seqs[0][0], torch.where(pos == n[:, None] - 1, sep, 0))  # [CLS], [SEP], pad
         fixed = W[ends]
-        opt = torch.optim.Adam(Z, lr=0.1)
         Td = T.to(dev)
-        for it in range(self.steps):
-            if budget.expired():
-                break
-            tau = 1.0 - 0.9 * max(0, it - self.steps // 2) / max(1, self.steps - self.steps // 2)
-            with torch.enable_grad():
-                mids = torch.stack([torch.softmax(z / tau, 1) @ W[c] for z, c in zip(Z, cols)], 1)
-                E = torch.where(content, torch.cat([fixed[:, :1], mids, fixed[:, -1:]], 1), fixed)
-                h = self.layout.base(inputs_embeds=E, attention_mask=mask).last_hidden_state[:, 0].double()
-                loss = (((h - Td) ** 2).sum(1) / (Td ** 2).sum(1)).sum()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            self.report["steps"] += 1
+
+        def loss_of(mids: torch.Tensor) -> torch.Tensor:
+            E = torch.where(content, torch.cat([fixed[:, :1], mids, fixed[:, -1:]], 1), fixed)
+            h = self.layout.base(inputs_embeds=E, attention_mask=mask).last_hidden_state[:, 0].double()
+            return (((h - Td) ** 2).sum(1) / (Td ** 2).sum(1)).sum()
+
+        self.report["steps"] += anneal(Z, cols, W, self.steps, loss_of)
         return [[s[0]] + [int(c[int(z[r].argmax())]) for z, c in zip(Z[:len(s) - 2], cols)] + [s[-1]]
                 for r, s in enumerate(seqs)]
 

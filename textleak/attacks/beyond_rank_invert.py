@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -189,22 +189,35 @@ class StateInversion:
         cols = [torch.tensor(list(options[p]) if p < len(options) and options[p] else [self.sep], device=dev)
                 for p in range(1, n - 1)]
         Z = [(0.1 * torch.randn(len(T), len(c), generator=self.gen)).to(dev).requires_grad_(True) for c in cols]
-        opt = torch.optim.Adam(Z, lr=0.1)
         ends = W[torch.tensor([self.cls, self.sep], device=dev)]
         Td = T.to(dev)
-        for it in range(self.steps):
-            if budget.expired():
-                break
-            tau = 1.0 - 0.9 * max(0, it - self.steps // 2) / max(1, self.steps - self.steps // 2)
-            with torch.enable_grad():
-                mids = torch.stack([torch.softmax(z / tau, 1) @ W[c] for z, c in zip(Z, cols)], 1)
-                E = torch.cat([ends[0].expand(len(T), 1, -1), mids, ends[1].expand(len(T), 1, -1)], 1)
-                h = _cls_state(self.layout, embeds=E)
-                loss = (((h - Td) ** 2).sum(1) / (Td ** 2).sum(1)).sum()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+
+        def loss_of(mids: torch.Tensor) -> torch.Tensor:
+            E = torch.cat([ends[0].expand(len(T), 1, -1), mids, ends[1].expand(len(T), 1, -1)], 1)
+            h = _cls_state(self.layout, embeds=E)
+            return (((h - Td) ** 2).sum(1) / (Td ** 2).sum(1)).sum()
+
+        anneal(Z, cols, W, self.steps, loss_of)
         return [[self.cls] + [int(c[int(z[r].argmax())]) for z, c in zip(Z, cols)] + [self.sep] for r in range(len(T))]
+
+
+def anneal(Z: list[torch.Tensor], cols: list[torch.Tensor], W: torch.Tensor, steps: int,
+           loss_of: Callable[[torch.Tensor], torch.Tensor]) -> int:
+    """Adam (lr 0.1) on per-position logits Z (each [rows, len(its column)]): a position's embedding is the softmax
+    mixture of its column's rows of W, the temperature lowered 1 -> 0.1 over the second half of `steps`, and
+    `loss_of(mixtures [rows, positions, d])` is minimised. Returns the steps taken (the budget may end it early)."""
+    opt = torch.optim.Adam(Z, lr=0.1)
+    for it in range(steps):
+        if budget.expired():
+            return it
+        tau = 1.0 - 0.9 * max(0, it - steps // 2) / max(1, steps - steps // 2)
+        with torch.enable_grad():
+            mids = torch.stack([torch.softmax(z / tau, 1) @ W[c] for z, c in zip(Z, cols)], 1)
+            loss = loss_of(mids)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return steps
 
 
 def _cls_state(layout: Layout, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor:
