@@ -120,15 +120,6 @@ def test_from_a_narrow_screen_the_kept_trials_double_after_each_sweep_that_chang
     assert set(plain.run(_wrong(ids), LABELS, time.monotonic() + 600, exchange=False)[1]["screen_keeps"]) == {4}
 
 
-def test_option_repair_screen_from_hands_the_token_repair_its_first_keep(setup, monkeypatch):
-    wide, observation, ids = setup
-    assert UpdateExact().repair_screen_from == 0
-    seen = _spy_on_the_repair(monkeypatch, "keep", "first_keep")
-    for first in (0, 2):
-        _repair_the_true_batch(UpdateExact(repair_screen_from=first, cls_descent=False), wide, observation, ids)
-    assert seen == [(8, 0), (8, 2)]
-
-
 def _traded(ids):
     """The true batch with sentences 1 and 2 trading "cat" and "film" (position 2): single substitutions back are
     refused by the pins' cover only where a token would leave the batch, the trade undoes it at once."""
@@ -165,12 +156,14 @@ def test_option_exchange_keep_screens_the_sentences_trades(setup):
     assert _exchanged(hidden, ids)[0] != ids
 
 
-def test_option_repair_exchange_screen_hands_the_token_repair_its_exchange_keep(setup, monkeypatch):
+@pytest.mark.parametrize("option, field", [("repair_screen_from", "first_keep"),
+                                           ("repair_exchange_screen", "exchange_keep")])
+def test_the_repair_screen_options_reach_the_token_repair(setup, monkeypatch, option, field):
     wide, observation, ids = setup
-    assert UpdateExact().repair_exchange_screen == 0
-    seen = _spy_on_the_repair(monkeypatch, "keep", "exchange_keep")
+    assert getattr(UpdateExact(), option) == 0  # off
+    seen = _spy_on_the_repair(monkeypatch, "keep", field)
     for n in (0, 3):
-        _repair_the_true_batch(UpdateExact(repair_exchange_screen=n, cls_descent=False), wide, observation, ids)
+        _repair_the_true_batch(UpdateExact(**{option: n}, cls_descent=False), wide, observation, ids)
     assert seen == [(8, 0), (8, 3)]
 
 
