@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from ..core import budget
-from .beyond_rank_invert import anneal
+from .beyond_rank_invert import columns, relax
 
 #: the relaxation's start: each position's logit this much up at the assembled track's token (CoLA batch 0 of 64,
 #: 60 steps, recipes/measured/large_batch_s30/: drafts' unigram F1 0.31 -> 0.44 with 2, 0.34 from scratch)
@@ -62,28 +62,12 @@ class StateDrafts:
         return self.report["kept"]
 
     def _relaxed(self, seqs: list[list[int]], T: torch.Tensor, options: Sequence[Sequence[int]]) -> list[list[int]]:
-        """Each sentence's content relaxed onto its target row, padded to the longest, and rounded (module doc)."""
-        W = self.layout.word_embeddings.weight.detach()
-        dev, L, sep = W.device, max(map(len, seqs)), seqs[0][-1]
-        n = torch.tensor([len(s) for s in seqs], device=dev)
-        cols = [torch.tensor(list(options[p]) if p < len(options) and options[p] else [sep], device=dev)
-                for p in range(1, L - 1)]
-        Z = self._started(seqs, cols)
-        pos = torch.arange(L, device=dev)[None]
-        mask = (pos < n[:, None]).long()
-        content = ((pos > 0) & (pos < n[:, None] - 1))[..., None]
-        ends = torch.where(pos == 0, seqs[0][0], torch.where(pos == n[:, None] - 1, sep, 0))  # [CLS], [SEP], pad
-        fixed = W[ends]
-        Td = T.to(dev)
-
-        def loss_of(mids: torch.Tensor) -> torch.Tensor:
-            E = torch.where(content, torch.cat([fixed[:, :1], mids, fixed[:, -1:]], 1), fixed)
-            h = self.layout.base(inputs_embeds=E, attention_mask=mask).last_hidden_state[:, 0].double()
-            return (((h - Td) ** 2).sum(1) / (Td ** 2).sum(1)).sum()
-
-        self.report["steps"] += anneal(Z, cols, W, self.steps, loss_of)
-        return [[s[0]] + [int(c[int(z[r].argmax())]) for z, c in zip(Z[:len(s) - 2], cols)] + [s[-1]]
-                for r, s in enumerate(seqs)]
+        """Sentences of one length, each relaxed onto its target row from its own tokens, and rounded (module doc)."""
+        n, cls, sep = len(seqs[0]), seqs[0][0], seqs[0][-1]
+        cols = columns(options, n, sep, self.layout.word_embeddings.weight.device)
+        drawn, steps = relax(self.layout, self._started(seqs, cols), cols, cls, sep, T, self.steps)
+        self.report["steps"] += steps
+        return drawn
 
     def _started(self, seqs: list[list[int]], cols: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each position's logits [len(seqs), its column]: small noise, `bias` up at each sentence's own token."""
@@ -92,7 +76,7 @@ class StateDrafts:
             z = 0.1 * torch.randn(len(seqs), len(c), generator=self.gen)
             at = {t: k for k, t in enumerate(c.tolist())}
             for r, s in enumerate(seqs):
-                if p < len(s) - 1 and s[p] in at:
+                if s[p] in at:
                     z[r, at[s[p]]] += self.bias
             Z.append(z.to(c.device).requires_grad_(True))
         return Z

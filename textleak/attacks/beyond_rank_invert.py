@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -184,40 +184,40 @@ class StateInversion:
         return out
 
     def _relax(self, n: int, T: torch.Tensor, options: Sequence[Sequence[int]]) -> list[list[int]]:
-        W = self.layout.word_embeddings.weight.detach()
-        dev = W.device
-        cols = [torch.tensor(list(options[p]) if p < len(options) and options[p] else [self.sep], device=dev)
-                for p in range(1, n - 1)]
-        Z = [(0.1 * torch.randn(len(T), len(c), generator=self.gen)).to(dev).requires_grad_(True) for c in cols]
-        ends = W[torch.tensor([self.cls, self.sep], device=dev)]
-        Td = T.to(dev)
-
-        def loss_of(mids: torch.Tensor) -> torch.Tensor:
-            E = torch.cat([ends[0].expand(len(T), 1, -1), mids, ends[1].expand(len(T), 1, -1)], 1)
-            h = _cls_state(self.layout, embeds=E)
-            return (((h - Td) ** 2).sum(1) / (Td ** 2).sum(1)).sum()
-
-        anneal(Z, cols, W, self.steps, loss_of)
-        return [[self.cls] + [int(c[int(z[r].argmax())]) for z, c in zip(Z, cols)] + [self.sep] for r in range(len(T))]
+        cols = columns(options, n, self.sep, self.layout.word_embeddings.weight.device)
+        Z = [(0.1 * torch.randn(len(T), len(c), generator=self.gen)).to(c.device).requires_grad_(True) for c in cols]
+        return relax(self.layout, Z, cols, self.cls, self.sep, T, self.steps)[0]
 
 
-def anneal(Z: list[torch.Tensor], cols: list[torch.Tensor], W: torch.Tensor, steps: int,
-           loss_of: Callable[[torch.Tensor], torch.Tensor]) -> int:
+def columns(options: Sequence[Sequence[int]], n: int, sep: int, device: torch.device) -> list[torch.Tensor]:
+    """Each inner position's candidate tokens of an n-token sentence ([SEP] alone where `options` has none)."""
+    return [torch.tensor(list(options[p]) if p < len(options) and options[p] else [sep], device=device)
+            for p in range(1, n - 1)]
+
+
+def relax(layout: Layout, Z: list[torch.Tensor], cols: list[torch.Tensor], cls: int, sep: int, T: torch.Tensor,
+          steps: int) -> tuple[list[list[int]], int]:
     """Adam (lr 0.1) on per-position logits Z (each [rows, len(its column)]): a position's embedding is the softmax
-    mixture of its column's rows of W, the temperature lowered 1 -> 0.1 over the second half of `steps`, and
-    `loss_of(mixtures [rows, positions, d])` is minimised. Returns the steps taken (the budget may end it early)."""
+    mixture of its column's word embeddings, the temperature lowered 1 -> 0.1 over the second half of `steps`, on
+    the relative squared distance of `[CLS] mixtures [SEP]`'s last-layer [CLS] state to T's row; then rounded.
+    Returns (the sentences, the steps taken: the budget may end it early)."""
+    W = layout.word_embeddings.weight.detach()
+    ends, Td, rows, taken = W[torch.tensor([cls, sep], device=W.device)], T.to(W.device), len(T), 0
     opt = torch.optim.Adam(Z, lr=0.1)
     for it in range(steps):
         if budget.expired():
-            return it
+            break
         tau = 1.0 - 0.9 * max(0, it - steps // 2) / max(1, steps - steps // 2)
         with torch.enable_grad():
             mids = torch.stack([torch.softmax(z / tau, 1) @ W[c] for z, c in zip(Z, cols)], 1)
-            loss = loss_of(mids)
+            E = torch.cat([ends[0].expand(rows, 1, -1), mids, ends[1].expand(rows, 1, -1)], 1)
+            h = _cls_state(layout, embeds=E)
+            loss = (((h - Td) ** 2).sum(1) / (Td ** 2).sum(1)).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return steps
+        taken += 1
+    return [[cls] + [int(c[int(z[r].argmax())]) for z, c in zip(Z, cols)] + [sep] for r in range(rows)], taken
 
 
 def _cls_state(layout: Layout, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor:
