@@ -53,6 +53,15 @@ def reference_path(grads_path: str | Path) -> Path:
     return p.with_name(p.stem + ".reference.json")
 
 
+def _parsed_defence(defence: Any) -> Any:
+    """A defence spec ("noise:1e-3") or object parsed; None stays None (the plain gradient)."""
+    if defence is None:
+        return None
+    from .defences import parse_defence
+
+    return parse_defence(defence)
+
+
 def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
                       tokenizer: Any = None, task: str | None = None,
                       labels: Sequence[int] | None = None, mask_prob: float = 0.15,
@@ -91,10 +100,7 @@ def capture_gradients(model: Any = None, batch: Sequence[str] | None = None, *,
     micro = micro_batches(len(batch), step.accumulation)
     side = step.pad_side or target.tokenizer.padding_side
     parts = _micro_parts(target, batch, labels, micro, mask_prob=mask_prob, seed=seed, step=step, side=side)
-    if defence is not None:
-        from .defences import parse_defence
-
-        defence = parse_defence(defence)
+    defence = _parsed_defence(defence)
     loss_of = _accumulated_loss(target.model, micro, parts, device)
     with on_device(target.model, device):
         grads, loss, clipped = step_gradients(target.model, loss_of, len(batch), step=step, defence=defence,
