@@ -137,7 +137,8 @@ class BeyondRank(Exact):
     # with `targets`: a stalled descent tries every one-token deletion and insertion, so a track paired with the
     # state of a sentence of another length can reach it (`TargetDescent.lengths`). Batch 64, 450 CPU s, side by
     # side against off: CoLA exact 8 -> 9 and 8 -> 10, ROUGE-1 55.4 -> 55.3 and 56.4 -> 57.1 in two pairs; SST-2
-    # identical (no sweep stalls within its budget); RT 28.1 -> 28.2, 1 exact in both (recipes/measured/large_batch_s25/).
+    # identical (no sweep stalls within its budget); RT 28.1 -> 28.2, 1 exact in both
+    # (recipes/measured/large_batch_s25/).
     # On since session 25: it never lost and adds exact sentences where descents converge
     lengths: bool = True
     # with `targets`: the descent's sweeps by gradient-guided steps, this many candidates a position, every track a
@@ -232,7 +233,8 @@ class BeyondRank(Exact):
         if self.finish <= 0 or not far or observation.task != "classify" or observation.knowledge.seq_lengths is None:
             return None
         targets = (observation.gradients, rank) if self.targets and rank else None
-        return BagFinish(tok, prior=self.prior, seed=self.seed, targets=targets, invert=0 if self.first else self.invert,
+        invert = 0 if self.first else self.invert
+        return BagFinish(tok, prior=self.prior, seed=self.seed, targets=targets, invert=invert,
                          lengths=self.lengths, guided=self.guided, merge=self.merge,
                          rounds=self.pooled_rounds, pairing=self.pairing,
                          iters=self.pooled_iters, drafts=self.drafts, hit=self.hit)

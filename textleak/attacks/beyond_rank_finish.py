@@ -64,7 +64,7 @@ class BagFinish:
         self.invert = invert  # longest length inverted from the states first (`beyond_rank_invert`; 0: off)
         self.pooled = None  # the pooled states read before the search (`beyond_rank_first`), reused
         self.lengths = lengths  # the descent may change a track's length (`TargetDescent.lengths`)
-        self.guided = guided  # the descent's gradient-guided steps, candidates a position (`beyond_rank_guided`; 0: off)
+        self.guided = guided  # gradient-guided steps, candidates a position (`beyond_rank_guided`; 0: off)
         self.merge = merge  # pooled-state solutions this near are one state (`leaks.pooled`; 0: off)
         self.rounds, self.pairing, self.iters, self.drafts = rounds, pairing, iters, drafts  # `TargetDescent`'s
         self.hit = hit  # `TargetDescent`'s
