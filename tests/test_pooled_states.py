@@ -300,3 +300,15 @@ def test_a_track_within_hit_of_its_state_is_done(batch):
     assert descent.run([list(t) for t in tracks], [], pins.allowed) == tracks  # (the default descends onto truth)
     assert descent.report["reached"] == len(truth)
     assert _wide_finisher(batch, hit=1e-3).hit == 1e-3
+
+
+def test_with_draft_keep_a_draft_replaces_its_track_only_where_its_distance_falls_that_far(batch):
+    layout, grads, truth, pins, tracks, specials = _two_off_setting(batch, 4)
+    kept = []
+    for keep in (0.0, 1e-9):  # 0: wherever nearer; 1e-9: none is that much nearer
+        descent = TargetDescent(layout, grads, len(truth), specials, sweeps=0, drafts=30, draft_keep=keep)
+        out = descent.run([list(t) for t in tracks], [], pins.allowed)
+        kept.append(descent.report["drafts"]["kept"])
+    assert kept[0] > 0 and kept[1] == 0 and out == tracks  # no sweeps: the tracks as assembled
+    assert _wide_finisher(batch, drafts=30, draft_keep=0.5).draft_keep == 0.5
+    assert _wide_finisher(batch).draft_keep == 0.0  # off
