@@ -24,7 +24,8 @@ large_batch_s31/): a draft keeps its track's length, and 40 of the 47 kept are o
 state's sentence; those gain unigrams (F1 0.30 -> 0.35) but lose bigram order (F2 0.17 -> 0.12; the bigram prior's
 NLL +2.5 nats a token), while the 7 of the right length gain both (0.26 -> 0.32). The drafts that moved their
 state most are mostly those: `keep` 0.5 kept 12 (4 of the right length), ends F1 / F2 0.333 / 0.193 -> 0.353 /
-0.196 (all drafts: 0.366 / 0.163).
+0.196 (all drafts: 0.366 / 0.163). In the attack, `drafts=60 draft_keep=0.5` against the defaults, 450 CPU s,
+side by side: SST-2 46.8/28.1 -> 48.8/29.7 (9 = 9 exact), CoLA 46.3/22.6 -> 50.0/29.8 (7 -> 8).
 """
 
 from __future__ import annotations
