@@ -201,6 +201,9 @@ class UpdateExact(Exact):
     #: weight `update_batch_positions.COMPLETE` (at lr 1e-5 the box hid a missing token's share; its module doc);
     #: RT b4 lr 1e-5 0.619 / 0.585 side by side, the same closures where the old ones were right: on (session 27)
     strict_closure: bool = True
+    #: with `cls_descent`: after the [CLS] start, sentences of other lengths trade contents on the [CLS] score, then
+    #: descend again, kept where the box misfit falls (`update_cls_lengths.length_start`; off; session 31)
+    cls_lengths: bool = False
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)

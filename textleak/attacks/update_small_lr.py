@@ -32,6 +32,7 @@ from .base import AttackOutput
 from .exact.candidates import vocabulary
 from .update_batch_positions import BatchMisfit, ranked_start
 from .update_cls import POOLER, SITES, ClsSpans, cls_start
+from .update_cls_lengths import length_start
 from .update_repair import WIDTH, BoxRepair
 from .update_sentences import SentenceRepair
 from .update_sim import UpdateFacts
@@ -85,7 +86,8 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
 def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackOutput) -> None:
     """With the batch placements' ranking: the guess replaced by the ranked fill or a slot assignment of least box
     misfit (`ranked_start`, with the batch `slots_first` carried), then descended on the [CLS] spans (`cls_start`, by
-    `_cls_deadline`)."""
+    `_cls_deadline`); with option `cls_lengths`, sentences of other lengths trade contents after it
+    (`update_cls_lengths.length_start`)."""
     pred = out.prediction
     special, assign = slot_starts(pins, target.tokenizer, attack.slot_assignment)
     carried = getattr(attack, "_carried", None)
@@ -99,6 +101,12 @@ def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackO
                                                attack.cls_relabel, special if attack.cls_inner_plain else (),
                                                misfit, batches if getattr(attack, "cls_restarts", False) else None,
                                                getattr(attack, "cls_screen", 0))
+        if getattr(attack, "cls_lengths", False):  # sentences moved between slots of other lengths
+            sites = SITES + (POOLER,) if attack.cls_pooler else SITES
+            out.details["cls_lengths"] = length_start(repair, pred, attack._fits, _cls_deadline(attack), misfit,
+                                                      attack.cls_relabel, sites)
+            if isinstance(out.details["cls_descent"], dict):  # carried where the recipes read the start
+                out.details["cls_descent"]["lengths"] = out.details["cls_lengths"]
 
 
 def _cls_deadline(attack: Any) -> float:

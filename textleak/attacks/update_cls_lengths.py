@@ -1,0 +1,104 @@
+"""Sentences moved between slots of other lengths, on the last layer's [CLS] spans (`exact-update`, batch > 1,
+option `cls_lengths`).
+
+The [CLS] start (`update_cls.cls_start`) changes one token at a time and trades tokens between two sentences at the
+same positions (one position, or their heads), so a sentence it has built in a slot of the wrong length stays there:
+a slot longer than the sentence gets tokens appended, and the slot of the right length holds another sentence's head
+or filler. Ground truth (session 31, scratch `recipes/measured/fedavg_small_lr5_s31`; MiniLM, K 8, lr 1e-5, SST-2 dev
+batch 0 of 4, the start's end at box misfit 3.1e-3, 39 of 95 tokens right): the 16-token sentence "why he keeps
+being cast ... any good" stood in the 21-token slot with two tokens inserted, the 18-token slot held a second copy of
+the 12-token sentence's head, and the 21-token sentence was lost but for its first two tokens.
+
+So here two sentences a and b of lengths La > Lb trade their contents: b takes a's inner tokens less a run of
+La - Lb of them (at each place in turn), a takes b's inner tokens followed by that run (the two sentences' tokens
+stay the same multiset, so no token of the update leaves the batch); the trade of least summed score below the
+current is kept (`ClsSpans._keep`), pair by pair, until a round changes nothing; then the [CLS] descent runs again
+from there. The result replaces the start where its box misfit is lower (`length_start`).
+
+Threat model: as `attacks.update` (U, w0, K, lr, the declared lengths; the last layer's weights shared).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from ..core.budget import now as budget_now
+from .update_batch_positions import BatchMisfit, least_labels
+from .update_cls import SITES, ClsSpans
+
+#: rounds over every pair of sentences of different lengths at most
+ROUNDS = 4
+
+
+def length_trades(x: Sequence[int], y: Sequence[int], a: int, b: int) -> list[dict[int, list[int]]]:
+    """Sentences a (x) and b (y), len(x) > len(y), trading contents: b takes x's inner tokens less a run of
+    len(x) - len(y) (each place in turn), a takes y's inner tokens and then that run (ends kept)."""
+    d = len(x) - len(y)
+    if d <= 0 or len(y) < 3:
+        return []
+    inner_x, inner_y = list(x[1:-1]), list(y[1:-1])
+    out = []
+    for q in range(len(inner_x) - d + 1):
+        run = inner_x[q:q + d]
+        rest = inner_x[:q] + inner_x[q + d:]
+        out.append({a: [x[0]] + inner_y + run + [x[-1]], b: [y[0]] + rest + [y[-1]]})
+    return out
+
+
+def trade_lengths(spans: ClsSpans, seqs: list[list[int]], cover: set[int] | None, deadline: float
+                  ) -> tuple[list[list[int]], dict[str, Any]]:
+    """Rounds of `length_trades` over every pair of sentences of different lengths (`ClsSpans._keep`: the trade of
+    least summed score below the current), until a round changes nothing; the sentences and a report."""
+    seqs = [list(s) for s in seqs]
+    scores = spans.score(seqs)
+    first, kept, rounds = list(scores), 0, 0
+    for _ in range(ROUNDS):
+        if budget_now() >= deadline:
+            break
+        before = kept
+        for a in range(len(seqs)):
+            for b in range(len(seqs)):
+                if len(seqs[a]) > len(seqs[b]):
+                    kept += spans._keep(seqs, scores, length_trades(seqs[a], seqs[b], a, b), cover, deadline)
+        rounds += 1
+        if kept == before:
+            break
+    return seqs, {"score_before": first, "score_after": scores, "trades": kept, "rounds": rounds}
+
+
+def length_start(repair: Any, pred: dict, fits: Any, deadline: float, misfit: BatchMisfit | None = None,
+                 relabel: bool = True, sites: Sequence[str] = SITES) -> dict[str, Any] | None:
+    """Option `cls_lengths`: the guess `pred` (token ids, labels; where the [CLS] start left it) through
+    `trade_lengths`, then descended on the [CLS] spans again (`ClsSpans.descend`, the token repair's options); of
+    the three (start, traded, descended) the one of least box misfit (with `relabel`, each under its labels of least
+    misfit) replaces the guess. A report ("ends": each one's misfit, "from": the one kept), or None where no site
+    is shared or the lengths are all one. Ground truth (SST-2 dev batch 0 of 4, K 8, lr 1e-5; scratch
+    `recipes/measured/fedavg_small_lr5_s31`): one trade took the start from 39 to 54 of 95 tokens right, box misfit
+    3.14e-3 -> 2.99e-3; the descent after it ended at 3.16e-3."""
+    seqs, began = [list(s) for s in pred["token_ids"]], time.process_time()
+    spans = ClsSpans.of(fits, repair.layout, len(seqs), sites)
+    if spans is None or len(seqs) < 2 or len({len(s) for s in seqs}) < 2:
+        return None
+    misfit = misfit if misfit is not None else BatchMisfit(repair)
+    traded, report = trade_lengths(spans, seqs, repair.cover, deadline)
+    ends = {"start": (seqs, list(pred["labels"]))}
+    if report["trades"]:
+        ends["traded"] = traded, _labels(traded, pred["labels"], misfit, relabel)
+        options = {n: repair.options(n) for n in {len(s) for s in traded}}
+        got, report["descent"] = spans.descend(traded, options, repair.cover, deadline)
+        ends["descended"] = got, _labels(got, pred["labels"], misfit, relabel)
+    report["ends"] = {name: misfit(*end) for name, end in ends.items()}
+    report["from"] = min(report["ends"], key=report["ends"].get)  # the start on a tie
+    report["misfit"] = [report["ends"]["start"], report["ends"][report["from"]]]
+    report["kept"] = report["from"] != "start"
+    if report["kept"]:
+        pred["token_ids"], pred["labels"] = ends[report["from"]]
+    report["cpu_s"] = round(time.process_time() - began, 1)
+    return report
+
+
+def _labels(seqs: list[list[int]], labels: Sequence[int], misfit: BatchMisfit, relabel: bool) -> list[int]:
+    """The labels for a traded batch: with `relabel`, those of least misfit (the trades move sentences between
+    slots, and with them their labels: `update_batch_positions.least_labels`), else `labels`."""
+    return least_labels(seqs, [list(labels)], misfit.classes, misfit) if relabel else list(labels)
