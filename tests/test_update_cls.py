@@ -222,3 +222,43 @@ def test_option_cls_share_ends_the_cls_start_at_that_share_of_the_budget_left():
         got = update_small_lr._cls_deadline(UpdateExact(cls_share=0.25)) - budget.now()
         assert 24.0 < got <= 25.0
     assert update_small_lr._cls_deadline(UpdateExact(cls_share=0.25)) == float("inf")  # no budget: no limit
+
+
+def test_with_screen_until_no_start_is_begun_after_it_and_the_kept_end_goes_on(setup, monkeypatch):
+    """Option `cls_screen_reserve` (`cls_start`'s `screen_until`): once that time has passed no other start is
+    screened; the first start's screened end goes on to the sweep cap (session 31: at RT b8 lr 1e-4 four starts'
+    screens took the whole [CLS] start and the kept end never went on)."""
+    wide, fits, _, ids = setup
+    repair = _truth_repair(fits, ids)
+    calls = []
+
+    def descend(self, seqs, *a, sweeps=SWEEPS, **k):
+        calls.append(([list(s) for s in seqs], sweeps))
+        return [list(s) for s in seqs], {}
+    monkeypatch.setattr(ClsSpans, "descend", descend)
+    wrong = [ids[1][:4] + ids[0][4:], ids[0][:4] + ids[1][4:], list(ids[2])]
+    filled = [list(ids[0]), list(ids[1]), ids[2][:2] + ids[0][2:3] + ids[2][3:]]
+    others = {"filled": (filled, LABELS, 1.0)}
+    pred = {"token_ids": [list(s) for s in wrong], "labels": list(LABELS)}
+    report = cls_start(repair, pred, fits, time.monotonic() + 600, relabel=True, others=others, screen=2,
+                       screen_until=time.monotonic() - 1)
+    assert [s for _, s in calls] == [2, SWEEPS - 2] and calls[-1][0] == wrong
+    assert report["screen"]["from"] == "kept" and list(report["screen"]["ends"]) == ["kept"]
+    calls.clear()  # without it (or before it) the fill is screened too and goes on
+    pred = {"token_ids": [list(s) for s in wrong], "labels": list(LABELS)}
+    cls_start(repair, pred, fits, time.monotonic() + 600, relabel=True, others=others, screen=2,
+              screen_until=time.monotonic() + 600)
+    assert [s for _, s in calls] == [2, 2, SWEEPS - 2] and calls[-1][0] == filled
+
+
+def test_option_cls_screen_reserve_sets_when_the_screen_begins_no_more_starts():
+    """`exact-update`'s option `cls_screen_reserve` (`update_small_lr._screen_until`): 0 (the default) sets no
+    limit; 0.25 leaves a quarter of the [CLS] start's time (to its deadline) after the last start begun."""
+    from textleak.attacks.update import UpdateExact
+    from textleak.core import budget
+    assert UpdateExact().cls_screen_reserve == 0
+    with budget.time_budget(100.0) as b:
+        assert update_small_lr._screen_until(UpdateExact(), b.deadline) is None
+        got = update_small_lr._screen_until(UpdateExact(cls_screen_reserve=0.25), b.deadline) - budget.now()
+        assert 74.0 < got <= 75.5
+    assert update_small_lr._screen_until(UpdateExact(cls_screen_reserve=0.25), float("inf")) is None

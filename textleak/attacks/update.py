@@ -185,6 +185,9 @@ class UpdateExact(Exact):
     #: with `cls_descent`: the [CLS] start ends by this share of the budget left when it begins (0: the whole budget;
     #: `update_small_lr._starts`: RT b8 lr 1e-4 it took 371 of 500 CPU s, the token repair 0.5; session 30)
     cls_share: float = 0.0
+    #: with `cls_screen`: no start screened once less than this share of the [CLS] start's time is left, which goes
+    #: to the kept end's going on (`update_small_lr._screen_until`; 0: off; session 31)
+    cls_screen_reserve: float = 0.0
     #: tokens the [CLS] descent and the token repair try per position (`update_repair.BoxRepair.options`; 16: on RT dev
     #: batch 0 of 4 at lr 1e-5, 6 true tokens ranked 16-26; `recipes/measured/fedavg_small_lr_s27`)
     repair_width: int = WIDTH

@@ -219,7 +219,8 @@ def _trades(x: list[int], y: list[int], a: int, b: int) -> list[dict[int, list[i
 
 def cls_start(repair: Any, pred: dict, fits: Any, deadline: float, sites: Sequence[str] = SITES,
               relabel: bool = False, inner: Collection[int] = (), misfit: BatchMisfit | None = None,
-              others: Mapping[str, tuple] | None = None, screen: int = 0) -> dict[str, Any] | None:
+              others: Mapping[str, tuple] | None = None, screen: int = 0,
+              screen_until: float | None = None) -> dict[str, Any] | None:
     """`exact-update`'s option `cls_descent`: the guess `pred` (token ids, labels; the batch `ranked_start` kept)
     descended on the [CLS] spans (`ClsSpans.descend`, the token repair's options less the ids of `inner`: [CLS] and
     [SEP] kept out of inner positions) and replaced where the result's box misfit (`repair`: the run's `BoxRepair`;
@@ -230,7 +231,8 @@ def cls_start(repair: Any, pred: dict, fits: Any, deadline: float, sites: Sequen
     one, in the order of their misfit, while the deadline allows; the descended batch of least misfit is the one
     weighed against the start (`_restarts`). With `screen` > 0 (option `cls_screen`, with `others`): the kept batch
     and the others (each distinct batch once) are descended `screen` sweeps each, and only the end of least misfit
-    goes on to the sweep cap (`_screened`)."""
+    goes on to the sweep cap (`_screened`); no start after the first is begun from `screen_until` on (option
+    `cls_screen_reserve`: the time left then goes to the kept end's going on)."""
     seqs, began = pred["token_ids"], time.process_time()
     spans = ClsSpans.of(fits, repair.layout, len(seqs), sites)
     if spans is None or len(seqs) < 2:
@@ -245,7 +247,8 @@ def cls_start(repair: Any, pred: dict, fits: Any, deadline: float, sites: Sequen
             report["labels"] = [list(labels), least_labels(got, [list(labels)], misfit.classes, misfit)]
         return got, report["labels"][1] if relabel else list(labels), report
     if others and screen > 0:
-        got, labels, report = _screened(descended, misfit, others, (seqs, pred["labels"]), deadline, screen)
+        got, labels, report = _screened(descended, misfit, others, (seqs, pred["labels"]), deadline, screen,
+                                        screen_until)
         report["misfit"] = [misfit(seqs, pred["labels"]), report["screen"]["misfit"]]
     else:
         got, labels, report = descended(seqs, pred["labels"])
@@ -285,10 +288,11 @@ def _restarts(descended: Callable, misfit: BatchMisfit, others: Mapping[str, tup
 
 
 def _screened(descended: Callable, misfit: BatchMisfit, others: Mapping[str, tuple], kept: tuple, deadline: float,
-              screen: int) -> tuple[list[list[int]], list[int], dict]:
+              screen: int, until: float | None = None) -> tuple[list[list[int]], list[int], dict]:
     """`cls_start` with option `cls_screen`: the kept batch (`kept`: token ids, labels) and each other distinct batch
     of `others` but the search's guess, the least misfit first, descended `screen` sweeps while the deadline allows
-    (none after an end of misfit 0); the end of least misfit descended on to the sweep cap (`SWEEPS`); the lower of
+    (none after an end of misfit 0, none begun from `until` on); the end of least misfit descended on to the sweep
+    cap (`SWEEPS`); the lower of
     its two ends, its labels and the descent's report, with "screen" (the ends' misfits, the one gone on from).
     Ground truth (scratch, `recipes/measured/fedavg_small_lr_s26`; K 8, lr 1e-5, dev batch 0 of 4): the start of least
     misfit after 3 sweeps was the one whose 8-sweep end was least (RT, SST-2). Side by side with `_restarts` (800
@@ -304,6 +308,8 @@ def _screened(descended: Callable, misfit: BatchMisfit, others: Mapping[str, tup
     best: tuple | None = None
     for name, batch, labels in starts:
         if best is not None and (budget_now() >= deadline or best[2] <= 0):  # an end inside the box: done
+            break
+        if best is not None and until is not None and budget_now() >= until:  # the rest kept for the going on
             break
         got, ys, report = descended([list(s) for s in batch], list(labels), sweeps=screen, relocate=False)
         ends[name] = misfit(got, ys)

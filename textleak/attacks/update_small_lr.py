@@ -96,14 +96,12 @@ def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackO
     out.details["ranked_fill"] = ranked_start(repair, pred, pins.order, special,
                                                _carrying(assign, carried) if carried else assign, misfit, batches)
     if attack.cls_descent and attack.slot_assignment and out.details["ranked_fill"]["kept"] != "carried":
-        out.details["cls_descent"] = cls_start(repair, pred, attack._fits, _cls_deadline(attack),
-                                               SITES + (POOLER,) if attack.cls_pooler else SITES,
-                                               attack.cls_relabel, special if attack.cls_inner_plain else (),
+        deadline, sites = _cls_deadline(attack), SITES + (POOLER,) if attack.cls_pooler else SITES
+        out.details["cls_descent"] = cls_start(repair, pred, attack._fits, deadline, sites, attack.cls_relabel, special if attack.cls_inner_plain else (),
                                                misfit, batches if getattr(attack, "cls_restarts", False) else None,
-                                               getattr(attack, "cls_screen", 0))
+                                               getattr(attack, "cls_screen", 0), _screen_until(attack, deadline))
         if getattr(attack, "cls_lengths", False):  # sentences moved between slots of other lengths
-            sites = SITES + (POOLER,) if attack.cls_pooler else SITES
-            out.details["cls_lengths"] = length_start(repair, pred, attack._fits, _cls_deadline(attack), misfit,
+            out.details["cls_lengths"] = length_start(repair, pred, attack._fits, deadline, misfit,
                                                       attack.cls_relabel, sites)
             if isinstance(out.details["cls_descent"], dict):  # carried where the recipes read the start
                 out.details["cls_descent"]["lengths"] = out.details["cls_lengths"]
@@ -116,6 +114,17 @@ def _cls_deadline(attack: Any) -> float:
         return deadline
     began = budget.now()
     return began + share * (deadline - began)
+
+
+def _screen_until(attack: Any, deadline: float) -> float | None:
+    """Option `cls_screen_reserve` (in (0, 1)): when the [CLS] start's screen begins no more starts, so that this
+    share of the [CLS] start's time (to `deadline`) is left for the kept end's going on; None (off, or no deadline).
+    Session 31 (`recipes/measured/fedavg_rt_b8_s31`): RT b8 K 8 lr 1e-4, a [CLS] sweep ~35 CPU s, each start's 3
+    screened sweeps ~105 of the ~375 CPU s, and the kept end never went on."""
+    reserve = float(getattr(attack, "cls_screen_reserve", 0) or 0)
+    if not 0 < reserve < 1 or deadline == float("inf"):
+        return None
+    return deadline - reserve * (deadline - budget.now())
 
 
 def _screen(attack: Any, repair: BoxRepair, batch: int) -> None:
