@@ -97,7 +97,8 @@ def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackO
                                                _carrying(assign, carried) if carried else assign, misfit, batches)
     if attack.cls_descent and attack.slot_assignment and out.details["ranked_fill"]["kept"] != "carried":
         deadline, sites = _cls_deadline(attack), SITES + (POOLER,) if attack.cls_pooler else SITES
-        out.details["cls_descent"] = cls_start(repair, pred, attack._fits, deadline, sites, attack.cls_relabel, special if attack.cls_inner_plain else (),
+        out.details["cls_descent"] = cls_start(repair, pred, attack._fits, deadline, sites, attack.cls_relabel,
+                                               special if attack.cls_inner_plain else (),
                                                misfit, batches if getattr(attack, "cls_restarts", False) else None,
                                                getattr(attack, "cls_screen", 0), _screen_until(attack, deadline))
         if getattr(attack, "cls_lengths", False):  # sentences moved between slots of other lengths
