@@ -32,6 +32,17 @@ def setup(tmp_path_factory):
     return wide, fits, spans, [list(s) for s in cap.reference.token_ids]
 
 
+def _recorded_descents(monkeypatch) -> list:
+    """`ClsSpans.descend` replaced by one that changes nothing and records (the sentences, its sweeps) per call."""
+    calls = []
+
+    def descend(self, seqs, *a, sweeps=SWEEPS, **k):
+        calls.append(([list(s) for s in seqs], sweeps))
+        return [list(s) for s in seqs], {}
+    monkeypatch.setattr(ClsSpans, "descend", descend)
+    return calls
+
+
 def _options(ids, extra):
     """Per length, each position's tokens of the batch (any sentence's there) and `extra`."""
     top = max(map(len, ids))
@@ -155,12 +166,7 @@ def test_with_screen_every_distinct_start_gets_a_few_sweeps_and_only_the_least_m
     sweeps; only the end of least misfit (here the fill's, one sentence wrong) is descended on to the cap."""
     wide, fits, _, ids = setup
     repair = _truth_repair(fits, ids)
-    calls = []
-
-    def descend(self, seqs, *a, sweeps=SWEEPS, **k):
-        calls.append(([list(s) for s in seqs], sweeps))
-        return [list(s) for s in seqs], {}
-    monkeypatch.setattr(ClsSpans, "descend", descend)
+    calls = _recorded_descents(monkeypatch)
     wrong = [ids[1][:4] + ids[0][4:], ids[0][:4] + ids[1][4:], list(ids[2])]
     third = ids[2][:2] + ids[0][2:3] + ids[2][3:]
     other = [list(ids[0]), ids[1][:2] + ids[0][2:3] + ids[1][3:], list(third)]
@@ -230,12 +236,7 @@ def test_with_screen_until_no_start_is_begun_after_it_and_the_kept_end_goes_on(s
     screens took the whole [CLS] start and the kept end never went on)."""
     wide, fits, _, ids = setup
     repair = _truth_repair(fits, ids)
-    calls = []
-
-    def descend(self, seqs, *a, sweeps=SWEEPS, **k):
-        calls.append(([list(s) for s in seqs], sweeps))
-        return [list(s) for s in seqs], {}
-    monkeypatch.setattr(ClsSpans, "descend", descend)
+    calls = _recorded_descents(monkeypatch)
     wrong = [ids[1][:4] + ids[0][4:], ids[0][:4] + ids[1][4:], list(ids[2])]
     filled = [list(ids[0]), list(ids[1]), ids[2][:2] + ids[0][2:3] + ids[2][3:]]
     others = {"filled": (filled, LABELS, 1.0)}

@@ -6,26 +6,11 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-import pytest
 import torch
 
-import textleak
-from conftest import make_wide_classifier
+from test_update_cls import LABELS, setup  # noqa: F401 (the fixture: the wide random BERT and its update)
 from textleak.attacks.update_cls import ClsSpans
 from textleak.attacks.update_cls_lengths import length_start, length_trades, trade_lengths
-from textleak.attacks.update_rounding import RoundingFits
-from textleak.text.layouts import layout_for
-
-TEXTS = ["a bird sang a song .", "the cat was very sad .", "the film was good ."]
-LABELS = [0, 1, 1]
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    wide = make_wide_classifier(tmp_path_factory.mktemp("wide-bert-lengths"))
-    cap = textleak.capture_gradients(wide, TEXTS, labels=LABELS)
-    fits = RoundingFits(layout_for(wide.model), cap.gradients.gradients, 1.0, 1)
-    return fits, [list(s) for s in cap.reference.token_ids]
 
 
 def _misplaced(ids):
@@ -37,7 +22,7 @@ def _misplaced(ids):
 
 
 def test_a_length_trade_keeps_the_pair_s_tokens_and_lengths(setup):
-    _, ids = setup
+    _, _, _, ids = setup
     x, y = ids[0], ids[2]
     trades = length_trades(x, y, 0, 2)
     assert len(trades) == len(x) - 2 and not length_trades(y, x, 2, 0)
@@ -47,7 +32,7 @@ def test_a_length_trade_keeps_the_pair_s_tokens_and_lengths(setup):
 
 
 def test_sentences_in_each_other_s_slots_trade_back_to_the_truth(setup):
-    fits, ids = setup
+    _, fits, _, ids = setup
     spans = ClsSpans.of(fits, fits.layout, len(ids))
     wrong = _misplaced(ids)
     got, report = trade_lengths(spans, wrong, {t for s in ids for t in s}, time.monotonic() + 600)
@@ -58,7 +43,7 @@ def test_option_cls_lengths_replaces_the_start_where_the_box_misfit_falls(setup)
     """`length_start` (`exact-update`'s option `cls_lengths`, off by default): the traded and descended batch
     replaces the guess where its box misfit (here: the sentences not true) is lower."""
     from textleak.attacks.update import UpdateExact
-    fits, ids = setup
+    _, fits, _, ids = setup
     truth = {tuple(s) for s in ids}
     top = max(map(len, ids))
     rows = [list(dict.fromkeys(s[p] for s in ids if p < len(s))) for p in range(top)]
