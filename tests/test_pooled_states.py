@@ -291,7 +291,7 @@ def test_drafts_redraw_tracks_from_their_own_states(batch):
         far.append(float(((H - T).norm(dim=1) / T.norm(dim=1)).sum()))
     assert descent.report["drafts"]["kept"] > 0 and far[1] < far[0]  # redrawn nearer their own states
     assert _wide_finisher(batch, drafts=30).drafts == 30
-    assert _wide_finisher(batch).drafts == 0  # off
+    assert _wide_finisher(batch).drafts == 60 and _wide_finisher(batch, drafts=0).drafts == 0  # on (session 31)
 
 
 def test_a_track_within_hit_of_its_state_is_done(batch):
@@ -311,4 +311,4 @@ def test_with_draft_keep_a_draft_replaces_its_track_only_where_its_distance_fall
         kept.append(descent.report["drafts"]["kept"])
     assert kept[0] > 0 and kept[1] == 0 and out == tracks  # no sweeps: the tracks as assembled
     assert _wide_finisher(batch, drafts=30, draft_keep=0.5).draft_keep == 0.5
-    assert _wide_finisher(batch).draft_keep == 0.0  # off
+    assert _wide_finisher(batch).draft_keep == 0.5  # the default since session 31

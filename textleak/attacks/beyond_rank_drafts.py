@@ -25,7 +25,8 @@ state's sentence; those gain unigrams (F1 0.30 -> 0.35) but lose bigram order (F
 NLL +2.5 nats a token), while the 7 of the right length gain both (0.26 -> 0.32). The drafts that moved their
 state most are mostly those: `keep` 0.5 kept 12 (4 of the right length), ends F1 / F2 0.333 / 0.193 -> 0.353 /
 0.196 (all drafts: 0.366 / 0.163). In the attack, `drafts=60 draft_keep=0.5` against the defaults, 450 CPU s,
-side by side: SST-2 46.8/28.1 -> 48.8/29.7 (9 = 9 exact), CoLA 46.3/22.6 -> 50.0/29.8 (7 -> 8).
+side by side: SST-2 46.8/28.1 -> 48.8/29.7 (9 = 9 exact), CoLA 46.3/22.6 -> 50.0/29.8 (7 -> 8), RT 29.1/10.8 ->
+28.6/10.8 (1 = 1; the lead, load 2.3-4.1): `beyond_rank`'s defaults since session 31.
 """
 
 from __future__ import annotations
