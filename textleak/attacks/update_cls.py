@@ -292,7 +292,8 @@ def _screened(descended: Callable, misfit: BatchMisfit, others: Mapping[str, tup
     """`cls_start` with option `cls_screen`: the kept batch (`kept`: token ids, labels) and each other distinct batch
     of `others` but the search's guess, the least misfit first, descended `screen` sweeps while the deadline allows
     (none after an end of misfit 0, none begun from `until` on); the end of least misfit descended on to the sweep
-    cap (`SWEEPS`); the lower of its two ends, its labels and the descent's report, with "screen" (the ends' misfits, the one gone on from).
+    cap (`SWEEPS`); the lower of its two ends, its labels and the descent's report, with "screen" (the ends'
+    misfits, the one gone on from).
     Ground truth (scratch, `recipes/measured/fedavg_small_lr_s26`; K 8, lr 1e-5, dev batch 0 of 4): the start of least
     misfit after 3 sweeps was the one whose 8-sweep end was least (RT, SST-2). Side by side with `_restarts` (800
     CPU s): the same end kept in 331 / 184 CPU s against 593 / 395 (RT / SST-2), the token repair's misfit after it
