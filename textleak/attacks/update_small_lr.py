@@ -110,11 +110,8 @@ def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackO
 
 def _cls_deadline(attack: Any) -> float:
     """The [CLS] start's deadline: the budget's, or with option `cls_share` (in (0, 1)) that share of what is left."""
-    deadline, share = budget.current().deadline, float(getattr(attack, "cls_share", 0) or 0)
-    if not 0 < share < 1 or deadline == float("inf"):
-        return deadline
-    began = budget.now()
-    return began + share * (deadline - began)
+    deadline, share = budget.current().deadline, _fraction(attack, "cls_share")
+    return _share_of(deadline, share) if share and deadline != float("inf") else deadline
 
 
 def _screen_until(attack: Any, deadline: float) -> float | None:
@@ -122,10 +119,20 @@ def _screen_until(attack: Any, deadline: float) -> float | None:
     share of the [CLS] start's time (to `deadline`) is left for the kept end's going on; None (off, or no deadline).
     Session 31 (`recipes/measured/fedavg_rt_b8_s31`): RT b8 K 8 lr 1e-4, a [CLS] sweep ~35 CPU s, each start's 3
     screened sweeps ~105 of the ~375 CPU s, and the kept end never went on."""
-    reserve = float(getattr(attack, "cls_screen_reserve", 0) or 0)
-    if not 0 < reserve < 1 or deadline == float("inf"):
-        return None
-    return deadline - reserve * (deadline - budget.now())
+    reserve = _fraction(attack, "cls_screen_reserve")
+    return _share_of(deadline, 1.0 - reserve) if reserve and deadline != float("inf") else None
+
+
+def _fraction(attack: Any, name: str) -> float:
+    """The attack's option `name` where it lies in (0, 1), else 0 (off)."""
+    value = float(getattr(attack, name, 0) or 0)
+    return value if 0 < value < 1 else 0.0
+
+
+def _share_of(deadline: float, share: float) -> float:
+    """The time `share` of the way from now to `deadline`."""
+    began = budget.now()
+    return began + share * (deadline - began)
 
 
 def _screen(attack: Any, repair: BoxRepair, batch: int) -> None:
