@@ -312,3 +312,40 @@ def test_with_draft_keep_a_draft_replaces_its_track_only_where_its_distance_fall
     assert kept[0] > 0 and kept[1] == 0 and out == tracks  # no sweeps: the tracks as assembled
     assert _wide_finisher(batch, drafts=30, draft_keep=0.5).draft_keep == 0.5
     assert _wide_finisher(batch).draft_keep == 0.5  # the default since session 31
+
+
+def test_a_checked_relaxation_stops_the_rows_it_drops_and_leaves_the_rest_as_they_were(batch):
+    from textleak.attacks.beyond_rank_invert import columns, relax
+
+    target, layout, grads, truth, states = batch
+    n, tok = len(truth[0]), target.tokenizer
+    options = [sorted({s[p] for s in truth if p < len(s) - 1}) for p in range(n)]
+    cols = columns(options, n, tok.sep_token_id, torch.device("cpu"))
+    seen = []
+
+    def drop_first(now):
+        seen.append(now)
+        return [False] + [True] * (len(now) - 1)
+    out = []
+    for check in (None, (3, drop_first)):
+        gen = torch.Generator().manual_seed(0)
+        Z = [(0.1 * torch.randn(3, len(c), generator=gen)).requires_grad_(True) for c in cols]
+        out.append(relax(layout, Z, cols, tok.cls_token_id, tok.sep_token_id, states[:3], 12, check))
+    assert len(seen) == 1 and len(seen[0]) == 3 and out[0][1] == out[1][1] == 12
+    assert out[1][0][0] == seen[0][0] and out[1][0][1:] == out[0][0][1:]  # Adam is per row: the rest as unchecked
+
+
+def test_with_draft_check_drafts_far_from_their_keep_stop_at_the_check(batch, monkeypatch):
+    import textleak.attacks.beyond_rank_drafts as drafts_module
+
+    layout, grads, truth, pins, tracks, specials = _two_off_setting(batch, 4)
+    runs = []
+    for check, cut in ((0, 0.8), (2, 1e9), (2, 1e-9)):  # off; every draft goes on; every draft stops at step 2
+        monkeypatch.setattr(drafts_module, "CUT", cut)
+        descent = TargetDescent(layout, grads, len(truth), specials, sweeps=0, drafts=30, draft_keep=1.0,
+                                draft_check=check)
+        runs.append((descent.run([list(t) for t in tracks], [], pins.allowed), descent.report["drafts"]))
+    (off, r0), (on, r1), (cut, r2) = runs
+    assert r0["kept"] > 0 and on == off and r1["kept"] == r0["kept"] and r1["stopped"] == 0
+    assert r2["stopped"] == r2["drawn"] > 0 and r2["steps"] * 15 == r0["steps"]  # 2 steps a length, not 30
+    assert _wide_finisher(batch, draft_check=10).draft_check == 10 and _wide_finisher(batch).draft_check == 0
