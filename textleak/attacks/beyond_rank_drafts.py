@@ -41,25 +41,18 @@ from .beyond_rank_invert import columns, relax
 #: the relaxation's start: each position's logit this much up at the assembled track's token (CoLA batch 0 of 64,
 #: 60 steps, recipes/measured/large_batch_s30/: drafts' unigram F1 0.31 -> 0.44 with 2, 0.34 from scratch)
 BIAS = 2.0
-#: with `check` (`beyond_rank --option draft_check=K`), a draft whose distance after K steps is over this times its
-#: track's stops there (recipes/measured/large_batch_s32/)
-CUT = 0.8
 
 
 class StateDrafts:
     """run(tracks, pairs, best, options) -> how many tracks were replaced; tracks (a list) and best (track index ->
     distance to its pair's state) changed in place; pairs: (track index, target state, distance). `descent`: the
-    `TargetDescent` (its layout, and its `states` for the distances). check: > 0, after that many steps each draft
-    rounded and its relaxation stopped where its distance is over `cut` (0: CUT) times its track's (module doc;
-    0: off)."""
+    `TargetDescent` (its layout, and its `states` for the distances)."""
 
-    def __init__(self, descent: Any, steps: int = 60, bias: float = BIAS, seed: int = 0, keep: float = 1.0,
-                 check: int = 0, cut: float = 0.0):
+    def __init__(self, descent: Any, steps: int = 60, bias: float = BIAS, seed: int = 0, keep: float = 1.0):
         self.descent, self.layout, self.steps, self.bias = descent, descent.layout, steps, bias
         self.keep = keep  # a draft replaces its track only under this fraction of the track's distance (module doc)
-        self.check, self.cut = check, cut or CUT
         self.gen = torch.Generator().manual_seed(seed)
-        self.report = {"drawn": 0, "kept": 0, "steps": 0, "stopped": 0}
+        self.report = {"drawn": 0, "kept": 0, "steps": 0}
 
     def run(self, tracks: list[list[int]], pairs: Sequence[tuple[int, torch.Tensor, float]], best: dict[int, float],
             options: Sequence[Sequence[int]]) -> int:
@@ -69,36 +62,20 @@ class StateDrafts:
                 break
             rows = [r for r in targets if len(tracks[r]) == n]
             T = torch.stack([targets[r] for r in rows])
-            stopped: dict[int, float] = {}
-            drawn = self._relaxed([tracks[r] for r in rows], T, options, [best[r] for r in rows], stopped)
-            live = [j for j in range(len(rows)) if j not in stopped]
-            d = dict(stopped)
-            if live:
-                d.update(zip(live, ((self.descent.states([drawn[j] for j in live]) - T[live]).norm(dim=1)
-                                    / T[live].norm(dim=1)).tolist()))
+            drawn = self._relaxed([tracks[r] for r in rows], T, options)
+            d = (self.descent.states(drawn) - T).norm(dim=1) / T.norm(dim=1)
             self.report["drawn"] += len(rows)
-            self.report["stopped"] += len(stopped)
             for j, r in enumerate(rows):
-                if d[j] < self.keep * best[r]:
-                    tracks[r], best[r] = drawn[j], d[j]
+                if float(d[j]) < self.keep * best[r]:
+                    tracks[r], best[r] = drawn[j], float(d[j])
                     self.report["kept"] += 1
         return self.report["kept"]
 
-    def _relaxed(self, seqs: list[list[int]], T: torch.Tensor, options: Sequence[Sequence[int]], base: list[float],
-                 stopped: dict[int, float]) -> list[list[int]]:
-        """Sentences of one length, each relaxed onto its target row from its own tokens, and rounded (module doc);
-        with `check`, the rows stopped there in `stopped` (row -> its rounded draft's distance)."""
+    def _relaxed(self, seqs: list[list[int]], T: torch.Tensor, options: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Sentences of one length, each relaxed onto its target row from its own tokens, and rounded (module doc)."""
         n, cls, sep = len(seqs[0]), seqs[0][0], seqs[0][-1]
         cols = columns(options, n, sep, self.layout.word_embeddings.weight.device)
-        at = list(range(len(seqs)))  # the rows the relaxation still holds, in its order
-
-        def live(now: list[list[int]]) -> list[bool]:
-            d = ((self.descent.states(now) - T[at]).norm(dim=1) / T[at].norm(dim=1)).tolist()
-            ok = [d[j] <= self.cut * base[r] for j, r in enumerate(at)]
-            stopped.update({r: d[j] for j, r in enumerate(at) if not ok[j]})
-            return ok
-        check = (self.check, live) if self.check > 0 else None
-        drawn, steps = relax(self.layout, self._started(seqs, cols), cols, cls, sep, T, self.steps, check)
+        drawn, steps = relax(self.layout, self._started(seqs, cols), cols, cls, sep, T, self.steps)
         self.report["steps"] += steps
         return drawn
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -196,58 +196,28 @@ def columns(options: Sequence[Sequence[int]], n: int, sep: int, device: torch.de
 
 
 def relax(layout: Layout, Z: list[torch.Tensor], cols: list[torch.Tensor], cls: int, sep: int, T: torch.Tensor,
-          steps: int, check: tuple[int, Callable[[list[list[int]]], list[bool]]] | None = None
-          ) -> tuple[list[list[int]], int]:
+          steps: int) -> tuple[list[list[int]], int]:
     """Adam (lr 0.1) on per-position logits Z (each [rows, len(its column)]): a position's embedding is the softmax
     mixture of its column's word embeddings, the temperature lowered 1 -> 0.1 over the second half of `steps`, on
     the relative squared distance of `[CLS] mixtures [SEP]`'s last-layer [CLS] state to T's row; then rounded.
-    check: (step k, live(the rows' sentences rounded after k steps) -> one bool a row): the rows it says False
-    stop there (their rounded sentence at k returned). Returns (the sentences, the steps taken: the budget may end
-    it early)."""
+    Returns (the sentences, the steps taken: the budget may end it early)."""
     W = layout.word_embeddings.weight.detach()
-    ends, Td, taken = W[torch.tensor([cls, sep], device=W.device)], T.to(W.device), 0
-    out: list[list[int] | None] = [None] * len(T)
-    at = list(range(len(T)))  # the rows still relaxed: Z's and Td's rows
+    ends, Td, rows, taken = W[torch.tensor([cls, sep], device=W.device)], T.to(W.device), len(T), 0
     opt = torch.optim.Adam(Z, lr=0.1)
     for it in range(steps):
-        if budget.expired() or not at:
+        if budget.expired():
             break
         tau = 1.0 - 0.9 * max(0, it - steps // 2) / max(1, steps - steps // 2)
         with torch.enable_grad():
             mids = torch.stack([torch.softmax(z / tau, 1) @ W[c] for z, c in zip(Z, cols)], 1)
-            E = torch.cat([ends[0].expand(len(at), 1, -1), mids, ends[1].expand(len(at), 1, -1)], 1)
+            E = torch.cat([ends[0].expand(rows, 1, -1), mids, ends[1].expand(rows, 1, -1)], 1)
             h = _cls_state(layout, embeds=E)
             loss = (((h - Td) ** 2).sum(1) / (Td ** 2).sum(1)).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
         taken += 1
-        if check is not None and taken == check[0]:
-            now = _rounded(Z, cols, cls, sep)
-            live = check[1](now)
-            for j, r in enumerate(at):
-                out[r] = None if live[j] else now[j]
-            if not all(live):
-                at, Z, Td, opt = _kept(live, at, Z, Td, opt)
-    for r, s in zip(at, _rounded(Z, cols, cls, sep) if at else []):
-        out[r] = s
-    return out, taken  # type: ignore[return-value]  (every row rounded: at its check or at the end)
-
-
-def _rounded(Z: list[torch.Tensor], cols: list[torch.Tensor], cls: int, sep: int) -> list[list[int]]:
-    """Each row's likeliest token a position, between [CLS] and [SEP]."""
-    return [[cls] + [int(c[int(z[r].argmax())]) for z, c in zip(Z, cols)] + [sep] for r in range(len(Z[0]))]
-
-
-def _kept(live: list[bool], at: list[int], Z: list[torch.Tensor], Td: torch.Tensor, opt: torch.optim.Adam
-          ) -> tuple[list[int], list[torch.Tensor], torch.Tensor, torch.optim.Adam]:
-    """The live rows of the relaxation: their row indexes, logits, targets and an Adam holding their moments."""
-    m = torch.tensor(live, device=Td.device)
-    Z2 = [z.detach()[m].clone().requires_grad_(True) for z in Z]
-    opt2 = torch.optim.Adam(Z2, lr=0.1)
-    for z, z2 in zip(Z, Z2):
-        opt2.state[z2] = {k: (v[m].clone() if torch.is_tensor(v) and v.dim() else v) for k, v in opt.state[z].items()}
-    return [r for r, ok in zip(at, live) if ok], Z2, Td[m], opt2
+    return [[cls] + [int(c[int(z[r].argmax())]) for z, c in zip(Z, cols)] + [sep] for r in range(rows)], taken
 
 
 def _cls_state(layout: Layout, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor:
