@@ -312,3 +312,38 @@ def test_with_draft_keep_a_draft_replaces_its_track_only_where_its_distance_fall
     assert kept[0] > 0 and kept[1] == 0 and out == tracks  # no sweeps: the tracks as assembled
     assert _wide_finisher(batch, drafts=30, draft_keep=0.5).draft_keep == 0.5
     assert _wide_finisher(batch).draft_keep == 0.5  # the default since session 31
+
+
+def test_a_padded_relaxation_draws_each_row_as_its_own_length_alone(batch):
+    from textleak.attacks.beyond_rank_invert import columns, relax
+
+    target, layout, grads, truth, states = batch
+    tok = target.tokenizer
+    rows = sorted(range(len(truth)), key=lambda k: len(truth[k]))[:3]
+    options = [sorted({s[p] for s in truth if p < len(s) - 1}) for p in range(max(map(len, truth)))]
+    n = [len(truth[k]) + d for k, d in zip(rows, (0, 1, 3))]  # three lengths
+    cols = columns(options, max(n), tok.sep_token_id, torch.device("cpu"))
+    Z0 = [0.5 * torch.randn(3, len(c), generator=torch.Generator().manual_seed(p)) for p, c in enumerate(cols)]
+    together, _ = relax(layout, [z.clone().requires_grad_(True) for z in Z0], cols, tok.cls_token_id,
+                        tok.sep_token_id, states[rows], 12, n)
+    for j, k in enumerate(rows):
+        alone, _ = relax(layout, [z[j:j + 1].clone().requires_grad_(True) for z in Z0[:n[j] - 2]], cols[:n[j] - 2],
+                         tok.cls_token_id, tok.sep_token_id, states[k:k + 1], 12)
+        assert len(together[j]) == n[j] and together[j] == alone[0]
+
+
+def test_packed_drafts_relax_nearby_lengths_in_one_batch(batch):
+    from textleak.attacks.beyond_rank_drafts import packed
+
+    assert packed({5: 1, 6: 1, 40: 1}, overhead=60) == [[5, 6], [40]]  # 5 and 6 together: one overhead saved
+    assert packed({5: 1, 6: 1, 40: 1}, overhead=0) == [[5], [6], [40]]  # no overhead: no padding worth it
+    layout, grads, truth, pins, tracks, specials = _two_off_setting(batch, 4)
+    reports = []
+    for pack in (False, True):
+        descent = TargetDescent(layout, grads, len(truth), specials, sweeps=0, drafts=30, draft_pack=pack)
+        descent.run([list(t) for t in tracks], [], pins.allowed)
+        reports.append(descent.report["drafts"])
+    lengths = len({len(t) for t in tracks})
+    assert reports[0]["batches"] == lengths > reports[1]["batches"] and reports[1]["drawn"] == len(truth)
+    assert reports[1]["kept"] > 0
+    assert _wide_finisher(batch, draft_pack=True).draft_pack and not _wide_finisher(batch).draft_pack

@@ -47,7 +47,7 @@ gradient-guided steps, this many candidates a position, `beyond_rank_guided`: 0,
 solutions this near are one state, `leaks.pooled`: 0, off), `drafts` (the descent's tracks first redrawn from
 their own states, this many relaxation steps, `beyond_rank_drafts`: 60; 0: off), `hit` (a track this near its state
 is done: 0, `beyond_rank_targets.HIT`), `draft_keep` (a draft replaces its track only under this fraction of its
-distance: 0.5; 0: 1).
+distance: 0.5; 0: 1), `draft_pack` (drafts of nearby lengths relaxed as one padded batch: off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -175,6 +175,9 @@ class BeyondRank(Exact):
     # kept (0.193 -> 0.196, all drafts 0.163), unigram F1 0.333 -> 0.353 (recipes/measured/large_batch_s31/). With
     # drafts=60 against no drafts, 450 CPU s: SST-2 46.8/28.1 -> 48.8/29.7, CoLA 46.3/22.6 -> 50.0/29.8 (on: `drafts`)
     draft_keep: float = 0.5
+    # with `drafts`: tracks of nearby lengths relaxed as one right-padded batch (`beyond_rank_drafts.packed`; each
+    # relaxation step has a fixed cost, ~2 CPU s in 60 steps, paid per batch); False: one length at a time
+    draft_pack: bool = False
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
@@ -182,7 +185,7 @@ class BeyondRank(Exact):
                 "lengths": self.lengths, "guided": self.guided, "merge": self.merge,
                 "pooled_rounds": self.pooled_rounds, "pairing": self.pairing,
                 "pooled_iters": self.pooled_iters, "drafts": self.drafts, "hit": self.hit,
-                "draft_keep": self.draft_keep}
+                "draft_keep": self.draft_keep, "draft_pack": self.draft_pack}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -247,7 +250,7 @@ class BeyondRank(Exact):
                          lengths=self.lengths, guided=self.guided, merge=self.merge,
                          rounds=self.pooled_rounds, pairing=self.pairing,
                          iters=self.pooled_iters, drafts=self.drafts, hit=self.hit,
-                         draft_keep=self.draft_keep)
+                         draft_keep=self.draft_keep, draft_pack=self.draft_pack)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

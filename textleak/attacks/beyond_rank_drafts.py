@@ -31,6 +31,7 @@ side by side: SST-2 46.8/28.1 -> 48.8/29.7 (9 = 9 exact), CoLA 46.3/22.6 -> 50.0
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Sequence
 
 import torch
@@ -41,30 +42,39 @@ from .beyond_rank_invert import columns, relax
 #: the relaxation's start: each position's logit this much up at the assembled track's token (CoLA batch 0 of 64,
 #: 60 steps, recipes/measured/large_batch_s30/: drafts' unigram F1 0.31 -> 0.44 with 2, 0.34 from scratch)
 BIAS = 2.0
+#: with `pack`, a relaxation batch's fixed cost, in padded tokens: 60 steps of one batch cost ~2.0 CPU s plus ~0.034 a
+#: token (rows x length) on MiniLM (SST-2 / CoLA dumps, one length a batch: 24 lengths, 76 CPU s / 14, 52;
+#: recipes/measured/large_batch_s32/)
+OVERHEAD = 60.0
 
 
 class StateDrafts:
     """run(tracks, pairs, best, options) -> how many tracks were replaced; tracks (a list) and best (track index ->
     distance to its pair's state) changed in place; pairs: (track index, target state, distance). `descent`: the
-    `TargetDescent` (its layout, and its `states` for the distances)."""
+    `TargetDescent` (its layout, and its `states` for the distances). pack: tracks of nearby lengths relaxed in one
+    right-padded batch (`packed`; False: one length at a time)."""
 
-    def __init__(self, descent: Any, steps: int = 60, bias: float = BIAS, seed: int = 0, keep: float = 1.0):
+    def __init__(self, descent: Any, steps: int = 60, bias: float = BIAS, seed: int = 0, keep: float = 1.0,
+                 pack: bool = False):
         self.descent, self.layout, self.steps, self.bias = descent, descent.layout, steps, bias
         self.keep = keep  # a draft replaces its track only under this fraction of the track's distance (module doc)
+        self.pack = pack and getattr(self.layout, "padding", None) is None  # right padding only
         self.gen = torch.Generator().manual_seed(seed)
-        self.report = {"drawn": 0, "kept": 0, "steps": 0}
+        self.report = {"drawn": 0, "kept": 0, "steps": 0, "batches": 0}
 
     def run(self, tracks: list[list[int]], pairs: Sequence[tuple[int, torch.Tensor, float]], best: dict[int, float],
             options: Sequence[Sequence[int]]) -> int:
         targets = {r: t for r, t, _ in pairs}
-        for n in sorted({len(tracks[r]) for r in targets if len(tracks[r]) > 2}):  # one length at a time: no padding
+        count = Counter(len(tracks[r]) for r in targets if len(tracks[r]) > 2)
+        for group in packed(count) if self.pack else [[n] for n in sorted(count)]:  # one length: no padding
             if budget.expired():
                 break
-            rows = [r for r in targets if len(tracks[r]) == n]
+            rows = [r for r in targets if len(tracks[r]) in group]
             T = torch.stack([targets[r] for r in rows])
             drawn = self._relaxed([tracks[r] for r in rows], T, options)
             d = (self.descent.states(drawn) - T).norm(dim=1) / T.norm(dim=1)
             self.report["drawn"] += len(rows)
+            self.report["batches"] += 1
             for j, r in enumerate(rows):
                 if float(d[j]) < self.keep * best[r]:
                     tracks[r], best[r] = drawn[j], float(d[j])
@@ -72,10 +82,12 @@ class StateDrafts:
         return self.report["kept"]
 
     def _relaxed(self, seqs: list[list[int]], T: torch.Tensor, options: Sequence[Sequence[int]]) -> list[list[int]]:
-        """Sentences of one length, each relaxed onto its target row from its own tokens, and rounded (module doc)."""
-        n, cls, sep = len(seqs[0]), seqs[0][0], seqs[0][-1]
+        """Sentences (of one length, or right-padded to the longest), each relaxed onto its target row from its own
+        tokens, and rounded (module doc)."""
+        n, cls, sep = max(map(len, seqs)), seqs[0][0], seqs[0][-1]
         cols = columns(options, n, sep, self.layout.word_embeddings.weight.device)
-        drawn, steps = relax(self.layout, self._started(seqs, cols), cols, cls, sep, T, self.steps)
+        lengths = [len(s) for s in seqs] if any(len(s) < n for s in seqs) else None
+        drawn, steps = relax(self.layout, self._started(seqs, cols), cols, cls, sep, T, self.steps, lengths)
         self.report["steps"] += steps
         return drawn
 
@@ -86,7 +98,25 @@ class StateDrafts:
             z = 0.1 * torch.randn(len(seqs), len(c), generator=self.gen)
             at = {t: k for k, t in enumerate(c.tolist())}
             for r, s in enumerate(seqs):
-                if s[p] in at:
+                if p < len(s) - 1 and s[p] in at:
                     z[r, at[s[p]]] += self.bias
             Z.append(z.to(c.device).requires_grad_(True))
         return Z
+
+
+def packed(count: dict[int, int], overhead: float = OVERHEAD) -> list[list[int]]:
+    """The lengths (length -> how many tracks) cut into runs of consecutive lengths, each relaxed as one padded
+    batch, at the least cost: a batch costs `overhead` tokens plus its rows times its longest length (dynamic
+    programming over the sorted lengths)."""
+    ns = sorted(count)
+    cost, cut = [0.0] + [float("inf")] * len(ns), [0] * (len(ns) + 1)
+    for j in range(1, len(ns) + 1):
+        for i in range(j):
+            c = cost[i] + overhead + ns[j - 1] * sum(count[n] for n in ns[i:j])
+            if c < cost[j]:
+                cost[j], cut[j] = c, i
+    out, j = [], len(ns)
+    while j > 0:
+        out.append(ns[cut[j]:j])
+        j = cut[j]
+    return out[::-1]

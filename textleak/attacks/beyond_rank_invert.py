@@ -196,13 +196,19 @@ def columns(options: Sequence[Sequence[int]], n: int, sep: int, device: torch.de
 
 
 def relax(layout: Layout, Z: list[torch.Tensor], cols: list[torch.Tensor], cls: int, sep: int, T: torch.Tensor,
-          steps: int) -> tuple[list[list[int]], int]:
+          steps: int, lengths: Sequence[int] | None = None) -> tuple[list[list[int]], int]:
     """Adam (lr 0.1) on per-position logits Z (each [rows, len(its column)]): a position's embedding is the softmax
     mixture of its column's word embeddings, the temperature lowered 1 -> 0.1 over the second half of `steps`, on
     the relative squared distance of `[CLS] mixtures [SEP]`'s last-layer [CLS] state to T's row; then rounded.
-    Returns (the sentences, the steps taken: the budget may end it early)."""
+    lengths: each row's sentence length, up to len(cols) + 2 (None: all that): a shorter row has its [SEP] at its
+    own end and the positions past it masked out (right padding; its logits there unused). Returns (the
+    sentences, the steps taken: the budget may end it early)."""
     W = layout.word_embeddings.weight.detach()
     ends, Td, rows, taken = W[torch.tensor([cls, sep], device=W.device)], T.to(W.device), len(T), 0
+    N = len(cols) + 2
+    n = torch.tensor(list(lengths) if lengths is not None else [N] * rows, device=W.device)
+    at = torch.arange(N, device=W.device)[None]
+    sep_at, mask = (at == n[:, None] - 1)[..., None], (at < n[:, None]).long()
     opt = torch.optim.Adam(Z, lr=0.1)
     for it in range(steps):
         if budget.expired():
@@ -211,19 +217,22 @@ def relax(layout: Layout, Z: list[torch.Tensor], cols: list[torch.Tensor], cls: 
         with torch.enable_grad():
             mids = torch.stack([torch.softmax(z / tau, 1) @ W[c] for z, c in zip(Z, cols)], 1)
             E = torch.cat([ends[0].expand(rows, 1, -1), mids, ends[1].expand(rows, 1, -1)], 1)
-            h = _cls_state(layout, embeds=E)
+            h = _cls_state(layout, embeds=torch.where(sep_at, ends[1], E) if lengths is not None else E, mask=mask)
             loss = (((h - Td) ** 2).sum(1) / (Td ** 2).sum(1)).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
         taken += 1
-    return [[cls] + [int(c[int(z[r].argmax())]) for z, c in zip(Z, cols)] + [sep] for r in range(rows)], taken
+    return [[cls] + [int(c[int(z[r].argmax())]) for z, c in zip(Z[:int(n[r]) - 2], cols)] + [sep]
+            for r in range(rows)], taken
 
 
-def _cls_state(layout: Layout, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor:
-    """The last layer's [CLS] states [B, H] (float64) of unpadded sentences, from token ids or input embeddings."""
+def _cls_state(layout: Layout, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The last layer's [CLS] states [B, H] (float64) from token ids or input embeddings; mask: the attention mask
+    [B, L] of right-padded rows (None: unpadded)."""
     x = ids if ids is not None else embeds
-    mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+    mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device) if mask is None else mask
     return layout.base(input_ids=ids, inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, 0].double()
 
 

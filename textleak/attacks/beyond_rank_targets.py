@@ -94,10 +94,11 @@ class TargetDescent:
     def __init__(self, layout: Layout, gradients: dict, rank: int, specials: set[int], seed: int = 0,
                  sweeps: int = 8, invert: Any = None, pooled: Any = None, lengths: bool = False, guided: int = 0,
                  merge: float = 0.0, rounds: int = 0, pairing: float = 0.0, iters: int = 0, drafts: int = 0,
-                 bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0):
+                 bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0, draft_pack: bool = False):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.drafts, self.bias = drafts, bias  # >0: tracks redrawn from their states first (`beyond_rank_drafts`)
         self.draft_keep = draft_keep or 1.0  # a draft kept under this fraction of its track's distance (0: 1, nearer)
+        self.draft_pack = draft_pack  # drafts of nearby lengths relaxed in one padded batch (`beyond_rank_drafts`)
         self.hit = hit or HIT  # a track this near its state is done (no more steps, counted `reached`)
         self.guided = guided  # >0: gradient-guided steps, this many candidates a position (`beyond_rank_guided`)
         self.lengths = lengths  # a stalled sweep tries every one-token deletion and insertion (`_resized`)
@@ -139,8 +140,8 @@ class TargetDescent:
         self.pairs, self.paired = self._paired(dist, tracks, targets, seen), targets  # (track, row of `paired`)
         pairs = [(r, targets[c], float(dist[r, c])) for r, c in self.pairs]
         best = {r: d for r, _, d in pairs}
-        drafts = StateDrafts(self, self.drafts, self.bias, self.rng.randrange(2 ** 31), self.draft_keep) \
-            if self.drafts > 0 else None
+        drafts = StateDrafts(self, self.drafts, self.bias, self.rng.randrange(2 ** 31), self.draft_keep,
+                             self.draft_pack) if self.drafts > 0 else None
         if drafts is not None and not budget.expired():
             drafts.run(tracks, pairs, best, options)
         guided = None
