@@ -27,6 +27,16 @@ state most are mostly those: `keep` 0.5 kept 12 (4 of the right length), ends F1
 0.196 (all drafts: 0.366 / 0.163). In the attack, `drafts=60 draft_keep=0.5` against the defaults, 450 CPU s,
 side by side: SST-2 46.8/28.1 -> 48.8/29.7 (9 = 9 exact), CoLA 46.3/22.6 -> 50.0/29.8 (7 -> 8), RT 29.1/10.8 ->
 28.6/10.8 (1 = 1; the lead, load 2.3-4.1): `beyond_rank`'s defaults since session 31.
+
+Where the drafts' time goes (session 32, the s32 dumps, recipes/measured/large_batch_s32/): one length a batch, 60
+steps cost ~2.0 CPU s a batch plus ~0.034 a token (1 track of 26 tokens: 3.0 s; 8 of 12: 5.3 s), so SST-2's 53
+tracks over 24 lengths cost 84 CPU s, most of it the per-batch part. A draft's early ratio does not tell whether it
+will be kept: the kept ones stand at ratio 1 (the track) until step ~10 and at up to 1.6-2.0 at step 40, going
+under 0.5 only as the temperature falls (stopping at step 20 where over 0.8 loses 6 of SST-2's 10, 24 of CoLA's
+29), and the track's own distance does not separate them (medians 0.54 / 0.55). With `pack`
+(`beyond_rank --option draft_pack=true`, off) nearby lengths share one right-padded batch (`packed`: the cuts
+that minimise batches x OVERHEAD + rows x longest length): SST-2 4 batches, 84 -> 45 CPU s (kept 10 -> 12),
+CoLA 3, 56 -> 38 (29 -> 27; the draws' noise differs), the rest left to the descent.
 """
 
 from __future__ import annotations
