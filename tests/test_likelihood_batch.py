@@ -365,3 +365,35 @@ def test_share_power_splits_a_round_by_the_sentences_lengths(wide, monkeypatch):
                     share_power=power).run(obs, wide)
         # the second sentence, the last of the round, takes all that is left (~ what the round began with)
         assert asked[0] / asked[1] == pytest.approx(first, rel=0.02)
+
+
+def test_relocate_moves_a_sentence_into_the_slot_of_its_length(wide, monkeypatch):
+    """`relocate`: two slots of different lengths holding each other's sentence (cut or padded to the wrong
+    length) exchange their contents, each fitted to its new length, where the batch misfit falls; from the
+    truth nothing moves. The batch search calls it after every round's climbs only when it is on."""
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+    from textleak.attacks.likelihood_relocate import fitted
+    from textleak.attacks.likelihood_state import _Batch, clip_norm
+    from textleak.core.budget import time_budget
+    from textleak.text.layouts import layout_for
+
+    assert fitted([5, 6], 4, 0) == [[0, 0, 5, 6], [5, 0, 0, 6], [5, 6, 0, 0]]
+    assert fitted([5, 6, 7], 2, 0) == [[6, 7], [5, 7], [5, 6]]
+    obs, truth = _observation(wide, ["a bird sang", "the dog sat on the mat"], [1, 1])
+    pad = wide.tokenizer.convert_tokens_to_ids(".")
+    inner = [range(1, len(s) - 1) for s in truth]
+    wrong = [[truth[0][0]] + truth[1][1:4] + [truth[0][-1]], truth[0][:-1] + [pad] * 3 + [truth[1][-1]]]
+    batch = _Batch(layout_for(wide.model), obs.gradients, wrong, [1, 1], clip_norm(obs.metadata))
+    before = batch.misfit()
+    search = BatchLikelihoodSearch()
+    assert search._relocate(batch, inner, pad) == 1
+    assert batch.seqs[0] == truth[0] and batch.seqs[1][:4] == truth[1][:4] and batch.misfit() < before
+    batch = _Batch(layout_for(wide.model), obs.gradients, truth, [1, 1], clip_norm(obs.metadata))
+    assert search._relocate(batch, inner, pad) == 0 and batch.seqs == truth
+    calls = []
+    monkeypatch.setattr(BatchLikelihoodSearch, "_settle", lambda self, batch, i, *args: (1, False))
+    monkeypatch.setattr(BatchLikelihoodSearch, "_relocate", lambda self, *args: calls.append(1) or 0)
+    for on in (False, True):
+        with time_budget(30):
+            out = BatchLikelihoodSearch(prior="none", rounds=2, strong=3.0, exchanges=False, relocate=on).run(obs, wide)
+        assert len(calls) == 2 * on and out.details["relocated"] == 0

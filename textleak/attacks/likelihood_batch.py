@@ -46,7 +46,7 @@ batch, each splitting the time left), `exchanges` (swap passes after each round)
 `relabel` (labels read as counts placed by the likelihood), `early`, `early_layers` (first rounds on the
 early layers alone), `place_labels` (the start built under every placement of the counts), `stand_in` (training
 sentences whose mean gradient stands for a sentence not yet climbed), `share_power` (each sentence's share of a
-round's time by its length).
+round's time by its length), `relocate` (whole sentences exchanged between slots of different lengths).
 In `auto` it runs before `likelihood` (which goes on from its guess with the time left; the
 likelier guess by misfit is kept) and refuses a single sentence.
 Shapes: as `likelihood` (token-id lists of the declared lengths).
@@ -68,13 +68,14 @@ from .base import ATTACKS, AttackOutput
 from .evidence import ContextCandidates, candidates, filler_ids, row_scores, strong_rows
 from .likelihood import LikelihoodSearch
 from .likelihood_exchange import Exchanges
+from .likelihood_relocate import Relocations
 from .likelihood_standin import stand_ins
 from .likelihood_state import _Batch, carried, clip_norm, placements
 
 
 @ATTACKS.register("likelihood_batch")
 @dataclass
-class BatchLikelihoodSearch(LikelihoodSearch, Exchanges):
+class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
     name: ClassVar[str] = "likelihood_batch"
 
     #: a token whose row stands this many noise deviations above the null at its best position is placed
@@ -164,6 +165,12 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges):
     #: 1 against 0 (session 30, noise_b4_s30): SST-2 dev batch 0 0.219 / 0.308, CoLA 0 0.575 / 0.535, SST-2 1
     #: 0.249 / 0.191: two wins, one loss, mean +0.003, all inside one batch's run-to-run spread: off
     share_power: float = 0.0
+    #: after each round's climbs, every pair of slots of different declared lengths exchanges its contents, each
+    #: fitted to the other's length, where that lowers the batch misfit (`likelihood_relocate`). Why: at the end of
+    #: `auto` on CoLA dev batch 0 of 4 at 1e-6 (sessions 29-30) "she has kissed her." stood in the 9-token slot of
+    #: "I don't want trouble.", garbage in its own 7-token slot, and no token-level move carries a sentence across
+    #: slots
+    relocate: bool = False
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """As `likelihood`, for batches of two or more sentences (batch 1 is `likelihood`'s)."""
@@ -195,7 +202,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges):
         reassign = relabel or (placing and self.place_labels == "rounds")
         carry = placing and self.place_labels == "carry"
         self._pin(batch, placed)
-        history, exchanged, carried_to = [], 0, []
+        history, exchanged, carried_to, relocated = [], 0, [], 0
         means = stand_ins(batch, tok, lengths, self.stand_in, specials) if self.stand_in > 0 else []
         for r in range(self.rounds):
             # early rounds: J_w of the embeddings and first layers alone, labels free where they are relabelled
@@ -208,6 +215,10 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges):
                 batch, moved, tried = self._carry(batch, labels, lengths, fill[0], specials)
                 self._pin(batch, placed)
                 changed, carried_to = changed + int(moved), carried_to + [batch.labels]
+            if self.relocate and not current().expired():  # whole sentences into the slots of their lengths
+                moved = self._relocate(batch, inner, fill[0])
+                self._pin(batch, placed)
+                relocated, changed = relocated + moved, changed + moved
             if self.exchanges and not current().expired():
                 moved = self._exchange(batch, inner, fill, {v for v, _, _ in rows})
                 self._pin(batch, placed)  # a pinned token an exchange moved is pinned where it went
@@ -219,7 +230,8 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges):
         self._keep, batch.free = None, False
         return self._output(batch, grads, level, tok, know, label_note,
                             {"placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
-                             "exchanged": exchanged, "changes_per_round": history, "context": context,
+                             "exchanged": exchanged, "relocated": relocated, "changes_per_round": history,
+                             "context": context,
                              "relabel": relabel, "early": early, "labels_read": labels,
                              "labels_placed": self.place_labels if placing else None, "placements": tried,
                              "carried": carried_to, "stand_in": [m is not None for m in means],

@@ -1,0 +1,78 @@
+"""Whole-sentence relocations of the batch search (`likelihood_batch.relocate`): the contents of two slots of
+different declared lengths exchanged, each cut or padded to its new slot's length, kept only if the batch misfit
+falls; `Relocations`, a mixin of `BatchLikelihoodSearch`.
+
+Why: a slot's length is declared, but the embedding rows, the early layers and the head of a same-label sentence
+barely depend on which slot holds its tokens (positions 1..n are the same positions in a slot of 7 and in one of
+9), so a sentence often assembles in a slot of another length, and the sentence that belongs there cannot follow
+it. CoLA dev batch 0 of 4 at variance 1e-6 (lengths 9 7 13 7; sessions 29-30, four end states of `auto`): "she has
+kissed her 'ly." and "she has kissed her. she hate" in the 9-token slot of "I don't want trouble.", garbage ("who
+bill “..") in the 7-token slot that is really hers, and "trouble" taken by the 13-token slot. No token-level move
+fixes that: the same-position exchanges (`likelihood_exchange`) keep every token's position, and a climb of one
+sentence moves one token, or two, at a time against the others as they stand.
+
+The move, for a pair of slots a, b of different lengths: b's inner tokens (between [CLS] and [SEP] where the
+sentences have them) fitted to a's inner length (a block of the filler inserted at any one place, or a run of
+tokens dropped at any one place), the likeliest option against a's target taken; then a's former tokens fitted to
+b likewise against b's target (a standing as just placed); kept only if the batch misfit ||G - mean g||^2 falls,
+else both restored. Cost per pair: two scorer passes over at most ~len + 1 options each and two misfits.
+Shapes: sentences are token-id lists of their declared lengths.
+"""
+
+from __future__ import annotations
+
+from ..core.budget import current
+from .likelihood_state import _Batch
+
+
+def fitted(body: list[int], k: int, pad: int) -> list[list[int]]:
+    """`body` (inner tokens) fitted to k tokens: itself if it has k; else a block of k - len(body) `pad` tokens
+    inserted at each place, or a run of len(body) - k tokens dropped at each place (each distinct option once)."""
+    m = len(body)
+    if m == k:
+        return [list(body)]
+    if m < k:
+        options = [body[:t] + [pad] * (k - m) + body[t:] for t in range(m + 1)]
+    else:
+        options = [body[:t] + body[t + m - k:] for t in range(k + 1)]
+    return [list(o) for o in dict.fromkeys(tuple(o) for o in options)]
+
+
+class Relocations:
+    """Whole-sentence exchanges between slots of different lengths (the module docstring)."""
+
+    def _relocate(self, batch: _Batch, inner: list[range], pad: int) -> int:
+        """Every pair of slots of different lengths tried once (`_relocate_pair`); how many exchanges were kept."""
+        kept, B = 0, len(batch.seqs)
+        for a in range(B):
+            for b in range(a + 1, B):
+                if len(inner[a]) != len(inner[b]):
+                    kept += self._relocate_pair(batch, a, b, inner, pad)
+                if current().expired():
+                    return kept
+        return kept
+
+    def _relocate_pair(self, batch: _Batch, a: int, b: int, inner: list[range], pad: int) -> int:
+        """Slots a and b exchange their contents, each fitted to the other's length (`fitted`, the likeliest
+        option against the slot's target, `_seed`); 1 if the batch misfit fell (kept), else 0 (restored)."""
+        old = {a: list(batch.seqs[a]), b: list(batch.seqs[b])}
+        before = batch.misfit()
+        bodies = {i: [old[i][p] for p in inner[i]] for i in (a, b)}
+
+        def options(i: int, src: int) -> list[list[int]]:
+            out = []
+            for body in fitted(bodies[src], len(inner[i]), pad):
+                t = list(old[i])
+                for p, v in zip(inner[i], body):
+                    t[p] = v
+                out.append(t)
+            return out
+
+        batch.set(b, options(b, a)[-1], batch.labels[b])  # a's tokens in b (padded or cut at the end) meanwhile
+        self._seed(batch, a, options(a, b))
+        self._seed(batch, b, options(b, a))
+        if batch.misfit() < before:
+            return 1
+        for i in (a, b):
+            batch.set(i, old[i], batch.labels[i])
+        return 0
