@@ -283,7 +283,8 @@ def test_carry_moves_each_guess_with_its_label_and_keeps_the_likeliest_placement
 
 
 def test_auto_hands_the_placed_labels_to_the_likelihood_continuation():
-    """`auto`: the labels `likelihood_batch` placed (free labels or `place_labels`) start `likelihood`'s search."""
+    """`auto`: the labels `likelihood_batch` placed (free labels, `place_labels` or `relocate`) start `likelihood`'s
+    search."""
     from textleak.attacks.auto import Auto
     from textleak.attacks.base import AttackOutput
     from textleak.attacks.likelihood import LikelihoodSearch
@@ -296,6 +297,9 @@ def test_auto_hands_the_placed_labels_to_the_likelihood_continuation():
     placed = auto._adapted(LikelihoodSearch(prior="none"), None, guess(labels_placed="first"), [])
     assert placed.initial_labels == [1, 0] and placed.initial_ids.tolist() == [[1, 5, 2], [1, 6, 2]]
     assert auto._adapted(LikelihoodSearch(prior="none"), None, guess(labels_placed=None), []).initial_labels is None
+    # labels carried with their sentences by `relocate` are handed on too
+    relocated = auto._adapted(LikelihoodSearch(prior="none"), None, guess(labels_relocated=True), [])
+    assert relocated.initial_labels == [1, 0]
 
 
 def test_stand_ins_are_training_means_of_the_declared_length_until_each_sentence_is_climbed(wide, tmp_path, monkeypatch):
@@ -397,3 +401,23 @@ def test_relocate_moves_a_sentence_into_the_slot_of_its_length(wide, monkeypatch
         with time_budget(30):
             out = BatchLikelihoodSearch(prior="none", rounds=2, strong=3.0, exchanges=False, relocate=on).run(obs, wide)
         assert len(calls) == 2 * on and out.details["relocated"] == 0
+
+
+def test_relocate_carries_labels_read_as_counts_with_their_sentences(wide):
+    """With `labels_move` (labels read as counts), two slots of different labels and lengths holding each other's
+    sentence at the sentence's own label exchange contents and labels together; labels known, they stay."""
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+    from textleak.attacks.likelihood_state import _Batch, clip_norm
+    from textleak.text.layouts import layout_for
+
+    obs, truth = _observation(wide, ["a bird sang", "the dog sat on the mat"], [1, 0])
+    pad = wide.tokenizer.convert_tokens_to_ids(".")
+    inner = [range(1, len(s) - 1) for s in truth]
+    wrong = [[truth[0][0]] + truth[1][1:4] + [truth[0][-1]], truth[0][:-1] + [pad] * 3 + [truth[1][-1]]]
+    for move in (True, False):
+        batch = _Batch(layout_for(wide.model), obs.gradients, wrong, [0, 1], clip_norm(obs.metadata))
+        before = batch.misfit()
+        BatchLikelihoodSearch()._relocate(batch, inner, pad, labels_move=move)
+        assert (batch.labels == [1, 0]) is move
+        if move:  # each sentence in the slot of its length at its label (slot 0's last token fits slot 1's pads)
+            assert batch.seqs[0][:3] == truth[0][:3] and batch.seqs[1][:4] == truth[1][:4] and batch.misfit() < before

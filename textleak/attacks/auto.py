@@ -160,8 +160,10 @@ class Auto:
         names = {f.name for f in fields(stage)}
         if guess is not None and "initial_ids" in names:
             stage = replace(stage, initial_ids=_padded(guess.prediction["token_ids"]))
-            # labels the guess's search placed (free labels, or the counts placed by the likelihood)
-            if "initial_labels" in names and (guess.details.get("relabel") or guess.details.get("labels_placed")):
+            # labels the guess's search placed (free labels, the counts placed by the likelihood, or carried with
+            # their sentences by `likelihood_batch.relocate`)
+            if "initial_labels" in names and (guess.details.get("relabel") or guess.details.get("labels_placed")
+                                              or guess.details.get("labels_relocated")):
                 stage = replace(stage, initial_labels=list(guess.prediction["labels"]))
         if getattr(stage, "prior", None) == "bigram" and not _bigram_available(target):
             tried.append({"attack": stage.name,

@@ -15,7 +15,11 @@ The move, for a pair of slots a, b of different lengths: b's inner tokens (betwe
 sentences have them) fitted to a's inner length (a block of the filler inserted at any one place, or a run of
 tokens dropped at any one place), the likeliest option against a's target taken; then a's former tokens fitted to
 b likewise against b's target (a standing as just placed); kept only if the batch misfit ||G - mean g||^2 falls,
-else both restored. Cost per pair: two scorer passes over at most ~len + 1 options each and two misfits.
+else both restored. Where the labels were read as counts (not known) and the two slots' labels differ, the
+exchange is also tried with the labels going with the contents (the counts stay): a sentence assembled at the
+wrong label in a slot of the wrong length (SST-2 dev batch 0: its one label-1 sentence, 12 tokens, assembled in the
+18-token slot the in-order read gives label 1; sessions 27-29) is carried with its label to its own length.
+Cost per pair: two scorer passes over at most ~len + 1 options each and two misfits (twice with the labels).
 Shapes: sentences are token-id lists of their declared lengths.
 """
 
@@ -41,22 +45,35 @@ def fitted(body: list[int], k: int, pad: int) -> list[list[int]]:
 class Relocations:
     """Whole-sentence exchanges between slots of different lengths (the module docstring)."""
 
-    def _relocate(self, batch: _Batch, inner: list[range], pad: int) -> int:
-        """Every pair of slots of different lengths tried once (`_relocate_pair`); how many exchanges were kept."""
+    def _relocate(self, batch: _Batch, inner: list[range], pad: int, labels_move: bool = False) -> int:
+        """Every pair of slots of different lengths tried once (`_exchanged`; with `labels_move`, where their labels
+        differ, also with the labels carried, the likelier of the two kept); how many exchanges were kept."""
         kept, B = 0, len(batch.seqs)
         for a in range(B):
             for b in range(a + 1, B):
-                if len(inner[a]) != len(inner[b]):
-                    kept += self._relocate_pair(batch, a, b, inner, pad)
+                if len(inner[a]) == len(inner[b]):
+                    continue
+                old = {i: (list(batch.seqs[i]), batch.labels[i]) for i in (a, b)}
+                best, before = None, batch.misfit()
+                for carry in (False, True) if labels_move and batch.labels[a] != batch.labels[b] else (False,):
+                    after = self._exchanged(batch, a, b, inner, pad, carry)
+                    if after < before and (best is None or after < best[0]):
+                        best = (after, {i: (list(batch.seqs[i]), batch.labels[i]) for i in (a, b)})
+                    for i in (a, b):
+                        batch.set(i, *old[i])
+                if best is not None:
+                    for i in (a, b):
+                        batch.set(i, *best[1][i])
+                    kept += 1
                 if current().expired():
                     return kept
         return kept
 
-    def _relocate_pair(self, batch: _Batch, a: int, b: int, inner: list[range], pad: int) -> int:
-        """Slots a and b exchange their contents, each fitted to the other's length (`fitted`, the likeliest
-        option against the slot's target, `_seed`); 1 if the batch misfit fell (kept), else 0 (restored)."""
+    def _exchanged(self, batch: _Batch, a: int, b: int, inner: list[range], pad: int, carry: bool) -> float:
+        """Slots a and b given each other's contents (with `carry`, their labels too), each fitted to its new
+        length (`fitted`, the likeliest option against the slot's target, `_seed`); the batch misfit after."""
         old = {a: list(batch.seqs[a]), b: list(batch.seqs[b])}
-        before = batch.misfit()
+        now = {a: batch.labels[b], b: batch.labels[a]} if carry else {a: batch.labels[a], b: batch.labels[b]}
         bodies = {i: [old[i][p] for p in inner[i]] for i in (a, b)}
 
         def options(i: int, src: int) -> list[list[int]]:
@@ -68,11 +85,9 @@ class Relocations:
                 out.append(t)
             return out
 
-        batch.set(b, options(b, a)[-1], batch.labels[b])  # a's tokens in b (padded or cut at the end) meanwhile
+        batch.set(b, options(b, a)[-1], now[b])  # a's tokens in b (padded or cut at the end) meanwhile
+        if carry:
+            batch.set(a, old[a], now[a])
         self._seed(batch, a, options(a, b))
         self._seed(batch, b, options(b, a))
-        if batch.misfit() < before:
-            return 1
-        for i in (a, b):
-            batch.set(i, old[i], batch.labels[i])
-        return 0
+        return batch.misfit()
