@@ -202,7 +202,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
         reassign = relabel or (placing and self.place_labels == "rounds")
         carry = placing and self.place_labels == "carry"
         self._pin(batch, placed)
-        history, exchanged, carried_to, relocated, labels_moved = [], 0, [], 0, False
+        history, exchanged, carried_to, relocated = [], 0, [], 0
         means = stand_ins(batch, tok, lengths, self.stand_in, specials) if self.stand_in > 0 else []
         for r in range(self.rounds):
             # early rounds: J_w of the embeddings and first layers alone, labels free where they are relabelled
@@ -216,10 +216,8 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
                 self._pin(batch, placed)
                 changed, carried_to = changed + int(moved), carried_to + [batch.labels]
             if self.relocate and not current().expired():  # whole sentences into the slots of their lengths
-                before = list(batch.labels)
                 moved = self._relocate(batch, inner, fill[0], label_note != "known")
                 self._pin(batch, placed)
-                labels_moved = labels_moved or batch.labels != before
                 relocated, changed = relocated + moved, changed + moved
             if self.exchanges and not current().expired():
                 moved = self._exchange(batch, inner, fill, {v for v, _, _ in rows})
@@ -232,9 +230,9 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
         self._keep, batch.free = None, False
         return self._output(batch, grads, level, tok, know, label_note,
                             {"placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
-                             "exchanged": exchanged, "relocated": relocated, "labels_relocated": labels_moved,
-                             "changes_per_round": history,
-                             "context": context,
+                             "exchanged": exchanged, "relocated": relocated,
+                             "labels_relocated": bool(self.relocate and batch.labels != labels),
+                             "changes_per_round": history, "context": context,
                              "relabel": relabel, "early": early, "labels_read": labels,
                              "labels_placed": self.place_labels if placing else None, "placements": tried,
                              "carried": carried_to, "stand_in": [m is not None for m in means],
