@@ -176,3 +176,41 @@ def test_a_repair_that_starts_inside_the_box_runs_no_sweep(setup):
         got, report = box.run([list(s) for s in ids], LABELS, time.monotonic() + 600)
         assert got == ids and report["misfit_after"] == 0
         assert report["sweeps"] == report["screened_sweeps"] == 0 and report["trials"] == len(ids)
+
+
+def _prefers_truth(ids):
+    return lambda trials: [0.0 if t in ids else 1.0 for t in trials]
+
+
+def _hides_truth(ids):
+    return lambda trials: [1.0 if t in ids else 0.0 for t in trials]
+
+
+def test_the_cls_guard_keeps_no_change_that_raises_a_changed_sentences_score(setup):
+    """`guard` (option `repair_cls_guard`): a substitution or trade of lower box misfit is kept only where no sentence
+    it changes scores higher on the guard; a guard that ranks the truth first lets the repair reach it as before."""
+    wide, observation, ids = setup
+    box, _ = _box(wide, observation, ids)
+    box.guard = _hides_truth(ids)
+    got, report = box.run(_wrong(ids), LABELS, time.monotonic() + 600)
+    assert got[2] != ids[2] and report["guarded"] > 0 and report["misfit_after"] > 0
+    assert all(v <= w for v, w in zip(box.guard(got), box.guard(_wrong(ids))))
+    box, _ = _box(wide, observation, ids)
+    box.guard = _prefers_truth(ids)
+    got, report = box.run(_wrong(ids), LABELS, time.monotonic() + 600)
+    assert got == ids and report["misfit_after"] == 0
+    for guard, undone in ((_hides_truth(ids), False), (_prefers_truth(ids), True)):
+        box, _ = _box(wide, observation, ids)
+        box.guard = guard
+        assert (_exchanged(box, ids)[0] == ids) == undone  # the trade back to the truth, refused or kept
+
+
+def test_option_repair_cls_guard_hands_the_token_repair_the_cls_score(setup, monkeypatch):
+    wide, observation, ids = setup
+    assert UpdateExact().repair_cls_guard is False
+    seen = _spy_on_the_repair(monkeypatch, "guard")
+    for on in (False, True):
+        _repair_the_true_batch(UpdateExact(repair_cls_guard=on, cls_descent=False), wide, observation, ids)
+    assert seen[0] == (None,) and seen[1][0] is not None
+    scores = seen[1][0](ids + [_wrong(ids)[2]])
+    assert len(scores) == 4 and scores[2] < scores[3]

@@ -91,6 +91,12 @@ class BoxRepair:
         #: scored by `screen` (the two sentences' scores summed), only the `exchange_keep` lowest get gradients (0:
         #: all); `exchange_screened` counts the trades left out, `exchange_trials` the gradients the trades took
         self.exchange_keep, self.exchange_screened, self.exchange_trials = exchange_keep, 0, 0
+        #: option `repair_cls_guard`: a change (substitution, trade, move) is kept only where `guard` (per sentence,
+        #: lower is better: the [CLS] spans' score) raises no changed sentence's score; of the changes that lower the
+        #: misfit, the least-misfit one the guard passes is kept (one `guard` call a candidate weighed); `guarded`
+        #: counts those refused. Off (None): the least-misfit change, as before
+        self.guard: Callable[[list[list[int]]], list[float]] | None = None
+        self.guarded, self._cls = 0, []
         self.vocab = vocab.to(layout.device).long()
         layers = len(layout.layers)
         self.names = [n for k in range(layers) for n in layout.shared(fits.update, layout.qkv_names(k))]
@@ -203,6 +209,7 @@ class BoxRepair:
                       "trials": self.trials, "width": self.width, "moves": self.moves, "screened_sweeps": screened,
                       "screened": self.screened, "screen_keeps": keeps, "ran_out": budget_now() >= deadline,
                       "exchange_trials": self.exchange_trials, "exchange_screened": self.exchange_screened,
+                      "guarded": self.guarded if self.guard is not None else None,
                       "cpu_s": round(time.process_time() - began, 1)}
 
     def _screened(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> list[list[int]]:
@@ -230,6 +237,7 @@ class BoxRepair:
         self._total = sum(self._own) / self._B
         self._best = self.misfit(self._total)
         self._deadline, self._changes = deadline, 0
+        self._cls = self.guard(seqs) if self.guard is not None else []
         return seqs, self._best
 
     def least_labels(self, sequences: Sequence[Sequence[int]], choices: Sequence[Sequence[int]],
@@ -250,7 +258,7 @@ class BoxRepair:
                   gradient: Callable[[Sequence[int], int], torch.Tensor] | None = None) -> bool:
         """Replace sentence b by the trial of least misfit, if it lowers the batch's; whether it did
         (`gradient`: as in `begin`)."""
-        found = None
+        below = []
         lacking = missing(seqs, self.cover)
         for trial in trials:
             if trial == seqs[b] or budget_now() >= self._deadline:
@@ -259,8 +267,9 @@ class BoxRepair:
                 continue
             g = (gradient or self.gradient)(trial, self._labels[b])
             value = self.misfit(self._total + (g - self._own[b]) / self._B)
-            if value < self._best and (found is None or value < found[0]):
-                found = (value, trial, g)
+            if value < self._best:
+                below.append((value, trial, g))
+        found = self._guarded(below, lambda f: {b: f[1]})
         if found is None:
             return False
         self._best, seqs[b], g = found
@@ -268,6 +277,22 @@ class BoxRepair:
         self._changes += 1
         return True
 
+    def _guarded(self, below: list[tuple], changed: Callable[[tuple], dict[int, list[int]]]) -> tuple | None:
+        """Of the candidate changes `below` (each (misfit, ...), below the batch's), the least-misfit one (the first
+        on a tie); with a `guard`, the least-misfit one whose changed sentences (`changed`: candidate -> sentence
+        index -> new sentence) each score no higher than now (their scores then updated), None where none does."""
+        ranked = sorted(below, key=lambda f: f[0])
+        if self.guard is None or not ranked:
+            return ranked[0] if ranked else None
+        for f in ranked:
+            new = changed(f)
+            scores = self.guard(list(new.values()))
+            if all(v <= self._cls[i] for i, v in zip(new, scores)):
+                for i, v in zip(new, scores):
+                    self._cls[i] = v
+                return f
+            self.guarded += 1
+        return None
 
     def _exchange(self, seqs: list[list[int]]) -> None:
         """Two sentences trade what they hold at one position, or their whole heads up to it (a
@@ -275,7 +300,7 @@ class BoxRepair:
         that lowers the batch's misfit is kept, for each pair of sentences (of `_trades`)."""
         for a in range(len(seqs)):
             for b in range(a + 1, len(seqs)):
-                found = None
+                below = []
                 for x, y in self._trades(seqs, a, b):
                     if budget_now() >= self._deadline:
                         break
@@ -283,8 +308,9 @@ class BoxRepair:
                     self.exchange_trials += 2
                     total = self._total + (gx - self._own[a] + gy - self._own[b]) / self._B
                     value = self.misfit(total)
-                    if value < self._best and (found is None or value < found[0]):
-                        found = (value, x, y, gx, gy, total)
+                    if value < self._best:
+                        below.append((value, x, y, gx, gy, total))
+                found = self._guarded(below, lambda f: {a: f[1], b: f[2]})
                 if found is not None:
                     self._best, seqs[a], seqs[b], self._own[a], self._own[b], self._total = found
                     self._changes += 1
@@ -333,7 +359,7 @@ class BoxRepair:
             gain = {(c, q): rank(c, q, seqs[c][q]) - rank(c, q, t) for c, q in spots if seqs[c][q] != t}
             targets = sorted((s for s in gain if gain[s] > 0), key=lambda s: -gain[s])[:MOVE_TARGETS]
             refills = [u for u in options[len(seqs[b])][p] if u != t][:MOVE_REFILLS]
-            lacking, found, tried = missing(seqs, self.cover), None, {}  # two sentences' trials repeat
+            lacking, below, tried = missing(seqs, self.cover), [], {}  # two sentences' trials repeat
             for u in refills:
                 for c, q in targets:
                     trial = [list(s) for s in seqs]
@@ -349,8 +375,9 @@ class BoxRepair:
                         grads = {i: tried[i, tuple(trial[i])] for i in (b, c)}
                     total = self._total + sum(g - self._own[i] for i, g in grads.items()) / self._B
                     value = self.misfit(total)
-                    if value < self._best and (found is None or value < found[0]):
-                        found = (value, trial, grads, total)
+                    if value < self._best:
+                        below.append((value, trial, grads, total))
+            found = self._guarded(below, lambda f: {i: f[1][i] for i in f[2]})
             if found is not None:
                 self._best, trial, grads, self._total = found
                 for i, g in grads.items():
