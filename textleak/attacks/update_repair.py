@@ -268,7 +268,7 @@ class BoxRepair:
             g = (gradient or self.gradient)(trial, self._labels[b])
             value = self.misfit(self._total + (g - self._own[b]) / self._B)
             if value < self._best:
-                below.append((value, trial, g))
+                self._offer(below, (value, trial, g))
         found = self._guarded(below, lambda f: {b: f[1]})
         if found is None:
             return False
@@ -276,6 +276,15 @@ class BoxRepair:
         self._total, self._own[b] = self._total + (g - self._own[b]) / self._B, g
         self._changes += 1
         return True
+
+    def _offer(self, below: list[tuple], candidate: tuple) -> None:
+        """Collect a change below the batch's misfit (`candidate`: (misfit, ...), its gradients with it): every one
+        for the guard to weigh, else only the least so far (the first on a tie), so that unguarded no more than one
+        candidate's gradients are held (each is the Q/K/V weights' size)."""
+        if self.guard is not None:
+            below.append(candidate)
+        elif not below or candidate[0] < below[0][0]:
+            below[:] = [candidate]
 
     def _guarded(self, below: list[tuple], changed: Callable[[tuple], dict[int, list[int]]]) -> tuple | None:
         """Of the candidate changes `below` (each (misfit, ...), below the batch's), the least-misfit one (the first
@@ -309,7 +318,7 @@ class BoxRepair:
                     total = self._total + (gx - self._own[a] + gy - self._own[b]) / self._B
                     value = self.misfit(total)
                     if value < self._best:
-                        below.append((value, x, y, gx, gy, total))
+                        self._offer(below, (value, x, y, gx, gy, total))
                 found = self._guarded(below, lambda f: {a: f[1], b: f[2]})
                 if found is not None:
                     self._best, seqs[a], seqs[b], self._own[a], self._own[b], self._total = found
@@ -376,7 +385,7 @@ class BoxRepair:
                     total = self._total + sum(g - self._own[i] for i, g in grads.items()) / self._B
                     value = self.misfit(total)
                     if value < self._best:
-                        below.append((value, trial, grads, total))
+                        self._offer(below, (value, trial, grads, total))
             found = self._guarded(below, lambda f: {i: f[1][i] for i in f[2]})
             if found is not None:
                 self._best, trial, grads, self._total = found
