@@ -76,8 +76,7 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
     residuals = out.details.get("sentence_residuals") or []
     worst = sorted(range(len(residuals)), key=lambda b: -residuals[b] if residuals[b] == residuals[b] else
                    -float("inf")) if len(residuals) == len(pred["token_ids"]) else None
-    _screen(attack, repair, len(pred["token_ids"]))
-    _guard(attack, repair, len(pred["token_ids"]))
+    _cls_scores(attack, repair, len(pred["token_ids"]))
     pred["token_ids"], report = repair.run(pred["token_ids"], pred["labels"], budget.current().deadline, worst)
     pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
     attack._certify(observation, layout_for(target.model), facts, out)
@@ -136,35 +135,29 @@ def _share_of(deadline: float, share: float) -> float:
     return began + share * (deadline - began)
 
 
-def _screen(attack: Any, repair: BoxRepair, batch: int) -> None:
-    """Option `repair_screen` (batch > 1, the last layer shared): the token repair weighs only each position's
-    `repair_screen` trials of least [CLS] score (`update_cls.ClsSpans.score`: one forward a trial, where the box
-    misfit costs a backward) until a screened sweep changes nothing. Ground truth (scratch,
-    `recipes/measured/fedavg_small_lr_s28`): at lr 1e-5 the true batch has box misfit 0 and every single
-    substitution tried more; the repair ran out of budget at 3-5 full sweeps, its misfit still falling. Option
-    `repair_screen_from`: the screened sweeps keep fewer trials first (`BoxRepair.first_keep`); option
-    `repair_exchange_screen`: the sentences' trades screened too (`BoxRepair.exchange_keep`)."""
-    keep = int(getattr(attack, "repair_screen", 0) or 0)
+def _cls_scores(attack: Any, repair: BoxRepair, batch: int) -> None:
+    """The token repair's uses of the [CLS] score (`update_cls.ClsSpans.score`, the spans built once; batch > 1, the
+    last layer shared). Option `repair_screen`: the repair weighs only each position's `repair_screen` trials of
+    least [CLS] score (one forward a trial, where the box misfit costs a backward) until a screened sweep changes
+    nothing. Ground truth (scratch, `recipes/measured/fedavg_small_lr_s28`): at lr 1e-5 the true batch has box
+    misfit 0 and every single substitution tried more; the repair ran out of budget at 3-5 full sweeps, its misfit
+    still falling. Option `repair_screen_from`: the screened sweeps keep fewer trials first (`BoxRepair.first_keep`);
+    option `repair_exchange_screen`: the sentences' trades screened too (`BoxRepair.exchange_keep`). Option
+    `repair_cls_guard`: the repair keeps no change that raises a changed sentence's [CLS] score (`BoxRepair.guard`).
+    Session 31 (`recipes/measured/fedavg_rt_b8_s31`): RT dev batch 1 of 8, K 8, lr 1e-4, the [CLS] start ended 98
+    of 161 tokens right and the repair's 27 changes lowered the box misfit 5.67e-3 -> 4.70e-3 and took it to 91."""
+    keep, guard = int(getattr(attack, "repair_screen", 0) or 0), bool(getattr(attack, "repair_cls_guard", False))
     fits = getattr(attack, "_fits", None)
-    if keep <= 0 or batch < 2 or fits is None:
+    if (keep <= 0 and not guard) or batch < 2 or fits is None:
         return
     spans = ClsSpans.of(fits, repair.layout, batch)  # the sites' bases `cls_start` fitted (`RoundingFits.row_basis`)
-    if spans is not None:
+    if spans is None:
+        return
+    if keep > 0:
         repair.screen, repair.keep = spans.score, keep
         repair.first_keep = int(getattr(attack, "repair_screen_from", 0) or 0)
         repair.exchange_keep = int(getattr(attack, "repair_exchange_screen", 0) or 0)
-
-
-def _guard(attack: Any, repair: BoxRepair, batch: int) -> None:
-    """Option `repair_cls_guard` (batch > 1, the last layer shared): the token repair keeps no change that raises a
-    changed sentence's [CLS] score (`update_cls.ClsSpans.score`; `BoxRepair.guard`). Session 31
-    (`recipes/measured/fedavg_rt_b8_s31`): RT dev batch 1 of 8, K 8, lr 1e-4, the [CLS] start ended 98 of 161
-    tokens right and the repair's 27 changes lowered the box misfit 5.67e-3 -> 4.70e-3 and took it to 91."""
-    fits = getattr(attack, "_fits", None)
-    if not getattr(attack, "repair_cls_guard", False) or batch < 2 or fits is None:
-        return
-    spans = ClsSpans.of(fits, repair.layout, batch)
-    if spans is not None:
+    if guard:
         repair.guard = spans.score
 
 
