@@ -53,17 +53,15 @@ class Relocations:
             for b in range(a + 1, B):
                 if len(inner[a]) == len(inner[b]):
                     continue
-                old = {i: (list(batch.seqs[i]), batch.labels[i]) for i in (a, b)}
+                old = _held(batch, (a, b))
                 best, before = None, batch.misfit()
                 for carry in (False, True) if labels_move and batch.labels[a] != batch.labels[b] else (False,):
                     after = self._exchanged(batch, a, b, inner, pad, carry)
                     if after < before and (best is None or after < best[0]):
-                        best = (after, {i: (list(batch.seqs[i]), batch.labels[i]) for i in (a, b)})
-                    for i in (a, b):
-                        batch.set(i, *old[i])
+                        best = (after, _held(batch, (a, b)))
+                    _hold(batch, old)
                 if best is not None:
-                    for i in (a, b):
-                        batch.set(i, *best[1][i])
+                    _hold(batch, best[1])
                     kept += 1
                 if current().expired():
                     return kept
@@ -91,3 +89,14 @@ class Relocations:
         self._seed(batch, a, options(a, b))
         self._seed(batch, b, options(b, a))
         return batch.misfit()
+
+
+def _held(batch: _Batch, slots: tuple[int, ...]) -> dict[int, tuple]:
+    """The sentences, labels and own gradients of `slots`, to be put back by `_hold` (no gradient computed again)."""
+    return {i: (list(batch.seqs[i]), batch.labels[i], batch.own[i]) for i in slots}
+
+
+def _hold(batch: _Batch, held: dict[int, tuple]) -> None:
+    """The slots of `held` (`_held`) as they were when held."""
+    for i, (seq, label, own) in held.items():
+        batch.seqs[i], batch.labels[i], batch.own[i] = list(seq), label, own
