@@ -421,3 +421,35 @@ def test_relocate_carries_labels_read_as_counts_with_their_sentences(wide):
         assert (batch.labels == [1, 0]) is move
         if move:  # each sentence in the slot of its length at its label (slot 0's last token fits slot 1's pads)
             assert batch.seqs[0][:3] == truth[0][:3] and batch.seqs[1][:4] == truth[1][:4] and batch.misfit() < before
+
+
+def test_relocate_last_moves_once_after_the_last_round_past_the_stage_deadline(wide, monkeypatch):
+    """`relocate="last"`: no move after the early rounds, one pass after the last round's climbs, and that pass
+    tries every pair of slots of different lengths though the last climb spent the stage's own budget (only the
+    enclosing deadline stops it); a value it does not know is refused."""
+    from textleak.attacks import likelihood_batch as lb
+    from textleak.core.budget import current, time_budget
+    from textleak.errors import InputError
+
+    obs, _ = _observation(wide, ["a bird sang", "the dog sat on the mat", "the cat"], [1, 1, 1])
+    events = []
+
+    def spent(self, batch, i, *args):  # each climb takes its whole slice, as a climb that does not settle
+        while not current().expired():
+            pass
+        events.append("climb")
+        return 1, False
+
+    def tried(self, batch, a, b, *args):
+        events.append("pair")
+        return float("inf")  # never kept: every pair is tried
+
+    monkeypatch.setattr(lb.BatchLikelihoodSearch, "_settle", spent)
+    monkeypatch.setattr(lb.BatchLikelihoodSearch, "_exchanged", tried)
+    with time_budget(3.0):
+        out = lb.BatchLikelihoodSearch(prior="none", rounds=2, strong=3.0, exchanges=False, share=0.5,
+                                       relocate="last").run(obs, wide)
+    assert events == ["climb"] * 6 + ["pair"] * 3 and out.details["relocated"] == 0
+    with pytest.raises(InputError):
+        with time_budget(3.0):
+            lb.BatchLikelihoodSearch(prior="none", rounds=1, strong=3.0, relocate="first").run(obs, wide)

@@ -46,7 +46,8 @@ batch, each splitting the time left), `exchanges` (swap passes after each round)
 `relabel` (labels read as counts placed by the likelihood), `early`, `early_layers` (first rounds on the
 early layers alone), `place_labels` (the start built under every placement of the counts), `stand_in` (training
 sentences whose mean gradient stands for a sentence not yet climbed), `share_power` (each sentence's share of a
-round's time by its length), `relocate` (whole sentences exchanged between slots of different lengths).
+round's time by its length), `relocate` (whole sentences exchanged between slots of different lengths, after every
+round or, "last", once after the last).
 In `auto` it runs before `likelihood` (which goes on from its guess with the time left; the
 likelier guess by misfit is kept) and refuses a single sentence.
 Shapes: as `likelihood` (token-id lists of the declared lengths).
@@ -68,7 +69,7 @@ from .base import ATTACKS, AttackOutput
 from .evidence import ContextCandidates, candidates, filler_ids, row_scores, strong_rows
 from .likelihood import LikelihoodSearch
 from .likelihood_exchange import Exchanges
-from .likelihood_relocate import Relocations
+from .likelihood_relocate import Relocations, enclosing, relocation
 from .likelihood_standin import stand_ins
 from .likelihood_state import _Batch, carried, clip_norm, placements
 
@@ -169,8 +170,12 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
     #: fitted to the other's length, where that lowers the batch misfit (`likelihood_relocate`). Why: at the end of
     #: `auto` on CoLA dev batch 0 of 4 at 1e-6 (sessions 29-30) "she has kissed her." stood in the 9-token slot of
     #: "I don't want trouble.", garbage in its own 7-token slot, and no token-level move carries a sentence across
-    #: slots; where the labels were read as counts, also with the labels carried with the contents
-    relocate: bool = False
+    #: slots; where the labels were read as counts, also with the labels carried with the contents. True: after
+    #: every round (s32 pairs, noise_b4_s32: CoLA 0 0.622 / 0.606 at 600 CPU s, CoLA 1 0.438 / 0.580 and SST-2 0
+    #: 0.092 / 0.174 at 300: while the guesses are garbage it moves fragments); "last": once, after the loop's
+    #: last round (its exchanges too), where the sentences are formed, stopped only by the enclosing deadline
+    #: (the stage's own is spent by then), so that the `likelihood` continuation climbs from it; False: never
+    relocate: bool | str = False
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """As `likelihood`, for batches of two or more sentences (batch 1 is `likelihood`'s)."""
@@ -203,6 +208,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
         carry = placing and self.place_labels == "carry"
         self._pin(batch, placed)
         history, exchanged, carried_to, relocated = [], 0, [], 0
+        moves = relocation(self.relocate)
         means = stand_ins(batch, tok, lengths, self.stand_in, specials) if self.stand_in > 0 else []
         for r in range(self.rounds):
             # early rounds: J_w of the embeddings and first layers alone, labels free where they are relabelled
@@ -215,7 +221,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
                 batch, moved, tried = self._carry(batch, labels, lengths, fill[0], specials)
                 self._pin(batch, placed)
                 changed, carried_to = changed + int(moved), carried_to + [batch.labels]
-            if self.relocate and not current().expired():  # whole sentences into the slots of their lengths
+            if moves == "rounds" and not current().expired():  # whole sentences into the slots of their lengths
                 moved = self._relocate(batch, inner, fill[0], label_note != "known")
                 self._pin(batch, placed)
                 relocated, changed = relocated + moved, changed + moved
@@ -227,6 +233,9 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
             history.append(changed)
             if not changed or current().expired():
                 break
+        if moves == "last":  # once, the sentences as formed; the stage's deadline is spent, the enclosing one rules
+            relocated += self._relocate(batch, inner, fill[0], label_note != "known", stop=enclosing(current()))
+            self._pin(batch, placed)
         self._keep, batch.free = None, False
         return self._output(batch, grads, level, tok, know, label_note,
                             {"placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],

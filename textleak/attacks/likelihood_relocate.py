@@ -25,8 +25,29 @@ Shapes: sentences are token-id lists of their declared lengths.
 
 from __future__ import annotations
 
-from ..core.budget import current
+from typing import Any, Callable
+
+from ..core.budget import Budget, current
+from ..errors import InputError
 from .likelihood_state import _Batch
+
+
+def relocation(value: Any) -> str:
+    """`likelihood_batch.relocate` as a mode: "rounds" (True: after every round), "last" (once, after the last
+    round) or "off" (False)."""
+    if value is True or value == "rounds":
+        return "rounds"
+    if value is False or value is None or value == "off":
+        return "off"
+    if value == "last":
+        return "last"
+    raise InputError(f"likelihood_batch.relocate: true, false or 'last', got {value!r}")
+
+
+def enclosing(budget: Budget) -> Callable[[], bool]:
+    """Whether the budget enclosing `budget` (itself where none encloses it) has run out: the stop of the move after
+    the last round, whose stage budget the last climb spends by design (it takes all that is left)."""
+    return (budget.parent or budget).expired
 
 
 def fitted(body: list[int], k: int, pad: int) -> list[list[int]]:
@@ -45,10 +66,12 @@ def fitted(body: list[int], k: int, pad: int) -> list[list[int]]:
 class Relocations:
     """Whole-sentence exchanges between slots of different lengths (the module docstring)."""
 
-    def _relocate(self, batch: _Batch, inner: list[range], pad: int, labels_move: bool = False) -> int:
+    def _relocate(self, batch: _Batch, inner: list[range], pad: int, labels_move: bool = False,
+                  stop: Callable[[], bool] | None = None) -> int:
         """Every pair of slots of different lengths tried once (`_exchanged`; with `labels_move`, where their labels
-        differ, also with the labels carried, the likelier of the two kept); how many exchanges were kept."""
-        kept, B = 0, len(batch.seqs)
+        differ, also with the labels carried, the likelier of the two kept), until `stop()` (default: the current
+        budget has run out); how many exchanges were kept."""
+        kept, B, stop = 0, len(batch.seqs), stop or current().expired
         for a in range(B):
             for b in range(a + 1, B):
                 if len(inner[a]) == len(inner[b]):
@@ -63,7 +86,7 @@ class Relocations:
                 if best is not None:
                     _hold(batch, best[1])
                     kept += 1
-                if current().expired():
+                if stop():
                     return kept
         return kept
 
