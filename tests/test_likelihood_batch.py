@@ -453,3 +453,42 @@ def test_relocate_last_moves_once_after_the_last_round_past_the_stage_deadline(w
     with pytest.raises(InputError):
         with time_budget(3.0):
             lb.BatchLikelihoodSearch(prior="none", rounds=1, strong=3.0, relocate="first").run(obs, wide)
+
+
+def test_relocate_fill_offers_each_slot_its_fillers(wide, monkeypatch):
+    """`relocate_fill`: each slot of a pair is offered, besides the other's contents fitted to its length, every
+    filler in all its inner positions (a slot giving its sentence away need not take the other's fragments), the
+    likeliest kept: the move still lands the sentence in the slot of its length, at a misfit no higher than
+    without the fillers. The batch search passes its fillers only with the option on."""
+    from textleak.attacks.evidence import filler_ids
+    from textleak.attacks.likelihood import LikelihoodSearch
+    from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
+    from textleak.attacks.likelihood_state import _Batch, clip_norm
+    from textleak.text.layouts import layout_for
+
+    obs, truth = _observation(wide, ["a bird sang", "the dog sat on the mat"], [1, 1])
+    tok = wide.tokenizer
+    fill = filler_ids(tok)
+    inner = [range(1, len(s) - 1) for s in truth]
+    junk = tok.convert_tokens_to_ids(["happy", "sad", "good"])
+    wrong = [[truth[0][0]] + junk + [truth[0][-1]], truth[0][:-1] + [fill[0]] * 3 + [truth[1][-1]]]
+    seeded, after = [], {}
+    seed = LikelihoodSearch._seed
+    monkeypatch.setattr(BatchLikelihoodSearch, "_seed", staticmethod(lambda batch, i, options: seeded.append(options)
+                                                                    or seed(batch, i, options)))
+    for fillers in ((), tuple(fill)):
+        seeded.clear()
+        batch = _Batch(layout_for(wide.model), obs.gradients, wrong, [1, 1], clip_norm(obs.metadata))
+        assert BatchLikelihoodSearch()._relocate(batch, inner, fill[0], fillers=fillers) == 1
+        assert batch.seqs[0] == truth[0]
+        after[fillers] = batch.misfit()
+        for i, options in zip((0, 1), seeded):  # slot 0 then slot 1; the fillers last, one option each
+            tail = options[len(options) - len(fillers):] if fillers else []
+            assert tail == [[truth[i][0]] + [f] * len(inner[i]) + [truth[i][-1]] for f in fillers]
+    assert after[tuple(fill)] <= after[()]
+    calls = []
+    search = BatchLikelihoodSearch(relocate_fill=True)
+    monkeypatch.setattr(search, "_relocate", lambda batch, inner, pad, counted, stop, fillers: calls.append(fillers))
+    monkeypatch.setattr(search, "_pin", lambda *args: None)
+    search._relocated(batch, inner, fill, False, [])
+    assert calls == [tuple(fill)]

@@ -47,7 +47,7 @@ batch, each splitting the time left), `exchanges` (swap passes after each round)
 early layers alone), `place_labels` (the start built under every placement of the counts), `stand_in` (training
 sentences whose mean gradient stands for a sentence not yet climbed), `share_power` (each sentence's share of a
 round's time by its length), `relocate` (whole sentences exchanged between slots of different lengths, after every
-round or, "last", once after the last).
+round or, "last", once after the last; `relocate_fill`: each slot offered its fillers too).
 In `auto` it runs before `likelihood` (which goes on from its guess with the time left; the
 likelier guess by misfit is kept) and refuses a single sentence.
 Shapes: as `likelihood` (token-id lists of the declared lengths).
@@ -176,6 +176,10 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
     #: last round (its exchanges too), where the sentences are formed, stopped only by the enclosing deadline
     #: (the stage's own is spent by then), so that the `likelihood` continuation climbs from it; False: never
     relocate: bool | str = False
+    #: with `relocate`, each slot of a pair is offered its fillers (every inner token one `evidence.FILLERS` token)
+    #: besides the other's contents: a slot that gives its sentence away need not take the other's fragments
+    #: (s32: CoLA 1 at 300 CPU s, "john", "carried", "door" spread over slots of the wrong lengths); off
+    relocate_fill: bool = False
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """As `likelihood`, for batches of two or more sentences (batch 1 is `likelihood`'s)."""
@@ -208,7 +212,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
         carry = placing and self.place_labels == "carry"
         self._pin(batch, placed)
         history, exchanged, carried_to, relocated = [], 0, [], 0
-        moves = relocation(self.relocate)
+        moves, counted = relocation(self.relocate), label_note != "known"
         means = stand_ins(batch, tok, lengths, self.stand_in, specials) if self.stand_in > 0 else []
         for r in range(self.rounds):
             # early rounds: J_w of the embeddings and first layers alone, labels free where they are relabelled
@@ -222,8 +226,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
                 self._pin(batch, placed)
                 changed, carried_to = changed + int(moved), carried_to + [batch.labels]
             if moves == "rounds" and not current().expired():  # whole sentences into the slots of their lengths
-                moved = self._relocate(batch, inner, fill[0], label_note != "known")
-                self._pin(batch, placed)
+                moved = self._relocated(batch, inner, fill, counted, placed)
                 relocated, changed = relocated + moved, changed + moved
             if self.exchanges and not current().expired():
                 moved = self._exchange(batch, inner, fill, {v for v, _, _ in rows})
@@ -234,8 +237,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
             if not changed or current().expired():
                 break
         if moves == "last":  # once, the sentences as formed; the stage's deadline is spent, the enclosing one rules
-            relocated += self._relocate(batch, inner, fill[0], label_note != "known", stop=enclosing(current()))
-            self._pin(batch, placed)
+            relocated += self._relocated(batch, inner, fill, counted, placed, enclosing(current()))
         self._keep, batch.free = None, False
         return self._output(batch, grads, level, tok, know, label_note,
                             {"placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
@@ -249,6 +251,14 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
                              "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0})
 
     # -- pieces -------------------------------------------------------------------------------
+    def _relocated(self, batch: _Batch, inner: list[range], fill: list[int], counted: bool,
+                   placed: list[tuple[int, int, int]], stop: Any = None) -> int:
+        """The whole-sentence move (`likelihood_relocate`; labels carried where `counted`, each slot offered the
+        fillers with `relocate_fill`, until `stop()`), placed tokens pinned again; how many exchanges were kept."""
+        moved = self._relocate(batch, inner, fill[0], counted, stop, tuple(fill) if self.relocate_fill else ())
+        self._pin(batch, placed)
+        return moved
+
     def _first_guess(self, tok: Any, lengths: list[int], fill: list[int], specials: bool) -> list[list[int]]:
         """The sentences the search starts from: fillers between [CLS] and [SEP], or `initial_ids`."""
         if self.initial_ids is not None:

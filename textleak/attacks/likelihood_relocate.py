@@ -67,10 +67,10 @@ class Relocations:
     """Whole-sentence exchanges between slots of different lengths (the module docstring)."""
 
     def _relocate(self, batch: _Batch, inner: list[range], pad: int, labels_move: bool = False,
-                  stop: Callable[[], bool] | None = None) -> int:
+                  stop: Callable[[], bool] | None = None, fillers: tuple[int, ...] = ()) -> int:
         """Every pair of slots of different lengths tried once (`_exchanged`; with `labels_move`, where their labels
-        differ, also with the labels carried, the likelier of the two kept), until `stop()` (default: the current
-        budget has run out); how many exchanges were kept."""
+        differ, also with the labels carried, the likelier of the two kept; each slot offered its `fillers` too),
+        until `stop()` (default: the current budget has run out); how many exchanges were kept."""
         kept, B, stop = 0, len(batch.seqs), stop or current().expired
         for a in range(B):
             for b in range(a + 1, B):
@@ -79,7 +79,7 @@ class Relocations:
                 old = _held(batch, (a, b))
                 best, before = None, batch.misfit()
                 for carry in (False, True) if labels_move and batch.labels[a] != batch.labels[b] else (False,):
-                    after = self._exchanged(batch, a, b, inner, pad, carry)
+                    after = self._exchanged(batch, a, b, inner, pad, carry, fillers)
                     if after < before and (best is None or after < best[0]):
                         best = (after, _held(batch, (a, b)))
                     _hold(batch, old)
@@ -90,23 +90,28 @@ class Relocations:
                     return kept
         return kept
 
-    def _exchanged(self, batch: _Batch, a: int, b: int, inner: list[range], pad: int, carry: bool) -> float:
+    def _exchanged(self, batch: _Batch, a: int, b: int, inner: list[range], pad: int, carry: bool,
+                   fillers: tuple[int, ...] = ()) -> float:
         """Slots a and b given each other's contents (with `carry`, their labels too), each fitted to its new
-        length (`fitted`, the likeliest option against the slot's target, `_seed`); the batch misfit after."""
+        length (`fitted`), or a filler of `fillers` (every inner token that one: a slot that gives its sentence
+        away need not take the other's fragments), the likeliest option against the slot's target (`_seed`);
+        the batch misfit after."""
         old = {a: list(batch.seqs[a]), b: list(batch.seqs[b])}
         now = {a: batch.labels[b], b: batch.labels[a]} if carry else {a: batch.labels[a], b: batch.labels[b]}
         bodies = {i: [old[i][p] for p in inner[i]] for i in (a, b)}
 
-        def options(i: int, src: int) -> list[list[int]]:
+        def options(i: int, src: int, filled: bool = True) -> list[list[int]]:
             out = []
             for body in fitted(bodies[src], len(inner[i]), pad):
                 t = list(old[i])
                 for p, v in zip(inner[i], body):
                     t[p] = v
                 out.append(t)
+            for f in fillers if filled else ():
+                out.append([f if p in inner[i] else v for p, v in enumerate(old[i])])
             return out
 
-        batch.set(b, options(b, a)[-1], now[b])  # a's tokens in b (padded or cut at the end) meanwhile
+        batch.set(b, options(b, a, False)[-1], now[b])  # a's tokens in b (padded or cut at the end) meanwhile
         if carry:
             batch.set(a, old[a], now[a])
         self._seed(batch, a, options(a, b))
