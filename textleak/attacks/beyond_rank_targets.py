@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from typing import Any, Sequence
 
 import torch
@@ -94,15 +95,18 @@ class TargetDescent:
     def __init__(self, layout: Layout, gradients: dict, rank: int, specials: set[int], seed: int = 0,
                  sweeps: int = 8, invert: Any = None, pooled: Any = None, lengths: bool = False, guided: int = 0,
                  merge: float = 0.0, rounds: int = 0, pairing: float = 0.0, iters: int = 0, drafts: int = 0,
-                 bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0, draft_pack: bool = False):
+                 bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0, draft_pack: bool = False,
+                 draft_spend: bool = False):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.drafts, self.bias = drafts, bias  # >0: tracks redrawn from their states first (`beyond_rank_drafts`)
         self.draft_keep = draft_keep or 1.0  # a draft kept under this fraction of its track's distance (0: 1, nearer)
         self.draft_pack = draft_pack  # drafts of nearby lengths relaxed in one padded batch (`beyond_rank_drafts`)
+        self.draft_spend = draft_spend  # with draft_pack: the saving spent on more steps (`beyond_rank_drafts`)
         self.hit = hit or HIT  # a track this near its state is done (no more steps, counted `reached`)
         self.guided = guided  # >0: gradient-guided steps, this many candidates a position (`beyond_rank_guided`)
         self.lengths = lengths  # a stalled sweep tries every one-token deletion and insertion (`_resized`)
         self.resized, self.stalls = 0, 0  # length changes kept; sweeps that changed no single token
+        self.swept: dict[str, int] = {}  # `_sweeps`' rounds, pair sweeps, pairs never swept, sweeps of a stalled pair
         self.rng, self.sweeps = random.Random(seed), sweeps
         self.invert = invert  # a `beyond_rank_invert.StateInversion`: short lengths inverted first
         self.pooled = pooled  # the `leaks.pooled` states, where they were read already (`beyond_rank_first`)
@@ -121,6 +125,7 @@ class TargetDescent:
             ) -> list[list[int]]:
         tracks = [list(t) for t in tracks]
         options = [sorted(t for t in a if t not in self.specials) for a in allowed]
+        clock = budget.now()
         seen: list[tuple[list[list[int]], torch.Tensor]] = []
         got = self.pooled or pooled_states(self.layout, self.gradients, self.rank,
                                            lambda n: self._seen(tracks, options, n, seen), merge=self.merge,
@@ -141,16 +146,20 @@ class TargetDescent:
         pairs = [(r, targets[c], float(dist[r, c])) for r, c in self.pairs]
         best = {r: d for r, _, d in pairs}
         drafts = StateDrafts(self, self.drafts, self.bias, self.rng.randrange(2 ** 31), self.draft_keep,
-                             self.draft_pack) if self.drafts > 0 else None
+                             self.draft_pack, self.draft_spend) if self.drafts > 0 else None
+        seconds = {"states": budget.now() - clock}  # each stage's seconds on the budget clock
         if drafts is not None and not budget.expired():
             drafts.run(tracks, pairs, best, options)
+        seconds["drafts"], clock = budget.now() - clock - seconds["states"], budget.now()
         guided = None
         if self.guided > 0:
             guided = GuidedSweeps(self, options, top=self.guided, hit=self.hit)
             guided.run(tracks, pairs, best)
         else:
             self._sweeps(tracks, pairs, best, options)
+        seconds["sweeps"] = budget.now() - clock
         self.report = {"states": len(got.states), "targets": len(targets), "matched": len(pairs),
+                       "seconds": {k: round(v, 1) for k, v in seconds.items()}, **self.swept,
                        "reached": sum(d < self.hit for d in best.values()),
                        "stalls": self.stalls, **({"resized": self.resized} if self.lengths else {}),
                        **({"guided": {"steps": guided.steps, "rounds": guided.rounds, "exhaustive": guided.full}}
@@ -174,19 +183,28 @@ class TargetDescent:
 
     def _sweeps(self, tracks: list[list[int]], pairs: Sequence[tuple[int, torch.Tensor, float]],
                 best: dict[int, float], options: Sequence[list[int]]) -> None:
-        """Exhaustive sweeps (`_sweep`), the pairs in turn, until a round changes nothing."""
+        """Exhaustive sweeps (`_sweep`), the pairs in turn, until a round changes nothing. `swept` counts the rounds
+        begun, the pair sweeps, the pairs never swept (not within `hit`) and the sweeps of a pair whose last sweep
+        changed nothing ("again")."""
+        done, still, touched = Counter(), set(), set()  # counts; pairs whose last sweep changed nothing; swept
         for _ in range(self.sweeps):
             changed = False
+            done["rounds"] += 1
             for r, target, _ in pairs:
                 if budget.expired():
                     break
                 if best[r] < self.hit:
                     continue
+                done["again"] += r in still
                 seq, d = self._sweep(tracks[r], target, options, best[r])
                 changed |= d < best[r]
-                tracks[r], best[r] = seq, d
+                (still.discard if d < best[r] else still.add)(r)
+                tracks[r], best[r], done["swept"] = seq, d, done["swept"] + 1
+                touched.add(r)
             if not changed or budget.expired():
                 break
+        unswept = sum(1 for r, _, _ in pairs if r not in touched and best[r] >= self.hit)
+        self.swept = {"rounds": done["rounds"], "swept": done["swept"], "unswept": unswept, "again": done["again"]}
 
     def _seen(self, tracks: Sequence[list[int]], options: Sequence[list[int]], n: int,
               seen: list[tuple[list[list[int]], torch.Tensor]]) -> torch.Tensor:
