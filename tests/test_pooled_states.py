@@ -374,3 +374,14 @@ def test_with_draft_spend_packed_drafts_take_the_steps_their_saving_pays_for(bat
     assert reports[0]["batches"] == reports[1]["batches"] and reports[1]["steps"] > reports[0]["steps"]
     assert _wide_finisher(batch, draft_pack=True, draft_spend=True).draft_spend
     assert not _wide_finisher(batch).draft_spend
+
+
+def test_packed_drafts_are_the_drafts_drawn_one_length_at_a_time(batch):
+    layout, grads, truth, pins, tracks, specials = _two_off_setting(batch, 4)
+    outs, reports = [], []
+    for pack in (False, True):  # the same start noise a track, packed or not: the same drafts
+        descent = TargetDescent(layout, grads, len(truth), specials, sweeps=0, drafts=30, draft_pack=pack)
+        outs.append(descent.run([list(t) for t in tracks], [], pins.allowed))
+        reports.append(descent.report["drafts"])
+    assert reports[0]["batches"] > reports[1]["batches"] and reports[0]["kept"] == reports[1]["kept"] > 0
+    assert outs[0] == outs[1] != tracks

@@ -36,11 +36,12 @@ under 0.5 only as the temperature falls (stopping at step 20 where over 0.8 lose
 29), and the track's own distance does not separate them (medians 0.54 / 0.55). With `pack`
 (`beyond_rank --option draft_pack=true`, off) nearby lengths share one right-padded batch (`packed`: the cuts
 that minimise batches x OVERHEAD + rows x longest length): SST-2 4 batches, 84 -> 45 CPU s (kept 10 -> 12),
-CoLA 3, 56 -> 38 (29 -> 27; the draws' noise differs), the rest left to the descent. In the attack, 450 CPU s,
-side by side against the defaults: SST-2 48.5/30.0 -> 49.5/30.6 (9 = 9 exact), CoLA 54.8/30.0 -> 55.2/26.2 (8 = 8):
-off (CoLA's ROUGE-2). With `spend` too (`beyond_rank --option draft_spend=true`, session 33, off) the packing's saving
-goes to more steps of the drafts (`spent`: each batch the steps its lengths' unpacked cost pays for), not to the
-descent's sweeps.
+CoLA 3, 56 -> 38 (29 -> 27; the draws' noise differed: since session 33 a packed track starts from the noise it
+would have drawn alone, so packing changes the drafts' time only), the rest left to the descent. In the attack,
+450 CPU s, side by side against the defaults (session 32's draws): SST-2 48.5/30.0 -> 49.5/30.6 (9 = 9 exact), CoLA
+54.8/30.0 -> 55.2/26.2 (8 = 8): off (CoLA's ROUGE-2). With `spend` too (`beyond_rank --option draft_spend=true`,
+session 33, off) the packing's saving goes to more steps of the drafts (`spent`: each batch the steps its lengths'
+unpacked cost pays for), not to the descent's sweeps.
 """
 
 from __future__ import annotations
@@ -110,16 +111,21 @@ class StateDrafts:
         return drawn
 
     def _started(self, seqs: list[list[int]], cols: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each position's logits [len(seqs), its column]: small noise, `bias` up at each sentence's own token."""
-        Z = []
-        for p, c in enumerate(cols, start=1):
-            z = 0.1 * torch.randn(len(seqs), len(c), generator=self.gen)
+        """Each position's logits [len(seqs), its column]: small noise, `bias` up at each sentence's own token. The
+        noise is drawn length by length (ascending), each length's rows position by position, as one length a batch
+        draws it: packed or not, a track starts from the same logits (and a padded row relaxes as alone), so
+        `pack` changes the drafts' time, not the drafts. Past a row's length its logits are 0 (masked out)."""
+        Z = [torch.zeros(len(seqs), len(c)) for c in cols]
+        for n in sorted({len(s) for s in seqs}):
+            rows = torch.tensor([r for r, s in enumerate(seqs) if len(s) == n])
+            for p, c in enumerate(cols[:n - 2]):
+                Z[p][rows] = 0.1 * torch.randn(len(rows), len(c), generator=self.gen)
+        for p, (z, c) in enumerate(zip(Z, cols), start=1):
             at = {t: k for k, t in enumerate(c.tolist())}
             for r, s in enumerate(seqs):
                 if p < len(s) - 1 and s[p] in at:
                     z[r, at[s[p]]] += self.bias
-            Z.append(z.to(c.device).requires_grad_(True))
-        return Z
+        return [z.to(c.device).requires_grad_(True) for z, c in zip(Z, cols)]
 
 
 def packed(count: dict[int, int], overhead: float = OVERHEAD) -> list[list[int]]:
