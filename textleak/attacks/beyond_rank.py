@@ -178,7 +178,9 @@ class BeyondRank(Exact):
     draft_keep: float = 0.5
     # with `drafts`: tracks of nearby lengths relaxed as one right-padded batch (`beyond_rank_drafts.packed`; each
     # relaxation step has a fixed cost, ~2 CPU s in 60 steps, paid per batch); False: one length at a time. Off:
-    # 450 CPU s side by side, SST-2 48.5/30.0 -> 49.5/30.6, CoLA 54.8/30.0 -> 55.2/26.2 (large_batch_s32/)
+    # 450 CPU s side by side, SST-2 48.5/30.0 -> 49.5/30.6, CoLA 54.8/30.0 -> 55.2/26.2 (large_batch_s32/). Since
+    # session 33 each track starts from the noise it draws unpacked (the saved ~22 CPU s go to the sweeps): CoLA
+    # batch 0 54.9/30.2 -> 58.1/32.9 (8 -> 9 exact), batch 1 60.7/30.9 -> 60.5/31.5 (large_batch_s33/; SST-2 not run)
     draft_pack: bool = False
     # with `draft_pack`: each packed batch relaxes for `drafts` times (the cost of its lengths one at a time) / (its
     # cost packed), `beyond_rank_drafts.OVERHEAD`'s cost model: the drafts take about the unpacked drafts' time, the

@@ -39,9 +39,11 @@ that minimise batches x OVERHEAD + rows x longest length): SST-2 4 batches, 84 -
 CoLA 3, 56 -> 38 (29 -> 27; the draws' noise differed: since session 33 a packed track starts from the noise it
 would have drawn alone, so packing changes the drafts' time only), the rest left to the descent. In the attack,
 450 CPU s, side by side against the defaults (session 32's draws): SST-2 48.5/30.0 -> 49.5/30.6 (9 = 9 exact), CoLA
-54.8/30.0 -> 55.2/26.2 (8 = 8): off (CoLA's ROUGE-2). With `spend` too (`beyond_rank --option draft_spend=true`,
-session 33, off) the packing's saving goes to more steps of the drafts (`spent`: each batch the steps its lengths'
-unpacked cost pays for), not to the descent's sweeps.
+54.8/30.0 -> 55.2/26.2 (8 = 8): off (CoLA's ROUGE-2). Same draws (session 33, large_batch_s33/, 450 CPU s; the
+defaults' arms from earlier runs, which repeat within 0.4): CoLA batch 0 54.9/30.2 -> 58.1/32.9 (8 -> 9), batch 1
+60.7/30.9 -> 60.5/31.5 (9 = 9); the saved time goes to the sweeps (batch 1: 68 -> 78 pair sweeps). With `spend`
+too (`beyond_rank --option draft_spend=true`, session 33, off, not measured in the attack) the packing's saving goes
+to more steps of the drafts (`spent`: each batch the steps its lengths' unpacked cost pays for), not to the sweeps.
 """
 
 from __future__ import annotations
