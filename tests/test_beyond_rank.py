@@ -317,7 +317,7 @@ def test_far_past_the_limit_what_the_search_leaves_is_assembled_from_the_columns
     got = out.prediction["token_ids"]
     assert out.details["finish"]["sentences"] == len(TEXTS)  # 55 tokens: more than 1.5 x 32
     left = out.details["finish"]["left"]  # the budget's seconds left as the finish began and ended
-    assert 0 < left[1] <= left[0] < 3600
+    assert 0 < left[1] <= left[0] <= 3600  # (one decimal: a fast run rounds to 3600.0)
     assert sorted(map(len, got)) == sorted(map(len, truth))
     # every token stands once in this batch: the columns hold each once, and so does the batch assembled
     assert _content(got) == _content(truth)
