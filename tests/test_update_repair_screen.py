@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,9 +15,12 @@ from conftest import embedding_pins, repair_inputs, wide_update_at_small_lr
 from textleak.attacks import update as update_module
 from textleak.attacks import update_small_lr
 from textleak.attacks.update import UpdateExact, midpoint_model
+from textleak.attacks.update_positions import declared_batch
 from textleak.attacks.update_repair import BoxRepair
 from textleak.attacks.update_rounding import RoundingFits
 from textleak.attacks.update_sim import update_facts
+from textleak.core import budget
+from textleak.threat import Knowledge
 
 TEXTS = ["a bird sang a song .", "the cat was very sad .", "the film was good ."]
 LABELS = [0, 1, 1]
@@ -80,8 +84,8 @@ def _spy_on_the_repair(monkeypatch, *fields: str) -> list:
     return seen
 
 
-def _repair_the_true_batch(attack: UpdateExact, wide, observation, ids) -> None:
-    """Run `attack`'s token repair step once on the true batch, read at the update's midpoint."""
+def _repair_the_true_batch(attack: UpdateExact, wide, observation, ids):
+    """Run `attack`'s token repair step once on the true batch, read at the update's midpoint; its output."""
     facts = update_facts(observation.metadata)
     attack._fits = RoundingFits(update_module.layout_for(wide.model), observation.gradients, facts.lr, facts.steps)
     attack._widen = None
@@ -91,6 +95,7 @@ def _repair_the_true_batch(attack: UpdateExact, wide, observation, ids) -> None:
                                      prediction={"token_ids": [list(s) for s in ids], "labels": list(LABELS),
                                                  "texts": []})
     attack._repair(observation, wide, moved, facts, out, {})
+    return out
 
 
 def test_option_repair_screen_hands_the_token_repair_the_cls_score(setup, monkeypatch):
@@ -214,3 +219,32 @@ def test_option_repair_cls_guard_hands_the_token_repair_the_cls_score(setup, mon
     assert seen[0] == (None,) and seen[1][0] is not None
     scores = seen[1][0](ids + [_wrong(ids)[2]])
     assert len(scores) == 4 and scores[2] < scores[3]
+
+
+@pytest.mark.parametrize("sentences, on", [(4, False), (8, True)])
+def test_auto_turns_the_guard_and_the_screen_reserve_on_from_a_declared_batch_of_8(sentences, on):
+    """Options `repair_cls_guard` and `cls_screen_reserve` set to `auto` (`update_small_lr.batch_gated`): the guard
+    and a reserve of 0.5 where the attacker is told of 8 sentences or more (the declared lengths' count, else the
+    batch size), off at 4 (where the guard lost: session 32); a value set otherwise is kept at any batch."""
+    auto = UpdateExact(repair_cls_guard="auto", cls_screen_reserve="auto")
+    for know in (Knowledge(seq_lengths=(6,) * sentences), Knowledge(batch_size=sentences)):
+        gate = update_small_lr.batch_gated(auto, declared_batch(SimpleNamespace(knowledge=know)))
+        assert (gate["repair_cls_guard"], gate["cls_screen_reserve"]) == ((True, 0.5) if on else (False, 0))
+    with budget.time_budget(100.0) as b:
+        assert (update_small_lr._screen_until(auto, b.deadline, gate["cls_screen_reserve"]) is not None) == on
+    kept = update_small_lr.batch_gated(UpdateExact(repair_cls_guard=True, cls_screen_reserve=0.25), sentences)
+    assert (kept["repair_cls_guard"], kept["cls_screen_reserve"], kept["auto"]) == (True, 0.25, [])
+
+
+def test_auto_reaches_the_token_repair_by_the_declared_batch(setup, monkeypatch):
+    """`auto` in the attack: the update's 3 declared sentences are below `AUTO_BATCH` (8): no guard handed to the
+    token repair, the gate recorded in the details; with `AUTO_BATCH` 3 the guard is handed."""
+    wide, observation, ids = setup
+    seen = _spy_on_the_repair(monkeypatch, "guard")
+    out = _repair_the_true_batch(UpdateExact(repair_cls_guard="auto", cls_descent=False), wide, observation, ids)
+    assert seen == [(None,)]
+    assert out.details["batch_gate"] == {"sentences": 3, "auto": ["repair_cls_guard"], "repair_cls_guard": False,
+                                         "cls_screen_reserve": 0.0}
+    monkeypatch.setattr(update_small_lr, "AUTO_BATCH", 3)
+    _repair_the_true_batch(UpdateExact(repair_cls_guard="auto", cls_descent=False), wide, observation, ids)
+    assert seen[1][0] is not None

@@ -186,8 +186,8 @@ class UpdateExact(Exact):
     #: `update_small_lr._starts`: RT b8 lr 1e-4 it took 371 of 500 CPU s, the token repair 0.5; session 30)
     cls_share: float = 0.0
     #: with `cls_screen`: no start screened once less than this share of the [CLS] start's time is left, which goes
-    #: to the kept end's going on (`update_small_lr._screen_until`; 0: off; session 31)
-    cls_screen_reserve: float = 0.0
+    #: to the kept end's going on (`update_small_lr._screen_until`; 0: off; session 31; `auto`: 0.5 at batch 8 on)
+    cls_screen_reserve: float | str = 0.0
     #: tokens the [CLS] descent and the token repair try per position (`update_repair.BoxRepair.options`; 16: on RT dev
     #: batch 0 of 4 at lr 1e-5, 6 true tokens ranked 16-26; `recipes/measured/fedavg_small_lr_s27`)
     repair_width: int = WIDTH
@@ -201,8 +201,9 @@ class UpdateExact(Exact):
     #: of least summed [CLS] score (`update_repair.BoxRepair.exchange_keep`; 0: all; session 30)
     repair_exchange_screen: int = 0
     #: token repair: no change kept that raises a changed sentence's [CLS] score (`update_repair.BoxRepair.guard`;
-    #: RT b8 lr 1e-4 the repair lowered the misfit and lost text, 98 -> 91 tokens right; off; session 32)
-    repair_cls_guard: bool = False
+    #: RT b8 lr 1e-4 the repair lowered the misfit and lost text, 98 -> 91 tokens right; off; session 32; `auto`: on
+    #: where the declared batch holds `update_small_lr.AUTO_BATCH` sentences or more, off below: `batch_gated`)
+    repair_cls_guard: bool | str = False
     #: batch placements: a position closes only with one placed token per sentence there, a token complete only at
     #: weight `update_batch_positions.COMPLETE` (at lr 1e-5 the box hid a missing token's share; its module doc);
     #: RT b4 lr 1e-5 0.619 / 0.585 side by side, the same closures where the old ones were right: on (session 27)

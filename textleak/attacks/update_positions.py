@@ -219,7 +219,7 @@ def placement_for(attack: Any, observation: Observation, target: Any, facts: Upd
     settings, layout, grads = TrainingSettings.of(observation.metadata), layout_for(target.model), observation.gradients
     why = "option placement off" if not getattr(attack, "placement", False) else \
         "classification only" if observation.task != "classify" else \
-        "batch 1 only" if _batch(observation) != 1 else \
+        "batch 1 only" if declared_batch(observation) != 1 else \
         "training settings (per-layer clipping, reduced precision or left padding)" \
         if settings.per_layer_norm or settings.reduced_precision or settings.padding.get("side") == "left" else \
         "no position-embedding rows shared" if layout.position_embedding_name not in grads else None
@@ -233,7 +233,8 @@ def placement_for(attack: Any, observation: Observation, target: Any, facts: Upd
     return RowPlacer(layout, grads, facts.lr, facts.steps, tokens.tolist(), length).run()
 
 
-def _batch(observation: Observation) -> int | None:
+def declared_batch(observation: Observation) -> int | None:
+    """The number of sentences the attacker is told (the declared lengths', else the batch size; None: neither)."""
     know = observation.knowledge
     return len(know.seq_lengths) if know.seq_lengths is not None else know.batch_size
 
