@@ -248,3 +248,16 @@ def test_auto_reaches_the_token_repair_by_the_declared_batch(setup, monkeypatch)
     monkeypatch.setattr(update_small_lr, "AUTO_BATCH", 3)
     _repair_the_true_batch(UpdateExact(repair_cls_guard="auto", cls_descent=False), wide, observation, ids)
     assert seen[1][0] is not None
+
+
+def test_the_api_takes_auto_for_the_gated_options_only():
+    """`validate.attack_instance` (`textleak recover --option`): `auto` passes for the options `batch_gated` reads
+    (`UpdateExact.auto_options`), other text for them and `auto` for other number options still fail."""
+    from textleak.errors import InputError
+    from textleak.validate import attack_instance
+    attack = attack_instance("exact-update", {"repair_cls_guard": "auto", "cls_screen_reserve": "auto"}, 0)
+    assert (attack.repair_cls_guard, attack.cls_screen_reserve) == ("auto", "auto")
+    assert attack_instance("exact-update", {"cls_screen_reserve": 0.5}, 0).cls_screen_reserve == 0.5
+    for bad in ({"cls_screen_reserve": "half"}, {"cls_share": "auto"}):
+        with pytest.raises(InputError):
+            attack_instance("exact-update", bad, 0)

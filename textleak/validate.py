@@ -171,9 +171,10 @@ def attack_instance(name: Any, options: Any, seed: Any, *, modality: str | None 
         attacker = cls(seed=seed, **options)
     except TypeError as exc:
         raise InputError(f"bad option for attack {name!r}: {exc}") from None
+    auto = getattr(attacker, "auto_options", {})  # option -> its value where on, for `auto`
     for f in fields(attacker) if hasattr(attacker, "__dataclass_fields__") else ():
-        value, default = getattr(attacker, f.name), f.default
-        if value is None or value is default:
+        value, default = getattr(attacker, f.name), auto.get(f.name, f.default)
+        if value is None or value is default or (f.name in auto and value == "auto"):
             continue
         if isinstance(default, float) and not isinstance(default, bool):
             number(value, f"option {f.name}")

@@ -77,7 +77,7 @@ from .update_repair import WIDTH
 from .update_rounding import RoundingFits
 from .update_slots import FIRST_SHARE, slots_first
 from .update_result import certify, described, facts_of, kept_pass
-from .update_small_lr import better_result, repair_guess
+from .update_small_lr import AUTO_ON, better_result, repair_guess
 from .update_sim import (UpdateFacts, certify_batch, midpoint_model, shares_update, simulate_update,  # noqa: F401
                          simulation_check, simulation_mismatch, update_facts)
 
@@ -116,6 +116,8 @@ class UpdateExact(Exact):
     """`exact` on a FedAvg update (see the module docstring); `exact` (and so `auto`) hands updates here."""
 
     name: ClassVar[str] = "exact-update"
+    #: options that also take `auto` (`validate.attack_instance`), each with the value it takes where on
+    auto_options: ClassVar[dict] = AUTO_ON
     #: search with layers 1+2 where the rounding is fitted but not wide (`update_layers`; False: layer 1 alone)
     layered: bool = True
     #: in the layered search, offers from moves weighed at once and the moves stopped at a find
