@@ -212,7 +212,7 @@ def test_the_cls_guard_keeps_no_change_that_raises_a_changed_sentences_score(set
 
 def test_option_repair_cls_guard_hands_the_token_repair_the_cls_score(setup, monkeypatch):
     wide, observation, ids = setup
-    assert UpdateExact().repair_cls_guard is False
+    assert UpdateExact().repair_cls_guard == "auto"  # off below a declared batch of 8 (`batch_gated`)
     seen = _spy_on_the_repair(monkeypatch, "guard")
     for on in (False, True):
         _repair_the_true_batch(UpdateExact(repair_cls_guard=on, cls_descent=False), wide, observation, ids)
@@ -237,11 +237,11 @@ def test_auto_turns_the_guard_and_the_screen_reserve_on_from_a_declared_batch_of
 
 
 def test_auto_reaches_the_token_repair_by_the_declared_batch(setup, monkeypatch):
-    """`auto` in the attack: the update's 3 declared sentences are below `AUTO_BATCH` (8): no guard handed to the
-    token repair, the gate recorded in the details; with `AUTO_BATCH` 3 the guard is handed."""
+    """`auto` (the default) in the attack: the update's 3 declared sentences are below `AUTO_BATCH` (8): no guard
+    handed to the token repair, the gate recorded in the details; with `AUTO_BATCH` 3 the guard is handed."""
     wide, observation, ids = setup
     seen = _spy_on_the_repair(monkeypatch, "guard")
-    out = _repair_the_true_batch(UpdateExact(repair_cls_guard="auto", cls_descent=False), wide, observation, ids)
+    out = _repair_the_true_batch(UpdateExact(cls_descent=False), wide, observation, ids)
     assert seen == [(None,)]
     assert out.details["batch_gate"] == {"sentences": 3, "auto": ["repair_cls_guard"], "repair_cls_guard": False,
                                          "cls_screen_reserve": 0.0}
