@@ -492,3 +492,22 @@ def test_relocate_fill_offers_each_slot_its_fillers(wide, monkeypatch):
     monkeypatch.setattr(search, "_pin", lambda *args: None)
     search._relocated(batch, inner, fill, False, [])
     assert calls == [tuple(fill)]
+
+
+def test_option_values_are_checked_before_any_work_alone_and_as_autos_stage():
+    """`validate.attack_instance` (`textleak recover --option`): `relocate` takes true, false or "last" (its default
+    is the string "last", so a bool must still pass), a true/false option takes nothing else, and `auto`'s stage
+    options are checked as the stage's own, named by the stage."""
+    from textleak.errors import InputError
+    from textleak.validate import attack_instance
+    for value in (True, False, "last"):
+        assert attack_instance("likelihood_batch", {"relocate": value}, 0).relocate == value
+        assert attack_instance("auto", {"likelihood_batch": {"relocate": value}}, 0)
+    bad = [("likelihood_batch", {"relocate": "lst"}, "relocate"),
+           ("likelihood_batch", {"relocate_fill": "yes"}, "relocate_fill must be true or false"),
+           ("auto", {"likelihood_batch": {"relocate_fill": "yes"}}, "likelihood_batch.relocate_fill"),
+           ("auto", {"likelihood_batch": {"relocate": "lst"}}, "relocate"),
+           ("exact-update", {"repair_cls_guard": "x"}, "true or false or auto")]
+    for name, options, message in bad:
+        with pytest.raises(InputError, match=message):
+            attack_instance(name, options, 0)

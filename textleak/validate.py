@@ -171,20 +171,43 @@ def attack_instance(name: Any, options: Any, seed: Any, *, modality: str | None 
         attacker = cls(seed=seed, **options)
     except TypeError as exc:
         raise InputError(f"bad option for attack {name!r}: {exc}") from None
-    auto = getattr(attacker, "auto_options", {})  # option -> its value where on, for `auto`
-    for f in fields(attacker) if hasattr(attacker, "__dataclass_fields__") else ():
-        value, default = getattr(attacker, f.name), auto.get(f.name, f.default)
-        if value is None or value is default or (f.name in auto and value == "auto"):
-            continue
-        if isinstance(default, float) and not isinstance(default, bool):
-            number(value, f"option {f.name}")
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise InputError(f"option {f.name} must be a string, got {_kind(value)}")
+    _check_fields(attacker, "")
+    for stage in _stages(attacker):
+        _check_fields(stage, f"{getattr(stage, 'name', type(stage).__name__)}.")
     if isinstance(attacker, MatchOptions):
         allowed = {f.name for f in fields(MatchConfig)}
         replace(MatchConfig(), **{f.name: getattr(attacker, f.name) for f in fields(attacker)
                                   if f.name in allowed and getattr(attacker, f.name) is not None})
     return attacker
+
+
+def _stages(attacker: Any) -> list[Any]:
+    """A composite's configured stages (`auto`'s, one list per modality), each checked as an attack of its own."""
+    configured = getattr(attacker, "_configured", None) or {}
+    return [stage for stages in configured.values() for stage in stages]
+
+
+def _check_fields(attacker: Any, stage: str) -> None:
+    """Each option value against its field's type (numbers, true/false, strings; `auto` where the attack gates it),
+    then the attack's own check of its values (`check_options`), before any work; `stage`: "NAME." in a composite."""
+    from dataclasses import fields
+
+    auto = getattr(attacker, "auto_options", {})  # option -> its value where on, for `auto`
+    for f in fields(attacker) if hasattr(attacker, "__dataclass_fields__") else ():
+        value, default = getattr(attacker, f.name), auto.get(f.name, f.default)
+        if value is None or value is default or (f.name in auto and value == "auto"):
+            continue
+        takes_bool = isinstance(default, bool) or "bool" in str(f.type)
+        if isinstance(default, float) and not isinstance(default, bool):
+            number(value, f"option {stage}{f.name}")
+        elif isinstance(default, bool) and not isinstance(value, bool) and (f.name in auto or "str" not in str(f.type)):
+            more = " or auto" if f.name in auto else ""
+            raise InputError(f"option {stage}{f.name} must be true or false{more}, got {_kind(value)}")
+        elif isinstance(default, str) and not isinstance(value, str) and not (takes_bool and isinstance(value, bool)):
+            raise InputError(f"option {stage}{f.name} must be a string, got {_kind(value)}")
+    check = getattr(attacker, "check_options", None)  # an attack's own check of its values (e.g. a mode's names)
+    if callable(check):
+        check()
 
 
 def gradient_input(gradients: Any) -> tuple[Any, str | None]:

@@ -184,6 +184,10 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
     #: (s32: CoLA 1 at 300 CPU s, "john", "carried", "door" spread over slots of the wrong lengths); off
     relocate_fill: bool = False
 
+    def check_options(self) -> None:
+        """The option values checked before any work (`validate.attack_instance`): `relocate`'s mode."""
+        relocation(self.relocate)
+
     def preflight(self, observation: Observation, target: Any) -> None:
         """As `likelihood`, for batches of two or more sentences (batch 1 is `likelihood`'s)."""
         lengths = observation.knowledge.seq_lengths
