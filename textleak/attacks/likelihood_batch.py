@@ -238,8 +238,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
             if self.exchanges and not current().expired():
                 moved = self._exchange(batch, inner, fill, {v for v, _, _ in rows})
                 self._pin(batch, placed)  # a pinned token an exchange moved is pinned where it went
-                exchanged += moved
-                changed += moved
+                exchanged, changed = exchanged + moved, changed + moved
             history.append(changed)
             if not changed or current().expired():
                 break
