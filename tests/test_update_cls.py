@@ -211,7 +211,7 @@ def test_the_sites_are_fitted_once_for_the_descent_and_the_repair_screen(setup, 
     cls_start(repair, {"token_ids": [list(s) for s in ids], "labels": list(LABELS)}, fits, time.monotonic() + 600)
     assert len(calls) == len(SITES)
     screened = SimpleNamespace(layout=fits.layout, screen=None, keep=0)
-    update_small_lr._cls_scores(SimpleNamespace(repair_screen=8, _fits=fits), screened, len(ids))
+    update_small_lr._cls_scores(SimpleNamespace(repair_screen=8, _fits=fits), screened, len(ids), False)
     assert len(calls) == len(SITES) and screened.keep == 8 and screened.screen is not None
     again = ClsSpans.of(fits, fits.layout, len(ids))
     assert all(torch.equal(again.bases[k], v) for k, v in ClsSpans.of(fits, fits.layout, len(ids)).bases.items())

@@ -182,9 +182,9 @@ def attack_instance(name: Any, options: Any, seed: Any, *, modality: str | None 
 
 
 def _stages(attacker: Any) -> list[Any]:
-    """A composite's configured stages (`auto`'s, one list per modality), each checked as an attack of its own."""
-    configured = getattr(attacker, "_configured", None) or {}
-    return [stage for stages in configured.values() for stage in stages]
+    """A composite's stages (`auto.stages_for`, each modality's), each checked as an attack of its own."""
+    stages_for = getattr(attacker, "stages_for", None)
+    return [stage for m in getattr(attacker, "modalities", ()) for stage in stages_for(m)] if stages_for else []
 
 
 def _check_fields(attacker: Any, stage: str) -> None:

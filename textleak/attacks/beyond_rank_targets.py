@@ -147,17 +147,18 @@ class TargetDescent:
         best = {r: d for r, _, d in pairs}
         drafts = StateDrafts(self, self.drafts, self.bias, self.rng.randrange(2 ** 31), self.draft_keep,
                              self.draft_pack, self.draft_spend) if self.drafts > 0 else None
-        seconds = {"states": budget.now() - clock}  # each stage's seconds on the budget clock
+        marks = [clock, budget.now()]  # each stage's end on the budget clock: states, drafts, sweeps
         if drafts is not None and not budget.expired():
             drafts.run(tracks, pairs, best, options)
-        seconds["drafts"], clock = budget.now() - clock - seconds["states"], budget.now()
+        marks.append(budget.now())
         guided = None
         if self.guided > 0:
             guided = GuidedSweeps(self, options, top=self.guided, hit=self.hit)
             guided.run(tracks, pairs, best)
         else:
             self._sweeps(tracks, pairs, best, options)
-        seconds["sweeps"] = budget.now() - clock
+        marks.append(budget.now())
+        seconds = {k: marks[i + 1] - marks[i] for i, k in enumerate(("states", "drafts", "sweeps"))}
         self.report = {"states": len(got.states), "targets": len(targets), "matched": len(pairs),
                        "seconds": {k: round(v, 1) for k, v in seconds.items()}, **self.swept,
                        "reached": sum(d < self.hit for d in best.values()),

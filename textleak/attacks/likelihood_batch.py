@@ -248,7 +248,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
         return self._output(batch, grads, level, tok, know, label_note,
                             {"placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
                              "exchanged": exchanged, "relocated": relocated,
-                             "labels_relocated": bool(self.relocate and batch.labels != labels),
+                             "labels_relocated": moves != "off" and batch.labels != labels,
                              "changes_per_round": history, "context": context,
                              "relabel": relabel, "early": early, "labels_read": labels,
                              "labels_placed": self.place_labels if placing else None, "placements": tried,

@@ -165,7 +165,7 @@ def _share_of(deadline: float, share: float) -> float:
     return began + share * (deadline - began)
 
 
-def _cls_scores(attack: Any, repair: BoxRepair, batch: int, guard: bool | None = None) -> None:
+def _cls_scores(attack: Any, repair: BoxRepair, batch: int, guard: bool) -> None:
     """The token repair's uses of the [CLS] score (`update_cls.ClsSpans.score`, the spans built once; batch > 1, the
     last layer shared). Option `repair_screen`: the repair weighs only each position's `repair_screen` trials of
     least [CLS] score (one forward a trial, where the box misfit costs a backward) until a screened sweep changes
@@ -176,9 +176,8 @@ def _cls_scores(attack: Any, repair: BoxRepair, batch: int, guard: bool | None =
     `repair_cls_guard`: the repair keeps no change that raises a changed sentence's [CLS] score (`BoxRepair.guard`).
     Session 31 (`recipes/measured/fedavg_rt_b8_s31`): RT dev batch 1 of 8, K 8, lr 1e-4, the [CLS] start ended 98
     of 161 tokens right and the repair's 27 changes lowered the box misfit 5.67e-3 -> 4.70e-3 and took it to 91.
-    `guard`: option `repair_cls_guard` as `batch_gated` resolved it (None: the option as set)."""
+    `guard`: option `repair_cls_guard` as `batch_gated` resolved it (never the option's raw value: `auto` is text)."""
     keep = int(getattr(attack, "repair_screen", 0) or 0)
-    guard = bool(getattr(attack, "repair_cls_guard", False) if guard is None else guard)
     fits = getattr(attack, "_fits", None)
     if (keep <= 0 and not guard) or batch < 2 or fits is None:
         return
