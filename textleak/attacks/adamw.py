@@ -5,7 +5,7 @@ ICLR 2019; PyTorch's defaults, a fresh optimiser state per round) shared as
 U = (w0 - wK) / (lr K) (McMahan et al. 2017). Adam's step m / (sqrt(v) + eps) is not linear in
 the gradient (the first step is g / (|g| + eps), about sign(g)), so the span tests of DAGER
 (Petrov et al., NeurIPS 2024) that `exact-update` uses do not separate true sentences from false
-ones (measured in `/work/notes/15.md`: layer-0 residuals of true and false tokens overlap). What
+ones (measured in session 9 against the truth: layer-0 residuals of true and false tokens overlap). What
 still leaks, read here without any search:
 
 - the token set: a word-embedding row takes an Adam step only where its token was in the batch
