@@ -54,3 +54,48 @@ def test_option_cls_lengths_replaces_the_start_where_the_box_misfit_falls(setup)
     report = length_start(repair, pred, fits, time.monotonic() + 600, relabel=False)
     assert report["kept"] and report["misfit"][1] == 0 and sorted(pred["token_ids"]) == sorted(ids)
     assert UpdateExact().cls_lengths is False and UpdateExact(cls_lengths=True).cls_lengths is True
+
+
+class _Repair:
+    """A token repair whose run ends each start at the misfit `ends` gives it (keyed by the start's first sentence),
+    recording the starts it ran from."""
+
+    def __init__(self, ends, ran_out=False):
+        self.ends, self.ran_out, self.starts = ends, ran_out, []
+
+    def run(self, seqs, labels, deadline, order=None):
+        self.starts.append(([list(s) for s in seqs], list(labels)))
+        return [list(s) for s in seqs], {"misfit_after": self.ends[tuple(seqs[0])], "cpu_s": 0.0,
+                                         "ran_out": self.ran_out}
+
+
+def test_option_cls_lengths_race_repairs_the_untraded_start_with_the_time_left():
+    """`length_race` (`cls_lengths="race"`): the traded batch's repair stopped with time left, so the untraded start
+    is repaired too and the end of least box misfit is kept; not where the first repair ran out of time."""
+    from textleak.attacks.update_cls_lengths import length_race
+    traded, untraded = [[101, 7, 102], [101, 8, 9, 102]], ([[101, 8, 102], [101, 7, 9, 102]], [1, 0])
+    for ends, kept in (({(101, 8, 102): 1e-5}, "untraded"), ({(101, 8, 102): 9e-4}, "traded")):
+        repair = _Repair(ends)
+        pred, details = {"token_ids": [list(s) for s in traded], "labels": [0, 1]}, {}
+        report = length_race(repair, pred, {"misfit_after": 5e-4, "ran_out": False}, untraded,
+                             time.monotonic() + 600, None, details)
+        assert repair.starts == [untraded] and details["cls_lengths_race"]["kept"] == kept
+        want = (untraded[0], untraded[1]) if kept == "untraded" else (traded, [0, 1])
+        assert (pred["token_ids"], pred["labels"]) == want and report["misfit_after"] == min(5e-4, *ends.values())
+    repair = _Repair({})
+    pred, details = {"token_ids": [list(s) for s in traded], "labels": [0, 1]}, {}
+    length_race(repair, pred, {"misfit_after": 5e-4, "ran_out": True}, untraded, time.monotonic() + 600, None,
+                details)
+    assert repair.starts == [] and details["cls_lengths_race"]["ran"] is False and pred["token_ids"] == traded
+
+
+def test_option_cls_lengths_takes_true_false_or_race_checked_before_any_work():
+    import pytest
+
+    from textleak.errors import InputError
+    from textleak.validate import attack_instance
+    assert attack_instance("exact-update", {"cls_lengths": "race"}, 0).cls_lengths == "race"
+    assert attack_instance("exact-update", {"cls_lengths": True}, 0).cls_lengths is True
+    for bad in ("rac", 1):
+        with pytest.raises(InputError, match="cls_lengths"):
+            attack_instance("exact-update", {"cls_lengths": bad}, 0)

@@ -70,6 +70,7 @@ from .exact import Exact
 from .exact.search import Search
 from .update_layers import LayeredSearch, LayerScore
 from .update_batch_positions import pins_for
+from .update_cls_lengths import check_mode
 from .update_peel import END_SLACK, RISE, UpdatePeeler
 from .update_positions import place_sentence, placement_for
 from .update_rest_rows import RestRows, row_names
@@ -211,8 +212,8 @@ class UpdateExact(Exact):
     #: RT b4 lr 1e-5 0.619 / 0.585 side by side, the same closures where the old ones were right: on (session 27)
     strict_closure: bool = True
     #: with `cls_descent`: after the [CLS] start, sentences of other lengths trade contents on the [CLS] score, then
-    #: descend again, kept where the box misfit falls (`update_cls_lengths.length_start`; off; session 31)
-    cls_lengths: bool = False
+    #: descend again, kept where the box misfit falls (`update_cls_lengths`; off; session 31; "race": `length_race`)
+    cls_lengths: bool | str = False
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)
@@ -289,14 +290,12 @@ class UpdateExact(Exact):
         span search certifies nothing and the repairs on the box misfit decide (classification)."""
         return self._fits.share(0) >= REPAIR_ROUNDING and observation.task == "classify"
 
-    def _repair(self, observation: Observation, target: Any, moved: Any, facts: UpdateFacts,
-                out: AttackOutput, near: dict) -> None:
-        """Small learning rates (the rounding fitted): `update_small_lr.repair_guess`."""
-        repair_guess(self, observation, target, moved, facts, out, near)
+    _repair = repair_guess  # small learning rates (the rounding fitted): `update_small_lr.repair_guess`
+    _facts_of = staticmethod(facts_of)
 
-    @staticmethod
-    def _facts_of(observation: Observation) -> UpdateFacts:
-        return facts_of(observation)
+    def check_options(self) -> None:
+        """The option values checked before any work (`validate.attack_instance`): `cls_lengths`' mode."""
+        check_mode(self.cls_lengths)
 
     def _reader(self, observation: Observation) -> SpanReader:
         know = observation.knowledge

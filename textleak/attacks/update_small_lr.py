@@ -32,7 +32,7 @@ from .base import AttackOutput
 from .exact.candidates import vocabulary
 from .update_batch_positions import BatchMisfit, ranked_start
 from .update_cls import POOLER, SITES, ClsSpans, cls_start
-from .update_cls_lengths import length_start
+from .update_cls_lengths import length_race, length_start
 from .update_positions import declared_batch
 from .update_repair import WIDTH, BoxRepair
 from .update_sentences import SentenceRepair
@@ -66,8 +66,9 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
         pins = dataclasses.replace(pins, order=None)
     repair = BoxRepair(layout, attack._fits, span0, vocab, pins=pins, move=attack.cross_move,
                        width=getattr(attack, "repair_width", WIDTH))
+    untraded = None
     if getattr(pins, "order", None) is not None:
-        _starts(attack, target, pins, repair, out, gate["cls_screen_reserve"])
+        untraded = _starts(attack, target, pins, repair, out, gate["cls_screen_reserve"])
     if near:
         sentence_repair = SentenceRepair(repair)
         pred["token_ids"], sentences = sentence_repair.run(pred["token_ids"], pred["labels"], near,
@@ -89,6 +90,8 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
                    -float("inf")) if len(residuals) == len(pred["token_ids"]) else None
     _cls_scores(attack, repair, len(pred["token_ids"]), gate["repair_cls_guard"])
     pred["token_ids"], report = repair.run(pred["token_ids"], pred["labels"], budget.current().deadline, worst)
+    if untraded is not None:  # option cls_lengths="race": the untraded start repaired with the time left
+        report = length_race(repair, pred, report, untraded, budget.current().deadline, worst, out.details)
     pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
     attack._certify(observation, layout_for(target.model), facts, out)
     out.details["repair"] = report
@@ -110,13 +113,14 @@ def batch_gated(attack: Any, sentences: int) -> dict:
 
 
 def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackOutput,
-            reserve: float | None = None) -> None:
+            reserve: float | None = None) -> tuple[list[list[int]], list[int]] | None:
     """With the batch placements' ranking: the guess replaced by the ranked fill or a slot assignment of least box
     misfit (`ranked_start`, with the batch `slots_first` carried), then descended on the [CLS] spans (`cls_start`, by
     `_cls_deadline`); with option `cls_lengths`, sentences of other lengths trade contents after it
     (`update_cls_lengths.length_start`). `reserve`: option `cls_screen_reserve` as `batch_gated` resolved it (None:
-    the option as set)."""
-    pred = out.prediction
+    the option as set). Returns the batch before the length trade (token ids, labels) where `cls_lengths` is
+    "race" and a trade was kept, else None."""
+    pred, untraded = out.prediction, None
     special, assign = slot_starts(pins, target.tokenizer, attack.slot_assignment)
     carried = getattr(attack, "_carried", None)
     misfit = BatchMisfit(repair)
@@ -131,10 +135,14 @@ def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackO
                                                misfit, batches if getattr(attack, "cls_restarts", False) else None,
                                                getattr(attack, "cls_screen", 0), until)
         if getattr(attack, "cls_lengths", False):  # sentences moved between slots of other lengths
+            before = [list(s) for s in pred["token_ids"]], list(pred["labels"])
             out.details["cls_lengths"] = length_start(repair, pred, attack._fits, deadline, misfit,
                                                       attack.cls_relabel, sites)
             if isinstance(out.details["cls_descent"], dict):  # carried where the recipes read the start
                 out.details["cls_descent"]["lengths"] = out.details["cls_lengths"]
+            if attack.cls_lengths == "race" and (out.details["cls_lengths"] or {}).get("kept"):
+                untraded = before
+    return untraded
 
 
 def _cls_deadline(attack: Any) -> float:
