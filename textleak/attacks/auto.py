@@ -45,6 +45,9 @@ from .optimisation import GradientMatching
 #: (#15) likelihood_batch takes noisy classification batches of 2 or more first, likelihood goes on from its guess
 STAGES = {"text": ("exact", "positions", "beyond_rank", "likelihood_batch", "likelihood", "lamp", "tag", "dlg"),
           "image": ("idlg",)}
+#: an earlier stage's records kept in the result when a later stage's guess is chosen (`likelihood_batch`'s final
+#: whole-sentence move: exchanges kept, the batch misfit before and after)
+HANDED_ON = ("relocate_last",)
 #: settings shared by the optimisation stages (each takes those among its fields)
 SHARED = ("steps", "restarts", "optimizer", "lr", "distance", "decode")
 
@@ -140,11 +143,11 @@ class Auto:
                 if guess is None or "certified_share" in out.details:
                     guess = out
                 else:
-                    guess = _better(observation, target, guess, out)
+                    guess = _handed_on(guess, _better(observation, target, guess, out))
                 continue
             # (#16) a certified answer stands; an optimisation stage's is compared with the guess
             if guess is not None and guess is not out and "certified" not in out.details:
-                out = _better(observation, target, guess, out)
+                out = _handed_on(guess, _better(observation, target, guess, out))
             out.details["tried"] = tried
             return out
         if guess is not None:  # nothing after it ran: the uncertified assembly is the best there is
@@ -170,6 +173,15 @@ class Auto:
                           "reason": "no training sentences for the bigram prior; ran with prior 'none'"})
             stage = replace(stage, prior="none")
         return stage
+
+
+def _handed_on(earlier: AttackOutput, chosen: AttackOutput) -> AttackOutput:
+    """`chosen` (a later stage's guess or `earlier` itself) with the records of `earlier`'s search that say what its
+    end state was made of (`HANDED_ON`), where `chosen` has none of its own: `auto`'s result is the continuation's."""
+    for key in HANDED_ON:
+        if key in earlier.details and key not in chosen.details:
+            chosen.details[key] = earlier.details[key]
+    return chosen
 
 
 def _bigram_available(target: Any) -> bool:

@@ -47,7 +47,7 @@ batch, each splitting the time left), `exchanges` (swap passes after each round)
 early layers alone), `place_labels` (the start built under every placement of the counts), `stand_in` (training
 sentences whose mean gradient stands for a sentence not yet climbed), `share_power` (each sentence's share of a
 round's time by its length), `relocate` (whole sentences exchanged between slots of different lengths, after every
-round or, "last", once after the last; `relocate_fill`: each slot offered its fillers too).
+round or, "last", once after the last; `relocate_fill`: each slot offered its fillers too), `late_context`.
 In `auto` it runs before `likelihood` (which goes on from its guess with the time left; the
 likelier guess by misfit is kept) and refuses a single sentence.
 Shapes: as `likelihood` (token-id lists of the declared lengths).
@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -183,10 +183,22 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
     #: besides the other's contents: a slot that gives its sentence away need not take the other's fragments
     #: (s32: CoLA 1 at 300 CPU s, "john", "carried", "door" spread over slots of the wrong lengths); off
     relocate_fill: bool = False
+    #: masked-LM candidates (`context`'s, this many) in the last round's climbs alone; 0: none beyond `context`'s.
+    #: Why: at the end of `auto` on SST-2 dev batch 0 (session 33's defaults, 300 CPU s) every slot holds its own
+    #: label and most of its own sentence's tokens found, yet 55 of 87 inner tokens are still fillers (36 of 42 in
+    #: the 44-token slot) and the truth alone in any one slot is likelier by 2.6k-6.9k nats (session 34,
+    #: noise_b4_s34/diag_endstate): the search does not find the tokens, while the continuation's candidates took
+    #: 44-47 tokens in one J_w sweep. In every round (`context`) they lost CoLA 0 (s25); late, as `relocate`
+    late_context: int = 0
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `relocate`'s mode."""
         relocation(self.relocate)
+
+    def prepare(self, target: Any, observation: Observation | None = None, noisy: bool | None = None) -> None:
+        """As `likelihood`'s, the masked-LM head fitted or read for `late_context` as for `context`."""
+        k = max(self.context, self.late_context)
+        LikelihoodSearch.prepare(replace(self, context=k), target, observation, noisy)
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """As `likelihood`, for batches of two or more sentences (batch 1 is `likelihood`'s)."""
@@ -202,8 +214,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
         word, pos = layout.word_embedding_name, layout.position_embedding_name
         W, P = grads[word].double().cpu(), grads[pos].double().cpu()
         scores = row_scores(W, P, max(lengths), banned)
-        self._context, context = ContextCandidates.of(target, scores, banned, self.context)
-        self._rebuild.context = self._context
+        self._all_context, context = ContextCandidates.of(target, scores, banned, max(self.context, self.late_context))
         evidence = candidates(scores, lengths, self.per_position)
         specials = bool(know.special_tokens and tok.cls_token_id is not None and tok.sep_token_id is not None)
         inner = [range(1, n - 1) if specials else range(n) for n in lengths]
@@ -233,7 +244,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
                 self._pin(batch, placed)
                 changed, carried_to = changed + int(moved), carried_to + [batch.labels]
             if moves == "rounds" and not current().expired():  # whole sentences into the slots of their lengths
-                moved = self._relocated(batch, inner, fill, counted, placed)
+                moved = self._relocated(batch, inner, fill, counted, placed)["kept"]
                 relocated, changed = relocated + moved, changed + moved
             if self.exchanges and not current().expired():
                 moved = self._exchange(batch, inner, fill, {v for v, _, _ in rows})
@@ -242,12 +253,12 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
             history.append(changed)
             if not changed or current().expired():
                 break
-        if moves == "last":  # once, the sentences as formed; the stage's deadline is spent, the enclosing one rules
-            relocated += self._relocated(batch, inner, fill, counted, placed, enclosing(current()))
+        last = self._relocated(batch, inner, fill, counted, placed, enclosing(current())) if moves == "last" else None
+        relocated += last["kept"] if last else 0  # "last": once, until the enclosing deadline
         self._keep, batch.free = None, False
         return self._output(batch, grads, level, tok, know, label_note,
                             {"placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
-                             "exchanged": exchanged, "relocated": relocated,
+                             "exchanged": exchanged, "relocated": relocated, "relocate_last": last,
                              "labels_relocated": moves != "off" and batch.labels != labels,
                              "changes_per_round": history, "context": context,
                              "relabel": relabel, "early": early, "labels_read": labels,
@@ -257,14 +268,6 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
                              "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0})
 
     # -- pieces -------------------------------------------------------------------------------
-    def _relocated(self, batch: _Batch, inner: list[range], fill: list[int], counted: bool,
-                   placed: list[tuple[int, int, int]], stop: Any = None) -> int:
-        """The whole-sentence move (`likelihood_relocate`; labels carried where `counted`, each slot offered the
-        fillers with `relocate_fill`, until `stop()`), placed tokens pinned again; how many exchanges were kept."""
-        moved = self._relocate(batch, inner, fill[0], counted, stop, tuple(fill) if self.relocate_fill else ())
-        self._pin(batch, placed)
-        return moved
-
     def _first_guess(self, tok: Any, lengths: list[int], fill: list[int], specials: bool) -> list[list[int]]:
         """The sentences the search starts from: fillers between [CLS] and [SEP], or `initial_ids`."""
         if self.initial_ids is not None:
@@ -278,6 +281,9 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
         sentences not yet climbed stand as their training means (`means`, empty: they stand as they are).
         Returns the number of changes."""
         changed, w = 0, self._weights(lengths, specials)
+        # the masked-LM candidates in every round (`context`), or in the last round alone (`late_context`)
+        self._context = self._all_context if self.context > 0 or r == self.rounds - 1 else None
+        self._rebuild.context = self._context
         for i in range(len(lengths)):  # what is left, split over this round's sentences to climb and later rounds
             slice_ = current().remaining() * w[i] / ((self.rounds - r) * sum(w[i:]))
             # past the deadline (a stage before spent it) a token slice, never zero: the climb

@@ -25,6 +25,7 @@ Shapes: sentences are token-id lists of their declared lengths.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from ..core.budget import Budget, current
@@ -89,6 +90,17 @@ class Relocations:
                 if stop():
                     return kept
         return kept
+
+    def _relocated(self, batch: _Batch, inner: list[range], fill: list[int], counted: bool,
+                   placed: list[tuple[int, int, int]], stop: Any = None) -> dict[str, Any]:
+        """The whole-sentence move (`likelihood_relocate`; labels carried where `counted`, each slot offered the
+        fillers with `relocate_fill`, until `stop()`), placed tokens pinned again; what it did: exchanges kept, the
+        batch misfit ||G - mean g||^2 before and after, the labels after, its CPU s."""
+        c0, before = time.process_time(), batch.misfit()
+        moved = self._relocate(batch, inner, fill[0], counted, stop, tuple(fill) if self.relocate_fill else ())
+        self._pin(batch, placed)
+        return {"kept": moved, "misfit_before": before, "misfit_after": batch.misfit(), "labels": list(batch.labels),
+                "cpu_seconds": time.process_time() - c0}
 
     def _exchanged(self, batch: _Batch, a: int, b: int, inner: list[range], pad: int, carry: bool,
                    fillers: tuple[int, ...] = ()) -> float:
