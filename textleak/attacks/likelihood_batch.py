@@ -183,12 +183,12 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
     #: besides the other's contents: a slot that gives its sentence away need not take the other's fragments
     #: (s32: CoLA 1 at 300 CPU s, "john", "carried", "door" spread over slots of the wrong lengths); off
     relocate_fill: bool = False
-    #: masked-LM candidates (`context`'s, this many) in the last round's climbs alone; 0: none beyond `context`'s.
-    #: Why: at the end of `auto` on SST-2 dev batch 0 (session 33's defaults, 300 CPU s) every slot holds its own
-    #: label and most of its own sentence's tokens found, yet 55 of 87 inner tokens are still fillers (36 of 42 in
-    #: the 44-token slot) and the truth alone in any one slot is likelier by 2.6k-6.9k nats (session 34,
-    #: noise_b4_s34/diag_endstate): the search does not find the tokens, while the continuation's candidates took
-    #: 44-47 tokens in one J_w sweep. In every round (`context`) they lost CoLA 0 (s25); late, as `relocate`
+    #: masked-LM candidates (`context`'s, this many; `deep` in full J_w sweeps) in the last round's climbs alone; 0:
+    #: none beyond `context`'s. Why: at the end of `auto` on SST-2 dev batch 0 (session 33's defaults, 300 CPU s) each
+    #: slot holds its true label and no other whole sentence, yet 53 of its 87 inner tokens are fillers (36 of 42 in
+    #: the 44-token slot), 8 are its own sentence's, and the truth alone in any one slot is likelier by 2.6k-6.9k nats
+    #: (s34, noise_b4_s34/diag_endstate): the search does not find the tokens; the candidates hold the true token at
+    #: 7 of the 87 positions (k 4), 30 (k 64). In every round (`context`) they lost CoLA 0 (s25); late, as `relocate`
     late_context: int = 0
 
     def check_options(self) -> None:
