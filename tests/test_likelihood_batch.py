@@ -446,8 +446,8 @@ def test_relocate_last_moves_once_after_the_last_round_past_the_stage_deadline(w
 
     monkeypatch.setattr(lb.BatchLikelihoodSearch, "_settle", spent)
     monkeypatch.setattr(lb.BatchLikelihoodSearch, "_exchanged", tried)
-    with time_budget(3.0):
-        out = lb.BatchLikelihoodSearch(prior="none", rounds=2, strong=3.0, exchanges=False, share=0.5,
+    with time_budget(4.0):  # the climbs spend the stage's 1 s; the move and its record have the 3 s left
+        out = lb.BatchLikelihoodSearch(prior="none", rounds=2, strong=3.0, exchanges=False, share=0.25,
                                        relocate="last").run(obs, wide)
     assert events == ["climb"] * 6 + ["pair"] * 3 and out.details["relocated"] == 0
     with pytest.raises(InputError):
@@ -496,8 +496,8 @@ def test_relocate_fill_offers_each_slot_its_fillers(wide, monkeypatch):
 
 def test_option_values_are_checked_before_any_work_alone_and_as_autos_stage():
     """`validate.attack_instance` (`textleak recover --option`): `relocate` takes true, false or "last" (its default
-    is the string "last", so a bool must still pass), a true/false option takes nothing else, and `auto`'s stage
-    options are checked as the stage's own, named by the stage."""
+    is the string "last", so a bool must still pass), a true/false option takes nothing else, a count only an
+    integer, and `auto`'s stage options are checked as the stage's own, named by the stage."""
     from textleak.errors import InputError
     from textleak.validate import attack_instance
     for value in (True, False, "last"):
@@ -507,7 +507,9 @@ def test_option_values_are_checked_before_any_work_alone_and_as_autos_stage():
            ("likelihood_batch", {"relocate_fill": "yes"}, "relocate_fill must be true or false"),
            ("auto", {"likelihood_batch": {"relocate_fill": "yes"}}, "likelihood_batch.relocate_fill"),
            ("auto", {"likelihood_batch": {"relocate": "lst"}}, "relocate"),
-           ("exact-update", {"repair_cls_guard": "x"}, "true or false or auto")]
+           ("exact-update", {"repair_cls_guard": "x"}, "true or false or auto"),
+           ("auto", {"likelihood_batch": {"rounds": "x"}}, "likelihood_batch.rounds must be an integer"),
+           ("likelihood", {"context": 2.5}, "context must be an integer")]
     for name, options, message in bad:
         with pytest.raises(InputError, match=message):
             attack_instance(name, options, 0)

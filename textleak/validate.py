@@ -198,7 +198,9 @@ def _check_fields(attacker: Any, stage: str) -> None:
         if value is None or value is default or (f.name in auto and value == "auto"):
             continue
         takes_bool = isinstance(default, bool) or "bool" in str(f.type)
-        if isinstance(default, float) and not isinstance(default, bool):
+        if str(f.type) == "int" and isinstance(default, int):  # a count: `rounds=x` or `rounds=2.5` refused
+            integer(value, f"option {stage}{f.name}")
+        elif isinstance(default, float) and not isinstance(default, bool):
             number(value, f"option {stage}{f.name}")
         elif isinstance(default, bool) and not isinstance(value, bool) and (f.name in auto or "str" not in str(f.type)):
             more = " or auto" if f.name in auto else ""
