@@ -48,7 +48,8 @@ solutions this near are one state, `leaks.pooled`: 0, off), `drafts` (the descen
 their own states, this many relaxation steps, `beyond_rank_drafts`: 60; 0: off), `hit` (a track this near its state
 is done: 0, `beyond_rank_targets.HIT`), `draft_keep` (a draft replaces its track only under this fraction of its
 distance: 0.5; 0: 1), `draft_pack` (drafts of nearby lengths relaxed as one padded batch: off), `draft_spend` (with
-`draft_pack`, what the packing saves spent on more relaxation steps: off).
+`draft_pack`, what the packing saves spent on more relaxation steps: off), `sweep_order` (the order the descent
+sweeps its pairs in each round: "batch", as assembled; "near", nearest their states first; "short", shortest first).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -68,7 +69,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from ..core import budget
-from ..errors import MissingKnowledgeError
+from ..errors import InputError, MissingKnowledgeError
 from ..text.inference import infer_lengths
 from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
@@ -101,6 +102,8 @@ __all__ = ["BeyondRank", "SentenceMove", "SentencePeeler", "SentenceSearch"]
 #: with a 420 s budget, side by side: 10 certified 1 sentence, 40 certified 4
 #: (recipes/measured/beyond_rank_s8.md)
 SETTLE_DROP = 40
+#: `sweep_order`'s names (`beyond_rank_targets.TargetDescent._ordered`)
+SWEEP_ORDERS = ("batch", "near", "short")
 
 @ATTACKS.register("beyond_rank")
 @dataclass
@@ -187,6 +190,15 @@ class BeyondRank(Exact):
     # saving spent on more steps rather than on the descent's sweeps (session 30: 30 -> 60 steps raised the drafts'
     # unigram F1 0.39 -> 0.46, large_batch_s30/). Off: not measured in the attack (large_batch_s33/)
     draft_spend: bool = False
+    # with `targets`: the order the descent sweeps its pairs in each round (`TargetDescent._ordered`): "batch" (as the
+    # assembly gives them), "near" (nearest their states first), "short" (shortest tracks first); at 450 CPU s the
+    # first round ends before its last pairs (SST-2 batch 0: 18 of 53 swept, CoLA batch 0: 49 of 56; large_batch_s34/)
+    sweep_order: str = "batch"
+
+    def check_options(self) -> None:
+        """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name."""
+        if self.sweep_order not in SWEEP_ORDERS:
+            raise InputError(f"sweep_order must be one of {', '.join(SWEEP_ORDERS)}, not {self.sweep_order!r}")
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
@@ -194,7 +206,8 @@ class BeyondRank(Exact):
                 "lengths": self.lengths, "guided": self.guided, "merge": self.merge,
                 "pooled_rounds": self.pooled_rounds, "pairing": self.pairing,
                 "pooled_iters": self.pooled_iters, "drafts": self.drafts, "hit": self.hit,
-                "draft_keep": self.draft_keep, "draft_pack": self.draft_pack, "draft_spend": self.draft_spend}
+                "draft_keep": self.draft_keep, "draft_pack": self.draft_pack, "draft_spend": self.draft_spend,
+                "sweep_order": self.sweep_order}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -259,7 +272,8 @@ class BeyondRank(Exact):
                          lengths=self.lengths, guided=self.guided, merge=self.merge,
                          rounds=self.pooled_rounds, pairing=self.pairing,
                          iters=self.pooled_iters, drafts=self.drafts, hit=self.hit,
-                         draft_keep=self.draft_keep, draft_pack=self.draft_pack, draft_spend=self.draft_spend)
+                         draft_keep=self.draft_keep, draft_pack=self.draft_pack, draft_spend=self.draft_spend,
+                         sweep_order=self.sweep_order)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

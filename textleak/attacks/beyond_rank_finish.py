@@ -59,7 +59,7 @@ class BagFinish:
                  sweeps: int = 4, seed: int = 0, targets: tuple[dict, int] | None = None, invert: int = 0,
                  lengths: bool = False, guided: int = 0, merge: float = 0.0, rounds: int = 0,
                  pairing: float = 0.0, iters: int = 0, drafts: int = 0, hit: float = 0.0, draft_keep: float = 0.0,
-                 draft_pack: bool = False, draft_spend: bool = False):
+                 draft_pack: bool = False, draft_spend: bool = False, sweep_order: str = "batch"):
         self.tok, self.prior_name, self.weight = tokenizer, prior, weight
         self.tries, self.sweeps, self.seed = tries, sweeps, seed
         self.targets = targets  # (the batch's gradients, B): descend onto the pooled states (`beyond_rank_targets`)
@@ -70,7 +70,7 @@ class BagFinish:
         self.merge = merge  # pooled-state solutions this near are one state (`leaks.pooled`; 0: off)
         self.rounds, self.pairing, self.iters, self.drafts = rounds, pairing, iters, drafts  # `TargetDescent`'s
         self.hit, self.draft_keep, self.draft_pack = hit, draft_keep, draft_pack  # `TargetDescent`'s
-        self.draft_spend = draft_spend  # `TargetDescent`'s
+        self.draft_spend, self.sweep_order = draft_spend, sweep_order  # `TargetDescent`'s (`order`)
         self.report: dict[str, Any] = {}
 
     def tracks(self, search: Any, peeler: Any, pins: Any, tokens: Sequence[int], model: Any) -> list[list[int]] | None:
@@ -97,7 +97,8 @@ class BagFinish:
                                     guided=self.guided, merge=self.merge, rounds=self.rounds,
                                     pairing=self.pairing, iters=self.iters, drafts=self.drafts,
                                     hit=self.hit, draft_keep=self.draft_keep,
-                                    draft_pack=self.draft_pack, draft_spend=self.draft_spend)
+                                    draft_pack=self.draft_pack, draft_spend=self.draft_spend,
+                                    order=self.sweep_order)
             tracks = descent.run(tracks, search.found, cols.allowed)
         elif not budget.expired():
             tracks = swaps.run(tracks, self.sweeps)

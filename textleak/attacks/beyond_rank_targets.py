@@ -96,8 +96,9 @@ class TargetDescent:
                  sweeps: int = 8, invert: Any = None, pooled: Any = None, lengths: bool = False, guided: int = 0,
                  merge: float = 0.0, rounds: int = 0, pairing: float = 0.0, iters: int = 0, drafts: int = 0,
                  bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0, draft_pack: bool = False,
-                 draft_spend: bool = False):
+                 draft_spend: bool = False, order: str = "batch"):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
+        self.order = order  # the pairs' order in each round of sweeps (`_ordered`)
         self.drafts, self.bias = drafts, bias  # >0: tracks redrawn from their states first (`beyond_rank_drafts`)
         self.draft_keep = draft_keep or 1.0  # a draft kept under this fraction of its track's distance (0: 1, nearer)
         self.draft_pack = draft_pack  # drafts of nearby lengths relaxed in one padded batch (`beyond_rank_drafts`)
@@ -191,7 +192,7 @@ class TargetDescent:
         for _ in range(self.sweeps):
             changed = False
             done["rounds"] += 1
-            for r, target, _ in pairs:
+            for r, target, _ in self._ordered(pairs, tracks, best):
                 if budget.expired():
                     break
                 if best[r] < self.hit:
@@ -206,6 +207,17 @@ class TargetDescent:
                 break
         unswept = sum(1 for r, _, _ in pairs if r not in touched and best[r] >= self.hit)
         self.swept = {"rounds": done["rounds"], "swept": done["swept"], "unswept": unswept, "again": done["again"]}
+
+    def _ordered(self, pairs: Sequence[tuple[int, torch.Tensor, float]], tracks: Sequence[list[int]],
+                 best: dict[int, float]) -> list[tuple[int, torch.Tensor, float]]:
+        """The pairs in the order one round sweeps them: "batch" as paired (the assembly's order), "near" the pairs
+        nearest their states first (at the round's start), "short" the shortest tracks first (a sweep's cost grows
+        with the track's positions times their candidates)."""
+        if self.order == "near":
+            return sorted(pairs, key=lambda p: best[p[0]])
+        if self.order == "short":
+            return sorted(pairs, key=lambda p: len(tracks[p[0]]))
+        return list(pairs)
 
     def _seen(self, tracks: Sequence[list[int]], options: Sequence[list[int]], n: int,
               seen: list[tuple[list[list[int]], torch.Tensor]]) -> torch.Tensor:
