@@ -193,7 +193,8 @@ class BeyondRank(Exact):
     # with `targets`: the order the descent sweeps its pairs in each round (`TargetDescent._ordered`): "batch" (as the
     # assembly gives them), "near" (nearest their states first), "short" (shortest tracks first); at 450 CPU s the
     # first round ends before its last pairs (SST-2 batch 0: 18 of 53 swept, CoLA batch 0: 49 of 56; large_batch_s34/).
-    # Off: "short" at 450 CPU s side by side, CoLA 0 56.2/30.9 -> 59.7/31.0 (8 -> 9 exact), SST-2 0 48.5/30.1 -> 50.9/28.7
+    # Off: "short" at 450 CPU s side by side, CoLA 0 56.2/30.9 -> 59.7/31.0 (8 -> 9 exact), SST-2 0 48.5/30.1 ->
+    # 50.9/28.7
     sweep_order: str = "batch"
 
     def check_options(self) -> None:
