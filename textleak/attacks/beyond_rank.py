@@ -188,7 +188,8 @@ class BeyondRank(Exact):
     # with `draft_pack`: each packed batch relaxes for `drafts` times (the cost of its lengths one at a time) / (its
     # cost packed), `beyond_rank_drafts.OVERHEAD`'s cost model: the drafts take about the unpacked drafts' time, the
     # saving spent on more steps rather than on the descent's sweeps (session 30: 30 -> 60 steps raised the drafts'
-    # unigram F1 0.39 -> 0.46, large_batch_s30/). Off: not measured in the attack (large_batch_s33/)
+    # unigram F1 0.39 -> 0.46, large_batch_s30/). Off: with `draft_pack`, CoLA dev batch 0 at 450 CPU s side by side
+    # 57.1/29.2 against the defaults' 55.8/30.5 (large_batch_s34/)
     draft_spend: bool = False
     # with `targets`: the order the descent sweeps its pairs in each round (`TargetDescent._ordered`): "batch" (as the
     # assembly gives them), "near" (nearest their states first), "short" (shortest tracks first); at 450 CPU s the

@@ -42,8 +42,9 @@ would have drawn alone, so packing changes the drafts' time only), the rest left
 54.8/30.0 -> 55.2/26.2 (8 = 8): off (CoLA's ROUGE-2). Same draws (session 33, large_batch_s33/, 450 CPU s; the
 defaults' arms from earlier runs, which repeat within 0.4): CoLA batch 0 54.9/30.2 -> 58.1/32.9 (8 -> 9), batch 1
 60.7/30.9 -> 60.5/31.5 (9 = 9); the saved time goes to the sweeps (batch 1: 68 -> 78 pair sweeps). With `spend`
-too (`beyond_rank --option draft_spend=true`, session 33, off, not measured in the attack) the packing's saving goes
-to more steps of the drafts (`spent`: each batch the steps its lengths' unpacked cost pays for), not to the sweeps.
+too (`beyond_rank --option draft_spend=true`, session 33, off) the packing's saving goes to more steps of the drafts
+(`spent`: each batch the steps its lengths' unpacked cost pays for), not to the sweeps: CoLA batch 0, 450 CPU s,
+side by side (session 34, large_batch_s34/), 57.1/29.2 against the defaults' 55.8/30.5 (8 = 8 exact): off.
 """
 
 from __future__ import annotations
