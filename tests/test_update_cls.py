@@ -263,3 +263,32 @@ def test_option_cls_screen_reserve_sets_when_the_screen_begins_no_more_starts():
         got = update_small_lr._screen_until(UpdateExact(cls_screen_reserve=0.25), b.deadline) - budget.now()
         assert 74.0 < got <= 75.5
     assert update_small_lr._screen_until(UpdateExact(cls_screen_reserve=0.25), float("inf")) is None
+
+
+def test_option_cls_sweeps_goes_on_past_the_cap_while_the_misfit_falls(setup, monkeypatch):
+    """`cls_start`'s `sweeps` above `SWEEPS` (option `cls_sweeps`): the kept end's going on sweeps past `SWEEPS` while
+    each sweep lowers the box misfit, and keeps the end of least misfit (here the 10th sweep of all, the 11th rose);
+    at `SWEEPS` (the default) it stops at the cap as before."""
+    wide, fits, _, ids = setup
+    repair = _truth_repair(fits, ids)
+
+    def descend(self, seqs, *a, sweeps=SWEEPS, go_on=None, **k):  # sweep n of all writes 1000 + n at seqs[0][0]
+        seqs = [list(s) for s in seqs]
+        for done in range(1, sweeps + 1):
+            seqs[0][0] = max(seqs[0][0], 1000) + 1
+            if go_on is not None and not go_on(seqs, done):
+                break
+        return seqs, {"sweeps": done}
+    monkeypatch.setattr(ClsSpans, "descend", descend)
+    curve = {1000 + n: abs(n - 10) * 0.01 + 0.001 for n in range(30)}  # least after the 10th sweep
+
+    def misfit(seqs, labels):
+        return curve.get(seqs[0][0], 1.0)
+    others = {"filled": ([list(s) for s in ids], LABELS, 1.0)}  # the kept batch again: screened once
+    on = [curve[1000 + n] for n in range(8, 12)]  # the misfit after sweeps 8 (the old cap) to 11 (it rose)
+    for cap, last, going_on in ((SWEEPS, 1000 + SWEEPS, None), (SWEEPS + 6, 1010, on)):
+        pred = {"token_ids": [list(s) for s in ids], "labels": list(LABELS)}
+        report = cls_start(repair, pred, fits, time.monotonic() + 600, misfit=misfit, others=others, screen=2,
+                           sweeps=cap)
+        assert report["kept"] and pred["token_ids"][0][0] == last and report["misfit"][1] == curve[last]
+        assert report["screen"].get("going_on") == going_on

@@ -261,3 +261,26 @@ def test_the_api_takes_auto_for_the_gated_options_only():
     for bad in ({"cls_screen_reserve": "half"}, {"cls_share": "auto"}):
         with pytest.raises(InputError):
             attack_instance("exact-update", bad, 0)
+
+
+def test_guard_first_weighs_no_trial_the_guard_would_refuse(setup):
+    """`guard_first` (option `repair_guard_first`): with a `guard`, a trial whose changed sentence would score higher
+    gets no gradient; the repair keeps the same changes (the guard refused them after their gradients before) with
+    fewer gradients, the trades too."""
+    wide, observation, ids = setup
+    for guard in (_hides_truth(ids), _prefers_truth(ids)):
+        ends = []
+        for first in (False, True):
+            box, _ = _box(wide, observation, ids)
+            box.guard, box.guard_first = guard, first
+            got, report = box.run(_wrong(ids), LABELS, time.monotonic() + 600)
+            ends.append((got, report["misfit_after"], report["changes"], report["trials"], report.get("unweighed")))
+        assert ends[1][:3] == ends[0][:3] and ends[1][3] < ends[0][3] and ends[1][4] > 0 and ends[0][4] is None
+    trials = []
+    for first in (False, True):
+        box, _ = _box(wide, observation, ids)
+        box.guard, box.guard_first = _hides_truth(ids), first
+        seqs, took = _exchanged(box, ids)
+        assert seqs != ids  # the trade back to the truth refused either way
+        trials.append(took)
+    assert trials[1] < trials[0]

@@ -81,6 +81,10 @@ class BoxRepair(RepairMoves):
         #: counts those refused. Off (None): the least-misfit change, as before
         self.guard: Callable[[list[list[int]]], list[float]] | None = None
         self.guarded, self._cls = 0, []
+        #: option `repair_guard_first`: with a `guard`, each trial's changed sentences are scored by it before their
+        #: gradients, and a trial it would refuse gets none (`_passing`: the same change kept, a forward where a
+        #: backward was); `unweighed` counts those left out
+        self.guard_first, self.unweighed = False, 0
         self.vocab = vocab.to(layout.device).long()
         layers = len(layout.layers)
         self.names = [n for k in range(layers) for n in layout.shared(fits.update, layout.qkv_names(k))]
@@ -195,6 +199,7 @@ class BoxRepair(RepairMoves):
                       "screened": self.screened, "screen_keeps": keeps, "ran_out": budget_now() >= deadline,
                       "exchange_trials": self.exchange_trials, "exchange_screened": self.exchange_screened,
                       "guarded": self.guarded if self.guard is not None else None,
+                      **({"unweighed": self.unweighed} if self.guard_first else {}),
                       "cpu_s": round(time.process_time() - began, 1)}
 
     def _screened(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> list[list[int]]:
@@ -245,10 +250,10 @@ class BoxRepair(RepairMoves):
         (`gradient`: as in `begin`)."""
         below = []
         lacking = missing(seqs, self.cover)
-        for trial in trials:
-            if trial == seqs[b] or budget_now() >= self._deadline:
-                continue
-            if self.cover and missing(seqs[:b] + [trial] + seqs[b + 1:], self.cover) > lacking:
+        trials = [t for t in trials if t != seqs[b] and
+                  not (self.cover and missing(seqs[:b] + [t] + seqs[b + 1:], self.cover) > lacking)]
+        for trial, ok in zip(trials, self._passing([{b: t} for t in trials])):
+            if not ok or budget_now() >= self._deadline:
                 continue
             g = (gradient or self.gradient)(trial, self._labels[b])
             value = self.misfit(self._total + (g - self._own[b]) / self._B)
@@ -270,6 +275,18 @@ class BoxRepair(RepairMoves):
             below.append(candidate)
         elif not below or candidate[0] < below[0][0]:
             below[:] = [candidate]
+
+    def _passing(self, changes: list[dict[int, list[int]]]) -> list[bool]:
+        """Per change (sentence index -> new sentence), whether the guard may pass it: all without `guard_first` (or
+        a `guard`); else whether each changed sentence scores no higher than now (one `guard` call for them all)."""
+        if self.guard is None or not self.guard_first or not changes or budget_now() >= self._deadline:
+            return [True] * len(changes)
+        flat = [(k, i, s) for k, c in enumerate(changes) for i, s in c.items()]
+        ok = [True] * len(changes)
+        for (k, i, _), v in zip(flat, self.guard([s for _, _, s in flat])):
+            ok[k] = ok[k] and v <= self._cls[i]
+        self.unweighed += ok.count(False)
+        return ok
 
     def _guarded(self, below: list[tuple], changed: Callable[[tuple], dict[int, list[int]]]) -> tuple | None:
         """Of the candidate changes `below` (each (misfit, ...), below the batch's), the least-misfit one (the first

@@ -36,8 +36,8 @@ MOVE_SOURCES, MOVE_TARGETS, MOVE_REFILLS = 4, 6, 2
 class RepairMoves:
     """The trades and the cross-sentence move of `update_repair.BoxRepair`, which this is mixed into: they read and
     change its descent (`begin`: `_best`, `_total`, `_own`, `_B`, `_labels`, `_deadline`, `_changes`) and use its
-    `gradient`, `misfit`, `options`, `_offer`, `_guarded`, `_screening`, `screen`, `exchange_keep`, `cover`, `pins`;
-    they count `exchange_trials`, `exchange_screened` and `moves`."""
+    `gradient`, `misfit`, `options`, `_offer`, `_passing` (the trades only), `_guarded`, `_screening`, `screen`,
+    `exchange_keep`, `cover`, `pins`; they count `exchange_trials`, `exchange_screened` and `moves`."""
 
     def _exchange(self, seqs: list[list[int]]) -> None:
         """Two sentences trade what they hold at one position, or their whole heads up to it (a
@@ -45,10 +45,12 @@ class RepairMoves:
         that lowers the batch's misfit is kept, for each pair of sentences (of `_trades`)."""
         for a in range(len(seqs)):
             for b in range(a + 1, len(seqs)):
-                below = []
-                for x, y in self._trades(seqs, a, b):
+                below, trades = [], self._trades(seqs, a, b)
+                for (x, y), ok in zip(trades, self._passing([{a: x, b: y} for x, y in trades])):
                     if budget_now() >= self._deadline:
                         break
+                    if not ok:  # option `repair_guard_first`: the guard would refuse it
+                        continue
                     gx, gy = self.gradient(x, self._labels[a]), self.gradient(y, self._labels[b])
                     self.exchange_trials += 2
                     total = self._total + (gx - self._own[a] + gy - self._own[b]) / self._B
