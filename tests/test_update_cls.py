@@ -292,3 +292,21 @@ def test_option_cls_sweeps_goes_on_past_the_cap_while_the_misfit_falls(setup, mo
                            sweeps=cap)
         assert report["kept"] and pred["token_ids"][0][0] == last and report["misfit"][1] == curve[last]
         assert report["screen"].get("going_on") == going_on
+
+
+def test_option_repair_guard_first_hands_the_repair_one_remembered_cls_score(setup, monkeypatch):
+    """`exact-update`'s option `repair_guard_first` (`update_small_lr._cls_scores`): with the guard, the token repair
+    weighs the guard first (`BoxRepair.guard_first`), and its screen and guard share one [CLS] score that scores each
+    distinct sentence once (the screen's trials are the guard's); off, the two are the spans' own score as before."""
+    wide, fits, _, ids = setup
+    sentences = []
+    score = ClsSpans.score
+    monkeypatch.setattr(ClsSpans, "score", lambda self, seqs: sentences.extend(seqs) or score(self, seqs))
+    for first in (False, True):
+        repair = SimpleNamespace(layout=fits.layout, screen=None, keep=0, guard=None, guard_first=False)
+        update_small_lr._cls_scores(SimpleNamespace(repair_screen=8, _fits=fits, repair_guard_first=first), repair,
+                                    len(ids), True)
+        assert repair.guard_first == first and (repair.guard is repair.screen) == first
+        sentences.clear()
+        got = repair.screen(ids) + repair.guard(ids[1:])
+        assert got[3:] == got[1:3] and len(sentences) == (3 if first else 5)
