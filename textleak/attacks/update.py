@@ -207,10 +207,11 @@ class UpdateExact(Exact):
     #: `auto`: on where the declared batch holds `update_small_lr.AUTO_BATCH` (8) sentences or more (`batch_gated`).
     #: RT b8 K 8 lr 1e-4, side by side with the reserve: 0.791 / 0.724 (RT 1), 0.526 / 0.526 (RT 0); session 33
     repair_cls_guard: bool | str = "auto"
-    #: with `repair_cls_guard`: a trial the guard would refuse gets no gradient (`BoxRepair.guard_first`; off; s34)
+    #: with `repair_cls_guard`: a trial the guard would refuse gets no gradient (`BoxRepair.guard_first`; off). RT b8
+    #: K 8 lr 1e-4 RT 1: the same 3 changes, the repair to no change in 12.8 CPU s, not out at 106.2 (session 34)
     repair_guard_first: bool = False
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
-    #: box misfit (`update_cls._Watch`; 0: off; session 34)
+    #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
     cls_sweeps: int = 0
     #: batch placements: a position closes only with one placed token per sentence there, a token complete only at
     #: weight `update_batch_positions.COMPLETE` (at lr 1e-5 the box hid a missing token's share; its module doc);
