@@ -69,6 +69,7 @@ def run_unit(target, spec: str, batch, index: int, attack: str, budget: float | 
             "sentence_repair": d.get("sentence_repair"), "box_misfit": (d.get("repair") or {}).get("misfit_after"),
             "layer0_retry": d.get("layer0_retry"), "placement": d.get("placement"), "ranked_fill": d.get("ranked_fill"),
             "cls_descent": d.get("cls_descent"), "passes": d.get("passes"),
+            "cls_lengths_race": d.get("cls_lengths_race"),
             "rounding": (d.get("update") or {}).get("rounding"), "steps": d.get("steps"),
             "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "recovered": res.texts, "references": texts,

@@ -40,7 +40,7 @@ def test_sentences_in_each_other_s_slots_trade_back_to_the_truth(setup):
 
 
 def test_option_cls_lengths_replaces_the_start_where_the_box_misfit_falls(setup):
-    """`length_start` (`exact-update`'s option `cls_lengths`, off by default): the traded and descended batch
+    """`length_start` (`exact-update`'s option `cls_lengths`, "race" by default): the traded and descended batch
     replaces the guess where its box misfit (here: the sentences not true) is lower."""
     from textleak.attacks.update import UpdateExact
     _, fits, _, ids = setup
@@ -53,7 +53,7 @@ def test_option_cls_lengths_replaces_the_start_where_the_box_misfit_falls(setup)
     pred = {"token_ids": _misplaced(ids), "labels": list(LABELS)}
     report = length_start(repair, pred, fits, time.monotonic() + 600, relabel=False)
     assert report["kept"] and report["misfit"][1] == 0 and sorted(pred["token_ids"]) == sorted(ids)
-    assert UpdateExact().cls_lengths is False and UpdateExact(cls_lengths=True).cls_lengths is True
+    assert UpdateExact().cls_lengths == "race" and UpdateExact(cls_lengths=True).cls_lengths is True
 
 
 class _Repair:
