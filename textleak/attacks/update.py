@@ -203,7 +203,7 @@ class UpdateExact(Exact):
     #: RT b8 K 8 lr 1e-4, side by side with the reserve: 0.791 / 0.724 (RT 1), 0.526 / 0.526 (RT 0); session 33
     repair_cls_guard: bool | str = "auto"
     #: with `repair_cls_guard`: a trial the guard would refuse gets no gradient (`BoxRepair.guard_first`; off). RT b8
-    #: K 8 lr 1e-4 RT 1: the same 3 changes, the repair to no change in 12.8 CPU s, not out at 106.2 (session 34)
+    #: K 8 lr 1e-4: RT 1 the same 3 changes in 12.8 CPU s, not 106.2; RT 3 0.674 against 0.682 (session 34)
     repair_guard_first: bool = False
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
