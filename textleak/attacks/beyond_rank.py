@@ -69,10 +69,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from ..core import budget
-from ..errors import InputError, MissingKnowledgeError
+from ..errors import MissingKnowledgeError
 from ..text.inference import infer_lengths
 from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
+from ..validate import choice
 from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, layer_span,
                           sentence_spans, tied_token_set)
 from ..text.leaks.tied_positions import placements
@@ -200,8 +201,7 @@ class BeyondRank(Exact):
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name."""
-        if self.sweep_order not in SWEEP_ORDERS:
-            raise InputError(f"sweep_order must be one of {', '.join(SWEEP_ORDERS)}, not {self.sweep_order!r}")
+        choice(self.sweep_order, "sweep_order", SWEEP_ORDERS)
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,

@@ -130,12 +130,10 @@ def length_race(repair: Any, pred: dict, report: dict[str, Any], untraded: tuple
     details["cls_lengths_race"] = race
     if report.get("ran_out") or budget_now() >= deadline or report["misfit_after"] <= 0:
         return report
-    traded = pred["token_ids"], list(pred["labels"])
-    seqs, other = repair.run(untraded[0], untraded[1], deadline, order)
+    seqs, other = repair.run(untraded[0], untraded[1], deadline, order)  # copies its start: `pred` stays the traded
     race.update(ran=True, untraded=other["misfit_after"], cpu_s=other["cpu_s"])
-    if other["misfit_after"] < report["misfit_after"]:
-        pred["token_ids"], pred["labels"] = seqs, list(untraded[1])
-        race["kept"] = "untraded"
-        return other
-    pred["token_ids"], pred["labels"] = traded
-    return report
+    if other["misfit_after"] >= report["misfit_after"]:
+        return report
+    pred["token_ids"], pred["labels"] = seqs, list(untraded[1])
+    race["kept"] = "untraded"
+    return other
