@@ -327,8 +327,9 @@ def _screened(descended: Callable, misfit: BatchMisfit, others: Mapping[str, tup
     if screen < SWEEPS and value > 0:
         on, ys_on, report = descended(got, ys, sweeps=max(cap, SWEEPS) - screen, **({"go_on": watch} if watch else {}))
         for on, ys_on in [(on, ys_on)] + ([(watch.best, ys)] if watch and watch.best else []):
-            if misfit(on, ys_on) < value:
-                got, ys, value = on, ys_on, misfit(on, ys_on)
+            end = misfit(on, ys_on)
+            if end < value:
+                got, ys, value = on, ys_on, end
     report["screen"] = {"from": name, "ends": ends, "misfit": value, **({"going_on": watch.seen} if watch else {})}
     return got, ys, report
 
