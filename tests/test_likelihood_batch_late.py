@@ -72,7 +72,8 @@ def test_auto_keeps_the_batch_stages_relocate_record_when_the_continuations_gues
 
 def test_late_context_takes_the_candidates_in_the_last_round_alone(wide, monkeypatch):
     """`late_context`: the masked-LM candidates are built (and their head prepared) though `context` is 0, and the
-    climbs see them in the last round only; with `context` they are in every round; with neither, in none."""
+    climbs see them in the last round only; with `context` they are in every round; with neither, in none; with
+    both, the rounds before the last take `context`'s k and the last the larger (it gave every round the larger)."""
     import textleak.text.masked_prior as mp
     from test_likelihood_context import _Ranked
 
@@ -85,9 +86,10 @@ def test_late_context_takes_the_candidates_in_the_last_round_alone(wide, monkeyp
     monkeypatch.setattr(mp, "context_head", lambda target: asked.append(1) or (head, ""))
     seen = []
     monkeypatch.setattr(BatchLikelihoodSearch, "_settle",
-                        lambda self, batch, i, *args: seen.append(self._context is not None) or (1, False))
-    for options, rounds in (({"late_context": 2}, [False, False, True]), ({"context": 2}, [True] * 3),
-                            ({}, [False] * 3)):
+                        lambda self, batch, i, *args: seen.append(self._context and self._context.k) or (1, False))
+    for options, rounds in (({"late_context": 2}, [None, None, 2]), ({"context": 2}, [2] * 3), ({}, [None] * 3),
+                            ({"context": 1, "late_context": 3}, [1, 1, 3]),
+                            ({"context": 3, "late_context": 2}, [3] * 3)):
         seen.clear(), asked.clear()
         search = BatchLikelihoodSearch(prior="none", rounds=3, strong=3.0, exchanges=False, relocate=False, **options)
         search.prepare(wide, obs)

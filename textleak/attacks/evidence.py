@@ -255,6 +255,10 @@ class ContextCandidates:
             return None, {"used": False, "reason": f"no context candidates: {why}"}
         return cls(head, rows, banned, k), {"used": True, "candidates": k}
 
+    def with_k(self, k: int) -> "ContextCandidates":
+        """The same source giving `k` candidates a slot (the head and the row scores shared)."""
+        return self if k == self.k else type(self)(self.head, self.rows, self.banned, k)
+
     def sweep(self, guess, positions: list[int], word: str, k: int | None = None) -> dict[int, list[int]]:
         """Position -> its k candidates (default the source's `k`), each position masked alone in `guess.x`."""
         logp = self.head.log_probs(guess.x, [[p] for p in positions])

@@ -183,12 +183,10 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
     #: besides the other's contents: a slot that gives its sentence away need not take the other's fragments
     #: (s32: CoLA 1 at 300 CPU s, "john", "carried", "door" spread over slots of the wrong lengths); off
     relocate_fill: bool = False
-    #: masked-LM candidates (`context`'s, this many; `deep` in full J_w sweeps) in the last round's climbs alone; 0:
-    #: none beyond `context`'s. Why: at the end of `auto` on SST-2 dev batch 0 (session 33's defaults, 300 CPU s) each
-    #: slot holds its true label and no other whole sentence, yet 53 of its 87 inner tokens are fillers (36 of 42 in
-    #: the 44-token slot), 8 are its own sentence's, and the truth alone in any one slot is likelier by 2.6k-6.9k nats
-    #: (s34, noise_b4_s34/diag_endstate): the search does not find the tokens; the candidates hold the true token at
-    #: 7 of the 87 positions (k 4), 30 (k 64). In every round (`context`) they lost CoLA 0 (s25); late, as `relocate`
+    #: masked-LM candidates (this many a slot, the larger of it and `context`'s; `deep` in full J_w sweeps) in the last
+    #: round's climbs; 0: none beyond `context`'s. Why: on SST-2 dev batch 0 (s33's defaults, 300 CPU s) the slots end
+    #: with their true labels, yet 53 of 87 inner tokens are fillers, each slot's truth likelier by 2.6k-6.9k nats (s34,
+    #: noise_b4_s34); the candidates hold 7 true tokens (k 4), 30 (k 64). Every round (`context`) lost CoLA 0 (s25)
     late_context: int = 0
 
     def check_options(self) -> None:
@@ -215,6 +213,8 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
         W, P = grads[word].double().cpu(), grads[pos].double().cpu()
         scores = row_scores(W, P, max(lengths), banned)
         self._all_context, context = ContextCandidates.of(target, scores, banned, max(self.context, self.late_context))
+        # the rounds before the last take `context`'s k (none at 0), the last the larger of it and `late_context`'s
+        self._early_context = self._all_context.with_k(self.context) if self._all_context and self.context else None
         evidence = candidates(scores, lengths, self.per_position)
         specials = bool(know.special_tokens and tok.cls_token_id is not None and tok.sep_token_id is not None)
         inner = [range(1, n - 1) if specials else range(n) for n in lengths]
@@ -282,7 +282,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
         Returns the number of changes."""
         changed, w = 0, self._weights(lengths, specials)
         # the masked-LM candidates in every round (`context`), or in the last round alone (`late_context`)
-        self._context = self._all_context if self.context > 0 or r == self.rounds - 1 else None
+        self._context = self._all_context if r == self.rounds - 1 else self._early_context
         self._rebuild.context = self._context
         for i in range(len(lengths)):  # what is left, split over this round's sentences to climb and later rounds
             slice_ = current().remaining() * w[i] / ((self.rounds - r) * sum(w[i:]))
