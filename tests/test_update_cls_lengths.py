@@ -89,6 +89,47 @@ def test_option_cls_lengths_race_repairs_the_untraded_start_with_the_time_left()
     assert repair.starts == [] and details["cls_lengths_race"]["ran"] is False and pred["token_ids"] == traded
 
 
+class _Heats:
+    """A token repair whose runs each take one step along a start's misfits (`paths`, keyed by the start's first
+    sentence, whose token ids step on too) and run out of their time while the path goes on: `ran_out` False at
+    the path's last misfit, as a repair that stops with no change left. Records the starts it ran from."""
+
+    def __init__(self, paths):
+        self.paths, self.starts = paths, []
+
+    def run(self, seqs, labels, deadline, order=None):
+        self.starts.append(seqs[0][1])
+        head, step = seqs[0][1] // 100, seqs[0][1] % 100
+        path = self.paths[head]
+        got = [list(s) for s in seqs]
+        got[0][1] = head * 100 + min(step + 1, len(path) - 1)
+        return got, {"misfit_before": path[step], "misfit_after": path[got[0][1] % 100], "changes": 1,
+                     "cpu_s": 1.0, "ran_out": got[0][1] % 100 < len(path) - 1}
+
+
+def test_option_cls_lengths_heats_repairs_both_starts_and_the_leader_goes_on():
+    """`length_heats` (`cls_lengths="heats"`): both starts get a heat though the traded one's repair would run out
+    (where `race` never repairs the untraded start); the leader after the heats goes on, and where it stops the
+    other; the end of least misfit is kept, its runs' report summed."""
+    from textleak.attacks.update_cls_lengths import length_heats
+    traded, labels = [[101, 100, 102], [101, 9, 9, 102]], [0, 1]
+    untraded = ([[101, 200, 102], [101, 9, 9, 102]], [1, 0])
+    # the traded start leads after the heats, stops at 4e-4; the untraded goes on to 1e-5: kept
+    repair = _Heats({1: [7e-4, 5e-4, 4e-4], 2: [2e-3, 6e-4, 1e-4, 1e-5]})
+    pred, details = {"token_ids": [list(s) for s in traded], "labels": list(labels)}, {}
+    report = length_heats(repair, pred, untraded, time.monotonic() + 600, None, details)
+    race = details["cls_lengths_race"]
+    assert race["heats"] == {"traded": 5e-4, "untraded": 6e-4} and race["went_on"][0] == "traded"
+    assert race["kept"] == "untraded" and pred["labels"] == [1, 0] and pred["token_ids"][0][1] == 203
+    assert report["misfit_before"] == 2e-3 and report["misfit_after"] == 1e-5 and report["runs"] == 3
+    assert report["changes"] == 3 and repair.starts[:2] == [100, 200]
+    # the traded start reaches the least misfit: it is kept, the untraded start's heat run all the same
+    repair = _Heats({1: [7e-4, 1e-6], 2: [2e-3, 1e-3, 9e-4]})
+    pred, details = {"token_ids": [list(s) for s in traded], "labels": list(labels)}, {}
+    length_heats(repair, pred, untraded, time.monotonic() + 600, None, details)
+    assert details["cls_lengths_race"]["kept"] == "traded" and pred["labels"] == labels and 200 in repair.starts
+
+
 def test_option_cls_lengths_takes_true_false_or_race_checked_before_any_work():
     import pytest
 
@@ -96,6 +137,7 @@ def test_option_cls_lengths_takes_true_false_or_race_checked_before_any_work():
     from textleak.validate import attack_instance
     assert attack_instance("exact-update", {"cls_lengths": "race"}, 0).cls_lengths == "race"
     assert attack_instance("exact-update", {"cls_lengths": True}, 0).cls_lengths is True
+    assert attack_instance("exact-update", {"cls_lengths": "heats"}, 0).cls_lengths == "heats"
     for bad in ("rac", 1):
         with pytest.raises(InputError, match="cls_lengths"):
             attack_instance("exact-update", {"cls_lengths": bad}, 0)

@@ -213,7 +213,7 @@ class UpdateExact(Exact):
     #: RT b4 lr 1e-5 0.619 / 0.585 side by side, the same closures where the old ones were right: on (session 27)
     strict_closure: bool = True
     #: with `cls_descent`: after the [CLS] start, sentences of other lengths trade contents on the [CLS] score, then
-    #: descend again, kept where the box misfit falls (session 31); "race" (default since session 34): `length_race`
+    #: descend again, kept where the box misfit falls (s31); "race" (the default since s34): `length_race`; "heats"
     cls_lengths: bool | str = "race"
 
     def preflight(self, observation: Observation, target: Any) -> None:

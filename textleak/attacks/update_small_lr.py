@@ -32,7 +32,7 @@ from .base import AttackOutput
 from .exact.candidates import vocabulary
 from .update_batch_positions import BatchMisfit, ranked_start
 from .update_cls import POOLER, SITES, SWEEPS, ClsSpans, cls_start
-from .update_cls_lengths import length_race, length_start
+from .update_cls_lengths import length_heats, length_race, length_start
 from .update_positions import declared_batch
 from .update_repair import WIDTH, BoxRepair
 from .update_sentences import SentenceRepair
@@ -89,8 +89,11 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
     worst = sorted(range(len(residuals)), key=lambda b: -residuals[b] if residuals[b] == residuals[b] else
                    -float("inf")) if len(residuals) == len(pred["token_ids"]) else None
     _cls_scores(attack, repair, len(pred["token_ids"]), gate["repair_cls_guard"])
-    pred["token_ids"], report = repair.run(pred["token_ids"], pred["labels"], budget.current().deadline, worst)
-    if untraded is not None:  # option cls_lengths="race": the untraded start repaired with the time left
+    if untraded is not None and attack.cls_lengths == "heats":  # both starts repaired in heats, the leader on
+        report = length_heats(repair, pred, untraded, budget.current().deadline, worst, out.details)
+    else:
+        pred["token_ids"], report = repair.run(pred["token_ids"], pred["labels"], budget.current().deadline, worst)
+    if untraded is not None and attack.cls_lengths == "race":  # the untraded start repaired with the time left
         report = length_race(repair, pred, report, untraded, budget.current().deadline, worst, out.details)
     pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
     attack._certify(observation, layout_for(target.model), facts, out)
@@ -119,7 +122,7 @@ def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackO
     `_cls_deadline`); with option `cls_lengths`, sentences of other lengths trade contents after it
     (`update_cls_lengths.length_start`). `reserve`: option `cls_screen_reserve` as `batch_gated` resolved it (None:
     the option as set). Returns the batch before the length trade (token ids, labels) where `cls_lengths` is
-    "race" and a trade was kept, else None."""
+    "race" or "heats" and a trade was kept, else None."""
     pred, untraded = out.prediction, None
     special, assign = slot_starts(pins, target.tokenizer, attack.slot_assignment)
     carried = getattr(attack, "_carried", None)
@@ -141,7 +144,7 @@ def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackO
                                                       attack.cls_relabel, sites)
             if isinstance(out.details["cls_descent"], dict):  # carried where the recipes read the start
                 out.details["cls_descent"]["lengths"] = out.details["cls_lengths"]
-            if attack.cls_lengths == "race" and (out.details["cls_lengths"] or {}).get("kept"):
+            if attack.cls_lengths in ("race", "heats") and (out.details["cls_lengths"] or {}).get("kept"):
                 untraded = before
     return untraded
 
