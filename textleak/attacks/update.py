@@ -162,11 +162,9 @@ class UpdateExact(Exact):
     #: assignment again). Measured only together with `cls_relabel` (below); here it took 1.63e-3 -> 1.56e-3
     slots_carry: bool = False
     #: with `cls_descent`: the descended batch's labels solved again (least box misfit: `least_labels`) before its
-    #: misfit is weighed against the start's (its trades move sentences between slots, and their labels with them).
-    #: SST-2 dev batch 0 of 4, K 8, lr 1e-5, budget 800 CPU s, side by side with `slots_carry` at load 5.8: ROUGE-1
-    #: 0.704 against 0.422 (the descent kept, 8.3e-3 -> 3.3e-3, where it was refused at 1.9e-2 with the start's
-    #: labels); RT lr 1e-5 a tie (0.515 / 0.517, the same labels); CoLA lr 1e-5 and SST-2 K 4 lr 1e-2 stay exact.
-    #: On: it weighs the descended batch by the labels it implies, as the start was (`fedavg_small_lr_s23`)
+    #: misfit is weighed against the start's (its trades move sentences, and their labels, between slots). SST-2 dev
+    #: batch 0 of 4, K 8, lr 1e-5, 800 CPU s, side by side with `slots_carry`: ROUGE-1 0.704 against 0.422 (the
+    #: descent kept, 8.3e-3 -> 3.3e-3; refused at 1.9e-2 with the start's labels); RT lr 1e-5 a tie (0.515 / 0.517)
     cls_relabel: bool = True
     #: with `cls_descent`: [CLS] and [SEP] kept out of the descent's inner positions (the ranking offers them there at
     #: lr 1e-5, where the descent put two [CLS] inside an SST-2 sentence; scratch, `fedavg_small_lr_s23`)
@@ -205,6 +203,8 @@ class UpdateExact(Exact):
     #: with `repair_cls_guard`: a trial the guard would refuse gets no gradient (`BoxRepair.guard_first`; off). RT b8
     #: K 8 lr 1e-4: RT 1 the same 3 changes in 12.8 CPU s, not 106.2; RT 3 0.674 against 0.682 (session 34)
     repair_guard_first: bool = False
+    #: token repair: each trial's misfit in scratch buffers, the same to the bit (`BoxRepair.inplace`; session 35)
+    repair_inplace: bool = False
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
     cls_sweeps: int = 0

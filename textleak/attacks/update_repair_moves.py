@@ -36,8 +36,9 @@ MOVE_SOURCES, MOVE_TARGETS, MOVE_REFILLS = 4, 6, 2
 class RepairMoves:
     """The trades and the cross-sentence move of `update_repair.BoxRepair`, which this is mixed into: they read and
     change its descent (`begin`: `_best`, `_total`, `_own`, `_B`, `_labels`, `_deadline`, `_changes`) and use its
-    `gradient`, `misfit`, `options`, `_offer`, `_passing` (the trades only), `_guarded`, `_screening`, `screen`,
-    `exchange_keep`, `cover`, `pins`; they count `exchange_trials`, `exchange_screened` and `moves`."""
+    `gradient`, `misfit`, `_shifted` (the trades), `options`, `_offer`, `_passing` (the trades only), `_guarded`,
+    `_screening`, `screen`, `exchange_keep`, `cover`, `pins`; they count `exchange_trials`, `exchange_screened` and
+    `moves`."""
 
     def _exchange(self, seqs: list[list[int]]) -> None:
         """Two sentences trade what they hold at one position, or their whole heads up to it (a
@@ -53,13 +54,13 @@ class RepairMoves:
                         continue
                     gx, gy = self.gradient(x, self._labels[a]), self.gradient(y, self._labels[b])
                     self.exchange_trials += 2
-                    total = self._total + (gx - self._own[a] + gy - self._own[b]) / self._B
-                    value = self.misfit(total)
+                    value = self.misfit(self._shifted([(gx, self._own[a]), (gy, self._own[b])]))
                     if value < self._best:
-                        self._offer(below, (value, x, y, gx, gy, total))
+                        self._offer(below, (value, x, y, gx, gy))
                 found = self._guarded(below, lambda f: {a: f[1], b: f[2]})
-                if found is not None:
-                    self._best, seqs[a], seqs[b], self._own[a], self._own[b], self._total = found
+                if found is not None:  # the new mean made afresh (with `inplace` the trial's is a scratch buffer)
+                    self._total = self._total + (found[3] - self._own[a] + found[4] - self._own[b]) / self._B
+                    self._best, seqs[a], seqs[b], self._own[a], self._own[b] = found
                     self._changes += 1
 
     def _trades(self, seqs: list[list[int]], a: int, b: int) -> list[tuple[list[int], list[int]]]:
