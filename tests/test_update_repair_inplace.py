@@ -7,28 +7,18 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import torch
 
-from conftest import embedding_pins, repair_inputs, wide_update_at_small_lr
-from test_update_repair_screen import _repair_the_true_batch, _spy_on_the_repair
+import test_update_repair_screen as screen
+from test_update_repair_screen import LABELS, _box, _repair_the_true_batch, _spy_on_the_repair
 from textleak.attacks.update import UpdateExact
-from textleak.attacks.update_repair import BoxRepair
 
-TEXTS = ["a bird sang a song .", "the cat was very sad .", "the film was good ."]
-LABELS = [0, 1, 1]
+setup = screen.setup  # the fixture: the wide BERT's update on the screen tests' three sentences
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return wide_update_at_small_lr(tmp_path_factory.mktemp("wide-bert-inplace"), TEXTS, LABELS)
-
-
-def _box(wide, observation, ids, **kw):
-    layout, fits, span0 = repair_inputs(wide, observation)
-    extra = wide.tokenizer.convert_tokens_to_ids([",", "big", "dog", "red"])
-    vocab = torch.tensor(sorted({t for s in ids for t in s} | set(extra)))
-    return BoxRepair(layout, fits, span0, vocab, sweeps=3, pins=embedding_pins(ids, extra), **kw)
+def _boxes(wide, observation, ids):
+    """The token repair plain and with scratch buffers (`_box`: 2 sweeps, the true tokens placed and ranked)."""
+    return _box(wide, observation, ids)[0], _box(wide, observation, ids, inplace=True)[0]
 
 
 def _wrong(ids):
@@ -40,7 +30,7 @@ def _wrong(ids):
 
 def test_the_scratch_misfit_and_mean_are_the_plain_ones_to_the_bit(setup):
     wide, observation, ids = setup
-    plain, inplace = _box(wide, observation, ids), _box(wide, observation, ids, inplace=True)
+    plain, inplace = _boxes(wide, observation, ids)
     for box in (plain, inplace):
         box.begin(_wrong(ids), LABELS, time.monotonic() + 600)
     grads = [plain.gradient(s, y) for s, y in zip(ids, LABELS)]
@@ -59,7 +49,7 @@ def test_the_scratch_misfit_and_mean_are_the_plain_ones_to_the_bit(setup):
 
 def test_the_repair_in_scratch_buffers_makes_the_plain_repairs_changes(setup):
     wide, observation, ids = setup
-    plain, inplace = _box(wide, observation, ids), _box(wide, observation, ids, inplace=True)
+    plain, inplace = _boxes(wide, observation, ids)
     got, off = plain.run(_wrong(ids), LABELS, time.monotonic() + 600)
     same, on = inplace.run(_wrong(ids), LABELS, time.monotonic() + 600)
     assert got == same and on["inplace"] is True and "inplace" not in off
