@@ -1,5 +1,6 @@
 """`beyond_rank --option sweep_order=NAME` (#16, session 34): the order the target descent sweeps its pairs in each
-round (`beyond_rank_targets.TargetDescent._ordered`), on the tiny 2-layer BERT classifier of test_pooled_states."""
+round (`beyond_rank_targets.TargetDescent._ordered`), and `sweep_defer=D` (session 35): long tracks far from their
+states held back (`TargetDescent._held`); on the tiny 2-layer BERT classifier of test_pooled_states."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ SWEEP = TargetDescent._sweep  # the unpatched sweep
 FIXTURES = (batch,)  # test_pooled_states' module fixture, used here by name
 
 
-def _swept(batch, monkeypatch, order):
-    """The (distance, length) of each track as one round of sweeps reaches it, and the descent's output."""
+def _swept(batch, monkeypatch, order, sweeps=1, **kw):
+    """The (distance, length) of each track as one round of sweeps reaches it, and the descent's output; with
+    `sweeps` rounds and `kw` (`defer`, `defer_length`): the descent's `_sweeps`."""
     layout, grads, truth, pins, tracks, specials = _two_off_setting(batch, 1)
     seen = []
 
@@ -23,10 +25,10 @@ def _swept(batch, monkeypatch, order):
         seen.append((best, len(seq)))
         return SWEEP(self, seq, target, options, best)
     monkeypatch.setattr(TargetDescent, "_sweep", sweep)
-    kw = {} if order is None else {"order": order}
-    descent = TargetDescent(layout, grads, len(truth), specials, sweeps=1, **kw)
+    kw.update({} if order is None else {"order": order})
+    descent = TargetDescent(layout, grads, len(truth), specials, sweeps=sweeps, **kw)
     out = descent.run([list(t) for t in tracks], [], pins.allowed)
-    return seen, out, truth
+    return (seen, out, truth) if not kw.get("defer") else (seen, descent)
 
 
 def test_sweep_order_near_sweeps_the_pairs_nearest_their_states_first(batch, monkeypatch):
@@ -45,3 +47,27 @@ def test_sweep_order_reaches_the_descent_and_a_wrong_name_is_refused(batch):
     assert _wide_finisher(batch).sweep_order == "batch"  # the default
     with pytest.raises(InputError, match="sweep_order"):
         ATTACKS.get("beyond_rank")(sweep_order="far").check_options()
+
+
+def _firsts(seen, initial):
+    """Where each pair's first sweep stands in `seen`, by its distance before any sweep (`initial`: distinct)."""
+    at = [d for d, _ in seen]
+    return {d: at.index(d) for d in initial}
+
+
+def test_sweep_defer_holds_long_far_tracks_until_the_others_settle(batch, monkeypatch):
+    first, _, _ = _swept(batch, monkeypatch, None)  # one round as paired: each pair's distance before any sweep
+    initial = [d for d, _ in first]
+    far = sorted(initial)[len(initial) // 2]  # half the pairs this far or farther: held (every track long enough)
+    shortest = min(n for _, n in first)
+    was = _firsts(first, initial)
+    assert max(was[d] for d in initial if d < far) > min(was[d] for d in initial if d >= far)  # as paired: mixed
+    seen, descent = _swept(batch, monkeypatch, None, sweeps=8, defer=far - 1e-9, defer_length=shortest)
+    at = _firsts(seen, initial)
+    assert max(at[d] for d in initial if d < far) < min(at[d] for d in initial if d >= far)  # the near ones first
+    assert descent.report["unswept"] == 0 and "held" in descent.swept  # the held ones swept once the rest settled
+    _, descent = _swept(batch, monkeypatch, None, sweeps=8, defer=far - 1e-9)  # tracks all under 10 tokens
+    assert descent.swept["held"] == 0
+    assert _wide_finisher(batch, sweep_defer=0.3).sweep_defer == 0.3 and _wide_finisher(batch).sweep_defer == 0
+    with pytest.raises(InputError, match="sweep_defer"):
+        ATTACKS.get("beyond_rank")(sweep_defer=-1.0).check_options()

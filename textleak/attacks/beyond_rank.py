@@ -49,7 +49,8 @@ their own states, this many relaxation steps, `beyond_rank_drafts`: 60; 0: off),
 is done: 0, `beyond_rank_targets.HIT`), `draft_keep` (a draft replaces its track only under this fraction of its
 distance: 0.5; 0: 1), `draft_pack` (drafts of nearby lengths relaxed as one padded batch: off), `draft_spend` (with
 `draft_pack`, what the packing saves spent on more relaxation steps: off), `sweep_order` (the order the descent
-sweeps its pairs in each round: "batch", as assembled; "near", nearest their states first; "short", shortest first).
+sweeps its pairs in each round: "batch", as assembled; "near", nearest their states first; "short", shortest first),
+`sweep_defer` (tracks of 10+ tokens farther than this from their states swept only once the others settle: 0, off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -73,7 +74,7 @@ from ..errors import MissingKnowledgeError
 from ..text.inference import infer_lengths
 from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
-from ..validate import choice
+from ..validate import choice, number
 from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, layer_span,
                           sentence_spans, tied_token_set)
 from ..text.leaks.tied_positions import placements
@@ -198,10 +199,15 @@ class BeyondRank(Exact):
     # Off: "short" at 450 CPU s side by side, CoLA 0 56.2/30.9 -> 59.7/31.0 (8 -> 9 exact), SST-2 0 48.5/30.1 ->
     # 50.9/28.7
     sweep_order: str = "batch"
+    # with `targets`: tracks of `beyond_rank_targets.DEFER_LENGTH` (10) tokens or more farther than this from their
+    # states are held back until a round of the other pairs changes nothing (`TargetDescent._held`; 0: off)
+    sweep_defer: float = 0.0
 
     def check_options(self) -> None:
-        """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name."""
+        """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
+        not negative."""
         choice(self.sweep_order, "sweep_order", SWEEP_ORDERS)
+        number(self.sweep_defer, "option sweep_defer", minimum=0)
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
@@ -210,7 +216,7 @@ class BeyondRank(Exact):
                 "pooled_rounds": self.pooled_rounds, "pairing": self.pairing,
                 "pooled_iters": self.pooled_iters, "drafts": self.drafts, "hit": self.hit,
                 "draft_keep": self.draft_keep, "draft_pack": self.draft_pack, "draft_spend": self.draft_spend,
-                "sweep_order": self.sweep_order}
+                "sweep_order": self.sweep_order, "sweep_defer": self.sweep_defer}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -276,7 +282,7 @@ class BeyondRank(Exact):
                          rounds=self.pooled_rounds, pairing=self.pairing,
                          iters=self.pooled_iters, drafts=self.drafts, hit=self.hit,
                          draft_keep=self.draft_keep, draft_pack=self.draft_pack, draft_spend=self.draft_spend,
-                         sweep_order=self.sweep_order)
+                         sweep_order=self.sweep_order, sweep_defer=self.sweep_defer)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

@@ -56,6 +56,12 @@ log = logging.getLogger(__name__)
 HIT = 1e-2
 #: each position's best single changes tried in pairs once a sweep stalls (`TargetDescent._pairs`)
 PAIR = 3
+#: with `defer`: tracks of this many tokens or more ([CLS] and [SEP] counted) are held back where far from their
+#: states. Session 34's sweeps (defaults' drafts and sweeps on session 32's dumps, read against the truth,
+#: large_batch_s34/sweeps_read.txt): the sweeps of tracks of 10+ tokens farther than 0.3 cost SST-2 dev 0 230 of 326
+#: CPU s and lost bigrams (33 sweeps, F2 summed -1.28; the rest +2.30 in 95 CPU s), CoLA dev 0 91 of 251 (-0.53;
+#: the rest +5.91), while second sweeps of the rest still gained (CoLA +3.04 in 33)
+DEFER_LENGTH = 10
 
 
 def cls_states(layout: Layout, seqs: Sequence[Sequence[int]], chunk: int = 256) -> torch.Tensor:
@@ -96,9 +102,11 @@ class TargetDescent:
                  sweeps: int = 8, invert: Any = None, pooled: Any = None, lengths: bool = False, guided: int = 0,
                  merge: float = 0.0, rounds: int = 0, pairing: float = 0.0, iters: int = 0, drafts: int = 0,
                  bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0, draft_pack: bool = False,
-                 draft_spend: bool = False, order: str = "batch"):
+                 draft_spend: bool = False, order: str = "batch", defer: float = 0.0,
+                 defer_length: int = DEFER_LENGTH):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.order = order  # the pairs' order in each round of sweeps (`_ordered`)
+        self.defer, self.defer_length = defer, defer_length  # >0: long tracks this far held back (`_held`)
         self.drafts, self.bias = drafts, bias  # >0: tracks redrawn from their states first (`beyond_rank_drafts`)
         self.draft_keep = draft_keep or 1.0  # a draft kept under this fraction of its track's distance (0: 1, nearer)
         self.draft_pack = draft_pack  # drafts of nearby lengths relaxed in one padded batch (`beyond_rank_drafts`)
@@ -185,17 +193,21 @@ class TargetDescent:
 
     def _sweeps(self, tracks: list[list[int]], pairs: Sequence[tuple[int, torch.Tensor, float]],
                 best: dict[int, float], options: Sequence[list[int]]) -> None:
-        """Exhaustive sweeps (`_sweep`), the pairs in turn, until a round changes nothing. `swept` counts the rounds
-        begun, the pair sweeps, the pairs never swept (not within `hit`) and the sweeps of a pair whose last sweep
-        changed nothing ("again")."""
+        """Exhaustive sweeps (`_sweep`), the pairs in turn, until a round changes nothing. With `defer`, a round
+        holds back the long tracks far from their states (`_held`) until a round of the others changes nothing;
+        the next round sweeps them too. `swept` counts the rounds begun, the pair sweeps, the pairs never swept
+        (not within `hit`), the sweeps of a pair whose last sweep changed nothing ("again") and, with `defer`, the
+        pairs the last round held back ("held")."""
         done, still, touched = Counter(), set(), set()  # counts; pairs whose last sweep changed nothing; swept
-        for _ in range(self.sweeps):
+        release = False  # this round sweeps the held pairs too
+        for k in range(self.sweeps):
             changed = False
             done["rounds"] += 1
+            held = set() if release or k == self.sweeps - 1 else self._held(tracks, best)
             for r, target, _ in self._ordered(pairs, tracks, best):
                 if budget.expired():
                     break
-                if best[r] < self.hit:
+                if best[r] < self.hit or r in held:
                     continue
                 done["again"] += r in still
                 seq, d = self._sweep(tracks[r], target, options, best[r])
@@ -203,10 +215,22 @@ class TargetDescent:
                 (still.discard if d < best[r] else still.add)(r)
                 tracks[r], best[r], done["swept"] = seq, d, done["swept"] + 1
                 touched.add(r)
-            if not changed or budget.expired():
+            done["held"] = len(held)
+            if (not changed and not held) or budget.expired():
                 break
+            release = not changed
         unswept = sum(1 for r, _, _ in pairs if r not in touched and best[r] >= self.hit)
-        self.swept = {"rounds": done["rounds"], "swept": done["swept"], "unswept": unswept, "again": done["again"]}
+        self.swept = {"rounds": done["rounds"], "swept": done["swept"], "unswept": unswept, "again": done["again"],
+                      **({"held": done["held"]} if self.defer > 0 else {})}
+
+    def _held(self, tracks: Sequence[list[int]], best: dict[int, float]) -> set[int]:
+        """With `defer` (>0): the pairs (track rows) a round holds back, tracks of `defer_length` tokens or more
+        farther than `defer` from their states at the round's start; none where no other pair is left to sweep."""
+        if self.defer <= 0:
+            return set()
+        left = [r for r, d in best.items() if d >= self.hit]
+        held = {r for r in left if len(tracks[r]) >= self.defer_length and best[r] > self.defer}
+        return held if len(held) < len(left) else set()
 
     def _ordered(self, pairs: Sequence[tuple[int, torch.Tensor, float]], tracks: Sequence[list[int]],
                  best: dict[int, float]) -> list[tuple[int, torch.Tensor, float]]:
