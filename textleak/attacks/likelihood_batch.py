@@ -47,7 +47,8 @@ batch, each splitting the time left), `exchanges` (swap passes after each round)
 early layers alone), `place_labels` (the start built under every placement of the counts), `stand_in` (training
 sentences whose mean gradient stands for a sentence not yet climbed), `share_power` (each sentence's share of a
 round's time by its length), `relocate` (whole sentences exchanged between slots of different lengths, after every
-round or, "last", once after the last; `relocate_fill`: each slot offered its fillers too), `late_context`.
+round or, "last", once after the last; `relocate_fill`: each slot offered its fillers too), `late_context`, `reseat`
+(several slots' sentences permuted at once after the last round).
 In `auto` it runs before `likelihood` (which goes on from its guess with the time left; the
 likelier guess by misfit is kept) and refuses a single sentence.
 Shapes: as `likelihood` (token-id lists of the declared lengths).
@@ -70,13 +71,14 @@ from .evidence import ContextCandidates, candidates, filler_ids, row_scores, str
 from .likelihood import LikelihoodSearch
 from .likelihood_exchange import Exchanges
 from .likelihood_relocate import Relocations, enclosing, relocation
+from .likelihood_reseat import Reseats
 from .likelihood_standin import stand_ins
 from .likelihood_state import _Batch, carried, clip_norm, placements
 
 
 @ATTACKS.register("likelihood_batch")
 @dataclass
-class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
+class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
     name: ClassVar[str] = "likelihood_batch"
 
     #: a token whose row stands this many noise deviations above the null at its best position is placed
@@ -188,6 +190,10 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
     #: with their true labels, yet 53 of 87 inner tokens are fillers, each slot's truth likelier by 2.6k-6.9k nats (s34,
     #: noise_b4_s34); the candidates hold 7 true tokens (k 4), 30 (k 64). Every round (`context`) lost CoLA 0 (s25)
     late_context: int = 0
+    #: after the last round (and `relocate`'s last move) the contents of up to this many slots permuted at once, each
+    #: fitted to its new length, the permutation of least batch misfit taken (`likelihood_reseat`); 0: off. Why: on
+    #: CoLA dev batch 1 all four sentences end in slots of other lengths: no exchange of two leaves it (s34)
+    reseat: int = 0
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `relocate`'s mode."""
@@ -255,10 +261,12 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations):
                 break
         last = self._relocated(batch, inner, fill, counted, placed, enclosing(current())) if moves == "last" else None
         relocated += last["kept"] if last else 0  # "last": once, until the enclosing deadline
+        reseat = self._reseated(batch, inner, fill[0], counted, placed, enclosing(current())) \
+            if self.reseat > 1 else None  # several slots at once, until the enclosing deadline
         self._keep, batch.free = None, False
         return self._output(batch, grads, level, tok, know, label_note,
                             {"placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
-                             "exchanged": exchanged, "relocated": relocated, "relocate_last": last,
+                             "exchanged": exchanged, "relocated": relocated, "relocate_last": last, "reseat": reseat,
                              "labels_relocated": moves != "off" and batch.labels != labels,
                              "changes_per_round": history, "context": context,
                              "relabel": relabel, "early": early, "labels_read": labels,
