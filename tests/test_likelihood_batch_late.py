@@ -19,7 +19,8 @@ def wide(tmp_path_factory):
 
 def test_relocate_last_records_the_exchanges_kept_and_the_misfit_before_and_after(wide, monkeypatch):
     """`relocate="last"` from two slots holding each other's sentence: the record says one exchange was kept and the
-    batch misfit fell; from the truth none is kept and the misfit stays; with `relocate` off there is no record."""
+    batch misfit fell, and holds the sentences before and after; from the truth none is kept and the misfit stays;
+    with `relocate` off there is no record."""
     import torch
 
     from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
@@ -38,6 +39,8 @@ def test_relocate_last_records_the_exchanges_kept_and_the_misfit_before_and_afte
 
     moved = run(wrong)["relocate_last"]
     assert moved["kept"] == 1 and moved["misfit_after"] < moved["misfit_before"] and moved["labels"] == [1, 1]
+    # the state before the move (for a probe to take up) and after it
+    assert moved["seqs_before"] == wrong and moved["labels_before"] == [1, 1] and moved["seqs_after"][0] == truth[0]
     stayed = run(truth)["relocate_last"]
     assert stayed["kept"] == 0 and stayed["misfit_after"] == stayed["misfit_before"]
     assert run(wrong, relocate=False)["relocate_last"] is None

@@ -95,12 +95,15 @@ class Relocations:
                    placed: list[tuple[int, int, int]], stop: Any = None) -> dict[str, Any]:
         """The whole-sentence move (`likelihood_relocate`; labels carried where `counted`, each slot offered the
         fillers with `relocate_fill`, until `stop()`), placed tokens pinned again; what it did: exchanges kept, the
-        batch misfit ||G - mean g||^2 before and after, the labels after, its CPU s."""
-        c0, before = time.process_time(), batch.misfit()
+        batch misfit ||G - mean g||^2 before and after, the labels after, its CPU s, the sentences (token ids) and
+        labels before (`seqs_before`, `labels_before`: the state a probe can take up) and after."""
+        c0, before, held = time.process_time(), batch.misfit(), [list(s) for s in batch.seqs]
+        was = list(batch.labels)
         moved = self._relocate(batch, inner, fill[0], counted, stop, tuple(fill) if self.relocate_fill else ())
         self._pin(batch, placed)
         return {"kept": moved, "misfit_before": before, "misfit_after": batch.misfit(), "labels": list(batch.labels),
-                "cpu_seconds": time.process_time() - c0}
+                "cpu_seconds": time.process_time() - c0, "seqs_before": held, "labels_before": was,
+                "seqs_after": [list(s) for s in batch.seqs]}
 
     def _exchanged(self, batch: _Batch, a: int, b: int, inner: list[range], pad: int, carry: bool,
                    fillers: tuple[int, ...] = ()) -> float:
