@@ -47,8 +47,7 @@ batch, each splitting the time left), `exchanges` (swap passes after each round)
 early layers alone), `place_labels` (the start built under every placement of the counts), `stand_in` (training
 sentences whose mean gradient stands for a sentence not yet climbed), `share_power` (each sentence's share of a
 round's time by its length), `relocate` (whole sentences exchanged between slots of different lengths, after every
-round or, "last", once after the last; `relocate_fill`: each slot offered its fillers too), `late_context`, `reseat`
-(several slots' sentences permuted at once after the last round).
+round or, "last", once after the last; `relocate_fill`: each slot offered its fillers too), `late_context`, `reseat`.
 In `auto` it runs before `likelihood` (which goes on from its guess with the time left; the
 likelier guess by misfit is kept) and refuses a single sentence.
 Shapes: as `likelihood` (token-id lists of the declared lengths).
@@ -151,22 +150,14 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
     #: from scratch the true labels alone read 0.164 (recipes/measured/noise_b4_s28): off
     place_labels: str = "order"
     #: training sentences per declared length whose mean gradient (`likelihood_standin.stand_ins`) stands for a
-    #: sentence in the others' targets until it is climbed in each of the first `early` + 1 rounds (the early
-    #: ones and the first on the whole J); 0: none (its guess, a filler at first, stands for it). Why: with the
-    #: others at fillers their errors fill sentence i's target; SST-2 dev batch 0 at 1e-6, labels known, sentence
-    #: 1 alone climbed 60 CPU s: 10 / 10 tokens with the others at their truth, 0 / 10 at fillers, 5 / 10 at
-    #: the mean of 16 training sentences (session 29, noise_b4_s29/diag_mean). Pair at 600 CPU s, 16 against 0:
-    #: SST-2 dev batch 0 0.339 / 0.312 (R2 0.125 / 0.150), CoLA dev batch 0 0.654 / 0.512 (R2 0.386 / 0.473): ROUGE-1
-    #: up twice, ROUGE-2 down twice, both inside one batch's run-to-run spread: off
+    #: sentence in the others' targets until it is climbed in each of the first `early` + 1 rounds; 0: none (its
+    #: guess stands for it). Pair at 600 CPU s, 16 against 0 (noise_b4_s29): SST-2 dev batch 0 0.339 / 0.312, CoLA 0
+    #: 0.654 / 0.512, ROUGE-2 down in both, all inside one batch's run-to-run spread: off
     stand_in: int = 0
     #: each round's time split over its sentences in proportion to (tokens inside the sentence)^`share_power`, each
-    #: sentence's climb taking its weight's part of what is left to the sentences still to climb in that round; 0:
-    #: evenly (the old split), 1: in proportion to its tokens (a sweep's cost grows with the length, so at 0 the
-    #: 44-token sentence of SST-2 dev batch 0 gets a quarter of the sweeps per token of its 10-token one), < 0: the
-    #: short sentences favoured. Why: with the others at their truth the 10-token sentence reads 10 / 10 in 60 CPU
-    #: s, the 16- and 42-token ones 3 / 16 and 2 / 42 (session 29, noise_b4_s29/diag_residual). Pairs at 600 CPU s,
-    #: 1 against 0 (session 30, noise_b4_s30): SST-2 dev batch 0 0.219 / 0.308, CoLA 0 0.575 / 0.535, SST-2 1
-    #: 0.249 / 0.191: two wins, one loss, mean +0.003, all inside one batch's run-to-run spread: off
+    #: climb taking its weight's part of what is left to the sentences still to climb in that round; 0: evenly, 1:
+    #: by its tokens, < 0: the short sentences favoured. Pairs at 600 CPU s, 1 against 0 (noise_b4_s30): SST-2 dev
+    #: batch 0 0.219 / 0.308, CoLA 0 0.575 / 0.535, SST-2 1 0.249 / 0.191: inside one batch's spread: off
     share_power: float = 0.0
     #: after each round's climbs, every pair of slots of different declared lengths exchanges its contents, each
     #: fitted to the other's length, where that lowers the batch misfit (`likelihood_relocate`). Why: at the end of
@@ -190,9 +181,8 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
     #: with their true labels, yet 53 of 87 inner tokens are fillers, each slot's truth likelier by 2.6k-6.9k nats (s34,
     #: noise_b4_s34); the candidates hold 7 true tokens (k 4), 30 (k 64). Every round (`context`) lost CoLA 0 (s25)
     late_context: int = 0
-    #: after the last round (and `relocate`'s last move) the contents of up to this many slots permuted at once, each
-    #: fitted to its new length, the permutation of least batch misfit taken (`likelihood_reseat`); 0: off. Why: on
-    #: CoLA dev batch 1 all four sentences end in slots of other lengths: no exchange of two leaves it (s34)
+    #: after the last round up to this many slots' contents permuted at once (`likelihood_reseat`); 0: off. On CoLA 1's
+    #: end states every seating is 19k-155k nats less likely; it took nothing in three pairs (s35, noise_b4_s35)
     reseat: int = 0
 
     def check_options(self) -> None:
@@ -261,8 +251,8 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
                 break
         last = self._relocated(batch, inner, fill, counted, placed, enclosing(current())) if moves == "last" else None
         relocated += last["kept"] if last else 0  # "last": once, until the enclosing deadline
-        reseat = self._reseated(batch, inner, fill[0], counted, placed, enclosing(current())) \
-            if self.reseat > 1 else None  # several slots at once, until the enclosing deadline
+        reseat = (self._reseated(batch, inner, fill[0], counted, placed, enclosing(current()))
+                  if self.reseat > 1 else None)  # several slots at once, until the enclosing deadline
         self._keep, batch.free = None, False
         return self._output(batch, grads, level, tok, know, label_note,
                             {"placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
