@@ -44,7 +44,8 @@ def test_sweep_order_near_sweeps_the_pairs_nearest_their_states_first(batch, mon
 
 def test_sweep_order_reaches_the_descent_and_a_wrong_name_is_refused(batch):
     assert _wide_finisher(batch, sweep_order="near").sweep_order == "near"
-    assert _wide_finisher(batch).sweep_order == "batch"  # the default
+    assert _wide_finisher(batch).sweep_order == "near"  # the default since session 35
+    assert ATTACKS.get("beyond_rank")().sweep_order == "near" and ATTACKS.get("beyond_rank")().sweep_defer == 0.3
     with pytest.raises(InputError, match="sweep_order"):
         ATTACKS.get("beyond_rank")(sweep_order="far").check_options()
 
@@ -68,6 +69,6 @@ def test_sweep_defer_holds_long_far_tracks_until_the_others_settle(batch, monkey
     assert descent.report["unswept"] == 0 and "held" in descent.swept  # the held ones swept once the rest settled
     _, descent = _swept(batch, monkeypatch, None, sweeps=8, defer=far - 1e-9)  # tracks all under 10 tokens
     assert descent.swept["held"] == 0
-    assert _wide_finisher(batch, sweep_defer=0.3).sweep_defer == 0.3 and _wide_finisher(batch).sweep_defer == 0
+    assert _wide_finisher(batch, sweep_defer=0.3).sweep_defer == 0.3 and _wide_finisher(batch).sweep_defer == 0.3
     with pytest.raises(InputError, match="sweep_defer"):
         ATTACKS.get("beyond_rank")(sweep_defer=-1.0).check_options()

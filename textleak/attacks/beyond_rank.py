@@ -49,8 +49,9 @@ their own states, this many relaxation steps, `beyond_rank_drafts`: 60; 0: off),
 is done: 0, `beyond_rank_targets.HIT`), `draft_keep` (a draft replaces its track only under this fraction of its
 distance: 0.5; 0: 1), `draft_pack` (drafts of nearby lengths relaxed as one padded batch: off), `draft_spend` (with
 `draft_pack`, what the packing saves spent on more relaxation steps: off), `sweep_order` (the order the descent
-sweeps its pairs in each round: "batch", as assembled; "near", nearest their states first; "short", shortest first),
-`sweep_defer` (tracks of 10+ tokens farther than this from their states swept only once the others settle: 0, off).
+sweeps its pairs in each round: "batch", as assembled; "near", nearest their states first, the default; "short",
+shortest first), `sweep_defer` (tracks of 10+ tokens farther than this from their states swept only once the others
+settle: 0.3; 0: off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -196,14 +197,15 @@ class BeyondRank(Exact):
     # with `targets`: the order the descent sweeps its pairs in each round (`TargetDescent._ordered`): "batch" (as the
     # assembly gives them), "near" (nearest their states first), "short" (shortest tracks first); at 450 CPU s the
     # first round ends before its last pairs (SST-2 batch 0: 18 of 53 swept, CoLA batch 0: 49 of 56; large_batch_s34/).
-    # Off: "short" at 450 CPU s side by side, CoLA 0 56.2/30.9 -> 59.7/31.0 (8 -> 9 exact), SST-2 0 48.5/30.1 ->
-    # 50.9/28.7
-    sweep_order: str = "batch"
+    # "short" at 450 CPU s side by side, CoLA 0 56.2/30.9 -> 59.7/31.0 (8 -> 9 exact), SST-2 0 48.5/30.1 -> 50.9/28.7.
+    # "near" with `sweep_defer` 0.3 (below), the defaults since session 35
+    sweep_order: str = "near"
     # with `targets`: tracks of `beyond_rank_targets.DEFER_LENGTH` (10) tokens or more farther than this from their
     # states are held back until a round of the other pairs changes nothing (`TargetDescent._held`; 0: off). With
-    # `sweep_order=near`, 0.3, at 450 CPU s side by side: SST-2 0 48.0/30.3 -> 48.9/31.7 (9 -> 10 exact; `near` alone
-    # 48.4/30.3 -> 49.1/31.7), CoLA 0 53.8/26.8 -> 53.8/31.4 (7 -> 10 exact) (large_batch_s35/)
-    sweep_defer: float = 0.0
+    # `sweep_order=near`, 0.3, at 450 CPU s side by side against "batch" and 0: SST-2 0 48.0/30.3 -> 48.9/31.7 (9 -> 10
+    # exact; `near` alone 48.4/30.3 -> 49.1/31.7), CoLA 0 53.8/26.8 -> 53.8/31.4 (7 -> 10 exact), RT 0 28.0/10.6 ->
+    # 28.3/10.9 (1 exact in both) (large_batch_s35/): the defaults since session 35
+    sweep_defer: float = 0.3
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`

@@ -59,8 +59,8 @@ class BagFinish:
                  sweeps: int = 4, seed: int = 0, targets: tuple[dict, int] | None = None, invert: int = 0,
                  lengths: bool = False, guided: int = 0, merge: float = 0.0, rounds: int = 0,
                  pairing: float = 0.0, iters: int = 0, drafts: int = 0, hit: float = 0.0, draft_keep: float = 0.0,
-                 draft_pack: bool = False, draft_spend: bool = False, sweep_order: str = "batch",
-                 sweep_defer: float = 0.0):
+                 draft_pack: bool = False, draft_spend: bool = False, sweep_order: str = "near",
+                 sweep_defer: float = 0.3):
         self.tok, self.prior_name, self.weight = tokenizer, prior, weight
         self.tries, self.sweeps, self.seed = tries, sweeps, seed
         self.targets = targets  # (the batch's gradients, B): descend onto the pooled states (`beyond_rank_targets`)
