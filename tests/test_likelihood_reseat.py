@@ -66,7 +66,8 @@ def test_reseat_takes_a_cycle_of_three_slots_at_once(wide):
 
 def test_reseat_runs_after_the_last_round_only_when_on(wide, monkeypatch):
     """The batch search calls the move once, after the last round's climbs (and `relocate`'s last move), with
-    `reseat` >= 2, and records what it did (`details["reseat"]`); off (0, the default) it neither calls nor records."""
+    `reseat` >= 2, and records what it did (`details["reseat"]`); off (0, the default) the move does nothing and
+    records None."""
     from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
     from textleak.core.budget import time_budget
 

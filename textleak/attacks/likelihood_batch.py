@@ -209,8 +209,6 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
         W, P = grads[word].double().cpu(), grads[pos].double().cpu()
         scores = row_scores(W, P, max(lengths), banned)
         self._all_context, context = ContextCandidates.of(target, scores, banned, max(self.context, self.late_context))
-        # the rounds before the last take `context`'s k (none at 0), the last the larger of it and `late_context`'s
-        self._early_context = self._all_context.with_k(self.context) if self._all_context and self.context else None
         evidence = candidates(scores, lengths, self.per_position)
         specials = bool(know.special_tokens and tok.cls_token_id is not None and tok.sep_token_id is not None)
         inner = [range(1, n - 1) if specials else range(n) for n in lengths]
@@ -251,8 +249,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
                 break
         last = self._relocated(batch, inner, fill, counted, placed, enclosing(current())) if moves == "last" else None
         relocated += last["kept"] if last else 0  # "last": once, until the enclosing deadline
-        reseat = (self._reseated(batch, inner, fill[0], counted, placed, enclosing(current()))
-                  if self.reseat > 1 else None)  # several slots at once, until the enclosing deadline
+        reseat = self._reseated(batch, inner, fill[0], counted, placed, enclosing(current()))  # `reseat` > 1: on
         self._keep, batch.free = None, False
         return self._output(batch, grads, level, tok, know, label_note,
                             {"placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
@@ -280,7 +277,9 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
         Returns the number of changes."""
         changed, w = 0, self._weights(lengths, specials)
         # the masked-LM candidates in every round (`context`), or in the last round alone (`late_context`)
-        self._context = self._all_context if r == self.rounds - 1 else self._early_context
+        # (the rounds before the last at `context`'s k, none at 0; the last at the larger of it and `late_context`'s)
+        early = self._all_context.with_k(self.context) if self._all_context and self.context else None
+        self._context = self._all_context if r == self.rounds - 1 else early
         self._rebuild.context = self._context
         for i in range(len(lengths)):  # what is left, split over this round's sentences to climb and later rounds
             slice_ = current().remaining() * w[i] / ((self.rounds - r) * sum(w[i:]))

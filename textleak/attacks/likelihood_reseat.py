@@ -49,11 +49,13 @@ class Reseats:
     """The permutation move over several slots (the module docstring)."""
 
     def _reseated(self, batch: _Batch, inner: list[range], pad: int, counted: bool, placed: list[tuple[int, int, int]],
-                  stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+                  stop: Callable[[], bool] | None = None) -> dict[str, Any] | None:
         """The move (`reseat` slots at most; labels carried too where `counted`) until no permutation lowers the
         misfit or `stop()` (default: the current budget), placed tokens pinned again; what it did: the permutations
         taken ({slot: slot whose contents it took}, labels carried or not), the batch misfit before and after, the
-        permutations scored, the labels after, its CPU s."""
+        permutations scored, the labels after, its CPU s. None where `reseat` < 2 (off)."""
+        if self.reseat < 2:
+            return None
         c0, before, stop = time.process_time(), batch.misfit(), stop or current().expired
         taken, scored = [], 0
         for _ in range(len(batch.seqs)):
