@@ -162,6 +162,7 @@ def test_the_ranked_fill_gives_each_standing_slot_the_next_ranked_token():
 def test_with_ranked_pins_no_repair_trial_leaves_a_moved_word_rows_token_out_of_the_batch():
     box = BoxRepair.__new__(BoxRepair)  # the descent alone: a sentence's "gradient" is its id sum, U = 0
     box.cover, box.trials, box.guard = {1, 2, 3, 4}, 0, None  # no [CLS] guard (option `repair_cls_guard` off)
+    box.inplace = False  # the plain trial misfit (option `repair_inplace` off)
     box.U, box.half = torch.zeros(1, dtype=torch.double), torch.zeros(1, dtype=torch.double)
     box.gradient = lambda seq, label: torch.tensor([float(sum(seq))], dtype=torch.double)
     seqs, _ = box.begin([[1, 2, 3], [1, 4, 3]], [0, 0], float("inf"))
