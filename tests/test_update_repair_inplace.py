@@ -60,7 +60,7 @@ def test_the_repair_in_scratch_buffers_makes_the_plain_repairs_changes(setup):
 
 def test_option_repair_inplace_reaches_the_token_repair(setup, monkeypatch):
     wide, observation, ids = setup
-    assert UpdateExact().repair_inplace is False
+    assert UpdateExact().repair_inplace is True  # the default since session 35
     seen = _spy_on_the_repair(monkeypatch, "inplace")
     for on in (False, True):
         _repair_the_true_batch(UpdateExact(repair_inplace=on, cls_descent=False), wide, observation, ids)

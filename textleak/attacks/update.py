@@ -203,8 +203,8 @@ class UpdateExact(Exact):
     #: with `repair_cls_guard`: a trial the guard would refuse gets no gradient (`BoxRepair.guard_first`; off). RT b8
     #: K 8 lr 1e-4: RT 1 the same 3 changes in 12.8 CPU s, not 106.2; RT 3 0.674 against 0.682 (session 34)
     repair_guard_first: bool = False
-    #: token repair: each trial's misfit in scratch buffers, the same to the bit (`BoxRepair.inplace`; session 35)
-    repair_inplace: bool = False
+    #: token repair: each trial's misfit in scratch buffers, the same to the bit (`BoxRepair.inplace`): on (session 35)
+    repair_inplace: bool = True
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
     cls_sweeps: int = 0
