@@ -113,15 +113,9 @@ class Relocations:
         the batch misfit after."""
         old = {a: list(batch.seqs[a]), b: list(batch.seqs[b])}
         now = {a: batch.labels[b], b: batch.labels[a]} if carry else {a: batch.labels[a], b: batch.labels[b]}
-        bodies = {i: [old[i][p] for p in inner[i]] for i in (a, b)}
 
         def options(i: int, src: int, filled: bool = True) -> list[list[int]]:
-            out = []
-            for body in fitted(bodies[src], len(inner[i]), pad):
-                t = list(old[i])
-                for p, v in zip(inner[i], body):
-                    t[p] = v
-                out.append(t)
+            out = in_slot(old, inner, pad, src, i)
             for f in fillers if filled else ():
                 out.append([f if p in inner[i] else v for p, v in enumerate(old[i])])
             return out
@@ -132,6 +126,18 @@ class Relocations:
         self._seed(batch, a, options(a, b))
         self._seed(batch, b, options(b, a))
         return batch.misfit()
+
+
+def in_slot(seqs: Any, inner: list[range], pad: int, j: int, i: int) -> list[list[int]]:
+    """Sentence j's inner tokens fitted to slot i's inner length (`fitted`), each in slot i's frame (`seqs[i]`;
+    `seqs`: the sentences, a list or a dict by slot)."""
+    out = []
+    for body in fitted([seqs[j][p] for p in inner[j]], len(inner[i]), pad):
+        t = list(seqs[i])
+        for p, v in zip(inner[i], body):
+            t[p] = v
+        out.append(t)
+    return out
 
 
 def _held(batch: _Batch, slots: tuple[int, ...]) -> dict[int, tuple]:

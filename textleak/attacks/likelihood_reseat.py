@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..core.budget import current
-from .likelihood_relocate import fitted
+from .likelihood_relocate import in_slot
 from ..text.ghost import GhostScorer
 from .likelihood_state import _Batch, _J
 
@@ -100,7 +100,7 @@ class Reseats:
         """Slot j's contents in slot i at label y: its inner tokens fitted to slot i's inner length, the option
         likeliest against slot i's target as the batch stands (cached in `fits`)."""
         if (j, i, y) not in fits:
-            options = _options(batch.seqs, inner, pad, j, i)
+            options = in_slot(batch.seqs, inner, pad, j, i)
             scorer = GhostScorer(batch.layout, batch.target(i))
             J = _J(scorer(torch.tensor(options), torch.full((len(options),), y)), batch.clip)
             fits[j, i, y] = options[int(J.argmax())]
@@ -115,15 +115,4 @@ class Reseats:
         for i in seating:
             batch.set(i, seqs[i], ys[i])
         for i, j in seating.items():
-            self._seed(batch, i, _options(old, inner, pad, j, i))
-
-
-def _options(seqs: list[list[int]], inner: list[range], pad: int, j: int, i: int) -> list[list[int]]:
-    """Sentence j's inner tokens fitted to slot i's inner length (`fitted`), each in slot i's frame (`seqs[i]`)."""
-    out = []
-    for body in fitted([seqs[j][p] for p in inner[j]], len(inner[i]), pad):
-        t = list(seqs[i])
-        for p, v in zip(inner[i], body):
-            t[p] = v
-        out.append(t)
-    return out
+            self._seed(batch, i, in_slot(old, inner, pad, j, i))
