@@ -42,7 +42,7 @@ from ..core.budget import now as budget_now
 from ..text.layouts import Layout
 from ..text.leaks.residuals import partial_residuals
 from ..text.leaks.spans import LayerSpan
-from .update_repair_moves import RepairMoves, missing
+from .update_repair_moves import RepairMoves, missing, slides
 from .update_rounding import RoundingFits
 
 #: tokens tried at each position (closest to the fitted layer-0 span first)
@@ -60,7 +60,7 @@ class BoxRepair(RepairMoves):
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
                  width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None, move: bool = False,
                  screen: Callable[[list[list[int]]], list[float]] | None = None, keep: int = 0,
-                 first_keep: int = 0, exchange_keep: int = 0, inplace: bool = False):
+                 first_keep: int = 0, exchange_keep: int = 0, inplace: bool = False, slide: int = 0):
         self.layout, self.span0, self.width, self.sweeps, self.pins = layout, span0, width, sweeps, pins
         self.move, self.moves = move, 0
         #: option `repair_screen`: each position's trial sentences scored by `screen` (one forward each: the [CLS]
@@ -90,6 +90,10 @@ class BoxRepair(RepairMoves):
         #: temporaries of the Q/K/V weights' size a trial (MiniLM: 2.65M float64, 21 MB each): RT dev batch 0 of 4,
         #: K 8, lr 1e-5, a trial's misfit took 46 ms beside a 38-token gradient's 46.5 (`_shifted`, `misfit`)
         self.inplace, self._scratch = inplace, None
+        #: option `repair_slide`: after each sentence's swaps, its slides (`update_repair_moves.slides`: a token moved
+        #: up to `slide` places, the tokens between shifted) weighed like its substitutions (screened in the screened
+        #: sweeps); 0: off
+        self.slide = slide
         self.vocab = vocab.to(layout.device).long()
         layers = len(layout.layers)
         self.names = [n for k in range(layers) for n in layout.shared(fits.update, layout.qkv_names(k))]
@@ -213,6 +217,8 @@ class BoxRepair(RepairMoves):
                 swaps = {(min(p, q), max(p, q)) for p in moved[b] for q in range(1, len(seqs[b]) - 1)
                          if seqs[b][q] != seqs[b][p]}
                 self.keep_best(seqs, b, self._screened(seqs, b, [_swapped(seqs[b], p, q) for p, q in sorted(swaps)]))
+                if self.slide > 0:  # option `repair_slide`: a token moved up to `slide` places (`slides`)
+                    self.keep_best(seqs, b, self._screened(seqs, b, slides(seqs[b], self.slide)))
                 if self.move and exchange:
                     self._move(seqs)
             if exchange:
@@ -232,7 +238,7 @@ class BoxRepair(RepairMoves):
                       "exchange_trials": self.exchange_trials, "exchange_screened": self.exchange_screened,
                       "guarded": self.guarded if self.guard is not None else None,
                       **({"unweighed": self.unweighed} if self.guard_first else {}),
-                      **({"inplace": True} if self.inplace else {}),
+                      **({"inplace": True} if self.inplace else {}), **({"slide": self.slide} if self.slide else {}),
                       "cpu_s": round(time.process_time() - began, 1)}
 
     def _screened(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> list[list[int]]:

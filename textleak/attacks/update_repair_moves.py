@@ -14,6 +14,13 @@ at budget 60 it certified (1.000, 20.7 CPU s) where off stopped so (0.956, 42.7 
 certified, on in 356 repair trials against 531; SST-2 lr 1e-4 dev batch 0 tied (0.992 / 0.984, no move kept); RT
 lr 1e-4 dev batch 0 lost twice (0.553 / 0.575 against 0.603 / 0.629) at a lower box misfit: far from the truth the
 misfit does not guide the moves.
+
+Slides (`slides`: `exact-update`'s option `repair_slide`, off; session 36): a token moved up to `slide` places within
+its sentence, the tokens between shifted one place (a rotation of the span). RT dev batch 0 of 4 at K 8, lr 1e-5 ends
+(session 35) with 25 of its 51 wrong positions holding a token of the same sentence at another place, in a basin of
+the box misfit: 3 of 51 single substitutions toward the truth lower it, 0 of 949 pairs of them in two sentences, 0 of
+90 copy trades and 0 of 210 swaps between sentences at any two positions; 18 of 1,030 slides of up to 5 places do
+(`recipes/measured/fedavg_rt_lr5_s36`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,21 @@ from ..core.budget import now as budget_now
 def missing(sequences: Sequence[Sequence[int]], cover: set[int] | None) -> int:
     """How many tokens of `cover` (the update's moved word rows) no sentence of the batch holds (0 without one)."""
     return len(cover - {t for s in sequences for t in s}) if cover else 0
+
+
+def slides(seq: Sequence[int], width: int) -> list[list[int]]:
+    """The sentence `seq` ([CLS] ... [SEP], both kept) with one inner token moved 1 to `width` places forward or back,
+    the tokens between shifted one place toward its old place (one place: a swap of neighbours); distinct, not `seq`
+    itself, in order of the moved span's start."""
+    out, seen, n = [], {tuple(seq)}, len(seq)
+    for p in range(1, n - 1):
+        for q in range(p + 1, min(n - 1, p + width + 1)):
+            for trial in (list(seq[:p]) + [seq[q]] + list(seq[p:q]) + list(seq[q + 1:]),  # q's token to p
+                          list(seq[:p]) + list(seq[p + 1:q + 1]) + [seq[p]] + list(seq[q + 1:])):  # p's token to q
+                if tuple(trial) not in seen:
+                    seen.add(tuple(trial))
+                    out.append(trial)
+    return out
 
 
 #: the cross-sentence move (`RepairMoves._move`): the least supported positions tried as sources, the target
