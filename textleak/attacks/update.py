@@ -205,10 +205,8 @@ class UpdateExact(Exact):
     repair_guard_first: bool = False
     #: token repair: each trial's misfit in scratch buffers, the same to the bit (`BoxRepair.inplace`): on (session 35)
     repair_inplace: bool = True
-    #: token repair: after each sentence's swaps its slides, a token moved up to this many places with the tokens
-    #: between shifted (`update_repair_moves.slides`, `BoxRepair.slide`; 0: off). RT dev batch 0 of 4, K 8, lr 1e-5:
-    #: from the repair's end 18 of 1,030 slides of up to 5 places lower the box misfit, where 3 of 51 single
-    #: substitutions toward the truth do (session 36, `recipes/measured/fedavg_rt_lr5_s36`)
+    #: token repair: each sentence's slides, a token moved up to this many places, the tokens between shifted
+    #: (`update_repair_moves.slides`, `BoxRepair.slide`; 0: off; session 36, `recipes/measured/fedavg_rt_lr5_s36`)
     repair_slide: int = 0
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
