@@ -200,13 +200,11 @@ class UpdateExact(Exact):
     #: `auto`: on where the declared batch holds `update_small_lr.AUTO_BATCH` (8) sentences or more (`batch_gated`).
     #: RT b8 K 8 lr 1e-4, side by side with the reserve: 0.791 / 0.724 (RT 1), 0.526 / 0.526 (RT 0); session 33
     repair_cls_guard: bool | str = "auto"
-    #: with `repair_cls_guard`: a trial the guard would refuse gets no gradient (`BoxRepair.guard_first`; off). RT b8
-    #: K 8 lr 1e-4: RT 1 the same 3 changes in 12.8 CPU s, not 106.2; RT 3 0.674 against 0.682 (session 34)
+    #: with `repair_cls_guard`: a trial the guard would refuse gets no gradient (`BoxRepair.guard_first`; off; s. 34)
     repair_guard_first: bool = False
     #: token repair: each trial's misfit in scratch buffers, the same to the bit (`BoxRepair.inplace`): on (session 35)
     repair_inplace: bool = True
-    #: token repair: each sentence's slides, a token moved up to this many places, the tokens between shifted
-    #: (`update_repair_moves.slides`, `BoxRepair.slide`; 0: off; session 36, `recipes/measured/fedavg_rt_lr5_s36`)
+    #: token repair: slides, a token moved up to N places in its sentence (`BoxRepair.slide`; 0: off; session 36)
     repair_slide: int = 0
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
