@@ -69,7 +69,7 @@ Arguments: `sweeps` (most full passes per sentence and round), `rounds` (passes 
 `per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours),
 `screen` and `wide` (first-order-screened candidates per position and sweep), `keep_sure`, `share` (of a finite
 time budget left; LAMP after it never won under noise, session 9), `weighted`, `weighted_share`,
-`prior`, `between`, `frequent`, `deep`, `guard`, `blocks`, `block_pairs`, `indel`, `indel_candidates`, `indel_weak`, `indel_far`, `pairs`, `rebuild`, `relaxed`, `context`, `rows`,
+`prior`, `between`, `frequent`, `deep`, `guard`, `blocks`, `block_pairs`, `indel`, `indel_candidates`, `indel_weak`, `indel_far`, `pairs`, `rebuild`, `relaxed`, `context`, `screen_prior`, `rows`,
 `local` (above),
 `initial_ids` (a start [B, L], 0-padded), `initial_labels` (its labels, where placed), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
@@ -88,6 +88,7 @@ from ..core.budget import current, share_of_remaining, time_budget
 from ..text.ghost import GhostScorer
 from ..text.layouts import Layout
 from ..threat import Observation
+from ..validate import number
 from .base import ATTACKS, CANNOT_RUN, AttackOutput
 from ..text.prior import load_prior
 from .evidence import (ContextCandidates, PriorCandidates, candidates, confident, filler_ids, row_scores, seeds,
@@ -194,6 +195,12 @@ class LikelihoodSearch(Climb):
     #: sentence of that pair (3 of 3; 4 ties); a small sample, RT dev 3-7 unmeasured
     blocks: int = 32
     block_pairs: int = 8
+    #: the share (0..1) of each screened sweep's picks (`screen`, `wide`) taken from the prior's likeliest tokens
+    #: between the neighbours (after the two every screened sweep tries) instead of by first-order gain; 0: none.
+    #: Why (ground truth, s36, recipes/measured/noise_b4_s36): at SST-2 dev batch 0's end states at batch 4, 1e-6,
+    #: the first-order gain ranks 0 of 85-87 wrong positions' true tokens in its top 16 (fillers all round: the
+    #: linearisation is far off), the bigram between 15-17 (of the 13-22 true tokens that raise J_w alone, 3-8)
+    screen_prior: float = 0.0
     #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
     #: sentence 0 at 1e-6: "exercise" has the best row at its position, the first-order gain ranks
     #: it 45th to 515th, so no screened sweep tried it)
@@ -206,6 +213,10 @@ class LikelihoodSearch(Climb):
     #: the labels of that start where they were read as counts and then placed (`likelihood_batch.relabel`);
     #: taken only where they are those counts (a permutation of the labels read here)
     initial_labels: Any = field(default=None, repr=False)
+
+    def check_options(self) -> None:
+        """The option values checked before any work (`validate.attack_instance`): `screen_prior` in [0, 1]."""
+        number(self.screen_prior, "option screen_prior", minimum=0, maximum=1)
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError unless this is a classification gradient with declared lengths,

@@ -186,8 +186,9 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
     reseat: int = 0
 
     def check_options(self) -> None:
-        """The option values checked before any work (`validate.attack_instance`): `relocate`'s mode."""
+        """The option values checked before any work (`validate.attack_instance`): `relocate`'s mode, `likelihood`'s."""
         relocation(self.relocate)
+        LikelihoodSearch.check_options(self)
 
     def prepare(self, target: Any, observation: Observation | None = None, noisy: bool | None = None) -> None:
         """As `likelihood`'s, the masked-LM head fitted or read for `late_context` as for `context`."""

@@ -90,7 +90,8 @@ class Climb:
                screen: int, around: list[int] | None = None) -> int:
         """One pass over the positions (those within `local` of a position in `around`, where given),
         each position's pool screened to `screen` candidates by first-order gain (0: the whole
-        pool); how many tokens changed. Positions go in order of their best first-order gain (a
+        pool; with `screen_prior`, that share of them the bigram's likeliest between the neighbours
+        instead); how many tokens changed. Positions go in order of their best first-order gain (a
         pass cut short by the budget has tried the likeliest changes); a position holding its
         confident row token (`_sure`) is skipped."""
         weights = name_weights(batch.layout, guess.weights) if self.weighted else None
@@ -98,7 +99,10 @@ class Climb:
             if self.flips > 0 or screen > 0 else None
         flips = top_flips(gains, guess.x, max(self.flips, 1), banned) if gains is not None else [[] for _ in guess.x]
         near = neighbour_candidates(batch.layout, guess.x, self.neighbours, banned)
-        between = self._prior.between(guess.x, self.between) if self._prior is not None else [[] for _ in guess.x]
+        # `screen_prior`: that share of the screen's picks the bigram's next likeliest between the neighbours
+        lean = round(screen * getattr(self, "screen_prior", 0.0)) if screen > 0 and self._prior is not None else 0
+        between = self._prior.between(guess.x, max(self.between, 2 + lean)) if self._prior is not None \
+            else [[] for _ in guess.x]
         frequent = self._prior.frequent[: self.frequent] if self._prior is not None else []
         order = [p for p in inner if (self._sure is None or self._sure[p] != guess.x[p]) and
                  (around is None or any(abs(p - q) <= self.local for q in around))]
@@ -115,8 +119,9 @@ class Climb:
                      "near": near[p], "between": between[p], "frequent": frequent, "context": context.get(p, [])}
             pool = [t for part in parts.values() for t in part]
             if screen > 0:  # the best rows and the prior's likeliest unscreened (the first-order gain misjudges them)
-                pool = evidence[p][: self.rows] + matched[:1] + between[p][:2] + parts["context"][:2] + \
-                    screened(gains[p], [t for t in pool if t != guess.x[p]], screen)
+                named = between[p][: 2 + lean]
+                pool = evidence[p][: self.rows] + matched[:1] + named + parts["context"][:2] + \
+                    screened(gains[p], [t for t in pool if t != guess.x[p] and t not in named], screen - lean)
             if guess.substitute(p, pool):
                 changed += 1
                 self._note(guess.x[p], parts, gains[p] if gains is not None else None)
