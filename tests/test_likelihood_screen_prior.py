@@ -33,12 +33,11 @@ def _pools(wide, monkeypatch, screen_prior: float, screen: int):
     from textleak.attacks.likelihood_state import _Batch, _Guess, _gradient
 
     layout = layout_for(wide.model)
-    names = [n for n, p in wide.model.named_parameters() if p.requires_grad]
-    truth, guess = [2, 11, 12, 13, 14, 15, 3], [2, 11, 20, 13, 21, 22, 3]
-    batch = _Batch(layout, _gradient(layout, truth, 1, names), [guess], [1])
+    trained = [n for n, p in wide.model.named_parameters() if p.requires_grad]
+    shared = _gradient(layout, [2, 9, 8, 7, 10, 12, 3], 0, trained)  # the observed gradient: one other sentence
+    batch = _Batch(layout, shared, [[2, 9, 20, 7, 21, 22, 3]], [0])
     g = _Guess(batch, 0)
-    banned = torch.zeros(layout.word_embeddings.num_embeddings, dtype=torch.bool)
-    banned[:5] = True
+    banned = torch.arange(layout.word_embeddings.num_embeddings) < 5  # the special tokens
     pools = {}
     monkeypatch.setattr(_Guess, "substitute", lambda self, p, pool: pools.setdefault(p, list(pool)) and 0)
     search = LikelihoodSearch(weighted=False, screen_prior=screen_prior, rows=1, flips=16, neighbours=8)
