@@ -202,7 +202,8 @@ class LikelihoodSearch(Climb):
     #: linearisation is far off), the bigram between 15-17 (of the 13-22 true tokens that raise J_w alone, 3-8).
     #: But one sweep from fillers gains fewer nats with it (first-order picks fit better, true or not), and the
     #: bigram between fillers names fillers: side by side at 300 CPU s, SST-2 dev batch 0 with `likelihood_batch`
-    #: at 1 0.106 / 0.195 (ROUGE-1, the defaults second), at 0.5 0.112 / 0.155: off
+    #: at 1 0.106 / 0.195 (ROUGE-1, the defaults second), at 0.5 0.112 / 0.155; CoLA 0 at 0.5 0.693 / 0.625, ROUGE-2
+    #: 0.517 / 0.560: off
     screen_prior: float = 0.0
     #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
     #: sentence 0 at 1e-6: "exercise" has the best row at its position, the first-order gain ranks
