@@ -72,3 +72,22 @@ def test_sweep_defer_holds_long_far_tracks_until_the_others_settle(batch, monkey
     assert _wide_finisher(batch, sweep_defer=0.3).sweep_defer == 0.3 and _wide_finisher(batch).sweep_defer == 0.3
     with pytest.raises(InputError, match="sweep_defer"):
         ATTACKS.get("beyond_rank")(sweep_defer=-1.0).check_options()
+
+
+def test_sweep_screen_rescores_only_the_screened_nearest_at_float32(batch):
+    layout, grads, truth, pins, tracks, specials = _two_off_setting(batch, 1)
+    plain = TargetDescent(layout, grads, len(truth), specials, sweeps=8)
+    out = plain.run([list(t) for t in tracks], [], pins.allowed)
+    screened = TargetDescent(layout, grads, len(truth), specials, sweeps=8, screen=2)
+    got = screened.run([list(t) for t in tracks], [], pins.allowed)
+    assert out == truth and got == truth and screened.report["reached"] == len(truth)
+    rough, exact = screened.scored["rough"], screened.scored["exact"]
+    assert rough > 0 and exact < plain.scored["exact"] and exact < rough / 2  # the screen spared float32 scoring
+    seq, target = truth[0], screened.paired[0]
+    trial = [seq[:p] + [t] + seq[p + 1:] for p in range(1, len(seq) - 1) for t in (seq[p], seq[-1] - 1)]
+    k, d = screened._nearest(trial, target, 2)
+    exact_d = (screened.states(trial) - target).norm(dim=1) / target.norm()
+    assert d == sorted(d) and d == [float(exact_d[i]) for i in k]  # the distances kept are the float32 ones
+    assert _wide_finisher(batch, sweep_screen=4).sweep_screen == 4 and _wide_finisher(batch).sweep_screen == 0
+    with pytest.raises(InputError, match="sweep_screen"):
+        ATTACKS.get("beyond_rank")(sweep_screen=-1).check_options()
