@@ -8,6 +8,7 @@ import pytest
 
 from test_pooled_states import _two_off_setting, _wide_finisher, batch
 from textleak.attacks import ATTACKS
+from textleak.attacks import beyond_rank_targets as targets
 from textleak.attacks.beyond_rank_targets import TargetDescent
 from textleak.errors import InputError
 
@@ -88,6 +89,21 @@ def test_sweep_screen_rescores_only_the_screened_nearest_at_float32(batch):
     k, d = screened._nearest(trial, target, 2)
     exact_d = (screened.states(trial) - target).norm(dim=1) / target.norm()
     assert d == sorted(d) and d == [float(exact_d[i]) for i in k]  # the distances kept are the float32 ones
-    assert _wide_finisher(batch, sweep_screen=4).sweep_screen == 4 and _wide_finisher(batch).sweep_screen == 0
+    assert _wide_finisher(batch, sweep_screen=4).sweep_screen == 4
     with pytest.raises(InputError, match="sweep_screen"):
         ATTACKS.get("beyond_rank")(sweep_screen=-1).check_options()
+
+
+def test_sweep_screen_auto_is_the_default_and_screens_only_where_bfloat16_is_fast(batch, monkeypatch):
+    # session 36: on by default where the device has fast bfloat16 (AMX, CUDA), off where it would be emulated
+    layout, grads, truth, pins, tracks, specials = _two_off_setting(batch, 1)
+    assert ATTACKS.get("beyond_rank")().sweep_screen == "auto" and _wide_finisher(batch).sweep_screen == "auto"
+    ATTACKS.get("beyond_rank")(sweep_screen="auto").check_options()
+    with pytest.raises(InputError, match="sweep_screen"):
+        ATTACKS.get("beyond_rank")(sweep_screen="fast").check_options()
+    for fast, want in ((True, targets.SCREEN), (False, 0)):
+        monkeypatch.setattr(targets, "fast_bfloat16", lambda device, fast=fast: fast)
+        descent = TargetDescent(layout, grads, len(truth), specials, sweeps=8, screen="auto")
+        assert descent.screen == want
+        assert descent.run([list(t) for t in tracks], [], pins.allowed) == truth
+        assert descent.report["screen"] == want and (descent.scored["rough"] > 0) == fast

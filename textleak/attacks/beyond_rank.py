@@ -52,7 +52,7 @@ distance: 0.5; 0: 1), `draft_pack` (drafts of nearby lengths relaxed as one padd
 sweeps its pairs in each round: "batch", as assembled; "near", nearest their states first, the default; "short",
 shortest first), `sweep_defer` (tracks of 10+ tokens farther than this from their states swept only once the others
 settle: 0.3; 0: off), `sweep_screen` (each sweep position's candidates screened with the model at bfloat16, this
-many rescored at float32: 0, off).
+many rescored at float32; "auto", the default: 4 where bfloat16 is fast, AMX or CUDA, else 0).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -208,15 +208,17 @@ class BeyondRank(Exact):
     # 28.3/10.9 (1 exact in both) (large_batch_s35/): the defaults since session 35
     sweep_defer: float = 0.3
     # with `targets`: each sweep position's candidates screened with the model at bfloat16, this many nearest rescored
-    # at float32 (`TargetDescent._nearest`; 0: off): the sweeps cost less than half as much on a CPU with AMX
-    sweep_screen: int = 0
+    # at float32 (`TargetDescent._nearest`; 0: off): the sweeps cost less than half as much on a CPU with AMX. "auto"
+    # (the default since session 36): `beyond_rank_targets.SCREEN` (4) where bfloat16 is fast (AMX, CUDA), else 0
+    sweep_screen: int | str = "auto"
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
         not negative."""
         choice(self.sweep_order, "sweep_order", SWEEP_ORDERS)
         number(self.sweep_defer, "option sweep_defer", minimum=0)
-        number(self.sweep_screen, "option sweep_screen", minimum=0)
+        if self.sweep_screen != "auto":
+            number(self.sweep_screen, "option sweep_screen (a count or auto)", minimum=0)
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
