@@ -194,10 +194,17 @@ def check_declared_model(tensors: Mapping[str, "containers.TensorInfo"], metadat
 
 
 def check_finite(tensors: Mapping[str, torch.Tensor], *, source: str) -> None:
-    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and t.numel() and not _finite(t)]
     if bad:
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise GradientFileError(f"{source} has NaN or infinite values in {bad[0]}{more}")
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """Whether every entry is finite: its least and largest are (a NaN anywhere makes both NaN), two
+    reductions without the [numel] mask `isfinite` builds (0.008 against 0.09 CPU s at MiniLM's table)."""
+    low, high = torch.aminmax(t.detach())
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
 def gradient_norm(tensors: Mapping[str, torch.Tensor]) -> float:

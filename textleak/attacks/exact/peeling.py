@@ -27,6 +27,19 @@ from .sequences import occupants
 PEEL_GROWTH = 10.0
 
 
+def subtracted(rest: torch.Tensor, own: torch.Tensor, share: float) -> torch.Tensor:
+    """`rest - share * own` in double. A sentence touches few rows of an embedding table: there only
+    those rows are computed, the rest copied (the same values; MiniLM's word table is 94 MB in double,
+    and three full passes over it were most of a batch-1 peel's time)."""
+    if own.dim() == 2 and own.shape[0] > 1024:
+        rows = (own != 0).any(dim=1).nonzero().flatten()
+        if len(rows) < own.shape[0] // 2:
+            out = rest.to(dtype=torch.float64, copy=True)
+            out[rows] = rest[rows].double() - share * own[rows].double()
+            return out
+    return rest - share * own.double()
+
+
 @dataclass
 class Rest:
     """What is left of a batch once sentences are peeled off: its layer-1 span (None when nothing
@@ -99,7 +112,8 @@ class Peeler:
         self.params = [params.get(n) for n in self.names]
         self.working = self.working and all(p is not None for p in self.params)
         dev = layout.device
-        self.rest = {n: grads[n].to(dev).double().clone() for n in self.names} if self.working else {}
+        self.rest = {n: grads[n].to(device=dev, dtype=torch.float64, copy=True) for n in self.names} \
+            if self.working else {}
         self._word_top: float | None = None  # the largest word-embedding gradient row's norm, once needed
         self.rank = rank  # of the layer-1 span of what is left
         self.rank_kv = self._kv_rank(self.rest) if self.working else None
@@ -146,7 +160,7 @@ class Peeler:
             share = self.shares.scale(self.rest, own, self._rank_left(), self._rows(seq), last)
             if share is None or not self._in_scale(share, own):  # no positive share of this sentence fits
                 continue
-            trial = {n: self.rest[n] - share[n] * own[n].double() for n in self.names}
+            trial = {n: subtracted(self.rest[n], own[n], share[n]) for n in self.names}
             score, ok, span = self._test(seq, trial, last)
             if ok and (best is None or score < best[0]):
                 best = (score, trial, slot, labels, span, share)
@@ -178,7 +192,7 @@ class Peeler:
         if last:  # nothing may be left but the capture's rounding
             r = sum(float(trial[n].norm()) for n in self.layer1) / self.scale
             return r, r < math.sqrt(torch.finfo(self.grads[self.layer1[0]].dtype).eps), None
-        span = layer_span(self.layout, as_captured(trial, self.grads), 1)
+        span = layer_span(self.layout, as_captured({n: trial[n] for n in self.layer1}, self.grads), 1)
         if self.rank_kv is not None:  # left padding under a classifier (`_kv_rank`)
             drop_kv = self.rank_kv - self._kv_rank(trial)
             return span.rank, drop_kv == len(seq) or self.rank - span.rank >= len(seq), span

@@ -13,7 +13,7 @@ from ...text.leaks import embedding_token_set
 from ...text.leaks.precision import span_for
 from ...text.leaks.scale import Pencil, own_rows_scale, stacked
 from ...training import TrainingSettings
-from .peeling import Rest
+from .peeling import Rest, subtracted
 
 
 class RoundedPeeler:
@@ -70,7 +70,7 @@ class RoundedPeeler:
             share = self._share(own, sum(self.left))
             if share is None:
                 continue
-            trial = {n: self.rest[n] - share * own[n].double() for n in self.names}
+            trial = {n: subtracted(self.rest[n], own[n], share) for n in self.names}
             s = torch.linalg.svdvals(stacked(trial, self.layer1))
             tail = float((s[tokens:] ** 2).sum() / (s ** 2).sum().clamp_min(1e-300))
             if best is None or tail < best[0]:

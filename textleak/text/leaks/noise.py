@@ -40,6 +40,7 @@ import torch
 from ..layouts import Layout
 from .found import FoundSpan
 from .spans import SPAN_TESTS
+from .memo import memo
 
 #: a direction counts as signal when its singular value is this many times the noise plateau
 MARGIN = 3.0
@@ -152,7 +153,18 @@ def noise_level(layout: Layout, gradients: Mapping[str, torch.Tensor], max_lengt
     gradient is zero there; with a tied head they carry signal and are skipped), the position
     rows past the longest sentence (`max_length`, when known), and the second token-type row
     (single-segment inputs never use it). sigma = 1.4826 x the median absolute entry (a
-    median is not moved by the few signal rows among thousands)."""
+    median is not moved by the few signal rows among thousands). Read once per set of tensors
+    (`memo`: the preflights, the variant choice and the attack each ask)."""
+    word, pos, types = layout.word_embedding_name, layout.position_embedding_name, layout.token_type_embeddings
+    type_name = layout.name(types.weight) if types is not None else None
+    used = [gradients[n] for n in (word, pos, type_name) if n is not None and n in gradients]
+    if not used:
+        return None
+    key = f"noise_level|{type(layout).__name__}|{layout.tied}|{max_length}|{word in gradients}|{pos in gradients}"
+    return memo(used[0], key, lambda: _noise_level(layout, gradients, max_length), also=used[1:])
+
+
+def _noise_level(layout: Layout, gradients: Mapping[str, torch.Tensor], max_length: int | None) -> NoiseLevel | None:
     parts = []
     word = layout.word_embedding_name
     if word in gradients and not layout.tied:

@@ -304,10 +304,10 @@ def own_rows_scale(rest: torch.Tensor, own: torch.Tensor, near: float | None, to
     exactly: each touched row's ratio <R_t, O_t> / <O_t, O_t>, and the median of those within
     `tol` of `near` (or, with `near` None, of the largest group of rows agreeing to `tol`, if it
     has at least `least` rows)."""
-    touched = own.double().norm(dim=1) > 0
+    touched = (own != 0).any(dim=1)  # (no double copy of the whole table: the rows are picked first)
     if not bool(touched.any()):
         return None
-    R, O = rest.double()[touched], own.double()[touched]
+    R, O = rest[touched].double(), own[touched].double()
     ratios = (R * O).sum(1) / (O * O).sum(1)
     ratios = ratios[ratios > 0]
     if len(ratios) == 0:

@@ -12,6 +12,7 @@ signature, `(matrices, layer) -> LayerSpan`.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ import torch
 from ...registry import Registry
 from ..layouts import Layout
 from ..layouts.layer0 import span_residuals
+from .memo import memo
 
 #: below this ratio between consecutive singular values there is no usable rank gap
 MIN_GAP = 10.0
@@ -116,7 +118,10 @@ def layer_span(layout: Layout, gradients: Mapping[str, torch.Tensor], layer: int
     device; MissingKnowledgeError naming the parameters when the file shares none of them."""
     names = layout.qkv_names(layer)
     layout.require(gradients, names, "exact recovery")
-    return SPAN_TESTS.get(test)([gradients[n].to(layout.device) for n in layout.shared(gradients, names)], layer)
+    shared = [gradients[n] for n in layout.shared(gradients, names)]
+    found = memo(shared[0], f"layer_span|{layer}|{test}|{layout.device}",
+                 lambda: SPAN_TESTS.get(test)([g.to(layout.device) for g in shared], layer), also=shared[1:])
+    return copy.copy(found)  # read once per set of tensors (the preflights ask too); callers may set `tol`
 
 
 def calibrate_threshold(residuals: torch.Tensor, bound: float) -> float:

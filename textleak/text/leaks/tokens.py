@@ -18,12 +18,19 @@ from .memo import as_double, memo
 
 
 def embedding_token_set(layout: Layout, gradients: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-    """The input token ids when the word-embedding gradient is sparse, else None (tied heads)."""
+    """The input token ids when the word-embedding gradient is sparse, else None (tied heads). Read
+    once per tensor version (`memo`); each caller gets its own copy."""
     name = layout.word_embedding_name
     if name not in gradients:
         return None
-    nonzero = (gradients[name].abs().sum(1) > 0).nonzero().flatten()
-    if len(nonzero) > 0.5 * gradients[name].shape[0]:
+    rows = gradients[name]
+    nonzero = memo(rows, "token_set", lambda: _nonzero_rows(rows))
+    return None if nonzero is None else nonzero.clone()
+
+
+def _nonzero_rows(rows: torch.Tensor) -> torch.Tensor | None:
+    nonzero = (rows.abs().sum(1) > 0).nonzero().flatten()
+    if len(nonzero) > 0.5 * rows.shape[0]:
         return None  # dense: a tied output layer writes to every row
     return nonzero
 
