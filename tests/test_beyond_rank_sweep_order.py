@@ -11,6 +11,7 @@ from textleak.attacks import ATTACKS
 from textleak.attacks import beyond_rank_targets as targets
 from textleak.attacks.beyond_rank_targets import TargetDescent
 from textleak.errors import InputError
+from textleak.validate import attack_instance
 
 SWEEP = TargetDescent._sweep  # the unpatched sweep
 FIXTURES = (batch,)  # test_pooled_states' module fixture, used here by name
@@ -98,9 +99,12 @@ def test_sweep_screen_auto_is_the_default_and_screens_only_where_bfloat16_is_fas
     # session 36: on by default where the device has fast bfloat16 (AMX, CUDA), off where it would be emulated
     layout, grads, truth, pins, tracks, specials = _two_off_setting(batch, 1)
     assert ATTACKS.get("beyond_rank")().sweep_screen == "auto" and _wide_finisher(batch).sweep_screen == "auto"
-    ATTACKS.get("beyond_rank")(sweep_screen="auto").check_options()
-    with pytest.raises(InputError, match="sweep_screen"):
-        ATTACKS.get("beyond_rank")(sweep_screen="fast").check_options()
+    for value in ("auto", 0, 4):  # as `--option sweep_screen=...` gives them
+        assert attack_instance("beyond_rank", {"sweep_screen": value}, 0).sweep_screen == value
+        assert attack_instance("auto", {"beyond_rank": {"sweep_screen": value}}, 0) is not None
+    for value in ("fast", 2.5, -1, True):
+        with pytest.raises(InputError, match="sweep_screen"):
+            attack_instance("beyond_rank", {"sweep_screen": value}, 0)
     for fast, want in ((True, targets.SCREEN), (False, 0)):
         monkeypatch.setattr(targets, "fast_bfloat16", lambda device, fast=fast: fast)
         descent = TargetDescent(layout, grads, len(truth), specials, sweeps=8, screen="auto")

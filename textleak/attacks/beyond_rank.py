@@ -76,7 +76,7 @@ from ..errors import MissingKnowledgeError
 from ..text.inference import infer_lengths
 from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
-from ..validate import choice, number
+from ..validate import choice, integer, number
 from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, layer_span,
                           sentence_spans, tied_token_set)
 from ..text.leaks.tied_positions import placements
@@ -87,6 +87,7 @@ from .beyond_rank_first import FirstInversion
 from .beyond_rank_peel import SentencePeeler
 from .beyond_rank_screen import LONGEST, SentenceMove
 from .beyond_rank_search import FAR, SentenceSearch
+from .beyond_rank_targets import SCREEN
 from .exact.attack import Exact, _budget_report, _predict
 from .exact.candidates import Candidates, declared_masks, vocabulary
 from .exact.labels import order_by_slots
@@ -113,6 +114,8 @@ SWEEP_ORDERS = ("batch", "near", "short")
 @dataclass
 class BeyondRank(Exact):
     name: ClassVar[str] = "beyond_rank"
+    #: options that also take `auto` (`validate.attack_instance`), each with the value it takes where on
+    auto_options: ClassVar[dict] = {"sweep_screen": SCREEN}
 
     drop: int | None = None  # None: SETTLE_DROP of 384 (MiniLM, measured), in proportion to the width
     # `exact`'s moves, the sentence-span move first (`SentenceMove`: only while the span is partial)
@@ -218,7 +221,7 @@ class BeyondRank(Exact):
         choice(self.sweep_order, "sweep_order", SWEEP_ORDERS)
         number(self.sweep_defer, "option sweep_defer", minimum=0)
         if self.sweep_screen != "auto":
-            number(self.sweep_screen, "option sweep_screen (a count or auto)", minimum=0)
+            integer(self.sweep_screen, "option sweep_screen (a count or auto)", minimum=0)
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "repair": self.repair, "screen": self.screen, "finish": self.finish,
