@@ -12,7 +12,7 @@ import torch
 from ...text.layouts import Layout, MlmHead
 from ...text.leaks import SPAN_TESTS, LayerSpan, embedding_token_set, layer_span, mlm_label_counts, positions
 from ...text.leaks.positions import TokenPositions
-from ...text.leaks.scale import ShareFit
+from ...text.leaks.scale import ShareFit, touched_rows
 from ...training import TrainingSettings
 from .sequences import occupants
 
@@ -32,7 +32,7 @@ def subtracted(rest: torch.Tensor, own: torch.Tensor, share: float) -> torch.Ten
     those rows are computed, the rest copied (the same values; MiniLM's word table is 94 MB in double,
     and three full passes over it were most of a batch-1 peel's time)."""
     if own.dim() == 2 and own.shape[0] > 1024:
-        rows = (own != 0).any(dim=1).nonzero().flatten()
+        rows = touched_rows(own)  # (read once per `own`: the share fit may have asked already)
         if len(rows) < own.shape[0] // 2:
             out = rest.to(dtype=torch.float64, copy=True)
             out[rows] = rest[rows].double() - share * own[rows].double()

@@ -44,6 +44,8 @@ from typing import Mapping
 
 import torch
 
+from .memo import memo
+
 
 @dataclass
 class Pencil:
@@ -298,14 +300,21 @@ def linked_tables(word: str | None, others: list[str], gradients: Mapping[str, t
     return out
 
 
+def touched_rows(table: torch.Tensor) -> torch.Tensor:
+    """The indices of `table`'s rows [T] holding a nonzero entry (a sentence's own gradient of an embedding table
+    touches its tokens' or positions' rows only), read once per tensor (`memo`): a peel trial's share fit
+    (`own_rows_scale`) and its subtraction (`exact.peeling.subtracted`) both ask."""
+    return memo(table, "touched_rows", lambda: (table != 0).any(dim=1).nonzero().flatten())
+
+
 def own_rows_scale(rest: torch.Tensor, own: torch.Tensor, near: float | None, tol: float = 1e-2,
                    least: int = 1) -> float | None:
     """The scale at which rows of an embedding table that only this sentence touches come out
     exactly: each touched row's ratio <R_t, O_t> / <O_t, O_t>, and the median of those within
     `tol` of `near` (or, with `near` None, of the largest group of rows agreeing to `tol`, if it
     has at least `least` rows)."""
-    touched = (own != 0).any(dim=1)  # (no double copy of the whole table: the rows are picked first)
-    if not bool(touched.any()):
+    touched = touched_rows(own)  # (no double copy of the whole table: the rows are picked first)
+    if len(touched) == 0:
         return None
     R, O = rest[touched].double(), own[touched].double()
     ratios = (R * O).sum(1) / (O * O).sum(1)
