@@ -47,7 +47,7 @@ STAGES = {"text": ("exact", "positions", "beyond_rank", "likelihood_batch", "lik
           "image": ("idlg",)}
 #: an earlier stage's records kept in the result when a later stage's guess is chosen (`likelihood_batch`'s final
 #: whole-sentence move: exchanges kept, the batch misfit before and after)
-HANDED_ON = ("relocate_last", "reseat")
+HANDED_ON = ("relocate_last", "reseat", "runs")
 #: settings shared by the optimisation stages (each takes those among its fields)
 SHARED = ("steps", "restarts", "optimizer", "lr", "distance", "decode")
 

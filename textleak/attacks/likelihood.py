@@ -69,7 +69,8 @@ Arguments: `sweeps` (most full passes per sentence and round), `rounds` (passes 
 `per_position` (evidence candidates), `matched` (matched-filter candidates), `flips` (flip candidates), `neighbours` (embedding neighbours),
 `screen` and `wide` (first-order-screened candidates per position and sweep), `keep_sure`, `share` (of a finite
 time budget left; LAMP after it never won under noise, session 9), `weighted`, `weighted_share`,
-`prior`, `between`, `frequent`, `deep`, `guard`, `blocks`, `block_pairs`, `indel`, `indel_candidates`, `indel_weak`, `indel_far`, `pairs`, `rebuild`, `relaxed`, `context`, `screen_prior`, `rows`,
+`prior`, `between`, `frequent`, `deep`, `guard`, `blocks`, `block_pairs`, `indel`, `indel_candidates`, `indel_weak`,
+`indel_far`, `pairs`, `rebuild`, `relaxed`, `context`, `screen_prior`, `runs`, `rows`,
 `local` (above),
 `initial_ids` (a start [B, L], 0-padded), `initial_labels` (its labels, where placed), `seed`.
 Shapes: sentences are token-id lists of the declared lengths; scores per hypothesis.
@@ -95,6 +96,7 @@ from .evidence import (ContextCandidates, PriorCandidates, candidates, confident
                        special_ids)
 from .likelihood_climb import Climb
 from .likelihood_moves import StretchRebuild
+from .likelihood_runs import RunMove
 from .likelihood_result import noisy_choice, noisy_setting, read_labels, search_output  # noqa: F401 (auto)
 from .likelihood_state import _J, _Batch, clip_norm, misfit  # noqa: F401 (_J, misfit: tests)
 
@@ -105,6 +107,7 @@ class LikelihoodSearch(Climb):
     name: ClassVar[str] = "likelihood"
     modalities: ClassVar[tuple[str, ...]] = ("text",)
     _context = None  # the run's masked-LM candidates (`context`, `evidence.ContextCandidates`), set per run
+    _runs = None  # the run's whole-run move (`runs`, `likelihood_runs.RunMove`), set per run
     _rows = None  # the run's row scores [V, L] (`evidence.row_scores`; batch 1's far moves read them)
 
     sweeps: int = 24
@@ -205,6 +208,12 @@ class LikelihoodSearch(Climb):
     #: at 1 0.106 / 0.195 (ROUGE-1, the defaults second), at 0.5 0.112 / 0.155; CoLA 0 at 0.5 0.693 / 0.625, ROUGE-2
     #: 0.517 / 0.560: off
     screen_prior: float = 0.0
+    #: whole-run proposals per source and window (`likelihood_runs.RunMove`: runs of 4, 8, 16 tokens and the whole
+    #: inner sentence rewritten by the bigram and by the masked LM between their fixed neighbours, kept where the
+    #: objective rises), tried at the start of each J_w climb (`likelihood_batch`: after its `early` rounds); 0: none.
+    #: Why (s37, recipes/measured/noise_b4_s37): at SST-2 dev batch 0 of 4 at 1e-6 whole true runs pay where their
+    #: tokens alone do not (s36); at its end state such proposals beat the objective in 9 of 28 windows
+    runs: int = 0
     #: the best row-evidence tokens per position a screened sweep tries unscreened (SST-2 dev
     #: sentence 0 at 1e-6: "exercise" has the best row at its position, the first-order gain ranks
     #: it 45th to 515th, so no screened sweep tried it)
@@ -237,7 +246,7 @@ class LikelihoodSearch(Climb):
         runs without context candidates, and its result says why (details["context"]). Nothing where
         the search does not apply to `observation` (given: its preflight refuses, e.g. no noise) or
         where `noisy` is False (a sweep whose defences add no noise)."""
-        if self.context > 0 and noisy is not False and not self._refused(observation, target):
+        if (self.context > 0 or self.runs > 0) and noisy is not False and not self._refused(observation, target):
             from ..text.masked_prior import context_head
 
             why = context_head(target)[1]
@@ -270,6 +279,9 @@ class LikelihoodSearch(Climb):
         self._sure: list[int | None] | None = None  # positions a sweep leaves be (batch 1's confident rows)
         self._context = None
         self._rebuild = StretchRebuild(width=self.rebuild, relaxed=self.relaxed)  # remembers the stretches tried per guess
+        self._runs = RunMove(beam=self.runs) if self.runs > 0 else None  # remembers the windows tried per guess
+        self._run_context = None  # the masked LM of `runs`' proposals, set per run
+        self._runs_taken = {"tried": 0, "scored": 0, "taken": []}  # `details["runs"]`
         return self._t0
 
     def _run(self, observation: Observation, target: Any) -> AttackOutput:
@@ -281,6 +293,7 @@ class LikelihoodSearch(Climb):
         scores = row_scores(W, P, max(lengths), banned)
         self._rows = scores if len(lengths) == 1 else None
         self._context, context = ContextCandidates.of(target, scores, banned, self.context)
+        self._run_context = ContextCandidates.of(target, scores, banned, 1)[0] if self._runs else None
         self._rebuild.context = self._context
         evidence = candidates(scores, lengths, self.per_position)
         sure = confident(scores, W, P, level.sigma).tolist()
@@ -314,6 +327,7 @@ class LikelihoodSearch(Climb):
                 break
         return self._output(batch, grads, level, tok, know, label_note,
                             {"changes_per_round": history, "steps": self._steps, "context": context,
+                             **({"runs": self._runs_taken} if self._runs else {}),
                              "budget": current().describe(),
                              "seconds": time.perf_counter() - t0})
 

@@ -47,7 +47,8 @@ batch, each splitting the time left), `exchanges` (swap passes after each round)
 early layers alone), `place_labels` (the start built under every placement of the counts), `stand_in` (training
 sentences whose mean gradient stands for a sentence not yet climbed), `share_power` (each sentence's share of a
 round's time by its length), `relocate` (whole sentences exchanged between slots of different lengths, after every
-round or, "last", once after the last; `relocate_fill`: each slot offered its fillers too), `late_context`, `reseat`.
+round or, "last", once after the last; `relocate_fill`: each slot offered its fillers too), `late_context`, `reseat`,
+`runs` (`likelihood`'s whole-run proposals, here in the climbs after the `early` rounds).
 In `auto` it runs before `likelihood` (which goes on from its guess with the time left; the
 likelier guess by misfit is kept) and refuses a single sentence.
 Shapes: as `likelihood` (token-id lists of the declared lengths).
@@ -192,7 +193,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
 
     def prepare(self, target: Any, observation: Observation | None = None, noisy: bool | None = None) -> None:
         """As `likelihood`'s, the masked-LM head fitted or read for `late_context` as for `context`."""
-        k = max(self.context, self.late_context)
+        k = max(self.context, self.late_context, int(self.runs > 0))  # `runs`: the masked LM's proposals
         LikelihoodSearch.prepare(replace(self, context=k), target, observation, noisy)
 
     def preflight(self, observation: Observation, target: Any) -> None:
@@ -210,6 +211,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
         W, P = grads[word].double().cpu(), grads[pos].double().cpu()
         scores = row_scores(W, P, max(lengths), banned)
         self._all_context, context = ContextCandidates.of(target, scores, banned, max(self.context, self.late_context))
+        self._run_context = ContextCandidates.of(target, scores, banned, 1)[0] if self._runs else None
         evidence = candidates(scores, lengths, self.per_position)
         specials = bool(know.special_tokens and tok.cls_token_id is not None and tok.sep_token_id is not None)
         inner = [range(1, n - 1) if specials else range(n) for n in lengths]
@@ -258,6 +260,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
                              "labels_relocated": moves != "off" and batch.labels != labels,
                              "changes_per_round": history, "context": context,
                              "relabel": relabel, "early": early, "labels_read": labels,
+                             "runs": self._runs_taken if self._runs else None,
                              "labels_placed": self.place_labels if placing else None, "placements": tried,
                              "carried": carried_to, "stand_in": [m is not None for m in means],
                              "budget": current().describe(),

@@ -34,13 +34,41 @@ class Climb:
             guess = _Guess(batch, i, weighted, guard=self.guard and self.weighted and keep is None, keep=keep)
             inner = range(1, len(guess.x) - 1) if specials else range(len(guess.x))
             with time_budget(share_of_remaining(self.weighted_share) if len(landscapes) > 1 and weighted else None):
+                # `runs`: whole-run proposals first, on J_w of every layer (not in the batch search's early rounds)
+                runs = weighted and keep is None and getattr(self, "_runs", None) is not None
+                ran = self._run_moves(guess, inner, word) if runs else 0
                 changed, done = self._climb(batch, guess, inner, evidence, banned, word)
+                changed += ran
             if changed or guess.y != batch.labels[i]:  # free labels (`likelihood_batch.relabel`): a label alone may move
                 batch.set(i, guess.x, guess.y)
             total += changed
             if current().expired():
                 break
         return total, done
+
+    def _run_moves(self, guess: _Guess, inner: range, word: str, most: int = 1) -> int:
+        """`runs`: whole-run proposals (`likelihood_runs.RunMove`, the bigram and the run's masked LM) taken while one
+        raises the guess's objective, at most `most` times; the tokens changed. Each taken is recorded in
+        `details["runs"]` (calls, hypotheses scored, [start, width, source, gain] per taken) and as a "runs" step."""
+        changed = 0
+        for _ in range(most):
+            if not self._fillers or current().expired():
+                break
+            before = (list(guess.x), guess.best)
+            moved = self._runs(guess, inner, self._rebuild.support(guess, inner, self._fillers), self._prior,
+                               self._run_context, word)
+            self._runs_taken["tried"] += 1
+            self._runs_taken["scored"] += self._runs.last["scored"]
+            self._steps.append(["Jw" if guess.weighted else "J", "runs", int(moved is not None), round(guess.best, 6),
+                                round(time.perf_counter() - self._t0, 1), [self._runs.last]])
+            if moved is None:
+                break
+            guess.x, guess.best, guess.e = moved
+            if getattr(guess, "free", False):  # free labels: the moved guess at its likelier label
+                guess.relabel()
+            changed += sum(a != b for a, b in zip(before[0], guess.x))
+            self._runs_taken["taken"].append(self._runs.last["taken"] + [round(guess.best - before[1], 6)])
+        return changed
 
     def _climb(self, batch: _Batch, guess: _Guess, inner: range, evidence, banned, word: str) -> tuple[int, bool]:
         """Coordinate ascent of `guess` on its objective; (tokens changed, settled). Steps, each
