@@ -102,3 +102,15 @@ def test_the_batch_search_tries_runs_after_its_early_rounds_and_records_them(wid
     assert sorted({n for n, _ in calls}) == [5, 8]  # both sentences, in the round after the early one
     assert run(4, rounds=1)["runs"]["tried"] == 0 and not calls  # the early round alone: never
     assert run(0)["runs"] is None and not calls
+
+
+def test_runs_must_be_a_count_of_zero_or_more():
+    """`--option likelihood_batch.runs=-1` is refused before any work (a negative count would read as off)."""
+    from textleak.attacks.base import parse_options
+    from textleak.errors import InputError
+    from textleak.validate import attack_instance
+
+    assert attack_instance("auto", parse_options(["likelihood_batch.runs=8"]), 0).likelihood_batch == {"runs": 8}
+    for bad in ("-1", "2.5", "x"):
+        with pytest.raises(InputError, match="runs"):
+            attack_instance("auto", parse_options([f"likelihood_batch.runs={bad}"]), 0)

@@ -231,8 +231,10 @@ class LikelihoodSearch(Climb):
     initial_labels: Any = field(default=None, repr=False)
 
     def check_options(self) -> None:
-        """The option values checked before any work (`validate.attack_instance`): `screen_prior` in [0, 1]."""
+        """The option values checked before any work (`validate.attack_instance`): `screen_prior` in [0, 1], `runs` a
+        count >= 0."""
         number(self.screen_prior, "option screen_prior", minimum=0, maximum=1)
+        number(self.runs, "option runs", minimum=0)
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError unless this is a classification gradient with declared lengths,
