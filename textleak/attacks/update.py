@@ -206,6 +206,8 @@ class UpdateExact(Exact):
     repair_inplace: bool = True
     #: token repair: slides, a token moved up to N places in its sentence (`BoxRepair.slide`; 0: off; session 36)
     repair_slide: int = 0
+    #: token repair: block moves, a run of up to N tokens moved in its sentence, screened (`update_repair_blocks`)
+    repair_block: int = 0
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
     cls_sweeps: int = 0

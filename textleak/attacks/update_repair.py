@@ -42,6 +42,7 @@ from ..core.budget import now as budget_now
 from ..text.layouts import Layout
 from ..text.leaks.residuals import partial_residuals
 from ..text.leaks.spans import LayerSpan
+from .update_repair_blocks import block_step
 from .update_repair_moves import RepairMoves, missing, slides
 from .update_rounding import RoundingFits
 
@@ -57,10 +58,17 @@ class BoxRepair(RepairMoves):
     layout: the model at the trajectory's midpoint; fits: the run's `RoundingFits` (U, its box, w0);
     span0: the fitted layer-0 span; vocab: token ids worth trying."""
 
+    #: option `repair_block`: a sentence whose substitutions, swaps and slides changed nothing in a sweep tries its
+    #: block moves (`update_repair_blocks`: a run of up to `block` tokens put elsewhere in its sentence), the `keep`
+    #: of least `screen` score weighed; 0: off.
+    #: `blocks_kept`: block moves kept; `block_screened`: block moves the screen left out
+    block, blocks_kept, block_screened = 0, 0, 0
+
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
                  width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None, move: bool = False,
                  screen: Callable[[list[list[int]]], list[float]] | None = None, keep: int = 0,
-                 first_keep: int = 0, exchange_keep: int = 0, inplace: bool = False, slide: int = 0):
+                 first_keep: int = 0, exchange_keep: int = 0, inplace: bool = False, slide: int = 0,
+                 block: int = 0):
         self.layout, self.span0, self.width, self.sweeps, self.pins = layout, span0, width, sweeps, pins
         self.move, self.moves = move, 0
         #: option `repair_screen`: each position's trial sentences scored by `screen` (one forward each: the [CLS]
@@ -93,7 +101,7 @@ class BoxRepair(RepairMoves):
         #: option `repair_slide`: after each sentence's swaps, its slides (`update_repair_moves.slides`: a token moved
         #: up to `slide` places, the tokens between shifted) weighed like its substitutions (screened in the screened
         #: sweeps); 0: off
-        self.slide = slide
+        self.slide, self.block = slide, block
         self.vocab = vocab.to(layout.device).long()
         layers = len(layout.layers)
         self.names = [n for k in range(layers) for n in layout.shared(fits.update, layout.qkv_names(k))]
@@ -209,7 +217,7 @@ class BoxRepair(RepairMoves):
             if self.move and exchange:
                 self._move(seqs)
             for b in (order if order is not None else range(len(seqs))):
-                options = self.options(len(seqs[b]))
+                options, changes = self.options(len(seqs[b])), self._changes
                 for p in range(1, len(seqs[b]) - 1):  # [CLS] and [SEP] stay
                     trials = self._screened(seqs, b, [seqs[b][:p] + [t] + seqs[b][p + 1:] for t in options[p]])
                     if self.keep_best(seqs, b, trials):
@@ -219,6 +227,8 @@ class BoxRepair(RepairMoves):
                 self.keep_best(seqs, b, self._screened(seqs, b, [_swapped(seqs[b], p, q) for p, q in sorted(swaps)]))
                 if self.slide > 0:  # option `repair_slide`: a token moved up to `slide` places (`slides`)
                     self.keep_best(seqs, b, self._screened(seqs, b, slides(seqs[b], self.slide)))
+                if self.block > 0 and self._changes == changes:  # option `repair_block`, where nothing else changed it
+                    block_step(self, seqs, b)
                 if self.move and exchange:
                     self._move(seqs)
             if exchange:
@@ -239,6 +249,8 @@ class BoxRepair(RepairMoves):
                       "guarded": self.guarded if self.guard is not None else None,
                       **({"unweighed": self.unweighed} if self.guard_first else {}),
                       **({"inplace": True} if self.inplace else {}), **({"slide": self.slide} if self.slide else {}),
+                      **({"block": self.block, "blocks_kept": self.blocks_kept, "block_screened": self.block_screened}
+                         if self.block else {}),
                       "cpu_s": round(time.process_time() - began, 1)}
 
     def _screened(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> list[list[int]]:

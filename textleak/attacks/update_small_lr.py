@@ -66,7 +66,8 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
         pins = dataclasses.replace(pins, order=None)
     repair = BoxRepair(layout, attack._fits, span0, vocab, pins=pins, move=attack.cross_move,
                        width=getattr(attack, "repair_width", WIDTH), inplace=getattr(attack, "repair_inplace", True),
-                       slide=int(getattr(attack, "repair_slide", 0) or 0))
+                       slide=int(getattr(attack, "repair_slide", 0) or 0),
+                       block=int(getattr(attack, "repair_block", 0) or 0))
     untraded = None
     if getattr(pins, "order", None) is not None:
         untraded = _starts(attack, target, pins, repair, out, gate["cls_screen_reserve"])

@@ -1,0 +1,65 @@
+"""Block moves in the token repair (`update_repair.BoxRepair`, `exact-update`'s option `repair_block`, off; session 37).
+
+A block move cuts a run of 1 to `longest` inner tokens out of a sentence and puts it back at any other place of the
+same sentence (equivalently, two neighbouring runs trade places, the shorter of them at most `longest` long). Session
+36's slides (`update_repair_moves.slides`) are the runs of one token, up to a few places away.
+
+Why (ground truth, scratch, `recipes/measured/fedavg_small_lr5_s37`): SST-2 dev batch 1 of 4 at K 8, lr 1e-5 ends
+(800 CPU s, 0.994, 3 of 4 exact, box misfit 3.53e-5) with one sentence in the wrong order: "the intelligence level be
+low and very low very low , of the characters must very , ..." for "the intelligence level of the characters must be
+low , very low , very very low , ...". No single substitution toward the truth lowers the misfit, but moving the run
+"of the characters must" back after "level" takes it to 7.2e-6, then "and" -> "," to 2.3e-6 and the run "very low" one
+place on to 0 (the truth): every step of that path lowers the misfit, in every order. Among the 2,171 block moves
+of runs up to 8 tokens of that sentence, the [CLS] spans' score (`update_cls.ClsSpans.score`, one forward a trial)
+ranks both moves first. So each sentence's block moves are screened by that score and only the `keep` of least
+score get a gradient (a backward each). A sentence of n inner tokens has about n x n x `longest` block moves (at
+`longest` 4: 1,620 for that 24-token sentence, 7 CPU s of forwards; 5,796 for SST-2 dev batch 0's 42), so they are
+tried only in a sweep where the sentence's substitutions, swaps and slides changed nothing (`BoxRepair.run`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..core.budget import now as budget_now
+
+#: block moves weighed on the box misfit per sentence and sweep (those of least [CLS] score), where the repair's own
+#: screen keeps none (its full sweeps)
+KEEP = 8
+
+
+def blocks(seq: Sequence[int], longest: int) -> list[list[int]]:
+    """The sentence `seq` ([CLS] ... [SEP], both kept) with one run of 1 to `longest` inner tokens cut out and put
+    back at another place; distinct, not `seq` itself, in order of the run's start, its length, then the place."""
+    out, seen, n = [], {tuple(seq)}, len(seq)
+    for i in range(1, n - 1):
+        for j in range(i + 1, min(n - 1, i + longest) + 1):
+            run, rest = list(seq[i:j]), list(seq[:i]) + list(seq[j:])
+            for k in range(1, len(rest)):  # before rest[k]: the last place is just before [SEP]
+                trial = rest[:k] + run + rest[k:]
+                if tuple(trial) not in seen:
+                    seen.add(tuple(trial))
+                    out.append(trial)
+    return out
+
+
+def block_step(repair: Any, seqs: list[list[int]], b: int) -> None:
+    """Sentence b of the batch `seqs` (changed in place) replaced by its screened block move (`screened_blocks`) of
+    least box misfit where that lowers the batch's (`repair.keep_best`); counted in `repair.blocks_kept`."""
+    if repair.keep_best(seqs, b, screened_blocks(repair, seqs[b])):
+        repair.blocks_kept += 1
+
+
+def screened_blocks(repair: Any, seq: Sequence[int]) -> list[list[int]]:
+    """Sentence `seq`'s block moves (runs up to `repair.block` long) to weigh: the `repair.keep` (`KEEP` where that
+    is 0) of least `repair.screen` score; none without a screen (batch 1, or option `repair_screen` 0: all of them
+    would cost a backward each) or where the budget has ended. `repair.block_screened` counts those left out."""
+    if repair.screen is None or budget_now() >= repair._deadline:
+        return []
+    trials = blocks(seq, repair.block)
+    keep = repair.keep or KEEP
+    if len(trials) <= keep:
+        return trials
+    scores = repair.screen(trials)
+    repair.block_screened += len(trials) - keep
+    return [trials[i] for i in sorted(range(len(trials)), key=scores.__getitem__)[:keep]]
