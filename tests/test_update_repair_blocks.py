@@ -2,23 +2,22 @@
 a run of up to `block` inner tokens cut out of a sentence and put back anywhere else in it, each sentence's moves
 screened by the repair's `screen` (the [CLS] score in the attack) and the least-scored weighed on the misfit. A sentence
 whose run of three tokens stands at the wrong end is repaired by one block move, where no substitution, swap or slide
-of one token can (SST-2 dev batch 1 of 4 at K 8, lr 1e-5: "of the characters must" four tokens off; session 37)."""
+of one token can (SST-2 dev batch 1 of 4 at K 8, lr 1e-5: "of the characters must" eight places off; session 37)."""
 
 from __future__ import annotations
 
 import time
 
-import torch
-
 import test_update_repair_screen as screen
 from test_update_repair_screen import _repair_the_true_batch, _spy_on_the_repair
+from test_update_repair_slide import _toy as slide_toy
 from textleak.attacks.update import UpdateExact
 from textleak.attacks.update_repair import BoxRepair
 from textleak.attacks.update_repair_blocks import KEEP, blocks
 
 setup = screen.setup  # the fixture: the wide BERT's update on the screen tests' three sentences
 
-TRUTH = [[101, 1, 2, 3, 4, 5, 6, 7, 102], [101, 11, 12, 13, 102]]
+TRUTH = [[101, 1, 2, 3, 4, 5, 6, 102], [101, 11, 12, 13, 102]]
 
 
 def test_blocks_move_one_run_anywhere_and_keep_the_ends():
@@ -39,25 +38,12 @@ def test_blocks_move_one_run_anywhere_and_keep_the_ends():
 
 
 def _toy(block: int, screened: bool = True) -> BoxRepair:
-    """The descent alone, on a toy gradient: a sentence's is one-hot in (position, token), U the true batch's mean,
-    the box 0; each position offers only the token standing there in the wrong batch (no substitution can help), no
-    slides; the screen counts the positions a trial holds off the true sentence of its length."""
-    box = BoxRepair.__new__(BoxRepair)
-    box.cover, box.trials, box.guard, box.guard_first, box.inplace, box.pins = None, 0, None, False, False, None
-    box.screen, box.keep, box.first_keep, box.screened, box._screening = None, 0, 0, 0, False
-    box.move, box.moves, box.sweeps, box.slide, box.width = False, 0, 1, 0, 1
-    box.exchange_trials, box.exchange_screened, box.guarded = 0, 0, 0
+    """The slide tests' toy descent (a sentence's gradient one-hot in (position, token), the box 0, no slides) on this
+    module's batch: each position offers only the token standing there in the wrong batch (no substitution can help);
+    the screen counts the positions a trial holds off the true sentence of its length."""
+    box = slide_toy(0)
     box.block, box.blocks_kept, box.block_screened = block, 0, 0
-
-    def gradient(seq, label):
-        box.trials += 1
-        g = torch.zeros(10 * 128, dtype=torch.double)
-        for p, t in enumerate(seq):
-            g[p * 128 + t] = 1.0
-        return g
-    box.gradient = gradient
-    box.U = sum(gradient(s, 0) for s in TRUTH) / len(TRUTH)
-    box.half = torch.zeros_like(box.U)
+    box.U = sum(box.gradient(s, 0) for s in TRUTH) / len(TRUTH)
     wrong = _wrong()
     box.options = lambda n: [[t] for t in next(s for s in wrong if len(s) == n)]
     if screened:
@@ -67,8 +53,8 @@ def _toy(block: int, screened: bool = True) -> BoxRepair:
 
 
 def _wrong():
-    """The truth with the run "5 6 7" moved to the front of sentence 0 ("5 6 7 1 2 3 4")."""
-    return [[101, 5, 6, 7, 1, 2, 3, 4, 102], [101, 11, 12, 13, 102]]
+    """The truth with the run "4 5 6" moved to the front of sentence 0 ("4 5 6 1 2 3")."""
+    return [[101, 4, 5, 6, 1, 2, 3, 102], [101, 11, 12, 13, 102]]
 
 
 def test_a_block_move_repairs_a_run_at_the_wrong_end_where_one_token_moves_cannot():
