@@ -2,20 +2,16 @@
 a run of up to `block` inner tokens cut out of a sentence and put back anywhere else in it, each sentence's moves
 screened by the repair's `screen` (the [CLS] score in the attack) and the least-scored weighed on the misfit. A sentence
 whose run of three tokens stands at the wrong end is repaired by one block move, where no substitution, swap or slide
-of one token can (SST-2 dev batch 1 of 4 at K 8, lr 1e-5: "of the characters must" eight places off; session 37)."""
+of one token can (SST-2 dev batch 1 of 4 at K 8, lr 1e-5: "of the characters must" eight places off; session 37).
+The option reaching the repair is tested with `repair_slide`'s, in `test_update_repair_slide`."""
 
 from __future__ import annotations
 
 import time
 
-import test_update_repair_screen as screen
-from test_update_repair_screen import _repair_the_true_batch, _spy_on_the_repair
 from test_update_repair_slide import _toy as slide_toy
-from textleak.attacks.update import UpdateExact
 from textleak.attacks.update_repair import BoxRepair
 from textleak.attacks.update_repair_blocks import KEEP, blocks
-
-setup = screen.setup  # the fixture: the wide BERT's update on the screen tests' three sentences
 
 TRUTH = [[101, 1, 2, 3, 4, 5, 6, 102], [101, 11, 12, 13, 102]]
 
@@ -82,12 +78,3 @@ def test_a_sentence_changed_by_a_substitution_tries_no_block_move_in_that_sweep(
     assert got == TRUTH and on["changes"] == 2 and on["blocks_kept"] == 1
     # the batch, KEEP moves of sentence 0; sentence 1: its substitution and the two swaps of the changed token, no block
     assert box.trials - made == 2 + KEEP + 1 + 2
-
-
-def test_option_repair_block_reaches_the_token_repair(setup, monkeypatch):
-    wide, observation, ids = setup
-    assert UpdateExact().repair_block == 0  # off by default
-    seen = _spy_on_the_repair(monkeypatch, "block")
-    for longest in (0, 4):
-        _repair_the_true_batch(UpdateExact(repair_block=longest, cls_descent=False), wide, observation, ids)
-    assert seen == [(0,), (4,)]

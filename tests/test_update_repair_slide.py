@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 
 import test_update_repair_screen as screen
@@ -68,10 +69,12 @@ def test_a_slide_repairs_a_token_three_places_off_where_substitutions_cannot():
     assert got[0] == [101, 5, 6, 7, 9, 8, 102] and got[1] == TRUTH[1]  # a width of 2: 9 two places on, one short
 
 
-def test_option_repair_slide_reaches_the_token_repair(setup, monkeypatch):
+@pytest.mark.parametrize("option, field", [("repair_slide", "slide"), ("repair_block", "block")])
+def test_options_repair_slide_and_block_reach_the_token_repair(setup, monkeypatch, option, field):
+    """`repair_slide` and `repair_block` (`test_update_repair_blocks`) handed to `BoxRepair`, both off by default."""
     wide, observation, ids = setup
-    assert UpdateExact().repair_slide == 0  # off by default
-    seen = _spy_on_the_repair(monkeypatch, "slide")
-    for width in (0, 4):
-        _repair_the_true_batch(UpdateExact(repair_slide=width, cls_descent=False), wide, observation, ids)
+    assert getattr(UpdateExact(), option) == 0
+    seen = _spy_on_the_repair(monkeypatch, field)
+    for value in (0, 4):
+        _repair_the_true_batch(UpdateExact(**{option: value}, cls_descent=False), wide, observation, ids)
     assert seen == [(0,), (4,)]
