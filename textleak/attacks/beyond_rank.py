@@ -115,7 +115,7 @@ SWEEP_ORDERS = ("batch", "near", "short")
 class BeyondRank(Exact):
     name: ClassVar[str] = "beyond_rank"
     #: options that also take `auto` (`validate.attack_instance`), each with the value it takes where on
-    auto_options: ClassVar[dict] = {"sweep_screen": SCREEN}
+    auto_options: ClassVar[dict] = {**Exact.auto_options, "sweep_screen": SCREEN}
 
     drop: int | None = None  # None: SETTLE_DROP of 384 (MiniLM, measured), in proportion to the width
     # `exact`'s moves, the sentence-span move first (`SentenceMove`: only while the span is partial)
@@ -217,7 +217,8 @@ class BeyondRank(Exact):
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
-        not negative."""
+        not negative, `search_screen` (`Exact.check_options`)."""
+        super().check_options()
         choice(self.sweep_order, "sweep_order", SWEEP_ORDERS)
         number(self.sweep_defer, "option sweep_defer", minimum=0)
         if self.sweep_screen != "auto":

@@ -68,3 +68,11 @@ def fast_bfloat16(device: "str | torch.device") -> bool:
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # (private in torch 2.13; absent: assume no)
     return device.type == "cpu" and check is not None and bool(check())
+
+
+def screen_count(value: "int | str", on: int, device: "str | torch.device") -> int:
+    """A screen option's count (`slot_residuals`' `screen`, `sweep_screen`...): as given, or with "auto" `on` where
+    `device` runs bfloat16 fast (`fast_bfloat16`), else 0 (emulated bfloat16 costs more than the screen saves)."""
+    if value == "auto":
+        return on if fast_bfloat16(device) else 0
+    return int(value)

@@ -22,6 +22,7 @@ from ...text.leaks.scale import linked_tables
 from ...text.padding import LeftPadding
 from ...threat import Observation
 from ...training import TrainingSettings
+from ...validate import integer
 from ..base import ATTACKS, AttackOutput
 from .candidates import Candidates, declared_masks, vocabulary
 from .labels import class_labels, mlm_labels, order_by_slots
@@ -29,7 +30,7 @@ from .moves import MOVES
 from .padding import left_candidates, search_left_padded
 from .peeling import Peeler
 from .peeling_rounded import RoundedPeeler
-from .search import Search
+from .search import SEARCH_SCREEN, Search
 
 
 @ATTACKS.register("exact")
@@ -37,6 +38,8 @@ from .search import Search
 class Exact:
     name: ClassVar[str] = "exact"
     modalities: ClassVar[tuple[str, ...]] = ("text",)
+    #: options that also take `auto` (`validate.attack_instance`), each with the value it takes where on
+    auto_options: ClassVar[dict] = {"search_screen": SEARCH_SCREEN}
 
     sweeps: int = 3
     settle: int = 10
@@ -47,6 +50,9 @@ class Exact:
     seed: int = 0
     moves: tuple[str, ...] = ("word", "shift", "length", "polish")
     span_test: str = "rank-gap"
+    # settling's candidates screened at bfloat16, each seed's this many least rescored at float32 (`seeds.settle`,
+    # `leaks.slots.screened`; 0: off); "auto": `search.SEARCH_SCREEN` where bfloat16 is fast (AMX, CUDA), else 0
+    search_screen: int | str = 0
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """Raise before any work when exact recovery cannot run: UnsupportedModelError (no layout
@@ -144,7 +150,12 @@ class Exact:
     def options(self) -> dict[str, Any]:
         return {"sweeps": self.sweeps, "beam": self.beam, "trials": self.trials, "widen": self.widen,
                 "settle": self.settle, "restarts": self.restarts, "seed": self.seed, "moves": list(self.moves),
-                "span_test": self.span_test}
+                "span_test": self.span_test, "search_screen": self.search_screen}
+
+    def check_options(self) -> None:
+        """The option values checked before any work (`validate.attack_instance`): `search_screen` a count or auto."""
+        if self.search_screen != "auto":
+            integer(self.search_screen, "option search_screen (a count or auto)", minimum=0)
 
     # -- variants (#15): what the file shares picks the reading; subclasses override these -----
     def _vocabulary(self, layout: Layout, grads: Any, tok: Any, task: str, span0: LayerSpan

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from ...core import budget
+from ...core.device import screen_count
 from ...text.decode import continuation_pieces
 from ...text.layouts import Layout
 from ...text.leaks import LayerSpan, sequence_residuals
@@ -22,6 +23,9 @@ log = logging.getLogger("textleak.attacks.exact")
 
 #: misses per length kept from before the last peel (`Search.earlier`)
 EARLIER = 16
+#: `search_screen="auto"` where bfloat16 is fast: settling scores each position's candidates under bfloat16 and
+#: rescores each seed's this many least at float32 (`leaks.slots.screened`)
+SEARCH_SCREEN = 4
 
 
 class Search:
@@ -67,6 +71,8 @@ class Search:
         self.moves = [MOVES.get(name)() for name in config.moves]
         # word pieces that continue a word: a word split in pieces is where settling usually stalls
         self.pieces = continuation_pieces(tokenizer, cands.tokens())
+        # >0: settling screens each position's candidates at bfloat16 and rescores this many per seed (`settle`)
+        self.slot_screen = screen_count(getattr(config, "search_screen", 0), SEARCH_SCREEN, layout.device)
 
     # -- what moves and seeds use --------------------------------------------------------------
     def free(self, p: int, n: int | None = None) -> list[int]:

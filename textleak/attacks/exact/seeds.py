@@ -44,14 +44,11 @@ def beam(search: "Search", wanted: dict[int, int], widen: int = 1) -> dict[int, 
         options = free(p)
         if not beams:
             break
-        opts = torch.tensor(options, device=dev)
-        step = torch.cat([slot_residuals(search.layout, search.span1, torch.tensor(beams[i:i + 64], device=dev), opts)
-                          for i in range(0, len(beams), 64)])
-        total = (scores[:, None] + step).flatten()
         trials = [prefix + [t] for prefix in beams for t in options]
-        if stems:
-            barred = torch.tensor([any(follows(t, s) for s in stems) for t in trials], device=dev)
-            total = total.masked_fill(barred, float("inf"))
+        barred = torch.tensor([any(follows(t, s) for s in stems) for t in trials], dtype=torch.bool, device=dev) \
+            if stems else torch.zeros(len(trials), dtype=torch.bool, device=dev)
+        total = step_totals(search, torch.tensor(beams, device=dev), scores, torch.tensor(options, device=dev), width,
+                            barred)
         top = torch.argsort(total)[:width]
         order = top[total[top] < float("inf")].tolist()
         if not order:
@@ -65,6 +62,31 @@ def beam(search: "Search", wanted: dict[int, int], widen: int = 1) -> dict[int, 
         pair = [search.cls_id, search.sep_id]
         finished[2] = [(float(search.residuals([pair])[0]), pair)]
     return finished
+
+
+def step_totals(search: "Search", beams: torch.Tensor, scores: torch.Tensor, options: torch.Tensor, width: int,
+                barred: torch.Tensor) -> torch.Tensor:
+    """Each (beam [W, p], option [c]) pair's prefix score: the beam's `scores` [W] plus the option's slot residual,
+    flattened [W x c], inf where `barred` [W x c]. With `search.slot_screen` > 0 and more than 2 x `width` pairs,
+    every pair is scored under bfloat16 autocast first and only the 2 x `width` least totals are rescored as without
+    the screen (the rest inf): the beam's choice of its `width` is then float32's wherever those are among the
+    screen's."""
+    layout, span1, W, c = search.layout, search.span1, len(beams), len(options)
+    rough = search.slot_screen > 0 and W * c > 2 * width
+
+    def scored(rows: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+        return torch.cat([slot_residuals(layout, span1, rows[i:i + 64], cands if cands.dim() == 1 else cands[i:i + 64],
+                                         rough=rough and cands.dim() == 1) for i in range(0, len(rows), 64)])
+
+    total = (scores[:, None] + scored(beams, options)).flatten().masked_fill(barred, float("inf"))
+    if not rough:
+        return total
+    keep = torch.argsort(total)[:2 * width]
+    keep = keep[total[keep] < float("inf")]
+    rows, cols = keep // c, keep % c
+    exact = torch.full_like(total, float("inf"))
+    exact[keep] = scores[rows] + scored(beams[rows], options[cols][:, None])[:, 0]
+    return exact
 
 
 def draw(search: "Search", n: int) -> list[int]:
@@ -85,7 +107,9 @@ def settle(search: "Search", seqs: list[list[int]], known: Sequence[list[int]] =
     costs one token per (position, candidate) (`slot_residuals`), not a whole sentence;
     seeds of one length settle side by side. Most seeds fall into the same few wrong fixed
     points (a true sentence of another length, cut or shifted): a seed whose pass ends within
-    two tokens of one of the `known` misses stops there."""
+    two tokens of one of the `known` misses stops there. With `search.slot_screen` K > 0 each position's
+    candidates are screened at bfloat16 and each seed's K least rescored as without it (`leaks.slots.screened`):
+    every token chosen is the least of those rescored."""
     if not seqs:
         return []
     dev = search.layout.device
@@ -107,7 +131,8 @@ def settle(search: "Search", seqs: list[list[int]], known: Sequence[list[int]] =
         for p in inner:
             options = torch.tensor(search.free(p, n), device=dev)
             cur = rows[idx]
-            scores = slot_residuals(search.layout, search.span1, cur[:, :p], options, cur[:, p + 1:])
+            scores = slot_residuals(search.layout, search.span1, cur[:, :p], options, cur[:, p + 1:],
+                                    screen=search.slot_screen)
             best = options[scores.argmin(1)]
             changed[idx] |= best != cur[:, p]
             rows[idx, p] = best

@@ -96,18 +96,46 @@ def _layer0_rows(layout: Layout, prefixes: torch.Tensor, candidates: torch.Tenso
 
 
 def slot_residuals(layout: Layout, span: LayerSpan, prefixes: torch.Tensor, candidates: torch.Tensor,
-                   suffix: Sequence[int] | torch.Tensor = (), suffix_at: int | None = None) -> torch.Tensor:
+                   suffix: Sequence[int] | torch.Tensor = (), suffix_at: int | None = None, screen: int = 0,
+                   rough: bool = False) -> torch.Tensor:
     """Squared layer-1 residual of each candidate token [c] placed at position p after each
     prefix [W, p], followed by `suffix` (the tokens at positions p+1..., or from `suffix_at` on:
     one list for every prefix, or one row [W, m] each), attending to those tokens only (an
-    unknown rest, or gap, is left out): [W, c].
+    unknown rest, or gap, is left out): [W, c]. Candidates [W, c] give each prefix its own.
 
     With no suffix it equals `partial_residuals(...)[:, -1]` for every (prefix, candidate); with
     the rest of a sentence as suffix, it is that position's share of `sequence_residuals`. It costs
     one token per pair instead of a whole sentence (post-LayerNorm layer, see the module doc);
-    inside `layer0_table` even those inputs and projections are looked up, not recomputed."""
+    inside `layer0_table` even those inputs and projections are looked up, not recomputed.
+
+    `screen` K > 0 (shared candidates, more than K of them): every pair is first scored with the layer run under
+    bfloat16 autocast (`screened`), and only each prefix's K least are scored as without it; the rest read inf.
+    `rough`: every pair scored under bfloat16 autocast only (a screen of the caller's own)."""
     if span.layer != 1:
         raise ValueError("slot_residuals scores layer-1 inputs (layer 0 run for the slot only)")
+    candidates = candidates.to(layout.device)
+    if 0 < screen < candidates.shape[-1] and candidates.dim() == 1:
+        return screened(layout, span, prefixes, candidates, suffix, suffix_at, screen)
+    return _slot_scores(layout, span, prefixes, candidates, suffix, suffix_at, rough=rough)
+
+
+def screened(layout: Layout, span: LayerSpan, prefixes: torch.Tensor, candidates: torch.Tensor,
+             suffix: Sequence[int] | torch.Tensor, suffix_at: int | None, keep: int) -> torch.Tensor:
+    """`slot_residuals` [W, c] with each prefix's `keep` least candidates [c] under bfloat16 autocast (on a CPU
+    with AMX, or a GPU, several times cheaper a pair) scored as without the screen (float32 layer, the span's own
+    score), every other pair inf: a least or a ranking read from it is the unscreened one's wherever the
+    unscreened least pairs are among the screen's `keep`."""
+    rough = _slot_scores(layout, span, prefixes, candidates, suffix, suffix_at, rough=True)
+    kept = torch.topk(rough, keep, dim=1, largest=False).indices  # [W, keep]
+    exact = _slot_scores(layout, span, prefixes, candidates[kept], suffix, suffix_at)
+    out = torch.full_like(rough, float("inf"))
+    return out.scatter_(1, kept, exact)
+
+
+def _slot_scores(layout: Layout, span: LayerSpan, prefixes: torch.Tensor, candidates: torch.Tensor,
+                 suffix: Sequence[int] | torch.Tensor, suffix_at: int | None, rough: bool = False) -> torch.Tensor:
+    """`slot_residuals` unscreened, candidates [c] or [W, c]; `rough`: the layer run under bfloat16 autocast (the
+    span's score outside it, on the float32 layer output)."""
     block = layout.block(0)
     dev = layout.device
     prefixes, candidates = prefixes.to(dev), candidates.to(dev)
@@ -115,24 +143,25 @@ def slot_residuals(layout: Layout, span: LayerSpan, prefixes: torch.Tensor, cand
     rows = suffix.to(dev) if isinstance(suffix, torch.Tensor) and suffix.dim() == 2 else \
         torch.as_tensor(list(suffix), dtype=torch.long).reshape(1, -1).to(dev)
     first = p + 1 if suffix_at is None else suffix_at
-    with torch.no_grad():
+    own = candidates.dim() == 2  # each prefix its own candidates
+    with torch.no_grad(), torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=rough):
         x_new, q, k_new, v_new, k_ctx, v_ctx = _layer0_rows(layout, prefixes, candidates, rows, first)
-        c, H = x_new.shape
+        c, H = x_new.shape[-2:]
         heads = block.heads
         d = H // heads
-        m = k_ctx.shape[1]
 
         def split(t):  # [..., H] -> [..., heads, d]
             return t.reshape(*t.shape[:-1], heads, d)
 
         k_ctx, v_ctx = split(k_ctx), split(v_ctx)  # [W, m, h, d]
-        q, k_new, v_new = split(q), split(k_new), split(v_new)  # [c, h, d]
+        q, k_new, v_new = split(q), split(k_new), split(v_new)  # [(W,) c, h, d]
+        m = k_ctx.shape[1]
         scale = d ** -0.5
-        logits_ctx = torch.einsum("chd,wmhd->wchm", q, k_ctx) * scale  # [W, c, h, m]
+        logits_ctx = torch.einsum("wchd,wmhd->wchm" if own else "chd,wmhd->wchm", q, k_ctx) * scale  # [W, c, h, m]
         logit_self = (q * k_new).sum(-1).mul(scale).expand(W, c, heads).unsqueeze(-1)  # [W, c, h, 1]
-        weights = torch.softmax(torch.cat([logits_ctx, logit_self], -1), -1)
-        ctx = torch.einsum("wchm,wmhd->wchd", weights[..., :m], v_ctx) + weights[..., m:] * v_new
+        weights = torch.softmax(torch.cat([logits_ctx, logit_self.to(logits_ctx.dtype)], -1), -1)
+        ctx = torch.einsum("wchm,wmhd->wchd", weights[..., :m], v_ctx.to(weights.dtype)) + weights[..., m:] * v_new
         x = x_new.expand(W, c, H).reshape(W * c, H)
         a = block.attention_output(ctx.reshape(W * c, H), x)
         h = block.feed_forward(a)
-    return (span.score(h).double() ** 2).reshape(W, c)
+    return (span.score(h.float() if rough else h).double() ** 2).reshape(W, c)
