@@ -51,7 +51,9 @@ class Exact:
     moves: tuple[str, ...] = ("word", "shift", "length", "polish")
     span_test: str = "rank-gap"
     # settling's candidates screened at bfloat16, each seed's this many least rescored at float32 (`seeds.settle`,
-    # `leaks.slots.screened`; 0: off); "auto": `search.SEARCH_SCREEN` where bfloat16 is fast (AMX, CUDA), else 0
+    # `leaks.slots.screened`; 0: off); "auto": `search.SEARCH_SCREEN` where bfloat16 is fast (AMX, CUDA), else 0. Off:
+    # 4 at batch 64, 450 CPU s, found no sentence more (CoLA 0 8 = 8, SST-2 0 9 = 9), and within the rank limit
+    # (RT batch 8, small calls) cost 48% more CPU (recipes/measured/large_batch_s37/search_README.md)
     search_screen: int | str = 0
 
     def preflight(self, observation: Observation, target: Any) -> None:
