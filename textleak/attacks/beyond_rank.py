@@ -52,7 +52,8 @@ distance: 0.5; 0: 1), `draft_pack` (drafts of nearby lengths relaxed as one padd
 sweeps its pairs in each round: "batch", as assembled; "near", nearest their states first, the default; "short",
 shortest first), `sweep_defer` (tracks of 10+ tokens farther than this from their states swept only once the others
 settle: 0.3; 0: off), `sweep_screen` (each sweep position's candidates screened with the model at bfloat16, this
-many rescored at float32; "auto", the default: 4 where bfloat16 is fast, AMX or CUDA, else 0).
+many rescored at float32; "auto", the default: 4 where bfloat16 is fast, AMX or CUDA, else 0), `draft_bfloat16` (the
+drafts' relaxation under bfloat16 autocast where bfloat16 is fast, each draft kept on its float32 distance: off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -214,6 +215,9 @@ class BeyondRank(Exact):
     # at float32 (`TargetDescent._nearest`; 0: off): the sweeps cost less than half as much on a CPU with AMX. "auto"
     # (the default since session 36): `beyond_rank_targets.SCREEN` (4) where bfloat16 is fast (AMX, CUDA), else 0
     sweep_screen: int | str = "auto"
+    # with `drafts`: the drafts' relaxation run under bfloat16 autocast where bfloat16 is fast (AMX, CUDA; elsewhere
+    # float32), each rounded draft still kept on its float32 distance (`beyond_rank_drafts.StateDrafts`). Off
+    draft_bfloat16: bool = False
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
@@ -231,7 +235,8 @@ class BeyondRank(Exact):
                 "pooled_rounds": self.pooled_rounds, "pairing": self.pairing,
                 "pooled_iters": self.pooled_iters, "drafts": self.drafts, "hit": self.hit,
                 "draft_keep": self.draft_keep, "draft_pack": self.draft_pack, "draft_spend": self.draft_spend,
-                "sweep_order": self.sweep_order, "sweep_defer": self.sweep_defer, "sweep_screen": self.sweep_screen}
+                "sweep_order": self.sweep_order, "sweep_defer": self.sweep_defer, "sweep_screen": self.sweep_screen,
+                "draft_bfloat16": self.draft_bfloat16}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -298,7 +303,7 @@ class BeyondRank(Exact):
                          iters=self.pooled_iters, drafts=self.drafts, hit=self.hit,
                          draft_keep=self.draft_keep, draft_pack=self.draft_pack, draft_spend=self.draft_spend,
                          sweep_order=self.sweep_order, sweep_defer=self.sweep_defer,
-                         sweep_screen=self.sweep_screen)
+                         sweep_screen=self.sweep_screen, draft_bfloat16=self.draft_bfloat16)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

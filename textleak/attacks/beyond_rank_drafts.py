@@ -55,6 +55,7 @@ from typing import Any, Sequence
 import torch
 
 from ..core import budget
+from ..core.device import fast_bfloat16
 from .beyond_rank_invert import columns, relax
 
 #: the relaxation's start: each position's logit this much up at the assembled track's token (CoLA batch 0 of 64,
@@ -71,16 +72,19 @@ class StateDrafts:
     distance to its pair's state) changed in place; pairs: (track index, target state, distance). `descent`: the
     `TargetDescent` (its layout, and its `states` for the distances). pack: tracks of nearby lengths relaxed in one
     right-padded batch (`packed`; False: one length at a time). spend: with pack, each batch relaxes for `steps`
-    times (its lengths' cost one at a time) / (its cost packed) (`spent`): the saving spent on more steps."""
+    times (its lengths' cost one at a time) / (its cost packed) (`spent`): the saving spent on more steps. bfloat16:
+    the relaxation's forward passes under bfloat16 autocast where the device runs it fast (`core.device.fast_bfloat16`;
+    elsewhere float32); the rounded drafts are still kept or dropped on their float32 distances."""
 
     def __init__(self, descent: Any, steps: int = 60, bias: float = BIAS, seed: int = 0, keep: float = 1.0,
-                 pack: bool = False, spend: bool = False):
+                 pack: bool = False, spend: bool = False, bfloat16: bool = False):
         self.descent, self.layout, self.steps, self.bias = descent, descent.layout, steps, bias
         self.keep = keep  # a draft replaces its track only under this fraction of the track's distance (module doc)
         self.pack = pack and getattr(self.layout, "padding", None) is None  # right padding only
         self.spend = spend and self.pack
+        self.half = bfloat16 and fast_bfloat16(self.layout.device)
         self.gen = torch.Generator().manual_seed(seed)
-        self.report = {"drawn": 0, "kept": 0, "steps": 0, "batches": 0}
+        self.report = {"drawn": 0, "kept": 0, "steps": 0, "batches": 0, **({"bfloat16": True} if self.half else {})}
 
     def run(self, tracks: list[list[int]], pairs: Sequence[tuple[int, torch.Tensor, float]], best: dict[int, float],
             options: Sequence[Sequence[int]]) -> int:
@@ -109,7 +113,7 @@ class StateDrafts:
         n, cls, sep = max(map(len, seqs)), seqs[0][0], seqs[0][-1]
         cols = columns(options, n, sep, self.layout.word_embeddings.weight.device)
         lengths = [len(s) for s in seqs] if any(len(s) < n for s in seqs) else None
-        drawn, steps = relax(self.layout, self._started(seqs, cols), cols, cls, sep, T, steps, lengths)
+        drawn, steps = relax(self.layout, self._started(seqs, cols), cols, cls, sep, T, steps, lengths, self.half)
         self.report["steps"] += steps
         return drawn
 
