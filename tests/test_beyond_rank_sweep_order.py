@@ -111,3 +111,25 @@ def test_sweep_screen_auto_is_the_default_and_screens_only_where_bfloat16_is_fas
         assert descent.screen == want
         assert descent.run([list(t) for t in tracks], [], pins.allowed) == truth
         assert descent.report["screen"] == want and (descent.scored["rough"] > 0) == fast
+
+
+def test_sweep_release_lets_the_held_pairs_go_once_its_share_of_the_time_is_spent(batch, monkeypatch):
+    # session 37: at 450 CPU s the others never settle, so `defer` alone held its pairs to the end (large_batch_s36/)
+    from textleak.core import budget
+
+    first, _, _ = _swept(batch, monkeypatch, None)
+    initial = [d for d, _ in first]
+    far, shortest = sorted(initial)[len(initial) // 2], min(n for _, n in first)
+    kw = dict(sweeps=8, defer=far - 1e-9, defer_length=shortest)
+    with budget.time_budget(1e6):  # a share of 1e-15 of the time: spent at once
+        seen, descent = _swept(batch, monkeypatch, None, release=1e-15, **kw)
+    assert _firsts(seen, initial) == _firsts(first, initial)  # no pair held: swept as paired
+    assert descent.swept["released"] == descent.swept["swept"] > 0 and descent.swept["held"] == 0
+    with budget.time_budget(1e6):  # half of a long budget: never spent here, the pairs held as without
+        seen, descent = _swept(batch, monkeypatch, None, release=0.5, **kw)
+    at = _firsts(seen, initial)
+    assert max(at[d] for d in initial if d < far) < min(at[d] for d in initial if d >= far)
+    assert descent.swept["released"] == 0
+    assert _wide_finisher(batch, sweep_release=0.5).sweep_release == 0.5 and _wide_finisher(batch).sweep_release == 0
+    with pytest.raises(InputError, match="sweep_release"):
+        ATTACKS.get("beyond_rank")(sweep_release=1.5).check_options()

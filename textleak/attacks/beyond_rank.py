@@ -53,7 +53,8 @@ sweeps its pairs in each round: "batch", as assembled; "near", nearest their sta
 shortest first), `sweep_defer` (tracks of 10+ tokens farther than this from their states swept only once the others
 settle: 0.3; 0: off), `sweep_screen` (each sweep position's candidates screened with the model at bfloat16, this
 many rescored at float32; "auto", the default: 4 where bfloat16 is fast, AMX or CUDA, else 0), `draft_bfloat16` (the
-drafts' relaxation under bfloat16 autocast where bfloat16 is fast, each draft kept on its float32 distance: off).
+drafts' relaxation under bfloat16 autocast where bfloat16 is fast, each draft kept on its float32 distance: off),
+`sweep_release` (the held tracks let go once this share of the sweeps' time is spent: 0, off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -218,6 +219,9 @@ class BeyondRank(Exact):
     # with `drafts`: the drafts' relaxation run under bfloat16 autocast where bfloat16 is fast (AMX, CUDA; elsewhere
     # float32), each rounded draft still kept on its float32 distance (`beyond_rank_drafts.StateDrafts`). Off
     draft_bfloat16: bool = False
+    # with `sweep_defer`: the held pairs let go for good once this share of the sweeps' time is spent (0: off), not
+    # only once the others settle, which at 450 CPU s they never do (large_batch_s36/). Off
+    sweep_release: float = 0.0
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
@@ -225,6 +229,7 @@ class BeyondRank(Exact):
         super().check_options()
         choice(self.sweep_order, "sweep_order", SWEEP_ORDERS)
         number(self.sweep_defer, "option sweep_defer", minimum=0)
+        number(self.sweep_release, "option sweep_release", minimum=0, maximum=1)
         if self.sweep_screen != "auto":
             integer(self.sweep_screen, "option sweep_screen (a count or auto)", minimum=0)
 
@@ -236,7 +241,7 @@ class BeyondRank(Exact):
                 "pooled_iters": self.pooled_iters, "drafts": self.drafts, "hit": self.hit,
                 "draft_keep": self.draft_keep, "draft_pack": self.draft_pack, "draft_spend": self.draft_spend,
                 "sweep_order": self.sweep_order, "sweep_defer": self.sweep_defer, "sweep_screen": self.sweep_screen,
-                "draft_bfloat16": self.draft_bfloat16}
+                "draft_bfloat16": self.draft_bfloat16, "sweep_release": self.sweep_release}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -303,7 +308,8 @@ class BeyondRank(Exact):
                          iters=self.pooled_iters, drafts=self.drafts, hit=self.hit,
                          draft_keep=self.draft_keep, draft_pack=self.draft_pack, draft_spend=self.draft_spend,
                          sweep_order=self.sweep_order, sweep_defer=self.sweep_defer,
-                         sweep_screen=self.sweep_screen, draft_bfloat16=self.draft_bfloat16)
+                         sweep_screen=self.sweep_screen, draft_bfloat16=self.draft_bfloat16,
+                         sweep_release=self.sweep_release)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

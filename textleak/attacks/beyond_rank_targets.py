@@ -116,12 +116,14 @@ class TargetDescent:
                  merge: float = 0.0, rounds: int = 0, pairing: float = 0.0, iters: int = 0, drafts: int = 0,
                  bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0, draft_pack: bool = False,
                  draft_spend: bool = False, order: str = "batch", defer: float = 0.0,
-                 defer_length: int = DEFER_LENGTH, screen: int | str = 0, draft_bfloat16: bool = False):
+                 defer_length: int = DEFER_LENGTH, screen: int | str = 0, draft_bfloat16: bool = False,
+                 release: float = 0.0):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.screen = screen_size(screen, layout.device)  # >0: sweeps screened at bfloat16, this many rescored
         self.scored = Counter()  # with `screen`: candidates scored screened ("rough") and exactly ("exact")
         self.order = order  # the pairs' order in each round of sweeps (`_ordered`)
         self.defer, self.defer_length = defer, defer_length  # >0: long tracks this far held back (`_held`)
+        self.release = release  # >0: the held pairs let go once this share of the sweeps' time is spent (`_sweeps`)
         self.drafts, self.bias = drafts, bias  # >0: tracks redrawn from their states first (`beyond_rank_drafts`)
         self.draft_keep = draft_keep or 1.0  # a draft kept under this fraction of its track's distance (0: 1, nearer)
         self.draft_pack = draft_pack  # drafts of nearby lengths relaxed in one padded batch (`beyond_rank_drafts`)
@@ -212,21 +214,26 @@ class TargetDescent:
                 best: dict[int, float], options: Sequence[list[int]]) -> None:
         """Exhaustive sweeps (`_sweep`), the pairs in turn, until a round changes nothing. With `defer`, a round
         holds back the long tracks far from their states (`_held`) until a round of the others changes nothing;
-        the next round sweeps them too. `swept` counts the rounds begun, the pair sweeps, the pairs never swept
-        (not within `hit`), the sweeps of a pair whose last sweep changed nothing ("again") and, with `defer`, the
-        pairs the last round held back ("held")."""
+        the next round sweeps them too. With `release` (F), the held pairs are let go for good once F of the
+        budget's time left as the sweeps began is spent (`_released`). `swept` counts the rounds begun, the pair
+        sweeps, the pairs never swept (not within `hit`), the sweeps of a pair whose last sweep changed nothing
+        ("again") and, with `defer`, the pairs the last round held back ("held"; with `release`, "released": the
+        sweeps made after the release)."""
         done, still, touched = Counter(), set(), set()  # counts; pairs whose last sweep changed nothing; swept
-        release = False  # this round sweeps the held pairs too
+        release, late = False, self._released()  # this round sweeps the held pairs too; the release's test
         for k in range(self.sweeps):
             changed = False
             done["rounds"] += 1
-            held = set() if release or k == self.sweeps - 1 else self._held(tracks, best)
+            held = set() if release or late() or k == self.sweeps - 1 else self._held(tracks, best)
             for r, target, _ in self._ordered(pairs, tracks, best):
                 if budget.expired():
                     break
+                if held and late():
+                    held = set()
                 if best[r] < self.hit or r in held:
                     continue
                 done["again"] += r in still
+                done["released"] += late()
                 seq, d = self._sweep(tracks[r], target, options, best[r])
                 changed |= d < best[r]
                 (still.discard if d < best[r] else still.add)(r)
@@ -238,7 +245,17 @@ class TargetDescent:
             release = not changed
         unswept = sum(1 for r, _, _ in pairs if r not in touched and best[r] >= self.hit)
         self.swept = {"rounds": done["rounds"], "swept": done["swept"], "unswept": unswept, "again": done["again"],
-                      **({"held": done["held"]} if self.defer > 0 else {})}
+                      **({"held": done["held"]} if self.defer > 0 else {}),
+                      **({"released": done["released"]} if self.release > 0 else {})}
+
+    def _released(self) -> Any:
+        """() -> whether the held pairs are let go: with `release` (F in (0, 1]), once the budget's seconds left are
+        at most (1 - F) of those left now (never without a budget); without, never."""
+        left = budget.current().remaining()
+        if self.release <= 0 or left == float("inf"):
+            return lambda: False
+        at = (1 - self.release) * left
+        return lambda: budget.current().remaining() <= at
 
     def _held(self, tracks: Sequence[list[int]], best: dict[int, float]) -> set[int]:
         """With `defer` (>0): the pairs (track rows) a round holds back, tracks of `defer_length` tokens or more
