@@ -1,4 +1,4 @@
-"""`beyond_rank --option draft_bfloat16=true` (#16, session 37): the drafts' relaxation (`beyond_rank_drafts`) run
+"""`beyond_rank`'s `draft_bfloat16` (#16, session 37; the attack's default): the drafts' relaxation (`beyond_rank_drafts`) run
 under bfloat16 autocast where bfloat16 is fast, each rounded draft kept or dropped on its float32 distance; on the
 tiny 2-layer BERT classifier of test_pooled_states."""
 
@@ -39,9 +39,9 @@ def test_draft_bfloat16_relaxes_at_bfloat16_where_fast_and_keeps_drafts_on_float
     assert rep["kept"] > 0 and out != _two_off_setting(batch, 4)[4]  # drafts replaced tracks
     plain, _, seen = _drafted(batch, monkeypatch, False, draft_bfloat16=True)  # emulated bfloat16: float32
     assert set(seen) == {None} and "bfloat16" not in plain.report["drafts"]
-    off, _, seen = _drafted(batch, monkeypatch, True)  # off by default
+    off, _, seen = _drafted(batch, monkeypatch, True)  # the descent's own default: off
     assert set(seen) == {None} and "bfloat16" not in off.report["drafts"]
-    assert _wide_finisher(batch, draft_bfloat16=True).draft_bfloat16 and not _wide_finisher(batch).draft_bfloat16
+    assert _wide_finisher(batch).draft_bfloat16 and not _wide_finisher(batch, draft_bfloat16=False).draft_bfloat16
 
 
 def test_bfloat16_drafts_are_kept_only_where_float32_says_nearer(batch, monkeypatch):

@@ -53,7 +53,7 @@ sweeps its pairs in each round: "batch", as assembled; "near", nearest their sta
 shortest first), `sweep_defer` (tracks of 10+ tokens farther than this from their states swept only once the others
 settle: 0.3; 0: off), `sweep_screen` (each sweep position's candidates screened with the model at bfloat16, this
 many rescored at float32; "auto", the default: 4 where bfloat16 is fast, AMX or CUDA, else 0), `draft_bfloat16` (the
-drafts' relaxation under bfloat16 autocast where bfloat16 is fast, each draft kept on its float32 distance: off),
+drafts' relaxation under bfloat16 autocast where bfloat16 is fast, each draft kept on its float32 distance: on),
 `sweep_release` (the held tracks let go once this share of the sweeps' time is spent: 0, off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
@@ -148,12 +148,8 @@ class BeyondRank(Exact):
     # with `targets`, `invert`: inverted before the search, taken (peeled) by it (`beyond_rank_first`). Off: CoLA
     # ROUGE-1 53.5 -> 55.7, SST-2 48.6 -> 49.3 but ROUGE-2 30.6 -> 26.3, 12 -> 11 exact (large_batch_s24/)
     first: bool = False
-    # with `targets`: a stalled descent tries every one-token deletion and insertion, so a track paired with the
-    # state of a sentence of another length can reach it (`TargetDescent.lengths`). Batch 64, 450 CPU s, side by
-    # side against off: CoLA exact 8 -> 9 and 8 -> 10, ROUGE-1 55.4 -> 55.3 and 56.4 -> 57.1 in two pairs; SST-2
-    # identical (no sweep stalls within its budget); RT 28.1 -> 28.2, 1 exact in both
-    # (recipes/measured/large_batch_s25/).
-    # On since session 25: it never lost and adds exact sentences where descents converge
+    # with `targets`: a stalled descent tries every one-token deletion and insertion (`TargetDescent.lengths`). On
+    # since session 25: at 450 CPU s side by side CoLA exact 8 -> 9 and 8 -> 10, SST-2 identical, RT 1 in both (s25)
     lengths: bool = True
     # with `targets`: the descent's sweeps by gradient-guided steps, this many candidates a position, every track a
     # step in turn, all of one length at once; a track they no longer improve gets an exhaustive sweep
@@ -188,11 +184,8 @@ class BeyondRank(Exact):
     # kept (0.193 -> 0.196, all drafts 0.163), unigram F1 0.333 -> 0.353 (recipes/measured/large_batch_s31/). With
     # drafts=60 against no drafts, 450 CPU s: SST-2 46.8/28.1 -> 48.8/29.7, CoLA 46.3/22.6 -> 50.0/29.8 (on: `drafts`)
     draft_keep: float = 0.5
-    # with `drafts`: tracks of nearby lengths relaxed as one right-padded batch (`beyond_rank_drafts.packed`; each
-    # relaxation step has a fixed cost, ~2 CPU s in 60 steps, paid per batch); False: one length at a time. Off:
-    # 450 CPU s side by side, SST-2 48.5/30.0 -> 49.5/30.6, CoLA 54.8/30.0 -> 55.2/26.2 (large_batch_s32/). Since
-    # session 33 each track starts from the noise it draws unpacked (the saved ~22 CPU s go to the sweeps): CoLA
-    # batch 0 54.9/30.2 -> 58.1/32.9 (8 -> 9 exact), batch 1 60.7/30.9 -> 60.5/31.5 (large_batch_s33/; SST-2 not run)
+    # with `drafts`: tracks of nearby lengths relaxed as one right-padded batch (`beyond_rank_drafts.packed`); off:
+    # 450 CPU s side by side, SST-2 48.5/30.0 -> 49.5/30.6, CoLA 54.8/30.0 -> 55.2/26.2 (s32), CoLA 0 54.9 -> 58.1 (s33)
     draft_pack: bool = False
     # with `draft_pack`: each packed batch relaxes for `drafts` times (the cost of its lengths one at a time) / (its
     # cost packed), `beyond_rank_drafts.OVERHEAD`'s cost model: the drafts take about the unpacked drafts' time, the
@@ -217,8 +210,10 @@ class BeyondRank(Exact):
     # (the default since session 36): `beyond_rank_targets.SCREEN` (4) where bfloat16 is fast (AMX, CUDA), else 0
     sweep_screen: int | str = "auto"
     # with `drafts`: the drafts' relaxation run under bfloat16 autocast where bfloat16 is fast (AMX, CUDA; elsewhere
-    # float32), each rounded draft still kept on its float32 distance (`beyond_rank_drafts.StateDrafts`). Off
-    draft_bfloat16: bool = False
+    # float32), each rounded draft still kept on its float32 distance (`beyond_rank_drafts.StateDrafts`). On since
+    # session 37: at 450 CPU s side by side (with the logits-only backward) CoLA 0 59.7/39.4 -> 60.2/40.4 (13 -> 15
+    # exact), SST-2 0 50.2/32.0 -> 54.8/36.0 (13 -> 15) (large_batch_s37/)
+    draft_bfloat16: bool = True
     # with `sweep_defer`: the held pairs let go for good once this share of the sweeps' time is spent (0: off), not
     # only once the others settle, which at 450 CPU s they never do (large_batch_s36/). Off
     sweep_release: float = 0.0

@@ -60,7 +60,7 @@ class BagFinish:
                  lengths: bool = False, guided: int = 0, merge: float = 0.0, rounds: int = 0,
                  pairing: float = 0.0, iters: int = 0, drafts: int = 0, hit: float = 0.0, draft_keep: float = 0.0,
                  draft_pack: bool = False, draft_spend: bool = False, sweep_order: str = "near",
-                 sweep_defer: float = 0.3, sweep_screen: int | str = "auto", draft_bfloat16: bool = False,
+                 sweep_defer: float = 0.3, sweep_screen: int | str = "auto", draft_bfloat16: bool = True,
                  sweep_release: float = 0.0):
         self.tok, self.prior_name, self.weight = tokenizer, prior, weight
         self.tries, self.sweeps, self.seed = tries, sweeps, seed
