@@ -78,3 +78,15 @@ def test_options_repair_slide_and_block_reach_the_token_repair(setup, monkeypatc
     for value in (0, 4):
         _repair_the_true_batch(UpdateExact(**{option: value}, cls_descent=False), wide, observation, ids)
     assert seen == [(0,), (4,)]
+
+
+@pytest.mark.parametrize("option", ["repair_slide", "repair_block"])
+def test_repair_move_sizes_must_be_counts_of_zero_or_more(option):
+    """`--option repair_block=-1` is refused before any work (a negative size would read as off)."""
+    from textleak.errors import InputError
+    from textleak.validate import attack_instance
+
+    assert getattr(attack_instance("exact-update", {option: 4}, 0), option) == 4
+    for bad in (-1, 2.5, "x"):
+        with pytest.raises(InputError, match=option):
+            attack_instance("exact-update", {option: bad}, 0)

@@ -60,6 +60,7 @@ from ..text.layouts import Layout, layout_for
 from ..text.leaks import LayerSpan, SpanReader
 from ..text.leaks.positions import TokenPositions
 from ..threat import Observation
+from ..validate import integer
 from .base import ATTACKS, AttackOutput
 from .exact import Exact
 from .exact.search import Search
@@ -157,23 +158,19 @@ class UpdateExact(Exact):
     cls_descent: bool = True
     #: with `cls_descent`: the pooler's dense map read as a third [CLS] site (`update_cls.POOLER`; BERT)
     cls_pooler: bool = False
-    #: with `slots_first`: the repairs after the span search also start from the batch `slots_first` left (it
-    #: competes in `ranked_start`; where kept, the token repair goes on from it instead of descending the same slot
-    #: assignment again). Measured only together with `cls_relabel` (below); here it took 1.63e-3 -> 1.56e-3
+    #: with `slots_first`: the repairs after the span search also start from the batch `slots_first` left (it competes
+    #: in `ranked_start`); measured only with `cls_relabel` (below): 1.63e-3 -> 1.56e-3
     slots_carry: bool = False
-    #: with `cls_descent`: the descended batch's labels solved again (least box misfit: `least_labels`) before its
-    #: misfit is weighed against the start's (its trades move sentences, and their labels, between slots). SST-2 dev
-    #: batch 0 of 4, K 8, lr 1e-5, 800 CPU s, side by side with `slots_carry`: ROUGE-1 0.704 against 0.422 (the
-    #: descent kept, 8.3e-3 -> 3.3e-3; refused at 1.9e-2 with the start's labels); RT lr 1e-5 a tie (0.515 / 0.517)
+    #: with `cls_descent`: the descended batch's labels solved again (`least_labels`) before its misfit is weighed
+    #: against the start's (its trades move sentences and their labels). SST-2 dev 0 of 4, K 8, lr 1e-5, 800 CPU s,
+    #: side by side with `slots_carry`: 0.704 against 0.422 (the descent kept); RT lr 1e-5 a tie (0.515 / 0.517)
     cls_relabel: bool = True
     #: with `cls_descent`: [CLS] and [SEP] kept out of the descent's inner positions (the ranking offers them there at
     #: lr 1e-5, where the descent put two [CLS] inside an SST-2 sentence; scratch, `fedavg_small_lr_s23`)
     cls_inner_plain: bool = False
-    #: with `cls_descent`: the other batches `ranked_start` weighed (the fill, the other slot assignments) descended
-    #: too, the descended batch of least box misfit kept (`update_cls._restarts`, with its ground truth). K 8, lr 1e-5,
-    #: dev batch 0 of 4, budget 800 CPU s, side by side against off: RT ROUGE-1 0.732 against 0.612 (box misfit
-    #: 4.7e-4 against 7.6e-4, load 4.4), SST-2 0.856 against 0.747 (5.5e-4 against 1.4e-3, load 5.8); CoLA lr 1e-5 and
-    #: SST-2 K 4 lr 1e-2 stay exact (`recipes/measured/fedavg_small_lr_s25`)
+    #: with `cls_descent`: the other batches `ranked_start` weighed descended too, the one of least box misfit kept
+    #: (`update_cls._restarts`). K 8, lr 1e-5, dev batch 0 of 4, 800 CPU s, side by side against off: RT 0.732 against
+    #: 0.612, SST-2 0.856 against 0.747; CoLA lr 1e-5 and SST-2 K 4 lr 1e-2 stay exact (`fedavg_small_lr_s25`)
     cls_restarts: bool = True
     #: with `cls_restarts`: every start descended this many sweeps, only the best on (`update_cls._screened`; 0: off);
     #: the same end as full restarts for ~230 CPU s less (figures: `recipes/measured/fedavg_small_lr_s26`)
@@ -204,9 +201,9 @@ class UpdateExact(Exact):
     repair_guard_first: bool = False
     #: token repair: each trial's misfit in scratch buffers, the same to the bit (`BoxRepair.inplace`): on (session 35)
     repair_inplace: bool = True
-    #: token repair: slides, a token moved up to N places in its sentence (`BoxRepair.slide`; 0: off; session 36)
+    #: token repair: slides (a token moved up to N places, `BoxRepair.slide`) and block moves (a run of up to N tokens
+    #: moved in its sentence, screened, `update_repair_blocks`); 0: off (sessions 36, 37)
     repair_slide: int = 0
-    #: token repair: block moves, a run of up to N tokens moved in its sentence, screened (`update_repair_blocks`)
     repair_block: int = 0
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
@@ -298,8 +295,11 @@ class UpdateExact(Exact):
     _facts_of = staticmethod(facts_of)
 
     def check_options(self) -> None:
-        """The option values checked before any work (`validate.attack_instance`): `cls_lengths`' mode."""
+        """The option values checked before any work (`validate.attack_instance`): `cls_lengths`' mode, the repair's
+        move sizes (`repair_slide`, `repair_block`) counts >= 0."""
         check_mode(self.cls_lengths)
+        for name in ("repair_slide", "repair_block"):
+            integer(getattr(self, name), f"option {name}", minimum=0)
 
     def _reader(self, observation: Observation) -> SpanReader:
         know = observation.knowledge
