@@ -223,8 +223,8 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
         early = max(self.early, int(relabel))
         rows = strong_rows(scores, W, P, level.sigma, self.strong)
         batch, placed, tried, placing = self._start(batch, rows, inner, fill, labels, label_note)
-        reassign = relabel or (placing and self.place_labels == "rounds")
-        carry = placing and self.place_labels == "carry"
+        mode = self.place_labels if placing else None
+        reassign, carry = relabel or mode == "rounds", mode == "carry"
         self._pin(batch, placed)
         history, exchanged, carried_to, relocated = [], 0, [], 0
         moves, counted = relocation(self.relocate), label_note != "known"
@@ -258,12 +258,10 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
                             {"placed": [{"token": v, "sentence": i, "position": p} for v, i, p in placed],
                              "exchanged": exchanged, "relocated": relocated, "relocate_last": last, "reseat": reseat,
                              "labels_relocated": moves != "off" and batch.labels != labels,
-                             "changes_per_round": history, "context": context,
-                             "relabel": relabel, "early": early, "labels_read": labels,
-                             "runs": self._runs_taken if self._runs else None,
-                             "labels_placed": self.place_labels if placing else None, "placements": tried,
-                             "carried": carried_to, "stand_in": [m is not None for m in means],
-                             "budget": current().describe(),
+                             "changes_per_round": history, "context": context, "relabel": relabel, "early": early,
+                             "labels_read": labels, "runs": self._runs_taken if self._runs else None,
+                             "labels_placed": mode, "placements": tried, "carried": carried_to,
+                             "stand_in": [m is not None for m in means], "budget": current().describe(),
                              "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0})
 
     # -- pieces -------------------------------------------------------------------------------
