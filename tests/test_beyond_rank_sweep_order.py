@@ -10,6 +10,7 @@ from test_pooled_states import _two_off_setting, _wide_finisher, batch
 from textleak.attacks import ATTACKS
 from textleak.attacks import beyond_rank_targets as targets
 from textleak.attacks.beyond_rank_targets import TargetDescent
+from textleak.core import device as device_module
 from textleak.errors import InputError
 from textleak.validate import attack_instance
 
@@ -106,7 +107,7 @@ def test_sweep_screen_auto_is_the_default_and_screens_only_where_bfloat16_is_fas
         with pytest.raises(InputError, match="sweep_screen"):
             attack_instance("beyond_rank", {"sweep_screen": value}, 0)
     for fast, want in ((True, targets.SCREEN), (False, 0)):
-        monkeypatch.setattr(targets, "fast_bfloat16", lambda device, fast=fast: fast)
+        monkeypatch.setattr(device_module, "fast_bfloat16", lambda device, fast=fast: fast)
         descent = TargetDescent(layout, grads, len(truth), specials, sweeps=8, screen="auto")
         assert descent.screen == want
         assert descent.run([list(t) for t in tracks], [], pins.allowed) == truth

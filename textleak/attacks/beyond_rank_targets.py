@@ -42,7 +42,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from ..core import budget
-from ..core.device import fast_bfloat16
+from ..core.device import screen_count
 from ..text.layouts import Layout
 from ..text.leaks.pooled import ITERS, pooled_states
 from ..text.leaks.residuals import padded
@@ -97,14 +97,6 @@ def length_logp(drawn: tuple[list[list[int]], torch.Tensor], states: torch.Tenso
     return torch.stack([logp[:, col[n]] if n in col else low for n in lengths], 1)
 
 
-def screen_size(screen: int | str, device: Any) -> int:
-    """`sweep_screen`'s value: K as given, or with "auto" `SCREEN` where the device runs bfloat16 fast
-    (`core.device.fast_bfloat16`: AMX or a CUDA GPU), else 0 (emulated bfloat16 would cost more than it saves)."""
-    if screen == "auto":
-        return SCREEN if fast_bfloat16(device) else 0
-    return int(screen)
-
-
 class TargetDescent:
     """Descends tracks onto the batch's per-sentence states (module doc).
 
@@ -119,7 +111,7 @@ class TargetDescent:
                  defer_length: int = DEFER_LENGTH, screen: int | str = 0, draft_bfloat16: bool = False,
                  release: float = 0.0):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
-        self.screen = screen_size(screen, layout.device)  # >0: sweeps screened at bfloat16, this many rescored
+        self.screen = screen_count(screen, SCREEN, layout.device)  # >0: sweeps screened at bfloat16, K rescored
         self.scored = Counter()  # with `screen`: candidates scored screened ("rough") and exactly ("exact")
         self.order = order  # the pairs' order in each round of sweeps (`_ordered`)
         self.defer, self.defer_length = defer, defer_length  # >0: long tracks this far held back (`_held`)
