@@ -44,7 +44,7 @@ def test_what_the_short_sentences_leave_narrows_the_long_ones_candidates_and_hol
 
     def settled(span):
         search = SimpleNamespace(layout=mid, span1=span, ends=True, config=SimpleNamespace(settle=10),
-                                 free=lambda p, n=None: ids[p])
+                                 free=lambda p, n=None: ids[p], slot_screen=0)
         return settle(search, [list(true[0])])[0]
 
     assert settled(left.span1) == true[0]

@@ -72,7 +72,7 @@ def step_totals(search: "Search", beams: torch.Tensor, scores: torch.Tensor, opt
     the screen (the rest inf): the beam's choice of its `width` is then float32's wherever those are among the
     screen's."""
     layout, span1, W, c = search.layout, search.span1, len(beams), len(options)
-    rough = getattr(search, "slot_screen", 0) > 0 and W * c > 2 * width
+    rough = search.slot_screen > 0 and W * c > 2 * width
 
     def scored(rows: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
         return torch.cat([slot_residuals(layout, span1, rows[i:i + 64], cands if cands.dim() == 1 else cands[i:i + 64],
@@ -132,7 +132,7 @@ def settle(search: "Search", seqs: list[list[int]], known: Sequence[list[int]] =
             options = torch.tensor(search.free(p, n), device=dev)
             cur = rows[idx]
             scores = slot_residuals(search.layout, search.span1, cur[:, :p], options, cur[:, p + 1:],
-                                    screen=getattr(search, "slot_screen", 0))
+                                    screen=search.slot_screen)
             best = options[scores.argmin(1)]
             changed[idx] |= best != cur[:, p]
             rows[idx, p] = best
