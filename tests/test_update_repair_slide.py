@@ -80,9 +80,10 @@ def test_options_repair_slide_and_block_reach_the_token_repair(setup, monkeypatc
     assert seen == [(0,), (4,)]
 
 
-@pytest.mark.parametrize("option", ["repair_slide", "repair_block"])
+@pytest.mark.parametrize("option", ["repair_slide", "repair_block", "search_screen"])
 def test_repair_move_sizes_must_be_counts_of_zero_or_more(option):
-    """`--option repair_block=-1` is refused before any work (a negative size would read as off)."""
+    """`--option repair_block=-1` is refused before any work (a negative size would read as off); `search_screen`
+    (`Exact`'s, inherited) is checked here as in `exact`."""
     from textleak.errors import InputError
     from textleak.validate import attack_instance
 

@@ -114,7 +114,7 @@ class UpdateExact(Exact):
 
     name: ClassVar[str] = "exact-update"
     #: options that also take `auto` (`validate.attack_instance`), each with the value it takes where on
-    auto_options: ClassVar[dict] = AUTO_ON
+    auto_options: ClassVar[dict] = {**Exact.auto_options, **AUTO_ON}
     #: search with layers 1+2 where the rounding is fitted but not wide (`update_layers`; False: layer 1 alone)
     layered: bool = True
     #: in the layered search, offers from moves weighed at once and the moves stopped at a find
@@ -295,8 +295,8 @@ class UpdateExact(Exact):
     _facts_of = staticmethod(facts_of)
 
     def check_options(self) -> None:
-        """The option values checked before any work (`validate.attack_instance`): `cls_lengths`' mode, the repair's
-        move sizes (`repair_slide`, `repair_block`) counts >= 0."""
+        """Checked before any work (`validate.attack_instance`): `Exact`'s, `cls_lengths`' mode, move sizes >= 0."""
+        super().check_options()  # `Exact`'s: `search_screen` a count or auto
         check_mode(self.cls_lengths)
         for name in ("repair_slide", "repair_block"):
             integer(getattr(self, name), f"option {name}", minimum=0)
