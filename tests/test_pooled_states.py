@@ -187,32 +187,35 @@ def test_a_chained_guided_step_puts_several_tokens_right_at_once(batch):
     assert max(wrong) == 2
 
 
-def test_a_state_solved_twice_a_little_apart_is_one_state_with_merge(batch, monkeypatch):
+def test_a_state_solved_twice_a_little_apart_is_one_state(batch, monkeypatch):
     """Far past the limit a state can be solved twice a few 1e-3 apart, both under ACCEPT (MiniLM, RT batch 64):
-    kept as two, the deflation takes out one direction too many and no later round solves anything; with
-    `merge` the two are one state and every state comes back."""
+    kept as two (as under SAME = 1e-3), the deflation takes out one direction too many and no later round solves
+    anything; within SAME, or `merge`, the two are one state, the better fit kept, and every state comes back."""
     import textleak.text.leaks.pooled as pl
     _, layout, grads, truth, states = batch
     real, calls = pl._levenberg, []
 
-    def twice(eq, a, iters=80):  # the first round: a second, slightly worse solution of its first state
+    def twice(eq, a, iters=80):  # the first round: a slightly worse solution of its first state, ahead of it
         out = real(eq, a, iters)
         if not calls:
             h = out[0] @ eq.Q.T
-            out = torch.cat([out, ((h + 5e-3 * h.norm() * eq.Q[:, -1] / eq.Q[:, -1].norm()) @ eq.Q)[None]])
+            out = torch.cat([((h + 5e-3 * h.norm() * eq.Q[:, -1] / eq.Q[:, -1].norm()) @ eq.Q)[None], out])
         calls.append(len(out))
         return out
     monkeypatch.setattr(pl, "_levenberg", twice)
     monkeypatch.setattr(pl, "ACCEPT", 1e-2)
     starts = lambda: _random_starts(layout, truth, random.Random(0))  # noqa: E731
-    kept = pooled_states(layout, grads, len(truth), starts(), first=64, later=32)
-    calls.clear()
-    merged = pooled_states(layout, grads, len(truth), starts(), first=64, later=32, merge=2e-2)
-    assert len(kept.states) == len(truth) + 1 and not kept.complete  # one state counted twice
-    assert merged.complete
-    rel = torch.cdist(merged.states, states) / states.norm(dim=1)[None]
-    near, which = rel.min(1)
-    assert float(near.max()) < 1e-3 and sorted(which.tolist()) == list(range(len(truth)))
+    runs = {}
+    for name, kw, same in (("tight", {}, 1e-3), ("default", {}, pl.SAME), ("merge", {"merge": 2e-2}, pl.SAME)):
+        monkeypatch.setattr(pl, "SAME", same)
+        calls.clear()
+        runs[name] = pooled_states(layout, grads, len(truth), starts(), first=64, later=32, **kw)
+    assert len(runs["tight"].states) == len(truth) + 1 and not runs["tight"].complete  # one state counted twice
+    for name in ("default", "merge"):
+        assert runs[name].complete
+        rel = torch.cdist(runs[name].states, states) / states.norm(dim=1)[None]
+        near, which = rel.min(1)
+        assert float(near.max()) < 1e-3 and sorted(which.tolist()) == list(range(len(truth)))
 
 
 def test_with_pairing_a_track_pairs_with_a_state_of_its_length(batch, monkeypatch):

@@ -157,8 +157,9 @@ class BeyondRank(Exact):
     guided: int = 0
     # with `targets`: pooled-state solutions within this relative distance are one state, the better fit kept
     # (`leaks.pooled._admit`), and the deflated rounds go on (up to one a sentence) while the time lasts; 0: within
-    # 1e-3, the first kept, 8 rounds. RT batch 64: a state solved twice 5e-3 apart left the deflation one direction
-    # short, 14 of 64 states read; 0.01: 36 in 8 rounds, 64 in 20 (recipes/measured/large_batch_s27/)
+    # `leaks.pooled.SAME` (1e-2 since session 38, 1e-3 before), 8 rounds. RT batch 64: a state solved twice 5e-3
+    # apart left the deflation one direction short, 14 of 64 states read; 0.01: 36 in 8 rounds, 64 in 20
+    # (recipes/measured/large_batch_s27/)
     merge: float = 0.0
     # with `targets`: the most rounds the pooled states are solved in (0: one a sentence with `merge`, else 8). RT
     # batch 64, `merge` 0.01: 41 states in 8 rounds for 97 CPU s, 64 in 20 for ~150 (recipes/measured/large_batch_s28/)
