@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from test_update_repair_slide import _toy as slide_toy
 from textleak.attacks.update_repair import BoxRepair
 from textleak.attacks.update_repair_blocks import KEEP, blocks
@@ -78,3 +80,81 @@ def test_a_sentence_changed_by_a_substitution_tries_no_block_move_in_that_sweep(
     assert got == TRUTH and on["changes"] == 2 and on["blocks_kept"] == 1
     # the batch, KEEP moves of sentence 0; sentence 1: its substitution and the two swaps of the changed token, no block
     assert box.trials - made == 2 + KEEP + 1 + 2
+
+
+def test_at_a_stall_block_moves_wait_for_a_sweep_that_changed_nothing():
+    """`repair_block_at="stall"` (`BoxRepair.block_at`, session 38): sentence 0 needs a block move, sentence 1 a
+    substitution. "sweep" tries sentence 0's block moves in the first sweep (nothing else changed sentence 0 there);
+    "stall" tries none in a sweep that changed anything, so one sweep repairs sentence 1 alone, and the block moves
+    come in the second sweep, which changed nothing else, each sentence's in turn."""
+    wrong = _wrong()
+    wrong[1][2] = 14  # "11 14 13": the substitution 14 -> 12 repairs it
+
+    def box(at: str, sweeps: int) -> BoxRepair:
+        made = _toy(3)
+        made.block_at, made.sweeps = at, sweeps
+        made.options = lambda n: [[t] for t in wrong[0]] if n == len(wrong[0]) else [[101], [11], [14, 12], [13], [102]]
+        return made
+    got, sweep = box("sweep", 1).run(wrong, [0, 0], time.monotonic() + 600, exchange=False)
+    assert got == TRUTH and sweep["blocks_kept"] == 1 and sweep["block_at"] == "sweep"
+    got, one = box("stall", 1).run(wrong, [0, 0], time.monotonic() + 600, exchange=False)
+    assert got == [_wrong()[0], TRUTH[1]] and one["changes"] == 1 and one["blocks_kept"] == 0
+    assert one["block_screened"] == 0  # no block move even screened
+    stall = box("stall", 2)
+    made = stall.trials
+    got, two = stall.run(wrong, [0, 0], time.monotonic() + 600, exchange=False)
+    assert got == TRUTH and two["changes"] == 2 and two["blocks_kept"] == 1 and two["block_at"] == "stall"
+    # the batch; sweep 1: sentence 1's substitution and its two swaps; sweep 2: the same three trials back (none kept),
+    # then KEEP block moves of sentence 0 and all of sentence 1's
+    assert stall.trials - made == 2 + 3 + 3 + KEEP + len(blocks(TRUTH[1], 3))
+
+
+def test_option_repair_block_at_stall_keeps_block_moves_out_of_the_traded_starts_repair(monkeypatch):
+    """With `cls_lengths="race"` (the default) the traded start is repaired first and the untraded one only where
+    that repair stops; `repair_block_at="stall"` repairs the traded start without block moves (session 37: they kept
+    that repair going, and the untraded start, the one kept, had 175 CPU s against 408), the untraded with them;
+    "sweep" repairs both with them. Checked on `update_small_lr.repair_guess` with the starts and the repair stubbed."""
+    from types import SimpleNamespace
+
+    from conftest import embedding_pins
+    from textleak.attacks import update_small_lr
+    from textleak.attacks.update import UpdateExact
+
+    seen, ids = [], [[101, 1, 2, 102], [101, 3, 102]]
+
+    class Spy(BoxRepair):
+        def __init__(self, *args, **kw):
+            self.block, self.vocab, self.layout = kw["block"], args[3], SimpleNamespace(device="cpu")
+
+        def run(self, sequences, labels, deadline, order=None, exchange=True):
+            seen.append((sequences[0][1], self.block, self.block_at))
+            return [list(s) for s in sequences], {"misfit_after": 1e-3 if sequences[0][1] == 7 else 2e-3, "cpu_s": 0.0}
+    monkeypatch.setattr(update_small_lr, "BoxRepair", Spy)
+    monkeypatch.setattr(update_small_lr, "vocabulary", lambda *a: (SimpleNamespace(), None))
+    monkeypatch.setattr(update_small_lr, "_starts", lambda *a: ([[101, 7, 2, 102], [101, 3, 102]], [0, 1]))
+    for name, stub in [("_cls_scores", None), ("layout_for", None), ("ids_to_text", ""), ("declared_batch", 2)]:
+        monkeypatch.setattr(update_small_lr, name, lambda *a, _stub=stub: _stub)
+    for at in ("sweep", "stall"):
+        attack = UpdateExact(repair_block=4, repair_block_at=at)
+        attack._fits = None
+        monkeypatch.setattr(attack, "_layer0", lambda *a: (None, None))
+        monkeypatch.setattr(attack, "_batch_pins", lambda *a: embedding_pins(ids))
+        monkeypatch.setattr(attack, "_certify", lambda *a: None)
+        out = SimpleNamespace(prediction={"token_ids": ids, "labels": [0, 1]}, details={})
+        model = SimpleNamespace(model=None, tokenizer=None)
+        update_small_lr.repair_guess(attack, SimpleNamespace(gradients=None, task="classify"), model, model, None, out, {})
+        assert out.details["cls_lengths_race"]["kept"] == "untraded" and out.prediction["token_ids"][0][1] == 7
+    # (the start's first inner token: 1 the traded start, 7 the untraded one; block; block_at)
+    assert seen == [(1, 4, "sweep"), (7, 4, "sweep"), (1, 0, "stall"), (7, 4, "stall")]
+
+
+@pytest.mark.parametrize("bad", ["x", 1, None])
+def test_option_repair_block_at_is_sweep_or_stall_checked_before_any_work(bad):
+    from textleak.attacks.update import UpdateExact
+    from textleak.errors import InputError
+    from textleak.validate import attack_instance
+
+    assert UpdateExact().repair_block_at == "sweep"
+    assert attack_instance("exact-update", {"repair_block_at": "stall"}, 0).repair_block_at == "stall"
+    with pytest.raises(InputError, match="repair_block_at"):
+        attack_instance("exact-update", {"repair_block_at": bad}, 0)

@@ -71,6 +71,7 @@ from .update_peel import END_SLACK, RISE, UpdatePeeler
 from .update_positions import place_sentence, placement_for
 from .update_rest_rows import RestRows, row_names
 from .update_repair import WIDTH
+from .update_repair_blocks import check_block_at
 from .update_rounding import RoundingFits
 from .update_slots import FIRST_SHARE, slots_first
 from .update_result import certify, described, facts_of, kept_pass
@@ -202,9 +203,11 @@ class UpdateExact(Exact):
     #: token repair: each trial's misfit in scratch buffers, the same to the bit (`BoxRepair.inplace`): on (session 35)
     repair_inplace: bool = True
     #: token repair: slides (a token moved up to N places, `BoxRepair.slide`) and block moves (a run of up to N tokens
-    #: moved in its sentence, screened, `update_repair_blocks`); 0: off (sessions 36, 37)
+    #: moved in its sentence, screened, `update_repair_blocks`); 0: off (sessions 36, 37); `repair_block_at`: when
+    #: block moves are tried, "sweep" (s37) or "stall" (s38; `update_repair_blocks.BLOCK_AT`)
     repair_slide: int = 0
     repair_block: int = 0
+    repair_block_at: str = "sweep"
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
     cls_sweeps: int = 0
@@ -300,6 +303,7 @@ class UpdateExact(Exact):
         check_mode(self.cls_lengths)
         for name in ("repair_slide", "repair_block"):
             integer(getattr(self, name), f"option {name}", minimum=0)
+        check_block_at(self.repair_block_at)
 
     def _reader(self, observation: Observation) -> SpanReader:
         know = observation.knowledge

@@ -42,7 +42,7 @@ from ..core.budget import now as budget_now
 from ..text.layouts import Layout
 from ..text.leaks.residuals import partial_residuals
 from ..text.leaks.spans import LayerSpan
-from .update_repair_blocks import block_step
+from .update_repair_blocks import block_step, block_sweep
 from .update_repair_moves import RepairMoves, missing, slides
 from .update_rounding import RoundingFits
 
@@ -63,6 +63,9 @@ class BoxRepair(RepairMoves):
     #: of least `screen` score weighed; 0: off.
     #: `blocks_kept`: block moves kept; `block_screened`: block moves the screen left out
     block, blocks_kept, block_screened = 0, 0, 0
+    #: option `repair_block_at` (`update_repair_blocks.BLOCK_AT`): "sweep", block moves in each sentence that nothing
+    #: else changed in a sweep; "stall", in every sentence after a sweep that changed nothing (`block_sweep`)
+    block_at = "sweep"
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
                  width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None, move: bool = False,
@@ -227,12 +230,14 @@ class BoxRepair(RepairMoves):
                 self.keep_best(seqs, b, self._screened(seqs, b, [_swapped(seqs[b], p, q) for p, q in sorted(swaps)]))
                 if self.slide > 0:  # option `repair_slide`: a token moved up to `slide` places (`slides`)
                     self.keep_best(seqs, b, self._screened(seqs, b, slides(seqs[b], self.slide)))
-                if self.block > 0 and self._changes == changes:  # option `repair_block`, where nothing else changed it
-                    block_step(self, seqs, b)
+                if self.block > 0 and self.block_at == "sweep" and self._changes == changes:  # nothing else changed it
+                    block_step(self, seqs, b)  # option `repair_block`
                 if self.move and exchange:
                     self._move(seqs)
             if exchange:
                 self._exchange(seqs)
+            if self.block > 0 and self.block_at == "stall" and self._changes == before and self._best > 0:
+                block_sweep(self, seqs, order if order is not None else range(len(seqs)))
             screened, sweeps = (screened + 1, sweeps) if self._screening else (screened, sweeps + 1)
             keeps += [self._keep] if self._screening else []
             if self._changes == before:
@@ -242,16 +247,20 @@ class BoxRepair(RepairMoves):
                     self._keep = min(self.keep, 2 * self._keep)
                     continue
                 self._screening = False  # the screen found nothing more: full sweeps from here
-        return seqs, {"misfit_before": start, "misfit_after": self._best, "sweeps": sweeps, "changes": self._changes,
-                      "trials": self.trials, "width": self.width, "moves": self.moves, "screened_sweeps": screened,
-                      "screened": self.screened, "screen_keeps": keeps, "ran_out": budget_now() >= deadline,
-                      "exchange_trials": self.exchange_trials, "exchange_screened": self.exchange_screened,
-                      "guarded": self.guarded if self.guard is not None else None,
-                      **({"unweighed": self.unweighed} if self.guard_first else {}),
-                      **({"inplace": True} if self.inplace else {}), **({"slide": self.slide} if self.slide else {}),
-                      **({"block": self.block, "blocks_kept": self.blocks_kept, "block_screened": self.block_screened}
-                         if self.block else {}),
+        return seqs, {"misfit_before": start, **self._report(sweeps, screened, keeps, deadline),
                       "cpu_s": round(time.process_time() - began, 1)}
+
+    def _report(self, sweeps: int, screened: int, keeps: list[int], deadline: float) -> dict[str, Any]:
+        """`run`'s report past its start: where the descent stands, its sweeps and what its trials and moves did."""
+        return {"misfit_after": self._best, "sweeps": sweeps, "changes": self._changes,
+                "trials": self.trials, "width": self.width, "moves": self.moves, "screened_sweeps": screened,
+                "screened": self.screened, "screen_keeps": keeps, "ran_out": budget_now() >= deadline,
+                "exchange_trials": self.exchange_trials, "exchange_screened": self.exchange_screened,
+                "guarded": self.guarded if self.guard is not None else None,
+                **({"unweighed": self.unweighed} if self.guard_first else {}),
+                **({"inplace": True} if self.inplace else {}), **({"slide": self.slide} if self.slide else {}),
+                **({"block": self.block, "blocks_kept": self.blocks_kept, "block_screened": self.block_screened,
+                    "block_at": self.block_at} if self.block else {})}
 
     def _screened(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> list[list[int]]:
         """Of sentence b's trials (those `keep_best` would weigh: not the sentence itself, no token of `cover` left

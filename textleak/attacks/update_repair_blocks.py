@@ -24,13 +24,26 @@ going, and the untraded start, the one kept, had 175 CPU s against 408. Off.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from ..core.budget import now as budget_now
+from ..errors import InputError
 
 #: block moves weighed on the box misfit per sentence and sweep (those of least [CLS] score), where the repair's own
 #: screen keeps none (its full sweeps)
 KEEP = 8
+
+#: option `repair_block_at`'s values (`BoxRepair.block_at`): "sweep" (session 37), each sentence that nothing else
+#: changed in a sweep tries its block moves; "stall" (session 38), only a sweep that changed nothing ends with every
+#: sentence's (`block_sweep`), and with `cls_lengths="race"` the traded start's repair tries none
+#: (`update_small_lr.repair_guess`): the moves cost nothing while cheaper changes go on, nor in the start that loses
+BLOCK_AT = ("sweep", "stall")
+
+
+def check_block_at(value: Any) -> None:
+    """Option `repair_block_at`'s value checked before any work (`UpdateExact.check_options`)."""
+    if not isinstance(value, str) or value not in BLOCK_AT:
+        raise InputError(f"option repair_block_at: one of {', '.join(BLOCK_AT)}, got {value!r:.40}")
 
 
 def blocks(seq: Sequence[int], longest: int) -> list[list[int]]:
@@ -53,6 +66,14 @@ def block_step(repair: Any, seqs: list[list[int]], b: int) -> None:
     least box misfit where that lowers the batch's (`repair.keep_best`); counted in `repair.blocks_kept`."""
     if repair.keep_best(seqs, b, screened_blocks(repair, seqs[b])):
         repair.blocks_kept += 1
+
+
+def block_sweep(repair: Any, seqs: list[list[int]], order: Iterable[int]) -> None:
+    """Option `repair_block_at="stall"`: after a sweep of `repair` that changed nothing, each sentence b of `seqs`
+    (changed in place) in `order` in turn takes its best screened block move (`block_step`) where that lowers the
+    batch's misfit; a move kept makes the sweep one that changed something, so the cheaper changes go on from it."""
+    for b in order:
+        block_step(repair, seqs, b)
 
 
 def screened_blocks(repair: Any, seq: Sequence[int]) -> list[list[int]]:
