@@ -141,8 +141,8 @@ def test_option_repair_block_at_stall_keeps_block_moves_out_of_the_traded_starts
         monkeypatch.setattr(attack, "_batch_pins", lambda *a: embedding_pins(ids))
         monkeypatch.setattr(attack, "_certify", lambda *a: None)
         out = SimpleNamespace(prediction={"token_ids": ids, "labels": [0, 1]}, details={})
-        model = SimpleNamespace(model=None, tokenizer=None)
-        update_small_lr.repair_guess(attack, SimpleNamespace(gradients=None, task="classify"), model, model, None, out, {})
+        model, observation = SimpleNamespace(model=None, tokenizer=None), SimpleNamespace(gradients=None, task="classify")
+        update_small_lr.repair_guess(attack, observation, model, model, None, out, {})
         assert out.details["cls_lengths_race"]["kept"] == "untraded" and out.prediction["token_ids"][0][1] == 7
     # (the start's first inner token: 1 the traded start, 7 the untraded one; block; block_at)
     assert seen == [(1, 4, "sweep"), (7, 4, "sweep"), (1, 0, "stall"), (7, 4, "stall")]
