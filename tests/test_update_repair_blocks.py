@@ -141,7 +141,8 @@ def test_option_repair_block_at_stall_keeps_block_moves_out_of_the_traded_starts
         monkeypatch.setattr(attack, "_batch_pins", lambda *a: embedding_pins(ids))
         monkeypatch.setattr(attack, "_certify", lambda *a: None)
         out = SimpleNamespace(prediction={"token_ids": ids, "labels": [0, 1]}, details={})
-        model, observation = SimpleNamespace(model=None, tokenizer=None), SimpleNamespace(gradients=None, task="classify")
+        model = SimpleNamespace(model=None, tokenizer=None)
+        observation = SimpleNamespace(gradients=None, task="classify")
         update_small_lr.repair_guess(attack, observation, model, model, None, out, {})
         assert out.details["cls_lengths_race"]["kept"] == "untraded" and out.prediction["token_ids"][0][1] == 7
     # (the start's first inner token: 1 the traded start, 7 the untraded one; block; block_at)
@@ -154,7 +155,8 @@ def test_option_repair_block_at_is_sweep_or_stall_checked_before_any_work(bad):
     from textleak.errors import InputError
     from textleak.validate import attack_instance
 
-    assert UpdateExact().repair_block_at == "sweep"
+    assert UpdateExact().repair_block_at == "stall"  # the default since session 38 (with repair_block on)
+    assert attack_instance("exact-update", {"repair_block_at": "sweep"}, 0).repair_block_at == "sweep"
     assert attack_instance("exact-update", {"repair_block_at": "stall"}, 0).repair_block_at == "stall"
     with pytest.raises(InputError, match="repair_block_at"):
         attack_instance("exact-update", {"repair_block_at": bad}, 0)

@@ -204,10 +204,10 @@ class UpdateExact(Exact):
     repair_inplace: bool = True
     #: token repair: slides (a token moved up to N places, `BoxRepair.slide`) and block moves (a run of up to N tokens
     #: moved in its sentence, screened, `update_repair_blocks`); 0: off (sessions 36, 37); `repair_block_at`: when
-    #: block moves are tried, "sweep" (s37) or "stall" (s38; `update_repair_blocks.BLOCK_AT`)
+    #: block moves are tried, "sweep" (s37) or "stall" (s38, the default; `update_repair_blocks.BLOCK_AT`)
     repair_slide: int = 0
     repair_block: int = 0
-    repair_block_at: str = "sweep"
+    repair_block_at: str = "stall"
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
     cls_sweeps: int = 0

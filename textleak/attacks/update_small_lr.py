@@ -68,7 +68,7 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
                        width=getattr(attack, "repair_width", WIDTH), inplace=getattr(attack, "repair_inplace", True),
                        slide=int(getattr(attack, "repair_slide", 0) or 0),
                        block=int(getattr(attack, "repair_block", 0) or 0))
-    repair.block_at = getattr(attack, "repair_block_at", "sweep")
+    repair.block_at = getattr(attack, "repair_block_at", "stall")
     untraded = None
     if getattr(pins, "order", None) is not None:
         untraded = _starts(attack, target, pins, repair, out, gate["cls_screen_reserve"])
