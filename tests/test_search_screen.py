@@ -20,9 +20,10 @@ def wide_target(tmp_path_factory):
     return _wide_model(tmp_path_factory.mktemp("wide-bert-screen"), "classify")
 
 
-def test_the_screen_rescores_each_prefix_s_least_and_reads_the_rest_as_inf(wide_target):
+def test_the_screen_rescores_each_prefix_s_least_and_reads_the_rest_as_inf(wide_target, monkeypatch):
     """Each prefix keeps its K least under the bfloat16 screen, scored as the unscreened call scores them (the
-    true token among them, least), the other candidates inf."""
+    true token among them, least), the other candidates inf (the calls screened whatever their size)."""
+    monkeypatch.setattr(leaks.slots, "SCREEN_PAIRS", 0, raising=False)
     texts = ["the dog sat on the mat .", "a small bird sang"]
     cap = textleak.capture_gradients(wide_target, texts, labels=[1, 0])
     layout, seq = layout_for(wide_target.model), cap.reference.token_ids[0]
@@ -44,9 +45,10 @@ def test_the_screen_rescores_each_prefix_s_least_and_reads_the_rest_as_inf(wide_
 
 def test_settle_screens_with_the_search_s_count_and_still_recovers(wide_target, monkeypatch):
     """`exact` with `search_screen=2` passes the count to every settling call, screens the beam's wide steps, and still recovers the batch,
-    certified; `auto` takes `SEARCH_SCREEN` only where bfloat16 is fast."""
+    certified; `auto` takes `SEARCH_SCREEN` only where bfloat16 is fast (the calls screened whatever their size)."""
     from textleak.core.device import screen_count
 
+    monkeypatch.setattr(leaks.slots, "SCREEN_PAIRS", 0, raising=False)
     seen, rough = [], []
     plain = seeds.slot_residuals
 
@@ -75,3 +77,37 @@ def test_search_screen_takes_a_count_or_auto():
         for bad in ("some", -1):
             with pytest.raises(InputError):
                 attack_instance(name, {"search_screen": bad}, 0)
+
+
+def test_inside_the_table_the_screen_runs_a_bfloat16_copy_and_small_calls_are_not_screened(wide_target, monkeypatch):
+    """Inside `layer0_table` a screened call runs layer 0's bfloat16 copy, made once for the block (no autocast, which
+    casts the weights on every call), and keeps the float32 least; a call of fewer than `SCREEN_PAIRS` pairs is
+    scored as without the screen."""
+    texts = ["the dog sat on the mat .", "a small bird sang"]
+    cap = textleak.capture_gradients(wide_target, texts, labels=[1, 0])
+    layout, seq = layout_for(wide_target.model), cap.reference.token_ids[0]
+    span1 = leaks.layer_span(layout, cap.gradients.gradients, 1)
+    p, options = 3, torch.arange(5, wide_target.model.config.vocab_size)
+    prefixes, suffix = torch.tensor([seq[:p]] * 2), torch.tensor([seq[p + 1:]] * 2)
+    autocasts: list[bool] = []
+    plain_autocast = torch.autocast
+
+    def spy(*args, enabled=True, **kw):
+        autocasts.append(enabled)
+        return plain_autocast(*args, enabled=enabled, **kw)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    with leaks.layer0_table(layout, len(seq)):
+        plain = leaks.slot_residuals(layout, span1, prefixes, options, suffix)
+        assert 2 * len(options) < leaks.slots.SCREEN_PAIRS
+        assert torch.equal(leaks.slot_residuals(layout, span1, prefixes, options, suffix, screen=3), plain)
+        monkeypatch.setattr(leaks.slots, "SCREEN_PAIRS", 2 * len(options))
+        screened = leaks.slot_residuals(layout, span1, prefixes, options, suffix, screen=3)
+        table = leaks.slots._TABLE.get()
+        block = table.rough_block()
+        assert block is table.rough_block() and block.query.weight.dtype == torch.bfloat16
+        assert layout.block(0).query.weight.dtype == torch.float32  # the model itself untouched
+    assert torch.isfinite(screened).sum(1).tolist() == [3, 3] and not any(autocasts)
+    assert (options[screened.argmin(1)] == seq[p]).all()
+    kept = torch.isfinite(screened)
+    assert torch.allclose(screened[kept], plain[kept], rtol=1e-5, atol=1e-12)

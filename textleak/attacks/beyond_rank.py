@@ -54,7 +54,8 @@ shortest first), `sweep_defer` (tracks of 10+ tokens farther than this from thei
 settle: 0.3; 0: off), `sweep_screen` (each sweep position's candidates screened with the model at bfloat16, this
 many rescored at float32; "auto", the default: 4 where bfloat16 is fast, AMX or CUDA, else 0), `draft_bfloat16` (the
 drafts' relaxation under bfloat16 autocast where bfloat16 is fast, each draft kept on its float32 distance: on),
-`sweep_release` (the held tracks let go once this share of the sweeps' time is spent: 0, off).
+`sweep_release` (the held tracks let go once this share of the sweeps' time is spent: 0, off), `certify_lean` (the
+sentence spans read lean: each sentence once, the query site first: off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -218,6 +219,10 @@ class BeyondRank(Exact):
     # with `sweep_defer`: the held pairs let go for good once this share of the sweeps' time is spent (0: off), not
     # only once the others settle, which at 450 CPU s they never do (large_batch_s36/). Off
     sweep_release: float = 0.0
+    # the sentence spans read lean (`SentenceSpans.lean`): each sentence's verdict kept for the whole attack, the new
+    # ones read shortest first and at the query site first (the last layer run only for those that pass there); the
+    # settled sentences `take` will certify read together (`SentenceSearch.settle`): the same test, fewer forwards. Off
+    certify_lean: bool = False
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
@@ -237,7 +242,8 @@ class BeyondRank(Exact):
                 "pooled_iters": self.pooled_iters, "drafts": self.drafts, "hit": self.hit,
                 "draft_keep": self.draft_keep, "draft_pack": self.draft_pack, "draft_spend": self.draft_spend,
                 "sweep_order": self.sweep_order, "sweep_defer": self.sweep_defer, "sweep_screen": self.sweep_screen,
-                "draft_bfloat16": self.draft_bfloat16, "sweep_release": self.sweep_release}
+                "draft_bfloat16": self.draft_bfloat16, "sweep_release": self.sweep_release,
+                "certify_lean": self.certify_lean}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -247,6 +253,7 @@ class BeyondRank(Exact):
             resume: bool = False, progress: bool = True) -> AttackOutput:
         t0 = time.perf_counter()
         layout, spans = self._setup(observation, target)
+        spans.lean = bool(self.certify_lean)
         grads, tok = observation.gradients, target.tokenizer
         lengths, assumed, notes = self._lengths_past_limit(observation, target, spans)
         vocab, vocab_source = vocabulary(layout, grads, tok, observation.task)

@@ -55,11 +55,14 @@ class SentenceSearch(Search):
 
     def settle(self, seqs: list[list[int]], known: Sequence[list[int]] = ()) -> list[list[int]]:
         """`Search.settle`, skipped once the budget has run out: past the limit one round settles
-        hundreds of seeds, and the budget is otherwise checked only between lengths."""
+        hundreds of seeds, and the budget is otherwise checked only between lengths. With the spans read lean
+        (`certify_lean`: verdicts kept), the settled sentences `take` will certify are read together first."""
         if budget.expired():
             return [list(s) for s in seqs]
         settled = super().settle(seqs, known)
         self.screen_round(list(seqs) + settled)
+        if not self.span1.exact and self.spans.lean:  # what `take` will ask, read in one padded forward
+            self.spans.certifies(self.layout, [s for s in settled if len(s) in self.missing and s not in self.found])
         return settled
 
     def screen_round(self, seqs: list[list[int]]) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from ...core import budget
 from ...text.leaks import slot_residuals
+from ...text.leaks import slots
 from .sequences import follows, resembles
 
 if TYPE_CHECKING:
@@ -67,12 +68,12 @@ def beam(search: "Search", wanted: dict[int, int], widen: int = 1) -> dict[int, 
 def step_totals(search: "Search", beams: torch.Tensor, scores: torch.Tensor, options: torch.Tensor, width: int,
                 barred: torch.Tensor) -> torch.Tensor:
     """Each (beam [W, p], option [c]) pair's prefix score: the beam's `scores` [W] plus the option's slot residual,
-    flattened [W x c], inf where `barred` [W x c]. With `search.slot_screen` > 0 and more than 2 x `width` pairs,
-    every pair is scored under bfloat16 autocast first and only the 2 x `width` least totals are rescored as without
-    the screen (the rest inf): the beam's choice of its `width` is then float32's wherever those are among the
-    screen's."""
+    flattened [W x c], inf where `barred` [W x c]. With `search.slot_screen` > 0 and more than 2 x `width` pairs (and
+    at least `leaks.slots.SCREEN_PAIRS`), every pair is scored at bfloat16 first and only the 2 x `width` least totals
+    are rescored as without the screen (the rest inf): the beam's choice of its `width` is then float32's wherever
+    those are among the screen's."""
     layout, span1, W, c = search.layout, search.span1, len(beams), len(options)
-    rough = search.slot_screen > 0 and W * c > 2 * width
+    rough = search.slot_screen > 0 and W * c > 2 * width and W * c >= slots.SCREEN_PAIRS
 
     def scored(rows: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
         return torch.cat([slot_residuals(layout, span1, rows[i:i + 64], cands if cands.dim() == 1 else cands[i:i + 64],

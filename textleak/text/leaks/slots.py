@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 from typing import Sequence
 
 import torch
 
-from ..layouts import Layout
+from ..layouts import Block, Layout, layout_for
 from .spans import LayerSpan
+
+#: a screened call (`screen`, `rough`) runs at bfloat16 only with at least this many (prefix, candidate) pairs; fewer
+#: are scored as without the screen. MiniLM, one thread, AMX, the table's layer-0 rows: see `recipes/measured/
+#: large_batch_s38/search_README.md` (below ~100 pairs the rescoring's second call costs more than bfloat16 saves)
+SCREEN_PAIRS = 192
 
 
 class _Layer0Table:
@@ -30,6 +36,15 @@ class _Layer0Table:
         self.lookup = torch.full((layout.word_embeddings.num_embeddings,), -1, dtype=torch.long, device=dev)
         self.store = torch.empty(0, length, 4, layout.hidden_size, dtype=dtype, device=dev)
         self.tokens = torch.empty(0, dtype=torch.long, device=dev)
+        self._rough: Block | None = None
+
+    def rough_block(self) -> Block:
+        """Layer 0 of a bfloat16 copy of the model, made on first use and kept for the block (its weights cast
+        once, not on every call as under autocast)."""
+        if self._rough is None:
+            twin = copy.deepcopy(self.layout.model).to(torch.bfloat16)
+            self._rough = layout_for(twin).block(0)
+        return self._rough
 
     def _compute(self, tokens: torch.Tensor, length: int) -> torch.Tensor:
         block = self.layout.block(0)
@@ -108,13 +123,14 @@ def slot_residuals(layout: Layout, span: LayerSpan, prefixes: torch.Tensor, cand
     one token per pair instead of a whole sentence (post-LayerNorm layer, see the module doc);
     inside `layer0_table` even those inputs and projections are looked up, not recomputed.
 
-    `screen` K > 0 (shared candidates, more than K of them): every pair is first scored with the layer run under
-    bfloat16 autocast (`screened`), and only each prefix's K least are scored as without it; the rest read inf.
-    `rough`: every pair scored under bfloat16 autocast only (a screen of the caller's own)."""
+    `screen` K > 0 (shared candidates, more than K of them, at least SCREEN_PAIRS pairs): every pair is first scored
+    with the layer run at bfloat16 (`screened`), and only each prefix's K least are scored as without it; the rest
+    read inf. `rough`: every pair scored at bfloat16 only (a screen of the caller's own)."""
     if span.layer != 1:
         raise ValueError("slot_residuals scores layer-1 inputs (layer 0 run for the slot only)")
     candidates = candidates.to(layout.device)
-    if 0 < screen < candidates.shape[-1] and candidates.dim() == 1:
+    if 0 < screen < candidates.shape[-1] and candidates.dim() == 1 and \
+            len(prefixes) * candidates.shape[-1] >= SCREEN_PAIRS:
         return screened(layout, span, prefixes, candidates, suffix, suffix_at, screen)
     return _slot_scores(layout, span, prefixes, candidates, suffix, suffix_at, rough=rough)
 
@@ -134,9 +150,12 @@ def screened(layout: Layout, span: LayerSpan, prefixes: torch.Tensor, candidates
 
 def _slot_scores(layout: Layout, span: LayerSpan, prefixes: torch.Tensor, candidates: torch.Tensor,
                  suffix: Sequence[int] | torch.Tensor, suffix_at: int | None, rough: bool = False) -> torch.Tensor:
-    """`slot_residuals` unscreened, candidates [c] or [W, c]; `rough`: the layer run under bfloat16 autocast (the
-    span's score outside it, on the float32 layer output)."""
+    """`slot_residuals` unscreened, candidates [c] or [W, c]; `rough`: the layer run at bfloat16 (the span's score on
+    its output cast back to float32): inside `layer0_table`, the table's rows cast and the layer's bfloat16 copy
+    (`_Layer0Table.rough_block`), the softmax at float32; elsewhere under bfloat16 autocast."""
     block = layout.block(0)
+    table = _TABLE.get()
+    twin = rough and table is not None and table.layout.model is layout.model
     dev = layout.device
     prefixes, candidates = prefixes.to(dev), candidates.to(dev)
     W, p = prefixes.shape
@@ -144,8 +163,12 @@ def _slot_scores(layout: Layout, span: LayerSpan, prefixes: torch.Tensor, candid
         torch.as_tensor(list(suffix), dtype=torch.long).reshape(1, -1).to(dev)
     first = p + 1 if suffix_at is None else suffix_at
     own = candidates.dim() == 2  # each prefix its own candidates
-    with torch.no_grad(), torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=rough):
+    with torch.no_grad(), torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=rough and not twin):
         x_new, q, k_new, v_new, k_ctx, v_ctx = _layer0_rows(layout, prefixes, candidates, rows, first)
+        if twin:
+            block = table.rough_block()
+            rows0 = (x_new, q, k_new, v_new, k_ctx, v_ctx)
+            x_new, q, k_new, v_new, k_ctx, v_ctx = (t.to(torch.bfloat16) for t in rows0)
         c, H = x_new.shape[-2:]
         heads = block.heads
         d = H // heads
@@ -159,8 +182,11 @@ def _slot_scores(layout: Layout, span: LayerSpan, prefixes: torch.Tensor, candid
         scale = d ** -0.5
         logits_ctx = torch.einsum("wchd,wmhd->wchm" if own else "chd,wmhd->wchm", q, k_ctx) * scale  # [W, c, h, m]
         logit_self = (q * k_new).sum(-1).mul(scale).expand(W, c, heads).unsqueeze(-1)  # [W, c, h, 1]
-        weights = torch.softmax(torch.cat([logits_ctx, logit_self.to(logits_ctx.dtype)], -1), -1)
+        logits = torch.cat([logits_ctx, logit_self.to(logits_ctx.dtype)], -1)
+        weights = torch.softmax(logits.float() if twin else logits, -1)
         ctx = torch.einsum("wchm,wmhd->wchd", weights[..., :m], v_ctx.to(weights.dtype)) + weights[..., m:] * v_new
+        if twin:
+            ctx = ctx.to(torch.bfloat16)
         x = x_new.expand(W, c, H).reshape(W * c, H)
         a = block.attention_output(ctx.reshape(W * c, H), x)
         h = block.feed_forward(a)
