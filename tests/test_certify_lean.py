@@ -16,14 +16,11 @@ from test_beyond_rank import FAST, LABELS, TEXTS, _model, _observation
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory):
+def batch(tmp_path_factory):
+    """(the tiny BERT past the rank limit, its capture of TEXTS): `test_beyond_rank`'s batch."""
     torch.set_num_threads(1)
-    return _model(tmp_path_factory.mktemp("lean-bert"), "classify")
-
-
-@pytest.fixture(scope="module")
-def capture(target):
-    return textleak.capture_gradients(target, TEXTS, labels=LABELS, seed=1)
+    model = _model(tmp_path_factory.mktemp("lean-bert"), "classify")
+    return model, textleak.capture_gradients(model, TEXTS, labels=LABELS, seed=1)
 
 
 def _counting(monkeypatch) -> list[tuple[tuple[str, ...], list[int]]]:
@@ -39,7 +36,8 @@ def _counting(monkeypatch) -> list[tuple[tuple[str, ...], list[int]]]:
     return forwards
 
 
-def test_lean_verdicts_are_the_fresh_ones_each_sentence_read_once_query_first(target, capture, monkeypatch):
+def test_lean_verdicts_are_the_fresh_ones_each_sentence_read_once_query_first(batch, monkeypatch):
+    target, capture = batch
     layout, grads, seqs = layout_for(target.model), capture.gradients.gradients, capture.reference.token_ids
     fresh = leaks.sentence_spans(layout, grads, len(TEXTS), "classify")
     lean = leaks.sentence_spans(layout, grads, len(TEXTS), "classify")
@@ -67,7 +65,8 @@ def test_lean_verdicts_are_the_fresh_ones_each_sentence_read_once_query_first(ta
     assert lean.certifies(layout, [list(seqs[1])]) == fresh.certifies(layout, [list(seqs[1])]) == [False]
 
 
-def test_the_option_makes_the_spans_lean(target, capture, monkeypatch):
+def test_the_option_makes_the_spans_lean(batch, monkeypatch):
+    target, capture = batch
     seen: list[bool] = []
     plain = sentences.SentenceSpans.certifies
 
