@@ -134,3 +134,22 @@ def test_sweep_release_lets_the_held_pairs_go_once_its_share_of_the_time_is_spen
     assert _wide_finisher(batch, sweep_release=0.5).sweep_release == 0.5 and _wide_finisher(batch).sweep_release == 0
     with pytest.raises(InputError, match="sweep_release"):
         ATTACKS.get("beyond_rank")(sweep_release=1.5).check_options()
+
+
+def test_sweeps_go_on_until_a_round_changes_nothing_unless_capped(batch, monkeypatch):
+    """Session 38: the descent's rounds were capped at 8, which a 1200 CPU s batch-64 run reached with 140 CPU s left
+    and its pairs still changing; now they go on until a round changes nothing (`sweeps` still caps them where set)."""
+    layout, grads, truth, pins, tracks, specials = _two_off_setting(batch, 1)
+    calls = []
+
+    def sweep(self, seq, target, options, best):  # every pair gains in each of the first 12 rounds, then none
+        calls.append(1)
+        return seq, best * (0.99 if len(calls) <= 12 * len(truth) else 1.0)
+    monkeypatch.setattr(TargetDescent, "_sweep", sweep)
+    rounds = {}
+    for cap in (None, 8):
+        calls.clear()
+        descent = TargetDescent(layout, grads, len(truth), specials, **({} if cap is None else {"sweeps": cap}))
+        descent.run([list(t) for t in tracks], [], pins.allowed)
+        rounds[cap] = descent.report["rounds"]
+    assert rounds == {None: 13, 8: 8}

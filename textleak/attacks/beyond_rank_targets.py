@@ -33,6 +33,7 @@ their states), SST-2 unchanged.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections import Counter
@@ -104,10 +105,10 @@ class TargetDescent:
     stand at position p. `report` says how many states were read and how many tracks reached one."""
 
     def __init__(self, layout: Layout, gradients: dict, rank: int, specials: set[int], seed: int = 0,
-                 sweeps: int = 8, invert: Any = None, pooled: Any = None, lengths: bool = False, guided: int = 0,
-                 merge: float = 0.0, rounds: int = 0, pairing: float = 0.0, iters: int = 0, drafts: int = 0,
-                 bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0, draft_pack: bool = False,
-                 draft_spend: bool = False, order: str = "batch", defer: float = 0.0,
+                 sweeps: int | None = None, invert: Any = None, pooled: Any = None, lengths: bool = False,
+                 guided: int = 0, merge: float = 0.0, rounds: int = 0, pairing: float = 0.0, iters: int = 0,
+                 drafts: int = 0, bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0,
+                 draft_pack: bool = False, draft_spend: bool = False, order: str = "batch", defer: float = 0.0,
                  defer_length: int = DEFER_LENGTH, screen: int | str = 0, draft_bfloat16: bool = False,
                  release: float = 0.0):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
@@ -126,7 +127,7 @@ class TargetDescent:
         self.lengths = lengths  # a stalled sweep tries every one-token deletion and insertion (`_resized`)
         self.resized, self.stalls = 0, 0  # length changes kept; sweeps that changed no single token
         self.swept: dict[str, int] = {}  # `_sweeps`' rounds, pair sweeps, pairs never swept, sweeps of a stalled pair
-        self.rng, self.sweeps = random.Random(seed), sweeps
+        self.rng, self.sweeps = random.Random(seed), sweeps  # most rounds of sweeps (None: till one changes nothing)
         self.invert = invert  # a `beyond_rank_invert.StateInversion`: short lengths inverted first
         self.pooled = pooled  # the `leaks.pooled` states, where they were read already (`beyond_rank_first`)
         self.merge = merge  # `leaks.pooled.pooled_states`' merge, with up to `rank` rounds (0: off, 8 rounds)
@@ -204,7 +205,8 @@ class TargetDescent:
 
     def _sweeps(self, tracks: list[list[int]], pairs: Sequence[tuple[int, torch.Tensor, float]],
                 best: dict[int, float], options: Sequence[list[int]]) -> None:
-        """Exhaustive sweeps (`_sweep`), the pairs in turn, until a round changes nothing. With `defer`, a round
+        """Exhaustive sweeps (`_sweep`), the pairs in turn, until a round changes nothing (or `sweeps` rounds, where
+        set; until session 38 8, which a 1200 CPU s run reached with time left). With `defer`, a round
         holds back the long tracks far from their states (`_held`) until a round of the others changes nothing;
         the next round sweeps them too. With `release` (F), the held pairs are let go for good once F of the
         budget's time left as the sweeps began is spent (`_released`). `swept` counts the rounds begun, the pair
@@ -213,10 +215,13 @@ class TargetDescent:
         sweeps made after the release)."""
         done, still, touched = Counter(), set(), set()  # counts; pairs whose last sweep changed nothing; swept
         release, late = False, self._released()  # this round sweeps the held pairs too; the release's test
-        for k in range(self.sweeps):
+        for k in itertools.count():
+            if self.sweeps is not None and k >= self.sweeps:
+                break
             changed = False
             done["rounds"] += 1
-            held = set() if release or late() or k == self.sweeps - 1 else self._held(tracks, best)
+            last = self.sweeps is not None and k == self.sweeps - 1
+            held = set() if release or late() or last else self._held(tracks, best)
             for r, target, _ in self._ordered(pairs, tracks, best):
                 if budget.expired():
                     break
