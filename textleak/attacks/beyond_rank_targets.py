@@ -64,6 +64,10 @@ PAIR = 3
 #: CPU s and lost bigrams (33 sweeps, F2 summed -1.28; the rest +2.30 in 95 CPU s), CoLA dev 0 91 of 251 (-0.53;
 #: the rest +5.91), while second sweeps of the rest still gained (CoLA +3.04 in 33)
 DEFER_LENGTH = 10
+#: with `defer`: from this round of sweeps on no pair is held back. Until session 38 the rounds stopped here, the last
+#: one sweeping the held pairs; CoLA 0 batch 64 at 1200 CPU s stopped there with 142 CPU s left (67.0 / 45.4), and
+#: rounds that went on holding them read 61.4 / 47.0, 25 pairs never swept (recipes/measured/large_batch_s38/)
+RELEASE_ROUND = 8
 #: `sweep_screen="auto"` where bfloat16 is fast: the 4 nearest of each sweep position's candidates at bfloat16
 #: rescored at float32 (batch 64 at 450 CPU s side by side, large_batch_s36/: CoLA 0 58.1/36.4 -> 60.7/41.2, SST-2 0
 #: 49.5/30.9 -> 50.1/32.0, RT 0 28.2/11.1 -> 29.5/11.0; 1.6-1.8x as many pair sweeps)
@@ -206,13 +210,13 @@ class TargetDescent:
     def _sweeps(self, tracks: list[list[int]], pairs: Sequence[tuple[int, torch.Tensor, float]],
                 best: dict[int, float], options: Sequence[list[int]]) -> None:
         """Exhaustive sweeps (`_sweep`), the pairs in turn, until a round changes nothing (or `sweeps` rounds, where
-        set; until session 38 8, which a 1200 CPU s run reached with time left). With `defer`, a round
-        holds back the long tracks far from their states (`_held`) until a round of the others changes nothing;
-        the next round sweeps them too. With `release` (F), the held pairs are let go for good once F of the
-        budget's time left as the sweeps began is spent (`_released`). `swept` counts the rounds begun, the pair
-        sweeps, the pairs never swept (not within `hit`), the sweeps of a pair whose last sweep changed nothing
-        ("again") and, with `defer`, the pairs the last round held back ("held"; with `release`, "released": the
-        sweeps made after the release)."""
+        set; until session 38 8, which a 1200 CPU s run reached with time left). With `defer`, a round holds back
+        the long tracks far from their states (`_held`) until a round of the others changes nothing; the next round
+        sweeps them too, as does every round from the RELEASE_ROUND-th on. With `release` (F), the held pairs are
+        let go for good once F of the budget's time left as the sweeps began is spent (`_released`). `swept` counts
+        the rounds begun, the pair sweeps, the pairs never swept (not within `hit`), the sweeps of a pair whose last
+        sweep changed nothing ("again") and, with `defer`, the pairs the last round held back ("held"; with
+        `release`, "released": the sweeps made after the release)."""
         done, still, touched = Counter(), set(), set()  # counts; pairs whose last sweep changed nothing; swept
         release, late = False, self._released()  # this round sweeps the held pairs too; the release's test
         for k in itertools.count():
@@ -220,7 +224,7 @@ class TargetDescent:
                 break
             changed = False
             done["rounds"] += 1
-            last = self.sweeps is not None and k == self.sweeps - 1
+            last = k >= RELEASE_ROUND - 1 or (self.sweeps is not None and k == self.sweeps - 1)
             held = set() if release or late() or last else self._held(tracks, best)
             for r, target, _ in self._ordered(pairs, tracks, best):
                 if budget.expired():
