@@ -158,9 +158,7 @@ class BeyondRank(Exact):
     guided: int = 0
     # with `targets`: pooled-state solutions within this relative distance are one state, the better fit kept
     # (`leaks.pooled._admit`), and the deflated rounds go on (up to one a sentence) while the time lasts; 0: within
-    # `leaks.pooled.SAME` (1e-2 since session 38, 1e-3 before), 8 rounds. RT batch 64: a state solved twice 5e-3
-    # apart left the deflation one direction short, 14 of 64 states read; 0.01: 36 in 8 rounds, 64 in 20
-    # (recipes/measured/large_batch_s27/)
+    # `leaks.pooled.SAME` (1e-2; 1e-3 before session 38), 8 rounds. RT batch 64, 0.01: 36 in 8 rounds, 64 in 20 (s27)
     merge: float = 0.0
     # with `targets`: the most rounds the pooled states are solved in (0: one a sentence with `merge`, else 8). RT
     # batch 64, `merge` 0.01: 41 states in 8 rounds for 97 CPU s, 64 in 20 for ~150 (recipes/measured/large_batch_s28/)
@@ -219,9 +217,8 @@ class BeyondRank(Exact):
     # with `sweep_defer`: the held pairs let go for good once this share of the sweeps' time is spent (0: off), not
     # only once the others settle, which at 450 CPU s they never do (large_batch_s36/). Off
     sweep_release: float = 0.0
-    # the sentence spans read lean (`SentenceSpans.lean`): each sentence's verdict kept for the whole attack, the new
-    # ones read shortest first and at the query site first (the last layer run only for those that pass there); the
-    # settled sentences `take` will certify read together (`SentenceSearch.settle`): the same test, fewer forwards. Off
+    # the sentence spans read lean (`SentenceSpans.lean`): verdicts kept, new sentences shortest first and at the query
+    # site first, `take`'s settled sentences read together (`SentenceSearch.settle`): the same test, fewer forwards. Off
     certify_lean: bool = False
 
     def check_options(self) -> None:
