@@ -219,9 +219,7 @@ class TargetDescent:
         `release`, "released": the sweeps made after the release)."""
         done, still, touched = Counter(), set(), set()  # counts; pairs whose last sweep changed nothing; swept
         release, late = False, self._released()  # this round sweeps the held pairs too; the release's test
-        for k in itertools.count():
-            if self.sweeps is not None and k >= self.sweeps:
-                break
+        for k in itertools.count() if self.sweeps is None else range(self.sweeps):
             changed = False
             done["rounds"] += 1
             last = k >= RELEASE_ROUND - 1 or (self.sweeps is not None and k == self.sweeps - 1)
