@@ -111,3 +111,26 @@ def test_inside_the_table_the_screen_runs_a_bfloat16_copy_and_small_calls_are_no
     assert (options[screened.argmin(1)] == seq[p]).all()
     kept = torch.isfinite(screened)
     assert torch.allclose(screened[kept], plain[kept], rtol=1e-5, atol=1e-12)
+
+
+def test_the_rough_block_is_a_bfloat16_copy_of_layer_0_alone(wide_target, monkeypatch):
+    """`_Layer0Table.rough_block` copies layer 0 alone (not the whole model), casts the copy to bfloat16, leaves the
+    model as it was and computes what layer 0 computes, to bfloat16's precision."""
+    layout = layout_for(wide_target.model)
+    copied, plain_copy = [], leaks.slots.copy.deepcopy
+
+    def spy(obj, *args):
+        copied.append(obj)
+        return plain_copy(obj, *args)
+
+    monkeypatch.setattr(leaks.slots.copy, "deepcopy", spy)
+    with leaks.layer0_table(layout, 4):
+        rough = leaks.slots._TABLE.get().rough_block()
+    assert len(copied) == 1 and copied[0] is layout.layer(0)
+    assert rough.query.weight.dtype == torch.bfloat16 and rough.query.weight is not layout.block(0).query.weight
+    assert all(p.dtype == torch.float32 for p in wide_target.model.parameters())
+    x = torch.randn(3, wide_target.model.config.hidden_size)
+    exact, block = layout.block(0).query(x), rough.query(x.to(torch.bfloat16)).float()
+    assert torch.allclose(block, exact, rtol=0.05, atol=0.05)
+    h = torch.randn(3, wide_target.model.config.hidden_size)
+    assert torch.allclose(rough.feed_forward(h.to(torch.bfloat16)).float(), layout.block(0).feed_forward(h), atol=0.1)

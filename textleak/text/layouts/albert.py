@@ -47,8 +47,7 @@ class AlbertLayout(Layout):
         group = self._where(k)[0]
         return sum(self._group(a) == group for a in range(int(self.config.num_hidden_layers)))
 
-    def block(self, k: int) -> Block:
-        layer = self.layer(k)
+    def layer_block(self, layer: nn.Module) -> Block:
         attn = layer.attention
         return Block(attn.query, attn.key, attn.value, int(self.config.num_attention_heads),
                      lambda ctx, x: attn.LayerNorm(x + attn.dense(ctx)),

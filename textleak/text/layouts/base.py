@@ -166,6 +166,11 @@ class Layout:
         return 1
 
     def block(self, k: int) -> Block:
+        """Layer k as a `Block`."""
+        return self.layer_block(self.layer(k))
+
+    def layer_block(self, layer: nn.Module) -> Block:
+        """A `Block` over `layer`, a module shaped as this family's `layer(k)` (e.g. a cast copy of one)."""
         raise NotImplementedError
 
     def classifier(self) -> ClassifierHead:

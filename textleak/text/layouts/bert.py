@@ -17,8 +17,7 @@ class BertLayout(Layout):
     def layers(self) -> nn.ModuleList:
         return self.base.encoder.layer
 
-    def block(self, k: int) -> Block:
-        layer = self.layer(k)
+    def layer_block(self, layer: nn.Module) -> Block:
         attn = layer.attention.self
         return Block(attn.query, attn.key, attn.value, int(self.config.num_attention_heads),
                      layer.attention.output, lambda a: layer.output(layer.intermediate(a), a))

@@ -23,8 +23,7 @@ class DistilBertLayout(Layout):
     def layers(self) -> nn.ModuleList:
         return self.base.transformer.layer
 
-    def block(self, k: int) -> Block:
-        layer = self.layer(k)
+    def layer_block(self, layer: nn.Module) -> Block:
         attn = layer.attention
         return Block(attn.q_lin, attn.k_lin, attn.v_lin, int(self.config.n_heads),
                      lambda ctx, x: layer.sa_layer_norm(attn.out_lin(ctx) + x),

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from ..layouts import Block, Layout, layout_for
+from ..layouts import Block, Layout
 from .spans import LayerSpan
 
 #: a screened call (`screen`, `rough`) runs at bfloat16 only with at least this many (prefix, candidate) pairs; fewer
@@ -39,11 +39,10 @@ class _Layer0Table:
         self._rough: Block | None = None
 
     def rough_block(self) -> Block:
-        """Layer 0 of a bfloat16 copy of the model, made on first use and kept for the block (its weights cast
-        once, not on every call as under autocast)."""
+        """A bfloat16 copy of layer 0 (that layer alone), made on first use and kept for the block (its weights
+        cast once, not on every call as under autocast)."""
         if self._rough is None:
-            twin = copy.deepcopy(self.layout.model).to(torch.bfloat16)
-            self._rough = layout_for(twin).block(0)
+            self._rough = self.layout.layer_block(copy.deepcopy(self.layout.layer(0)).to(torch.bfloat16))
         return self._rough
 
     def _compute(self, tokens: torch.Tensor, length: int) -> torch.Tensor:
