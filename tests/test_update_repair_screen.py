@@ -183,6 +183,19 @@ def test_a_repair_that_starts_inside_the_box_runs_no_sweep(setup):
         assert report["sweeps"] == report["screened_sweeps"] == 0 and report["trials"] == len(ids)
 
 
+
+def test_a_repair_stops_weighing_trials_once_a_change_puts_the_batch_inside_the_box(setup):
+    """One token off in the sentence repaired first: the substitution that puts it back leaves misfit 0, after which
+    no trial can be kept, so the sweep weighs nothing more (it went on through every other position, swap, sentence
+    and trade of the sweep before: with a budget, on to its end, reporting it run out at misfit 0)."""
+    wide, observation, ids = setup
+    for kw in ({}, {"move": True}):
+        box, _ = _box(wide, observation, ids, **kw)
+        got, report = box.run(_wrong(ids), LABELS, time.monotonic() + 600, order=[2, 0, 1])
+        assert got == ids and report["misfit_after"] == 0 and report["sweeps"] == 1
+        # the start's 3 gradients and the wrong sentence's first two positions' trials (144 and 56 trades before)
+        assert report["trials"] <= len(ids) + 2 * box.width and report["exchange_trials"] == 0
+
 def _prefers_truth(ids):
     return lambda trials: [0.0 if t in ids else 1.0 for t in trials]
 

@@ -220,6 +220,8 @@ class BoxRepair(RepairMoves):
             if self.move and exchange:
                 self._move(seqs)
             for b in (order if order is not None else range(len(seqs))):
+                if self._best <= 0:  # inside the box within the sweep: nothing left to weigh
+                    break
                 options, changes = self.options(len(seqs[b])), self._changes
                 for p in range(1, len(seqs[b]) - 1):  # [CLS] and [SEP] stay
                     trials = self._screened(seqs, b, [seqs[b][:p] + [t] + seqs[b][p + 1:] for t in options[p]])
@@ -265,7 +267,9 @@ class BoxRepair(RepairMoves):
     def _screened(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> list[list[int]]:
         """Of sentence b's trials (those `keep_best` would weigh: not the sentence itself, no token of `cover` left
         out), this sweep's `keep` (from `first_keep` where set) of least `screen` score; all where there is no
-        screen or no more than that many."""
+        screen or no more than that many; none once the batch is inside the box."""
+        if self._best <= 0:
+            return []
         if not self._screening:
             return trials
         lacking = missing(seqs, self.cover)
@@ -307,7 +311,9 @@ class BoxRepair(RepairMoves):
     def keep_best(self, seqs: list[list[int]], b: int, trials: list[list[int]],
                   gradient: Callable[[Sequence[int], int], torch.Tensor] | None = None) -> bool:
         """Replace sentence b by the trial of least misfit, if it lowers the batch's; whether it did
-        (`gradient`: as in `begin`)."""
+        (`gradient`: as in `begin`); none once the batch is inside the box (misfit 0: no trial can be kept)."""
+        if self._best <= 0:
+            return False
         below = []
         lacking = missing(seqs, self.cover)
         trials = [t for t in trials if t != seqs[b] and

@@ -65,9 +65,11 @@ class RepairMoves:
     def _exchange(self, seqs: list[list[int]]) -> None:
         """Two sentences trade what they hold at one position, or their whole heads up to it (a
         slot that took another's tokens: each single substitution back is worse); the best trade
-        that lowers the batch's misfit is kept, for each pair of sentences (of `_trades`)."""
+        that lowers the batch's misfit is kept, for each pair of sentences (of `_trades`); none inside the box."""
         for a in range(len(seqs)):
             for b in range(a + 1, len(seqs)):
+                if self._best <= 0:
+                    return
                 below, trades = [], self._trades(seqs, a, b)
                 for (x, y), ok in zip(trades, self._passing([{a: x, b: y} for x, y in trades])):
                     if budget_now() >= self._deadline:
@@ -111,7 +113,8 @@ class RepairMoves:
         token is least supported there (not placed there by the pins, then its rank among the position's options)
         each send it to one of the `MOVE_TARGETS` positions where it ranks above the token standing there (by how
         far), its own place taking one of its first `MOVE_REFILLS` other options; the one move of least box misfit
-        below the batch's, if any, is kept per source (a trial: one gradient per sentence it changes)."""
+        below the batch's, if any, is kept per source (a trial: one gradient per sentence it changes); none inside
+        the box."""
         options = {n: self.options(n) for n in {len(s) for s in seqs}}
         placed = getattr(self.pins, "placed", None) or {}
 
@@ -125,6 +128,8 @@ class RepairMoves:
         spots = [(b, p) for b in range(len(seqs)) for p in range(1, len(seqs[b]) - 1)]
         sources = sorted((s for s in spots if unfit(*s)[1] > 0), key=lambda s: unfit(*s), reverse=True)
         for b, p in sources[:MOVE_SOURCES]:
+            if self._best <= 0:
+                return
             t = seqs[b][p]
             gain = {(c, q): rank(c, q, seqs[c][q]) - rank(c, q, t) for c, q in spots if seqs[c][q] != t}
             targets = sorted((s for s in gain if gain[s] > 0), key=lambda s: -gain[s])[:MOVE_TARGETS]
