@@ -12,6 +12,8 @@ import time
 import pytest
 
 from test_update_repair_slide import _toy as slide_toy
+from textleak.attacks import update_small_lr
+from textleak.attacks.update import UpdateExact
 from textleak.attacks.update_repair import BoxRepair
 from textleak.attacks.update_repair_blocks import KEEP, blocks
 
@@ -35,12 +37,13 @@ def test_blocks_move_one_run_anywhere_and_keep_the_ends():
     assert blocks([101, 1, 1, 102], 4) == []  # moving a token among copies of itself changes nothing
 
 
-def _toy(block: int, screened: bool = True) -> BoxRepair:
+def _toy(block: int, screened: bool = True, at: str = "sweep") -> BoxRepair:
     """The slide tests' toy descent (a sentence's gradient one-hot in (position, token), the box 0, no slides) on this
     module's batch: each position offers only the token standing there in the wrong batch (no substitution can help);
-    the screen counts the positions a trial holds off the true sentence of its length."""
+    the screen counts the positions a trial holds off the true sentence of its length. Block moves at `at` (session
+    37's "sweep" unless told: the tests below that pin a schedule were written for it)."""
     box = slide_toy(0)
-    box.block, box.blocks_kept, box.block_screened = block, 0, 0
+    box.block, box.blocks_kept, box.block_screened, box.block_at = block, 0, 0, at
     box.U = sum(box.gradient(s, 0) for s in TRUTH) / len(TRUTH)
     wrong = _wrong()
     box.options = lambda n: [[t] for t in next(s for s in wrong if len(s) == n)]
@@ -110,49 +113,83 @@ def test_at_a_stall_block_moves_wait_for_a_sweep_that_changed_nothing():
     assert stall.trials - made == 2 + 3 + 3 + KEEP
 
 
-def test_option_repair_block_at_stall_keeps_block_moves_out_of_the_traded_starts_repair(monkeypatch):
-    """With `cls_lengths="race"` (the default) the traded start is repaired first and the untraded one only where
-    that repair stops; `repair_block_at="stall"` repairs the traded start without block moves (session 37: they kept
-    that repair going, and the untraded start, the one kept, had 175 CPU s against 408), the untraded with them;
-    "sweep" repairs both with them. Checked on `update_small_lr.repair_guess` with the starts and the repair stubbed."""
+def _race(monkeypatch, fail: bool = False) -> tuple[list, list]:
+    """`update_small_lr.repair_guess` with the starts and the repair stubbed (`cls_lengths="race"`, the default): a
+    `BoxRepair` spy whose `run` records (the start's first inner token: 1 the traded start, 7 the untraded one; block;
+    block_at) and, with `fail`, raises in the traded start's repair. Returns the records and the spies made."""
     from types import SimpleNamespace
 
-    from conftest import embedding_pins
-    from textleak.attacks import update_small_lr
-    from textleak.attacks.update import UpdateExact
-
-    seen, ids = [], [[101, 1, 2, 102], [101, 3, 102]]
+    seen, made = [], []
 
     class Spy(BoxRepair):
         def __init__(self, *args, **kw):
             self.block, self.vocab, self.layout = kw["block"], args[3], SimpleNamespace(device="cpu")
+            made.append(self)
 
         def run(self, sequences, labels, deadline, order=None, exchange=True):
             seen.append((sequences[0][1], self.block, self.block_at))
+            if fail and sequences[0][1] == 1:
+                raise RuntimeError("the traded start's repair failed")
             return [list(s) for s in sequences], {"misfit_after": 1e-3 if sequences[0][1] == 7 else 2e-3, "cpu_s": 0.0}
     monkeypatch.setattr(update_small_lr, "BoxRepair", Spy)
     monkeypatch.setattr(update_small_lr, "vocabulary", lambda *a: (SimpleNamespace(), None))
     monkeypatch.setattr(update_small_lr, "_starts", lambda *a: ([[101, 7, 2, 102], [101, 3, 102]], [0, 1]))
     for name, stub in [("_cls_scores", None), ("layout_for", None), ("ids_to_text", ""), ("declared_batch", 2)]:
         monkeypatch.setattr(update_small_lr, name, lambda *a, _stub=stub: _stub)
+    return seen, made
+
+
+def _guess(monkeypatch, at: str):
+    """`repair_guess` run once on the stubs of `_race` with `repair_block=4`, `repair_block_at=at`; its output."""
+    from types import SimpleNamespace
+
+    from conftest import embedding_pins
+
+    ids = [[101, 1, 2, 102], [101, 3, 102]]
+    attack = UpdateExact(repair_block=4, repair_block_at=at)
+    attack._fits = None
+    monkeypatch.setattr(attack, "_layer0", lambda *a: (None, None))
+    monkeypatch.setattr(attack, "_batch_pins", lambda *a: embedding_pins(ids))
+    monkeypatch.setattr(attack, "_certify", lambda *a: None)
+    out = SimpleNamespace(prediction={"token_ids": ids, "labels": [0, 1]}, details={})
+    model = SimpleNamespace(model=None, tokenizer=None)
+    update_small_lr.repair_guess(attack, SimpleNamespace(gradients=None, task="classify"), model, model, None, out, {})
+    return out
+
+
+def test_option_repair_block_at_stall_keeps_block_moves_out_of_the_traded_starts_repair(monkeypatch):
+    """With `cls_lengths="race"` (the default) the traded start is repaired first and the untraded one only where
+    that repair stops; `repair_block_at="stall"` repairs the traded start without block moves (session 37: they kept
+    that repair going, and the untraded start, the one kept, had 175 CPU s against 408), the untraded with them;
+    "sweep" repairs both with them. Checked on `update_small_lr.repair_guess` with the starts and the repair stubbed."""
+    seen, _ = _race(monkeypatch)
     for at in ("sweep", "stall"):
-        attack = UpdateExact(repair_block=4, repair_block_at=at)
-        attack._fits = None
-        monkeypatch.setattr(attack, "_layer0", lambda *a: (None, None))
-        monkeypatch.setattr(attack, "_batch_pins", lambda *a: embedding_pins(ids))
-        monkeypatch.setattr(attack, "_certify", lambda *a: None)
-        out = SimpleNamespace(prediction={"token_ids": ids, "labels": [0, 1]}, details={})
-        model = SimpleNamespace(model=None, tokenizer=None)
-        observation = SimpleNamespace(gradients=None, task="classify")
-        update_small_lr.repair_guess(attack, observation, model, model, None, out, {})
+        out = _guess(monkeypatch, at)
         assert out.details["cls_lengths_race"]["kept"] == "untraded" and out.prediction["token_ids"][0][1] == 7
     # (the start's first inner token: 1 the traded start, 7 the untraded one; block; block_at)
     assert seen == [(1, 4, "sweep"), (7, 4, "sweep"), (1, 0, "stall"), (7, 4, "stall")]
 
 
+def test_the_traded_starts_repair_failing_leaves_the_block_moves_on(monkeypatch):
+    """`repair_guess` turns block moves off for the traded start's repair (`blocks_off`) and back on after it, an
+    exception's way out included (session 39; the repair's `block` stayed 0 before)."""
+    seen, made = _race(monkeypatch, fail=True)
+    with pytest.raises(RuntimeError, match="traded start"):
+        _guess(monkeypatch, "stall")
+    assert seen == [(1, 0, "stall")] and made[0].block == 4
+
+
+def test_the_block_at_default_is_one_value_the_repair_and_the_option_share():
+    """`BoxRepair.block_at` and the option `repair_block_at` default to one value, "stall" since session 38 (the
+    class read "sweep", session 37's, where the option read "stall"; both from `BLOCK_AT_DEFAULT` since session 39)."""
+    assert BoxRepair.block_at == UpdateExact().repair_block_at == "stall"
+    from textleak.attacks.update_repair_blocks import BLOCK_AT_DEFAULT
+
+    assert BLOCK_AT_DEFAULT == "stall"
+
+
 @pytest.mark.parametrize("bad", ["x", 1, None])
 def test_option_repair_block_at_is_sweep_or_stall_checked_before_any_work(bad):
-    from textleak.attacks.update import UpdateExact
     from textleak.errors import InputError
     from textleak.validate import attack_instance
 

@@ -71,7 +71,7 @@ from .update_peel import END_SLACK, RISE, UpdatePeeler
 from .update_positions import place_sentence, placement_for
 from .update_rest_rows import RestRows, row_names
 from .update_repair import WIDTH
-from .update_repair_blocks import check_block_at
+from .update_repair_blocks import BLOCK_AT_DEFAULT, check_block_at
 from .update_rounding import RoundingFits
 from .update_slots import FIRST_SHARE, slots_first
 from .update_result import certify, described, facts_of, kept_pass
@@ -207,7 +207,7 @@ class UpdateExact(Exact):
     #: block moves are tried, "sweep" (s37) or "stall" (s38, the default; `update_repair_blocks.BLOCK_AT`)
     repair_slide: int = 0
     repair_block: int = 0
-    repair_block_at: str = "stall"
+    repair_block_at: str = BLOCK_AT_DEFAULT
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
     cls_sweeps: int = 0

@@ -42,7 +42,7 @@ from ..core.budget import now as budget_now
 from ..text.layouts import Layout
 from ..text.leaks.residuals import partial_residuals
 from ..text.leaks.spans import LayerSpan
-from .update_repair_blocks import block_step, block_sweep
+from .update_repair_blocks import BLOCK_AT_DEFAULT, block_step, block_sweep
 from .update_repair_moves import RepairMoves, missing, slides
 from .update_rounding import RoundingFits
 
@@ -64,8 +64,9 @@ class BoxRepair(RepairMoves):
     #: `blocks_kept`: block moves kept; `block_screened`: block moves the screen left out
     block, blocks_kept, block_screened = 0, 0, 0
     #: option `repair_block_at` (`update_repair_blocks.BLOCK_AT`): "sweep", block moves in each sentence that nothing
-    #: else changed in a sweep; "stall", in every sentence after a sweep that changed nothing (`block_sweep`)
-    block_at = "sweep"
+    #: else changed in a sweep; "stall" (the default, `BLOCK_AT_DEFAULT`), in every sentence after a sweep that changed
+    #: nothing (`block_sweep`)
+    block_at = BLOCK_AT_DEFAULT
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
                  width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None, move: bool = False,

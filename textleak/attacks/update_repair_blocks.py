@@ -24,7 +24,8 @@ going, and the untraded start, the one kept, had 175 CPU s against 408. Off.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence
 
 from ..core.budget import now as budget_now
 from ..errors import InputError
@@ -38,12 +39,28 @@ KEEP = 8
 #: sentence's (`block_sweep`), and with `cls_lengths="race"` the traded start's repair tries none
 #: (`update_small_lr.repair_guess`): the moves cost nothing while cheaper changes go on, nor in the start that loses
 BLOCK_AT = ("sweep", "stall")
+#: option `repair_block_at`'s default, the one place it is set (`BoxRepair.block_at`, `UpdateExact.repair_block_at`):
+#: "stall" since session 38 (SST-2 batch 4, K 8, lr 1e-5 dev 1 at 800 CPU s: 1.000 / 1.000 against 0.981 / 0.939)
+BLOCK_AT_DEFAULT = "stall"
 
 
 def check_block_at(value: Any) -> None:
     """Option `repair_block_at`'s value checked before any work (`UpdateExact.check_options`)."""
     if not isinstance(value, str) or value not in BLOCK_AT:
         raise InputError(f"option repair_block_at: one of {', '.join(BLOCK_AT)}, got {value!r:.40}")
+
+
+@contextmanager
+def blocks_off(repair: Any, off: bool) -> Iterator[None]:
+    """Within the block, `repair.block` is 0 (no block moves) where `off`, else left as it is; restored on the way
+    out, an exception's included (the traded start's repair with `repair_block_at="stall"`, `repair_guess`)."""
+    block = repair.block
+    if off:
+        repair.block = 0
+    try:
+        yield
+    finally:
+        repair.block = block
 
 
 def blocks(seq: Sequence[int], longest: int) -> list[list[int]]:

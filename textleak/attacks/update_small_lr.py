@@ -35,6 +35,7 @@ from .update_cls import POOLER, SITES, SWEEPS, ClsSpans, cls_start
 from .update_cls_lengths import length_heats, length_race, length_start
 from .update_positions import declared_batch
 from .update_repair import WIDTH, BoxRepair
+from .update_repair_blocks import BLOCK_AT_DEFAULT, blocks_off
 from .update_sentences import SentenceRepair
 from .update_sim import UpdateFacts
 from .update_slots import slot_starts
@@ -68,7 +69,7 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
                        width=getattr(attack, "repair_width", WIDTH), inplace=getattr(attack, "repair_inplace", True),
                        slide=int(getattr(attack, "repair_slide", 0) or 0),
                        block=int(getattr(attack, "repair_block", 0) or 0))
-    repair.block_at = getattr(attack, "repair_block_at", "stall")
+    repair.block_at = getattr(attack, "repair_block_at", BLOCK_AT_DEFAULT)
     untraded = None
     if getattr(pins, "order", None) is not None:
         untraded = _starts(attack, target, pins, repair, out, gate["cls_screen_reserve"])
@@ -95,10 +96,9 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
     if untraded is not None and attack.cls_lengths == "heats":  # both starts repaired in heats, the leader on
         report = length_heats(repair, pred, untraded, budget.current().deadline, worst, out.details)
     else:
-        race, block = untraded is not None and attack.cls_lengths == "race", repair.block
-        repair.block = 0 if race and repair.block_at == "stall" else block  # no block moves in the traded start's
-        pred["token_ids"], report = repair.run(pred["token_ids"], pred["labels"], budget.current().deadline, worst)
-        repair.block = block
+        race = untraded is not None and attack.cls_lengths == "race"
+        with blocks_off(repair, race and repair.block_at == "stall"):  # no block moves in the traded start's
+            pred["token_ids"], report = repair.run(pred["token_ids"], pred["labels"], budget.current().deadline, worst)
     if untraded is not None and attack.cls_lengths == "race":  # the untraded start repaired with the time left
         report = length_race(repair, pred, report, untraded, budget.current().deadline, worst, out.details)
     pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
