@@ -82,7 +82,7 @@ def run_unit(args, target, cap, attack: str, head: dict) -> dict:
             "label_accuracy": res.metrics["mean"].get("label_accuracy"),
             "certified_share": _certified_share(res.details),
             "ran_out": bool((res.details.get("budget") or {}).get("ran_out")),
-            "assumed": res.assumed, **({"finish": res.details["finish"]} if res.details.get("finish") else {})}
+            "assumed": res.assumed, **{k: res.details[k] for k in ("finish", "search") if res.details.get(k)}}
 
 
 def main(argv=None) -> int:

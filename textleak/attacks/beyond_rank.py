@@ -55,7 +55,8 @@ settle: 0.3; 0: off), `sweep_screen` (each sweep position's candidates screened 
 many rescored at float32; "auto", the default: 4 where bfloat16 is fast, AMX or CUDA, else 0), `draft_bfloat16` (the
 drafts' relaxation under bfloat16 autocast where bfloat16 is fast, each draft kept on its float32 distance: on),
 `sweep_release` (the held tracks let go once this share of the sweeps' time is spent: 0, off), `certify_lean` (the
-sentence spans read lean: each sentence once, the query site first: off).
+sentence spans read lean: each sentence once, the query site first: off), `search_stop` (the search ends once it has
+found nothing new for this many times the time its finds took, the finish getting the rest: `SearchStop`; 0, off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -77,7 +78,6 @@ from typing import Any, ClassVar, Sequence
 from ..core import budget
 from ..errors import MissingKnowledgeError
 from ..text.inference import infer_lengths
-from ..text.decode import ids_to_text
 from ..text.layouts import Layout, layout_for
 from ..validate import choice, integer, number
 from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, layer_span,
@@ -87,9 +87,9 @@ from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .beyond_rank_finish import FINISH, BagFinish, finished
 from .beyond_rank_first import FirstInversion
-from .beyond_rank_peel import SentencePeeler
+from .beyond_rank_peel import SentencePeeler, fill_peeled
 from .beyond_rank_screen import LONGEST, SentenceMove
-from .beyond_rank_search import FAR, SentenceSearch
+from .beyond_rank_search import FAR, SearchStop, SentenceSearch
 from .beyond_rank_targets import SCREEN
 from .exact.attack import Exact, _budget_report, _predict
 from .exact.candidates import Candidates, declared_masks, vocabulary
@@ -220,6 +220,9 @@ class BeyondRank(Exact):
     # the sentence spans read lean (`SentenceSpans.lean`): verdicts kept, new sentences shortest first and at the query
     # site first, `take`'s settled sentences read together (`SentenceSearch.settle`): the same test, fewer forwards. Off
     certify_lean: bool = False
+    # with `finish`: the search ends once it has found nothing new for this many times the time (from its start) that
+    # its finds took, and the finish gets the rest of its share (`beyond_rank_search.SearchStop`); 0: off
+    search_stop: float = 0.0
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
@@ -228,6 +231,7 @@ class BeyondRank(Exact):
         choice(self.sweep_order, "sweep_order", SWEEP_ORDERS)
         number(self.sweep_defer, "option sweep_defer", minimum=0)
         number(self.sweep_release, "option sweep_release", minimum=0, maximum=1)
+        number(self.search_stop, "option search_stop", minimum=0)
         if self.sweep_screen != "auto":
             integer(self.sweep_screen, "option sweep_screen (a count or auto)", minimum=0)
 
@@ -240,7 +244,7 @@ class BeyondRank(Exact):
                 "draft_keep": self.draft_keep, "draft_pack": self.draft_pack, "draft_spend": self.draft_spend,
                 "sweep_order": self.sweep_order, "sweep_defer": self.sweep_defer, "sweep_screen": self.sweep_screen,
                 "draft_bfloat16": self.draft_bfloat16, "sweep_release": self.sweep_release,
-                "certify_lean": self.certify_lean}
+                "certify_lean": self.certify_lean, "search_stop": self.search_stop}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -269,9 +273,11 @@ class BeyondRank(Exact):
             search = SentenceSearch(self, layout, tok, cands, lengths, span1, peeler, spans,
                                     observation.knowledge.special_tokens)
             finish = self._finisher(observation, layout, lengths, tok, spans.rank)
-            with budget.time_budget(self._search_seconds(finish)):
+            with budget.time_budget(self._search_seconds(finish)) as share:
+                search.stop = SearchStop(share, self.search_stop)
                 first = self._first(observation, layout, tok, spans, search, cands)
                 sequences, residuals = search.run()
+                searched = search.stop.report()  # as the search ended
             if finish is not None and search.missing:
                 finish.pooled = None if first is None else first.pooled
                 tracks = finish.tracks(search, peeler, pins, vocab.tolist(), target.model)
@@ -280,13 +286,14 @@ class BeyondRank(Exact):
         sequences, _ = order_by_slots(observation, tok, peeler, sequences, residuals)  # (masked-LM: into their slots)
         passed = self._certified(layout, spans, sequences, search)
         prediction = _predict(observation, layout, tok, sequences, assumed)
-        _fill_peeled(observation, tok, peeler, sequences, prediction)
+        fill_peeled(observation, tok, peeler, sequences, prediction)
         details = {"certified": all(passed), "certified_share": sum(passed) / len(passed),
                    "sentence_certified": passed, "sentence_rank": spans.rank, "sentence_sites": sorted(spans.bases),
                    "layer1_rank_start": span1.rank, "layer1_exact_at_end": bool(search.span1.exact),
                    "peeled": len(peeler.sentences), "vocabulary": vocab_source, "notes": notes,
                    "placed_tokens": None if pins is None else len(pins.complete),
-                   "finish": None if finish is None else finish.report, **_budget_report(),
+                   "finish": None if finish is None else finish.report, "search": searched,
+                   **_budget_report(),
                    **({"first": first.report} if first is not None else {}),
                    "seconds": time.perf_counter() - t0}
         return AttackOutput(prediction=prediction, method=self.name, assumed=assumed,
@@ -386,20 +393,3 @@ class BeyondRank(Exact):
                 out.append(bool(spans.certifies(layout, [seq])[0]))
         return out
 
-
-def _fill_peeled(observation: Observation, tok: Any, peeler: SentencePeeler, sequences: list[list[int]],
-                 prediction: dict[str, Any]) -> None:
-    """Masked-LM: a peeled sentence keeps the masked tokens its peel verified (the batch-wide fill
-    reads every sentence's hidden states, and one wrong sentence can move a right one's tokens)."""
-    if observation.task != "mlm" or observation.knowledge.mask_positions is None:
-        return
-    for slot, seq, labels in zip(peeler.slots, peeler.sentences, peeler.labels):
-        positions = list(observation.knowledge.mask_positions[slot])
-        if slot >= len(sequences) or sequences[slot] != seq or len(labels) != len(positions):
-            continue
-        row = list(prediction["token_ids"][slot])
-        for p, t in zip(positions, labels):
-            row[p] = int(t)
-        prediction["token_ids"][slot] = row
-        prediction["labels"][slot] = [int(t) for t in labels]
-        prediction["texts"][slot] = ids_to_text(tok, row)

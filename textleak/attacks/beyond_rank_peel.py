@@ -6,10 +6,11 @@ position for a masked-LM head)."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
+from ..text.decode import ids_to_text
 from ..text.layouts import Layout
 from ..text.leaks import SentenceSpans, layer_span, partial_span
 from ..threat import Observation
@@ -104,3 +105,21 @@ class SentencePeeler(Peeler):
         if span.exact and span.rank <= self.layout.hidden_size - max(1, self.layout.hidden_size * EXACT_MARGIN // 384):
             return span
         return partial_span([left[n].to(self.layout.device) for n in self.layer1], 1, self.drop)
+
+
+def fill_peeled(observation: Observation, tok: Any, peeler: SentencePeeler, sequences: list[list[int]],
+                prediction: dict[str, Any]) -> None:
+    """Masked-LM: a peeled sentence keeps the masked tokens its peel verified (the batch-wide fill
+    reads every sentence's hidden states, and one wrong sentence can move a right one's tokens)."""
+    if observation.task != "mlm" or observation.knowledge.mask_positions is None:
+        return
+    for slot, seq, labels in zip(peeler.slots, peeler.sentences, peeler.labels):
+        positions = list(observation.knowledge.mask_positions[slot])
+        if slot >= len(sequences) or sequences[slot] != seq or len(labels) != len(positions):
+            continue
+        row = list(prediction["token_ids"][slot])
+        for p, t in zip(positions, labels):
+            row[p] = int(t)
+        prediction["token_ids"][slot] = row
+        prediction["labels"][slot] = [int(t) for t in labels]
+        prediction["texts"][slot] = ids_to_text(tok, row)

@@ -32,6 +32,35 @@ FAR = 1.5
 REPAIR_STEPS = 3
 
 
+class SearchStop:
+    """The search's own stop (`beyond_rank`'s `search_stop`): once it has found nothing new for `ratio` times the
+    time it took to find what it has (on the budget clock, from its start), it ends, and what is left of its share
+    goes to the finish (which runs on the enclosing budget: all the time left). Far past the limit its finds come
+    at times growing about geometrically (CoLA batch 64 dev 0 at 450 CPU s: 6 of 8 in the first ~25 CPU s, the 7th
+    at 85-94, the 8th at 178-192, recipes/measured/large_batch_s38/search_README.md), so each new one costs about
+    as much as all before it. Until the first find the whole share holds; `ratio` 0: off (the report only).
+
+    `share`: the search's budget (`budget.time_budget`, its `seconds` the share). `report()`: the share, the
+    budget-clock seconds at each find and at the end, and whether the stop ended it."""
+
+    def __init__(self, share: budget.Budget, ratio: float = 0.0):
+        self.share, self.ratio, self.seconds = share, ratio, share.seconds
+        self.finds: list[float] = []
+
+    def found(self) -> None:
+        """A sentence was taken: the search may run on until (1 + ratio) times now (from its start)."""
+        self.finds.append(self.share.elapsed())
+        if self.ratio > 0 and self.seconds is not None:
+            self.share.shorten((1.0 + self.ratio) * self.finds[-1])
+
+    def report(self) -> dict[str, Any]:
+        """What the search did, read as it ends (`stopped`: the stop, not the share or the batch, ended it)."""
+        cut = self.share.seconds is not None and (self.seconds is None or self.share.seconds < self.seconds)
+        return {"share": None if self.seconds is None else round(self.seconds, 1), "ratio": self.ratio,
+                "finds": [round(t, 1) for t in self.finds], "ended": round(self.share.elapsed(), 1),
+                "stopped": bool(cut and self.share.ran_out)}
+
+
 class SentenceSearch(Search):
     """`exact`'s search on the partial layer-1 span, certified by the sentence spans and the peel."""
 
@@ -45,9 +74,17 @@ class SentenceSearch(Search):
         self.rounds, self.progressed = 0, True
         self.rest: Any = None  # what the last peel left (`narrow`)
         self.certificates = [SentenceCertificate(spans)] + ([PeelCertificate(peeler)] if peeler.working else [])
+        self.stop: SearchStop | None = None  # the search's own stop (`SearchStop`; None: the share only)
 
     def assembles(self) -> bool:
         return self.span1 is not None
+
+    def take(self, seq: list[int], res: float) -> bool:
+        """`Search.take`; a sentence taken tells the stop (`SearchStop`)."""
+        took = super().take(seq, res)
+        if took and self.stop is not None:
+            self.stop.found()
+        return took
 
     def worth_taking(self, seq: list[int], res: float) -> bool:
         """On the partial span the sentence spans decide; on a span with a rank gap, it does."""
