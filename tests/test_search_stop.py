@@ -1,7 +1,7 @@
 """`beyond_rank`'s `search_stop` (#16, `beyond_rank_search.SearchStop`): past the limit the search ends once it
 has found nothing new for `ratio` times the time its finds took, and the finish gets the rest of its share. On the
 tiny BERT of `test_beyond_rank` (8 sentences, 55 tokens against a width of 32: the finish applies), with a fake
-budget clock that only the search's rounds move (10 s a round; the first round finds the batch's first sentence)."""
+budget clock that only the search's rounds move (10 s a round; the first rounds each find the batch's next sentence)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ def tiny(tmp_path_factory):
     return model, textleak.capture_gradients(model, TEXTS, labels=LABELS, seed=1)
 
 
-def _run(tiny, monkeypatch, **options):
-    """beyond_rank under a 100 s budget on the fake clock (the search's share: 50 s), finish 0.5, `targets` off."""
+def _run(tiny, monkeypatch, finds: int = 1, **options):
+    """beyond_rank under a 100 s budget on the fake clock (the search's share: 50 s), finish 0.5, `targets` off; the
+    search's first `finds` rounds each take the batch's next sentence."""
     target, capture = tiny
     clock = [0.0]
     monkeypatch.setitem(budget.CLOCKS, "wall", lambda: clock[0])
@@ -35,8 +36,9 @@ def _run(tiny, monkeypatch, **options):
 
     def seed_round(self, widen):
         clock[0] += ROUND
-        if not self.found:
-            return self.take(truth[0], float(self.residuals([truth[0]])[0]))
+        if len(self.found) < finds:
+            seq = truth[len(self.found)]
+            return self.take(seq, float(self.residuals([seq])[0]))
         return False
 
     monkeypatch.setattr(SentenceSearch, "seed_round", seed_round)
@@ -54,6 +56,14 @@ def test_the_search_stops_once_it_has_found_nothing_for_as_long_again_and_the_fi
     assert searched["ended"] == 2 * ROUND and searched["stopped"]
     assert out.details["finish"]["left"][0] == 100 - 2 * ROUND  # the finish starts with all the time left
     assert out.details["peeled"] == 1 and out.details["finish"]["sentences"] == 7
+
+
+def test_each_find_moves_the_stop_on(tiny, monkeypatch):
+    out = _run(tiny, monkeypatch, finds=2, search_stop=1.0)
+    searched = out.details["search"]
+    # found at 10 and 20 s: the second moves the end from 20 to 40 s (the rounds found nothing after)
+    assert searched["finds"] == [ROUND, 2 * ROUND] and searched["ended"] == 4 * ROUND and searched["stopped"]
+    assert out.details["peeled"] == 2 and out.details["finish"]["left"][0] == 100 - 4 * ROUND
 
 
 def test_off_the_search_spends_its_whole_share(tiny, monkeypatch):

@@ -50,8 +50,8 @@ class SearchStop:
     def found(self) -> None:
         """A sentence was taken: the search may run on until (1 + ratio) times now (from its start)."""
         self.finds.append(self.share.elapsed())
-        if self.ratio > 0 and self.seconds is not None:
-            self.share.shorten((1.0 + self.ratio) * self.finds[-1])
+        if self.ratio > 0 and self.seconds is not None:  # each find moves the end on again, never past the share
+            self.share.seconds = min(self.seconds, (1.0 + self.ratio) * self.finds[-1])
 
     def report(self) -> dict[str, Any]:
         """What the search did, read as it ends (`stopped`: the stop, not the share or the batch, ended it)."""

@@ -74,11 +74,6 @@ class Budget:
                 self.parent.expired()
         return self.ran_out
 
-    def shorten(self, seconds: float) -> None:
-        """Bring the own deadline forward to `seconds` after the start (never later than it stood; a stage that
-        decides it is done early, so that what follows gets the rest)."""
-        self.seconds = seconds if self.seconds is None else min(self.seconds, seconds)
-
     def describe(self) -> dict[str, Any]:
         """What a result records: the limit, the time used, and whether the limit cut it short."""
         limit = None if math.isinf(self.deadline) else round(self.deadline - self.start, 3)
