@@ -71,9 +71,10 @@ def test_a_slide_repairs_a_token_three_places_off_where_substitutions_cannot():
 
 @pytest.mark.parametrize("option, field", [("repair_slide", "slide"), ("repair_block", "block")])
 def test_options_repair_slide_and_block_reach_the_token_repair(setup, monkeypatch, option, field):
-    """`repair_slide` and `repair_block` (`test_update_repair_blocks`) handed to `BoxRepair`, both off by default."""
+    """`repair_slide` and `repair_block` (`test_update_repair_blocks`) handed to `BoxRepair`; slides off by default,
+    block moves of up to 4 tokens on (since session 39)."""
     wide, observation, ids = setup
-    assert getattr(UpdateExact(), option) == 0
+    assert getattr(UpdateExact(), option) == (4 if option == "repair_block" else 0)
     seen = _spy_on_the_repair(monkeypatch, field)
     for value in (0, 4):
         _repair_the_true_batch(UpdateExact(**{option: value}, cls_descent=False), wide, observation, ids)

@@ -203,10 +203,10 @@ class UpdateExact(Exact):
     #: token repair: each trial's misfit in scratch buffers, the same to the bit (`BoxRepair.inplace`): on (session 35)
     repair_inplace: bool = True
     #: token repair: slides (a token moved up to N places, `BoxRepair.slide`) and block moves (a run of up to N tokens
-    #: moved in its sentence, screened, `update_repair_blocks`); 0: off (sessions 36, 37); `repair_block_at`: when
-    #: block moves are tried, "sweep" (s37) or "stall" (s38, the default; `update_repair_blocks.BLOCK_AT`)
+    #: moved in its sentence, screened, `update_repair_blocks`; on since s39: SST-2 b4 lr 1e-5 dev 1 1.000 vs 0.981,
+    #: ties elsewhere, fedavg_rt_blocks_s39/); 0: off; `repair_block_at`: "sweep" (s37) or "stall" (the default)
     repair_slide: int = 0
-    repair_block: int = 0
+    repair_block: int = 4
     repair_block_at: str = BLOCK_AT_DEFAULT
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)

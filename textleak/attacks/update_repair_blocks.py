@@ -1,4 +1,5 @@
-"""Block moves in the token repair (`update_repair.BoxRepair`, `exact-update`'s option `repair_block`, off; session 37).
+"""Block moves in the token repair (`update_repair.BoxRepair`, `exact-update`'s option `repair_block`; session 37,
+on (4) since session 39).
 
 A block move cuts a run of 1 to `longest` inner tokens out of a sentence and puts it back at any other place of the
 same sentence (equivalently, two neighbouring runs trade places, the shorter of them at most `longest` long). Session
