@@ -54,7 +54,8 @@ shortest first), `sweep_defer` (tracks of 10+ tokens farther than this from thei
 settle: 0.3; 0: off), `sweep_screen` (each sweep position's candidates screened with the model at bfloat16, this
 many rescored at float32; "auto", the default: 4 where bfloat16 is fast, AMX or CUDA, else 0), `draft_bfloat16` (the
 drafts' relaxation under bfloat16 autocast where bfloat16 is fast, each draft kept on its float32 distance: on),
-`sweep_release` (the held tracks let go once this share of the sweeps' time is spent: 0, off), `certify_lean` (the
+`sweep_release` (the held tracks let go once this share of the sweeps' time is spent: 0, off), `sweep_revert` (a
+released track its sweeps leave this far from its state put back as released: 0, off), `certify_lean` (the
 sentence spans read lean: each sentence once, the query site first: off), `search_stop` (the search ends once it has
 found nothing new for this many times the time its finds took, the finish getting the rest: `SearchStop`; 0, off).
 Shapes: partial span basis [H, H - drop];
@@ -167,7 +168,7 @@ class BeyondRank(Exact):
     # deflated rounds found the same 38 states as 80, round for round, in 79 CPU s against 135 (large_batch_s28/)
     pooled_iters: int = 0
     # with `targets`: the tracks are paired with the states on their distance plus this weight times minus the
-    # log-probability of the track's length at the state (`beyond_rank_targets.length_logp`); 0: distance alone
+    # log-probability of the track's length at the state (`beyond_rank_invert.length_logp`); 0: distance alone
     pairing: float = 0.0
     # with `targets`: the paired tracks first redrawn from their own states, this many relaxation steps (Adam on a
     # softmax over each position's column, started at the track's tokens), each kept where nearer its state
@@ -217,6 +218,8 @@ class BeyondRank(Exact):
     # with `sweep_defer`: the held pairs let go for good once this share of the sweeps' time is spent (0: off), not
     # only once the others settle, which at 450 CPU s they never do (large_batch_s36/). Off
     sweep_release: float = 0.0
+    # with `sweep_defer`: a released pair its sweeps leave this far from its state or farther put back (0: off)
+    sweep_revert: float = 0.0
     # the sentence spans read lean (`SentenceSpans.lean`): verdicts kept, new sentences shortest first and at the query
     # site first, `take`'s settled sentences read together (`SentenceSearch.settle`): the same test, fewer forwards. Off
     certify_lean: bool = False
@@ -232,6 +235,7 @@ class BeyondRank(Exact):
         number(self.sweep_defer, "option sweep_defer", minimum=0)
         number(self.sweep_release, "option sweep_release", minimum=0, maximum=1)
         number(self.search_stop, "option search_stop", minimum=0)
+        number(self.sweep_revert, "option sweep_revert", minimum=0)
         if self.sweep_screen != "auto":
             integer(self.sweep_screen, "option sweep_screen (a count or auto)", minimum=0)
 
@@ -244,7 +248,7 @@ class BeyondRank(Exact):
                 "draft_keep": self.draft_keep, "draft_pack": self.draft_pack, "draft_spend": self.draft_spend,
                 "sweep_order": self.sweep_order, "sweep_defer": self.sweep_defer, "sweep_screen": self.sweep_screen,
                 "draft_bfloat16": self.draft_bfloat16, "sweep_release": self.sweep_release,
-                "certify_lean": self.certify_lean, "search_stop": self.search_stop}
+                "sweep_revert": self.sweep_revert, "certify_lean": self.certify_lean, "search_stop": self.search_stop}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -316,7 +320,7 @@ class BeyondRank(Exact):
                          draft_keep=self.draft_keep, draft_pack=self.draft_pack, draft_spend=self.draft_spend,
                          sweep_order=self.sweep_order, sweep_defer=self.sweep_defer,
                          sweep_screen=self.sweep_screen, draft_bfloat16=self.draft_bfloat16,
-                         sweep_release=self.sweep_release)
+                         sweep_release=self.sweep_release, sweep_revert=self.sweep_revert)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

@@ -260,3 +260,20 @@ def length_prior(seen: tuple[list[list[int]], torch.Tensor], states: torch.Tenso
     D = Sn[:, None] - means[None]
     score = -0.5 * torch.einsum("skh,hg,skg->sk", D, torch.linalg.inv(C), D)
     return {n: score[:, k] for k, n in enumerate(have)}
+
+
+def length_logp(drawn: tuple[list[list[int]], torch.Tensor], states: torch.Tensor, lengths: Sequence[int]
+                ) -> torch.Tensor:
+    """[len(states), len(lengths)]: each state's log-probability of each length, over the distinct lengths, from
+    a linear discriminant on sentences of known lengths and their states (`beyond_rank_invert.length_prior`),
+    each state's scores scaled to unit spread; a length the discriminant has no class for gets the lowest."""
+    prior = length_prior(drawn, states, sorted(set(lengths)))
+    if not prior:
+        return torch.zeros(len(states), len(lengths), dtype=states.dtype)
+    score = torch.stack([prior[n] for n in sorted(prior)], 1)
+    score = (score - score.mean(1, keepdim=True)) / score.std(1, keepdim=True).clamp_min(1e-12) if score.shape[1] > 1 \
+        else score * 0
+    logp = torch.log_softmax(score, 1)
+    low = logp.min(1).values
+    col = {n: k for k, n in enumerate(sorted(prior))}
+    return torch.stack([logp[:, col[n]] if n in col else low for n in lengths], 1)

@@ -49,7 +49,7 @@ from ..text.leaks.pooled import ITERS, pooled_states
 from ..text.leaks.residuals import padded
 from .beyond_rank_drafts import BIAS, StateDrafts
 from .beyond_rank_guided import GuidedSweeps
-from .beyond_rank_invert import length_prior
+from .beyond_rank_invert import length_logp
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +85,6 @@ def cls_states(layout: Layout, seqs: Sequence[Sequence[int]], chunk: int = 256) 
     return torch.cat(out)
 
 
-def length_logp(drawn: tuple[list[list[int]], torch.Tensor], states: torch.Tensor, lengths: Sequence[int]
-                ) -> torch.Tensor:
-    """[len(states), len(lengths)]: each state's log-probability of each length, over the distinct lengths, from
-    a linear discriminant on sentences of known lengths and their states (`beyond_rank_invert.length_prior`),
-    each state's scores scaled to unit spread; a length the discriminant has no class for gets the lowest."""
-    prior = length_prior(drawn, states, sorted(set(lengths)))
-    if not prior:
-        return torch.zeros(len(states), len(lengths), dtype=states.dtype)
-    score = torch.stack([prior[n] for n in sorted(prior)], 1)
-    score = (score - score.mean(1, keepdim=True)) / score.std(1, keepdim=True).clamp_min(1e-12) if score.shape[1] > 1 \
-        else score * 0
-    logp = torch.log_softmax(score, 1)
-    low = logp.min(1).values
-    col = {n: k for k, n in enumerate(sorted(prior))}
-    return torch.stack([logp[:, col[n]] if n in col else low for n in lengths], 1)
-
 
 class TargetDescent:
     """Descends tracks onto the batch's per-sentence states (module doc).
@@ -114,13 +98,14 @@ class TargetDescent:
                  drafts: int = 0, bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0,
                  draft_pack: bool = False, draft_spend: bool = False, order: str = "batch", defer: float = 0.0,
                  defer_length: int = DEFER_LENGTH, screen: int | str = 0, draft_bfloat16: bool = False,
-                 release: float = 0.0):
+                 release: float = 0.0, revert: float = 0.0):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.screen = screen_count(screen, SCREEN, layout.device)  # >0: sweeps screened at bfloat16, K rescored
         self.scored = Counter()  # with `screen`: candidates scored screened ("rough") and exactly ("exact")
         self.order = order  # the pairs' order in each round of sweeps (`_ordered`)
         self.defer, self.defer_length = defer, defer_length  # >0: long tracks this far held back (`_held`)
         self.release = release  # >0: the held pairs let go once this share of the sweeps' time is spent (`_sweeps`)
+        self.revert = revert  # >0: a released pair left this far from its state put back as released (`_reverted`)
         self.drafts, self.bias = drafts, bias  # >0: tracks redrawn from their states first (`beyond_rank_drafts`)
         self.draft_keep = draft_keep or 1.0  # a draft kept under this fraction of its track's distance (0: 1, nearer)
         self.draft_pack = draft_pack  # drafts of nearby lengths relaxed in one padded batch (`beyond_rank_drafts`)
@@ -218,12 +203,15 @@ class TargetDescent:
         sweep changed nothing ("again") and, with `defer`, the pairs the last round held back ("held"; with
         `release`, "released": the sweeps made after the release)."""
         done, still, touched = Counter(), set(), set()  # counts; pairs whose last sweep changed nothing; swept
+        was_held: set[int] = set()  # with `revert`: the pairs some round held back
+        freed: dict[int, tuple[list[int], float]] = {}  # with `revert`: each such pair's track as first swept
         release, late = False, self._released()  # this round sweeps the held pairs too; the release's test
         for k in itertools.count() if self.sweeps is None else range(self.sweeps):
             changed = False
             done["rounds"] += 1
             last = k >= RELEASE_ROUND - 1 or (self.sweeps is not None and k == self.sweeps - 1)
             held = set() if release or late() or last else self._held(tracks, best)
+            was_held |= held
             for r, target, _ in self._ordered(pairs, tracks, best):
                 if budget.expired():
                     break
@@ -231,6 +219,8 @@ class TargetDescent:
                     held = set()
                 if best[r] < self.hit or r in held:
                     continue
+                if self.revert > 0 and r in was_held and r not in freed:
+                    freed[r] = (list(tracks[r]), best[r])
                 done["again"] += r in still
                 done["released"] += late()
                 seq, d = self._sweep(tracks[r], target, options, best[r])
@@ -245,7 +235,19 @@ class TargetDescent:
         unswept = sum(1 for r, _, _ in pairs if r not in touched and best[r] >= self.hit)
         self.swept = {"rounds": done["rounds"], "swept": done["swept"], "unswept": unswept, "again": done["again"],
                       **({"held": done["held"]} if self.defer > 0 else {}),
-                      **({"released": done["released"]} if self.release > 0 else {})}
+                      **({"released": done["released"]} if self.release > 0 else {}),
+                      **({"reverted": self._reverted(tracks, best, freed)} if self.revert > 0 else {})}
+
+    def _reverted(self, tracks: list[list[int]], best: dict[int, float], freed: dict[int, tuple[list[int], float]]
+                  ) -> int:
+        """With `revert` (D): each pair held back and then swept (`freed`: its track and distance as first swept)
+        that its sweeps left at D or farther from its state is put back as it was (tracks, best changed in place):
+        sweeps of long tracks far from their states buy words at the cost of the draft's word order (large_batch_s34/
+        and _s39/). Returns how many were put back."""
+        back = [r for r, (seq, d) in freed.items() if best[r] >= self.revert and tracks[r] != seq]
+        for r in back:
+            tracks[r], best[r] = freed[r]
+        return len(back)
 
     def _released(self) -> Any:
         """() -> whether the held pairs are let go: with `release` (F in (0, 1]), once the budget's seconds left are
