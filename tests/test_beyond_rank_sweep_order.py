@@ -196,7 +196,8 @@ def test_sweep_revert_puts_back_a_released_pair_its_sweeps_left_far(batch, monke
         assert min(r for r, _ in descent.pairs) == row
         assert (out[row] == tracks[row]) == back
         assert descent.report.get("reverted", 0) == int(back) and ("reverted" in descent.report) == (revert > 0)
-    assert _wide_finisher(batch, sweep_revert=0.4).sweep_revert == 0.4 and _wide_finisher(batch).sweep_revert == 0
+    assert _wide_finisher(batch, sweep_revert=0.4).sweep_revert == 0.4 and _wide_finisher(batch).sweep_revert == 0.3
     assert attack_instance("beyond_rank", {"sweep_revert": 0.4}, 0).sweep_revert == 0.4
+    assert ATTACKS.get("beyond_rank")().sweep_revert == 0.3  # the default since session 39
     with pytest.raises(InputError, match="sweep_revert"):
         ATTACKS.get("beyond_rank")(sweep_revert=-1.0).check_options()
