@@ -85,7 +85,6 @@ def cls_states(layout: Layout, seqs: Sequence[Sequence[int]], chunk: int = 256) 
     return torch.cat(out)
 
 
-
 class TargetDescent:
     """Descends tracks onto the batch's per-sentence states (module doc).
 

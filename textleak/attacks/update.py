@@ -60,7 +60,7 @@ from ..text.layouts import Layout, layout_for
 from ..text.leaks import LayerSpan, SpanReader
 from ..text.leaks.positions import TokenPositions
 from ..threat import Observation
-from ..validate import integer
+from ..validate import choice, integer
 from .base import ATTACKS, AttackOutput
 from .exact import Exact
 from .exact.search import Search
@@ -71,7 +71,7 @@ from .update_peel import END_SLACK, RISE, UpdatePeeler
 from .update_positions import place_sentence, placement_for
 from .update_rest_rows import RestRows, row_names
 from .update_repair import WIDTH
-from .update_repair_blocks import BLOCK_AT_DEFAULT, check_block_at
+from .update_repair_blocks import BLOCK_AT, BLOCK_AT_DEFAULT
 from .update_rounding import RoundingFits
 from .update_slots import FIRST_SHARE, slots_first
 from .update_result import certify, described, facts_of, kept_pass
@@ -303,7 +303,7 @@ class UpdateExact(Exact):
         check_mode(self.cls_lengths)
         for name in ("repair_slide", "repair_block"):
             integer(getattr(self, name), f"option {name}", minimum=0)
-        check_block_at(self.repair_block_at)
+        choice(self.repair_block_at, "option repair_block_at", BLOCK_AT)
 
     def _reader(self, observation: Observation) -> SpanReader:
         know = observation.knowledge

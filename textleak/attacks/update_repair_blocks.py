@@ -29,7 +29,6 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..core.budget import now as budget_now
-from ..errors import InputError
 
 #: block moves weighed on the box misfit per sentence and sweep (those of least [CLS] score), where the repair's own
 #: screen keeps none (its full sweeps)
@@ -43,12 +42,6 @@ BLOCK_AT = ("sweep", "stall")
 #: option `repair_block_at`'s default, the one place it is set (`BoxRepair.block_at`, `UpdateExact.repair_block_at`):
 #: "stall" since session 38 (SST-2 batch 4, K 8, lr 1e-5 dev 1 at 800 CPU s: 1.000 / 1.000 against 0.981 / 0.939)
 BLOCK_AT_DEFAULT = "stall"
-
-
-def check_block_at(value: Any) -> None:
-    """Option `repair_block_at`'s value checked before any work (`UpdateExact.check_options`)."""
-    if not isinstance(value, str) or value not in BLOCK_AT:
-        raise InputError(f"option repair_block_at: one of {', '.join(BLOCK_AT)}, got {value!r:.40}")
 
 
 @contextmanager
