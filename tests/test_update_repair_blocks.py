@@ -15,7 +15,7 @@ from test_update_repair_slide import _toy as slide_toy
 from textleak.attacks import update_small_lr
 from textleak.attacks.update import UpdateExact
 from textleak.attacks.update_repair import BoxRepair
-from textleak.attacks.update_repair_blocks import KEEP, blocks
+from textleak.attacks.update_repair_blocks import KEEP, SCREEN_CHUNK, blocks, screened_blocks
 
 TRUTH = [[101, 1, 2, 3, 4, 5, 6, 102], [101, 11, 12, 13, 102]]
 
@@ -198,3 +198,32 @@ def test_option_repair_block_at_is_sweep_or_stall_checked_before_any_work(bad):
     assert attack_instance("exact-update", {"repair_block_at": "stall"}, 0).repair_block_at == "stall"
     with pytest.raises(InputError, match="repair_block_at"):
         attack_instance("exact-update", {"repair_block_at": bad}, 0)
+
+
+def test_the_block_screen_stops_where_the_budget_ends_and_weighs_the_best_it_scored():
+    """A long sentence's block moves are screened `SCREEN_CHUNK` at a time, the deadline read between chunks (session
+    39: one screen call of thousands of forwards ran 13.6 CPU s past an 800 CPU s budget): a deadline that passes
+    during the first chunk leaves the rest unscored, and the best of the scored moves is weighed."""
+    seq = [101] + list(range(1, 25)) + [102]
+    every = blocks(seq, 4)
+    assert len(every) > 2 * SCREEN_CHUNK
+    best_late = every[-1]  # the screen's favourite stands in the last chunk
+
+    box = _toy(4)
+    box.keep, box.block, box.block_screened, box._deadline = 0, 4, 0, time.monotonic() + 600
+    calls = []
+
+    def screen(trials):
+        calls.append(len(trials))
+        box._deadline = -1.0  # the budget ends while this chunk is scored
+        return [0.0 if t == best_late else 1.0 + k for k, t in enumerate(trials)]
+    box.screen = screen
+    got = screened_blocks(box, seq)
+    assert calls == [SCREEN_CHUNK]
+    assert got == every[:KEEP] and best_late not in got
+    assert box.block_screened == len(every) - KEEP
+    # with time left every chunk is scored and the favourite comes first
+    box._deadline, calls[:] = time.monotonic() + 600, []
+    box.screen = lambda trials: (calls.append(len(trials)), [0.0 if t == best_late else 1.0 for t in trials])[1]
+    got = screened_blocks(box, seq)
+    assert sum(calls) == len(every) and max(calls) <= SCREEN_CHUNK and got[0] == best_late
