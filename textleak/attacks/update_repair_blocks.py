@@ -95,8 +95,9 @@ def screened_blocks(repair: Any, seq: Sequence[int]) -> list[list[int]]:
     """Sentence `seq`'s block moves (runs up to `repair.block` long) to weigh: the `repair.keep` (`KEEP` where that
     is 0) of least `repair.screen` score; none without a screen (batch 1, or option `repair_screen` 0: all of them
     would cost a backward each) or where the budget has ended. The screen runs `SCREEN_CHUNK` moves at a time and
-    stops where the budget ends, weighing the best of those scored (a long sentence's thousands of forwards ran past
-    the deadline: 13.6 CPU s past an 800 CPU s budget, RT batch 4, session 39, `fedavg_rt_blocks_s39/`).
+    stops where the budget ends, weighing the best of those scored: one call for all of a long sentence's thousands
+    of moves could run past the deadline (RT batch 4, session 39, `fedavg_rt_blocks_s39/`: on an 800 CPU s budget the
+    block moves' arm took 842.6 CPU s against the defaults' 829.0, likely this call; not checked).
     `repair.block_screened` counts the moves left out, scored or not."""
     if repair.screen is None or budget_now() >= repair._deadline:
         return []
