@@ -57,7 +57,8 @@ drafts' relaxation under bfloat16 autocast where bfloat16 is fast, each draft ke
 `sweep_release` (the held tracks let go once this share of the sweeps' time is spent: 0, off), `sweep_revert` (a
 released track its sweeps leave this far from its state put back as released: 0.3; 0, off), `certify_lean` (the
 sentence spans read lean: each sentence once, the query site first: off), `search_stop` (the search ends once it has
-found nothing new for this many times the time its finds took, the finish getting the rest: `SearchStop`; 0, off).
+found nothing new for this many times the time its finds took, the finish getting the rest: `SearchStop`; 0, off),
+`lengths_delete_first` (a stalled descent's deletions scored first, its insertions only where none is nearer: off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -88,7 +89,7 @@ from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .beyond_rank_finish import FINISH, BagFinish, finished
 from .beyond_rank_first import FirstInversion
-from .beyond_rank_peel import SentencePeeler, fill_peeled
+from .beyond_rank_peel import SentencePeeler, certified, fill_peeled
 from .beyond_rank_screen import LONGEST, SentenceMove
 from .beyond_rank_search import FAR, SearchStop, SentenceSearch
 from .beyond_rank_targets import SCREEN
@@ -227,6 +228,9 @@ class BeyondRank(Exact):
     # with `finish`: the search ends once it has found nothing new for this many times the time (from its start) that
     # its finds took, and the finish gets the rest of its share (`beyond_rank_search.SearchStop`); 0: off
     search_stop: float = 0.0
+    # with `lengths`: a stalled sweep scores its one-token deletions first, its insertions only where no deletion comes
+    # nearer the state (`beyond_rank_stall`: the stalls' kept insertions outnumber the too-short tracks). Off
+    lengths_delete_first: bool = False
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
@@ -249,7 +253,8 @@ class BeyondRank(Exact):
                 "draft_keep": self.draft_keep, "draft_pack": self.draft_pack, "draft_spend": self.draft_spend,
                 "sweep_order": self.sweep_order, "sweep_defer": self.sweep_defer, "sweep_screen": self.sweep_screen,
                 "draft_bfloat16": self.draft_bfloat16, "sweep_release": self.sweep_release,
-                "sweep_revert": self.sweep_revert, "certify_lean": self.certify_lean, "search_stop": self.search_stop}
+                "sweep_revert": self.sweep_revert, "certify_lean": self.certify_lean, "search_stop": self.search_stop,
+                "lengths_delete_first": self.lengths_delete_first}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -289,7 +294,7 @@ class BeyondRank(Exact):
                 if tracks is not None:
                     sequences = finished(lengths, sequences, search.found, tracks)
         sequences, _ = order_by_slots(observation, tok, peeler, sequences, residuals)  # (masked-LM: into their slots)
-        passed = self._certified(layout, spans, sequences, search)
+        passed = certified(layout, spans, sequences, search.found)
         prediction = _predict(observation, layout, tok, sequences, assumed)
         fill_peeled(observation, tok, peeler, sequences, prediction)
         details = {"certified": all(passed), "certified_share": sum(passed) / len(passed),
@@ -321,7 +326,8 @@ class BeyondRank(Exact):
                          draft_keep=self.draft_keep, draft_pack=self.draft_pack, draft_spend=self.draft_spend,
                          sweep_order=self.sweep_order, sweep_defer=self.sweep_defer,
                          sweep_screen=self.sweep_screen, draft_bfloat16=self.draft_bfloat16,
-                         sweep_release=self.sweep_release, sweep_revert=self.sweep_revert)
+                         sweep_release=self.sweep_release, sweep_revert=self.sweep_revert,
+                         lengths_delete_first=self.lengths_delete_first)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:
@@ -384,17 +390,3 @@ class BeyondRank(Exact):
                          f"with {how.split(' (')[0]} ({lengths[0]} tokens); declare them for better recovery")
             log.warning("textleak: note: %s", notes[-1])
         return list(lengths), assumed, notes
-
-    @staticmethod
-    def _certified(layout: Layout, spans: SentenceSpans, sequences: list[list[int]], search: Search) -> list[bool]:
-        """Per sentence: found by the search (certified and peeled), or passing the sentence spans now."""
-        found = [list(s) for s in search.found]
-        out = []
-        for seq in sequences:
-            if seq in found:
-                found.remove(seq)
-                out.append(True)
-            else:
-                out.append(bool(spans.certifies(layout, [seq])[0]))
-        return out
-

@@ -123,3 +123,18 @@ def fill_peeled(observation: Observation, tok: Any, peeler: SentencePeeler, sequ
         prediction["token_ids"][slot] = row
         prediction["labels"][slot] = [int(t) for t in labels]
         prediction["texts"][slot] = ids_to_text(tok, row)
+
+
+def certified(layout: Layout, spans: SentenceSpans, sequences: list[list[int]], found: Sequence[list[int]]
+              ) -> list[bool]:
+    """Per sentence: found by the search (certified and peeled), or passing the sentence spans now (moved here from
+    `beyond_rank.BeyondRank._certified`, session 40)."""
+    found = [list(s) for s in found]
+    out = []
+    for seq in sequences:
+        if seq in found:
+            found.remove(seq)
+            out.append(True)
+        else:
+            out.append(bool(spans.certifies(layout, [seq])[0]))
+    return out

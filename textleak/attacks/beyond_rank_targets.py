@@ -50,6 +50,7 @@ from ..text.leaks.residuals import padded
 from .beyond_rank_drafts import BIAS, StateDrafts
 from .beyond_rank_guided import GuidedSweeps
 from .beyond_rank_invert import length_logp
+from .beyond_rank_stall import paired, resized
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class TargetDescent:
                  drafts: int = 0, bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0,
                  draft_pack: bool = False, draft_spend: bool = False, order: str = "batch", defer: float = 0.0,
                  defer_length: int = DEFER_LENGTH, screen: int | str = 0, draft_bfloat16: bool = False,
-                 release: float = 0.0, revert: float = 0.0):
+                 release: float = 0.0, revert: float = 0.0, delete_first: bool = False):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.screen = screen_count(screen, SCREEN, layout.device)  # >0: sweeps screened at bfloat16, K rescored
         self.scored = Counter()  # with `screen`: candidates scored screened ("rough") and exactly ("exact")
@@ -113,7 +114,8 @@ class TargetDescent:
         self.hit = hit or HIT  # a track this near its state is done (no more steps, counted `reached`)
         self.guided = guided  # >0: gradient-guided steps, this many candidates a position (`beyond_rank_guided`)
         self.lengths = lengths  # a stalled sweep tries every one-token deletion and insertion (`_resized`)
-        self.resized, self.stalls = 0, 0  # length changes kept; sweeps that changed no single token
+        self.delete_first = delete_first  # with `lengths`: a stall's deletions scored first (`beyond_rank_stall`)
+        self.resized, self.stalls, self.deleted = 0, 0, 0  # length changes kept; sweeps changing no token; deletions
         self.swept: dict[str, int] = {}  # `_sweeps`' rounds, pair sweeps, pairs never swept, sweeps of a stalled pair
         self.rng, self.sweeps = random.Random(seed), sweeps  # most rounds of sweeps (None: till one changes nothing)
         self.invert = invert  # a `beyond_rank_invert.StateInversion`: short lengths inverted first
@@ -170,7 +172,8 @@ class TargetDescent:
         self.report = {"states": len(got.states), "targets": len(targets), "matched": len(pairs),
                        "seconds": {k: round(v, 1) for k, v in seconds.items()}, **self.swept,
                        "reached": sum(d < self.hit for d in best.values()),
-                       "stalls": self.stalls, **({"resized": self.resized} if self.lengths else {}),
+                       "stalls": self.stalls,
+                       **({"resized": self.resized, "deleted": self.deleted} if self.lengths else {}),
                        "screen": self.screen, **({"scored": dict(self.scored)} if self.screen > 0 else {}),
                        **({"guided": {"steps": guided.steps, "rounds": guided.rounds, "exhaustive": guided.full}}
                           if guided is not None else {}),
@@ -335,35 +338,13 @@ class TargetDescent:
 
     def _resized(self, seq: list[int], target: torch.Tensor, options: Sequence[list[int]], best: float
                  ) -> tuple[list[int], float]:
-        """The track one token shorter (each content token left out) or longer (each token its column allows
-        inserted at each position, up to the columns' length), the nearest kept if nearer. The finish pairs
-        tracks with states blind to length, so most descend onto a sentence of another length, which no
-        single change reaches (CoLA batch 64: 42 of 56 pairs; SST-2: 44 of 50; recipes/measured/large_batch_s25/)."""
-        n = len(seq)
-        trial = [seq[:p] + seq[p + 1:] for p in range(1, n - 1)] if n > 3 else []
-        if n < len(options):
-            trial += [seq[:p] + [t] + seq[p:] for p in range(1, n) for t in options[p]]
-        if not trial:
-            return seq, best
-        (k,), (d,) = self._nearest(trial, target)
-        if d >= best:
-            return seq, best
-        self.resized += 1
-        return trial[k], d
+        """A stalled sweep's one-token length change (`beyond_rank_stall.resized`; `delete_first`: deletions first)."""
+        return resized(self, seq, target, options, best)
 
     def _pairs(self, seq: list[int], target: torch.Tensor, tops: dict[int, list[int]], best: float
                ) -> tuple[list[int], float]:
-        """Two positions changed at once, each to one of its PAIR best single changes (two wrong tokens
-        where either alone put right moves the state away: a local minimum of single changes)."""
-        trial = []
-        for p in tops:
-            for q in tops:
-                if p < q:
-                    trial += [seq[:p] + [a] + seq[p + 1:q] + [c] + seq[q + 1:] for a in tops[p] for c in tops[q]]
-        if not trial:
-            return seq, best
-        (k,), (d,) = self._nearest(trial, target)
-        return (trial[k], d) if d < best else (seq, best)
+        """Two positions changed at once (`beyond_rank_stall.paired`)."""
+        return paired(self, seq, target, tops, best)
 
     def _nearest(self, trial: Sequence[list[int]], target: torch.Tensor, top: int = 1) -> tuple[list[int], list[float]]:
         """The indices of the `top` trials whose [CLS] states stand nearest `target` [H], nearest first, and their
