@@ -141,3 +141,36 @@ def test_option_cls_lengths_takes_true_false_or_race_checked_before_any_work():
     for bad in ("rac", 1):
         with pytest.raises(InputError, match="cls_lengths"):
             attack_instance("exact-update", {"cls_lengths": bad}, 0)
+
+
+def test_option_cls_lengths_gate_skips_the_descent_where_the_trades_raise_the_box_misfit(setup):
+    """`length_start`'s `gate` (`exact-update`'s option `cls_lengths_gate`, off by default): where the trades leave
+    the box misfit over `gate` x the start's (here a misfit that counts the true sentences: the start holds 1 of 3,
+    the traded batch 3 of 3, 3 x) no descent runs after them and the start is kept; under the gate, or off, the
+    descent runs as before. Session 39 (RT dev 1 of 8, lr 1e-4): 1.15e-2 traded against the start's 5.67e-3, and the
+    trade's descent took the token repair's time."""
+    from textleak.attacks.update import UpdateExact
+    from textleak.errors import InputError
+    from textleak.validate import attack_instance
+    _, fits, _, ids = setup
+    truth = {tuple(s) for s in ids}
+    top = max(map(len, ids))
+    rows = [list(dict.fromkeys(s[p] for s in ids if p < len(s))) for p in range(top)]
+    repair = SimpleNamespace(layout=fits.layout, cover=None, options=lambda n: rows[:n],
+                             gradient=lambda s, y: torch.tensor([float(tuple(s) in truth)]),
+                             misfit=lambda G: float(G.sum()))
+    for gate, descends in ((1.5, False), (4.0, True), (0.0, True)):
+        pred = {"token_ids": _misplaced(ids), "labels": list(LABELS)}
+        report = length_start(repair, pred, fits, time.monotonic() + 600, relabel=False, gate=gate)
+        assert report["trades"] >= 1 and ("descent" in report) is descends and not report["kept"]
+        assert report.get("gated", 0) == (3.0 if gate else 0) and pred["token_ids"] == _misplaced(ids)
+        assert report["trade_cpu_s"] <= report["cpu_s"]
+    assert UpdateExact().cls_lengths_gate == 0
+    assert attack_instance("exact-update", {"cls_lengths_gate": 1.5}, 0).cls_lengths_gate == 1.5
+    for bad in (0.5, -1.0):
+        try:
+            attack_instance("exact-update", {"cls_lengths_gate": bad}, 0)
+        except InputError as exc:
+            assert "cls_lengths_gate" in str(exc)
+        else:
+            raise AssertionError(f"cls_lengths_gate={bad} accepted")

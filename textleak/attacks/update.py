@@ -218,6 +218,8 @@ class UpdateExact(Exact):
     #: with `cls_descent`: after the [CLS] start, sentences of other lengths trade contents on the [CLS] score, then
     #: descend again, kept where the box misfit falls (s31); "race" (the default since s34): `length_race`; "heats"
     cls_lengths: bool | str = "race"
+    #: no descent after trades leaving the box misfit over G x the start's (`update_cls_lengths._gated`; 0: off; s40)
+    cls_lengths_gate: float = 0.0
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)
@@ -300,7 +302,7 @@ class UpdateExact(Exact):
     def check_options(self) -> None:
         """Checked before any work (`validate.attack_instance`): `Exact`'s, `cls_lengths`' mode, move sizes >= 0."""
         super().check_options()  # `Exact`'s: `search_screen` a count or auto
-        check_mode(self.cls_lengths)
+        check_mode(self.cls_lengths, self.cls_lengths_gate)
         for name in ("repair_slide", "repair_block"):
             integer(getattr(self, name), f"option {name}", minimum=0)
         choice(self.repair_block_at, "option repair_block_at", BLOCK_AT)

@@ -147,7 +147,8 @@ def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackO
         if getattr(attack, "cls_lengths", False):  # sentences moved between slots of other lengths
             before = [list(s) for s in pred["token_ids"]], list(pred["labels"])
             out.details["cls_lengths"] = length_start(repair, pred, attack._fits, deadline, misfit,
-                                                      attack.cls_relabel, sites)
+                                                      attack.cls_relabel, sites,
+                                                      float(getattr(attack, "cls_lengths_gate", 0) or 0))
             if isinstance(out.details["cls_descent"], dict):  # carried where the recipes read the start
                 out.details["cls_descent"]["lengths"] = out.details["cls_lengths"]
             if attack.cls_lengths in ("race", "heats") and (out.details["cls_lengths"] or {}).get("kept"):
