@@ -120,10 +120,10 @@ def _gated(misfit: BatchMisfit, ends: dict[str, tuple], gate: float, report: dic
     """Option `cls_lengths_gate`: whether the descent after the trades is skipped, the traded batch's box misfit
     over `gate` x the start's (`report["gated"]`: that ratio; 0: off). The descents measured moved the traded
     batch's misfit by -27% (SST-2 dev 1 of 4, K 8, lr 1e-5: 9.89e-4 -> 7.24e-4, kept), +6% (SST-2 dev 0: 2.99e-3 ->
-    3.16e-3) and +0.6% (RT dev 1 of 8, lr 1e-4: 1.148e-2 -> 1.155e-2), none from over the start's to under it; on RT
-    the trades left 2.03 x the start's 5.67e-3, the trade and its descent took 102.6 of the last ~103 CPU s and the
-    token repair got 0.4 (`recipes/measured/fedavg_rt_blocks_s39`, B). So at 1.5 a descent would have to lower the
-    misfit by a third, more than any measured, to be kept; the batch-4 cells (0.95 x, 0.39 x) descend as before."""
+    3.16e-3) and +0.6% (RT dev 1 of 8, lr 1e-4: 1.148e-2 -> 1.155e-2); on RT, the one traded batch over its start's
+    (2.03 x 5.67e-3), the trade and its descent took 102.6 of the last ~103 CPU s and the token repair got 0.4
+    (`recipes/measured/fedavg_rt_blocks_s39`, B). At 1.5 a descent would have to lower the misfit by a third, more
+    than any measured, to be kept; the batch-4 cells measured (0.95 x, 0.39 x) descend as before."""
     if not gate:
         return False
     ratio = misfit(*ends["traded"]) / max(misfit(*ends["start"]), 1e-300)
