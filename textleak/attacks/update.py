@@ -66,7 +66,7 @@ from .exact import Exact
 from .exact.search import Search
 from .update_layers import LayeredSearch, LayerScore
 from .update_batch_positions import pins_for
-from .update_cls_lengths import check_mode
+from .update_cls_lengths import GATE, check_mode
 from .update_peel import END_SLACK, RISE, UpdatePeeler
 from .update_positions import place_sentence, placement_for
 from .update_rest_rows import RestRows, row_names
@@ -218,8 +218,8 @@ class UpdateExact(Exact):
     #: with `cls_descent`: after the [CLS] start, sentences of other lengths trade contents on the [CLS] score, then
     #: descend again, kept where the box misfit falls (s31); "race" (the default since s34): `length_race`; "heats"
     cls_lengths: bool | str = "race"
-    #: no descent after trades leaving the box misfit over G x the start's (`update_cls_lengths._gated`; 0: off; s40)
-    cls_lengths_gate: float = 0.0
+    #: no descent after trades leaving the box misfit over G x the start's (`update_cls_lengths.GATE`; 0: off; s40)
+    cls_lengths_gate: float = GATE
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)

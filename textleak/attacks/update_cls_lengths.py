@@ -34,6 +34,10 @@ ROUNDS = 4
 MODES = (False, True, "race", "heats")
 #: option `cls_lengths="heats"`: each start's first heat, this share of the time left when the repairs begin
 HEAT = 1 / 3
+#: option `cls_lengths_gate`'s default (`_gated`): 1.5 since session 40. RT batch 8, K 8, lr 1e-4 at 400 CPU s side by
+#: side (recipes/measured/fedavg_rt_b8_s40/): dev 1 0.791 / 0.513 against 0.781 / 0.490 (the token repair 28.6 CPU s
+#: against 0.5), dev 0 and dev 3 ties (no trade); the batch-4 trades measured stand at 0.39 x and 0.95 x, never gated
+GATE = 1.5
 
 
 def check_mode(value: Any, gate: Any = 0.0) -> None:
