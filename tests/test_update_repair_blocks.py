@@ -139,14 +139,15 @@ def _race(monkeypatch, fail: bool = False) -> tuple[list, list]:
     return seen, made
 
 
-def _guess(monkeypatch, at: str):
-    """`repair_guess` run once on the stubs of `_race` with `repair_block=4`, `repair_block_at=at`; its output."""
+def _guess(monkeypatch, at: str, **options):
+    """`repair_guess` run once on the stubs of `_race` with `repair_block=4`, `repair_block_at=at` (and `options`);
+    its output."""
     from types import SimpleNamespace
 
     from conftest import embedding_pins
 
     ids = [[101, 1, 2, 102], [101, 3, 102]]
-    attack = UpdateExact(repair_block=4, repair_block_at=at)
+    attack = UpdateExact(repair_block=4, repair_block_at=at, **options)
     attack._fits = None
     monkeypatch.setattr(attack, "_layer0", lambda *a: (None, None))
     monkeypatch.setattr(attack, "_batch_pins", lambda *a: embedding_pins(ids))
@@ -168,6 +169,31 @@ def test_option_repair_block_at_stall_keeps_block_moves_out_of_the_traded_starts
         assert out.details["cls_lengths_race"]["kept"] == "untraded" and out.prediction["token_ids"][0][1] == 7
     # (the start's first inner token: 1 the traded start, 7 the untraded one; block; block_at)
     assert seen == [(1, 4, "sweep"), (7, 4, "sweep"), (1, 0, "stall"), (7, 4, "stall")]
+
+
+def test_option_repair_block_traded_gives_the_traded_starts_repair_block_moves(monkeypatch):
+    """Option `repair_block_traded` (off; session 40): with `repair_block_at="stall"` the race's traded start is
+    repaired with block moves too (SST-2 dev batch 0 of 4, K 8, lr 1e-5: that repair runs out, so the untraded start
+    never runs and no block move was ever tried); off, as before, without them; "sweep" gives them to both anyway."""
+    seen, _ = _race(monkeypatch)
+    for traded in (True, False):
+        out = _guess(monkeypatch, "stall", repair_block_traded=traded)
+        assert out.details["cls_lengths_race"]["kept"] == "untraded"
+    _guess(monkeypatch, "sweep", repair_block_traded=True)
+    # (the start's first inner token: 1 the traded start, 7 the untraded one; block; block_at)
+    assert seen == [(1, 4, "stall"), (7, 4, "stall"), (1, 0, "stall"), (7, 4, "stall"),
+                    (1, 4, "sweep"), (7, 4, "sweep")]
+    assert UpdateExact().repair_block_traded is False
+
+
+@pytest.mark.parametrize("bad", ["x", 2, 0.5])
+def test_option_repair_block_traded_is_true_or_false_checked_before_any_work(bad):
+    from textleak.errors import InputError
+    from textleak.validate import attack_instance
+
+    assert attack_instance("exact-update", {"repair_block_traded": True}, 0).repair_block_traded is True
+    with pytest.raises(InputError, match="repair_block_traded"):
+        attack_instance("exact-update", {"repair_block_traded": bad}, 0)
 
 
 def test_the_traded_starts_repair_failing_leaves_the_block_moves_on(monkeypatch):

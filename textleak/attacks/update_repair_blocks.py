@@ -48,6 +48,17 @@ BLOCK_AT = ("sweep", "stall")
 BLOCK_AT_DEFAULT = "stall"
 
 
+def traded_blocks_off(attack: Any, race: bool, block_at: str) -> bool:
+    """Whether the race's traded start (`cls_lengths="race"`, `update_small_lr.repair_guess`) is repaired without
+    block moves: with `block_at` "stall", unless option `repair_block_traded` (off) gives them to it too.
+    Why the option (session 40, ground truth in `recipes/measured/fedavg_small_lr5_s40`): on SST-2 dev batch 0 of 4,
+    K 8, lr 1e-5 the traded start's repair runs out (800 CPU s: 640 in the repair, 85 changes), so the untraded
+    start never runs and no block move is ever tried; from that end the block move that puts "ever" back in "why he
+    keeps being cast ... are ever any good" (3 tokens right, that sentence exact) lowers the box misfit 2.41e-4 ->
+    2.31e-4 and ranks first of its sentence's 596 on the [CLS] screen."""
+    return race and block_at == "stall" and not getattr(attack, "repair_block_traded", False)
+
+
 @contextmanager
 def blocks_off(repair: Any, off: bool) -> Iterator[None]:
     """Within the block, `repair.block` is 0 (no block moves) where `off`, else left as it is; restored on the way
