@@ -196,6 +196,28 @@ def test_option_repair_block_traded_is_true_or_false_checked_before_any_work(bad
         attack_instance("exact-update", {"repair_block_traded": bad}, 0)
 
 
+def test_option_repair_block_short_sweeps_the_shortest_sentences_first(monkeypatch):
+    """Option `repair_block_short` (off; session 40): a block sweep takes the sentences shortest first, the given
+    order on a tie (SST-2 dev 0 of 4, K 8, lr 1e-5: the 44-token sentence's 5,779 screened moves took the rest of the
+    budget before the 18-token sentence's first-ranked move was weighed); off, the given order; and it reaches the
+    repair from the attack's option (`repair_guess`)."""
+    from types import SimpleNamespace
+
+    from textleak.attacks import update_repair_blocks
+    from textleak.attacks.update_repair_blocks import block_sweep
+
+    seen = []
+    monkeypatch.setattr(update_repair_blocks, "block_step", lambda repair, seqs, b: seen.append(b))
+    seqs = [[101] + [1] * 9 + [102], [101, 2, 102], [101, 3, 3, 3, 102], [101, 4, 102]]
+    block_sweep(SimpleNamespace(block_short=True), seqs, [0, 3, 2, 1])
+    block_sweep(SimpleNamespace(block_short=False), seqs, [0, 3, 2, 1])
+    block_sweep(SimpleNamespace(), seqs, iter([0, 3, 2, 1]))
+    assert seen == [3, 1, 2, 0] + [0, 3, 2, 1] * 2
+    _, made = _race(monkeypatch)
+    _guess(monkeypatch, "stall", repair_block_short=True)
+    assert made[0].block_short is True and UpdateExact().repair_block_short is False
+
+
 def test_the_traded_starts_repair_failing_leaves_the_block_moves_on(monkeypatch):
     """`repair_guess` turns block moves off for the traded start's repair (`blocks_off`) and back on after it, an
     exception's way out included (session 39; the repair's `block` stayed 0 before)."""

@@ -67,6 +67,8 @@ class BoxRepair(RepairMoves):
     #: else changed in a sweep; "stall" (the default, `BLOCK_AT_DEFAULT`), in every sentence after a sweep that changed
     #: nothing (`block_sweep`)
     block_at = BLOCK_AT_DEFAULT
+    #: option `repair_block_short` (off): a block sweep takes the shortest sentences first (`block_sweep`)
+    block_short = False
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
                  width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None, move: bool = False,
