@@ -55,7 +55,8 @@ def traded_blocks_off(attack: Any, race: bool, block_at: str) -> bool:
     K 8, lr 1e-5 the traded start's repair runs out (800 CPU s: 640 in the repair, 85 changes), so the untraded
     start never runs and no block move is ever tried; from that end the block move that puts "ever" back in "why he
     keeps being cast ... are ever any good" (3 tokens right, that sentence exact) lowers the box misfit 2.41e-4 ->
-    2.31e-4 and ranks first of its sentence's 596 on the [CLS] screen."""
+    2.31e-4 and ranks first of its sentence's 596 on the [CLS] screen. With `repair_block_short` it reads dev 0 at
+    0.940 / 0.750 against 0.927 / 0.718 but dev 1 at 0.963 / 0.868 against 1.000 / 1.000, side by side (`block_sweep`)."""
     return race and block_at == "stall" and not getattr(attack, "repair_block_traded", False)
 
 
@@ -102,8 +103,9 @@ def block_sweep(repair: Any, seqs: list[list[int]], order: Iterable[int]) -> Non
     sentence of n inner tokens screens ~4 n^2 block moves, so a long one's screen can take the rest of the budget.
     Session 40 (`recipes/measured/fedavg_small_lr5_s40`, SST-2 dev 0 of 4, K 8, lr 1e-5, 800 CPU s, with
     `repair_block_traded`): the one block sweep screened the 44-token sentence's 5,779 moves (none kept) and the
-    budget ended before the 18-token sentence's 596, whose first-ranked move makes that sentence exact. Not measured
-    in the attack."""
+    budget ended before the 18-token sentence's 596, whose first-ranked move makes that sentence exact. With both
+    options, side by side at 800 CPU s: dev 0 0.940 / 0.750 (2 of 4 exact) against 0.927 / 0.718 (1), dev 1 0.963 /
+    0.868 (2) against 1.000 / 1.000 (4, certified): the traded start's block moves took the race's time. Off."""
     order = list(order)
     for b in sorted(order, key=lambda i: len(seqs[i])) if getattr(repair, "block_short", False) else order:
         block_step(repair, seqs, b)
