@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from ..core.budget import now as budget_now
 from ..errors import InputError
+from ..validate import number
 from .update_batch_positions import BatchMisfit, least_labels
 from .update_cls import SITES, ClsSpans
 
@@ -41,12 +42,12 @@ GATE = 1.5
 
 
 def check_mode(value: Any, gate: Any = 0.0) -> None:
-    """Options `cls_lengths`' value and `cls_lengths_gate`'s (0, off, or >= 1) checked before any work
-    (`validate.attack_instance`)."""
+    """Options `cls_lengths`' value and `cls_lengths_gate`'s (a number, `validate.number`: 0, off, or >= 1) checked
+    before any work (`validate.attack_instance`)."""
     if isinstance(value, int) and not isinstance(value, bool) or value not in MODES:
         raise InputError(f"cls_lengths: true, false, 'race' or 'heats', got {value!r:.40}")
-    if isinstance(gate, bool) or not isinstance(gate, (int, float)) or not (gate == 0 or gate >= 1):
-        raise InputError(f"option cls_lengths_gate must be 0 (off) or a number >= 1, got {gate!r:.40}")
+    if 0 < number(gate, "option cls_lengths_gate", minimum=0) < 1:
+        raise InputError(f"option cls_lengths_gate must be 0 (off) or a number >= 1, got {gate:g}")
 
 
 def length_trades(x: Sequence[int], y: Sequence[int], a: int, b: int) -> list[dict[int, list[int]]]:
