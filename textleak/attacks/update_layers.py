@@ -33,7 +33,7 @@ Measured (`python recipes/fl_defences.py --data rt --batch-size 8 --n 1 --no-bas
 --budget 600 --fedavg 4,1e-3`, load ~6, beside other jobs): ROUGE-1 0.465 -> 0.777, 1 -> 4 of 8
 sentences exact, uncertified, out of its 600 s (317 -> 300 CPU s); the two 38-token sentences, the
 32-token one and one 23-token one are still missed. At batch 4 (RT, 123 tokens) it lost what the plain
-search certifies, so `exact-update` uses it past `update.LAYERED_TOKENS` declared tokens only.
+search certifies, so `exact-update` uses it past `update_tolerance.LAYERED_TOKENS` declared tokens only.
 
 What stops it on the missed sentences (session 16, scratch diagnosis from the ground truth on the same
 batch). Not layer 0: there a wrong (token, position) pair is nearly a sum of true ones (word plus position
