@@ -231,9 +231,6 @@ class BeyondRank(Exact):
     # with `lengths`: a stalled sweep scores its one-token deletions first, its insertions only where no deletion comes
     # nearer the state (`beyond_rank_stall`: the stalls' kept insertions outnumber the too-short tracks). Off
     lengths_delete_first: bool = False
-    # with `targets`: states paired with lengths by drafts of this many steps at each (`beyond_rank_lenpair`); 0: off
-    length_pairing: int = 0
-    length_window: int = 0  # with `length_pairing`: lengths within this many tokens of the distance pairing's (0: all)
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
@@ -244,8 +241,6 @@ class BeyondRank(Exact):
         number(self.sweep_release, "option sweep_release", minimum=0, maximum=1)
         number(self.search_stop, "option search_stop", minimum=0)
         number(self.sweep_revert, "option sweep_revert", minimum=0)
-        integer(self.length_pairing, "option length_pairing", minimum=0)
-        integer(self.length_window, "option length_window", minimum=0)
         if self.sweep_screen != "auto":
             integer(self.sweep_screen, "option sweep_screen (a count or auto)", minimum=0)
 
@@ -259,8 +254,7 @@ class BeyondRank(Exact):
                 "sweep_order": self.sweep_order, "sweep_defer": self.sweep_defer, "sweep_screen": self.sweep_screen,
                 "draft_bfloat16": self.draft_bfloat16, "sweep_release": self.sweep_release,
                 "sweep_revert": self.sweep_revert, "certify_lean": self.certify_lean, "search_stop": self.search_stop,
-                "lengths_delete_first": self.lengths_delete_first, "length_pairing": self.length_pairing,
-                "length_window": self.length_window}
+                "lengths_delete_first": self.lengths_delete_first}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -333,8 +327,7 @@ class BeyondRank(Exact):
                          sweep_order=self.sweep_order, sweep_defer=self.sweep_defer,
                          sweep_screen=self.sweep_screen, draft_bfloat16=self.draft_bfloat16,
                          sweep_release=self.sweep_release, sweep_revert=self.sweep_revert,
-                         lengths_delete_first=self.lengths_delete_first, length_pairing=self.length_pairing,
-                         length_window=self.length_window)
+                         lengths_delete_first=self.lengths_delete_first)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

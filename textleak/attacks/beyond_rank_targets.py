@@ -50,7 +50,6 @@ from ..text.leaks.residuals import padded
 from .beyond_rank_drafts import BIAS, StateDrafts
 from .beyond_rank_guided import GuidedSweeps
 from .beyond_rank_invert import length_logp
-from .beyond_rank_lenpair import LengthPairing
 from .beyond_rank_stall import paired, resized
 
 log = logging.getLogger(__name__)
@@ -99,8 +98,7 @@ class TargetDescent:
                  drafts: int = 0, bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0,
                  draft_pack: bool = False, draft_spend: bool = False, order: str = "batch", defer: float = 0.0,
                  defer_length: int = DEFER_LENGTH, screen: int | str = 0, draft_bfloat16: bool = False,
-                 release: float = 0.0, revert: float = 0.0, delete_first: bool = False, length_pairing: int = 0,
-                 length_window: int = 0):
+                 release: float = 0.0, revert: float = 0.0, delete_first: bool = False):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.screen = screen_count(screen, SCREEN, layout.device)  # >0: sweeps screened at bfloat16, K rescored
         self.scored = Counter()  # with `screen`: candidates scored screened ("rough") and exactly ("exact")
@@ -126,7 +124,6 @@ class TargetDescent:
         self.rounds = rounds  # the pooled states' most rounds (0: `rank` with `merge`, else 8)
         self.iters = iters  # the pooled states' solver iterations a start (0: `leaks.pooled.ITERS`)
         self.pairing = pairing  # >0: the pairing weighs the track's length at the state (`_paired`)
-        self.length_pairing, self.length_window = length_pairing, length_window  # `beyond_rank_lenpair`'s steps, window
         self.pairs: list[tuple[int, int]] = []
         self.paired: torch.Tensor | None = None
         self.report: dict[str, Any] = {}
@@ -155,10 +152,7 @@ class TargetDescent:
                 self.report = {"states": len(got.states), "inverted": self.invert.report}
                 return tracks + inverted
         dist = torch.cdist(self.states(tracks), targets) / targets.norm(dim=1)[None]
-        fit = LengthPairing(self, self.length_pairing, self.length_window, self.rng.randrange(2 ** 31),
-                            self.draft_bfloat16) if self.length_pairing > 0 and not budget.expired() else None
-        self.pairs = fit.run(tracks, dist, targets, options) if fit else self._paired(dist, tracks, targets, seen)
-        self.paired = targets  # self.pairs: (track, row of `paired`)
+        self.pairs, self.paired = self._paired(dist, tracks, targets, seen), targets  # (track, row of `paired`)
         pairs = [(r, targets[c], float(dist[r, c])) for r, c in self.pairs]
         best = {r: d for r, _, d in pairs}
         drafts = StateDrafts(self, self.drafts, self.bias, self.rng.randrange(2 ** 31), self.draft_keep,
@@ -184,7 +178,6 @@ class TargetDescent:
                        **({"guided": {"steps": guided.steps, "rounds": guided.rounds, "exhaustive": guided.full}}
                           if guided is not None else {}),
                        **({"drafts": drafts.report} if drafts is not None else {}),
-                       **({"lenpair": fit.report} if fit is not None else {}),
                        **({"inverted": self.invert.report} if self.invert is not None else {})}
         log.debug("target descent: %s", self.report)
         return tracks + inverted
