@@ -275,3 +275,60 @@ def test_the_block_screen_stops_where_the_budget_ends_and_weighs_the_best_it_sco
     box.screen = lambda trials: (calls.append(len(trials)), [0.0 if t == best_late else 1.0 for t in trials])[1]
     got = screened_blocks(box, seq)
     assert sum(calls) == len(every) and max(calls) <= SCREEN_CHUNK and got[0] == best_late
+
+
+def test_option_repair_block_late_gives_the_traded_start_block_moves_only_late(monkeypatch):
+    """Option `repair_block_late` (off; session 41): with `repair_block_at="stall"` the race's traded start is repaired
+    with block moves that wait for `block_due` (`block_late` set in its repair only, the shortest sentences first);
+    the untraded start as before (blocks, not late); with `repair_block_traded` the traded start's blocks are not
+    late. The traded start's stalls go to the details (`block_late`)."""
+    from textleak.attacks.update_repair_blocks import block_sweep
+
+    seen, made = _race(monkeypatch)
+    late = []
+    for options in ({"repair_block_late": True}, {"repair_block_late": True, "repair_block_traded": True}, {}):
+        out = _guess(monkeypatch, "stall", **options)
+        late.append((made[-1].block_late, out.details.get("block_late")))
+    assert late == [(False, []), (False, None), (False, None)]  # restored after the traded start's repair
+    assert seen == [(1, 4, "stall"), (7, 4, "stall"), (1, 4, "stall"), (7, 4, "stall"),
+                    (1, 0, "stall"), (7, 4, "stall")]
+    assert UpdateExact().repair_block_late is False
+    from textleak.errors import InputError
+    from textleak.validate import attack_instance
+
+    assert attack_instance("exact-update", {"repair_block_late": True}, 0).repair_block_late is True
+    with pytest.raises(InputError, match="repair_block_late"):
+        attack_instance("exact-update", {"repair_block_late": "x"}, 0)
+    order = []
+    monkeypatch.setattr(update_small_lr, "BoxRepair", BoxRepair)
+    from textleak.attacks import update_repair_blocks
+
+    monkeypatch.setattr(update_repair_blocks, "block_step", lambda repair, seqs, b: order.append(b))
+    from types import SimpleNamespace
+
+    block_sweep(SimpleNamespace(block_late=True), [[101, 1, 1, 1, 102], [101, 2, 102]], [0, 1])
+    assert order == [1, 0]
+
+
+def test_a_late_repair_sweeps_block_moves_only_with_less_time_left_than_it_spent(monkeypatch):
+    """`block_due` (option `repair_block_late`): the toy needs one block move; a late repair with more time left than
+    it has spent stops at its stall without it (the race's time kept for the untraded start), one with less left
+    makes it; each stall's (spent, left, due) recorded. Not late, the block move comes at once."""
+    from textleak.attacks import update_repair_blocks
+    from textleak.attacks.update_repair_blocks import late_blocks
+
+    box = _toy(3, at="stall")
+    with late_blocks(box, True):
+        got, early = box.run(_wrong(), [0, 0], time.monotonic() + 600, exchange=False)
+        assert got == _wrong() and early["blocks_kept"] == 0 and early["block_screened"] == 0
+        assert len(box.late_stalls) == 1 and box.late_stalls[0][2] is False and box.late_stalls[0][1] > 500
+    assert box.block_late is False
+    real = update_repair_blocks.budget_now
+    monkeypatch.setattr(update_repair_blocks, "budget_now", lambda: real() + 400)  # 400 s spent, ~200 left
+    box = _toy(3, at="stall")
+    with late_blocks(box, True):
+        got, on = box.run(_wrong(), [0, 0], time.monotonic() + 600, exchange=False)
+    assert got == TRUTH and on["blocks_kept"] == 1 and box.late_stalls[0][2] is True
+    monkeypatch.setattr(update_repair_blocks, "budget_now", real)
+    got, plain = _toy(3, at="stall").run(_wrong(), [0, 0], time.monotonic() + 600, exchange=False)
+    assert got == TRUTH and plain["blocks_kept"] == 1

@@ -42,7 +42,7 @@ from ..core.budget import now as budget_now
 from ..text.layouts import Layout
 from ..text.leaks.residuals import partial_residuals
 from ..text.leaks.spans import LayerSpan
-from .update_repair_blocks import BLOCK_AT_DEFAULT, block_step, block_sweep
+from .update_repair_blocks import BLOCK_AT_DEFAULT, block_due, block_step, block_sweep
 from .update_repair_moves import RepairMoves, missing, slides
 from .update_rounding import RoundingFits
 
@@ -69,6 +69,8 @@ class BoxRepair(RepairMoves):
     block_at = BLOCK_AT_DEFAULT
     #: option `repair_block_short` (off): a block sweep takes the shortest sentences first (`block_sweep`)
     block_short = False
+    #: option `repair_block_late` (off; the race's traded start): block sweeps only where `block_due`; its stalls
+    block_late, late_stalls, _began = False, (), 0.0
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
                  width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None, move: bool = False,
@@ -241,7 +243,8 @@ class BoxRepair(RepairMoves):
                     self._move(seqs)
             if exchange:
                 self._exchange(seqs)
-            if self.block > 0 and self.block_at == "stall" and self._changes == before and self._best > 0:
+            if (self.block > 0 and self.block_at == "stall" and self._changes == before and self._best > 0
+                    and block_due(self, deadline)):
                 block_sweep(self, seqs, order if order is not None else range(len(seqs)))
             screened, sweeps = (screened + 1, sweeps) if self._screening else (screened, sweeps + 1)
             keeps += [self._keep] if self._screening else []
@@ -293,7 +296,7 @@ class BoxRepair(RepairMoves):
         self._own = [(gradient or self.gradient)(s, y) for s, y in zip(seqs, self._labels)]
         self._total = sum(self._own) / self._B
         self._best = self.misfit(self._total)
-        self._deadline, self._changes = deadline, 0
+        self._deadline, self._changes, self._began = deadline, 0, budget_now()
         self._cls = self.guard(seqs) if self.guard is not None else []
         return seqs, self._best
 

@@ -61,6 +61,38 @@ def traded_blocks_off(attack: Any, race: bool, block_at: str) -> bool:
 
 
 @contextmanager
+def late_blocks(repair: Any, on: bool) -> Iterator[None]:
+    """Within the block, `repair.block_late` is True where `on` (option `repair_block_late`, for the race's traded
+    start: `block_due`), else left as it is; restored on the way out, an exception's included."""
+    late = repair.block_late
+    repair.block_late = late or on
+    if on:
+        repair.late_stalls = []
+    try:
+        yield
+    finally:
+        repair.block_late = late
+
+
+def block_due(repair: Any, deadline: float) -> bool:
+    """Whether a sweep of `repair` that changed nothing ends with a block sweep: always, unless `repair.block_late`
+    (option `repair_block_late`, off: the race's traded start, which otherwise has none); then only where the time
+    left to `deadline` is less than what this repair has spent since it began (`BoxRepair.begin`), so the race could
+    not give the untraded start what the traded one took; each such stall's (spent, left, due) in
+    `repair.late_stalls`. Why (session 40, `recipes/measured/fedavg_small_lr5_s40`, SST-2 b4 K 8 lr 1e-5, 800 CPU s):
+    on dev 0 the traded repair runs out (638 CPU s; first stall after ~500 of them, ~140 left), the race never runs
+    and block moves there make one more sentence exact (0.940 / 0.750 against 0.927 / 0.718); on dev 1 it stops
+    after ~300 CPU s and the untraded start wins the race with 420 left (1.000 / 1.000), which block moves in the
+    traded start cut to 108 (0.963 / 0.868)."""
+    if not getattr(repair, "block_late", False):
+        return True
+    t = budget_now()
+    spent, left = t - repair._began, deadline - t
+    repair.late_stalls = [*repair.late_stalls, (round(spent, 1), round(left, 1), left < spent)]
+    return left < spent
+
+
+@contextmanager
 def blocks_off(repair: Any, off: bool) -> Iterator[None]:
     """Within the block, `repair.block` is 0 (no block moves) where `off`, else left as it is; restored on the way
     out, an exception's included (the traded start's repair with `repair_block_at="stall"`, `repair_guess`)."""
@@ -99,14 +131,15 @@ def block_sweep(repair: Any, seqs: list[list[int]], order: Iterable[int]) -> Non
     """Option `repair_block_at="stall"`: after a sweep of `repair` that changed nothing, each sentence b of `seqs`
     (changed in place) in `order` in turn takes its best screened block move (`block_step`) where that lowers the
     batch's misfit; a move kept makes the sweep one that changed something, so the cheaper changes go on from it.
-    With `repair.block_short` (option `repair_block_short`, off) the shortest sentences first, `order` on a tie: a
+    With `repair.block_short` (option `repair_block_short`, off) or `repair.block_late` (option `repair_block_late`,
+    off: little time left by `block_due`) the shortest sentences first, `order` on a tie: a
     sentence of n inner tokens screens ~4 n^2 block moves, so a long one's screen can take the rest of the budget.
     Session 40 (`recipes/measured/fedavg_small_lr5_s40`, SST-2 dev 0 of 4, K 8, lr 1e-5, 800 CPU s, with
     `repair_block_traded`): the one block sweep screened the 44-token sentence's 5,779 moves (none kept) and the
     budget ended before the 18-token sentence's 596, whose first-ranked move makes that sentence exact. With both
     options, side by side at 800 CPU s: dev 0 0.940 / 0.750 (2 of 4 exact) against 0.927 / 0.718 (1), dev 1 0.963 /
     0.868 (2) against 1.000 / 1.000 (4, certified): the traded start's block moves took the race's time. Off."""
-    if getattr(repair, "block_short", False):
+    if getattr(repair, "block_short", False) or getattr(repair, "block_late", False):
         order = sorted(order, key=lambda i: len(seqs[i]))  # stable: `order` on a tie
     for b in order:
         block_step(repair, seqs, b)

@@ -35,7 +35,7 @@ from .update_cls import POOLER, SITES, SWEEPS, ClsSpans, cls_start
 from .update_cls_lengths import length_heats, length_race, length_start
 from .update_positions import declared_batch
 from .update_repair import WIDTH, BoxRepair
-from .update_repair_blocks import BLOCK_AT_DEFAULT, blocks_off, traded_blocks_off
+from .update_repair_blocks import BLOCK_AT_DEFAULT, blocks_off, late_blocks, traded_blocks_off
 from .update_sentences import SentenceRepair
 from .update_sim import UpdateFacts
 from .update_slots import slot_starts
@@ -98,8 +98,11 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
         report = length_heats(repair, pred, untraded, budget.current().deadline, worst, out.details)
     else:
         race = untraded is not None and attack.cls_lengths == "race"
-        with blocks_off(repair, traded_blocks_off(attack, race, repair.block_at)):  # none in the traded start's
+        off, late = traded_blocks_off(attack, race, repair.block_at), getattr(attack, "repair_block_late", False)
+        with blocks_off(repair, off and not late), late_blocks(repair, off and late):  # none (or late) in the traded
             pred["token_ids"], report = repair.run(pred["token_ids"], pred["labels"], budget.current().deadline, worst)
+        if off and late:
+            out.details["block_late"] = list(repair.late_stalls)  # the traded start's stalls: (spent, left, due)
     if untraded is not None and attack.cls_lengths == "race":  # the untraded start repaired with the time left
         report = length_race(repair, pred, report, untraded, budget.current().deadline, worst, out.details)
     pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
