@@ -179,8 +179,7 @@ class UpdateExact(Exact):
     #: token repair: slides (a token moved up to N places, `BoxRepair.slide`) and block moves (a run of up to N tokens
     #: moved in its sentence, screened, `update_repair_blocks`; on since s39: SST-2 b4 lr 1e-5 dev 1 1.000 vs 0.981,
     #: ties elsewhere, fedavg_rt_blocks_s39/); 0: off; `repair_block_at`: "sweep" (s37) or "stall" (the default);
-    #: `repair_block_traded` / `_short`: block moves in the race's traded start too / shortest sentences first (s40);
-    #: `_late`: in the traded start at a stall with less time left than its repair spent (`block_due`; s41)
+    #: `_traded` / `_short` / `_late`: block moves in the race's traded start / shortest first (s40) / `block_due` (s41)
     repair_slide: int = 0
     repair_block: int = 4
     repair_block_at: str = BLOCK_AT_DEFAULT

@@ -101,8 +101,8 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
         off, late = traded_blocks_off(attack, race, repair.block_at), getattr(attack, "repair_block_late", False)
         with blocks_off(repair, off and not late), late_blocks(repair, off and late):  # none (or late) in the traded
             pred["token_ids"], report = repair.run(pred["token_ids"], pred["labels"], budget.current().deadline, worst)
-        if off and late:
-            out.details["block_late"] = list(repair.late_stalls)  # the traded start's stalls: (spent, left, due)
+        if off and late:  # the traded start's stalls (spent, left, due): in its report, in the units where kept
+            report["block_late"] = out.details["block_late"] = list(repair.late_stalls)
     if untraded is not None and attack.cls_lengths == "race":  # the untraded start repaired with the time left
         report = length_race(repair, pred, report, untraded, budget.current().deadline, worst, out.details)
     pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
