@@ -80,10 +80,12 @@ def block_due(repair: Any, deadline: float) -> bool:
     left to `deadline` is less than what this repair has spent since it began (`BoxRepair.begin`), so the race could
     not give the untraded start what the traded one took; each such stall's (spent, left, due) in
     `repair.late_stalls`. Why (session 40, `recipes/measured/fedavg_small_lr5_s40`, SST-2 b4 K 8 lr 1e-5, 800 CPU s):
-    on dev 0 the traded repair runs out (638 CPU s; first stall after ~500 of them, ~140 left), the race never runs
-    and block moves there make one more sentence exact (0.940 / 0.750 against 0.927 / 0.718); on dev 1 it stops
-    after ~300 CPU s and the untraded start wins the race with 420 left (1.000 / 1.000), which block moves in the
-    traded start cut to 108 (0.963 / 0.868)."""
+    on dev 0 the traded repair runs out, so the race never runs and its block moves cost nothing; on dev 1 it stops
+    and the untraded start wins the race (1.000 / 1.000 at 420 CPU s), which block moves in the traded start cut to
+    108 (0.963 / 0.868). Session 41 (`fedavg_small_lr5_s41`, side by side, load ~8.7): dev 0 0.927 / 0.751, 2 of 4
+    exact (one block sweep at its last stall, the 18-token sentence's move kept) against 0.927 / 0.727, 1 of 4; dev 1
+    0.994 / 0.966 against 0.994 / 0.953 (no block sweep in the traded start: the race's untraded start had 383.7 CPU s
+    against 380.6)."""
     if not getattr(repair, "block_late", False):
         return True
     t = budget_now()
