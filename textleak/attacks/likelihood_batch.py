@@ -64,7 +64,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..core.budget import current, time_budget
-from ..errors import InputError, MissingKnowledgeError
+from ..errors import MissingKnowledgeError
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
 from .evidence import ContextCandidates, candidates, filler_ids, row_scores, strong_rows
@@ -73,12 +73,13 @@ from .likelihood_exchange import Exchanges
 from .likelihood_relocate import Relocations, enclosing, relocation
 from .likelihood_reseat import Reseats
 from .likelihood_standin import stand_ins
-from .likelihood_state import _Batch, carried, clip_norm, placements
+from .likelihood_place import Placements
+from .likelihood_state import _Batch, clip_norm
 
 
 @ATTACKS.register("likelihood_batch")
 @dataclass
-class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
+class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats, Placements):
     name: ClassVar[str] = "likelihood_batch"
 
     #: a token whose row stands this many noise deviations above the null at its best position is placed
@@ -304,89 +305,6 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats):
         if not self.share_power:
             return [1.0] * len(lengths)
         return [float(max(1, n - 2 * specials)) ** self.share_power for n in lengths]
-
-    def _place(self, batch: _Batch, rows: list[tuple[int, int, float]], inner: list[range], fill: list[int]
-               ) -> list[tuple[int, int, int]]:
-        """Every sentence's likeliest filler, then each strong row's token at its position in the
-        sentence where it raises the batch likelihood most (if any does); (token, sentence, position)."""
-        for i, seq in enumerate(batch.seqs):
-            options = []
-            for f in fill:
-                t = list(seq)
-                for p in inner[i]:
-                    t[p] = f
-                options.append(t)
-            self._seed(batch, i, options)
-        taken: set[tuple[int, int]] = set()
-        placed = []
-        for v, p, _z in rows:
-            best = None
-            for i in range(len(batch.seqs)):
-                if p not in inner[i] or (i, p) in taken:
-                    continue
-                trial = list(batch.seqs[i])
-                trial[p] = v
-                gain = self._gain(batch, i, [trial])[0]
-                if gain > 0 and (best is None or gain > best[0]):
-                    best = (gain, i, trial)
-            if best is not None:
-                batch.set(best[1], best[2], batch.labels[best[1]])
-                taken.add((best[1], p))
-                placed.append((v, best[1], p))
-            if current().expired():
-                break
-        return placed
-
-    def _start(self, batch: _Batch, rows: list[tuple[int, int, float]], inner: list[range], fill: list[int],
-               labels: list[int], label_note: str) -> tuple[_Batch, list[tuple[int, int, int]], list, bool]:
-        """The first whole guess: the given start (`initial_ids`), else the fillers and the strong rows (`_place`),
-        with `place_labels` built under every placement of the labels read as counts; (the batch, the tokens
-        placed, [placement, misfit] of every placement tried, whether the counts are placed by the likelihood)."""
-        if self.place_labels not in ("order", "first", "rounds", "carry"):
-            raise InputError("likelihood_batch.place_labels: 'order', 'first', 'rounds' or 'carry', "
-                             f"got {self.place_labels!r}")
-        placing = self.place_labels != "order" and label_note != "known" and len(set(labels)) > 1
-        if self.initial_ids is not None:
-            return batch, [], [], placing
-        if placing and self.place_labels != "carry":
-            return (*self._labelled_start(batch, rows, inner, fill, labels), placing)
-        return batch, self._place(batch, rows, inner, fill), [], placing
-
-    def _labelled_start(self, batch: _Batch, rows: list[tuple[int, int, float]], inner: list[range],
-                        fill: list[int], labels: list[int]) -> tuple[_Batch, list[tuple[int, int, int]], list]:
-        """`place_labels`: the start (`_place`) built under every distinct placement of the counts `labels`;
-        (the likeliest start by the batch misfit, its placed tokens, [placement, misfit] of every one tried)."""
-        best, tried = None, []
-        for ys in placements(labels):
-            trial = _Batch(batch.layout, batch.shared, batch.seqs, ys, batch.clip)
-            placed = self._place(trial, rows, inner, fill)
-            fit = trial.misfit()
-            tried.append([ys, fit])
-            if best is None or fit < best[0]:
-                best = (fit, trial, placed)
-            if current().expired():
-                break
-        return best[1], best[2], tried
-
-    def _carry(self, batch: _Batch, labels: list[int], lengths: list[int], pad: int, specials: bool
-               ) -> tuple[_Batch, bool, list]:
-        """`place_labels="carry"`: every distinct placement of the counts `labels`, the guesses carried with
-        their labels (`likelihood_state.carried`); (the likeliest by the batch misfit, whether it moved,
-        [placement, misfit] of every one tried)."""
-        best, tried = (batch.misfit(), batch), []
-        for ys in placements(labels):
-            if ys == batch.labels:
-                tried.append([ys, best[0]])
-                continue
-            seqs = carried(batch.seqs, batch.labels, ys, lengths, pad, specials)
-            trial = _Batch(batch.layout, batch.shared, seqs, ys, batch.clip)
-            fit = trial.misfit()
-            tried.append([ys, fit])
-            if fit < best[0]:
-                best = (fit, trial)
-            if current().expired():
-                break
-        return best[1], best[1] is not batch, tried
 
     def _pin(self, batch: _Batch, placed: list[tuple[int, int, int]]) -> None:
         """With `pin`, each placed token pinned at its position in the sentence holding it there (if any)."""
