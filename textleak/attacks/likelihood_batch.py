@@ -48,6 +48,7 @@ early layers alone), `place_labels` (the start built under every placement of th
 sentences whose mean gradient stands for a sentence not yet climbed), `share_power` (each sentence's share of a
 round's time by its length), `relocate` (whole sentences exchanged between slots of different lengths, after every
 round or, "last", once after the last; `relocate_fill`: each slot offered its fillers too), `late_context`, `reseat`,
+`place_layers` (the strong rows placed on the first layers' J; `likelihood_place`),
 `runs` (`likelihood`'s whole-run proposals, here in the climbs after the `early` rounds).
 In `auto` it runs before `likelihood` (which goes on from its guess with the time left; the
 likelier guess by misfit is kept) and refuses a single sentence.
@@ -66,6 +67,7 @@ import torch
 from ..core.budget import current, time_budget
 from ..errors import MissingKnowledgeError
 from ..threat import Observation
+from ..validate import number
 from .base import ATTACKS, AttackOutput
 from .evidence import ContextCandidates, candidates, filler_ids, row_scores, strong_rows
 from .likelihood import LikelihoodSearch
@@ -186,10 +188,16 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats, P
     #: after the last round up to this many slots' contents permuted at once (`likelihood_reseat`); 0: off. On CoLA 1's
     #: end states every seating is 19k-155k nats less likely; it took nothing in three pairs (s35, noise_b4_s35)
     reseat: int = 0
+    #: the strong rows placed at the start by their gain on J of the embeddings and the first N encoder layers alone
+    #: (`likelihood_place`: on CoLA dev batch 0 at 1e-6 it groups the 7 row tokens by sentence, the whole J none);
+    #: 0: the whole J. Off
+    place_layers: int = 0
 
     def check_options(self) -> None:
-        """The option values checked before any work (`validate.attack_instance`): `relocate`'s mode, `likelihood`'s."""
+        """The option values checked before any work (`validate.attack_instance`): `relocate`'s mode, `place_layers`
+        a count >= 0, `likelihood`'s."""
         relocation(self.relocate)
+        number(self.place_layers, "option place_layers", minimum=0)
         LikelihoodSearch.check_options(self)
 
     def prepare(self, target: Any, observation: Observation | None = None, noisy: bool | None = None) -> None:
