@@ -67,7 +67,7 @@ import torch
 from ..core.budget import current, time_budget
 from ..errors import MissingKnowledgeError
 from ..threat import Observation
-from ..validate import number
+from ..validate import integer
 from .base import ATTACKS, AttackOutput
 from .evidence import ContextCandidates, candidates, filler_ids, row_scores, strong_rows
 from .likelihood import LikelihoodSearch
@@ -197,7 +197,7 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats, P
         """The option values checked before any work (`validate.attack_instance`): `relocate`'s mode, `place_layers`
         a count >= 0, `likelihood`'s."""
         relocation(self.relocate)
-        number(self.place_layers, "option place_layers", minimum=0)
+        integer(self.place_layers, "option place_layers", minimum=0)
         LikelihoodSearch.check_options(self)
 
     def prepare(self, target: Any, observation: Observation | None = None, noisy: bool | None = None) -> None:
