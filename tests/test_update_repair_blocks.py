@@ -140,14 +140,14 @@ def _race(monkeypatch, fail: bool = False) -> tuple[list, list]:
 
 
 def _guess(monkeypatch, at: str, **options):
-    """`repair_guess` run once on the stubs of `_race` with `repair_block=4`, `repair_block_at=at` (and `options`);
-    its output."""
+    """`repair_guess` run once on the stubs of `_race` with `repair_block=4`, `repair_block_at=at` (and `options`;
+    `repair_block_late` off unless given: the other options' tests describe the traded start without it); its output."""
     from types import SimpleNamespace
 
     from conftest import embedding_pins
 
     ids = [[101, 1, 2, 102], [101, 3, 102]]
-    attack = UpdateExact(repair_block=4, repair_block_at=at, **options)
+    attack = UpdateExact(repair_block=4, repair_block_at=at, **{"repair_block_late": False, **options})
     attack._fits = None
     monkeypatch.setattr(attack, "_layer0", lambda *a: (None, None))
     monkeypatch.setattr(attack, "_batch_pins", lambda *a: embedding_pins(ids))
@@ -278,21 +278,22 @@ def test_the_block_screen_stops_where_the_budget_ends_and_weighs_the_best_it_sco
 
 
 def test_option_repair_block_late_gives_the_traded_start_block_moves_only_late(monkeypatch):
-    """Option `repair_block_late` (off; session 41): with `repair_block_at="stall"` the race's traded start is repaired
-    with block moves that wait for `block_due` (`block_late` set in its repair only, the shortest sentences first);
-    the untraded start as before (blocks, not late); with `repair_block_traded` the traded start's blocks are not
-    late. The traded start's stalls go to the details (`block_late`)."""
+    """Option `repair_block_late` (on since session 41): with `repair_block_at="stall"` the race's traded start is
+    repaired with block moves that wait for `block_due` (`block_late` set in its repair only, the shortest sentences
+    first); the untraded start as before (blocks, not late); with `repair_block_traded` the traded start's blocks are
+    not late. The traded start's stalls go to the details (`block_late`)."""
     from textleak.attacks.update_repair_blocks import block_sweep
 
     seen, made = _race(monkeypatch)
     late = []
-    for options in ({"repair_block_late": True}, {"repair_block_late": True, "repair_block_traded": True}, {}):
+    for options in ({"repair_block_late": True}, {"repair_block_late": True, "repair_block_traded": True},
+                    {"repair_block_late": False}):
         out = _guess(monkeypatch, "stall", **options)
         late.append((made[-1].block_late, out.details.get("block_late")))
     assert late == [(False, []), (False, None), (False, None)]  # restored after the traded start's repair
     assert seen == [(1, 4, "stall"), (7, 4, "stall"), (1, 4, "stall"), (7, 4, "stall"),
                     (1, 0, "stall"), (7, 4, "stall")]
-    assert UpdateExact().repair_block_late is False
+    assert UpdateExact().repair_block_late is True  # the default since session 41
     from textleak.errors import InputError
     from textleak.validate import attack_instance
 

@@ -179,13 +179,14 @@ class UpdateExact(Exact):
     #: token repair: slides (a token moved up to N places, `BoxRepair.slide`) and block moves (a run of up to N tokens
     #: moved in its sentence, screened, `update_repair_blocks`; on since s39: SST-2 b4 lr 1e-5 dev 1 1.000 vs 0.981,
     #: ties elsewhere, fedavg_rt_blocks_s39/); 0: off; `repair_block_at`: "sweep" (s37) or "stall" (the default);
-    #: `_traded` / `_short` / `_late`: block moves in the race's traded start / shortest first (s40) / `block_due` (s41)
+    #: `_traded` / `_short`: block moves in the race's traded start / shortest first (s40); `_late` (on since s41): the
+    #: traded start's only where `block_due` (SST-2 b4 lr 1e-5 dev 0 2 of 4 exact vs 1, dev 1, RT 0 ties; _s41/)
     repair_slide: int = 0
     repair_block: int = 4
     repair_block_at: str = BLOCK_AT_DEFAULT
     repair_block_traded: bool = False
     repair_block_short: bool = False
-    repair_block_late: bool = False
+    repair_block_late: bool = True
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
     cls_sweeps: int = 0

@@ -69,7 +69,8 @@ class BoxRepair(RepairMoves):
     block_at = BLOCK_AT_DEFAULT
     #: option `repair_block_short` (off): a block sweep takes the shortest sentences first (`block_sweep`)
     block_short = False
-    #: option `repair_block_late` (off; the race's traded start): block sweeps only where `block_due`; its stalls
+    #: option `repair_block_late` (on since session 41; the race's traded start): block sweeps only where `block_due`;
+    #: its stalls (spent, left, due) in `late_stalls`
     block_late, late_stalls, _began = False, (), 0.0
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,

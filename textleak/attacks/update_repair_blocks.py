@@ -56,7 +56,8 @@ def traded_blocks_off(attack: Any, race: bool, block_at: str) -> bool:
     start never runs and no block move is ever tried; from that end the block move that puts "ever" back in "why he
     keeps being cast ... are ever any good" (3 tokens right, that sentence exact) lowers the box misfit 2.41e-4 ->
     2.31e-4 and ranks first of its sentence's 596 on the [CLS] screen. With `repair_block_short` it reads dev 0 at
-    0.940 / 0.750 against 0.927 / 0.718 but dev 1 at 0.963 / 0.868 against 1.000 / 1.000, side by side (`block_sweep`)."""
+    0.940 / 0.750 against 0.927 / 0.718 but dev 1 at 0.963 / 0.868 against 1.000 / 1.000, side by side
+    (`block_sweep`)."""
     return race and block_at == "stall" and not getattr(attack, "repair_block_traded", False)
 
 
@@ -76,9 +77,9 @@ def late_blocks(repair: Any, on: bool) -> Iterator[None]:
 
 def block_due(repair: Any, deadline: float) -> bool:
     """Whether a sweep of `repair` that changed nothing ends with a block sweep: always, unless `repair.block_late`
-    (option `repair_block_late`, off: the race's traded start, which otherwise has none); then only where the time
-    left to `deadline` is less than what this repair has spent since it began (`BoxRepair.begin`), so the race could
-    not give the untraded start what the traded one took; each such stall's (spent, left, due) in
+    (option `repair_block_late`, on since session 41: the race's traded start, which otherwise has none); then only
+    where the time left to `deadline` is less than what this repair has spent since it began (`BoxRepair.begin`), so
+    the race could not give the untraded start what the traded one took; each such stall's (spent, left, due) in
     `repair.late_stalls`. Why (session 40, `recipes/measured/fedavg_small_lr5_s40`, SST-2 b4 K 8 lr 1e-5, 800 CPU s):
     on dev 0 the traded repair runs out, so the race never runs and its block moves cost nothing; on dev 1 it stops
     and the untraded start wins the race (1.000 / 1.000 at 420 CPU s), which block moves in the traded start cut to
