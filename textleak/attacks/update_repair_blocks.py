@@ -135,7 +135,7 @@ def block_sweep(repair: Any, seqs: list[list[int]], order: Iterable[int]) -> Non
     (changed in place) in `order` in turn takes its best screened block move (`block_step`) where that lowers the
     batch's misfit; a move kept makes the sweep one that changed something, so the cheaper changes go on from it.
     With `repair.block_short` (option `repair_block_short`, off) or `repair.block_late` (option `repair_block_late`,
-    off: little time left by `block_due`) the shortest sentences first, `order` on a tie: a
+    on since session 41: little time left by `block_due`) the shortest sentences first, `order` on a tie: a
     sentence of n inner tokens screens ~4 n^2 block moves, so a long one's screen can take the rest of the budget.
     Session 40 (`recipes/measured/fedavg_small_lr5_s40`, SST-2 dev 0 of 4, K 8, lr 1e-5, 800 CPU s, with
     `repair_block_traded`): the one block sweep screened the 44-token sentence's 5,779 moves (none kept) and the
