@@ -144,11 +144,13 @@ def test_option_cls_lengths_takes_true_false_or_race_checked_before_any_work():
 
 
 def test_option_cls_lengths_gate_skips_the_descent_where_the_trades_raise_the_box_misfit(setup):
-    """`length_start`'s `gate` (`exact-update`'s option `cls_lengths_gate`, 1.5 by default since session 40): where the trades leave
-    the box misfit over `gate` x the start's (here a misfit that counts the true sentences: the start holds 1 of 3,
+    """`length_start`'s `gate` (`exact-update`'s option `cls_lengths_gate`, 1.5 by default since session 40): where the
+    trades leave the box misfit over `gate` x the start's (here a misfit that counts the true sentences: the start holds 1 of 3,
     the traded batch 3 of 3, 3 x) no descent runs after them and the start is kept; under the gate, or off, the
     descent runs as before. Session 39 (RT dev 1 of 8, lr 1e-4): 1.15e-2 traded against the start's 5.67e-3, and the
     trade's descent took the token repair's time."""
+    import pytest
+
     from textleak.attacks.update import UpdateExact
     from textleak.attacks.update_cls_lengths import GATE
     from textleak.errors import InputError
@@ -170,9 +172,5 @@ def test_option_cls_lengths_gate_skips_the_descent_where_the_trades_raise_the_bo
     assert attack_instance("exact-update", {"cls_lengths_gate": 0}, 0).cls_lengths_gate == 0  # off
     assert attack_instance("exact-update", {"cls_lengths_gate": 1.5}, 0).cls_lengths_gate == 1.5
     for bad in (0.5, -1.0):
-        try:
+        with pytest.raises(InputError, match="cls_lengths_gate"):
             attack_instance("exact-update", {"cls_lengths_gate": bad}, 0)
-        except InputError as exc:
-            assert "cls_lengths_gate" in str(exc)
-        else:
-            raise AssertionError(f"cls_lengths_gate={bad} accepted")

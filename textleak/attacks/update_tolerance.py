@@ -1,7 +1,7 @@
 """`exact-update`'s bounds where the update's rounding decides: the layer-0 candidates' residual bound on an update's
 span (`layer0_tolerance`, read against the rounding plateau; `update`'s module doc says why), the retry's widening,
-and where the search is layered or leaves the time to the repairs. Kept apart from `update.UpdateExact` so that the
-peels (`update_peel`, `update_rest_rows`) and the tests read one definition."""
+and where the search is layered or leaves the time to the repairs. Moved out of `update.py` (session 41, to keep it
+under 400 lines); `update` re-exports them, where the tests import them from."""
 
 from __future__ import annotations
 
