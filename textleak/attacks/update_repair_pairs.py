@@ -14,6 +14,9 @@ substitutions lowers the misfit; the pair "are the" -> "- ever" does (2.304e-4),
 neighbouring pairs on the [CLS] screen (6.5 CPU s of forwards) and is the only one of the 8 it ranks first that
 lowers it; from it one sweep of that sentence's substitutions puts "ever" -> "-" and makes the sentence exact (misfit
 1.328e-4, 3 of 4 exact). A sentence of n tokens has about 225 (n - 3) such pairs at width 16: hence the length cap.
+But in the repair that pair is refused (`replay_pairs.py.txt`, `cover_check.py.txt` there): it takes "the" out of the
+batch, a moved word row's token (`BoxRepair.cover`); with `cover` off the block sweep keeps it (2.304e-4). Side by side
+at 800 CPU s (load 13) neither arm reached a stall, so the option never acted. Not supported: off.
 """
 
 from __future__ import annotations
