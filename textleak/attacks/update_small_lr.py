@@ -71,7 +71,6 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
                        block=int(getattr(attack, "repair_block", 0) or 0))
     repair.block_at = getattr(attack, "repair_block_at", BLOCK_AT_DEFAULT)
     repair.block_short = bool(getattr(attack, "repair_block_short", False))
-    repair.pairs = int(getattr(attack, "repair_pairs", 0) or 0)  # option `repair_pairs` (`update_repair_pairs`)
     untraded = None
     if getattr(pins, "order", None) is not None:
         untraded = _starts(attack, target, pins, repair, out, gate["cls_screen_reserve"])
