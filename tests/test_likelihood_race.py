@@ -15,7 +15,8 @@ def wide(tmp_path_factory):
 
 
 def test_race_is_checked_seconds_off_by_default():
-    """`--option likelihood_batch.race=SECONDS`: a number >= 0, alone and as `auto`'s stage; 0 (one start) by default."""
+    """`--option likelihood_batch.race=SECONDS` (and `race_margin`, nats): numbers >= 0, alone and as `auto`'s stage;
+    0 (one start) by default."""
     from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
     from textleak.errors import InputError
     from textleak.validate import attack_instance
@@ -23,9 +24,9 @@ def test_race_is_checked_seconds_off_by_default():
     assert BatchLikelihoodSearch().race == 0
     assert attack_instance("likelihood_batch", {"race": 40}, 0).race == 40
     assert attack_instance("auto", {"likelihood_batch": {"race": 2.5}}, 0)
-    for bad in (-1, "fast"):
-        with pytest.raises(InputError, match="race"):
-            attack_instance("likelihood_batch", {"race": bad}, 0)
+    for name, bad in [("race", -1), ("race", "fast"), ("race_margin", -5.0)]:
+        with pytest.raises(InputError, match=name):
+            attack_instance("likelihood_batch", {name: bad}, 0)
 
 
 def test_race_climbs_each_start_and_goes_on_from_the_least_misfit(wide, monkeypatch):
@@ -67,3 +68,18 @@ def test_race_climbs_each_start_and_goes_on_from_the_least_misfit(wide, monkeypa
     assert [row[:len(s)] for row, s in zip(goes_on[0][1], winner["token_ids"])] == winner["token_ids"]
     assert goes_on[0][2] == list(winner["labels"]) and len(out.prediction["token_ids"]) == 2
     assert likelihood_race._padded([[1, 2], [3]]).tolist() == [[1, 2], [3, 0]]
+
+
+def test_race_margin_keeps_the_first_start_unless_another_leads_by_that_many_nats(wide):
+    """`race_margin`: a later start is kept only where its misfit (nats) is below the best before it by more than the
+    margin; a margin no lead can reach keeps the first start (`place_layers`' own), whatever the misfits."""
+    from textleak.core.budget import time_budget
+    from textleak.validate import attack_instance
+
+    obs, _ = _observation(wide, ["big cat ran", "a dog sat"], [1, 0], noise="noise:1e-6")
+    search = attack_instance("likelihood_batch", {"race": 1, "race_margin": 1e15, "early_layers": 1, "prior": "none",
+                                                  "rounds": 1, "sweeps": 1, "strong": 3.0}, 0)
+    with time_budget(20):
+        race = search.run(obs, wide).details["race"]
+    assert race["kept"] == 0 and [s["place_layers"] for s in race["starts"]] == [0, 1]
+    assert all(s["nats"] > 0 for s in race["starts"])

@@ -197,13 +197,18 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats, P
     #: seconds a start: the start placed on the whole J and the one on the first `early_layers` layers' J each climbed
     #: that long, the least batch misfit kept and climbed on with the rest (`likelihood_race`); 0: one start. Off
     race: float = 0.0
+    #: nats by which a later start's misfit after its climb must beat the best before it (first: `place_layers`') to be
+    #: kept; 0: the least misfit kept
+    race_margin: float = 0.0
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `relocate`'s mode, `place_layers`
-        a count >= 0, `race` seconds >= 0, `likelihood`'s."""
+        a count >= 0, `race` seconds and
+        `race_margin` nats >= 0, `likelihood`'s."""
         relocation(self.relocate)
         integer(self.place_layers, "option place_layers", minimum=0)
         number(self.race, "option race", minimum=0)
+        number(self.race_margin, "option race_margin", minimum=0)
         LikelihoodSearch.check_options(self)
 
     def prepare(self, target: Any, observation: Observation | None = None, noisy: bool | None = None) -> None:

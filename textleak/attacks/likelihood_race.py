@@ -30,6 +30,7 @@ class Race:
     """The race of starts (`likelihood_batch`'s mixin; module docstring)."""
 
     race: float
+    race_margin: float
     place_layers: int
     early_layers: int
     initial_ids: Any
@@ -42,7 +43,8 @@ class Race:
 
     def _raced(self, observation: Observation, target: Any) -> AttackOutput:
         """Each start climbed for `race` seconds (at most a share of what is left, so that the winner keeps at
-        least as much as each start had), the least misfit kept and climbed on with the rest of the budget."""
+        least as much as each start had), the least misfit kept (a later start only where it leads the best before it
+        by more than `race_margin` nats) and climbed on with the rest of the budget."""
         starts, entries, best = self._race_starts(), [], None
         for n, layers in enumerate(starts):
             seconds = min(self.race, current().remaining() / (len(starts) - n + 1))
@@ -50,8 +52,9 @@ class Race:
             with time_budget(max(seconds, 1e-3)):
                 out = self._racer(layers).run(observation, target)
             fit = misfit(observation, target, out.prediction["token_ids"], out.prediction["labels"])
-            entries.append({"place_layers": layers, "misfit": fit, "cpu_seconds": time.process_time() - c0})
-            if best is None or fit < best[0]:
+            entries.append({"place_layers": layers, "misfit": fit, "nats": _nats(out),
+                            "cpu_seconds": time.process_time() - c0})
+            if best is None or _nats(out) < _nats(best[2]) - self.race_margin:
                 best = (fit, layers, out)
         _, layers, out = best
         winner = self._racer(layers)
@@ -68,6 +71,12 @@ class Race:
         racer = copy.copy(self)
         racer.race, racer.place_layers = 0.0, layers
         return racer
+
+
+def _nats(out: AttackOutput) -> float:
+    """A guess's batch misfit in nats (minus its Gaussian log-likelihood, up to a constant): ||.||^2 / (2 sigma^2)."""
+    fit = out.details["fit"]
+    return fit["misfit_per_entry_over_sigma2"] * fit["entries"] / 2
 
 
 def _padded(rows: list[list[int]]) -> torch.Tensor:
