@@ -33,6 +33,7 @@ def test_race_climbs_each_start_and_goes_on_from_the_least_misfit(wide, monkeypa
     """Both starts (`place_layers` 0 and `early_layers`) climbed in turn, each on its own short budget; the one of
     least batch misfit (the attack's objective, no truth) is kept and the search goes on from its guess and labels."""
     from textleak.attacks import likelihood_race
+    from textleak.attacks.auto import HANDED_ON
     from textleak.attacks.likelihood_batch import BatchLikelihoodSearch
     from textleak.attacks.likelihood_state import misfit
     from textleak.core.budget import time_budget
@@ -67,6 +68,7 @@ def test_race_climbs_each_start_and_goes_on_from_the_least_misfit(wide, monkeypa
     winner = raced[kept][2].prediction
     assert [row[:len(s)] for row, s in zip(goes_on[0][1], winner["token_ids"])] == winner["token_ids"]
     assert goes_on[0][2] == list(winner["labels"]) and len(out.prediction["token_ids"]) == 2
+    assert "race" in HANDED_ON  # `auto` keeps the race's record where `likelihood` goes on from its guess
     assert likelihood_race._padded([[1, 2], [3]]).tolist() == [[1, 2], [3, 0]]
 
 
