@@ -9,7 +9,10 @@ Why: at noise variance 1e-6, batch 4, which sentence the few strong rows are pla
 noise_b4_s41), and nothing in the gradient names a row's owner; the start's own likelihood prefers the wrong split.
 A short climb tells more: on CoLA 0 the start placed on the first 4 layers' J had the least misfit after 40 and 120
 CPU s and ended best (0.799 against 0.594 at 400 CPU s), but as a fixed start it lost CoLA 1 and SST-2 1 (0.597
-against 0.627, 0.161 against 0.319). The race lets the misfit choose per batch (recipes/measured/noise_b4_s42).
+against 0.627, 0.161 against 0.319). The race lets the misfit choose per batch (recipes/measured/noise_b4_s42): after
+40 CPU s the first layers' start leads by 55.7k nats on CoLA 0, by 1.0k and 2.7k on CoLA 1 and SST-2 1 (where it lost
+end to end), hence `race_margin`. Paired at 400 CPU s (race 40, margin 10k, s42) it lost both cells: CoLA dev 0 0.487
+against 0.601, SST-2 dev 1 0.215 against 0.256 (one run an arm). Off.
 """
 
 from __future__ import annotations
