@@ -76,7 +76,7 @@ def run_unit(target, spec: str, batch, index: int, attack: str, budget: float | 
             # the labels guessed (slot by slot, as `recovered`), how they were read, and the true ones
             "labels": (res.prediction or {}).get("labels"), "labels_read": (res.assumed or {}).get("labels"),
             "placements": d.get("placements"), "reference_labels": labels, "relocate_last": d.get("relocate_last"),
-            "reseat": d.get("reseat"), "runs": d.get("runs"), "race": d.get("race"),
+            "reseat": d.get("reseat"), "runs": d.get("runs"),
             **{k: res.metrics["mean"][k] for k in ("rouge1", "rouge2", "exact_match")},
             "label_accuracy": res.metrics["mean"].get("label_accuracy")}
 

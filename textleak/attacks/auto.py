@@ -46,9 +46,8 @@ from .optimisation import GradientMatching
 STAGES = {"text": ("exact", "positions", "beyond_rank", "likelihood_batch", "likelihood", "lamp", "tag", "dlg"),
           "image": ("idlg",)}
 #: an earlier stage's records kept in the result when a later stage's guess is chosen (`likelihood_batch`'s final
-#: whole-sentence move: exchanges kept, the batch misfit before and after; its `race` of starts: each start's misfit,
-#: the one kept)
-HANDED_ON = ("relocate_last", "reseat", "runs", "race")
+#: whole-sentence move: exchanges kept, the batch misfit before and after)
+HANDED_ON = ("relocate_last", "reseat", "runs")
 #: settings shared by the optimisation stages (each takes those among its fields)
 SHARED = ("steps", "restarts", "optimizer", "lr", "distance", "decode")
 

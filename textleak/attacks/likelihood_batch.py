@@ -48,8 +48,7 @@ early layers alone), `place_labels` (the start built under every placement of th
 sentences whose mean gradient stands for a sentence not yet climbed), `share_power` (each sentence's share of a
 round's time by its length), `relocate` (whole sentences exchanged between slots of different lengths, after every
 round or, "last", once after the last; `relocate_fill`: each slot offered its fillers too), `late_context`, `reseat`,
-`place_layers` (the strong rows placed on the first layers' J; `likelihood_place`), `race` (starts climbed briefly,
-the least misfit kept; `likelihood_race`),
+`place_layers` (the strong rows placed on the first layers' J; `likelihood_place`),
 `runs` (`likelihood`'s whole-run proposals, here in the climbs after the `early` rounds).
 In `auto` it runs before `likelihood` (which goes on from its guess with the time left; the
 likelier guess by misfit is kept) and refuses a single sentence.
@@ -68,7 +67,7 @@ import torch
 from ..core.budget import current, time_budget
 from ..errors import MissingKnowledgeError
 from ..threat import Observation
-from ..validate import integer, number
+from ..validate import integer
 from .base import ATTACKS, AttackOutput
 from .evidence import ContextCandidates, candidates, filler_ids, row_scores, strong_rows
 from .likelihood import LikelihoodSearch
@@ -77,13 +76,12 @@ from .likelihood_relocate import Relocations, enclosing, relocation
 from .likelihood_reseat import Reseats
 from .likelihood_standin import stand_ins
 from .likelihood_place import Placements
-from .likelihood_race import Race
 from .likelihood_state import _Batch, clip_norm
 
 
 @ATTACKS.register("likelihood_batch")
 @dataclass
-class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats, Placements, Race):
+class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats, Placements):
     name: ClassVar[str] = "likelihood_batch"
 
     #: a token whose row stands this many noise deviations above the null at its best position is placed
@@ -194,23 +192,12 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats, P
     #: (`likelihood_place`: on CoLA dev batch 0 at 1e-6 it groups the 7 row tokens by sentence, the whole J none);
     #: 0: the whole J. Off
     place_layers: int = 0
-    #: seconds a start: the start placed on the whole J and the one on the first `early_layers` layers' J each climbed
-    #: that long, the least batch misfit kept and climbed on with the rest (`likelihood_race`); 0: one start. 40 with
-    #: `race_margin` 10k against 0 at 400 CPU s (s42, noise_b4_s42): CoLA dev 0 0.487 / 0.601, SST-2 1 0.215 /
-    #: 0.256: off
-    race: float = 0.0
-    #: nats by which a later start's misfit after its climb must beat the best before it (first: `place_layers`') to be
-    #: kept; 0: the least misfit kept
-    race_margin: float = 0.0
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `relocate`'s mode, `place_layers`
-        a count >= 0, `race` seconds and
-        `race_margin` nats >= 0, `likelihood`'s."""
+        a count >= 0, `likelihood`'s."""
         relocation(self.relocate)
         integer(self.place_layers, "option place_layers", minimum=0)
-        number(self.race, "option race", minimum=0)
-        number(self.race_margin, "option race_margin", minimum=0)
         LikelihoodSearch.check_options(self)
 
     def prepare(self, target: Any, observation: Observation | None = None, noisy: bool | None = None) -> None:
@@ -226,8 +213,6 @@ class BatchLikelihoodSearch(LikelihoodSearch, Exchanges, Relocations, Reseats, P
         self._setting(observation, target)
 
     def _run(self, observation: Observation, target: Any) -> AttackOutput:
-        if self.race > 0 and self.initial_ids is None:  # starts raced, the winner climbed on (`likelihood_race`)
-            return self._raced(observation, target)
         t0, c0 = self._begin(), time.process_time()
         layout, lengths, level, labels, label_note, banned = self._read(observation, target)
         know, grads, tok = observation.knowledge, observation.gradients, target.tokenizer
