@@ -233,7 +233,7 @@ class BeyondRank(Exact):
     # nearer the state (`beyond_rank_stall`: the stalls' kept insertions outnumber the too-short tracks). Off
     lengths_delete_first: bool = False
     # with `drafts`: the drafts (one length a batch, shortest first) end once this many lengths in a row kept none, the
-    # rest of their time left to the sweeps (`beyond_rank_drafts.StateDrafts`); 0: off
+    # rest of their time left to the sweeps (`beyond_rank_drafts.StateDrafts`); 0: off (K 3 tied RT 0, CoLA 0; s42)
     draft_stop: int = 0
 
     def check_options(self) -> None:
