@@ -58,8 +58,7 @@ drafts' relaxation under bfloat16 autocast where bfloat16 is fast, each draft ke
 released track its sweeps leave this far from its state put back as released: 0.3; 0, off), `certify_lean` (the
 sentence spans read lean: each sentence once, the query site first: off), `search_stop` (the search ends once it has
 found nothing new for this many times the time its finds took, the finish getting the rest: `SearchStop`; 0, off),
-`lengths_delete_first` (a stalled descent's deletions scored first, its insertions only where none is nearer: off),
-`draft_stop` (the drafts end once this many lengths in a row kept none, `beyond_rank_drafts`: 0, off).
+`lengths_delete_first` (a stalled descent's deletions scored first, its insertions only where none is nearer: off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -232,9 +231,6 @@ class BeyondRank(Exact):
     # with `lengths`: a stalled sweep scores its one-token deletions first, its insertions only where no deletion comes
     # nearer the state (`beyond_rank_stall`: the stalls' kept insertions outnumber the too-short tracks). Off
     lengths_delete_first: bool = False
-    # with `drafts`: the drafts (one length a batch, shortest first) end once this many lengths in a row kept none, the
-    # rest of their time left to the sweeps (`beyond_rank_drafts.StateDrafts`); 0: off (K 3 tied RT 0, CoLA 0; s42)
-    draft_stop: int = 0
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
@@ -245,7 +241,6 @@ class BeyondRank(Exact):
         number(self.sweep_release, "option sweep_release", minimum=0, maximum=1)
         number(self.search_stop, "option search_stop", minimum=0)
         number(self.sweep_revert, "option sweep_revert", minimum=0)
-        integer(self.draft_stop, "option draft_stop", minimum=0)
         if self.sweep_screen != "auto":
             integer(self.sweep_screen, "option sweep_screen (a count or auto)", minimum=0)
 
@@ -259,7 +254,7 @@ class BeyondRank(Exact):
                 "sweep_order": self.sweep_order, "sweep_defer": self.sweep_defer, "sweep_screen": self.sweep_screen,
                 "draft_bfloat16": self.draft_bfloat16, "sweep_release": self.sweep_release,
                 "sweep_revert": self.sweep_revert, "certify_lean": self.certify_lean, "search_stop": self.search_stop,
-                "lengths_delete_first": self.lengths_delete_first, "draft_stop": self.draft_stop}
+                "lengths_delete_first": self.lengths_delete_first}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -332,7 +327,7 @@ class BeyondRank(Exact):
                          sweep_order=self.sweep_order, sweep_defer=self.sweep_defer,
                          sweep_screen=self.sweep_screen, draft_bfloat16=self.draft_bfloat16,
                          sweep_release=self.sweep_release, sweep_revert=self.sweep_revert,
-                         lengths_delete_first=self.lengths_delete_first, draft_stop=self.draft_stop)
+                         lengths_delete_first=self.lengths_delete_first)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

@@ -45,13 +45,6 @@ defaults' arms from earlier runs, which repeat within 0.4): CoLA batch 0 54.9/30
 too (`beyond_rank --option draft_spend=true`, session 33, off) the packing's saving goes to more steps of the drafts
 (`spent`: each batch the steps its lengths' unpacked cost pays for), not to the sweeps: CoLA batch 0, 450 CPU s,
 side by side (session 34, large_batch_s34/), 57.1/29.2 against the defaults' 55.8/30.5 (8 = 8 exact): off.
-
-Where they buy nothing (session 42, RT dev batch 0 of 64 at 450 CPU s, load ~10, recipes/measured/large_batch_s42/):
-the drafts took 96.7 of the finish's 222 CPU s and kept 1 of 34 (RT's tracks: 8-46 tokens, columns 145-181 wide),
-the pooled states 120.6, the sweeps 4.1 (one pair sweep). With `stop` (`beyond_rank --option draft_stop=K`, off) the
-lengths are drafted shortest first until K in a row keep none; the tracks left stay as assembled and the sweeps get
-their time. Side by side at 450 CPU s, K 3 against the defaults (load 11-17, where the pooled states took 198-208 CPU
-s of RT's finish): RT 0 27.60/10.67 against 27.36/10.73, CoLA 0 46.12/25.93 against 45.69/26.03 (never fired): ties.
 """
 
 from __future__ import annotations
@@ -84,9 +77,8 @@ class StateDrafts:
     elsewhere float32); the rounded drafts are still kept or dropped on their float32 distances."""
 
     def __init__(self, descent: Any, steps: int = 60, bias: float = BIAS, seed: int = 0, keep: float = 1.0,
-                 pack: bool = False, spend: bool = False, bfloat16: bool = False, stop: int = 0):
+                 pack: bool = False, spend: bool = False, bfloat16: bool = False):
         self.descent, self.layout, self.steps, self.bias = descent, descent.layout, steps, bias
-        self.stop = stop  # >0: the drafts end once this many batches (lengths) in a row kept none (`run`)
         self.keep = keep  # a draft replaces its track only under this fraction of the track's distance (module doc)
         self.pack = pack and getattr(self.layout, "padding", None) is None  # right padding only
         self.spend = spend and self.pack
@@ -98,14 +90,9 @@ class StateDrafts:
             options: Sequence[Sequence[int]]) -> int:
         targets = {r: t for r, t, _ in pairs}
         count = Counter(len(tracks[r]) for r in targets if len(tracks[r]) > 2)
-        empty = 0  # batches in a row that kept no draft (`stop`)
         for group in packed(count) if self.pack else [[n] for n in sorted(count)]:  # one length: no padding
             if budget.expired():
                 break
-            if 0 < self.stop <= empty:  # the tracks left undrafted (their time goes to the sweeps)
-                self.report["stopped"] = self.report.get("stopped", 0) + sum(count[n] for n in group)
-                continue
-            kept = self.report["kept"]
             rows = [r for r in targets if len(tracks[r]) in group]
             T = torch.stack([targets[r] for r in rows])
             steps = spent(self.steps, {n: count[n] for n in group}) if self.spend else self.steps
@@ -117,7 +104,6 @@ class StateDrafts:
                 if float(d[j]) < self.keep * best[r]:
                     tracks[r], best[r] = drawn[j], float(d[j])
                     self.report["kept"] += 1
-            empty = 0 if self.report["kept"] > kept else empty + 1
         return self.report["kept"]
 
     def _relaxed(self, seqs: list[list[int]], T: torch.Tensor, options: Sequence[Sequence[int]], steps: int

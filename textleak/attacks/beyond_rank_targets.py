@@ -98,7 +98,7 @@ class TargetDescent:
                  drafts: int = 0, bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0,
                  draft_pack: bool = False, draft_spend: bool = False, order: str = "batch", defer: float = 0.0,
                  defer_length: int = DEFER_LENGTH, screen: int | str = 0, draft_bfloat16: bool = False,
-                 release: float = 0.0, revert: float = 0.0, delete_first: bool = False, draft_stop: int = 0):
+                 release: float = 0.0, revert: float = 0.0, delete_first: bool = False):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.screen = screen_count(screen, SCREEN, layout.device)  # >0: sweeps screened at bfloat16, K rescored
         self.scored = Counter()  # with `screen`: candidates scored screened ("rough") and exactly ("exact")
@@ -111,7 +111,6 @@ class TargetDescent:
         self.draft_pack = draft_pack  # drafts of nearby lengths relaxed in one padded batch (`beyond_rank_drafts`)
         self.draft_spend = draft_spend  # with draft_pack: the saving spent on more steps (`beyond_rank_drafts`)
         self.draft_bfloat16 = draft_bfloat16  # the drafts relaxed under bfloat16 autocast (`beyond_rank_drafts`)
-        self.draft_stop = draft_stop  # >0: the drafts end after this many lengths in a row kept none (`StateDrafts`)
         self.hit = hit or HIT  # a track this near its state is done (no more steps, counted `reached`)
         self.guided = guided  # >0: gradient-guided steps, this many candidates a position (`beyond_rank_guided`)
         self.lengths = lengths  # a stalled sweep tries every one-token deletion and insertion (`_resized`)
@@ -157,8 +156,7 @@ class TargetDescent:
         pairs = [(r, targets[c], float(dist[r, c])) for r, c in self.pairs]
         best = {r: d for r, _, d in pairs}
         drafts = StateDrafts(self, self.drafts, self.bias, self.rng.randrange(2 ** 31), self.draft_keep,
-                             self.draft_pack, self.draft_spend, self.draft_bfloat16, self.draft_stop
-                             ) if self.drafts > 0 else None
+                             self.draft_pack, self.draft_spend, self.draft_bfloat16) if self.drafts > 0 else None
         marks = [clock, budget.now()]  # each stage's end on the budget clock: states, drafts, sweeps
         if drafts is not None and not budget.expired():
             drafts.run(tracks, pairs, best, options)
