@@ -187,6 +187,9 @@ class UpdateExact(Exact):
     repair_block_traded: bool = False
     repair_block_short: bool = False
     repair_block_late: bool = True
+    #: token repair, with `repair_screen`: at the screened sweeps' stall the batch descended this many sweeps on the
+    #: [CLS] spans, the screened sweeps go on from there (`update_repair_kick`; 0: off; RT b4 lr 1e-5 dev 0, s42)
+    repair_kick: int = 0
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
     cls_sweeps: int = 0
@@ -282,7 +285,7 @@ class UpdateExact(Exact):
         """Checked before any work (`validate.attack_instance`): `Exact`'s, `cls_lengths`' mode, move sizes >= 0."""
         super().check_options()  # `Exact`'s: `search_screen` a count or auto
         check_mode(self.cls_lengths, self.cls_lengths_gate)
-        for name in ("repair_slide", "repair_block"):
+        for name in ("repair_slide", "repair_block", "repair_kick"):
             integer(getattr(self, name), f"option {name}", minimum=0)
         choice(self.repair_block_at, "option repair_block_at", BLOCK_AT)
 

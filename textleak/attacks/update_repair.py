@@ -72,6 +72,8 @@ class BoxRepair(RepairMoves):
     #: option `repair_block_late` (on since session 41; the race's traded start): block sweeps only where `block_due`;
     #: its stalls (spent, left, due) in `late_stalls`
     block_late, late_stalls, _began = False, (), 0.0
+    #: option `repair_kick` (off: None): at a screened sweeps' stall, `update_repair_kick.Kick` may move the batch
+    kick: Any = None
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
                  width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None, move: bool = False,
@@ -254,6 +256,8 @@ class BoxRepair(RepairMoves):
                     break
                 if self._keep < self.keep:  # option `repair_screen_from`: a wider screen first
                     self._keep = min(self.keep, 2 * self._keep)
+                    continue
+                if self.kick is not None and self.kick(self, seqs):  # option `repair_kick`: screened sweeps go on
                     continue
                 self._screening = False  # the screen found nothing more: full sweeps from here
         return seqs, {"misfit_before": start, **self._report(sweeps, screened, keeps, deadline),

@@ -36,6 +36,7 @@ from .update_cls_lengths import length_heats, length_race, length_start
 from .update_positions import declared_batch
 from .update_repair import WIDTH, BoxRepair
 from .update_repair_blocks import BLOCK_AT_DEFAULT, blocks_off, late_blocks, traded_blocks_off
+from .update_repair_kick import Kick
 from .update_sentences import SentenceRepair
 from .update_sim import UpdateFacts
 from .update_slots import slot_starts
@@ -108,6 +109,8 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
     pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
     attack._certify(observation, layout_for(target.model), facts, out)
     out.details["repair"] = report
+    if repair.kick is not None:  # option `repair_kick`: the last run's kicks (the race's untraded start's where it ran)
+        report["kick"] = repair.kick.report()
 
 
 def batch_gated(attack: Any, sentences: int) -> dict:
@@ -213,6 +216,8 @@ def _cls_scores(attack: Any, repair: BoxRepair, batch: int, guard: bool) -> None
         repair.screen, repair.keep = spans.score, keep
         repair.first_keep = int(getattr(attack, "repair_screen_from", 0) or 0)
         repair.exchange_keep = int(getattr(attack, "repair_exchange_screen", 0) or 0)
+        kick = int(getattr(attack, "repair_kick", 0) or 0)
+        repair.kick = Kick(spans, kick) if kick > 0 else None  # option `repair_kick` (`update_repair_kick`)
     if guard:
         repair.guard = spans.score
         if getattr(attack, "repair_guard_first", False):  # the guard scores every trial: the screen's scores kept

@@ -1,0 +1,76 @@
+"""A kick at the token repair's stall (`update_repair.BoxRepair.kick`, `exact-update`'s option `repair_kick`, off;
+session 42).
+
+Why (ground truth, scratch, `recipes/measured/fedavg_rt_lr5_s42`): RT dev batch 0 of 4 at K 8, lr 1e-5 reaches the same
+end in every run since session 34 (72 of 123 tokens right, box misfit 5.72e-4), a local minimum of the repair's moves
+(3 of 51 single steps toward the truth lower the misfit, session 35; the full sweep after the screened ones changes
+nothing, sessions 36 and 39), and more of the same search changes nothing. The [CLS] spans' score
+(`update_cls.ClsSpans.score`) prefers the truth in every sentence there (session 35) and is a second objective with
+other minima. So at the screened sweeps' stall the batch is descended `sweeps` sweeps on the [CLS] spans
+(`ClsSpans.descend`, as the [CLS] start does, without relocations) and the screened sweeps go on from there; at the
+next stall the same again, until a stall repeats a batch seen at a stall before, the descent changes nothing or the
+deadline; then the full sweeps go on from the stalled batch of least box misfit seen in this run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.budget import now as budget_now
+
+
+class Kick:
+    """`BoxRepair.kick`: called by `BoxRepair.run` at each stall of its screened sweeps (a sweep at the full screen
+    `keep` that changed nothing) with the repair and the batch where it stands (changed in place); True where it
+    kicked (the screened sweeps go on), False where the full sweeps take over. `spans`: the run's
+    `update_cls.ClsSpans`; `sweeps`: the [CLS] descent's sweeps per kick (option `repair_kick`)."""
+
+    def __init__(self, spans: Any, sweeps: int):
+        self.spans, self.sweeps = spans, int(sweeps)
+        self.began: float | None = None
+        self._fresh(None)
+
+    def _fresh(self, began: float | None) -> None:
+        """A new repair run (`BoxRepair.begin` set its `_began`): nothing seen yet."""
+        self.began, self.seen, self.best, self.stalls = began, set(), None, []
+
+    def __call__(self, repair: Any, seqs: list[list[int]]) -> bool:
+        """At a stall: remember the batch (the least misfit), kick it on the [CLS] spans, or restore the least."""
+        if self.began != repair._began:  # a new run of the same repair (the race's second start): start afresh
+            self._fresh(repair._began)
+        key = tuple(tuple(s) for s in seqs)
+        if self.best is None or repair.best < self.best[0]:
+            self.best = (repair.best, [list(s) for s in seqs])
+        if key in self.seen or budget_now() >= repair._deadline:
+            return self._restore(repair, seqs)
+        self.seen.add(key)
+        options = {n: repair.options(n) for n in {len(s) for s in seqs}}
+        got, _ = self.spans.descend(seqs, options, repair.cover, repair._deadline, sweeps=self.sweeps, relocate=False)
+        if got == seqs or budget_now() >= repair._deadline:
+            return self._restore(repair, seqs)
+        before = repair.best
+        _restart(repair, seqs, got)
+        self.stalls.append([before, repair.best])
+        return True
+
+    def _restore(self, repair: Any, seqs: list[list[int]]) -> bool:
+        """The full sweeps start from the least-misfit stalled batch of this run (where the repair stands if that)."""
+        if self.best is not None and self.best[0] < repair.best:
+            _restart(repair, seqs, self.best[1])
+            self.stalls.append([self.best[0], "restored"])
+        return False
+
+    def report(self) -> dict[str, Any]:
+        """Per kick, the box misfit at the stall and after the [CLS] descent; "restored" where the full sweeps went
+        on from an earlier stall."""
+        return {"sweeps": self.sweeps, "kicks": sum(isinstance(s[1], float) for s in self.stalls),
+                "stalls": self.stalls}
+
+
+def _restart(repair: Any, seqs: list[list[int]], new: list[list[int]]) -> None:
+    """The repair's descent moved to the batch `new` (into `seqs`, in place): its sentences' gradients and misfit made
+    afresh (`BoxRepair.begin`), its changes, start time and deadline kept."""
+    changes, began, deadline = repair._changes, repair._began, repair._deadline
+    seqs[:] = [list(s) for s in new]
+    repair.begin(seqs, repair._labels, deadline)
+    repair._changes, repair._began = changes, began
