@@ -105,3 +105,21 @@ def test_repair_kick_must_be_a_count_of_zero_or_more(bad):
     assert attack_instance("exact-update", {"repair_kick": 3}, 0).repair_kick == 3
     with pytest.raises(InputError, match="repair_kick"):
         attack_instance("exact-update", {"repair_kick": bad}, 0)
+
+
+def test_a_run_the_deadline_ends_after_a_kick_ends_on_the_lower_stall(monkeypatch):
+    """The deadline falls between a kick and the next stall: the run ends on the stalled batch, the lower one."""
+    import textleak.attacks.update_repair as repair_module
+    import textleak.attacks.update_repair_kick as kick_module
+
+    spans = _Spans(WORSE)
+    kick = Kick(spans, 3)
+    box = _toy(kick)
+    spans.box = box
+    stalled = _toy(None).run(WRONG, [0, 0], time.monotonic() + 600, exchange=False)[1]["misfit_after"]
+    clock = lambda: 1e12 if spans.calls and box.best > stalled else 0.0  # spent once the kick moved the batch
+    monkeypatch.setattr(repair_module, "budget_now", clock)
+    monkeypatch.setattr(kick_module, "budget_now", clock)
+    got, report = box.run(WRONG, [0, 0], 1e6, exchange=False)
+    assert spans.calls == 1 and kick.report()["kicks"] == 1 and kick.stalls[-1][1] == "restored"
+    assert got == WRONG and report["misfit_after"] == stalled

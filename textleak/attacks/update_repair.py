@@ -72,7 +72,8 @@ class BoxRepair(RepairMoves):
     #: option `repair_block_late` (on since session 41; the race's traded start): block sweeps only where `block_due`;
     #: its stalls (spent, left, due) in `late_stalls`
     block_late, late_stalls, _began = False, (), 0.0
-    #: option `repair_kick` (off: None): at a screened sweeps' stall, `update_repair_kick.Kick` may move the batch
+    #: option `repair_kick` (off: None): at a screened sweeps' stall (before its block sweep) `update_repair_kick.Kick`
+    #: may move the batch; the run ends on the least-misfit batch it saw
     kick: Any = None
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
@@ -246,20 +247,21 @@ class BoxRepair(RepairMoves):
                     self._move(seqs)
             if exchange:
                 self._exchange(seqs)
-            if (self.block > 0 and self.block_at == "stall" and self._changes == before and self._best > 0
-                    and block_due(self, deadline)):
+            kicked = self.kick is not None and self.kick.due(self, seqs, before)  # option `repair_kick`, blocks after
+            if (not kicked and self.block > 0 and self.block_at == "stall" and self._changes == before
+                    and self._best > 0 and block_due(self, deadline)):
                 block_sweep(self, seqs, order if order is not None else range(len(seqs)))
             screened, sweeps = (screened + 1, sweeps) if self._screening else (screened, sweeps + 1)
             keeps += [self._keep] if self._screening else []
-            if self._changes == before:
+            if self._changes == before and not kicked:
                 if not self._screening or self._best <= 0:  # inside the box: no trial can be kept
                     break
                 if self._keep < self.keep:  # option `repair_screen_from`: a wider screen first
                     self._keep = min(self.keep, 2 * self._keep)
                     continue
-                if self.kick is not None and self.kick(self, seqs):  # option `repair_kick`: screened sweeps go on
-                    continue
                 self._screening = False  # the screen found nothing more: full sweeps from here
+        if self.kick is not None:  # the least-misfit batch the kicks saw, where the repair ends above it
+            self.kick.settle(self, seqs)
         return seqs, {"misfit_before": start, **self._report(sweeps, screened, keeps, deadline),
                       "cpu_s": round(time.process_time() - began, 1)}
 
