@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 
 import test_update_repair_screen as screen
 from test_update_repair_screen import _repair_the_true_batch, _spy_on_the_repair
+from test_update_repair_slide import toy_box
 from textleak.attacks.update import UpdateExact
 from textleak.attacks.update_repair import BoxRepair
 from textleak.attacks.update_repair_kick import Kick
@@ -41,25 +41,9 @@ class _Spans:
 
 
 def _toy(kick: Kick | None) -> BoxRepair:
-    """The descent alone, on a toy gradient (one-hot in (position, token), U the truth's mean, the box 0), with a
-    screen that ranks nothing (its sweeps weigh every trial): each position offers only the token standing there."""
-    box = BoxRepair.__new__(BoxRepair)
-    box.cover, box.trials, box.guard, box.guard_first, box.inplace, box.pins = None, 0, None, False, False, None
-    box.screen, box.keep, box.first_keep, box.screened, box._screening = (lambda s: [0.0] * len(s)), 8, 0, 0, False
-    box.move, box.moves, box.sweeps, box.slide, box.width, box.kick = False, 0, 1, 0, 1, kick
-    box.exchange_trials, box.exchange_screened, box.guarded = 0, 0, 0
-
-    def gradient(seq, label):
-        box.trials += 1
-        g = torch.zeros(8 * 128, dtype=torch.double)
-        for p, t in enumerate(seq):
-            g[p * 128 + t] = 1.0
-        return g
-    box.gradient = gradient
-    box.U = sum(gradient(s, 0) for s in TRUTH) / len(TRUTH)
-    box.half = torch.zeros_like(box.U)
-    box.options = lambda n: [[t] for t in next(s for s in WRONG if len(s) == n)]
-    return box
+    """The descent alone on the slide tests' toy gradient (`test_update_repair_slide.toy_box`), with a screen that
+    ranks nothing (its sweeps weigh every trial): each position offers only the token standing there in `WRONG`."""
+    return toy_box(TRUTH, WRONG, screen=lambda s: [0.0] * len(s), keep=8, kick=kick)
 
 
 def test_a_kick_at_the_stall_moves_the_repair_out_of_its_local_minimum():

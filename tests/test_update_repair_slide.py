@@ -32,13 +32,14 @@ def test_slides_move_one_token_up_to_width_places_and_keep_the_ends():
     assert slides([101, 1, 1, 102], 5) == []  # moving a token among copies of itself changes nothing
 
 
-def _toy(slide: int) -> BoxRepair:
-    """The descent alone, on a toy gradient: a sentence's is one-hot in (position, token), U the true batch's mean,
-    the box 0; each position offers only the token standing there in the wrong batch (no substitution can help)."""
+def toy_box(truth: list[list[int]], wrong: list[list[int]], **attrs) -> BoxRepair:
+    """The descent alone, on a toy gradient: a sentence's is one-hot in (position, token), U the mean of `truth`'s,
+    the box 0; each position offers only the token standing there in `wrong` (no substitution can help). `attrs` set
+    the repair's options (`slide`; the kick tests' `screen`, `keep`, `kick`)."""
     box = BoxRepair.__new__(BoxRepair)
     box.cover, box.trials, box.guard, box.guard_first, box.inplace, box.pins = None, 0, None, False, False, None
     box.screen, box.keep, box.first_keep, box.screened, box._screening = None, 0, 0, 0, False
-    box.move, box.moves, box.sweeps, box.slide, box.width = False, 0, 1, slide, 1
+    box.move, box.moves, box.sweeps, box.slide, box.width = False, 0, 1, 0, 1
     box.exchange_trials, box.exchange_screened, box.guarded = 0, 0, 0
 
     def gradient(seq, label):
@@ -48,11 +49,17 @@ def _toy(slide: int) -> BoxRepair:
             g[p * 128 + t] = 1.0
         return g
     box.gradient = gradient
-    box.U = sum(gradient(s, 0) for s in TRUTH) / len(TRUTH)
+    box.U = sum(gradient(s, 0) for s in truth) / len(truth)
     box.half = torch.zeros_like(box.U)
-    wrong = _wrong()
     box.options = lambda n: [[t] for t in next(s for s in wrong if len(s) == n)]
+    for name, value in attrs.items():
+        setattr(box, name, value)
     return box
+
+
+def _toy(slide: int) -> BoxRepair:
+    """`toy_box` on the slide tests' wrong batch, slides of up to `slide` places."""
+    return toy_box(TRUTH, _wrong(), slide=slide)
 
 
 def _wrong():
