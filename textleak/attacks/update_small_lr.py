@@ -66,12 +66,7 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
     pins = attack._batch_pins(observation, layout_for(target.model), facts)
     if pins is not None and not attack.row_ranking:
         pins = dataclasses.replace(pins, order=None)
-    repair = BoxRepair(layout, attack._fits, span0, vocab, pins=pins, move=attack.cross_move,
-                       width=getattr(attack, "repair_width", WIDTH), inplace=getattr(attack, "repair_inplace", True),
-                       slide=int(getattr(attack, "repair_slide", 0) or 0),
-                       block=int(getattr(attack, "repair_block", 0) or 0))
-    repair.block_at = getattr(attack, "repair_block_at", BLOCK_AT_DEFAULT)
-    repair.block_short = bool(getattr(attack, "repair_block_short", False))
+    repair = _box_repair(attack, layout, span0, vocab, pins)
     untraded = None
     if getattr(pins, "order", None) is not None:
         untraded = _starts(attack, target, pins, repair, out, gate["cls_screen_reserve"])
@@ -111,6 +106,18 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
     out.details["repair"] = report
     if repair.kick is not None:  # option `repair_kick`: the last run's kicks (the race's untraded start's where it ran)
         report["kick"] = repair.kick.report()
+
+
+def _box_repair(attack: Any, layout: Any, span0: Any, vocab: Any, pins: Any) -> BoxRepair:
+    """The token repair (`update_repair.BoxRepair`) with the attack's options: its width, in-place trials, slides,
+    block moves and where they are tried (`repair_block_at`), shortest sentences first (`repair_block_short`)."""
+    repair = BoxRepair(layout, attack._fits, span0, vocab, pins=pins, move=attack.cross_move,
+                       width=getattr(attack, "repair_width", WIDTH), inplace=getattr(attack, "repair_inplace", True),
+                       slide=int(getattr(attack, "repair_slide", 0) or 0),
+                       block=int(getattr(attack, "repair_block", 0) or 0))
+    repair.block_at = getattr(attack, "repair_block_at", BLOCK_AT_DEFAULT)
+    repair.block_short = bool(getattr(attack, "repair_block_short", False))
+    return repair
 
 
 def batch_gated(attack: Any, sentences: int) -> dict:
