@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..validate import number
 from .update_batch_positions import BatchMisfit, least_labels
 from .update_cls import SITES, ClsSpans
+from .update_repair_moves import options_by_length
 
 #: rounds over every pair of sentences of different lengths at most
 ROUNDS = 4
@@ -108,7 +109,7 @@ def length_start(repair: Any, pred: dict, fits: Any, deadline: float, misfit: Ba
     if report["trades"]:
         ends["traded"] = traded, _labels(traded, pred["labels"], misfit, relabel)
     if report["trades"] and not _gated(misfit, ends, gate, report):
-        options = {n: repair.options(n) for n in {len(s) for s in traded}}
+        options = options_by_length(repair, traded)
         got, report["descent"] = spans.descend(traded, options, repair.cover, deadline)
         ends["descended"] = got, _labels(got, pred["labels"], misfit, relabel)
     report["ends"] = {name: misfit(*end) for name, end in ends.items()}

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.budget import now as budget_now
+from .update_repair_moves import options_by_length
 
 
 class Kick:
@@ -61,7 +62,7 @@ class Kick:
         if key in self.seen or budget_now() >= repair._deadline:
             return self._restore(repair, seqs)
         self.seen.add(key)
-        options = {n: repair.options(n) for n in {len(s) for s in seqs}}
+        options = options_by_length(repair, seqs)
         got, _ = self.spans.descend(seqs, options, repair.cover, repair._deadline, sweeps=self.sweeps, relocate=False)
         if got == seqs or budget_now() >= repair._deadline:
             return self._restore(repair, seqs)

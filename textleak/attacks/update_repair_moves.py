@@ -25,7 +25,7 @@ the box misfit: 3 of 51 single substitutions toward the truth lower it, 0 of 949
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..core.budget import now as budget_now
 
@@ -53,6 +53,12 @@ def slides(seq: Sequence[int], width: int) -> list[list[int]]:
 #: the cross-sentence move (`RepairMoves._move`): the least supported positions tried as sources, the target
 #: positions tried per source, and the tokens tried at the source's place
 MOVE_SOURCES, MOVE_TARGETS, MOVE_REFILLS = 4, 6, 2
+
+
+def options_by_length(repair: Any, seqs: Sequence[Sequence[int]]) -> dict[int, list[list[int]]]:
+    """The repair's `options` for each length that `seqs` hold (what the move, the kick and the length trades
+    descend over)."""
+    return {n: repair.options(n) for n in {len(s) for s in seqs}}
 
 
 class RepairMoves:
@@ -115,7 +121,7 @@ class RepairMoves:
         far), its own place taking one of its first `MOVE_REFILLS` other options; the one move of least box misfit
         below the batch's, if any, is kept per source (a trial: one gradient per sentence it changes); none inside
         the box."""
-        options = {n: self.options(n) for n in {len(s) for s in seqs}}
+        options = options_by_length(self, seqs)
         placed = getattr(self.pins, "placed", None) or {}
 
         def rank(b: int, p: int, t: int) -> int:
