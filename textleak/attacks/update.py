@@ -72,6 +72,7 @@ from .update_positions import place_sentence, placement_for
 from .update_rest_rows import RestRows, row_names
 from .update_repair import WIDTH
 from .update_repair_blocks import BLOCK_AT, BLOCK_AT_DEFAULT
+from .update_repair_kick import KICK_AT
 from .update_rounding import RoundingFits
 from .update_slots import FIRST_SHARE, slots_first
 from .update_result import certify, described, facts_of, kept_pass
@@ -188,8 +189,10 @@ class UpdateExact(Exact):
     repair_block_short: bool = False
     repair_block_late: bool = True
     #: token repair, with `repair_screen`: at the screened sweeps' stall the batch descended this many sweeps on the
-    #: [CLS] spans, the screened sweeps go on from there (`update_repair_kick`; 0: off; RT b4 lr 1e-5 dev 0, s42)
+    #: [CLS] spans, the screened sweeps go on from there (`update_repair_kick`; 0: off; RT b4 lr 1e-5 dev 0, s42);
+    #: `repair_kick_at` (`KICK_AT`): "stall" (s42), "block" (after the block sweep, none in the race's traded start)
     repair_kick: int = 0
+    repair_kick_at: str = "stall"
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
     cls_sweeps: int = 0
@@ -288,6 +291,7 @@ class UpdateExact(Exact):
         for name in ("repair_slide", "repair_block", "repair_kick"):
             integer(getattr(self, name), f"option {name}", minimum=0)
         choice(self.repair_block_at, "option repair_block_at", BLOCK_AT)
+        choice(self.repair_kick_at, "option repair_kick_at", KICK_AT)
 
     def _reader(self, observation: Observation) -> SpanReader:
         know = observation.knowledge

@@ -72,8 +72,9 @@ class BoxRepair(RepairMoves):
     #: option `repair_block_late` (on since session 41; the race's traded start): block sweeps only where `block_due`;
     #: its stalls (spent, left, due) in `late_stalls`
     block_late, late_stalls, _began = False, (), 0.0
-    #: option `repair_kick` (off: None): at a screened sweeps' stall (before its block sweep) `update_repair_kick.Kick`
-    #: may move the batch; the run ends on the least-misfit batch it saw
+    #: option `repair_kick` (off: None): at a screened sweeps' stall (before its block sweep; with `repair_kick_at`
+    #: "block", after it kept nothing) `update_repair_kick.Kick` may move the batch; the run ends on the least-misfit
+    #: batch it saw
     kick: Any = None
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
@@ -251,6 +252,7 @@ class BoxRepair(RepairMoves):
             if (not kicked and self.block > 0 and self.block_at == "stall" and self._changes == before
                     and self._best > 0 and block_due(self, deadline)):
                 block_sweep(self, seqs, order if order is not None else range(len(seqs)))
+            kicked = kicked or self.kick is not None and self.kick.due(self, seqs, before, "block")  # `repair_kick_at`
             screened, sweeps = (screened + 1, sweeps) if self._screening else (screened, sweeps + 1)
             keeps += [self._keep] if self._screening else []
             if self._changes == before and not kicked:

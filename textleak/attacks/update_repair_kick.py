@@ -17,10 +17,19 @@ from the stalled batch of least box misfit seen in this run, and the run ends on
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from ..core.budget import now as budget_now
 from .update_repair_moves import options_by_length
+
+#: option `repair_kick_at`'s values (`Kick.at`): "stall" (session 42, the default), the kick at the screened sweeps'
+#: stall before its block sweep; "block" (session 43), only after that block sweep kept nothing (where the defaults
+#: go on to the full sweeps) and never in the race's traded start (`traded_kick_off`). Why "block": SST-2 b4 K 8
+#: lr 1e-5 dev 1 at 800 CPU s (lead, `recipes/measured/fedavg_rt_lr5_s42/lead_sst2_1_800`) read 0.865 / 0.673 with
+#: "stall" against the defaults' 0.994 / 0.980: the kicks took the block sweeps' place (2 block moves kept by the
+#: defaults, none with the kick) and kept the traded start going, so the race never repaired the untraded start.
+KICK_AT = ("stall", "block")
 
 
 class Kick:
@@ -28,10 +37,11 @@ class Kick:
     screened sweeps (a sweep at the full screen `keep` that changed nothing, before its block sweep) with the repair
     and the batch where it stands (changed in place): True where it kicked (the screened sweeps go on), False where
     the block and full sweeps take over; `settle` at the run's end. `spans`: the run's
-    `update_cls.ClsSpans`; `sweeps`: the [CLS] descent's sweeps per kick (option `repair_kick`)."""
+    `update_cls.ClsSpans`; `sweeps`: the [CLS] descent's sweeps per kick (option `repair_kick`); `at`: where in the
+    stall (`KICK_AT`, option `repair_kick_at`)."""
 
-    def __init__(self, spans: Any, sweeps: int):
-        self.spans, self.sweeps = spans, int(sweeps)
+    def __init__(self, spans: Any, sweeps: int, at: str = "stall"):
+        self.spans, self.sweeps, self.at = spans, int(sweeps), at
         self.began: float | None = None
         self._fresh(None)
 
@@ -39,12 +49,13 @@ class Kick:
         """A new repair run (`BoxRepair.begin` set its `_began`): nothing seen yet."""
         self.began, self.seen, self.best, self.stalls = began, set(), None, []
 
-    def due(self, repair: Any, seqs: list[list[int]], before: int) -> bool:
-        """At the end of a sweep of `repair` (`before`: its changes when the sweep began): whether it kicked, which it
-        tries only where a screened sweep at the full screen changed nothing (before that stall's block sweep)."""
-        if repair._changes != before or not repair._screening or repair._keep < repair.keep or repair.best <= 0:
+    def due(self, repair: Any, seqs: list[list[int]], before: int, at: str = "stall") -> bool:
+        """At the end of a sweep of `repair` (`before`: its changes when the sweep began), `at` "stall" before that
+        stall's block sweep, "block" after it: whether it kicked, which it tries only at its own place (`self.at`)
+        and where a screened sweep at the full screen (and the block sweep after it) changed nothing."""
+        if at != self.at or repair._changes != before or not repair._screening or repair._keep < repair.keep:
             return False
-        return self(repair, seqs)
+        return repair.best > 0 and self(repair, seqs)
 
     def settle(self, repair: Any, seqs: list[list[int]]) -> None:
         """At the end of `repair`'s run (the deadline may end it between a kick and the next stall): the least-misfit
@@ -82,7 +93,23 @@ class Kick:
         """Per kick, the box misfit at the stall and after the [CLS] descent; "restored" where the full sweeps went
         on from an earlier stall."""
         return {"sweeps": self.sweeps, "kicks": sum(isinstance(s[1], float) for s in self.stalls),
-                "stalls": self.stalls}
+                "stalls": self.stalls, **({"at": self.at} if self.at != "stall" else {})}
+
+
+@contextmanager
+def traded_kick_off(repair: Any, race: bool) -> Iterator[None]:
+    """Within the block, no kick (`repair.kick` None) where `race` (the race's traded start, `cls_lengths="race"`,
+    `update_small_lr.repair_guess`) and the kick is `at` "block"; restored on the way out, an exception's included.
+    Why: the race repairs the untraded start only where the traded start's repair stops before the deadline, and a
+    kick keeps it from stopping (SST-2 dev 1 at lr 1e-5, session 42's lead pair: 5 kicks in the traded start, the
+    untraded start, the defaults' 3 of 4 exact, never repaired); so the kick acts in the run that goes on."""
+    kick = repair.kick
+    if race and kick is not None and kick.at == "block":
+        repair.kick = None
+    try:
+        yield
+    finally:
+        repair.kick = kick
 
 
 def _restart(repair: Any, seqs: list[list[int]], new: list[list[int]]) -> None:

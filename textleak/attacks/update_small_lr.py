@@ -36,7 +36,7 @@ from .update_cls_lengths import length_heats, length_race, length_start
 from .update_positions import declared_batch
 from .update_repair import WIDTH, BoxRepair
 from .update_repair_blocks import BLOCK_AT_DEFAULT, blocks_off, late_blocks, traded_blocks_off
-from .update_repair_kick import Kick
+from .update_repair_kick import Kick, traded_kick_off
 from .update_sentences import SentenceRepair
 from .update_sim import UpdateFacts
 from .update_slots import slot_starts
@@ -95,7 +95,7 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
     else:
         race = untraded is not None and attack.cls_lengths == "race"
         off, late = traded_blocks_off(attack, race, repair.block_at), getattr(attack, "repair_block_late", False)
-        with blocks_off(repair, off and not late), late_blocks(repair, off and late):  # none (or late) in the traded
+        with blocks_off(repair, off and not late), late_blocks(repair, off and late), traded_kick_off(repair, race):
             pred["token_ids"], report = repair.run(pred["token_ids"], pred["labels"], budget.current().deadline, worst)
         if off and late:  # the traded start's stalls (spent, left, due): in its report, in the units where kept
             report["block_late"] = out.details["block_late"] = list(repair.late_stalls)
@@ -223,8 +223,8 @@ def _cls_scores(attack: Any, repair: BoxRepair, batch: int, guard: bool) -> None
         repair.screen, repair.keep = spans.score, keep
         repair.first_keep = int(getattr(attack, "repair_screen_from", 0) or 0)
         repair.exchange_keep = int(getattr(attack, "repair_exchange_screen", 0) or 0)
-        kick = int(getattr(attack, "repair_kick", 0) or 0)
-        repair.kick = Kick(spans, kick) if kick > 0 else None  # option `repair_kick` (`update_repair_kick`)
+        kick, at = int(getattr(attack, "repair_kick", 0) or 0), getattr(attack, "repair_kick_at", "stall")
+        repair.kick = Kick(spans, kick, at) if kick > 0 else None  # option `repair_kick` (`update_repair_kick`)
     if guard:
         repair.guard = spans.score
         if getattr(attack, "repair_guard_first", False):  # the guard scores every trial: the screen's scores kept
