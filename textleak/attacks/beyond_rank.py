@@ -58,8 +58,7 @@ drafts' relaxation under bfloat16 autocast where bfloat16 is fast, each draft ke
 released track its sweeps leave this far from its state put back as released: 0.3; 0, off), `certify_lean` (the
 sentence spans read lean: each sentence once, the query site first: off), `search_stop` (the search ends once it has
 found nothing new for this many times the time its finds took, the finish getting the rest: `SearchStop`; 0, off),
-`lengths_delete_first` (a stalled descent's deletions scored first, its insertions only where none is nearer: off),
-`pairing_hub` (tracks paired on their distance less their mean distance to their K nearest states: 0, off).
+`lengths_delete_first` (a stalled descent's deletions scored first, its insertions only where none is nearer: off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -172,9 +171,6 @@ class BeyondRank(Exact):
     # with `targets`: the tracks are paired with the states on their distance plus this weight times minus the
     # log-probability of the track's length at the state (`beyond_rank_invert.length_logp`); 0: distance alone
     pairing: float = 0.0
-    # with `targets`: the pairing's cost is each track's distance less its mean distance to its K nearest states (a
-    # track near every state is no evidence for any; acts only where tracks outnumber states; 0: off; large_batch_s43/)
-    pairing_hub: int = 0
     # with `targets`: the paired tracks first redrawn from their own states, this many relaxation steps (Adam on a
     # softmax over each position's column, started at the track's tokens), each kept where nearer its state
     # (`beyond_rank_drafts`); 0: off. On since session 31, with `draft_keep=0.5` (batch 64, 450 CPU s, side by side:
@@ -245,7 +241,6 @@ class BeyondRank(Exact):
         number(self.sweep_release, "option sweep_release", minimum=0, maximum=1)
         number(self.search_stop, "option search_stop", minimum=0)
         number(self.sweep_revert, "option sweep_revert", minimum=0)
-        integer(self.pairing_hub, "option pairing_hub", minimum=0)
         if self.sweep_screen != "auto":
             integer(self.sweep_screen, "option sweep_screen (a count or auto)", minimum=0)
 
@@ -259,7 +254,7 @@ class BeyondRank(Exact):
                 "sweep_order": self.sweep_order, "sweep_defer": self.sweep_defer, "sweep_screen": self.sweep_screen,
                 "draft_bfloat16": self.draft_bfloat16, "sweep_release": self.sweep_release,
                 "sweep_revert": self.sweep_revert, "certify_lean": self.certify_lean, "search_stop": self.search_stop,
-                "lengths_delete_first": self.lengths_delete_first, "pairing_hub": self.pairing_hub}
+                "lengths_delete_first": self.lengths_delete_first}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -332,7 +327,7 @@ class BeyondRank(Exact):
                          sweep_order=self.sweep_order, sweep_defer=self.sweep_defer,
                          sweep_screen=self.sweep_screen, draft_bfloat16=self.draft_bfloat16,
                          sweep_release=self.sweep_release, sweep_revert=self.sweep_revert,
-                         lengths_delete_first=self.lengths_delete_first, pairing_hub=self.pairing_hub)
+                         lengths_delete_first=self.lengths_delete_first)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

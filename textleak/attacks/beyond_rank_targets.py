@@ -98,7 +98,7 @@ class TargetDescent:
                  drafts: int = 0, bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0,
                  draft_pack: bool = False, draft_spend: bool = False, order: str = "batch", defer: float = 0.0,
                  defer_length: int = DEFER_LENGTH, screen: int | str = 0, draft_bfloat16: bool = False,
-                 release: float = 0.0, revert: float = 0.0, delete_first: bool = False, hub: int = 0):
+                 release: float = 0.0, revert: float = 0.0, delete_first: bool = False):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.screen = screen_count(screen, SCREEN, layout.device)  # >0: sweeps screened at bfloat16, K rescored
         self.scored = Counter()  # with `screen`: candidates scored screened ("rough") and exactly ("exact")
@@ -124,7 +124,6 @@ class TargetDescent:
         self.rounds = rounds  # the pooled states' most rounds (0: `rank` with `merge`, else 8)
         self.iters = iters  # the pooled states' solver iterations a start (0: `leaks.pooled.ITERS`)
         self.pairing = pairing  # >0: the pairing weighs the track's length at the state (`_paired`)
-        self.hub = hub  # >0: the pairing's cost less each track's mean distance to its `hub` nearest states (`_paired`)
         self.pairs: list[tuple[int, int]] = []
         self.paired: torch.Tensor | None = None
         self.report: dict[str, Any] = {}
@@ -187,13 +186,8 @@ class TargetDescent:
                 ) -> list[tuple[int, int]]:
         """(track, state) pairs, one-to-one (Hungarian): on the relative distance of their [CLS] states, plus, with
         `pairing`, that weight times minus the log-probability of the track's length at the state (`length_logp`,
-        from the random sentences drawn as starts). With `hub` (K), less each track's mean distance to its K nearest
-        states: which tracks get a state is no longer who stands near every state (RT batch 0 of 64, 63 tracks for 34
-        states: the nearest-state distance reads no content, Spearman 0.07 to the F1; large_batch_s43/). Where every
-        track gets a state this subtracts a constant per row, and the pairs are the same."""
+        from the random sentences drawn as starts)."""
         cost = dist
-        if self.hub > 0:
-            cost = cost - dist.topk(min(self.hub, dist.shape[1]), dim=1, largest=False).values.mean(1, keepdim=True)
         if self.pairing > 0 and seen:
             drawn = ([s for q, _ in seen for s in q], torch.cat([h for _, h in seen]))
             cost = dist - self.pairing * length_logp(drawn, targets, [len(t) for t in tracks]).T
