@@ -193,6 +193,9 @@ class UpdateExact(Exact):
     #: `repair_kick_at` (`KICK_AT`): "stall" (s42), "block" (after the block sweep, none in the race's traded start)
     repair_kick: int = 0
     repair_kick_at: str = "stall"
+    #: token repair: in a block sweep, sentences of up to N tokens try two neighbouring substitutions at once,
+    #: screened (`update_repair_pairs`; 0: off; s42: SST-2 b4 lr 1e-5 dev 0's "ever are the" for "- - ever")
+    repair_pairs: int = 0
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
     cls_sweeps: int = 0
@@ -288,7 +291,7 @@ class UpdateExact(Exact):
         """Checked before any work (`validate.attack_instance`): `Exact`'s, `cls_lengths`' mode, move sizes >= 0."""
         super().check_options()  # `Exact`'s: `search_screen` a count or auto
         check_mode(self.cls_lengths, self.cls_lengths_gate)
-        for name in ("repair_slide", "repair_block", "repair_kick"):
+        for name in ("repair_slide", "repair_block", "repair_kick", "repair_pairs"):
             integer(getattr(self, name), f"option {name}", minimum=0)
         choice(self.repair_block_at, "option repair_block_at", BLOCK_AT)
         choice(self.repair_kick_at, "option repair_kick_at", KICK_AT)

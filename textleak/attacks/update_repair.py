@@ -76,6 +76,10 @@ class BoxRepair(RepairMoves):
     #: "block", after it kept nothing) `update_repair_kick.Kick` may move the batch; the run ends on the least-misfit
     #: batch it saw
     kick: Any = None
+    #: option `repair_pairs` (off, 0): in a block sweep a sentence of at most `pairs` tokens that no block move lowered
+    #: tries two neighbouring substitutions at once (`update_repair_pairs`); kept (of them with a token of `cover` put
+    #: back elsewhere), and left out by the screen
+    pairs, pairs_kept, pairs_refilled, pairs_screened = 0, 0, 0, 0
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
                  width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None, move: bool = False,
@@ -277,7 +281,10 @@ class BoxRepair(RepairMoves):
                 **({"unweighed": self.unweighed} if self.guard_first else {}),
                 **({"inplace": True} if self.inplace else {}), **({"slide": self.slide} if self.slide else {}),
                 **({"block": self.block, "blocks_kept": self.blocks_kept, "block_screened": self.block_screened,
-                    "block_at": self.block_at} if self.block else {})}
+                    "block_at": self.block_at} if self.block else {}),
+                **({"pairs": self.pairs, "pairs_kept": self.pairs_kept, "pairs_refilled": self.pairs_refilled,
+                    "pairs_screened": self.pairs_screened}
+                   if self.pairs else {})}
 
     def _screened(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> list[list[int]]:
         """Of sentence b's trials (those `keep_best` would weigh: not the sentence itself, no token of `cover` left

@@ -30,13 +30,8 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..core.budget import now as budget_now
-
-#: block moves weighed on the box misfit per sentence and sweep (those of least [CLS] score), where the repair's own
-#: screen keeps none (its full sweeps)
-KEEP = 8
-#: block moves screened at a time between reads of the budget's deadline (`screened_blocks`): a 42-token sentence has
-#: 5,796 moves, 3.6 times the 1,620 of the module doc's 24-token sentence (about 7 CPU s of forwards)
-SCREEN_CHUNK = 256
+from .update_repair_moves import KEEP, SCREEN_CHUNK, least_screened  # noqa: F401 (KEEP, SCREEN_CHUNK: re-exported)
+from .update_repair_pairs import pair_step
 
 #: option `repair_block_at`'s values (`BoxRepair.block_at`): "sweep" (session 37), each sentence that nothing else
 #: changed in a sweep tries its block moves; "stall" (session 38), only a sweep that changed nothing ends with every
@@ -123,11 +118,14 @@ def blocks(seq: Sequence[int], longest: int) -> list[list[int]]:
     return out
 
 
-def block_step(repair: Any, seqs: list[list[int]], b: int) -> None:
+def block_step(repair: Any, seqs: list[list[int]], b: int) -> bool:
     """Sentence b of the batch `seqs` (changed in place) replaced by its screened block move (`screened_blocks`) of
-    least box misfit where that lowers the batch's (`repair.keep_best`); counted in `repair.blocks_kept`."""
+    least box misfit where that lowers the batch's (`repair.keep_best`); counted in `repair.blocks_kept`. Whether it
+    was."""
     if repair.keep_best(seqs, b, screened_blocks(repair, seqs[b])):
         repair.blocks_kept += 1
+        return True
+    return False
 
 
 def block_sweep(repair: Any, seqs: list[list[int]], order: Iterable[int]) -> None:
@@ -145,27 +143,19 @@ def block_sweep(repair: Any, seqs: list[list[int]], order: Iterable[int]) -> Non
     if getattr(repair, "block_short", False) or getattr(repair, "block_late", False):
         order = sorted(order, key=lambda i: len(seqs[i]))  # stable: `order` on a tie
     for b in order:
-        block_step(repair, seqs, b)
+        if not block_step(repair, seqs, b):
+            pair_step(repair, seqs, b)  # option `repair_pairs` (off): a sentence no block move lowered
 
 
 def screened_blocks(repair: Any, seq: Sequence[int]) -> list[list[int]]:
-    """Sentence `seq`'s block moves (runs up to `repair.block` long) to weigh: the `repair.keep` (`KEEP` where that
-    is 0) of least `repair.screen` score; none without a screen (batch 1, or option `repair_screen` 0: all of them
-    would cost a backward each) or where the budget has ended. The screen runs `SCREEN_CHUNK` moves at a time and
-    stops where the budget ends, weighing the best of those scored: one call for all of a long sentence's thousands
-    of moves could run past the deadline (RT batch 4, session 39, `fedavg_rt_blocks_s39/`: on an 800 CPU s budget the
-    block moves' arm took 842.6 CPU s against the defaults' 829.0, likely this call; not checked).
-    `repair.block_screened` counts the moves left out, scored or not."""
+    """Sentence `seq`'s block moves (runs up to `repair.block` long) to weigh (`least_screened`); none without a
+    screen (batch 1, or option `repair_screen` 0: all of them would cost a backward each) or where the budget has
+    ended. One screen call for all of a long sentence's thousands of moves could run past the deadline (RT batch 4,
+    session 39, `fedavg_rt_blocks_s39/`: on an 800 CPU s budget the block moves' arm took 842.6 CPU s against the
+    defaults' 829.0, likely this call; not checked). `repair.block_screened` counts the moves left out, scored or
+    not."""
     if repair.screen is None or budget_now() >= repair._deadline:
         return []
-    trials = blocks(seq, repair.block)
-    keep = repair.keep or KEEP
-    if len(trials) <= keep:
-        return trials
-    scores: list[float] = []
-    for i in range(0, len(trials), SCREEN_CHUNK):
-        if scores and budget_now() >= repair._deadline:
-            break
-        scores += list(repair.screen(trials[i:i + SCREEN_CHUNK]))
-    repair.block_screened += len(trials) - min(keep, len(scores))
-    return [trials[i] for i in sorted(range(len(scores)), key=scores.__getitem__)[:keep]]
+    kept, left_out = least_screened(repair, blocks(seq, repair.block))
+    repair.block_screened += left_out
+    return kept
