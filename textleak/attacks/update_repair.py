@@ -283,8 +283,7 @@ class BoxRepair(RepairMoves):
                 **({"block": self.block, "blocks_kept": self.blocks_kept, "block_screened": self.block_screened,
                     "block_at": self.block_at} if self.block else {}),
                 **({"pairs": self.pairs, "pairs_kept": self.pairs_kept, "pairs_refilled": self.pairs_refilled,
-                    "pairs_screened": self.pairs_screened}
-                   if self.pairs else {})}
+                    "pairs_screened": self.pairs_screened} if self.pairs else {})}
 
     def _screened(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> list[list[int]]:
         """Of sentence b's trials (those `keep_best` would weigh: not the sentence itself, no token of `cover` left
