@@ -1,7 +1,7 @@
 """The token repair's neighbouring pairs of substitutions (`update_repair_pairs`, `BoxRepair.pairs`, `exact-update`'s
-option `repair_pairs`, off): at a block sweep a short sentence whose block moves lowered nothing tries the tokens at
-two neighbouring positions replaced at once. A sentence two tokens off, where each one-token change alone leaves the
-misfit as it was, is repaired by one pair (SST-2 dev batch 0 of 4 at K 8, lr 1e-5: "ever are the" for "- - ever";
+option `repair_pairs`, 16 by default since session 43): at a block sweep a short sentence whose block moves lowered
+nothing tries the tokens at two neighbouring positions replaced at once. A sentence two tokens off, where each
+one-token change alone leaves the misfit as it was, is repaired by one pair (SST-2 dev batch 0 of 4 at K 8, lr 1e-5: "ever are the" for "- - ever";
 session 42)."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def test_a_pair_repairs_two_neighbouring_tokens_where_no_single_move_can():
     assert got == WRONG and short["pairs_kept"] == 0 and short["pairs_screened"] == 0
 
 
-def test_option_repair_pairs_reaches_the_repair_off_by_default_checked_before_any_work(monkeypatch):
+def test_option_repair_pairs_reaches_the_repair_16_by_default_checked_before_any_work(monkeypatch):
     from textleak.errors import InputError
     from textleak.validate import attack_instance
 
@@ -72,7 +72,9 @@ def test_option_repair_pairs_reaches_the_repair_off_by_default_checked_before_an
     _guess(monkeypatch, "stall", repair_pairs=24)
     assert made[0].pairs == 24
     _guess(monkeypatch, "stall")
-    assert made[-1].pairs == 0 and UpdateExact().repair_pairs == 0
+    assert made[-1].pairs == 16 and UpdateExact().repair_pairs == 16
+    _guess(monkeypatch, "stall", repair_pairs=0)
+    assert made[-1].pairs == 0
     assert attack_instance("exact-update", {"repair_pairs": 24}, 0).repair_pairs == 24
     for bad in ("x", -1):
         with pytest.raises(InputError, match="repair_pairs"):

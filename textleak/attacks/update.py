@@ -194,8 +194,9 @@ class UpdateExact(Exact):
     repair_kick: int = 0
     repair_kick_at: str = "stall"
     #: token repair: in a block sweep, sentences of up to N tokens try two neighbouring substitutions at once,
-    #: screened (`update_repair_pairs`; 0: off; s42: SST-2 b4 lr 1e-5 dev 0's "ever are the" for "- - ever")
-    repair_pairs: int = 0
+    #: screened (`update_repair_pairs`; 0: off; 16 since s43: SST-2 b4 lr 1e-5 dev 0 0.972 and 0.976, 3 of 4 exact,
+    #: against 0.939 and 0.948, 2 of 4, side by side twice; dev 1, dev 2, CoLA 0 ties; `fedavg_pairs_s43/`)
+    repair_pairs: int = 16
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
     cls_sweeps: int = 0

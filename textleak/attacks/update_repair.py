@@ -76,9 +76,9 @@ class BoxRepair(RepairMoves):
     #: "block", after it kept nothing) `update_repair_kick.Kick` may move the batch; the run ends on the least-misfit
     #: batch it saw
     kick: Any = None
-    #: option `repair_pairs` (off, 0): in a block sweep a sentence of at most `pairs` tokens that no block move lowered
-    #: tries two neighbouring substitutions at once (`update_repair_pairs`); kept (of them with a token of `cover` put
-    #: back elsewhere), and left out by the screen
+    #: option `repair_pairs` (here 0; `exact-update` 16): in a block sweep a sentence of at most `pairs` tokens that no
+    #: block move lowered tries two neighbouring substitutions at once (`update_repair_pairs`); kept (of them with a
+    #: token of `cover` put back elsewhere), and left out by the screen
     pairs, pairs_kept, pairs_refilled, pairs_screened = 0, 0, 0, 0
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,

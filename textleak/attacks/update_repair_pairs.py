@@ -1,5 +1,5 @@
 """Pairs of substitutions at two neighbouring positions in the token repair (`update_repair.BoxRepair.pairs`,
-`exact-update`'s option `repair_pairs`, off; session 42).
+`exact-update`'s option `repair_pairs`; session 42, with `refill` 16 by default since session 43).
 
 At a block sweep (`update_repair_blocks.block_sweep`: after a sweep that changed nothing), a sentence of at most
 `pairs` tokens whose block moves lowered nothing tries its neighbouring pairs: the tokens at positions p and p + 1
