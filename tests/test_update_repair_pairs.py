@@ -1,8 +1,8 @@
 """The token repair's neighbouring pairs of substitutions (`update_repair_pairs`, `BoxRepair.pairs`, `exact-update`'s
 option `repair_pairs`, 16 by default since session 43): at a block sweep a short sentence whose block moves lowered
 nothing tries the tokens at two neighbouring positions replaced at once. A sentence two tokens off, where each
-one-token change alone leaves the misfit as it was, is repaired by one pair (SST-2 dev batch 0 of 4 at K 8, lr 1e-5: "ever are the" for "- - ever";
-session 42)."""
+one-token change alone leaves the misfit as it was, is repaired by one pair (SST-2 dev batch 0 of 4 at K 8, lr 1e-5:
+"ever are the" for "- - ever"; session 42)."""
 
 from __future__ import annotations
 
