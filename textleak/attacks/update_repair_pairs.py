@@ -73,16 +73,18 @@ def refill(repair: Any, seqs: list[list[int]], b: int, trials: list[list[int]]) 
     the batch's is kept (changing `seqs` in place; `repair.pairs_refilled` counts them). Whether one was.
     SST-2 dev batch 0 of 4, K 8, lr 1e-5 (session 43, `recipes/measured/fedavg_pairs_s43/`): "are the" -> "- ever"
     takes "the" out; alone 2.352e-4 -> 2.304e-4, with "the" put back into slot 0 2.209e-4."""
-    lacking, labels, own = missing(seqs, repair.cover), repair._labels, repair._own
+    labels, own = repair._labels, repair._own
+    others = {t for i, s in enumerate(seqs) if i != b for t in s}  # the tokens the other sentences hold
+    absent = repair.cover - others - set(seqs[b])
     best = None
     for trial in trials:
-        gone = repair.cover - {t for s in seqs[:b] + [trial] + seqs[b + 1:] for t in s}
-        if len(gone) != lacking + 1 or budget_now() >= repair._deadline:
+        gone = repair.cover - others - set(trial)
+        if len(gone) != len(absent) + 1 or budget_now() >= repair._deadline:
             continue
         g = repair.gradient(trial, labels[b])
         value = repair.misfit(repair._total + (g - own[b]) / repair._B)
         if value < repair._best and (best is None or value < best[0]):
-            best = (value, trial, g, next(iter(gone - (repair.cover - {t for s in seqs for t in s}))))
+            best = (value, trial, g, next(iter(gone - absent)))
     if best is None:
         return False
     _, trial, g, token = best
@@ -100,7 +102,7 @@ def refill(repair: Any, seqs: list[list[int]], b: int, trials: list[list[int]]) 
         return False
     repair._best, c, x, gc, repair._total = found
     seqs[b], own[b], seqs[c], own[c] = trial, g, x, gc
-    repair._changes, repair.pairs_refilled = repair._changes + 1, getattr(repair, "pairs_refilled", 0) + 1
+    repair._changes, repair.pairs_refilled = repair._changes + 1, repair.pairs_refilled + 1
     return True
 
 
@@ -118,7 +120,7 @@ def _placements(repair: Any, seqs: list[list[int]], b: int, trial: list[int], to
             batch = [trial if i == b else x if i == c else s for i, s in enumerate(seqs)]
             if missing(batch, repair.cover) <= lacking:
                 out.append((c, x))
-    if not out or len(out) <= (repair.keep or KEEP):
+    if len(out) <= (repair.keep or KEEP):
         return out
     rows = sorted({c for c, _ in out})
     now = dict(zip(rows, repair.screen([seqs[c] for c in rows])))
