@@ -58,7 +58,8 @@ drafts' relaxation under bfloat16 autocast where bfloat16 is fast, each draft ke
 released track its sweeps leave this far from its state put back as released: 0.3; 0, off), `certify_lean` (the
 sentence spans read lean: each sentence once, the query site first: off), `search_stop` (the search ends once it has
 found nothing new for this many times the time its finds took, the finish getting the rest: `SearchStop`; 0, off),
-`lengths_delete_first` (a stalled descent's deletions scored first, its insertions only where none is nearer: off).
+`lengths_delete_first` (a stalled descent's deletions scored first, its insertions only where none is nearer: off),
+`sweep_screen_copy` (the sweeps' screen run on a bfloat16 copy of the model, not under autocast: off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -231,6 +232,9 @@ class BeyondRank(Exact):
     # with `lengths`: a stalled sweep scores its one-token deletions first, its insertions only where no deletion comes
     # nearer the state (`beyond_rank_stall`: the stalls' kept insertions outnumber the too-short tracks). Off
     lengths_delete_first: bool = False
+    # with `sweep_screen`: the screen runs a bfloat16 copy of the model, no autocast (`beyond_rank_rough`): ~1/4 less
+    # CPU a screened candidate, which ones get rescored at float32 may differ (large_batch_s44/fin64_README.md). Off
+    sweep_screen_copy: bool = False
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
@@ -254,7 +258,7 @@ class BeyondRank(Exact):
                 "sweep_order": self.sweep_order, "sweep_defer": self.sweep_defer, "sweep_screen": self.sweep_screen,
                 "draft_bfloat16": self.draft_bfloat16, "sweep_release": self.sweep_release,
                 "sweep_revert": self.sweep_revert, "certify_lean": self.certify_lean, "search_stop": self.search_stop,
-                "lengths_delete_first": self.lengths_delete_first}
+                "lengths_delete_first": self.lengths_delete_first, "sweep_screen_copy": self.sweep_screen_copy}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -327,7 +331,7 @@ class BeyondRank(Exact):
                          sweep_order=self.sweep_order, sweep_defer=self.sweep_defer,
                          sweep_screen=self.sweep_screen, draft_bfloat16=self.draft_bfloat16,
                          sweep_release=self.sweep_release, sweep_revert=self.sweep_revert,
-                         lengths_delete_first=self.lengths_delete_first)
+                         lengths_delete_first=self.lengths_delete_first, sweep_screen_copy=self.sweep_screen_copy)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

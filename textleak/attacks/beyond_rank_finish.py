@@ -61,7 +61,8 @@ class BagFinish:
                  pairing: float = 0.0, iters: int = 0, drafts: int = 0, hit: float = 0.0, draft_keep: float = 0.0,
                  draft_pack: bool = False, draft_spend: bool = False, sweep_order: str = "near",
                  sweep_defer: float = 0.3, sweep_screen: int | str = "auto", draft_bfloat16: bool = True,
-                 sweep_release: float = 0.0, sweep_revert: float = 0.3, lengths_delete_first: bool = False):
+                 sweep_release: float = 0.0, sweep_revert: float = 0.3, lengths_delete_first: bool = False,
+                 sweep_screen_copy: bool = False):
         self.tok, self.prior_name, self.weight = tokenizer, prior, weight
         self.tries, self.sweeps, self.seed = tries, sweeps, seed
         self.targets = targets  # (the batch's gradients, B): descend onto the pooled states (`beyond_rank_targets`)
@@ -77,6 +78,7 @@ class BagFinish:
         self.draft_bfloat16, self.sweep_release = draft_bfloat16, sweep_release  # `TargetDescent`'s (`release`)
         self.sweep_revert = sweep_revert  # `TargetDescent`'s `revert`
         self.lengths_delete_first = lengths_delete_first  # `TargetDescent`'s `delete_first`
+        self.sweep_screen_copy = sweep_screen_copy  # `TargetDescent`'s `screen_copy` (`beyond_rank_rough`)
         self.report: dict[str, Any] = {}
 
     def tracks(self, search: Any, peeler: Any, pins: Any, tokens: Sequence[int], model: Any) -> list[list[int]] | None:
@@ -106,7 +108,8 @@ class BagFinish:
                                     draft_pack=self.draft_pack, draft_spend=self.draft_spend,
                                     order=self.sweep_order, defer=self.sweep_defer, screen=self.sweep_screen,
                                     draft_bfloat16=self.draft_bfloat16, release=self.sweep_release,
-                                    revert=self.sweep_revert, delete_first=self.lengths_delete_first)
+                                    revert=self.sweep_revert, delete_first=self.lengths_delete_first,
+                                    screen_copy=self.sweep_screen_copy)
             tracks = descent.run(tracks, search.found, cols.allowed)
         elif not budget.expired():
             tracks = swaps.run(tracks, self.sweeps)

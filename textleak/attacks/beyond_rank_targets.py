@@ -50,6 +50,7 @@ from ..text.leaks.residuals import padded
 from .beyond_rank_drafts import BIAS, StateDrafts
 from .beyond_rank_guided import GuidedSweeps
 from .beyond_rank_invert import length_logp
+from .beyond_rank_rough import RoughStates
 from .beyond_rank_stall import paired, resized
 
 log = logging.getLogger(__name__)
@@ -98,9 +99,10 @@ class TargetDescent:
                  drafts: int = 0, bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0,
                  draft_pack: bool = False, draft_spend: bool = False, order: str = "batch", defer: float = 0.0,
                  defer_length: int = DEFER_LENGTH, screen: int | str = 0, draft_bfloat16: bool = False,
-                 release: float = 0.0, revert: float = 0.0, delete_first: bool = False):
+                 release: float = 0.0, revert: float = 0.0, delete_first: bool = False, screen_copy: bool = False):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.screen = screen_count(screen, SCREEN, layout.device)  # >0: sweeps screened at bfloat16, K rescored
+        self.rough = RoughStates(layout, cls_states, screen_copy)  # the screen's pass (`beyond_rank_rough`)
         self.scored = Counter()  # with `screen`: candidates scored screened ("rough") and exactly ("exact")
         self.order = order  # the pairs' order in each round of sweeps (`_ordered`)
         self.defer, self.defer_length = defer, defer_length  # >0: long tracks this far held back (`_held`)
@@ -166,7 +168,8 @@ class TargetDescent:
             guided = GuidedSweeps(self, options, top=self.guided, hit=self.hit)
             guided.run(tracks, pairs, best)
         else:
-            self._sweeps(tracks, pairs, best, options)
+            with self.rough.region(self.screen > 0):  # one autocast region: each weight cast once
+                self._sweeps(tracks, pairs, best, options)
         marks.append(budget.now())
         seconds = {k: marks[i + 1] - marks[i] for i, k in enumerate(("states", "drafts", "sweeps"))}
         self.report = {"states": len(got.states), "targets": len(targets), "matched": len(pairs),
@@ -353,14 +356,15 @@ class TargetDescent:
         token, states within ~1e-2 relative of float32), and only the max(K, top) nearest are rescored exactly:
         every change a sweep keeps is a float32 gain, only which candidates get rescored is the screen's (MiniLM,
         CoLA batch 64 tracks a quarter wrong: the float32 best was the screen's first at 41 of 42 positions and
-        among its first 2 at all)."""
+        among its first 2 at all). The screen's pass: `beyond_rank_rough.RoughStates` (`screen_copy`: a bfloat16
+        copy of the model)."""
         keep = list(range(len(trial)))
         if 0 < self.screen < len(trial) and top < len(trial):
-            with torch.autocast(torch.device(self.layout.device).type, dtype=torch.bfloat16):
-                rough = (self.states(trial) - target).norm(dim=1)
+            rough = (self.rough.states(trial) - target).norm(dim=1)
             keep = torch.argsort(rough)[:max(self.screen, top)].tolist()
             self.scored["rough"] += len(trial)
-        d = (self.states([trial[k] for k in keep]) - target).norm(dim=1) / target.norm()
+        with self.rough.exact():
+            d = (self.states([trial[k] for k in keep]) - target).norm(dim=1) / target.norm()
         self.scored["exact"] += len(keep)
         order = torch.argsort(d)[:top].tolist()
         return [keep[i] for i in order], [float(d[i]) for i in order]
