@@ -65,3 +65,66 @@ def test_option_repair_inplace_reaches_the_token_repair(setup, monkeypatch):
     for on in (False, True):
         _repair_the_true_batch(UpdateExact(repair_inplace=on, cls_descent=False), wide, observation, ids)
     assert seen == [(False,), (True,)]
+
+
+TRADE_TRUTH = [[101, 5, 6, 102], [101, 7, 8, 102], [101, 9, 10, 102]]
+TRADE_WRONG = [[101, 5, 8, 102], [101, 7, 6, 102], [101, 9, 10, 102]]  # slots 0 and 1 traded position 2
+
+
+def _trade_box(inplace: bool, guard=None) -> object:
+    """`test_update_repair_slide.toy_box` (box 0) with a gradient one-hot in the sentence's identity (as the pairs
+    tests'), on a batch whose slots 0 and 1 hold each other's token at position 2: one trade (`_exchange`) makes it
+    true. `guard` as `BoxRepair.guard`."""
+    from test_update_repair_slide import toy_box
+
+    box = toy_box(TRADE_TRUTH, TRADE_WRONG, inplace=inplace, _scratch=None, guard=guard)
+    seen: dict = {}
+
+    def gradient(seq, label):
+        box.trials += 1
+        g = torch.zeros(64, dtype=torch.double)
+        g[seen.setdefault(tuple(seq), len(seen))] = 1.0
+        return g
+    box.gradient = gradient
+    box.U = sum(gradient(s, 0) for s in TRADE_TRUTH) / len(TRADE_TRUTH)
+    box.half = torch.zeros_like(box.U)
+    seqs, _ = box.begin(TRADE_WRONG, [0, 0, 0], time.monotonic() + 600)
+    return box, seqs
+
+
+def test_a_kept_change_of_two_sentences_keeps_a_fresh_mean_not_the_scratch_buffer():
+    """`_keep_change` (session 44: the keeping that `_exchange`, `_move` and `refill` each wrote out) keeps the misfit,
+    both sentences and their gradients, counts one change, and makes the batch's mean afresh: with `inplace` the mean
+    the trial was weighed on is scratch buffer 0, which the next trial overwrites."""
+    box, seqs = _trade_box(inplace=True)
+    plain, _ = _trade_box(inplace=False)
+    x, y = TRADE_TRUTH[0], TRADE_TRUTH[1]
+    gx, gy = box.gradient(x, 0), box.gradient(y, 0)
+    weighed = box._shifted([(gx, box._own[0]), (gy, box._own[1])])
+    assert weighed.data_ptr() == box._buffers()[0].data_ptr()
+    want = plain._shifted([(gx, plain._own[0]), (gy, plain._own[1])])  # the plain expression: a new tensor
+    value, own2 = box.misfit(weighed), box._own[2]
+    box._keep_change(seqs, value, {0: (x, gx), 1: (y, gy)})
+    assert seqs == TRADE_TRUTH and box._best == value == 0 and box._changes == 1
+    assert box._own[0] is gx and box._own[1] is gy and box._own[2] is own2
+    assert torch.equal(box._total, want) and all(box._total.data_ptr() != b.data_ptr() for b in box._buffers())
+    box.misfit(box._shifted([(box.gradient(TRADE_WRONG[2], 0), own2)]))  # the next trial, in the scratch buffers
+    assert torch.equal(box._total, want)
+
+
+def test_a_trade_the_guard_refuses_changes_nothing_and_one_it_passes_is_kept():
+    """`_exchange` through `_keep_change`: the trade that makes the batch true is kept (the fresh mean the plain
+    expression's, to the bit); where the [CLS] guard refuses every trade (each changed sentence would score 1 over
+    its 0) the sentences, the mean, the gradients, the misfit and the count of changes stay as they were."""
+    box, seqs = _trade_box(inplace=True)
+    plain, _ = _trade_box(inplace=False)
+    box._exchange(seqs)  # the first trade of least misfit: the heads up to position 1, slots 0 and 1 swapped whole
+    assert seqs == [TRADE_TRUTH[1], TRADE_TRUTH[0], TRADE_TRUTH[2]] and box._best == 0 and box._changes == 1
+    want = plain._shifted([(plain.gradient(seqs[0], 0), plain._own[0]), (plain.gradient(seqs[1], 0), plain._own[1])])
+    assert torch.equal(box._total, want) and all(box._total.data_ptr() != b.data_ptr() for b in box._buffers())
+    refusing, seqs = _trade_box(inplace=True, guard=lambda trials: [1.0] * len(trials))
+    refusing._cls = [0.0, 0.0, 0.0]
+    total, own, best = refusing._total, list(refusing._own), refusing._best
+    refusing._exchange(seqs)
+    assert seqs == TRADE_WRONG and refusing._changes == 0 and refusing.guarded >= 1 and refusing._best == best > 0
+    assert refusing._total is total and all(a is b for a, b in zip(refusing._own, own))

@@ -28,7 +28,8 @@ tried in the pins' order (the embedding rows' least-squares weight: the true tok
 position measured, where the layer-0 ranking missed 8 of 42 on SST-2 dev batch 0 at lr 1e-4), and no trial that
 leaves a token whose word row moved out of the whole batch is kept (`cover`, `missing`).
 
-The trades and the cross-sentence move (option `cross_move`, off) are `update_repair_moves.RepairMoves`.
+The trades and the cross-sentence move (option `cross_move`, off) are `update_repair_moves.RepairMoves`; which
+offered change is kept, and keeping it, `update_repair_keep.RepairKeep`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from ..text.layouts import Layout
 from ..text.leaks.residuals import partial_residuals
 from ..text.leaks.spans import LayerSpan
 from .update_repair_blocks import BLOCK_AT_DEFAULT, block_due, block_step, block_sweep
+from .update_repair_keep import RepairKeep, fresh_mean
 from .update_repair_moves import RepairMoves, missing, slides
 from .update_rounding import RoundingFits
 
@@ -52,7 +54,7 @@ WIDTH = 16
 SWEEPS = 6
 
 
-class BoxRepair(RepairMoves):
+class BoxRepair(RepairMoves, RepairKeep):
     """Coordinate descent of a guessed batch on the box misfit (see the module doc).
 
     layout: the model at the trajectory's midpoint; fits: the run's `RoundingFits` (U, its box, w0);
@@ -161,10 +163,7 @@ class BoxRepair(RepairMoves):
         / B, summed left to right (changes: (new gradient, the sentence's own), [entries] each). With `inplace` it is
         scratch buffer 0 (good until the next call; the same value to the bit), else a new tensor."""
         if not self.inplace:
-            delta = None
-            for g, own in changes:
-                delta = g - own if delta is None else delta + g - own
-            return self._total + delta / self._B
+            return fresh_mean(self._total, changes, self._B)
         buf = self._buffers()[0]
         torch.sub(changes[0][0], changes[0][1], out=buf)
         for g, own in changes[1:]:
@@ -349,48 +348,8 @@ class BoxRepair(RepairMoves):
         found = self._guarded(below, lambda f: {b: f[1]})
         if found is None:
             return False
-        self._best, seqs[b], g = found
-        self._total, self._own[b] = self._total + (g - self._own[b]) / self._B, g
-        self._changes += 1
+        self._keep_change(seqs, found[0], {b: (found[1], found[2])})
         return True
-
-    def _offer(self, below: list[tuple], candidate: tuple) -> None:
-        """Collect a change below the batch's misfit (`candidate`: (misfit, ...), its gradients with it): every one
-        for the guard to weigh, else only the least so far (the first on a tie), so that unguarded no more than one
-        candidate's gradients are held (each is the Q/K/V weights' size)."""
-        if self.guard is not None:
-            below.append(candidate)
-        elif not below or candidate[0] < below[0][0]:
-            below[:] = [candidate]
-
-    def _passing(self, changes: list[dict[int, list[int]]]) -> list[bool]:
-        """Per change (sentence index -> new sentence), whether the guard may pass it: all without `guard_first` (or
-        a `guard`); else whether each changed sentence scores no higher than now (one `guard` call for them all)."""
-        if self.guard is None or not self.guard_first or not changes or budget_now() >= self._deadline:
-            return [True] * len(changes)
-        flat = [(k, i, s) for k, c in enumerate(changes) for i, s in c.items()]
-        ok = [True] * len(changes)
-        for (k, i, _), v in zip(flat, self.guard([s for _, _, s in flat])):
-            ok[k] = ok[k] and v <= self._cls[i]
-        self.unweighed += ok.count(False)
-        return ok
-
-    def _guarded(self, below: list[tuple], changed: Callable[[tuple], dict[int, list[int]]]) -> tuple | None:
-        """Of the candidate changes `below` (each (misfit, ...), below the batch's), the least-misfit one (the first
-        on a tie); with a `guard`, the least-misfit one whose changed sentences (`changed`: candidate -> sentence
-        index -> new sentence) each score no higher than now (their scores then updated), None where none does."""
-        ranked = sorted(below, key=lambda f: f[0])
-        if self.guard is None or not ranked:
-            return ranked[0] if ranked else None
-        for f in ranked:
-            new = changed(f)
-            scores = self.guard(list(new.values()))
-            if all(v <= self._cls[i] for i, v in zip(new, scores)):
-                for i, v in zip(new, scores):
-                    self._cls[i] = v
-                return f
-            self.guarded += 1
-        return None
 
 
 def _swapped(seq: list[int], p: int, q: int) -> list[int]:

@@ -87,11 +87,11 @@ def options_by_length(repair: Any, seqs: Sequence[Sequence[int]]) -> dict[int, l
 
 
 class RepairMoves:
-    """The trades and the cross-sentence move of `update_repair.BoxRepair`, which this is mixed into: they read and
-    change its descent (`begin`: `_best`, `_total`, `_own`, `_B`, `_labels`, `_deadline`, `_changes`) and use its
-    `gradient`, `misfit`, `_shifted` (the trades), `options`, `_offer`, `_passing` (the trades only), `_guarded`,
-    `_screening`, `screen`, `exchange_keep`, `cover`, `pins`; they count `exchange_trials`, `exchange_screened` and
-    `moves`."""
+    """The trades and the cross-sentence move of `update_repair.BoxRepair`, which this is mixed into: they read its
+    descent (`begin`: `_best`, `_total`, `_own`, `_B`, `_labels`, `_deadline`) and use its `gradient`, `misfit`,
+    `_shifted` (the trades), `options`, `_screening`, `screen`, `exchange_keep`, `cover`, `pins` and
+    `update_repair_keep.RepairKeep`'s `_offer`, `_passing` (the trades only), `_guarded` and `_keep_change` (which
+    changes the descent); they count `exchange_trials`, `exchange_screened` and `moves`."""
 
     def _exchange(self, seqs: list[list[int]]) -> None:
         """Two sentences trade what they hold at one position, or their whole heads up to it (a
@@ -114,9 +114,7 @@ class RepairMoves:
                         self._offer(below, (value, x, y, gx, gy))
                 found = self._guarded(below, lambda f: {a: f[1], b: f[2]})
                 if found is not None:  # the new mean made afresh (with `inplace` the trial's is a scratch buffer)
-                    self._total = self._total + (found[3] - self._own[a] + found[4] - self._own[b]) / self._B
-                    self._best, seqs[a], seqs[b], self._own[a], self._own[b] = found
-                    self._changes += 1
+                    self._keep_change(seqs, found[0], {a: (found[1], found[3]), b: (found[2], found[4])})
 
     def _trades(self, seqs: list[list[int]], a: int, b: int) -> list[tuple[list[int], list[int]]]:
         """Sentences a and b's trades (at one position, or of their heads up to it) that change them; in a screened
@@ -185,7 +183,6 @@ class RepairMoves:
                         self._offer(below, (value, trial, grads, total))
             found = self._guarded(below, lambda f: {i: f[1][i] for i in f[2]})
             if found is not None:
-                self._best, trial, grads, self._total = found
-                for i, g in grads.items():
-                    seqs[i], self._own[i] = trial[i], g
-                self._changes, self.moves = self._changes + 1, self.moves + 1
+                value, trial, grads, total = found
+                self._keep_change(seqs, value, {i: (trial[i], g) for i, g in grads.items()}, total)
+                self.moves += 1

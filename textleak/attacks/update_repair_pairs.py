@@ -100,9 +100,9 @@ def refill(repair: Any, seqs: list[list[int]], b: int, trials: list[list[int]]) 
     found = repair._guarded(below, lambda f: {b: trial, f[1]: f[2]})
     if found is None:
         return False
-    repair._best, c, x, gc, repair._total = found
-    seqs[b], own[b], seqs[c], own[c] = trial, g, x, gc
-    repair._changes, repair.pairs_refilled = repair._changes + 1, repair.pairs_refilled + 1
+    value, c, x, gc, total = found
+    repair._keep_change(seqs, value, {b: (trial, g), c: (x, gc)}, total)
+    repair.pairs_refilled += 1
     return True
 
 
