@@ -192,6 +192,9 @@ class UpdateExact(UpdateSpans, Exact):
     #: screened (`update_repair_pairs`; 0: off; 16 since s43: SST-2 b4 lr 1e-5 dev 0 0.972 and 0.976, 3 of 4 exact,
     #: against 0.939 and 0.948, 2 of 4, side by side twice; dev 1, dev 2, CoLA 0 ties; `fedavg_pairs_s43/`)
     repair_pairs: int = 16
+    #: token repair: each sentence's trials' gradients N at a time, one forward and backward (`update_repair_batch`,
+    #: equal to float32 rounding; 0: one at a time, off; session 44)
+    repair_batch: int = 0
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
     cls_sweeps: int = 0
@@ -287,7 +290,7 @@ class UpdateExact(UpdateSpans, Exact):
         """Checked before any work (`validate.attack_instance`): `Exact`'s, `cls_lengths`' mode, move sizes >= 0."""
         super().check_options()  # `Exact`'s: `search_screen` a count or auto
         check_mode(self.cls_lengths, self.cls_lengths_gate)
-        for name in ("repair_slide", "repair_block", "repair_kick", "repair_pairs"):
+        for name in ("repair_slide", "repair_block", "repair_kick", "repair_pairs", "repair_batch"):
             integer(getattr(self, name), f"option {name}", minimum=0)
         choice(self.repair_block_at, "option repair_block_at", BLOCK_AT)
         choice(self.repair_kick_at, "option repair_kick_at", KICK_AT)

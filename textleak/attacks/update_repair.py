@@ -43,6 +43,7 @@ from ..core.budget import now as budget_now
 from ..text.layouts import Layout
 from ..text.leaks.residuals import partial_residuals
 from ..text.leaks.spans import LayerSpan
+from .update_repair_batch import weighed
 from .update_repair_blocks import BLOCK_AT_DEFAULT, block_due, block_step, block_sweep
 from .update_repair_keep import RepairKeep, fresh_mean
 from .update_repair_moves import RepairMoves, missing, slides
@@ -121,6 +122,7 @@ class BoxRepair(RepairMoves, RepairKeep):
         #: up to `slide` places, the tokens between shifted) weighed like its substitutions (screened in the screened
         #: sweeps); 0: off
         self.slide, self.block = slide, block
+        self.batch, self._batcher = 0, None  # option `repair_batch`: trial gradients a chunk at a time (`weighed`)
         self.vocab = vocab.to(layout.device).long()
         layers = len(layout.layers)
         self.names = [n for k in range(layers) for n in layout.shared(fits.update, layout.qkv_names(k))]
@@ -338,10 +340,8 @@ class BoxRepair(RepairMoves, RepairKeep):
         lacking = missing(seqs, self.cover)
         trials = [t for t in trials if t != seqs[b] and
                   not (self.cover and missing(seqs[:b] + [t] + seqs[b + 1:], self.cover) > lacking)]
-        for trial, ok in zip(trials, self._passing([{b: t} for t in trials])):
-            if not ok or budget_now() >= self._deadline:
-                continue
-            g = (gradient or self.gradient)(trial, self._labels[b])
+        weigh = [t for t, ok in zip(trials, self._passing([{b: t} for t in trials])) if ok]
+        for trial, g in weighed(self, weigh, self._labels[b], gradient):  # option `repair_batch`: a chunk at a time
             value = self.misfit(self._shifted([(g, self._own[b])]))
             if value < self._best:
                 self._offer(below, (value, trial, g))

@@ -119,6 +119,7 @@ def _box_repair(attack: Any, layout: Any, span0: Any, vocab: Any, pins: Any) -> 
     repair.block_at = getattr(attack, "repair_block_at", BLOCK_AT_DEFAULT)
     repair.block_short = bool(getattr(attack, "repair_block_short", False))
     repair.pairs = int(getattr(attack, "repair_pairs", 0) or 0)  # option `repair_pairs` (`update_repair_pairs`)
+    repair.batch = int(getattr(attack, "repair_batch", 0) or 0)  # option `repair_batch` (`update_repair_batch`)
     return repair
 
 
