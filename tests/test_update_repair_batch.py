@@ -47,8 +47,11 @@ def test_each_sentences_part_of_a_chunk_is_its_own_gradient(setup):
         assert torch.allclose(g, own, rtol=1e-4, atol=1e-7 * float(own.abs().max()))
     # a sentence's label is its own: the same trial under the other label differs
     assert not torch.allclose(got[0], box.gradient(trials[0], 1 - labels[0]), atol=1e-6)
-    with pytest.raises(ValueError, match="one length"):
-        TrialGradients(box.layout, box.names, chunk=2).gradients([seq, seq[:-1]], [0, 0])
+    # sentences of two lengths: each length's go through together, back in their order
+    mixed = [seq, seq[:3] + seq[4:], trials[0]]
+    for trial, g in zip(mixed, TrialGradients(box.layout, box.names, chunk=4).gradients(mixed, [0, 1, 0])):
+        own = box.gradient(trial, [0, 1, 0][mixed.index(trial)])
+        assert torch.allclose(g, own, rtol=1e-4, atol=1e-7 * float(own.abs().max()))
 
 
 def test_the_repair_reaches_the_same_batch_with_its_trials_in_chunks(setup):
@@ -90,3 +93,19 @@ def test_option_repair_batch_reaches_the_repair_off_by_default_checked(setup):
     for bad in ("x", -1):
         with pytest.raises(InputError, match="repair_batch"):
             attack_instance("exact-update", {"repair_batch": bad}, 0)
+
+
+def test_the_trades_weigh_the_same_in_chunks(setup):
+    wide, observation, ids = setup
+    traded = [list(s) for s in ids]
+    traded[1][1], traded[2][1] = ids[2][1], ids[1][1]  # "the" and "the": a tie, so trade position 2's words
+    traded[1][2], traded[2][2] = ids[2][2], ids[1][2]  # "film" and "cat"
+    ends = []
+    for batch in (0, 3):
+        box, _ = _box(wide, observation, ids, batch=batch)
+        seqs, start = box.begin(traded, LABELS, time.monotonic() + 600)
+        box._exchange(seqs)
+        ends.append((seqs, box.best, box.exchange_trials, box.trials, start))
+    (off, best_off, trades_off, trials_off, start), (on, best_on, trades_on, trials_on, _) = ends
+    assert off == on and best_on < start and best_on == pytest.approx(best_off, rel=1e-3)
+    assert trades_on == trades_off > 0 and trials_on == trials_off

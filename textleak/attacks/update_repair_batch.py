@@ -49,9 +49,16 @@ class TrialGradients:
             yield from zip(part, self.gradients(part, [label] * len(part)))
 
     def gradients(self, seqs: Sequence[Sequence[int]], labels: Sequence[int]) -> list[torch.Tensor]:
-        """Each sentence's gradient (sentences of one length; one forward and one backward for them all)."""
-        if len({len(s) for s in seqs}) != 1:
-            raise ValueError("TrialGradients.gradients takes sentences of one length")
+        """Each sentence's gradient, in order: one forward and one backward for those of each length."""
+        out: list[torch.Tensor | None] = [None] * len(seqs)
+        for n in dict.fromkeys(len(s) for s in seqs):
+            at = [i for i, s in enumerate(seqs) if len(s) == n]
+            for i, g in zip(at, self._same_length([seqs[i] for i in at], [labels[i] for i in at])):
+                out[i] = g
+        return out  # type: ignore[return-value]
+
+    def _same_length(self, seqs: Sequence[Sequence[int]], labels: Sequence[int]) -> list[torch.Tensor]:
+        """`gradients` for sentences of one length."""
         device = self.layout.device
         ids = torch.tensor([list(s) for s in seqs], device=device)
         y = torch.tensor([int(v) for v in labels], device=device)
@@ -80,12 +87,10 @@ def weighed(repair: Any, trials: Sequence[Sequence[int]], label: int, gradient: 
             ) -> Iterator[tuple[Sequence[int], torch.Tensor]]:
     """(trial, its gradient) for `repair.keep_best`'s trials of one sentence (its `label`), until the budget's clock
     reaches `repair._deadline`: with option `repair_batch` (`repair.batch` > 0, no `gradient` given) `repair.batch`
-    at a time (`TrialGradients`, made once and kept in `repair._batcher`), else one at a time by `gradient` (default
+    at a time (`TrialGradients`), else one at a time by `gradient` (default
     `repair.gradient`), each counted in `repair.trials` either way."""
     if gradient is None and repair.batch > 0:
-        if repair._batcher is None:
-            repair._batcher = TrialGradients(repair.layout, repair.names, repair.batch)
-        for trial, g in repair._batcher.weigh(trials, label, repair._deadline):
+        for trial, g in _batcher(repair).weigh(trials, label, repair._deadline):
             repair.trials += 1
             yield trial, g
         return
@@ -93,3 +98,33 @@ def weighed(repair: Any, trials: Sequence[Sequence[int]], label: int, gradient: 
         if budget_now() >= repair._deadline:
             return
         yield trial, (gradient or repair.gradient)(trial, label)
+
+
+def weighed_trades(repair: Any, trades: Sequence[tuple[list[int], list[int]]], a: int, b: int
+                   ) -> Iterator[tuple[tuple[list[int], list[int]], torch.Tensor, torch.Tensor]]:
+    """((x, y), x's gradient, y's) for `_exchange`'s trades of sentences a and b (x: a's new sentence, y: b's, under
+    their labels), until the budget's clock reaches `repair._deadline`: with option `repair_batch` `repair.batch`
+    trades at a time (each side's sentences share a length: a trade keeps both lengths), else one at a time by
+    `repair.gradient`; each gradient counted in `repair.trials`."""
+    la, lb = repair._labels[a], repair._labels[b]
+    if repair.batch <= 0:
+        for x, y in trades:
+            if budget_now() >= repair._deadline:
+                return
+            yield (x, y), repair.gradient(x, la), repair.gradient(y, lb)
+        return
+    for i in range(0, len(trades), repair.batch):
+        if budget_now() >= repair._deadline:
+            return
+        part = list(trades[i:i + repair.batch])
+        gx = _batcher(repair).gradients([x for x, _ in part], [la] * len(part))
+        gy = _batcher(repair).gradients([y for _, y in part], [lb] * len(part))
+        repair.trials += 2 * len(part)
+        yield from zip(part, gx, gy)
+
+
+def _batcher(repair: Any) -> TrialGradients:
+    """`repair`'s `TrialGradients` (`repair.batch` a chunk), made once and kept in `repair._batcher`."""
+    if repair._batcher is None:
+        repair._batcher = TrialGradients(repair.layout, repair.names, repair.batch)
+    return repair._batcher

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..core.budget import now as budget_now
+from .update_repair_batch import weighed_trades
 
 
 def missing(sequences: Sequence[Sequence[int]], cover: set[int] | None) -> int:
@@ -102,12 +103,8 @@ class RepairMoves:
                 if self._best <= 0:
                     return
                 below, trades = [], self._trades(seqs, a, b)
-                for (x, y), ok in zip(trades, self._passing([{a: x, b: y} for x, y in trades])):
-                    if budget_now() >= self._deadline:
-                        break
-                    if not ok:  # option `repair_guard_first`: the guard would refuse it
-                        continue
-                    gx, gy = self.gradient(x, self._labels[a]), self.gradient(y, self._labels[b])
+                passing = self._passing([{a: x, b: y} for x, y in trades])  # `repair_guard_first`: the guard's
+                for (x, y), gx, gy in weighed_trades(self, [t for t, ok in zip(trades, passing) if ok], a, b):
                     self.exchange_trials += 2
                     value = self.misfit(self._shifted([(gx, self._own[a]), (gy, self._own[b])]))
                     if value < self._best:
