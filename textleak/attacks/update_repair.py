@@ -66,6 +66,8 @@ class BoxRepair(RepairMoves, RepairKeep):
     #: of least `screen` score weighed; 0: off.
     #: `blocks_kept`: block moves kept; `block_screened`: block moves the screen left out
     block, blocks_kept, block_screened = 0, 0, 0
+    #: option `repair_batch`: the trials' gradients this many at a time (`update_repair_batch`; 0: one at a time)
+    batch, _batcher = 0, None
     #: option `repair_block_at` (`update_repair_blocks.BLOCK_AT`): "sweep", block moves in each sentence that nothing
     #: else changed in a sweep; "stall" (the default, `BLOCK_AT_DEFAULT`), in every sentence after a sweep that changed
     #: nothing (`block_sweep`)
@@ -122,7 +124,6 @@ class BoxRepair(RepairMoves, RepairKeep):
         #: up to `slide` places, the tokens between shifted) weighed like its substitutions (screened in the screened
         #: sweeps); 0: off
         self.slide, self.block = slide, block
-        self.batch, self._batcher = 0, None  # option `repair_batch`: trial gradients a chunk at a time (`weighed`)
         self.vocab = vocab.to(layout.device).long()
         layers = len(layout.layers)
         self.names = [n for k in range(layers) for n in layout.shared(fits.update, layout.qkv_names(k))]
