@@ -2,8 +2,8 @@
 `repair_batch`; session 44; off by default).
 
 Why (measured, `recipes/measured/fedavg_batch_s44/`): a repair trial is one sentence's Q/K/V weight gradient (a forward
-and a backward through MiniLM) and its box misfit. On MiniLM at one thread a 44-token sentence's gradient took 86 ms
-alone, and 24 ms a sentence when 8 of them went through at once, while the misfit took 11 ms. The trials that
+and a backward through MiniLM) and its box misfit. On MiniLM at one thread a sentence's gradient took 44-48 ms alone
+and 20-29 ms a sentence 8 at a time this way (16 and 44 tokens: 1.6-2.2x), while the misfit took 11 ms. The trials that
 `keep_best` weighs are one sentence's variants (a token substituted, swapped, slid or a block moved), all of one
 length, so they can go through the model together; at small learning rates the repair is most of the attack's time
 and runs out (SST-2 batch 4, K 8, lr 1e-5, dev 0: 640 of 800 CPU s, `ran_out`).
