@@ -91,8 +91,9 @@ def test_sweep_screen_copy_screens_on_a_bfloat16_copy_and_keeps_the_float32_deci
 
 
 def test_sweep_screen_copy_reaches_the_descent_and_is_checked(batch):
-    assert _wide_finisher(batch).sweep_screen_copy is False  # off by default
-    assert _wide_finisher(batch, sweep_screen_copy=True).sweep_screen_copy is True
+    assert _wide_finisher(batch).sweep_screen_copy is True  # on by default since session 44
+    assert ATTACKS.get("beyond_rank")().sweep_screen_copy is True
+    assert _wide_finisher(batch, sweep_screen_copy=False).sweep_screen_copy is False
     assert ATTACKS.get("beyond_rank")(sweep_screen_copy=True).options()["sweep_screen_copy"] is True
     assert attack_instance("beyond_rank", {"sweep_screen_copy": True}, 0).sweep_screen_copy is True
     with pytest.raises(InputError, match="sweep_screen_copy"):

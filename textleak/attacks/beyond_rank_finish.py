@@ -62,7 +62,7 @@ class BagFinish:
                  draft_pack: bool = False, draft_spend: bool = False, sweep_order: str = "near",
                  sweep_defer: float = 0.3, sweep_screen: int | str = "auto", draft_bfloat16: bool = True,
                  sweep_release: float = 0.0, sweep_revert: float = 0.3, lengths_delete_first: bool = False,
-                 sweep_screen_copy: bool = False):
+                 sweep_screen_copy: bool = True):
         self.tok, self.prior_name, self.weight = tokenizer, prior, weight
         self.tries, self.sweeps, self.seed = tries, sweeps, seed
         self.targets = targets  # (the batch's gradients, B): descend onto the pooled states (`beyond_rank_targets`)

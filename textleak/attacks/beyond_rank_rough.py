@@ -11,8 +11,9 @@ between the products with casts back and forth.
   cache casts each weight once per region rather than once per forward; the float32 rescoring runs in a nested
   region with autocast off (`exact()`). The screen's states are bit for bit those of a fresh autocast region per
   call (the same casts of the same weights), so every decision is the same.
-- `copy` (`beyond_rank --option sweep_screen_copy=true`, off): the screen runs a bfloat16 copy of the model
-  instead (made once, no autocast): no casts at all, and layer norms, softmax and the residual adds at bfloat16 too.
+- `copy` (`beyond_rank`'s option `sweep_screen_copy`, on since session 44; `=false` turns it off): the screen runs a
+  bfloat16 copy of the model instead (made once, no autocast): no casts at all, and layer norms, softmax and the
+  residual adds at bfloat16 too.
   Its states differ from autocast's by ~1e-2 relative, so which K candidates get rescored can differ; every change
   a sweep keeps is still a float32 gain.
 """
