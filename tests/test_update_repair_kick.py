@@ -1,7 +1,7 @@
 """The token repair's kick at a stall (`update_repair_kick.Kick`, `BoxRepair.kick`, `exact-update`'s option
-`repair_kick`, off): at the screened sweeps' stall the batch is descended on the [CLS] spans and the screened sweeps
-go on from there; the full sweeps start from the least-misfit stall seen (RT dev batch 0 of 4 at K 8, lr 1e-5 stalls
-in a local minimum of the repair's moves; session 42)."""
+`repair_kick`, 3 by default since session 44): at the screened sweeps' stall the batch is descended on the [CLS] spans
+and the screened sweeps go on from there; the full sweeps start from the least-misfit stall seen (RT dev batch 0 of 4 at
+K 8, lr 1e-5 stalls in a local minimum of the repair's moves; session 42)."""
 
 from __future__ import annotations
 
@@ -71,14 +71,15 @@ def test_a_kick_to_a_worse_batch_is_undone_before_the_full_sweeps():
 
 
 def test_option_repair_kick_reaches_the_token_repair(setup, monkeypatch):
-    """Off by default; `repair_kick=3` gives the repair a `Kick` of 3 [CLS] sweeps on the run's spans."""
+    """3 by default since session 44; `repair_kick=3` gives the repair a `Kick` of 3 [CLS] sweeps on the run's spans,
+    0 none."""
     wide, observation, ids = setup
-    assert UpdateExact().repair_kick == 0
+    assert UpdateExact().repair_kick == 3
     seen = _spy_on_the_repair(monkeypatch, "kick")
     for value in (0, 3):
         out = _repair_the_true_batch(UpdateExact(repair_kick=value, cls_descent=False), wide, observation, ids)
     assert seen[0] == (None,) and isinstance(seen[1][0], Kick) and seen[1][0].sweeps == 3
-    assert out.details["repair"]["kick"] == {"sweeps": 3, "kicks": 0, "stalls": []}
+    assert out.details["repair"]["kick"] == {"sweeps": 3, "kicks": 0, "stalls": [], "at": "block"}  # the default
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, "x"])

@@ -1,7 +1,7 @@
-"""Where the token repair's kick comes (`update_repair_kick.Kick.at`, `exact-update`'s option `repair_kick_at`):
-"stall" (session 42, the default) before the stall's block sweep, "block" (session 43) only after that block sweep kept
-nothing, and never in the race's traded start (`traded_kick_off`). Why: SST-2 b4 K 8 lr 1e-5 dev 1 at 800 CPU s
-(session 42's lead pair) read 0.865 / 0.673 with the kick before the block sweep against the defaults' 0.994 / 0.980:
+"""Where the token repair's kick comes (`update_repair_kick.Kick.at`, `exact-update`'s option `repair_kick_at`): "stall"
+(session 42) before the stall's block sweep, "block" (session 43, the default since session 44) only after that block
+sweep kept nothing, and never in the race's traded start (`traded_kick_off`). Why: SST-2 b4 K 8 lr 1e-5 dev 1 at 800 CPU
+s (session 42's lead pair) read 0.865 / 0.673 with the kick before the block sweep against the defaults' 0.994 / 0.980:
 the kicks took the block moves' place and kept the traded start going, so the race never ran the untraded one."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_repair_kick_at_is_stall_or_block():
     from textleak.errors import InputError
     from textleak.validate import attack_instance
 
-    assert attack_instance("exact-update", {}, 0).repair_kick_at == "stall"
+    assert attack_instance("exact-update", {}, 0).repair_kick_at == "block"  # the default since session 44
     assert attack_instance("exact-update", {"repair_kick": 3, "repair_kick_at": "block"}, 0).repair_kick_at == "block"
     with pytest.raises(InputError, match="repair_kick_at"):
         attack_instance("exact-update", {"repair_kick_at": "full"}, 0)

@@ -185,9 +185,10 @@ class UpdateExact(UpdateSpans, Exact):
     repair_block_late: bool = True
     #: token repair, with `repair_screen`: at the screened sweeps' stall the batch descended this many sweeps on the
     #: [CLS] spans, the screened sweeps go on from there (`update_repair_kick`; 0: off; RT b4 lr 1e-5 dev 0, s42);
-    #: `repair_kick_at` (`KICK_AT`): "stall" (s42), "block" (after the block sweep, none in the race's traded start)
-    repair_kick: int = 0
-    repair_kick_at: str = "stall"
+    #: `repair_kick_at` (`KICK_AT`): "stall" (s42), "block" (after the block sweep, none in the race's traded start).
+    #: 3 at "block" since s44: RT lr 1e-5 dev 0 0.725 vs 0.676, dev 2 0.793 vs 0.771, 5 cells ties (fedavg_kick_s44/)
+    repair_kick: int = 3
+    repair_kick_at: str = "block"
     #: token repair: in a block sweep, sentences of up to N tokens try two neighbouring substitutions at once,
     #: screened (`update_repair_pairs`; 0: off; 16 since s43: SST-2 b4 lr 1e-5 dev 0 0.972 and 0.976, 3 of 4 exact,
     #: against 0.939 and 0.948, 2 of 4, side by side twice; dev 1, dev 2, CoLA 0 ties; `fedavg_pairs_s43/`)

@@ -1,5 +1,5 @@
-"""A kick at the token repair's stall (`update_repair.BoxRepair.kick`, `exact-update`'s option `repair_kick`, off;
-session 42).
+"""A kick at the token repair's stall (`update_repair.BoxRepair.kick`, `exact-update`'s option `repair_kick`;
+session 42; 3, at "block", by default since session 44).
 
 Why (ground truth, scratch, `recipes/measured/fedavg_rt_lr5_s42`): RT dev batch 0 of 4 at K 8, lr 1e-5 reaches the same
 end in every run since session 34 (72 of 123 tokens right, box misfit 5.72e-4), a local minimum of the repair's moves
@@ -23,10 +23,10 @@ from typing import Any, Iterator
 from ..core.budget import now as budget_now
 from .update_repair_moves import options_by_length
 
-#: option `repair_kick_at`'s values (`Kick.at`): "stall" (session 42, the default), the kick at the screened sweeps'
-#: stall before its block sweep; "block" (session 43), only after that block sweep kept nothing (where the defaults
-#: go on to the full sweeps) and never in the race's traded start (`traded_kick_off`). Why "block": SST-2 b4 K 8
-#: lr 1e-5 dev 1 at 800 CPU s (lead, `recipes/measured/fedavg_rt_lr5_s42/lead_sst2_1_800`) read 0.865 / 0.673 with
+#: option `repair_kick_at`'s values (`Kick.at`): "stall" (session 42), the kick at the screened sweeps' stall before its
+#: block sweep; "block" (session 43, the default since session 44), only after that block sweep kept nothing (where the
+#: defaults went on to the full sweeps) and never in the race's traded start (`traded_kick_off`). Why "block": SST-2 b4
+#: K 8 lr 1e-5 dev 1 at 800 CPU s (lead, `recipes/measured/fedavg_rt_lr5_s42/lead_sst2_1_800`) read 0.865 / 0.673 with
 #: "stall" against the defaults' 0.994 / 0.980: the kicks took the block sweeps' place (2 block moves kept by the
 #: defaults, none with the kick) and kept the traded start going, so the race never repaired the untraded start.
 KICK_AT = ("stall", "block")
