@@ -75,19 +75,11 @@ def _trade_box(inplace: bool, guard=None) -> object:
     """`test_update_repair_slide.toy_box` (box 0) with a gradient one-hot in the sentence's identity (as the pairs
     tests'), on a batch whose slots 0 and 1 hold each other's token at position 2: one trade (`_exchange`) makes it
     true. `guard` as `BoxRepair.guard`."""
+    from test_update_repair_pairs import identity_gradient
     from test_update_repair_slide import toy_box
 
     box = toy_box(TRADE_TRUTH, TRADE_WRONG, inplace=inplace, _scratch=None, guard=guard)
-    seen: dict = {}
-
-    def gradient(seq, label):
-        box.trials += 1
-        g = torch.zeros(64, dtype=torch.double)
-        g[seen.setdefault(tuple(seq), len(seen))] = 1.0
-        return g
-    box.gradient = gradient
-    box.U = sum(gradient(s, 0) for s in TRADE_TRUTH) / len(TRADE_TRUTH)
-    box.half = torch.zeros_like(box.U)
+    identity_gradient(box, TRADE_TRUTH)
     seqs, _ = box.begin(TRADE_WRONG, [0, 0, 0], time.monotonic() + 600)
     return box, seqs
 

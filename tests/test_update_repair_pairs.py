@@ -29,14 +29,9 @@ def test_neighbour_pairs_replace_two_neighbouring_tokens_from_their_options():
     assert neighbour_pairs(seq, [[101], [5, 5], [7], [3], [102]]) == [[101, 5, 7, 3, 102]]  # distinct
 
 
-def _toy(pairs: int, truth=TRUTH, wrong=WRONG) -> object:
-    """The slide tests' descent (box 0, no slides, no exchange) on a gradient that knows only whole sentences (one-hot
-    in the sentence's identity), so every sentence but the true one is as far from U: no single substitution lowers
-    the misfit, the pair that makes sentence 0 true does. Each position offers its wrong and its true token; the screen
-    counts the positions off the truth. Block moves (3) at a stall, `pairs` as given."""
-    box = slide_toy(0)
-    box.block, box.blocks_kept, box.block_screened, box.block_at = 3, 0, 0, "stall"
-    box.pairs, box.pairs_kept, box.pairs_screened, box.sweeps, box.keep = pairs, 0, 0, 4, 0
+def identity_gradient(box, truth) -> None:
+    """Give `box` a gradient one-hot in the sentence's identity (each new sentence its own entry; counted in
+    `box.trials`), U the mean of `truth`'s, and a box of width 0: only the true batch fits."""
     seen: dict = {}
 
     def gradient(seq, label):
@@ -47,6 +42,17 @@ def _toy(pairs: int, truth=TRUTH, wrong=WRONG) -> object:
     box.gradient = gradient
     box.U = sum(gradient(s, 0) for s in truth) / len(truth)
     box.half = torch.zeros_like(box.U)
+
+
+def _toy(pairs: int, truth=TRUTH, wrong=WRONG) -> object:
+    """The slide tests' descent (box 0, no slides, no exchange) on a gradient that knows only whole sentences (one-hot
+    in the sentence's identity), so every sentence but the true one is as far from U: no single substitution lowers
+    the misfit, the pair that makes sentence 0 true does. Each position offers its wrong and its true token; the screen
+    counts the positions off the truth. Block moves (3) at a stall, `pairs` as given."""
+    box = slide_toy(0)
+    box.block, box.blocks_kept, box.block_screened, box.block_at = 3, 0, 0, "stall"
+    box.pairs, box.pairs_kept, box.pairs_screened, box.sweeps, box.keep = pairs, 0, 0, 4, 0
+    identity_gradient(box, truth)
     by_length = {len(t): (w, t) for w, t in zip(wrong, truth)}
     box.options = lambda n: [sorted({a, b}) for a, b in zip(*by_length[n])]
     right = {len(s): s for s in truth}
