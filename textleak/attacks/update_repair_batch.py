@@ -42,10 +42,7 @@ class TrialGradients:
               ) -> Iterator[tuple[list[int], torch.Tensor]]:
         """(trial, its gradient) for each of `trials` (sentences of one length, one `label`), a chunk at a time, in
         their order; none once the budget's clock has reached `deadline` (checked before each chunk)."""
-        for i in range(0, len(trials), self.chunk):
-            if budget_now() >= deadline:
-                return
-            part = [list(t) for t in trials[i:i + self.chunk]]
+        for part in chunks([list(t) for t in trials], self.chunk, deadline):
             yield from zip(part, self.gradients(part, [label] * len(part)))
 
     def gradients(self, seqs: Sequence[Sequence[int]], labels: Sequence[int]) -> list[torch.Tensor]:
@@ -87,8 +84,8 @@ def weighed(repair: Any, trials: Sequence[Sequence[int]], label: int, gradient: 
             ) -> Iterator[tuple[Sequence[int], torch.Tensor]]:
     """(trial, its gradient) for `repair.keep_best`'s trials of one sentence (its `label`), until the budget's clock
     reaches `repair._deadline`: with option `repair_batch` (`repair.batch` > 0, no `gradient` given) `repair.batch`
-    at a time (`TrialGradients`), else one at a time by `gradient` (default
-    `repair.gradient`), each counted in `repair.trials` either way."""
+    at a time (`TrialGradients`), else one at a time by `gradient` (default `repair.gradient`), each counted in
+    `repair.trials` either way."""
     if gradient is None and repair.batch > 0:
         for trial, g in _batcher(repair).weigh(trials, label, repair._deadline):
             repair.trials += 1
@@ -113,14 +110,19 @@ def weighed_trades(repair: Any, trades: Sequence[tuple[list[int], list[int]]], a
                 return
             yield (x, y), repair.gradient(x, la), repair.gradient(y, lb)
         return
-    for i in range(0, len(trades), repair.batch):
-        if budget_now() >= repair._deadline:
-            return
-        part = list(trades[i:i + repair.batch])
+    for part in chunks(trades, repair.batch, repair._deadline):
         gx = _batcher(repair).gradients([x for x, _ in part], [la] * len(part))
         gy = _batcher(repair).gradients([y for _, y in part], [lb] * len(part))
         repair.trials += 2 * len(part)
         yield from zip(part, gx, gy)
+
+
+def chunks(items: Sequence[Any], size: int, deadline: float) -> Iterator[list[Any]]:
+    """`items` `size` at a time (lists, in order), until the budget's clock reaches `deadline` (read before each)."""
+    for i in range(0, len(items), size):
+        if budget_now() >= deadline:
+            return
+        yield list(items[i:i + size])
 
 
 def _batcher(repair: Any) -> TrialGradients:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..core.budget import now as budget_now
+from .update_repair_keep import fresh_mean
 from .update_repair_moves import KEEP, least_screened, missing
 
 
@@ -82,7 +83,7 @@ def refill(repair: Any, seqs: list[list[int]], b: int, trials: list[list[int]]) 
         if len(gone) != len(absent) + 1 or budget_now() >= repair._deadline:
             continue
         g = repair.gradient(trial, labels[b])
-        value = repair.misfit(repair._total + (g - own[b]) / repair._B)
+        value = repair.misfit(fresh_mean(repair._total, [(g, own[b])], repair._B))
         if value < repair._best and (best is None or value < best[0]):
             best = (value, trial, g, next(iter(gone - absent)))
     if best is None:
@@ -93,7 +94,7 @@ def refill(repair: Any, seqs: list[list[int]], b: int, trials: list[list[int]]) 
         if budget_now() >= repair._deadline:
             break
         gc = repair.gradient(x, labels[c])
-        total = repair._total + (g - own[b] + gc - own[c]) / repair._B
+        total = fresh_mean(repair._total, [(g, own[b]), (gc, own[c])], repair._B)
         value = repair.misfit(total)
         if value < repair._best:
             repair._offer(below, (value, c, x, gc, total))
