@@ -59,7 +59,8 @@ released track its sweeps leave this far from its state put back as released: 0.
 sentence spans read lean: each sentence once, the query site first: off), `search_stop` (the search ends once it has
 found nothing new for this many times the time its finds took, the finish getting the rest: `SearchStop`; 0, off),
 `lengths_delete_first` (a stalled descent's deletions scored first, its insertions only where none is nearer: off),
-`sweep_screen_copy` (the sweeps' screen run on a bfloat16 copy of the model, not under autocast: on since session 44).
+`sweep_screen_copy` (the sweeps' screen run on a bfloat16 copy of the model, not under autocast: on since session 44),
+`cls_row_only` (the descent's states read with the last layer run for [CLS] alone, `Layout.first_states`: off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -88,11 +89,11 @@ from ..text.leaks import (SentenceSpans, embedding_token_set, layer0_table, laye
 from ..text.leaks.tied_positions import placements
 from ..threat import Observation
 from .base import ATTACKS, AttackOutput
-from .beyond_rank_finish import FINISH, BagFinish, finished
+from .beyond_rank_finish import FINISH, BagFinish, finished, finisher
 from .beyond_rank_first import FirstInversion
 from .beyond_rank_peel import SentencePeeler, certified, fill_peeled
 from .beyond_rank_screen import LONGEST, SentenceMove
-from .beyond_rank_search import FAR, SearchStop, SentenceSearch
+from .beyond_rank_search import SearchStop, SentenceSearch
 from .beyond_rank_targets import SCREEN
 from .exact.attack import Exact, _budget_report, _predict
 from .exact.candidates import Candidates, declared_masks, vocabulary
@@ -236,6 +237,9 @@ class BeyondRank(Exact):
     # CPU a screened candidate, which ones get rescored at float32 may differ (large_batch_s44/fin64_README.md). On
     # since s44: at 450 CPU s CoLA 0 60.24 vs 59.72, SST-2 0 55.06 vs 54.31 (17 exact vs 15 both), RT 0 29.77 vs 29.35
     sweep_screen_copy: bool = True
+    # with `targets`: the descent's [CLS] states read by a forward that runs the last layer for position 0 alone
+    # (`Layout.first_states`, BERT's family; elsewhere the full forward): the same states to float32 rounding. Off
+    cls_row_only: bool = False
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
@@ -259,7 +263,8 @@ class BeyondRank(Exact):
                 "sweep_order": self.sweep_order, "sweep_defer": self.sweep_defer, "sweep_screen": self.sweep_screen,
                 "draft_bfloat16": self.draft_bfloat16, "sweep_release": self.sweep_release,
                 "sweep_revert": self.sweep_revert, "certify_lean": self.certify_lean, "search_stop": self.search_stop,
-                "lengths_delete_first": self.lengths_delete_first, "sweep_screen_copy": self.sweep_screen_copy}
+                "lengths_delete_first": self.lengths_delete_first, "sweep_screen_copy": self.sweep_screen_copy,
+                "cls_row_only": self.cls_row_only}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""
@@ -317,22 +322,8 @@ class BeyondRank(Exact):
     # -- steps -------------------------------------------------------------------------------
     def _finisher(self, observation: Observation, layout: Layout, lengths: Sequence[int], tok: Any,
                   rank: int | None = None) -> BagFinish | None:
-        """The finish (`beyond_rank_finish`) where it applies: a classification step with declared lengths
-        adding up to more than FAR times the width, and a share of the time for it."""
-        far = sum(lengths) > FAR * layout.hidden_size
-        if self.finish <= 0 or not far or observation.task != "classify" or observation.knowledge.seq_lengths is None:
-            return None
-        targets = (observation.gradients, rank) if self.targets and rank else None
-        invert = 0 if self.first else self.invert
-        return BagFinish(tok, prior=self.prior, seed=self.seed, targets=targets, invert=invert,
-                         lengths=self.lengths, guided=self.guided, merge=self.merge,
-                         rounds=self.pooled_rounds, pairing=self.pairing,
-                         iters=self.pooled_iters, drafts=self.drafts, hit=self.hit,
-                         draft_keep=self.draft_keep, draft_pack=self.draft_pack, draft_spend=self.draft_spend,
-                         sweep_order=self.sweep_order, sweep_defer=self.sweep_defer,
-                         sweep_screen=self.sweep_screen, draft_bfloat16=self.draft_bfloat16,
-                         sweep_release=self.sweep_release, sweep_revert=self.sweep_revert,
-                         lengths_delete_first=self.lengths_delete_first, sweep_screen_copy=self.sweep_screen_copy)
+        """The finish where it applies (`beyond_rank_finish.finisher`)."""
+        return finisher(self, observation, layout, lengths, tok, rank)
 
     def _first(self, observation: Observation, layout: Layout, tok: Any, spans: SentenceSpans, search: Search,
                cands: Candidates) -> FirstInversion | None:

@@ -37,6 +37,7 @@ from ..errors import InputError
 from ..text.prior import load_prior
 from .bag_parts import ShareScorer, SwapSearch, assemble, columns
 from .beyond_rank_invert import StateInversion
+from .beyond_rank_search import FAR
 from .beyond_rank_targets import TargetDescent
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class BagFinish:
                  draft_pack: bool = False, draft_spend: bool = False, sweep_order: str = "near",
                  sweep_defer: float = 0.3, sweep_screen: int | str = "auto", draft_bfloat16: bool = True,
                  sweep_release: float = 0.0, sweep_revert: float = 0.3, lengths_delete_first: bool = False,
-                 sweep_screen_copy: bool = True):
+                 sweep_screen_copy: bool = True, cls_row_only: bool = False):
         self.tok, self.prior_name, self.weight = tokenizer, prior, weight
         self.tries, self.sweeps, self.seed = tries, sweeps, seed
         self.targets = targets  # (the batch's gradients, B): descend onto the pooled states (`beyond_rank_targets`)
@@ -79,6 +80,7 @@ class BagFinish:
         self.sweep_revert = sweep_revert  # `TargetDescent`'s `revert`
         self.lengths_delete_first = lengths_delete_first  # `TargetDescent`'s `delete_first`
         self.sweep_screen_copy = sweep_screen_copy  # `TargetDescent`'s `screen_copy` (`beyond_rank_rough`)
+        self.cls_row_only = cls_row_only  # `TargetDescent`'s: the last layer run for [CLS] alone
         self.report: dict[str, Any] = {}
 
     def tracks(self, search: Any, peeler: Any, pins: Any, tokens: Sequence[int], model: Any) -> list[list[int]] | None:
@@ -109,7 +111,7 @@ class BagFinish:
                                     order=self.sweep_order, defer=self.sweep_defer, screen=self.sweep_screen,
                                     draft_bfloat16=self.draft_bfloat16, release=self.sweep_release,
                                     revert=self.sweep_revert, delete_first=self.lengths_delete_first,
-                                    screen_copy=self.sweep_screen_copy)
+                                    screen_copy=self.sweep_screen_copy, cls_row_only=self.cls_row_only)
             tracks = descent.run(tracks, search.found, cols.allowed)
         elif not budget.expired():
             tracks = swaps.run(tracks, self.sweeps)
@@ -124,6 +126,27 @@ class BagFinish:
             return load_prior(self.prior_name, self.tok), self.prior_name
         except InputError:
             return load_prior("none", self.tok), "none"
+
+
+def finisher(attack: Any, observation: Any, layout: Any, lengths: Sequence[int], tok: Any,
+             rank: int | None = None) -> BagFinish | None:
+    """`attack`'s finish (a `beyond_rank.BeyondRank`, whose options it takes) where it applies: a classification step
+    with declared lengths adding up to more than FAR times the width, and a share of the time for it."""
+    far = sum(lengths) > FAR * layout.hidden_size
+    if attack.finish <= 0 or not far or observation.task != "classify" or observation.knowledge.seq_lengths is None:
+        return None
+    targets = (observation.gradients, rank) if attack.targets and rank else None
+    invert = 0 if attack.first else attack.invert
+    return BagFinish(tok, prior=attack.prior, seed=attack.seed, targets=targets, invert=invert,
+                     lengths=attack.lengths, guided=attack.guided, merge=attack.merge,
+                     rounds=attack.pooled_rounds, pairing=attack.pairing,
+                     iters=attack.pooled_iters, drafts=attack.drafts, hit=attack.hit,
+                     draft_keep=attack.draft_keep, draft_pack=attack.draft_pack, draft_spend=attack.draft_spend,
+                     sweep_order=attack.sweep_order, sweep_defer=attack.sweep_defer,
+                     sweep_screen=attack.sweep_screen, draft_bfloat16=attack.draft_bfloat16,
+                     sweep_release=attack.sweep_release, sweep_revert=attack.sweep_revert,
+                     lengths_delete_first=attack.lengths_delete_first, sweep_screen_copy=attack.sweep_screen_copy,
+                     cls_row_only=attack.cls_row_only)
 
 
 def _left() -> float | None:

@@ -33,6 +33,7 @@ their states), SST-2 unchanged.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
@@ -76,14 +77,16 @@ RELEASE_ROUND = 8
 SCREEN = 4
 
 
-def cls_states(layout: Layout, seqs: Sequence[Sequence[int]], chunk: int = 256) -> torch.Tensor:
+def cls_states(layout: Layout, seqs: Sequence[Sequence[int]], chunk: int = 256, row: bool = False) -> torch.Tensor:
     """The last layer's [CLS] states [len(seqs), H] (float64, on the CPU) of sentences of any lengths, padded
-    in chunks of `chunk`."""
+    in chunks of `chunk`. `row` (`cls_row_only`): the last layer run for [CLS] alone where the layout can
+    (`Layout.first_states`; the same states to float32 rounding), else the full forward."""
     out = []
     for i in range(0, len(seqs), chunk):
         ids, mask = padded(seqs[i:i + chunk], layout.device)
         with torch.no_grad():
-            out.append(layout.hidden_states(ids, mask)[:, 0].double().cpu())
+            h = layout.first_states(ids, mask) if row else None
+            out.append((layout.hidden_states(ids, mask)[:, 0] if h is None else h).double().cpu())
     return torch.cat(out)
 
 
@@ -99,10 +102,12 @@ class TargetDescent:
                  drafts: int = 0, bias: float = BIAS, hit: float = 0.0, draft_keep: float = 0.0,
                  draft_pack: bool = False, draft_spend: bool = False, order: str = "batch", defer: float = 0.0,
                  defer_length: int = DEFER_LENGTH, screen: int | str = 0, draft_bfloat16: bool = False,
-                 release: float = 0.0, revert: float = 0.0, delete_first: bool = False, screen_copy: bool = False):
+                 release: float = 0.0, revert: float = 0.0, delete_first: bool = False, screen_copy: bool = False,
+                 cls_row_only: bool = False):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.screen = screen_count(screen, SCREEN, layout.device)  # >0: sweeps screened at bfloat16, K rescored
-        self.rough = RoughStates(layout, cls_states, screen_copy)  # the screen's pass (`beyond_rank_rough`)
+        self.cls = functools.partial(cls_states, row=cls_row_only)  # the states' forward (`cls_states`' `row`)
+        self.rough = RoughStates(layout, self.cls, screen_copy)  # the screen's pass (`beyond_rank_rough`)
         self.scored = Counter()  # with `screen`: candidates scored screened ("rough") and exactly ("exact")
         self.order = order  # the pairs' order in each round of sweeps (`_ordered`)
         self.defer, self.defer_length = defer, defer_length  # >0: long tracks this far held back (`_held`)
@@ -131,7 +136,7 @@ class TargetDescent:
         self.report: dict[str, Any] = {}
 
     def states(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
-        return cls_states(self.layout, seqs)
+        return self.cls(self.layout, seqs)
 
     def run(self, tracks: list[list[int]], found: Sequence[list[int]], allowed: Sequence[set[int]]
             ) -> list[list[int]]:

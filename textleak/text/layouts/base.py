@@ -348,6 +348,11 @@ class Layout:
         """The encoder's last hidden states [B, L, H]."""
         return self._restore(self.base(**self.inputs(ids, mask)).last_hidden_state, ids, mask, None)
 
+    def first_states(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The last layer's states at position 0 alone [B, H], its other rows not computed; None where this layout
+        cannot (then read `hidden_states(ids, mask)[:, 0]`). BERT's family can (`BertLayout.first_states`)."""
+        return None
+
     def loss_gradient(self, ids: torch.Tensor, labels: torch.Tensor, params: Sequence[torch.Tensor],
                       mask: torch.Tensor | None = None, *, scale: float = 1.0) -> tuple[torch.Tensor, ...]:
         """d(scale * loss)/d(params) for one batch: token ids [B, L], labels (classes [B], or
