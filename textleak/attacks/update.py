@@ -196,6 +196,9 @@ class UpdateExact(UpdateSpans, Exact):
     #: token repair: each sentence's trials' gradients N at a time, one forward and backward (`update_repair_batch`,
     #: equal to float32 rounding; 0: one at a time, off; session 44)
     repair_batch: int = 0
+    #: token repair: the trials' gradients, the batch's mean and the box misfit in float32 (`BoxRepair.dtype`; off:
+    #: float64; session 45)
+    repair_float32: bool = False
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
     cls_sweeps: int = 0

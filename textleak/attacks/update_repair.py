@@ -85,12 +85,14 @@ class BoxRepair(RepairMoves, RepairKeep):
     #: block move lowered tries two neighbouring substitutions at once (`update_repair_pairs`); kept (of them with a
     #: token of `cover` put back elsewhere), and left out by the screen
     pairs, pairs_kept, pairs_refilled, pairs_screened = 0, 0, 0, 0
+    #: float64, or float32 with option `repair_float32` (`__init__`)
+    dtype = torch.float64
 
     def __init__(self, layout: Layout, fits: RoundingFits, span0: LayerSpan, vocab: torch.Tensor,
                  width: int = WIDTH, sweeps: int = SWEEPS, pins: Any = None, move: bool = False,
                  screen: Callable[[list[list[int]]], list[float]] | None = None, keep: int = 0,
                  first_keep: int = 0, exchange_keep: int = 0, inplace: bool = False, slide: int = 0,
-                 block: int = 0):
+                 block: int = 0, float32: bool = False):
         self.layout, self.span0, self.width, self.sweeps, self.pins = layout, span0, width, sweeps, pins
         self.move, self.moves = move, 0
         #: option `repair_screen`: each position's trial sentences scored by `screen` (one forward each: the [CLS]
@@ -120,6 +122,10 @@ class BoxRepair(RepairMoves, RepairKeep):
         #: temporaries of the Q/K/V weights' size a trial (MiniLM: 2.65M float64, 21 MB each): RT dev batch 0 of 4,
         #: K 8, lr 1e-5, a trial's misfit took 46 ms beside a 38-token gradient's 46.5 (`_shifted`, `misfit`)
         self.inplace, self._scratch = inplace, None
+        #: option `repair_float32`: the trials' gradients, the batch's mean and the misfit kept in float32, not float64
+        #: (`dtype`): the model's gradients are float32 already, and a misfit took 4.6 ms against 10.6 (MiniLM's 2.65M
+        #: Q/K/V entries, in place; `fedavg_batch_s44/`). Not the same bits, so an option (session 45)
+        self.dtype = torch.float32 if float32 else torch.float64
         #: option `repair_slide`: after each sentence's swaps, its slides (`update_repair_moves.slides`: a token moved
         #: up to `slide` places, the tokens between shifted) weighed like its substitutions (screened in the screened
         #: sweeps); 0: off
@@ -128,8 +134,8 @@ class BoxRepair(RepairMoves, RepairKeep):
         layers = len(layout.layers)
         self.names = [n for k in range(layers) for n in layout.shared(fits.update, layout.qkv_names(k))]
         parts = [fits.matrices(k) for k in range(layers) if layout.shared(fits.update, layout.qkv_names(k))]
-        self.U = torch.cat([u.flatten() for u, _ in parts])
-        self.half = torch.cat([h.flatten() for _, h in parts])
+        self.U = torch.cat([u.flatten() for u, _ in parts]).to(self.dtype)
+        self.half = torch.cat([h.flatten() for _, h in parts]).to(self.dtype)
         params = dict(layout.model.named_parameters())
         self.params = [params[n] for n in self.names]
         self.trials = 0
@@ -139,7 +145,7 @@ class BoxRepair(RepairMoves, RepairKeep):
         self.cover = {t for row in order for t in row} & set(self.vocab.tolist()) if order is not None else None
 
     def gradient(self, seq: Sequence[int], label: int) -> torch.Tensor:
-        """One sentence's loss gradient on the Q/K/V weights, flattened, float64."""
+        """One sentence's loss gradient on the Q/K/V weights, flattened, as `dtype` (`repair_float32`: float32)."""
         model = self.layout.model
         ids = torch.tensor([list(seq)], device=self.layout.device)
         y = torch.tensor([int(label)], device=self.layout.device)
@@ -150,10 +156,10 @@ class BoxRepair(RepairMoves, RepairKeep):
         finally:
             model.train(was)
         self.trials += 1
-        return torch.cat([g.flatten() for g in grads]).double()
+        return torch.cat([g.flatten() for g in grads]).to(self.dtype)
 
     def misfit(self, G: torch.Tensor) -> float:
-        """sum of relu(|G - U| - half)^2 over the Q/K/V entries (G: [entries], float64); with `inplace` in a scratch
+        """sum of relu(|G - U| - half)^2 over the Q/K/V entries (G: [entries], `dtype`); with `inplace` in a scratch
         buffer (`_buffers`), the same value to the bit (x * x is how torch squares)."""
         if not self.inplace:
             return float(torch.relu((G - self.U).abs() - self.half).pow(2).sum())
@@ -176,7 +182,7 @@ class BoxRepair(RepairMoves, RepairKeep):
     def _buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Option `repair_inplace`'s two scratch buffers, the size and dtype of `U` (made once)."""
         if self._scratch is None:
-            self._scratch = tuple(torch.empty_like(self.U, dtype=torch.float64) for _ in range(2))
+            self._scratch = tuple(torch.empty_like(self.U) for _ in range(2))
         return self._scratch
 
     def options(self, length: int) -> list[list[int]]:
@@ -282,6 +288,7 @@ class BoxRepair(RepairMoves, RepairKeep):
                 "guarded": self.guarded if self.guard is not None else None,
                 **({"unweighed": self.unweighed} if self.guard_first else {}),
                 **({"inplace": True} if self.inplace else {}), **({"slide": self.slide} if self.slide else {}),
+                **({"float32": True} if self.dtype == torch.float32 else {}),
                 **({"block": self.block, "blocks_kept": self.blocks_kept, "block_screened": self.block_screened,
                     "block_at": self.block_at} if self.block else {}),
                 **({"pairs": self.pairs, "pairs_kept": self.pairs_kept, "pairs_refilled": self.pairs_refilled,

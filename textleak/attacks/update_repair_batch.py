@@ -28,13 +28,13 @@ from ..core.budget import now as budget_now
 
 class TrialGradients:
     """Per-sentence gradients of the loss on the Q/K/V weights `names` of `layout`'s model (each flattened in that
-    order and concatenated, float64, as `BoxRepair.gradient` gives them), for sentences of one length `chunk` at a
-    time. Classification only (one label a sentence)."""
+    order and concatenated, as `dtype`: float64, or float32 with `repair_float32`, as `BoxRepair.gradient` gives
+    them), for sentences of one length `chunk` at a time. Classification only (one label a sentence)."""
 
-    def __init__(self, layout: Any, names: Sequence[str], chunk: int):
+    def __init__(self, layout: Any, names: Sequence[str], chunk: int, dtype: torch.dtype = torch.float64):
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
-        self.layout, self.names, self.chunk = layout, list(names), int(chunk)
+        self.layout, self.names, self.chunk, self.dtype = layout, list(names), int(chunk), dtype
         modules = dict(layout.model.named_modules())
         self.modules = [modules[n.rsplit(".", 1)[0]] for n in self.names]
 
@@ -77,7 +77,7 @@ class TrialGradients:
             for h in hooks:
                 h.remove()
         parts = [torch.einsum("tlo,tli->toi", g, seen[k][0].detach()) for k, g in enumerate(grads)]
-        return [torch.cat([p[t].flatten() for p in parts]).double() for t in range(len(seqs))]
+        return [torch.cat([p[t].flatten() for p in parts]).to(self.dtype) for t in range(len(seqs))]
 
 
 def weighed(repair: Any, trials: Sequence[Sequence[int]], label: int, gradient: Any = None
@@ -128,5 +128,5 @@ def chunks(items: Sequence[Any], size: int, deadline: float) -> Iterator[list[An
 def _batcher(repair: Any) -> TrialGradients:
     """`repair`'s `TrialGradients` (`repair.batch` a chunk), made once and kept in `repair._batcher`."""
     if repair._batcher is None:
-        repair._batcher = TrialGradients(repair.layout, repair.names, repair.batch)
+        repair._batcher = TrialGradients(repair.layout, repair.names, repair.batch, repair.dtype)
     return repair._batcher

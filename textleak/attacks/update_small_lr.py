@@ -115,7 +115,8 @@ def _box_repair(attack: Any, layout: Any, span0: Any, vocab: Any, pins: Any) -> 
     repair = BoxRepair(layout, attack._fits, span0, vocab, pins=pins, move=attack.cross_move,
                        width=getattr(attack, "repair_width", WIDTH), inplace=getattr(attack, "repair_inplace", True),
                        slide=int(getattr(attack, "repair_slide", 0) or 0),
-                       block=int(getattr(attack, "repair_block", 0) or 0))
+                       block=int(getattr(attack, "repair_block", 0) or 0),
+                       float32=bool(getattr(attack, "repair_float32", False)))
     repair.block_at = getattr(attack, "repair_block_at", BLOCK_AT_DEFAULT)
     repair.block_short = bool(getattr(attack, "repair_block_short", False))
     repair.pairs = int(getattr(attack, "repair_pairs", 0) or 0)  # option `repair_pairs` (`update_repair_pairs`)
