@@ -85,7 +85,7 @@ def test_option_repair_batch_reaches_the_repair_off_by_default_checked(setup):
     wide, observation, ids = setup
     layout, fits, span0 = repair_inputs(wide, observation)
     vocab = torch.tensor(sorted({t for s in ids for t in s}))
-    for value, want in ((None, 0), (8, 8), (0, 0)):
+    for value, want in ((None, 8), (8, 8), (0, 0)):  # 8 by default since session 45
         attack = UpdateExact() if value is None else UpdateExact(repair_batch=value)
         attack._fits = fits
         assert update_small_lr._box_repair(attack, layout, span0, vocab, embedding_pins(ids)).batch == want
