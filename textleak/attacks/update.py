@@ -212,6 +212,9 @@ class UpdateExact(UpdateSpans, Exact):
     cls_lengths: bool | str = "race"
     #: no descent after trades leaving the box misfit over G x the start's (`update_cls_lengths.GATE`; 0: off; s40)
     cls_lengths_gate: float = GATE
+    #: with `cls_descent`: the [CLS] start's trials (its descents' and the length trades') ranked on a bfloat16 copy
+    #: of the model first, only the K lowest scored at float32 (`update_cls_rough`; 0: off; off where bfloat16 is slow)
+    cls_rough: int = 0
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)
@@ -295,7 +298,7 @@ class UpdateExact(UpdateSpans, Exact):
         """Checked before any work (`validate.attack_instance`): `Exact`'s, `cls_lengths`' mode, move sizes >= 0."""
         super().check_options()  # `Exact`'s: `search_screen` a count or auto
         check_mode(self.cls_lengths, self.cls_lengths_gate)
-        for name in ("repair_slide", "repair_block", "repair_kick", "repair_pairs", "repair_batch"):
+        for name in ("repair_slide", "repair_block", "repair_kick", "repair_pairs", "repair_batch", "cls_rough"):
             integer(getattr(self, name), f"option {name}", minimum=0)
         choice(self.repair_block_at, "option repair_block_at", BLOCK_AT)
         choice(self.repair_kick_at, "option repair_kick_at", KICK_AT)

@@ -55,6 +55,7 @@ from ..core.budget import now as budget_now
 from ..text.layouts import Layout
 from ..text.leaks.residuals import padded
 from .update_batch_positions import BatchMisfit, least_labels
+from .update_cls_rough import rough_screen
 from .update_repair import missing
 
 #: the last layer's sites read (`Layout.linears` keys): the attention output and the first feed-forward map. Ground
@@ -83,6 +84,8 @@ class ClsSpans:
     layout: Layout
     bases: dict[str, torch.Tensor]
     forwards: int = 0
+    #: option `cls_rough` (`update_cls_rough.RoughScreen`): trials ranked at bfloat16 first, the K lowest scored
+    rough: Any = None
 
     @classmethod
     def of(cls, fits: Any, layout: Layout, batch: int, sites: Sequence[str] = SITES) -> "ClsSpans | None":
@@ -99,20 +102,25 @@ class ClsSpans:
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         """Per sentence, the mean over the sites of log10 of its [CLS] input's relative residual off the span."""
+        out = self.scored(self.layout, sequences)
+        self.forwards += len(sequences)
+        return out
+
+    def scored(self, layout: Layout, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """`score` read on `layout` (the spans' own, or `update_cls_rough`'s bfloat16 copy of its model)."""
         out: list[float] = []
-        modules = _modules(self.layout, tuple(self.bases))
+        modules = _modules(layout, tuple(self.bases))
         for i in range(0, len(sequences), CHUNK):
             part = [list(s) for s in sequences[i:i + CHUNK]]
-            ids, mask = padded(part, self.layout.device)
+            ids, mask = padded(part, layout.device)
             with torch.no_grad():
-                seen = self.layout.module_inputs(ids, mask, {s: (m, 0) for s, m in modules.items()})
+                seen = layout.module_inputs(ids, mask, {s: (m, 0) for s, m in modules.items()})
             total = 0.0
             for site, V in self.bases.items():
                 x = seen[site].detach()
                 x = (x[:, 0] if x.dim() == 3 else x).double()  # the pooler's dense sees [CLS] alone
                 total = total + torch.log10((x - (x @ V) @ V.T).norm(dim=1) / x.norm(dim=1).clamp_min(1e-300))
             out += (total / len(self.bases)).tolist()
-            self.forwards += len(part)
         return out
 
     def descend(self, sequences: Sequence[Sequence[int]], options: Mapping[int, list[list[int]]],
@@ -148,6 +156,7 @@ class ClsSpans:
                 break
         return seqs, {"score_before": first, "score_after": scores, "sweeps": done, "changes": changes,
                       "trace": trace, "relocations": self.relocations, "forwards": self.forwards,
+                      "rough_forwards": self.rough.forwards if self.rough is not None else 0,
                       "sites": sorted(self.bases)}
 
     def _substitute(self, seqs: list[list[int]], scores: list[float], b: int, p: int,
@@ -161,6 +170,7 @@ class ClsSpans:
         if not cover or not self.relocate or budget_now() >= deadline or not trials:
             return self._keep(seqs, scores, trials, cover, deadline)
         lacking = missing(seqs, cover)
+        trials = self.rough.top(seqs, trials) if self.rough is not None else trials  # option `cls_rough`
         got = self.score([trial[b] for trial in trials])
         best = min(range(len(trials)), key=got.__getitem__)
         if got[best] >= scores[b]:
@@ -186,6 +196,7 @@ class ClsSpans:
         ok = [t for t in trials if not cover or missing([t.get(i, s) for i, s in enumerate(seqs)], cover) <= lacking]
         if not ok or budget_now() >= deadline:
             return 0
+        ok = self.rough.top(seqs, ok) if self.rough is not None else ok  # option `cls_rough`: the K of least bf16 gain
         flat = [(k, i, s) for k, t in enumerate(ok) for i, s in t.items()]
         unique = list(dict.fromkeys(tuple(s) for _, _, s in flat))
         scored = dict(zip(unique, self.score(unique)))
@@ -225,7 +236,7 @@ def _trades(x: list[int], y: list[int], a: int, b: int) -> list[dict[int, list[i
 def cls_start(repair: Any, pred: dict, fits: Any, deadline: float, sites: Sequence[str] = SITES,
               relabel: bool = False, inner: Collection[int] = (), misfit: BatchMisfit | None = None,
               others: Mapping[str, tuple] | None = None, screen: int = 0,
-              screen_until: float | None = None, sweeps: int = SWEEPS) -> dict[str, Any] | None:
+              screen_until: float | None = None, sweeps: int = SWEEPS, rough: int = 0) -> dict[str, Any] | None:
     """`exact-update`'s option `cls_descent`: the guess `pred` (token ids, labels; the batch `ranked_start` kept)
     descended on the [CLS] spans (`ClsSpans.descend`, the token repair's options less the ids of `inner`: [CLS] and
     [SEP] kept out of inner positions) and replaced where the result's box misfit (`repair`: the run's `BoxRepair`;
@@ -238,9 +249,10 @@ def cls_start(repair: Any, pred: dict, fits: Any, deadline: float, sites: Sequen
     and the others (each distinct batch once) are descended `screen` sweeps each, and only the end of least misfit
     goes on to the sweep cap (`_screened`); no start after the first is begun from `screen_until` on (option
     `cls_screen_reserve`: the time left then goes to the kept end's going on); `sweeps` above `SWEEPS` (option
-    `cls_sweeps`, with `screen`): the kept end goes on past `SWEEPS` while each sweep lowers the box misfit."""
+    `cls_sweeps`, with `screen`): the kept end goes on past `SWEEPS` while each sweep lowers the box misfit; `rough`
+    > 0 (option `cls_rough`): each set of trials ranked at bfloat16 first, `rough` scored (`update_cls_rough`)."""
     seqs, began = pred["token_ids"], time.process_time()
-    spans = ClsSpans.of(fits, repair.layout, len(seqs), sites)
+    spans = rough_screen(ClsSpans.of(fits, repair.layout, len(seqs), sites), rough)
     if spans is None or len(seqs) < 2:
         return None
     options = {n: [[t for t in row if t not in inner] or row for row in repair.options(n)]

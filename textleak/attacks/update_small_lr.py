@@ -156,17 +156,17 @@ def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackO
                                                _carrying(assign, carried) if carried else assign, misfit, batches)
     if attack.cls_descent and attack.slot_assignment and out.details["ranked_fill"]["kept"] != "carried":
         deadline, sites = _cls_deadline(attack), SITES + (POOLER,) if attack.cls_pooler else SITES
-        until = _screen_until(attack, deadline, reserve)
+        until, rough = _screen_until(attack, deadline, reserve), int(getattr(attack, "cls_rough", 0) or 0)
         out.details["cls_descent"] = cls_start(repair, pred, attack._fits, deadline, sites, attack.cls_relabel,
                                                special if attack.cls_inner_plain else (),
                                                misfit, batches if getattr(attack, "cls_restarts", False) else None,
                                                getattr(attack, "cls_screen", 0), until,
-                                               max(SWEEPS, int(getattr(attack, "cls_sweeps", 0) or 0)))
+                                               max(SWEEPS, int(getattr(attack, "cls_sweeps", 0) or 0)), rough)
         if getattr(attack, "cls_lengths", False):  # sentences moved between slots of other lengths
             before = [list(s) for s in pred["token_ids"]], list(pred["labels"])
             out.details["cls_lengths"] = length_start(repair, pred, attack._fits, deadline, misfit,
                                                       attack.cls_relabel, sites,
-                                                      float(getattr(attack, "cls_lengths_gate", 0) or 0))
+                                                      float(getattr(attack, "cls_lengths_gate", 0) or 0), rough)
             if isinstance(out.details["cls_descent"], dict):  # carried where the recipes read the start
                 out.details["cls_descent"]["lengths"] = out.details["cls_lengths"]
             if attack.cls_lengths in ("race", "heats") and (out.details["cls_lengths"] or {}).get("kept"):
