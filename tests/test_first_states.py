@@ -80,9 +80,9 @@ def test_the_descent_reads_the_row_states_and_still_reaches_the_truth(batch, mon
     assert not calls  # off: the full forward
 
 
-def test_cls_row_only_is_off_by_default_checked_and_reaches_the_descent(batch):
-    assert ATTACKS.get("beyond_rank")().cls_row_only is False and _wide_finisher(batch).cls_row_only is False
-    assert _wide_finisher(batch, cls_row_only=True).cls_row_only is True
+def test_cls_row_only_is_on_by_default_checked_and_reaches_the_descent(batch):
+    assert ATTACKS.get("beyond_rank")().cls_row_only is True and _wide_finisher(batch).cls_row_only is True  # s45
+    assert _wide_finisher(batch, cls_row_only=False).cls_row_only is False
     assert ATTACKS.get("beyond_rank")(cls_row_only=True).options()["cls_row_only"] is True
     assert attack_instance("beyond_rank", {"cls_row_only": True}, 0).cls_row_only is True
     with pytest.raises(InputError, match="cls_row_only"):
