@@ -93,11 +93,11 @@ def test_with_the_screen_the_cls_start_reports_both_forwards_and_keeps_only_a_lo
     assert report["kept"] == (report["misfit"][1] < report["misfit"][0])
 
 
-def test_option_cls_rough_reaches_both_starts_off_by_default_checked(monkeypatch):
+def test_option_cls_rough_reaches_both_starts_on_by_default_checked(monkeypatch):
     from textleak.errors import InputError
     from textleak.validate import attack_instance
 
-    assert UpdateExact().cls_rough == 0
+    assert UpdateExact().cls_rough == 4  # the default since session 45
     assert attack_instance("exact-update", {"cls_rough": 4}, 0).cls_rough == 4
     for bad in ("x", -1):
         with pytest.raises(InputError, match="cls_rough"):
@@ -108,10 +108,10 @@ def test_option_cls_rough_reaches_both_starts_off_by_default_checked(monkeypatch
     monkeypatch.setattr(update_small_lr, "ranked_start", lambda *a: {"kept": "fill"})
     monkeypatch.setattr(update_small_lr, "cls_start", lambda *a: seen.setdefault("cls", a[-1]) and None)
     monkeypatch.setattr(update_small_lr, "length_start", lambda *a: seen.setdefault("lengths", a[-1]) and None)
-    for value in (None, 4):
+    for value, want in ((None, 4), (0, 0), (2, 2)):
         seen.clear()
         attack = UpdateExact() if value is None else UpdateExact(cls_rough=value)
         attack._fits = None
         out = SimpleNamespace(prediction={"token_ids": [[101, 1, 102]], "labels": [0]}, details={})
         update_small_lr._starts(attack, SimpleNamespace(tokenizer=None), SimpleNamespace(order=None), None, out)
-        assert seen == {"cls": value or 0, "lengths": value or 0}
+        assert seen == {"cls": want, "lengths": want}
