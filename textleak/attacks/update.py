@@ -195,10 +195,11 @@ class UpdateExact(UpdateSpans, Exact):
     repair_pairs: int = 16
     #: token repair: each sentence's trials' gradients N at a time, one forward and backward (`update_repair_batch`,
     #: equal to float32 rounding; 0: one at a time). 8 since s45: SST-2 b4 lr 1e-5 dev 0 0.976 and 0.980 vs 0.963,
-    #: RT dev 2 0.793 vs 0.771, RT dev 0 a tie, 12-39% more trials (fedavg_batch_s44/, _s45/)
+    #: RT dev 2 0.793 vs 0.771, RT dev 0 a tie, 12-46% more trials (fedavg_batch_s44/, _s45/)
     repair_batch: int = 8
     #: token repair: the trials' gradients, the batch's mean and the box misfit in float32 (`BoxRepair.dtype`; off:
-    #: float64). With `repair_batch=8`, SST-2 dev 0: 55% more trials a CPU s, yet 0.952 vs 0.980 (session 45)
+    #: float64). With `repair_batch=8`, SST-2 dev 0: 55% more trials a CPU s, 0.952 vs 0.980, an end float64 runs
+    #: reach too from run to run (fedavg_batch_s45/): unjudged (session 45)
     repair_float32: bool = False
     #: with `cls_screen`: the kept end goes on past `update_cls.SWEEPS` up to this many sweeps while each lowers the
     #: box misfit (`update_cls._Watch`; 0: off). 16 with the above, RT 1: 0.775 against 0.791 (session 34)
