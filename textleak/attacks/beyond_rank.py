@@ -61,7 +61,7 @@ found nothing new for this many times the time its finds took, the finish gettin
 `lengths_delete_first` (a stalled descent's deletions scored first, its insertions only where none is nearer: off),
 `sweep_screen_copy` (the sweeps' screen run on a bfloat16 copy of the model, not under autocast: on since session 44),
 `cls_row_only` (the descent's states read with the last layer run for [CLS] alone, `Layout.first_states`: on since
-session 45).
+session 45), `pooled_normal` (the pooled states' solver steps without the Jacobian, `leaks.pooled`: off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -243,6 +243,9 @@ class BeyondRank(Exact):
     # s45: a screen call -11%, 8-13% more pair sweeps; ROUGE-1 CoLA 0 62.07 vs 60.24, SST-2 0 52.04 vs 51.32, RT 0 29.85
     # vs 29.66 (large_batch_s45/)
     cls_row_only: bool = True
+    # with `targets`: the pooled states' Levenberg-Marquardt steps from J^T J and J^T r formed without the Jacobian
+    # (`leaks.pooled._Equations.normal`): the same steps to float64 rounding, fewer products. Off
+    pooled_normal: bool = False
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
@@ -267,7 +270,7 @@ class BeyondRank(Exact):
                 "draft_bfloat16": self.draft_bfloat16, "sweep_release": self.sweep_release,
                 "sweep_revert": self.sweep_revert, "certify_lean": self.certify_lean, "search_stop": self.search_stop,
                 "lengths_delete_first": self.lengths_delete_first, "sweep_screen_copy": self.sweep_screen_copy,
-                "cls_row_only": self.cls_row_only}
+                "cls_row_only": self.cls_row_only, "pooled_normal": self.pooled_normal}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""

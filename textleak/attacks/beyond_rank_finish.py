@@ -63,7 +63,7 @@ class BagFinish:
                  draft_pack: bool = False, draft_spend: bool = False, sweep_order: str = "near",
                  sweep_defer: float = 0.3, sweep_screen: int | str = "auto", draft_bfloat16: bool = True,
                  sweep_release: float = 0.0, sweep_revert: float = 0.3, lengths_delete_first: bool = False,
-                 sweep_screen_copy: bool = True, cls_row_only: bool = False):
+                 sweep_screen_copy: bool = True, cls_row_only: bool = False, pooled_normal: bool = False):
         self.tok, self.prior_name, self.weight = tokenizer, prior, weight
         self.tries, self.sweeps, self.seed = tries, sweeps, seed
         self.targets = targets  # (the batch's gradients, B): descend onto the pooled states (`beyond_rank_targets`)
@@ -81,6 +81,7 @@ class BagFinish:
         self.lengths_delete_first = lengths_delete_first  # `TargetDescent`'s `delete_first`
         self.sweep_screen_copy = sweep_screen_copy  # `TargetDescent`'s `screen_copy` (`beyond_rank_rough`)
         self.cls_row_only = cls_row_only  # `TargetDescent`'s: the last layer run for [CLS] alone
+        self.pooled_normal = pooled_normal  # `TargetDescent`'s: the pooled states' steps without the Jacobian
         self.report: dict[str, Any] = {}
 
     def tracks(self, search: Any, peeler: Any, pins: Any, tokens: Sequence[int], model: Any) -> list[list[int]] | None:
@@ -111,7 +112,8 @@ class BagFinish:
                                     order=self.sweep_order, defer=self.sweep_defer, screen=self.sweep_screen,
                                     draft_bfloat16=self.draft_bfloat16, release=self.sweep_release,
                                     revert=self.sweep_revert, delete_first=self.lengths_delete_first,
-                                    screen_copy=self.sweep_screen_copy, cls_row_only=self.cls_row_only)
+                                    screen_copy=self.sweep_screen_copy, cls_row_only=self.cls_row_only,
+                                    pooled_normal=self.pooled_normal)
             tracks = descent.run(tracks, search.found, cols.allowed)
         elif not budget.expired():
             tracks = swaps.run(tracks, self.sweeps)
@@ -146,7 +148,7 @@ def finisher(attack: Any, observation: Any, layout: Any, lengths: Sequence[int],
                      sweep_screen=attack.sweep_screen, draft_bfloat16=attack.draft_bfloat16,
                      sweep_release=attack.sweep_release, sweep_revert=attack.sweep_revert,
                      lengths_delete_first=attack.lengths_delete_first, sweep_screen_copy=attack.sweep_screen_copy,
-                     cls_row_only=attack.cls_row_only)
+                     cls_row_only=attack.cls_row_only, pooled_normal=attack.pooled_normal)
 
 
 def _left() -> float | None:

@@ -64,40 +64,77 @@ class PooledStates:
 
 
 class _Equations:
-    """v(h) off a column basis and the LayerNorm shape of h = basis @ a, with their Jacobian in a."""
+    """v(h) off a column basis and the LayerNorm shape of h = basis @ a, with their Jacobian in a (`__call__`), or
+    with the Gauss-Newton products J^T J and J^T r straight away (`normal`, no Jacobian); `terms`: the products the
+    solver steps on, by `jacobian_free`."""
 
-    def __init__(self, Wp: torch.Tensor, bp: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor):
-        self.Wp, self.bp = Wp, bp
+    def __init__(self, Wp: torch.Tensor, bp: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                 jacobian_free: bool = False):
+        self.Wp, self.bp, self.jacobian_free = Wp, bp, jacobian_free
         self.keep = gamma.abs() > 1e-3 * gamma.abs().max()
         self.g, self.b = gamma[self.keep], beta[self.keep]
 
     def restrict(self, rows: torch.Tensor, off: torch.Tensor) -> None:
         self.Q, self.C, self.WQ, self.Qk = rows, off, self.Wp @ rows, rows[self.keep] / self.g[:, None]
+        self.P: torch.Tensor | None = None  # with `normal`: the column basis' complement (orthonormal), made once
 
     def __call__(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.tanh(a @ self.WQ.T + self.bp)
         v = 1 - z ** 2
         r1, J1 = v @ self.C, torch.einsum("hc,nh,hk->nck", self.C, -2 * z * v, self.WQ)
+        r2, J2 = self._shape(a)
+        return torch.cat([r1, r2], 1), torch.cat([J1, J2], 1)
+
+    def _shape(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LayerNorm shape's two residuals [n, 2] and their Jacobian [n, 2, k]."""
         n = a @ self.Qk.T - self.b / self.g
         K = n.shape[1]
         r2 = torch.stack([n.mean(1), (n ** 2).mean(1) - 1], 1) * 1e-3
         J2 = torch.stack([self.Qk.mean(0).expand(len(a), -1), 2 * (n @ self.Qk) / K], 1) * 1e-3
-        return torch.cat([r1, r2], 1), torch.cat([J1, J2], 1)
+        return r2, J2
+
+    def terms(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(r, J^T J, J^T r): `normal` where `jacobian_free`, else `products`."""
+        return self.normal(a) if self.jacobian_free else self.products(a)
+
+    def products(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(r, J^T J, J^T r) from the Jacobian (`__call__`)."""
+        r, J = self(a)
+        return r, J.transpose(1, 2) @ J, (J.transpose(1, 2) @ r[..., None])[..., 0]
+
+    def normal(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`products` without the Jacobian (`pooled_normal`): the column part's Jacobian is C^T A with A = diag(s) WQ
+        [n, H, k] (s = -2 z v), and C's columns are orthonormal, so J1^T J1 = A^T A - (P^T A)^T (P^T A) (P: C's
+        complement, B - k columns where C has H - B + k) and J1^T r1 = A^T (C r1). The same step to float64 rounding,
+        without the [n, H - B + k, k] Jacobian nor the where over it (large_batch_s46/b64_README.md)."""
+        if self.P is None:
+            self.P = torch.linalg.svd(self.C, full_matrices=True)[0][:, self.C.shape[1]:]
+        z = torch.tanh(a @ self.WQ.T + self.bp)
+        v = 1 - z ** 2
+        r1, A = v @ self.C, (-2 * z * v)[:, :, None] * self.WQ
+        PA, At = self.P.T @ A, A.transpose(1, 2)
+        r2, J2 = self._shape(a)
+        JtJ = At @ A - PA.transpose(1, 2) @ PA + J2.transpose(1, 2) @ J2
+        g = (At @ (r1 @ self.C.T)[..., None])[..., 0] + (J2.transpose(1, 2) @ r2[..., None])[..., 0]
+        return torch.cat([r1, r2], 1), JtJ, g
 
 
 def _levenberg(eq: _Equations, a: torch.Tensor, iters: int = ITERS) -> torch.Tensor:
+    """Levenberg-Marquardt from the starts `a` [n, k], on `eq.terms` (with the Jacobian: the same numbers as before
+    session 46)."""
+    terms = eq.terms
     lam = torch.full((len(a),), 1e-3, dtype=a.dtype)
-    r, J = eq(a)
+    r, JtJ, g = terms(a)
     cost = (r ** 2).sum(1)
     for _ in range(iters):
-        JtJ, g = J.transpose(1, 2) @ J, (J.transpose(1, 2) @ r[..., None])[..., 0]
         damp = torch.diag_embed(lam[:, None] * torch.diagonal(JtJ, dim1=1, dim2=2) + 1e-15)
         step = torch.linalg.solve(JtJ + damp, -g[..., None])[..., 0]
-        rn, Jn = eq(a + step)
+        rn, JtJn, gn = terms(a + step)
         cn = (rn ** 2).sum(1)
         ok = cn < cost
         a = torch.where(ok[:, None], a + step, a)
-        r, J, cost = torch.where(ok[:, None], rn, r), torch.where(ok[:, None, None], Jn, J), torch.where(ok, cn, cost)
+        r, cost = torch.where(ok[:, None], rn, r), torch.where(ok, cn, cost)
+        JtJ, g = torch.where(ok[:, None, None], JtJn, JtJ), torch.where(ok[:, None], gn, g)
         lam = torch.where(ok, lam / 3, lam * 4)
     return a
 
@@ -119,14 +156,15 @@ def _pooler(layout: Layout, gradients: dict) -> tuple | None:
 
 
 def pooled_states(layout: Layout, gradients: dict, rank: int, starts: Callable[[int], torch.Tensor],
-                  first: int = 512, later: int = 128, rounds: int = 8, merge: float = 0.0, iters: int = ITERS
-                  ) -> PooledStates | None:
+                  first: int = 512, later: int = 128, rounds: int = 8, merge: float = 0.0, iters: int = ITERS,
+                  normal: bool = False) -> PooledStates | None:
     """The batch's last-layer [CLS] states and labels (module doc), or None where there is no two-class
     pooler. rank: B (the sentence spans'); starts(n) -> [n, H] [CLS] states of n guesses to start from.
     merge: solutions within this relative distance are one state, the one nearer the column space kept
     (`_admit`), and the deflated rounds go on while the time lasts; 0: within SAME. iters: each
     start's Levenberg-Marquardt iterations (RT batch 64, MiniLM: 30 in the deflated rounds found the same states
-    as 80, round for round, in 79 CPU s against 135; recipes/measured/large_batch_s28/)."""
+    as 80, round for round, in 79 CPU s against 135; recipes/measured/large_batch_s28/). normal: the solver's
+    steps without the Jacobian (`_Equations.normal`, `beyond_rank --option pooled_normal=true`)."""
     got = _pooler(layout, gradients)
     if got is None:
         return None
@@ -134,7 +172,7 @@ def pooled_states(layout: Layout, gradients: dict, rank: int, starts: Callable[[
     M = G / d[:, None]
     U, S, Vh = torch.linalg.svd(M)
     P, Q, off = U[:, :rank], Vh[:rank].T, U[:, rank:]
-    eq = _Equations(Wp, bp, gamma, beta)
+    eq = _Equations(Wp, bp, gamma, beta, jacobian_free=normal)
     vstate = lambda h: 1 - torch.tanh(h @ Wp.T + bp) ** 2  # noqa: E731
     found: list[torch.Tensor] = []
     fits: list[float] = []  # each found state's residual
