@@ -217,6 +217,9 @@ class UpdateExact(UpdateSpans, Exact):
     #: of the model first, only the K lowest scored at float32 (`update_cls_rough`; 0: off; off where bfloat16 is slow).
     #: 4 since s45: the start 17-32% cheaper; SST-2 b4 lr 1e-5 dev 0 0.963 vs 0.944, dev 1 and RT b8 ties (_cls16_s45/)
     cls_rough: int = 4
+    #: with `cls_descent`: the [CLS] start's float32 and bfloat16 scores kept per sentence, only sentences not seen
+    #: before forwarded (`update_cls_memo`; off). RT b8 lr 1e-4: ~30% of the start's sentences asked again (s46)
+    cls_memo: bool = False
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)

@@ -55,6 +55,7 @@ from ..core.budget import now as budget_now
 from ..text.layouts import Layout
 from ..text.leaks.residuals import padded
 from .update_batch_positions import BatchMisfit, least_labels
+from .update_cls_memo import ScoreMemos, memo_screen
 from .update_cls_rough import rough_screen
 from .update_repair import missing
 
@@ -86,6 +87,8 @@ class ClsSpans:
     forwards: int = 0
     #: option `cls_rough` (`update_cls_rough.RoughScreen`): trials ranked at bfloat16 first, the K lowest scored
     rough: Any = None
+    #: option `cls_memo` (`update_cls_memo.ScoreMemo`): the float32 scores kept per sentence, only new ones forwarded
+    memo: Any = None
 
     @classmethod
     def of(cls, fits: Any, layout: Layout, batch: int, sites: Sequence[str] = SITES) -> "ClsSpans | None":
@@ -101,9 +104,14 @@ class ClsSpans:
         return cls(layout, bases) if bases else None
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        """Per sentence, the mean over the sites of log10 of its [CLS] input's relative residual off the span."""
-        out = self.scored(self.layout, sequences)
-        self.forwards += len(sequences)
+        """Per sentence, the mean over the sites of log10 of its [CLS] input's relative residual off the span
+        (`forwards`: the sentences forwarded; with `memo`, those it had not seen)."""
+        if self.memo is None:
+            self.forwards += len(sequences)
+            return self.scored(self.layout, sequences)
+        before = self.memo.fresh
+        out = self.memo.scored(lambda seqs: self.scored(self.layout, seqs), sequences)
+        self.forwards += self.memo.fresh - before
         return out
 
     def scored(self, layout: Layout, sequences: Sequence[Sequence[int]]) -> list[float]:
@@ -236,7 +244,8 @@ def _trades(x: list[int], y: list[int], a: int, b: int) -> list[dict[int, list[i
 def cls_start(repair: Any, pred: dict, fits: Any, deadline: float, sites: Sequence[str] = SITES,
               relabel: bool = False, inner: Collection[int] = (), misfit: BatchMisfit | None = None,
               others: Mapping[str, tuple] | None = None, screen: int = 0,
-              screen_until: float | None = None, sweeps: int = SWEEPS, rough: int = 0) -> dict[str, Any] | None:
+              screen_until: float | None = None, sweeps: int = SWEEPS, rough: int = 0,
+              memo: ScoreMemos | None = None) -> dict[str, Any] | None:
     """`exact-update`'s option `cls_descent`: the guess `pred` (token ids, labels; the batch `ranked_start` kept)
     descended on the [CLS] spans (`ClsSpans.descend`, the token repair's options less the ids of `inner`: [CLS] and
     [SEP] kept out of inner positions) and replaced where the result's box misfit (`repair`: the run's `BoxRepair`;
@@ -250,9 +259,10 @@ def cls_start(repair: Any, pred: dict, fits: Any, deadline: float, sites: Sequen
     goes on to the sweep cap (`_screened`); no start after the first is begun from `screen_until` on (option
     `cls_screen_reserve`: the time left then goes to the kept end's going on); `sweeps` above `SWEEPS` (option
     `cls_sweeps`, with `screen`): the kept end goes on past `SWEEPS` while each sweep lowers the box misfit; `rough`
-    > 0 (option `cls_rough`): each set of trials ranked at bfloat16 first, `rough` scored (`update_cls_rough`)."""
+    > 0 (option `cls_rough`): each set of trials ranked at bfloat16 first, `rough` scored (`update_cls_rough`);
+    `memo` (option `cls_memo`): the scores kept per sentence (`update_cls_memo`; "memo": its counts so far)."""
     seqs, began = pred["token_ids"], time.process_time()
-    spans = rough_screen(ClsSpans.of(fits, repair.layout, len(seqs), sites), rough)
+    spans = memo_screen(rough_screen(ClsSpans.of(fits, repair.layout, len(seqs), sites), rough), memo)
     if spans is None or len(seqs) < 2:
         return None
     options = {n: [[t for t in row if t not in inner] or row for row in repair.options(n)]
@@ -277,6 +287,8 @@ def cls_start(repair: Any, pred: dict, fits: Any, deadline: float, sites: Sequen
             report["misfit"][1] = report["restarts"]["misfit"]
     report["kept"] = report["misfit"][1] < report["misfit"][0]
     report["cpu_s"] = round(time.process_time() - began, 1)
+    if memo is not None:
+        report["memo"] = memo.report()
     if report["kept"]:
         pred["token_ids"], pred["labels"] = got, labels
     return report

@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..validate import number
 from .update_batch_positions import BatchMisfit, least_labels
 from .update_cls import SITES, ClsSpans
+from .update_cls_memo import ScoreMemos, memo_screen
 from .update_cls_rough import rough_screen
 from .update_repair_moves import options_by_length
 
@@ -89,8 +90,8 @@ def trade_lengths(spans: ClsSpans, seqs: list[list[int]], cover: set[int] | None
 
 
 def length_start(repair: Any, pred: dict, fits: Any, deadline: float, misfit: BatchMisfit | None = None,
-                 relabel: bool = True, sites: Sequence[str] = SITES, gate: float = 0.0, rough: int = 0
-                 ) -> dict[str, Any] | None:
+                 relabel: bool = True, sites: Sequence[str] = SITES, gate: float = 0.0, rough: int = 0,
+                 memo: ScoreMemos | None = None) -> dict[str, Any] | None:
     """Option `cls_lengths`: the guess `pred` (token ids, labels; where the [CLS] start left it) through
     `trade_lengths`, then descended on the [CLS] spans again (`ClsSpans.descend`, the token repair's options); of
     the three (start, traded, descended) the one of least box misfit (with `relabel`, each under its labels of least
@@ -100,9 +101,10 @@ def length_start(repair: Any, pred: dict, fits: Any, deadline: float, misfit: Ba
     3.14e-3 -> 2.99e-3; the descent after it ended at 3.16e-3. `gate` (option `cls_lengths_gate`; 0: off): no
     descent where the trades leave the box misfit over `gate` x the start's (`_gated`). "trade_cpu_s": the trades'
     CPU s alone (the rest of "cpu_s" is the descent and the misfits). `rough` (option `cls_rough`): the trials ranked
-    at bfloat16 first (`update_cls_rough`); "forwards": the [CLS] forwards, float32 and bfloat16."""
+    at bfloat16 first (`update_cls_rough`); "forwards": the [CLS] forwards, float32 and bfloat16; `memo` (option
+    `cls_memo`): the scores kept per sentence, shared with the [CLS] start (`update_cls_memo`)."""
     seqs, began = [list(s) for s in pred["token_ids"]], time.process_time()
-    spans = rough_screen(ClsSpans.of(fits, repair.layout, len(seqs), sites), rough)
+    spans = memo_screen(rough_screen(ClsSpans.of(fits, repair.layout, len(seqs), sites), rough), memo)
     if spans is None or len(seqs) < 2 or len({len(s) for s in seqs}) < 2:
         return None
     misfit = misfit if misfit is not None else BatchMisfit(repair)
@@ -123,6 +125,8 @@ def length_start(repair: Any, pred: dict, fits: Any, deadline: float, misfit: Ba
         pred["token_ids"], pred["labels"] = ends[report["from"]]
     report["cpu_s"] = round(time.process_time() - began, 1)
     report["forwards"] = [spans.forwards, spans.rough.forwards if spans.rough is not None else 0]
+    if memo is not None:
+        report["memo"] = memo.report()
     return report
 
 

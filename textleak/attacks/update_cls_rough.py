@@ -23,10 +23,12 @@ from .beyond_rank_rough import RoughStates
 
 class RoughScreen:
     """Option `cls_rough` on one `update_cls.ClsSpans` (module doc): `top` keeps a list of trials' `keep` of least
-    bfloat16 gain. `forwards`: sentences scored at bfloat16 (the spans' own `forwards` count the float32 ones)."""
+    bfloat16 gain. `forwards`: sentences forwarded at bfloat16 (the spans' own `forwards` count the float32 ones;
+    with option `cls_memo`, only sentences its `memo` had not seen)."""
 
     def __init__(self, spans: Any, keep: int):
         self.keep, self.forwards = keep, 0
+        self.memo: Any = None  # option `cls_memo` (`update_cls_memo.ScoreMemo`): bfloat16 scores kept per sentence
         self.rough = RoughStates(spans.layout, spans.scored, copy_model=True)  # `scored(view, seqs)` on the copy
 
     def top(self, seqs: list[list[int]], trials: list[dict[int, list[int]]]) -> list[dict[int, list[int]]]:
@@ -37,8 +39,10 @@ class RoughScreen:
             return trials
         changed = sorted({i for t in trials for i in t})
         unique = list(dict.fromkeys(tuple(s) for t in trials for s in t.values()))
-        got = self.rough.states([list(s) for s in unique] + [seqs[i] for i in changed])
-        self.forwards += len(got)
+        asked = [list(s) for s in unique] + [seqs[i] for i in changed]
+        before = self.memo.fresh if self.memo is not None else 0
+        got = self.rough.states(asked) if self.memo is None else self.memo.scored(self.rough.states, asked)
+        self.forwards += len(got) if self.memo is None else self.memo.fresh - before
         rough, base = dict(zip(unique, got)), dict(zip(changed, got[len(unique):]))
         gain = [sum(rough[tuple(s)] - base[i] for i, s in t.items()) for t in trials]
         kept = sorted(sorted(range(len(trials)), key=gain.__getitem__)[:self.keep])

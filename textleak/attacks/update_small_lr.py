@@ -33,6 +33,7 @@ from .exact.candidates import vocabulary
 from .update_batch_positions import BatchMisfit, ranked_start
 from .update_cls import POOLER, SITES, SWEEPS, ClsSpans, cls_start
 from .update_cls_lengths import length_heats, length_race, length_start
+from .update_cls_memo import ScoreMemos
 from .update_positions import declared_batch
 from .update_repair import WIDTH, BoxRepair
 from .update_repair_blocks import BLOCK_AT_DEFAULT, blocks_off, late_blocks, traded_blocks_off
@@ -157,16 +158,19 @@ def _starts(attack: Any, target: Any, pins: Any, repair: BoxRepair, out: AttackO
     if attack.cls_descent and attack.slot_assignment and out.details["ranked_fill"]["kept"] != "carried":
         deadline, sites = _cls_deadline(attack), SITES + (POOLER,) if attack.cls_pooler else SITES
         until, rough = _screen_until(attack, deadline, reserve), int(getattr(attack, "cls_rough", 0) or 0)
+        memo = ScoreMemos() if getattr(attack, "cls_memo", False) else None  # one for both starts' spans
         out.details["cls_descent"] = cls_start(repair, pred, attack._fits, deadline, sites, attack.cls_relabel,
                                                special if attack.cls_inner_plain else (),
                                                misfit, batches if getattr(attack, "cls_restarts", False) else None,
                                                getattr(attack, "cls_screen", 0), until,
-                                               max(SWEEPS, int(getattr(attack, "cls_sweeps", 0) or 0)), rough)
+                                               max(SWEEPS, int(getattr(attack, "cls_sweeps", 0) or 0)), rough,
+                                               memo=memo)
         if getattr(attack, "cls_lengths", False):  # sentences moved between slots of other lengths
             before = [list(s) for s in pred["token_ids"]], list(pred["labels"])
             out.details["cls_lengths"] = length_start(repair, pred, attack._fits, deadline, misfit,
                                                       attack.cls_relabel, sites,
-                                                      float(getattr(attack, "cls_lengths_gate", 0) or 0), rough)
+                                                      float(getattr(attack, "cls_lengths_gate", 0) or 0), rough,
+                                                      memo=memo)
             if isinstance(out.details["cls_descent"], dict):  # carried where the recipes read the start
                 out.details["cls_descent"]["lengths"] = out.details["cls_lengths"]
             if attack.cls_lengths in ("race", "heats") and (out.details["cls_lengths"] or {}).get("kept"):
