@@ -44,7 +44,7 @@ from ..text.layouts import Layout
 from ..text.leaks.residuals import partial_residuals
 from ..text.leaks.spans import LayerSpan
 from .update_repair_batch import weighed
-from .update_repair_blocks import BLOCK_AT_DEFAULT, block_due, block_step, block_sweep
+from .update_repair_blocks import BLOCK_AT_DEFAULT, block_step, stall_blocks
 from .update_repair_keep import RepairKeep, fresh_mean
 from .update_repair_moves import RepairMoves, missing, slides
 from .update_rounding import RoundingFits
@@ -77,6 +77,9 @@ class BoxRepair(RepairMoves, RepairKeep):
     #: option `repair_block_late` (on since session 41; the race's traded start): block sweeps only where `block_due`;
     #: its stalls (spent, left, due) in `late_stalls`
     block_late, late_stalls, _began = False, (), 0.0
+    #: option `repair_block_owed` (off; session 46): with `block_late`, a stall's block sweep that was not due is paid
+    #: once it is (`update_repair_blocks.stall_blocks`); each payment's (spent, left, changes) in `owed_paid`
+    block_owed, owed_paid, _owed = False, (), False
     #: option `repair_kick` (off: None): at a screened sweeps' stall (before its block sweep; with `repair_kick_at`
     #: "block", after it kept nothing) `update_repair_kick.Kick` may move the batch; the run ends on the least-misfit
     #: batch it saw
@@ -261,12 +264,13 @@ class BoxRepair(RepairMoves, RepairKeep):
             if exchange:
                 self._exchange(seqs)
             kicked = self.kick is not None and self.kick.due(self, seqs, before)  # option `repair_kick`, blocks after
-            if (not kicked and self.block > 0 and self.block_at == "stall" and self._changes == before
-                    and self._best > 0 and block_due(self, deadline)):
-                block_sweep(self, seqs, order if order is not None else range(len(seqs)))
+            stalled = (not kicked and self.block > 0 and self.block_at == "stall" and self._changes == before
+                       and self._best > 0)
+            resume = stall_blocks(self, seqs, order if order is not None else range(len(seqs)), deadline, stalled)
             kicked = kicked or self.kick is not None and self.kick.due(self, seqs, before, "block")  # `repair_kick_at`
             screened, sweeps = (screened + 1, sweeps) if self._screening else (screened, sweeps + 1)
             keeps += [self._keep] if self._screening else []
+            self._screening = self._screening or (resume and self.screen is not None and self.keep > 0)
             if self._changes == before and not kicked:
                 if not self._screening or self._best <= 0:  # inside the box: no trial can be kept
                     break
@@ -291,6 +295,7 @@ class BoxRepair(RepairMoves, RepairKeep):
                 **({"float32": True} if self.dtype == torch.float32 else {}),
                 **({"block": self.block, "blocks_kept": self.blocks_kept, "block_screened": self.block_screened,
                     "block_at": self.block_at} if self.block else {}),
+                **({"block_owed": list(self.owed_paid)} if self.block_owed and self.block_late else {}),
                 **({"pairs": self.pairs, "pairs_kept": self.pairs_kept, "pairs_refilled": self.pairs_refilled,
                     "pairs_screened": self.pairs_screened} if self.pairs else {})}
 

@@ -63,7 +63,7 @@ def late_blocks(repair: Any, on: bool) -> Iterator[None]:
     late = repair.block_late
     repair.block_late = late or on
     if on:
-        repair.late_stalls = []
+        repair.late_stalls, repair.owed_paid, repair._owed = [], [], False
     try:
         yield
     finally:
@@ -84,10 +84,45 @@ def block_due(repair: Any, deadline: float) -> bool:
     against 380.6)."""
     if not getattr(repair, "block_late", False):
         return True
-    t = budget_now()
-    spent, left = t - repair._began, deadline - t
+    spent, left = _spent_left(repair, deadline)
     repair.late_stalls = [*repair.late_stalls, (round(spent, 1), round(left, 1), left < spent)]
     return left < spent
+
+
+def _spent_left(repair: Any, deadline: float) -> tuple[float, float]:
+    """(CPU s `repair` has spent since it began, CPU s left to `deadline`), on the budget's clock."""
+    t = budget_now()
+    return t - repair._began, deadline - t
+
+
+def stall_blocks(repair: Any, seqs: list[list[int]], order: Iterable[int], deadline: float, stalled: bool) -> bool:
+    """The end of one of `repair`'s sweeps (`BoxRepair.run`): where it `stalled` (changed nothing, block moves at
+    "stall") and `block_due`, the block sweep (`block_sweep`). Option `repair_block_owed` (`repair.block_owed`, off;
+    session 46): a stall whose block sweep was not due leaves it owed, and it is paid at the end of the first later
+    sweep where less time is left than was spent (the sweeps go on changing things, so no later stall may come);
+    `repair.owed_paid` records each payment's (spent, left, changes kept). Returns whether a paid sweep kept a change
+    (then the repair's screened sweeps go on: cheap changes may follow a block move). Why (session 46,
+    `recipes/measured/fedavg_owed_s46`): SST-2 b4 K 8 lr 1e-5 dev 0 at 800 CPU s ends at 0.980 (misfit 6.7e-5)
+    where its traded start's screened sweeps stall after half its time (366 CPU s spent, 274 left: the block sweep
+    ran, kept the move that makes a sentence exact, and the screened sweeps went on), and at 0.944-0.952 (1.94e-4)
+    where that stall comes earlier (318 spent, 381 left; 330.6 / 330.7): no block sweep, then full sweeps that change
+    something each time until the budget ends, so no stall comes again and the block move is never tried."""
+    if stalled and block_due(repair, deadline):
+        repair._owed = False
+        block_sweep(repair, seqs, order)
+        return False
+    if not getattr(repair, "block_owed", False):
+        return False
+    if stalled:
+        repair._owed = True
+        return False
+    spent, left = _spent_left(repair, deadline)
+    if not repair._owed or repair._best <= 0 or left >= spent:
+        return False
+    repair._owed, before = False, repair._changes
+    block_sweep(repair, seqs, order)
+    repair.owed_paid = [*repair.owed_paid, (round(spent, 1), round(left, 1), repair._changes - before)]
+    return repair._changes > before
 
 
 @contextmanager

@@ -111,8 +111,8 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
 
 def _box_repair(attack: Any, layout: Any, span0: Any, vocab: Any, pins: Any) -> BoxRepair:
     """The token repair (`update_repair.BoxRepair`) with the attack's options: its width, in-place trials, slides,
-    block moves and where they are tried (`repair_block_at`), shortest sentences first (`repair_block_short`), the
-    neighbouring pairs (`repair_pairs`)."""
+    block moves and where they are tried (`repair_block_at`), shortest sentences first (`repair_block_short`), owed
+    block sweeps (`repair_block_owed`), the neighbouring pairs (`repair_pairs`)."""
     repair = BoxRepair(layout, attack._fits, span0, vocab, pins=pins, move=attack.cross_move,
                        width=getattr(attack, "repair_width", WIDTH), inplace=getattr(attack, "repair_inplace", True),
                        slide=int(getattr(attack, "repair_slide", 0) or 0),
@@ -120,6 +120,7 @@ def _box_repair(attack: Any, layout: Any, span0: Any, vocab: Any, pins: Any) -> 
                        float32=bool(getattr(attack, "repair_float32", False)))
     repair.block_at = getattr(attack, "repair_block_at", BLOCK_AT_DEFAULT)
     repair.block_short = bool(getattr(attack, "repair_block_short", False))
+    repair.block_owed = bool(getattr(attack, "repair_block_owed", False))  # option `repair_block_owed`
     repair.pairs = int(getattr(attack, "repair_pairs", 0) or 0)  # option `repair_pairs` (`update_repair_pairs`)
     repair.batch = int(getattr(attack, "repair_batch", 0) or 0)  # option `repair_batch` (`update_repair_batch`)
     return repair
