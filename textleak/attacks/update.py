@@ -184,8 +184,9 @@ class UpdateExact(UpdateSpans, Exact):
     repair_block_short: bool = False
     repair_block_late: bool = True
     #: with `repair_block_late`: a stall's block sweep that was not due is owed, paid once it is due (sweeps that go on
-    #: changing things never stall again; `update_repair_blocks.stall_blocks`; off; session 46, fedavg_owed_s46/)
-    repair_block_owed: bool = False
+    #: changing things never stall again; `update_repair_blocks.stall_blocks`). On since s46: SST-2 b4 lr 1e-5 dev 0 at
+    #: 1000 CPU s 0.984 (3 of 4) vs the trap 0.952 (1); at 800 and dev 1 the same decisions (fedavg_owed_s46/)
+    repair_block_owed: bool = True
     #: token repair, with `repair_screen`: at the screened sweeps' stall the batch descended this many sweeps on the
     #: [CLS] spans, the screened sweeps go on from there (`update_repair_kick`; 0: off; RT b4 lr 1e-5 dev 0, s42);
     #: `repair_kick_at` (`KICK_AT`): "stall" (s42), "block" (after the block sweep, none in the race's traded start).

@@ -77,8 +77,9 @@ class BoxRepair(RepairMoves, RepairKeep):
     #: option `repair_block_late` (on since session 41; the race's traded start): block sweeps only where `block_due`;
     #: its stalls (spent, left, due) in `late_stalls`
     block_late, late_stalls, _began = False, (), 0.0
-    #: option `repair_block_owed` (off; session 46): with `block_late`, a stall's block sweep that was not due is paid
-    #: once it is (`update_repair_blocks.stall_blocks`); each payment's (spent, left, changes) in `owed_paid`
+    #: option `repair_block_owed` (here off; `exact-update`'s on since session 46): with `block_late`, a stall's
+    #: block sweep that was not due is paid once it is (`update_repair_blocks.stall_blocks`); each payment's (spent,
+    #: left, changes) in `owed_paid`
     block_owed, owed_paid, _owed = False, (), False
     #: option `repair_kick` (off: None): at a screened sweeps' stall (before its block sweep; with `repair_kick_at`
     #: "block", after it kept nothing) `update_repair_kick.Kick` may move the batch; the run ends on the least-misfit

@@ -97,16 +97,18 @@ def _spent_left(repair: Any, deadline: float) -> tuple[float, float]:
 
 def stall_blocks(repair: Any, seqs: list[list[int]], order: Iterable[int], deadline: float, stalled: bool) -> bool:
     """The end of one of `repair`'s sweeps (`BoxRepair.run`): where it `stalled` (changed nothing, block moves at
-    "stall") and `block_due`, the block sweep (`block_sweep`). Option `repair_block_owed` (`repair.block_owed`, off;
-    session 46): a stall whose block sweep was not due leaves it owed, and it is paid at the end of the first later
-    sweep where less time is left than was spent (the sweeps go on changing things, so no later stall may come);
-    `repair.owed_paid` records each payment's (spent, left, changes kept). Returns whether a paid sweep kept a change
-    (then the repair's screened sweeps go on: cheap changes may follow a block move). Why (session 46,
-    `recipes/measured/fedavg_owed_s46`): SST-2 b4 K 8 lr 1e-5 dev 0 at 800 CPU s ends at 0.980 (misfit 6.7e-5)
-    where its traded start's screened sweeps stall after half its time (366 CPU s spent, 274 left: the block sweep
-    ran, kept the move that makes a sentence exact, and the screened sweeps went on), and at 0.944-0.952 (1.94e-4)
-    where that stall comes earlier (318 spent, 381 left; 330.6 / 330.7): no block sweep, then full sweeps that change
-    something each time until the budget ends, so no stall comes again and the block move is never tried."""
+    "stall") and `block_due`, the block sweep (`block_sweep`). Option `repair_block_owed` (`repair.block_owed`, on in
+    `exact-update` since session 46): a stall whose block sweep was not due leaves it owed, and it is paid at the end of
+    the first later sweep where less time is left than was spent (the sweeps go on changing things, so no later stall
+    may come); `repair.owed_paid` records each payment's (spent, left, changes kept). Returns whether a paid sweep kept
+    a change (then the repair's screened sweeps go on: cheap changes may follow a block move). Why (session 46,
+    `recipes/measured/fedavg_owed_s46`): SST-2 b4 K 8 lr 1e-5 dev 0 at 800 CPU s ends at 0.980 (misfit 6.7e-5) where its
+    traded start's screened sweeps stall after half its time (366 CPU s spent, 274 left: the block sweep ran, kept the
+    move that makes a sentence exact, and the screened sweeps went on), and at 0.944-0.952 (1.94e-4) where that stall
+    comes earlier (318 spent, 381 left; 330.6 / 330.7): no block sweep, then full sweeps that change something each time
+    until the budget ends, so no stall comes again and the block move is never tried. Side by side at 1000 CPU s both
+    arms stalled early (403 spent, 467 left): the defaults 0.952 / 0.735, 1 of 4 (the trap); owed, paid at 486 / 384,
+    0.984 / 0.875, 3 of 4, misfit 5.0e-5. At 800 CPU s and on dev 1 both arms made the same decisions."""
     if stalled and block_due(repair, deadline):
         repair._owed = False
         block_sweep(repair, seqs, order)
