@@ -1,7 +1,7 @@
-"""The [CLS] start's scores kept per sentence (`update_cls_memo`, `exact-update`'s option `cls_memo`, off): on the
-wide random BERT of `test_update_cls`, a descent with the memo makes the same changes, keeps the same scores and
-reaches the same sentences as without, forwarding only the sentences it had not scored; with option `cls_rough` the
-bfloat16 screen keeps its own memo; the option reaches both starts with one memo, and off leaves them without."""
+"""The [CLS] start's scores kept per sentence (`update_cls_memo`, `exact-update`'s option `cls_memo`, on since s46):
+on the wide random BERT of `test_update_cls`, a descent with the memo makes the same changes, keeps the same scores
+and reaches the same sentences as without, forwarding only the sentences it had not scored; with option `cls_rough`
+the bfloat16 screen keeps its own memo; the option reaches both starts with one memo, and off leaves them without."""
 
 from __future__ import annotations
 
@@ -74,11 +74,11 @@ def test_the_cls_start_reports_the_memo(setup):
     assert report["memo"] == memos.report() and report["memo"]["float32"][0] == report["forwards"] > 0
 
 
-def test_option_cls_memo_off_by_default_checked_and_one_memo_reaches_both_starts(monkeypatch):
+def test_option_cls_memo_on_by_default_checked_and_one_memo_reaches_both_starts(monkeypatch):
     from textleak.errors import InputError
     from textleak.validate import attack_instance
 
-    assert UpdateExact().cls_memo is False
+    assert UpdateExact().cls_memo is True  # on since session 46
     assert attack_instance("exact-update", {"cls_memo": True}, 0).cls_memo is True
     with pytest.raises(InputError, match="cls_memo"):
         attack_instance("exact-update", {"cls_memo": 4}, 0)

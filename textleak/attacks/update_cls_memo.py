@@ -1,5 +1,5 @@
-"""The [CLS] start's scores kept per sentence (`exact-update`'s option `cls_memo`; off; #15, session 46,
-`recipes/measured/fedavg_rt8_s46`).
+"""The [CLS] start's scores kept per sentence (`exact-update`'s option `cls_memo`; on since session 46; #15,
+`recipes/measured/fedavg_rt8_s46`, `fedavg_owed_s46/memo_sst0_800`).
 
 The [CLS] start (`update_cls.cls_start`: its screened descents and their going on; `update_cls_lengths.length_start`)
 asks `ClsSpans.score` (float32) and, with option `cls_rough`, `RoughScreen.top` (bfloat16) for the same sentences
