@@ -55,7 +55,7 @@ from ..core.budget import now as budget_now
 from ..text.layouts import Layout
 from ..text.leaks.residuals import padded
 from .update_batch_positions import BatchMisfit, least_labels
-from .update_cls_memo import ScoreMemos, memo_screen
+from .update_cls_memo import ScoreMemos, memo_screen, through
 from .update_cls_rough import rough_screen
 from .update_repair import missing
 
@@ -91,27 +91,25 @@ class ClsSpans:
     memo: Any = None
 
     @classmethod
-    def of(cls, fits: Any, layout: Layout, batch: int, sites: Sequence[str] = SITES) -> "ClsSpans | None":
+    def of(cls, fits: Any, layout: Layout, batch: int, sites: Sequence[str] = SITES, rough: int = 0,
+           memo: ScoreMemos | None = None) -> "ClsSpans | None":
         """The spans, from the update at w0 (`fits`: the run's `update_rounding.RoundingFits`, which fits each
         site's basis once: `row_basis`), read on `layout`; None where no site of `sites` (of `SITES` and `POOLER`)
-        is shared."""
+        is shared. `rough` (option `cls_rough`) and `memo` (option `cls_memo`): their screens set on the spans
+        (`update_cls_rough.rough_screen`, `update_cls_memo.memo_screen`)."""
         bases = {}
         for site, module in _modules(fits.layout, sites).items():
             name = fits.layout.name(module.weight)
             if name not in fits.update or batch >= min(fits.update[name].shape):
                 continue
             bases[site] = fits.row_basis(name, batch).to(layout.device)
-        return cls(layout, bases) if bases else None
+        return memo_screen(rough_screen(cls(layout, bases), rough), memo) if bases else None
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         """Per sentence, the mean over the sites of log10 of its [CLS] input's relative residual off the span
         (`forwards`: the sentences forwarded; with `memo`, those it had not seen)."""
-        if self.memo is None:
-            self.forwards += len(sequences)
-            return self.scored(self.layout, sequences)
-        before = self.memo.fresh
-        out = self.memo.scored(lambda seqs: self.scored(self.layout, seqs), sequences)
-        self.forwards += self.memo.fresh - before
+        out, forwarded = through(self.memo, lambda seqs: self.scored(self.layout, seqs), sequences)
+        self.forwards += forwarded
         return out
 
     def scored(self, layout: Layout, sequences: Sequence[Sequence[int]]) -> list[float]:
@@ -262,7 +260,7 @@ def cls_start(repair: Any, pred: dict, fits: Any, deadline: float, sites: Sequen
     > 0 (option `cls_rough`): each set of trials ranked at bfloat16 first, `rough` scored (`update_cls_rough`);
     `memo` (option `cls_memo`): the scores kept per sentence (`update_cls_memo`; "memo": its counts so far)."""
     seqs, began = pred["token_ids"], time.process_time()
-    spans = memo_screen(rough_screen(ClsSpans.of(fits, repair.layout, len(seqs), sites), rough), memo)
+    spans = ClsSpans.of(fits, repair.layout, len(seqs), sites, rough, memo)
     if spans is None or len(seqs) < 2:
         return None
     options = {n: [[t for t in row if t not in inner] or row for row in repair.options(n)]

@@ -28,8 +28,7 @@ from ..errors import InputError
 from ..validate import number
 from .update_batch_positions import BatchMisfit, least_labels
 from .update_cls import SITES, ClsSpans
-from .update_cls_memo import ScoreMemos, memo_screen
-from .update_cls_rough import rough_screen
+from .update_cls_memo import ScoreMemos
 from .update_repair_moves import options_by_length
 
 #: rounds over every pair of sentences of different lengths at most
@@ -104,7 +103,7 @@ def length_start(repair: Any, pred: dict, fits: Any, deadline: float, misfit: Ba
     at bfloat16 first (`update_cls_rough`); "forwards": the [CLS] forwards, float32 and bfloat16; `memo` (option
     `cls_memo`): the scores kept per sentence, shared with the [CLS] start (`update_cls_memo`)."""
     seqs, began = [list(s) for s in pred["token_ids"]], time.process_time()
-    spans = memo_screen(rough_screen(ClsSpans.of(fits, repair.layout, len(seqs), sites), rough), memo)
+    spans = ClsSpans.of(fits, repair.layout, len(seqs), sites, rough, memo)
     if spans is None or len(seqs) < 2 or len({len(s) for s in seqs}) < 2:
         return None
     misfit = misfit if misfit is not None else BatchMisfit(repair)

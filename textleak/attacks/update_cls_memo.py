@@ -71,6 +71,15 @@ class ScoreMemos:
         return {name: [memo.fresh, memo.hits] for name, memo in memos.items()}
 
 
+def through(memo: ScoreMemo | None, fn: Callable[[list[list[int]]], Sequence[float]],
+            seqs: Sequence[Sequence[int]]) -> tuple[list[float], int]:
+    """(`fn(seqs)`, through `memo` where given; the count of sentences `fn` was given to forward)."""
+    if memo is None:
+        return list(fn([list(s) for s in seqs])), len(seqs)
+    before = memo.fresh
+    return memo.scored(fn, seqs), memo.fresh - before
+
+
 def memo_screen(spans: Any, memos: ScoreMemos | None) -> Any:
     """`spans` with `memos` attached where given (option `cls_memo`), else as it is."""
     return memos.attach(spans) if memos is not None else spans

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..core.device import fast_bfloat16
 from .beyond_rank_rough import RoughStates
+from .update_cls_memo import through
 
 
 class RoughScreen:
@@ -40,9 +41,8 @@ class RoughScreen:
         changed = sorted({i for t in trials for i in t})
         unique = list(dict.fromkeys(tuple(s) for t in trials for s in t.values()))
         asked = [list(s) for s in unique] + [seqs[i] for i in changed]
-        before = self.memo.fresh if self.memo is not None else 0
-        got = self.rough.states(asked) if self.memo is None else self.memo.scored(self.rough.states, asked)
-        self.forwards += len(got) if self.memo is None else self.memo.fresh - before
+        got, forwarded = through(self.memo, self.rough.states, asked)
+        self.forwards += forwarded
         rough, base = dict(zip(unique, got)), dict(zip(changed, got[len(unique):]))
         gain = [sum(rough[tuple(s)] - base[i] for i, s in t.items()) for t in trials]
         kept = sorted(sorted(range(len(trials)), key=gain.__getitem__)[:self.keep])

@@ -238,7 +238,8 @@ class BoxRepair(RepairMoves, RepairKeep):
         seqs, start = self.begin(sequences, labels, deadline)
         moved: list[set[int]] = [set() for _ in seqs]
         sweeps = screened = 0
-        self._screening = self.screen is not None and self.keep > 0  # screened sweeps first, uncounted
+        screens = self.screen is not None and self.keep > 0
+        self._screening = screens  # screened sweeps first, uncounted
         self._keep = min(self.first_keep, self.keep) if self.first_keep > 0 else self.keep
         keeps: list[int] = []
         while sweeps < self.sweeps and budget_now() < deadline and self._best > 0:  # at 0 no trial can be kept
@@ -271,7 +272,7 @@ class BoxRepair(RepairMoves, RepairKeep):
             kicked = kicked or self.kick is not None and self.kick.due(self, seqs, before, "block")  # `repair_kick_at`
             screened, sweeps = (screened + 1, sweeps) if self._screening else (screened, sweeps + 1)
             keeps += [self._keep] if self._screening else []
-            self._screening = self._screening or (resume and self.screen is not None and self.keep > 0)
+            self._screening = self._screening or (resume and screens)  # a paid block move: screened sweeps again
             if self._changes == before and not kicked:
                 if not self._screening or self._best <= 0:  # inside the box: no trial can be kept
                     break

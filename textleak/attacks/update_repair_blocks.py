@@ -118,8 +118,10 @@ def stall_blocks(repair: Any, seqs: list[list[int]], order: Iterable[int], deadl
     if stalled:
         repair._owed = True
         return False
+    if not repair._owed or repair._best <= 0:
+        return False
     spent, left = _spent_left(repair, deadline)
-    if not repair._owed or repair._best <= 0 or left >= spent:
+    if left >= spent:
         return False
     repair._owed, before = False, repair._changes
     block_sweep(repair, seqs, order)
