@@ -61,7 +61,8 @@ found nothing new for this many times the time its finds took, the finish gettin
 `lengths_delete_first` (a stalled descent's deletions scored first, its insertions only where none is nearer: off),
 `sweep_screen_copy` (the sweeps' screen run on a bfloat16 copy of the model, not under autocast: on since session 44),
 `cls_row_only` (the descent's states read with the last layer run for [CLS] alone, `Layout.first_states`: on since
-session 45), `pooled_normal` (the pooled states' solver steps without the Jacobian, `leaks.pooled`: off).
+session 45), `pooled_normal` (the pooled states' solver steps without the Jacobian, `leaks.pooled`: off),
+`sweep_kick` (a slow sweep's track cut by this many tokens and passed once, `beyond_rank_kick`: 0, off).
 Shapes: partial span basis [H, H - drop];
 sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
 masked positions, no token set (a tied classifier), weights shared across
@@ -246,6 +247,9 @@ class BeyondRank(Exact):
     # with `targets`: the pooled states' Levenberg-Marquardt steps from J^T J and J^T r formed without the Jacobian
     # (`leaks.pooled._Equations.normal`): the same steps to float64 rounding, fewer products. Off
     pooled_normal: bool = False
+    # with `targets`: a sweep gaining under `beyond_rank_kick.SLOW` cuts its track by this many tokens and passes it
+    # once, kept where nearer (`beyond_rank_kick`; 0: off). Off
+    sweep_kick: int = 0
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
@@ -256,6 +260,7 @@ class BeyondRank(Exact):
         number(self.sweep_release, "option sweep_release", minimum=0, maximum=1)
         number(self.search_stop, "option search_stop", minimum=0)
         number(self.sweep_revert, "option sweep_revert", minimum=0)
+        integer(self.sweep_kick, "option sweep_kick", minimum=0)
         if self.sweep_screen != "auto":
             integer(self.sweep_screen, "option sweep_screen (a count or auto)", minimum=0)
 
@@ -270,7 +275,7 @@ class BeyondRank(Exact):
                 "draft_bfloat16": self.draft_bfloat16, "sweep_release": self.sweep_release,
                 "sweep_revert": self.sweep_revert, "certify_lean": self.certify_lean, "search_stop": self.search_stop,
                 "lengths_delete_first": self.lengths_delete_first, "sweep_screen_copy": self.sweep_screen_copy,
-                "cls_row_only": self.cls_row_only, "pooled_normal": self.pooled_normal}
+                "cls_row_only": self.cls_row_only, "pooled_normal": self.pooled_normal, "sweep_kick": self.sweep_kick}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""

@@ -51,6 +51,7 @@ from ..text.leaks.residuals import padded
 from .beyond_rank_drafts import BIAS, StateDrafts
 from .beyond_rank_guided import GuidedSweeps
 from .beyond_rank_invert import length_logp
+from .beyond_rank_kick import SLOW, kick_report, kicked
 from .beyond_rank_rough import RoughStates
 from .beyond_rank_stall import paired, resized
 
@@ -103,7 +104,7 @@ class TargetDescent:
                  draft_pack: bool = False, draft_spend: bool = False, order: str = "batch", defer: float = 0.0,
                  defer_length: int = DEFER_LENGTH, screen: int | str = 0, draft_bfloat16: bool = False,
                  release: float = 0.0, revert: float = 0.0, delete_first: bool = False, screen_copy: bool = False,
-                 cls_row_only: bool = False, pooled_normal: bool = False):
+                 cls_row_only: bool = False, pooled_normal: bool = False, kick: int = 0):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.screen = screen_count(screen, SCREEN, layout.device)  # >0: sweeps screened at bfloat16, K rescored
         self.cls = functools.partial(cls_states, row=cls_row_only)  # the states' forward (`cls_states`' `row`)
@@ -122,6 +123,7 @@ class TargetDescent:
         self.guided = guided  # >0: gradient-guided steps, this many candidates a position (`beyond_rank_guided`)
         self.lengths = lengths  # a stalled sweep tries every one-token deletion and insertion (`_resized`)
         self.delete_first = delete_first  # with `lengths`: a stall's deletions scored first (`beyond_rank_stall`)
+        self.kick, self.kicks = kick, {}  # >0: a slow sweep cuts its track by this many tokens (`beyond_rank_kick`)
         self.resized, self.stalls, self.deleted = 0, 0, 0  # length changes kept; sweeps changing no token; deletions
         self.swept: dict[str, int] = {}  # `_sweeps`' rounds, pair sweeps, pairs never swept, sweeps of a stalled pair
         self.rng, self.sweeps = random.Random(seed), sweeps  # most rounds of sweeps (None: till one changes nothing)
@@ -181,7 +183,7 @@ class TargetDescent:
         self.report = {"states": len(got.states), "targets": len(targets), "matched": len(pairs),
                        "seconds": {k: round(v, 1) for k, v in seconds.items()}, **self.swept,
                        "reached": sum(d < self.hit for d in best.values()),
-                       "stalls": self.stalls,
+                       "stalls": self.stalls, **kick_report(self),
                        **({"resized": self.resized, "deleted": self.deleted} if self.lengths else {}),
                        "screen": self.screen, **({"scored": dict(self.scored)} if self.screen > 0 else {}),
                        **({"guided": {"steps": guided.steps, "rounds": guided.rounds, "exhaustive": guided.full}}
@@ -322,20 +324,12 @@ class TargetDescent:
 
     def _sweep(self, seq: list[int], target: torch.Tensor, options: Sequence[list[int]], best: float
                ) -> tuple[list[int], float]:
-        """One pass over the content positions (random order), each taking its token nearest the target;
-        where the pass changes nothing, the best pair of two positions' PAIR nearest tokens each."""
-        n, tops = len(seq), {}
+        """One pass over the content positions (`_pass`); with `kick`, where it gains under SLOW, the track cut and
+        passed (`beyond_rank_kick`); where nothing changed, a length change and the best pair of changes."""
         start = best
-        for p in self.rng.sample(range(1, n - 1), n - 2):
-            if budget.expired():
-                return seq, best
-            trial = [seq[:p] + [t] + seq[p + 1:] for t in options[p] if t != seq[p]] if p < len(options) else []
-            if not trial:
-                continue
-            order, d = self._nearest(trial, target, PAIR)
-            tops[p] = [trial[k][p] for k in order]
-            if d[0] < best:
-                seq, best = trial[order[0]], d[0]
+        seq, best, tops = self._pass(seq, target, options, best)
+        if self.kick > 0 and best > start * (1 - SLOW) and not budget.expired():  # `beyond_rank_kick`
+            seq, best = kicked(self, seq, target, options, best)
         if best < start or budget.expired():
             return seq, best
         self.stalls += 1
@@ -344,6 +338,23 @@ class TargetDescent:
             if best < start or budget.expired():
                 return seq, best
         return self._pairs(seq, target, tops, best)
+
+    def _pass(self, seq: list[int], target: torch.Tensor, options: Sequence[list[int]], best: float
+              ) -> tuple[list[int], float, dict[int, list[int]]]:
+        """The positions in random order, each taking its token nearest the target where nearer; -> the track, its
+        distance and each position's PAIR nearest tokens (cut short where the budget runs out)."""
+        n, tops = len(seq), {}
+        for p in self.rng.sample(range(1, n - 1), n - 2):
+            if budget.expired():
+                break
+            trial = [seq[:p] + [t] + seq[p + 1:] for t in options[p] if t != seq[p]] if p < len(options) else []
+            if not trial:
+                continue
+            order, d = self._nearest(trial, target, PAIR)
+            tops[p] = [trial[k][p] for k in order]
+            if d[0] < best:
+                seq, best = trial[order[0]], d[0]
+        return seq, best, tops
 
     def _resized(self, seq: list[int], target: torch.Tensor, options: Sequence[list[int]], best: float
                  ) -> tuple[list[int], float]:
