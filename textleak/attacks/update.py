@@ -226,6 +226,13 @@ class UpdateExact(UpdateSpans, Exact):
     #: dev 0 / 1 0.526 / 0.791 in both, SST-2 b4 lr 1e-5 dev 1 certified in both (fedavg_rt8_s46/), dev 0 0.976 in both
     #: (fedavg_owed_s46/memo_sst0_800/)
     cls_memo: bool = True
+    #: token repair: its [CLS] scores (`repair_screen`, the pairs' and block moves' screens, `repair_kick`'s descents,
+    #: the guard) kept per sentence, only sentences not seen before forwarded (`update_cls_memo`, one float32 memo for
+    #: the run's repairs; off; session 47, `recipes/measured/fedavg_memo_s47`)
+    repair_memo: bool = False
+    #: token repair: a trial's box misfit summed a slice at a time and given up once it cannot be kept
+    #: (`update_repair_cutoff`; the same decisions; with `repair_inplace`; off; session 47, `fedavg_memo_s47`)
+    repair_cutoff: bool = False
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)

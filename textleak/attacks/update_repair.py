@@ -89,6 +89,9 @@ class BoxRepair(RepairMoves, RepairKeep):
     #: block move lowered tries two neighbouring substitutions at once (`update_repair_pairs`); kept (of them with a
     #: token of `cover` put back elsewhere), and left out by the screen
     pairs, pairs_kept, pairs_refilled, pairs_screened = 0, 0, 0, 0
+    #: option `repair_memo` (`update_cls_memo.ScoreMemo`, set by `update_small_lr._cls_scores`): the [CLS] scores
+    #: of `screen`, `guard` and the kick's descents kept per sentence; None: off
+    memo: Any = None
     #: float64, or float32 with option `repair_float32` (`__init__`)
     dtype = torch.float64
 
@@ -357,7 +360,7 @@ class BoxRepair(RepairMoves, RepairKeep):
                   not (self.cover and missing(seqs[:b] + [t] + seqs[b + 1:], self.cover) > lacking)]
         weigh = [t for t, ok in zip(trials, self._passing([{b: t} for t in trials])) if ok]
         for trial, g in weighed(self, weigh, self._labels[b], gradient):  # option `repair_batch`: a chunk at a time
-            value = self.misfit(self._shifted([(g, self._own[b])]))
+            value = self._trial_misfit([(g, self._own[b])], below)  # option `repair_cutoff`: inf where dropped
             if value < self._best:
                 self._offer(below, (value, trial, g))
         found = self._guarded(below, lambda f: {b: f[1]})

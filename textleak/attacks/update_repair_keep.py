@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..core.budget import now as budget_now
+from .update_repair_cutoff import cut_misfit
 
 
 def fresh_mean(total: torch.Tensor, changes: Sequence[tuple[torch.Tensor, torch.Tensor]], size: int) -> torch.Tensor:
@@ -31,6 +32,9 @@ class RepairKeep:
     descent (`begin`: `_best`, `_total`, `_own`, `_B`, `_cls`, `_deadline`, `_changes`) and use its `guard`,
     `guard_first`; they count `guarded` and `unweighed`."""
 
+    #: option `repair_cutoff` (off): a trial's misfit given up once it cannot be kept (`_trial_misfit`)
+    cutoff = False
+
     def _offer(self, below: list[tuple], candidate: tuple) -> None:
         """Collect a change below the batch's misfit (`candidate`: (misfit, ...), its gradients with it): every one
         for the guard to weigh, else only the least so far (the first on a tie), so that unguarded no more than one
@@ -39,6 +43,15 @@ class RepairKeep:
             below.append(candidate)
         elif not below or candidate[0] < below[0][0]:
             below[:] = [candidate]
+
+    def _trial_misfit(self, changes: Sequence[tuple[torch.Tensor, torch.Tensor]], below: list[tuple]) -> float:
+        """The box misfit of the batch with `changes` ((new gradient, the sentence's own) each): `misfit(_shifted(
+        changes))`; with option `repair_cutoff` (and `inplace`) inf once it cannot be kept (`update_repair_cutoff`:
+        not below the batch's misfit, nor, unguarded, below the least offered in `below`), else the same value."""
+        if not (self.cutoff and self.inplace):
+            return self.misfit(self._shifted(changes))
+        bound = self._best if self.guard is not None or not below else min(self._best, below[0][0])
+        return cut_misfit(self, changes, bound)
 
     def _passing(self, changes: list[dict[int, list[int]]]) -> list[bool]:
         """Per change (sentence index -> new sentence), whether the guard may pass it: all without `guard_first` (or

@@ -106,7 +106,7 @@ class RepairMoves:
                 passing = self._passing([{a: x, b: y} for x, y in trades])  # `repair_guard_first`: the guard's
                 for (x, y), gx, gy in weighed_trades(self, [t for t, ok in zip(trades, passing) if ok], a, b):
                     self.exchange_trials += 2
-                    value = self.misfit(self._shifted([(gx, self._own[a]), (gy, self._own[b])]))
+                    value = self._trial_misfit([(gx, self._own[a]), (gy, self._own[b])], below)
                     if value < self._best:
                         self._offer(below, (value, x, y, gx, gy))
                 found = self._guarded(below, lambda f: {a: f[1], b: f[2]})

@@ -104,15 +104,24 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
         report = length_race(repair, pred, report, untraded, budget.current().deadline, worst, out.details)
     pred["texts"] = [ids_to_text(target.tokenizer, row) for row in pred["token_ids"]]
     attack._certify(observation, layout_for(target.model), facts, out)
-    out.details["repair"] = report
-    if repair.kick is not None:  # option `repair_kick`: the last run's kicks (the race's untraded start's where it ran)
+    out.details["repair"] = _reported(repair, report)
+
+
+def _reported(repair: BoxRepair, report: dict) -> dict:
+    """The repair's `report` with what its options add: option `repair_kick`'s kicks (the last run's: the race's
+    untraded start's where it ran); option `repair_memo`'s [sentences forwarded, answered from the memo]."""
+    if repair.kick is not None:
         report["kick"] = repair.kick.report()
+    if getattr(repair, "memo", None) is not None:
+        report["memo"] = [repair.memo.fresh, repair.memo.hits]
+    return report
 
 
 def _box_repair(attack: Any, layout: Any, span0: Any, vocab: Any, pins: Any) -> BoxRepair:
     """The token repair (`update_repair.BoxRepair`) with the attack's options: its width, in-place trials, slides,
     block moves and where they are tried (`repair_block_at`), shortest sentences first (`repair_block_short`), owed
-    block sweeps (`repair_block_owed`), the neighbouring pairs (`repair_pairs`)."""
+    block sweeps (`repair_block_owed`), the neighbouring pairs (`repair_pairs`), trials' gradients a chunk at a time
+    (`repair_batch`), misfits given up once they cannot be kept (`repair_cutoff`)."""
     repair = BoxRepair(layout, attack._fits, span0, vocab, pins=pins, move=attack.cross_move,
                        width=getattr(attack, "repair_width", WIDTH), inplace=getattr(attack, "repair_inplace", True),
                        slide=int(getattr(attack, "repair_slide", 0) or 0),
@@ -123,6 +132,7 @@ def _box_repair(attack: Any, layout: Any, span0: Any, vocab: Any, pins: Any) -> 
     repair.block_owed = bool(getattr(attack, "repair_block_owed", False))  # option `repair_block_owed`
     repair.pairs = int(getattr(attack, "repair_pairs", 0) or 0)  # option `repair_pairs` (`update_repair_pairs`)
     repair.batch = int(getattr(attack, "repair_batch", 0) or 0)  # option `repair_batch` (`update_repair_batch`)
+    repair.cutoff = bool(getattr(attack, "repair_cutoff", False))  # option `repair_cutoff` (`update_repair_cutoff`)
     return repair
 
 
@@ -220,14 +230,18 @@ def _cls_scores(attack: Any, repair: BoxRepair, batch: int, guard: bool) -> None
     of 161 tokens right and the repair's 27 changes lowered the box misfit 5.67e-3 -> 4.70e-3 and took it to 91.
     Option `repair_guard_first`: the guard weighed before each trial's gradient (`BoxRepair.guard_first`; session 33,
     RT 1: 182 of 185 weighed trials refused, 96.6 CPU s).
+    Option `repair_memo`: these scores kept per sentence, only sentences not seen before forwarded (`BoxRepair.memo`,
+    `update_cls_memo.ScoreMemo`; `recipes/measured/fedavg_memo_s47`).
     `guard`: option `repair_cls_guard` as `batch_gated` resolved it (never the option's raw value: `auto` is text)."""
     keep = int(getattr(attack, "repair_screen", 0) or 0)
     fits = getattr(attack, "_fits", None)
     if (keep <= 0 and not guard) or batch < 2 or fits is None:
         return
-    spans = ClsSpans.of(fits, repair.layout, batch)  # the sites' bases `cls_start` fitted (`RoundingFits.row_basis`)
+    memo = ScoreMemos() if getattr(attack, "repair_memo", False) else None  # option `repair_memo`: its own memo
+    spans = ClsSpans.of(fits, repair.layout, batch, memo=memo)  # the sites' bases `cls_start` fitted (`row_basis`)
     if spans is None:
         return
+    repair.memo = spans.memo
     if keep > 0:
         repair.screen, repair.keep = spans.score, keep
         repair.first_keep = int(getattr(attack, "repair_screen_from", 0) or 0)
