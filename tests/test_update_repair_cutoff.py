@@ -50,7 +50,7 @@ def test_a_repair_with_the_cutoff_makes_the_same_changes(setup, monkeypatch, gua
         runs.append(box.run(wrong, LABELS, time.monotonic() + 600))
     (a, ra), (b, rb) = runs
     assert a == b and {k: v for k, v in ra.items() if k != "cpu_s"} == {k: v for k, v in rb.items() if k != "cpu_s"}
-    assert ra["changes"] > 0
+    assert ra["changes"] > 0 and runs and sum(box.cut) == len(calls) and box.cut[0] == calls.count(float("inf"))
     assert float("inf") in calls and any(c < float("inf") for c in calls)  # some trials given up, some weighed
 
 
@@ -68,3 +68,6 @@ def test_option_repair_cutoff_is_off_by_default_checked_and_reaches_the_repair(m
         attack = attack_instance("exact-update", {"repair_cutoff": value}, 0)
         attack._fits = None
         assert update_small_lr._box_repair(attack, None, None, None, None).cutoff is value
+    repair = SimpleNamespace(kick=None, memo=None, cutoff=True, cut=(2, 3))
+    assert update_small_lr._reported(repair, {}) == {"cutoff": [2, 3]}
+    assert update_small_lr._reported(SimpleNamespace(kick=None, memo=None, cutoff=False), {}) == {}

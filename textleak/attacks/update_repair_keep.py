@@ -32,8 +32,9 @@ class RepairKeep:
     descent (`begin`: `_best`, `_total`, `_own`, `_B`, `_cls`, `_deadline`, `_changes`) and use its `guard`,
     `guard_first`; they count `guarded` and `unweighed`."""
 
-    #: option `repair_cutoff` (off): a trial's misfit given up once it cannot be kept (`_trial_misfit`)
-    cutoff = False
+    #: option `repair_cutoff` (off): a trial's misfit given up once it cannot be kept (`_trial_misfit`); `cut`: the
+    #: trials [given up, summed through]
+    cutoff, cut = False, (0, 0)
 
     def _offer(self, below: list[tuple], candidate: tuple) -> None:
         """Collect a change below the batch's misfit (`candidate`: (misfit, ...), its gradients with it): every one
@@ -51,7 +52,10 @@ class RepairKeep:
         if not (self.cutoff and self.inplace):
             return self.misfit(self._shifted(changes))
         bound = self._best if self.guard is not None or not below else min(self._best, below[0][0])
-        return cut_misfit(self, changes, bound)
+        value = cut_misfit(self, changes, bound)
+        given = value == float("inf")
+        self.cut = (self.cut[0] + given, self.cut[1] + (not given))
+        return value
 
     def _passing(self, changes: list[dict[int, list[int]]]) -> list[bool]:
         """Per change (sentence index -> new sentence), whether the guard may pass it: all without `guard_first` (or

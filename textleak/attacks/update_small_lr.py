@@ -109,11 +109,14 @@ def repair_guess(attack: Any, observation: Observation, target: Any, moved: Any,
 
 def _reported(repair: BoxRepair, report: dict) -> dict:
     """The repair's `report` with what its options add: option `repair_kick`'s kicks (the last run's: the race's
-    untraded start's where it ran); option `repair_memo`'s [sentences forwarded, answered from the memo]."""
+    untraded start's where it ran); option `repair_memo`'s [sentences forwarded, answered from the memo]; option
+    `repair_cutoff`'s [trials given up, summed through] (`update_repair_cutoff`)."""
     if repair.kick is not None:
         report["kick"] = repair.kick.report()
     if getattr(repair, "memo", None) is not None:
         report["memo"] = [repair.memo.fresh, repair.memo.hits]
+    if getattr(repair, "cutoff", False):
+        report["cutoff"] = list(repair.cut)
     return report
 
 
