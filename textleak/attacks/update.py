@@ -197,6 +197,10 @@ class UpdateExact(UpdateSpans, Exact):
     #: screened (`update_repair_pairs`; 0: off; 16 since s43: SST-2 b4 lr 1e-5 dev 0 0.972 and 0.976, 3 of 4 exact,
     #: against 0.939 and 0.948, 2 of 4, side by side twice; dev 1, dev 2, CoLA 0 ties; `fedavg_pairs_s43/`)
     repair_pairs: int = 16
+    #: token repair: a block sweep weighs the N block moves of least [CLS] score a sentence (0: `repair_screen`'s
+    #: count, 8). From a 1000 CPU s end of SST-2 b4 lr 1e-5 dev 0, 6 of the 44-token sentence's 5,698 block moves
+    #: lower the box misfit, ranked 17-89 on the screen: none weighed at 8 (session 47, `fedavg_keep_s47/`)
+    repair_block_keep: int = 0
     #: token repair: each sentence's trials' gradients N at a time, one forward and backward (`update_repair_batch`,
     #: equal to float32 rounding; 0: one at a time). 8 since s45: SST-2 b4 lr 1e-5 dev 0 0.976 and 0.980 vs 0.963,
     #: RT dev 2 0.793 vs 0.771, RT dev 0 a tie, 12-46% more trials (fedavg_batch_s44/, _s45/)
@@ -317,7 +321,8 @@ class UpdateExact(UpdateSpans, Exact):
         """Checked before any work (`validate.attack_instance`): `Exact`'s, `cls_lengths`' mode, move sizes >= 0."""
         super().check_options()  # `Exact`'s: `search_screen` a count or auto
         check_mode(self.cls_lengths, self.cls_lengths_gate)
-        for name in ("repair_slide", "repair_block", "repair_kick", "repair_pairs", "repair_batch", "cls_rough"):
+        for name in ("repair_slide", "repair_block", "repair_kick", "repair_pairs", "repair_batch", "cls_rough",
+                     "repair_block_keep"):
             integer(getattr(self, name), f"option {name}", minimum=0)
         choice(self.repair_block_at, "option repair_block_at", BLOCK_AT)
         choice(self.repair_kick_at, "option repair_kick_at", KICK_AT)

@@ -66,6 +66,8 @@ class BoxRepair(RepairMoves, RepairKeep):
     #: of least `screen` score weighed; 0: off.
     #: `blocks_kept`: block moves kept; `block_screened`: block moves the screen left out
     block, blocks_kept, block_screened = 0, 0, 0
+    #: option `repair_block_keep` (0: `keep`): the block moves a sentence weighs (`update_repair_blocks.screened_blocks`)
+    block_keep = 0
     #: option `repair_batch`: the trials' gradients this many at a time (`update_repair_batch`; 0: one at a time)
     batch, _batcher = 0, None
     #: option `repair_block_at` (`update_repair_blocks.BLOCK_AT`): "sweep", block moves in each sentence that nothing
@@ -300,6 +302,7 @@ class BoxRepair(RepairMoves, RepairKeep):
                 **({"float32": True} if self.dtype == torch.float32 else {}),
                 **({"block": self.block, "blocks_kept": self.blocks_kept, "block_screened": self.block_screened,
                     "block_at": self.block_at} if self.block else {}),
+                **({"block_keep": self.block_keep} if self.block and self.block_keep else {}),
                 **({"block_owed": list(self.owed_paid)} if self.block_owed and self.block_late else {}),
                 **({"pairs": self.pairs, "pairs_kept": self.pairs_kept, "pairs_refilled": self.pairs_refilled,
                     "pairs_screened": self.pairs_screened} if self.pairs else {})}

@@ -192,9 +192,9 @@ def screened_blocks(repair: Any, seq: Sequence[int]) -> list[list[int]]:
     ended. One screen call for all of a long sentence's thousands of moves could run past the deadline (RT batch 4,
     session 39, `fedavg_rt_blocks_s39/`: on an 800 CPU s budget the block moves' arm took 842.6 CPU s against the
     defaults' 829.0, likely this call; not checked). `repair.block_screened` counts the moves left out, scored or
-    not."""
+    not. Option `repair_block_keep` (`repair.block_keep`; 0: the screen's `keep`) sets how many are weighed."""
     if repair.screen is None or budget_now() >= repair._deadline:
         return []
-    kept, left_out = least_screened(repair, blocks(seq, repair.block))
+    kept, left_out = least_screened(repair, blocks(seq, repair.block), getattr(repair, "block_keep", 0))
     repair.block_screened += left_out
     return kept

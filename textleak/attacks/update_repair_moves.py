@@ -59,12 +59,12 @@ KEEP = 8
 SCREEN_CHUNK = 256
 
 
-def least_screened(repair: Any, trials: list[list[int]]) -> tuple[list[list[int]], int]:
-    """Of one sentence's `trials`, the `repair.keep` (`KEEP` where that is 0) of least `repair.screen` score, and how
-    many were left out (scored or not): all where there are no more than that. The screen runs `SCREEN_CHUNK` trials
-    at a time and stops where the budget ends, keeping the best of those scored (block moves, `screened_blocks`;
-    pairs of substitutions, `update_repair_pairs`)."""
-    keep = repair.keep or KEEP
+def least_screened(repair: Any, trials: list[list[int]], keep: int = 0) -> tuple[list[list[int]], int]:
+    """Of one sentence's `trials`, the `keep` (0: `repair.keep`, `KEEP` where that is 0 too) of least `repair.screen`
+    score, and how many were left out (scored or not): all where there are no more than that. The screen runs
+    `SCREEN_CHUNK` trials at a time and stops where the budget ends, keeping the best of those scored (block moves,
+    `screened_blocks`; pairs of substitutions, `update_repair_pairs`)."""
+    keep = keep or repair.keep or KEEP
     if len(trials) <= keep:
         return trials, 0
     scores: list[float] = []

@@ -124,7 +124,8 @@ def _box_repair(attack: Any, layout: Any, span0: Any, vocab: Any, pins: Any) -> 
     """The token repair (`update_repair.BoxRepair`) with the attack's options: its width, in-place trials, slides,
     block moves and where they are tried (`repair_block_at`), shortest sentences first (`repair_block_short`), owed
     block sweeps (`repair_block_owed`), the neighbouring pairs (`repair_pairs`), trials' gradients a chunk at a time
-    (`repair_batch`), misfits given up once they cannot be kept (`repair_cutoff`)."""
+    (`repair_batch`), misfits given up once they cannot be kept (`repair_cutoff`), the block moves weighed
+    (`repair_block_keep`)."""
     repair = BoxRepair(layout, attack._fits, span0, vocab, pins=pins, move=attack.cross_move,
                        width=getattr(attack, "repair_width", WIDTH), inplace=getattr(attack, "repair_inplace", True),
                        slide=int(getattr(attack, "repair_slide", 0) or 0),
@@ -134,6 +135,7 @@ def _box_repair(attack: Any, layout: Any, span0: Any, vocab: Any, pins: Any) -> 
     repair.block_short = bool(getattr(attack, "repair_block_short", False))
     repair.block_owed = bool(getattr(attack, "repair_block_owed", False))  # option `repair_block_owed`
     repair.pairs = int(getattr(attack, "repair_pairs", 0) or 0)  # option `repair_pairs` (`update_repair_pairs`)
+    repair.block_keep = int(getattr(attack, "repair_block_keep", 0) or 0)  # option `repair_block_keep`
     repair.batch = int(getattr(attack, "repair_batch", 0) or 0)  # option `repair_batch` (`update_repair_batch`)
     repair.cutoff = bool(getattr(attack, "repair_cutoff", False))  # option `repair_cutoff` (`update_repair_cutoff`)
     return repair
