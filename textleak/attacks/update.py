@@ -201,6 +201,9 @@ class UpdateExact(UpdateSpans, Exact):
     #: count, 8). From a 1000 CPU s end of SST-2 b4 lr 1e-5 dev 0, 6 of the 44-token sentence's 5,698 block moves
     #: lower the box misfit, ranked 17-89 on the screen: none weighed at 8 (session 47, `fedavg_keep_s47/`)
     repair_block_keep: int = 0
+    #: token repair: block sweeps screen each sentence's moves on its own [CLS] direction, the pooler's update less the
+    #: other sentences' gradients (`update_repair_peeled`; off). Same end: the best lowering move ranked 1st vs 26th
+    repair_block_peeled: bool = False
     #: token repair: each sentence's trials' gradients N at a time, one forward and backward (`update_repair_batch`,
     #: equal to float32 rounding; 0: one at a time). 8 since s45: SST-2 b4 lr 1e-5 dev 0 0.976 and 0.980 vs 0.963,
     #: RT dev 2 0.793 vs 0.771, RT dev 0 a tie, 12-46% more trials (fedavg_batch_s44/, _s45/)

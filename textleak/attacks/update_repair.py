@@ -68,6 +68,9 @@ class BoxRepair(RepairMoves, RepairKeep):
     block, blocks_kept, block_screened = 0, 0, 0
     #: option `repair_block_keep` (0: `keep`): the block moves a sentence weighs (`update_repair_blocks.screened_blocks`)
     block_keep = 0
+    #: option `repair_block_peeled` (None: off): the block moves screened on each sentence's own [CLS] direction
+    #: (`update_repair_peeled.PeeledPooler`)
+    peeled: Any = None
     #: option `repair_batch`: the trials' gradients this many at a time (`update_repair_batch`; 0: one at a time)
     batch, _batcher = 0, None
     #: option `repair_block_at` (`update_repair_blocks.BLOCK_AT`): "sweep", block moves in each sentence that nothing
@@ -303,6 +306,7 @@ class BoxRepair(RepairMoves, RepairKeep):
                 **({"block": self.block, "blocks_kept": self.blocks_kept, "block_screened": self.block_screened,
                     "block_at": self.block_at} if self.block else {}),
                 **({"block_keep": self.block_keep} if self.block and self.block_keep else {}),
+                **({"block_peeled": self.peeled.screens} if self.block and self.peeled is not None else {}),
                 **({"block_owed": list(self.owed_paid)} if self.block_owed and self.block_late else {}),
                 **({"pairs": self.pairs, "pairs_kept": self.pairs_kept, "pairs_refilled": self.pairs_refilled,
                     "pairs_screened": self.pairs_screened} if self.pairs else {})}

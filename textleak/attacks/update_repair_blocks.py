@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from ..core.budget import now as budget_now
 from .update_repair_moves import KEEP, SCREEN_CHUNK, least_screened  # noqa: F401 (KEEP, SCREEN_CHUNK: re-exported)
 from .update_repair_pairs import pair_step
+from .update_repair_peeled import peeled_screen
 
 #: option `repair_block_at`'s values (`BoxRepair.block_at`): "sweep" (session 37), each sentence that nothing else
 #: changed in a sweep tries its block moves; "stall" (session 38), only a sweep that changed nothing ends with every
@@ -161,7 +162,7 @@ def block_step(repair: Any, seqs: list[list[int]], b: int) -> bool:
     """Sentence b of the batch `seqs` (changed in place) replaced by its screened block move (`screened_blocks`) of
     least box misfit where that lowers the batch's (`repair.keep_best`); counted in `repair.blocks_kept`. Whether it
     was."""
-    if repair.keep_best(seqs, b, screened_blocks(repair, seqs[b])):
+    if repair.keep_best(seqs, b, screened_blocks(repair, seqs[b], peeled_screen(repair, seqs, b))):
         repair.blocks_kept += 1
         return True
     return False
@@ -186,15 +187,16 @@ def block_sweep(repair: Any, seqs: list[list[int]], order: Iterable[int]) -> Non
             pair_step(repair, seqs, b)  # option `repair_pairs` (off): a sentence no block move lowered
 
 
-def screened_blocks(repair: Any, seq: Sequence[int]) -> list[list[int]]:
+def screened_blocks(repair: Any, seq: Sequence[int], screen: Any = None) -> list[list[int]]:
     """Sentence `seq`'s block moves (runs up to `repair.block` long) to weigh (`least_screened`); none without a
     screen (batch 1, or option `repair_screen` 0: all of them would cost a backward each) or where the budget has
     ended. One screen call for all of a long sentence's thousands of moves could run past the deadline (RT batch 4,
     session 39, `fedavg_rt_blocks_s39/`: on an 800 CPU s budget the block moves' arm took 842.6 CPU s against the
     defaults' 829.0, likely this call; not checked). `repair.block_screened` counts the moves left out, scored or
-    not. Option `repair_block_keep` (`repair.block_keep`; 0: the screen's `keep`) sets how many are weighed."""
+    not. Option `repair_block_keep` (`repair.block_keep`; 0: the screen's `keep`) sets how many are weighed; `screen`
+    (option `repair_block_peeled`: `update_repair_peeled.peeled_screen`) replaces `repair.screen` where given."""
     if repair.screen is None or budget_now() >= repair._deadline:
         return []
-    kept, left_out = least_screened(repair, blocks(seq, repair.block), getattr(repair, "block_keep", 0))
+    kept, left_out = least_screened(repair, blocks(seq, repair.block), getattr(repair, "block_keep", 0), screen)
     repair.block_screened += left_out
     return kept

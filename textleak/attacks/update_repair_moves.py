@@ -59,19 +59,20 @@ KEEP = 8
 SCREEN_CHUNK = 256
 
 
-def least_screened(repair: Any, trials: list[list[int]], keep: int = 0) -> tuple[list[list[int]], int]:
-    """Of one sentence's `trials`, the `keep` (0: `repair.keep`, `KEEP` where that is 0 too) of least `repair.screen`
-    score, and how many were left out (scored or not): all where there are no more than that. The screen runs
-    `SCREEN_CHUNK` trials at a time and stops where the budget ends, keeping the best of those scored (block moves,
-    `screened_blocks`; pairs of substitutions, `update_repair_pairs`)."""
-    keep = keep or repair.keep or KEEP
+def least_screened(repair: Any, trials: list[list[int]], keep: int = 0, screen: Any = None
+                   ) -> tuple[list[list[int]], int]:
+    """Of one sentence's `trials`, the `keep` (0: `repair.keep`, `KEEP` where that is 0 too) of least `screen` (None:
+    `repair.screen`) score, and how many were left out (scored or not): all where there are no more than that. The
+    screen runs `SCREEN_CHUNK` trials at a time and stops where the budget ends, keeping the best of those scored
+    (block moves, `screened_blocks`; pairs of substitutions, `update_repair_pairs`)."""
+    keep, screen = keep or repair.keep or KEEP, screen or repair.screen
     if len(trials) <= keep:
         return trials, 0
     scores: list[float] = []
     for i in range(0, len(trials), SCREEN_CHUNK):
         if scores and budget_now() >= repair._deadline:
             break
-        scores += list(repair.screen(trials[i:i + SCREEN_CHUNK]))
+        scores += list(screen(trials[i:i + SCREEN_CHUNK]))
     best = sorted(range(len(scores)), key=scores.__getitem__)[:keep]
     return [trials[i] for i in best], len(trials) - len(best)
 
