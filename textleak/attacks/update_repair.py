@@ -66,7 +66,8 @@ class BoxRepair(RepairMoves, RepairKeep):
     #: of least `screen` score weighed; 0: off.
     #: `blocks_kept`: block moves kept; `block_screened`: block moves the screen left out
     block, blocks_kept, block_screened = 0, 0, 0
-    #: option `repair_block_keep` (0: `keep`): the block moves a sentence weighs (`update_repair_blocks.screened_blocks`)
+    #: option `repair_block_keep` (0: `keep`): the block moves a sentence weighs
+    #: (`update_repair_blocks.screened_blocks`)
     block_keep = 0
     #: option `repair_block_peeled` (None: off): the block moves screened on each sentence's own [CLS] direction
     #: (`update_repair_peeled.PeeledPooler`)

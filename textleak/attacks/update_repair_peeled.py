@@ -87,7 +87,8 @@ class PeeledPooler:
         return ClsSpans(self.layout, {POOLER: self.direction(seqs, labels, b)[:, None]}).score
 
 
-def peeled_screen(repair: Any, seqs: Sequence[Sequence[int]], b: int) -> Callable[[list[list[int]]], list[float]] | None:
+def peeled_screen(repair: Any, seqs: Sequence[Sequence[int]], b: int
+                  ) -> Callable[[list[list[int]]], list[float]] | None:
     """With option `repair_block_peeled` (`repair.peeled`) and a batch of two or more, sentence b's screen on its own
     [CLS] direction (`PeeledPooler.screen`); else None (the repair's own screen)."""
     peel = getattr(repair, "peeled", None)
