@@ -1,6 +1,6 @@
 """A trial's box misfit given up once it cannot be kept (`update_repair_cutoff`, `exact-update`'s option
-`repair_cutoff`, off; session 47): summed a slice at a time, it is the plain misfit to the bit where the trial gets
-through, inf where its slices pass the bound; a repair makes the same changes with it and without."""
+`repair_cutoff`, session 47, on by default): summed a slice at a time, it is the plain misfit to the bit where the
+trial gets through, inf where its slices pass the bound; a repair makes the same changes with it and without."""
 
 from __future__ import annotations
 
@@ -54,13 +54,13 @@ def test_a_repair_with_the_cutoff_makes_the_same_changes(setup, monkeypatch, gua
     assert float("inf") in calls and any(c < float("inf") for c in calls)  # some trials given up, some weighed
 
 
-def test_option_repair_cutoff_is_off_by_default_checked_and_reaches_the_repair(monkeypatch):
+def test_option_repair_cutoff_is_on_by_default_checked_and_reaches_the_repair(monkeypatch):
     from types import SimpleNamespace
 
     from textleak.errors import InputError
     from textleak.validate import attack_instance
 
-    assert UpdateExact().repair_cutoff is False
+    assert UpdateExact().repair_cutoff is True  # on since session 47
     with pytest.raises(InputError, match="repair_cutoff"):
         attack_instance("exact-update", {"repair_cutoff": 1}, 0)
     monkeypatch.setattr(update_small_lr, "BoxRepair", lambda *a, **k: SimpleNamespace())

@@ -1,7 +1,7 @@
-"""The token repair's [CLS] scores kept per sentence (`exact-update`'s option `repair_memo`, off; session 47): the
-repair's spans get their own `update_cls_memo.ScoreMemo`, so its screen, the pairs' and block moves' screens and the
-kick's descents forward only sentences the repair had not scored; a screened repair makes the same changes with it
-and without, forwarding fewer sentences (`recipes/measured/fedavg_memo_s47`)."""
+"""The token repair's [CLS] scores kept per sentence (`exact-update`'s option `repair_memo`, session 47, on by
+default): the repair's spans get their own `update_cls_memo.ScoreMemo`, so its screen, the pairs' and block moves'
+screens and the kick's descents forward only sentences the repair had not scored; a screened repair makes the same
+changes with it and without, forwarding fewer sentences (`recipes/measured/fedavg_memo_s47`)."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from textleak.attacks.update_cls_memo import ScoreMemo, ScoreMemos, memo_screen
 setup = screen.setup  # the fixture: the wide BERT's update at lr 1e-5 on the screen tests' three sentences
 
 
-def test_option_repair_memo_is_off_by_default_and_checked():
+def test_option_repair_memo_is_on_by_default_and_checked():
     from textleak.errors import InputError
     from textleak.validate import attack_instance
 
-    assert UpdateExact().repair_memo is False
-    assert attack_instance("exact-update", {"repair_memo": True}, 0).repair_memo is True
+    assert UpdateExact().repair_memo is True  # on since session 47
+    assert attack_instance("exact-update", {"repair_memo": False}, 0).repair_memo is False
     with pytest.raises(InputError, match="repair_memo"):
         attack_instance("exact-update", {"repair_memo": 4}, 0)
 

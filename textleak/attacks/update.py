@@ -236,11 +236,11 @@ class UpdateExact(UpdateSpans, Exact):
     #: token repair: its [CLS] scores (`repair_screen`, the pairs' and block moves' screens, `repair_kick`'s descents,
     #: the guard) kept per sentence, only sentences not seen before forwarded (`update_cls_memo`, one float32 memo for
     #: the run's repairs); `repair_cutoff`: a trial's box misfit summed a slice at a time, given up once it cannot be
-    #: kept (`update_repair_cutoff`, with `repair_inplace`). Off; both keep the same changes. Together, RT b4 lr 1e-5
-    #: dev 0 at 800 CPU s: 11,399 trials vs 8,596, the defaults' 73 changes then 32 more, 0.708 vs 0.676 (s47,
-    #: `recipes/measured/fedavg_memo_s47`)
-    repair_memo: bool = False
-    repair_cutoff: bool = False
+    #: kept (`update_repair_cutoff`, with `repair_inplace`). Both keep the same changes to the bit. On since s47:
+    #: together at 800 CPU s RT b4 lr 1e-5 dev 0 11,399 trials vs 8,596, the defaults' 73 changes then 32 more, 0.708
+    #: vs 0.676; SST-2 dev 0 11,551 vs 8,255, 101 then 13 more, 0.976 vs 0.972 (`recipes/measured/fedavg_memo_s47`)
+    repair_memo: bool = True
+    repair_cutoff: bool = True
 
     def preflight(self, observation: Observation, target: Any) -> None:
         facts = self._facts_of(observation)

@@ -1,4 +1,4 @@
-"""A trial's box misfit given up once it cannot be kept (`exact-update`'s option `repair_cutoff`, off; session 47).
+"""A trial's box misfit given up once it cannot be kept (`exact-update`'s option `repair_cutoff`, session 47; on).
 
 Why (`recipes/measured/fedavg_memo_s47`, cProfile, RT b4 K 8 lr 1e-5 dev 0 at 300 CPU s): of the token repair's 372
 profiled s, 117 (31%) went to each trial's batch mean (`BoxRepair._shifted`) and box misfit (`BoxRepair.misfit`): ~9
