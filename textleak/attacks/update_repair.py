@@ -45,6 +45,7 @@ from ..text.leaks.residuals import partial_residuals
 from ..text.leaks.spans import LayerSpan
 from .update_repair_batch import weighed
 from .update_repair_blocks import BLOCK_AT_DEFAULT, block_step, stall_blocks
+from .update_repair_cutoff import box_terms, mean_into
 from .update_repair_keep import RepairKeep, fresh_mean
 from .update_repair_moves import RepairMoves, missing, slides
 from .update_rounding import RoundingFits
@@ -176,9 +177,7 @@ class BoxRepair(RepairMoves, RepairKeep):
         buffer (`_buffers`), the same value to the bit (x * x is how torch squares)."""
         if not self.inplace:
             return float(torch.relu((G - self.U).abs() - self.half).pow(2).sum())
-        tmp = self._buffers()[1]
-        torch.sub(G, self.U, out=tmp)
-        return float(tmp.abs_().sub_(self.half).relu_().mul_(tmp).sum())
+        return box_terms(G, self.U, self.half, self._buffers()[1])
 
     def _shifted(self, changes: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """The batch's mean gradient with some sentences' gradients changed: `_total` + (g1 - own1 + g2 - own2 ...)
@@ -186,11 +185,7 @@ class BoxRepair(RepairMoves, RepairKeep):
         scratch buffer 0 (good until the next call; the same value to the bit), else a new tensor."""
         if not self.inplace:
             return fresh_mean(self._total, changes, self._B)
-        buf = self._buffers()[0]
-        torch.sub(changes[0][0], changes[0][1], out=buf)
-        for g, own in changes[1:]:
-            buf.add_(g).sub_(own)
-        return buf.div_(self._B).add_(self._total)
+        return mean_into(self._buffers()[0], changes, self._total, self._B)
 
     def _buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Option `repair_inplace`'s two scratch buffers, the size and dtype of `U` (made once)."""

@@ -27,6 +27,25 @@ CHUNK = 1 << 17
 MARGIN = {torch.float64: 1e-9, torch.float32: 1e-4}
 
 
+def mean_into(buf: torch.Tensor, changes: Sequence[tuple[torch.Tensor, torch.Tensor]], total: torch.Tensor, size: int,
+              i: int = 0, j: int | None = None) -> torch.Tensor:
+    """`buf[i:j]` made `total[i:j]` + (g1 - own1 + g2 - own2 ...)[i:j] / `size`, summed left to right (`changes`:
+    (new gradient, the sentence's own) each): `BoxRepair._shifted` with `inplace` (the whole range) and
+    `cut_misfit` (a slice) both, so each entry is the same to the bit. Returns that slice of `buf`."""
+    b = buf[i:j]
+    torch.sub(changes[0][0][i:j], changes[0][1][i:j], out=b)
+    for g, own in changes[1:]:
+        b.add_(g[i:j]).sub_(own[i:j])
+    return b.div_(size).add_(total[i:j])
+
+
+def box_terms(G: torch.Tensor, U: torch.Tensor, half: torch.Tensor, tmp: torch.Tensor) -> float:
+    """sum of relu(|G - U| - half)^2, made in the scratch `tmp` (all four of one shape): `BoxRepair.misfit` with
+    `inplace` (the whole range), `cut_misfit` and `_order` (a slice each). x * x is how torch squares."""
+    torch.sub(G, U, out=tmp)
+    return float(tmp.abs_().sub_(half).relu_().mul_(tmp).sum())
+
+
 def cut_misfit(repair: Any, changes: Sequence[tuple[torch.Tensor, torch.Tensor]], bound: float) -> float:
     """The box misfit of `repair`'s batch with `changes` ((new gradient, the sentence's own) each, as `_shifted`
     takes them), to the bit as `repair.misfit(repair._shifted(changes))` gives it, or inf once it cannot fall below
@@ -34,13 +53,8 @@ def cut_misfit(repair: Any, changes: Sequence[tuple[torch.Tensor, torch.Tensor]]
     buf, tmp = repair._buffers()
     limit, total = bound * (1.0 + MARGIN.get(repair.dtype, 1e-4)), 0.0
     for i, j in _order(repair):
-        b, t = buf[i:j], tmp[i:j]
-        torch.sub(changes[0][0][i:j], changes[0][1][i:j], out=b)
-        for g, own in changes[1:]:
-            b.add_(g[i:j]).sub_(own[i:j])
-        b.div_(repair._B).add_(repair._total[i:j])
-        torch.sub(b, repair.U[i:j], out=t)
-        total += float(t.abs_().sub_(repair.half[i:j]).relu_().mul_(t).sum())
+        b = mean_into(buf, changes, repair._total, repair._B, i, j)
+        total += box_terms(b, repair.U[i:j], repair.half[i:j], tmp[i:j])
         if total > limit:
             return float("inf")
     return repair.misfit(buf)
@@ -55,10 +69,7 @@ def _order(repair: Any) -> list[tuple[int, int]]:
     if getattr(repair, "_cut_total", None) is not repair._total:
         n, tmp = repair.U.numel(), repair._buffers()[1]
         spans = [(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
-        own = []
-        for i, j in spans:
-            t = torch.sub(repair._total[i:j], repair.U[i:j], out=tmp[i:j])
-            own.append(float(t.abs_().sub_(repair.half[i:j]).relu_().mul_(t).sum()))
+        own = [box_terms(repair._total[i:j], repair.U[i:j], repair.half[i:j], tmp[i:j]) for i, j in spans]
         repair._cut_total, repair._cut_order = repair._total, [spans[k] for k in
                                                                sorted(range(len(spans)), key=lambda k: -own[k])]
     return repair._cut_order

@@ -30,6 +30,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..core.seeding import model_mode
+
 
 class PeeledPooler:
     """Sentence b's own [CLS] direction at the pooler (module doc) for a batch guess, and a screen on it.
@@ -54,27 +56,23 @@ class PeeledPooler:
         return cls(layout, name, fits.update[name]) if name in fits.update else None
 
     def gradient(self, seq: Sequence[int], label: int) -> torch.Tensor:
-        """One sentence's loss gradient on the pooler's dense weight (float64), kept by (sentence, label)."""
-        key = (tuple(int(t) for t in seq), int(label))
-        if key not in self._grads:
-            model = self.layout.model
-            ids = torch.tensor([list(key[0])], device=self.layout.device)
-            was = model.training
-            model.eval()
-            try:
-                (g,) = self.layout.loss_gradient(ids, torch.tensor([key[1]], device=self.layout.device), [self.param],
-                                                 torch.ones_like(ids))
-            finally:
-                model.train(was)
-            self._grads[key] = g.detach().double()
-        return self._grads[key]
+        """One sentence's loss gradient on the pooler's dense weight (float64), the model in eval mode."""
+        ids = torch.tensor([list(seq)], device=self.layout.device)
+        with model_mode(self.layout.model, train=False):
+            (g,) = self.layout.loss_gradient(ids, torch.tensor([int(label)], device=self.layout.device), [self.param],
+                                             torch.ones_like(ids))
+        return g.detach().double()
 
     def direction(self, seqs: Sequence[Sequence[int]], labels: Sequence[int], b: int) -> torch.Tensor:
-        """[H] unit vector: the top right singular vector of B U less every other sentence's gradient."""
+        """[H] unit vector: the top right singular vector of B U less every other sentence's gradient. The gradients
+        are kept by (sentence, label) for the batch as it stands (a block sweep asks for each of its sentences in
+        turn); those of sentences no longer in it are dropped."""
+        keys = [(tuple(int(t) for t in s), int(y)) for s, y in zip(seqs, labels)]
+        self._grads = {k: self._grads[k] if k in self._grads else self.gradient(*k) for k in dict.fromkeys(keys)}
         R = len(seqs) * self.U
-        for c, (s, y) in enumerate(zip(seqs, labels)):
+        for c, k in enumerate(keys):
             if c != b:
-                R = R - self.gradient(s, y)
+                R = R - self._grads[k]
         return torch.linalg.svd(R, full_matrices=False)[2][0]
 
     def screen(self, seqs: Sequence[Sequence[int]], labels: Sequence[int], b: int
