@@ -62,14 +62,13 @@ found nothing new for this many times the time its finds took, the finish gettin
 `sweep_screen_copy` (the sweeps' screen run on a bfloat16 copy of the model, not under autocast: on since session 44),
 `cls_row_only` (the descent's states read with the last layer run for [CLS] alone, `Layout.first_states`: on since
 session 45), `pooled_normal` (the pooled states' solver steps without the Jacobian, `leaks.pooled`: off),
-`sweep_kick` (a slow sweep's track cut by this many tokens and passed once, `beyond_rank_kick`: 0, off).
-Shapes: partial span basis [H, H - drop];
-sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
-masked positions, no token set (a tied classifier), weights shared across
-layers, noise or a defence that hides the last layer's rank: MissingKnowledgeError from
-`preflight` naming the condition; within the limit it refuses too (`exact` applies). Sentences
-it cannot certify come back as its best guesses; `details["certified_share"]` says how many
-passed, `details["certified"]` is True only when all did.
+`sweep_kick` (a slow sweep's track cut by this many tokens and passed once, `beyond_rank_kick`: 0, off), `pooled_known`
+(the found sentences' [CLS] states given to the pooled states' solver first, `leaks.pooled`: off). Shapes: partial span
+basis [H, H - drop]; sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
+masked positions, no token set (a tied classifier), weights shared across layers, noise or a defence that hides the
+last layer's rank: MissingKnowledgeError from `preflight` naming the condition; within the limit it refuses too
+(`exact` applies). Sentences it cannot certify come back as its best guesses; `details["certified_share"]` says how
+many passed, `details["certified"]` is True only when all did.
 """
 
 from __future__ import annotations
@@ -109,11 +108,10 @@ log = logging.getLogger(__name__)
 # the last three are split out and still imported from here
 __all__ = ["BeyondRank", "SentenceMove", "SentencePeeler", "SentenceSearch"]
 
-#: directions of 384 left out of the partial layer-1 span the search settles on. MiniLM, RT batch
-#: 16 index 0 (392 tokens), every true sentence with 6 random tokens, settled back
-#: (`recipes/beyond_rank_settle.py`): 10 left out 1 of 16, 40 5 of 16 (a scratch sweep, another
-#: draw, 6 / 10 random tokens: 10 2 / 1, 30 5 / 4, 45 5 / 5, 60 6 / 5, 80 3 / 3); the whole attack
-#: with a 420 s budget, side by side: 10 certified 1 sentence, 40 certified 4
+#: directions of 384 left out of the partial layer-1 span the search settles on. MiniLM, RT batch 16 index 0 (392
+#: tokens), every true sentence with 6 random tokens, settled back (`recipes/beyond_rank_settle.py`): 10 left out 1 of
+#: 16, 40 5 of 16 (a scratch sweep, another draw, 6 / 10 random tokens: 10 2 / 1, 30 5 / 4, 45 5 / 5, 60 6 / 5, 80 3 /
+#: 3); the whole attack with a 420 s budget, side by side: 10 certified 1 sentence, 40 certified 4
 #: (recipes/measured/beyond_rank_s8.md)
 SETTLE_DROP = 40
 #: `sweep_order`'s names (`beyond_rank_targets.TargetDescent._ordered`)
@@ -134,8 +132,7 @@ class BeyondRank(Exact):
     # without (534 CPU s), within noise: the pool holds few misses 1-2 tokens off (4 of 107 after one
     # round) and the score puts half of them first (recipes/measured/large_batch_s11.md)
     repair: int = 0
-    # longest sentence (tokens) the neighbour screen tries while the span is partial (0: off;
-    # `beyond_rank_screen`)
+    # longest sentence (tokens) the neighbour screen tries while the span is partial (0: off; `beyond_rank_screen`)
     screen: int = LONGEST
     # share of the time left that the lengths still missing get, assembled as `bags` does on what the peels
     # left, where the declared lengths add up to more than FAR times the width (0: off; `beyond_rank_finish`)
@@ -250,6 +247,8 @@ class BeyondRank(Exact):
     # with `targets`: a sweep gaining under `beyond_rank_kick.SLOW` cuts its track by this many tokens and passes it
     # once, kept where nearer (`beyond_rank_kick`; 0: off). Off
     sweep_kick: int = 0
+    # with `targets`: the found sentences' [CLS] states given to the pooled states' solver first (large_batch_s48/). Off
+    pooled_known: bool = False
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
@@ -275,7 +274,8 @@ class BeyondRank(Exact):
                 "draft_bfloat16": self.draft_bfloat16, "sweep_release": self.sweep_release,
                 "sweep_revert": self.sweep_revert, "certify_lean": self.certify_lean, "search_stop": self.search_stop,
                 "lengths_delete_first": self.lengths_delete_first, "sweep_screen_copy": self.sweep_screen_copy,
-                "cls_row_only": self.cls_row_only, "pooled_normal": self.pooled_normal, "sweep_kick": self.sweep_kick}
+                "cls_row_only": self.cls_row_only, "pooled_normal": self.pooled_normal, "sweep_kick": self.sweep_kick,
+                "pooled_known": self.pooled_known}
 
     def preflight(self, observation: Observation, target: Any) -> None:
         """MissingKnowledgeError (one line) where this attack cannot run (module doc)."""

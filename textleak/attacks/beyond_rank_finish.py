@@ -64,7 +64,7 @@ class BagFinish:
                  sweep_defer: float = 0.3, sweep_screen: int | str = "auto", draft_bfloat16: bool = True,
                  sweep_release: float = 0.0, sweep_revert: float = 0.3, lengths_delete_first: bool = False,
                  sweep_screen_copy: bool = True, cls_row_only: bool = False, pooled_normal: bool = False,
-                 sweep_kick: int = 0):
+                 sweep_kick: int = 0, pooled_known: bool = False):
         self.tok, self.prior_name, self.weight = tokenizer, prior, weight
         self.tries, self.sweeps, self.seed = tries, sweeps, seed
         self.targets = targets  # (the batch's gradients, B): descend onto the pooled states (`beyond_rank_targets`)
@@ -84,6 +84,7 @@ class BagFinish:
         self.cls_row_only = cls_row_only  # `TargetDescent`'s: the last layer run for [CLS] alone
         self.pooled_normal = pooled_normal  # `TargetDescent`'s: the pooled states' steps without the Jacobian
         self.sweep_kick = sweep_kick  # `TargetDescent`'s `kick`: a slow sweep's track cut and passed
+        self.pooled_known = pooled_known  # `TargetDescent`'s `known`: the found sentences' states given to the solver
         self.report: dict[str, Any] = {}
 
     def tracks(self, search: Any, peeler: Any, pins: Any, tokens: Sequence[int], model: Any) -> list[list[int]] | None:
@@ -115,7 +116,8 @@ class BagFinish:
                                     draft_bfloat16=self.draft_bfloat16, release=self.sweep_release,
                                     revert=self.sweep_revert, delete_first=self.lengths_delete_first,
                                     screen_copy=self.sweep_screen_copy, cls_row_only=self.cls_row_only,
-                                    pooled_normal=self.pooled_normal, kick=self.sweep_kick)
+                                    pooled_normal=self.pooled_normal, kick=self.sweep_kick,
+                                    known=self.pooled_known)
             tracks = descent.run(tracks, search.found, cols.allowed)
         elif not budget.expired():
             tracks = swaps.run(tracks, self.sweeps)
@@ -151,7 +153,7 @@ def finisher(attack: Any, observation: Any, layout: Any, lengths: Sequence[int],
                      sweep_release=attack.sweep_release, sweep_revert=attack.sweep_revert,
                      lengths_delete_first=attack.lengths_delete_first, sweep_screen_copy=attack.sweep_screen_copy,
                      cls_row_only=attack.cls_row_only, pooled_normal=attack.pooled_normal,
-                     sweep_kick=attack.sweep_kick)
+                     sweep_kick=attack.sweep_kick, pooled_known=attack.pooled_known)
 
 
 def _left() -> float | None:

@@ -104,7 +104,7 @@ class TargetDescent:
                  draft_pack: bool = False, draft_spend: bool = False, order: str = "batch", defer: float = 0.0,
                  defer_length: int = DEFER_LENGTH, screen: int | str = 0, draft_bfloat16: bool = False,
                  release: float = 0.0, revert: float = 0.0, delete_first: bool = False, screen_copy: bool = False,
-                 cls_row_only: bool = False, pooled_normal: bool = False, kick: int = 0):
+                 cls_row_only: bool = False, pooled_normal: bool = False, kick: int = 0, known: bool = False):
         self.layout, self.gradients, self.rank, self.specials = layout, gradients, rank, specials
         self.screen = screen_count(screen, SCREEN, layout.device)  # >0: sweeps screened at bfloat16, K rescored
         self.cls = functools.partial(cls_states, row=cls_row_only)  # the states' forward (`cls_states`' `row`)
@@ -133,6 +133,7 @@ class TargetDescent:
         self.rounds = rounds  # the pooled states' most rounds (0: `rank` with `merge`, else 8)
         self.iters = iters  # the pooled states' solver iterations a start (0: `leaks.pooled.ITERS`)
         self.pooled_normal = pooled_normal  # the pooled states' solver steps without the Jacobian (`leaks.pooled`)
+        self.known = known  # the found sentences' states given to the pooled states' solver first (`leaks.pooled`)
         self.pairing = pairing  # >0: the pairing weighs the track's length at the state (`_paired`)
         self.pairs: list[tuple[int, int]] = []
         self.paired: torch.Tensor | None = None
@@ -150,7 +151,8 @@ class TargetDescent:
         got = self.pooled or pooled_states(self.layout, self.gradients, self.rank,
                                            lambda n: self._seen(tracks, options, n, seen), merge=self.merge,
                                            rounds=self.rounds or (self.rank if self.merge else 8),
-                                           iters=self.iters or ITERS, normal=self.pooled_normal)
+                                           iters=self.iters or ITERS, normal=self.pooled_normal,
+                                           known=self.states(found) if self.known and found else None)
         if got is None or not tracks:
             self.report = {"states": 0}
             return tracks

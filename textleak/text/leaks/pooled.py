@@ -157,14 +157,16 @@ def _pooler(layout: Layout, gradients: dict) -> tuple | None:
 
 def pooled_states(layout: Layout, gradients: dict, rank: int, starts: Callable[[int], torch.Tensor],
                   first: int = 512, later: int = 128, rounds: int = 8, merge: float = 0.0, iters: int = ITERS,
-                  normal: bool = False) -> PooledStates | None:
+                  normal: bool = False, known: torch.Tensor | None = None) -> PooledStates | None:
     """The batch's last-layer [CLS] states and labels (module doc), or None where there is no two-class
     pooler. rank: B (the sentence spans'); starts(n) -> [n, H] [CLS] states of n guesses to start from.
     merge: solutions within this relative distance are one state, the one nearer the column space kept
     (`_admit`), and the deflated rounds go on while the time lasts; 0: within SAME. iters: each
     start's Levenberg-Marquardt iterations (RT batch 64, MiniLM: 30 in the deflated rounds found the same states
     as 80, round for round, in 79 CPU s against 135; recipes/measured/large_batch_s28/). normal: the solver's
-    steps without the Jacobian (`_Equations.normal`, `beyond_rank --option pooled_normal=true`)."""
+    steps without the Jacobian (`_Equations.normal`, `beyond_rank --option pooled_normal=true`). known: [k, H] states
+    known before the solve (the found sentences' [CLS] states, `beyond_rank --option pooled_known=true`), each taken
+    where it fits (under ACCEPT), so the first round's starts are solved in what they leave (`_deflated`)."""
     got = _pooler(layout, gradients)
     if got is None:
         return None
@@ -176,16 +178,22 @@ def pooled_states(layout: Layout, gradients: dict, rank: int, starts: Callable[[
     vstate = lambda h: 1 - torch.tanh(h @ Wp.T + bp) ** 2  # noqa: E731
     found: list[torch.Tensor] = []
     fits: list[float] = []  # each found state's residual
+    if known is not None and len(known):
+        h = known.double().cpu()
+        for hh, rr in zip(h, _residuals(vstate(h), off).tolist()):
+            if rr < ACCEPT:
+                _admit(found, fits, hh, rr, merge)
+    given = len(found)
     for _ in range(rounds):
         if len(found) >= rank or (merge and found and budget.expired()):
             break
         eq.restrict(*(_deflated(M, P, Q, torch.stack(found), vstate, rank) if found else (Q, off)))
         before = len(found)
-        a0 = starts(later if found else first).double().cpu() @ eq.Q
+        a0 = starts(later if len(found) > given else first).double().cpu() @ eq.Q
         for i in range(0, len(a0), 128):
             h = _levenberg(eq, a0[i:i + 128], iters) @ eq.Q.T
             v = vstate(h)
-            res = (v @ off).norm(dim=1) / v.norm(dim=1)
+            res = _residuals(v, off)
             for hh, rr in zip(h, res.tolist()):
                 if rr < ACCEPT:
                     _admit(found, fits, hh, rr, merge)
@@ -198,7 +206,12 @@ def pooled_states(layout: Layout, gradients: dict, rank: int, starts: Callable[[
     terms = torch.stack([torch.outer(v[s], H[s]).flatten() for s in range(len(H))], 1)
     e = torch.linalg.lstsq(terms, M.flatten()[:, None]).solution[:, 0]
     log.debug("pooled states: %d of %d", len(found), rank)
-    return PooledStates(H, [int(x > 0) for x in e.tolist()], (v @ off).norm(dim=1) / v.norm(dim=1), rank)
+    return PooledStates(H, [int(x > 0) for x in e.tolist()], _residuals(v, off), rank)
+
+
+def _residuals(v: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+    """v(h) off the column space, relative (one a row of `v`)."""
+    return (v @ off).norm(dim=1) / v.norm(dim=1)
 
 
 def _admit(found: list[torch.Tensor], fits: list[float], h: torch.Tensor, res: float, merge: float) -> None:
