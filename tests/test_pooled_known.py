@@ -1,7 +1,7 @@
 """`beyond_rank --option pooled_known=true` (#16, session 48): the found sentences' own [CLS] states given to the
 pooled states' solver before its starts (`leaks.pooled.pooled_states`' `known`), each taken where it fits the pooler's
-gradient, so the first round's starts are solved in what they leave; off by default (the solver as before). On the
-tiny 2-layer BERT classifier of test_pooled_states (6 sentences)."""
+gradient, so the first round's starts are solved in what they leave; on by default since session 48 (off: the solver
+as before). On the tiny 2-layer BERT classifier of test_pooled_states (6 sentences)."""
 
 from __future__ import annotations
 
@@ -50,11 +50,11 @@ def test_a_known_state_off_the_gradient_is_not_taken(batch):
     assert asked == [64]
 
 
-def test_pooled_known_is_off_by_default_checked_and_gives_the_found_states(batch, monkeypatch):
+def test_pooled_known_is_on_by_default_checked_and_gives_the_found_states(batch, monkeypatch):
     import textleak.attacks.beyond_rank_targets as tg
     _, layout, grads, truth, states = batch
-    assert ATTACKS.get("beyond_rank")().pooled_known is False and _wide_finisher(batch).pooled_known is False
-    assert _wide_finisher(batch, pooled_known=True).pooled_known is True
+    assert ATTACKS.get("beyond_rank")().pooled_known is True and _wide_finisher(batch).pooled_known is True
+    assert _wide_finisher(batch, pooled_known=False).pooled_known is False
     assert ATTACKS.get("beyond_rank")(pooled_known=True).options()["pooled_known"] is True
     assert attack_instance("beyond_rank", {"pooled_known": True}, 0).pooled_known is True
     with pytest.raises(InputError, match="pooled_known"):

@@ -63,12 +63,12 @@ found nothing new for this many times the time its finds took, the finish gettin
 `cls_row_only` (the descent's states read with the last layer run for [CLS] alone, `Layout.first_states`: on since
 session 45), `pooled_normal` (the pooled states' solver steps without the Jacobian, `leaks.pooled`: off),
 `sweep_kick` (a slow sweep's track cut by this many tokens and passed once, `beyond_rank_kick`: 0, off), `pooled_known`
-(the found sentences' [CLS] states given to the pooled states' solver first, `leaks.pooled`: off). Shapes: partial span
-basis [H, H - drop]; sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without declared lengths and
-masked positions, no token set (a tied classifier), weights shared across layers, noise or a defence that hides the
-last layer's rank: MissingKnowledgeError from `preflight` naming the condition; within the limit it refuses too
-(`exact` applies). Sentences it cannot certify come back as its best guesses; `details["certified_share"]` says how
-many passed, `details["certified"]` is True only when all did.
+(the found sentences' [CLS] states given to the pooled states' solver first, `leaks.pooled`: on since session 48).
+Shapes: partial span basis [H, H - drop]; sentence spans: site -> basis [H_in, B or M]. Degrades: masked-LM without
+declared lengths and masked positions, no token set (a tied classifier), weights shared across layers, noise or a
+defence that hides the last layer's rank: MissingKnowledgeError from `preflight` naming the condition; within the limit
+it refuses too (`exact` applies). Sentences it cannot certify come back as its best guesses;
+`details["certified_share"]` says how many passed, `details["certified"]` is True only when all did.
 """
 
 from __future__ import annotations
@@ -247,8 +247,8 @@ class BeyondRank(Exact):
     # with `targets`: a sweep gaining under `beyond_rank_kick.SLOW` cuts its track by this many tokens and passes it
     # once, kept where nearer (`beyond_rank_kick`; 0: off). Off
     sweep_kick: int = 0
-    # with `targets`: the found sentences' [CLS] states given to the pooled states' solver first (large_batch_s48/). Off
-    pooled_known: bool = False
+    # with `targets`: the found sentences' [CLS] states given to the pooled states' solver first (large_batch_s48/). On
+    pooled_known: bool = True
 
     def check_options(self) -> None:
         """The option values checked before any work (`validate.attack_instance`): `sweep_order`'s name, `sweep_defer`
