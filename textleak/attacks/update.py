@@ -204,6 +204,11 @@ class UpdateExact(UpdateSpans, Exact):
     #: token repair: block sweeps screen each sentence's moves on its own [CLS] direction, the pooler's update less the
     #: other sentences' gradients (`update_repair_peeled`; off). Same end: the best lowering move ranked 1st vs 26th
     repair_block_peeled: bool = False
+    #: token repair: in a block sweep a sentence that no block move nor pair lowered tries each token the pins place
+    #: where no sentence holds it, put in there with a run of 1-2 cut out elsewhere; the N of least [CLS] score weighed,
+    #: refilled (`update_repair_fill`; 0: off). RT b4 lr 1e-4 dev 0's 600 CPU s end: "a ##ally" cut, "but the" put in
+    #: at 7, where "but" is placed (session 48, fedavg_rt_lr4_s48/)
+    repair_pin_fill: int = 0
     #: token repair: each sentence's trials' gradients N at a time, one forward and backward (`update_repair_batch`,
     #: equal to float32 rounding; 0: one at a time). 8 since s45: SST-2 b4 lr 1e-5 dev 0 0.976 and 0.980 vs 0.963,
     #: RT dev 2 0.793 vs 0.771, RT dev 0 a tie, 12-46% more trials (fedavg_batch_s44/, _s45/)
@@ -325,7 +330,7 @@ class UpdateExact(UpdateSpans, Exact):
         super().check_options()  # `Exact`'s: `search_screen` a count or auto
         check_mode(self.cls_lengths, self.cls_lengths_gate)
         for name in ("repair_slide", "repair_block", "repair_kick", "repair_pairs", "repair_batch", "cls_rough",
-                     "repair_block_keep"):
+                     "repair_block_keep", "repair_pin_fill"):
             integer(getattr(self, name), f"option {name}", minimum=0)
         choice(self.repair_block_at, "option repair_block_at", BLOCK_AT)
         choice(self.repair_kick_at, "option repair_kick_at", KICK_AT)

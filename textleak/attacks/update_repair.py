@@ -96,6 +96,10 @@ class BoxRepair(RepairMoves, RepairKeep):
     #: block move lowered tries two neighbouring substitutions at once (`update_repair_pairs`); kept (of them with a
     #: token of `cover` put back elsewhere), and left out by the screen
     pairs, pairs_kept, pairs_refilled, pairs_screened = 0, 0, 0, 0
+    #: option `repair_pin_fill` (0: off): in a block sweep a sentence that no block move nor pair lowered tries the
+    #: pins' tokens that no sentence holds at their place put in there, a run cut out elsewhere, the `fill` of least
+    #: screen score weighed (`update_repair_fill`); kept, left out by the screen
+    fill, fills_kept, fills_screened = 0, 0, 0
     #: option `repair_memo` (`update_cls_memo.ScoreMemo`, set by `update_small_lr._cls_scores`): the [CLS] scores
     #: of `screen`, `guard` and the kick's descents kept per sentence; None: off
     memo: Any = None
@@ -305,7 +309,9 @@ class BoxRepair(RepairMoves, RepairKeep):
                 **({"block_peeled": self.peeled.screens} if self.block and self.peeled is not None else {}),
                 **({"block_owed": list(self.owed_paid)} if self.block_owed and self.block_late else {}),
                 **({"pairs": self.pairs, "pairs_kept": self.pairs_kept, "pairs_refilled": self.pairs_refilled,
-                    "pairs_screened": self.pairs_screened} if self.pairs else {})}
+                    "pairs_screened": self.pairs_screened} if self.pairs else {}),
+                **({"fill": self.fill, "fills_kept": self.fills_kept, "fills_screened": self.fills_screened}
+                   if self.fill else {})}
 
     def _screened(self, seqs: list[list[int]], b: int, trials: list[list[int]]) -> list[list[int]]:
         """Of sentence b's trials (those `keep_best` would weigh: not the sentence itself, no token of `cover` left

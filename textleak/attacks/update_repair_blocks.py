@@ -31,6 +31,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ..core.budget import now as budget_now
 from .update_repair_moves import KEEP, SCREEN_CHUNK, least_screened  # noqa: F401 (KEEP, SCREEN_CHUNK: re-exported)
+from .update_repair_fill import fill_step
 from .update_repair_pairs import pair_step
 from .update_repair_peeled import peeled_screen
 
@@ -183,8 +184,8 @@ def block_sweep(repair: Any, seqs: list[list[int]], order: Iterable[int]) -> Non
     if getattr(repair, "block_short", False) or getattr(repair, "block_late", False):
         order = sorted(order, key=lambda i: len(seqs[i]))  # stable: `order` on a tie
     for b in order:
-        if not block_step(repair, seqs, b):
-            pair_step(repair, seqs, b)  # option `repair_pairs` (off): a sentence no block move lowered
+        if not block_step(repair, seqs, b) and not pair_step(repair, seqs, b):  # option `repair_pairs`
+            fill_step(repair, seqs, b)  # option `repair_pin_fill` (off): no block move nor pair lowered it
 
 
 def screened_blocks(repair: Any, seq: Sequence[int], screen: Any = None) -> list[list[int]]:

@@ -126,7 +126,7 @@ def _box_repair(attack: Any, layout: Any, span0: Any, vocab: Any, pins: Any) -> 
     block moves and where they are tried (`repair_block_at`), shortest sentences first (`repair_block_short`), owed
     block sweeps (`repair_block_owed`), the neighbouring pairs (`repair_pairs`), trials' gradients a chunk at a time
     (`repair_batch`), misfits given up once they cannot be kept (`repair_cutoff`), the block moves weighed
-    (`repair_block_keep`) and their screen (`repair_block_peeled`)."""
+    (`repair_block_keep`), their screen (`repair_block_peeled`) and the placed tokens put back (`repair_pin_fill`)."""
     repair = BoxRepair(layout, attack._fits, span0, vocab, pins=pins, move=attack.cross_move,
                        width=getattr(attack, "repair_width", WIDTH), inplace=getattr(attack, "repair_inplace", True),
                        slide=int(getattr(attack, "repair_slide", 0) or 0),
@@ -137,6 +137,7 @@ def _box_repair(attack: Any, layout: Any, span0: Any, vocab: Any, pins: Any) -> 
     repair.block_owed = bool(getattr(attack, "repair_block_owed", False))  # option `repair_block_owed`
     repair.pairs = int(getattr(attack, "repair_pairs", 0) or 0)  # option `repair_pairs` (`update_repair_pairs`)
     repair.block_keep = int(getattr(attack, "repair_block_keep", 0) or 0)  # option `repair_block_keep`
+    repair.fill = int(getattr(attack, "repair_pin_fill", 0) or 0)  # option `repair_pin_fill` (`update_repair_fill`)
     if getattr(attack, "repair_block_peeled", False):  # option `repair_block_peeled` (`update_repair_peeled`)
         repair.peeled = PeeledPooler.of(layout, attack._fits)
     repair.batch = int(getattr(attack, "repair_batch", 0) or 0)  # option `repair_batch` (`update_repair_batch`)
