@@ -73,3 +73,17 @@ def test_option_repair_pin_fill_reaches_the_repair_off_by_default_checked_before
     for bad in ("x", -1):
         with pytest.raises(InputError, match="repair_pin_fill"):
             attack_instance("exact-update", {"repair_pin_fill": bad}, 0)
+
+
+def test_no_fills_where_the_orphans_are_many(monkeypatch):
+    """The gate (RT b4 lr 1e-4 dev 0 at 600 CPU s: 22+ orphans at the first block sweep, 59k fills screened took the
+    budget): more than `MOST_ORPHANS` orphans, no fill is tried."""
+    from textleak.attacks import update_repair_fill as fill_mod
+
+    many = {3: {3}, **{t: {1} for t in range(40, 40 + fill_mod.MOST_ORPHANS)}}  # 3 at 3 and 8 more orphans at 1
+    assert len(orphans(WRONG, many)) == fill_mod.MOST_ORPHANS + 1
+    got, on = _fill_toy(8, many).run(WRONG, [0, 0], time.monotonic() + 600, exchange=False)
+    assert got == WRONG and on["fills_kept"] == 0 and on["fills_screened"] == 0
+    monkeypatch.setattr(fill_mod, "MOST_ORPHANS", fill_mod.MOST_ORPHANS + 1)
+    got, on = _fill_toy(8, many).run(WRONG, [0, 0], time.monotonic() + 600, exchange=False)
+    assert got == TRUTH and on["fills_kept"] == 1

@@ -33,6 +33,11 @@ from .update_repair_pairs import refill
 
 #: the longest run cut out (and put in: a run of n tokens has up to 16^(n-1) fills a place at width 16)
 LONGEST = 2
+#: the gate: no fills while the batch has more orphans than this (RT b4 lr 1e-4 dev 0: 6 at the defaults' 600 CPU s
+#: end, where the move made slot 3 exact; 22+ at the option's first block sweep, whose 59k fills took the budget)
+MOST_ORPHANS = 8
+#: the fills screened a sentence at most, the first in `pin_fills`' order (that end: 3,400-6,300 a sentence)
+MOST_FILLS = 8000
 
 
 def orphans(seqs: Sequence[Sequence[int]], placed: dict) -> list[tuple[int, int]]:
@@ -70,15 +75,17 @@ def fill_step(repair: Any, seqs: list[list[int]], b: int) -> bool:
     the pins' `placed`) put in at their places (`pin_fills`), the `fill` of least screen score weighed
     (`repair.keep_best`), else refilled (`refill`, where the repair has a `cover`). Counted in `repair.fills_kept`
     (`pairs_refilled` counts the refills), the trials the screen left out in `repair.fills_screened`; nothing without a
-    screen, placed tokens or orphans, or once the budget has ended. Whether one was kept (changing `seqs` in place)."""
+    screen, placed tokens or orphans, with more than `MOST_ORPHANS` orphans, or once the budget has ended; at most
+    `MOST_FILLS` fills screened. Whether one was kept (changing `seqs` in place)."""
     count = int(getattr(repair, "fill", 0) or 0)
     placed = getattr(getattr(repair, "pins", None), "placed", None) or {} if count > 0 else {}
     if count <= 0 or repair.screen is None or not placed or budget_now() >= repair._deadline:
         return False
     wanted = orphans(seqs, placed)
-    if not wanted:
+    if not wanted or len(wanted) > MOST_ORPHANS:
         return False
-    kept, left_out = least_screened(repair, pin_fills(seqs[b], wanted, repair.options(len(seqs[b]))), count)
+    fills = pin_fills(seqs[b], wanted, repair.options(len(seqs[b])))[:MOST_FILLS]
+    kept, left_out = least_screened(repair, fills, count)
     repair.fills_screened += left_out
     if repair.keep_best(seqs, b, kept) or (repair.cover and refill(repair, seqs, b, kept)):
         repair.fills_kept += 1
