@@ -38,6 +38,7 @@ def test_pin_fills_put_the_token_in_at_its_place_and_cut_a_run_out_elsewhere():
     assert set(map(tuple, got)) <= set(map(tuple, two))
     assert [101, 2, 4, 3, 4, 102] in two and [101, 2, 4, 3, 4, 102] not in got  # "8 1" cut, "3 4" put in at 3-4
     assert pin_fills(seq, [(3, 5), (3, 0)], options) == []  # [SEP] and [CLS] stay
+    assert len(two) > 3 and pin_fills(seq, [(3, 3)], options, longest=2, most=3) == two[:3]  # the first `most`
 
 
 def _fill_toy(fill: int, placed: dict) -> object:

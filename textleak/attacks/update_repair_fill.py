@@ -25,7 +25,7 @@ with ##ally gone from the batch), and with ##ally put back into the other senten
 from __future__ import annotations
 
 import itertools
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..core.budget import now as budget_now
 from .update_repair_moves import least_screened
@@ -48,12 +48,19 @@ def orphans(seqs: Sequence[Sequence[int]], placed: dict) -> list[tuple[int, int]
 
 
 def pin_fills(seq: Sequence[int], wanted: Sequence[tuple[int, int]], options: Sequence[Sequence[int]],
-              longest: int = LONGEST) -> list[list[int]]:
+              longest: int = LONGEST, most: int | None = None) -> list[list[int]]:
     """The sentence `seq` ([CLS] ... [SEP], both kept) with a run of 1 to `longest` inner tokens cut out and as many
     put in at a place of what is left such that the new run covers position p of a `wanted` (token t, p), with t at p
     and each other new token at position q one of `options[q]`; distinct, not `seq` itself, in order of the wanted,
-    the cut run's start, its length, the place, then the options'."""
-    out, seen, m = [], {tuple(seq)}, len(seq)
+    the cut run's start, its length, the place, then the options'; the first `most` of them (None: all), the rest
+    never built."""
+    return list(itertools.islice(_fills(seq, wanted, options, longest), most))
+
+
+def _fills(seq: Sequence[int], wanted: Sequence[tuple[int, int]], options: Sequence[Sequence[int]],
+           longest: int) -> Iterator[list[int]]:
+    """`pin_fills`' trials, one at a time."""
+    seen, m = {tuple(seq)}, len(seq)
     for t, p in wanted:
         if not 0 < p < m - 1:
             continue
@@ -66,8 +73,7 @@ def pin_fills(seq: Sequence[int], wanted: Sequence[tuple[int, int]], options: Se
                         trial = rest[:k] + list(fill) + rest[k:]
                         if tuple(trial) not in seen:
                             seen.add(tuple(trial))
-                            out.append(trial)
-    return out
+                            yield trial
 
 
 def fill_step(repair: Any, seqs: list[list[int]], b: int) -> bool:
@@ -78,13 +84,15 @@ def fill_step(repair: Any, seqs: list[list[int]], b: int) -> bool:
     screen, placed tokens or orphans, with more than `MOST_ORPHANS` orphans, or once the budget has ended; at most
     `MOST_FILLS` fills screened. Whether one was kept (changing `seqs` in place)."""
     count = int(getattr(repair, "fill", 0) or 0)
-    placed = getattr(getattr(repair, "pins", None), "placed", None) or {} if count > 0 else {}
-    if count <= 0 or repair.screen is None or not placed or budget_now() >= repair._deadline:
+    if count <= 0:
+        return False
+    placed = getattr(getattr(repair, "pins", None), "placed", None)
+    if repair.screen is None or not placed or budget_now() >= repair._deadline:
         return False
     wanted = orphans(seqs, placed)
     if not wanted or len(wanted) > MOST_ORPHANS:
         return False
-    fills = pin_fills(seqs[b], wanted, repair.options(len(seqs[b])))[:MOST_FILLS]
+    fills = pin_fills(seqs[b], wanted, repair.options(len(seqs[b])), most=MOST_FILLS)
     kept, left_out = least_screened(repair, fills, count)
     repair.fills_screened += left_out
     if repair.keep_best(seqs, b, kept) or (repair.cover and refill(repair, seqs, b, kept)):
